@@ -1,0 +1,646 @@
+/* broker/admin.c: the admin endpoint: a small HTTP/1.0 server on a unix
+ * socket (or a loopback TCP port) for spice-brokerctl and monitoring. Runs on
+ * the control loop (main thread). Requests that need session state are
+ * answered by asking every worker through its job queue and waiting (bounded)
+ * for their answers; the data path never waits for the admin.
+ *
+ *   GET  /healthz               "ok"
+ *   GET  /metrics               Prometheus text format
+ *   GET  /v1/status             JSON: version, workers, sessions, uptime
+ *   GET  /v1/sessions           JSON array of sessions
+ *   POST /v1/sessions/kill      {"id": N}
+ *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
+ *   POST /v1/tokens/revoke      {"token"}
+ *
+ * Tokens and passwords travel only in request bodies, which are never logged. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "broker/broker.h"
+#include "common/log.h"
+#include "migrate/snap.h"
+#include "proto/wire.h"
+
+#define MAX_REQUEST (64 * 1024)
+#define COLLECT_TIMEOUT_MS 2000
+
+struct admin {
+    struct broker *b;
+    struct evconnlistener *listener;
+    char unix_path[108];
+};
+
+struct request {
+    char method[8];
+    char path[128];
+    const char *body;
+    size_t body_len;
+};
+
+struct response {
+    int status;
+    const char *content_type;
+    char *body; /* malloc'd */
+};
+
+/* ------------------------------------------------------------------ asking the workers */
+
+struct collect {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    int remaining;
+    json_t *sessions;
+    struct session_stats stats;
+};
+
+static void collect_unref(struct collect *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int left = --c->refs;
+    pthread_mutex_unlock(&c->mu);
+    if (left == 0) {
+        json_decref(c->sessions);
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+        free(c);
+    }
+}
+
+static void add_session(const struct snap_session *rec, void *arg)
+{
+    struct collect *c = arg;
+    json_t *chans = json_array();
+    for (uint32_t i = 0; i < rec->n_channels; i++) {
+        const struct snap_channel *ch = &rec->channels[i];
+        json_array_append_new(chans, json_pack("{s:s, s:i, s:I, s:I, s:I, s:I}",
+            "type", wire_channel_name(ch->type), "id", (int)ch->id,
+            "bytes_to_client", (json_int_t)ch->bytes_to_client,
+            "bytes_to_backend", (json_int_t)ch->bytes_to_backend,
+            "msgs_to_client", (json_int_t)ch->msgs_to_client,
+            "msgs_to_backend", (json_int_t)ch->msgs_to_backend));
+    }
+    char backend[300];
+    snprintf(backend, sizeof(backend), "%s:%u", rec->backend_host, rec->backend_port);
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:i, s:o}",
+        "id", (json_int_t)rec->id, "instance", rec->instance, "client", rec->client,
+        "backend", backend, "broker", rec->broker, "started", (json_int_t)rec->started,
+        "migrations", (int)rec->migrations, "channels", chans);
+    pthread_mutex_lock(&c->mu);
+    json_array_append_new(c->sessions, o);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void job_collect(struct session_worker *sw, void *arg)
+{
+    struct collect *c = arg;
+    struct session_stats st;
+    session_foreach(sw, add_session, c);
+    session_worker_stats(sw, &st);
+    pthread_mutex_lock(&c->mu);
+    c->stats.sessions_active += st.sessions_active;
+    c->stats.sessions_total += st.sessions_total;
+    c->stats.channels_active += st.channels_active;
+    c->stats.links_refused += st.links_refused;
+    c->stats.links_failed_backend += st.links_failed_backend;
+    c->stats.bytes_to_client += st.bytes_to_client;
+    c->stats.bytes_to_backend += st.bytes_to_backend;
+    c->remaining--;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    collect_unref(c);
+}
+
+/* Asks every worker for its sessions and counters; NULL if they did not all
+ * answer in time. The caller unrefs the result. */
+static struct collect *collect_all(struct broker *b)
+{
+    struct collect *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->sessions = json_array();
+    c->refs = 1;
+    for (int i = 0; i < b->n_workers; i++) {
+        pthread_mutex_lock(&c->mu);
+        c->refs++;
+        c->remaining++;
+        pthread_mutex_unlock(&c->mu);
+        if (worker_post(b->workers[i], job_collect, c) < 0) {
+            pthread_mutex_lock(&c->mu);
+            c->refs--;
+            c->remaining--;
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += COLLECT_TIMEOUT_MS / 1000;
+    pthread_mutex_lock(&c->mu);
+    int rc = 0;
+    while (c->remaining > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&c->cv, &c->mu, &until);
+    bool done = c->remaining == 0;
+    pthread_mutex_unlock(&c->mu);
+    if (!done) {
+        log_warnx("admin: a worker did not answer within %d ms", COLLECT_TIMEOUT_MS);
+        collect_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+struct kill_job {
+    uint32_t id;
+};
+
+static void job_kill(struct session_worker *sw, void *arg)
+{
+    struct kill_job *k = arg;
+    if (session_kill(sw, k->id, "killed by the operator") < 0)
+        log_info("sid=%08x kill: no such session on this worker", k->id);
+    free(k);
+}
+
+/* ------------------------------------------------------------------ handlers */
+
+static void reply(struct response *r, int status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply(struct response *r, int status, const char *type, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    r->status = status;
+    r->content_type = type;
+    free(r->body);
+    if (vasprintf(&r->body, fmt, ap) < 0)
+        r->body = NULL;
+    va_end(ap);
+}
+
+static void reply_json(struct response *r, int status, json_t *j)
+{
+    r->status = status;
+    r->content_type = "application/json";
+    free(r->body);
+    r->body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+}
+
+static void reply_error(struct response *r, int status, const char *msg)
+{
+    reply_json(r, status, json_pack("{s:s}", "error", msg));
+}
+
+static void h_sessions(struct broker *b, struct response *r)
+{
+    struct collect *c = collect_all(b);
+    if (c == NULL) {
+        reply_error(r, 503, "workers did not answer in time");
+        return;
+    }
+    reply_json(r, 200, json_incref(c->sessions));
+    collect_unref(c);
+}
+
+static void h_metrics(struct broker *b, struct response *r)
+{
+    struct collect *c = collect_all(b);
+    if (c == NULL) {
+        reply(r, 503, "text/plain", "workers did not answer in time\n");
+        return;
+    }
+    const struct session_stats *s = &c->stats;
+    reply(r, 200, "text/plain; version=0.0.4",
+          "# HELP spice_broker_sessions Live client sessions.\n"
+          "# TYPE spice_broker_sessions gauge\nspice_broker_sessions %llu\n"
+          "# HELP spice_broker_sessions_total Sessions authenticated since start.\n"
+          "# TYPE spice_broker_sessions_total counter\nspice_broker_sessions_total %llu\n"
+          "# HELP spice_broker_channels Relaying channels.\n"
+          "# TYPE spice_broker_channels gauge\nspice_broker_channels %llu\n"
+          "# HELP spice_broker_links_refused_total Client links refused (bad link, bad token).\n"
+          "# TYPE spice_broker_links_refused_total counter\nspice_broker_links_refused_total %llu\n"
+          "# HELP spice_broker_backend_link_failures_total Backend links that failed.\n"
+          "# TYPE spice_broker_backend_link_failures_total counter\n"
+          "spice_broker_backend_link_failures_total %llu\n"
+          "# HELP spice_broker_bytes_total Bytes relayed.\n"
+          "# TYPE spice_broker_bytes_total counter\n"
+          "spice_broker_bytes_total{direction=\"to_client\"} %llu\n"
+          "spice_broker_bytes_total{direction=\"to_backend\"} %llu\n"
+          "# HELP spice_broker_workers Event-loop threads.\n"
+          "# TYPE spice_broker_workers gauge\nspice_broker_workers %d\n",
+          (unsigned long long)s->sessions_active, (unsigned long long)s->sessions_total,
+          (unsigned long long)s->channels_active, (unsigned long long)s->links_refused,
+          (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
+          (unsigned long long)s->bytes_to_backend, b->n_workers);
+    collect_unref(c);
+}
+
+static void h_status(struct broker *b, struct response *r)
+{
+    struct collect *c = collect_all(b);
+    if (c == NULL) {
+        reply_error(r, 503, "workers did not answer in time");
+        return;
+    }
+    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s}",
+        "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
+        "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
+        "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
+        "listen", b->cfg.listen));
+    collect_unref(c);
+}
+
+static json_t *parse_body(const struct request *q, struct response *r)
+{
+    json_error_t e;
+    json_t *j = json_loadb(q->body, q->body_len, 0, &e);
+    if (j == NULL || !json_is_object(j)) {
+        json_decref(j);
+        reply_error(r, 400, "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static void h_kill(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    json_t *idv = json_object_get(j, "id");
+    json_int_t id = json_is_integer(idv) ? json_integer_value(idv) : -1;
+    json_decref(j);
+    if (id <= 0 || id > UINT32_MAX) {
+        reply_error(r, 400, "id must be a session id (1..4294967295)");
+        return;
+    }
+    int owner = registry_owner(b->registry, (uint32_t)id);
+    if (owner < 0 || owner >= b->n_workers) {
+        reply_error(r, 404, "no such session");
+        return;
+    }
+    struct kill_job *k = malloc(sizeof(*k));
+    if (k != NULL)
+        k->id = (uint32_t)id;
+    if (k == NULL || worker_post(b->workers[owner], job_kill, k) < 0) {
+        free(k);
+        reply_error(r, 500, "out of memory");
+        return;
+    }
+    log_info("sid=%08x kill requested by the operator", (uint32_t)id);
+    reply_json(r, 200, json_pack("{s:I}", "killed", id));
+}
+
+static void h_token_add(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    const char *token = json_string_value(json_object_get(j, "token"));
+    const char *host = json_string_value(json_object_get(j, "host"));
+    const char *password = json_string_value(json_object_get(j, "password"));
+    const char *instance = json_string_value(json_object_get(j, "instance"));
+    json_int_t port = json_integer_value(json_object_get(j, "port"));
+    json_int_t tls_port = json_integer_value(json_object_get(j, "tls_port"));
+    json_int_t ttl = json_integer_value(json_object_get(j, "ttl"));
+    struct snap_token t;
+    memset(&t, 0, sizeof(t));
+    const char *bad = NULL;
+    if (token == NULL || token[0] == '\0' || strlen(token) > SPICE_MAX_PASSWORD_LENGTH)
+        bad = "token must be 1 to 60 bytes (it is the client's SPICE password)";
+    else if (host == NULL || host[0] == '\0' || strlen(host) >= sizeof(t.host))
+        bad = "host is required";
+    else if (port < 1 || port > 65535)
+        bad = "port must be 1..65535";
+    else if (tls_port < 0 || tls_port > 65535)
+        bad = "tls_port must be 0..65535";
+    else if (password != NULL && strlen(password) > SPICE_MAX_PASSWORD_LENGTH)
+        bad = "password must be at most 60 bytes";
+    else if (instance != NULL && strlen(instance) >= sizeof(t.instance))
+        bad = "instance is too long";
+    else if (ttl < 0)
+        bad = "ttl must be >= 0";
+    if (bad != NULL) {
+        json_decref(j);
+        reply_error(r, 400, bad);
+        return;
+    }
+    snprintf(t.host, sizeof(t.host), "%s", host);
+    t.port = (uint16_t)port;
+    t.tls_port = (uint16_t)tls_port;
+    snprintf(t.password, sizeof(t.password), "%s", password ? password : "");
+    snprintf(t.instance, sizeof(t.instance), "%s", instance ? instance : "");
+    t.created = (int64_t)time(NULL);
+    t.expires = ttl > 0 ? t.created + ttl : 0;
+    char key[SNAP_KEY_MAX];
+    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    json_decref(j);
+    uint8_t *val = NULL;
+    size_t len = 0;
+    int rc = snap_token_encode(&t, &val, &len);
+    char where[300];
+    snprintf(where, sizeof(where), "%s:%u", t.host, t.port);
+    OPENSSL_cleanse(&t, sizeof(t));
+    if (rc != 0 || store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK) {
+        if (val != NULL)
+            OPENSSL_cleanse(val, len);
+        free(val);
+        reply_error(r, 500, "store write failed");
+        return;
+    }
+    OPENSSL_cleanse(val, len);
+    free(val);
+    log_info("token added for backend %s (ttl %llds)", where, (long long)ttl);
+    reply_json(r, 201, json_pack("{s:b}", "ok", 1));
+}
+
+static void h_token_revoke(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    const char *token = json_string_value(json_object_get(j, "token"));
+    if (token == NULL || token[0] == '\0') {
+        json_decref(j);
+        reply_error(r, 400, "token is required");
+        return;
+    }
+    char key[SNAP_KEY_MAX];
+    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    json_decref(j);
+    int rc = store_delete(b->store, key, STORE_ANY_REV);
+    if (rc == STORE_NOT_FOUND) {
+        reply_error(r, 404, "no such token");
+        return;
+    }
+    if (rc != STORE_OK) {
+        reply_error(r, 500, "store delete failed");
+        return;
+    }
+    log_info("token revoked");
+    reply_json(r, 200, json_pack("{s:b}", "ok", 1));
+}
+
+static void dispatch(struct broker *b, const struct request *q, struct response *r)
+{
+    bool get = strcmp(q->method, "GET") == 0, post = strcmp(q->method, "POST") == 0;
+    if (get && strcmp(q->path, "/healthz") == 0)
+        reply(r, 200, "text/plain", "ok\n");
+    else if (get && strcmp(q->path, "/metrics") == 0)
+        h_metrics(b, r);
+    else if (get && strcmp(q->path, "/v1/status") == 0)
+        h_status(b, r);
+    else if (get && strcmp(q->path, "/v1/sessions") == 0)
+        h_sessions(b, r);
+    else if (post && strcmp(q->path, "/v1/sessions/kill") == 0)
+        h_kill(b, q, r);
+    else if (post && strcmp(q->path, "/v1/tokens") == 0)
+        h_token_add(b, q, r);
+    else if (post && strcmp(q->path, "/v1/tokens/revoke") == 0)
+        h_token_revoke(b, q, r);
+    else if (!get && !post)
+        reply_error(r, 405, "method not allowed");
+    else
+        reply_error(r, 404, "not found");
+}
+
+/* ------------------------------------------------------------------ HTTP plumbing */
+
+static const char *status_text(int s)
+{
+    switch (s) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 503: return "Service Unavailable";
+    default: return "Internal Server Error";
+    }
+}
+
+static void on_conn_written(struct bufferevent *bev, void *arg)
+{
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_free(bev);
+}
+
+static void send_response(struct bufferevent *bev, struct response *r)
+{
+    const char *body = r->body ? r->body : "";
+    size_t len = strlen(body);
+    bool json = r->content_type && strcmp(r->content_type, "application/json") == 0;
+    evbuffer_add_printf(bufferevent_get_output(bev),
+                        "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "Connection: close\r\n\r\n%s%s",
+                        r->status, status_text(r->status),
+                        r->content_type ? r->content_type : "text/plain", len + (json ? 1 : 0),
+                        body, json ? "\n" : "");
+    free(r->body);
+    r->body = NULL;
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_setcb(bev, NULL, on_conn_written, NULL, NULL);
+}
+
+static void on_conn_event(struct bufferevent *bev, short what, void *arg)
+{
+    bufferevent_free(bev);
+}
+
+static void on_conn_read(struct bufferevent *bev, void *arg)
+{
+    struct admin *a = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t have = evbuffer_get_length(in);
+    struct response r = { 0 };
+    if (have > MAX_REQUEST) {
+        reply_error(&r, 413, "request too large");
+        send_response(bev, &r);
+        return;
+    }
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0)
+        return; /* headers not complete yet */
+    char *head = malloc((size_t)end.pos + 1);
+    if (head == NULL) {
+        bufferevent_free(bev);
+        return;
+    }
+    evbuffer_copyout(in, head, (size_t)end.pos);
+    head[end.pos] = '\0';
+    struct request q;
+    memset(&q, 0, sizeof(q));
+    size_t clen = 0;
+    char *save = NULL;
+    char *line = strtok_r(head, "\r\n", &save);
+    bool ok = line != NULL && sscanf(line, "%7s %127s", q.method, q.path) == 2;
+    while (ok && (line = strtok_r(NULL, "\r\n", &save)) != NULL) {
+        if (strncasecmp(line, "Content-Length:", 15) == 0)
+            clen = strtoul(line + 15, NULL, 10);
+    }
+    free(head);
+    if (!ok) {
+        reply_error(&r, 400, "malformed request");
+        send_response(bev, &r);
+        return;
+    }
+    size_t total = (size_t)end.pos + 4 + clen;
+    if (total > MAX_REQUEST) {
+        reply_error(&r, 413, "request too large");
+        send_response(bev, &r);
+        return;
+    }
+    if (have < total)
+        return; /* body not complete yet */
+    evbuffer_drain(in, (size_t)end.pos + 4);
+    char *body = malloc(clen + 1);
+    if (body == NULL) {
+        bufferevent_free(bev);
+        return;
+    }
+    evbuffer_remove(in, body, clen);
+    body[clen] = '\0';
+    q.body = body;
+    q.body_len = clen;
+    dispatch(a->b, &q, &r);
+    OPENSSL_cleanse(body, clen);
+    free(body);
+    send_response(bev, &r);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    struct admin *a = arg;
+    struct bufferevent *bev = bufferevent_socket_new(a->b->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        close(fd);
+        return;
+    }
+    struct timeval tv = { 10, 0 };
+    bufferevent_set_timeouts(bev, &tv, &tv);
+    bufferevent_setcb(bev, on_conn_read, NULL, on_conn_event, a);
+    bufferevent_enable(bev, EV_READ);
+}
+
+static int mkdir_parent(const char *path)
+{
+    char dir[108];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+struct admin *admin_new(struct broker *b, const char **err)
+{
+    struct admin *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    a->b = b;
+    const char *spec = b->cfg.admin;
+    int fd = -1;
+    if (strncmp(spec, "unix:", 5) == 0) {
+        const char *path = spec + 5;
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sun.sun_path)) {
+            *err = "admin socket path too long";
+            goto fail;
+        }
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+        if (mkdir_parent(path) < 0) {
+            *err = "cannot create the admin socket's directory";
+            goto fail;
+        }
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(path); /* a stale socket from an earlier run */
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        mode_t old = umask(0117); /* owner and group only */
+        int rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+        umask(old);
+        if (rc < 0 || listen(fd, 64) < 0) {
+            *err = strerror(errno);
+            goto fail;
+        }
+        snprintf(a->unix_path, sizeof(a->unix_path), "%s", path);
+    } else {
+        char host[128];
+        uint16_t port;
+        if (config_split_hostport(spec, host, sizeof(host), &port) < 0) {
+            *err = "bad admin address";
+            goto fail;
+        }
+        struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM,
+                                         .ai_flags = EVUTIL_AI_NUMERICHOST }, *ai = NULL;
+        char serv[8];
+        snprintf(serv, sizeof(serv), "%u", port);
+        if (evutil_getaddrinfo(host, serv, &hints, &ai) != 0) {
+            *err = "admin address must be numeric";
+            goto fail;
+        }
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        int rc = fd < 0 ? -1 : setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (rc == 0)
+            rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+        evutil_freeaddrinfo(ai);
+        if (rc < 0 || listen(fd, 64) < 0) {
+            *err = strerror(errno);
+            goto fail;
+        }
+    }
+    a->listener = evconnlistener_new(b->base, on_accept, a, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (a->listener == NULL) {
+        *err = "cannot listen";
+        goto fail;
+    }
+    return a;
+fail:
+    if (fd >= 0)
+        close(fd);
+    free(a);
+    return NULL;
+}
+
+void admin_free(struct admin *a)
+{
+    if (a == NULL)
+        return;
+    if (a->listener != NULL)
+        evconnlistener_free(a->listener);
+    if (a->unix_path[0] != '\0')
+        unlink(a->unix_path);
+    free(a);
+}

@@ -1,0 +1,329 @@
+/* broker/config.c: option table, command line and INI parsing, validation.
+ * Runs on the main thread at startup only. */
+#include "broker/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+enum opt_type { OPT_STR, OPT_INT, OPT_LEVEL, OPT_FLAG };
+
+struct opt {
+    const char *name;
+    enum opt_type type;
+    size_t off;      /* into struct config */
+    size_t cap;      /* strings */
+    long min, max;   /* ints */
+    const char *def;
+    const char *arg; /* for --help */
+    const char *help;
+};
+
+#define STR(f) OPT_STR, offsetof(struct config, f), sizeof(((struct config *)0)->f), 0, 0
+#define INT(f, lo, hi) OPT_INT, offsetof(struct config, f), 0, lo, hi
+
+static const struct opt opts[] = {
+    { "listen", STR(listen), "127.0.0.1:5999", "ADDR:PORT",
+      "where SPICE clients connect (plain TCP); IPv6 as [addr]:port" },
+    { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
+      "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
+    { "store", STR(store), "embedded:/var/lib/spice-broker", "embedded:DIR",
+      "where tokens and session records live" },
+    { "token-file", STR(token_file), "", "FILE",
+      "websockify-style token file (lines 'TOKEN: HOST:PORT'), re-read when it changes" },
+    { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
+    { "zone", STR(zone), "default", "NAME", "availability zone: the store key prefix" },
+    { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
+    { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
+    { "log-level", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0, "info",
+      "debug|info|warn|error", "log threshold" },
+    { "link-timeout", INT(link_timeout, 1, 3600), "10", "SECONDS",
+      "a client must finish its link within this" },
+    { "backend-timeout", INT(backend_timeout, 1, 3600), "5", "SECONDS",
+      "connecting and linking to a backend must finish within this" },
+    { "buffer-size", INT(buffer_size, 16384, 4194304), "65536", "BYTES",
+      "relay buffer per direction of a busy channel (idle channels hold none)" },
+    { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
+      "validate the configuration and exit (0 if valid)" },
+};
+#define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+
+static const struct opt *find_opt(const char *name)
+{
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (strcmp(opts[i].name, name) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+static int set_opt(struct config *cfg, const struct opt *o, const char *val, const char *where)
+{
+    char *base = (char *)cfg + o->off;
+    switch (o->type) {
+    case OPT_STR:
+        if (strlen(val) >= o->cap) {
+            fprintf(stderr, "spice-broker: %s: value of %s is too long (max %zu)\n", where,
+                    o->name, o->cap - 1);
+            return -1;
+        }
+        memcpy(base, val, strlen(val) + 1);
+        return 0;
+    case OPT_INT: {
+        char *end;
+        errno = 0;
+        long v = strtol(val, &end, 10);
+        if (errno || end == val || *end != '\0' || v < o->min || v > o->max) {
+            fprintf(stderr, "spice-broker: %s: %s must be an integer in [%ld, %ld], got '%s'\n",
+                    where, o->name, o->min, o->max, val);
+            return -1;
+        }
+        *(int *)base = (int)v;
+        return 0;
+    }
+    case OPT_LEVEL: {
+        int l = log_level_parse(val);
+        if (l < 0) {
+            fprintf(stderr, "spice-broker: %s: log-level must be debug|info|warn|error, got '%s'\n",
+                    where, val);
+            return -1;
+        }
+        *(int *)base = l;
+        return 0;
+    }
+    case OPT_FLAG:
+        if (val == NULL || strcmp(val, "true") == 0 || strcmp(val, "1") == 0 ||
+            strcmp(val, "yes") == 0) {
+            *(bool *)base = true;
+            return 0;
+        }
+        if (strcmp(val, "false") == 0 || strcmp(val, "0") == 0 || strcmp(val, "no") == 0) {
+            *(bool *)base = false;
+            return 0;
+        }
+        fprintf(stderr, "spice-broker: %s: %s takes true or false\n", where, o->name);
+        return -1;
+    }
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* Reads an INI file: "key = value" lines, '#' or ';' comments, [sections].
+ * Keys in [broker] (or before any section) are option names; other sections
+ * are ignored, so one file can be shared with other programs. */
+static int load_file(struct config *cfg, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "spice-broker: cannot open config file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[1024], where[600];
+    int lineno = 0, rc = 0;
+    bool ours = true;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            fprintf(stderr, "spice-broker: %s: line too long\n", where);
+            rc = -1;
+            break;
+        }
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#' || *s == ';')
+            continue;
+        if (*s == '[') {
+            char *e = strchr(s, ']');
+            if (e == NULL) {
+                fprintf(stderr, "spice-broker: %s: unterminated section header\n", where);
+                rc = -1;
+                break;
+            }
+            *e = '\0';
+            ours = strcmp(trim(s + 1), "broker") == 0;
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            fprintf(stderr, "spice-broker: %s: expected 'key = value'\n", where);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        if (!ours)
+            continue;
+        const struct opt *o = find_opt(key);
+        if (o == NULL || strcmp(key, "config") == 0) {
+            fprintf(stderr, "spice-broker: %s: unknown option '%s'\n", where, key);
+            rc = -1;
+            break;
+        }
+        if (set_opt(cfg, o, val, where) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+static void set_defaults(struct config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (opts[i].def != NULL)
+            (void)set_opt(cfg, &opts[i], opts[i].def, "default");
+}
+
+void config_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: spice-broker [OPTION]...\n"
+            "Relay SPICE console sessions to QEMU; clients connect with a console token as\n"
+            "their SPICE password.\n\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char left[64];
+        snprintf(left, sizeof(left), "--%s%s%s", opts[i].name, opts[i].arg ? " " : "",
+                 opts[i].arg ? opts[i].arg : "");
+        fprintf(out, "  %-34s %s", left, opts[i].help);
+        if (opts[i].def != NULL && opts[i].def[0] != '\0')
+            fprintf(out, " (default: %s)", opts[i].def);
+        fputc('\n', out);
+    }
+    fprintf(out, "  %-34s %s\n  %-34s %s\n", "--help", "show this help and exit", "--version",
+            "show the version and exit");
+    fprintf(out, "\nCommand-line options override the config file. See spice-broker(8) in README.md.\n");
+}
+
+int config_load(struct config *cfg, int argc, char **argv)
+{
+    struct option lo[N_OPTS + 3];
+    size_t n = 0;
+    for (; n < N_OPTS; n++)
+        lo[n] = (struct option){ opts[n].name,
+                                 opts[n].type == OPT_FLAG ? no_argument : required_argument, NULL,
+                                 (int)(256 + n) };
+    lo[n++] = (struct option){ "help", no_argument, NULL, 'h' };
+    lo[n++] = (struct option){ "version", no_argument, NULL, 'V' };
+    lo[n] = (struct option){ 0 };
+
+    set_defaults(cfg);
+    /* Pass 1: --config, --help, --version, and syntax. */
+    const char *cfile = NULL;
+    opterr = 1;
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
+        if (ch == 'h') {
+            config_usage(stdout);
+            return 1;
+        }
+        if (ch == 'V') {
+            printf("spice-broker %s\n", SPICE_BROKER_VERSION);
+            return 1;
+        }
+        if (ch == '?' || ch < 256) {
+            fprintf(stderr, "Try 'spice-broker --help'.\n");
+            return -1;
+        }
+        if (strcmp(opts[ch - 256].name, "config") == 0)
+            cfile = optarg;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "spice-broker: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (cfile != NULL && load_file(cfg, cfile) < 0)
+        return -1;
+    /* Pass 2: the command line wins. */
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
+        const struct opt *o = &opts[ch - 256];
+        if (set_opt(cfg, o, o->type == OPT_FLAG ? NULL : optarg, "command line") < 0)
+            return -1;
+    }
+    if (cfg->workers == 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = nc > 0 ? (int)(nc > 256 ? 256 : nc) : 1;
+    }
+    if (cfg->broker_id[0] == '\0' && gethostname(cfg->broker_id, sizeof(cfg->broker_id) - 1) != 0)
+        snprintf(cfg->broker_id, sizeof(cfg->broker_id), "broker");
+    return 0;
+}
+
+int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port)
+{
+    const char *colon;
+    size_t hl;
+    if (s[0] == '[') {
+        const char *e = strchr(s, ']');
+        if (e == NULL || e[1] != ':')
+            return -1;
+        hl = (size_t)(e - s - 1);
+        s++;
+        colon = e + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL)
+            return -1;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= cap)
+        return -1;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || *end != '\0' || p < 1 || p > 65535)
+        return -1;
+    *port = (uint16_t)p;
+    return 0;
+}
+
+int config_validate(const struct config *cfg)
+{
+    char host[128];
+    uint16_t port;
+    if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
+        fprintf(stderr, "spice-broker: listen must be ADDR:PORT, got '%s'\n", cfg->listen);
+        return -1;
+    }
+    if (strncmp(cfg->admin, "unix:", 5) == 0) {
+        if (cfg->admin[5] != '/') {
+            fprintf(stderr, "spice-broker: admin unix socket path must be absolute: '%s'\n",
+                    cfg->admin);
+            return -1;
+        }
+    } else if (config_split_hostport(cfg->admin, host, sizeof(host), &port) < 0) {
+        fprintf(stderr, "spice-broker: admin must be unix:PATH or HOST:PORT, got '%s'\n", cfg->admin);
+        return -1;
+    }
+    if (strncmp(cfg->store, "embedded:", 9) != 0 || cfg->store[9] != '/') {
+        fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR, got '%s'\n", cfg->store);
+        return -1;
+    }
+    if (cfg->token_file[0] != '\0' && access(cfg->token_file, R_OK) != 0) {
+        fprintf(stderr, "spice-broker: token file %s is not readable: %s\n", cfg->token_file,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,39 @@
+/* broker/config.h: the daemon's options, described once in a table that
+ * serves the command line, the INI config file (keys are the long option
+ * names, in a [broker] section or before any section) and --help. Parsed into
+ * a fresh struct, validated, then used; the main thread owns it. */
+#ifndef SB_CONFIG_H
+#define SB_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct config {
+    char listen[128];
+    char admin[256];
+    char store[512];
+    char token_file[512];
+    char config_file[512];
+    char zone[64];
+    char broker_id[128];
+    int workers;
+    int log_level;
+    int link_timeout;     /* seconds */
+    int backend_timeout;  /* seconds */
+    int buffer_size;      /* bytes per relay direction */
+    bool check_only;
+};
+
+/* Fills defaults, then the config file named by --config (if any), then the
+ * command line. Returns 0, 1 if the program should exit 0 (--help,
+ * --version), or -1 with a message printed on stderr. */
+int config_load(struct config *cfg, int argc, char **argv);
+void config_usage(FILE *out);
+/* Checks cross-field constraints (listen address, store spec, token file).
+ * Returns 0 or -1 with a message on stderr. */
+int config_validate(const struct config *cfg);
+/* Splits "HOST:PORT" ("[v6]:PORT" too) into host and port. */
+int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port);
+
+#endif

@@ -1,0 +1,352 @@
+/* broker/ctl.c: spice-brokerctl, the operator's command line. Talks HTTP/1.0
+ * to the broker's admin endpoint (unix socket or loopback TCP), one request
+ * per invocation, with a bounded wait. Exit status: 0 ok, 1 the broker said
+ * no (message on stderr), 2 usage error, 3 cannot reach the broker. */
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#define TIMEOUT_MS 10000
+
+static const char *admin_spec = "unix:/run/spice-broker/admin.sock";
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "Usage: spice-brokerctl [--admin unix:PATH|HOST:PORT] COMMAND ...\n\n"
+        "Commands:\n"
+        "  token add TOKEN --host HOST --port PORT [--tls-port PORT] [--password PW]\n"
+        "                  [--instance UUID] [--ttl SECONDS]\n"
+        "                                register a console token (the client's SPICE password)\n"
+        "  token revoke TOKEN            forget a token (live sessions stay up)\n"
+        "  session list [--json]         list live sessions\n"
+        "  session kill ID               close a session (ID as printed by session list)\n"
+        "  status                        broker version, workers, sessions, uptime\n"
+        "  metrics                       Prometheus metrics\n\n"
+        "Options:\n"
+        "  --admin SPEC   the broker's admin endpoint (default %s)\n"
+        "  --help         show this help\n"
+        "  --version      show the version\n\n"
+        "Exit status: 0 ok, 1 refused by the broker, 2 usage error, 3 broker unreachable.\n",
+        admin_spec);
+}
+
+static int connect_admin(void)
+{
+    int fd = -1;
+    if (strncmp(admin_spec, "unix:", 5) == 0) {
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        if (strlen(admin_spec + 5) >= sizeof(sun.sun_path))
+            return -1;
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", admin_spec + 5);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    char host[128];
+    const char *colon = strrchr(admin_spec, ':');
+    if (colon == NULL || (size_t)(colon - admin_spec) >= sizeof(host))
+        return -1;
+    memcpy(host, admin_spec, (size_t)(colon - admin_spec));
+    host[colon - admin_spec] = '\0';
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
+        return -1;
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* Sends one request; returns the HTTP status (and the body in *out, malloc'd)
+ * or -1 if the broker cannot be reached. */
+static int request(const char *method, const char *path, const char *body, char **out)
+{
+    int fd = connect_admin();
+    if (fd < 0) {
+        fprintf(stderr, "spice-brokerctl: cannot reach the broker at %s: %s\n", admin_spec,
+                strerror(errno));
+        return -1;
+    }
+    char *req = NULL;
+    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: spice-broker\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", method, path, body ? strlen(body) : 0,
+                     body ? body : "");
+    if (n < 0) {
+        close(fd);
+        return -1;
+    }
+    size_t off = 0;
+    while (off < (size_t)n) {
+        ssize_t w = write(fd, req + off, (size_t)n - off);
+        if (w <= 0) {
+            free(req);
+            close(fd);
+            fprintf(stderr, "spice-brokerctl: write to the broker failed\n");
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    memset(req, 0, (size_t)n); /* may hold a token or password */
+    free(req);
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = TIMEOUT_MS - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            fprintf(stderr, "spice-brokerctl: the broker did not answer within %d s\n", TIMEOUT_MS / 1000);
+            free(buf);
+            close(fd);
+            return -1;
+        }
+        if (len + 1024 > cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = '\0';
+    int status = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
+        fprintf(stderr, "spice-brokerctl: malformed answer from the broker\n");
+        free(buf);
+        return -1;
+    }
+    char *b = strstr(buf, "\r\n\r\n");
+    *out = strdup(b ? b + 4 : "");
+    free(buf);
+    return status;
+}
+
+static int report(int status, char *body, bool print_body)
+{
+    if (status < 0)
+        return 3;
+    if (status >= 200 && status < 300) {
+        if (print_body)
+            fputs(body, stdout);
+        free(body);
+        return 0;
+    }
+    json_t *j = json_loads(body, 0, NULL);
+    const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+    fprintf(stderr, "spice-brokerctl: %s\n", msg ? msg : body);
+    json_decref(j);
+    free(body);
+    return 1;
+}
+
+static int parse_port(const char *s, long lo)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > 65535)
+        return -1;
+    return (int)v;
+}
+
+static int cmd_token_add(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "host", required_argument, NULL, 'H' }, { "port", required_argument, NULL, 'p' },
+        { "tls-port", required_argument, NULL, 't' }, { "password", required_argument, NULL, 'w' },
+        { "instance", required_argument, NULL, 'i' }, { "ttl", required_argument, NULL, 'T' },
+        { 0 } };
+    const char *host = NULL, *password = NULL, *instance = NULL;
+    int port = -1, tls_port = 0;
+    long ttl = 0;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'H': host = optarg; break;
+        case 'p': port = parse_port(optarg, 1); break;
+        case 't': tls_port = parse_port(optarg, 0); break;
+        case 'w': password = optarg; break;
+        case 'i': instance = optarg; break;
+        case 'T': {
+            char *end;
+            ttl = strtol(optarg, &end, 10);
+            if (*end != '\0' || ttl < 0) {
+                fprintf(stderr, "spice-brokerctl: --ttl takes seconds (>= 0)\n");
+                return 2;
+            }
+            break;
+        }
+        default: return 2;
+        }
+    }
+    if (optind != argc - 1 || host == NULL || port < 0 || tls_port < 0) {
+        fprintf(stderr, "spice-brokerctl: usage: token add TOKEN --host HOST --port PORT "
+                        "[--tls-port PORT] [--password PW] [--instance UUID] [--ttl SECONDS]\n");
+        return 2;
+    }
+    json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:I}", "token", argv[optind], "host", host,
+                          "port", port, "tls_port", tls_port, "ttl", (json_int_t)ttl);
+    if (password)
+        json_object_set_new(j, "password", json_string(password));
+    if (instance)
+        json_object_set_new(j, "instance", json_string(instance));
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char *out = NULL;
+    int st = request("POST", "/v1/tokens", body, &out);
+    memset(body, 0, strlen(body));
+    free(body);
+    return report(st, out, false);
+}
+
+static int cmd_token_revoke(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "spice-brokerctl: usage: token revoke TOKEN\n");
+        return 2;
+    }
+    json_t *j = json_pack("{s:s}", "token", argv[1]);
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char *out = NULL;
+    int st = request("POST", "/v1/tokens/revoke", body, &out);
+    memset(body, 0, strlen(body));
+    free(body);
+    return report(st, out, false);
+}
+
+static void print_sessions(const char *body)
+{
+    json_t *arr = json_loads(body, 0, NULL);
+    if (!json_is_array(arr)) {
+        fputs(body, stdout);
+        json_decref(arr);
+        return;
+    }
+    printf("%-10s %-22s %-22s %-10s %-36s %s\n", "ID", "CLIENT", "BACKEND", "AGE", "INSTANCE",
+           "CHANNELS");
+    size_t i;
+    json_t *s;
+    time_t now = time(NULL);
+    json_array_foreach(arr, i, s) {
+        char chans[512] = "";
+        size_t k;
+        json_t *c;
+        json_array_foreach(json_object_get(s, "channels"), k, c) {
+            char one[32];
+            snprintf(one, sizeof(one), "%s%s:%d", k ? "," : "",
+                     json_string_value(json_object_get(c, "type")),
+                     (int)json_integer_value(json_object_get(c, "id")));
+            strncat(chans, one, sizeof(chans) - strlen(chans) - 1);
+        }
+        long age = (long)(now - json_integer_value(json_object_get(s, "started")));
+        const char *inst = json_string_value(json_object_get(s, "instance"));
+        printf("%-10lld %-22s %-22s %-10ld %-36s %s\n",
+               (long long)json_integer_value(json_object_get(s, "id")),
+               json_string_value(json_object_get(s, "client")),
+               json_string_value(json_object_get(s, "backend")), age,
+               inst && inst[0] ? inst : "-", chans);
+    }
+    json_decref(arr);
+}
+
+static int cmd_session(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        bool as_json = argc == 3 && strcmp(argv[2], "--json") == 0;
+        if (argc > 3 || (argc == 3 && !as_json)) {
+            fprintf(stderr, "spice-brokerctl: usage: session list [--json]\n");
+            return 2;
+        }
+        char *out = NULL;
+        int st = request("GET", "/v1/sessions", NULL, &out);
+        if (st >= 200 && st < 300 && !as_json) {
+            print_sessions(out);
+            free(out);
+            return 0;
+        }
+        return report(st, out, true);
+    }
+    if (argc == 3 && strcmp(argv[1], "kill") == 0) {
+        char *end;
+        unsigned long long id = strtoull(argv[2], &end, 0);
+        if (*end != '\0' || id == 0 || id > UINT32_MAX) {
+            fprintf(stderr, "spice-brokerctl: session kill takes a session id\n");
+            return 2;
+        }
+        char body[64];
+        snprintf(body, sizeof(body), "{\"id\":%llu}", id);
+        char *out = NULL;
+        return report(request("POST", "/v1/sessions/kill", body, &out), out, false);
+    }
+    fprintf(stderr, "spice-brokerctl: usage: session list [--json] | session kill ID\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    int i = 1;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) {
+            admin_spec = argv[++i];
+        } else if (strncmp(argv[i], "--admin=", 8) == 0) {
+            admin_spec = argv[i] + 8;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("spice-brokerctl %s\n", SPICE_BROKER_VERSION);
+            return 0;
+        } else {
+            break;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    int rest = argc - i;
+    char **rv = argv + i;
+    if (strcmp(cmd, "token") == 0 && rest >= 2 && strcmp(rv[1], "add") == 0)
+        return cmd_token_add(rest - 1, rv + 1);
+    if (strcmp(cmd, "token") == 0 && rest >= 2 && strcmp(rv[1], "revoke") == 0)
+        return cmd_token_revoke(rest - 1, rv + 1);
+    if (strcmp(cmd, "session") == 0)
+        return cmd_session(rest, rv);
+    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {
+        char *out = NULL;
+        return report(request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out),
+                      out, true);
+    }
+    fprintf(stderr, "spice-brokerctl: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,263 @@
+/* broker/main.c: spice-broker's main(): configuration, the store, the link
+ * key, the workers, and the control loop on the main thread (admin API,
+ * session-record writes, signals). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/crypto.h>
+
+#include "broker/broker.h"
+#include "common/log.h"
+#include "migrate/snap.h"
+#include "proto/ticket.h"
+
+/* ------------------------------------------------------------------ session_env callbacks */
+
+static struct broker *the_broker;
+
+static int env_resolve(void *arg, const char *token, struct snap_token *rec, const char **why)
+{
+    struct broker *b = arg;
+    return resolver_lookup(b->resolver, token, rec, why);
+}
+
+static int env_claim(void *arg, uint32_t id, int worker_index)
+{
+    struct broker *b = arg;
+    return registry_claim(b->registry, id, worker_index);
+}
+
+static void env_release(void *arg, uint32_t id)
+{
+    struct broker *b = arg;
+    registry_release(b->registry, id);
+}
+
+static int env_owner(void *arg, uint32_t id)
+{
+    struct broker *b = arg;
+    return registry_owner(b->registry, id);
+}
+
+static int env_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
+                       const uint8_t *pre, size_t pre_len)
+{
+    struct broker *b = arg;
+    if (worker_index < 0 || worker_index >= b->n_workers)
+        return -1;
+    return worker_handoff(b->workers[worker_index], fd, peer, pre, pre_len);
+}
+
+/* Session records are written on the control loop, so a slow disk (or, later,
+ * etcd) never stalls a worker. */
+struct publish_job {
+    struct snap_session rec;
+    bool ended;
+};
+
+static void on_publish(evutil_socket_t fd, short what, void *arg)
+{
+    struct publish_job *j = arg;
+    broker_publish_session(the_broker, &j->rec, j->ended);
+    free(j);
+}
+
+static void env_publish(void *arg, const struct snap_session *rec, bool ended)
+{
+    struct broker *b = arg;
+    struct publish_job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return;
+    j->rec = *rec;
+    j->ended = ended;
+    /* event_base_once is thread-safe once libevent's pthread locking is on. */
+    if (event_base_once(b->base, -1, EV_TIMEOUT, on_publish, j, NULL) < 0)
+        free(j);
+}
+
+void broker_publish_session(struct broker *b, const void *r, int ended)
+{
+    const struct snap_session *rec = r;
+    char key[SNAP_KEY_MAX];
+    snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
+    if (ended) {
+        int rc = store_delete(b->store, key, STORE_ANY_REV);
+        if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+            log_warnx("sid=%08x cannot delete the session record", rec->id);
+        return;
+    }
+    uint8_t *val = NULL;
+    size_t len = 0;
+    if (snap_session_encode(rec, &val, &len) != 0 ||
+        store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK)
+        log_warnx("sid=%08x cannot write the session record", rec->id);
+    free(val);
+}
+
+/* Records left by an earlier run of this broker belong to connections that
+ * died with it. (Adopting them is the fail-over work; for now they go.) */
+struct stale {
+    struct broker *b;
+    char (*keys)[SNAP_KEY_MAX];
+    size_t n, cap;
+};
+
+static int collect_stale(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct stale *st = arg;
+    struct snap_session rec;
+    if (snap_session_decode(val, len, &rec) != 0 || strcmp(rec.broker, st->b->cfg.broker_id) == 0) {
+        if (st->n == st->cap) {
+            size_t nc = st->cap ? st->cap * 2 : 16;
+            void *nk = realloc(st->keys, nc * sizeof(*st->keys));
+            if (nk == NULL)
+                return 1;
+            st->keys = nk;
+            st->cap = nc;
+        }
+        snprintf(st->keys[st->n++], SNAP_KEY_MAX, "%s", key);
+    }
+    return 0;
+}
+
+static void drop_stale_sessions(struct broker *b)
+{
+    char prefix[SNAP_KEY_MAX];
+    snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions");
+    struct stale st = { .b = b };
+    store_walk(b->store, prefix, collect_stale, &st);
+    for (size_t i = 0; i < st.n; i++)
+        store_delete(b->store, st.keys[i], STORE_ANY_REV);
+    if (st.n > 0)
+        log_info("dropped %zu session records left by an earlier run", st.n);
+    free(st.keys);
+}
+
+/* ------------------------------------------------------------------ signals */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct broker *b = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: the token file is re-read on its next change; nothing else to reload");
+        return;
+    }
+    log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    event_base_loopbreak(b->base);
+}
+
+int main(int argc, char **argv)
+{
+    struct broker b;
+    memset(&b, 0, sizeof(b));
+    the_broker = &b;
+    int rc = config_load(&b.cfg, argc, argv);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    if (config_validate(&b.cfg) < 0)
+        return 2;
+    if (b.cfg.check_only) {
+        printf("spice-broker: configuration OK\n");
+        return 0;
+    }
+    log_set_level((enum log_level)b.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0)
+        fatalx("libevent has no pthread support");
+
+    const char *err = NULL;
+    int exit_code = 1;
+    struct event *sigs[3] = { 0 };
+    b.started = (int64_t)time(NULL);
+    b.base = event_base_new();
+    b.store = store_open(b.cfg.store, &err);
+    if (b.store == NULL) {
+        log_error("cannot open store %s: %s", b.cfg.store, err ? err : "?");
+        goto out;
+    }
+    b.resolver = resolver_new(b.store, b.cfg.zone, b.cfg.token_file);
+    b.registry = registry_new();
+    b.key = ticket_key_new();
+    if (b.base == NULL || b.resolver == NULL || b.registry == NULL || b.key == NULL) {
+        log_error("startup failed: out of memory or no RSA key");
+        goto out;
+    }
+    drop_stale_sessions(&b);
+
+    char host[128];
+    uint16_t port;
+    config_split_hostport(b.cfg.listen, host, sizeof(host), &port);
+    struct session_env env = {
+        .key = b.key,
+        .resolve = env_resolve,
+        .claim_id = env_claim,
+        .release_id = env_release,
+        .owner_of = env_owner,
+        .handoff = env_handoff,
+        .publish = env_publish,
+        .arg = &b,
+        .link_timeout_ms = b.cfg.link_timeout * 1000,
+        .backend_timeout_ms = b.cfg.backend_timeout * 1000,
+        .buffer_size = (uint32_t)b.cfg.buffer_size,
+        .broker_id = b.cfg.broker_id,
+    };
+    b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
+    if (b.workers == NULL)
+        goto out;
+    for (int i = 0; i < b.cfg.workers; i++) {
+        b.workers[i] = worker_new(i, host, port, &env, &err);
+        if (b.workers[i] == NULL) {
+            log_error("cannot listen on %s: %s", b.cfg.listen, err ? err : "?");
+            goto out;
+        }
+        b.n_workers++;
+    }
+    b.admin = admin_new(&b, &err);
+    if (b.admin == NULL) {
+        log_error("cannot open admin endpoint %s: %s", b.cfg.admin, err ? err : "?");
+        goto out;
+    }
+    int signums[3] = { SIGTERM, SIGINT, SIGHUP };
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(b.base, signums[i], on_signal, &b);
+        if (sigs[i] != NULL)
+            event_add(sigs[i], NULL);
+    }
+    for (int i = 0; i < b.n_workers; i++) {
+        if (worker_start(b.workers[i]) < 0) {
+            log_error("cannot start worker %d", i);
+            goto out;
+        }
+    }
+    log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
+             SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
+             store_describe(b.store), b.cfg.zone);
+    event_base_dispatch(b.base);
+    exit_code = 0;
+out:
+    for (int i = 0; i < b.n_workers; i++)
+        worker_stop_and_free(b.workers[i]);
+    free(b.workers);
+    /* Session records the workers published while stopping. */
+    if (b.base != NULL)
+        event_base_loop(b.base, EVLOOP_NONBLOCK);
+    admin_free(b.admin);
+    for (int i = 0; i < 3; i++)
+        if (sigs[i] != NULL)
+            event_free(sigs[i]);
+    ticket_key_free(b.key);
+    registry_free(b.registry);
+    resolver_free(b.resolver);
+    store_free(b.store);
+    if (b.base != NULL)
+        event_base_free(b.base);
+    libevent_global_shutdown();
+    if (exit_code == 0)
+        log_info("stopped");
+    return exit_code;
+}

@@ -1,0 +1,189 @@
+/* broker/resolver.c: token lookups in the store and the token file. */
+#include "broker/resolver.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "broker/config.h"
+#include "common/log.h"
+
+struct file_entry {
+    char *token;
+    struct snap_token rec;
+};
+
+struct resolver {
+    struct store *st;
+    char zone[64];
+    char path[512];
+    pthread_mutex_t mu;
+    struct timespec mtime;
+    off_t size;
+    bool loaded;
+    struct file_entry *entries;
+    size_t n;
+};
+
+static void free_entries(struct resolver *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        OPENSSL_cleanse(r->entries[i].token, strlen(r->entries[i].token));
+        free(r->entries[i].token);
+    }
+    free(r->entries);
+    r->entries = NULL;
+    r->n = 0;
+}
+
+struct resolver *resolver_new(struct store *st, const char *zone, const char *token_file)
+{
+    struct resolver *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->st = st;
+    snprintf(r->zone, sizeof(r->zone), "%s", zone);
+    snprintf(r->path, sizeof(r->path), "%s", token_file ? token_file : "");
+    pthread_mutex_init(&r->mu, NULL);
+    return r;
+}
+
+void resolver_free(struct resolver *r)
+{
+    if (r == NULL)
+        return;
+    free_entries(r);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+int resolver_parse_line(const char *line, char *token, size_t tcap, struct snap_token *rec)
+{
+    while (isspace((unsigned char)*line))
+        line++;
+    if (*line == '\0' || *line == '#')
+        return 1;
+    const char *colon = strchr(line, ':');
+    if (colon == NULL || colon == line || (size_t)(colon - line) >= tcap)
+        return -1;
+    memcpy(token, line, (size_t)(colon - line));
+    token[colon - line] = '\0';
+    const char *t = colon + 1;
+    while (isspace((unsigned char)*t))
+        t++;
+    char hp[300];
+    size_t n = strcspn(t, " \t\r\n");
+    if (n == 0 || n >= sizeof(hp))
+        return -1;
+    memcpy(hp, t, n);
+    hp[n] = '\0';
+    memset(rec, 0, sizeof(*rec));
+    if (config_split_hostport(hp, rec->host, sizeof(rec->host), &rec->port) < 0)
+        return -1;
+    return 0;
+}
+
+/* Re-reads the token file if it changed. Called with r->mu held. */
+static void reload_locked(struct resolver *r)
+{
+    struct stat st;
+    if (stat(r->path, &st) != 0) {
+        if (r->loaded)
+            log_warn("token file %s", r->path);
+        free_entries(r);
+        r->loaded = false;
+        return;
+    }
+    if (r->loaded && st.st_mtim.tv_sec == r->mtime.tv_sec &&
+        st.st_mtim.tv_nsec == r->mtime.tv_nsec && st.st_size == r->size)
+        return;
+    FILE *f = fopen(r->path, "r");
+    if (f == NULL) {
+        log_warn("token file %s", r->path);
+        return;
+    }
+    free_entries(r);
+    char line[1024];
+    int lineno = 0, bad = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        char token[256];
+        struct snap_token rec;
+        int rc = resolver_parse_line(line, token, sizeof(token), &rec);
+        if (rc == 1)
+            continue;
+        if (rc < 0) {
+            log_warnx("token file %s:%d: expected 'TOKEN: HOST:PORT'; line ignored", r->path, lineno);
+            bad++;
+            continue;
+        }
+        struct file_entry *ne = realloc(r->entries, (r->n + 1) * sizeof(*ne));
+        if (ne == NULL)
+            break;
+        r->entries = ne;
+        ne[r->n].token = strdup(token);
+        ne[r->n].rec = rec;
+        if (ne[r->n].token != NULL)
+            r->n++;
+        OPENSSL_cleanse(token, sizeof(token));
+    }
+    fclose(f);
+    r->mtime = st.st_mtim;
+    r->size = st.st_size;
+    r->loaded = true;
+    log_info("token file %s: %zu tokens loaded%s", r->path, r->n, bad ? " (some lines ignored)" : "");
+}
+
+int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why)
+{
+    *why = "unknown token";
+    if (token[0] == '\0') {
+        *why = "empty token";
+        return -1;
+    }
+    if (r->st != NULL) {
+        char key[SNAP_KEY_MAX];
+        void *val = NULL;
+        size_t len = 0;
+        snap_token_key(key, sizeof(key), r->zone, token);
+        int rc = store_get(r->st, key, &val, &len, NULL);
+        if (rc == STORE_OK) {
+            int drc = snap_token_decode(val, len, rec);
+            OPENSSL_cleanse(val, len);
+            free(val);
+            if (drc != 0) {
+                *why = "unreadable token record";
+                return -1;
+            }
+            if (rec->expires != 0 && rec->expires <= (int64_t)time(NULL)) {
+                *why = "expired token";
+                return -1;
+            }
+            return 0;
+        }
+        if (rc == STORE_ERROR)
+            log_warnx("token lookup: store error");
+    }
+    if (r->path[0] == '\0')
+        return -1;
+    int found = -1;
+    pthread_mutex_lock(&r->mu);
+    reload_locked(r);
+    for (size_t i = 0; i < r->n; i++) {
+        const char *t = r->entries[i].token;
+        if (strlen(t) == strlen(token) && CRYPTO_memcmp(t, token, strlen(t)) == 0) {
+            *rec = r->entries[i].rec;
+            found = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return found;
+}

@@ -1,0 +1,272 @@
+/* broker/worker.c: worker threads, their listeners and job queues. The
+ * accept callback and jobs run on the worker's own loop; worker_post and
+ * worker_handoff may be called from any thread. */
+#include "broker/worker.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/queue.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/log.h"
+
+struct job {
+    STAILQ_ENTRY(job) next;
+    worker_job_fn fn;
+    void *arg;
+};
+
+struct worker {
+    int index;
+    pthread_t thread;
+    bool started;
+    struct event_base *base;
+    int listen_fd;
+    struct event *accept_ev, *accept_retry, *wake_ev;
+    int wake_fd;
+    pthread_mutex_t mu;
+    STAILQ_HEAD(, job) jobs;
+    struct session_env env;
+    struct session_worker *sw;
+};
+
+static int listen_socket(const char *host, uint16_t port, const char **err)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV | AI_PASSIVE };
+    struct addrinfo *ai = NULL;
+    char serv[8];
+    snprintf(serv, sizeof(serv), "%u", port);
+    if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+        *err = "cannot resolve the listen address";
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        *err = strerror(errno);
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    struct worker *w = arg;
+    /* Bounded batch: other sockets on this loop get their turn. */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a second instead of
+                 * spinning on a listener that stays readable. */
+                log_warn("worker %d: accept paused for 1s", w->index);
+                event_del(w->accept_ev);
+                struct timeval tv = { 1, 0 };
+                evtimer_add(w->accept_retry, &tv);
+            }
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        session_accept(w->sw, fd, &peer, NULL, 0);
+    }
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    event_add(w->accept_ev, NULL);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t v;
+    ssize_t r = read(w->wake_fd, &v, sizeof(v));
+    (void)r;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        struct job *j = STAILQ_FIRST(&w->jobs);
+        if (j != NULL)
+            STAILQ_REMOVE_HEAD(&w->jobs, next);
+        pthread_mutex_unlock(&w->mu);
+        if (j == NULL)
+            break;
+        j->fn(w->sw, j->arg);
+        free(j);
+    }
+}
+
+struct worker *worker_new(int index, const char *host, uint16_t port,
+                          const struct session_env *env, const char **err)
+{
+    struct worker *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    w->index = index;
+    w->wake_fd = -1;
+    w->listen_fd = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    STAILQ_INIT(&w->jobs);
+    w->listen_fd = listen_socket(host, port, err);
+    if (w->listen_fd < 0)
+        goto fail;
+    w->base = event_base_new();
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->base == NULL || w->wake_fd < 0) {
+        *err = "cannot create the event loop";
+        goto fail;
+    }
+    w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
+    w->accept_retry = evtimer_new(w->base, on_accept_retry, w);
+    w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, on_wake, w);
+    if (!w->accept_ev || !w->accept_retry || !w->wake_ev) {
+        *err = "out of memory";
+        goto fail;
+    }
+    w->env = *env;
+    w->env.base = w->base;
+    w->env.worker_index = index;
+    w->sw = session_worker_new(&w->env);
+    if (w->sw == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    event_add(w->accept_ev, NULL);
+    event_add(w->wake_ev, NULL);
+    return w;
+fail:
+    worker_stop_and_free(w);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    log_debug("worker %d running", w->index);
+    event_base_dispatch(w->base);
+    /* Stopped: close what is left on this thread, where it lives. */
+    session_worker_free(w->sw);
+    w->sw = NULL;
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return -1;
+    w->started = true;
+    return 0;
+}
+
+static void job_exit(struct session_worker *sw, void *arg)
+{
+    struct worker *w = arg;
+    event_del(w->accept_ev);
+    event_base_loopbreak(w->base);
+}
+
+int worker_post(struct worker *w, worker_job_fn fn, void *arg)
+{
+    struct job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return -1;
+    j->fn = fn;
+    j->arg = arg;
+    pthread_mutex_lock(&w->mu);
+    STAILQ_INSERT_TAIL(&w->jobs, j, next);
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    ssize_t r = write(w->wake_fd, &one, sizeof(one));
+    (void)r;
+    return 0;
+}
+
+struct handoff {
+    int fd;
+    struct sockaddr_storage peer;
+    size_t len;
+    uint8_t pre[];
+};
+
+static void job_handoff(struct session_worker *sw, void *arg)
+{
+    struct handoff *h = arg;
+    session_accept(sw, h->fd, &h->peer, h->pre, h->len);
+    free(h);
+}
+
+int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                   const uint8_t *pre, size_t pre_len)
+{
+    struct handoff *h = malloc(sizeof(*h) + pre_len);
+    if (h == NULL) {
+        close(fd);
+        return -1;
+    }
+    h->fd = fd;
+    h->peer = *peer;
+    h->len = pre_len;
+    memcpy(h->pre, pre, pre_len);
+    if (worker_post(w, job_handoff, h) < 0) {
+        close(fd);
+        free(h);
+        return -1;
+    }
+    return 0;
+}
+
+void worker_stop_and_free(struct worker *w)
+{
+    if (w == NULL)
+        return;
+    if (w->started) {
+        worker_post(w, job_exit, w);
+        pthread_join(w->thread, NULL);
+    } else if (w->sw != NULL) {
+        session_worker_free(w->sw);
+    }
+    /* Jobs nobody ran (handoffs after the stop): close their sockets. */
+    struct job *j;
+    while ((j = STAILQ_FIRST(&w->jobs)) != NULL) {
+        STAILQ_REMOVE_HEAD(&w->jobs, next);
+        if (j->fn == job_handoff) {
+            struct handoff *h = j->arg;
+            close(h->fd);
+            free(h);
+        }
+        free(j);
+    }
+    if (w->accept_ev)
+        event_free(w->accept_ev);
+    if (w->accept_retry)
+        event_free(w->accept_retry);
+    if (w->wake_ev)
+        event_free(w->wake_ev);
+    if (w->base)
+        event_base_free(w->base);
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}

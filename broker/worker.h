@@ -1,0 +1,33 @@
+/* broker/worker.h: the per-core event loops. Each worker is a thread with
+ * its own libevent base, its own SO_REUSEPORT listener on the native port and
+ * its own sessions; workers share nothing on the data path. The only
+ * cross-thread traffic is a job queue per worker (a mutex-protected list and
+ * an eventfd wake-up), used once per handed-over connection and by the
+ * control thread. */
+#ifndef SB_WORKER_H
+#define SB_WORKER_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "session/session.h"
+
+struct worker;
+
+/* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket).
+ * env.base, env.worker_index are filled by the worker. Does not start it. */
+struct worker *worker_new(int index, const char *host, uint16_t port,
+                          const struct session_env *env, const char **err);
+int worker_start(struct worker *w);
+/* Asks the worker to close its sessions and stop, then joins and frees it. */
+void worker_stop_and_free(struct worker *w);
+
+/* Runs fn(sw, arg) on the worker's loop, from any thread. fn owns arg. */
+typedef void (*worker_job_fn)(struct session_worker *sw, void *arg);
+int worker_post(struct worker *w, worker_job_fn fn, void *arg);
+
+/* Hands a half-linked client connection to worker w (takes fd). */
+int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                   const uint8_t *pre, size_t pre_len);
+
+#endif

@@ -1,0 +1,55 @@
+/* migrate/store.h: the key-value store where the broker keeps tokens and
+ * session records. One interface, several back-ends: "embedded:DIR" (in
+ * process, persisted under DIR, no other service needed) now; "etcd:URL,..."
+ * (a zone's etcd cluster, through libcurl) later, behind the same calls.
+ *
+ * Every key carries a revision (a store-wide counter, like etcd's
+ * mod_revision) so that writers can compare-and-swap. All calls are
+ * thread-safe and never block on the network: the embedded back-end answers
+ * from memory and writes its files synchronously (small, rare writes: token
+ * and session changes, never per message). */
+#ifndef SB_STORE_H
+#define SB_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+/* Revision expectations for store_put/store_delete. */
+#define STORE_ANY_REV (-1)   /* unconditional */
+#define STORE_ABSENT_REV 0   /* put only if the key does not exist */
+
+enum store_result {
+    STORE_OK = 0,
+    STORE_NOT_FOUND = 1,
+    STORE_CONFLICT = 2,  /* the key's revision was not the expected one */
+    STORE_ERROR = -1,
+};
+
+/* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
+ * returns NULL and sets *err to a static or thread-local message. */
+struct store *store_open(const char *spec, const char **err);
+void store_free(struct store *s);
+
+/* Stores a copy of val under key. expect_rev: STORE_ANY_REV, STORE_ABSENT_REV,
+ * or the revision the caller read. *new_rev (optional) gets the key's new revision. */
+int store_put(struct store *s, const char *key, const void *val, size_t len,
+              int64_t expect_rev, int64_t *new_rev);
+
+/* Looks key up. On STORE_OK, *val is a malloc'd copy (caller frees), *len its
+ * size, *rev (optional) its revision. */
+int store_get(struct store *s, const char *key, void **val, size_t *len, int64_t *rev);
+
+int store_delete(struct store *s, const char *key, int64_t expect_rev);
+
+/* Calls cb for every key starting with prefix, in key order, under the store's
+ * lock: cb must not call back into the store. Returns the number of keys visited
+ * or -1; cb returning non-zero stops the walk. */
+typedef int (*store_walk_cb)(const char *key, const void *val, size_t len, int64_t rev, void *arg);
+int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg);
+
+/* A short description for logs ("embedded:/var/lib/spice-broker"). */
+const char *store_describe(const struct store *s);
+
+#endif

@@ -1,0 +1,150 @@
+/* session/internal.h: the structures shared by session.c, link.c, relay.c and
+ * pool.c. Private to session/: nothing outside this folder includes it. */
+#ifndef SB_SESSION_INTERNAL_H
+#define SB_SESSION_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "proto/wire.h"
+#include "session/session.h"
+
+/* ------------------------------------------------------------------ pool */
+
+/* Fixed-size relay buffers, reused within one worker (no lock: one loop owns
+ * it). A direction holds a buffer only while it has bytes in flight. */
+struct pool_buf {
+    SLIST_ENTRY(pool_buf) next;
+    uint8_t data[];
+};
+struct pool {
+    SLIST_HEAD(, pool_buf) free;
+    uint32_t size;        /* data bytes per buffer */
+    uint32_t n_free, max_free;
+    uint64_t n_live;
+};
+void pool_init(struct pool *p, uint32_t size, uint32_t max_free);
+void pool_drain(struct pool *p);
+struct pool_buf *pool_get(struct pool *p);
+void pool_put(struct pool *p, struct pool_buf *b);
+
+/* ------------------------------------------------------------------ relay */
+
+/* One direction of a channel: bytes read from one socket, framed into
+ * messages, written to the other. [head, parsed) is framed and ready to
+ * write; [parsed, tail) is read but not yet framed. */
+struct relay_dir {
+    struct pool_buf *buf;
+    uint32_t head, parsed, tail;
+    uint32_t boundary;       /* a message boundary in [head, parsed], or UINT32_MAX */
+    uint32_t body_left;      /* passthrough body bytes of the current message */
+    uint8_t inj[64];         /* broker-made messages waiting for a boundary */
+    uint8_t inj_len;
+    bool eof;                /* the source closed */
+    bool read_blocked;       /* no room: not reading the source */
+    bool parse_blocked;      /* flow control: not framing further */
+    uint64_t bytes, msgs;    /* forwarded (committed) */
+};
+
+/* Ack flow control, terminated on each leg (PROTOCOL.md 2.3, 5.4). */
+struct relay_acks {
+    /* backend leg: the broker is the client */
+    uint32_t b_window;       /* 0 = the backend never sent SET_ACK */
+    uint32_t b_count;        /* forwarded since the last ACK we sent */
+    /* client leg: the broker is the server */
+    uint32_t c_generation;
+    uint32_t c_client_generation;
+    uint32_t c_window;       /* 0 = no SET_ACK sent to the client */
+    uint32_t c_unacked;      /* messages sent since the client last acked */
+};
+
+/* ------------------------------------------------------------------ channel */
+
+enum chan_state {
+    CH_C_LINK,        /* reading the client's link message */
+    CH_C_AUTH,        /* reply sent; reading mechanism + ticket */
+    CH_B_CONNECT,     /* connecting to the backend */
+    CH_B_REPLY,       /* link sent to the backend; reading its reply */
+    CH_B_RESULT,      /* ticket sent; reading the link result */
+    CH_RELAY,         /* both legs up */
+    CH_FLUSH,         /* one side gone; flushing what the other is owed */
+    CH_STATE_MAX
+};
+
+/* Link-phase scratch space, freed once the channel relays. */
+struct chan_link {
+    uint8_t in[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
+    uint32_t in_have, in_need;
+    uint8_t out[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
+    uint32_t out_have, out_sent;
+    int out_fd;                       /* which socket `out` goes to */
+    struct wire_link_mess client;     /* what the client sent */
+    bool client_auth_sel;             /* client advertised PROTOCOL_AUTH_SELECTION */
+    bool backend_auth_sel;
+    struct wire_caps backend_caps;
+    uint8_t backend_pub[WIRE_PUBKEY_SIZE];
+    char password[SNAP_MAX_PASSWORD]; /* for the backend ticket; wiped after use */
+};
+
+struct session;
+
+struct chan {
+    TAILQ_ENTRY(chan) link;     /* in session->chans or worker->pending */
+    struct session_worker *w;
+    struct session *s;          /* NULL until the channel knows its session */
+    enum chan_state state;
+    uint8_t type, id;
+    int c_fd, b_fd;
+    struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
+    struct sockaddr_storage peer;
+    struct chan_link *lk;       /* link phase only */
+    struct relay_dir to_b;      /* client -> backend */
+    struct relay_dir to_c;      /* backend -> client */
+    struct relay_acks acks;
+    bool is_main;
+};
+
+struct session {
+    TAILQ_ENTRY(session) link;
+    struct session_worker *w;
+    uint32_t id;                /* 0 until MAIN_INIT arrives */
+    bool id_claimed;
+    uint8_t token_hash[32];     /* SHA-256 of the token the client presented */
+    struct snap_token rec;      /* where the session leads (password wiped after links) */
+    char client[64];
+    int64_t started;
+    TAILQ_HEAD(, chan) chans;
+    struct chan *main;
+    bool closing;
+    char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
+};
+
+struct session_worker {
+    struct session_env env;
+    struct pool pool;
+    TAILQ_HEAD(, session) sessions;
+    TAILQ_HEAD(, chan) pending;     /* channels not yet attached to a session */
+    struct session_stats stats;
+};
+
+/* session.c */
+void session_close(struct session *s, const char *reason);
+void chan_close(struct chan *c, const char *reason);
+struct session *session_find(struct session_worker *w, uint32_t id);
+void session_set_id(struct session *s, uint32_t id);
+const char *chan_sid(const struct chan *c);
+
+/* link.c */
+void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);
+
+/* relay.c: both legs are linked; c->c_fd and c->b_fd are set. Returns -1 if
+ * the channel was closed. */
+int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
+                const uint8_t *b_leftover, size_t b_len);
+void relay_release(struct chan *c);
+
+#endif

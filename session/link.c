@@ -1,0 +1,670 @@
+/* session/link.c: the link handshake of one channel, in both roles: server
+ * toward the client (our RSA key, the ticket is the console token) and client
+ * toward the backend QEMU (its per-link key, the record's password). Runs on
+ * the worker loop that owns the channel.
+ *
+ * Main channel: client link -> our reply -> client ticket -> token resolved
+ * -> backend link -> OK to the client. The client is authenticated before any
+ * backend main link is opened (an extra main link would kick a live session).
+ * Other channels: client link names the session by connection id -> backend
+ * channel linked first (its caps go into our reply) -> our reply -> client
+ * ticket checked against the session's token -> OK. Reads never go past the
+ * bytes the current step needs, so nothing that follows the link is lost. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "common/log.h"
+#include "proto/ticket.h"
+#include "proto/wire.h"
+#include "session/internal.h"
+
+static void on_link_io(evutil_socket_t fd, short what, void *arg);
+static void link_backend_connect(struct chan *c);
+
+/* ------------------------------------------------------------------ helpers */
+
+static void arm_timer(struct chan *c, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(c->timer, &tv);
+}
+
+/* Best-effort send of a small link-phase message. The kernel takes a few
+ * hundred bytes on a fresh socket; anything it refuses is kept and sent from
+ * the write event. */
+static int link_send(struct chan *c, int fd, const uint8_t *p, size_t len)
+{
+    struct chan_link *lk = c->lk;
+    if (lk->out_have > lk->out_sent) {
+        /* Still flushing an earlier piece: queue behind it. */
+        if (lk->out_fd != fd || lk->out_have + len > sizeof(lk->out))
+            return -1;
+        memcpy(lk->out + lk->out_have, p, len);
+        lk->out_have += (uint32_t)len;
+        return 0;
+    }
+    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        w = 0;
+    }
+    if ((size_t)w < len) {
+        memcpy(lk->out, p + w, len - (size_t)w);
+        lk->out_have = (uint32_t)(len - (size_t)w);
+        lk->out_sent = 0;
+        lk->out_fd = fd;
+        event_add(fd == c->c_fd ? c->c_wr : c->b_wr, NULL);
+    }
+    return 0;
+}
+
+static void send_link_error(struct chan *c, uint32_t err)
+{
+    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED];
+    size_t n = wire_link_error_build(b, sizeof(b), err);
+    if (n > 0)
+        (void)send(c->c_fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void send_link_result(struct chan *c, uint32_t err)
+{
+    uint8_t b[4];
+    wire_put_u32(b, err);
+    (void)send(c->c_fd, b, 4, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void wipe_secrets(struct chan_link *lk)
+{
+    OPENSSL_cleanse(lk->password, sizeof(lk->password));
+    OPENSSL_cleanse(lk->in, sizeof(lk->in));
+}
+
+/* Refuses the client's link before our reply went out (an error reply). */
+static void refuse_link(struct chan *c, uint32_t err, const char *why)
+{
+    log_info("%s client=%s %s:%u link refused: %s (%s)", chan_sid(c), c->s ? c->s->client : "-",
+             wire_channel_name(c->type), c->id, why, wire_link_err_name(err));
+    send_link_error(c, err);
+    c->w->stats.links_refused++;
+    chan_close(c, why);
+}
+
+/* Refuses the client's link after our reply (a 4-byte link result). */
+static void refuse_auth(struct chan *c, uint32_t err, const char *why)
+{
+    log_info("%s %s:%u link refused: %s (%s)", chan_sid(c), wire_channel_name(c->type), c->id,
+             why, wire_link_err_name(err));
+    send_link_result(c, err);
+    c->w->stats.links_refused++;
+    chan_close(c, why);
+}
+
+/* The backend leg failed: tell the client in the form its current step expects. */
+static void backend_failed(struct chan *c, const char *why)
+{
+    log_warnx("%s %s:%u backend %s:%u link failed: %s", chan_sid(c), wire_channel_name(c->type),
+              c->id, c->s ? c->s->rec.host : "?", c->s ? c->s->rec.port : 0, why);
+    c->w->stats.links_failed_backend++;
+    if (c->is_main)
+        send_link_result(c, SPICE_LINK_ERR_ERROR); /* the client is waiting for its result */
+    else
+        send_link_error(c, SPICE_LINK_ERR_ERROR); /* the client is waiting for our reply */
+    chan_close(c, why);
+}
+
+static void sha256(const char *s, uint8_t out[32])
+{
+    unsigned int n = 32;
+    EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL);
+}
+
+/* ------------------------------------------------------------------ client side */
+
+static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
+{
+    struct wire_link_reply r;
+    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8 * WIRE_MAX_CAP_WORDS];
+    memset(&r, 0, sizeof(r));
+    r.error = SPICE_LINK_ERR_OK;
+    if (ticket_key_public_der(c->w->env.key, r.pub_key) != 0) {
+        refuse_link(c, SPICE_LINK_ERR_ERROR, "cannot export the link key");
+        return;
+    }
+    wire_caps_set_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    wire_caps_set_common(&r.caps, SPICE_COMMON_CAP_AUTH_SPICE);
+    wire_caps_set_common(&r.caps, SPICE_COMMON_CAP_MINI_HEADER);
+    r.caps.n_channel = channel_caps->n_channel;
+    memcpy(r.caps.channel, channel_caps->channel, sizeof(r.caps.channel));
+    size_t n = wire_link_reply_build(b, sizeof(b), &r);
+    if (n == 0 || link_send(c, c->c_fd, b, n) < 0) {
+        chan_close(c, "cannot send link reply");
+        return;
+    }
+    c->state = CH_C_AUTH;
+    c->lk->in_have = 0;
+    c->lk->in_need = (c->lk->client_auth_sel ? 4 : 0) + WIRE_TICKET_SIZE;
+    event_add(c->c_rd, NULL);
+    arm_timer(c, c->w->env.link_timeout_ms);
+}
+
+static void client_link_done(struct chan *c)
+{
+    struct chan_link *lk = c->lk;
+    struct session_worker *w = c->w;
+    const char *err = NULL;
+    if (wire_link_mess_parse(lk->in + WIRE_LINK_HEADER_SIZE, lk->in_need - WIRE_LINK_HEADER_SIZE,
+                             &lk->client, &err) != WIRE_OK) {
+        refuse_link(c, SPICE_LINK_ERR_INVALID_DATA, err ? err : "malformed link message");
+        return;
+    }
+    c->type = lk->client.channel_type;
+    c->id = lk->client.channel_id;
+    c->is_main = c->type == SPICE_CHANNEL_MAIN;
+    lk->client_auth_sel = wire_caps_has_common(&lk->client.caps,
+                                               SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    if (!wire_caps_has_common(&lk->client.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
+        refuse_link(c, SPICE_LINK_ERR_VERSION_MISMATCH, "client lacks MINI_HEADER");
+        return;
+    }
+
+    if (c->is_main) {
+        if (lk->client.connection_id != 0) {
+            refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "main link with a connection id");
+            return;
+        }
+        /* Our main caps: what the broker forwards. Migration caps are never
+         * offered to the client: the broker hides migration. */
+        struct wire_caps mc;
+        memset(&mc, 0, sizeof(mc));
+        wire_caps_set_channel(&mc, SPICE_MAIN_CAP_NAME_AND_UUID);
+        wire_caps_set_channel(&mc, SPICE_MAIN_CAP_AGENT_CONNECTED_TOKENS);
+        client_reply(c, &mc);
+        return;
+    }
+
+    uint32_t sid = lk->client.connection_id;
+    int owner = sid != 0 ? w->env.owner_of(w->env.arg, sid) : -1;
+    if (owner < 0) {
+        refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "unknown session id");
+        return;
+    }
+    if (owner != w->env.worker_index) {
+        /* The session lives on another worker: move this socket there once. */
+        int fd = c->c_fd;
+        c->c_fd = -1;
+        if (w->env.handoff(w->env.arg, owner, fd, &c->peer, lk->in, lk->in_have) < 0)
+            log_warnx("sid=%08x %s:%u handoff to worker %d failed", sid,
+                      wire_channel_name(c->type), c->id, owner);
+        chan_close(c, NULL);
+        return;
+    }
+    struct session *s = session_find(w, sid);
+    if (s == NULL || s->closing) {
+        refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "unknown session id");
+        return;
+    }
+    struct chan *o;
+    TAILQ_FOREACH(o, &s->chans, link) {
+        if (o->type == c->type && o->id == c->id) {
+            refuse_link(c, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE, "channel already open");
+            return;
+        }
+    }
+    TAILQ_REMOVE(&w->pending, c, link);
+    TAILQ_INSERT_TAIL(&s->chans, c, link);
+    c->s = s;
+    snprintf(lk->password, sizeof(lk->password), "%s", s->rec.password);
+    event_del(c->c_rd);
+    link_backend_connect(c);
+}
+
+static void client_auth_done(struct chan *c)
+{
+    struct chan_link *lk = c->lk;
+    struct session_worker *w = c->w;
+    const uint8_t *p = lk->in;
+    if (lk->client_auth_sel) {
+        uint32_t mech = wire_get_u32(p);
+        if (mech != SPICE_COMMON_CAP_AUTH_SPICE) {
+            refuse_auth(c, SPICE_LINK_ERR_INVALID_DATA, "unsupported auth mechanism");
+            return;
+        }
+        p += 4;
+    }
+    char token[TICKET_MAX_PLAIN];
+    if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
+        refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, "permission denied (bad ticket)");
+        return;
+    }
+    uint8_t hash[32];
+    sha256(token, hash);
+
+    if (!c->is_main) {
+        OPENSSL_cleanse(token, sizeof(token));
+        if (CRYPTO_memcmp(hash, c->s->token_hash, sizeof(hash)) != 0) {
+            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED,
+                        "permission denied (token differs from the session's)");
+            return;
+        }
+        send_link_result(c, SPICE_LINK_ERR_OK);
+        wipe_secrets(lk);
+        evtimer_del(c->timer);
+        log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        (void)relay_start(c, NULL, 0, NULL, 0);
+        return;
+    }
+
+    struct snap_token rec;
+    const char *why = "unknown token";
+    int rc = w->env.resolve(w->env.arg, token, &rec, &why);
+    OPENSSL_cleanse(token, sizeof(token));
+    if (rc != 0) {
+        char reason[96];
+        snprintf(reason, sizeof(reason), "permission denied (%s)", why);
+        refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);
+        OPENSSL_cleanse(&rec, sizeof(rec));
+        return;
+    }
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        refuse_auth(c, SPICE_LINK_ERR_ERROR, "out of memory");
+        return;
+    }
+    s->w = w;
+    memcpy(s->token_hash, hash, sizeof(hash));
+    s->rec = rec;
+    snprintf(lk->password, sizeof(lk->password), "%s", rec.password);
+    OPENSSL_cleanse(&rec, sizeof(rec));
+    s->started = (int64_t)time(NULL);
+    TAILQ_INIT(&s->chans);
+    snprintf(s->sid, sizeof(s->sid), "sid=-");
+    {
+        char host[48], serv[8];
+        if (getnameinfo((const struct sockaddr *)&c->peer, sizeof(c->peer), host, sizeof(host),
+                        serv, sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+            snprintf(s->client, sizeof(s->client), "%s:%s", host, serv);
+        else
+            snprintf(s->client, sizeof(s->client), "?");
+    }
+    TAILQ_INSERT_TAIL(&w->sessions, s, link);
+    TAILQ_REMOVE(&w->pending, c, link);
+    TAILQ_INSERT_TAIL(&s->chans, c, link);
+    c->s = s;
+    s->main = c;
+    w->stats.sessions_active++;
+    w->stats.sessions_total++;
+    event_del(c->c_rd);
+    log_info("%s client=%s authenticated; linking backend %s:%u%s%s", chan_sid(c), s->client,
+             s->rec.host, s->rec.port, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
+    link_backend_connect(c);
+}
+
+/* ------------------------------------------------------------------ backend side */
+
+static int backend_socket(const char *host, uint16_t port, const char **why)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+    struct addrinfo *ai = NULL;
+    char serv[8];
+    snprintf(serv, sizeof(serv), "%u", port);
+    /* Numeric addresses (the usual case) resolve without blocking; names fall
+     * back to the system resolver. */
+    hints.ai_flags |= AI_NUMERICHOST;
+    if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+        hints.ai_flags &= ~AI_NUMERICHOST;
+        if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+            *why = "cannot resolve backend host";
+            return -1;
+        }
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(ai);
+        *why = "socket() failed";
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+        *why = errno == ECONNREFUSED ? "connection refused" : "connect failed";
+        close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static void link_backend_connect(struct chan *c)
+{
+    const char *why = NULL;
+    struct session *s = c->s;
+    c->b_fd = backend_socket(s->rec.host, s->rec.port, &why);
+    if (c->b_fd < 0) {
+        backend_failed(c, why);
+        return;
+    }
+    c->b_rd = event_new(c->w->env.base, c->b_fd, EV_READ | EV_PERSIST, on_link_io, c);
+    c->b_wr = event_new(c->w->env.base, c->b_fd, EV_WRITE | EV_PERSIST, on_link_io, c);
+    if (c->b_rd == NULL || c->b_wr == NULL) {
+        backend_failed(c, "out of memory");
+        return;
+    }
+    c->state = CH_B_CONNECT;
+    event_add(c->b_wr, NULL);
+    arm_timer(c, c->w->env.backend_timeout_ms);
+}
+
+static void backend_connected(struct chan *c)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(c->b_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
+        backend_failed(c, err == ECONNREFUSED ? "connection refused" : "connect failed");
+        return;
+    }
+    event_del(c->b_wr);
+    struct chan_link *lk = c->lk;
+    struct wire_link_mess m;
+    memset(&m, 0, sizeof(m));
+    m.connection_id = c->is_main ? 0 : c->s->id;
+    m.channel_type = c->type;
+    m.channel_id = c->id;
+    wire_caps_set_common(&m.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    wire_caps_set_common(&m.caps, SPICE_COMMON_CAP_MINI_HEADER);
+    /* The client's own channel caps pass through unchanged ... */
+    m.caps.n_channel = lk->client.caps.n_channel;
+    memcpy(m.caps.channel, lk->client.caps.channel, sizeof(m.caps.channel));
+    /* ... plus, on main, what the broker needs to play the client's part in
+     * migration. */
+    if (c->is_main) {
+        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_SEMI_SEAMLESS_MIGRATE);
+        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_AGENT_CONNECTED_TOKENS);
+        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE);
+    }
+    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS];
+    size_t n = wire_link_mess_build(b, sizeof(b), &m);
+    if (n == 0 || link_send(c, c->b_fd, b, n) < 0) {
+        backend_failed(c, "cannot send link");
+        return;
+    }
+    c->state = CH_B_REPLY;
+    lk->in_have = 0;
+    lk->in_need = WIRE_LINK_HEADER_SIZE;
+    event_add(c->b_rd, NULL);
+}
+
+static void backend_reply_done(struct chan *c)
+{
+    struct chan_link *lk = c->lk;
+    struct wire_link_reply r;
+    const char *err = NULL;
+    if (wire_link_reply_parse(lk->in + WIRE_LINK_HEADER_SIZE, lk->in_need - WIRE_LINK_HEADER_SIZE,
+                              &r, &err) != WIRE_OK) {
+        backend_failed(c, err ? err : "malformed link reply");
+        return;
+    }
+    if (r.error != SPICE_LINK_ERR_OK) {
+        char why[80];
+        snprintf(why, sizeof(why), "backend refused the link (%s)", wire_link_err_name(r.error));
+        backend_failed(c, why);
+        return;
+    }
+    if (!wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
+        backend_failed(c, "backend lacks MINI_HEADER");
+        return;
+    }
+    lk->backend_caps = r.caps;
+    lk->backend_auth_sel = wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    uint8_t b[4 + WIRE_TICKET_SIZE];
+    size_t n = 0;
+    if (lk->backend_auth_sel) {
+        wire_put_u32(b, SPICE_COMMON_CAP_AUTH_SPICE);
+        n = 4;
+    }
+    if (ticket_encrypt(r.pub_key, lk->password, b + n) != 0) {
+        backend_failed(c, "cannot encrypt the backend ticket");
+        return;
+    }
+    OPENSSL_cleanse(lk->password, sizeof(lk->password));
+    n += WIRE_TICKET_SIZE;
+    if (link_send(c, c->b_fd, b, n) < 0) {
+        backend_failed(c, "cannot send ticket");
+        return;
+    }
+    c->state = CH_B_RESULT;
+    lk->in_have = 0;
+    lk->in_need = 4;
+}
+
+static void backend_result_done(struct chan *c)
+{
+    uint32_t res = wire_get_u32(c->lk->in);
+    if (res != SPICE_LINK_ERR_OK) {
+        char why[80];
+        snprintf(why, sizeof(why), "backend link result %s%s", wire_link_err_name(res),
+                 res == SPICE_LINK_ERR_PERMISSION_DENIED ? " (wrong backend password?)" : "");
+        backend_failed(c, why);
+        return;
+    }
+    event_del(c->b_rd);
+    if (c->is_main) {
+        send_link_result(c, SPICE_LINK_ERR_OK);
+        wipe_secrets(c->lk);
+        evtimer_del(c->timer);
+        log_info("%s main:0 linked to backend %s:%u", chan_sid(c), c->s->rec.host, c->s->rec.port);
+        (void)relay_start(c, NULL, 0, NULL, 0);
+        return;
+    }
+    client_reply(c, &c->lk->backend_caps);
+}
+
+/* ------------------------------------------------------------------ the I/O step */
+
+/* Reads toward lk->in_need from fd. Returns 1 when complete, 0 to wait, -1 on
+ * EOF or error (*why set). */
+static int read_step(struct chan *c, int fd, const char **why)
+{
+    struct chan_link *lk = c->lk;
+    while (lk->in_have < lk->in_need) {
+        ssize_t r = recv(fd, lk->in + lk->in_have, lk->in_need - lk->in_have, 0);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            *why = "connection reset during link";
+            return -1;
+        }
+        if (r == 0) {
+            *why = lk->in_have ? "truncated link" : "closed during link";
+            return -1;
+        }
+        lk->in_have += (uint32_t)r;
+    }
+    return 1;
+}
+
+static void client_input(struct chan *c)
+{
+    struct chan_link *lk = c->lk;
+    const char *why = NULL;
+    for (;;) {
+        int rc = read_step(c, c->c_fd, &why);
+        if (rc < 0) {
+            log_info("%s client link closed: %s", chan_sid(c), why);
+            chan_close(c, why);
+            return;
+        }
+        if (rc == 0)
+            return;
+        if (c->state == CH_C_AUTH) {
+            event_del(c->c_rd);
+            client_auth_done(c);
+            return;
+        }
+        /* CH_C_LINK */
+        if (lk->in_need == WIRE_LINK_HEADER_SIZE) {
+            uint32_t size = 0, lerr = SPICE_LINK_ERR_INVALID_DATA;
+            const char *err = NULL;
+            if (wire_link_header_parse(lk->in, lk->in_have, &size, &lerr, &err) != WIRE_OK) {
+                refuse_link(c, lerr, err ? err : "bad link header");
+                return;
+            }
+            if (size < WIRE_LINK_MESS_FIXED) {
+                refuse_link(c, SPICE_LINK_ERR_INVALID_DATA, "link message too short");
+                return;
+            }
+            lk->in_need = WIRE_LINK_HEADER_SIZE + size;
+            continue;
+        }
+        event_del(c->c_rd);
+        client_link_done(c);
+        return;
+    }
+}
+
+static void backend_input(struct chan *c)
+{
+    struct chan_link *lk = c->lk;
+    const char *why = NULL;
+    for (;;) {
+        int rc = read_step(c, c->b_fd, &why);
+        if (rc < 0) {
+            backend_failed(c, why);
+            return;
+        }
+        if (rc == 0)
+            return;
+        if (c->state == CH_B_RESULT) {
+            backend_result_done(c);
+            return;
+        }
+        /* CH_B_REPLY */
+        if (lk->in_need == WIRE_LINK_HEADER_SIZE) {
+            uint32_t size = 0, lerr = 0;
+            const char *err = NULL;
+            if (wire_link_header_parse(lk->in, lk->in_have, &size, &lerr, &err) != WIRE_OK) {
+                backend_failed(c, err ? err : "bad link header from backend");
+                return;
+            }
+            if (size < 4) {
+                backend_failed(c, "link reply too short");
+                return;
+            }
+            lk->in_need = WIRE_LINK_HEADER_SIZE + size;
+            continue;
+        }
+        /* A refusal is a short reply: only its error word matters. */
+        if (lk->in_need - WIRE_LINK_HEADER_SIZE < WIRE_LINK_REPLY_FIXED) {
+            char reason[80];
+            snprintf(reason, sizeof(reason), "backend refused the link (%s)",
+                     wire_link_err_name(wire_get_u32(lk->in + WIRE_LINK_HEADER_SIZE)));
+            backend_failed(c, reason);
+            return;
+        }
+        backend_reply_done(c);
+        return;
+    }
+}
+
+static void flush_out(struct chan *c, int fd)
+{
+    struct chan_link *lk = c->lk;
+    if (lk->out_fd != fd || lk->out_sent >= lk->out_have) {
+        event_del(fd == c->c_fd ? c->c_wr : c->b_wr);
+        return;
+    }
+    ssize_t w = send(fd, lk->out + lk->out_sent, lk->out_have - lk->out_sent, MSG_NOSIGNAL);
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        chan_close(c, "write failed during link");
+        return;
+    }
+    if (w > 0)
+        lk->out_sent += (uint32_t)w;
+    if (lk->out_sent >= lk->out_have) {
+        lk->out_have = lk->out_sent = 0;
+        event_del(fd == c->c_fd ? c->c_wr : c->b_wr);
+    }
+}
+
+static void on_link_io(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    if (what & EV_WRITE) {
+        if (fd == c->b_fd && c->state == CH_B_CONNECT) {
+            backend_connected(c);
+            return;
+        }
+        flush_out(c, fd);
+        return;
+    }
+    if (fd == c->c_fd)
+        client_input(c);
+    else
+        backend_input(c);
+}
+
+static void on_link_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    if (c->state == CH_B_CONNECT || c->state == CH_B_REPLY || c->state == CH_B_RESULT) {
+        backend_failed(c, "backend timed out");
+        return;
+    }
+    log_info("%s client link timed out in state %s", chan_sid(c),
+             c->state == CH_C_LINK ? "link" : "auth");
+    chan_close(c, "link timeout");
+}
+
+void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
+{
+    struct event_base *base = c->w->env.base;
+    c->lk = calloc(1, sizeof(*c->lk));
+    c->c_rd = event_new(base, c->c_fd, EV_READ | EV_PERSIST, on_link_io, c);
+    c->c_wr = event_new(base, c->c_fd, EV_WRITE | EV_PERSIST, on_link_io, c);
+    c->timer = evtimer_new(base, on_link_timeout, c);
+    if (c->lk == NULL || c->c_rd == NULL || c->c_wr == NULL || c->timer == NULL) {
+        chan_close(c, "out of memory");
+        return;
+    }
+    c->state = CH_C_LINK;
+    c->lk->in_need = WIRE_LINK_HEADER_SIZE;
+    c->lk->out_fd = -1;
+    arm_timer(c, c->w->env.link_timeout_ms);
+    if (pre_len > 0) {
+        if (pre_len > sizeof(c->lk->in)) {
+            chan_close(c, "oversized handoff");
+            return;
+        }
+        memcpy(c->lk->in, pre, pre_len);
+        c->lk->in_have = (uint32_t)pre_len;
+        if (pre_len >= WIRE_LINK_HEADER_SIZE) {
+            uint32_t size = 0, lerr = 0;
+            const char *err = NULL;
+            if (wire_link_header_parse(c->lk->in, pre_len, &size, &lerr, &err) != WIRE_OK) {
+                refuse_link(c, lerr, err ? err : "bad link header");
+                return;
+            }
+            c->lk->in_need = WIRE_LINK_HEADER_SIZE + size;
+            if (c->lk->in_have >= c->lk->in_need) {
+                client_link_done(c);
+                return;
+            }
+        }
+    }
+    event_add(c->c_rd, NULL);
+}

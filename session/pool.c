@@ -1,0 +1,54 @@
+/* session/pool.c: fixed-size relay buffers reused within one worker. One loop
+ * owns a pool, so there is no lock; the hot path takes and returns buffers
+ * without calling malloc. */
+#include <stdlib.h>
+
+#include "common/log.h"
+#include "session/internal.h"
+
+void pool_init(struct pool *p, uint32_t size, uint32_t max_free)
+{
+    SLIST_INIT(&p->free);
+    p->size = size;
+    p->n_free = 0;
+    p->max_free = max_free;
+    p->n_live = 0;
+}
+
+void pool_drain(struct pool *p)
+{
+    struct pool_buf *b;
+    while ((b = SLIST_FIRST(&p->free)) != NULL) {
+        SLIST_REMOVE_HEAD(&p->free, next);
+        free(b);
+    }
+    p->n_free = 0;
+}
+
+struct pool_buf *pool_get(struct pool *p)
+{
+    struct pool_buf *b = SLIST_FIRST(&p->free);
+    if (b != NULL) {
+        SLIST_REMOVE_HEAD(&p->free, next);
+        p->n_free--;
+    } else {
+        b = malloc(sizeof(*b) + p->size);
+        if (b == NULL)
+            return NULL;
+    }
+    p->n_live++;
+    return b;
+}
+
+void pool_put(struct pool *p, struct pool_buf *b)
+{
+    if (b == NULL)
+        return;
+    p->n_live--;
+    if (p->n_free >= p->max_free) {
+        free(b);
+        return;
+    }
+    SLIST_INSERT_HEAD(&p->free, b, next);
+    p->n_free++;
+}

@@ -1,0 +1,568 @@
+/* session/relay.c: the data path. Moves one channel's bytes between its client
+ * and backend sockets on the owning worker's loop, framing messages as they
+ * pass (headers are read, payloads are not), terminating ACK flow control on
+ * each leg and keeping per-direction counters.
+ *
+ * Per direction there is one buffer, taken from the worker's pool when bytes
+ * arrive and returned as soon as everything read has been written, so an idle
+ * channel holds no buffer. A read fills as much of the buffer as the kernel
+ * has (one syscall), the new bytes are framed, and the framed bytes are
+ * written at once with one writev; write events are armed only when the
+ * destination is full. Messages the broker answers itself (SET_ACK, ACK_SYNC,
+ * ACK) are cut out of the stream; messages it makes (ACK_SYNC, ACK toward the
+ * backend, its own SET_ACK toward the client) wait in a small side buffer and
+ * are spliced in at the next message boundary.
+ *
+ * Only mini headers are relayed (both real clients and QEMU always use them;
+ * link.c refuses peers without MINI_HEADER). */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "common/log.h"
+#include "proto/wire.h"
+#include "session/internal.h"
+
+#define NO_BOUNDARY UINT32_MAX
+#define HDR WIRE_MINI_HEADER_SIZE
+/* Largest message the relay holds whole to read or rewrite it. */
+#define INTERCEPT_MAX 4096u
+/* Compact the buffer when less than this is left at its end. */
+#define COMPACT_BELOW (INTERCEPT_MAX + HDR)
+
+enum verdict { PASS, KEEP, DROP, FAIL };
+
+
+/* ------------------------------------------------------------------ helpers */
+
+static inline int src_fd(const struct chan *c, const struct relay_dir *d)
+{
+    return d == &c->to_b ? c->c_fd : c->b_fd;
+}
+
+static inline int dst_fd(const struct chan *c, const struct relay_dir *d)
+{
+    return d == &c->to_b ? c->b_fd : c->c_fd;
+}
+
+static inline struct event *src_ev(const struct chan *c, const struct relay_dir *d)
+{
+    return d == &c->to_b ? c->c_rd : c->b_rd;
+}
+
+static inline struct event *dst_ev(const struct chan *c, const struct relay_dir *d)
+{
+    return d == &c->to_b ? c->b_wr : c->c_wr;
+}
+
+static int inject(struct relay_dir *d, uint16_t type, const uint8_t *body, uint32_t len)
+{
+    if ((size_t)d->inj_len + HDR + len > sizeof(d->inj))
+        return -1;
+    size_t n = wire_msg_build(d->inj + d->inj_len, sizeof(d->inj) - d->inj_len, true, type,
+                              body, len);
+    if (n == 0)
+        return -1;
+    d->inj_len = (uint8_t)(d->inj_len + n);
+    return 0;
+}
+
+/* Takes a buffer for a direction that has none. */
+static int dir_ensure_buf(struct chan *c, struct relay_dir *d)
+{
+    if (d->buf != NULL)
+        return 0;
+    d->buf = pool_get(&c->w->pool);
+    if (d->buf == NULL)
+        return -1;
+    d->head = d->parsed = d->tail = 0;
+    d->boundary = d->body_left == 0 ? 0 : NO_BOUNDARY;
+    return 0;
+}
+
+static void dir_release_if_empty(struct chan *c, struct relay_dir *d)
+{
+    if (d->buf != NULL && d->head == d->tail) {
+        pool_put(&c->w->pool, d->buf);
+        d->buf = NULL;
+    }
+}
+
+/* Moves the unsent bytes to the front of the buffer. */
+static void dir_compact(struct relay_dir *d)
+{
+    uint32_t off = d->head;
+    if (off == 0)
+        return;
+    memmove(d->buf->data, d->buf->data + off, d->tail - off);
+    d->head = 0;
+    d->parsed -= off;
+    d->tail -= off;
+    if (d->boundary != NO_BOUNDARY)
+        d->boundary = d->boundary >= off ? d->boundary - off : NO_BOUNDARY;
+}
+
+/* Cuts `len` bytes at `parsed` out of the stream (a message the broker
+ * consumed). The unsent bytes before it move up, which is cheap: they are at
+ * most one buffer and usually none. */
+static void dir_cut(struct relay_dir *d, uint32_t len)
+{
+    uint32_t pending = d->parsed - d->head;
+    if (pending > 0)
+        memmove(d->buf->data + d->head + len, d->buf->data + d->head, pending);
+    d->head += len;
+    d->parsed += len;
+    d->boundary = d->parsed;
+}
+
+/* ------------------------------------------------------------------ ack flow control */
+
+static void msg_forwarded(struct chan *c, struct relay_dir *d)
+{
+    d->msgs++;
+    d->boundary = d->parsed;
+    if (d != &c->to_c)
+        return;
+    struct relay_acks *a = &c->acks;
+    if (a->b_window != 0 && ++a->b_count >= a->b_window) {
+        a->b_count = 0;
+        if (inject(&c->to_b, SPICE_MSGC_ACK, NULL, 0) < 0)
+            log_warnx("%s %s:%u ack queue full", chan_sid(c), wire_channel_name(c->type), c->id);
+    }
+    if (a->c_window != 0 && ++a->c_unacked > 2 * a->c_window)
+        d->parse_blocked = true;
+}
+
+/* Decides what to do with a message whose header is at d->parsed. PASS:
+ * stream it. KEEP/DROP/FAIL need the whole message in the buffer. */
+static enum verdict classify(const struct chan *c, const struct relay_dir *d, uint16_t type)
+{
+    if (d == &c->to_c) {
+        if (type == SPICE_MSG_SET_ACK)
+            return KEEP;
+        if (c->is_main) {
+            switch (type) {
+            case SPICE_MSG_MAIN_INIT:
+            case SPICE_MSG_MAIN_MIGRATE_BEGIN:
+            case SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS:
+            case SPICE_MSG_MAIN_MIGRATE_CANCEL:
+            case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST:
+            case SPICE_MSG_MAIN_MIGRATE_END:
+            case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK:
+            case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK:
+                return KEEP;
+            default:
+                break;
+            }
+        }
+        return PASS;
+    }
+    if (type == SPICE_MSGC_ACK_SYNC || type == SPICE_MSGC_ACK)
+        return KEEP;
+    return PASS;
+}
+
+/* Handles a whole message the broker reads. Returns KEEP (forward it), DROP
+ * (cut it out) or FAIL (*why set). */
+static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
+                           const uint8_t *body, uint32_t len, const char **why)
+{
+    struct relay_acks *a = &c->acks;
+    if (d == &c->to_b) {
+        if (type == SPICE_MSGC_ACK_SYNC) {
+            if (wire_ack_sync_parse(body, len, &a->c_client_generation) != 0) {
+                *why = "malformed ACK_SYNC from client";
+                return FAIL;
+            }
+        } else { /* SPICE_MSGC_ACK */
+            if (a->c_window != 0 && a->c_client_generation == a->c_generation) {
+                a->c_unacked = a->c_unacked > a->c_window ? a->c_unacked - a->c_window : 0;
+                if (c->to_c.parse_blocked && a->c_unacked <= 2 * a->c_window)
+                    c->to_c.parse_blocked = false;
+            }
+        }
+        return DROP;
+    }
+
+    if (type == SPICE_MSG_SET_ACK) {
+        struct wire_set_ack m;
+        uint8_t b[8];
+        if (wire_set_ack_parse(body, len, &m) != 0 || m.window == 0) {
+            *why = "malformed SET_ACK from backend";
+            return FAIL;
+        }
+        /* Backend leg: we are its client. */
+        size_t n = wire_ack_sync_build(b, sizeof(b), m.generation);
+        if (inject(&c->to_b, SPICE_MSGC_ACK_SYNC, b, (uint32_t)n) < 0) {
+            *why = "control queue full";
+            return FAIL;
+        }
+        a->b_window = m.window;
+        a->b_count = 0;
+        /* Client leg: we are its server, with our own generation. */
+        a->c_generation++;
+        a->c_window = m.window;
+        a->c_unacked = 0;
+        d->parse_blocked = false;
+        struct wire_set_ack mine = { .generation = a->c_generation, .window = m.window };
+        n = wire_set_ack_build(b, sizeof(b), &mine);
+        if (inject(d, SPICE_MSG_SET_ACK, b, (uint32_t)n) < 0) {
+            *why = "control queue full";
+            return FAIL;
+        }
+        return DROP;
+    }
+
+    /* Main channel. */
+    if (type == SPICE_MSG_MAIN_INIT) {
+        struct wire_main_init mi;
+        if (wire_main_init_parse(body, len, &mi) != 0 || mi.session_id == 0) {
+            *why = "malformed MAIN_INIT from backend";
+            return FAIL;
+        }
+        if (c->s->id == 0) {
+            session_set_id(c->s, mi.session_id);
+            if (c->s->id == 0) {
+                *why = "session id already in use by another session";
+                return FAIL;
+            }
+        }
+        return KEEP;
+    }
+    if (type == SPICE_MSG_MAIN_MIGRATE_BEGIN || type == SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS) {
+        /* Live migration is not handled yet: refuse it, so the source falls
+         * back at once instead of waiting 10 s for us. The client never sees
+         * migration messages. */
+        log_info("%s backend announced a migration; refusing (not supported yet)", chan_sid(c));
+        if (inject(&c->to_b, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) < 0) {
+            *why = "control queue full";
+            return FAIL;
+        }
+        return DROP;
+    }
+    /* The rest of the migration family never reaches the client. */
+    log_debug("%s dropped main message %u from backend", chan_sid(c), type);
+    return DROP;
+}
+
+/* ------------------------------------------------------------------ framing */
+
+/* Frames what can be framed in d. Returns bytes framed or cut (progress), or
+ * -1 with *why on a protocol error. */
+static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
+{
+    int64_t progress = 0;
+    while (d->buf != NULL && d->parsed < d->tail) {
+        /* An injected message waits for the next boundary: stop there. */
+        if (d->inj_len != 0 && d->boundary != NO_BOUNDARY && d->boundary >= d->head &&
+            d->body_left == 0)
+            break;
+        if (d->body_left > 0) {
+            uint32_t take = d->tail - d->parsed;
+            if (take > d->body_left)
+                take = d->body_left;
+            d->parsed += take;
+            d->body_left -= take;
+            d->bytes += take;
+            progress += take;
+            if (d->body_left == 0)
+                msg_forwarded(c, d);
+            continue;
+        }
+        if (d->parse_blocked)
+            break;
+        uint32_t avail = d->tail - d->parsed;
+        if (avail < HDR)
+            break;
+        struct wire_msg_header h;
+        (void)wire_msg_header_parse(d->buf->data + d->parsed, avail, true, &h);
+        enum verdict v = classify(c, d, h.type);
+        if (v == PASS) {
+            d->parsed += HDR;
+            d->bytes += HDR;
+            progress += HDR;
+            d->body_left = h.size;
+            d->boundary = NO_BOUNDARY;
+            if (h.size == 0)
+                msg_forwarded(c, d);
+            continue;
+        }
+        if (h.size > INTERCEPT_MAX) {
+            *why = "oversized control message";
+            return -1;
+        }
+        if (avail < HDR + h.size)
+            break; /* wait for the rest; dir_read compacts to make room */
+        v = handle(c, d, h.type, d->buf->data + d->parsed + HDR, h.size, why);
+        if (v == FAIL)
+            return -1;
+        if (v == DROP) {
+            dir_cut(d, HDR + h.size);
+        } else {
+            d->parsed += HDR + h.size;
+            d->bytes += HDR + h.size;
+            msg_forwarded(c, d);
+        }
+        progress += HDR + h.size;
+    }
+    return progress;
+}
+
+/* ------------------------------------------------------------------ I/O */
+
+/* Writes framed bytes (and injected ones at a boundary) to the destination.
+ * Returns bytes written, or -1 with *why. */
+static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
+{
+    struct iovec iov[3];
+    int n = 0;
+    uint32_t first = 0, rest = 0;
+    bool with_inj = false;
+    uint32_t pending = d->buf != NULL ? d->parsed - d->head : 0;
+
+    if (d->inj_len != 0) {
+        if (d->buf == NULL) {
+            with_inj = d->body_left == 0;
+        } else if (d->boundary != NO_BOUNDARY && d->boundary >= d->head) {
+            with_inj = true;
+            first = d->boundary - d->head;
+            rest = d->parsed - d->boundary;
+        }
+    }
+    if (with_inj) {
+        if (first)
+            iov[n++] = (struct iovec){ d->buf->data + d->head, first };
+        iov[n++] = (struct iovec){ d->inj, d->inj_len };
+        if (rest)
+            iov[n++] = (struct iovec){ d->buf->data + d->boundary, rest };
+    } else if (pending) {
+        iov[n++] = (struct iovec){ d->buf->data + d->head, pending };
+    }
+    if (n == 0)
+        return 0;
+
+    ssize_t w = writev(dst_fd(c, d), iov, n);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            event_add(dst_ev(c, d), NULL);
+            return 0;
+        }
+        *why = d == &c->to_b ? "backend write failed" : "client write failed";
+        return -1;
+    }
+    size_t left = (size_t)w;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (with_inj) {
+        /* In wire order: [first][inj][rest]. */
+        size_t t = left < first ? left : first;
+        d->head += (uint32_t)t;
+        left -= t;
+        if (t == first) {
+            size_t ti = left < d->inj_len ? left : d->inj_len;
+            memmove(d->inj, d->inj + ti, d->inj_len - ti);
+            d->inj_len = (uint8_t)(d->inj_len - ti);
+            left -= ti;
+            d->head += (uint32_t)left; /* non-zero only once inj is all out */
+        }
+    } else {
+        d->head += (uint32_t)left;
+    }
+    if ((size_t)w < total)
+        event_add(dst_ev(c, d), NULL);
+    else
+        event_del(dst_ev(c, d));
+    return w;
+}
+
+/* Reads once from the direction's source. Returns bytes read, 0 on EAGAIN or
+ * EOF (d->eof set), -1 with *why. */
+static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
+{
+    if (dir_ensure_buf(c, d) < 0) {
+        *why = "out of memory";
+        return -1;
+    }
+    uint32_t size = c->w->pool.size;
+    if (d->head > 0 && (d->head == d->tail || size - d->tail < COMPACT_BELOW))
+        dir_compact(d);
+    uint32_t room = size - d->tail;
+    if (room == 0) {
+        if (!d->read_blocked) {
+            event_del(src_ev(c, d));
+            d->read_blocked = true;
+        }
+        return 0;
+    }
+    ssize_t r = read(src_fd(c, d), d->buf->data + d->tail, room);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 0;
+        *why = d == &c->to_b ? "client connection reset" : "backend connection reset";
+        return -1;
+    }
+    if (r == 0) {
+        d->eof = true;
+        event_del(src_ev(c, d));
+        return 0;
+    }
+    d->tail += (uint32_t)r;
+    return r;
+}
+
+/* Does everything that can be done without waiting: frame, write, resume
+ * reading. Closes the channel (and returns -1) on errors and finished EOFs. */
+static int chan_service(struct chan *c)
+{
+    const char *why = NULL;
+    struct relay_dir *dirs[2] = { &c->to_c, &c->to_b };
+    for (;;) {
+        int64_t progress = 0;
+        for (int i = 0; i < 2; i++) {
+            int64_t p = dir_frame(c, dirs[i], &why);
+            if (p < 0)
+                goto fail;
+            progress += p;
+        }
+        for (int i = 0; i < 2; i++) {
+            int64_t p = dir_flush(c, dirs[i], &why);
+            if (p < 0)
+                goto fail;
+            progress += p;
+        }
+        if (progress == 0)
+            break;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct relay_dir *d = dirs[i];
+        if (d->eof && (d->buf == NULL || d->head == d->parsed) && d->inj_len == 0) {
+            why = d == &c->to_b ? "client closed" : "backend closed";
+            goto fail;
+        }
+        if (d->buf != NULL && d->read_blocked && !d->eof &&
+            (d->head > 0 || d->tail < c->w->pool.size)) {
+            d->read_blocked = false;
+            event_add(src_ev(c, d), NULL);
+        }
+        dir_release_if_empty(c, d);
+    }
+    return 0;
+fail:
+    chan_close(c, why);
+    return -1;
+}
+
+static void on_readable(struct chan *c, struct relay_dir *d)
+{
+    const char *why = NULL;
+    if (dir_read(c, d, &why) < 0) {
+        chan_close(c, why);
+        return;
+    }
+    (void)chan_service(c);
+}
+
+static void on_c_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    on_readable(c, &c->to_b);
+}
+
+static void on_b_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    on_readable(c, &c->to_c);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)chan_service(arg);
+}
+
+/* ------------------------------------------------------------------ start / stop */
+
+static int dir_preload(struct chan *c, struct relay_dir *d, const uint8_t *p, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (len > c->w->pool.size || dir_ensure_buf(c, d) < 0)
+        return -1;
+    memcpy(d->buf->data, p, len);
+    d->tail = (uint32_t)len;
+    return 0;
+}
+
+int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
+                const uint8_t *b_leftover, size_t b_len)
+{
+    struct event_base *base = c->w->env.base;
+    if (c->lk != NULL) {
+        /* A link-phase write the kernel did not take at once (rare: a few
+         * hundred bytes on a fresh socket) must go out before any relayed byte. */
+        struct chan_link *lk = c->lk;
+        while (lk->out_sent < lk->out_have) {
+            struct pollfd p = { .fd = lk->out_fd, .events = POLLOUT };
+            if (poll(&p, 1, 1000) <= 0) {
+                chan_close(c, "link reply not delivered");
+                return -1;
+            }
+            ssize_t w = send(lk->out_fd, lk->out + lk->out_sent, lk->out_have - lk->out_sent,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                chan_close(c, "link reply not delivered");
+                return -1;
+            }
+            if (w > 0)
+                lk->out_sent += (uint32_t)w;
+        }
+        OPENSSL_cleanse(lk, sizeof(*lk));
+        free(lk);
+        c->lk = NULL;
+    }
+    if (c->timer != NULL)
+        evtimer_del(c->timer);
+    c->w->stats.channels_active++;
+    memset(&c->to_b, 0, sizeof(c->to_b));
+    memset(&c->to_c, 0, sizeof(c->to_c));
+    memset(&c->acks, 0, sizeof(c->acks));
+    c->to_b.boundary = c->to_c.boundary = 0;
+    if (c->c_rd != NULL)
+        event_free(c->c_rd);
+    if (c->c_wr != NULL)
+        event_free(c->c_wr);
+    if (c->b_rd != NULL)
+        event_free(c->b_rd);
+    if (c->b_wr != NULL)
+        event_free(c->b_wr);
+    c->c_rd = event_new(base, c->c_fd, EV_READ | EV_PERSIST, on_c_read, c);
+    c->b_rd = event_new(base, c->b_fd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->c_wr = event_new(base, c->c_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->b_wr = event_new(base, c->b_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    if (!c->c_rd || !c->b_rd || !c->c_wr || !c->b_wr) {
+        chan_close(c, "out of memory");
+        return -1;
+    }
+    c->state = CH_RELAY;
+    if (dir_preload(c, &c->to_b, c_leftover, c_len) < 0 ||
+        dir_preload(c, &c->to_c, b_leftover, b_len) < 0) {
+        chan_close(c, "out of memory");
+        return -1;
+    }
+    event_add(c->c_rd, NULL);
+    event_add(c->b_rd, NULL);
+    return chan_service(c);
+}
+
+void relay_release(struct chan *c)
+{
+    pool_put(&c->w->pool, c->to_b.buf);
+    pool_put(&c->w->pool, c->to_c.buf);
+    c->to_b.buf = c->to_c.buf = NULL;
+}

@@ -1,0 +1,227 @@
+/* session/session.c: sessions and channels of one worker: creation on accept,
+ * lookup by SPICE session id, the admin view, and the one teardown path
+ * (session_close / chan_close). Runs on the owning worker's loop. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "common/log.h"
+#include "session/internal.h"
+
+struct session_worker *session_worker_new(const struct session_env *env)
+{
+    struct session_worker *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    w->env = *env;
+    pool_init(&w->pool, env->buffer_size, 64);
+    TAILQ_INIT(&w->sessions);
+    TAILQ_INIT(&w->pending);
+    return w;
+}
+
+void session_worker_free(struct session_worker *w)
+{
+    if (w == NULL)
+        return;
+    struct session *s;
+    while ((s = TAILQ_FIRST(&w->sessions)) != NULL)
+        session_close(s, "broker shutting down");
+    struct chan *c;
+    while ((c = TAILQ_FIRST(&w->pending)) != NULL)
+        chan_close(c, NULL);
+    pool_drain(&w->pool);
+    free(w);
+}
+
+const char *chan_sid(const struct chan *c)
+{
+    return c->s != NULL ? c->s->sid : "sid=-";
+}
+
+void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
+                    const uint8_t *pre, size_t pre_len)
+{
+    struct chan *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        log_warnx("out of memory accepting a client");
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->c_fd = fd;
+    c->b_fd = -1;
+    c->peer = *peer;
+    TAILQ_INSERT_TAIL(&w->pending, c, link);
+    link_start_client(c, pre, pre_len);
+}
+
+static void chan_free(struct chan *c)
+{
+    struct event **evs[] = { &c->c_rd, &c->c_wr, &c->b_rd, &c->b_wr, &c->timer };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+        if (*evs[i] != NULL) {
+            event_free(*evs[i]);
+            *evs[i] = NULL;
+        }
+    }
+    if (c->c_fd >= 0)
+        close(c->c_fd);
+    if (c->b_fd >= 0)
+        close(c->b_fd);
+    relay_release(c);
+    if (c->lk != NULL) {
+        OPENSSL_cleanse(c->lk, sizeof(*c->lk));
+        free(c->lk);
+    }
+    free(c);
+}
+
+static void chan_account(struct session *s, const struct chan *c)
+{
+    s->w->stats.bytes_to_client += c->to_c.bytes;
+    s->w->stats.bytes_to_backend += c->to_b.bytes;
+    if (c->state == CH_RELAY || c->state == CH_FLUSH)
+        s->w->stats.channels_active--;
+}
+
+static void session_snapshot(const struct session *s, struct snap_session *rec)
+{
+    memset(rec, 0, sizeof(*rec));
+    rec->id = s->id;
+    snprintf(rec->broker, sizeof(rec->broker), "%s", s->w->env.broker_id ? s->w->env.broker_id : "");
+    snprintf(rec->instance, sizeof(rec->instance), "%s", s->rec.instance);
+    snprintf(rec->client, sizeof(rec->client), "%s", s->client);
+    snprintf(rec->backend_host, sizeof(rec->backend_host), "%s", s->rec.host);
+    rec->backend_port = s->rec.port;
+    rec->started = s->started;
+    const struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link) {
+        if (rec->n_channels >= SNAP_MAX_CHANNELS)
+            break;
+        struct snap_channel *sc = &rec->channels[rec->n_channels++];
+        sc->type = c->type;
+        sc->id = c->id;
+        sc->bytes_to_client = c->to_c.bytes;
+        sc->bytes_to_backend = c->to_b.bytes;
+        sc->msgs_to_client = c->to_c.msgs;
+        sc->msgs_to_backend = c->to_b.msgs;
+    }
+}
+
+void session_close(struct session *s, const char *reason)
+{
+    struct session_worker *w = s->w;
+    if (s->closing)
+        return;
+    s->closing = true;
+    uint64_t to_c = 0, to_b = 0;
+    unsigned n = 0;
+    struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link) {
+        to_c += c->to_c.bytes;
+        to_b += c->to_b.bytes;
+        n++;
+    }
+    log_info("%s closed: %s (channels %u, bytes to client %llu, to backend %llu, %llds)", s->sid,
+             reason ? reason : "-", n, (unsigned long long)to_c, (unsigned long long)to_b,
+             (long long)(time(NULL) - s->started));
+    if (s->id_claimed) {
+        struct snap_session rec;
+        session_snapshot(s, &rec);
+        w->env.publish(w->env.arg, &rec, true);
+        w->env.release_id(w->env.arg, s->id);
+    }
+    while ((c = TAILQ_FIRST(&s->chans)) != NULL) {
+        TAILQ_REMOVE(&s->chans, c, link);
+        chan_account(s, c);
+        chan_free(c);
+    }
+    TAILQ_REMOVE(&w->sessions, s, link);
+    w->stats.sessions_active--;
+    OPENSSL_cleanse(&s->rec, sizeof(s->rec));
+    free(s);
+}
+
+void chan_close(struct chan *c, const char *reason)
+{
+    struct session *s = c->s;
+    if (s != NULL && c->is_main) {
+        session_close(s, reason);
+        return;
+    }
+    if (s != NULL) {
+        if (reason != NULL)
+            log_info("%s %s:%u channel closed: %s", s->sid, wire_channel_name(c->type), c->id,
+                     reason);
+        TAILQ_REMOVE(&s->chans, c, link);
+        chan_account(s, c);
+    } else {
+        TAILQ_REMOVE(&c->w->pending, c, link);
+    }
+    chan_free(c);
+}
+
+struct session *session_find(struct session_worker *w, uint32_t id)
+{
+    struct session *s;
+    TAILQ_FOREACH(s, &w->sessions, link)
+        if (s->id == id)
+            return s;
+    return NULL;
+}
+
+void session_set_id(struct session *s, uint32_t id)
+{
+    struct session_worker *w = s->w;
+    if (w->env.claim_id(w->env.arg, id, w->env.worker_index) != 0) {
+        log_warnx("sid=%08x already in use; refusing a second session with it", id);
+        return;
+    }
+    s->id = id;
+    s->id_claimed = true;
+    snprintf(s->sid, sizeof(s->sid), "sid=%08x", id);
+    struct snap_session rec;
+    session_snapshot(s, &rec);
+    w->env.publish(w->env.arg, &rec, false);
+    log_info("%s session started: client=%s backend=%s:%u", s->sid, s->client, s->rec.host,
+             s->rec.port);
+}
+
+int session_kill(struct session_worker *w, uint32_t id, const char *reason)
+{
+    struct session *s = session_find(w, id);
+    if (s == NULL)
+        return -1;
+    session_close(s, reason);
+    return 0;
+}
+
+void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg)
+{
+    struct session *s;
+    TAILQ_FOREACH(s, &w->sessions, link) {
+        if (s->id == 0)
+            continue;
+        struct snap_session rec;
+        session_snapshot(s, &rec);
+        cb(&rec, arg);
+    }
+}
+
+void session_worker_stats(const struct session_worker *w, struct session_stats *out)
+{
+    *out = w->stats;
+    const struct session *s;
+    TAILQ_FOREACH(s, &w->sessions, link) {
+        const struct chan *c;
+        TAILQ_FOREACH(c, &s->chans, link) {
+            out->bytes_to_client += c->to_c.bytes;
+            out->bytes_to_backend += c->to_b.bytes;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+/* session/session.h: one client's SPICE session: its channels, the link
+ * handshake in both roles (server toward the client, client toward QEMU), and
+ * the relay of every channel's bytes. Everything here runs on the one worker
+ * loop that owns the session; the only entry points from elsewhere are the
+ * callbacks in struct session_env, which the broker provides.
+ *
+ * Life of a channel (the data path, in call order):
+ *   session_accept()     a client socket arrives on this worker
+ *   link_* (link.c)      client link read; for main: ticket -> token -> record,
+ *                        then the backend link; for others: the session is
+ *                        found by connection id, the backend channel linked
+ *                        first, then the client's ticket checked
+ *   relay_start()        both legs linked: bytes flow (relay.c)
+ *   session_close()      one teardown, with a reason, for the whole session */
+#ifndef SB_SESSION_H
+#define SB_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "migrate/snap.h"
+
+struct session;
+struct session_worker;
+struct ticket_key;
+
+/* What a worker gives its sessions. Callbacks may be called from the worker's
+ * loop only, and must not block on the network. */
+struct session_env {
+    struct event_base *base;
+    const struct ticket_key *key;      /* the broker's RSA-1024 link key */
+    int worker_index;
+
+    /* token -> backend record. Returns 0 (filled *rec) or -1 with *why a
+     * short reason for logs ("unknown token", "expired token"). */
+    int (*resolve)(void *arg, const char *token, struct snap_token *rec, const char **why);
+    /* The session id space is shared by all workers: claim id for this
+     * worker (0, or -1 if another session holds it), release it, and find
+     * the worker that owns an id (-1 if none). */
+    int (*claim_id)(void *arg, uint32_t id, int worker_index);
+    void (*release_id)(void *arg, uint32_t id);
+    int (*owner_of)(void *arg, uint32_t id);
+    /* Hand a half-linked client connection to another worker. Takes fd and
+     * copies the bytes already read; returns -1 if it could not (fd closed). */
+    int (*handoff)(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
+                   const uint8_t *pre, size_t pre_len);
+    /* A session record changed (started, ended): persist it off the worker
+     * loop. ended=true deletes the record. */
+    void (*publish)(void *arg, const struct snap_session *rec, bool ended);
+    void *arg;
+
+    int link_timeout_ms;     /* a client link must complete within this */
+    int backend_timeout_ms;  /* connect + link to the backend within this */
+    uint32_t buffer_size;    /* relay buffer per direction while data flows */
+    const char *broker_id;
+};
+
+/* Per-worker state: the sessions it owns and its buffer pool. */
+struct session_worker *session_worker_new(const struct session_env *env);
+/* Closes every session ("shutdown") and frees the worker state. */
+void session_worker_free(struct session_worker *w);
+
+/* A client connection accepted on this worker (takes fd). pre/pre_len are
+ * bytes already read from it by another worker (a handoff), else NULL/0. */
+void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
+                    const uint8_t *pre, size_t pre_len);
+
+/* Closes the session with that id on this worker; -1 if it has none. */
+int session_kill(struct session_worker *w, uint32_t id, const char *reason);
+
+/* Calls cb for each live session of this worker (for the admin API). */
+typedef void (*session_visit_cb)(const struct snap_session *rec, void *arg);
+void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);
+
+/* Counters for /metrics. */
+struct session_stats {
+    uint64_t sessions_active, sessions_total, channels_active;
+    uint64_t links_refused, links_failed_backend, bytes_to_client, bytes_to_backend;
+};
+void session_worker_stats(const struct session_worker *w, struct session_stats *out);
+
+#endif
