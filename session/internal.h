@@ -101,6 +101,7 @@ struct chan {
     int c_fd, b_fd;
     struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
+    char addr[56];              /* the client's "ip:port", for logs */
     struct chan_link *lk;       /* link phase only */
     struct relay_dir to_b;      /* client -> backend */
     struct relay_dir to_c;      /* backend -> client */

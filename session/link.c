@@ -95,7 +95,7 @@ static void wipe_secrets(struct chan_link *lk)
 /* Refuses the client's link before our reply went out (an error reply). */
 static void refuse_link(struct chan *c, uint32_t err, const char *why)
 {
-    log_info("%s client=%s %s:%u link refused: %s (%s)", chan_sid(c), c->s ? c->s->client : "-",
+    log_info("%s client=%s %s:%u link refused: %s (%s)", chan_sid(c), c->addr,
              wire_channel_name(c->type), c->id, why, wire_link_err_name(err));
     send_link_error(c, err);
     c->w->stats.links_refused++;
@@ -105,8 +105,8 @@ static void refuse_link(struct chan *c, uint32_t err, const char *why)
 /* Refuses the client's link after our reply (a 4-byte link result). */
 static void refuse_auth(struct chan *c, uint32_t err, const char *why)
 {
-    log_info("%s %s:%u link refused: %s (%s)", chan_sid(c), wire_channel_name(c->type), c->id,
-             why, wire_link_err_name(err));
+    log_info("%s client=%s %s:%u link refused: %s (%s)", chan_sid(c), c->addr,
+             wire_channel_name(c->type), c->id, why, wire_link_err_name(err));
     send_link_result(c, err);
     c->w->stats.links_refused++;
     chan_close(c, why);
@@ -291,14 +291,7 @@ static void client_auth_done(struct chan *c)
     s->started = (int64_t)time(NULL);
     TAILQ_INIT(&s->chans);
     snprintf(s->sid, sizeof(s->sid), "sid=-");
-    {
-        char host[48], serv[8];
-        if (getnameinfo((const struct sockaddr *)&c->peer, sizeof(c->peer), host, sizeof(host),
-                        serv, sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-            snprintf(s->client, sizeof(s->client), "%s:%s", host, serv);
-        else
-            snprintf(s->client, sizeof(s->client), "?");
-    }
+    snprintf(s->client, sizeof(s->client), "%s", c->addr);
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
     TAILQ_REMOVE(&w->pending, c, link);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
@@ -505,7 +498,7 @@ static void client_input(struct chan *c)
     for (;;) {
         int rc = read_step(c, c->c_fd, &why);
         if (rc < 0) {
-            log_info("%s client link closed: %s", chan_sid(c), why);
+            log_info("%s client=%s link closed: %s", chan_sid(c), c->addr, why);
             chan_close(c, why);
             return;
         }
@@ -625,7 +618,7 @@ static void on_link_timeout(evutil_socket_t fd, short what, void *arg)
         backend_failed(c, "backend timed out");
         return;
     }
-    log_info("%s client link timed out in state %s", chan_sid(c),
+    log_info("%s client=%s link timed out in state %s", chan_sid(c), c->addr,
              c->state == CH_C_LINK ? "link" : "auth");
     chan_close(c, "link timeout");
 }

@@ -1,6 +1,7 @@
 /* session/session.c: sessions and channels of one worker: creation on accept,
  * lookup by SPICE session id, the admin view, and the one teardown path
  * (session_close / chan_close). Runs on the owning worker's loop. */
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,12 @@ void session_accept(struct session_worker *w, int fd, const struct sockaddr_stor
     c->c_fd = fd;
     c->b_fd = -1;
     c->peer = *peer;
+    char host[48], serv[8];
+    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
+                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+        snprintf(c->addr, sizeof(c->addr), "%s:%s", host, serv);
+    else
+        snprintf(c->addr, sizeof(c->addr), "?");
     TAILQ_INSERT_TAIL(&w->pending, c, link);
     link_start_client(c, pre, pre_len);
 }

@@ -1,0 +1,338 @@
+/* migrate/snap.c: encodes and decodes store records (protobuf-c, zstd for
+ * large values) and builds their store keys; pure functions, any thread.
+ *
+ * A stored value is one encoding byte followed by the payload:
+ *   0  the packed protobuf message
+ *   1  a zstd frame (with its content size) holding the packed message
+ * Messages whose packed form exceeds SNAP_ZSTD_THRESHOLD bytes are
+ * compressed, unless compression does not make them smaller. */
+#include "migrate/snap.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <zstd.h>
+
+#include "broker.pb-c.h"
+
+#define SCHEMA_MAJOR 1
+#define SNAP_ZSTD_THRESHOLD 512
+#define SNAP_ZSTD_LEVEL 3
+#define SNAP_MAX_DECODED (1024 * 1024)  /* bound on a decompressed record */
+
+enum { ENC_RAW = 0, ENC_ZSTD = 1 };
+
+typedef Spicebroker__TokenRecord TokenRecord;
+typedef Spicebroker__SessionRecord SessionRecord;
+typedef Spicebroker__ChannelRecord ChannelRecord;
+
+/* ---- framing ---- */
+
+/* Prefixes a packed message with its encoding byte, compressing large ones.
+ * *out is malloc'd. */
+static int wrap(const uint8_t *packed, size_t plen, uint8_t **out, size_t *len)
+{
+    uint8_t *buf = NULL;
+
+    if (plen > SNAP_ZSTD_THRESHOLD) {
+        size_t bound = ZSTD_compressBound(plen);
+        if ((buf = malloc(1 + bound)) == NULL)
+            goto fail;
+        size_t c = ZSTD_compress(buf + 1, bound, packed, plen, SNAP_ZSTD_LEVEL);
+        if (!ZSTD_isError(c) && c < plen) {
+            buf[0] = ENC_ZSTD;
+            *out = buf;
+            *len = 1 + c;
+            return 0;
+        }
+        free(buf);
+    }
+    if ((buf = malloc(1 + plen)) == NULL)
+        goto fail;
+    buf[0] = ENC_RAW;
+    memcpy(buf + 1, packed, plen);
+    *out = buf;
+    *len = 1 + plen;
+    return 0;
+fail:
+    return -1;
+}
+
+/* Finds the packed message in a stored value. *tofree is set to a buffer the
+ * caller frees (NULL when *payload points into buf). */
+static int unwrap(const uint8_t *buf, size_t len, const uint8_t **payload, size_t *plen,
+                  uint8_t **tofree)
+{
+    unsigned long long size;
+    uint8_t *dst = NULL;
+    size_t got;
+
+    *tofree = NULL;
+    if (buf == NULL || len < 1)
+        goto fail;
+    switch (buf[0]) {
+    case ENC_RAW:
+        *payload = buf + 1;
+        *plen = len - 1;
+        return 0;
+    case ENC_ZSTD:
+        /* We always write the content size; refuse frames without it so a
+         * few bytes can never make us allocate more than SNAP_MAX_DECODED. */
+        size = ZSTD_getFrameContentSize(buf + 1, len - 1);
+        if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR ||
+            size > SNAP_MAX_DECODED)
+            goto fail;
+        if ((dst = malloc(size ? (size_t)size : 1)) == NULL)
+            goto fail;
+        got = ZSTD_decompress(dst, (size_t)size, buf + 1, len - 1);
+        if (ZSTD_isError(got) || got != size)
+            goto fail;
+        *payload = dst;
+        *plen = got;
+        *tofree = dst;
+        return 0;
+    default:
+        goto fail;
+    }
+fail:
+    free(dst);
+    return -1;
+}
+
+/* ---- field helpers ---- */
+
+/* A struct string field must be NUL-terminated inside its buffer. */
+static bool str_fits(const char *s, size_t cap)
+{
+    return strnlen(s, cap) < cap;
+}
+
+static int copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n;
+
+    if (src == NULL)
+        src = "";
+    if ((n = strlen(src)) >= cap)
+        return -1;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+/* ---- tokens ---- */
+
+int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len)
+{
+    TokenRecord m = SPICEBROKER__TOKEN_RECORD__INIT;
+    uint8_t *packed = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (t == NULL || out == NULL || len == NULL ||
+        !str_fits(t->host, sizeof(t->host)) || !str_fits(t->password, sizeof(t->password)) ||
+        !str_fits(t->instance, sizeof(t->instance)))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.host = (char *)t->host;
+    m.port = t->port;
+    m.tls_port = t->tls_port;
+    m.password = (char *)t->password;
+    m.instance = (char *)t->instance;
+    m.created = t->created;
+    m.expires = t->expires;
+    plen = spicebroker__token_record__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__token_record__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    if (packed != NULL) {
+        /* the packed form holds the backend password */
+        memset(packed, 0, plen);
+        free(packed);
+    }
+    return rc;
+}
+
+int snap_token_decode(const uint8_t *buf, size_t len, struct snap_token *t)
+{
+    struct snap_token tmp;
+    TokenRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen = 0;
+    int rc = -1;
+
+    if (t == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__token_record__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR || m->port > UINT16_MAX || m->tls_port > UINT16_MAX)
+        goto fail;
+    memset(&tmp, 0, sizeof(tmp));
+    if (copy_str(tmp.host, sizeof(tmp.host), m->host) < 0 ||
+        copy_str(tmp.password, sizeof(tmp.password), m->password) < 0 ||
+        copy_str(tmp.instance, sizeof(tmp.instance), m->instance) < 0)
+        goto fail;
+    tmp.port = (uint16_t)m->port;
+    tmp.tls_port = (uint16_t)m->tls_port;
+    tmp.created = m->created;
+    tmp.expires = m->expires;
+    *t = tmp;
+    rc = 0;
+fail:
+    /* wipe the copies of the backend password we made on the way */
+    memset(&tmp, 0, sizeof(tmp));
+    if (m != NULL) {
+        if (m->password != NULL)
+            memset(m->password, 0, strlen(m->password));
+        spicebroker__token_record__free_unpacked(m, NULL);
+    }
+    if (tofree != NULL)
+        memset(tofree, 0, plen);
+    free(tofree);
+    return rc;
+}
+
+/* ---- sessions ---- */
+
+int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len)
+{
+    SessionRecord m = SPICEBROKER__SESSION_RECORD__INIT;
+    ChannelRecord chans[SNAP_MAX_CHANNELS];
+    ChannelRecord *chan_ptrs[SNAP_MAX_CHANNELS];
+    uint8_t *packed = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (s == NULL || out == NULL || len == NULL || s->n_channels > SNAP_MAX_CHANNELS ||
+        !str_fits(s->broker, sizeof(s->broker)) || !str_fits(s->instance, sizeof(s->instance)) ||
+        !str_fits(s->client, sizeof(s->client)) ||
+        !str_fits(s->backend_host, sizeof(s->backend_host)))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.id = s->id;
+    m.broker = (char *)s->broker;
+    m.instance = (char *)s->instance;
+    m.client = (char *)s->client;
+    m.backend_host = (char *)s->backend_host;
+    m.backend_port = s->backend_port;
+    m.started = s->started;
+    m.migrations = s->migrations;
+    for (uint32_t i = 0; i < s->n_channels; i++) {
+        const struct snap_channel *c = &s->channels[i];
+        spicebroker__channel_record__init(&chans[i]);
+        chans[i].type = c->type;
+        chans[i].id = c->id;
+        chans[i].bytes_to_client = c->bytes_to_client;
+        chans[i].bytes_to_backend = c->bytes_to_backend;
+        chans[i].msgs_to_client = c->msgs_to_client;
+        chans[i].msgs_to_backend = c->msgs_to_backend;
+        chan_ptrs[i] = &chans[i];
+    }
+    m.n_channels = s->n_channels;
+    m.channels = s->n_channels ? chan_ptrs : NULL;
+    plen = spicebroker__session_record__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__session_record__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(packed);
+    return rc;
+}
+
+int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s)
+{
+    struct snap_session *tmp = NULL;
+    SessionRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (s == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__session_record__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR || m->backend_port > UINT16_MAX ||
+        m->n_channels > SNAP_MAX_CHANNELS)
+        goto fail;
+    if ((tmp = calloc(1, sizeof(*tmp))) == NULL)
+        goto fail;
+    if (copy_str(tmp->broker, sizeof(tmp->broker), m->broker) < 0 ||
+        copy_str(tmp->instance, sizeof(tmp->instance), m->instance) < 0 ||
+        copy_str(tmp->client, sizeof(tmp->client), m->client) < 0 ||
+        copy_str(tmp->backend_host, sizeof(tmp->backend_host), m->backend_host) < 0)
+        goto fail;
+    tmp->id = m->id;
+    tmp->backend_port = (uint16_t)m->backend_port;
+    tmp->started = m->started;
+    tmp->migrations = m->migrations;
+    tmp->n_channels = (uint32_t)m->n_channels;
+    for (size_t i = 0; i < m->n_channels; i++) {
+        const ChannelRecord *c = m->channels[i];
+        if (c == NULL || c->type > UINT8_MAX || c->id > UINT8_MAX)
+            goto fail;
+        tmp->channels[i].type = (uint8_t)c->type;
+        tmp->channels[i].id = (uint8_t)c->id;
+        tmp->channels[i].bytes_to_client = c->bytes_to_client;
+        tmp->channels[i].bytes_to_backend = c->bytes_to_backend;
+        tmp->channels[i].msgs_to_client = c->msgs_to_client;
+        tmp->channels[i].msgs_to_backend = c->msgs_to_backend;
+    }
+    *s = *tmp;
+    rc = 0;
+fail:
+    free(tmp);
+    if (m != NULL)
+        spicebroker__session_record__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
+/* ---- keys ---- */
+
+/* A key component: non-empty, and no '/' that would shift the key's layout. */
+static bool component_ok(const char *s)
+{
+    return s != NULL && s[0] != '\0' && strchr(s, '/') == NULL;
+}
+
+int snap_token_key(char *buf, size_t cap, const char *zone, const char *token)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char digest[2 * EVP_MAX_MD_SIZE + 1];
+
+    if (!component_ok(zone) || token == NULL || token[0] == '\0')
+        return -1;
+    if (EVP_Digest(token, strlen(token), md, &mdlen, EVP_sha256(), NULL) != 1)
+        return -1;
+    for (unsigned int i = 0; i < mdlen; i++) {
+        digest[2 * i] = hex[md[i] >> 4];
+        digest[2 * i + 1] = hex[md[i] & 15];
+    }
+    digest[2 * mdlen] = '\0';
+    return snprintf(buf, cap, "/spice-broker/%s/tokens/%s", zone, digest);
+}
+
+int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id)
+{
+    if (!component_ok(zone))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/sessions/%08x", zone, (unsigned)session_id);
+}
+
+int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind)
+{
+    if (!component_ok(zone) || !component_ok(kind))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/%s/", zone, kind);
+}

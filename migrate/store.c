@@ -1,0 +1,125 @@
+/* migrate/store.c: parses store specs and dispatches store.h calls to a
+ * back-end (store_embedded.c now, etcd later); thread-safe, any thread. */
+#include "migrate/store.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migrate/store_backend.h"
+
+struct store {
+    const struct store_backend *be;
+    void *impl;
+    char *desc;             /* "scheme:arg", for logs */
+};
+
+static const struct store_backend *const backends[] = {
+    &store_embedded_backend,
+};
+
+const char *store_errorf(const char *fmt, ...)
+{
+    static _Thread_local char buf[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+struct store *store_open(const char *spec, const char **err)
+{
+    const struct store_backend *be = NULL;
+    struct store *s = NULL;
+    const char *colon, *dummy;
+    size_t slen;
+
+    if (err == NULL)
+        err = &dummy;
+    if (spec == NULL || (colon = strchr(spec, ':')) == NULL) {
+        *err = "store spec must be embedded:DIR or etcd:URL[,URL...]";
+        goto fail;
+    }
+    slen = (size_t)(colon - spec);
+    if (slen == 4 && strncmp(spec, "etcd", 4) == 0) {
+        *err = "etcd store not implemented yet";
+        goto fail;
+    }
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+        if (strlen(backends[i]->scheme) == slen &&
+            strncmp(spec, backends[i]->scheme, slen) == 0)
+            be = backends[i];
+    if (be == NULL) {
+        *err = "unknown store type (want embedded:DIR or etcd:URL[,URL...])";
+        goto fail;
+    }
+    if (colon[1] == '\0') {
+        *err = store_errorf("store spec \"%s\" has nothing after the colon", be->scheme);
+        goto fail;
+    }
+    if ((s = calloc(1, sizeof(*s))) == NULL || (s->desc = strdup(spec)) == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    s->be = be;
+    if ((s->impl = be->open(colon + 1, err)) == NULL)
+        goto fail;
+    return s;
+fail:
+    if (s != NULL)
+        free(s->desc);
+    free(s);
+    return NULL;
+}
+
+void store_free(struct store *s)
+{
+    if (s == NULL)
+        return;
+    s->be->free(s->impl);
+    free(s->desc);
+    free(s);
+}
+
+static int key_ok(const char *key)
+{
+    return key != NULL && key[0] != '\0' && strlen(key) <= STORE_MAX_KEY;
+}
+
+int store_put(struct store *s, const char *key, const void *val, size_t len,
+              int64_t expect_rev, int64_t *new_rev)
+{
+    if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
+        len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV)
+        return STORE_ERROR;
+    return s->be->put(s->impl, key, val, len, expect_rev, new_rev);
+}
+
+int store_get(struct store *s, const char *key, void **val, size_t *len, int64_t *rev)
+{
+    if (s == NULL || !key_ok(key) || val == NULL || len == NULL)
+        return STORE_ERROR;
+    return s->be->get(s->impl, key, val, len, rev);
+}
+
+int store_delete(struct store *s, const char *key, int64_t expect_rev)
+{
+    if (s == NULL || !key_ok(key) || expect_rev < STORE_ANY_REV)
+        return STORE_ERROR;
+    return s->be->del(s->impl, key, expect_rev);
+}
+
+int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg)
+{
+    if (s == NULL || cb == NULL)
+        return -1;
+    return s->be->walk(s->impl, prefix != NULL ? prefix : "", cb, arg);
+}
+
+const char *store_describe(const struct store *s)
+{
+    return s != NULL ? s->desc : "(no store)";
+}

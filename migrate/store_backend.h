@@ -1,0 +1,34 @@
+/* migrate/store_backend.h: the back-end vtable behind store.h; private to
+ * migrate/store*.c (nobody else includes it). Called from whatever thread
+ * calls the store.h function; each back-end does its own locking. */
+#ifndef SB_STORE_BACKEND_H
+#define SB_STORE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migrate/store.h"
+
+/* Limits every back-end enforces (etcd's default request limit is 1.5 MiB). */
+#define STORE_MAX_KEY 1024
+#define STORE_MAX_VALUE (1024 * 1024)
+
+/* Each call mirrors its store.h twin; impl is what open returned. Results are
+ * enum store_result values. */
+struct store_backend {
+    const char *scheme;     /* "embedded" for "embedded:DIR" */
+    void *(*open)(const char *arg, const char **err);
+    void (*free)(void *impl);
+    int (*put)(void *impl, const char *key, const void *val, size_t len,
+               int64_t expect_rev, int64_t *new_rev);
+    int (*get)(void *impl, const char *key, void **val, size_t *len, int64_t *rev);
+    int (*del)(void *impl, const char *key, int64_t expect_rev);
+    int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
+};
+
+extern const struct store_backend store_embedded_backend;
+
+/* Formats an error into a thread-local buffer and returns it, for *err. */
+const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

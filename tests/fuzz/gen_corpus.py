@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""tests/fuzz/gen_corpus.py: writes the seed corpora under tests/fuzz/corpus/ (run once by hand; the output is committed).
+
+Usage: /usr/bin/python3 tests/fuzz/gen_corpus.py
+Seeds are small valid and invalid inputs; files are named after what they hold.
+Crashers found by libFuzzer are added next to them by hand (crash-<sha1>).
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAGIC = b"REDQ"
+
+
+def u16(v):
+    return struct.pack("<H", v)
+
+
+def u32(v):
+    return struct.pack("<I", v)
+
+
+def u64(v):
+    return struct.pack("<Q", v)
+
+
+def link_header(size, major=2, minor=2, magic=MAGIC):
+    return magic + u32(major) + u32(minor) + u32(size)
+
+
+def link_mess(conn, ctype, cid, common, channel, offset=18):
+    caps = b"".join(u32(w) for w in common + channel)
+    return u32(conn) + bytes([ctype, cid]) + u32(len(common)) + u32(len(channel)) + u32(offset) + caps
+
+
+def link_reply(err, key, common, channel, offset=178):
+    caps = b"".join(u32(w) for w in common + channel)
+    return u32(err) + key + u32(len(common)) + u32(len(channel)) + u32(offset) + caps
+
+
+def migrate_dst(port, sport, host, cert=b"", seamless=True, version=1):
+    fixed = 24 if seamless else 20
+    h = host + b"\0"
+    c = cert + b"\0" if cert else b""
+    body = u16(port) + u16(sport) + u32(len(h)) + u32(fixed)
+    body += u32(len(c)) + u32(fixed + len(h) if c else 0)
+    if seamless:
+        body += u32(version)
+    return body + h + c
+
+
+def mini(mtype, body):
+    return u16(mtype) + u32(len(body)) + body
+
+
+def full(serial, mtype, body, sub_list=0):
+    return u64(serial) + u16(mtype) + u32(len(body)) + u32(sub_list) + body
+
+
+def link_seeds():
+    key = bytes(range(162))
+    gtk_main = link_mess(0, 1, 0, [0x0D], [0x0F])
+    reply = link_reply(0, key, [0x0B], [0x0F])
+    return {
+        "gtk-main-link": link_header(len(gtk_main)) + gtk_main,
+        "gtk-display-link": link_header(26) + link_mess(0x12345678, 2, 0, [0x0D], [0x1FFF]),
+        "link-no-caps": link_header(18) + link_mess(7, 3, 0, [], []),
+        "link-max-caps": link_header(18 + 64) + link_mess(1, 2, 1, [0xFFFFFFFF] * 8, [1] * 8),
+        "link-too-many-caps": link_header(18 + 36) + link_mess(1, 2, 1, [0] * 9, []),
+        "link-caps-offset-past-end": link_header(26) + link_mess(0, 1, 0, [0x0D], [0x0F], offset=19),
+        "link-caps-offset-wrap": link_header(26) + link_mess(0, 1, 0, [0x0D], [0x0F], offset=0xFFFFFFFC),
+        "link-caps-offset-zero": link_header(26) + link_mess(0, 1, 0, [0x0D], [0x0F], offset=0),
+        "link-truncated-body": (link_header(26) + gtk_main)[:30],
+        "link-header-only": link_header(26),
+        "link-header-partial": link_header(26)[:9],
+        "link-bad-magic": link_header(26, magic=b"REDX") + gtk_main,
+        "link-websocket-get": b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        "link-major-1": link_header(26, major=1) + gtk_main,
+        "link-minor-99": link_header(26, minor=99) + gtk_main,
+        "link-size-4097": link_header(4097) + gtk_main,
+        "link-size-max": link_header(0xFFFFFFFF),
+        "reply-ok": link_header(len(reply)) + reply,
+        "reply-error-need-secured": link_header(178) + link_reply(5, bytes(162), [], [], offset=0),
+        "reply-short": link_header(100) + reply[:100],
+        "raw-reply-body": reply,
+        "migrate-begin-seamless-34": migrate_dst(6028, 0xFFFF, b"127.0.0.1"),
+        "migrate-switch-host-30": migrate_dst(6028, 0xFFFF, b"127.0.0.1", seamless=False),
+        "migrate-with-cert": migrate_dst(5900, 5901, b"dst.example.org", b"C=US,O=Example,CN=dst"),
+        "migrate-host-ptr-null": u16(1) + u16(2) + u32(2) + u32(0) + u32(0) + u32(0) + u32(1) + b"a\0",
+        "migrate-host-no-nul": u16(1) + u16(2) + u32(3) + u32(24) + u32(0) + u32(0) + u32(1) + b"abc",
+        "migrate-host-ptr-wrap": u16(1) + u16(2) + u32(10) + u32(0xFFFFFFF8) + u32(0) + u32(0) + u32(1),
+        "dcmd-migrate-data": b"DCMD" + u32(1) + u64(0x23) + bytes(64),
+        "main-init": u32(0x1234ABCD) + u32(1) + u32(3) + u32(2) + u32(1) + u32(10) + u32(5) + u32(1 << 26),
+        "channels-list": u32(4) + bytes([1, 0, 2, 0, 3, 0, 4, 0]),
+        "wait-for-channels": bytes([2]) + bytes([2, 1]) + u64(99) + bytes([2, 2]) + u64(7),
+        "empty": b"",
+    }
+
+
+def framer_seeds():
+    # Byte 0 of each seed: bits 0-4 chunk size - 1, bit 7 a 64-byte max_body.
+    mig = migrate_dst(6028, 0xFFFF, b"127.0.0.1")
+    msgs = [
+        (3, u32(1) + u32(20)),                              # SET_ACK
+        (4, u32(1) + u64(123456789) + bytes(16)),           # PING with padding
+        (103, u32(0x1234ABCD) + u32(1) + u32(3) + u32(2) + u32(1) + u32(10) + u32(5) + u32(64 << 20)),
+        (104, u32(3) + bytes([1, 0, 2, 0, 3, 0])),          # CHANNELS_LIST
+        (105, u16(3) + u16(2)),                             # MOUSE_MODE
+        (116, mig),                                         # MIGRATE_BEGIN_SEAMLESS
+        (1, u32(3)),                                        # MIGRATE
+        (2, b"DCMD" + u32(1) + u64(0x23) + bytes(64)),      # MIGRATE_DATA
+        (5, bytes([1, 2, 1]) + u64(40)),                    # WAIT_FOR_CHANNELS
+        (111, migrate_dst(6028, 0, b"10.0.0.2", seamless=False)),
+        (102, b""),                                         # MIGRATE_CANCEL
+        (106, u32(1000)),                                   # MULTI_MEDIA_TIME
+    ]
+    client = [(1, u32(1)), (2, b""), (3, u32(1) + u64(123456789)), (105, u16(2)),
+              (106, u32(0xFFFFFFFF)), (110, u32(1))]
+    mini_stream = b"".join(mini(t, b) for t, b in msgs)
+    full_stream = b"".join(full(i + 1, t, b) for i, (t, b) in enumerate(msgs))
+    client_stream = b"".join(mini(t, b) for t, b in client)
+    return {
+        "mini-server-stream": bytes([0]) + mini_stream,
+        "mini-server-stream-chunk7": bytes([6]) + mini_stream,
+        "full-server-stream": bytes([5]) + full_stream,
+        "full-server-stream-chunk32": bytes([31]) + full_stream,
+        "mini-client-stream": bytes([2]) + client_stream,
+        "mini-small-max-body": bytes([0x83]) + mini_stream,
+        "zero-bodies": bytes([0]) + mini(2, b"") * 4 + full(9, 2, b"") * 2,
+        "huge-size": bytes([0]) + u16(4) + u32(0xFFFFFFFF) + bytes(8),
+        "truncated-body": bytes([3]) + mini(103, bytes(32))[:20],
+        "split-header": bytes([0]) + mini(3, u32(1) + u32(20))[:4],
+        "full-sub-list": bytes([1]) + full(7, 8, u16(1) + u32(6) + mini(3, u32(1) + u32(9)), sub_list=0),
+        "empty": b"",
+        "one-byte": b"\x00",
+    }
+
+
+def write(target, seeds):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+def main():
+    write("fuzz-link", link_seeds())
+    write("fuzz-framer", framer_seeds())
+
+
+if __name__ == "__main__":
+    main()

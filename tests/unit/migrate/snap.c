@@ -1,0 +1,390 @@
+/* tests/unit/migrate/snap.c: cmocka tests for migrate/snap.c (record
+ * encoding, the zstd path, hostile input, store keys); single-threaded. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zstd.h>
+
+#include "migrate/snap.h"
+
+static void fill(char *dst, size_t n, char c)
+{
+    memset(dst, c, n);
+    dst[n] = '\0';
+}
+
+static void make_token(struct snap_token *t)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->host, sizeof(t->host), "compute-17.example.org");
+    t->port = 5900;
+    t->tls_port = 5901;
+    snprintf(t->password, sizeof(t->password), "s3cret-backend-pw");
+    snprintf(t->instance, sizeof(t->instance), "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    t->created = 1700000000;
+    t->expires = 1700000600;
+}
+
+static void make_session(struct snap_session *s, uint32_t n_channels, size_t strlen_)
+{
+    memset(s, 0, sizeof(*s));
+    s->id = 0xdeadbeef;
+    if (strlen_ == 0) {
+        snprintf(s->broker, sizeof(s->broker), "broker-a");
+        snprintf(s->instance, sizeof(s->instance), "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+        snprintf(s->client, sizeof(s->client), "192.0.2.7:51234");
+        snprintf(s->backend_host, sizeof(s->backend_host), "compute-17");
+    } else {
+        fill(s->broker, strlen_, 'b');
+        fill(s->instance, strlen_ < SNAP_MAX_INSTANCE ? strlen_ : SNAP_MAX_INSTANCE - 1, 'i');
+        fill(s->client, strlen_, 'c');
+        fill(s->backend_host, strlen_, 'h');
+    }
+    s->backend_port = 5900;
+    s->started = -5;            /* negative values survive too */
+    s->migrations = 3;
+    s->n_channels = n_channels;
+    for (uint32_t i = 0; i < n_channels; i++) {
+        struct snap_channel *c = &s->channels[i];
+        c->type = (uint8_t)(1 + i % 11);
+        c->id = (uint8_t)(i / 11);
+        c->bytes_to_client = UINT64_MAX - i;
+        c->bytes_to_backend = 1000ull * i;
+        c->msgs_to_client = i;
+        c->msgs_to_backend = (uint64_t)1 << (i % 64);
+    }
+}
+
+static void assert_session_equal(const struct snap_session *a, const struct snap_session *b)
+{
+    assert_int_equal(a->id, b->id);
+    assert_string_equal(a->broker, b->broker);
+    assert_string_equal(a->instance, b->instance);
+    assert_string_equal(a->client, b->client);
+    assert_string_equal(a->backend_host, b->backend_host);
+    assert_int_equal(a->backend_port, b->backend_port);
+    assert_int_equal(a->started, b->started);
+    assert_int_equal(a->migrations, b->migrations);
+    assert_int_equal(a->n_channels, b->n_channels);
+    for (uint32_t i = 0; i < a->n_channels; i++) {
+        assert_int_equal(a->channels[i].type, b->channels[i].type);
+        assert_int_equal(a->channels[i].id, b->channels[i].id);
+        assert_true(a->channels[i].bytes_to_client == b->channels[i].bytes_to_client);
+        assert_true(a->channels[i].bytes_to_backend == b->channels[i].bytes_to_backend);
+        assert_true(a->channels[i].msgs_to_client == b->channels[i].msgs_to_client);
+        assert_true(a->channels[i].msgs_to_backend == b->channels[i].msgs_to_backend);
+    }
+}
+
+/* ---- round trips ---- */
+
+static void test_token_round_trip(void **state)
+{
+    struct snap_token t, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    make_token(&t);
+    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
+    assert_true(len > 1);
+    assert_int_equal(buf[0], 0);        /* small: raw */
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_string_equal(u.host, t.host);
+    assert_int_equal(u.port, t.port);
+    assert_int_equal(u.tls_port, t.tls_port);
+    assert_string_equal(u.password, t.password);
+    assert_string_equal(u.instance, t.instance);
+    assert_int_equal(u.created, t.created);
+    assert_int_equal(u.expires, t.expires);
+    free(buf);
+
+    /* longest strings that fit, and all-default values */
+    fill(t.host, SNAP_MAX_HOST - 1, 'h');
+    fill(t.password, SNAP_MAX_PASSWORD - 1, 'p');
+    fill(t.instance, SNAP_MAX_INSTANCE - 1, 'i');
+    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_string_equal(u.host, t.host);
+    assert_string_equal(u.password, t.password);
+    assert_string_equal(u.instance, t.instance);
+    free(buf);
+
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_string_equal(u.host, "");
+    assert_int_equal(u.expires, 0);
+    free(buf);
+}
+
+static void test_session_round_trip(void **state)
+{
+    struct snap_session s, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    for (uint32_t n = 0; n <= 4; n++) {
+        make_session(&s, n, 0);
+        assert_int_equal(snap_session_encode(&s, &buf, &len), 0);
+        assert_int_equal(buf[0], 0);
+        memset(&u, 0x5a, sizeof(u));
+        assert_int_equal(snap_session_decode(buf, len, &u), 0);
+        assert_session_equal(&s, &u);
+        free(buf);
+    }
+}
+
+static void test_session_zstd(void **state)
+{
+    struct snap_session s, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    make_session(&s, SNAP_MAX_CHANNELS, SNAP_MAX_HOST - 1);
+    assert_int_equal(snap_session_encode(&s, &buf, &len), 0);
+    assert_int_equal(buf[0], 1);        /* compressed */
+    assert_true(len < 3 * (SNAP_MAX_HOST - 1));
+    assert_int_equal(snap_session_decode(buf, len, &u), 0);
+    assert_session_equal(&s, &u);
+
+    /* every truncation of a zstd value is refused, none crashes */
+    for (size_t l = 0; l < len; l++)
+        assert_int_equal(snap_session_decode(buf, l, &u), -1);
+    /* a flipped payload byte is refused or decodes to something, never crashes */
+    for (size_t i = 1; i < len; i++) {
+        buf[i] ^= 0x41;
+        (void)snap_session_decode(buf, len, &u);
+        buf[i] ^= 0x41;
+    }
+    free(buf);
+}
+
+/* ---- hostile input ---- */
+
+static void test_truncated_and_garbage(void **state)
+{
+    struct snap_token t;
+    struct snap_session s;
+    uint8_t *tb = NULL, *sb = NULL, g[600];
+    size_t tl = 0, sl = 0;
+    uint32_t x = 2463534242u;
+
+    (void)state;
+    assert_int_equal(snap_token_decode(NULL, 0, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"", 0, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0", 1, &t), -1); /* no version */
+    assert_int_equal(snap_session_decode((const uint8_t *)"\0", 1, &s), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\x02\x08\x01", 3, &t), -1);
+    assert_int_equal(snap_session_decode((const uint8_t *)"\x01garbage", 8, &s), -1);
+
+    make_token(&t);
+    make_session(&s, 3, 0);
+    assert_int_equal(snap_token_encode(&t, &tb, &tl), 0);
+    assert_int_equal(snap_session_encode(&s, &sb, &sl), 0);
+    /* cutting inside a string or varint fails; cutting between fields may
+     * decode a shorter record: either way nothing crashes */
+    for (size_t l = 0; l < tl; l++)
+        (void)snap_token_decode(tb, l, &t);
+    for (size_t l = 0; l < sl; l++)
+        (void)snap_session_decode(sb, l, &s);
+    assert_int_equal(snap_token_decode(tb, 5, &t), -1);   /* inside the host string */
+    /* records of the other kind are refused (wire types differ) */
+    assert_int_equal(snap_token_decode(sb, sl, &t), -1);
+    assert_int_equal(snap_session_decode(tb, tl, &s), -1);
+    free(tb);
+    free(sb);
+
+    for (int round = 0; round < 20000; round++) {
+        size_t n = 1 + round % sizeof(g);
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+            g[i] = (uint8_t)x;
+        }
+        g[0] = (uint8_t)(round & 1);
+        (void)snap_token_decode(g, n, &t);
+        (void)snap_session_decode(g, n, &s);
+    }
+}
+
+static void test_zstd_bombs(void **state)
+{
+    struct snap_session s;
+    uint8_t *zeros, *frame;
+    size_t big = 4u << 20, cap = ZSTD_compressBound(4u << 20) + 1, n;
+    ZSTD_CCtx *cctx;
+
+    (void)state;
+    assert_non_null(zeros = calloc(1, big));
+    assert_non_null(frame = malloc(cap));
+    /* a frame that inflates to 4 MiB: refused before allocating it */
+    frame[0] = 1;
+    n = ZSTD_compress(frame + 1, cap - 1, zeros, big, 1);
+    assert_false(ZSTD_isError(n));
+    assert_int_equal(snap_session_decode(frame, 1 + n, &s), -1);
+    /* a frame that does not state its size: refused */
+    assert_non_null(cctx = ZSTD_createCCtx());
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0)));
+    n = ZSTD_compress2(cctx, frame + 1, cap - 1, "\x08\x01", 2);
+    assert_false(ZSTD_isError(n));
+    assert_int_equal(snap_session_decode(frame, 1 + n, &s), -1);
+    /* the same with the size: accepted (a minimal valid record) */
+    assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1)));
+    n = ZSTD_compress2(cctx, frame + 1, cap - 1, "\x08\x01", 2);
+    assert_int_equal(snap_session_decode(frame, 1 + n, &s), 0);
+    assert_int_equal(s.n_channels, 0);
+    ZSTD_freeCCtx(cctx);
+    free(frame);
+    free(zeros);
+}
+
+/* Hand-made protobuf: each value starts with the raw prefix 0, then
+ * 0x08 <v> is schema_version = v. */
+static void test_versions_and_unknown_fields(void **state)
+{
+    struct snap_token t;
+    struct snap_session s;
+
+    (void)state;
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x12\x01h\x18\x05", 8, &t), 0);
+    assert_string_equal(t.host, "h");
+    assert_int_equal(t.port, 5);
+    /* major version 2, or version missing: refused */
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x02\x12\x01h", 6, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x12\x01h", 4, &t), -1);
+    assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x02\x10\x07", 5, &s), -1);
+    assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x01\x10\x07", 5, &s), 0);
+    assert_int_equal(s.id, 7);
+    /* an unknown field 99 (varint) and 100 (bytes) from a newer minor version */
+    assert_int_equal(snap_session_decode(
+        (const uint8_t *)"\0\x08\x01\x10\x07\x98\x06\x2a\xa2\x06\x03xyz", 14, &s), 0);
+    assert_int_equal(s.id, 7);
+    /* port out of range (70000 = 0xf0 0xa2 0x04) */
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x18\xf0\xa2\x04", 7, &t), -1);
+}
+
+static void test_strings_must_fit(void **state)
+{
+    struct snap_token t;
+    struct snap_session s;
+    uint8_t buf[1 + 2 + 3 + SNAP_MAX_HOST + 64];
+    uint8_t *enc = NULL;
+    size_t n, len = 0;
+
+    (void)state;
+    /* password field (5) of exactly SNAP_MAX_PASSWORD bytes: no room for the NUL */
+    for (int plen = SNAP_MAX_PASSWORD - 1; plen <= SNAP_MAX_PASSWORD; plen++) {
+        n = 0;
+        buf[n++] = 0;
+        buf[n++] = 0x08; buf[n++] = 0x01;
+        buf[n++] = 0x2a; buf[n++] = (uint8_t)plen;
+        memset(buf + n, 'p', (size_t)plen);
+        n += (size_t)plen;
+        assert_int_equal(snap_token_decode(buf, n, &t), plen < SNAP_MAX_PASSWORD ? 0 : -1);
+    }
+    /* session broker (3) of SNAP_MAX_HOST bytes (length as a 2-byte varint) */
+    n = 0;
+    buf[n++] = 0;
+    buf[n++] = 0x08; buf[n++] = 0x01;
+    buf[n++] = 0x1a; buf[n++] = 0x80 | (SNAP_MAX_HOST & 0x7f); buf[n++] = SNAP_MAX_HOST >> 7;
+    memset(buf + n, 'b', SNAP_MAX_HOST);
+    n += SNAP_MAX_HOST;
+    assert_int_equal(snap_session_decode(buf, n, &s), -1);
+
+    /* 33 channels (field 10, empty messages), and a channel type of 256 */
+    {
+        uint8_t many[3 + 2 * 33];
+        n = 0;
+        many[n++] = 0;
+        many[n++] = 0x08; many[n++] = 0x01;
+        for (int i = 0; i < 33; i++) {
+            many[n++] = 0x52; many[n++] = 0x00;
+        }
+        assert_int_equal(snap_session_decode(many, n, &s), -1);
+        assert_int_equal(snap_session_decode(many, n - 2, &s), 0);
+        assert_int_equal(s.n_channels, 32);
+    }
+    assert_int_equal(snap_session_decode(
+        (const uint8_t *)"\0\x08\x01\x52\x03\x08\x80\x02", 8, &s), -1);
+
+    /* the encoders refuse what they could not represent */
+    make_token(&t);
+    memset(t.password, 'p', sizeof(t.password));      /* unterminated */
+    assert_int_equal(snap_token_encode(&t, &enc, &len), -1);
+    make_session(&s, 1, 0);
+    s.n_channels = SNAP_MAX_CHANNELS + 1;
+    assert_int_equal(snap_session_encode(&s, &enc, &len), -1);
+}
+
+/* ---- keys ---- */
+
+static void test_keys(void **state)
+{
+    char k[SNAP_KEY_MAX], k2[SNAP_KEY_MAX];
+    const char *token = "Xq9-very-secret-token";
+    int n;
+
+    (void)state;
+    n = snap_token_key(k, sizeof(k), "zone1", "abc");
+    assert_string_equal(k, "/spice-broker/zone1/tokens/"
+                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_int_equal(n, (int)strlen(k));
+
+    assert_true(snap_token_key(k, sizeof(k), "zone1", token) > 0);
+    assert_null(strstr(k, token));
+    assert_null(strstr(k, "secret"));
+    assert_true(snap_token_key(k2, sizeof(k2), "zone1", "Xq9-very-secret-tokeN") > 0);
+    assert_string_not_equal(k, k2);
+
+    n = snap_session_key(k, sizeof(k), "zone1", 42);
+    assert_string_equal(k, "/spice-broker/zone1/sessions/0000002a");
+    assert_int_equal(n, (int)strlen(k));
+    snap_session_key(k, sizeof(k), "z", 0xdeadbeef);
+    assert_string_equal(k, "/spice-broker/z/sessions/deadbeef");
+
+    n = snap_prefix(k, sizeof(k), "zone1", "tokens");
+    assert_string_equal(k, "/spice-broker/zone1/tokens/");
+    assert_int_equal(n, (int)strlen(k));
+    snap_prefix(k, sizeof(k), "zone1", "sessions");
+    snap_session_key(k2, sizeof(k2), "zone1", 7);
+    assert_int_equal(strncmp(k, k2, strlen(k)), 0);     /* the prefix covers its keys */
+
+    /* snprintf semantics: truncation reports the full length */
+    n = snap_session_key(k, 10, "zone1", 42);
+    assert_int_equal(n, (int)strlen("/spice-broker/zone1/sessions/0000002a"));
+    assert_int_equal(strlen(k), 9);
+    assert_int_equal(snap_token_key(NULL, 0, "zone1", "abc"), 27 + 64);
+
+    /* components that would bend the key layout are refused */
+    assert_int_equal(snap_session_key(k, sizeof(k), "a/b", 1), -1);
+    assert_int_equal(snap_session_key(k, sizeof(k), "", 1), -1);
+    assert_int_equal(snap_prefix(k, sizeof(k), "zone1", "x/y"), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), "zone1", ""), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), NULL, "abc"), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_token_round_trip),
+        cmocka_unit_test(test_session_round_trip),
+        cmocka_unit_test(test_session_zstd),
+        cmocka_unit_test(test_truncated_and_garbage),
+        cmocka_unit_test(test_zstd_bombs),
+        cmocka_unit_test(test_versions_and_unknown_fields),
+        cmocka_unit_test(test_strings_must_fit),
+        cmocka_unit_test(test_keys),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,535 @@
+/* tests/unit/migrate/store.c: cmocka tests for migrate/store.c and the
+ * embedded back-end; single-threaded except test_concurrent_puts. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "migrate/store.h"
+
+struct fixture {
+    char dir[256];      /* the test's temporary directory */
+    char spec[300];     /* "embedded:<dir>/db" */
+    struct store *s;
+};
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    chmod(path, 0700);
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    const char *tmp = getenv("TMPDIR");
+
+    if (f == NULL)
+        return -1;
+    snprintf(f->dir, sizeof(f->dir), "%s/sbstore-XXXXXX", tmp ? tmp : "/tmp");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    snprintf(f->spec, sizeof(f->spec), "embedded:%s/db", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    store_free(f->s);
+    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static struct store *open_ok(struct fixture *f)
+{
+    const char *err = NULL;
+    struct store *s = store_open(f->spec, &err);
+
+    if (s == NULL)
+        fail_msg("store_open(%s): %s", f->spec, err);
+    return s;
+}
+
+static void put_str(struct store *s, const char *key, const char *val, int64_t expect,
+                    int64_t *rev, int want)
+{
+    assert_int_equal(store_put(s, key, val, strlen(val), expect, rev), want);
+}
+
+static void expect_val(struct store *s, const char *key, const char *want, int64_t want_rev)
+{
+    void *val = NULL;
+    size_t len = 0;
+    int64_t rev = 0;
+
+    assert_int_equal(store_get(s, key, &val, &len, &rev), STORE_OK);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(val, want, len);
+    if (want_rev > 0)
+        assert_int_equal(rev, want_rev);
+    free(val);
+}
+
+/* ---- spec parsing ---- */
+
+static void test_specs(void **state)
+{
+    struct fixture *f = *state;
+    const char *err = NULL;
+
+    assert_null(store_open("etcd:http://127.0.0.1:2379", &err));
+    assert_string_equal(err, "etcd store not implemented yet");
+    err = NULL;
+    assert_null(store_open("redis:foo", &err));
+    assert_non_null(err);
+    err = NULL;
+    assert_null(store_open("embedded:", &err));
+    assert_non_null(err);
+    err = NULL;
+    assert_null(store_open("no-colon", &err));
+    assert_non_null(err);
+    assert_null(store_open(NULL, NULL));
+
+    f->s = open_ok(f);
+    assert_string_equal(store_describe(f->s), f->spec);
+}
+
+/* ---- basic operations ---- */
+
+static void test_put_get_delete(void **state)
+{
+    struct fixture *f = *state;
+    void *val = NULL;
+    size_t len = 0;
+    int64_t r1 = 0, r2 = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/a", &val, &len, NULL), STORE_NOT_FOUND);
+    put_str(f->s, "/a", "one", STORE_ANY_REV, &r1, STORE_OK);
+    assert_true(r1 > 0);
+    expect_val(f->s, "/a", "one", r1);
+    put_str(f->s, "/a", "two", STORE_ANY_REV, &r2, STORE_OK);
+    assert_true(r2 > r1);
+    expect_val(f->s, "/a", "two", r2);
+
+    /* empty values are values */
+    assert_int_equal(store_put(f->s, "/empty", NULL, 0, STORE_ANY_REV, NULL), STORE_OK);
+    assert_int_equal(store_get(f->s, "/empty", &val, &len, NULL), STORE_OK);
+    assert_int_equal(len, 0);
+    free(val);
+
+    assert_int_equal(store_delete(f->s, "/a", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(store_get(f->s, "/a", &val, &len, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_delete(f->s, "/a", STORE_ANY_REV), STORE_NOT_FOUND);
+
+    /* bad arguments */
+    assert_int_equal(store_put(f->s, "", "x", 1, STORE_ANY_REV, NULL), STORE_ERROR);
+    assert_int_equal(store_put(f->s, NULL, "x", 1, STORE_ANY_REV, NULL), STORE_ERROR);
+    assert_int_equal(store_put(f->s, "/k", "x", 1, -7, NULL), STORE_ERROR);
+}
+
+static void test_revisions_increase(void **state)
+{
+    struct fixture *f = *state;
+    int64_t prev = 0, rev = 0;
+    char key[32];
+
+    f->s = open_ok(f);
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "/k/%d", i % 7);
+        put_str(f->s, key, "v", STORE_ANY_REV, &rev, STORE_OK);
+        assert_true(rev > prev);
+        prev = rev;
+        if (i % 10 == 9) {
+            assert_int_equal(store_delete(f->s, key, STORE_ANY_REV), STORE_OK);
+        }
+    }
+}
+
+static void test_cas(void **state)
+{
+    struct fixture *f = *state;
+    int64_t r1 = 0, r2 = 0, r3 = 0;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/cas", "v1", STORE_ABSENT_REV, &r1, STORE_OK);
+    /* create-only on an existing key */
+    put_str(f->s, "/cas", "v2", STORE_ABSENT_REV, NULL, STORE_CONFLICT);
+    expect_val(f->s, "/cas", "v1", r1);
+    /* swap with the right revision */
+    put_str(f->s, "/cas", "v2", r1, &r2, STORE_OK);
+    /* a stale revision loses */
+    put_str(f->s, "/cas", "v3", r1, NULL, STORE_CONFLICT);
+    expect_val(f->s, "/cas", "v2", r2);
+    /* an expected revision on a missing key */
+    put_str(f->s, "/nope", "v", r2, NULL, STORE_CONFLICT);
+    assert_int_equal(store_delete(f->s, "/cas", r1), STORE_CONFLICT);
+    assert_int_equal(store_delete(f->s, "/cas", STORE_ABSENT_REV), STORE_CONFLICT);
+    assert_int_equal(store_delete(f->s, "/cas", r2), STORE_OK);
+    put_str(f->s, "/cas", "v4", STORE_ABSENT_REV, &r3, STORE_OK);
+    assert_true(r3 > r2);
+}
+
+/* ---- walk ---- */
+
+struct walk_log {
+    char keys[16][64];
+    int n;
+    int stop_after;     /* 0 = never */
+};
+
+static int walk_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct walk_log *w = arg;
+
+    assert_true(rev > 0);
+    assert_int_equal(len, strlen(key));        /* values are the keys here */
+    assert_memory_equal(val, key, len);
+    assert_true(w->n < 16);
+    snprintf(w->keys[w->n], sizeof(w->keys[0]), "%s", key);
+    w->n++;
+    return w->stop_after != 0 && w->n >= w->stop_after;
+}
+
+static void test_walk_prefix_order(void **state)
+{
+    static const char *const keys[] = {
+        "/z/sessions/00000002", "/z/tokens/bb", "/z/sessions/00000001", "/y/tokens/aa",
+        "/z/tokens/aa", "/z/tokens", "/z/tokensx/aa", "/z/sessions/0000000a",
+    };
+    struct fixture *f = *state;
+    struct walk_log w = { 0 };
+
+    f->s = open_ok(f);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        put_str(f->s, keys[i], keys[i], STORE_ANY_REV, NULL, STORE_OK);
+
+    assert_int_equal(store_walk(f->s, "/z/tokens/", walk_cb, &w), 2);
+    assert_int_equal(w.n, 2);
+    assert_string_equal(w.keys[0], "/z/tokens/aa");
+    assert_string_equal(w.keys[1], "/z/tokens/bb");
+
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(store_walk(f->s, "/z/sessions/", walk_cb, &w), 3);
+    assert_string_equal(w.keys[0], "/z/sessions/00000001");
+    assert_string_equal(w.keys[1], "/z/sessions/00000002");
+    assert_string_equal(w.keys[2], "/z/sessions/0000000a");
+
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(store_walk(f->s, "", walk_cb, &w), 8);
+    for (int i = 1; i < w.n; i++)
+        assert_true(strcmp(w.keys[i - 1], w.keys[i]) < 0);
+
+    memset(&w, 0, sizeof(w));
+    w.stop_after = 2;
+    assert_int_equal(store_walk(f->s, "/z/", walk_cb, &w), 2);
+
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(store_walk(f->s, "/nothing/", walk_cb, &w), 0);
+}
+
+/* ---- persistence ---- */
+
+static void test_persistence(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ra = 0, rb = 0, rc = 0, rd = 0;
+    void *val = NULL;
+    size_t len = 0;
+    uint8_t bin[300];
+
+    for (size_t i = 0; i < sizeof(bin); i++)
+        bin[i] = (uint8_t)i;
+    f->s = open_ok(f);
+    put_str(f->s, "/p/a", "alpha", STORE_ANY_REV, &ra, STORE_OK);
+    assert_int_equal(store_put(f->s, "/p/bin", bin, sizeof(bin), STORE_ANY_REV, &rb), STORE_OK);
+    put_str(f->s, "/p/gone", "x", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/p/last", "x", STORE_ANY_REV, &rc, STORE_OK);
+    /* deleting the key with the highest revision: the counter must not go back */
+    assert_int_equal(store_delete(f->s, "/p/last", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(store_delete(f->s, "/p/gone", STORE_ANY_REV), STORE_OK);
+    store_free(f->s);
+
+    f->s = open_ok(f);
+    expect_val(f->s, "/p/a", "alpha", ra);
+    assert_int_equal(store_get(f->s, "/p/bin", &val, &len, NULL), STORE_OK);
+    assert_int_equal(len, sizeof(bin));
+    assert_memory_equal(val, bin, sizeof(bin));
+    free(val);
+    assert_int_equal(store_get(f->s, "/p/gone", &val, &len, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_get(f->s, "/p/last", &val, &len, NULL), STORE_NOT_FOUND);
+    put_str(f->s, "/p/new", "x", STORE_ANY_REV, &rd, STORE_OK);
+    assert_true(rd > rc + 2);
+    /* CAS still works against revisions read before the restart */
+    put_str(f->s, "/p/a", "beta", ra, NULL, STORE_OK);
+    (void)rb;
+}
+
+static void test_files_private(void **state)
+{
+    struct fixture *f = *state;
+    char path[400];
+    struct stat st;
+    DIR *d;
+    struct dirent *de;
+    int files = 0;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/secret", "password", STORE_ANY_REV, NULL, STORE_OK);
+    snprintf(path, sizeof(path), "%s/db", f->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_non_null(d = opendir(path));
+    while ((de = readdir(d)) != NULL) {
+        char p[700];
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", path, de->d_name);
+        assert_int_equal(stat(p, &st), 0);
+        assert_int_equal(st.st_mode & 077, 0);
+        /* the key is not in the file name */
+        assert_null(strstr(de->d_name, "secret"));
+        files++;
+    }
+    closedir(d);
+    assert_true(files >= 1);
+}
+
+/* Writes raw bytes into DIR/db/name. */
+static void write_raw(struct fixture *f, const char *name, const void *buf, size_t len)
+{
+    char path[400];
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/db/%s", f->dir, name);
+    assert_true((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) >= 0);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+}
+
+static void test_corrupted_file_skipped(void **state)
+{
+    struct fixture *f = *state;
+    char path[400], victim[80] = "";
+    DIR *d;
+    struct dirent *de;
+    int64_t rgood = 0, rnew = 0;
+    void *val = NULL;
+    size_t len = 0;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/c/good", "fine", STORE_ANY_REV, &rgood, STORE_OK);
+    store_free(f->s);
+    f->s = NULL;
+
+    /* find good's file, then add a bad twin next to it */
+    snprintf(path, sizeof(path), "%s/db", f->dir);
+    assert_non_null(d = opendir(path));
+    while ((de = readdir(d)) != NULL)
+        if (strlen(de->d_name) == 64)
+            snprintf(victim, sizeof(victim), "%s", de->d_name);
+    closedir(d);
+    assert_int_equal(strlen(victim), 64);
+
+    write_raw(f, "0000000000000000000000000000000000000000000000000000000000000000",
+              "garbage, not a header", 21);
+    write_raw(f, "1111111111111111111111111111111111111111111111111111111111111111", "", 0);
+    write_raw(f, "revision", "XXXX", 4);
+    write_raw(f, ".tmp-leftover", "half a write", 12);
+    write_raw(f, "README", "not ours", 8);
+
+    f->s = open_ok(f);
+    expect_val(f->s, "/c/good", "fine", rgood);
+    put_str(f->s, "/c/new", "x", STORE_ANY_REV, &rnew, STORE_OK);
+    assert_true(rnew > rgood);
+    store_free(f->s);
+    f->s = NULL;
+
+    /* leftover temporaries are cleaned up */
+    snprintf(path, sizeof(path), "%s/db/.tmp-leftover", f->dir);
+    assert_int_equal(access(path, F_OK), -1);
+
+    /* now corrupt the good file: it is skipped, the rest still loads */
+    {
+        char vpath[500];
+        FILE *fp;
+        snprintf(vpath, sizeof(vpath), "%s/db/%s", f->dir, victim);
+        assert_non_null(fp = fopen(vpath, "r+b"));
+        fseek(fp, -1, SEEK_END);
+        fputc('!', fp);    /* flip the last value byte: checksum mismatch */
+        fclose(fp);
+    }
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/c/good", &val, &len, NULL), STORE_NOT_FOUND);
+    expect_val(f->s, "/c/new", "x", rnew);
+}
+
+static void test_unwritable_dir(void **state)
+{
+    struct fixture *f = *state;
+    char path[300], spec[320];
+    const char *err = NULL;
+    struct store *s;
+    bool root = geteuid() == 0;
+
+    assert_int_equal(chmod(f->dir, 0755), 0);    /* nobody must reach ro/ */
+    snprintf(path, sizeof(path), "%s/ro", f->dir);
+    assert_int_equal(mkdir(path, 0555), 0);
+    snprintf(spec, sizeof(spec), "embedded:%s", path);
+    /* root ignores permission bits: drop to nobody for the attempt */
+    if (root)
+        assert_int_equal(seteuid(65534), 0);
+    s = store_open(spec, &err);
+    if (root)
+        assert_int_equal(seteuid(0), 0);
+    assert_null(s);
+    assert_non_null(err);
+    if (strstr(err, "not writable") == NULL)
+        fail_msg("unexpected error: %s", err);
+    assert_non_null(strstr(err, path));
+
+    /* a directory that cannot even be created */
+    snprintf(path, sizeof(path), "%s/file", f->dir);
+    {
+        FILE *fp = fopen(path, "w");
+        assert_non_null(fp);
+        fclose(fp);
+    }
+    snprintf(spec, sizeof(spec), "embedded:%s/sub", path);
+    err = NULL;
+    assert_null(store_open(spec, &err));
+    assert_non_null(err);
+}
+
+static void test_locked_dir(void **state)
+{
+    struct fixture *f = *state;
+    const char *err = NULL;
+
+    f->s = open_ok(f);
+    assert_null(store_open(f->spec, &err));
+    assert_non_null(strstr(err, "in use"));
+}
+
+/* ---- threads ---- */
+
+#define N_THREADS 4
+#define N_PUTS 100
+
+struct worker_arg {
+    struct store *s;
+    int id;
+    int64_t last_rev;
+    int failures;
+};
+
+static void *worker(void *p)
+{
+    struct worker_arg *a = p;
+    char key[64], val[64];
+
+    for (int i = 0; i < N_PUTS; i++) {
+        int64_t rev = 0;
+        snprintf(key, sizeof(key), "/t/%d/%03d", a->id, i);
+        snprintf(val, sizeof(val), "v%d.%d", a->id, i);
+        if (store_put(a->s, key, val, strlen(val), STORE_ABSENT_REV, &rev) != STORE_OK ||
+            rev <= a->last_rev)
+            a->failures++;
+        a->last_rev = rev;
+        /* and a contended counter everyone CASes on */
+        for (;;) {
+            void *cur = NULL;
+            size_t len = 0;
+            int64_t crev = 0;
+            int r = store_get(a->s, "/t/counter", &cur, &len, &crev);
+            unsigned long n = 0;
+            if (r == STORE_OK) {
+                char tmp[32];
+                snprintf(tmp, sizeof(tmp), "%.*s", (int)len, (char *)cur);
+                n = strtoul(tmp, NULL, 10);
+                free(cur);
+            } else {
+                crev = STORE_ABSENT_REV;
+            }
+            snprintf(val, sizeof(val), "%lu", n + 1);
+            r = store_put(a->s, "/t/counter", val, strlen(val), crev, NULL);
+            if (r == STORE_OK)
+                break;
+            if (r != STORE_CONFLICT) {
+                a->failures++;
+                break;
+            }
+        }
+    }
+    return NULL;
+}
+
+static int count_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    (void)key; (void)val; (void)len; (void)rev; (void)arg;
+    return 0;
+}
+
+static void test_concurrent_puts(void **state)
+{
+    struct fixture *f = *state;
+    pthread_t th[N_THREADS];
+    struct worker_arg args[N_THREADS];
+    char want[32];
+
+    f->s = open_ok(f);
+    for (int i = 0; i < N_THREADS; i++) {
+        args[i] = (struct worker_arg){ .s = f->s, .id = i };
+        assert_int_equal(pthread_create(&th[i], NULL, worker, &args[i]), 0);
+    }
+    for (int i = 0; i < N_THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_int_equal(store_walk(f->s, "/t/", count_cb, NULL), N_THREADS * N_PUTS + 1);
+    snprintf(want, sizeof(want), "%d", N_THREADS * N_PUTS);
+    expect_val(f->s, "/t/counter", want, 0);
+
+    store_free(f->s);
+    f->s = open_ok(f);
+    assert_int_equal(store_walk(f->s, "/t/", count_cb, NULL), N_THREADS * N_PUTS + 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_specs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_prefix_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_files_private, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupted_file_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
+    };
+
+    log_set_level(LOG_LVL_ERROR);   /* the skipped-file warnings are expected */
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
