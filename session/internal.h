@@ -62,6 +62,19 @@ struct relay_acks {
     uint32_t c_unacked;      /* messages sent since the client last acked */
 };
 
+/* ------------------------------------------------------------------ backend links (blink.c) */
+
+/* Called once when a backend link finishes: fd >= 0 (owned by the callee) and
+ * the server's caps on success, fd < 0 and err on failure. The blink is
+ * already freed when this runs. */
+typedef void (*blink_done_fn)(void *arg, int fd, const struct wire_caps *caps, const char *err);
+struct blink;
+struct blink *blink_start(struct event_base *base, const char *host, uint16_t port,
+                          const struct wire_link_mess *mess, const char *password,
+                          int timeout_ms, blink_done_fn done, void *arg, const char **why);
+/* Cancels a link in progress (no callback). */
+void blink_free(struct blink *bl);
+
 /* ------------------------------------------------------------------ channel */
 
 enum chan_state {
@@ -82,12 +95,7 @@ struct chan_link {
     uint8_t out[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
     uint32_t out_have, out_sent;
     int out_fd;                       /* which socket `out` goes to */
-    struct wire_link_mess client;     /* what the client sent */
     bool client_auth_sel;             /* client advertised PROTOCOL_AUTH_SELECTION */
-    bool backend_auth_sel;
-    struct wire_caps backend_caps;
-    uint8_t backend_pub[WIRE_PUBKEY_SIZE];
-    char password[SNAP_MAX_PASSWORD]; /* for the backend ticket; wiped after use */
 };
 
 struct session;
@@ -102,7 +110,9 @@ struct chan {
     struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
-    struct chan_link *lk;       /* link phase only */
+    struct chan_link *lk;       /* client link phase only */
+    struct blink *bl;           /* backend link in progress */
+    struct wire_link_mess client; /* the client's link: type, id, caps */
     struct relay_dir to_b;      /* client -> backend */
     struct relay_dir to_c;      /* backend -> client */
     struct relay_acks acks;
@@ -141,6 +151,8 @@ const char *chan_sid(const struct chan *c);
 
 /* link.c */
 void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);
+/* The link message the broker sends a backend for channel c. */
+void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m);
 
 /* relay.c: both legs are linked; c->c_fd and c->b_fd are set. Returns -1 if
  * the channel was closed. */

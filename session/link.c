@@ -32,6 +32,7 @@
 
 static void on_link_io(evutil_socket_t fd, short what, void *arg);
 static void link_backend_connect(struct chan *c);
+static void backend_failed(struct chan *c, const char *why);
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -88,7 +89,6 @@ static void send_link_result(struct chan *c, uint32_t err)
 
 static void wipe_secrets(struct chan_link *lk)
 {
-    OPENSSL_cleanse(lk->password, sizeof(lk->password));
     OPENSSL_cleanse(lk->in, sizeof(lk->in));
 }
 
@@ -166,22 +166,22 @@ static void client_link_done(struct chan *c)
     struct session_worker *w = c->w;
     const char *err = NULL;
     if (wire_link_mess_parse(lk->in + WIRE_LINK_HEADER_SIZE, lk->in_need - WIRE_LINK_HEADER_SIZE,
-                             &lk->client, &err) != WIRE_OK) {
+                             &c->client, &err) != WIRE_OK) {
         refuse_link(c, SPICE_LINK_ERR_INVALID_DATA, err ? err : "malformed link message");
         return;
     }
-    c->type = lk->client.channel_type;
-    c->id = lk->client.channel_id;
+    c->type = c->client.channel_type;
+    c->id = c->client.channel_id;
     c->is_main = c->type == SPICE_CHANNEL_MAIN;
-    lk->client_auth_sel = wire_caps_has_common(&lk->client.caps,
+    lk->client_auth_sel = wire_caps_has_common(&c->client.caps,
                                                SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
-    if (!wire_caps_has_common(&lk->client.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
+    if (!wire_caps_has_common(&c->client.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
         refuse_link(c, SPICE_LINK_ERR_VERSION_MISMATCH, "client lacks MINI_HEADER");
         return;
     }
 
     if (c->is_main) {
-        if (lk->client.connection_id != 0) {
+        if (c->client.connection_id != 0) {
             refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "main link with a connection id");
             return;
         }
@@ -195,7 +195,7 @@ static void client_link_done(struct chan *c)
         return;
     }
 
-    uint32_t sid = lk->client.connection_id;
+    uint32_t sid = c->client.connection_id;
     int owner = sid != 0 ? w->env.owner_of(w->env.arg, sid) : -1;
     if (owner < 0) {
         refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "unknown session id");
@@ -226,7 +226,6 @@ static void client_link_done(struct chan *c)
     TAILQ_REMOVE(&w->pending, c, link);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
     c->s = s;
-    snprintf(lk->password, sizeof(lk->password), "%s", s->rec.password);
     event_del(c->c_rd);
     link_backend_connect(c);
 }
@@ -286,7 +285,6 @@ static void client_auth_done(struct chan *c)
     s->w = w;
     memcpy(s->token_hash, hash, sizeof(hash));
     s->rec = rec;
-    snprintf(lk->password, sizeof(lk->password), "%s", rec.password);
     OPENSSL_cleanse(&rec, sizeof(rec));
     s->started = (int64_t)time(NULL);
     TAILQ_INIT(&s->chans);
@@ -307,153 +305,35 @@ static void client_auth_done(struct chan *c)
 
 /* ------------------------------------------------------------------ backend side */
 
-static int backend_socket(const char *host, uint16_t port, const char **why)
+/* What the broker sends the backend: the client's link with the client's own
+ * channel caps, plus on main what the broker needs to play the client's part
+ * in migration. Never AUTH_SASL: the broker does not do SASL. */
+void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-    struct addrinfo *ai = NULL;
-    char serv[8];
-    snprintf(serv, sizeof(serv), "%u", port);
-    /* Numeric addresses (the usual case) resolve without blocking; names fall
-     * back to the system resolver. */
-    hints.ai_flags |= AI_NUMERICHOST;
-    if (getaddrinfo(host, serv, &hints, &ai) != 0) {
-        hints.ai_flags &= ~AI_NUMERICHOST;
-        if (getaddrinfo(host, serv, &hints, &ai) != 0) {
-            *why = "cannot resolve backend host";
-            return -1;
-        }
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        freeaddrinfo(ai);
-        *why = "socket() failed";
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-        *why = errno == ECONNREFUSED ? "connection refused" : "connect failed";
-        close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
-}
-
-static void link_backend_connect(struct chan *c)
-{
-    const char *why = NULL;
-    struct session *s = c->s;
-    c->b_fd = backend_socket(s->rec.host, s->rec.port, &why);
-    if (c->b_fd < 0) {
-        backend_failed(c, why);
-        return;
-    }
-    c->b_rd = event_new(c->w->env.base, c->b_fd, EV_READ | EV_PERSIST, on_link_io, c);
-    c->b_wr = event_new(c->w->env.base, c->b_fd, EV_WRITE | EV_PERSIST, on_link_io, c);
-    if (c->b_rd == NULL || c->b_wr == NULL) {
-        backend_failed(c, "out of memory");
-        return;
-    }
-    c->state = CH_B_CONNECT;
-    event_add(c->b_wr, NULL);
-    arm_timer(c, c->w->env.backend_timeout_ms);
-}
-
-static void backend_connected(struct chan *c)
-{
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(c->b_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
-        backend_failed(c, err == ECONNREFUSED ? "connection refused" : "connect failed");
-        return;
-    }
-    event_del(c->b_wr);
-    struct chan_link *lk = c->lk;
-    struct wire_link_mess m;
-    memset(&m, 0, sizeof(m));
-    m.connection_id = c->is_main ? 0 : c->s->id;
-    m.channel_type = c->type;
-    m.channel_id = c->id;
-    wire_caps_set_common(&m.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
-    wire_caps_set_common(&m.caps, SPICE_COMMON_CAP_MINI_HEADER);
-    /* The client's own channel caps pass through unchanged ... */
-    m.caps.n_channel = lk->client.caps.n_channel;
-    memcpy(m.caps.channel, lk->client.caps.channel, sizeof(m.caps.channel));
-    /* ... plus, on main, what the broker needs to play the client's part in
-     * migration. */
+    memset(m, 0, sizeof(*m));
+    m->connection_id = connection_id;
+    m->channel_type = c->type;
+    m->channel_id = c->id;
+    wire_caps_set_common(&m->caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    wire_caps_set_common(&m->caps, SPICE_COMMON_CAP_MINI_HEADER);
+    m->caps.n_channel = c->client.caps.n_channel;
+    memcpy(m->caps.channel, c->client.caps.channel, sizeof(m->caps.channel));
     if (c->is_main) {
-        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_SEMI_SEAMLESS_MIGRATE);
-        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_AGENT_CONNECTED_TOKENS);
-        wire_caps_set_channel(&m.caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE);
+        wire_caps_set_channel(&m->caps, SPICE_MAIN_CAP_SEMI_SEAMLESS_MIGRATE);
+        wire_caps_set_channel(&m->caps, SPICE_MAIN_CAP_AGENT_CONNECTED_TOKENS);
+        wire_caps_set_channel(&m->caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE);
     }
-    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS];
-    size_t n = wire_link_mess_build(b, sizeof(b), &m);
-    if (n == 0 || link_send(c, c->b_fd, b, n) < 0) {
-        backend_failed(c, "cannot send link");
-        return;
-    }
-    c->state = CH_B_REPLY;
-    lk->in_have = 0;
-    lk->in_need = WIRE_LINK_HEADER_SIZE;
-    event_add(c->b_rd, NULL);
 }
 
-static void backend_reply_done(struct chan *c)
+static void on_backend_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
 {
-    struct chan_link *lk = c->lk;
-    struct wire_link_reply r;
-    const char *err = NULL;
-    if (wire_link_reply_parse(lk->in + WIRE_LINK_HEADER_SIZE, lk->in_need - WIRE_LINK_HEADER_SIZE,
-                              &r, &err) != WIRE_OK) {
-        backend_failed(c, err ? err : "malformed link reply");
+    struct chan *c = arg;
+    c->bl = NULL;
+    if (fd < 0) {
+        backend_failed(c, err);
         return;
     }
-    if (r.error != SPICE_LINK_ERR_OK) {
-        char why[80];
-        snprintf(why, sizeof(why), "backend refused the link (%s)", wire_link_err_name(r.error));
-        backend_failed(c, why);
-        return;
-    }
-    if (!wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
-        backend_failed(c, "backend lacks MINI_HEADER");
-        return;
-    }
-    lk->backend_caps = r.caps;
-    lk->backend_auth_sel = wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
-    uint8_t b[4 + WIRE_TICKET_SIZE];
-    size_t n = 0;
-    if (lk->backend_auth_sel) {
-        wire_put_u32(b, SPICE_COMMON_CAP_AUTH_SPICE);
-        n = 4;
-    }
-    if (ticket_encrypt(r.pub_key, lk->password, b + n) != 0) {
-        backend_failed(c, "cannot encrypt the backend ticket");
-        return;
-    }
-    OPENSSL_cleanse(lk->password, sizeof(lk->password));
-    n += WIRE_TICKET_SIZE;
-    if (link_send(c, c->b_fd, b, n) < 0) {
-        backend_failed(c, "cannot send ticket");
-        return;
-    }
-    c->state = CH_B_RESULT;
-    lk->in_have = 0;
-    lk->in_need = 4;
-}
-
-static void backend_result_done(struct chan *c)
-{
-    uint32_t res = wire_get_u32(c->lk->in);
-    if (res != SPICE_LINK_ERR_OK) {
-        char why[80];
-        snprintf(why, sizeof(why), "backend link result %s%s", wire_link_err_name(res),
-                 res == SPICE_LINK_ERR_PERMISSION_DENIED ? " (wrong backend password?)" : "");
-        backend_failed(c, why);
-        return;
-    }
-    event_del(c->b_rd);
+    c->b_fd = fd;
     if (c->is_main) {
         send_link_result(c, SPICE_LINK_ERR_OK);
         wipe_secrets(c->lk);
@@ -462,7 +342,21 @@ static void backend_result_done(struct chan *c)
         (void)relay_start(c, NULL, 0, NULL, 0);
         return;
     }
-    client_reply(c, &c->lk->backend_caps);
+    client_reply(c, caps);
+}
+
+static void link_backend_connect(struct chan *c)
+{
+    const char *why = NULL;
+    struct session *s = c->s;
+    struct wire_link_mess m;
+    link_backend_mess(c, c->is_main ? 0 : s->id, &m);
+    c->state = CH_B_CONNECT;
+    evtimer_del(c->timer);
+    c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,
+                        c->w->env.backend_timeout_ms, on_backend_linked, c, &why);
+    if (c->bl == NULL)
+        backend_failed(c, why);
 }
 
 /* ------------------------------------------------------------------ the I/O step */
@@ -530,50 +424,6 @@ static void client_input(struct chan *c)
     }
 }
 
-static void backend_input(struct chan *c)
-{
-    struct chan_link *lk = c->lk;
-    const char *why = NULL;
-    for (;;) {
-        int rc = read_step(c, c->b_fd, &why);
-        if (rc < 0) {
-            backend_failed(c, why);
-            return;
-        }
-        if (rc == 0)
-            return;
-        if (c->state == CH_B_RESULT) {
-            backend_result_done(c);
-            return;
-        }
-        /* CH_B_REPLY */
-        if (lk->in_need == WIRE_LINK_HEADER_SIZE) {
-            uint32_t size = 0, lerr = 0;
-            const char *err = NULL;
-            if (wire_link_header_parse(lk->in, lk->in_have, &size, &lerr, &err) != WIRE_OK) {
-                backend_failed(c, err ? err : "bad link header from backend");
-                return;
-            }
-            if (size < 4) {
-                backend_failed(c, "link reply too short");
-                return;
-            }
-            lk->in_need = WIRE_LINK_HEADER_SIZE + size;
-            continue;
-        }
-        /* A refusal is a short reply: only its error word matters. */
-        if (lk->in_need - WIRE_LINK_HEADER_SIZE < WIRE_LINK_REPLY_FIXED) {
-            char reason[80];
-            snprintf(reason, sizeof(reason), "backend refused the link (%s)",
-                     wire_link_err_name(wire_get_u32(lk->in + WIRE_LINK_HEADER_SIZE)));
-            backend_failed(c, reason);
-            return;
-        }
-        backend_reply_done(c);
-        return;
-    }
-}
-
 static void flush_out(struct chan *c, int fd)
 {
     struct chan_link *lk = c->lk;
@@ -598,26 +448,15 @@ static void on_link_io(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
     if (what & EV_WRITE) {
-        if (fd == c->b_fd && c->state == CH_B_CONNECT) {
-            backend_connected(c);
-            return;
-        }
         flush_out(c, fd);
         return;
     }
-    if (fd == c->c_fd)
-        client_input(c);
-    else
-        backend_input(c);
+    client_input(c);
 }
 
 static void on_link_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
-    if (c->state == CH_B_CONNECT || c->state == CH_B_REPLY || c->state == CH_B_RESULT) {
-        backend_failed(c, "backend timed out");
-        return;
-    }
     log_info("%s client=%s link timed out in state %s", chan_sid(c), c->addr,
              c->state == CH_C_LINK ? "link" : "auth");
     chan_close(c, "link timeout");

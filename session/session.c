@@ -81,6 +81,7 @@ static void chan_free(struct chan *c)
     if (c->b_fd >= 0)
         close(c->b_fd);
     relay_release(c);
+    blink_free(c->bl);
     if (c->lk != NULL) {
         OPENSSL_cleanse(c->lk, sizeof(*c->lk));
         free(c->lk);

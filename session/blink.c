@@ -1,0 +1,309 @@
+/* session/blink.c: one backend link in progress, in the client's role: connect
+ * to a SPICE server, send the link message, read its reply, send the ticket
+ * (the password encrypted with that link's own key), read the link result.
+ * Used for the first backend of a session and, during a migration, for the
+ * destination. Runs on the loop that owns the channel; reads never go past
+ * the link result, so the server's first messages stay in the socket. */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "common/log.h"
+#include "proto/ticket.h"
+#include "session/internal.h"
+
+enum blink_state { BL_CONNECT, BL_REPLY, BL_RESULT };
+
+struct blink {
+    struct event_base *base;
+    enum blink_state state;
+    int fd;
+    struct event *rd, *wr, *timer;
+    struct wire_link_mess mess;
+    char password[SNAP_MAX_PASSWORD];
+    uint8_t in[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
+    uint32_t in_have, in_need;
+    uint8_t out[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS +
+                4 + WIRE_TICKET_SIZE];
+    uint32_t out_have, out_sent;
+    struct wire_caps caps; /* the server's, from its reply */
+    blink_done_fn done;
+    void *arg;
+};
+
+static void finish(struct blink *bl, const char *err)
+{
+    blink_done_fn done = bl->done;
+    void *arg = bl->arg;
+    int fd = -1;
+    struct wire_caps caps = bl->caps;
+    if (err == NULL) {
+        fd = bl->fd;
+        bl->fd = -1;
+    }
+    blink_free(bl);
+    done(arg, fd, &caps, err);
+}
+
+static int queue_out(struct blink *bl, const uint8_t *p, size_t len)
+{
+    if (bl->out_have + len > sizeof(bl->out))
+        return -1;
+    memcpy(bl->out + bl->out_have, p, len);
+    bl->out_have += (uint32_t)len;
+    return 0;
+}
+
+/* Returns -1 on a write error. */
+static int flush_out(struct blink *bl)
+{
+    while (bl->out_sent < bl->out_have) {
+        ssize_t w = send(bl->fd, bl->out + bl->out_sent, bl->out_have - bl->out_sent,
+                         MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                event_add(bl->wr, NULL);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        bl->out_sent += (uint32_t)w;
+    }
+    bl->out_have = bl->out_sent = 0;
+    event_del(bl->wr);
+    return 0;
+}
+
+static void connected(struct blink *bl)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(bl->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
+        finish(bl, err == ECONNREFUSED ? "connection refused" : "connect failed");
+        return;
+    }
+    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS];
+    size_t n = wire_link_mess_build(b, sizeof(b), &bl->mess);
+    if (n == 0 || queue_out(bl, b, n) < 0 || flush_out(bl) < 0) {
+        finish(bl, "cannot send the link message");
+        return;
+    }
+    bl->state = BL_REPLY;
+    bl->in_have = 0;
+    bl->in_need = WIRE_LINK_HEADER_SIZE;
+    event_add(bl->rd, NULL);
+}
+
+static void reply_done(struct blink *bl)
+{
+    const uint8_t *body = bl->in + WIRE_LINK_HEADER_SIZE;
+    uint32_t blen = bl->in_need - WIRE_LINK_HEADER_SIZE;
+    static char why[96];
+    if (blen < WIRE_LINK_REPLY_FIXED) {
+        /* A refusal can be short: only its error word matters. */
+        snprintf(why, sizeof(why), "refused the link (%s)",
+                 blen >= 4 ? wire_link_err_name(wire_get_u32(body)) : "short reply");
+        finish(bl, why);
+        return;
+    }
+    struct wire_link_reply r;
+    const char *err = NULL;
+    if (wire_link_reply_parse(body, blen, &r, &err) != WIRE_OK) {
+        finish(bl, err ? err : "malformed link reply");
+        return;
+    }
+    if (r.error != SPICE_LINK_ERR_OK) {
+        snprintf(why, sizeof(why), "refused the link (%s)", wire_link_err_name(r.error));
+        finish(bl, why);
+        return;
+    }
+    if (!wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
+        finish(bl, "server lacks MINI_HEADER");
+        return;
+    }
+    bl->caps = r.caps;
+    uint8_t b[4 + WIRE_TICKET_SIZE];
+    size_t n = 0;
+    if (wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION)) {
+        wire_put_u32(b, SPICE_COMMON_CAP_AUTH_SPICE);
+        n = 4;
+    }
+    int rc = ticket_encrypt(r.pub_key, bl->password, b + n);
+    OPENSSL_cleanse(bl->password, sizeof(bl->password));
+    if (rc != 0) {
+        finish(bl, "cannot encrypt the ticket");
+        return;
+    }
+    n += WIRE_TICKET_SIZE;
+    if (queue_out(bl, b, n) < 0 || flush_out(bl) < 0) {
+        finish(bl, "cannot send the ticket");
+        return;
+    }
+    bl->state = BL_RESULT;
+    bl->in_have = 0;
+    bl->in_need = 4;
+}
+
+static void readable(struct blink *bl)
+{
+    for (;;) {
+        while (bl->in_have < bl->in_need) {
+            ssize_t r = recv(bl->fd, bl->in + bl->in_have, bl->in_need - bl->in_have, 0);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                if (errno == EINTR)
+                    continue;
+                finish(bl, "connection reset during link");
+                return;
+            }
+            if (r == 0) {
+                finish(bl, "closed during link");
+                return;
+            }
+            bl->in_have += (uint32_t)r;
+        }
+        if (bl->state == BL_RESULT) {
+            uint32_t res = wire_get_u32(bl->in);
+            static char why[96];
+            if (res != SPICE_LINK_ERR_OK) {
+                snprintf(why, sizeof(why), "link result %s%s", wire_link_err_name(res),
+                         res == SPICE_LINK_ERR_PERMISSION_DENIED ? " (wrong password?)" : "");
+                finish(bl, why);
+            } else {
+                finish(bl, NULL);
+            }
+            return;
+        }
+        if (bl->in_need == WIRE_LINK_HEADER_SIZE) {
+            uint32_t size = 0, lerr = 0;
+            const char *err = NULL;
+            if (wire_link_header_parse(bl->in, bl->in_have, &size, &lerr, &err) != WIRE_OK) {
+                finish(bl, err ? err : "bad link header");
+                return;
+            }
+            if (size < 4) {
+                finish(bl, "link reply too short");
+                return;
+            }
+            bl->in_need = WIRE_LINK_HEADER_SIZE + size;
+            continue;
+        }
+        reply_done(bl);
+        return;
+    }
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+    struct blink *bl = arg;
+    if (what & EV_WRITE) {
+        if (bl->state == BL_CONNECT) {
+            event_del(bl->wr);
+            connected(bl);
+        } else if (flush_out(bl) < 0) {
+            finish(bl, "write failed during link");
+        }
+        return;
+    }
+    readable(bl);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    finish(arg, "timed out");
+}
+
+static int open_socket(const char *host, uint16_t port, const char **why)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+    struct addrinfo *ai = NULL;
+    char serv[8];
+    snprintf(serv, sizeof(serv), "%u", port);
+    /* Numeric addresses (the usual case) resolve without blocking; names fall
+     * back to the system resolver. */
+    hints.ai_flags |= AI_NUMERICHOST;
+    if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+        hints.ai_flags &= ~AI_NUMERICHOST;
+        if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+            *why = "cannot resolve host";
+            return -1;
+        }
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(ai);
+        *why = "socket() failed";
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+        *why = errno == ECONNREFUSED ? "connection refused" : "connect failed";
+        close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+struct blink *blink_start(struct event_base *base, const char *host, uint16_t port,
+                          const struct wire_link_mess *mess, const char *password,
+                          int timeout_ms, blink_done_fn done, void *arg, const char **why)
+{
+    struct blink *bl = calloc(1, sizeof(*bl));
+    if (bl == NULL) {
+        *why = "out of memory";
+        return NULL;
+    }
+    bl->base = base;
+    bl->mess = *mess;
+    bl->done = done;
+    bl->arg = arg;
+    snprintf(bl->password, sizeof(bl->password), "%s", password ? password : "");
+    bl->fd = open_socket(host, port, why);
+    if (bl->fd < 0) {
+        blink_free(bl);
+        return NULL;
+    }
+    bl->rd = event_new(base, bl->fd, EV_READ | EV_PERSIST, on_io, bl);
+    bl->wr = event_new(base, bl->fd, EV_WRITE | EV_PERSIST, on_io, bl);
+    bl->timer = evtimer_new(base, on_timeout, bl);
+    if (bl->rd == NULL || bl->wr == NULL || bl->timer == NULL) {
+        *why = "out of memory";
+        blink_free(bl);
+        return NULL;
+    }
+    bl->state = BL_CONNECT;
+    event_add(bl->wr, NULL);
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    evtimer_add(bl->timer, &tv);
+    return bl;
+}
+
+void blink_free(struct blink *bl)
+{
+    if (bl == NULL)
+        return;
+    if (bl->rd)
+        event_free(bl->rd);
+    if (bl->wr)
+        event_free(bl->wr);
+    if (bl->timer)
+        event_free(bl->timer);
+    if (bl->fd >= 0)
+        close(bl->fd);
+    OPENSSL_cleanse(bl, sizeof(*bl));
+    free(bl);
+}
