@@ -11,6 +11,7 @@
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
+ *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_password", "wait", "timeout"}
  *
  * Tokens and passwords travel only in request bodies, which are never logged. */
 #include <errno.h>
@@ -175,6 +176,63 @@ static void job_kill(struct session_worker *sw, void *arg)
     if (session_kill(sw, k->id, "killed by the operator") < 0)
         log_info("sid=%08x kill: no such session on this worker", k->id);
     free(k);
+}
+
+/* Migration prepare: every worker links the instance's sessions to the
+ * destination; with "wait", the answer comes when each destination has
+ * acknowledged (or failed). Callbacks may outlive a timed-out request, so the
+ * waiter is reference counted: the request, the job, and each session. */
+struct prepare {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    int workers_pending;
+    int total, done, ok;
+    char error[160];
+    char instance[SNAP_MAX_INSTANCE];
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+    char password[SNAP_MAX_PASSWORD];
+    bool has_password;
+};
+
+static void prepare_unref_locked(struct prepare *p, int n)
+{
+    p->refs -= n;
+    bool last = p->refs == 0;
+    pthread_mutex_unlock(&p->mu);
+    if (last) {
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        OPENSSL_cleanse(p, sizeof(*p));
+        free(p);
+    }
+}
+
+static void prepare_done(void *arg, bool ok, const char *why)
+{
+    struct prepare *p = arg;
+    pthread_mutex_lock(&p->mu);
+    p->done++;
+    if (ok)
+        p->ok++;
+    else if (p->error[0] == '\0')
+        snprintf(p->error, sizeof(p->error), "%s", why ? why : "failed");
+    pthread_cond_signal(&p->cv);
+    prepare_unref_locked(p, 1);
+}
+
+static void job_prepare(struct session_worker *sw, void *arg)
+{
+    struct prepare *p = arg;
+    int n = session_prepare(sw, p->instance, p->host, p->port,
+                            p->has_password ? p->password : NULL, prepare_done, p);
+    pthread_mutex_lock(&p->mu);
+    p->refs += n;       /* one per session still to call back (some may have already) */
+    p->total += n;
+    p->workers_pending--;
+    pthread_cond_signal(&p->cv);
+    prepare_unref_locked(p, 1);
 }
 
 /* ------------------------------------------------------------------ handlers */
@@ -397,6 +455,88 @@ static void h_token_revoke(struct broker *b, const struct request *q, struct res
     reply_json(r, 200, json_pack("{s:b}", "ok", 1));
 }
 
+static void h_prepare(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    const char *instance = json_string_value(json_object_get(j, "instance"));
+    const char *host = json_string_value(json_object_get(j, "dest_host"));
+    const char *password = json_string_value(json_object_get(j, "dest_password"));
+    json_int_t port = json_integer_value(json_object_get(j, "dest_port"));
+    bool wait = json_is_true(json_object_get(j, "wait"));
+    json_int_t timeout = json_integer_value(json_object_get(j, "timeout"));
+    const char *bad = NULL;
+    if (instance == NULL || instance[0] == '\0' || strlen(instance) >= SNAP_MAX_INSTANCE)
+        bad = "instance is required";
+    else if (host == NULL || host[0] == '\0' || strlen(host) >= SNAP_MAX_HOST)
+        bad = "dest_host is required";
+    else if (port < 1 || port > 65535)
+        bad = "dest_port must be 1..65535";
+    else if (password != NULL && strlen(password) > SPICE_MAX_PASSWORD_LENGTH)
+        bad = "dest_password must be at most 60 bytes";
+    if (bad != NULL) {
+        json_decref(j);
+        reply_error(r, 400, bad);
+        return;
+    }
+    if (timeout <= 0 || timeout > 120)
+        timeout = 15;
+    struct prepare *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        json_decref(j);
+        reply_error(r, 500, "out of memory");
+        return;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    snprintf(p->instance, sizeof(p->instance), "%s", instance);
+    snprintf(p->host, sizeof(p->host), "%s", host);
+    p->port = (uint16_t)port;
+    if (password != NULL) {
+        snprintf(p->password, sizeof(p->password), "%s", password);
+        p->has_password = true;
+    }
+    json_decref(j);
+    p->refs = 1;
+    for (int i = 0; i < b->n_workers; i++) {
+        pthread_mutex_lock(&p->mu);
+        p->refs++;
+        p->workers_pending++;
+        pthread_mutex_unlock(&p->mu);
+        if (worker_post(b->workers[i], job_prepare, p) < 0) {
+            pthread_mutex_lock(&p->mu);
+            p->refs--;
+            p->workers_pending--;
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)timeout;
+    pthread_mutex_lock(&p->mu);
+    int rc = 0;
+    while (rc == 0 && (p->workers_pending > 0 || (wait && p->done < p->total)))
+        rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
+    int status = 200;
+    json_t *out;
+    if (p->workers_pending > 0 || (wait && p->done < p->total)) {
+        status = 504;
+        out = json_pack("{s:s, s:i, s:i}", "error", "timed out waiting for the destination",
+                        "sessions", p->total, "ready", p->ok);
+    } else if (wait && p->ok < p->total) {
+        status = 502;
+        out = json_pack("{s:s, s:i, s:i}", "error", p->error[0] ? p->error : "failed",
+                        "sessions", p->total, "ready", p->ok);
+    } else {
+        out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited", wait);
+    }
+    log_info("migration prepare for instance %s -> %s:%u: %d sessions, %d ready%s", p->instance,
+             p->host, p->port, p->total, p->ok, status == 200 ? "" : " (failed)");
+    prepare_unref_locked(p, 1);
+    reply_json(r, status, out);
+}
+
 static void dispatch(struct broker *b, const struct request *q, struct response *r)
 {
     bool get = strcmp(q->method, "GET") == 0, post = strcmp(q->method, "POST") == 0;
@@ -414,6 +554,8 @@ static void dispatch(struct broker *b, const struct request *q, struct response 
         h_token_add(b, q, r);
     else if (post && strcmp(q->path, "/v1/tokens/revoke") == 0)
         h_token_revoke(b, q, r);
+    else if (post && strcmp(q->path, "/v1/migrations/prepare") == 0)
+        h_prepare(b, q, r);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
     else
@@ -431,6 +573,8 @@ static const char *status_text(int s)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
+    case 502: return "Bad Gateway";
+    case 504: return "Gateway Timeout";
     case 503: return "Service Unavailable";
     default: return "Internal Server Error";
     }

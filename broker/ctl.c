@@ -33,6 +33,10 @@ static void usage(FILE *out)
         "  token revoke TOKEN            forget a token (live sessions stay up)\n"
         "  session list [--json]         list live sessions\n"
         "  session kill ID               close a session (ID as printed by session list)\n"
+        "  migration prepare --instance UUID --dest-host HOST --dest-port PORT\n"
+        "                  [--dest-password PW] [--wait] [--timeout SECONDS]\n"
+        "                                link the instance's sessions to a migration destination\n"
+        "                                in advance; with --wait, exit 0 once it acknowledged\n"
         "  status                        broker version, workers, sessions, uptime\n"
         "  metrics                       Prometheus metrics\n\n"
         "Options:\n"
@@ -304,10 +308,67 @@ static int cmd_session(int argc, char **argv)
         char body[64];
         snprintf(body, sizeof(body), "{\"id\":%llu}", id);
         char *out = NULL;
-        return report(request("POST", "/v1/sessions/kill", body, &out), out, false);
+        int st = request("POST", "/v1/sessions/kill", body, &out);
+        return report(st, out, false);
     }
     fprintf(stderr, "spice-brokerctl: usage: session list [--json] | session kill ID\n");
     return 2;
+}
+
+static int cmd_migration_prepare(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "instance", required_argument, NULL, 'i' }, { "dest-host", required_argument, NULL, 'H' },
+        { "dest-port", required_argument, NULL, 'p' },
+        { "dest-password", required_argument, NULL, 'w' }, { "wait", no_argument, NULL, 'W' },
+        { "timeout", required_argument, NULL, 't' }, { 0 } };
+    const char *instance = NULL, *host = NULL, *password = NULL;
+    int port = -1, wait = 0;
+    long timeout = 15;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'i': instance = optarg; break;
+        case 'H': host = optarg; break;
+        case 'p': port = parse_port(optarg, 1); break;
+        case 'w': password = optarg; break;
+        case 'W': wait = 1; break;
+        case 't': timeout = strtol(optarg, NULL, 10); break;
+        default: return 2;
+        }
+    }
+    if (optind != argc || instance == NULL || host == NULL || port < 0 || timeout < 1 ||
+        timeout > 120) {
+        fprintf(stderr, "spice-brokerctl: usage: migration prepare --instance UUID --dest-host HOST "
+                        "--dest-port PORT [--dest-password PW] [--wait] [--timeout 1..120]\n");
+        return 2;
+    }
+    json_t *j = json_pack("{s:s, s:s, s:i, s:b, s:I}", "instance", instance, "dest_host", host,
+                          "dest_port", port, "wait", wait, "timeout", (json_int_t)timeout);
+    if (password)
+        json_object_set_new(j, "dest_password", json_string(password));
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char *out = NULL;
+    int st = request("POST", "/v1/migrations/prepare", body, &out);
+    memset(body, 0, strlen(body));
+    free(body);
+    if (st >= 200 && st < 300) {
+        json_t *a = json_loads(out, 0, NULL);
+        long long n = a ? json_integer_value(json_object_get(a, "sessions")) : 0;
+        long long ready = a ? json_integer_value(json_object_get(a, "ready")) : 0;
+        if (n == 0)
+            printf("no live session for instance %s\n", instance);
+        else if (wait)
+            printf("%lld session(s) linked to %s:%d\n", ready, host, port);
+        else
+            printf("%lld session(s) linking to %s:%d\n", n, host, port);
+        json_decref(a);
+        free(out);
+        return 0;
+    }
+    return report(st, out, false);
 }
 
 int main(int argc, char **argv)
@@ -341,10 +402,12 @@ int main(int argc, char **argv)
         return cmd_token_revoke(rest - 1, rv + 1);
     if (strcmp(cmd, "session") == 0)
         return cmd_session(rest, rv);
+    if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
+        return cmd_migration_prepare(rest - 1, rv + 1);
     if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {
         char *out = NULL;
-        return report(request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out),
-                      out, true);
+        int st = request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out);
+        return report(st, out, true);
     }
     fprintf(stderr, "spice-brokerctl: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -49,7 +49,8 @@ struct entry {
 };
 
 struct emb {
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;         /* the in-memory map: held briefly, never across file I/O */
+    pthread_mutex_t wmu;        /* serializes writers (put/delete) and their file I/O */
     char *dir;
     int dirfd;
     int lockfd;
@@ -506,6 +507,7 @@ static void emb_free(void *impl)
     if (e->lockfd >= 0)
         close(e->lockfd);       /* drops the flock */
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->wmu);
     free(e->dir);
     free(e);
 }
@@ -522,6 +524,7 @@ static void *emb_open(const char *dir, const char **err)
     }
     e->dirfd = e->lockfd = -1;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->wmu, NULL);
     if ((e->dir = strdup(dir)) == NULL) {
         *err = "out of memory";
         goto fail;
@@ -586,6 +589,10 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
     int64_t rev;
     int rc = STORE_ERROR;
 
+    /* Writers are serialized by wmu, so the map cannot change between the
+     * check and the update below while the file is written without mu:
+     * readers (token lookups on the workers' loops) never wait for a disk. */
+    pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
     cur = find(e, key, &idx);
     if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
@@ -602,8 +609,12 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
     if (cur == NULL && ((kcopy = strdup(key)) == NULL || reserve(e, e->n + 1) < 0))
         goto out;
     rev = e->rev + 1;
-    if (write_key_file(e, key, vcopy, len, rev) < 0)
+    pthread_mutex_unlock(&e->mu);
+    int wrc = write_key_file(e, key, vcopy, len, rev);
+    pthread_mutex_lock(&e->mu);
+    if (wrc < 0)
         goto out;
+    cur = find(e, key, &idx);
     e->rev = rev;
     if (cur != NULL) {
         free(cur->val);
@@ -622,6 +633,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
     rc = STORE_OK;
 out:
     pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->wmu);
     free(kcopy);
     free(vcopy);
     return rc;
@@ -658,6 +670,7 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev)
     int64_t rev;
     int rc = STORE_ERROR;
 
+    pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
     if ((cur = find(e, key, &idx)) == NULL) {
         rc = STORE_NOT_FOUND;
@@ -670,17 +683,22 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev)
     if (key_filename(key, name) < 0)
         goto out;
     /* Record the delete's revision first: if the highest key is deleted, a
-     * restart must not hand its revision out again. */
+     * restart must not hand its revision out again. The files are written
+     * without mu (writers are serialized by wmu). */
     rev = e->rev + 1;
-    if (write_rev_file(e, rev) < 0)
+    pthread_mutex_unlock(&e->mu);
+    int wrc = write_rev_file(e, rev);
+    if (wrc == 0 && unlinkat(e->dirfd, name, 0) < 0 && errno != ENOENT) {
+        log_warn("store: %s: cannot remove %s", e->dir, name);
+        wrc = -1;
+    }
+    if (wrc == 0 && fsync(e->dirfd) < 0)
+        log_warn("store: %s: fsync of the directory after removing %s", e->dir, name);
+    pthread_mutex_lock(&e->mu);
+    if (wrc < 0)
         goto out;
     e->rev = rev;
-    if (unlinkat(e->dirfd, name, 0) < 0 && errno != ENOENT) {
-        log_warn("store: %s: cannot remove %s", e->dir, name);
-        goto out;
-    }
-    if (fsync(e->dirfd) < 0)
-        log_warn("store: %s: fsync of the directory after removing %s", e->dir, name);
+    cur = find(e, key, &idx);
     free(cur->key);
     free(cur->val);
     memmove(&e->ents[idx], &e->ents[idx + 1], (e->n - idx - 1) * sizeof(*e->ents));
@@ -688,6 +706,7 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev)
     rc = STORE_OK;
 out:
     pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->wmu);
     return rc;
 }
 

@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "migrate/mig.h"
 #include "proto/wire.h"
 #include "session/session.h"
 
@@ -47,6 +48,7 @@ struct relay_dir {
     bool eof;                /* the source closed */
     bool read_blocked;       /* no room: not reading the source */
     bool parse_blocked;      /* flow control: not framing further */
+    bool hold;               /* migration: frame nothing past the next boundary */
     uint64_t bytes, msgs;    /* forwarded (committed) */
 };
 
@@ -61,6 +63,9 @@ struct relay_acks {
     uint32_t c_window;       /* 0 = no SET_ACK sent to the client */
     uint32_t c_unacked;      /* messages sent since the client last acked */
 };
+
+/* What the relay does with a message it reads whole. */
+enum relay_verdict { RV_PASS, RV_KEEP, RV_DROP, RV_FAIL };
 
 /* ------------------------------------------------------------------ backend links (blink.c) */
 
@@ -117,6 +122,44 @@ struct chan {
     struct relay_dir to_c;      /* backend -> client */
     struct relay_acks acks;
     bool is_main;
+
+    /* Migration (handover.c): the destination leg, linked in advance and
+     * held (pings answered, the rest kept) until this channel switches. */
+    int d_fd;
+    struct blink *d_bl;
+    struct event *d_rd;
+    uint8_t *d_hold;            /* destination bytes held until the switch */
+    uint32_t d_hold_len, d_scan;
+    bool d_ready;               /* linked (main: and ACKed) */
+    bool mig_wait_data;         /* source said MIGRATE with DATA: wait for MIGRATE_DATA */
+    bool mig_switch_ready;      /* switch at the next chance */
+    bool switched;              /* relaying the destination */
+    int src_fd;                 /* the old source leg, closed when every channel switched */
+    uint8_t *mig_data;          /* the source's MIGRATE_DATA body, for the destination */
+    uint32_t mig_data_len;
+};
+
+struct mig_dest {
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+    char password[SNAP_MAX_PASSWORD];
+};
+
+struct session_mig {
+    enum mig_state state;
+    bool announced;
+    bool prepared;              /* the destination was named in advance */
+    struct mig_dest dest;
+    uint32_t src_version;
+    unsigned n_legs, n_ready;
+    struct event *timer;
+    uint64_t t_start, t_ready, t_begin, t_confirm, t_first_switch; /* monotonic ns */
+    uint64_t t_last_src, t_first_dst;  /* blackout, on the display (else main) channel */
+    bool blackout_pending;      /* switched; waiting for the first destination message */
+    uint64_t held_bytes;
+    session_prepare_cb notify;
+    void *notify_arg;
+    const char *notify_why;     /* static string: why the last step failed */
 };
 
 struct session {
@@ -131,6 +174,9 @@ struct session {
     TAILQ_HEAD(, chan) chans;
     struct chan *main;
     bool closing;
+    struct session_mig mig;
+    uint32_t migrations;
+    uint8_t probe_type;         /* channel type whose gaps measure a migration's blackout */
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
 };
 
@@ -147,6 +193,8 @@ void session_close(struct session *s, const char *reason);
 void chan_close(struct chan *c, const char *reason);
 struct session *session_find(struct session_worker *w, uint32_t id);
 void session_set_id(struct session *s, uint32_t id);
+/* Writes the session's record to the store (through env.publish). */
+void session_publish(struct session *s);
 const char *chan_sid(const struct chan *c);
 
 /* link.c */
@@ -154,10 +202,31 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);
 /* The link message the broker sends a backend for channel c. */
 void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m);
 
+/* handover.c: migration, carried out on the session's loop. */
+void handover_event(struct session *s, enum mig_event e);
+/* A message from the current backend that belongs to migration; returns RV_DROP or RV_FAIL. */
+enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const uint8_t *body,
+                                           uint32_t len, const char **why);
+bool handover_wants(const struct chan *c, uint16_t type);
+/* Switches c to its destination leg if it is ready to; -1 if c was closed. */
+int handover_try_switch(struct chan *c);
+void handover_chan_started(struct chan *c);
+void handover_chan_free(struct chan *c);
+void handover_session_free(struct session *s);
+void handover_note_forwarded(struct chan *c);
+uint64_t handover_now(void);
+
 /* relay.c: both legs are linked; c->c_fd and c->b_fd are set. Returns -1 if
  * the channel was closed. */
 int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
                 const uint8_t *b_leftover, size_t b_len);
 void relay_release(struct chan *c);
+/* Runs c's relay step on the next loop turn (safe from any callback). */
+void relay_kick(struct chan *c);
+/* Queues a broker-made message toward the backend (to_b) or the client. */
+int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len);
+/* Moves c's backend leg to new_fd (the old one goes to c->src_fd); see handover.c. */
+int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
+                         const uint8_t *held, uint32_t held_len, const char **why);
 
 #endif

@@ -262,6 +262,8 @@ static void client_auth_done(struct chan *c)
         wipe_secrets(lk);
         evtimer_del(c->timer);
         log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
+            c->s->probe_type = SPICE_CHANNEL_DISPLAY;
         (void)relay_start(c, NULL, 0, NULL, 0);
         return;
     }
@@ -295,6 +297,7 @@ static void client_auth_done(struct chan *c)
     TAILQ_INSERT_TAIL(&s->chans, c, link);
     c->s = s;
     s->main = c;
+    s->probe_type = SPICE_CHANNEL_MAIN;
     w->stats.sessions_active++;
     w->stats.sessions_total++;
     event_del(c->c_rd);

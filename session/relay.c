@@ -36,7 +36,6 @@
 /* Compact the buffer when less than this is left at its end. */
 #define COMPACT_BELOW (INTERCEPT_MAX + HDR)
 
-enum verdict { PASS, KEEP, DROP, FAIL };
 
 
 /* ------------------------------------------------------------------ helpers */
@@ -129,6 +128,8 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
     d->boundary = d->parsed;
     if (d != &c->to_c)
         return;
+    if (c->s != NULL && (c->s->mig.state != MIG_IDLE || c->s->mig.blackout_pending))
+        handover_note_forwarded(c);
     struct relay_acks *a = &c->acks;
     if (a->b_window != 0 && ++a->b_count >= a->b_window) {
         a->b_count = 0;
@@ -141,36 +142,22 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
 
 /* Decides what to do with a message whose header is at d->parsed. PASS:
  * stream it. KEEP/DROP/FAIL need the whole message in the buffer. */
-static enum verdict classify(const struct chan *c, const struct relay_dir *d, uint16_t type)
+static enum relay_verdict classify(const struct chan *c, const struct relay_dir *d, uint16_t type)
 {
     if (d == &c->to_c) {
-        if (type == SPICE_MSG_SET_ACK)
-            return KEEP;
-        if (c->is_main) {
-            switch (type) {
-            case SPICE_MSG_MAIN_INIT:
-            case SPICE_MSG_MAIN_MIGRATE_BEGIN:
-            case SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS:
-            case SPICE_MSG_MAIN_MIGRATE_CANCEL:
-            case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST:
-            case SPICE_MSG_MAIN_MIGRATE_END:
-            case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK:
-            case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK:
-                return KEEP;
-            default:
-                break;
-            }
-        }
-        return PASS;
+        if (type == SPICE_MSG_SET_ACK || (c->is_main && type == SPICE_MSG_MAIN_INIT) ||
+            handover_wants(c, type))
+            return RV_KEEP;
+        return RV_PASS;
     }
     if (type == SPICE_MSGC_ACK_SYNC || type == SPICE_MSGC_ACK)
-        return KEEP;
-    return PASS;
+        return RV_KEEP;
+    return RV_PASS;
 }
 
 /* Handles a whole message the broker reads. Returns KEEP (forward it), DROP
  * (cut it out) or FAIL (*why set). */
-static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
+static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
                            const uint8_t *body, uint32_t len, const char **why)
 {
     struct relay_acks *a = &c->acks;
@@ -178,7 +165,7 @@ static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
         if (type == SPICE_MSGC_ACK_SYNC) {
             if (wire_ack_sync_parse(body, len, &a->c_client_generation) != 0) {
                 *why = "malformed ACK_SYNC from client";
-                return FAIL;
+                return RV_FAIL;
             }
         } else { /* SPICE_MSGC_ACK */
             if (a->c_window != 0 && a->c_client_generation == a->c_generation) {
@@ -187,7 +174,7 @@ static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
                     c->to_c.parse_blocked = false;
             }
         }
-        return DROP;
+        return RV_DROP;
     }
 
     if (type == SPICE_MSG_SET_ACK) {
@@ -195,17 +182,20 @@ static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
         uint8_t b[8];
         if (wire_set_ack_parse(body, len, &m) != 0 || m.window == 0) {
             *why = "malformed SET_ACK from backend";
-            return FAIL;
+            return RV_FAIL;
         }
         /* Backend leg: we are its client. */
         size_t n = wire_ack_sync_build(b, sizeof(b), m.generation);
         if (inject(&c->to_b, SPICE_MSGC_ACK_SYNC, b, (uint32_t)n) < 0) {
             *why = "control queue full";
-            return FAIL;
+            return RV_FAIL;
         }
         a->b_window = m.window;
         a->b_count = 0;
-        /* Client leg: we are its server, with our own generation. */
+        /* Client leg: we are its server, with our own generation. A new
+         * backend after a migration does not get to start a new one. */
+        if (a->c_window != 0)
+            return RV_DROP;
         a->c_generation++;
         a->c_window = m.window;
         a->c_unacked = 0;
@@ -214,9 +204,9 @@ static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
         n = wire_set_ack_build(b, sizeof(b), &mine);
         if (inject(d, SPICE_MSG_SET_ACK, b, (uint32_t)n) < 0) {
             *why = "control queue full";
-            return FAIL;
+            return RV_FAIL;
         }
-        return DROP;
+        return RV_DROP;
     }
 
     /* Main channel. */
@@ -224,31 +214,18 @@ static enum verdict handle(struct chan *c, struct relay_dir *d, uint16_t type,
         struct wire_main_init mi;
         if (wire_main_init_parse(body, len, &mi) != 0 || mi.session_id == 0) {
             *why = "malformed MAIN_INIT from backend";
-            return FAIL;
+            return RV_FAIL;
         }
         if (c->s->id == 0) {
             session_set_id(c->s, mi.session_id);
             if (c->s->id == 0) {
                 *why = "session id already in use by another session";
-                return FAIL;
+                return RV_FAIL;
             }
         }
-        return KEEP;
+        return RV_KEEP;
     }
-    if (type == SPICE_MSG_MAIN_MIGRATE_BEGIN || type == SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS) {
-        /* Live migration is not handled yet: refuse it, so the source falls
-         * back at once instead of waiting 10 s for us. The client never sees
-         * migration messages. */
-        log_info("%s backend announced a migration; refusing (not supported yet)", chan_sid(c));
-        if (inject(&c->to_b, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) < 0) {
-            *why = "control queue full";
-            return FAIL;
-        }
-        return DROP;
-    }
-    /* The rest of the migration family never reaches the client. */
-    log_debug("%s dropped main message %u from backend", chan_sid(c), type);
-    return DROP;
+    return handover_on_backend_msg(c, type, body, len, why);
 }
 
 /* ------------------------------------------------------------------ framing */
@@ -275,15 +252,15 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
                 msg_forwarded(c, d);
             continue;
         }
-        if (d->parse_blocked)
+        if (d->parse_blocked || d->hold)
             break;
         uint32_t avail = d->tail - d->parsed;
         if (avail < HDR)
             break;
         struct wire_msg_header h;
         (void)wire_msg_header_parse(d->buf->data + d->parsed, avail, true, &h);
-        enum verdict v = classify(c, d, h.type);
-        if (v == PASS) {
+        enum relay_verdict v = classify(c, d, h.type);
+        if (v == RV_PASS) {
             d->parsed += HDR;
             d->bytes += HDR;
             progress += HDR;
@@ -300,9 +277,9 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
         if (avail < HDR + h.size)
             break; /* wait for the rest; dir_read compacts to make room */
         v = handle(c, d, h.type, d->buf->data + d->parsed + HDR, h.size, why);
-        if (v == FAIL)
+        if (v == RV_FAIL)
             return -1;
-        if (v == DROP) {
+        if (v == RV_DROP) {
             dir_cut(d, HDR + h.size);
         } else {
             d->parsed += HDR + h.size;
@@ -437,12 +414,22 @@ static int chan_service(struct chan *c)
                 goto fail;
             progress += p;
         }
+        if (c->mig_switch_ready) {
+            if (handover_try_switch(c) < 0)
+                return -1;
+            if (c->switched && !c->mig_switch_ready)
+                progress++;
+        }
         if (progress == 0)
             break;
     }
     for (int i = 0; i < 2; i++) {
         struct relay_dir *d = dirs[i];
-        if (d->eof && (d->buf == NULL || d->head == d->parsed) && d->inj_len == 0) {
+        /* A source that closes right after its MIGRATE_DATA is not the end of
+         * the channel: the switch replaces it. */
+        bool awaiting_switch = d == &c->to_c && c->mig_switch_ready;
+        if (d->eof && !awaiting_switch && (d->buf == NULL || d->head == d->parsed) &&
+            d->inj_len == 0) {
             why = d == &c->to_b ? "client closed" : "backend closed";
             goto fail;
         }
@@ -459,14 +446,23 @@ fail:
     return -1;
 }
 
+/* Reads and relays; while the source keeps filling big reads and the
+ * destination keeps up, goes round again (a few times) instead of back
+ * through epoll: fewer wake-ups per byte. */
 static void on_readable(struct chan *c, struct relay_dir *d)
 {
-    const char *why = NULL;
-    if (dir_read(c, d, &why) < 0) {
-        chan_close(c, why);
-        return;
+    for (int round = 0; round < 4; round++) {
+        const char *why = NULL;
+        int64_t r = dir_read(c, d, &why);
+        if (r < 0) {
+            chan_close(c, why);
+            return;
+        }
+        if (chan_service(c) < 0)
+            return;
+        if (r < 16384 || d->eof || d->read_blocked || (d->buf != NULL && d->head != d->parsed))
+            return;
     }
-    (void)chan_service(c);
 }
 
 static void on_c_read(evutil_socket_t fd, short what, void *arg)
@@ -557,7 +553,90 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
     }
     event_add(c->c_rd, NULL);
     event_add(c->b_rd, NULL);
-    return chan_service(c);
+    if (chan_service(c) < 0)
+        return -1;
+    handover_chan_started(c);
+    return 0;
+}
+
+void relay_kick(struct chan *c)
+{
+    if (c->state == CH_RELAY && c->c_wr != NULL)
+        event_active(c->c_wr, EV_WRITE, 0);
+}
+
+int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len)
+{
+    return inject(to_backend ? &c->to_b : &c->to_c, type, body, len);
+}
+
+/* Makes room for `need` bytes at the end of d's buffer. */
+static int dir_room(struct chan *c, struct relay_dir *d, uint32_t need)
+{
+    if (dir_ensure_buf(c, d) < 0)
+        return -1;
+    if (c->w->pool.size - d->tail < need)
+        dir_compact(d);
+    return c->w->pool.size - d->tail < need ? -1 : 0;
+}
+
+int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
+                         const uint8_t *held, uint32_t held_len, const char **why)
+{
+    struct event_base *base = c->w->env.base;
+    struct relay_dir *tc = &c->to_c, *tb = &c->to_b;
+    /* Toward the client: nothing unframed from the source survives (it said
+     * its last word with MIGRATE_DATA); the destination's held messages go
+     * after what the client is still owed. */
+    if (tc->buf != NULL && tc->tail != tc->parsed) {
+        log_debug("%s %s:%u dropping %u source bytes after its last message", chan_sid(c),
+                  wire_channel_name(c->type), c->id, tc->tail - tc->parsed);
+        tc->tail = tc->parsed;
+    }
+    tc->eof = false;
+    tc->hold = false;
+    tc->read_blocked = false;
+    tc->parse_blocked = false;
+    if (held_len > 0) {
+        if (dir_room(c, tc, held_len) < 0) {
+            *why = "held destination messages do not fit the buffer";
+            close(new_fd);
+            return -1;
+        }
+        memcpy(tc->buf->data + tc->tail, held, held_len);
+        tc->tail += held_len;
+    }
+    /* Toward the backend: MIGRATE_DATA first, then the client's held messages. */
+    if (first_len > 0) {
+        if (dir_room(c, tb, first_len) < 0) {
+            *why = "MIGRATE_DATA does not fit the buffer";
+            close(new_fd);
+            return -1;
+        }
+        memmove(tb->buf->data + tb->parsed + first_len, tb->buf->data + tb->parsed,
+                tb->tail - tb->parsed);
+        memcpy(tb->buf->data + tb->parsed, first_msg, first_len);
+        tb->parsed += first_len;
+        tb->tail += first_len;
+        tb->boundary = tb->parsed;
+        tb->bytes += first_len;
+        tb->msgs++;
+    }
+    tb->hold = false;
+    c->acks.b_window = 0;
+    c->acks.b_count = 0;
+    event_free(c->b_rd);
+    event_free(c->b_wr);
+    c->src_fd = c->b_fd;
+    c->b_fd = new_fd;
+    c->b_rd = event_new(base, c->b_fd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->b_wr = event_new(base, c->b_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    if (c->b_rd == NULL || c->b_wr == NULL) {
+        *why = "out of memory";
+        return -1;
+    }
+    event_add(c->b_rd, NULL);
+    return 0;
 }
 
 void relay_release(struct chan *c)

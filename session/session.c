@@ -56,6 +56,8 @@ void session_accept(struct session_worker *w, int fd, const struct sockaddr_stor
     c->w = w;
     c->c_fd = fd;
     c->b_fd = -1;
+    c->d_fd = -1;
+    c->src_fd = -1;
     c->peer = *peer;
     char host[48], serv[8];
     if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
@@ -82,6 +84,7 @@ static void chan_free(struct chan *c)
         close(c->b_fd);
     relay_release(c);
     blink_free(c->bl);
+    handover_chan_free(c);
     if (c->lk != NULL) {
         OPENSSL_cleanse(c->lk, sizeof(*c->lk));
         free(c->lk);
@@ -107,6 +110,7 @@ static void session_snapshot(const struct session *s, struct snap_session *rec)
     snprintf(rec->backend_host, sizeof(rec->backend_host), "%s", s->rec.host);
     rec->backend_port = s->rec.port;
     rec->started = s->started;
+    rec->migrations = s->migrations;
     const struct chan *c;
     TAILQ_FOREACH(c, &s->chans, link) {
         if (rec->n_channels >= SNAP_MAX_CHANNELS)
@@ -149,6 +153,7 @@ void session_close(struct session *s, const char *reason)
         chan_account(s, c);
         chan_free(c);
     }
+    handover_session_free(s);
     TAILQ_REMOVE(&w->sessions, s, link);
     w->stats.sessions_active--;
     OPENSSL_cleanse(&s->rec, sizeof(s->rec));
@@ -198,6 +203,15 @@ void session_set_id(struct session *s, uint32_t id)
     w->env.publish(w->env.arg, &rec, false);
     log_info("%s session started: client=%s backend=%s:%u", s->sid, s->client, s->rec.host,
              s->rec.port);
+}
+
+void session_publish(struct session *s)
+{
+    if (!s->id_claimed)
+        return;
+    struct snap_session rec;
+    session_snapshot(s, &rec);
+    s->w->env.publish(s->w->env.arg, &rec, false);
 }
 
 int session_kill(struct session_worker *w, uint32_t id, const char *reason)

@@ -72,6 +72,14 @@ void session_accept(struct session_worker *w, int fd, const struct sockaddr_stor
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);
 
+/* Links every channel of the sessions of `instance` on this worker to a
+ * migration destination in advance (PROTOCOL.md 9.11). cb(arg, ok, why) is
+ * called once per session when its destination has acknowledged or failed;
+ * returns the number of sessions being prepared. */
+typedef void (*session_prepare_cb)(void *arg, bool ok, const char *why);
+int session_prepare(struct session_worker *w, const char *instance, const char *host,
+                    uint16_t port, const char *password, session_prepare_cb cb, void *arg);
+
 /* Calls cb for each live session of this worker (for the admin API). */
 typedef void (*session_visit_cb)(const struct snap_session *rec, void *arg);
 void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);

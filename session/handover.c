@@ -1,0 +1,708 @@
+/* session/handover.c: seamless migration, the broker playing spice-gtk's part
+ * toward the source and destination QEMU (PROTOCOL.md 4.4 and 9) while the
+ * client keeps its connections to the broker and sees none of it. Runs on the
+ * session's worker loop. The rules live in migrate/mig.c; this file carries
+ * out their actions:
+ *
+ *  link the destination   main with the live session id (a migration target)
+ *                         + DST_DO_SEAMLESS; on ACK, every other open channel
+ *  hold                   destination legs are read from the start: PINGs are
+ *                         answered here, everything else is kept for later
+ *  confirm                MIGRATE_CONNECTED_SEAMLESS to the source
+ *  switch, per channel    on the source's MIGRATE: FLUSH_MARK to the source,
+ *                         the client's next messages held; the source's
+ *                         MIGRATE_DATA carried byte-exact to the destination
+ *                         as its first message, then the held client messages;
+ *                         the held destination messages then flow to the client
+ *  finish                 when every channel switched: close the source legs
+ *                         and record the new backend.
+ *
+ * The client never sees MIGRATE_BEGIN, MIGRATE, MIGRATE_DATA, a second
+ * SET_ACK generation, the destination's PINGs or a MAIN_INIT. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "common/log.h"
+#include "session/internal.h"
+
+#define HDR WIRE_MINI_HEADER_SIZE
+/* What a destination may send before its channel switches (SET_ACK,
+ * INPUTS_INIT, a few PINGs in practice). */
+#define HOLD_MAX (32u * 1024u)
+#define LINK_TIMEOUT_MS 10000
+#define PREPARED_TIMEOUT_MS 120000
+#define MIGRATE_DATA_MAX (1024u * 1024u)
+
+static void link_dest_channel(struct chan *c);
+
+uint64_t handover_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double ms_between(uint64_t a, uint64_t b)
+{
+    return a && b ? ((double)b - (double)a) / 1e6 : -1.0;
+}
+
+/* ------------------------------------------------------------------ state */
+
+static void set_state(struct session *s, enum mig_state next, enum mig_event why)
+{
+    if (s->mig.state != next)
+        log_info("%s migration %s -> %s (%s)", s->sid, mig_state_name(s->mig.state),
+                 mig_state_name(next), mig_event_name(why));
+    s->mig.state = next;
+}
+
+static void arm_timer(struct session *s, int ms)
+{
+    if (s->mig.timer == NULL)
+        return;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(s->mig.timer, &tv);
+}
+
+static void drop_dest_leg(struct chan *c)
+{
+    blink_free(c->d_bl);
+    c->d_bl = NULL;
+    if (c->d_rd != NULL) {
+        event_free(c->d_rd);
+        c->d_rd = NULL;
+    }
+    if (c->d_fd >= 0) {
+        close(c->d_fd);
+        c->d_fd = -1;
+    }
+    free(c->d_hold);
+    c->d_hold = NULL;
+    c->d_hold_len = c->d_scan = 0;
+    c->d_ready = false;
+}
+
+static void drop_dest(struct session *s)
+{
+    struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link)
+        drop_dest_leg(c);
+    s->mig.n_legs = s->mig.n_ready = 0;
+}
+
+static void notify(struct session *s, bool ok, const char *why)
+{
+    if (s->mig.notify == NULL)
+        return;
+    session_prepare_cb cb = s->mig.notify;
+    s->mig.notify = NULL;
+    cb(s->mig.notify_arg, ok, why);
+}
+
+/* A destination leg failed or the destination refused: the event and its
+ * reason, once. */
+static void dest_failed(struct session *s, const char *why)
+{
+    log_warnx("%s migration destination %s:%u failed: %s", s->sid, s->mig.dest.host,
+              s->mig.dest.port, why);
+    if (s->mig.state == MIG_SWITCHING) {
+        /* Some channels already live on the destination: there is no way back. */
+        session_close(s, "migration destination lost while switching");
+        return;
+    }
+    s->mig.notify_why = why;
+    handover_event(s, MIG_EV_DEST_FAILED);
+}
+
+static void finish(struct session *s)
+{
+    uint64_t now = handover_now();
+    struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link) {
+        if (c->src_fd >= 0) {
+            close(c->src_fd);
+            c->src_fd = -1;
+        }
+        free(c->mig_data);
+        c->mig_data = NULL;
+        c->mig_data_len = 0;
+        c->switched = false;
+    }
+    char from[SNAP_MAX_HOST + 8];
+    snprintf(from, sizeof(from), "%s:%u", s->rec.host, s->rec.port);
+    snprintf(s->rec.host, sizeof(s->rec.host), "%s", s->mig.dest.host);
+    s->rec.port = s->mig.dest.port;
+    snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig.dest.password);
+    s->migrations++;
+    struct session_mig *m = &s->mig;
+    log_info("%s migrated %s -> %s:%u (%s): destination ready %.1f ms %s begin, "
+             "confirm -> first switch %.1f ms, switching %.1f ms, "
+             "held %llu bytes, migration #%u",
+             s->sid, from, s->rec.host, s->rec.port, m->prepared ? "prepared" : "unprepared",
+             m->t_begin && m->t_ready ? (m->t_ready > m->t_begin ? ms_between(m->t_begin, m->t_ready)
+                                                                 : ms_between(m->t_ready, m->t_begin))
+                                      : -1.0,
+             m->t_ready > m->t_begin ? "after" : "before",
+             ms_between(m->t_confirm, m->t_first_switch), ms_between(m->t_first_switch, now),
+             (unsigned long long)m->held_bytes, s->migrations);
+    OPENSSL_cleanse(&m->dest, sizeof(m->dest));
+    m->announced = m->prepared = false;
+    m->n_legs = m->n_ready = 0;
+    m->t_start = m->t_ready = m->t_begin = m->t_confirm = m->t_first_switch = 0;
+    m->blackout_pending = m->t_last_src != 0;
+    m->held_bytes = 0;
+    if (m->timer != NULL)
+        evtimer_del(m->timer);
+    session_publish(s);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static void start_linking(struct session *s)
+{
+    if (s->mig.timer == NULL)
+        s->mig.timer = evtimer_new(s->w->env.base, on_timer, s);
+    s->mig.n_legs = 0;
+    s->mig.n_ready = 0;
+    s->mig.t_start = handover_now();
+    arm_timer(s, LINK_TIMEOUT_MS);
+    if (s->main == NULL) {
+        dest_failed(s, "no main channel");
+        return;
+    }
+    link_dest_channel(s->main);
+}
+
+void handover_event(struct session *s, enum mig_event e)
+{
+    struct mig_facts f = { .announced = s->mig.announced, .dest_match = true };
+    struct mig_step st = mig_decide(s->mig.state, e, &f);
+    if (!st.legal) {
+        log_warnx("%s migration: %s in state %s is not expected; ignored", s->sid,
+                  mig_event_name(e), mig_state_name(s->mig.state));
+        return;
+    }
+    enum mig_state old = s->mig.state;
+    set_state(s, st.next, e);
+    if (st.actions & MIG_DO_DROP_DEST) {
+        drop_dest(s);
+        if (st.next == MIG_IDLE && s->mig.timer != NULL)
+            evtimer_del(s->mig.timer);
+    }
+    if (st.actions & MIG_DO_REFUSE) {
+        log_info("%s migration: telling the source the destination is unreachable", s->sid);
+        if (s->main != NULL && relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR,
+                                            NULL, 0) == 0)
+            relay_kick(s->main);
+    }
+    if (st.actions & MIG_DO_NOTIFY)
+        notify(s, st.next == MIG_LINKED || st.next == MIG_CONNECTED,
+               s->mig.notify_why ? s->mig.notify_why : mig_event_name(e));
+    if (st.actions & MIG_DO_LINK_DEST)
+        start_linking(s);
+    if (st.actions & MIG_DO_CONFIRM) {
+        s->mig.t_confirm = handover_now();
+        evtimer_del(s->mig.timer);
+        log_info("%s migration: destination %s:%u ready; confirming to the source", s->sid,
+                 s->mig.dest.host, s->mig.dest.port);
+        if (s->main != NULL && relay_inject(s->main, true,
+                                            SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0) == 0)
+            relay_kick(s->main);
+    }
+    if (st.actions & MIG_DO_SWITCH_CHANNEL) {
+        if (old == MIG_CONNECTED)
+            s->mig.t_first_switch = handover_now();
+    }
+    if (st.actions & MIG_DO_FINISH)
+        finish(s);
+    if (st.next == MIG_LINKED)
+        arm_timer(s, PREPARED_TIMEOUT_MS);
+    if (st.next == MIG_IDLE)
+        s->mig.notify_why = NULL;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    log_info("%s migration: %s timed out", s->sid, mig_state_name(s->mig.state));
+    s->mig.notify_why = "timed out";
+    handover_event(s, MIG_EV_TIMEOUT);
+}
+
+/* ------------------------------------------------------------------ destination legs */
+
+static int send_small(int fd, uint16_t type, const uint8_t *body, uint32_t len)
+{
+    uint8_t b[HDR + 64];
+    size_t n = wire_msg_build(b, sizeof(b), true, type, body, len);
+    if (n == 0)
+        return -1;
+    return send(fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)n ? 0 : -1;
+}
+
+static void dest_ready_one(struct chan *c)
+{
+    struct session *s = c->s;
+    c->d_ready = true;
+    s->mig.n_ready++;
+    if (s->mig.n_ready == s->mig.n_legs && s->mig.state == MIG_LINKING) {
+        s->mig.t_ready = handover_now();
+        log_info("%s migration: %u destination legs linked in %.1f ms", s->sid, s->mig.n_legs,
+                 ms_between(s->mig.t_start, s->mig.t_ready));
+        handover_event(s, MIG_EV_DEST_READY);
+    }
+}
+
+/* Reads what a destination leg sends before its switch: answers PINGs, takes
+ * the main channel's SEAMLESS_ACK/NACK, and keeps the rest in order. */
+static void on_dest_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    struct session *s = c->s;
+    if (c->d_hold == NULL && (c->d_hold = malloc(HOLD_MAX)) == NULL) {
+        dest_failed(s, "out of memory");
+        return;
+    }
+    if (c->d_hold_len == HOLD_MAX) {
+        dest_failed(s, "destination sent too much before the switch");
+        return;
+    }
+    ssize_t r = recv(fd, c->d_hold + c->d_hold_len, HOLD_MAX - c->d_hold_len, 0);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+        dest_failed(s, r == 0 ? "destination closed a leg" : "destination leg reset");
+        return;
+    }
+    if (r < 0)
+        return;
+    c->d_hold_len += (uint32_t)r;
+    while (c->d_hold_len - c->d_scan >= HDR) {
+        struct wire_msg_header h;
+        wire_msg_header_parse(c->d_hold + c->d_scan, c->d_hold_len - c->d_scan, true, &h);
+        if (h.size > HOLD_MAX - HDR) {
+            dest_failed(s, "oversized message from the destination");
+            return;
+        }
+        if (c->d_hold_len - c->d_scan < HDR + h.size)
+            break;
+        const uint8_t *body = c->d_hold + c->d_scan + HDR;
+        bool consumed = false;
+        if (h.type == SPICE_MSG_PING) {
+            struct wire_ping p;
+            uint8_t b[12];
+            if (wire_ping_parse(body, h.size, &p) == 0) {
+                size_t n = wire_pong_build(b, sizeof(b), &p);
+                if (send_small(c->d_fd, SPICE_MSGC_PONG, b, (uint32_t)n) < 0)
+                    log_debug("%s %s:%u could not answer a destination ping", s->sid,
+                              wire_channel_name(c->type), c->id);
+            }
+            consumed = true;
+        } else if (c->is_main && !c->d_ready &&
+                   (h.type == SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK ||
+                    h.type == SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK)) {
+            consumed = true;
+            if (h.type == SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK) {
+                dest_failed(s, "destination refused seamless migration (NACK)");
+                return;
+            }
+            log_info("%s migration: destination acknowledged seamless migration", s->sid);
+            /* Now every other open channel; main counts as ready last, so
+             * "all ready" means all. */
+            struct chan *o, *next;
+            for (o = TAILQ_FIRST(&s->chans); o != NULL; o = next) {
+                next = TAILQ_NEXT(o, link);
+                if (o != c && o->state == CH_RELAY && o->d_fd < 0 && o->d_bl == NULL)
+                    link_dest_channel(o);
+                if (s->mig.state != MIG_LINKING)
+                    return;
+            }
+            memmove(c->d_hold + c->d_scan, c->d_hold + c->d_scan + HDR + h.size,
+                    c->d_hold_len - c->d_scan - HDR - h.size);
+            c->d_hold_len -= HDR + h.size;
+            dest_ready_one(c);
+            return;
+        }
+        uint32_t len = HDR + h.size;
+        if (consumed) {
+            memmove(c->d_hold + c->d_scan, c->d_hold + c->d_scan + len,
+                    c->d_hold_len - c->d_scan - len);
+            c->d_hold_len -= len;
+        } else {
+            c->d_scan += len;
+        }
+    }
+}
+
+static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+{
+    struct chan *c = arg;
+    struct session *s = c->s;
+    c->d_bl = NULL;
+    if (fd < 0) {
+        char why[160];
+        snprintf(why, sizeof(why), "%s:%u link: %s", wire_channel_name(c->type), c->id, err);
+        dest_failed(s, why);
+        return;
+    }
+    c->d_fd = fd;
+    c->d_rd = event_new(c->w->env.base, fd, EV_READ | EV_PERSIST, on_dest_readable, c);
+    if (c->d_rd == NULL) {
+        dest_failed(s, "out of memory");
+        return;
+    }
+    event_add(c->d_rd, NULL);
+    if (c->is_main) {
+        if (!wire_caps_has_channel(caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE)) {
+            dest_failed(s, "destination lacks SEAMLESS_MIGRATE");
+            return;
+        }
+        uint8_t b[4];
+        wire_put_u32(b, s->mig.src_version ? s->mig.src_version : 1);
+        if (send_small(fd, SPICE_MSGC_MAIN_MIGRATE_DST_DO_SEAMLESS, b, 4) < 0) {
+            dest_failed(s, "cannot send DST_DO_SEAMLESS");
+            return;
+        }
+        return; /* ready on its ACK */
+    }
+    dest_ready_one(c);
+}
+
+static void link_dest_channel(struct chan *c)
+{
+    struct session *s = c->s;
+    struct wire_link_mess m;
+    const char *why = NULL;
+    link_backend_mess(c, s->id, &m);
+    s->mig.n_legs++;
+    c->d_bl = blink_start(c->w->env.base, s->mig.dest.host, s->mig.dest.port, &m,
+                          s->mig.dest.password, LINK_TIMEOUT_MS, on_dest_linked, c, &why);
+    if (c->d_bl == NULL) {
+        char reason[160];
+        snprintf(reason, sizeof(reason), "%s:%u link: %s", wire_channel_name(c->type), c->id, why);
+        dest_failed(s, reason);
+    }
+}
+
+void handover_chan_started(struct chan *c)
+{
+    struct session *s = c->s;
+    if (s == NULL || c->is_main)
+        return;
+    /* A channel opened while the destination is being prepared needs a leg
+     * there too, once the destination main has acknowledged. */
+    if ((s->mig.state == MIG_LINKING || s->mig.state == MIG_LINKED ||
+         s->mig.state == MIG_CONNECTED) && s->main != NULL && s->main->d_ready) {
+        bool was_ready = s->mig.state != MIG_LINKING;
+        link_dest_channel(c);
+        if (was_ready)
+            log_info("%s %s:%u opened during a migration; linking it to the destination too",
+                     s->sid, wire_channel_name(c->type), c->id);
+    }
+}
+
+/* ------------------------------------------------------------------ source messages */
+
+bool handover_wants(const struct chan *c, uint16_t type)
+{
+    if (type == SPICE_MSG_MIGRATE || type == SPICE_MSG_MIGRATE_DATA)
+        return true;
+    if (!c->is_main)
+        return false;
+    switch (type) {
+    case SPICE_MSG_MAIN_MIGRATE_BEGIN:
+    case SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS:
+    case SPICE_MSG_MAIN_MIGRATE_CANCEL:
+    case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST:
+    case SPICE_MSG_MAIN_MIGRATE_END:
+    case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK:
+    case SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *d)
+{
+    struct session_mig *m = &s->mig;
+    bool match = strcmp(m->dest.host, d->host) == 0 && m->dest.port == d->port;
+    m->t_begin = handover_now();
+    if (m->state == MIG_IDLE || !match) {
+        if (m->state != MIG_IDLE)
+            log_info("%s migration: source names %s:%u, not the prepared %s:%u", s->sid, d->host,
+                     d->port, m->dest.host, m->dest.port);
+        snprintf(m->dest.host, sizeof(m->dest.host), "%s", d->host);
+        m->dest.port = d->port;
+        /* The destination's SPICE password: libvirt carries the graphics
+         * password over, so the session's own is the best guess. */
+        snprintf(m->dest.password, sizeof(m->dest.password), "%s", s->rec.password);
+        m->prepared = false;
+    }
+    m->src_version = d->src_mig_version;
+    m->announced = true;
+    log_info("%s migration: source announced seamless migration to %s:%u%s", s->sid, d->host,
+             d->port, match && m->state != MIG_IDLE ? " (prepared)" : "");
+    struct mig_facts f = { .announced = true, .dest_match = match };
+    struct mig_step st = mig_decide(m->state, MIG_EV_BEGIN, &f);
+    if (!st.legal) {
+        log_warnx("%s migration: BEGIN_SEAMLESS in state %s; refusing", s->sid,
+                  mig_state_name(m->state));
+        if (relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) == 0)
+            relay_kick(s->main);
+        return;
+    }
+    enum mig_state old = m->state;
+    set_state(s, st.next, MIG_EV_BEGIN);
+    if (st.actions & MIG_DO_DROP_DEST)
+        drop_dest(s);
+    if (st.actions & MIG_DO_LINK_DEST)
+        start_linking(s);
+    if (st.actions & MIG_DO_CONFIRM) {
+        m->t_confirm = handover_now();
+        evtimer_del(m->timer);
+        log_info("%s migration: destination already linked; confirming at once", s->sid);
+        if (relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0) == 0)
+            relay_kick(s->main);
+    }
+    (void)old;
+}
+
+enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const uint8_t *body,
+                                           uint32_t len, const char **why)
+{
+    struct session *s = c->s;
+    struct session_mig *m = &s->mig;
+    if (type == SPICE_MSG_MIGRATE) {
+        uint32_t flags;
+        if (wire_migrate_parse(body, len, &flags) != 0) {
+            *why = "malformed MIGRATE";
+            return RV_FAIL;
+        }
+        if (m->state != MIG_CONNECTED && m->state != MIG_SWITCHING) {
+            *why = "MIGRATE from the source without a confirmed migration";
+            return RV_FAIL;
+        }
+        if (!c->d_ready) {
+            *why = "MIGRATE on a channel with no destination leg";
+            return RV_FAIL;
+        }
+        log_debug("%s %s:%u source MIGRATE flags %u", s->sid, wire_channel_name(c->type), c->id,
+                  flags);
+        if (flags & SPICE_MIGRATE_NEED_FLUSH) {
+            if (relay_inject(c, true, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0) < 0) {
+                *why = "control queue full";
+                return RV_FAIL;
+            }
+            c->to_b.hold = true; /* the client's next messages go to the destination */
+        }
+        if (flags & SPICE_MIGRATE_NEED_DATA_TRANSFER) {
+            c->mig_wait_data = true;
+        } else {
+            c->to_c.hold = true;
+            c->to_b.hold = true;
+            c->mig_switch_ready = true;
+        }
+        handover_event(s, MIG_EV_CHANNEL_MIGRATE);
+        return RV_DROP;
+    }
+    if (type == SPICE_MSG_MIGRATE_DATA) {
+        if (!c->mig_wait_data) {
+            *why = "MIGRATE_DATA from the source out of turn";
+            return RV_FAIL;
+        }
+        if (len > MIGRATE_DATA_MAX || (c->mig_data = malloc(len ? len : 1)) == NULL) {
+            *why = "MIGRATE_DATA too large";
+            return RV_FAIL;
+        }
+        memcpy(c->mig_data, body, len);
+        c->mig_data_len = len;
+        c->mig_wait_data = false;
+        c->to_c.hold = true;
+        c->to_b.hold = true;
+        c->mig_switch_ready = true;
+        return RV_DROP;
+    }
+    /* Main channel. */
+    switch (type) {
+    case SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS: {
+        struct wire_migrate_dst d;
+        const char *err = NULL;
+        if (wire_migrate_dst_parse(body, len, true, &d, &err) != 0 || d.port == 0) {
+            log_warnx("%s migration: unusable BEGIN_SEAMLESS (%s); refusing", s->sid,
+                      err ? err : "no plain port");
+            if (relay_inject(c, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) < 0) {
+                *why = "control queue full";
+                return RV_FAIL;
+            }
+            return RV_DROP;
+        }
+        on_begin_seamless(s, &d);
+        return RV_DROP;
+    }
+    case SPICE_MSG_MAIN_MIGRATE_BEGIN:
+        /* Semi-seamless: the source runs without seamless-migration=on. The
+         * broker does not do it; the source will fall back to switch-host. */
+        log_warnx("%s migration: source offers only semi-seamless migration; refusing", s->sid);
+        if (relay_inject(c, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) < 0) {
+            *why = "control queue full";
+            return RV_FAIL;
+        }
+        return RV_DROP;
+    case SPICE_MSG_MAIN_MIGRATE_CANCEL:
+        log_info("%s migration: source cancelled", s->sid);
+        m->notify_why = "source cancelled the migration";
+        handover_event(s, MIG_EV_CANCEL);
+        return RV_DROP;
+    case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST:
+        log_warnx("%s migration: source fell back to switch-host; the session ends when the "
+                  "source stops (reattach not implemented yet)", s->sid);
+        m->notify_why = "source fell back to switch-host";
+        handover_event(s, MIG_EV_SWITCH_HOST);
+        return RV_DROP;
+    default:
+        log_debug("%s dropped main message %u from the backend", s->sid, type);
+        return RV_DROP;
+    }
+}
+
+/* ------------------------------------------------------------------ the switch */
+
+void handover_note_forwarded(struct chan *c)
+{
+    struct session *s = c->s;
+    struct session_mig *m = &s->mig;
+    /* The blackout is what the user sees: measured on the display channel
+     * (main when there is none), from the last message the source sent
+     * there to the first the destination sent. */
+    bool probe = s->probe_type == c->type && c->id == 0;
+    if (!probe)
+        return;
+    if (!c->switched && !m->blackout_pending) {
+        m->t_last_src = handover_now();
+        return;
+    }
+    if (m->t_first_dst == 0 && m->t_last_src != 0) {
+        m->t_first_dst = handover_now();
+        m->blackout_pending = false;
+        log_info("%s migration #%u blackout %.1f ms (%s:0, last source message to first "
+                 "destination message)", s->sid, s->migrations,
+                 ms_between(m->t_last_src, m->t_first_dst), wire_channel_name(c->type));
+        m->t_last_src = m->t_first_dst = 0;
+    }
+}
+
+int handover_try_switch(struct chan *c)
+{
+    struct session *s = c->s;
+    if (!c->mig_switch_ready || c->switched)
+        return 0;
+    /* Everything owed to the source (the client's messages up to FLUSH_MARK)
+     * must be out first, and both directions must stand at a boundary. */
+    if (c->to_b.inj_len != 0 || c->to_b.body_left != 0 || c->to_c.body_left != 0 ||
+        (c->to_b.buf != NULL && c->to_b.head != c->to_b.parsed))
+        return 0;
+    uint8_t first[HDR];
+    const char *why = NULL;
+    uint8_t *msg = NULL;
+    uint32_t msg_len = 0;
+    if (c->mig_data != NULL) {
+        msg_len = HDR + c->mig_data_len;
+        msg = malloc(msg_len);
+        if (msg == NULL) {
+            session_close(s, "out of memory");
+            return -1;
+        }
+        struct wire_msg_header h = { .type = SPICE_MSGC_MIGRATE_DATA, .size = c->mig_data_len };
+        wire_msg_header_build(first, true, &h);
+        memcpy(msg, first, HDR);
+        memcpy(msg + HDR, c->mig_data, c->mig_data_len);
+    }
+    int fd = c->d_fd;
+    if (c->d_rd != NULL) {
+        event_free(c->d_rd);
+        c->d_rd = NULL;
+    }
+    c->d_fd = -1;
+    s->mig.held_bytes += c->d_hold_len;
+    int rc = relay_switch_backend(c, fd, msg, msg_len, c->d_hold, c->d_hold_len, &why);
+    free(msg);
+    free(c->d_hold);
+    c->d_hold = NULL;
+    c->d_hold_len = c->d_scan = 0;
+    if (rc < 0) {
+        session_close(s, why ? why : "switch failed");
+        return -1;
+    }
+    c->switched = true;
+    c->d_ready = false;
+    c->mig_switch_ready = false;
+    log_debug("%s %s:%u switched to the destination", s->sid, wire_channel_name(c->type), c->id);
+    /* All switched? */
+    struct chan *o;
+    TAILQ_FOREACH(o, &s->chans, link)
+        if (!o->switched && o->state == CH_RELAY)
+            return 0;
+    handover_event(s, MIG_EV_ALL_SWITCHED);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ prepare, teardown */
+
+int session_prepare(struct session_worker *w, const char *instance, const char *host,
+                    uint16_t port, const char *password, session_prepare_cb cb, void *arg)
+{
+    int n = 0;
+    struct session *s, *next;
+    for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, link);
+        if (s->id == 0 || s->closing || strcmp(s->rec.instance, instance) != 0)
+            continue;
+        struct session_mig *m = &s->mig;
+        if (m->state == MIG_CONNECTED || m->state == MIG_SWITCHING) {
+            cb(arg, false, "a migration is already under way");
+            n++;
+            continue;
+        }
+        notify(s, false, "superseded by a new prepare");
+        snprintf(m->dest.host, sizeof(m->dest.host), "%s", host);
+        m->dest.port = port;
+        snprintf(m->dest.password, sizeof(m->dest.password), "%s",
+                 password != NULL ? password : s->rec.password);
+        m->prepared = true;
+        m->announced = false;
+        m->notify = cb;
+        m->notify_arg = arg;
+        n++;
+        log_info("%s migration: preparing destination %s:%u", s->sid, host, port);
+        handover_event(s, MIG_EV_PREPARE);
+    }
+    return n;
+}
+
+void handover_chan_free(struct chan *c)
+{
+    drop_dest_leg(c);
+    if (c->src_fd >= 0) {
+        close(c->src_fd);
+        c->src_fd = -1;
+    }
+    free(c->mig_data);
+    c->mig_data = NULL;
+}
+
+void handover_session_free(struct session *s)
+{
+    notify(s, false, "session closed");
+    if (s->mig.timer != NULL) {
+        event_free(s->mig.timer);
+        s->mig.timer = NULL;
+    }
+    OPENSSL_cleanse(&s->mig.dest, sizeof(s->mig.dest));
+}
