@@ -1,0 +1,1007 @@
+#!/usr/bin/python3
+"""Integration-test harness: real QEMU + real spice-gtk around spice-broker.
+
+Library only (stdlib; spice_client.py, run as a subprocess, is the gi part).
+
+  free_port()                         a free TCP port on 127.0.0.1
+  Env(args)                           one test run: temp dir, binaries, every
+                                      process started, cleanup
+  Qemu(env, ...)                      QEMU with SPICE on 127.0.0.1:<free port>,
+                                      QMP, the test guest, every SPICE channel
+  QMP(path)                           small QMP client
+  Broker(env, ...)                    spice-broker + spice-brokerctl wrapper
+  SpiceClient(env, host, port, ...)   headless spice-gtk client (subprocess)
+  raw SPICE link helpers              link_header(), link_mess(), LinkConn,
+                                      rsa_oaep_encrypt() (ticket, stdlib only)
+  run(test_fn, ...)                   standard main(): --build-dir, --direct,
+                                      --keep; exit 0 pass / 1 fail / 77 skip
+
+Every wait is bounded, every process is killed by PID at the end, everything
+listens on 127.0.0.1 only and all state lives in one tempfile.mkdtemp() dir.
+"""
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC_ROOT = os.path.dirname(os.path.dirname(HERE))
+GI_PYTHON = "/usr/bin/python3"
+QEMU_BIN = os.environ.get("QEMU", "qemu-system-x86_64")
+SKIP = 77
+
+# SPICE constants (spice-protocol enums.h)
+SPICE_MAGIC = b"REDQ"
+LINK_ERR = {0: "OK", 1: "ERROR", 2: "INVALID_MAGIC", 3: "INVALID_DATA",
+            4: "VERSION_MISMATCH", 5: "NEED_SECURED", 6: "NEED_UNSECURED",
+            7: "PERMISSION_DENIED", 8: "BAD_CONNECTION_ID",
+            9: "CHANNEL_NOT_AVAILABLE"}
+ERR_OK, ERR_PERMISSION_DENIED, ERR_BAD_CONNECTION_ID = 0, 7, 8
+CH_MAIN, CH_DISPLAY, CH_INPUTS = 1, 2, 3
+CAP_AUTH_SELECTION, CAP_AUTH_SPICE, CAP_AUTH_SASL, CAP_MINI_HEADER = 0, 1, 2, 3
+
+
+class TestFailure(Exception):
+    pass
+
+
+class TestSkip(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def log(msg):
+    print("[%7.2f] %s" % (time.monotonic() - _T0, msg), flush=True)
+
+
+_T0 = time.monotonic()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def wait_until(pred, timeout, interval=0.05, what="condition"):
+    """Poll pred() until truthy (returned) or timeout (TestFailure)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TestFailure("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def port_accepts(port, host="127.0.0.1", timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+# --------------------------------------------------------------------- Env
+class Env:
+    """One test run: temp dir, resolved binaries, processes to clean up."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="sb-it-")
+        self.procs = []            # (name, Popen) started by this run
+        self.build_dir = os.path.abspath(args.build_dir) if args.build_dir else None
+        self.direct = args.direct
+        self.broker_exe = self._resolve("SPICE_BROKER", "broker/spice-broker")
+        self.brokerctl_exe = self._resolve("SPICE_BROKERCTL", "broker/spice-brokerctl")
+        self._guest = None
+
+    def _resolve(self, var, rel):
+        v = os.environ.get(var)
+        if v:
+            return v
+        if self.build_dir:
+            return os.path.join(self.build_dir, rel)
+        return None
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def require_broker(self):
+        """Skip (77) unless the broker binaries exist (or --direct)."""
+        if self.direct:
+            return
+        for var, exe in (("SPICE_BROKER", self.broker_exe),
+                         ("SPICE_BROKERCTL", self.brokerctl_exe)):
+            if not exe or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+                raise TestSkip("%s not built (%s=%r)" % (os.path.basename(exe or var),
+                                                         var, exe))
+
+    def guest_img(self):
+        """GUEST_IMG, else BUILD/tests/guest/guest.img, else assemble it here."""
+        if self._guest:
+            return self._guest
+        cands = [os.environ.get("GUEST_IMG")]
+        if self.build_dir:
+            cands.append(os.path.join(self.build_dir, "tests", "guest", "guest.img"))
+        for c in cands:
+            if c and os.path.isfile(c):
+                self._guest = c
+                return c
+        nasm = shutil.which("nasm")
+        if not nasm:
+            raise TestSkip("no guest image and no nasm to build one")
+        out = self.path("guest.img")
+        subprocess.run([nasm, "-f", "bin", "-o", out,
+                        os.path.join(SRC_ROOT, "tests", "guest", "guest.asm")],
+                       check=True, timeout=30)
+        self._guest = out
+        return out
+
+    def spawn(self, name, argv, log_path, **kw):
+        logf = open(log_path, "wb")
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_die_with_parent, **kw)
+        finally:
+            logf.close()
+        self.procs.append((name, p))
+        return p
+
+    def cleanup(self, keep=False):
+        for name, p in reversed(self.procs):
+            kill_proc(p, term_wait=2.0)
+        if keep:
+            print("kept test dir: %s" % self.dir, flush=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # in the child, before exec: SIGKILL it if the test process dies, so that
+    # not even a SIGKILLed test leaves QEMUs or brokers behind
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_proc(p, term_wait=5.0):
+    """SIGTERM, then SIGKILL after term_wait seconds; reaps. Returns rc."""
+    if p.poll() is not None:
+        return p.returncode
+    try:
+        p.send_signal(signal.SIGTERM)
+        return p.wait(timeout=term_wait)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        pass
+    try:
+        p.kill()
+    except ProcessLookupError:
+        pass
+    try:
+        return p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def tail(path, n=40):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+    except OSError as e:
+        return "(%s)" % e
+
+
+# --------------------------------------------------------------------- QMP
+class QMPError(Exception):
+    pass
+
+
+class QMP:
+    """Minimal QMP client over a unix socket; every read bounded by timeout."""
+
+    def __init__(self, path, timeout=5.0):
+        self.timeout = timeout
+        self.events = []
+        self._buf = b""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        greeting = self._read()
+        if "QMP" not in greeting:
+            raise QMPError("bad QMP greeting %r" % greeting)
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._buf:
+            if time.monotonic() > deadline:
+                raise QMPError("QMP read timeout")
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise QMPError("QMP read timeout")
+            if not chunk:
+                raise QMPError("QMP socket closed")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            r = self._read()
+            if "event" in r:
+                self.events.append(r)
+            elif "error" in r:
+                raise QMPError("%s: %s" % (name, r["error"]))
+            elif "return" in r:
+                return r["return"]
+        raise QMPError("no reply to %s" % name)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------- QEMU
+# Devices that make QEMU 7.2 (Debian 12) offer every SPICE channel that
+# spice-gtk 0.42 opens: main, display, cursor, inputs (always), playback and
+# record (spice audiodev + HDA duplex codec), usbredir, port, webdav,
+# smartcard (usb-ccid + ccid-card-passthru; the client needs
+# enable-smartcard). The vdagent port rides on the main channel (no channel
+# of its own; with no agent in the guest it stays disconnected). usb-tablet is
+# accepted but stays inactive without a guest USB driver: the guest enables
+# QEMU's vmmouse instead, which is what makes CLIENT mouse mode available.
+ALL_DEVICES = [
+    "-audiodev", "spice,id=snd0",
+    "-device", "ich9-intel-hda", "-device", "hda-duplex,audiodev=snd0",
+    "-device", "qemu-xhci",
+    "-chardev", "spicevmc,name=usbredir,id=usbredir0",
+    "-device", "usb-redir,chardev=usbredir0",
+    "-device", "virtio-serial-pci",
+    "-chardev", "spiceport,name=org.spice.broker.test,id=port0",
+    "-device", "virtserialport,chardev=port0,name=org.spice.broker.test",
+    "-chardev", "spiceport,name=org.spice-space.webdav.0,id=webdav0",
+    "-device", "virtserialport,chardev=webdav0,name=org.spice-space.webdav.0",
+    "-device", "usb-ccid",
+    "-chardev", "spicevmc,id=ccid,name=smartcard",
+    "-device", "ccid-card-passthru,chardev=ccid",
+    "-device", "usb-tablet",
+    "-chardev", "spicevmc,name=vdagent,id=vdagent",
+    "-device", "virtserialport,chardev=vdagent,name=com.redhat.spice.0",
+]
+# what spice-gtk opens against a QEMU started with ALL_DEVICES (checked)
+ALL_CHANNELS = ["cursor#0", "display#0", "inputs#0", "main#0", "playback#0",
+                "port#0", "record#0", "smartcard#0", "usbredir#0", "webdav#0"]
+BASIC_CHANNELS = ["cursor#0", "display#0", "inputs#0", "main#0"]
+
+
+class Qemu:
+    """QEMU (TCG, 64 MB, QXL) running the test guest with SPICE on 127.0.0.1."""
+
+    def __init__(self, env, name="qemu", password=None, all_devices=True,
+                 spice_port=None, extra=None):
+        self.env, self.name = env, name
+        self.password = password
+        self.all_devices = all_devices
+        self.spice_port = spice_port or free_port()
+        self.extra = extra or []
+        self.qmp_path = env.path(name + ".qmp")
+        self.serial_path = env.path(name + ".serial")
+        self.log_path = env.path(name + ".log")
+        self.proc = None
+        self._qmp = None
+
+    def argv(self):
+        spice = "port=%d,addr=127.0.0.1,seamless-migration=on" % self.spice_port
+        a = [QEMU_BIN, "-machine", "pc,accel=tcg", "-m", "64", "-nodefaults",
+             "-vga", "qxl", "-display", "none", "-name", "sb-it-" + self.name,
+             "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+             "-drive", "file=%s,format=raw,if=floppy,readonly=on" % self.env.guest_img(),
+             "-serial", "file:%s" % self.serial_path]
+        if self.password is not None:
+            a += ["-object", "secret,id=spicepw,data=%s" % self.password]
+            spice += ",password-secret=spicepw"
+        else:
+            spice += ",disable-ticketing=on"
+        a += ["-spice", spice]
+        if self.all_devices:
+            a += ALL_DEVICES
+        return a + self.extra
+
+    def start(self, timeout=20.0):
+        self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise TestFailure("%s exited rc=%s:\n%s" % (self.name, self.proc.returncode,
+                                                            tail(self.log_path)))
+            if os.path.exists(self.qmp_path):
+                try:
+                    self._qmp = QMP(self.qmp_path)
+                    break
+                except (OSError, QMPError):
+                    pass
+            if time.monotonic() > deadline:
+                raise TestFailure("%s: QMP not up in %.0f s:\n%s" % (
+                    self.name, timeout, tail(self.log_path)))
+            time.sleep(0.05)
+        wait_until(lambda: "GUEST READY" in self.serial_text(),
+                   max(1.0, deadline - time.monotonic()), what="%s guest boot" % self.name)
+        wait_until(lambda: port_accepts(self.spice_port),
+                   max(1.0, deadline - time.monotonic()), what="%s SPICE port" % self.name)
+        log("%s up: pid %d, SPICE 127.0.0.1:%d%s" % (
+            self.name, self.proc.pid, self.spice_port,
+            " (password)" if self.password is not None else ""))
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def qmp(self, name, **args):
+        if self._qmp is None:
+            self._qmp = QMP(self.qmp_path)
+        return self._qmp.cmd(name, **args)
+
+    def query_spice(self):
+        return self.qmp("query-spice")
+
+    def send_keys(self, qcodes):
+        """QMP send-key: press all qcodes together, then release them."""
+        return self.qmp("send-key", keys=[{"type": "qcode", "data": k} for k in qcodes])
+
+    def serial_text(self):
+        try:
+            with open(self.serial_path, "rb") as f:
+                return f.read().decode("ascii", errors="replace")
+        except OSError:
+            return ""
+
+    def serial_bytes(self):
+        """Scancode bytes the guest echoed after its READY line."""
+        txt = self.serial_text()
+        i = txt.find("GUEST READY\r\n")
+        if i < 0:
+            return []
+        return [int(x, 16) for x in txt[i + len("GUEST READY\r\n"):].split()]
+
+    def kill(self):
+        """SIGKILL now (chaos)."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._close_qmp()
+
+    def _close_qmp(self):
+        if self._qmp:
+            self._qmp.close()
+            self._qmp = None
+
+    def stop(self):
+        """QMP quit, then SIGTERM/SIGKILL; bounded."""
+        if not self.alive():
+            return
+        try:
+            self.qmp("quit")
+            self.proc.wait(timeout=3)
+        except (OSError, QMPError, subprocess.TimeoutExpired):
+            pass
+        self._close_qmp()
+        kill_proc(self.proc, term_wait=3)
+
+
+# --------------------------------------------------------------------- broker
+class Broker:
+    """spice-broker on 127.0.0.1:<free port>, admin socket, embedded store."""
+
+    def __init__(self, env, name="broker", workers=2, token_file=None,
+                 link_timeout=None, backend_timeout=None, extra=None):
+        self.env, self.name = env, name
+        self.exe, self.ctl_exe = env.broker_exe, env.brokerctl_exe
+        self.port = free_port()
+        self.dir = env.path(name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.admin = os.path.join(self.dir, "admin.sock")
+        self.store = os.path.join(self.dir, "store")
+        self.log_path = os.path.join(self.dir, "broker.log")
+        self.workers = workers
+        self.token_file = token_file
+        self.link_timeout = link_timeout
+        self.backend_timeout = backend_timeout
+        self.extra = extra or []
+        self.proc = None
+
+    def argv(self):
+        a = [self.exe, "--listen", "127.0.0.1:%d" % self.port,
+             "--admin", "unix:" + self.admin, "--store", "embedded:" + self.store,
+             "--workers", str(self.workers), "--log-level", "debug"]
+        if self.token_file:
+            a += ["--token-file", self.token_file]
+        if self.link_timeout is not None:
+            a += ["--link-timeout", str(self.link_timeout)]
+        if self.backend_timeout is not None:
+            a += ["--backend-timeout", str(self.backend_timeout)]
+        return a + self.extra
+
+    def start(self, timeout=10.0):
+        self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise TestFailure("broker exited rc=%s at startup; argv=%s; log:\n%s" % (
+                    self.proc.returncode, " ".join(self.argv()), tail(self.log_path)))
+            if os.path.exists(self.admin) and port_accepts(self.port):
+                break
+            if time.monotonic() > deadline:
+                raise TestFailure("broker not listening on 127.0.0.1:%d with admin %s "
+                                  "after %.0f s; log:\n%s" % (self.port, self.admin,
+                                                              timeout, tail(self.log_path)))
+            time.sleep(0.05)
+        log("broker up: pid %d, listen 127.0.0.1:%d" % (self.proc.pid, self.port))
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self, when=""):
+        check(self.alive(), "broker died%s (rc=%s); log tail:\n%s" % (
+            " " + when if when else "", self.proc.returncode if self.proc else None,
+            tail(self.log_path)))
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        """SIGTERM, SIGKILL after 5 s. Returns the exit status."""
+        if self.proc is None:
+            return None
+        return kill_proc(self.proc, term_wait=5.0)
+
+    # ---- spice-brokerctl
+    def ctl(self, *args, check_rc=True, timeout=10):
+        argv = [self.ctl_exe, "--admin", "unix:" + self.admin] + [str(a) for a in args]
+        try:
+            r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TestFailure("brokerctl timed out after %d s: %s" % (timeout, " ".join(argv)))
+        out = r.stdout.decode(errors="replace")
+        err = r.stderr.decode(errors="replace")
+        if check_rc and r.returncode != 0:
+            raise TestFailure("brokerctl %s -> rc %d\nstdout: %s\nstderr: %s" % (
+                " ".join(str(a) for a in args), r.returncode, out, err))
+        return r.returncode, out, err
+
+    def token_add(self, token, host, port, password=None, ttl=None, instance=None):
+        a = ["token", "add", token, "--host", host, "--port", port]
+        if password is not None:
+            a += ["--password", password]
+        if ttl is not None:
+            a += ["--ttl", ttl]
+        if instance is not None:
+            a += ["--instance", instance]
+        return self.ctl(*a)
+
+    def token_revoke(self, token):
+        return self.ctl("token", "revoke", token)
+
+    def sessions(self):
+        rc, out, err = self.ctl("session", "list", "--json")
+        try:
+            v = json.loads(out)
+        except ValueError as e:
+            raise TestFailure("session list --json: not JSON (%s): %r" % (e, out[:500]))
+        check(isinstance(v, list), "session list --json: not a JSON array: %r" % out[:500])
+        return v
+
+    def session_kill(self, sid):
+        return self.ctl("session", "kill", sid)
+
+
+# --------------------------------------------------------------------- client
+class SpiceClient:
+    """tests/integration/spice_client.py as a subprocess (real spice-gtk)."""
+
+    _n = 0
+
+    def __init__(self, env, host, port, password=None, seconds=10.0, name=None,
+                 smartcard=True, mouse_requests=(), keys=None, keys_start=0.5,
+                 key_interval=0.05, exit_when_ready=False, stay=False,
+                 inval_timestamps=False):
+        SpiceClient._n += 1
+        self.env = env
+        self.name = name or "client%d" % SpiceClient._n
+        self.host, self.port, self.password = host, port, password
+        self.seconds = seconds
+        self.events_path = env.path(self.name + ".events")
+        self.ready_path = env.path(self.name + ".ready")
+        self.out_path = env.path(self.name + ".json")
+        self.err_path = env.path(self.name + ".stderr")
+        a = [GI_PYTHON, os.path.join(HERE, "spice_client.py"), host, str(port),
+             "--seconds", str(seconds), "--events-file", self.events_path,
+             "--ready-file", self.ready_path]
+        if password is not None:
+            a += ["--password", password]
+        if smartcard:
+            a.append("--smartcard")
+        for t, mode in mouse_requests:
+            a += ["--mouse-request", "%g:%s" % (t, mode)]
+        if keys:
+            a += ["--keys", ",".join("%x" % k for k in keys),
+                  "--keys-start", str(keys_start), "--key-interval", str(key_interval)]
+        if exit_when_ready:
+            a.append("--exit-when-ready")
+        if stay:
+            a.append("--stay")
+        if inval_timestamps:
+            a.append("--inval-timestamps")
+        self.argv = a
+        self.proc = None
+        self.result = None
+        self.t_start = None
+
+    def start(self):
+        self.t_start = time.monotonic()
+        out = open(self.out_path, "wb")
+        err = open(self.err_path, "wb")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=err, start_new_session=True,
+                                         preexec_fn=_die_with_parent,
+                                         env=dict(os.environ, GDK_BACKEND="none"))
+        finally:
+            out.close()
+            err.close()
+        self.env.procs.append((self.name, self.proc))
+        return self
+
+    def events(self):
+        try:
+            with open(self.events_path) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except OSError:
+            return []
+
+    def wait_ready(self, timeout=15.0):
+        """Wait until every announced channel opened; returns channel list."""
+        def ready():
+            if os.path.exists(self.ready_path):
+                with open(self.ready_path) as f:
+                    return json.load(f)
+            if self.proc.poll() is not None:
+                raise TestFailure("%s exited before all channels opened:\n%s" % (
+                    self.name, self.describe()))
+            return None
+        try:
+            return wait_until(ready, timeout, what="%s: all channels opened" % self.name)
+        except TestFailure as e:
+            raise TestFailure("%s\n%s" % (e, self.describe()))
+
+    def wait_event(self, pred, timeout, what="client event"):
+        def find():
+            for e in self.events():
+                if pred(e):
+                    return e
+            return None
+        return wait_until(find, timeout, what=what)
+
+    def finish(self, timeout=None):
+        """Wait for exit (bounded), parse and return the JSON summary."""
+        if timeout is None:
+            timeout = self.seconds + 20
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_proc(self.proc, term_wait=3)
+            raise TestFailure("%s did not exit within %.0f s\n%s" % (
+                self.name, timeout, self.describe()))
+        with open(self.out_path, "rb") as f:
+            raw = f.read().decode(errors="replace")
+        try:
+            self.result = json.loads(raw)
+        except ValueError:
+            raise TestFailure("%s: no JSON summary (rc=%s): %r\nstderr:\n%s" % (
+                self.name, self.proc.returncode, raw[-500:], tail(self.err_path, 20)))
+        return self.result
+
+    def stop(self):
+        """SIGTERM (the client quits cleanly and prints its summary)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.finish(timeout=10)
+
+    def run(self):
+        self.start()
+        return self.finish()
+
+    def describe(self):
+        evs = [e for e in self.events() if e["ev"] not in ("display-primary-create",)]
+        return "%s events (%d):\n  %s\nstderr tail:\n%s" % (
+            self.name, len(evs), "\n  ".join(json.dumps(e) for e in evs[-30:]),
+            tail(self.err_path, 10))
+
+
+# --------------------------------------------------------------------- raw link
+def caps_words(bits):
+    if not bits:
+        return []
+    words = [0] * (max(bits) // 32 + 1)
+    for b in bits:
+        words[b // 32] |= 1 << (b % 32)
+    return words
+
+
+def link_header(size, magic=SPICE_MAGIC, major=2, minor=2):
+    return magic + struct.pack("<III", major, minor, size)
+
+
+def link_mess(connection_id=0, channel_type=CH_MAIN, channel_id=0,
+              common_caps=(CAP_AUTH_SELECTION, CAP_AUTH_SPICE, CAP_MINI_HEADER),
+              channel_caps=(), num_common=None, num_channel=None, caps_offset=18):
+    """SpiceLinkMess + caps (no header). num_* override the counts (lies)."""
+    cw, chw = caps_words(list(common_caps)), caps_words(list(channel_caps))
+    body = struct.pack("<IBBIII", connection_id, channel_type, channel_id,
+                       len(cw) if num_common is None else num_common,
+                       len(chw) if num_channel is None else num_channel, caps_offset)
+    return body + b"".join(struct.pack("<I", w) for w in cw + chw)
+
+
+def link_packet(**kw):
+    m = link_mess(**kw)
+    return link_header(len(m)) + m
+
+
+class LinkReply:
+    def __init__(self, raw_header, body):
+        self.magic = raw_header[:4]
+        self.major, self.minor, self.size = struct.unpack("<III", raw_header[4:16])
+        self.body = body
+        self.error = struct.unpack("<I", body[:4])[0] if len(body) >= 4 else None
+        self.pub_key = body[4:166] if len(body) >= 166 else b""
+        if len(body) >= 178:
+            nc, nch, off = struct.unpack("<III", body[166:178])
+            words = [struct.unpack("<I", body[off + 4 * i:off + 4 * i + 4])[0]
+                     for i in range(nc + nch) if off + 4 * i + 4 <= len(body)]
+            self.common_caps, self.channel_caps = words[:nc], words[nc:]
+        else:
+            self.common_caps, self.channel_caps = [], []
+
+    def has_common_cap(self, n):
+        w = n // 32
+        return w < len(self.common_caps) and bool(self.common_caps[w] & (1 << (n % 32)))
+
+    def __repr__(self):
+        return "LinkReply(error=%s %s, size=%d, common=%s, channel=%s)" % (
+            self.error, LINK_ERR.get(self.error, "?"), self.size,
+            ["%#x" % w for w in self.common_caps], ["%#x" % w for w in self.channel_caps])
+
+
+class LinkConn:
+    """A raw TCP connection speaking the SPICE link handshake by hand."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=5.0):
+        self.t0 = time.monotonic()
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def recv_exact(self, n, timeout=5.0):
+        """n bytes, or fewer if the peer closed; TestFailure on timeout."""
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TestFailure("timed out after %.1f s waiting for %d bytes (got %d: %r)" % (
+                    timeout, n, len(buf), buf[:64]))
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    def read_reply(self, timeout=5.0):
+        """Header + SpiceLinkReply; None if the peer closed first."""
+        h = self.recv_exact(16, timeout)
+        if len(h) < 16:
+            return None if not h else LinkReply(h + b"\0" * (16 - len(h)), b"")
+        size = struct.unpack("<I", h[12:16])[0]
+        if size > 65536:
+            raise TestFailure("link reply claims size %d: %r" % (size, h))
+        body = self.recv_exact(size, timeout)
+        return LinkReply(h, body)
+
+    def send_ticket(self, reply, password, auth_mechanism=True):
+        """Auth mechanism (SPICE ticket) if both sides have AUTH_SELECTION,
+        then the RSA-OAEP encrypted password (with its NUL)."""
+        if auth_mechanism and reply.has_common_cap(CAP_AUTH_SELECTION):
+            self.send(struct.pack("<I", CAP_AUTH_SPICE))
+        self.send(rsa_oaep_encrypt(reply.pub_key, password.encode() + b"\0"))
+
+    def read_result(self, timeout=5.0):
+        """The u32 link result; None if the peer closed first."""
+        b = self.recv_exact(4, timeout)
+        return struct.unpack("<I", b)[0] if len(b) == 4 else None
+
+    def wait_closed(self, timeout):
+        """Read (and collect) until EOF; returns (closed?, seconds, data)."""
+        data = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, time.monotonic() - self.t0, data
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return True, time.monotonic() - self.t0, data
+            if not chunk:
+                return True, time.monotonic() - self.t0, data
+            data += chunk
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---- RSA-OAEP (SHA-1, MGF1-SHA1, empty label) with the stdlib, as spice-gtk
+def _der(buf, i):
+    tag = buf[i]
+    ln = buf[i + 1]
+    i += 2
+    if ln & 0x80:
+        n = ln & 0x7F
+        ln = int.from_bytes(buf[i:i + n], "big")
+        i += n
+    return tag, buf[i:i + ln], i + ln
+
+
+def rsa_pubkey_from_spki(der):
+    """(n, e) from a DER SubjectPublicKeyInfo (what SpiceLinkReply.pub_key holds)."""
+    tag, spki, _ = _der(der, 0)
+    check(tag == 0x30, "pub_key is not a DER SEQUENCE: %r" % der[:8])
+    _, _, i = _der(spki, 0)                 # AlgorithmIdentifier
+    tag, bits, _ = _der(spki, i)            # BIT STRING
+    check(tag == 0x03, "pub_key: no BIT STRING")
+    tag, seq, _ = _der(bits[1:], 0)         # skip unused-bits byte
+    _, n, j = _der(seq, 0)
+    _, e, _ = _der(seq, j)
+    return int.from_bytes(n, "big"), int.from_bytes(e, "big")
+
+
+def _mgf1(seed, length):
+    out = b""
+    c = 0
+    while len(out) < length:
+        out += hashlib.sha1(seed + struct.pack(">I", c)).digest()
+        c += 1
+    return out[:length]
+
+
+def rsa_oaep_encrypt(pub_key_der, msg, rng=None):
+    n, e = rsa_pubkey_from_spki(pub_key_der)
+    k = (n.bit_length() + 7) // 8
+    hlen = 20
+    check(len(msg) <= k - 2 * hlen - 2, "message too long for OAEP")
+    rng = rng or random.SystemRandom()
+    db = hashlib.sha1(b"").digest() + b"\0" * (k - len(msg) - 2 * hlen - 2) + b"\x01" + msg
+    seed = bytes(rng.getrandbits(8) for _ in range(hlen))
+    masked_db = bytes(a ^ b for a, b in zip(db, _mgf1(seed, k - hlen - 1)))
+    masked_seed = bytes(a ^ b for a, b in zip(seed, _mgf1(masked_db, hlen)))
+    em = b"\0" + masked_seed + masked_db
+    return pow(int.from_bytes(em, "big"), e, n).to_bytes(k, "big")
+
+
+def raw_login(port, password, channel_type=CH_MAIN, connection_id=0, timeout=5.0):
+    """Full raw link + ticket; returns (reply, result, conn). conn left open."""
+    c = LinkConn(port, timeout=timeout)
+    c.send(link_packet(connection_id=connection_id, channel_type=channel_type))
+    reply = c.read_reply(timeout)
+    if reply is None or reply.error != ERR_OK:
+        return reply, None, c
+    c.send_ticket(reply, password)
+    return reply, c.read_result(timeout), c
+
+
+# --------------------------------------------------------------------- main
+def token(tag):
+    """A distinctive random token (easy to grep for in logs)."""
+    return "tk%s%s" % (tag, "".join(random.choice("0123456789abcdef") for _ in range(20)))
+
+
+class Target:
+    """Where a client connects: the broker (token as password) or, with
+    --direct, the QEMU itself (its own password): lets the same test body
+    validate the QEMU/spice-gtk side before the broker exists."""
+
+    def __init__(self, env, broker, qemu, tok=None):
+        self.env, self.broker, self.qemu, self.token = env, broker, qemu, tok
+        if env.direct:
+            self.host, self.port, self.password = "127.0.0.1", qemu.spice_port, qemu.password
+        else:
+            self.host, self.port, self.password = "127.0.0.1", broker.port, tok
+
+    def client(self, **kw):
+        return SpiceClient(self.env, self.host, self.port, self.password, **kw)
+
+
+def good_session(env, host, port, password, expect=None, timeout=15.0, what=""):
+    """A well-behaved spice-gtk session: every announced channel opens (and,
+    if given, exactly the channel set `expect`); then it disconnects."""
+    c = SpiceClient(env, host, port, password, seconds=timeout, exit_when_ready=True)
+    r = c.run()
+    check(r["main_opened"], "good session%s: main channel never opened; errors=%s\n%s" % (
+        " " + what if what else "", r["errors"], c.describe()))
+    not_open = sorted(set(r["channels"]) - set(r["opened"]))
+    check(not not_open, "good session%s: channels never opened: %s\n%s" % (
+        " " + what if what else "", not_open, c.describe()))
+    if expect is not None:
+        check(sorted(r["opened"]) == sorted(expect),
+              "good session%s: opened %s, expected %s" % (
+                  " " + what if what else "", r["opened"], sorted(expect)))
+    return r
+
+
+def run(test_fn, description, needs_broker=True):
+    """Standard test main. test_fn(env) raises TestFailure / TestSkip."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--build-dir", default=os.environ.get("MESON_BUILD_ROOT"),
+                    help="meson build dir (finds broker/spice-broker, tests/guest/guest.img)")
+    ap.add_argument("--direct", action="store_true",
+                    help="no broker: run the QEMU/spice-gtk side of the test directly")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args()
+
+    def on_term(signum, frame):
+        raise TestFailure("terminated by signal %d (test timeout?)" % signum)
+    signal.signal(signal.SIGTERM, on_term)
+    env = Env(args)
+    name = os.path.basename(sys.argv[0])
+    rc = 1
+    try:
+        if needs_broker:
+            env.require_broker()
+        if shutil.which(QEMU_BIN) is None:
+            raise TestSkip("%s not installed" % QEMU_BIN)
+        if not os.path.exists(GI_PYTHON):
+            raise TestSkip("%s missing" % GI_PYTHON)
+        test_fn(env)
+        print("PASS %s%s" % (name, " (direct)" if env.direct else ""), flush=True)
+        rc = 0
+    except TestSkip as e:
+        print("SKIP %s: %s" % (name, e), flush=True)
+        rc = SKIP
+    except TestFailure as e:
+        print("FAIL %s: %s" % (name, e), flush=True)
+        _dump_broker_logs(env)
+        rc = 1
+    except Exception:
+        print("FAIL %s: unexpected error:\n%s" % (name, traceback.format_exc()), flush=True)
+        _dump_broker_logs(env)
+        rc = 1
+    finally:
+        env.cleanup(keep=args.keep)
+    return rc
+
+
+def _dump_broker_logs(env):
+    for name, p in env.procs:
+        if name.startswith("broker"):
+            path = env.path(name, "broker.log")
+            print("---- %s log tail (%s, rc=%s) ----\n%s" % (
+                name, path, p.poll(), tail(path, 60)), flush=True)
+
+
+def run_cases(env, broker, cases, good, width=38):
+    """Run (name, fn) cases; after each: the broker must still be alive and
+    good(name) (a well-behaved session) must work. Failures are collected so
+    one run reports every broken case; stops early only if the broker died.
+    Returns the list of failure strings."""
+    failures = []
+
+    def died():
+        # a crash may close our sockets a moment before the process is reaped
+        if broker is None:
+            return False
+        try:
+            wait_until(lambda: not broker.alive(), 0.3, interval=0.05)
+        except TestFailure:
+            return False
+        return True
+
+    for name, fn in cases:
+        try:
+            res = fn()
+            log("ok   %-*s %s" % (width, name, res or ""))
+        except TestFailure as e:
+            log("FAIL %-*s %s" % (width, name, e))
+            failures.append("%s: %s" % (name, e))
+        if died():
+            failures.append("broker died (rc=%s) during/after case %r" % (
+                broker.proc.returncode, name))
+            break
+        try:
+            good(name)
+        except TestFailure as e:
+            if died():
+                failures.append("broker died (rc=%s) after case %r" % (
+                    broker.proc.returncode, name))
+                break
+            failures.append("a good session after case %r failed: %s" % (name, e))
+    return failures
+
+
+def check_not_logged(broker, secrets, what):
+    """Failure strings for every secret found in the broker log."""
+    out = []
+    text = broker.log_text()
+    for s in secrets:
+        line = next((ln for ln in text.splitlines() if s in ln), None)
+        if line is not None:
+            out.append("%s %r appears in the broker log: %s" % (what, s, line.strip()))
+    return out

@@ -1,0 +1,383 @@
+#!/usr/bin/python3
+# Must run under Debian's /usr/bin/python3 (python3-gi); stdlib + gi only.
+"""Headless spice-gtk client for the integration tests.
+
+    spice_client.py HOST PORT [--password PW] [--seconds N] [--smartcard]
+        [--mouse-request T:MODE ...]   MODE = server|client; T = seconds after the
+                                       main channel opened
+        [--keys HEX,HEX,...]           scancodes (set 1; 0x1xx = E0-prefixed) to
+                                       press+release through the inputs channel
+        [--keys-start T]               seconds after the inputs channel opened (0.5)
+        [--key-interval S]             seconds between two key events (0.05)
+        [--events-file F]              every event as a JSON line, as it happens
+        [--ready-file F]               created once every channel the server
+                                       announced has opened
+        [--exit-when-ready]            quit 0.2 s after that
+        [--stay]                       do not exit early when every channel has
+                                       closed/failed (default: exit 0.3 s later)
+        [--no-events]
+
+Connects the session, then every channel the server announces (the probe calls
+channel.connect() from channel-new, like a real viewer). Runs until --seconds
+elapse, SIGTERM/SIGINT, or (unless --stay) every channel is closed/failed.
+Prints ONE JSON object on stdout:
+
+  {"spice_gtk", "host", "port", "duration", "main_opened", "exit_reason",
+   "channels": {"main#0": {"type","id","opened_t","peer","local",
+                           "events":[[t,ev],..],
+                           "closed_t"}, ...},
+   "opened": ["cursor#0", ...], "errors": [[t,"main#0","error_auth"], ...],
+   "first_terminal_t": t of the first closed/error event or null,
+   "counts": {...}, "invalidate": {"count","first_t","last_t","max_gap",
+   "max_gap_at", "rate_hz"},
+   "mouse": {"requests": [[t,mode]], "updates": [[t,mode]]},
+   "keys": {"sent": [[t,scancode,"press"|"release"]], "dropped": n},
+   "events": [...]}
+
+t = seconds since start (monotonic). Exit 0 if the main channel opened, else 1.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import gi
+
+gi.require_version("SpiceClientGLib", "2.0")
+from gi.repository import GLib, GObject  # noqa: E402
+from gi.repository import SpiceClientGLib as Spice  # noqa: E402
+
+CHAN_NAMES = {1: "main", 2: "display", 3: "inputs", 4: "cursor", 5: "playback",
+              6: "record", 7: "tunnel", 8: "smartcard", 9: "usbredir", 10: "port",
+              11: "webdav"}
+CH_EVENTS = {int(getattr(Spice.ChannelEvent, n)): n.lower() for n in
+             ("NONE", "OPENED", "SWITCHING", "CLOSED", "ERROR_CONNECT", "ERROR_TLS",
+              "ERROR_LINK", "ERROR_AUTH", "ERROR_IO")}
+TERMINAL = {"closed", "error_connect", "error_tls", "error_link", "error_auth",
+            "error_io"}
+MOUSE_MODES = {"server": 1, "client": 2}
+MOUSE_NAMES = {1: "server", 2: "client"}
+MAX_INVAL = 200000
+
+
+def gconnect(obj, sig, cb, *extra):
+    # SpiceSession/SpiceChannel.connect() open connections and shadow
+    # GObject.connect(): call the GObject one explicitly.
+    return GObject.Object.connect(obj, sig, cb, *extra)
+
+
+def peer_of(ch, local=False):
+    try:
+        sock = ch.get_property("socket")
+        if sock is None:
+            return None
+        addr = sock.get_local_address() if local else sock.get_remote_address()
+        return "%s:%d" % (addr.get_address().to_string(), addr.get_port())
+    except Exception:
+        return None
+
+
+class Client:
+    def __init__(self, a):
+        self.a = a
+        self.t0 = time.monotonic()
+        self.events = []
+        self.chans = {}          # key "type#id" -> info dict
+        self.objs = {}           # id(obj) -> key
+        self.keep = {}           # key -> channel object: keeps the Python wrapper
+        #                          alive so id(obj) stays stable across signals
+        self.inval = []
+        self.counts = {"display-invalidate": 0, "display-primary-create": 0,
+                       "main-mouse-update": 0, "main-agent-update": 0,
+                       "channel-opened": 0, "disconnected": 0}
+        self.mouse_requests = []
+        self.mouse_updates = []
+        self.keys_sent = []
+        self.keys_dropped = 0
+        self.main = None
+        self.inputs = None
+        self.main_opened = False
+        self.exit_reason = None
+        self.first_terminal = None
+        self.ready_written = False
+        self.quitting = False
+        self.loop = GLib.MainLoop()
+        self.evf = open(a.events_file, "w") if a.events_file else None
+
+    def now(self):
+        return round(time.monotonic() - self.t0, 4)
+
+    def log(self, ev, **kw):
+        rec = {"t": self.now(), "ev": ev}
+        rec.update(kw)
+        self.events.append(rec)
+        if self.evf:
+            self.evf.write(json.dumps(rec) + "\n")
+            self.evf.flush()
+
+    def quit(self, reason, delay_ms=0):
+        if self.quitting:
+            return
+        self.quitting = True
+        self.exit_reason = reason
+        self.log("quit", reason=reason)
+        GLib.timeout_add(delay_ms, lambda: (self.loop.quit(), False)[1])
+
+    # ------------------------------------------------------------ session
+    def start(self):
+        s = Spice.Session()
+        s.set_property("host", self.a.host)
+        s.set_property("port", str(self.a.port))
+        if self.a.password is not None:
+            s.set_property("password", self.a.password)
+        s.set_property("enable-smartcard", bool(self.a.smartcard))
+        self.session = s
+        gconnect(s, "channel-new", self.on_channel_new)
+        gconnect(s, "channel-destroy", self.on_channel_destroy)
+        gconnect(s, "disconnected", self.on_disconnected)
+        ok = Spice.Session.connect(s)
+        self.log("session-connect", host=self.a.host, port=self.a.port, ok=bool(ok))
+        GLib.timeout_add(int(self.a.seconds * 1000), self.on_timeout)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, self.on_signal, sig)
+
+    def on_timeout(self):
+        self.quit("timeout")
+        return False
+
+    def on_signal(self, sig):
+        self.quit("signal")
+        return False
+
+    def on_disconnected(self, s):
+        self.counts["disconnected"] += 1
+        self.log("disconnected")
+
+    # ------------------------------------------------------------ channels
+    def on_channel_new(self, s, ch):
+        ctype = ch.get_property("channel-type")
+        cid = ch.get_property("channel-id")
+        name = CHAN_NAMES.get(ctype, str(ctype))
+        key = "%s#%d" % (name, cid)
+        self.log("channel-new", ch=key)
+        self.chans[key] = {"type": name, "id": cid, "opened_t": None, "peer": None,
+                           "local": None,
+                           "events": [], "closed_t": None, "state": "new"}
+        self.objs[id(ch)] = key
+        self.keep[key] = ch
+        gconnect(ch, "channel-event", self.on_channel_event)
+        if isinstance(ch, Spice.MainChannel):
+            self.main = ch
+            gconnect(ch, "main-mouse-update", self.on_mouse_update)
+            gconnect(ch, "main-agent-update", self.on_agent_update)
+        else:
+            if isinstance(ch, Spice.DisplayChannel):
+                gconnect(ch, "display-primary-create", self.on_primary_create)
+                gconnect(ch, "display-invalidate", self.on_invalidate)
+            elif isinstance(ch, Spice.InputsChannel):
+                self.inputs = ch
+            Spice.Channel.connect(ch)
+
+    def on_channel_destroy(self, s, ch):
+        key = self.objs.pop(id(ch), "?")
+        self.keep.pop(key, None)
+        self.log("channel-destroy", ch=key)
+        if key in self.chans:
+            self.chans[key]["destroyed"] = True
+            if self.chans[key]["state"] not in TERMINAL:
+                self.chans[key]["state"] = "closed"
+        self.check_all_closed()
+
+    def on_channel_event(self, ch, event):
+        key = self.objs.get(id(ch), "?")
+        ev = CH_EVENTS.get(int(event), str(int(event)))
+        peer = peer_of(ch)
+        t = self.now()
+        self.log("channel-event", ch=key, event=ev, peer=peer)
+        info = self.chans.get(key)
+        if info is None:
+            return
+        info["events"].append([t, ev])
+        info["state"] = ev
+        if ev == "opened":
+            self.counts["channel-opened"] += 1
+            info["opened_t"] = t
+            info["peer"] = peer
+            info["local"] = peer_of(ch, local=True)
+            if info["type"] == "main":
+                self.main_opened = True
+                for spec in self.a.mouse_request:
+                    when, mode = spec
+                    GLib.timeout_add(int(when * 1000), self.do_mouse_request, mode)
+            if info["type"] == "inputs" and self.a.keys:
+                GLib.timeout_add(int(self.a.keys_start * 1000), self.start_keys)
+            self.check_ready()
+        elif ev in TERMINAL:
+            if info["closed_t"] is None:
+                info["closed_t"] = t
+            if self.first_terminal is None:
+                self.first_terminal = t
+            self.check_all_closed()
+
+    def check_ready(self):
+        if self.ready_written or not self.main_opened:
+            return
+        # main opens before CHANNELS_LIST arrives: wait for other channels
+        if len(self.chans) > 1 and all(c["opened_t"] is not None
+                                       for c in self.chans.values()):
+            self.ready_written = True
+            if self.a.ready_file:
+                with open(self.a.ready_file + ".tmp", "w") as f:
+                    json.dump(sorted(self.chans), f)
+                os.rename(self.a.ready_file + ".tmp", self.a.ready_file)
+            self.log("ready", channels=sorted(self.chans))
+            if self.a.exit_when_ready:
+                self.quit("ready", 200)
+
+    def check_all_closed(self):
+        if self.a.stay or not self.chans:
+            return
+        if all(c["state"] in TERMINAL for c in self.chans.values()):
+            self.quit("all-channels-closed", 300)
+
+    # ------------------------------------------------------------ main
+    def on_mouse_update(self, ch):
+        self.counts["main-mouse-update"] += 1
+        mode = int(ch.get_property("mouse-mode"))
+        name = MOUSE_NAMES.get(mode, str(mode))
+        self.mouse_updates.append([self.now(), name])
+        self.log("main-mouse-update", mode=name)
+
+    def on_agent_update(self, ch):
+        self.counts["main-agent-update"] += 1
+        self.log("main-agent-update")
+
+    def do_mouse_request(self, mode):
+        self.mouse_requests.append([self.now(), mode])
+        self.log("mouse-request", mode=mode)
+        if self.main is not None:
+            self.main.request_mouse_mode(MOUSE_MODES[mode])
+        return False
+
+    # ------------------------------------------------------------ inputs
+    def start_keys(self):
+        seq = []
+        for sc in self.a.keys:
+            seq.append((sc, "press"))
+            seq.append((sc, "release"))
+        self.key_seq = seq
+        self.send_next_key()
+        return False
+
+    def send_next_key(self):
+        if not self.key_seq:
+            self.log("keys-done", n=len(self.keys_sent))
+            return False
+        sc, what = self.key_seq.pop(0)
+        info = self.chans.get("inputs#0")
+        if self.inputs is None or info is None or info["state"] != "opened":
+            self.keys_dropped += 1
+        else:
+            if what == "press":
+                self.inputs.key_press(sc)
+            else:
+                self.inputs.key_release(sc)
+            self.keys_sent.append([self.now(), sc, what])
+        GLib.timeout_add(int(self.a.key_interval * 1000), self.send_next_key)
+        return False
+
+    # ------------------------------------------------------------ display
+    def on_primary_create(self, ch, fmt, w, h, stride, shmid, data):
+        self.counts["display-primary-create"] += 1
+        self.log("display-primary-create", width=w, height=h)
+
+    def on_invalidate(self, ch, x, y, w, h):
+        self.counts["display-invalidate"] += 1
+        if len(self.inval) < MAX_INVAL:
+            self.inval.append(self.now())
+
+    # ------------------------------------------------------------ summary
+    def summary(self):
+        ts = self.inval
+        gap, gap_at = None, None
+        for i in range(len(ts) - 1):
+            g = ts[i + 1] - ts[i]
+            if gap is None or g > gap:
+                gap, gap_at = g, ts[i]
+        out = {
+            "spice_gtk": Spice.util_get_version_string(),
+            "host": self.a.host, "port": self.a.port,
+            "duration": self.now(), "main_opened": self.main_opened,
+            "exit_reason": self.exit_reason,
+            "channels": self.chans,
+            "opened": sorted(k for k, v in self.chans.items() if v["opened_t"] is not None),
+            "errors": [[t, k, ev] for k, v in self.chans.items() for t, ev in v["events"]
+                       if ev.startswith("error")],
+            "first_terminal_t": self.first_terminal,
+            "counts": self.counts,
+            "invalidate": {
+                "count": len(ts), "first_t": ts[0] if ts else None,
+                "last_t": ts[-1] if ts else None,
+                "max_gap": round(gap, 4) if gap is not None else None,
+                "max_gap_at": gap_at,
+                "rate_hz": round(len(ts) / (ts[-1] - ts[0]), 2)
+                if len(ts) > 1 and ts[-1] > ts[0] else None,
+                "timestamps": ts if self.a.inval_timestamps else None,
+            },
+            "mouse": {"requests": self.mouse_requests, "updates": self.mouse_updates},
+            "keys": {"sent": self.keys_sent, "dropped": self.keys_dropped},
+        }
+        if not self.a.no_events:
+            out["events"] = self.events
+        return out
+
+
+def parse_mouse(spec):
+    t, _, mode = spec.partition(":")
+    if mode not in MOUSE_MODES:
+        raise argparse.ArgumentTypeError("mode must be server or client")
+    return (float(t), mode)
+
+
+def parse_keys(spec):
+    return [int(x, 16) for x in spec.split(",") if x]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("--password", default=None)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--smartcard", action="store_true")
+    ap.add_argument("--mouse-request", type=parse_mouse, action="append", default=[])
+    ap.add_argument("--keys", type=parse_keys, default=[])
+    ap.add_argument("--keys-start", type=float, default=0.5)
+    ap.add_argument("--key-interval", type=float, default=0.05)
+    ap.add_argument("--events-file", default=None)
+    ap.add_argument("--ready-file", default=None)
+    ap.add_argument("--stay", action="store_true")
+    ap.add_argument("--exit-when-ready", action="store_true",
+                    help="quit 0.2 s after every announced channel opened")
+    ap.add_argument("--no-events", action="store_true")
+    ap.add_argument("--inval-timestamps", action="store_true")
+    a = ap.parse_args()
+    if not 0 < a.seconds <= 600:
+        ap.error("--seconds must be in (0, 600]")
+    os.environ.setdefault("GDK_BACKEND", "none")
+    c = Client(a)
+    c.start()
+    c.loop.run()
+    try:
+        Spice.Session.disconnect(c.session)
+    except Exception:
+        pass
+    print(json.dumps(c.summary()), flush=True)
+    return 0 if c.main_opened else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
