@@ -41,6 +41,8 @@
 #define MIGRATE_DATA_MAX (1024u * 1024u)
 
 static void link_dest_channel(struct chan *c);
+static void reattach_later(struct session *s, const char *host, uint16_t port,
+                           const char *password);
 
 uint64_t handover_now(void)
 {
@@ -346,7 +348,7 @@ static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, cons
     struct session *s = c->s;
     c->d_bl = NULL;
     if (fd < 0) {
-        char why[160];
+        char why[600];
         snprintf(why, sizeof(why), "%s:%u link: %s", wire_channel_name(c->type), c->id, err);
         dest_failed(s, why);
         return;
@@ -379,12 +381,12 @@ static void link_dest_channel(struct chan *c)
     struct session *s = c->s;
     struct wire_link_mess m;
     const char *why = NULL;
-    link_backend_mess(c, s->id, &m);
+    link_backend_mess(c, s->backend_id, &m);
     s->mig.n_legs++;
     c->d_bl = blink_start(c->w->env.base, s->mig.dest.host, s->mig.dest.port, &m,
                           s->mig.dest.password, LINK_TIMEOUT_MS, on_dest_linked, c, &why);
     if (c->d_bl == NULL) {
-        char reason[160];
+        char reason[600];
         snprintf(reason, sizeof(reason), "%s:%u link: %s", wire_channel_name(c->type), c->id, why);
         dest_failed(s, reason);
     }
@@ -560,12 +562,28 @@ enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const 
         m->notify_why = "source cancelled the migration";
         handover_event(s, MIG_EV_CANCEL);
         return RV_DROP;
-    case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST:
-        log_warnx("%s migration: source fell back to switch-host; the session ends when the "
-                  "source stops (reattach not implemented yet)", s->sid);
+    case SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST: {
+        /* The source gave up on seamless (we confirmed too late, or never
+         * heard of the migration in time) and the guest now runs on the
+         * destination: reattach there through a fresh backend session. */
+        struct wire_migrate_dst d;
+        const char *err = NULL;
+        if (wire_migrate_dst_parse(body, len, false, &d, &err) != 0 || d.port == 0) {
+            *why = "unusable MIGRATE_SWITCH_HOST";
+            return RV_FAIL;
+        }
+        log_info("%s migration: source switched host to %s:%u; reattaching", s->sid, d.host,
+                 d.port);
         m->notify_why = "source fell back to switch-host";
+        char password[SNAP_MAX_PASSWORD];
+        bool same = strcmp(m->dest.host, d.host) == 0 && m->dest.port == d.port;
+        snprintf(password, sizeof(password), "%s", same ? m->dest.password : s->rec.password);
         handover_event(s, MIG_EV_SWITCH_HOST);
+        c->to_c.hold = true; /* nothing after this from the source */
+        reattach_later(s, d.host, d.port, password);
+        OPENSSL_cleanse(password, sizeof(password));
         return RV_DROP;
+    }
     default:
         log_debug("%s dropped main message %u from the backend", s->sid, type);
         return RV_DROP;
@@ -653,6 +671,330 @@ int handover_try_switch(struct chan *c)
     return 0;
 }
 
+/* ------------------------------------------------------------------ reattach
+ *
+ * The fresh path (PROTOCOL.md 8.1 step 6): when seamless migration did not
+ * happen (switch-host, no client_migrate_info, the source gone before every
+ * channel switched), the broker opens a brand-new backend session on the
+ * destination and makes the client's view consistent with it:
+ *  - main: the new MAIN_INIT is swallowed (the client keeps its session id;
+ *    the broker maps it to the new backend id on every backend link), the
+ *    differences become deltas (MOUSE_MODE, AGENT_CONNECTED_TOKENS or
+ *    AGENT_DISCONNECTED, MULTI_MEDIA_TIME), the broker sends ATTACH_CHANNELS
+ *    (and AGENT_START if the client had) and swallows the CHANNELS_LIST;
+ *  - display: the client is told to drop what the old server left it
+ *    (SURFACE_DESTROY for each surface it has, STREAM_DESTROY_ALL,
+ *    INVAL_ALL_PIXMAPS, INVAL_ALL_PALETTES); the new server gets the client's
+ *    DISPLAY_INIT again and repaints everything (SURFACE_CREATE, full images);
+ *  - GLZ: a fresh server restarts GLZ image ids, and no message clears the
+ *    client's GLZ window (spice-gtk clears it only on its own migrate or
+ *    switch-host paths), so GLZ images from the new server could be decoded
+ *    against stale dictionary entries. The broker therefore sends the fresh
+ *    display, right after DISPLAY_INIT, PREFERRED_COMPRESSION = AUTO_LZ
+ *    (servers advertise SPICE_DISPLAY_CAP_PREF_COMPRESSION): LZ images are
+ *    self-contained, so nothing depends on the client's old GLZ window. The
+ *    seamless path needs none of this: the destination continues the GLZ ids
+ *    (it restores last_image_id from MIGRATE_DATA).
+ *  - other channels relink and carry on; the client's messages sent while
+ *    the backend was away are held and delivered to the new one. */
+
+struct reattach_args {
+    struct session *s;
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+    char password[SNAP_MAX_PASSWORD];
+};
+
+static void relink_channel(struct chan *c);
+
+static void reattach_done_one(struct session *s)
+{
+    struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link)
+        if (c->state == CH_RELAY && !c->relinked)
+            return;
+    s->reattaching = false;
+    s->migrations++;
+    log_info("%s reattached to %s:%u in %.1f ms (fresh backend session %08x), migration #%u",
+             s->sid, s->rec.host, s->rec.port, ms_between(s->t_reattach, handover_now()),
+             s->backend_id, s->migrations);
+    session_publish(s);
+}
+
+static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+{
+    struct chan *c = arg;
+    struct session *s = c->s;
+    c->bl = NULL;
+    if (fd < 0) {
+        char why[600];
+        snprintf(why, sizeof(why), "reattach: %s:%u link: %s", wire_channel_name(c->type), c->id,
+                 err);
+        chan_close(c, why);
+        if (!s->closing)
+            reattach_done_one(s);
+        return;
+    }
+    if (relay_attach_backend(c, fd) < 0) {
+        close(fd);
+        chan_close(c, "out of memory");
+        return;
+    }
+    if (c->type == SPICE_CHANNEL_DISPLAY) {
+        /* The client forgets what the old server drew; the new one redraws. */
+        uint8_t b[2048];
+        size_t n = 0;
+        for (uint32_t id = 0; id < 32 * 32 && n + HDR + 4 <= sizeof(b) - 64; id++) {
+            if (c->surfaces[id / 32] & (1u << (id % 32))) {
+                uint8_t body[4];
+                wire_put_u32(body, id);
+                n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_SURFACE_DESTROY,
+                                    body, 4);
+            }
+        }
+        memset(c->surfaces, 0, sizeof(c->surfaces));
+        uint8_t zero = 0;
+        n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_STREAM_DESTROY_ALL, NULL, 0);
+        n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS, &zero, 1);
+        n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_INVAL_ALL_PALETTES, NULL, 0);
+        if (relay_push(c, false, b, (uint32_t)n) < 0) {
+            chan_close(c, "reattach: cannot reset the client's display");
+            return;
+        }
+        n = 0;
+        if (c->display_init_len > 0)
+            n += wire_msg_build(b, sizeof(b), true, SPICE_MSGC_DISPLAY_INIT, c->display_init,
+                                c->display_init_len);
+        if (wire_caps_has_channel(caps, SPICE_DISPLAY_CAP_PREF_COMPRESSION)) {
+            uint8_t comp = SPICE_IMAGE_COMPRESSION_AUTO_LZ;
+            n += wire_msg_build(b + n, sizeof(b) - n, true,
+                                SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION, &comp, 1);
+        }
+        if (n > 0 && relay_push(c, true, b, (uint32_t)n) < 0) {
+            chan_close(c, "reattach: cannot replay DISPLAY_INIT");
+            return;
+        }
+    }
+    c->to_b.hold = false;
+    c->relinked = true;
+    relay_kick(c);
+    reattach_done_one(s);
+}
+
+static void relink_channel(struct chan *c)
+{
+    struct session *s = c->s;
+    struct wire_link_mess m;
+    const char *why = NULL;
+    link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
+    c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,
+                        c->w->env.backend_timeout_ms, on_relinked, c, &why);
+    if (c->bl == NULL) {
+        char reason[600];
+        snprintf(reason, sizeof(reason), "reattach to %s:%u failed: %s", s->rec.host, s->rec.port,
+                 why);
+        if (c->is_main)
+            session_close(s, reason);
+        else
+            chan_close(c, reason);
+    }
+}
+
+static void on_main_relinked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+{
+    struct chan *c = arg;
+    struct session *s = c->s;
+    c->bl = NULL;
+    if (fd < 0) {
+        char why[600];
+        snprintf(why, sizeof(why), "reattach to %s:%u failed: %s", s->rec.host, s->rec.port, err);
+        session_close(s, why);
+        return;
+    }
+    if (relay_attach_backend(c, fd) < 0) {
+        close(fd);
+        session_close(s, "out of memory");
+        return;
+    }
+    /* The main channel's client messages stay held until MAIN_INIT has been
+     * answered (handover_fresh_init). */
+}
+
+enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_init *mi,
+                                       const char **why)
+{
+    struct session *s = c->s;
+    s->backend_id = mi->session_id;
+    uint8_t b[16];
+    /* Toward the client: only what changed. */
+    if (mi->current_mouse_mode != s->mouse_current || mi->supported_mouse_modes != s->mouse_supported) {
+        struct wire_mouse_mode mm = { (uint16_t)mi->supported_mouse_modes,
+                                      (uint16_t)mi->current_mouse_mode };
+        size_t n = wire_mouse_mode_build(b, sizeof(b), &mm);
+        s->mouse_supported = mm.supported;
+        s->mouse_current = mm.current;
+        if (relay_inject(c, false, SPICE_MSG_MAIN_MOUSE_MODE, b, (uint32_t)n) < 0)
+            goto full;
+    }
+    if ((mi->agent_connected != 0) != s->agent_connected) {
+        s->agent_connected = mi->agent_connected != 0;
+        size_t n = wire_u32_body_build(b, sizeof(b), s->agent_connected ? mi->agent_tokens : 0);
+        if (relay_inject(c, false, s->agent_connected ? SPICE_MSG_MAIN_AGENT_CONNECTED_TOKENS
+                                                      : SPICE_MSG_MAIN_AGENT_DISCONNECTED,
+                         b, (uint32_t)n) < 0)
+            goto full;
+    }
+    size_t n = wire_u32_body_build(b, sizeof(b), mi->multi_media_time);
+    if (relay_inject(c, false, SPICE_MSG_MAIN_MULTI_MEDIA_TIME, b, (uint32_t)n) < 0)
+        goto full;
+    /* Toward the new backend: what the client did at its start. */
+    if (relay_inject(c, true, SPICE_MSGC_MAIN_ATTACH_CHANNELS, NULL, 0) < 0)
+        goto full;
+    if (s->agent_started) {
+        n = wire_u32_body_build(b, sizeof(b), s->agent_tokens);
+        if (relay_inject(c, true, SPICE_MSGC_MAIN_AGENT_START, b, (uint32_t)n) < 0)
+            goto full;
+    }
+    s->swallow_channels_list = true;
+    c->to_b.hold = false;
+    c->relinked = true;
+    log_info("%s reattach: fresh backend session %08x on %s:%u; relinking the other channels",
+             s->sid, s->backend_id, s->rec.host, s->rec.port);
+    struct chan *o, *next;
+    for (o = TAILQ_FIRST(&s->chans); o != NULL; o = next) {
+        next = TAILQ_NEXT(o, link);
+        if (o != c && o->state == CH_RELAY && !o->relinked)
+            relink_channel(o);
+        if (s->closing)
+            return RV_FAIL;
+    }
+    reattach_done_one(s);
+    return RV_DROP;
+full:
+    *why = "control queue full";
+    return RV_FAIL;
+}
+
+/* Detaches every backend leg, keeps the client's, and links a fresh backend
+ * session at host:port. Returns -1 if the session was closed. */
+static int reattach(struct session *s, const char *host, uint16_t port, const char *password)
+{
+    log_info("%s reattaching to %s:%u through a fresh backend session", s->sid, host, port);
+    s->t_reattach = handover_now();
+    if (s->mig.state != MIG_IDLE) {
+        drop_dest(s);
+        set_state(s, MIG_IDLE, MIG_EV_SWITCH_HOST);
+    }
+    if (s->mig.timer != NULL)
+        evtimer_del(s->mig.timer);
+    s->mig.blackout_pending = false;
+    snprintf(s->rec.host, sizeof(s->rec.host), "%s", host);
+    s->rec.port = port;
+    snprintf(s->rec.password, sizeof(s->rec.password), "%s", password);
+    s->reattaching = true;
+    struct chan *c, *next;
+    for (c = TAILQ_FIRST(&s->chans); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state != CH_RELAY)
+            continue;
+        const char *why = NULL;
+        blink_free(c->bl);
+        c->bl = NULL;
+        drop_dest_leg(c);
+        if (c->src_fd >= 0) {
+            close(c->src_fd);
+            c->src_fd = -1;
+        }
+        free(c->mig_data);
+        c->mig_data = NULL;
+        c->mig_wait_data = c->mig_switch_ready = c->switched = false;
+        c->relinked = false;
+        if (relay_detach_backend(c, &why) < 0) {
+            if (c->is_main) {
+                session_close(s, why);
+                return -1;
+            }
+            chan_close(c, why);
+        }
+    }
+    if (s->main == NULL) {
+        session_close(s, "no main channel");
+        return -1;
+    }
+    struct wire_link_mess m;
+    const char *why = NULL;
+    link_backend_mess(s->main, 0, &m);
+    s->main->bl = blink_start(s->w->env.base, host, port, &m, password,
+                              s->w->env.backend_timeout_ms, on_main_relinked, s->main, &why);
+    if (s->main->bl == NULL) {
+        char reason[600];
+        snprintf(reason, sizeof(reason), "reattach to %s:%u failed: %s", host, port, why);
+        session_close(s, reason);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_reattach_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct reattach_args *ra = arg;
+    struct session *s = ra->s; /* NULL if the session closed meanwhile */
+    if (s != NULL) {
+        s->pending_reattach = NULL;
+        (void)reattach(s, ra->host, ra->port, ra->password);
+    }
+    OPENSSL_cleanse(ra, sizeof(*ra));
+    free(ra);
+}
+
+/* From inside a relay callback the channels must not be torn down under
+ * the caller's feet: the reattach runs on the next loop turn. */
+static void reattach_later(struct session *s, const char *host, uint16_t port,
+                           const char *password)
+{
+    struct reattach_args *ra = calloc(1, sizeof(*ra));
+    if (ra == NULL)
+        return;
+    ra->s = s;
+    snprintf(ra->host, sizeof(ra->host), "%s", host);
+    ra->port = port;
+    snprintf(ra->password, sizeof(ra->password), "%s", password);
+    if (s->pending_reattach != NULL)
+        s->pending_reattach->s = NULL;
+    s->pending_reattach = ra;
+    if (event_base_once(s->w->env.base, -1, EV_TIMEOUT, on_reattach_later, ra, NULL) < 0) {
+        s->pending_reattach = NULL;
+        free(ra);
+    }
+}
+
+int handover_backend_lost(struct chan *c, const char *why)
+{
+    struct session *s = c->s;
+    if (s == NULL)
+        return -1;
+    if (s->pending_reattach != NULL)
+        return 0; /* a switch-host reattach replaces this leg on the next turn */
+    if (c->switched || s->reattaching)
+        return -1;
+    struct session_mig *m = &s->mig;
+    /* Only the source going away during a migration the broker knows the
+     * destination of is survivable. */
+    bool known = m->state == MIG_CONNECTED || m->state == MIG_SWITCHING ||
+                 (m->state == MIG_LINKED && m->prepared);
+    if (!known)
+        return -1;
+    log_info("%s %s:%u source lost during migration (%s); reattaching to %s:%u", s->sid,
+             wire_channel_name(c->type), c->id, why, m->dest.host, m->dest.port);
+    char host[SNAP_MAX_HOST], password[SNAP_MAX_PASSWORD];
+    snprintf(host, sizeof(host), "%s", m->dest.host);
+    snprintf(password, sizeof(password), "%s", m->dest.password);
+    uint16_t port = m->dest.port;
+    int rc = reattach(s, host, port, password);
+    OPENSSL_cleanse(password, sizeof(password));
+    return rc < 0 ? 1 : 0;
+}
+
 /* ------------------------------------------------------------------ prepare, teardown */
 
 int session_prepare(struct session_worker *w, const char *instance, const char *host,
@@ -699,6 +1041,8 @@ void handover_chan_free(struct chan *c)
 
 void handover_session_free(struct session *s)
 {
+    if (s->pending_reattach != NULL)
+        s->pending_reattach->s = NULL;
     notify(s, false, "session closed");
     if (s->mig.timer != NULL) {
         event_free(s->mig.timer);

@@ -137,6 +137,13 @@ struct chan {
     int src_fd;                 /* the old source leg, closed when every channel switched */
     uint8_t *mig_data;          /* the source's MIGRATE_DATA body, for the destination */
     uint32_t mig_data_len;
+
+    /* What a fresh backend needs to be told, and what the client must
+     * forget, if the session is reattached (handover.c, reattach). */
+    uint8_t display_init[32];   /* the client's MSGC_DISPLAY_INIT body */
+    uint8_t display_init_len;
+    uint32_t surfaces[32];      /* display: live surface ids < 1024, as bits */
+    bool relinked;              /* reattach: this channel has its fresh backend */
 };
 
 struct mig_dest {
@@ -177,6 +184,15 @@ struct session {
     struct session_mig mig;
     uint32_t migrations;
     uint8_t probe_type;         /* channel type whose gaps measure a migration's blackout */
+    uint32_t backend_id;        /* the backend's session id (differs from id after a reattach) */
+    /* The client's view of the main channel, for a reattach. */
+    uint16_t mouse_supported, mouse_current;
+    bool agent_connected, agent_started;
+    uint32_t agent_tokens;
+    bool reattaching;           /* a fresh backend session is being linked */
+    struct reattach_args *pending_reattach; /* scheduled for the next loop turn */
+    bool swallow_channels_list; /* the fresh backend's first CHANNELS_LIST */
+    uint64_t t_reattach;
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
 };
 
@@ -214,6 +230,12 @@ void handover_chan_started(struct chan *c);
 void handover_chan_free(struct chan *c);
 void handover_session_free(struct session *s);
 void handover_note_forwarded(struct chan *c);
+/* The backend leg of c closed or failed: 0 if a reattach took over, -1 if
+ * the channel should close. */
+int handover_backend_lost(struct chan *c, const char *why);
+/* MAIN_INIT from a fresh backend during a reattach: answers it; RV_DROP or RV_FAIL. */
+enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_init *mi,
+                                       const char **why);
 uint64_t handover_now(void);
 
 /* relay.c: both legs are linked; c->c_fd and c->b_fd are set. Returns -1 if
@@ -225,6 +247,11 @@ void relay_release(struct chan *c);
 void relay_kick(struct chan *c);
 /* Queues a broker-made message toward the backend (to_b) or the client. */
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len);
+/* Reattach: drop the backend leg (keeping the client's), attach a new one,
+ * and add complete broker-made messages at the current boundary. */
+int relay_detach_backend(struct chan *c, const char **why);
+int relay_attach_backend(struct chan *c, int fd);
+int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len);
 /* Moves c's backend leg to new_fd (the old one goes to c->src_fd); see handover.c. */
 int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
                          const uint8_t *held, uint32_t held_len, const char **why);

@@ -353,7 +353,7 @@ static void link_backend_connect(struct chan *c)
     const char *why = NULL;
     struct session *s = c->s;
     struct wire_link_mess m;
-    link_backend_mess(c, c->is_main ? 0 : s->id, &m);
+    link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
     c->state = CH_B_CONNECT;
     evtimer_del(c->timer);
     c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,

@@ -145,11 +145,29 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
 static enum relay_verdict classify(const struct chan *c, const struct relay_dir *d, uint16_t type)
 {
     if (d == &c->to_c) {
-        if (type == SPICE_MSG_SET_ACK || (c->is_main && type == SPICE_MSG_MAIN_INIT) ||
-            handover_wants(c, type))
+        if (type == SPICE_MSG_SET_ACK || handover_wants(c, type))
+            return RV_KEEP;
+        if (c->is_main) {
+            switch (type) {
+            case SPICE_MSG_MAIN_INIT:
+            case SPICE_MSG_MAIN_MOUSE_MODE:
+            case SPICE_MSG_MAIN_AGENT_CONNECTED:
+            case SPICE_MSG_MAIN_AGENT_CONNECTED_TOKENS:
+            case SPICE_MSG_MAIN_AGENT_DISCONNECTED:
+            case SPICE_MSG_MAIN_CHANNELS_LIST:
+                return RV_KEEP;
+            default:
+                return RV_PASS;
+            }
+        }
+        if (c->type == SPICE_CHANNEL_DISPLAY &&
+            (type == SPICE_MSG_DISPLAY_SURFACE_CREATE || type == SPICE_MSG_DISPLAY_SURFACE_DESTROY))
             return RV_KEEP;
         return RV_PASS;
     }
+    if ((c->type == SPICE_CHANNEL_DISPLAY && type == SPICE_MSGC_DISPLAY_INIT) ||
+        (c->is_main && type == SPICE_MSGC_MAIN_AGENT_START))
+        return RV_KEEP;
     if (type == SPICE_MSGC_ACK_SYNC || type == SPICE_MSGC_ACK)
         return RV_KEEP;
     return RV_PASS;
@@ -162,6 +180,18 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
 {
     struct relay_acks *a = &c->acks;
     if (d == &c->to_b) {
+        if (type == SPICE_MSGC_DISPLAY_INIT) {
+            /* Kept for a reattach: a fresh backend needs it again. */
+            c->display_init_len = (uint8_t)(len < sizeof(c->display_init) ? len
+                                                                         : sizeof(c->display_init));
+            memcpy(c->display_init, body, c->display_init_len);
+            return RV_KEEP;
+        }
+        if (type == SPICE_MSGC_MAIN_AGENT_START) {
+            c->s->agent_started = true;
+            (void)wire_u32_body_parse(body, len, &c->s->agent_tokens);
+            return RV_KEEP;
+        }
         if (type == SPICE_MSGC_ACK_SYNC) {
             if (wire_ack_sync_parse(body, len, &a->c_client_generation) != 0) {
                 *why = "malformed ACK_SYNC from client";
@@ -209,13 +239,56 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
         return RV_DROP;
     }
 
-    /* Main channel. */
+    if (type == SPICE_MSG_DISPLAY_SURFACE_CREATE || type == SPICE_MSG_DISPLAY_SURFACE_DESTROY) {
+        /* The client's surfaces, so a reattach can destroy them. */
+        uint32_t id;
+        if (wire_u32_body_parse(body, len, &id) == 0 && id < 32 * 32) {
+            if (type == SPICE_MSG_DISPLAY_SURFACE_CREATE)
+                c->surfaces[id / 32] |= 1u << (id % 32);
+            else
+                c->surfaces[id / 32] &= ~(1u << (id % 32));
+        }
+        return RV_KEEP;
+    }
+    /* Main channel: what the client believes, for a reattach. */
+    struct session *s = c->s;
+    switch (type) {
+    case SPICE_MSG_MAIN_MOUSE_MODE: {
+        struct wire_mouse_mode mm;
+        if (wire_mouse_mode_parse(body, len, &mm) == 0) {
+            s->mouse_supported = mm.supported;
+            s->mouse_current = mm.current;
+        }
+        return RV_KEEP;
+    }
+    case SPICE_MSG_MAIN_AGENT_CONNECTED:
+    case SPICE_MSG_MAIN_AGENT_CONNECTED_TOKENS:
+        s->agent_connected = true;
+        return RV_KEEP;
+    case SPICE_MSG_MAIN_AGENT_DISCONNECTED:
+        s->agent_connected = false;
+        return RV_KEEP;
+    case SPICE_MSG_MAIN_CHANNELS_LIST:
+        if (s->swallow_channels_list) {
+            s->swallow_channels_list = false;
+            return RV_DROP; /* the client has its channels */
+        }
+        return RV_KEEP;
+    default:
+        break;
+    }
     if (type == SPICE_MSG_MAIN_INIT) {
         struct wire_main_init mi;
         if (wire_main_init_parse(body, len, &mi) != 0 || mi.session_id == 0) {
             *why = "malformed MAIN_INIT from backend";
             return RV_FAIL;
         }
+        if (s->reattaching)
+            return handover_fresh_init(c, &mi, why);
+        s->mouse_supported = (uint16_t)mi.supported_mouse_modes;
+        s->mouse_current = (uint16_t)mi.current_mouse_mode;
+        s->agent_connected = mi.agent_connected != 0;
+        s->backend_id = mi.session_id;
         if (c->s->id == 0) {
             session_set_id(c->s, mi.session_id);
             if (c->s->id == 0) {
@@ -321,7 +394,7 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     } else if (pending) {
         iov[n++] = (struct iovec){ d->buf->data + d->head, pending };
     }
-    if (n == 0)
+    if (n == 0 || dst_fd(c, d) < 0)
         return 0;
 
     ssize_t w = writev(dst_fd(c, d), iov, n);
@@ -410,8 +483,16 @@ static int chan_service(struct chan *c)
         }
         for (int i = 0; i < 2; i++) {
             int64_t p = dir_flush(c, dirs[i], &why);
-            if (p < 0)
+            if (p < 0) {
+                if (dirs[i] == &c->to_b) {
+                    int rc = handover_backend_lost(c, why);
+                    if (rc == 0)
+                        return 0;
+                    if (rc > 0)
+                        return -1;
+                }
                 goto fail;
+            }
             progress += p;
         }
         if (c->mig_switch_ready) {
@@ -430,6 +511,13 @@ static int chan_service(struct chan *c)
         bool awaiting_switch = d == &c->to_c && c->mig_switch_ready;
         if (d->eof && !awaiting_switch && (d->buf == NULL || d->head == d->parsed) &&
             d->inj_len == 0) {
+            if (d == &c->to_c) {
+                int rc = handover_backend_lost(c, "backend closed");
+                if (rc == 0)
+                    return 0;
+                if (rc > 0)
+                    return -1;
+            }
             why = d == &c->to_b ? "client closed" : "backend closed";
             goto fail;
         }
@@ -455,6 +543,8 @@ static void on_readable(struct chan *c, struct relay_dir *d)
         const char *why = NULL;
         int64_t r = dir_read(c, d, &why);
         if (r < 0) {
+            if (d == &c->to_c && handover_backend_lost(c, why) >= 0)
+                return;
             chan_close(c, why);
             return;
         }
@@ -644,4 +734,58 @@ void relay_release(struct chan *c)
     pool_put(&c->w->pool, c->to_b.buf);
     pool_put(&c->w->pool, c->to_c.buf);
     c->to_b.buf = c->to_c.buf = NULL;
+}
+
+int relay_detach_backend(struct chan *c, const char **why)
+{
+    struct relay_dir *tc = &c->to_c, *tb = &c->to_b;
+    if (tc->body_left != 0) {
+        *why = "backend lost in the middle of a message";
+        return -1;
+    }
+    if (tb->body_left != 0 || (tb->buf != NULL && tb->head != tb->parsed)) {
+        *why = "backend lost while a client message was on its way";
+        return -1;
+    }
+    if (tc->buf != NULL)
+        tc->tail = tc->parsed;
+    tc->eof = tc->read_blocked = tc->hold = false;
+    tb->inj_len = 0;      /* acks for a backend that is gone */
+    tb->hold = true;      /* the client's messages wait for the new backend */
+    if (c->b_rd != NULL)
+        event_free(c->b_rd);
+    if (c->b_wr != NULL)
+        event_free(c->b_wr);
+    c->b_rd = c->b_wr = NULL;
+    if (c->b_fd >= 0)
+        close(c->b_fd);
+    c->b_fd = -1;
+    c->acks.b_window = c->acks.b_count = 0;
+    return 0;
+}
+
+int relay_attach_backend(struct chan *c, int fd)
+{
+    struct event_base *base = c->w->env.base;
+    c->b_fd = fd;
+    c->b_rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->b_wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    if (c->b_rd == NULL || c->b_wr == NULL)
+        return -1;
+    event_add(c->b_rd, NULL);
+    return 0;
+}
+
+int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len)
+{
+    struct relay_dir *d = to_backend ? &c->to_b : &c->to_c;
+    if (d->body_left != 0 || dir_room(c, d, len) < 0)
+        return -1;
+    memmove(d->buf->data + d->parsed + len, d->buf->data + d->parsed, d->tail - d->parsed);
+    memcpy(d->buf->data + d->parsed, msgs, len);
+    d->parsed += len;
+    d->tail += len;
+    d->boundary = d->parsed;
+    d->bytes += len;
+    return 0;
 }
