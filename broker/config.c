@@ -49,7 +49,7 @@ static const struct opt opts[] = {
       "a client must finish its link within this" },
     { "backend-timeout", INT(backend_timeout, 1, 3600), "5", "SECONDS",
       "connecting and linking to a backend must finish within this" },
-    { "buffer-size", INT(buffer_size, 16384, 4194304), "65536", "BYTES",
+    { "buffer-size", INT(buffer_size, 16384, 16777216), "1048576", "BYTES",
       "relay buffer per direction of a busy channel (idle channels hold none)" },
     { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
       "validate the configuration and exit (0 if valid)" },

@@ -19,7 +19,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
     if (w == NULL)
         return NULL;
     w->env = *env;
-    pool_init(&w->pool, env->buffer_size, 32);
+    pool_init(&w->pool, env->buffer_size, 8);
     TAILQ_INIT(&w->sessions);
     TAILQ_INIT(&w->pending);
     return w;
