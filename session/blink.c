@@ -108,7 +108,7 @@ static void reply_done(struct blink *bl)
 {
     const uint8_t *body = bl->in + WIRE_LINK_HEADER_SIZE;
     uint32_t blen = bl->in_need - WIRE_LINK_HEADER_SIZE;
-    static char why[96];
+    static _Thread_local char why[96];
     if (blen < WIRE_LINK_REPLY_FIXED) {
         /* A refusal can be short: only its error word matters. */
         snprintf(why, sizeof(why), "refused the link (%s)",
@@ -175,7 +175,7 @@ static void readable(struct blink *bl)
         }
         if (bl->state == BL_RESULT) {
             uint32_t res = wire_get_u32(bl->in);
-            static char why[96];
+            static _Thread_local char why[96];
             if (res != SPICE_LINK_ERR_OK) {
                 snprintf(why, sizeof(why), "link result %s%s", wire_link_err_name(res),
                          res == SPICE_LINK_ERR_PERMISSION_DENIED ? " (wrong password?)" : "");

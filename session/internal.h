@@ -46,6 +46,7 @@ struct relay_dir {
     uint8_t inj[64];         /* broker-made messages waiting for a boundary */
     uint8_t inj_len;
     bool eof;                /* the source closed */
+    bool sink_gone;          /* the destination closed: drop what goes to it */
     bool read_blocked;       /* no room: not reading the source */
     bool parse_blocked;      /* flow control: not framing further */
     bool hold;               /* migration: frame nothing past the next boundary */

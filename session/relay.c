@@ -376,6 +376,13 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     bool with_inj = false;
     uint32_t pending = d->buf != NULL ? d->parsed - d->head : 0;
 
+    if (d->sink_gone) {
+        if (d->buf != NULL)
+            d->head = d->parsed;
+        d->inj_len = 0;
+        return 0;
+    }
+
     if (d->inj_len != 0) {
         if (d->buf == NULL) {
             with_inj = d->body_left == 0;
@@ -401,6 +408,15 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             event_add(dst_ev(c, d), NULL);
+            return 0;
+        }
+        if (errno == EPIPE || errno == ECONNRESET) {
+            /* That peer closed: drop what goes to it, keep flushing the other way. */
+            d->sink_gone = true;
+            if (d->buf != NULL)
+                d->head = d->parsed;
+            d->inj_len = 0;
+            event_del(dst_ev(c, d));
             return 0;
         }
         *why = d == &c->to_b ? "backend write failed" : "client write failed";
@@ -509,8 +525,11 @@ static int chan_service(struct chan *c)
         /* A source that closes right after its MIGRATE_DATA is not the end of
          * the channel: the switch replaces it. */
         bool awaiting_switch = d == &c->to_c && c->mig_switch_ready;
-        if (d->eof && !awaiting_switch && (d->buf == NULL || d->head == d->parsed) &&
-            d->inj_len == 0) {
+        /* Messages the client's ACK window still holds back are owed too; an
+         * injection waiting for the end of a message that will never end is not. */
+        bool held = d->parse_blocked && d->buf != NULL && d->parsed < d->tail;
+        if (d->eof && !awaiting_switch && (d->buf == NULL || d->head == d->parsed) && !held &&
+            (d->inj_len == 0 || d->body_left > 0)) {
             if (d == &c->to_c) {
                 int rc = handover_backend_lost(c, "backend closed");
                 if (rc == 0)
@@ -713,6 +732,7 @@ int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, u
         tb->msgs++;
     }
     tb->hold = false;
+    tb->sink_gone = false;
     c->acks.b_window = 0;
     c->acks.b_count = 0;
     event_free(c->b_rd);
@@ -752,6 +772,7 @@ int relay_detach_backend(struct chan *c, const char **why)
     tc->eof = tc->read_blocked = tc->hold = false;
     tb->inj_len = 0;      /* acks for a backend that is gone */
     tb->hold = true;      /* the client's messages wait for the new backend */
+    tb->sink_gone = false;
     if (c->b_rd != NULL)
         event_free(c->b_rd);
     if (c->b_wr != NULL)
