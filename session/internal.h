@@ -86,12 +86,8 @@ void blink_free(struct blink *bl);
 enum chan_state {
     CH_C_LINK,        /* reading the client's link message */
     CH_C_AUTH,        /* reply sent; reading mechanism + ticket */
-    CH_B_CONNECT,     /* connecting to the backend */
-    CH_B_REPLY,       /* link sent to the backend; reading its reply */
-    CH_B_RESULT,      /* ticket sent; reading the link result */
-    CH_RELAY,         /* both legs up */
-    CH_FLUSH,         /* one side gone; flushing what the other is owed */
-    CH_STATE_MAX
+    CH_B_CONNECT,     /* linking the backend (blink.c) */
+    CH_RELAY,         /* both legs up (relay.c) */
 };
 
 /* Link-phase scratch space, freed once the channel relays. */

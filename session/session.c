@@ -96,7 +96,7 @@ static void chan_account(struct session *s, const struct chan *c)
 {
     s->w->stats.bytes_to_client += c->to_c.bytes;
     s->w->stats.bytes_to_backend += c->to_b.bytes;
-    if (c->state == CH_RELAY || c->state == CH_FLUSH)
+    if (c->state == CH_RELAY)
         s->w->stats.channels_active--;
 }
 

@@ -76,8 +76,8 @@ if [ "$FUZZ_SECONDS" != 0 ] && command -v clang >/dev/null; then
   ninja -C build-fuzz
   fz_ok=0 fz_fail=0
   for f in build-fuzz/tests/fuzz/fuzz-*; do
-    case $f in *-replay) continue ;; esac
-    [ -x "$f" ] || continue
+    case $f in *-replay|*.p) continue ;; esac
+    [ -f "$f" ] && [ -x "$f" ] || continue
     name=$(basename "$f")
     work=$(mktemp -d)
     if "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 "$work" \
