@@ -39,6 +39,8 @@
 #define LINK_TIMEOUT_MS 10000
 #define PREPARED_TIMEOUT_MS 120000
 #define MIGRATE_DATA_MAX (1024u * 1024u)
+/* How long a prepared destination stays a reattach target after its legs dropped. */
+#define FALLBACK_TTL_NS (600ull * 1000000000ull)
 
 static void link_dest_channel(struct chan *c);
 static void reattach_later(struct session *s, const char *host, uint16_t port,
@@ -156,6 +158,7 @@ static void finish(struct session *s)
              ms_between(m->t_confirm, m->t_first_switch), ms_between(m->t_first_switch, now),
              (unsigned long long)m->held_bytes, s->migrations);
     OPENSSL_cleanse(&m->dest, sizeof(m->dest));
+    OPENSSL_cleanse(&m->fallback, sizeof(m->fallback));
     m->announced = m->prepared = false;
     m->n_legs = m->n_ready = 0;
     m->t_start = m->t_ready = m->t_begin = m->t_confirm = m->t_first_switch = 0;
@@ -187,6 +190,13 @@ void handover_event(struct session *s, enum mig_event e)
 {
     struct mig_facts f = { .announced = s->mig.announced, .dest_match = true };
     struct mig_step st = mig_decide(s->mig.state, e, &f);
+    if (st.legal && s->mig.state == MIG_LINKED && s->mig.prepared &&
+        (e == MIG_EV_DEST_FAILED || e == MIG_EV_TIMEOUT)) {
+        /* Remember where the orchestrator said the guest was going, in case
+         * the source goes away without ever announcing the migration. */
+        s->mig.fallback = s->mig.dest;
+        s->mig.fallback_at = handover_now();
+    }
     if (!st.legal) {
         log_warnx("%s migration: %s in state %s is not expected; ignored", s->sid,
                   mig_event_name(e), mig_state_name(s->mig.state));
@@ -610,7 +620,7 @@ void handover_note_forwarded(struct chan *c)
         m->t_first_dst = handover_now();
         m->blackout_pending = false;
         log_info("%s migration #%u blackout %.1f ms (%s:0, last source message to first "
-                 "destination message)", s->sid, s->migrations,
+                 "destination message)", s->sid, s->migrations + (m->state == MIG_IDLE ? 0 : 1),
                  ms_between(m->t_last_src, m->t_first_dst), wire_channel_name(c->type));
         m->t_last_src = m->t_first_dst = 0;
     }
@@ -888,6 +898,7 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
     if (s->mig.timer != NULL)
         evtimer_del(s->mig.timer);
     s->mig.blackout_pending = false;
+    OPENSSL_cleanse(&s->mig.fallback, sizeof(s->mig.fallback));
     snprintf(s->rec.host, sizeof(s->rec.host), "%s", host);
     s->rec.port = port;
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", password);
@@ -982,6 +993,14 @@ int handover_backend_lost(struct chan *c, const char *why)
      * destination of is survivable. */
     bool known = m->state == MIG_CONNECTED || m->state == MIG_SWITCHING ||
                  (m->state == MIG_LINKED && m->prepared);
+    if (!known && m->fallback.port != 0 &&
+        handover_now() - m->fallback_at < FALLBACK_TTL_NS) {
+        /* A prepared destination whose migration-target legs were dropped
+         * (QEMU closes them about 10 s after a migration the source never
+         * announced): the guest most likely runs there now. */
+        m->dest = m->fallback;
+        known = true;
+    }
     if (!known)
         return -1;
     log_info("%s %s:%u source lost during migration (%s); reattaching to %s:%u", s->sid,
@@ -990,6 +1009,7 @@ int handover_backend_lost(struct chan *c, const char *why)
     snprintf(host, sizeof(host), "%s", m->dest.host);
     snprintf(password, sizeof(password), "%s", m->dest.password);
     uint16_t port = m->dest.port;
+    s->reattach_cause = why;
     int rc = reattach(s, host, port, password);
     OPENSSL_cleanse(password, sizeof(password));
     return rc < 0 ? 1 : 0;
@@ -1049,4 +1069,5 @@ void handover_session_free(struct session *s)
         s->mig.timer = NULL;
     }
     OPENSSL_cleanse(&s->mig.dest, sizeof(s->mig.dest));
+    OPENSSL_cleanse(&s->mig.fallback, sizeof(s->mig.fallback));
 }

@@ -164,6 +164,8 @@ struct session_mig {
     session_prepare_cb notify;
     void *notify_arg;
     const char *notify_why;     /* static string: why the last step failed */
+    struct mig_dest fallback;   /* a prepared destination whose legs were dropped */
+    uint64_t fallback_at;
 };
 
 struct session {
@@ -190,6 +192,7 @@ struct session {
     struct reattach_args *pending_reattach; /* scheduled for the next loop turn */
     bool swallow_channels_list; /* the fresh backend's first CHANNELS_LIST */
     uint64_t t_reattach;
+    const char *reattach_cause; /* static string: why the source was given up */
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
 };
 

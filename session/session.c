@@ -139,8 +139,19 @@ void session_close(struct session *s, const char *reason)
         to_b += c->to_b.bytes;
         n++;
     }
-    log_info("%s closed: %s (channels %u, bytes to client %llu, to backend %llu, %llds)", s->sid,
-             reason ? reason : "-", n, (unsigned long long)to_c, (unsigned long long)to_b,
+    const char *during = "";
+    char ctx[SNAP_MAX_HOST + 96] = "";
+    if (s->reattaching) {
+        snprintf(ctx, sizeof(ctx), " while reattaching to %s:%u after the source was lost (%s)",
+                 s->rec.host, s->rec.port, s->reattach_cause ? s->reattach_cause : "?");
+        during = ctx;
+    } else if (s->mig.state != MIG_IDLE) {
+        snprintf(ctx, sizeof(ctx), " during a migration to %s:%u (%s)", s->mig.dest.host,
+                 s->mig.dest.port, mig_state_name(s->mig.state));
+        during = ctx;
+    }
+    log_info("%s closed: %s%s (channels %u, bytes to client %llu, to backend %llu, %llds)", s->sid,
+             reason ? reason : "-", during, n, (unsigned long long)to_c, (unsigned long long)to_b,
              (long long)(time(NULL) - s->started));
     if (s->id_claimed) {
         struct snap_session rec;

@@ -7,10 +7,23 @@ Library only (stdlib; spice_client.py, run as a subprocess, is the gi part).
   Env(args)                           one test run: temp dir, binaries, every
                                       process started, cleanup
   Qemu(env, ...)                      QEMU with SPICE on 127.0.0.1:<free port>,
-                                      QMP, the test guest, every SPICE channel
+                                      QMP, the test guest, every SPICE channel;
+                                      incoming=True: a migration destination
+                                      (-incoming tcp:127.0.0.1:<free port>)
+  Qemu.dest_like(src)                 a destination QEMU matching src (same guest,
+                                      password, devices), not started yet
+  Migration(src, dst, ...)            QMP side of one live migration (what
+                                      libvirt does): client_migrate_info, migrate,
+                                      query-migrate polling with timestamps
   QMP(path)                           small QMP client
   Broker(env, ...)                    spice-broker + spice-brokerctl wrapper
+                                      (token add --instance, migration prepare,
+                                      session list, migration log lines)
   SpiceClient(env, host, port, ...)   headless spice-gtk client (subprocess)
+  MigSession(env, src)                broker + token --instance + client, prepare(),
+                                      session(), wait_backend(), mouse_mode()
+  seamless_failures(), switch_gap(),  what a client of a hidden migration must not
+  seamless_scenario()                 see; the blackout; one checked migration
   raw SPICE link helpers              link_header(), link_mess(), LinkConn,
                                       rsa_oaep_encrypt() (ticket, stdlib only)
   run(test_fn, ...)                   standard main(): --build-dir, --direct,
@@ -20,11 +33,13 @@ Every wait is bounded, every process is killed by PID at the end, everything
 listens on 127.0.0.1 only and all state lives in one tempfile.mkdtemp() dir.
 """
 import argparse
+import calendar
 import ctypes
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +49,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -324,8 +340,11 @@ class Qemu:
     """QEMU (TCG, 64 MB, QXL) running the test guest with SPICE on 127.0.0.1."""
 
     def __init__(self, env, name="qemu", password=None, all_devices=True,
-                 spice_port=None, extra=None):
+                 spice_port=None, extra=None, incoming=False):
         self.env, self.name = env, name
+        # a migration destination: -incoming tcp:127.0.0.1:<mig_port>; its
+        # guest does not boot (it arrives by migration, without a READY line)
+        self.mig_port = free_port() if incoming else None
         self.password = password
         self.all_devices = all_devices
         self.spice_port = spice_port or free_port()
@@ -351,7 +370,16 @@ class Qemu:
         a += ["-spice", spice]
         if self.all_devices:
             a += ALL_DEVICES
+        if self.mig_port is not None:
+            a += ["-incoming", "tcp:127.0.0.1:%d" % self.mig_port]
         return a + self.extra
+
+    @classmethod
+    def dest_like(cls, src, name):
+        """A migration destination for src: same guest image, password and
+        devices, its own SPICE port, -incoming on a free port. Not started."""
+        return cls(src.env, name=name, password=src.password,
+                   all_devices=src.all_devices, extra=list(src.extra), incoming=True)
 
     def start(self, timeout=20.0):
         self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
@@ -370,14 +398,50 @@ class Qemu:
                 raise TestFailure("%s: QMP not up in %.0f s:\n%s" % (
                     self.name, timeout, tail(self.log_path)))
             time.sleep(0.05)
-        wait_until(lambda: "GUEST READY" in self.serial_text(),
-                   max(1.0, deadline - time.monotonic()), what="%s guest boot" % self.name)
+        if self.mig_port is None:
+            wait_until(lambda: "GUEST READY" in self.serial_text(),
+                       max(1.0, deadline - time.monotonic()),
+                       what="%s guest boot" % self.name)
+        else:
+            wait_until(lambda: self.status() == "inmigrate",
+                       max(1.0, deadline - time.monotonic()),
+                       what="%s in state inmigrate" % self.name)
         wait_until(lambda: port_accepts(self.spice_port),
                    max(1.0, deadline - time.monotonic()), what="%s SPICE port" % self.name)
-        log("%s up: pid %d, SPICE 127.0.0.1:%d%s" % (
+        log("%s up: pid %d, SPICE 127.0.0.1:%d%s%s" % (
             self.name, self.proc.pid, self.spice_port,
-            " (password)" if self.password is not None else ""))
+            " (password)" if self.password is not None else "",
+            ", incoming on :%d" % self.mig_port if self.mig_port is not None else ""))
         return self
+
+    def status(self):
+        """QMP query-status "status" (running, inmigrate, paused, ...)."""
+        return self.qmp("query-status")["status"]
+
+    def query_migrate(self):
+        return self.qmp("query-migrate")
+
+    def qmp_events(self, name=None):
+        """QMP events received so far (after one query-status to collect what
+        is pending), optionally only those named name. Each has QEMU's
+        "timestamp" {"seconds", "microseconds"} (wall clock)."""
+        if self.alive():
+            try:
+                self.qmp("query-status")
+            except (OSError, QMPError):
+                pass
+        evs = self._qmp.events if self._qmp else []
+        return [e for e in evs if name is None or e.get("event") == name]
+
+    def set_migration(self, max_bandwidth=None, pause_before_switchover=None):
+        """migrate-set-parameters / migrate-set-capabilities (events always on)."""
+        if max_bandwidth is not None:
+            self.qmp("migrate-set-parameters", **{"max-bandwidth": int(max_bandwidth)})
+        caps = [{"capability": "events", "state": True}]
+        if pause_before_switchover is not None:
+            caps.append({"capability": "pause-before-switchover",
+                         "state": bool(pause_before_switchover)})
+        self.qmp("migrate-set-capabilities", capabilities=caps)
 
     @property
     def pid(self):
@@ -406,11 +470,15 @@ class Qemu:
             return ""
 
     def serial_bytes(self):
-        """Scancode bytes the guest echoed after its READY line."""
+        """Scancode bytes the guest echoed after its READY line. A migration
+        destination's guest never prints READY (it booted on the source):
+        there every byte of the file is echo."""
         txt = self.serial_text()
         i = txt.find("GUEST READY\r\n")
         if i < 0:
-            return []
+            if self.mig_port is None:
+                return []
+            return [int(x, 16) for x in txt.split() if len(x) == 2]
         return [int(x, 16) for x in txt[i + len("GUEST READY\r\n"):].split()]
 
     def kill(self):
@@ -436,6 +504,223 @@ class Qemu:
             pass
         self._close_qmp()
         kill_proc(self.proc, term_wait=3)
+
+
+# --------------------------------------------------------------------- migration
+class Migration:
+    """The QMP side of one live migration src -> dst, as libvirt drives it.
+
+    steps: status name -> time.monotonic() when first seen (plus
+    "client_migrate_info", "migrate"); CLOCK_MONOTONIC is shared with the
+    client (SpiceClient.to_client_t)."""
+
+    def __init__(self, src, dst, max_bandwidth=None, pause_before_switchover=False,
+                 client_host="127.0.0.1", client_port=None):
+        self.src, self.dst = src, dst
+        self.max_bandwidth = max_bandwidth
+        self.pause = pause_before_switchover
+        self.client_host = client_host
+        self.client_port = client_port if client_port is not None else dst.spice_port
+        self.steps = {}
+        self.last = None
+        self.info = None
+
+    def setup(self):
+        """Parameters on the source (0 = unlimited bandwidth), capabilities on both."""
+        self.src.set_migration(max_bandwidth=self.max_bandwidth or 0,
+                               pause_before_switchover=self.pause)
+        if self.pause and self.dst.alive():
+            try:
+                self.dst.set_migration(pause_before_switchover=True)
+            except (OSError, QMPError):
+                pass
+        return self
+
+    def client_migrate_info(self):
+        self.steps["client_migrate_info"] = time.monotonic()
+        self.src.qmp("client_migrate_info", protocol="spice",
+                     hostname=self.client_host, port=self.client_port)
+
+    def migrate(self):
+        self.steps["migrate"] = time.monotonic()
+        self.src.qmp("migrate", uri="tcp:127.0.0.1:%d" % self.dst.mig_port)
+
+    def start(self, client_info=True):
+        self.setup()
+        if client_info:
+            self.client_migrate_info()
+        self.migrate()
+        return self
+
+    def poll(self):
+        """One query-migrate; records the first time each status is seen."""
+        info = self.src.query_migrate()
+        st = info.get("status")
+        if st != self.last:
+            self.steps.setdefault(st, time.monotonic())
+            self.last = st
+        self.info = info
+        return st
+
+    def wait(self, statuses=("completed", "failed", "cancelled"), timeout=60.0,
+             interval=0.02):
+        """Poll until the status is one of statuses; returns it (TestFailure on
+        timeout, or if it ends in another final state)."""
+        statuses = tuple(statuses)
+        final = ("completed", "failed", "cancelled")
+
+        def done():
+            st = self.poll()
+            if st in statuses:
+                return st
+            if st in final:
+                raise TestFailure("migration %s -> %s ended %r while waiting for %s: %s" % (
+                    self.src.name, self.dst.name, st, statuses, self.info))
+            return None
+        return wait_until(done, timeout, interval=interval,
+                          what="migration %s -> %s status in %s (now %r)" % (
+                              self.src.name, self.dst.name, statuses, self.last))
+
+    def run(self, timeout=60.0, client_info=True):
+        """start(), continue past pre-switchover, wait for completed."""
+        self.start(client_info=client_info)
+        while True:
+            st = self.wait(("completed", "pre-switchover"), timeout)
+            if st == "completed":
+                break
+            self.src.qmp("migrate-continue", state="pre-switchover")
+            wait_until(lambda: self.poll() != "pre-switchover", 10, interval=0.02,
+                       what="leaving pre-switchover")
+        return self
+
+    def summary(self):
+        t0 = self.steps.get("client_migrate_info", self.steps.get("migrate"))
+        out = {k: round(v - t0, 3) for k, v in sorted(self.steps.items(),
+                                                        key=lambda kv: kv[1])} if t0 else {}
+        if self.info:
+            for k in ("total-time", "downtime", "setup-time"):
+                if k in self.info:
+                    out[k + "-ms"] = self.info[k]
+        return out
+
+
+def log_wall_time(line):
+    """The epoch time of a broker log line ("2026-01-02T03:04:05.678Z ...")."""
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z", line)
+    if not m:
+        return None
+    y, mo, d, h, mi, sec = (int(x) for x in m.groups()[:6])
+    return calendar.timegm((y, mo, d, h, mi, sec, 0, 0, 0)) + float(m.group(7) or 0)
+
+
+def migration_log(broker_log):
+    """The broker's per-migration lines: (migrated, blackouts) with
+    migrated = [(from, to, "prepared"|"unprepared"|"reattach", line)] (from is
+    None for "reattached to B in X ms (fresh backend session ...)"),
+    blackouts = [(n, ms, line)]."""
+    migrated, blackouts = [], []
+    for ln in broker_log.splitlines():
+        m = re.search(r"migrated (\S+) -> (\S+) \((prepared|unprepared)\)", ln)
+        if m:
+            migrated.append((m.group(1), m.group(2), m.group(3), ln.strip()))
+        m = re.search(r"reattached to (\S+) in [0-9.]+ ms", ln)
+        if m:
+            migrated.append((None, m.group(1), "reattach", ln.strip()))
+        m = re.search(r"migration #(\d+) blackout ([0-9.]+) ms", ln)
+        if m:
+            blackouts.append((int(m.group(1)), float(m.group(2)), ln.strip()))
+    return migrated, blackouts
+
+
+def new_instance():
+    """A fresh instance UUID (what libvirt calls the domain UUID)."""
+    return str(uuid.uuid4())
+
+
+def gaps_in(ts, a, b):
+    """Gaps between consecutive timestamps that overlap [a, b], largest
+    first, as (gap, from_t); a window with no update after its last one
+    counts up to b (open gap). ts must be sorted."""
+    out = []
+    for i in range(len(ts) - 1):
+        if ts[i + 1] >= a and ts[i] <= b:
+            out.append((round(ts[i + 1] - ts[i], 4), ts[i]))
+    last = [t for t in ts if t <= b]
+    if last and not [t for t in ts if t > b]:
+        out.append((round(b - last[-1], 4), last[-1]))
+    elif not last:
+        out.append((round(b - a, 4), a))
+    return sorted(out, reverse=True)
+
+
+def client_end_t(client, r):
+    """The client time at which it was told to quit (or its duration)."""
+    return next((e["t"] for e in client.events() if e["ev"] == "quit"), r["duration"])
+
+
+def seamless_failures(r, client, broker_port, t_done, t_end, mouse_mode=None,
+                      alive_after=1.0, max_window_gap=1.0, t_start=None):
+    """What a client of a hidden migration must (not) have seen, as a list of
+    failure strings (empty = seamless). r: the client's summary; t_done: the
+    client time at which the migration completed; t_end: the end of the
+    observation (client time); t_start: when the migration started."""
+    f = []
+    if r["counts"].get("migration-started"):
+        f.append("spice-gtk saw migration-started %d time(s): %s" % (
+            r["counts"]["migration-started"], r["migration"]["started"]))
+    states = [st for _, st in r["migration"]["states"] if st != "none"]
+    if states:
+        f.append("migration-state left none: %s" % r["migration"]["states"])
+    if r["counts"].get("disconnected"):
+        f.append("session disconnected signal (%d)" % r["counts"]["disconnected"])
+    closed = {k: v["events"] for k, v in r["channels"].items()
+              if v["closed_t"] is not None or v.get("destroyed")
+              or any(ev in ("closed", "switching") or ev.startswith("error")
+                     for _, ev in v["events"])}
+    if closed:
+        f.append("channels closed/errored/switched: %s" % closed)
+    want = "127.0.0.1:%d" % broker_port
+    bad = {k: p for k, p in r["final_peers"].items() if p != want}
+    if bad:
+        f.append("channel peers are not the broker (%s): %s" % (want, bad))
+    changes = [e for e in client.events() if e["ev"] == "peer-change"]
+    if changes:
+        f.append("peer changes: %s" % changes)
+    ts = r["invalidate"]["timestamps"] or []
+    after = [t for t in ts if t_done < t <= t_done + alive_after]
+    if not after:
+        f.append("no display update within %.1f s after completion (t=%.2f; last "
+                 "update t=%s)" % (alive_after, t_done, ts[-1] if ts else None))
+    if not [t for t in ts if t > t_end - alive_after]:
+        f.append("display not alive at the end (last update t=%s, end t=%.2f)" % (
+            ts[-1] if ts else None, t_end))
+    if t_start is not None:
+        g = gaps_in(ts, t_start, t_done + alive_after)
+        if g and g[0][0] > max_window_gap:
+            f.append("display gap %.3f s at t=%.2f in the migration window" % g[0])
+    if mouse_mode is not None:
+        # The destination QEMU re-announces its pointer when its VM starts:
+        # spice-gtk gets MOUSE_MODE server then client within a few ms, with a
+        # direct connection just the same. "Unchanged" = every other mode is
+        # back to mouse_mode within 0.5 s, and the last one is mouse_mode.
+        ups = [(t, m) for t, m in r["mouse"]["updates"]
+               if t_start is None or t >= t_start]
+        for i, (t, m) in enumerate(ups):
+            if m == mouse_mode:
+                continue
+            back = next((t2 for t2, m2 in ups[i + 1:] if m2 == mouse_mode), None)
+            if back is None or back - t > 0.5:
+                f.append("mouse mode changed from %s to %s at t=%.3f (updates %s)" % (
+                    mouse_mode, m, t, r["mouse"]["updates"]))
+                break
+    return f
+
+
+def switch_gap(r, t_done, before=0.5, after=1.0):
+    """The client-visible blackout: the largest gap between display updates in
+    [t_done - before, t_done + after] (seconds, and where it starts)."""
+    g = gaps_in(r["invalidate"]["timestamps"] or [], t_done - before, t_done + after)
+    return g[0] if g else (None, None)
 
 
 # --------------------------------------------------------------------- broker
@@ -549,6 +834,27 @@ class Broker:
     def session_kill(self, sid):
         return self.ctl("session", "kill", sid)
 
+    def session_of(self, instance):
+        """The one live session of an instance (None if there is none)."""
+        ss = [x for x in self.sessions() if x.get("instance") == instance]
+        check(len(ss) <= 1, "%d sessions for instance %s: %s" % (len(ss), instance, ss))
+        return ss[0] if ss else None
+
+    def prepare(self, instance, host, port, password=None, wait=True, timeout=15,
+                check_rc=True):
+        """migration prepare [--wait]: links the instance's sessions to the
+        destination in advance. Returns (rc, stdout, stderr)."""
+        a = ["migration", "prepare", "--instance", instance, "--dest-host", host,
+             "--dest-port", port, "--timeout", int(timeout)]
+        if password is not None:
+            a += ["--dest-password", password]
+        if wait:
+            a.append("--wait")
+        return self.ctl(*a, check_rc=check_rc, timeout=timeout + 10)
+
+    def migration_log(self):
+        return migration_log(self.log_text())
+
 
 # --------------------------------------------------------------------- client
 class SpiceClient:
@@ -559,7 +865,7 @@ class SpiceClient:
     def __init__(self, env, host, port, password=None, seconds=10.0, name=None,
                  smartcard=True, mouse_requests=(), keys=None, keys_start=0.5,
                  key_interval=0.05, exit_when_ready=False, stay=False,
-                 inval_timestamps=False):
+                 inval_timestamps=False, keys_go_file=None, peer_poll_ms=None):
         SpiceClient._n += 1
         self.env = env
         self.name = name or "client%d" % SpiceClient._n
@@ -581,6 +887,10 @@ class SpiceClient:
         if keys:
             a += ["--keys", ",".join("%x" % k for k in keys),
                   "--keys-start", str(keys_start), "--key-interval", str(key_interval)]
+        if keys_go_file:
+            a += ["--keys-go-file", keys_go_file]
+        if peer_poll_ms is not None:
+            a += ["--peer-poll-ms", str(int(peer_poll_ms))]
         if exit_when_ready:
             a.append("--exit-when-ready")
         if stay:
@@ -629,6 +939,45 @@ class SpiceClient:
         except TestFailure as e:
             raise TestFailure("%s\n%s" % (e, self.describe()))
 
+    def mono0(self):
+        """time.monotonic() of the client's t = 0 (None before it connected)."""
+        for e in self.events():
+            if e["ev"] == "session-connect" and "mono0" in e:
+                return e["mono0"]
+        return None
+
+    def last_inval_t(self):
+        """Client time of the latest logged display update (spice_client.py
+        logs an "inval" event at most every 250 ms), or None."""
+        t = None
+        for e in self.events():
+            if e["ev"] == "inval":
+                t = e["t"]
+        return t
+
+    def wait_display(self, after_mono, timeout=3.0, what="display update"):
+        """Wait until a display update is logged after time.monotonic() value
+        after_mono; returns its client time."""
+        t_after = self.to_client_t(after_mono)
+
+        def f():
+            t = self.last_inval_t()
+            return t if t is not None and t > t_after else None
+        try:
+            return wait_until(f, timeout, interval=0.05, what="%s: %s" % (self.name, what))
+        except TestFailure as e:
+            raise TestFailure("%s\n%s" % (e, self.describe()))
+
+    def wall_to_client_t(self, wall):
+        """A time.time() (epoch) value on the client's t axis."""
+        return self.to_client_t(wall - (time.time() - time.monotonic()))
+
+    def to_client_t(self, mono):
+        """A time.monotonic() value of this process on the client's t axis."""
+        m0 = self.mono0()
+        check(m0 is not None, "%s: no session-connect event yet" % self.name)
+        return mono - m0
+
     def wait_event(self, pred, timeout, what="client event"):
         def find():
             for e in self.events():
@@ -667,10 +1016,169 @@ class SpiceClient:
         return self.finish()
 
     def describe(self):
-        evs = [e for e in self.events() if e["ev"] not in ("display-primary-create",)]
+        evs = [e for e in self.events() if e["ev"] not in ("display-primary-create", "inval")]
         return "%s events (%d):\n  %s\nstderr tail:\n%s" % (
             self.name, len(evs), "\n  ".join(json.dumps(e) for e in evs[-30:]),
             tail(self.err_path, 10))
+
+
+def no_direct(env):
+    """Migration tests only make sense through the broker."""
+    if env.direct:
+        raise TestSkip("no --direct mode: a direct spice-gtk client sees the migration "
+                       "(the lab's scenarios.py covers that)")
+
+
+# --------------------------------------------------------------------- migration session
+class MigSession:
+    """A broker and one spice-gtk client on a fresh instance whose backend is
+    src (token add --instance, QEMU password passed on): what the migration
+    tests share (broker: reuse a running one). The client runs until stop()
+    (at most client_seconds)."""
+
+    def __init__(self, env, src, client_seconds=100, tag="mig", smartcard=None,
+                 broker=None, **client_kw):
+        self.env, self.src = env, src
+        if broker is None:
+            name = "broker"
+            if os.path.exists(env.path(name)):      # a second broker in one test
+                name = "broker-" + tag
+            broker = Broker(env, name=name).start()
+        self.broker = broker
+        self.instance = new_instance()
+        self.token = token(tag)
+        self.broker.token_add(self.token, "127.0.0.1", src.spice_port,
+                              password=src.password, instance=self.instance)
+        if smartcard is None:
+            smartcard = src.all_devices
+        self.client = SpiceClient(env, "127.0.0.1", self.broker.port, self.token,
+                                  seconds=client_seconds, smartcard=smartcard,
+                                  inval_timestamps=True, **client_kw).start()
+        self.channels = self.client.wait_ready()
+        log("client ready through the broker: %s" % ", ".join(self.channels))
+
+    def prepare(self, dst, timeout=15):
+        """migration prepare --wait toward dst; must report 1 linked session."""
+        t = time.monotonic()
+        rc, out, err = self.broker.prepare(self.instance, "127.0.0.1", dst.spice_port,
+                                           password=dst.password, timeout=timeout)
+        check("1 session(s) linked" in out, "prepare: unexpected answer %r %r" % (out, err))
+        log("prepared %s in %.0f ms: %s" % (dst.name, (time.monotonic() - t) * 1000,
+                                            out.strip()))
+        return out
+
+    def session(self):
+        return self.broker.session_of(self.instance)
+
+    def wait_backend(self, qemu, migrations, timeout=10.0):
+        """Wait for session list: backend = qemu's SPICE port, migrations = n."""
+        want = "127.0.0.1:%d" % qemu.spice_port
+        last = [None]
+
+        def f():
+            s = self.session()
+            last[0] = s
+            return s if s and s.get("backend") == want and \
+                s.get("migrations") == migrations else None
+        try:
+            return wait_until(f, timeout, interval=0.1,
+                              what="session backend %s, migrations %d" % (want, migrations))
+        except TestFailure as e:
+            raise TestFailure("%s; last session list entry: %s" % (
+                e, json.dumps({k: v for k, v in (last[0] or {}).items() if k != "channels"})))
+
+    def mouse_mode(self, timeout=5.0):
+        """The client's mouse mode once QEMU and the client agree on it."""
+        def f():
+            ups = [e for e in self.client.events() if e["ev"] == "main-mouse-update"]
+            if not ups:
+                return None
+            m = ups[-1]["mode"]
+            return m if self.src.query_spice().get("mouse-mode") == m else None
+        return wait_until(f, timeout, what="initial mouse mode")
+
+
+def seamless_scenario(env, src, dst, max_bandwidth=None, tag="mig", min_total=None,
+                      after=2.0, prepare=True, ms=None, client_info=True,
+                      expect_kind="prepared", stop_source_first=False):
+    """One prepared migration src -> dst through the broker, checked end to end
+    (what test_migrate_seamless/_race/_password share):
+    prepare --wait; client_migrate_info + migrate back to back (max_bandwidth
+    bytes/s if given); completed; session list backend = dst, migrations = 1;
+    dst running, src postmigrate; a display update after the completion; src
+    stopped; display still updating `after` s later; then the client's whole
+    view (seamless_failures), the channel set, dst mouse mode, the broker's
+    "migrated A -> B (expect_kind)" line (any kind if None; "reattach" also
+    accepts "reattached to B"). prepare=False: no prepare; client_info=False:
+    no client_migrate_info; stop_source_first: stop the source 0.5 s after
+    completion (as libvirt does) before waiting for the session to move.
+    Returns figures."""
+    ms = ms or MigSession(env, src, tag=tag)
+    c, b = ms.client, ms.broker
+    mode = ms.mouse_mode()
+    log("mouse mode before migration: %s" % mode)
+    s0 = ms.session()
+    check(s0 and s0["backend"] == "127.0.0.1:%d" % src.spice_port and s0["migrations"] == 0,
+          "session list before migration: %s" % s0)
+    if prepare:
+        ms.prepare(dst)
+    m = Migration(src, dst, max_bandwidth=max_bandwidth)
+    m.start(client_info=client_info)
+    m.wait(("completed",), timeout=30)
+    log("migration: %s" % m.summary())
+    total = m.steps["completed"] - m.steps["migrate"]
+    if min_total is not None:
+        check(total > min_total, "migration took only %.2f s: bandwidth limit not "
+              "applied?" % total)
+    if stop_source_first:
+        check(src.status() == "postmigrate", "source status %r" % src.status())
+        time.sleep(0.5)
+        t_stop = time.monotonic()
+        src.stop()
+        log("source QEMU stopped 0.5 s after completion")
+    s1 = ms.wait_backend(dst, 1)
+    log("session list: backend %s, migrations %d" % (s1["backend"], s1["migrations"]))
+    wait_until(lambda: dst.status() == "running", 5, what="destination running")
+    if not stop_source_first:
+        check(src.status() == "postmigrate", "source status %r" % src.status())
+        c.wait_display(m.steps["completed"], timeout=1.5,
+                       what="display update after completion")
+        time.sleep(0.5)
+        t_stop = time.monotonic()
+        src.stop()
+        log("source QEMU stopped")
+    c.wait_display(t_stop + 0.2, timeout=3, what="display update after the source stopped")
+    time.sleep(after)
+    dmode = dst.query_spice().get("mouse-mode")
+    check(dmode == mode, "destination mouse mode %r, was %r" % (dmode, mode))
+    s2 = ms.session()
+    check(s2 and s2["backend"] == "127.0.0.1:%d" % dst.spice_port and s2["migrations"] == 1,
+          "session list at the end: %s" % s2)
+    r = c.stop()
+    t_done = c.to_client_t(m.steps["completed"])
+    fails = seamless_failures(r, c, b.port, t_done, client_end_t(c, r), mouse_mode=mode,
+                              t_start=c.to_client_t(m.steps["migrate"]))
+    if sorted(r["opened"]) != sorted(ms.channels):
+        fails.append("channels opened %s, expected %s" % (r["opened"], ms.channels))
+    ts = r["invalidate"]["timestamps"] or []
+    after_stop = [t for t in ts if t > c.to_client_t(t_stop) + 0.2]
+    if len(after_stop) < 10:
+        fails.append("only %d display updates after the source stopped" % len(after_stop))
+    migrated, blackouts = b.migration_log()
+    want = ("127.0.0.1:%d" % src.spice_port, "127.0.0.1:%d" % dst.spice_port)
+    ok = len(migrated) == 1 and migrated[0][1] == want[1] and \
+        migrated[0][0] in (want[0], None) and \
+        (expect_kind is None or migrated[0][2] == expect_kind)
+    if not ok:
+        fails.append("broker log: expected one 'migrated %s -> %s (%s)', got %s" % (
+            want + (expect_kind or "any", [x[3] for x in migrated])))
+    gap, at = switch_gap(r, t_done)
+    log("client blackout around the switch: %s ms; broker: %s ms" % (
+        "%.0f" % (gap * 1000) if gap is not None else "?", [x[1] for x in blackouts]))
+    b.check_alive()
+    check(not fails, "not seamless:\n  " + "\n  ".join(fails))
+    return {"total_s": round(total, 3), "client_gap_s": gap,
+            "broker_blackout_ms": [x[1] for x in blackouts], "migration": m.summary()}
 
 
 # --------------------------------------------------------------------- raw link

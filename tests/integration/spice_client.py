@@ -9,6 +9,13 @@
                                        press+release through the inputs channel
         [--keys-start T]               seconds after the inputs channel opened (0.5)
         [--key-interval S]             seconds between two key events (0.05)
+        [--keys-go-file F]             type only once F exists (and keys-start has
+                                       passed): lets a test open the typing window
+        [--peer-poll-ms N]             poll every channel's TCP peer each N ms and
+                                       log "peer-change" (100; 0 = off)
+        [--inval-log-ms N]             log an "inval" event {n} at most every N ms
+                                       while display updates come (250; 0 = off):
+                                       lets a test see the display live
         [--events-file F]              every event as a JSON line, as it happens
         [--ready-file F]               created once every channel the server
                                        announced has opened
@@ -32,9 +39,15 @@ Prints ONE JSON object on stdout:
    "max_gap_at", "rate_hz"},
    "mouse": {"requests": [[t,mode]], "updates": [[t,mode]]},
    "keys": {"sent": [[t,scancode,"press"|"release"]], "dropped": n},
+   "migration": {"started": [[t,host,port]], "states": [[t,state]]},
+   "final_peers": {"main#0": "127.0.0.1:5900", ...}, "mono0": m,
    "events": [...]}
 
-t = seconds since start (monotonic). Exit 0 if the main channel opened, else 1.
+t = seconds since start (monotonic); mono0 = time.monotonic() at t = 0
+(CLOCK_MONOTONIC is system-wide: a test converts its own timestamps with it;
+also in the "session-connect" event). Migration is observed, never acted on:
+"migration-started" (main channel signal) and "migration-state" (session
+property) are logged and counted. Exit 0 if the main channel opened, else 1.
 """
 import argparse
 import json
@@ -59,6 +72,10 @@ TERMINAL = {"closed", "error_connect", "error_tls", "error_link", "error_auth",
             "error_io"}
 MOUSE_MODES = {"server": 1, "client": 2}
 MOUSE_NAMES = {1: "server", 2: "client"}
+MIG_STATES = {}
+for _n in ("NONE", "SWITCHING", "MIGRATING", "CONNECTING"):
+    if hasattr(Spice.SessionMigration, _n):
+        MIG_STATES[int(getattr(Spice.SessionMigration, _n))] = _n.lower()
 MAX_INVAL = 200000
 
 
@@ -89,9 +106,13 @@ class Client:
         self.keep = {}           # key -> channel object: keeps the Python wrapper
         #                          alive so id(obj) stays stable across signals
         self.inval = []
+        self.inval_logged = -1.0
         self.counts = {"display-invalidate": 0, "display-primary-create": 0,
                        "main-mouse-update": 0, "main-agent-update": 0,
-                       "channel-opened": 0, "disconnected": 0}
+                       "channel-opened": 0, "disconnected": 0,
+                       "migration-started": 0, "migration-state": 0, "peer-change": 0}
+        self.mig_started = []
+        self.mig_states = []
         self.mouse_requests = []
         self.mouse_updates = []
         self.keys_sent = []
@@ -137,8 +158,12 @@ class Client:
         gconnect(s, "channel-new", self.on_channel_new)
         gconnect(s, "channel-destroy", self.on_channel_destroy)
         gconnect(s, "disconnected", self.on_disconnected)
+        gconnect(s, "notify::migration-state", self.on_mig_state)
         ok = Spice.Session.connect(s)
-        self.log("session-connect", host=self.a.host, port=self.a.port, ok=bool(ok))
+        self.log("session-connect", host=self.a.host, port=self.a.port, ok=bool(ok),
+                 mono0=self.t0)
+        if self.a.peer_poll_ms > 0:
+            GLib.timeout_add(self.a.peer_poll_ms, self.poll_peers)
         GLib.timeout_add(int(self.a.seconds * 1000), self.on_timeout)
         for sig in (signal.SIGINT, signal.SIGTERM):
             GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, self.on_signal, sig)
@@ -150,6 +175,38 @@ class Client:
     def on_signal(self, sig):
         self.quit("signal")
         return False
+
+    def on_mig_state(self, s, pspec):
+        st = int(s.get_property("migration-state"))
+        name = MIG_STATES.get(st, str(st))
+        self.counts["migration-state"] += 1
+        self.mig_states.append([self.now(), name])
+        self.log("migration-state", state=name)
+
+    def on_migration_started(self, ch, mig_session):
+        self.counts["migration-started"] += 1
+        host = port = None
+        try:
+            host = mig_session.get_property("host")
+            port = mig_session.get_property("port")
+        except Exception:
+            pass
+        self.mig_started.append([self.now(), host, port])
+        self.log("migration-started", dest_host=host, dest_port=port)
+
+    def poll_peers(self):
+        if self.quitting:
+            return False
+        for key, ch in list(self.keep.items()):
+            info = self.chans.get(key)
+            if info is None or info["opened_t"] is None:
+                continue
+            p = peer_of(ch)
+            if p is not None and p != info["peer"]:
+                self.counts["peer-change"] += 1
+                self.log("peer-change", ch=key, old=info["peer"], new=p)
+                info["peer"] = p
+        return True
 
     def on_disconnected(self, s):
         self.counts["disconnected"] += 1
@@ -172,6 +229,7 @@ class Client:
             self.main = ch
             gconnect(ch, "main-mouse-update", self.on_mouse_update)
             gconnect(ch, "main-agent-update", self.on_agent_update)
+            gconnect(ch, "migration-started", self.on_migration_started)
         else:
             if isinstance(ch, Spice.DisplayChannel):
                 gconnect(ch, "display-primary-create", self.on_primary_create)
@@ -263,6 +321,12 @@ class Client:
 
     # ------------------------------------------------------------ inputs
     def start_keys(self):
+        if self.a.keys_go_file and not os.path.exists(self.a.keys_go_file):
+            if self.quitting:
+                return False
+            GLib.timeout_add(10, self.start_keys)
+            return False
+        self.log("keys-start", n=len(self.a.keys))
         seq = []
         for sc in self.a.keys:
             seq.append((sc, "press"))
@@ -295,8 +359,12 @@ class Client:
 
     def on_invalidate(self, ch, x, y, w, h):
         self.counts["display-invalidate"] += 1
+        t = self.now()
         if len(self.inval) < MAX_INVAL:
-            self.inval.append(self.now())
+            self.inval.append(t)
+        if self.a.inval_log_ms > 0 and (t - self.inval_logged) * 1000 >= self.a.inval_log_ms:
+            self.inval_logged = t
+            self.log("inval", n=self.counts["display-invalidate"])
 
     # ------------------------------------------------------------ summary
     def summary(self):
@@ -328,6 +396,9 @@ class Client:
             },
             "mouse": {"requests": self.mouse_requests, "updates": self.mouse_updates},
             "keys": {"sent": self.keys_sent, "dropped": self.keys_dropped},
+            "migration": {"started": self.mig_started, "states": self.mig_states},
+            "final_peers": {k: v["peer"] for k, v in self.chans.items()},
+            "mono0": self.t0,
         }
         if not self.a.no_events:
             out["events"] = self.events
@@ -357,6 +428,9 @@ def main():
     ap.add_argument("--keys", type=parse_keys, default=[])
     ap.add_argument("--keys-start", type=float, default=0.5)
     ap.add_argument("--key-interval", type=float, default=0.05)
+    ap.add_argument("--keys-go-file", default=None)
+    ap.add_argument("--peer-poll-ms", type=int, default=100)
+    ap.add_argument("--inval-log-ms", type=int, default=250)
     ap.add_argument("--events-file", default=None)
     ap.add_argument("--ready-file", default=None)
     ap.add_argument("--stay", action="store_true")
