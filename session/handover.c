@@ -41,6 +41,8 @@
 #define MIGRATE_DATA_MAX (1024u * 1024u)
 /* How long a prepared destination stays a reattach target after its legs dropped. */
 #define FALLBACK_TTL_NS (600ull * 1000000000ull)
+/* How long the per-migration line waits for the blackout to be measured. */
+#define SUMMARY_WAIT_MS 5000
 
 static void link_dest_channel(struct chan *c);
 static void reattach_later(struct session *s, const char *host, uint16_t port,
@@ -126,6 +128,24 @@ static void dest_failed(struct session *s, const char *why)
     handover_event(s, MIG_EV_DEST_FAILED);
 }
 
+/* Writes the pending per-migration line, with the blackout if known (ms < 0: not seen). */
+static void flush_summary(struct session *s, double blackout_ms)
+{
+    struct session_mig *m = &s->mig;
+    if (m->summary == NULL)
+        return;
+    if (blackout_ms >= 0)
+        log_info("%s %s blackout %.1f ms (%s:0, last source message to first destination "
+                 "message)", s->sid, m->summary, blackout_ms, wire_channel_name(s->probe_type));
+    else
+        log_info("%s %s, no display update yet to measure the blackout", s->sid, m->summary);
+    free(m->summary);
+    m->summary = NULL;
+    m->blackout_pending = false;
+    if (m->state == MIG_IDLE && m->timer != NULL)
+        evtimer_del(m->timer);
+}
+
 static void finish(struct session *s)
 {
     uint64_t now = handover_now();
@@ -147,16 +167,23 @@ static void finish(struct session *s)
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig.dest.password);
     s->migrations++;
     struct session_mig *m = &s->mig;
-    log_info("%s migrated %s -> %s:%u (%s): destination ready %.1f ms %s begin, "
-             "confirm -> first switch %.1f ms, switching %.1f ms, "
-             "held %llu bytes, migration #%u",
-             s->sid, from, s->rec.host, s->rec.port, m->prepared ? "prepared" : "unprepared",
-             m->t_begin && m->t_ready ? (m->t_ready > m->t_begin ? ms_between(m->t_begin, m->t_ready)
-                                                                 : ms_between(m->t_ready, m->t_begin))
-                                      : -1.0,
-             m->t_ready > m->t_begin ? "after" : "before",
-             ms_between(m->t_confirm, m->t_first_switch), ms_between(m->t_first_switch, now),
-             (unsigned long long)m->held_bytes, s->migrations);
+    /* One line per migration, written once the blackout is known (the first
+     * destination message on the display), or after a few seconds without. */
+    free(m->summary);
+    m->summary = NULL;
+    double ready = m->t_begin && m->t_ready ? (m->t_ready > m->t_begin
+                                                   ? ms_between(m->t_begin, m->t_ready)
+                                                   : ms_between(m->t_ready, m->t_begin))
+                                            : -1.0;
+    if (asprintf(&m->summary,
+                 "migrated %s -> %s:%u (%s): destination ready %.1f ms %s begin, "
+                 "confirm -> first switch %.1f ms, switching %.1f ms, held %llu bytes, "
+                 "migration #%u",
+                 from, s->rec.host, s->rec.port, m->prepared ? "prepared" : "unprepared", ready,
+                 m->t_ready > m->t_begin ? "after" : "before",
+                 ms_between(m->t_confirm, m->t_first_switch), ms_between(m->t_first_switch, now),
+                 (unsigned long long)m->held_bytes, s->migrations) < 0)
+        m->summary = NULL;
     OPENSSL_cleanse(&m->dest, sizeof(m->dest));
     OPENSSL_cleanse(&m->fallback, sizeof(m->fallback));
     m->announced = m->prepared = false;
@@ -166,6 +193,10 @@ static void finish(struct session *s)
     m->held_bytes = 0;
     if (m->timer != NULL)
         evtimer_del(m->timer);
+    if (!m->blackout_pending)
+        flush_summary(s, -1.0);
+    else
+        arm_timer(s, SUMMARY_WAIT_MS);
     session_publish(s);
 }
 
@@ -173,6 +204,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 static void start_linking(struct session *s)
 {
+    flush_summary(s, -1.0);
     if (s->mig.timer == NULL)
         s->mig.timer = evtimer_new(s->w->env.base, on_timer, s);
     s->mig.n_legs = 0;
@@ -244,6 +276,10 @@ void handover_event(struct session *s, enum mig_event e)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
+    if (s->mig.state == MIG_IDLE) {
+        flush_summary(s, -1.0); /* the per-migration line waited long enough */
+        return;
+    }
     log_info("%s migration: %s timed out", s->sid, mig_state_name(s->mig.state));
     s->mig.notify_why = "timed out";
     handover_event(s, MIG_EV_TIMEOUT);
@@ -618,11 +654,12 @@ void handover_note_forwarded(struct chan *c)
     }
     if (m->t_first_dst == 0 && m->t_last_src != 0) {
         m->t_first_dst = handover_now();
-        m->blackout_pending = false;
-        log_info("%s migration #%u blackout %.1f ms (%s:0, last source message to first "
-                 "destination message)", s->sid, s->migrations + (m->state == MIG_IDLE ? 0 : 1),
-                 ms_between(m->t_last_src, m->t_first_dst), wire_channel_name(c->type));
+        double ms = ms_between(m->t_last_src, m->t_first_dst);
         m->t_last_src = m->t_first_dst = 0;
+        if (m->summary != NULL)
+            flush_summary(s, ms);
+        else
+            m->blackout_pending = false;
     }
 }
 
@@ -1061,6 +1098,7 @@ void handover_chan_free(struct chan *c)
 
 void handover_session_free(struct session *s)
 {
+    flush_summary(s, -1.0);
     if (s->pending_reattach != NULL)
         s->pending_reattach->s = NULL;
     notify(s, false, "session closed");

@@ -160,6 +160,7 @@ struct session_mig {
     uint64_t t_start, t_ready, t_begin, t_confirm, t_first_switch; /* monotonic ns */
     uint64_t t_last_src, t_first_dst;  /* blackout, on the display (else main) channel */
     bool blackout_pending;      /* switched; waiting for the first destination message */
+    char *summary;              /* the migration's log line, waiting for its blackout */
     uint64_t held_bytes;
     session_prepare_cb notify;
     void *notify_arg;
