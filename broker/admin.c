@@ -225,10 +225,17 @@ static void prepare_done(void *arg, bool ok, const char *why)
 static void job_prepare(struct session_worker *sw, void *arg)
 {
     struct prepare *p = arg;
+    /* Sessions may call back before session_prepare returns (a destination
+     * that fails at once): hold a provisional reference for each of them
+     * first, then keep exactly one per session. */
+    enum { PROVISIONAL = 1 << 20 };
+    pthread_mutex_lock(&p->mu);
+    p->refs += PROVISIONAL;
+    pthread_mutex_unlock(&p->mu);
     int n = session_prepare(sw, p->instance, p->host, p->port,
                             p->has_password ? p->password : NULL, prepare_done, p);
     pthread_mutex_lock(&p->mu);
-    p->refs += n;       /* one per session still to call back (some may have already) */
+    p->refs -= PROVISIONAL - n;
     p->total += n;
     p->workers_pending--;
     pthread_cond_signal(&p->cv);
@@ -580,6 +587,8 @@ static const char *status_text(int s)
     }
 }
 
+static void on_conn_event(struct bufferevent *bev, short what, void *arg);
+
 static void on_conn_written(struct bufferevent *bev, void *arg)
 {
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -600,7 +609,7 @@ static void send_response(struct bufferevent *bev, struct response *r)
     free(r->body);
     r->body = NULL;
     bufferevent_disable(bev, EV_READ);
-    bufferevent_setcb(bev, NULL, on_conn_written, NULL, NULL);
+    bufferevent_setcb(bev, NULL, on_conn_written, on_conn_event, NULL);
 }
 
 static void on_conn_event(struct bufferevent *bev, short what, void *arg)
@@ -636,8 +645,18 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
     char *line = strtok_r(head, "\r\n", &save);
     bool ok = line != NULL && sscanf(line, "%7s %127s", q.method, q.path) == 2;
     while (ok && (line = strtok_r(NULL, "\r\n", &save)) != NULL) {
-        if (strncasecmp(line, "Content-Length:", 15) == 0)
-            clen = strtoul(line + 15, NULL, 10);
+        if (strncasecmp(line, "Content-Length:", 15) == 0) {
+            const char *v = line + 15;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            char *stop = NULL;
+            errno = 0;
+            unsigned long long n = strtoull(v, &stop, 10);
+            if (*v < '0' || *v > '9' || errno != 0 || stop == v || n > MAX_REQUEST)
+                ok = false;
+            else
+                clen = (size_t)n;
+        }
     }
     free(head);
     if (!ok) {

@@ -19,6 +19,9 @@
 #include <jansson.h>
 
 #define TIMEOUT_MS 10000
+/* A request waits this long for the broker's answer (migration prepare
+ * --wait raises it to its own --timeout plus a margin). */
+static int timeout_ms = TIMEOUT_MS;
 
 static const char *admin_spec = "unix:/run/spice-broker/admin.sock";
 
@@ -118,10 +121,10 @@ static int request(const char *method, const char *path, const char *body, char 
     for (;;) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        long left = TIMEOUT_MS - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
+        long left = timeout_ms - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
         struct pollfd p = { .fd = fd, .events = POLLIN };
         if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
-            fprintf(stderr, "spice-brokerctl: the broker did not answer within %d s\n", TIMEOUT_MS / 1000);
+            fprintf(stderr, "spice-brokerctl: the broker did not answer within %d s\n", timeout_ms / 1000);
             free(buf);
             close(fd);
             return -1;
@@ -344,6 +347,8 @@ static int cmd_migration_prepare(int argc, char **argv)
                         "--dest-port PORT [--dest-password PW] [--wait] [--timeout 1..120]\n");
         return 2;
     }
+    if ((timeout + 5) * 1000 > timeout_ms)
+        timeout_ms = (int)(timeout + 5) * 1000;
     json_t *j = json_pack("{s:s, s:s, s:i, s:b, s:I}", "instance", instance, "dest_host", host,
                           "dest_port", port, "wait", wait, "timeout", (json_int_t)timeout);
     if (password)

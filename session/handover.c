@@ -45,6 +45,7 @@
 #define SUMMARY_WAIT_MS 5000
 
 static void link_dest_channel(struct chan *c);
+static void reattach_done_one(struct session *s);
 static void reattach_later(struct session *s, const char *host, uint16_t port,
                            const char *password);
 
@@ -712,10 +713,41 @@ int handover_try_switch(struct chan *c)
     /* All switched? */
     struct chan *o;
     TAILQ_FOREACH(o, &s->chans, link)
-        if (!o->switched && o->state == CH_RELAY)
+        if (!o->switched && o->state == CH_RELAY && !o->leaving)
             return 0;
     handover_event(s, MIG_EV_ALL_SWITCHED);
     return 0;
+}
+
+void handover_chan_closing(struct chan *c)
+{
+    struct session *s = c->s;
+    struct session_mig *m = &s->mig;
+    c->leaving = true;
+    if (s->reattaching) {
+        reattach_done_one(s);
+        return;
+    }
+    if (m->state == MIG_IDLE || c->is_main)
+        return;
+    /* A channel that goes during a migration no longer counts toward "all
+     * destination legs ready" or "all channels switched". */
+    bool had_leg = c->d_bl != NULL || c->d_fd >= 0 || c->d_ready;
+    if (c->d_ready && m->n_ready > 0)
+        m->n_ready--;
+    if (had_leg && m->n_legs > 0)
+        m->n_legs--;
+    drop_dest_leg(c);
+    if (m->state == MIG_LINKING && m->n_legs > 0 && m->n_ready == m->n_legs) {
+        m->t_ready = handover_now();
+        handover_event(s, MIG_EV_DEST_READY);
+    } else if (m->state == MIG_SWITCHING) {
+        struct chan *o;
+        TAILQ_FOREACH(o, &s->chans, link)
+            if (!o->switched && o->state == CH_RELAY && !o->leaving)
+                return;
+        handover_event(s, MIG_EV_ALL_SWITCHED);
+    }
 }
 
 /* ------------------------------------------------------------------ reattach
@@ -754,11 +786,23 @@ struct reattach_args {
 
 static void relink_channel(struct chan *c);
 
+/* One channel could not follow the session to its new backend: it closes
+ * (the client sees that channel go), the rest carry on. */
+static void relink_failed(struct chan *c, const char *why)
+{
+    struct session *s = c->s;
+    chan_close(c, why);
+    if (!s->closing)
+        reattach_done_one(s);
+}
+
 static void reattach_done_one(struct session *s)
 {
     struct chan *c;
+    if (!s->reattaching)
+        return;
     TAILQ_FOREACH(c, &s->chans, link)
-        if (c->state == CH_RELAY && !c->relinked)
+        if (c->state == CH_RELAY && !c->relinked && !c->leaving)
             return;
     s->reattaching = false;
     s->migrations++;
@@ -777,14 +821,12 @@ static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const c
         char why[600];
         snprintf(why, sizeof(why), "reattach: %s:%u link: %s", wire_channel_name(c->type), c->id,
                  err);
-        chan_close(c, why);
-        if (!s->closing)
-            reattach_done_one(s);
+        relink_failed(c, why);
         return;
     }
     if (relay_attach_backend(c, fd) < 0) {
         close(fd);
-        chan_close(c, "out of memory");
+        relink_failed(c, "out of memory");
         return;
     }
     if (c->type == SPICE_CHANNEL_DISPLAY) {
@@ -805,7 +847,7 @@ static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const c
         n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS, &zero, 1);
         n += wire_msg_build(b + n, sizeof(b) - n, true, SPICE_MSG_DISPLAY_INVAL_ALL_PALETTES, NULL, 0);
         if (relay_push(c, false, b, (uint32_t)n) < 0) {
-            chan_close(c, "reattach: cannot reset the client's display");
+            relink_failed(c, "reattach: cannot reset the client's display");
             return;
         }
         n = 0;
@@ -818,7 +860,7 @@ static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const c
                                 SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION, &comp, 1);
         }
         if (n > 0 && relay_push(c, true, b, (uint32_t)n) < 0) {
-            chan_close(c, "reattach: cannot replay DISPLAY_INIT");
+            relink_failed(c, "reattach: cannot replay DISPLAY_INIT");
             return;
         }
     }
@@ -1047,9 +1089,11 @@ int handover_backend_lost(struct chan *c, const char *why)
     snprintf(password, sizeof(password), "%s", m->dest.password);
     uint16_t port = m->dest.port;
     s->reattach_cause = why;
-    int rc = reattach(s, host, port, password);
+    /* Not from here: the caller is inside this channel's relay step, and a
+     * reattach may close channels. On the next loop turn. */
+    reattach_later(s, host, port, password);
     OPENSSL_cleanse(password, sizeof(password));
-    return rc < 0 ? 1 : 0;
+    return s->pending_reattach != NULL ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ prepare, teardown */

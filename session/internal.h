@@ -141,6 +141,7 @@ struct chan {
     uint8_t display_init_len;
     uint32_t surfaces[32];      /* display: live surface ids < 1024, as bits */
     bool relinked;              /* reattach: this channel has its fresh backend */
+    bool leaving;               /* being closed: no longer counted by migration */
 };
 
 struct mig_dest {
@@ -229,6 +230,8 @@ bool handover_wants(const struct chan *c, uint16_t type);
 int handover_try_switch(struct chan *c);
 void handover_chan_started(struct chan *c);
 void handover_chan_free(struct chan *c);
+/* A non-main channel of a live session is about to close. */
+void handover_chan_closing(struct chan *c);
 void handover_session_free(struct session *s);
 void handover_note_forwarded(struct chan *c);
 /* The backend leg of c closed or failed: 0 if a reattach took over, -1 if

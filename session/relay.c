@@ -343,12 +343,22 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
                 msg_forwarded(c, d);
             continue;
         }
-        if (h.size > INTERCEPT_MAX) {
+        /* Whole-message reads are small control messages, except a source's
+         * MIGRATE_DATA (agent or char-device data in flight: up to what the
+         * relay buffer holds). */
+        uint32_t limit = h.type == SPICE_MSG_MIGRATE_DATA && d == &c->to_c
+                             ? c->w->pool.size - HDR
+                             : INTERCEPT_MAX;
+        if (h.size > limit) {
             *why = "oversized control message";
             return -1;
         }
-        if (avail < HDR + h.size)
-            break; /* wait for the rest; dir_read compacts to make room */
+        if (avail < HDR + h.size) {
+            /* Wait for the rest, with room for it at the end of the buffer. */
+            if (c->w->pool.size - d->parsed < HDR + h.size && d->head > 0)
+                dir_compact(d);
+            break;
+        }
         v = handle(c, d, h.type, d->buf->data + d->parsed + HDR, h.size, why);
         if (v == RV_FAIL)
             return -1;
@@ -788,11 +798,18 @@ int relay_detach_backend(struct chan *c, const char **why)
 int relay_attach_backend(struct chan *c, int fd)
 {
     struct event_base *base = c->w->env.base;
+    struct event *rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
+    struct event *wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    if (rd == NULL || wr == NULL) {
+        if (rd != NULL)
+            event_free(rd);
+        if (wr != NULL)
+            event_free(wr);
+        return -1; /* fd stays the caller's */
+    }
     c->b_fd = fd;
-    c->b_rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->b_wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
-    if (c->b_rd == NULL || c->b_wr == NULL)
-        return -1;
+    c->b_rd = rd;
+    c->b_wr = wr;
     event_add(c->b_rd, NULL);
     return 0;
 }

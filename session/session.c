@@ -182,6 +182,8 @@ void chan_close(struct chan *c, const char *reason)
         if (reason != NULL)
             log_info("%s %s:%u channel closed: %s", s->sid, wire_channel_name(c->type), c->id,
                      reason);
+        if (!s->closing)
+            handover_chan_closing(c);
         TAILQ_REMOVE(&s->chans, c, link);
         chan_account(s, c);
     } else {
