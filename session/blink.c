@@ -35,7 +35,10 @@ struct blink {
                 4 + WIRE_TICKET_SIZE];
     uint32_t out_have, out_sent;
     struct wire_caps caps; /* the server's, from its reply */
+    uint8_t pub_key[WIRE_PUBKEY_SIZE];
     blink_done_fn done;
+    blink_reply_fn on_reply; /* set: stop after the reply until blink_resume() */
+    bool paused;
     void *arg;
 };
 
@@ -104,6 +107,8 @@ static void connected(struct blink *bl)
     event_add(bl->rd, NULL);
 }
 
+static void send_ticket(struct blink *bl);
+
 static void reply_done(struct blink *bl)
 {
     const uint8_t *body = bl->in + WIRE_LINK_HEADER_SIZE;
@@ -132,13 +137,28 @@ static void reply_done(struct blink *bl)
         return;
     }
     bl->caps = r.caps;
+    memcpy(bl->pub_key, r.pub_key, sizeof(bl->pub_key));
+    if (bl->on_reply != NULL) {
+        /* The caller has something to check first (the client's ticket):
+         * until it resumes, the server has no ticket, so it creates no
+         * channel for this link. */
+        bl->paused = true;
+        event_del(bl->rd);
+        bl->on_reply(bl->arg, &bl->caps);
+        return;
+    }
+    send_ticket(bl);
+}
+
+static void send_ticket(struct blink *bl)
+{
     uint8_t b[4 + WIRE_TICKET_SIZE];
     size_t n = 0;
-    if (wire_caps_has_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION)) {
+    if (wire_caps_has_common(&bl->caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION)) {
         wire_put_u32(b, SPICE_COMMON_CAP_AUTH_SPICE);
         n = 4;
     }
-    int rc = ticket_encrypt(r.pub_key, bl->password, b + n);
+    int rc = ticket_encrypt(bl->pub_key, bl->password, b + n);
     OPENSSL_cleanse(bl->password, sizeof(bl->password));
     if (rc != 0) {
         finish(bl, "cannot encrypt the ticket");
@@ -256,6 +276,21 @@ static int open_socket(const char *host, uint16_t port, const char **why)
     }
     freeaddrinfo(ai);
     return fd;
+}
+
+void blink_resume(struct blink *bl)
+{
+    if (bl == NULL || !bl->paused)
+        return;
+    bl->paused = false;
+    bl->on_reply = NULL;
+    event_add(bl->rd, NULL);
+    send_ticket(bl);
+}
+
+void blink_pause_after_reply(struct blink *bl, blink_reply_fn on_reply)
+{
+    bl->on_reply = on_reply;
 }
 
 struct blink *blink_start(struct event_base *base, const char *host, uint16_t port,

@@ -80,6 +80,13 @@ struct blink *blink_start(struct event_base *base, const char *host, uint16_t po
                           int timeout_ms, blink_done_fn done, void *arg, const char **why);
 /* Cancels a link in progress (no callback). */
 void blink_free(struct blink *bl);
+/* Makes bl stop after the server's link reply and call on_reply(arg, caps)
+ * (the server then has no ticket yet); blink_resume() sends the ticket and
+ * goes on to the result, reported through the done callback. Call right
+ * after blink_start(). */
+typedef void (*blink_reply_fn)(void *arg, const struct wire_caps *caps);
+void blink_pause_after_reply(struct blink *bl, blink_reply_fn on_reply);
+void blink_resume(struct blink *bl);
 
 /* ------------------------------------------------------------------ channel */
 
@@ -98,6 +105,7 @@ struct chan_link {
     uint32_t out_have, out_sent;
     int out_fd;                       /* which socket `out` goes to */
     bool client_auth_sel;             /* client advertised PROTOCOL_AUTH_SELECTION */
+    bool reply_sent;                  /* our link reply went out */
 };
 
 struct session;
@@ -142,6 +150,7 @@ struct chan {
     uint32_t surfaces[32];      /* display: live surface ids < 1024, as bits */
     bool relinked;              /* reattach: this channel has its fresh backend */
     bool leaving;               /* being closed: no longer counted by migration */
+    bool attached;              /* in s->chans (authenticated); else in worker->pending */
 };
 
 struct mig_dest {

@@ -118,7 +118,7 @@ static void backend_failed(struct chan *c, const char *why)
     log_warnx("%s %s:%u backend %s:%u link failed: %s", chan_sid(c), wire_channel_name(c->type),
               c->id, c->s ? c->s->rec.host : "?", c->s ? c->s->rec.port : 0, why);
     c->w->stats.links_failed_backend++;
-    if (c->is_main)
+    if (c->is_main || c->lk->reply_sent)
         send_link_result(c, SPICE_LINK_ERR_ERROR); /* the client is waiting for its result */
     else
         send_link_error(c, SPICE_LINK_ERR_ERROR); /* the client is waiting for our reply */
@@ -154,6 +154,7 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
         return;
     }
     c->state = CH_C_AUTH;
+    c->lk->reply_sent = true;
     c->lk->in_have = 0;
     c->lk->in_need = (c->lk->client_auth_sel ? 4 : 0) + WIRE_TICKET_SIZE;
     event_add(c->c_rd, NULL);
@@ -223,8 +224,10 @@ static void client_link_done(struct chan *c)
             return;
         }
     }
-    TAILQ_REMOVE(&w->pending, c, link);
-    TAILQ_INSERT_TAIL(&s->chans, c, link);
+    /* The channel stays on the worker's pending list until the client's
+     * ticket is checked: an unauthenticated link can neither occupy the
+     * session's (type, id) slot nor make QEMU create a channel (the backend
+     * gets its ticket only after the client's has been checked). */
     c->s = s;
     event_del(c->c_rd);
     link_backend_connect(c);
@@ -258,13 +261,19 @@ static void client_auth_done(struct chan *c)
                         "permission denied (token differs from the session's)");
             return;
         }
-        send_link_result(c, SPICE_LINK_ERR_OK);
-        wipe_secrets(lk);
-        evtimer_del(c->timer);
-        log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
-        if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
-            c->s->probe_type = SPICE_CHANNEL_DISPLAY;
-        (void)relay_start(c, NULL, 0, NULL, 0);
+        struct chan *o;
+        TAILQ_FOREACH(o, &c->s->chans, link) {
+            if (o->type == c->type && o->id == c->id) {
+                refuse_auth(c, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE, "channel already open");
+                return;
+            }
+        }
+        TAILQ_REMOVE(&w->pending, c, link);
+        TAILQ_INSERT_TAIL(&c->s->chans, c, link);
+        c->attached = true;
+        c->state = CH_B_CONNECT;
+        arm_timer(c, w->env.backend_timeout_ms);
+        blink_resume(c->bl); /* now the backend gets its ticket */
         return;
     }
 
@@ -295,6 +304,7 @@ static void client_auth_done(struct chan *c)
     TAILQ_INSERT_TAIL(&w->sessions, s, link);
     TAILQ_REMOVE(&w->pending, c, link);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
+    c->attached = true;
     c->s = s;
     s->main = c;
     s->probe_type = SPICE_CHANNEL_MAIN;
@@ -337,14 +347,24 @@ static void on_backend_linked(void *arg, int fd, const struct wire_caps *caps, c
         return;
     }
     c->b_fd = fd;
+    send_link_result(c, SPICE_LINK_ERR_OK);
+    wipe_secrets(c->lk);
+    evtimer_del(c->timer);
     if (c->is_main) {
-        send_link_result(c, SPICE_LINK_ERR_OK);
-        wipe_secrets(c->lk);
-        evtimer_del(c->timer);
         log_info("%s main:0 linked to backend %s:%u", chan_sid(c), c->s->rec.host, c->s->rec.port);
-        (void)relay_start(c, NULL, 0, NULL, 0);
-        return;
+    } else {
+        log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
+            c->s->probe_type = SPICE_CHANNEL_DISPLAY;
     }
+    (void)relay_start(c, NULL, 0, NULL, 0);
+}
+
+/* Non-main: the backend answered our link (its caps are what the client
+ * needs in our reply); its ticket waits for the client's. */
+static void on_backend_reply(void *arg, const struct wire_caps *caps)
+{
+    struct chan *c = arg;
     client_reply(c, caps);
 }
 
@@ -358,8 +378,12 @@ static void link_backend_connect(struct chan *c)
     evtimer_del(c->timer);
     c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,
                         c->w->env.backend_timeout_ms, on_backend_linked, c, &why);
-    if (c->bl == NULL)
+    if (c->bl == NULL) {
         backend_failed(c, why);
+        return;
+    }
+    if (!c->is_main)
+        blink_pause_after_reply(c->bl, on_backend_reply);
 }
 
 /* ------------------------------------------------------------------ the I/O step */

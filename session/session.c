@@ -164,6 +164,15 @@ void session_close(struct session *s, const char *reason)
         chan_account(s, c);
         chan_free(c);
     }
+    /* Links still being authenticated for this session go with it. */
+    struct chan *next;
+    for (c = TAILQ_FIRST(&w->pending); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->s == s) {
+            TAILQ_REMOVE(&w->pending, c, link);
+            chan_free(c);
+        }
+    }
     handover_session_free(s);
     TAILQ_REMOVE(&w->sessions, s, link);
     w->stats.sessions_active--;
@@ -174,11 +183,11 @@ void session_close(struct session *s, const char *reason)
 void chan_close(struct chan *c, const char *reason)
 {
     struct session *s = c->s;
-    if (s != NULL && c->is_main) {
+    if (s != NULL && c->is_main && c->attached) {
         session_close(s, reason);
         return;
     }
-    if (s != NULL) {
+    if (s != NULL && c->attached) {
         if (reason != NULL)
             log_info("%s %s:%u channel closed: %s", s->sid, wire_channel_name(c->type), c->id,
                      reason);
@@ -187,6 +196,9 @@ void chan_close(struct chan *c, const char *reason)
         TAILQ_REMOVE(&s->chans, c, link);
         chan_account(s, c);
     } else {
+        if (s != NULL && reason != NULL)
+            log_info("%s %s:%u link closed: %s", s->sid, wire_channel_name(c->type), c->id,
+                     reason);
         TAILQ_REMOVE(&c->w->pending, c, link);
     }
     chan_free(c);

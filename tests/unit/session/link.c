@@ -1011,20 +1011,29 @@ test_display_link_joins_session(void **state)
      * client's own caps ... */
     wire_set_ack_build(b, sizeof(b), &sa);
     n = msg_put(ack, SPICE_MSG_SET_ACK, b, 8);
-    srv = srv_handshake(f, &m, server_caps, ack, n);
+    srv = srv_accept(f);
+    srv_read_link(f, srv, &m);
     assert_int_equal(m.connection_id, sid);
     assert_int_equal(m.channel_type, SPICE_CHANNEL_DISPLAY);
     assert_int_equal(m.channel_id, 0);
     assert_int_equal(m.caps.n_channel, 1);
     assert_int_equal(m.caps.channel[0], client_caps);
     assert_false(wire_caps_has_common(&m.caps, SPICE_COMMON_CAP_AUTH_SASL));
+    srv_send_reply(f, srv, server_caps);
 
     /* ... then the client gets the backend's channel caps, and its ticket
-     * must carry the session's token. */
+     * must carry the session's token; only then does the backend get its
+     * own ticket (an unauthenticated link makes QEMU create nothing). */
     assert_int_equal(client_read_reply(f, disp, &r), SPICE_LINK_ERR_OK);
     assert_int_equal(r.caps.n_channel, 1);
     assert_int_equal(r.caps.channel[0], server_caps);
     client_send_ticket(f, disp, r.pub_key, "good", true, NULL, 0);
+    {
+        char pw[TICKET_MAX_PLAIN];
+        srv_read_ticket(f, srv, pw);
+        assert_string_equal(pw, PASSWORD);
+        srv_send_result(f, srv, SPICE_LINK_ERR_OK, ack, n);
+    }
     assert_int_equal(client_read_result(f, disp), SPICE_LINK_ERR_OK);
 
     /* Relaying: the backend's SET_ACK is answered and re-issued. */
@@ -1057,12 +1066,14 @@ test_display_link_with_other_token_is_denied(void **state)
     link_main(f, sid);
     disp = new_client(f);
     client_send_link(f, disp, sid, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, 0);
-    srv = srv_handshake(f, &m, 0, NULL, 0);
+    srv = srv_accept(f);
+    srv_read_link(f, srv, &m);
+    srv_send_reply(f, srv, 0);
     assert_int_equal(client_read_reply(f, disp, &r), SPICE_LINK_ERR_OK);
     client_send_ticket(f, disp, r.pub_key, "not-the-token", true, NULL, 0);
     assert_int_equal(client_read_result(f, disp), SPICE_LINK_ERR_PERMISSION_DENIED);
     expect_eof(f, disp);
-    expect_eof(f, srv); /* the display's backend leg is dropped too */
+    expect_eof(f, srv); /* the backend leg is dropped, before it ever got a ticket */
     assert_non_null(session_find(f->w, sid)); /* the session itself lives on */
     close(disp);
 }

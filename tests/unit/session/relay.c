@@ -231,6 +231,7 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
     c->is_main = type == SPICE_CHANNEL_MAIN;
     c->b_fd = bp[0];
     TAILQ_INSERT_TAIL(&s->chans, c, link);
+    c->attached = true;
     if (c->is_main)
         s->main = c;
     f->is_main = c->is_main;
