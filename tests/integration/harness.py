@@ -24,6 +24,8 @@ Library only (stdlib; spice_client.py, run as a subprocess, is the gi part).
                                       session(), wait_backend(), mouse_mode()
   seamless_failures(), switch_gap(),  what a client of a hidden migration must not
   seamless_scenario()                 see; the blackout; one checked migration
+  read_ppm(), image_diff()            pixels: QMP screendump / client snapshots
+                                      (Qemu.screendump, SpiceClient.snapshot)
   raw SPICE link helpers              link_header(), link_mess(), LinkConn,
                                       rsa_oaep_encrypt() (ticket, stdlib only)
   run(test_fn, ...)                   standard main(): --build-dir, --direct,
@@ -458,6 +460,12 @@ class Qemu:
     def query_spice(self):
         return self.qmp("query-spice")
 
+    def screendump(self, path):
+        """QMP screendump (PPM P6) of the guest's console as QEMU renders it;
+        returns time.monotonic() right after the reply (the file is written)."""
+        self.qmp("screendump", filename=path)
+        return time.monotonic()
+
     def send_keys(self, qcodes):
         """QMP send-key: press all qcodes together, then release them."""
         return self.qmp("send-key", keys=[{"type": "qcode", "data": k} for k in qcodes])
@@ -865,7 +873,8 @@ class SpiceClient:
     def __init__(self, env, host, port, password=None, seconds=10.0, name=None,
                  smartcard=True, mouse_requests=(), keys=None, keys_start=0.5,
                  key_interval=0.05, exit_when_ready=False, stay=False,
-                 inval_timestamps=False, keys_go_file=None, peer_poll_ms=None):
+                 inval_timestamps=False, keys_go_file=None, peer_poll_ms=None,
+                 snapshots=False):
         SpiceClient._n += 1
         self.env = env
         self.name = name or "client%d" % SpiceClient._n
@@ -897,6 +906,11 @@ class SpiceClient:
             a.append("--stay")
         if inval_timestamps:
             a.append("--inval-timestamps")
+        # snapshots=True: the client writes display#0 as PPM on request (snapshot())
+        self.snap_dir = env.path(self.name + ".snaps") if snapshots else None
+        if self.snap_dir:
+            os.makedirs(self.snap_dir, exist_ok=True)
+            a += ["--snap-dir", self.snap_dir]
         self.argv = a
         self.proc = None
         self.result = None
@@ -985,6 +999,39 @@ class SpiceClient:
                     return e
             return None
         return wait_until(find, timeout, what=what)
+
+    def request_snapshot(self, name):
+        """Ask the client (snapshots=True) for a snapshot of display#0 named
+        name; returns at once (the client polls every 10 ms): see snapshot()."""
+        check(self.snap_dir is not None, "%s: started without snapshots=True" % self.name)
+        for ext in (".ppm", ".json"):
+            try:
+                os.unlink(os.path.join(self.snap_dir, name + ext))
+            except OSError:
+                pass
+        with open(os.path.join(self.snap_dir, name + ".req"), "w"):
+            pass
+
+    def wait_snapshot(self, name, timeout=5.0):
+        """The snapshot requested as name: (ppm path, metadata dict with "mono",
+        "width", "height", ...). TestFailure if it fails or takes too long."""
+        meta_path = os.path.join(self.snap_dir, name + ".json")
+
+        def f():
+            if os.path.exists(meta_path):
+                with open(meta_path) as fh:
+                    return json.load(fh)
+            if self.proc.poll() is not None:
+                raise TestFailure("%s exited before snapshot %s:\n%s" % (
+                    self.name, name, self.describe()))
+            return None
+        meta = wait_until(f, timeout, interval=0.01, what="%s: snapshot %s" % (self.name, name))
+        check(meta.get("ok"), "%s: snapshot %s failed: %s" % (self.name, name, meta))
+        return os.path.join(self.snap_dir, name + ".ppm"), meta
+
+    def snapshot(self, name, timeout=5.0):
+        self.request_snapshot(name)
+        return self.wait_snapshot(name, timeout)
 
     def finish(self, timeout=None):
         """Wait for exit (bounded), parse and return the JSON summary."""
@@ -1100,7 +1147,7 @@ class MigSession:
 
 def seamless_scenario(env, src, dst, max_bandwidth=None, tag="mig", min_total=None,
                       after=2.0, prepare=True, ms=None, client_info=True,
-                      expect_kind="prepared", stop_source_first=False):
+                      expect_kind="prepared", stop_source_first=False, settled=None):
     """One prepared migration src -> dst through the broker, checked end to end
     (what test_migrate_seamless/_race/_password share):
     prepare --wait; client_migrate_info + migrate back to back (max_bandwidth
@@ -1111,8 +1158,9 @@ def seamless_scenario(env, src, dst, max_bandwidth=None, tag="mig", min_total=No
     "migrated A -> B (expect_kind)" line (any kind if None; "reattach" also
     accepts "reattached to B"). prepare=False: no prepare; client_info=False:
     no client_migrate_info; stop_source_first: stop the source 0.5 s after
-    completion (as libvirt does) before waiting for the session to move.
-    Returns figures."""
+    completion (as libvirt does) before waiting for the session to move;
+    settled(ms): called once the `after` s have passed, the client still
+    running (e.g. a pixel comparison). Returns figures."""
     ms = ms or MigSession(env, src, tag=tag)
     c, b = ms.client, ms.broker
     mode = ms.mouse_mode()
@@ -1149,6 +1197,8 @@ def seamless_scenario(env, src, dst, max_bandwidth=None, tag="mig", min_total=No
         log("source QEMU stopped")
     c.wait_display(t_stop + 0.2, timeout=3, what="display update after the source stopped")
     time.sleep(after)
+    if settled is not None:
+        settled(ms)
     dmode = dst.query_spice().get("mouse-mode")
     check(dmode == mode, "destination mouse mode %r, was %r" % (dmode, mode))
     s2 = ms.session()
@@ -1179,6 +1229,65 @@ def seamless_scenario(env, src, dst, max_bandwidth=None, tag="mig", min_total=No
     check(not fails, "not seamless:\n  " + "\n  ".join(fails))
     return {"total_s": round(total, 3), "client_gap_s": gap,
             "broker_blackout_ms": [x[1] for x in blackouts], "migration": m.summary()}
+
+
+# --------------------------------------------------------------------- pixels
+def read_ppm(path):
+    """A binary PPM (P6, maxval 255) -> (width, height, RGB bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    tok, i = [], 0
+    while len(tok) < 4:
+        while i < len(data) and data[i:i + 1].isspace():
+            i += 1
+        if data[i:i + 1] == b"#":
+            while i < len(data) and data[i:i + 1] != b"\n":
+                i += 1
+            continue
+        j = i
+        while j < len(data) and not data[j:j + 1].isspace():
+            j += 1
+        check(j > i, "%s: truncated PPM header" % path)
+        tok.append(data[i:j])
+        i = j
+    i += 1                                   # the one whitespace after maxval
+    check(tok[0] == b"P6" and tok[3] == b"255", "%s: not a P6/255 PPM: %r" % (path, tok))
+    w, h = int(tok[1]), int(tok[2])
+    px = data[i:i + w * h * 3]
+    check(len(px) == w * h * 3, "%s: %d pixel bytes, want %d" % (path, len(px), w * h * 3))
+    return w, h, px
+
+
+def image_diff(a, b, skip_rows=0, cell=(9, 16)):
+    """Pixels differing between two (w, h, rgb) images, ignoring the first
+    skip_rows pixel rows. Returns {"size", "n", "bbox" (x0, y0, x1, y1
+    inclusive) or None, "cells": {(col, row): n} of cell-sized blocks (VGA
+    text: 9x16), "sample": a few [x, y, rgb_a, rgb_b]} ("size" mismatch:
+    n = -1)."""
+    (wa, ha, pa), (wb, hb, pb) = a, b
+    if (wa, ha) != (wb, hb):
+        return {"size": [(wa, ha), (wb, hb)], "n": -1, "bbox": None, "cells": {},
+                "sample": []}
+    n, bbox, cells, sample = 0, None, {}, []
+    rowlen = wa * 3
+    for y in range(skip_rows, ha):
+        ra, rb = pa[y * rowlen:(y + 1) * rowlen], pb[y * rowlen:(y + 1) * rowlen]
+        if ra == rb:
+            continue
+        for x in range(wa):
+            ca, cb = ra[x * 3:x * 3 + 3], rb[x * 3:x * 3 + 3]
+            if ca == cb:
+                continue
+            n += 1
+            if bbox is None:
+                bbox = [x, y, x, y]
+            else:
+                bbox = [min(bbox[0], x), min(bbox[1], y), max(bbox[2], x), max(bbox[3], y)]
+            k = (x // cell[0], y // cell[1])
+            cells[k] = cells.get(k, 0) + 1
+            if len(sample) < 5:
+                sample.append([x, y, ca.hex(), cb.hex()])
+    return {"size": (wa, ha), "n": n, "bbox": bbox, "cells": cells, "sample": sample}
 
 
 # --------------------------------------------------------------------- raw link

@@ -23,6 +23,11 @@
         [--stay]                       do not exit early when every channel has
                                        closed/failed (default: exit 0.3 s later)
         [--no-events]
+        [--snap-dir D]                 pixel snapshots on request: when D/NAME.req
+                                       appears (polled every 10 ms), write the
+                                       display#0 primary surface as D/NAME.ppm
+                                       (P6, RGB) and D/NAME.json (metadata), both
+                                       by rename, then remove D/NAME.req
 
 Connects the session, then every channel the server announces (the probe calls
 channel.connect() from channel-new, like a real viewer). Runs until --seconds
@@ -50,6 +55,7 @@ also in the "session-connect" event). Migration is observed, never acted on:
 property) are logged and counted. Exit 0 if the main channel opened, else 1.
 """
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -77,6 +83,36 @@ for _n in ("NONE", "SWITCHING", "MIGRATING", "CONNECTING"):
     if hasattr(Spice.SessionMigration, _n):
         MIG_STATES[int(getattr(Spice.SessionMigration, _n))] = _n.lower()
 MAX_INVAL = 200000
+
+
+class _Primary(ctypes.Structure):
+    # SpiceDisplayPrimary (spice-gtk channel-display.h)
+    _fields_ = [("format", ctypes.c_int), ("width", ctypes.c_int),
+                ("height", ctypes.c_int), ("stride", ctypes.c_int),
+                ("shmid", ctypes.c_int), ("data", ctypes.c_void_p),
+                ("marked", ctypes.c_int)]
+
+
+_GET_PRIMARY = []
+
+
+def _get_primary():
+    """spice_display_channel_get_primary(SpiceChannel *, guint32, SpiceDisplayPrimary *)."""
+    if not _GET_PRIMARY:
+        lib = ctypes.CDLL("libspice-client-glib-2.0.so.8")
+        fn = lib.spice_display_channel_get_primary
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(_Primary)]
+        _GET_PRIMARY.append(fn)
+    return _GET_PRIMARY[0]
+
+
+def _gobject_ptr(obj):
+    """The C GObject* behind a pygobject wrapper (its __gpointer__ capsule)."""
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get(obj.__gpointer__, None)
 
 
 def gconnect(obj, sig, cb, *extra):
@@ -119,6 +155,8 @@ class Client:
         self.keys_dropped = 0
         self.main = None
         self.inputs = None
+        self.display = None
+        self.snaps = []
         self.main_opened = False
         self.exit_reason = None
         self.first_terminal = None
@@ -164,6 +202,8 @@ class Client:
                  mono0=self.t0)
         if self.a.peer_poll_ms > 0:
             GLib.timeout_add(self.a.peer_poll_ms, self.poll_peers)
+        if self.a.snap_dir:
+            GLib.timeout_add(10, self.poll_snaps)
         GLib.timeout_add(int(self.a.seconds * 1000), self.on_timeout)
         for sig in (signal.SIGINT, signal.SIGTERM):
             GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, self.on_signal, sig)
@@ -232,6 +272,8 @@ class Client:
             gconnect(ch, "migration-started", self.on_migration_started)
         else:
             if isinstance(ch, Spice.DisplayChannel):
+                if cid == 0:
+                    self.display = ch
                 gconnect(ch, "display-primary-create", self.on_primary_create)
                 gconnect(ch, "display-invalidate", self.on_invalidate)
             elif isinstance(ch, Spice.InputsChannel):
@@ -366,6 +408,71 @@ class Client:
             self.inval_logged = t
             self.log("inval", n=self.counts["display-invalidate"])
 
+    # ------------------------------------------------------------ snapshots
+    def poll_snaps(self):
+        if self.quitting:
+            return False
+        try:
+            names = sorted(n[:-4] for n in os.listdir(self.a.snap_dir) if n.endswith(".req"))
+        except OSError:
+            return True
+        for name in names:
+            meta = self.snapshot(os.path.join(self.a.snap_dir, name))
+            self.snaps.append(meta)
+            self.log("snapshot", name=name, ok=meta["ok"], error=meta.get("error"))
+            try:
+                os.unlink(os.path.join(self.a.snap_dir, name + ".req"))
+            except OSError:
+                pass
+        return True
+
+    def snapshot(self, base):
+        """display#0's primary surface -> base.ppm (P6 RGB) + base.json. The
+        surface is only written by the display channel in this main loop, so
+        the copy is consistent."""
+        meta = {"t": self.now(), "mono": time.monotonic(), "ok": False,
+                "invalidates": self.counts["display-invalidate"],
+                "last_inval_t": self.inval[-1] if self.inval else None,
+                "primary_creates": self.counts["display-primary-create"]}
+        try:
+            if self.display is None:
+                raise RuntimeError("no display#0 channel")
+            # spice_display_channel_get_primary() through ctypes: the gi
+            # wrapper of SpiceDisplayPrimary reads its fields at wrong offsets
+            # (format comes back as format | width << 32), so the C struct is
+            # declared here as spice-gtk's channel-display.h has it.
+            prim = _Primary()
+            if not _get_primary()(_gobject_ptr(self.display), 0, ctypes.byref(prim)):
+                raise RuntimeError("no primary surface")
+            w, h, stride, fmt = prim.width, prim.height, prim.stride, int(prim.format)
+            meta.update(width=w, height=h, stride=stride, format=fmt)
+            # SPICE_SURFACE_FMT_32_xRGB (32) / 32_ARGB (96): B,G,R,X bytes
+            if fmt not in (32, 96):
+                raise RuntimeError("surface format %d not supported" % fmt)
+            if not (0 < w <= 8192 and 0 < h <= 8192 and stride >= w * 4):
+                raise RuntimeError("bad primary %dx%d stride %d" % (w, h, stride))
+            if not prim.data:
+                raise RuntimeError("primary surface without data")
+            raw = ctypes.string_at(prim.data, stride * h)
+            out = bytearray(w * h * 3)
+            for y in range(h):
+                row = raw[y * stride:y * stride + w * 4]
+                o = y * w * 3
+                out[o:o + w * 3:3] = row[2::4]
+                out[o + 1:o + w * 3:3] = row[1::4]
+                out[o + 2:o + w * 3:3] = row[0::4]
+            with open(base + ".ppm.tmp", "wb") as f:
+                f.write(b"P6\n%d %d\n255\n" % (w, h))
+                f.write(out)
+            os.rename(base + ".ppm.tmp", base + ".ppm")
+            meta["ok"] = True
+        except Exception as e:     # reported to the test, never fatal here
+            meta["error"] = "%s: %s" % (type(e).__name__, e)
+        with open(base + ".json.tmp", "w") as f:
+            json.dump(meta, f)
+        os.rename(base + ".json.tmp", base + ".json")
+        return meta
+
     # ------------------------------------------------------------ summary
     def summary(self):
         ts = self.inval
@@ -400,6 +507,8 @@ class Client:
             "final_peers": {k: v["peer"] for k, v in self.chans.items()},
             "mono0": self.t0,
         }
+        if self.a.snap_dir:
+            out["snapshots"] = self.snaps
         if not self.a.no_events:
             out["events"] = self.events
         return out
@@ -438,6 +547,8 @@ def main():
                     help="quit 0.2 s after every announced channel opened")
     ap.add_argument("--no-events", action="store_true")
     ap.add_argument("--inval-timestamps", action="store_true")
+    ap.add_argument("--snap-dir", default=None,
+                    help="write display#0 snapshots when D/NAME.req appears")
     a = ap.parse_args()
     if not 0 < a.seconds <= 600:
         ap.error("--seconds must be in (0, 600]")
