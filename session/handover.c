@@ -223,6 +223,10 @@ void handover_event(struct session *s, enum mig_event e)
 {
     struct mig_facts f = { .announced = s->mig.announced, .dest_match = true };
     struct mig_step st = mig_decide(s->mig.state, e, &f);
+    /* The reason a caller left for this event (may point into its stack):
+     * used now, never kept. */
+    const char *why = s->mig.notify_why;
+    s->mig.notify_why = NULL;
     if (st.legal && s->mig.state == MIG_LINKED && s->mig.prepared &&
         (e == MIG_EV_DEST_FAILED || e == MIG_EV_TIMEOUT)) {
         /* Remember where the orchestrator said the guest was going, in case
@@ -250,7 +254,7 @@ void handover_event(struct session *s, enum mig_event e)
     }
     if (st.actions & MIG_DO_NOTIFY)
         notify(s, st.next == MIG_LINKED || st.next == MIG_CONNECTED,
-               s->mig.notify_why ? s->mig.notify_why : mig_event_name(e));
+               why ? why : mig_event_name(e));
     if (st.actions & MIG_DO_LINK_DEST)
         start_linking(s);
     if (st.actions & MIG_DO_CONFIRM) {
@@ -270,8 +274,6 @@ void handover_event(struct session *s, enum mig_event e)
         finish(s);
     if (st.next == MIG_LINKED)
         arm_timer(s, PREPARED_TIMEOUT_MS);
-    if (st.next == MIG_IDLE)
-        s->mig.notify_why = NULL;
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -397,6 +399,12 @@ static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, cons
     if (fd < 0) {
         char why[600];
         snprintf(why, sizeof(why), "%s:%u link: %s", wire_channel_name(c->type), c->id, err);
+        if (!c->is_main && s->mig.state != MIG_LINKING) {
+            /* A channel the client opened after the destination was ready:
+             * it cannot follow, the migration can. */
+            chan_close(c, why);
+            return;
+        }
         dest_failed(s, why);
         return;
     }
