@@ -33,6 +33,8 @@ static void usage(FILE *out)
         "  token add TOKEN --host HOST --port PORT [--tls-port PORT] [--password PW]\n"
         "                  [--instance UUID] [--ttl SECONDS]\n"
         "                                register a console token (the client's SPICE password)\n"
+        "                                (a TOKEN or PW of '-' is read from standard input,\n"
+        "                                one line each, so it stays out of the process list)\n"
         "  token revoke TOKEN            forget a token (live sessions stay up)\n"
         "  session list [--json]         list live sessions\n"
         "  session kill ID               close a session (ID as printed by session list)\n"
@@ -173,6 +175,21 @@ static int report(int status, char *body, bool print_body)
     return 1;
 }
 
+/* A secret given as "-" is read from standard input, one line each, so it
+ * stays out of the process list. Returns NULL on EOF or a line too long. */
+static const char *secret_arg(const char *arg, char *buf, size_t cap)
+{
+    if (arg == NULL || strcmp(arg, "-") != 0)
+        return arg;
+    if (fgets(buf, (int)cap, stdin) == NULL)
+        return NULL;
+    size_t n = strcspn(buf, "\r\n");
+    if (buf[n] == '\0' && !feof(stdin))
+        return NULL; /* longer than the buffer */
+    buf[n] = '\0';
+    return buf;
+}
+
 static int parse_port(const char *s, long lo)
 {
     char *end;
@@ -218,7 +235,15 @@ static int cmd_token_add(int argc, char **argv)
                         "[--tls-port PORT] [--password PW] [--instance UUID] [--ttl SECONDS]\n");
         return 2;
     }
-    json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:I}", "token", argv[optind], "host", host,
+    char tbuf[128], pbuf[128];
+    const char *tok = secret_arg(argv[optind], tbuf, sizeof(tbuf));
+    const char *pw_arg = password;
+    password = secret_arg(password, pbuf, sizeof(pbuf));
+    if (tok == NULL || (pw_arg != NULL && password == NULL)) {
+        fprintf(stderr, "spice-brokerctl: cannot read the secret from standard input\n");
+        return 2;
+    }
+    json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:I}", "token", tok, "host", host,
                           "port", port, "tls_port", tls_port, "ttl", (json_int_t)ttl);
     if (password)
         json_object_set_new(j, "password", json_string(password));
@@ -239,7 +264,13 @@ static int cmd_token_revoke(int argc, char **argv)
         fprintf(stderr, "spice-brokerctl: usage: token revoke TOKEN\n");
         return 2;
     }
-    json_t *j = json_pack("{s:s}", "token", argv[1]);
+    char tbuf[128];
+    const char *tok = secret_arg(argv[1], tbuf, sizeof(tbuf));
+    if (tok == NULL) {
+        fprintf(stderr, "spice-brokerctl: cannot read the token from standard input\n");
+        return 2;
+    }
+    json_t *j = json_pack("{s:s}", "token", tok);
     char *body = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     char *out = NULL;
@@ -345,6 +376,12 @@ static int cmd_migration_prepare(int argc, char **argv)
         timeout > 120) {
         fprintf(stderr, "spice-brokerctl: usage: migration prepare --instance UUID --dest-host HOST "
                         "--dest-port PORT [--dest-password PW] [--wait] [--timeout 1..120]\n");
+        return 2;
+    }
+    char pbuf[128];
+    if (password != NULL && strcmp(password, "-") == 0 &&
+        (password = secret_arg(password, pbuf, sizeof(pbuf))) == NULL) {
+        fprintf(stderr, "spice-brokerctl: cannot read the password from standard input\n");
         return 2;
     }
     if ((timeout + 5) * 1000 > timeout_ms)
