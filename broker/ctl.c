@@ -157,6 +157,22 @@ static int request(const char *method, const char *path, const char *body, char 
     return status;
 }
 
+/* POSTs j (consumed) as the body; the serialized body, which may hold a
+ * token or a password, is wiped before it is freed. */
+static int post_json(const char *path, json_t *j, char **out)
+{
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (body == NULL) {
+        fprintf(stderr, "spice-brokerctl: out of memory\n");
+        return -1;
+    }
+    int st = request("POST", path, body, out);
+    memset(body, 0, strlen(body));
+    free(body);
+    return st;
+}
+
 static int report(int status, char *body, bool print_body)
 {
     if (status < 0)
@@ -249,12 +265,8 @@ static int cmd_token_add(int argc, char **argv)
         json_object_set_new(j, "password", json_string(password));
     if (instance)
         json_object_set_new(j, "instance", json_string(instance));
-    char *body = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
     char *out = NULL;
-    int st = request("POST", "/v1/tokens", body, &out);
-    memset(body, 0, strlen(body));
-    free(body);
+    int st = post_json("/v1/tokens", j, &out);
     return report(st, out, false);
 }
 
@@ -271,12 +283,8 @@ static int cmd_token_revoke(int argc, char **argv)
         return 2;
     }
     json_t *j = json_pack("{s:s}", "token", tok);
-    char *body = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
     char *out = NULL;
-    int st = request("POST", "/v1/tokens/revoke", body, &out);
-    memset(body, 0, strlen(body));
-    free(body);
+    int st = post_json("/v1/tokens/revoke", j, &out);
     return report(st, out, false);
 }
 
@@ -390,12 +398,8 @@ static int cmd_migration_prepare(int argc, char **argv)
                           "dest_port", port, "wait", wait, "timeout", (json_int_t)timeout);
     if (password)
         json_object_set_new(j, "dest_password", json_string(password));
-    char *body = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
     char *out = NULL;
-    int st = request("POST", "/v1/migrations/prepare", body, &out);
-    memset(body, 0, strlen(body));
-    free(body);
+    int st = post_json("/v1/migrations/prepare", j, &out);
     if (st >= 200 && st < 300) {
         json_t *a = json_loads(out, 0, NULL);
         long long n = a ? json_integer_value(json_object_get(a, "sessions")) : 0;
