@@ -13,8 +13,6 @@ session (a repaint is allowed) and the client keeps its session: no
 migration signal, no channel closed, peers stay the broker, display alive
 after the source stopped, session list backend = destination, migrations = 1,
 a "migrated A -> B" or "reattached to B" line in the broker log.
-
-Not implemented in the broker yet: exits 77 unless SPICE_BROKER_TEST_REATTACH=1.
 """
 import sys
 

@@ -10,9 +10,6 @@ a fresh backend session where the seamless switch could not complete (a
 repaint is allowed): the client keeps its session (no migration signal, no
 channel closed, peers stay the broker), display alive afterwards, session
 list backend = destination, migrations = 1.
-
-The timing is hard to hit, and the reattach path is not implemented in the
-broker yet: exits 77 unless SPICE_BROKER_TEST_REATTACH=1.
 """
 import sys
 import time

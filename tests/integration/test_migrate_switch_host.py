@@ -10,8 +10,6 @@ resets the client's display (a repaint is allowed), so the client keeps its
 session: no migration signal, no channel closed, peers stay the broker,
 display alive after the source stopped, session list backend = destination
 and migrations = 1, broker log "migrated A -> B (unprepared)".
-
-Not implemented in the broker yet: exits 77 unless SPICE_BROKER_TEST_REATTACH=1.
 """
 import sys
 
