@@ -1,13 +1,16 @@
 /* broker/admin.c: the admin endpoint: a small HTTP/1.0 server on a unix
  * socket (or a loopback TCP port) for spice-brokerctl and monitoring. Runs on
  * the control loop (main thread). Requests that need session state are
- * answered by asking every worker through its job queue and waiting (bounded)
- * for their answers; the data path never waits for the admin.
+ * answered by asking every worker through its job queue and waiting (bounded,
+ * 2 s) for their answers; a migration prepare answers later, when the
+ * destination has (the control loop goes on meanwhile); the data path never
+ * waits for the admin.
  *
  *   GET  /healthz               "ok"
  *   GET  /metrics               Prometheus text format
  *   GET  /v1/status             JSON: version, workers, sessions, uptime
- *   GET  /v1/sessions           JSON array of sessions
+ *   GET  /v1/sessions           JSON array of live sessions
+ *   GET  /v1/sessions/history   JSON array of ended sessions (with end_reason)
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
@@ -39,10 +42,13 @@
 #define MAX_REQUEST (64 * 1024)
 #define COLLECT_TIMEOUT_MS 2000
 
+struct prepare;
+
 struct admin {
     struct broker *b;
     struct evconnlistener *listener;
     char unix_path[108];
+    struct prepare *waiting; /* deferred prepare requests, answered or dropped at exit */
 };
 
 struct request {
@@ -82,9 +88,9 @@ static void collect_unref(struct collect *c)
     }
 }
 
-static void add_session(const struct snap_session *rec, void *arg)
+/* One session as JSON (GET /v1/sessions and /v1/sessions/history). */
+static json_t *session_json(const struct snap_session *rec)
 {
-    struct collect *c = arg;
     json_t *chans = json_array();
     for (uint32_t i = 0; i < rec->n_channels; i++) {
         const struct snap_channel *ch = &rec->channels[i];
@@ -101,6 +107,17 @@ static void add_session(const struct snap_session *rec, void *arg)
         "id", (json_int_t)rec->id, "instance", rec->instance, "client", rec->client,
         "backend", backend, "broker", rec->broker, "started", (json_int_t)rec->started,
         "migrations", (int)rec->migrations, "channels", chans);
+    if (rec->ended != 0) {
+        json_object_set_new(o, "ended", json_integer((json_int_t)rec->ended));
+        json_object_set_new(o, "end_reason", json_string(rec->end_reason));
+    }
+    return o;
+}
+
+static void add_session(const struct snap_session *rec, void *arg)
+{
+    struct collect *c = arg;
+    json_t *o = session_json(rec);
     pthread_mutex_lock(&c->mu);
     json_array_append_new(c->sessions, o);
     pthread_mutex_unlock(&c->mu);
@@ -180,11 +197,14 @@ static void job_kill(struct session_worker *sw, void *arg)
 
 /* Migration prepare: every worker links the instance's sessions to the
  * destination; with "wait", the answer comes when each destination has
- * acknowledged (or failed). Callbacks may outlive a timed-out request, so the
- * waiter is reference counted: the request, the job, and each session. */
+ * acknowledged (or failed), without holding the control loop: each callback
+ * from a worker schedules a check on the control loop, which answers the
+ * request once everything is in (or at its timeout). Callbacks may outlive
+ * the answer, so the object is reference counted: the request, each worker
+ * job, each session, and each scheduled check. Counters are under mu; bev,
+ * timer and answered belong to the control loop. */
 struct prepare {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     int refs;
     int workers_pending;
     int total, done, ok;
@@ -194,6 +214,12 @@ struct prepare {
     uint16_t port;
     char password[SNAP_MAX_PASSWORD];
     bool has_password;
+    bool wait;
+    struct event_base *base;
+    struct admin *admin;
+    struct prepare *next;     /* in admin->waiting while bev is set */
+    struct bufferevent *bev;  /* the waiting request; NULL once answered */
+    struct event *timer;
 };
 
 static void prepare_unref_locked(struct prepare *p, int n)
@@ -203,10 +229,32 @@ static void prepare_unref_locked(struct prepare *p, int n)
     pthread_mutex_unlock(&p->mu);
     if (last) {
         pthread_mutex_destroy(&p->mu);
-        pthread_cond_destroy(&p->cv);
         OPENSSL_cleanse(p, sizeof(*p));
         free(p);
     }
+}
+
+static void prepare_answer(struct prepare *p, bool timed_out);
+
+static void on_prepare_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct prepare *p = arg;
+    pthread_mutex_lock(&p->mu);
+    bool finished = p->workers_pending == 0 && (!p->wait || p->done >= p->total);
+    pthread_mutex_unlock(&p->mu);
+    if (finished && p->bev != NULL)
+        prepare_answer(p, false);
+    pthread_mutex_lock(&p->mu);
+    prepare_unref_locked(p, 1);
+}
+
+/* Called with mu held, from any thread: has the control loop look again. */
+static void prepare_poke_locked(struct prepare *p)
+{
+    p->refs++;
+    /* event_base_once is thread-safe once libevent's pthread locking is on. */
+    if (event_base_once(p->base, -1, EV_TIMEOUT, on_prepare_check, p, NULL) < 0)
+        p->refs--;
 }
 
 static void prepare_done(void *arg, bool ok, const char *why)
@@ -218,7 +266,7 @@ static void prepare_done(void *arg, bool ok, const char *why)
         p->ok++;
     else if (p->error[0] == '\0')
         snprintf(p->error, sizeof(p->error), "%s", why ? why : "failed");
-    pthread_cond_signal(&p->cv);
+    prepare_poke_locked(p);
     prepare_unref_locked(p, 1);
 }
 
@@ -238,7 +286,7 @@ static void job_prepare(struct session_worker *sw, void *arg)
     p->refs -= PROVISIONAL - n;
     p->total += n;
     p->workers_pending--;
-    pthread_cond_signal(&p->cv);
+    prepare_poke_locked(p);
     prepare_unref_locked(p, 1);
 }
 
@@ -281,6 +329,29 @@ static void h_sessions(struct broker *b, struct response *r)
     }
     reply_json(r, 200, json_incref(c->sessions));
     collect_unref(c);
+}
+
+static int add_ended(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct snap_session rec;
+    if (snap_session_decode(val, len, &rec) == 0 && rec.ended != 0)
+        json_array_append_new(arg, session_json(&rec));
+    return 0;
+}
+
+/* Ended sessions still in the store (kept for session-history seconds), from
+ * every broker of the zone. */
+static void h_history(struct broker *b, struct response *r)
+{
+    char prefix[SNAP_KEY_MAX];
+    snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions");
+    json_t *arr = json_array();
+    if (store_walk(b->store, prefix, add_ended, arr) < 0) {
+        json_decref(arr);
+        reply_error(r, 503, "the store cannot be read");
+        return;
+    }
+    reply_json(r, 200, arr);
 }
 
 static void h_metrics(struct broker *b, struct response *r)
@@ -462,11 +533,20 @@ static void h_token_revoke(struct broker *b, const struct request *q, struct res
     reply_json(r, 200, json_pack("{s:b}", "ok", 1));
 }
 
-static void h_prepare(struct broker *b, const struct request *q, struct response *r)
+static void on_prepare_timeout(evutil_socket_t fd, short what, void *arg)
 {
+    prepare_answer(arg, true);
+}
+
+/* Returns true when the answer is deferred (the request's bufferevent now
+ * belongs to the prepare). */
+static bool h_prepare(struct admin *a, const struct request *q, struct response *r,
+                      struct bufferevent *bev)
+{
+    struct broker *b = a->b;
     json_t *j = parse_body(q, r);
     if (j == NULL)
-        return;
+        return false;
     const char *instance = json_string_value(json_object_get(j, "instance"));
     const char *host = json_string_value(json_object_get(j, "dest_host"));
     const char *password = json_string_value(json_object_get(j, "dest_password"));
@@ -485,7 +565,7 @@ static void h_prepare(struct broker *b, const struct request *q, struct response
     if (bad != NULL) {
         json_decref(j);
         reply_error(r, 400, bad);
-        return;
+        return false;
     }
     if (timeout <= 0 || timeout > 120)
         timeout = 15;
@@ -493,10 +573,9 @@ static void h_prepare(struct broker *b, const struct request *q, struct response
     if (p == NULL) {
         json_decref(j);
         reply_error(r, 500, "out of memory");
-        return;
+        return false;
     }
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
     snprintf(p->instance, sizeof(p->instance), "%s", instance);
     snprintf(p->host, sizeof(p->host), "%s", host);
     p->port = (uint16_t)port;
@@ -505,7 +584,26 @@ static void h_prepare(struct broker *b, const struct request *q, struct response
         p->has_password = true;
     }
     json_decref(j);
-    p->refs = 1;
+    p->wait = wait;
+    p->base = b->base;
+    p->timer = evtimer_new(b->base, on_prepare_timeout, p);
+    if (p->timer == NULL) {
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        reply_error(r, 500, "out of memory");
+        return false;
+    }
+    p->bev = bev;
+    p->admin = a;
+    p->next = a->waiting;
+    a->waiting = p;
+    /* No more reading: the connection waits for its answer (bounded below). */
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    struct timeval tv = { (time_t)timeout, 0 };
+    evtimer_add(p->timer, &tv);
+    p->refs = 1; /* the request's, dropped by prepare_answer */
     for (int i = 0; i < b->n_workers; i++) {
         pthread_mutex_lock(&p->mu);
         p->refs++;
@@ -518,34 +616,64 @@ static void h_prepare(struct broker *b, const struct request *q, struct response
             pthread_mutex_unlock(&p->mu);
         }
     }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)timeout;
+    /* With no worker to ask, nothing would poke: look once now. */
     pthread_mutex_lock(&p->mu);
-    int rc = 0;
-    while (rc == 0 && (p->workers_pending > 0 || (wait && p->done < p->total)))
-        rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
+    prepare_poke_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    return true;
+}
+
+static void send_response(struct bufferevent *bev, struct response *r);
+
+/* Answers a deferred prepare (on the control loop, once). */
+static void prepare_unlink(struct prepare *p)
+{
+    p->bev = NULL;
+    event_free(p->timer);
+    p->timer = NULL;
+    for (struct prepare **pp = &p->admin->waiting; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+}
+
+static void prepare_answer(struct prepare *p, bool timed_out)
+{
+    struct bufferevent *bev = p->bev;
+    if (bev == NULL)
+        return;
+    prepare_unlink(p);
+    pthread_mutex_lock(&p->mu);
     int status = 200;
     json_t *out;
-    if (p->workers_pending > 0 || (wait && p->done < p->total)) {
+    if (timed_out) {
         status = 504;
         out = json_pack("{s:s, s:i, s:i}", "error", "timed out waiting for the destination",
                         "sessions", p->total, "ready", p->ok);
-    } else if (wait && p->ok < p->total) {
+    } else if (p->wait && p->ok < p->total) {
         status = 502;
         out = json_pack("{s:s, s:i, s:i}", "error", p->error[0] ? p->error : "failed",
                         "sessions", p->total, "ready", p->ok);
     } else {
-        out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited", wait);
+        out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited",
+                        p->wait);
     }
     log_info("migration prepare for instance %s -> %s:%u: %d sessions, %d ready%s", p->instance,
-             p->host, p->port, p->total, p->ok, status == 200 ? "" : " (failed)");
+             p->host, p->port, p->total, p->ok,
+             status == 504 ? " (timed out)" : status == 200 ? "" : " (failed)");
     prepare_unref_locked(p, 1);
-    reply_json(r, status, out);
+    struct response r = { 0 };
+    reply_json(&r, status, out);
+    send_response(bev, &r);
 }
 
-static void dispatch(struct broker *b, const struct request *q, struct response *r)
+/* Fills r, or returns true when the handler answers later on bev itself. */
+static bool dispatch(struct admin *a, const struct request *q, struct response *r,
+                     struct bufferevent *bev)
 {
+    struct broker *b = a->b;
     bool get = strcmp(q->method, "GET") == 0, post = strcmp(q->method, "POST") == 0;
     if (get && strcmp(q->path, "/healthz") == 0)
         reply(r, 200, "text/plain", "ok\n");
@@ -555,6 +683,8 @@ static void dispatch(struct broker *b, const struct request *q, struct response 
         h_status(b, r);
     else if (get && strcmp(q->path, "/v1/sessions") == 0)
         h_sessions(b, r);
+    else if (get && strcmp(q->path, "/v1/sessions/history") == 0)
+        h_history(b, r);
     else if (post && strcmp(q->path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
     else if (post && strcmp(q->path, "/v1/tokens") == 0)
@@ -562,11 +692,12 @@ static void dispatch(struct broker *b, const struct request *q, struct response 
     else if (post && strcmp(q->path, "/v1/tokens/revoke") == 0)
         h_token_revoke(b, q, r);
     else if (post && strcmp(q->path, "/v1/migrations/prepare") == 0)
-        h_prepare(b, q, r);
+        return h_prepare(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
     else
         reply_error(r, 404, "not found");
+    return false;
 }
 
 /* ------------------------------------------------------------------ HTTP plumbing */
@@ -682,10 +813,11 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
     body[clen] = '\0';
     q.body = body;
     q.body_len = clen;
-    dispatch(a->b, &q, &r);
+    bool deferred = dispatch(a, &q, &r, bev);
     OPENSSL_cleanse(body, clen);
     free(body);
-    send_response(bev, &r);
+    if (!deferred)
+        send_response(bev, &r);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
@@ -803,6 +935,15 @@ void admin_free(struct admin *a)
         return;
     if (a->listener != NULL)
         evconnlistener_free(a->listener);
+    /* Requests still waiting for a prepare: the broker is stopping. */
+    while (a->waiting != NULL) {
+        struct prepare *p = a->waiting;
+        struct bufferevent *bev = p->bev;
+        prepare_unlink(p);
+        bufferevent_free(bev);
+        pthread_mutex_lock(&p->mu);
+        prepare_unref_locked(p, 1);
+    }
     if (a->unix_path[0] != '\0')
         unlink(a->unix_path);
     free(a);

@@ -26,6 +26,7 @@ struct broker {
     int n_workers;
     struct admin *admin;
     int64_t started;
+    struct event *history_sweep; /* drops ended session records past session-history */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */

@@ -51,6 +51,8 @@ static const struct opt opts[] = {
       "connecting and linking to a backend must finish within this" },
     { "buffer-size", INT(buffer_size, 16384, 16777216), "1048576", "BYTES",
       "relay buffer per direction of a busy channel (idle channels hold none)" },
+    { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
+      "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
       "validate the configuration and exit (0 if valid)" },
 };

@@ -22,6 +22,7 @@ struct config {
     int link_timeout;     /* seconds */
     int backend_timeout;  /* seconds */
     int buffer_size;      /* bytes per relay direction */
+    int session_history;  /* seconds an ended session's record is kept */
     bool check_only;
 };
 

@@ -37,6 +37,8 @@ static void usage(FILE *out)
         "                                one line each, so it stays out of the process list)\n"
         "  token revoke TOKEN            forget a token (live sessions stay up)\n"
         "  session list [--json]         list live sessions\n"
+        "  session history [--json]      list ended sessions and why they ended (kept for\n"
+        "                                the broker's session-history time)\n"
         "  session kill ID               close a session (ID as printed by session list)\n"
         "  migration prepare --instance UUID --dest-host HOST --dest-port PORT\n"
         "                  [--dest-password PW] [--wait] [--timeout SECONDS]\n"
@@ -323,18 +325,45 @@ static void print_sessions(const char *body)
     json_decref(arr);
 }
 
+static void print_history(const char *body)
+{
+    json_t *arr = json_loads(body, 0, NULL);
+    if (!json_is_array(arr)) {
+        fputs(body, stdout);
+        json_decref(arr);
+        return;
+    }
+    printf("%-10s %-20s %-22s %-36s %s\n", "ID", "ENDED (UTC)", "BACKEND", "INSTANCE", "REASON");
+    size_t i;
+    json_t *s;
+    json_array_foreach(arr, i, s) {
+        time_t ended = (time_t)json_integer_value(json_object_get(s, "ended"));
+        struct tm tm;
+        char when[32] = "?";
+        if (gmtime_r(&ended, &tm) != NULL)
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+        const char *inst = json_string_value(json_object_get(s, "instance"));
+        printf("%-10lld %-20s %-22s %-36s %s\n",
+               (long long)json_integer_value(json_object_get(s, "id")), when,
+               json_string_value(json_object_get(s, "backend")), inst && inst[0] ? inst : "-",
+               json_string_value(json_object_get(s, "end_reason")));
+    }
+    json_decref(arr);
+}
+
 static int cmd_session(int argc, char **argv)
 {
-    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+    bool list = argc >= 2 && strcmp(argv[1], "list") == 0;
+    if (list || (argc >= 2 && strcmp(argv[1], "history") == 0)) {
         bool as_json = argc == 3 && strcmp(argv[2], "--json") == 0;
         if (argc > 3 || (argc == 3 && !as_json)) {
-            fprintf(stderr, "spice-brokerctl: usage: session list [--json]\n");
+            fprintf(stderr, "spice-brokerctl: usage: session %s [--json]\n", argv[1]);
             return 2;
         }
         char *out = NULL;
-        int st = request("GET", "/v1/sessions", NULL, &out);
+        int st = request("GET", list ? "/v1/sessions" : "/v1/sessions/history", NULL, &out);
         if (st >= 200 && st < 300 && !as_json) {
-            print_sessions(out);
+            (list ? print_sessions : print_history)(out);
             free(out);
             return 0;
         }
@@ -353,7 +382,7 @@ static int cmd_session(int argc, char **argv)
         int st = request("POST", "/v1/sessions/kill", body, &out);
         return report(st, out, false);
     }
-    fprintf(stderr, "spice-brokerctl: usage: session list [--json] | session kill ID\n");
+    fprintf(stderr, "spice-brokerctl: usage: session list|history [--json] | session kill ID\n");
     return 2;
 }
 

@@ -80,17 +80,10 @@ static void env_publish(void *arg, const struct snap_session *rec, bool ended)
         free(j);
 }
 
-void broker_publish_session(struct broker *b, const void *r, int ended)
+static void put_session(struct broker *b, const struct snap_session *rec)
 {
-    const struct snap_session *rec = r;
     char key[SNAP_KEY_MAX];
     snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
-    if (ended) {
-        int rc = store_delete(b->store, key, STORE_ANY_REV);
-        if (rc != STORE_OK && rc != STORE_NOT_FOUND)
-            log_warnx("sid=%08x cannot delete the session record", rec->id);
-        return;
-    }
     uint8_t *val = NULL;
     size_t len = 0;
     if (snap_session_encode(rec, &val, &len) != 0 ||
@@ -99,43 +92,95 @@ void broker_publish_session(struct broker *b, const void *r, int ended)
     free(val);
 }
 
-/* Records left by an earlier run of this broker belong to connections that
- * died with it. (Adopting them is the fail-over work; for now they go.) */
-struct stale {
+/* A live session's record is rewritten as it changes; an ended one is kept,
+ * with why it ended, for session-history seconds (then the sweep drops it). */
+void broker_publish_session(struct broker *b, const void *r, int ended)
+{
+    const struct snap_session *rec = r;
+    if (ended && b->cfg.session_history == 0) {
+        char key[SNAP_KEY_MAX];
+        snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
+        int rc = store_delete(b->store, key, STORE_ANY_REV);
+        if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+            log_warnx("sid=%08x cannot delete the session record", rec->id);
+        return;
+    }
+    put_session(b, rec);
+}
+
+/* Walks this zone's session records and sorts out the ones to act on:
+ * at start-up, live records this broker left behind (their connections died
+ * with it; adopting them is the fail-over work) are marked ended; at any
+ * time, ended records past session-history and undecodable ones go. */
+struct sweep {
     struct broker *b;
-    char (*keys)[SNAP_KEY_MAX];
-    size_t n, cap;
+    bool startup;
+    int64_t now;
+    char (*drop)[SNAP_KEY_MAX];
+    size_t n_drop, cap_drop;
+    struct snap_session *end;
+    size_t n_end, cap_end;
 };
 
-static int collect_stale(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+static int sweep_visit(const char *key, const void *val, size_t len, int64_t rev, void *arg)
 {
-    struct stale *st = arg;
+    struct sweep *sw = arg;
     struct snap_session rec;
-    if (snap_session_decode(val, len, &rec) != 0 || strcmp(rec.broker, st->b->cfg.broker_id) == 0) {
-        if (st->n == st->cap) {
-            size_t nc = st->cap ? st->cap * 2 : 16;
-            void *nk = realloc(st->keys, nc * sizeof(*st->keys));
-            if (nk == NULL)
+    bool bad = snap_session_decode(val, len, &rec) != 0;
+    if (!bad && rec.ended == 0) {
+        if (!sw->startup || strcmp(rec.broker, sw->b->cfg.broker_id) != 0)
+            return 0;
+        if (sw->n_end == sw->cap_end) {
+            size_t nc = sw->cap_end ? sw->cap_end * 2 : 8;
+            void *n = realloc(sw->end, nc * sizeof(*sw->end));
+            if (n == NULL)
                 return 1;
-            st->keys = nk;
-            st->cap = nc;
+            sw->end = n;
+            sw->cap_end = nc;
         }
-        snprintf(st->keys[st->n++], SNAP_KEY_MAX, "%s", key);
+        sw->end[sw->n_end++] = rec;
+        return 0;
     }
+    if (!bad && rec.ended + sw->b->cfg.session_history > sw->now)
+        return 0;
+    if (sw->n_drop == sw->cap_drop) {
+        size_t nc = sw->cap_drop ? sw->cap_drop * 2 : 16;
+        void *n = realloc(sw->drop, nc * sizeof(*sw->drop));
+        if (n == NULL)
+            return 1;
+        sw->drop = n;
+        sw->cap_drop = nc;
+    }
+    snprintf(sw->drop[sw->n_drop++], SNAP_KEY_MAX, "%s", key);
     return 0;
 }
 
-static void drop_stale_sessions(struct broker *b)
+static void sweep_sessions(struct broker *b, bool startup)
 {
     char prefix[SNAP_KEY_MAX];
     snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions");
-    struct stale st = { .b = b };
-    store_walk(b->store, prefix, collect_stale, &st);
-    for (size_t i = 0; i < st.n; i++)
-        store_delete(b->store, st.keys[i], STORE_ANY_REV);
-    if (st.n > 0)
-        log_info("dropped %zu session records left by an earlier run", st.n);
-    free(st.keys);
+    struct sweep sw = { .b = b, .startup = startup, .now = (int64_t)time(NULL) };
+    store_walk(b->store, prefix, sweep_visit, &sw);
+    for (size_t i = 0; i < sw.n_drop; i++)
+        store_delete(b->store, sw.drop[i], STORE_ANY_REV);
+    for (size_t i = 0; i < sw.n_end; i++) {
+        sw.end[i].ended = sw.now;
+        snprintf(sw.end[i].end_reason, sizeof(sw.end[i].end_reason),
+                 "the broker stopped while the session was live (found at its next start)");
+        broker_publish_session(b, &sw.end[i], 1);
+    }
+    if (sw.n_end > 0)
+        log_info("marked %zu session records left live by an earlier run as ended", sw.n_end);
+    if (sw.n_drop > 0)
+        log_debug("dropped %zu ended session records older than %d s", sw.n_drop,
+                  b->cfg.session_history);
+    free(sw.drop);
+    free(sw.end);
+}
+
+static void on_history_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    sweep_sessions(arg, false);
 }
 
 /* ------------------------------------------------------------------ signals */
@@ -187,7 +232,13 @@ int main(int argc, char **argv)
         log_error("startup failed: out of memory or no RSA key");
         goto out;
     }
-    drop_stale_sessions(&b);
+    sweep_sessions(&b, true);
+    b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
+    if (b.history_sweep != NULL) {
+        int every = b.cfg.session_history > 0 && b.cfg.session_history < 60 ? b.cfg.session_history : 60;
+        struct timeval tv = { every, 0 };
+        event_add(b.history_sweep, &tv);
+    }
 
     char host[128];
     uint16_t port;
@@ -247,6 +298,8 @@ out:
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);
     admin_free(b.admin);
+    if (b.history_sweep != NULL)
+        event_free(b.history_sweep);
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)
             event_free(sigs[i]);

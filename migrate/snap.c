@@ -212,7 +212,8 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
     if (s == NULL || out == NULL || len == NULL || s->n_channels > SNAP_MAX_CHANNELS ||
         !str_fits(s->broker, sizeof(s->broker)) || !str_fits(s->instance, sizeof(s->instance)) ||
         !str_fits(s->client, sizeof(s->client)) ||
-        !str_fits(s->backend_host, sizeof(s->backend_host)))
+        !str_fits(s->backend_host, sizeof(s->backend_host)) ||
+        !str_fits(s->end_reason, sizeof(s->end_reason)))
         goto fail;
     m.schema_version = SCHEMA_MAJOR;
     m.id = s->id;
@@ -223,6 +224,8 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
     m.backend_port = s->backend_port;
     m.started = s->started;
     m.migrations = s->migrations;
+    m.ended = s->ended;
+    m.end_reason = (char *)s->end_reason;
     for (uint32_t i = 0; i < s->n_channels; i++) {
         const struct snap_channel *c = &s->channels[i];
         spicebroker__channel_record__init(&chans[i]);
@@ -268,12 +271,14 @@ int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s)
     if (copy_str(tmp->broker, sizeof(tmp->broker), m->broker) < 0 ||
         copy_str(tmp->instance, sizeof(tmp->instance), m->instance) < 0 ||
         copy_str(tmp->client, sizeof(tmp->client), m->client) < 0 ||
-        copy_str(tmp->backend_host, sizeof(tmp->backend_host), m->backend_host) < 0)
+        copy_str(tmp->backend_host, sizeof(tmp->backend_host), m->backend_host) < 0 ||
+        copy_str(tmp->end_reason, sizeof(tmp->end_reason), m->end_reason) < 0)
         goto fail;
     tmp->id = m->id;
     tmp->backend_port = (uint16_t)m->backend_port;
     tmp->started = m->started;
     tmp->migrations = m->migrations;
+    tmp->ended = m->ended;
     tmp->n_channels = (uint32_t)m->n_channels;
     for (size_t i = 0; i < m->n_channels; i++) {
         const ChannelRecord *c = m->channels[i];

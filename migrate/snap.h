@@ -13,6 +13,7 @@
 #define SNAP_MAX_PASSWORD 64   /* SPICE passwords are at most 60 bytes */
 #define SNAP_MAX_INSTANCE 64
 #define SNAP_MAX_CHANNELS 32
+#define SNAP_MAX_REASON 384
 
 /* A console token: where it leads and until when. */
 struct snap_token {
@@ -31,7 +32,7 @@ struct snap_channel {
     uint64_t msgs_to_client, msgs_to_backend;
 };
 
-/* A live session, as the store knows it. */
+/* A session, as the store knows it: live while ended is 0. */
 struct snap_session {
     uint32_t id;                    /* the SPICE session id (MAIN_INIT.session_id) */
     char broker[SNAP_MAX_HOST];     /* owner broker's id */
@@ -43,6 +44,8 @@ struct snap_session {
     uint32_t migrations;
     uint32_t n_channels;
     struct snap_channel channels[SNAP_MAX_CHANNELS];
+    int64_t ended;                  /* unix seconds, 0 = live */
+    char end_reason[SNAP_MAX_REASON]; /* why it ended, "" while live */
 };
 
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */

@@ -904,7 +904,8 @@ static void on_main_relinked(void *arg, int fd, const struct wire_caps *caps, co
     c->bl = NULL;
     if (fd < 0) {
         char why[600];
-        snprintf(why, sizeof(why), "reattach to %s:%u failed: %s", s->rec.host, s->rec.port, err);
+        /* session_close adds where to and why the session was reattaching. */
+        snprintf(why, sizeof(why), "the destination refused the reattach: %s", err);
         session_close(s, why);
         return;
     }
@@ -1026,7 +1027,7 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
                               s->w->env.backend_timeout_ms, on_main_relinked, s->main, &why);
     if (s->main->bl == NULL) {
         char reason[600];
-        snprintf(reason, sizeof(reason), "reattach to %s:%u failed: %s", host, port, why);
+        snprintf(reason, sizeof(reason), "the destination refused the reattach: %s", why);
         session_close(s, reason);
         return -1;
     }

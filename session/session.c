@@ -156,6 +156,8 @@ void session_close(struct session *s, const char *reason)
     if (s->id_claimed) {
         struct snap_session rec;
         session_snapshot(s, &rec);
+        rec.ended = (int64_t)time(NULL);
+        snprintf(rec.end_reason, sizeof(rec.end_reason), "%s%s", reason ? reason : "-", during);
         w->env.publish(w->env.arg, &rec, true);
         w->env.release_id(w->env.arg, s->id);
     }

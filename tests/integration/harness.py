@@ -839,6 +839,21 @@ class Broker:
         check(isinstance(v, list), "session list --json: not a JSON array: %r" % out[:500])
         return v
 
+    def history(self):
+        """Ended sessions still in the store (spice-brokerctl session history --json)."""
+        rc, out, err = self.ctl("session", "history", "--json")
+        try:
+            v = json.loads(out)
+        except ValueError as e:
+            raise TestFailure("session history --json: not JSON (%s): %r" % (e, out[:500]))
+        check(isinstance(v, list), "session history --json: not a JSON array: %r" % out[:500])
+        return v
+
+    def ended_session(self, sid):
+        """The ended record of session id sid (an int), or None."""
+        ss = [x for x in self.history() if x.get("id") == sid]
+        return ss[-1] if ss else None
+
     def session_kill(self, sid):
         return self.ctl("session", "kill", sid)
 

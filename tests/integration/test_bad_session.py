@@ -9,10 +9,12 @@ through the same broker opens every channel):
   backend unreachable (token -> a closed port on 127.0.0.1): the client's main
       channel ends (error or close) in < 5 s, no hang.
   admin kill: `spice-brokerctl session kill ID` closes every channel of that
-      client within 3 s and the session leaves `session list`.
+      client within 3 s, the session leaves `session list` and `session
+      history` shows it ended, "killed by the operator".
   backend dies mid-session (SIGKILL QEMU while the client is connected): every
       client channel closes within 3 s and `session list --json` no longer
-      shows the session (5 s); a new QEMU + token then works.
+      shows the session (5 s); `session history` says the backend went away;
+      a new QEMU + token then works.
 With --direct only the QEMU side is exercised (wrong password, QEMU killed).
 """
 import sys
@@ -130,6 +132,10 @@ def case_admin_kill(ctx):
     c.stop()
     wait_until(lambda: not backend_sessions(ctx, ctx.q.spice_port), 5,
                what="the killed session to leave `session list`")
+    rec = wait_until(lambda: ctx.b.ended_session(sess[0]["id"]), 5,
+                     what="the killed session in `session history`")
+    check("killed by the operator" in rec.get("end_reason", ""),
+          "session history: end_reason %r" % rec.get("end_reason"))
     return "all %d channels closed %.2f s after `session kill %s`" % (len(chans), dt,
                                                                     sess[0]["id"])
 
@@ -138,7 +144,8 @@ def case_backend_dies(ctx):
     c, chans = connected_client(ctx, "orphan")
     port = ctx.q.spice_port
     if not ctx.env.direct:
-        wait_until(lambda: backend_sessions(ctx, port), 5, what="the session in `session list`")
+        sess = wait_until(lambda: backend_sessions(ctx, port), 5,
+                          what="the session in `session list`")
     ctx.q.kill()
     dt = wait_all_closed(c, 3, "SIGKILL of QEMU")
     r = c.stop()
@@ -147,7 +154,9 @@ def case_backend_dies(ctx):
     if not ctx.env.direct:
         wait_until(lambda: not backend_sessions(ctx, port), 5,
                    what="the dead backend's session to leave `session list`")
-        msg += "; session gone from `session list`"
+        rec = wait_until(lambda: ctx.b.ended_session(sess[0]["id"]), 5,
+                         what="the session in `session history`")
+        msg += "; session gone from `session list`; history says %r" % rec.get("end_reason")
     # a fresh QEMU (and, via the broker, a fresh token) for what follows
     ctx.q = Qemu(ctx.env, name="qemu2", password="gtkpw" if ctx.env.direct else None).start()
     if ctx.env.direct:

@@ -6,7 +6,8 @@ gone, and the destination (incoming migration failed) exits by itself. There
 is nothing left to attach to, so the broker must close the client cleanly
 and quickly: every client channel closes within a few seconds of the kill,
 the broker log says why (a "closed: ..." line for the session naming the
-backend), the session disappears from session list, and the broker stays up.
+backend), the session disappears from session list, its record in the store
+says why it ended (session history), and the broker stays up.
 (The other source-kill case, after completion and before the switch, is
 test_migrate_source_killed_switch.py.)
 """
@@ -28,7 +29,8 @@ def test(env):
     dst = Qemu.dest_like(src, "dst").start()
     ms = MigSession(env, src, tag="srckill")
     c, b = ms.client, ms.broker
-    sid = "%08x" % ms.session()["id"]
+    sid_n = ms.session()["id"]
+    sid = "%08x" % sid_n
     ms.prepare(dst)
     m = Migration(src, dst, max_bandwidth=BANDWIDTH).start()
     time.sleep(KILL_AFTER)
@@ -68,6 +70,14 @@ def test(env):
         sid, "\n".join(lines[-15:])))
     check(re.search(r"backend|source|migrat", why[-1]),
           "the close reason does not name the backend/migration: %s" % why[-1])
+    # the record says why
+    rec = b.ended_session(sid_n)
+    check(rec is not None, "no ended record for session %s in session history: %s" % (
+        sid, b.history()))
+    log("record: ended %s, end_reason %r, backend %s" % (
+        rec.get("ended"), rec.get("end_reason"), rec.get("backend")))
+    check(re.search(r"backend|source|migrat", rec.get("end_reason", "")),
+          "the record's end_reason does not say why: %r" % rec.get("end_reason"))
     b.check_alive()
     # and the broker still serves: a well-behaved session to a new QEMU works
     q2 = Qemu(env, name="q2", all_devices=False).start()

@@ -41,15 +41,18 @@ static void make_session(struct snap_session *s, uint32_t n_channels, size_t str
         snprintf(s->instance, sizeof(s->instance), "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
         snprintf(s->client, sizeof(s->client), "192.0.2.7:51234");
         snprintf(s->backend_host, sizeof(s->backend_host), "compute-17");
+        snprintf(s->end_reason, sizeof(s->end_reason), "backend closed during a migration");
     } else {
         fill(s->broker, strlen_, 'b');
         fill(s->instance, strlen_ < SNAP_MAX_INSTANCE ? strlen_ : SNAP_MAX_INSTANCE - 1, 'i');
         fill(s->client, strlen_, 'c');
         fill(s->backend_host, strlen_, 'h');
+        fill(s->end_reason, strlen_, 'r');
     }
     s->backend_port = 5900;
     s->started = -5;            /* negative values survive too */
     s->migrations = 3;
+    s->ended = 1795944432;
     s->n_channels = n_channels;
     for (uint32_t i = 0; i < n_channels; i++) {
         struct snap_channel *c = &s->channels[i];
@@ -72,6 +75,8 @@ static void assert_session_equal(const struct snap_session *a, const struct snap
     assert_int_equal(a->backend_port, b->backend_port);
     assert_int_equal(a->started, b->started);
     assert_int_equal(a->migrations, b->migrations);
+    assert_int_equal(a->ended, b->ended);
+    assert_string_equal(a->end_reason, b->end_reason);
     assert_int_equal(a->n_channels, b->n_channels);
     for (uint32_t i = 0; i < a->n_channels; i++) {
         assert_int_equal(a->channels[i].type, b->channels[i].type);
