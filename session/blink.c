@@ -1,6 +1,8 @@
-/* session/blink.c: one backend link in progress, in the client's role: connect
- * to a SPICE server, send the link message, read its reply, send the ticket
- * (the password encrypted with that link's own key), read the link result.
+/* session/blink.c: one backend link in progress, in the client's role: resolve
+ * the host (numeric addresses at once; names through the worker's evdns, never
+ * blocking the loop), connect (trying each address in turn), send the link
+ * message, read its reply, send the ticket (the password encrypted with that
+ * link's own key), read the link result.
  * Used for the first backend of a session and, during a migration, for the
  * destination. Runs on the loop that owns the channel; reads never go past
  * the link result, so the server's first messages stay in the socket. */
@@ -14,18 +16,35 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
+#include <event2/util.h>
 #include <openssl/crypto.h>
 
 #include "common/log.h"
 #include "proto/ticket.h"
 #include "session/internal.h"
 
-enum blink_state { BL_CONNECT, BL_REPLY, BL_RESULT };
+enum blink_state { BL_RESOLVE, BL_CONNECT, BL_REPLY, BL_RESULT };
+
+#define BLINK_MAX_ADDRS 4
+
+/* The evdns callback's argument: outlives a cancelled blink. */
+struct blink_resolve {
+    struct blink *bl; /* NULL once the blink is gone */
+};
 
 struct blink {
     struct event_base *base;
     enum blink_state state;
     int fd;
+    struct sockaddr_storage addrs[BLINK_MAX_ADDRS];
+    socklen_t addr_lens[BLINK_MAX_ADDRS];
+    int n_addrs, next_addr;
+    struct blink_resolve *resolve;
+    struct evdns_getaddrinfo_request *dns_req;
+    bool starting;            /* inside blink_start: failures are returned, not called back */
+    int sync_dns_result;      /* a resolution that finished inside blink_start */
+    bool sync_dns_done;
     struct event *rd, *wr, *timer;
     struct wire_link_mess mess;
     char password[SNAP_MAX_PASSWORD];
@@ -87,12 +106,17 @@ static int flush_out(struct blink *bl)
     return 0;
 }
 
+static int connect_next(struct blink *bl, const char **why);
+
 static void connected(struct blink *bl)
 {
     int err = 0;
     socklen_t len = sizeof(err);
     if (getsockopt(bl->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
-        finish(bl, err == ECONNREFUSED ? "connection refused" : "connect failed");
+        const char *why = err == ECONNREFUSED ? "connection refused" : "connect failed";
+        if (bl->next_addr < bl->n_addrs && connect_next(bl, &why) == 0)
+            return;
+        finish(bl, why);
         return;
     }
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS];
@@ -244,38 +268,121 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     finish(arg, "timed out");
 }
 
-static int open_socket(const char *host, uint16_t port, const char **why)
+/* Connects to the next address; on -1 (*why set) none is left to try. */
+static int connect_next(struct blink *bl, const char **why)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
-    struct addrinfo *ai = NULL;
+    if (bl->rd != NULL) {
+        event_free(bl->rd);
+        event_free(bl->wr);
+        bl->rd = bl->wr = NULL;
+    }
+    if (bl->fd >= 0) {
+        close(bl->fd);
+        bl->fd = -1;
+    }
+    while (bl->next_addr < bl->n_addrs) {
+        int i = bl->next_addr++;
+        const struct sockaddr *sa = (const struct sockaddr *)&bl->addrs[i];
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            *why = "socket() failed";
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd, sa, bl->addr_lens[i]) < 0 && errno != EINPROGRESS) {
+            *why = errno == ECONNREFUSED ? "connection refused" : "connect failed";
+            close(fd);
+            continue;
+        }
+        bl->fd = fd;
+        bl->rd = event_new(bl->base, fd, EV_READ | EV_PERSIST, on_io, bl);
+        bl->wr = event_new(bl->base, fd, EV_WRITE | EV_PERSIST, on_io, bl);
+        if (bl->rd == NULL || bl->wr == NULL) {
+            *why = "out of memory";
+            return -1;
+        }
+        bl->state = BL_CONNECT;
+        event_add(bl->wr, NULL);
+        return 0;
+    }
+    return -1;
+}
+
+static void take_addrs(struct blink *bl, const struct evutil_addrinfo *ai)
+{
+    bl->n_addrs = bl->next_addr = 0;
+    for (; ai != NULL && bl->n_addrs < BLINK_MAX_ADDRS; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(bl->addrs[0]))
+            continue;
+        memcpy(&bl->addrs[bl->n_addrs], ai->ai_addr, ai->ai_addrlen);
+        bl->addr_lens[bl->n_addrs++] = (socklen_t)ai->ai_addrlen;
+    }
+}
+
+static void on_resolved(int result, struct evutil_addrinfo *ai, void *arg)
+{
+    struct blink_resolve *r = arg;
+    struct blink *bl = r->bl;
+    free(r);
+    if (bl == NULL) { /* cancelled */
+        if (ai != NULL)
+            evutil_freeaddrinfo(ai);
+        return;
+    }
+    bl->resolve = NULL;
+    bl->dns_req = NULL;
+    if (result == 0)
+        take_addrs(bl, ai);
+    if (ai != NULL)
+        evutil_freeaddrinfo(ai);
+    if (bl->starting) { /* answered at once (hosts file): blink_start goes on */
+        bl->sync_dns_done = true;
+        bl->sync_dns_result = result;
+        return;
+    }
+    const char *why = "cannot resolve host";
+    if (result != 0 || bl->n_addrs == 0 || connect_next(bl, &why) < 0)
+        finish(bl, why);
+}
+
+/* Starts resolving host: numeric addresses at once, names through evdns.
+ * Returns 0 when the addresses are known, 1 while a name is being resolved
+ * (on_resolved connects), -1 with *why on an immediate failure. */
+static int resolve(struct blink *bl, struct session_worker *w, const char *host, uint16_t port,
+                   const char **why)
+{
     char serv[8];
     snprintf(serv, sizeof(serv), "%u", port);
-    /* Numeric addresses (the usual case) resolve without blocking; names fall
-     * back to the system resolver. */
-    hints.ai_flags |= AI_NUMERICHOST;
-    if (getaddrinfo(host, serv, &hints, &ai) != 0) {
-        hints.ai_flags &= ~AI_NUMERICHOST;
-        if (getaddrinfo(host, serv, &hints, &ai) != 0) {
+    struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_protocol = IPPROTO_TCP,
+                                     .ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV };
+    struct evutil_addrinfo *ai = NULL;
+    if (evutil_getaddrinfo(host, serv, &hints, &ai) == 0) {
+        take_addrs(bl, ai);
+        evutil_freeaddrinfo(ai);
+        return 0;
+    }
+    struct evdns_base *dns = session_worker_dns(w);
+    if (dns == NULL) {
+        *why = "cannot resolve host (no resolver)";
+        return -1;
+    }
+    hints.ai_flags = EVUTIL_AI_NUMERICSERV | EVUTIL_AI_ADDRCONFIG;
+    if ((bl->resolve = calloc(1, sizeof(*bl->resolve))) == NULL) {
+        *why = "out of memory";
+        return -1;
+    }
+    bl->resolve->bl = bl;
+    bl->state = BL_RESOLVE;
+    bl->dns_req = evdns_getaddrinfo(dns, host, serv, &hints, on_resolved, bl->resolve);
+    if (bl->sync_dns_done) {
+        if (bl->sync_dns_result != 0 || bl->n_addrs == 0) {
             *why = "cannot resolve host";
             return -1;
         }
+        return 0;
     }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        freeaddrinfo(ai);
-        *why = "socket() failed";
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-        *why = errno == ECONNREFUSED ? "connection refused" : "connect failed";
-        close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
+    return 1;
 }
 
 void blink_resume(struct blink *bl)
@@ -293,7 +400,7 @@ void blink_pause_after_reply(struct blink *bl, blink_reply_fn on_reply)
     bl->on_reply = on_reply;
 }
 
-struct blink *blink_start(struct event_base *base, const char *host, uint16_t port,
+struct blink *blink_start(struct session_worker *w, const char *host, uint16_t port,
                           const struct wire_link_mess *mess, const char *password,
                           int timeout_ms, blink_done_fn done, void *arg, const char **why)
 {
@@ -302,26 +409,25 @@ struct blink *blink_start(struct event_base *base, const char *host, uint16_t po
         *why = "out of memory";
         return NULL;
     }
-    bl->base = base;
+    bl->base = w->env.base;
+    bl->fd = -1;
     bl->mess = *mess;
     bl->done = done;
     bl->arg = arg;
     snprintf(bl->password, sizeof(bl->password), "%s", password ? password : "");
-    bl->fd = open_socket(host, port, why);
-    if (bl->fd < 0) {
-        blink_free(bl);
-        return NULL;
-    }
-    bl->rd = event_new(base, bl->fd, EV_READ | EV_PERSIST, on_io, bl);
-    bl->wr = event_new(base, bl->fd, EV_WRITE | EV_PERSIST, on_io, bl);
-    bl->timer = evtimer_new(base, on_timeout, bl);
-    if (bl->rd == NULL || bl->wr == NULL || bl->timer == NULL) {
+    bl->timer = evtimer_new(bl->base, on_timeout, bl);
+    if (bl->timer == NULL) {
         *why = "out of memory";
         blink_free(bl);
         return NULL;
     }
-    bl->state = BL_CONNECT;
-    event_add(bl->wr, NULL);
+    bl->starting = true;
+    int rc = resolve(bl, w, host, port, why);
+    bl->starting = false;
+    if (rc < 0 || (rc == 0 && connect_next(bl, why) < 0)) {
+        blink_free(bl);
+        return NULL;
+    }
     struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     evtimer_add(bl->timer, &tv);
     return bl;
@@ -331,6 +437,13 @@ void blink_free(struct blink *bl)
 {
     if (bl == NULL)
         return;
+    if (bl->resolve != NULL) {
+        /* evdns calls on_resolved with EVUTIL_EAI_CANCEL, which frees it. */
+        bl->resolve->bl = NULL;
+        bl->resolve = NULL;
+        if (bl->dns_req != NULL)
+            evdns_getaddrinfo_cancel(bl->dns_req);
+    }
     if (bl->rd)
         event_free(bl->rd);
     if (bl->wr)

@@ -19,10 +19,13 @@
  *
  * The client never sees MIGRATE_BEGIN, MIGRATE, MIGRATE_DATA, a second
  * SET_ACK generation, the destination's PINGs or a MAIN_INIT. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -438,7 +441,7 @@ static void link_dest_channel(struct chan *c)
     const char *why = NULL;
     link_backend_mess(c, s->backend_id, &m);
     s->mig.n_legs++;
-    c->d_bl = blink_start(c->w->env.base, s->mig.dest.host, s->mig.dest.port, &m,
+    c->d_bl = blink_start(c->w, s->mig.dest.host, s->mig.dest.port, &m,
                           s->mig.dest.password, LINK_TIMEOUT_MS, on_dest_linked, c, &why);
     if (c->d_bl == NULL) {
         char reason[600];
@@ -486,10 +489,41 @@ bool handover_wants(const struct chan *c, uint16_t type)
     }
 }
 
+/* Is host:port, as the source names the destination, the destination we know
+ * as have? The orchestrator and QEMU may spell one host differently (the hook
+ * prepares with this host's name, libvirt tells QEMU the listen address): a
+ * numeric host also matches the address the prepared main leg is connected to. */
+static bool dest_is(const struct session *s, const struct mig_dest *have, const char *host,
+                    uint16_t port)
+{
+    if (have->port != port)
+        return false;
+    if (strcasecmp(have->host, host) == 0)
+        return true;
+    const struct chan *mc = s->main;
+    if (mc == NULL || mc->d_fd < 0)
+        return false;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof(peer);
+    char peer_host[INET6_ADDRSTRLEN];
+    if (getpeername(mc->d_fd, (struct sockaddr *)&peer, &plen) != 0 ||
+        getnameinfo((struct sockaddr *)&peer, plen, peer_host, sizeof(peer_host), NULL, 0,
+                    NI_NUMERICHOST) != 0)
+        return false;
+    /* Compare in binary form, so 127.1 / ::ffff:127.0.0.1 spellings agree. */
+    struct in6_addr a6, b6;
+    struct in_addr a4, b4;
+    if (inet_pton(AF_INET, host, &a4) == 1 && inet_pton(AF_INET, peer_host, &b4) == 1)
+        return a4.s_addr == b4.s_addr;
+    if (inet_pton(AF_INET6, host, &a6) == 1 && inet_pton(AF_INET6, peer_host, &b6) == 1)
+        return memcmp(&a6, &b6, sizeof(a6)) == 0;
+    return false;
+}
+
 static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *d)
 {
     struct session_mig *m = &s->mig;
-    bool match = strcmp(m->dest.host, d->host) == 0 && m->dest.port == d->port;
+    bool match = dest_is(s, &m->dest, d->host, d->port);
     m->t_begin = handover_now();
     if (m->state == MIG_IDLE || !match) {
         if (m->state != MIG_IDLE)
@@ -501,6 +535,11 @@ static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *
          * password over, so the session's own is the best guess. */
         snprintf(m->dest.password, sizeof(m->dest.password), "%s", s->rec.password);
         m->prepared = false;
+    } else if (strcmp(m->dest.host, d->host) != 0) {
+        log_info("%s migration: the source's %s is the prepared %s", s->sid, d->host,
+                 m->dest.host);
+        /* From now on the destination goes by the source's name for it. */
+        snprintf(m->dest.host, sizeof(m->dest.host), "%s", d->host);
     }
     m->src_version = d->src_mig_version;
     m->announced = true;
@@ -631,7 +670,7 @@ enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const 
                  d.port);
         m->notify_why = "source fell back to switch-host";
         char password[SNAP_MAX_PASSWORD];
-        bool same = strcmp(m->dest.host, d.host) == 0 && m->dest.port == d.port;
+        bool same = dest_is(s, &m->dest, d.host, d.port);
         snprintf(password, sizeof(password), "%s", same ? m->dest.password : s->rec.password);
         handover_event(s, MIG_EV_SWITCH_HOST);
         c->to_c.hold = true; /* nothing after this from the source */
@@ -884,7 +923,7 @@ static void relink_channel(struct chan *c)
     struct wire_link_mess m;
     const char *why = NULL;
     link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
-    c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,
+    c->bl = blink_start(c->w, s->rec.host, s->rec.port, &m, s->rec.password,
                         c->w->env.backend_timeout_ms, on_relinked, c, &why);
     if (c->bl == NULL) {
         char reason[600];
@@ -1023,7 +1062,7 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
     struct wire_link_mess m;
     const char *why = NULL;
     link_backend_mess(s->main, 0, &m);
-    s->main->bl = blink_start(s->w->env.base, host, port, &m, password,
+    s->main->bl = blink_start(s->w, host, port, &m, password,
                               s->w->env.backend_timeout_ms, on_main_relinked, s->main, &why);
     if (s->main->bl == NULL) {
         char reason[600];

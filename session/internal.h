@@ -75,7 +75,11 @@ enum relay_verdict { RV_PASS, RV_KEEP, RV_DROP, RV_FAIL };
  * already freed when this runs. */
 typedef void (*blink_done_fn)(void *arg, int fd, const struct wire_caps *caps, const char *err);
 struct blink;
-struct blink *blink_start(struct event_base *base, const char *host, uint16_t port,
+struct session_worker;
+/* Starts linking to host:port (a numeric address, or a name resolved without
+ * blocking). Returns NULL with *why on an immediate failure; the callback is
+ * never called from inside blink_start. */
+struct blink *blink_start(struct session_worker *w, const char *host, uint16_t port,
                           const struct wire_link_mess *mess, const char *password,
                           int timeout_ms, blink_done_fn done, void *arg, const char **why);
 /* Cancels a link in progress (no callback). */
@@ -210,12 +214,15 @@ struct session {
 struct session_worker {
     struct session_env env;
     struct pool pool;
+    struct evdns_base *dns;         /* made on first use (a backend named by host name) */
     TAILQ_HEAD(, session) sessions;
     TAILQ_HEAD(, chan) pending;     /* channels not yet attached to a session */
     struct session_stats stats;
 };
 
 /* session.c */
+/* The worker's resolver, made on first use; NULL if it cannot be made. */
+struct evdns_base *session_worker_dns(struct session_worker *w);
 void session_close(struct session *s, const char *reason);
 void chan_close(struct chan *c, const char *reason);
 struct session *session_find(struct session_worker *w, uint32_t id);

@@ -376,7 +376,7 @@ static void link_backend_connect(struct chan *c)
     link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
     c->state = CH_B_CONNECT;
     evtimer_del(c->timer);
-    c->bl = blink_start(c->w->env.base, s->rec.host, s->rec.port, &m, s->rec.password,
+    c->bl = blink_start(c->w, s->rec.host, s->rec.port, &m, s->rec.password,
                         c->w->env.backend_timeout_ms, on_backend_linked, c, &why);
     if (c->bl == NULL) {
         backend_failed(c, why);

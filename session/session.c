@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
 #include <openssl/crypto.h>
 
 #include "common/log.h"
@@ -36,7 +37,22 @@ void session_worker_free(struct session_worker *w)
     while ((c = TAILQ_FIRST(&w->pending)) != NULL)
         chan_close(c, NULL);
     pool_drain(&w->pool);
+    if (w->dns != NULL)
+        evdns_base_free(w->dns, 1);
     free(w);
+}
+
+struct evdns_base *session_worker_dns(struct session_worker *w)
+{
+    if (w->dns == NULL) {
+        /* resolv.conf and the hosts file, as the system resolver reads them;
+         * the loop is not kept alive by an idle resolver. */
+        w->dns = evdns_base_new(w->env.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                                 EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (w->dns == NULL)
+            log_warnx("cannot start the DNS resolver (no usable /etc/resolv.conf?)");
+    }
+    return w->dns;
 }
 
 const char *chan_sid(const struct chan *c)

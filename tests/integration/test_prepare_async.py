@@ -11,8 +11,10 @@ A live session on one QEMU, and three destinations that are not QEMUs:
            with a reason;
   garbage  a listener that answers the link with junk: fails quickly.
 After each, the session is still up on its source, its client saw no
-migration signal, and a real prepare + seamless migration to a real
-destination still works.
+migration signal, and a real seamless migration to a real destination still
+works, prepared under the destination's host name ("localhost", resolved
+without blocking the worker) while QEMU names it by address (127.0.0.1): the
+broker must recognise its prepared legs and confirm at once.
 """
 import socket
 import subprocess
@@ -127,7 +129,11 @@ def test(env):
     check(not [e for e in ev if e["ev"].startswith("migration")],
           "the client saw a migration signal")
     dst = Qemu.dest_like(src, "dst").start()
-    res = seamless_scenario(env, src, dst, prepare=True, ms=ms, tag="after")
+    rc, out, err = b.prepare(ms.instance, "localhost", dst.spice_port, password=dst.password)
+    check("1 session(s) linked" in out, "prepare toward localhost: %r %r" % (out, err))
+    log("prepared %s by name: %s" % (dst.name, out.strip()))
+    res = seamless_scenario(env, src, dst, prepare=False, ms=ms, tag="after",
+                            expect_kind="prepared")
     log("then a real migration: %s" % res)
     b.check_alive()
 

@@ -39,6 +39,7 @@ static struct ticket_key *broker_key, *server_key;
 
 static struct {
     uint16_t port; /* where the token "good" leads */
+    const char *host; /* ... and on which host (NULL: 127.0.0.1) */
     int resolves;
     uint32_t held[8]; /* claimed session ids ... */
     int held_by[8];   /* ... and the worker holding each */
@@ -59,7 +60,7 @@ stub_resolve(void *arg, const char *token, struct snap_token *rec, const char **
         return -1;
     }
     memset(rec, 0, sizeof(*rec));
-    snprintf(rec->host, sizeof(rec->host), "127.0.0.1");
+    snprintf(rec->host, sizeof(rec->host), "%s", st.host ? st.host : "127.0.0.1");
     rec->port = st.port;
     snprintf(rec->password, sizeof(rec->password), PASSWORD);
     snprintf(rec->instance, sizeof(rec->instance), "inst-1");
@@ -891,6 +892,42 @@ test_backend_port_closed(void **state)
     assert_int_equal(f->w->stats.sessions_active, 0);
 }
 
+/* A backend named by a host name is resolved without blocking the loop (the
+ * hosts file answers "localhost"; an IPv6 ::1 that refuses is skipped for the
+ * next address). */
+static void
+test_backend_by_host_name(void **state)
+{
+    struct fx *f = *state;
+    struct wire_link_mess m;
+
+    st.host = "localhost";
+    start(f);
+    client_handshake(f, f->client, 0, SPICE_CHANNEL_MAIN, 0, "good");
+    srv_handshake(f, &m, 0, NULL, 0);
+    assert_int_equal(client_read_result(f, f->client), SPICE_LINK_ERR_OK);
+    assert_int_equal(f->w->stats.sessions_active, 1);
+}
+
+/* A name that does not resolve fails the link within the backend timeout. */
+static void
+test_backend_host_name_unresolvable(void **state)
+{
+    struct fx *f = *state;
+    int64_t t0;
+
+    st.host = "no-such-backend.invalid";
+    f->env.backend_timeout_ms = 1000;
+    start(f);
+    client_handshake(f, f->client, 0, SPICE_CHANNEL_MAIN, 0, "good");
+    t0 = now_ms();
+    assert_int_not_equal(client_read_result(f, f->client), SPICE_LINK_ERR_OK);
+    assert_true(now_ms() - t0 < 2000);
+    expect_eof(f, f->client);
+    assert_true(TAILQ_EMPTY(&f->w->sessions));
+    assert_int_equal(f->w->stats.links_failed_backend, 1);
+}
+
 static void
 test_backend_never_answers(void **state)
 {
@@ -1097,6 +1134,8 @@ main(void)
         T(test_accept_with_bytes_read_elsewhere),
         T(test_other_workers_session_is_handed_off),
         T(test_backend_port_closed),
+        T(test_backend_by_host_name),
+        T(test_backend_host_name_unresolvable),
         T(test_backend_never_answers),
         T(test_backend_refuses_password),
         T(test_link_timeout),
