@@ -138,9 +138,10 @@ static void flush_summary(struct session *s, double blackout_ms)
     struct session_mig *m = &s->mig;
     if (m->summary == NULL)
         return;
+    const char *what = s->probe_type == SPICE_CHANNEL_DISPLAY ? "draw" : "message";
     if (blackout_ms >= 0)
-        log_info("%s %s blackout %.1f ms (%s:0, last source message to first destination "
-                 "message)", s->sid, m->summary, blackout_ms, wire_channel_name(s->probe_type));
+        log_info("%s %s blackout %.1f ms (%s:0, last source %s to first destination %s)",
+                 s->sid, m->summary, blackout_ms, wire_channel_name(s->probe_type), what, what);
     else
         log_info("%s %s, no display update yet to measure the blackout", s->sid, m->summary);
     free(m->summary);
@@ -686,15 +687,27 @@ enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const 
 
 /* ------------------------------------------------------------------ the switch */
 
-void handover_note_forwarded(struct chan *c)
+/* Display messages that change pixels. A destination's first messages after
+ * MIGRATE_DATA (INVAL_ALL_PIXMAPS, INVAL_ALL_PALETTES, STREAM_DESTROY_ALL)
+ * come ~10 ms after the switch but show nothing; its first draw often comes
+ * a refresh (~30 ms) later. */
+static bool display_draws(uint16_t type)
+{
+    return (type >= SPICE_MSG_DISPLAY_DRAW_FILL && type <= SPICE_MSG_DISPLAY_DRAW_ALPHA_BLEND) ||
+           type == SPICE_MSG_DISPLAY_DRAW_COMPOSITE || type == SPICE_MSG_DISPLAY_COPY_BITS ||
+           type == SPICE_MSG_DISPLAY_STREAM_DATA || type == SPICE_MSG_DISPLAY_STREAM_DATA_SIZED ||
+           type == SPICE_MSG_DISPLAY_GL_DRAW;
+}
+
+void handover_note_forwarded(struct chan *c, uint16_t type)
 {
     struct session *s = c->s;
     struct session_mig *m = &s->mig;
-    /* The blackout is what the user sees: measured on the display channel
-     * (main when there is none), from the last message the source sent
-     * there to the first the destination sent. */
+    /* The blackout is what the user sees: measured on the display channel,
+     * from the last draw the source sent there to the first the destination
+     * sent (main when there is no display: any message). */
     bool probe = s->probe_type == c->type && c->id == 0;
-    if (!probe)
+    if (!probe || (c->type == SPICE_CHANNEL_DISPLAY && !display_draws(type)))
         return;
     if (!c->switched && !m->blackout_pending) {
         m->t_last_src = handover_now();

@@ -50,6 +50,7 @@ struct relay_dir {
     bool read_blocked;       /* no room: not reading the source */
     bool parse_blocked;      /* flow control: not framing further */
     bool hold;               /* migration: frame nothing past the next boundary */
+    uint16_t type;           /* the message being framed (set at its header) */
     uint64_t bytes, msgs;    /* forwarded (committed) */
 };
 
@@ -172,8 +173,8 @@ struct session_mig {
     unsigned n_legs, n_ready;
     struct event *timer;
     uint64_t t_start, t_ready, t_begin, t_confirm, t_first_switch; /* monotonic ns */
-    uint64_t t_last_src, t_first_dst;  /* blackout, on the display (else main) channel */
-    bool blackout_pending;      /* switched; waiting for the first destination message */
+    uint64_t t_last_src, t_first_dst;  /* blackout: draws on the display (else any main message) */
+    bool blackout_pending;      /* switched; waiting for the destination's first draw */
     char *summary;              /* the migration's log line, waiting for its blackout */
     uint64_t held_bytes;
     session_prepare_cb notify;
@@ -249,7 +250,7 @@ void handover_chan_free(struct chan *c);
 /* A non-main channel of a live session is about to close. */
 void handover_chan_closing(struct chan *c);
 void handover_session_free(struct session *s);
-void handover_note_forwarded(struct chan *c);
+void handover_note_forwarded(struct chan *c, uint16_t type);
 /* The backend leg of c closed or failed: 0 if a reattach took over, -1 if
  * the channel should close. */
 int handover_backend_lost(struct chan *c, const char *why);

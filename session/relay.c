@@ -129,7 +129,7 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
     if (d != &c->to_c)
         return;
     if (c->s != NULL && (c->s->mig.state != MIG_IDLE || c->s->mig.blackout_pending))
-        handover_note_forwarded(c);
+        handover_note_forwarded(c, d->type);
     struct relay_acks *a = &c->acks;
     if (a->b_window != 0 && ++a->b_count >= a->b_window) {
         a->b_count = 0;
@@ -332,6 +332,7 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
             break;
         struct wire_msg_header h;
         (void)wire_msg_header_parse(d->buf->data + d->parsed, avail, true, &h);
+        d->type = h.type;
         enum relay_verdict v = classify(c, d, h.type);
         if (v == RV_PASS) {
             d->parsed += HDR;
