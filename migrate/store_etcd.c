@@ -627,9 +627,9 @@ static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct 
             start = k;
             free(v);
         }
-        bool more = json_is_true(json_object_get(resp, "more"));
+        bool more = json_is_true(json_object_get(resp, "more")) && json_array_size(kvs) > 0;
         json_decref(resp);
-        if (!more || json_array_size(kvs) == 0)
+        if (!more)
             break;
     }
     if (skipped > 0)
