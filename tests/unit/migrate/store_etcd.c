@@ -744,6 +744,37 @@ static void test_big_value(void **state)
     free(big);
 }
 
+/* More keys than one range page (the load reads them in pages at one revision). */
+static int page_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    int *n = arg;
+    char want[64];
+
+    snprintf(want, sizeof(want), "/spice-broker/page/%04d", *n);
+    assert_string_equal(key, want);
+    assert_int_equal(len, strlen(key));
+    assert_memory_equal(val, key, len);
+    assert_true(rev > 0);
+    (*n)++;
+    return 0;
+}
+
+static void test_load_pages(void **state)
+{
+    struct fixture *f = *state;
+    int n = 0;
+
+    f->a = open_ok();
+    for (int i = 0; i < 300; i++) {
+        char key[64];
+        snprintf(key, sizeof(key), "/spice-broker/page/%04d", i);
+        put_str(f->a, key, key, STORE_ANY_REV, NULL, STORE_OK);
+    }
+    f->b = open_ok();
+    assert_int_equal(store_walk(f->b, "/spice-broker/page/", page_cb, &n), 300);
+    assert_int_equal(n, 300);
+}
+
 /* ---- several stores on one etcd ---- */
 
 static void test_two_instances_watch(void **state)
@@ -931,21 +962,53 @@ static void test_reload_after_compaction(void **state)
 }
 
 /* etcd frozen (SIGSTOP): writes time out within the bound, reads go on. */
+struct frozen_put {
+    struct store *s;
+    int rc;
+    atomic_bool done;
+};
+
+static void *frozen_put_main(void *arg)
+{
+    struct frozen_put *fp = arg;
+
+    fp->rc = store_put(fp->s, "/spice-broker/frz/k", "during", 6, STORE_ANY_REV, NULL);
+    atomic_store(&fp->done, true);
+    return NULL;
+}
+
 static void test_etcd_frozen(void **state)
 {
     struct fixture *f = *state;
     int64_t t0, took;
 
+    struct frozen_put fp;
+    pthread_t th;
+    int64_t slowest = 0;
+
     f->a = open_ok();
     put_str(f->a, "/spice-broker/frz/k", "before", STORE_ANY_REV, NULL, STORE_OK);
     assert_int_equal(kill(g.pid, SIGSTOP), 0);
+    fp = (struct frozen_put){ .s = f->a };
     t0 = now_ms();
-    put_str(f->a, "/spice-broker/frz/k", "during", STORE_ANY_REV, NULL, STORE_ERROR);
+    assert_int_equal(pthread_create(&th, NULL, frozen_put_main, &fp), 0);
+    /* lookups meanwhile answer from the mirror at once */
+    while (!atomic_load(&fp.done) && now_ms() - t0 < 5000) {
+        int64_t t1 = now_ms();
+        expect_val(f->a, "/spice-broker/frz/k", "before", 0);
+        assert_int_equal(store_walk(f->a, "/spice-broker/frz/", count_cb, NULL), 1);
+        if (now_ms() - t1 > slowest)
+            slowest = now_ms() - t1;
+        sleep_ms(10);
+    }
+    pthread_join(th, NULL);
     took = now_ms() - t0;
-    expect_val(f->a, "/spice-broker/frz/k", "before", 0);
     assert_int_equal(kill(g.pid, SIGCONT), 0);
+    assert_int_equal(fp.rc, STORE_ERROR);
     if (took > 3000)
         fail_msg("a put on a frozen etcd took %lld ms", (long long)took);
+    if (slowest > 100)
+        fail_msg("a lookup took %lld ms while a put was stuck", (long long)slowest);
     /* the write may or may not have been applied by etcd; either way it works again */
     put_str(f->a, "/spice-broker/frz/k", "after", STORE_ANY_REV, NULL, STORE_OK);
     expect_val(f->a, "/spice-broker/frz/k", "after", 0);
@@ -999,6 +1062,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_walk_prefix_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_instances_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
