@@ -235,6 +235,7 @@ static int group_setup(void **state)
     snprintf(g.dir, sizeof(g.dir), "%s/sbetcd-XXXXXX", tmp ? tmp : "/tmp");
     if (mkdtemp(g.dir) == NULL)
         return -1;
+    signal(SIGPIPE, SIG_IGN);       /* as the broker does: a closed peer is an error, not death */
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -396,7 +397,7 @@ static bool copy_once(int from, int to)
     if (r <= 0)
         return false;
     while (off < r) {
-        ssize_t w = write(to, buf + off, (size_t)(r - off));
+        ssize_t w = send(to, buf + off, (size_t)(r - off), MSG_NOSIGNAL);
         if (w <= 0)
             return false;
         off += w;
