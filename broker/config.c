@@ -35,8 +35,9 @@ static const struct opt opts[] = {
       "where SPICE clients connect (plain TCP); IPv6 as [addr]:port" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
       "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
-    { "store", STR(store), "embedded:/var/lib/spice-broker", "embedded:DIR",
-      "where tokens and session records live" },
+    { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
+      "where tokens and session records live: embedded:DIR, or etcd:URL[,URL...] "
+      "(a zone's etcd v3 cluster)" },
     { "token-file", STR(token_file), "", "FILE",
       "websockify-style token file (lines 'TOKEN: HOST:PORT'), re-read when it changes" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
@@ -318,8 +319,11 @@ int config_validate(const struct config *cfg)
         fprintf(stderr, "spice-broker: admin must be unix:PATH or HOST:PORT, got '%s'\n", cfg->admin);
         return -1;
     }
-    if (strncmp(cfg->store, "embedded:", 9) != 0 || cfg->store[9] != '/') {
-        fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR, got '%s'\n", cfg->store);
+    if (!(strncmp(cfg->store, "embedded:", 9) == 0 && cfg->store[9] == '/') &&
+        !(strncmp(cfg->store, "etcd:http://", 12) == 0 ||
+          strncmp(cfg->store, "etcd:https://", 13) == 0)) {
+        fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR or "
+                "etcd:http://HOST:PORT[,...], got '%s'\n", cfg->store);
         return -1;
     }
     if (cfg->token_file[0] != '\0' && access(cfg->token_file, R_OK) != 0) {

@@ -53,8 +53,8 @@ static int env_handoff(void *arg, int worker_index, int fd, const struct sockadd
     return worker_handoff(b->workers[worker_index], fd, peer, pre, pre_len);
 }
 
-/* Session records are written on the control loop, so a slow disk (or, later,
- * etcd) never stalls a worker. */
+/* Session records are written on the control loop, so a slow disk (or
+ * etcd, up to its 2 s write bound) never stalls a worker. */
 struct publish_job {
     struct snap_session rec;
     bool ended;

@@ -1,5 +1,5 @@
 /* migrate/store.c: parses store specs and dispatches store.h calls to a
- * back-end (store_embedded.c now, etcd later); thread-safe, any thread. */
+ * back-end (store_embedded.c, store_etcd.c); thread-safe, any thread. */
 #include "migrate/store.h"
 
 #include <stdarg.h>
@@ -17,6 +17,7 @@ struct store {
 
 static const struct store_backend *const backends[] = {
     &store_embedded_backend,
+    &store_etcd_backend,
 };
 
 const char *store_errorf(const char *fmt, ...)
@@ -44,10 +45,6 @@ struct store *store_open(const char *spec, const char **err)
         goto fail;
     }
     slen = (size_t)(colon - spec);
-    if (slen == 4 && strncmp(spec, "etcd", 4) == 0) {
-        *err = "etcd store not implemented yet";
-        goto fail;
-    }
     for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
         if (strlen(backends[i]->scheme) == slen &&
             strncmp(spec, backends[i]->scheme, slen) == 0)

@@ -1,13 +1,16 @@
 /* migrate/store.h: the key-value store where the broker keeps tokens and
  * session records. One interface, several back-ends: "embedded:DIR" (in
- * process, persisted under DIR, no other service needed) now; "etcd:URL,..."
- * (a zone's etcd cluster, through libcurl) later, behind the same calls.
+ * process, persisted under DIR, no other service needed) and "etcd:URL,..."
+ * (a zone's etcd cluster, through libcurl; keys must start with
+ * "/spice-broker/"), behind the same calls.
  *
  * Every key carries a revision (a store-wide counter, like etcd's
  * mod_revision) so that writers can compare-and-swap. All calls are
- * thread-safe and never block on the network: the embedded back-end answers
- * from memory and writes its files synchronously (small, rare writes: token
- * and session changes, never per message). */
+ * thread-safe and lookups (get, walk) never block on the network: both
+ * back-ends answer from memory. Writes are synchronous: the embedded back-end
+ * writes its files, the etcd one waits for etcd (at most about 2 s, then
+ * STORE_ERROR); they are small and rare (token and session changes, never per
+ * message) and made from the control thread. */
 #ifndef SB_STORE_H
 #define SB_STORE_H
 

@@ -27,6 +27,7 @@ struct store_backend {
 };
 
 extern const struct store_backend store_embedded_backend;
+extern const struct store_backend store_etcd_backend;
 
 /* Formats an error into a thread-local buffer and returns it, for *err. */
 const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -16,14 +16,28 @@ ROOT=$PWD
 PACKAGES=(gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev
   libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev
-  qemu-system-x86 python3-gi gir1.2-spiceclientglib-2.0 nasm)
+  qemu-system-x86 python3-gi gir1.2-spiceclientglib-2.0 nasm etcd-server)
 
 if [ -z "${SKIP_APT:-}" ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing test dependencies"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # etcd-server's postinst would start a system etcd on 2379 where it can
+    # (the tests start their own, on free ports): deny service starts during
+    # the install with a policy-rc.d, unless the machine has one already.
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+      own_policy=1
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    if [ -n "$own_policy" ]; then
+      rm -f /usr/sbin/policy-rc.d
+      trap - EXIT
+    fi
   else
     echo "== not root: assuming the dependencies are installed (${PACKAGES[*]})"
   fi

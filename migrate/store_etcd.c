@@ -1,0 +1,1229 @@
+/* migrate/store_etcd.c: the "etcd:URL[,URL...]" store back-end, an etcd 3.4
+ * cluster reached through its v3 JSON gateway (grpc-gateway) with libcurl.
+ *
+ * Design:
+ *  - Only keys under "/spice-broker/" live here (every key the broker makes,
+ *    see snap.c); others are refused with STORE_ERROR.
+ *  - At open, everything under the prefix is range-read (in pages, pinned to
+ *    the first page's revision) into an in-memory mirror: a sorted array like
+ *    store_embedded.c's. store_open fails if no endpoint answers within 3 s.
+ *  - get and walk answer from the mirror under a mutex, never the network.
+ *  - put and delete go to etcd synchronously (connect 1 s, total 2 s; writers
+ *    are serialized on one reused curl handle): /v3/kv/put, /v3/kv/deleterange,
+ *    or /v3/kv/txn for compare-and-swap (MOD revision == expect_rev; absent:
+ *    CREATE revision == 0). On success the mirror takes the key at the
+ *    revision etcd returned (header.revision), so a process reads its own
+ *    writes at once; a failed compare also refreshes the key from the txn's
+ *    failure branch (a range), so CAS retry loops converge. Unreachable etcd:
+ *    STORE_ERROR and a log line (keys only, never values).
+ *  - A watch thread streams /v3/watch from (load revision + 1) on its own
+ *    curl handle (a multi handle, so store_free wakes it at once) and applies
+ *    other brokers' PUT/DELETE events. On a dropped stream it reconnects with
+ *    backoff (100 ms doubling to 2 s), moving to the next endpoint; if the
+ *    revision was compacted, the cluster changed or the stream is unreadable
+ *    (any possible gap) it re-ranges and replaces the mirror.
+ *  - Ordering: each mirror entry keeps its mod revision and only a newer
+ *    revision replaces it; a delete leaves a tombstone (hidden from get/walk)
+ *    until the watch has passed its revision, so a lagging watch cannot bring
+ *    back a key this process already deleted. "applied" is the highest
+ *    revision the watch (or a re-range) has reflected; a write's own result
+ *    at or below it is already in the mirror and is skipped.
+ *  - Several endpoints: a request moves on to the next one only when nothing
+ *    was sent (connection refused or timed out), so a CAS is never sent twice;
+ *    after any other failure the next call starts at the next endpoint.
+ *
+ * Wire format: keys and values are base64 in JSON (OpenSSL's EVP_EncodeBlock
+ * and EVP_DecodeBlock), int64 fields are JSON strings, zero fields are omitted. */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "common/log.h"
+#include "migrate/store_backend.h"
+
+#define ETCD_PREFIX "/spice-broker/"
+#define ETCD_PREFIX_END "/spice-broker0"     /* the prefix with its last byte + 1 */
+#define MAX_ENDPOINTS 16
+#define OPEN_BUDGET_MS 3000             /* the initial load's first page, all endpoints */
+#define CONNECT_MS 1000
+#define WRITE_TOTAL_MS 2000
+#define RANGE_PAGE_MS 10000             /* each later page, and re-ranges */
+#define RANGE_PAGE_KEYS 128
+#define MAX_BODY ((size_t)256 << 20)    /* a response, or one watch line */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+#define WHY_LEN 512
+
+struct entry {
+    char *key;
+    uint8_t *val;               /* NULL for a tombstone */
+    size_t len;
+    int64_t rev;                /* mod revision (for a tombstone: the delete's) */
+    bool dead;                  /* tombstone: hidden from get and walk */
+};
+
+struct map {
+    struct entry *ents;         /* sorted by strcmp(key) */
+    size_t n, cap;
+    size_t ndead;
+};
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+enum watch_end { WATCH_RETRY, WATCH_RESYNC, WATCH_STOPPED };
+
+struct etcd {
+    pthread_mutex_t mu;         /* map, applied, cluster; never held across I/O */
+    struct map map;
+    int64_t applied;            /* highest revision the load/watch has reflected */
+    char cluster[32];           /* cluster_id, as etcd spells it */
+
+    char *eps[MAX_ENDPOINTS];   /* "http://host:port", no trailing slash */
+    size_t neps;
+    struct curl_slist *hdrs;    /* read-only after open */
+
+    pthread_mutex_t wmu;        /* writers: req and wep */
+    CURL *req;
+    size_t wep;                 /* endpoint the next write tries first */
+
+    /* the watch thread */
+    pthread_t th;
+    bool th_started;
+    atomic_bool stop;
+    pthread_mutex_t smu;        /* with scond: interruptible backoff sleeps */
+    pthread_cond_t scond;
+    CURLM *multi;
+    CURL *wstream;              /* the streaming watch */
+    CURL *wreq;                 /* re-ranges */
+    size_t xep;                 /* endpoint the watch uses */
+    struct buf line;            /* the watch's partial line */
+    size_t scanned;             /* bytes of line already searched for '\n' */
+    enum watch_end wend;        /* why the stream callback aborted */
+    bool created;               /* this stream's watch was created */
+    bool watch_ok;              /* for logging transitions only */
+};
+
+/* ---- small helpers ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool key_in_prefix(const char *key)
+{
+    return strncmp(key, ETCD_PREFIX, strlen(ETCD_PREFIX)) == 0;
+}
+
+static char *b64_encode(const void *p, size_t n)
+{
+    char *out;
+
+    if (n > (size_t)INT_MAX / 2 || (out = malloc(4 * ((n + 2) / 3) + 1)) == NULL)
+        return NULL;
+    EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+    return out;
+}
+
+/* Decodes padded base64; *out is malloc'd (at least 1 byte) and NUL-terminated. */
+static int b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen)
+{
+    uint8_t *o;
+    int n;
+    size_t pad = 0;
+
+    if (slen % 4 != 0 || slen > (size_t)INT_MAX / 2)
+        return -1;
+    if ((o = malloc(slen / 4 * 3 + 1)) == NULL)
+        return -1;
+    n = EVP_DecodeBlock(o, (const unsigned char *)s, (int)slen);
+    if (n < 0) {
+        free(o);
+        return -1;
+    }
+    /* EVP_DecodeBlock counts the padding as zero bytes */
+    if (slen >= 1 && s[slen - 1] == '=')
+        pad++;
+    if (slen >= 2 && s[slen - 2] == '=')
+        pad++;
+    if ((size_t)n < pad) {
+        free(o);
+        return -1;
+    }
+    *outlen = (size_t)n - pad;
+    o[*outlen] = '\0';
+    *out = o;
+    return 0;
+}
+
+/* An int64 field: a JSON string (how the gateway sends them) or number; 0 if absent. */
+static int64_t jint(const json_t *o, const char *name)
+{
+    const json_t *v = json_object_get(o, name);
+
+    if (json_is_string(v))
+        return strtoll(json_string_value(v), NULL, 10);
+    if (json_is_integer(v))
+        return (int64_t)json_integer_value(v);
+    return 0;
+}
+
+static int64_t header_rev(const json_t *resp)
+{
+    return jint(json_object_get(resp, "header"), "revision");
+}
+
+static void header_cluster(const json_t *resp, char out[32])
+{
+    const json_t *v = json_object_get(json_object_get(resp, "header"), "cluster_id");
+
+    snprintf(out, 32, "%s", json_is_string(v) ? json_string_value(v) : "");
+}
+
+/* Decodes a KeyValue: key (a C string: NUL-free), value, mod_revision. */
+static int kv_decode(const json_t *kv, char **key, uint8_t **val, size_t *len, int64_t *rev)
+{
+    const json_t *k = json_object_get(kv, "key"), *v = json_object_get(kv, "value");
+    uint8_t *kb = NULL;
+    size_t klen;
+
+    if (!json_is_string(k) ||
+        b64_decode(json_string_value(k), json_string_length(k), &kb, &klen) < 0)
+        return -1;
+    if (klen == 0 || memchr(kb, '\0', klen) != NULL) {
+        free(kb);
+        return -1;
+    }
+    if (json_is_string(v)) {
+        if (b64_decode(json_string_value(v), json_string_length(v), val, len) < 0) {
+            free(kb);
+            return -1;
+        }
+    } else if ((*val = malloc(1)) != NULL) {
+        *len = 0;
+    } else {
+        free(kb);
+        return -1;
+    }
+    *key = (char *)kb;
+    *rev = jint(kv, "mod_revision");
+    return 0;
+}
+
+/* ---- the sorted map ---- */
+
+static size_t lower_bound(const struct map *m, const char *key)
+{
+    size_t lo = 0, hi = m->n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(m->ents[mid].key, key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static struct entry *map_find(const struct map *m, const char *key, size_t *idx)
+{
+    size_t i = lower_bound(m, key);
+
+    *idx = i;
+    return i < m->n && strcmp(m->ents[i].key, key) == 0 ? &m->ents[i] : NULL;
+}
+
+static int map_reserve(struct map *m, size_t want)
+{
+    struct entry *n;
+    size_t cap;
+
+    if (want <= m->cap)
+        return 0;
+    cap = m->cap ? m->cap * 2 : 64;
+    while (cap < want)
+        cap *= 2;
+    if ((n = realloc(m->ents, cap * sizeof(*n))) == NULL)
+        return -1;
+    m->ents = n;
+    m->cap = cap;
+    return 0;
+}
+
+/* Sets key to a copy of val at rev, or to a tombstone at rev; -1 when out of memory. */
+static int map_set(struct map *m, const char *key, const uint8_t *val, size_t len,
+                   int64_t rev, bool dead)
+{
+    struct entry *ent;
+    uint8_t *v = NULL;
+    size_t idx;
+
+    if (!dead) {
+        if ((v = malloc(len ? len : 1)) == NULL)
+            return -1;
+        if (len > 0)
+            memcpy(v, val, len);
+    }
+    if ((ent = map_find(m, key, &idx)) == NULL) {
+        char *k = strdup(key);
+        if (k == NULL || map_reserve(m, m->n + 1) < 0) {
+            free(k);
+            free(v);
+            return -1;
+        }
+        memmove(&m->ents[idx + 1], &m->ents[idx], (m->n - idx) * sizeof(*m->ents));
+        m->ents[idx] = (struct entry){ .key = k };
+        m->n++;
+        ent = &m->ents[idx];
+    } else if (ent->dead) {
+        m->ndead--;
+    }
+    free(ent->val);
+    ent->val = v;
+    ent->len = dead ? 0 : len;
+    ent->rev = rev;
+    ent->dead = dead;
+    if (dead)
+        m->ndead++;
+    return 0;
+}
+
+static void map_remove_at(struct map *m, size_t idx)
+{
+    if (m->ents[idx].dead)
+        m->ndead--;
+    free(m->ents[idx].key);
+    free(m->ents[idx].val);
+    memmove(&m->ents[idx], &m->ents[idx + 1], (m->n - idx - 1) * sizeof(*m->ents));
+    m->n--;
+}
+
+/* Drops tombstones the watch has gone past. */
+static void map_purge(struct map *m, int64_t applied)
+{
+    size_t j = 0;
+
+    if (m->ndead == 0)
+        return;
+    for (size_t i = 0; i < m->n; i++) {
+        struct entry *ent = &m->ents[i];
+        if (ent->dead && ent->rev <= applied) {
+            free(ent->key);
+            free(ent->val);
+            m->ndead--;
+            continue;
+        }
+        m->ents[j++] = *ent;
+    }
+    m->n = j;
+}
+
+static void map_clear(struct map *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->ents[i].key);
+        free(m->ents[i].val);
+    }
+    free(m->ents);
+    *m = (struct map){ 0 };
+}
+
+/* What this process learned from one of its own requests: key is val at rev
+ * (or absent, dead, as of rev). Skipped when the mirror already knows as much. */
+static void mirror_note(struct etcd *e, const char *key, const uint8_t *val, size_t len,
+                        int64_t rev, bool dead)
+{
+    struct entry *ent;
+    size_t idx;
+
+    if (rev <= 0)
+        return;
+    pthread_mutex_lock(&e->mu);
+    if (rev > e->applied && ((ent = map_find(&e->map, key, &idx)) == NULL || ent->rev < rev))
+        if (map_set(&e->map, key, val, len, rev, dead) < 0)
+            log_warnx("store: etcd: out of memory updating the mirror for %s", key);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- HTTP ---- */
+
+static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    struct buf *b = arg;
+    size_t n = size * nmemb;
+
+    if (n > MAX_BODY - b->len)
+        return 0;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        char *p;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        if ((p = realloc(b->p, cap)) == NULL)
+            return 0;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, ptr, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return n;
+}
+
+/* Aborts a transfer of the watch thread's once the store is being freed. */
+static int stop_xferinfo(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    struct etcd *e = arg;
+
+    (void)dt; (void)dn; (void)ut; (void)un;
+    return atomic_load(&e->stop) ? 1 : 0;
+}
+
+/* Options every request shares; url is copied by libcurl. */
+static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path,
+                       const char *body, char *errbuf)
+{
+    char url[512];
+
+    snprintf(url, sizeof(url), "%s%s", ep, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_PROXY, "");        /* never an http_proxy from the environment */
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, e->hdrs);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 5L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);
+    errbuf[0] = '\0';
+}
+
+static void why_append(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void why_append(char *why, const char *fmt, ...)
+{
+    size_t used = strlen(why);
+    va_list ap;
+
+    if (used >= WHY_LEN - 1)
+        return;
+    if (used > 0)
+        used += (size_t)snprintf(why + used, WHY_LEN - used, "; ");
+    if (used >= WHY_LEN - 1)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why + used, WHY_LEN - used, fmt, ap);
+    va_end(ap);
+}
+
+/* POSTs body to path, starting at endpoint *ep, all within total_ms. Moves on
+ * to the next endpoint only when nothing was sent; after any other failure,
+ * *ep is advanced for the next call. On HTTP 200 with a JSON object, returns 0
+ * and *resp (caller decrefs); else -1 with the reasons appended to why. */
+static int call(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
+                long total_ms, json_t **resp, char *why)
+{
+    int64_t deadline = now_ms() + total_ms;
+    char errbuf[CURL_ERROR_SIZE];
+
+    for (size_t tries = 0; tries < e->neps; tries++) {
+        const char *url = e->eps[*ep];
+        struct buf out = { 0 };
+        int64_t left = deadline - now_ms();
+        long status = 0, sent = 0;
+        CURLcode rc;
+
+        if (left <= 0) {
+            why_append(why, "no time left");
+            return -1;
+        }
+        set_common(e, h, url, path, body, errbuf);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(left < CONNECT_MS ? left : CONNECT_MS));
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)left);
+        rc = curl_easy_perform(h);
+        if (rc != CURLE_OK) {
+            why_append(why, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+            free(out.p);
+            *ep = (*ep + 1) % e->neps;
+            if (curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK &&
+                sent == 0 && rc != CURLE_ABORTED_BY_CALLBACK)
+                continue;           /* nothing reached that endpoint: the next one */
+            return -1;
+        }
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        json_t *j = out.p != NULL ? json_loadb(out.p, out.len, 0, NULL) : NULL;
+        free(out.p);
+        if (status != 200 || !json_is_object(j)) {
+            const json_t *msg = json_object_get(j, "message");
+            if (!json_is_string(msg))
+                msg = json_object_get(j, "error");
+            why_append(why, "%s: HTTP %ld%s%s", url, status, json_is_string(msg) ? ": " : "",
+                       json_is_string(msg) ? json_string_value(msg) : "");
+            json_decref(j);
+            *ep = (*ep + 1) % e->neps;
+            return -1;
+        }
+        *resp = j;
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- JSON requests ---- */
+
+/* json_dumps that takes (steals) its argument. */
+static char *dump(json_t *j)
+{
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+
+    json_decref(j);
+    return s;
+}
+
+/* A base64 JSON string of key bytes. */
+static json_t *jb64(const void *p, size_t n)
+{
+    char *s = b64_encode(p, n);
+    json_t *j = s != NULL ? json_string(s) : NULL;
+
+    free(s);
+    return j;
+}
+
+/* {"target":"MOD"/"CREATE","key":K,"result":"EQUAL",...} for expect_rev > 0 / ABSENT. */
+static json_t *compare(const char *key, int64_t expect_rev)
+{
+    char rev[24];
+
+    snprintf(rev, sizeof(rev), "%" PRId64, expect_rev > 0 ? expect_rev : 0);
+    return json_pack("{s:s, s:o, s:s, s:s}", "target", expect_rev > 0 ? "MOD" : "CREATE",
+                     "key", jb64(key, strlen(key)), "result", "EQUAL",
+                     expect_rev > 0 ? "mod_revision" : "create_revision", rev);
+}
+
+/* A txn: if compare(key, expect_rev) then success_op else range key. */
+static char *txn_body(const char *key, int64_t expect_rev, json_t *success_op)
+{
+    json_t *success = json_array();
+
+    if (success_op != NULL)
+        json_array_append_new(success, success_op);
+    return dump(json_pack("{s:[o], s:o, s:[{s:{s:o}}]}",
+                          "compare", compare(key, expect_rev),
+                          "success", success,
+                          "failure", "request_range", "key", jb64(key, strlen(key))));
+}
+
+/* After a failed compare: refreshes the mirror from the failure branch's range
+ * and tells whether the key exists. */
+static bool note_failure_range(struct etcd *e, const char *key, const json_t *resp)
+{
+    const json_t *rr = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
+                                       "response_range");
+    const json_t *kv = json_array_get(json_object_get(rr, "kvs"), 0);
+    char *k = NULL;
+    uint8_t *v = NULL;
+    size_t len = 0;
+    int64_t rev = 0;
+
+    if (kv == NULL) {
+        mirror_note(e, key, NULL, 0, header_rev(resp), true);
+        return false;
+    }
+    if (kv_decode(kv, &k, &v, &len, &rev) == 0 && strcmp(k, key) == 0)
+        mirror_note(e, key, v, len, rev, false);
+    free(k);
+    free(v);
+    return true;
+}
+
+/* ---- loading ---- */
+
+/* Reads everything under the prefix, at one revision, into m. The first page
+ * gets first_ms (all endpoints), each later one RANGE_PAGE_MS. */
+static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct map *m,
+                     int64_t *rev_out, char cluster[32], char *why)
+{
+    char *start = strdup(ETCD_PREFIX);
+    size_t start_len = strlen(ETCD_PREFIX);
+    int64_t rev = 0;
+    size_t skipped = 0;
+    int rc = -1;
+
+    if (start == NULL) {
+        why_append(why, "out of memory");
+        return -1;
+    }
+    for (bool first = true; ; first = false) {
+        char revs[24], limit[24];
+        json_t *resp = NULL, *req;
+        const json_t *kvs, *kv;
+        char *body;
+        size_t i;
+
+        snprintf(revs, sizeof(revs), "%" PRId64, rev);
+        snprintf(limit, sizeof(limit), "%d", RANGE_PAGE_KEYS);
+        req = json_pack("{s:o, s:o, s:s}", "key", jb64(start, start_len),
+                        "range_end", jb64(ETCD_PREFIX_END, strlen(ETCD_PREFIX_END)),
+                        "limit", limit);
+        if (req != NULL && rev > 0)
+            json_object_set_new(req, "revision", json_string(revs));
+        if ((body = dump(req)) == NULL) {
+            why_append(why, "out of memory");
+            goto out;
+        }
+        int r = call(e, h, ep, "/v3/kv/range", body, first ? first_ms : RANGE_PAGE_MS,
+                     &resp, why);
+        free(body);
+        if (r < 0)
+            goto out;
+        if (first) {
+            rev = header_rev(resp);
+            header_cluster(resp, cluster);
+        }
+        kvs = json_object_get(resp, "kvs");
+        json_array_foreach(kvs, i, kv) {
+            char *k = NULL;
+            uint8_t *v = NULL;
+            size_t len = 0;
+            int64_t mrev = 0;
+
+            if (kv_decode(kv, &k, &v, &len, &mrev) < 0) {
+                skipped++;
+                continue;
+            }
+            if (map_set(m, k, v, len, mrev, false) < 0) {
+                free(k);
+                free(v);
+                json_decref(resp);
+                why_append(why, "out of memory");
+                goto out;
+            }
+            /* the next page starts just after the last key */
+            free(start);
+            start_len = strlen(k) + 1;      /* k with its NUL: key + "\0" */
+            start = k;
+            free(v);
+        }
+        bool more = json_is_true(json_object_get(resp, "more")) && json_array_size(kvs) > 0;
+        json_decref(resp);
+        if (!more)
+            break;
+    }
+    if (skipped > 0)
+        log_warnx("store: etcd: skipped %zu keys under " ETCD_PREFIX " that are not "
+                  "C strings or not valid base64", skipped);
+    *rev_out = rev;
+    rc = 0;
+out:
+    free(start);
+    return rc;
+}
+
+/* ---- the watch thread ---- */
+
+static bool stopping(struct etcd *e)
+{
+    return atomic_load(&e->stop);
+}
+
+/* Sleeps ms unless the store is being freed; false if it is. */
+static bool nap(struct etcd *e, long ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->smu);
+    while (!stopping(e))
+        if (pthread_cond_timedwait(&e->scond, &e->smu, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&e->smu);
+    return !stopping(e);
+}
+
+/* Re-reads the prefix and replaces the mirror, keeping what this process
+ * wrote after the range's revision. */
+static int resync(struct etcd *e)
+{
+    struct map m = { 0 };
+    char cluster[32] = "", why[WHY_LEN] = "";
+    int64_t rev = 0;
+
+    if (range_all(e, e->wreq, &e->xep, RANGE_PAGE_MS, &m, &rev, cluster, why) < 0) {
+        if (!stopping(e))
+            log_warnx("store: etcd: cannot reload the mirror: %s", why);
+        map_clear(&m);
+        return -1;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (strcmp(cluster, e->cluster) == 0) {
+        for (size_t i = 0; i < e->map.n; i++) {
+            const struct entry *o = &e->map.ents[i];
+            struct entry *ent;
+            size_t idx;
+            if (o->rev <= rev || ((ent = map_find(&m, o->key, &idx)) != NULL && ent->rev >= o->rev))
+                continue;
+            if (map_set(&m, o->key, o->val, o->len, o->rev, o->dead) < 0) {
+                pthread_mutex_unlock(&e->mu);
+                log_warnx("store: etcd: out of memory reloading the mirror");
+                map_clear(&m);
+                return -1;
+            }
+        }
+    } else if (e->cluster[0] != '\0') {
+        log_warnx("store: etcd: cluster id changed from %s to %s", e->cluster, cluster);
+    }
+    map_clear(&e->map);
+    e->map = m;
+    e->applied = rev;
+    snprintf(e->cluster, sizeof(e->cluster), "%s", cluster);
+    map_purge(&e->map, e->applied);
+    size_t n = e->map.n - e->map.ndead;
+    pthread_mutex_unlock(&e->mu);
+    log_info("store: etcd: mirror reloaded at revision %" PRId64 " (%zu keys)", rev, n);
+    return 0;
+}
+
+/* Applies one event from the watch; -1 when out of memory. */
+static int watch_apply(struct etcd *e, const json_t *ev)
+{
+    const json_t *type = json_object_get(ev, "type");
+    bool del = json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0;
+    char *k = NULL;
+    uint8_t *v = NULL;
+    size_t len = 0, idx;
+    int64_t rev = 0;
+    struct entry *ent;
+    int rc = 0;
+
+    if (kv_decode(json_object_get(ev, "kv"), &k, &v, &len, &rev) < 0) {
+        log_warnx("store: etcd: ignoring a watch event with an unusable key");
+        return 0;
+    }
+    pthread_mutex_lock(&e->mu);
+    if ((ent = map_find(&e->map, k, &idx)) == NULL || ent->rev < rev) {
+        if (del) {
+            if (ent != NULL)
+                map_remove_at(&e->map, idx);
+        } else if (map_set(&e->map, k, v, len, rev, false) < 0) {
+            rc = -1;
+        }
+    }
+    if (rev > e->applied)
+        e->applied = rev;
+    pthread_mutex_unlock(&e->mu);
+    free(k);
+    free(v);
+    return rc;
+}
+
+/* Handles one line of the watch stream; false to end the stream (e->wend says why). */
+static bool watch_line(struct etcd *e, const char *line, size_t len)
+{
+    json_t *j = json_loadb(line, len, 0, NULL), *res;
+    const json_t *events, *ev;
+    bool keep = false;
+    size_t i;
+
+    if (j == NULL) {
+        log_warnx("store: etcd: unreadable watch message; reloading");
+        e->wend = WATCH_RESYNC;
+        return false;
+    }
+    res = json_object_get(j, "result");
+    if (res == NULL) {
+        const json_t *msg = json_object_get(j, "message");
+        if (!json_is_string(msg))
+            msg = json_object_get(j, "error");
+        log_warnx("store: etcd: watch on %s failed: %s", e->eps[e->xep],
+                  json_is_string(msg) ? json_string_value(msg) : "unknown error");
+        e->wend = WATCH_RETRY;
+        goto out;
+    }
+    if (json_is_true(json_object_get(res, "canceled"))) {
+        int64_t crev = jint(res, "compact_revision");
+        const json_t *reason = json_object_get(res, "cancel_reason");
+        if (crev > 0) {
+            log_info("store: etcd: watch revision compacted (at %" PRId64 "); reloading", crev);
+            e->wend = WATCH_RESYNC;
+        } else {
+            log_warnx("store: etcd: watch canceled: %s",
+                      json_is_string(reason) ? json_string_value(reason) : "no reason given");
+            e->wend = WATCH_RETRY;
+        }
+        goto out;
+    }
+    if (json_is_true(json_object_get(res, "created"))) {
+        char cluster[32];
+        int64_t hrev = header_rev(res);
+        bool gap;
+
+        header_cluster(res, cluster);
+        pthread_mutex_lock(&e->mu);
+        gap = (cluster[0] != '\0' && strcmp(cluster, e->cluster) != 0) || hrev < e->applied;
+        int64_t from = e->applied + 1;
+        pthread_mutex_unlock(&e->mu);
+        if (gap) {
+            log_warnx("store: etcd: %s is another cluster or older data (cluster %s, revision "
+                      "%" PRId64 "); reloading", e->eps[e->xep], cluster, hrev);
+            e->wend = WATCH_RESYNC;
+            goto out;
+        }
+        e->created = true;
+        if (!e->watch_ok)
+            log_info("store: etcd: watching %s from revision %" PRId64, e->eps[e->xep], from);
+        e->watch_ok = true;
+    }
+    events = json_object_get(res, "events");
+    json_array_foreach(events, i, ev) {
+        if (watch_apply(e, ev) < 0) {
+            log_warnx("store: etcd: out of memory applying a watch event; reloading");
+            e->wend = WATCH_RESYNC;
+            goto out;
+        }
+    }
+    if (json_array_size(events) > 0) {
+        pthread_mutex_lock(&e->mu);
+        map_purge(&e->map, e->applied);
+        pthread_mutex_unlock(&e->mu);
+    }
+    keep = true;
+out:
+    json_decref(j);
+    return keep;
+}
+
+static size_t watch_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    struct etcd *e = arg;
+    size_t n = size * nmemb;
+    char *nl;
+
+    if (stopping(e))
+        return 0;
+    if (buf_write(ptr, size, nmemb, &e->line) != n) {
+        log_warnx("store: etcd: watch message too large; reloading");
+        e->wend = WATCH_RESYNC;
+        return 0;
+    }
+    while ((nl = memchr(e->line.p + e->scanned, '\n', e->line.len - e->scanned)) != NULL) {
+        size_t llen = (size_t)(nl - e->line.p);
+        bool keep = llen == 0 || watch_line(e, e->line.p, llen);
+        memmove(e->line.p, nl + 1, e->line.len - llen - 1);
+        e->line.len -= llen + 1;
+        e->line.p[e->line.len] = '\0';
+        e->scanned = 0;
+        if (!keep)
+            return 0;
+    }
+    e->scanned = e->line.len;
+    return n;
+}
+
+/* Runs one watch stream until it ends. */
+static enum watch_end watch_once(struct etcd *e)
+{
+    char errbuf[CURL_ERROR_SIZE], from[24];
+    char *body;
+    CURLcode rc = CURLE_OK;
+    int running = 1;
+
+    pthread_mutex_lock(&e->mu);
+    snprintf(from, sizeof(from), "%" PRId64, e->applied + 1);
+    pthread_mutex_unlock(&e->mu);
+    body = dump(json_pack("{s:{s:o, s:o, s:s}}", "create_request",
+                          "key", jb64(ETCD_PREFIX, strlen(ETCD_PREFIX)),
+                          "range_end", jb64(ETCD_PREFIX_END, strlen(ETCD_PREFIX_END)),
+                          "start_revision", from));
+    if (body == NULL)
+        return WATCH_RETRY;
+    e->line.len = 0;
+    e->scanned = 0;
+    e->wend = WATCH_RETRY;
+    e->created = false;
+    set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", body, errbuf);
+    curl_easy_setopt(e->wstream, CURLOPT_WRITEFUNCTION, watch_write);
+    curl_easy_setopt(e->wstream, CURLOPT_WRITEDATA, e);
+    curl_easy_setopt(e->wstream, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_MS);
+    curl_easy_setopt(e->wstream, CURLOPT_TIMEOUT_MS, 0L);
+    curl_multi_add_handle(e->multi, e->wstream);
+    while (running && !stopping(e)) {
+        CURLMsg *msg;
+        int left;
+
+        if (curl_multi_perform(e->multi, &running) != CURLM_OK)
+            break;
+        while ((msg = curl_multi_info_read(e->multi, &left)) != NULL)
+            if (msg->msg == CURLMSG_DONE)
+                rc = msg->data.result;
+        if (running)
+            curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
+    }
+    curl_multi_remove_handle(e->multi, e->wstream);
+    free(body);
+    if (stopping(e))
+        return WATCH_STOPPED;
+    if (e->wend == WATCH_RESYNC)
+        return WATCH_RESYNC;
+    if (e->watch_ok) {
+        log_warnx("store: etcd: watch on %s lost: %s; retrying", e->eps[e->xep],
+                  rc == CURLE_OK ? "stream ended" : errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        e->watch_ok = false;
+    }
+    if (!e->created)
+        e->xep = (e->xep + 1) % e->neps;
+    return WATCH_RETRY;
+}
+
+static void *watch_main(void *arg)
+{
+    struct etcd *e = arg;
+    long backoff = BACKOFF_MIN_MS;
+    bool need_resync = false;
+
+    while (!stopping(e)) {
+        if (need_resync) {
+            if (resync(e) == 0) {
+                need_resync = false;
+            } else {
+                if (!nap(e, backoff))
+                    break;
+                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+                continue;
+            }
+        }
+        enum watch_end r = watch_once(e);
+        if (r == WATCH_STOPPED)
+            break;
+        if (r == WATCH_RESYNC)
+            need_resync = true;
+        if (e->created)
+            backoff = BACKOFF_MIN_MS;       /* it was working: retry soon */
+        if (!nap(e, backoff))
+            break;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    return NULL;
+}
+
+/* ---- opening and closing ---- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static void etcd_free(void *impl)
+{
+    struct etcd *e = impl;
+
+    if (e == NULL)
+        return;
+    if (e->th_started) {
+        pthread_mutex_lock(&e->smu);
+        atomic_store(&e->stop, true);
+        pthread_cond_broadcast(&e->scond);
+        pthread_mutex_unlock(&e->smu);
+        curl_multi_wakeup(e->multi);
+        pthread_join(e->th, NULL);
+    }
+    if (e->multi != NULL)
+        curl_multi_cleanup(e->multi);
+    if (e->wstream != NULL)
+        curl_easy_cleanup(e->wstream);
+    if (e->wreq != NULL)
+        curl_easy_cleanup(e->wreq);
+    if (e->req != NULL)
+        curl_easy_cleanup(e->req);
+    curl_slist_free_all(e->hdrs);
+    for (size_t i = 0; i < e->neps; i++)
+        free(e->eps[i]);
+    free(e->line.p);
+    map_clear(&e->map);
+    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->wmu);
+    pthread_mutex_destroy(&e->smu);
+    pthread_cond_destroy(&e->scond);
+    free(e);
+}
+
+/* "http://a:2379,http://b:2379/" -> eps[]. */
+static int parse_endpoints(struct etcd *e, const char *arg, const char **err)
+{
+    const char *p = arg;
+
+    while (*p != '\0') {
+        size_t n = strcspn(p, ",");
+        if (n == 0) {
+            *err = "etcd store: empty endpoint in the list";
+            return -1;
+        }
+        if (e->neps == MAX_ENDPOINTS) {
+            *err = store_errorf("etcd store: more than %d endpoints", MAX_ENDPOINTS);
+            return -1;
+        }
+        while (n > 0 && p[n - 1] == '/')
+            n--;
+        if (!((n > 7 && strncmp(p, "http://", 7) == 0) ||
+              (n > 8 && strncmp(p, "https://", 8) == 0)) || n > 400) {
+            *err = store_errorf("etcd store: endpoint \"%.*s\" is not an http:// or https:// URL",
+                                (int)(n > 400 ? 400 : n), p);
+            return -1;
+        }
+        if ((e->eps[e->neps++] = strndup(p, n)) == NULL) {
+            *err = "out of memory";
+            return -1;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',' && *++p == '\0') {
+            *err = "etcd store: empty endpoint in the list";
+            return -1;
+        }
+    }
+    if (e->neps == 0) {
+        *err = "etcd store: no endpoint";
+        return -1;
+    }
+    return 0;
+}
+
+static void *etcd_open(const char *arg, const char **err)
+{
+    char why[WHY_LEN] = "";
+    struct etcd *e;
+    pthread_condattr_t ca;
+
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK) {
+        *err = "etcd store: libcurl initialisation failed";
+        return NULL;
+    }
+    if ((e = calloc(1, sizeof(*e))) == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->wmu, NULL);
+    pthread_mutex_init(&e->smu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->scond, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&e->stop, false);
+    if (parse_endpoints(e, arg, err) < 0)
+        goto fail;
+    if ((e->hdrs = curl_slist_append(NULL, "Content-Type: application/json")) == NULL ||
+        (e->hdrs = curl_slist_append(e->hdrs, "Expect:")) == NULL ||
+        (e->req = curl_easy_init()) == NULL || (e->wreq = curl_easy_init()) == NULL ||
+        (e->wstream = curl_easy_init()) == NULL || (e->multi = curl_multi_init()) == NULL) {
+        *err = "etcd store: out of memory";
+        goto fail;
+    }
+    curl_easy_setopt(e->wreq, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e->wreq, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
+    curl_easy_setopt(e->wreq, CURLOPT_XFERINFODATA, e);
+    if (range_all(e, e->req, &e->wep, OPEN_BUDGET_MS, &e->map, &e->applied, e->cluster,
+                  why) < 0) {
+        *err = store_errorf("etcd store: cannot load " ETCD_PREFIX " from any endpoint (%s)", why);
+        goto fail;
+    }
+    e->xep = e->wep;
+    e->watch_ok = true;
+    log_info("store: etcd %s: loaded %zu keys, revision %" PRId64, e->eps[e->wep], e->map.n,
+             e->applied);
+    if (pthread_create(&e->th, NULL, watch_main, e) != 0) {
+        *err = "etcd store: cannot start the watch thread";
+        goto fail;
+    }
+    e->th_started = true;
+    return e;
+fail:
+    etcd_free(e);
+    return NULL;
+}
+
+/* ---- operations ---- */
+
+static int etcd_put(void *impl, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t *new_rev)
+{
+    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+    json_t *resp = NULL;
+    const char *path;
+    char *body;
+    int64_t rev;
+    int rc;
+
+    if (!key_in_prefix(key)) {
+        log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, key);
+        return STORE_ERROR;
+    }
+    json_t *kv = json_pack("{s:o, s:o}", "key", jb64(key, strlen(key)), "value", jb64(val, len));
+    if (expect_rev == STORE_ANY_REV) {
+        path = "/v3/kv/put";
+        body = dump(kv);
+    } else {
+        path = "/v3/kv/txn";
+        body = kv != NULL ? txn_body(key, expect_rev, json_pack("{s:o}", "request_put", kv)) : NULL;
+    }
+    if (body == NULL) {
+        log_warnx("store: etcd: put %s: out of memory", key);
+        return STORE_ERROR;
+    }
+    pthread_mutex_lock(&e->wmu);
+    rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
+    pthread_mutex_unlock(&e->wmu);
+    free(body);
+    if (rc < 0) {
+        log_warnx("store: etcd: put %s failed: %s", key, why);
+        return STORE_ERROR;
+    }
+    rev = header_rev(resp);
+    if (expect_rev != STORE_ANY_REV && !json_is_true(json_object_get(resp, "succeeded"))) {
+        note_failure_range(e, key, resp);
+        json_decref(resp);
+        return STORE_CONFLICT;
+    }
+    json_decref(resp);
+    if (rev <= 0) {
+        log_warnx("store: etcd: put %s: no revision in the answer", key);
+        return STORE_ERROR;
+    }
+    mirror_note(e, key, val, len, rev, false);
+    if (new_rev != NULL)
+        *new_rev = rev;
+    return STORE_OK;
+}
+
+static int etcd_get(void *impl, const char *key, void **val, size_t *len, int64_t *rev)
+{
+    struct etcd *e = impl;
+    struct entry *ent;
+    size_t idx;
+    int rc = STORE_NOT_FOUND;
+
+    pthread_mutex_lock(&e->mu);
+    if ((ent = map_find(&e->map, key, &idx)) != NULL && !ent->dead) {
+        rc = STORE_ERROR;
+        if ((*val = malloc(ent->len ? ent->len : 1)) != NULL) {
+            memcpy(*val, ent->val, ent->len);
+            *len = ent->len;
+            if (rev != NULL)
+                *rev = ent->rev;
+            rc = STORE_OK;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+static int etcd_del(void *impl, const char *key, int64_t expect_rev)
+{
+    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+    json_t *resp = NULL;
+    const char *path;
+    char *body;
+    int rc;
+
+    if (!key_in_prefix(key)) {
+        log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, key);
+        return STORE_ERROR;
+    }
+    if (expect_rev == STORE_ANY_REV) {
+        path = "/v3/kv/deleterange";
+        body = dump(json_pack("{s:o}", "key", jb64(key, strlen(key))));
+    } else {
+        /* absent: "delete if it does not exist" is NOT_FOUND or CONFLICT, no write */
+        path = "/v3/kv/txn";
+        body = txn_body(key, expect_rev, expect_rev == STORE_ABSENT_REV ? NULL :
+                        json_pack("{s:{s:o}}", "request_delete_range", "key",
+                                  jb64(key, strlen(key))));
+    }
+    if (body == NULL) {
+        log_warnx("store: etcd: delete %s: out of memory", key);
+        return STORE_ERROR;
+    }
+    pthread_mutex_lock(&e->wmu);
+    rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
+    pthread_mutex_unlock(&e->wmu);
+    free(body);
+    if (rc < 0) {
+        log_warnx("store: etcd: delete %s failed: %s", key, why);
+        return STORE_ERROR;
+    }
+    if (expect_rev == STORE_ANY_REV) {
+        rc = jint(resp, "deleted") > 0 ? STORE_OK : STORE_NOT_FOUND;
+        mirror_note(e, key, NULL, 0, header_rev(resp), true);
+    } else if (json_is_true(json_object_get(resp, "succeeded"))) {
+        rc = expect_rev == STORE_ABSENT_REV ? STORE_NOT_FOUND : STORE_OK;
+        mirror_note(e, key, NULL, 0, header_rev(resp), true);
+    } else {
+        rc = note_failure_range(e, key, resp) ? STORE_CONFLICT : STORE_NOT_FOUND;
+    }
+    json_decref(resp);
+    return rc;
+}
+
+static int etcd_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
+{
+    struct etcd *e = impl;
+    size_t plen = strlen(prefix);
+    int count = 0;
+
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = lower_bound(&e->map, prefix); i < e->map.n; i++) {
+        const struct entry *ent = &e->map.ents[i];
+        if (strncmp(ent->key, prefix, plen) != 0)
+            break;
+        if (ent->dead)
+            continue;
+        count++;
+        if (cb(ent->key, ent->val, ent->len, ent->rev, arg) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return count;
+}
+
+const struct store_backend store_etcd_backend = {
+    .scheme = "etcd",
+    .open = etcd_open,
+    .free = etcd_free,
+    .put = etcd_put,
+    .get = etcd_get,
+    .del = etcd_del,
+    .walk = etcd_walk,
+};
