@@ -497,7 +497,8 @@ static void h_token_add(struct broker *b, const struct request *q, struct respon
         if (val != NULL)
             OPENSSL_cleanse(val, len);
         free(val);
-        reply_error(r, 500, "store write failed");
+        reply_error(r, 503, "the store did not take the write (unreachable? see the broker log); "
+                            "nothing was changed");
         return;
     }
     OPENSSL_cleanse(val, len);
@@ -526,7 +527,8 @@ static void h_token_revoke(struct broker *b, const struct request *q, struct res
         return;
     }
     if (rc != STORE_OK) {
-        reply_error(r, 500, "store delete failed");
+        reply_error(r, 503, "the store did not take the revoke (unreachable? see the broker "
+                            "log); the token still works");
         return;
     }
     log_info("token revoked");

@@ -11,6 +11,7 @@
 #include "broker/registry.h"
 #include "broker/resolver.h"
 #include "broker/worker.h"
+#include "migrate/snap.h"
 #include "migrate/store.h"
 
 struct admin;
@@ -27,6 +28,9 @@ struct broker {
     struct admin *admin;
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
+    struct snap_session *retry;  /* records the store did not take yet (main.c) */
+    size_t n_retry, cap_retry;
+    struct event *retry_timer;
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */

@@ -80,16 +80,67 @@ static void env_publish(void *arg, const struct snap_session *rec, bool ended)
         free(j);
 }
 
-static void put_session(struct broker *b, const struct snap_session *rec)
+static bool put_session(struct broker *b, const struct snap_session *rec)
 {
     char key[SNAP_KEY_MAX];
     snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
     uint8_t *val = NULL;
     size_t len = 0;
-    if (snap_session_encode(rec, &val, &len) != 0 ||
-        store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK)
-        log_warnx("sid=%08x cannot write the session record", rec->id);
+    bool ok = snap_session_encode(rec, &val, &len) == 0 &&
+              store_put(b->store, key, val, len, STORE_ANY_REV, NULL) == STORE_OK;
     free(val);
+    return ok;
+}
+
+/* Records the store did not take (etcd unreachable) wait here, newest per
+ * session, and are written again every RETRY_MS until it takes them: a
+ * session that started, migrated or ended during an outage is in the store
+ * once the outage is over. */
+#define RETRY_MS 2000
+#define RETRY_MAX 4096
+
+static void retry_forget(struct broker *b, uint32_t id)
+{
+    for (size_t i = 0; i < b->n_retry; i++) {
+        if (b->retry[i].id == id) {
+            b->retry[i] = b->retry[--b->n_retry];
+            return;
+        }
+    }
+}
+
+static void retry_keep(struct broker *b, const struct snap_session *rec)
+{
+    if (b->n_retry == 0 && b->retry_timer != NULL) {
+        struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
+        event_add(b->retry_timer, &tv);
+    }
+    if (b->n_retry == b->cap_retry) {
+        size_t nc = b->cap_retry ? b->cap_retry * 2 : 16;
+        void *n = nc <= RETRY_MAX ? realloc(b->retry, nc * sizeof(*b->retry)) : NULL;
+        if (n == NULL) {
+            log_warnx("sid=%08x session record dropped: %zu records already wait for the store",
+                      rec->id, b->n_retry);
+            return;
+        }
+        b->retry = n;
+        b->cap_retry = nc;
+    }
+    b->retry[b->n_retry++] = *rec;
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct broker *b = arg;
+    size_t before = b->n_retry;
+    while (b->n_retry > 0 && put_session(b, &b->retry[b->n_retry - 1]))
+        b->n_retry--;
+    if (b->n_retry > 0) {
+        struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
+        event_add(b->retry_timer, &tv);
+    } else {
+        log_info("the store took the %zu session records that waited for it", before);
+    }
 }
 
 /* A live session's record is rewritten as it changes; an ended one is kept,
@@ -97,6 +148,7 @@ static void put_session(struct broker *b, const struct snap_session *rec)
 void broker_publish_session(struct broker *b, const void *r, int ended)
 {
     const struct snap_session *rec = r;
+    retry_forget(b, rec->id); /* this record is newer */
     if (ended && b->cfg.session_history == 0) {
         char key[SNAP_KEY_MAX];
         snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
@@ -105,7 +157,11 @@ void broker_publish_session(struct broker *b, const void *r, int ended)
             log_warnx("sid=%08x cannot delete the session record", rec->id);
         return;
     }
-    put_session(b, rec);
+    if (!put_session(b, rec)) {
+        log_warnx("sid=%08x cannot write the session record; retrying every %d s", rec->id,
+                  RETRY_MS / 1000);
+        retry_keep(b, rec);
+    }
 }
 
 /* Walks this zone's session records and sorts out the ones to act on:
@@ -233,6 +289,7 @@ int main(int argc, char **argv)
         goto out;
     }
     sweep_sessions(&b, true);
+    b.retry_timer = evtimer_new(b.base, on_retry, &b);
     b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
     if (b.history_sweep != NULL) {
         int every = b.cfg.session_history > 0 && b.cfg.session_history < 60 ? b.cfg.session_history : 60;
@@ -300,6 +357,11 @@ out:
     admin_free(b.admin);
     if (b.history_sweep != NULL)
         event_free(b.history_sweep);
+    if (b.retry_timer != NULL)
+        event_free(b.retry_timer);
+    if (b.n_retry > 0)
+        log_warnx("%zu session records never reached the store", b.n_retry);
+    free(b.retry);
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)
             event_free(sigs[i]);

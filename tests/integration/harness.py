@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -732,11 +733,70 @@ def switch_gap(r, t_done, before=0.5, after=1.0):
 
 
 # --------------------------------------------------------------------- broker
+ETCD_BIN = "/usr/bin/etcd"
+
+
+class Etcd:
+    """A single-node etcd on 127.0.0.1 with free ports and a data dir under
+    the test dir (Debian's etcd-server); stop()/start() keep the data, so a
+    restart is the same cluster. Killed by PID with the test."""
+
+    def __init__(self, env, name="etcd"):
+        if not os.access(ETCD_BIN, os.X_OK):
+            raise TestSkip("%s not installed (Debian package etcd-server)" % ETCD_BIN)
+        self.env, self.name = env, name
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.dir = env.path(name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, "etcd.log")
+        self.url = "http://127.0.0.1:%d" % self.client_port
+        self.proc = None
+
+    def argv(self):
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        return [ETCD_BIN, "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "%s=%s" % (self.name, peer),
+                "--initial-cluster-state", "new", "--initial-cluster-token", "sbtest"]
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except (OSError, ValueError):
+            return False
+
+    def start(self, timeout=10.0):
+        self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc.poll() is not None:
+                raise TestFailure("etcd exited rc=%s at startup:\n%s" % (
+                    self.proc.returncode, tail(self.log_path)))
+            if time.monotonic() > deadline:
+                raise TestFailure("etcd not healthy after %.0f s:\n%s" % (
+                    timeout, tail(self.log_path)))
+            time.sleep(0.1)
+        log("%s up: pid %d, %s" % (self.name, self.proc.pid, self.url))
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            kill_proc(self.proc, term_wait=5.0)
+            log("%s stopped" % self.name)
+
+    def store_spec(self):
+        return "etcd:" + self.url
+
+
 class Broker:
-    """spice-broker on 127.0.0.1:<free port>, admin socket, embedded store."""
+    """spice-broker on 127.0.0.1:<free port>, admin socket, embedded store
+    (or the store spec given, e.g. Etcd.store_spec())."""
 
     def __init__(self, env, name="broker", workers=2, token_file=None,
-                 link_timeout=None, backend_timeout=None, extra=None):
+                 link_timeout=None, backend_timeout=None, extra=None, store=None,
+                 broker_id=None):
         self.env, self.name = env, name
         self.exe, self.ctl_exe = env.broker_exe, env.brokerctl_exe
         self.port = free_port()
@@ -750,12 +810,16 @@ class Broker:
         self.link_timeout = link_timeout
         self.backend_timeout = backend_timeout
         self.extra = extra or []
+        self.store_spec = store or "embedded:" + self.store
+        self.broker_id = broker_id
         self.proc = None
 
     def argv(self):
         a = [self.exe, "--listen", "127.0.0.1:%d" % self.port,
-             "--admin", "unix:" + self.admin, "--store", "embedded:" + self.store,
+             "--admin", "unix:" + self.admin, "--store", self.store_spec,
              "--workers", str(self.workers), "--log-level", "debug"]
+        if self.broker_id:
+            a += ["--broker-id", self.broker_id]
         if self.token_file:
             a += ["--token-file", self.token_file]
         if self.link_timeout is not None:
