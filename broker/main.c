@@ -143,6 +143,43 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* After a migration, the instance's record names its new host, so a token
+ * made before the move (a client reconnecting, a broker taking over) leads
+ * there. Written only when it changes. */
+static void note_instance(struct broker *b, const struct snap_session *rec)
+{
+    char key[SNAP_KEY_MAX];
+    if (rec->migrations == 0 || snap_instance_key(key, sizeof(key), b->cfg.zone,
+                                                  rec->instance) < 0)
+        return;
+    struct snap_instance in;
+    void *old = NULL;
+    size_t old_len = 0;
+    if (store_get(b->store, key, &old, &old_len, NULL) == STORE_OK &&
+        snap_instance_decode(old, old_len, &in) == 0 && strcmp(in.host, rec->backend_host) == 0 &&
+        in.port == rec->backend_port) {
+        free(old);
+        return;
+    }
+    free(old);
+    memset(&in, 0, sizeof(in));
+    snprintf(in.host, sizeof(in.host), "%s", rec->backend_host);
+    in.port = rec->backend_port;
+    in.updated = (int64_t)time(NULL);
+    in.session_id = rec->id;
+    in.migrations = rec->migrations;
+    uint8_t *val = NULL;
+    size_t len = 0;
+    if (snap_instance_encode(&in, &val, &len) != 0 ||
+        store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK)
+        log_warnx("sid=%08x cannot record that instance %s is now on %s:%u", rec->id,
+                  rec->instance, in.host, in.port);
+    else
+        log_info("sid=%08x instance %s is now on %s:%u", rec->id, rec->instance, in.host,
+                 in.port);
+    free(val);
+}
+
 /* A live session's record is rewritten as it changes; an ended one is kept,
  * with why it ended, for session-history seconds (then the sweep drops it). */
 void broker_publish_session(struct broker *b, const void *r, int ended)
@@ -157,6 +194,8 @@ void broker_publish_session(struct broker *b, const void *r, int ended)
             log_warnx("sid=%08x cannot delete the session record", rec->id);
         return;
     }
+    if (!ended)
+        note_instance(b, rec);
     if (!put_session(b, rec)) {
         log_warnx("sid=%08x cannot write the session record; retrying every %d s", rec->id,
                   RETRY_MS / 1000);

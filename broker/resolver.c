@@ -141,6 +141,27 @@ static void reload_locked(struct resolver *r)
     log_info("token file %s: %zu tokens loaded%s", r->path, r->n, bad ? " (some lines ignored)" : "");
 }
 
+/* A token of an instance that has migrated since the token was made leads
+ * where the instance is now (the token keeps its password: QEMU carries the
+ * SPICE password over with the guest). */
+static void follow_instance(struct resolver *r, struct snap_token *rec)
+{
+    char key[SNAP_KEY_MAX];
+    void *val = NULL;
+    size_t len = 0;
+    struct snap_instance in;
+    if (snap_instance_key(key, sizeof(key), r->zone, rec->instance) < 0 ||
+        store_get(r->st, key, &val, &len, NULL) != STORE_OK)
+        return;
+    int drc = snap_instance_decode(val, len, &in);
+    free(val);
+    if (drc != 0 || in.updated < rec->created)
+        return;
+    snprintf(rec->host, sizeof(rec->host), "%s", in.host);
+    rec->port = in.port;
+    rec->tls_port = in.tls_port;
+}
+
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why)
 {
     *why = "unknown token";
@@ -166,6 +187,7 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
                 *why = "expired token";
                 return -1;
             }
+            follow_instance(r, rec);
             return 0;
         }
         if (rc == STORE_ERROR)

@@ -28,6 +28,7 @@ enum { ENC_RAW = 0, ENC_ZSTD = 1 };
 typedef Spicebroker__TokenRecord TokenRecord;
 typedef Spicebroker__SessionRecord SessionRecord;
 typedef Spicebroker__ChannelRecord ChannelRecord;
+typedef Spicebroker__InstanceRecord InstanceRecord;
 
 /* ---- framing ---- */
 
@@ -301,6 +302,68 @@ fail:
     return rc;
 }
 
+/* ---- instances ---- */
+
+int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len)
+{
+    InstanceRecord m = SPICEBROKER__INSTANCE_RECORD__INIT;
+    uint8_t *packed = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (i == NULL || out == NULL || len == NULL || !str_fits(i->host, sizeof(i->host)))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.host = (char *)i->host;
+    m.port = i->port;
+    m.tls_port = i->tls_port;
+    m.updated = i->updated;
+    m.session_id = i->session_id;
+    m.migrations = i->migrations;
+    plen = spicebroker__instance_record__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__instance_record__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(packed);
+    return rc;
+}
+
+int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i)
+{
+    InstanceRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    struct snap_instance tmp;
+    int rc = -1;
+
+    if (i == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__instance_record__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR || m->port == 0 || m->port > UINT16_MAX ||
+        m->tls_port > UINT16_MAX)
+        goto fail;
+    memset(&tmp, 0, sizeof(tmp));
+    if (copy_str(tmp.host, sizeof(tmp.host), m->host) < 0 || tmp.host[0] == '\0')
+        goto fail;
+    tmp.port = (uint16_t)m->port;
+    tmp.tls_port = (uint16_t)m->tls_port;
+    tmp.updated = m->updated;
+    tmp.session_id = m->session_id;
+    tmp.migrations = m->migrations;
+    *i = tmp;
+    rc = 0;
+fail:
+    if (m != NULL)
+        spicebroker__instance_record__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
 /* ---- keys ---- */
 
 /* A key component: non-empty, and no '/' that would shift the key's layout. */
@@ -333,6 +396,13 @@ int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_i
     if (!component_ok(zone))
         return -1;
     return snprintf(buf, cap, "/spice-broker/%s/sessions/%08x", zone, (unsigned)session_id);
+}
+
+int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance)
+{
+    if (!component_ok(zone) || !component_ok(instance))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/instances/%s", zone, instance);
 }
 
 int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind)

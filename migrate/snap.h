@@ -48,17 +48,32 @@ struct snap_session {
     char end_reason[SNAP_MAX_REASON]; /* why it ended, "" while live */
 };
 
+/* Where an instance's console is now: written when one of its sessions has
+ * migrated, read by the token resolver (a token older than it leads here). */
+struct snap_instance {
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+    uint16_t tls_port;              /* 0 = none / unknown */
+    int64_t updated;                /* unix seconds */
+    uint32_t session_id;
+    uint32_t migrations;
+};
+
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */
 int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len);
 int snap_token_decode(const uint8_t *buf, size_t len, struct snap_token *t);
 int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len);
 int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s);
+int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len);
+int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i);
 
 /* Store keys. The token key is the SHA-256 of the token in hex, so a store dump
  * never shows a token. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
 int snap_token_key(char *buf, size_t cap, const char *zone, const char *token);
 int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id);
-int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions" */
+/* -1 for an instance id that is empty or holds a '/'. */
+int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance);
+int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances" */
 
 #endif

@@ -333,6 +333,47 @@ static void test_strings_must_fit(void **state)
 
 /* ---- keys ---- */
 
+static void test_instance_round_trip(void **state)
+{
+    struct snap_instance i, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    memset(&i, 0, sizeof(i));
+    snprintf(i.host, sizeof(i.host), "compute-18.example.org");
+    i.port = 5901;
+    i.tls_port = 5902;
+    i.updated = 1795944432;
+    i.session_id = 0xdeadbeef;
+    i.migrations = 7;
+    assert_int_equal(snap_instance_encode(&i, &buf, &len), 0);
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_instance_decode(buf, len, &u), 0);
+    assert_string_equal(u.host, i.host);
+    assert_int_equal(u.port, i.port);
+    assert_int_equal(u.tls_port, i.tls_port);
+    assert_int_equal(u.updated, i.updated);
+    assert_int_equal(u.session_id, i.session_id);
+    assert_int_equal(u.migrations, i.migrations);
+    /* every truncation fails cleanly or decodes to something re-encodable */
+    for (size_t n = 0; n < len; n++)
+        if (snap_instance_decode(buf, n, &u) == 0)
+            assert_true(u.port != 0 && u.host[0] != '\0');
+    free(buf);
+
+    /* no host or no port: not a place to go */
+    i.port = 0;
+    assert_int_equal(snap_instance_encode(&i, &buf, &len), 0);
+    assert_int_equal(snap_instance_decode(buf, len, &u), -1);
+    free(buf);
+    i.port = 5901;
+    i.host[0] = '\0';
+    assert_int_equal(snap_instance_encode(&i, &buf, &len), 0);
+    assert_int_equal(snap_instance_decode(buf, len, &u), -1);
+    free(buf);
+}
+
 static void test_keys(void **state)
 {
     char k[SNAP_KEY_MAX], k2[SNAP_KEY_MAX];
@@ -356,6 +397,12 @@ static void test_keys(void **state)
     assert_int_equal(n, (int)strlen(k));
     snap_session_key(k, sizeof(k), "z", 0xdeadbeef);
     assert_string_equal(k, "/spice-broker/z/sessions/deadbeef");
+
+    n = snap_instance_key(k, sizeof(k), "zone1", "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    assert_string_equal(k, "/spice-broker/zone1/instances/6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    assert_int_equal(n, (int)strlen(k));
+    assert_int_equal(snap_instance_key(k, sizeof(k), "zone1", ""), -1);
+    assert_int_equal(snap_instance_key(k, sizeof(k), "zone1", "../tokens/x"), -1);
 
     n = snap_prefix(k, sizeof(k), "zone1", "tokens");
     assert_string_equal(k, "/spice-broker/zone1/tokens/");
@@ -388,6 +435,7 @@ int main(void)
         cmocka_unit_test(test_zstd_bombs),
         cmocka_unit_test(test_versions_and_unknown_fields),
         cmocka_unit_test(test_strings_must_fit),
+        cmocka_unit_test(test_instance_round_trip),
         cmocka_unit_test(test_keys),
     };
 
