@@ -38,6 +38,6 @@ struct admin *admin_new(struct broker *b, const char **err);
 void admin_free(struct admin *a);
 
 /* main.c: persist a session record (called on the control loop). */
-void broker_publish_session(struct broker *b, const void *rec, int ended);
+void broker_publish_session(struct broker *b, const void *rec);
 
 #endif

@@ -57,13 +57,12 @@ static int env_handoff(void *arg, int worker_index, int fd, const struct sockadd
  * etcd, up to its 2 s write bound) never stalls a worker. */
 struct publish_job {
     struct snap_session rec;
-    bool ended;
 };
 
 static void on_publish(evutil_socket_t fd, short what, void *arg)
 {
     struct publish_job *j = arg;
-    broker_publish_session(the_broker, &j->rec, j->ended);
+    broker_publish_session(the_broker, &j->rec);
     free(j);
 }
 
@@ -74,7 +73,8 @@ static void env_publish(void *arg, const struct snap_session *rec, bool ended)
     if (j == NULL)
         return;
     j->rec = *rec;
-    j->ended = ended;
+    if (ended && j->rec.ended == 0)
+        j->rec.ended = (int64_t)time(NULL);
     /* event_base_once is thread-safe once libevent's pthread locking is on. */
     if (event_base_once(b->base, -1, EV_TIMEOUT, on_publish, j, NULL) < 0)
         free(j);
@@ -95,7 +95,9 @@ static bool put_session(struct broker *b, const struct snap_session *rec)
 /* Records the store did not take (etcd unreachable) wait here, newest per
  * session, and are written again every RETRY_MS until it takes them: a
  * session that started, migrated or ended during an outage is in the store
- * once the outage is over. */
+ * once the outage is over. While records wait, new ones queue behind them
+ * without a write of their own, so an etcd that times out costs the control
+ * loop one write timeout per RETRY_MS, not one per session event. */
 #define RETRY_MS 2000
 #define RETRY_MAX 4096
 
@@ -129,11 +131,28 @@ static void retry_keep(struct broker *b, const struct snap_session *rec)
     b->retry[b->n_retry++] = *rec;
 }
 
+static void note_instance(struct broker *b, const struct snap_session *rec);
+
+/* One record to the store: a live one (and, after a migration, its
+ * instance's location), an ended one kept for session-history or deleted. */
+static bool write_record(struct broker *b, const struct snap_session *rec)
+{
+    if (rec->ended != 0 && b->cfg.session_history == 0) {
+        char key[SNAP_KEY_MAX];
+        snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
+        int rc = store_delete(b->store, key, STORE_ANY_REV);
+        return rc == STORE_OK || rc == STORE_NOT_FOUND;
+    }
+    if (rec->ended == 0)
+        note_instance(b, rec);
+    return put_session(b, rec);
+}
+
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct broker *b = arg;
     size_t before = b->n_retry;
-    while (b->n_retry > 0 && put_session(b, &b->retry[b->n_retry - 1]))
+    while (b->n_retry > 0 && write_record(b, &b->retry[b->n_retry - 1]))
         b->n_retry--;
     if (b->n_retry > 0) {
         struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
@@ -182,21 +201,17 @@ static void note_instance(struct broker *b, const struct snap_session *rec)
 
 /* A live session's record is rewritten as it changes; an ended one is kept,
  * with why it ended, for session-history seconds (then the sweep drops it). */
-void broker_publish_session(struct broker *b, const void *r, int ended)
+void broker_publish_session(struct broker *b, const void *r)
 {
     const struct snap_session *rec = r;
     retry_forget(b, rec->id); /* this record is newer */
-    if (ended && b->cfg.session_history == 0) {
-        char key[SNAP_KEY_MAX];
-        snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
-        int rc = store_delete(b->store, key, STORE_ANY_REV);
-        if (rc != STORE_OK && rc != STORE_NOT_FOUND)
-            log_warnx("sid=%08x cannot delete the session record", rec->id);
+    if (b->n_retry > 0) {
+        /* The store is failing (the retry timer probes it): do not block the
+         * control loop on every record meanwhile. */
+        retry_keep(b, rec);
         return;
     }
-    if (!ended)
-        note_instance(b, rec);
-    if (!put_session(b, rec)) {
+    if (!write_record(b, rec)) {
         log_warnx("sid=%08x cannot write the session record; retrying every %d s", rec->id,
                   RETRY_MS / 1000);
         retry_keep(b, rec);
@@ -262,7 +277,7 @@ static void sweep_sessions(struct broker *b, bool startup)
         sw.end[i].ended = sw.now;
         snprintf(sw.end[i].end_reason, sizeof(sw.end[i].end_reason),
                  "the broker stopped while the session was live (found at its next start)");
-        broker_publish_session(b, &sw.end[i], 1);
+        broker_publish_session(b, &sw.end[i]);
     }
     if (sw.n_end > 0)
         log_info("marked %zu session records left live by an earlier run as ended", sw.n_end);
