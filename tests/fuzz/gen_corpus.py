@@ -136,6 +136,67 @@ def framer_seeds():
     }
 
 
+def http_seeds():
+    chromium = (
+        b"GET /websockify HTTP/1.1\r\n"
+        b"Host: console.example.org:6082\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Pragma: no-cache\r\n"
+        b"Cache-Control: no-cache\r\n"
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        b"Chrome/120.0.0.0 Safari/537.36\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Origin: https://console.example.org:6082\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+        b"Accept-Encoding: gzip, deflate, br\r\n"
+        b"Accept-Language: en-US,en;q=0.9\r\n"
+        b"Cookie: token=abc-123\r\n"
+        b"Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        b"Sec-WebSocket-Protocol: binary\r\n"
+        b"\r\n"
+    )
+    firefox = (
+        b"GET /websockify?token=6f0c2b9e-4e0a-4c47-9a53-6d1d2b8a8e1f HTTP/1.1\r\n"
+        b"Host: 192.0.2.10:6082\r\n"
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0\r\n"
+        b"Accept: */*\r\n"
+        b"Accept-Language: en-US,en;q=0.5\r\n"
+        b"Accept-Encoding: gzip, deflate\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+        b"Origin: http://192.0.2.10:6082\r\n"
+        b"Sec-WebSocket-Protocol: binary, base64\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Connection: keep-alive, Upgrade\r\n"
+        b"Cookie: sessionid=abc; csrftoken=\"q%20x\"; token=tok\r\n"
+        b"Sec-Fetch-Dest: websocket\r\n"
+        b"Sec-Fetch-Mode: websocket\r\n"
+        b"Pragma: no-cache\r\n"
+        b"Cache-Control: no-cache\r\n"
+        b"Upgrade: websocket\r\n"
+        b"\r\n"
+    )
+    return {
+        "chromium-upgrade": chromium,
+        "chromium-upgrade-plus-frame": chromium + b"\x82\x80\x01\x02\x03\x04",
+        "firefox-upgrade-query-token": firefox,
+        "static-html": b"GET /spice_auto.html?token=a%2Db&host=h HTTP/1.1\r\nHost: h\r\n"
+                       b"Accept: text/html\r\n\r\n",
+        "static-js-module": b"GET /src/main.js HTTP/1.1\r\nHost: h\r\nReferer: http://h/spice_auto.html\r\n\r\n",
+        "head-http10": b"HEAD / HTTP/1.0\r\n\r\n",
+        "traversal": b"GET /%2e%2e/..%2f.git/config//x%5c HTTP/1.1\r\nHost: h\r\n\r\n",
+        "post-body": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        "obs-fold": b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n",
+        "duplicate-key": b"GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: a\r\nsec-websocket-key: b\r\n\r\n",
+        "bare-lf": b"GET / HTTP/1.1\nHost: h\n\n",
+        "partial": chromium[:100],
+        "empty": b"",
+        "raw-path": b"/a/b%20c.css",
+        "raw-query-cookie": b"x=1&token=%41%42+c\ntoken=\"quoted\"; other=1",
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -147,6 +208,7 @@ def write(target, seeds):
 def main():
     write("fuzz-link", link_seeds())
     write("fuzz-framer", framer_seeds())
+    write("fuzz-http", http_seeds())
 
 
 if __name__ == "__main__":
