@@ -699,10 +699,77 @@ static bool display_draws(uint16_t type)
            type == SPICE_MSG_DISPLAY_GL_DRAW;
 }
 
+/* ------------------------------------------------------------------ the input gate
+ *
+ * QEMU drops keyboard and mouse events while a VM is not running
+ * (qemu_input_event_send, ui/input.c). The destination VM starts only after
+ * it has loaded the last of the guest's state, a few to a few hundred ms
+ * after the source stopped and told us to switch (PROTOCOL.md 9; measured
+ * here: the switch 2-5 ms after the source's STOP, the destination's RESUME
+ * 6-55 ms after it). Input the client sends in between would be lost on the
+ * destination. So after the inputs channel switches, its client messages
+ * wait (the relay's hold: MIGRATE_DATA goes, nothing after it) until the
+ * destination's display draws, which its display worker does only once the
+ * VM runs (spice-server starts the worker on vm_start), or until
+ * GATE_MAX_MS, the default QEMU downtime limit, for a guest that draws
+ * nothing. Sessions without a display channel are not gated. */
+#define GATE_MAX_MS 300
+
+static struct chan *inputs_chan(struct session *s)
+{
+    struct chan *c;
+    TAILQ_FOREACH(c, &s->chans, link)
+        if (c->type == SPICE_CHANNEL_INPUTS && c->state == CH_RELAY)
+            return c;
+    return NULL;
+}
+
+static void gate_open(struct session *s, const char *why)
+{
+    struct session_mig *m = &s->mig;
+    if (!m->input_gated)
+        return;
+    m->input_gated = false;
+    m->gate_display_dst = false;
+    if (m->gate_timer != NULL)
+        evtimer_del(m->gate_timer);
+    struct chan *c = inputs_chan(s);
+    log_debug("%s input released after %.1f ms (%s)", s->sid,
+              ms_between(m->gate_since, handover_now()), why);
+    if (c != NULL) {
+        c->to_b.hold = false;
+        relay_kick(c);
+    }
+}
+
+static void on_gate_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    gate_open(arg, "no draw from the destination");
+}
+
+/* The inputs channel c has just switched: hold its client messages. */
+static void gate_close(struct session *s, struct chan *c)
+{
+    struct session_mig *m = &s->mig;
+    if (s->probe_type != SPICE_CHANNEL_DISPLAY)
+        return;
+    if (m->gate_timer == NULL &&
+        (m->gate_timer = evtimer_new(s->w->env.base, on_gate_timeout, s)) == NULL)
+        return;
+    m->input_gated = true;
+    m->gate_since = handover_now();
+    c->to_b.hold = true;
+    struct timeval tv = { GATE_MAX_MS / 1000, (GATE_MAX_MS % 1000) * 1000 };
+    evtimer_add(m->gate_timer, &tv);
+}
+
 void handover_note_forwarded(struct chan *c, uint16_t type)
 {
     struct session *s = c->s;
     struct session_mig *m = &s->mig;
+    if (m->input_gated && m->gate_display_dst && c->type == SPICE_CHANNEL_DISPLAY &&
+        c->id == 0 && display_draws(type))
+        gate_open(s, "the destination draws");
     /* The blackout is what the user sees: measured on the display channel,
      * from the last draw the source sent there to the first the destination
      * sent (main when there is no display: any message). */
@@ -769,6 +836,10 @@ int handover_try_switch(struct chan *c)
     c->switched = true;
     c->d_ready = false;
     c->mig_switch_ready = false;
+    if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
+        s->mig.gate_display_dst = true;
+    if (c->type == SPICE_CHANNEL_INPUTS)
+        gate_close(s, c);
     log_debug("%s %s:%u switched to the destination", s->sid, wire_channel_name(c->type), c->id);
     /* All switched? */
     struct chan *o;
@@ -1210,6 +1281,10 @@ void handover_session_free(struct session *s)
     if (s->mig.timer != NULL) {
         event_free(s->mig.timer);
         s->mig.timer = NULL;
+    }
+    if (s->mig.gate_timer != NULL) {
+        event_free(s->mig.gate_timer);
+        s->mig.gate_timer = NULL;
     }
     OPENSSL_cleanse(&s->mig.dest, sizeof(s->mig.dest));
     OPENSSL_cleanse(&s->mig.fallback, sizeof(s->mig.fallback));

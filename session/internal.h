@@ -125,6 +125,7 @@ struct chan {
     struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
+    char *web_token;            /* a WebSocket client's token (session_accept), else NULL */
     struct chan_link *lk;       /* client link phase only */
     struct blink *bl;           /* backend link in progress */
     struct wire_link_mess client; /* the client's link: type, id, caps */
@@ -182,6 +183,13 @@ struct session_mig {
     const char *notify_why;     /* static string: why the last step failed */
     struct mig_dest fallback;   /* a prepared destination whose legs were dropped */
     uint64_t fallback_at;
+    /* The input gate: the client's input waits after the inputs channel's
+     * switch until the destination VM runs (its first draw), because QEMU
+     * drops input while a VM is not running. */
+    bool input_gated;
+    bool gate_display_dst;      /* display:0 is on the destination */
+    uint64_t gate_since;
+    struct event *gate_timer;   /* gives up waiting for a draw */
 };
 
 struct session {

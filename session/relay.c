@@ -128,7 +128,8 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
     d->boundary = d->parsed;
     if (d != &c->to_c)
         return;
-    if (c->s != NULL && (c->s->mig.state != MIG_IDLE || c->s->mig.blackout_pending))
+    if (c->s != NULL && (c->s->mig.state != MIG_IDLE || c->s->mig.blackout_pending ||
+                         c->s->mig.input_gated))
         handover_note_forwarded(c, d->type);
     struct relay_acks *a = &c->acks;
     if (a->b_window != 0 && ++a->b_count >= a->b_window) {
