@@ -33,6 +33,11 @@ struct opt {
 static const struct opt opts[] = {
     { "listen", STR(listen), "127.0.0.1:5999", "ADDR:PORT",
       "where SPICE clients connect (plain TCP); IPv6 as [addr]:port" },
+    { "web-listen", STR(web_listen), "", "ADDR:PORT",
+      "the browser port: spice-html5's files and its WebSockets (nova-spicehtml5proxy's "
+      "html5proxy_host:html5proxy_port, e.g. 0.0.0.0:6082); off when empty" },
+    { "web-root", STR(web_root), "/usr/share/spice-html5", "DIR",
+      "the files served on the browser port (read once at start)" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
       "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
@@ -308,6 +313,23 @@ int config_validate(const struct config *cfg)
     if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
         fprintf(stderr, "spice-broker: listen must be ADDR:PORT, got '%s'\n", cfg->listen);
         return -1;
+    }
+    if (cfg->web_listen[0] != '\0') {
+        uint16_t wport;
+        if (config_split_hostport(cfg->web_listen, host, sizeof(host), &wport) < 0) {
+            fprintf(stderr, "spice-broker: web-listen must be ADDR:PORT, got '%s'\n",
+                    cfg->web_listen);
+            return -1;
+        }
+        if (wport == port) {
+            fprintf(stderr, "spice-broker: web-listen and listen need different ports\n");
+            return -1;
+        }
+        if (access(cfg->web_root, R_OK | X_OK) != 0) {
+            fprintf(stderr, "spice-broker: web-root %s is not a readable directory "
+                    "(Debian: apt install spice-html5)\n", cfg->web_root);
+            return -1;
+        }
     }
     if (strncmp(cfg->admin, "unix:", 5) == 0) {
         if (cfg->admin[5] != '/') {

@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 
 #include "broker/broker.h"
+#include "broker/web.h"
 #include "common/log.h"
 #include "migrate/snap.h"
 #include "proto/ticket.h"
@@ -45,12 +46,12 @@ static int env_owner(void *arg, uint32_t id)
 }
 
 static int env_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
-                       const uint8_t *pre, size_t pre_len)
+                       const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     struct broker *b = arg;
     if (worker_index < 0 || worker_index >= b->n_workers)
         return -1;
-    return worker_handoff(b->workers[worker_index], fd, peer, pre, pre_len);
+    return worker_handoff(b->workers[worker_index], fd, peer, pre, pre_len, web_token);
 }
 
 /* Session records are written on the control loop, so a slow disk (or
@@ -368,13 +369,25 @@ int main(int argc, char **argv)
         .buffer_size = (uint32_t)b.cfg.buffer_size,
         .broker_id = b.cfg.broker_id,
     };
+    char web_host[128];
+    struct worker_web web = { .host = web_host };
+    if (b.cfg.web_listen[0] != '\0') {
+        config_split_hostport(b.cfg.web_listen, web_host, sizeof(web_host), &web.port);
+        b.site = web_site_load(b.cfg.web_root, &err);
+        if (b.site == NULL) {
+            log_error("cannot load the web root %s: %s", b.cfg.web_root, err ? err : "?");
+            goto out;
+        }
+        web.site = b.site;
+    }
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)
         goto out;
     for (int i = 0; i < b.cfg.workers; i++) {
-        b.workers[i] = worker_new(i, host, port, &env, &err);
+        b.workers[i] = worker_new(i, host, port, &env, b.site ? &web : NULL, &err);
         if (b.workers[i] == NULL) {
-            log_error("cannot listen on %s: %s", b.cfg.listen, err ? err : "?");
+            log_error("cannot listen on %s%s%s: %s", b.cfg.listen, b.site ? " or " : "",
+                      b.site ? b.cfg.web_listen : "", err ? err : "?");
             goto out;
         }
         b.n_workers++;
@@ -399,12 +412,16 @@ int main(int argc, char **argv)
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
+    if (b.site != NULL)
+        log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
+                 "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
     event_base_dispatch(b.base);
     exit_code = 0;
 out:
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
     free(b.workers);
+    web_site_free(b.site);
     /* Session records the workers published while stopping. */
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);

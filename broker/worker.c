@@ -15,7 +15,9 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
+#include "broker/web.h"
 #include "common/log.h"
 
 struct job {
@@ -36,6 +38,9 @@ struct worker {
     STAILQ_HEAD(, job) jobs;
     struct session_env env;
     struct session_worker *sw;
+    int web_fd;                   /* the browser port, -1 if none */
+    struct event *web_ev;
+    struct web_worker *ww;
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -84,7 +89,22 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        session_accept(w->sw, fd, &peer, NULL, 0);
+        session_accept(w->sw, fd, &peer, NULL, 0, NULL);
+    }
+}
+
+static void on_web_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    struct worker *w = arg;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return; /* out of descriptors too: the next connection retries */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        web_accept(w->ww, fd, &peer);
     }
 }
 
@@ -114,7 +134,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 }
 
 struct worker *worker_new(int index, const char *host, uint16_t port,
-                          const struct session_env *env, const char **err)
+                          const struct session_env *env, const struct worker_web *web,
+                          const char **err)
 {
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -124,6 +145,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->index = index;
     w->wake_fd = -1;
     w->listen_fd = -1;
+    w->web_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
     w->listen_fd = listen_socket(host, port, err);
@@ -150,6 +172,18 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         *err = "out of memory";
         goto fail;
     }
+    if (web != NULL) {
+        w->web_fd = listen_socket(web->host, web->port, err);
+        if (w->web_fd < 0)
+            goto fail;
+        w->ww = web_worker_new(w->base, w->sw, web->site, env->link_timeout_ms);
+        w->web_ev = event_new(w->base, w->web_fd, EV_READ | EV_PERSIST, on_web_accept, w);
+        if (w->ww == NULL || w->web_ev == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+        event_add(w->web_ev, NULL);
+    }
     event_add(w->accept_ev, NULL);
     event_add(w->wake_ev, NULL);
     return w;
@@ -164,6 +198,8 @@ static void *worker_main(void *arg)
     log_debug("worker %d running", w->index);
     event_base_dispatch(w->base);
     /* Stopped: close what is left on this thread, where it lives. */
+    web_worker_free(w->ww);
+    w->ww = NULL;
     session_worker_free(w->sw);
     w->sw = NULL;
     return NULL;
@@ -181,6 +217,8 @@ static void job_exit(struct session_worker *sw, void *arg)
 {
     struct worker *w = arg;
     event_del(w->accept_ev);
+    if (w->web_ev != NULL)
+        event_del(w->web_ev);
     event_base_loopbreak(w->base);
 }
 
@@ -203,22 +241,33 @@ int worker_post(struct worker *w, worker_job_fn fn, void *arg)
 struct handoff {
     int fd;
     struct sockaddr_storage peer;
+    char *web_token;
     size_t len;
     uint8_t pre[];
 };
 
-static void job_handoff(struct session_worker *sw, void *arg)
+static void handoff_free(struct handoff *h)
 {
-    struct handoff *h = arg;
-    session_accept(sw, h->fd, &h->peer, h->pre, h->len);
+    if (h->web_token != NULL) {
+        OPENSSL_cleanse(h->web_token, strlen(h->web_token));
+        free(h->web_token);
+    }
     free(h);
 }
 
-int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
-                   const uint8_t *pre, size_t pre_len)
+static void job_handoff(struct session_worker *sw, void *arg)
 {
-    struct handoff *h = malloc(sizeof(*h) + pre_len);
-    if (h == NULL) {
+    struct handoff *h = arg;
+    session_accept(sw, h->fd, &h->peer, h->pre, h->len, h->web_token);
+    handoff_free(h);
+}
+
+int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                   const uint8_t *pre, size_t pre_len, const char *web_token)
+{
+    struct handoff *h = calloc(1, sizeof(*h) + pre_len);
+    if (h == NULL || (web_token != NULL && (h->web_token = strdup(web_token)) == NULL)) {
+        free(h);
         close(fd);
         return -1;
     }
@@ -228,7 +277,7 @@ int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer
     memcpy(h->pre, pre, pre_len);
     if (worker_post(w, job_handoff, h) < 0) {
         close(fd);
-        free(h);
+        handoff_free(h);
         return -1;
     }
     return 0;
@@ -241,8 +290,10 @@ void worker_stop_and_free(struct worker *w)
     if (w->started) {
         worker_post(w, job_exit, w);
         pthread_join(w->thread, NULL);
-    } else if (w->sw != NULL) {
-        session_worker_free(w->sw);
+    } else {
+        web_worker_free(w->ww);
+        if (w->sw != NULL)
+            session_worker_free(w->sw);
     }
     /* Jobs nobody ran (handoffs after the stop): close their sockets. */
     struct job *j;
@@ -251,7 +302,7 @@ void worker_stop_and_free(struct worker *w)
         if (j->fn == job_handoff) {
             struct handoff *h = j->arg;
             close(h->fd);
-            free(h);
+            handoff_free(h);
         }
         free(j);
     }
@@ -259,6 +310,10 @@ void worker_stop_and_free(struct worker *w)
         event_free(w->accept_ev);
     if (w->accept_retry)
         event_free(w->accept_retry);
+    if (w->web_ev)
+        event_free(w->web_ev);
+    if (w->web_fd >= 0)
+        close(w->web_fd);
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->base)

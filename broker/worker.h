@@ -13,11 +13,21 @@
 #include "session/session.h"
 
 struct worker;
+struct web_site;
 
-/* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket).
- * env.base, env.worker_index are filled by the worker. Does not start it. */
+/* The browser port, when there is one (broker/web.h). */
+struct worker_web {
+    const char *host;
+    uint16_t port;
+    const struct web_site *site;
+};
+
+/* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
+ * and, if web is not NULL, on the browser port too. env.base,
+ * env.worker_index are filled by the worker. Does not start it. */
 struct worker *worker_new(int index, const char *host, uint16_t port,
-                          const struct session_env *env, const char **err);
+                          const struct session_env *env, const struct worker_web *web,
+                          const char **err);
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);
@@ -26,8 +36,9 @@ void worker_stop_and_free(struct worker *w);
 typedef void (*worker_job_fn)(struct session_worker *sw, void *arg);
 int worker_post(struct worker *w, worker_job_fn fn, void *arg);
 
-/* Hands a half-linked client connection to worker w (takes fd). */
+/* Hands a half-linked client connection to worker w (takes fd; copies
+ * pre and web_token). */
 int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
-                   const uint8_t *pre, size_t pre_len);
+                   const uint8_t *pre, size_t pre_len, const char *web_token);
 
 #endif

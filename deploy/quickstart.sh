@@ -32,7 +32,7 @@ if [ "$INSTALL" = 1 ]; then
   apt-get install -y -qq --no-install-recommends gcc meson ninja-build pkg-config \
     libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev \
     libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev \
-    qemu-system-x86 nasm >/dev/null
+    libwslay-dev spice-html5 qemu-system-x86 nasm >/dev/null
 fi
 
 echo "== building"
@@ -57,6 +57,7 @@ trap cleanup EXIT INT TERM
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SPICE_PORT=$(free_port)
+WEB_PORT=${WEB_PORT:-6082}
 
 echo "== starting a demo QEMU guest (SPICE on 127.0.0.1:$SPICE_PORT)"
 GUEST=()
@@ -71,6 +72,7 @@ QEMU_PID=$!
 
 echo "== starting spice-broker on 127.0.0.1:$PORT (embedded store in $STATE/store)"
 build/broker/spice-broker --listen "127.0.0.1:$PORT" --admin "unix:$STATE/admin.sock" \
+  --web-listen "127.0.0.1:$WEB_PORT" \
   --store "embedded:$STATE/store" --log-level info 2>"$STATE/broker.log" &
 BROKER_PID=$!
 for _ in $(seq 50); do [ -S "$STATE/admin.sock" ] && break; sleep 0.1; done
@@ -84,6 +86,10 @@ spice-broker is running. Connect with the token as the SPICE password:
 
     remote-viewer spice://127.0.0.1:$PORT        (password: $TOKEN)
     remote-viewer "spice://127.0.0.1:$PORT?password=$TOKEN"
+
+or in a browser (spice-html5, as Nova's console link):
+
+    http://127.0.0.1:$WEB_PORT/spice_auto.html?token=$TOKEN
 
 Look at it:
     build/broker/spice-brokerctl --admin unix:$STATE/admin.sock session list

@@ -206,7 +206,8 @@ static void client_link_done(struct chan *c)
         /* The session lives on another worker: move this socket there once. */
         int fd = c->c_fd;
         c->c_fd = -1;
-        if (w->env.handoff(w->env.arg, owner, fd, &c->peer, lk->in, lk->in_have) < 0)
+        if (w->env.handoff(w->env.arg, owner, fd, &c->peer, lk->in, lk->in_have,
+                           c->web_token) < 0)
             log_warnx("sid=%08x %s:%u handoff to worker %d failed", sid,
                       wire_channel_name(c->type), c->id, owner);
         chan_close(c, NULL);
@@ -247,7 +248,15 @@ static void client_auth_done(struct chan *c)
         p += 4;
     }
     char token[TICKET_MAX_PLAIN];
-    if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
+    if (c->web_token != NULL) {
+        /* A WebSocket client: its URL's token authenticates it; its ticket
+         * (spice-html5's "password", usually empty) is not a token. */
+        if (strlen(c->web_token) >= sizeof(token)) {
+            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, "permission denied (token too long)");
+            return;
+        }
+        memcpy(token, c->web_token, strlen(c->web_token) + 1);
+    } else if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
         refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, "permission denied (bad ticket)");
         return;
     }

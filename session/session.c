@@ -61,7 +61,7 @@ const char *chan_sid(const struct chan *c)
 }
 
 void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
-                    const uint8_t *pre, size_t pre_len)
+                    const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     struct chan *c = calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -75,6 +75,12 @@ void session_accept(struct session_worker *w, int fd, const struct sockaddr_stor
     c->d_fd = -1;
     c->src_fd = -1;
     c->peer = *peer;
+    if (web_token != NULL && (c->web_token = strdup(web_token)) == NULL) {
+        log_warnx("out of memory accepting a client");
+        close(fd);
+        free(c);
+        return;
+    }
     char host[48], serv[8];
     if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
                     sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
@@ -104,6 +110,10 @@ static void chan_free(struct chan *c)
     if (c->lk != NULL) {
         OPENSSL_cleanse(c->lk, sizeof(*c->lk));
         free(c->lk);
+    }
+    if (c->web_token != NULL) {
+        OPENSSL_cleanse(c->web_token, strlen(c->web_token));
+        free(c->web_token);
     }
     free(c);
 }

@@ -47,7 +47,7 @@ struct session_env {
     /* Hand a half-linked client connection to another worker. Takes fd and
      * copies the bytes already read; returns -1 if it could not (fd closed). */
     int (*handoff)(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
-                   const uint8_t *pre, size_t pre_len);
+                   const uint8_t *pre, size_t pre_len, const char *web_token);
     /* A session record changed (started, ended): persist it off the worker
      * loop. ended=true deletes the record. */
     void (*publish)(void *arg, const struct snap_session *rec, bool ended);
@@ -65,9 +65,12 @@ struct session_worker *session_worker_new(const struct session_env *env);
 void session_worker_free(struct session_worker *w);
 
 /* A client connection accepted on this worker (takes fd). pre/pre_len are
- * bytes already read from it by another worker (a handoff), else NULL/0. */
+ * bytes already read from it by another worker (a handoff), else NULL/0.
+ * web_token: the console token a WebSocket client gave in its URL or cookie
+ * (broker/web.c); its channels are authenticated by it and their SPICE
+ * ticket is ignored. NULL for native clients (the ticket is the token). */
 void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
-                    const uint8_t *pre, size_t pre_len);
+                    const uint8_t *pre, size_t pre_len, const char *web_token);
 
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);

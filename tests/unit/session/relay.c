@@ -89,7 +89,7 @@ stub_owner(void *arg, uint32_t id)
 
 static int
 stub_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
-             const uint8_t *pre, size_t pre_len)
+             const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     (void)arg, (void)worker_index, (void)peer, (void)pre, (void)pre_len;
     close(fd);
@@ -221,7 +221,7 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, bp), 0);
     f->client = cp[1];
     f->backend = bp[1];
-    session_accept(f->w, cp[0], &peer, NULL, 0);
+    session_accept(f->w, cp[0], &peer, NULL, 0, NULL);
     c = TAILQ_FIRST(&f->w->pending);
     assert_non_null(c);
     TAILQ_REMOVE(&f->w->pending, c, link);

@@ -1,0 +1,672 @@
+/* broker/web.c: the browser port. One connection goes through three steps on
+ * the worker loop that accepted it:
+ *   head    read the HTTP request head (proto/http.c parses it), bounded in
+ *           size and time;
+ *   reply   a static file from the web root (read once at start-up, served
+ *           from memory) or an error, then close; or the WebSocket 101;
+ *   bridge  WebSocket messages (wslay: framing, masking, ping/pong, close)
+ *           to and from one end of a socketpair whose other end went to
+ *           session_accept() as a native client carrying the URL's token.
+ * Back-pressure both ways: a bridge stops reading a side while the other side
+ * has more than BRIDGE_BACKLOG bytes waiting. The bridge costs a copy and a
+ * socketpair hop per byte; browser consoles are not the bulk path (a
+ * transport under the relay would remove the hop). wslay (Debian's
+ * libwslay) is used for the framing rather than hand-rolled code. */
+#include "broker/web.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <wslay/wslay.h>
+
+#include "common/log.h"
+#include "proto/http.h"
+
+#define SITE_MAX_FILES 4096
+#define SITE_MAX_BYTES (64u << 20)
+#define SITE_MAX_FILE (16u << 20)
+#define SITE_MAX_DEPTH 8
+#define BRIDGE_CHUNK 65536
+#define BRIDGE_BACKLOG (1u << 20)        /* bytes waiting for one side before the other pauses */
+#define WS_MAX_MESSAGE (1u << 20)        /* one WebSocket message from the browser */
+#define TOKEN_MAX 256
+
+/* ------------------------------------------------------------------ the site */
+
+struct web_file {
+    char *path;          /* URL path, "/spice_auto.html" */
+    uint8_t *body;
+    size_t len;
+    const char *mime;
+};
+
+struct web_site {
+    struct web_file *files; /* sorted by path */
+    size_t n, cap, bytes;
+};
+
+static int file_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct web_file *)a)->path, ((const struct web_file *)b)->path);
+}
+
+static int site_add(struct web_site *site, const char *fs_path, const char *url_path,
+                    const char **err)
+{
+    int fd = open(fs_path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        return 0; /* not a regular file: not served */
+    }
+    if ((size_t)st.st_size > SITE_MAX_FILE || site->bytes + (size_t)st.st_size > SITE_MAX_BYTES ||
+        site->n >= SITE_MAX_FILES) {
+        close(fd);
+        *err = "the web root is too large (at most 4096 files, 64 MiB)";
+        return -1;
+    }
+    if (site->n == site->cap) {
+        size_t nc = site->cap ? site->cap * 2 : 32;
+        void *nf = realloc(site->files, nc * sizeof(*site->files));
+        if (nf == NULL) {
+            close(fd);
+            *err = "out of memory";
+            return -1;
+        }
+        site->files = nf;
+        site->cap = nc;
+    }
+    struct web_file *f = &site->files[site->n];
+    f->len = (size_t)st.st_size;
+    f->body = malloc(f->len ? f->len : 1);
+    f->path = strdup(url_path);
+    size_t got = 0;
+    while (f->body != NULL && got < f->len) {
+        ssize_t r = read(fd, f->body + got, f->len - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (f->body == NULL || f->path == NULL || got != f->len) {
+        free(f->body);
+        free(f->path);
+        *err = "cannot read a file of the web root";
+        return -1;
+    }
+    f->mime = http_mime_type(url_path);
+    site->n++;
+    site->bytes += f->len;
+    return 0;
+}
+
+static int site_walk(struct web_site *site, const char *dir, const char *url_dir, int depth,
+                     const char **err)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        *err = depth == 0 ? "cannot open the web root" : NULL;
+        return depth == 0 ? -1 : 0;
+    }
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue; /* ".", "..", hidden files */
+        char fs[4096], url[4096];
+        if ((size_t)snprintf(fs, sizeof(fs), "%s/%s", dir, e->d_name) >= sizeof(fs) ||
+            (size_t)snprintf(url, sizeof(url), "%s/%s", url_dir, e->d_name) >= sizeof(url))
+            continue;
+        struct stat st;
+        if (stat(fs, &st) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth < SITE_MAX_DEPTH)
+                rc = site_walk(site, fs, url, depth + 1, err);
+        } else {
+            rc = site_add(site, fs, url, err);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+struct web_site *web_site_load(const char *root, const char **err)
+{
+    struct web_site *site = calloc(1, sizeof(*site));
+    if (site == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    if (site_walk(site, root, "", 0, err) < 0) {
+        web_site_free(site);
+        return NULL;
+    }
+    qsort(site->files, site->n, sizeof(*site->files), file_cmp);
+    return site;
+}
+
+void web_site_free(struct web_site *site)
+{
+    if (site == NULL)
+        return;
+    for (size_t i = 0; i < site->n; i++) {
+        free(site->files[i].path);
+        free(site->files[i].body);
+    }
+    free(site->files);
+    free(site);
+}
+
+size_t web_site_count(const struct web_site *site)
+{
+    return site ? site->n : 0;
+}
+
+static const struct web_file *site_find(const struct web_site *site, const char *path)
+{
+    if (site == NULL)
+        return NULL;
+    struct web_file key = { .path = (char *)path };
+    return bsearch(&key, site->files, site->n, sizeof(key), file_cmp);
+}
+
+/* ------------------------------------------------------------------ a connection */
+
+enum web_state { WS_HEAD, WS_REPLY, WS_BRIDGE };
+
+struct web_conn;
+
+struct web_worker {
+    struct event_base *base;
+    struct session_worker *sw;       /* where bridged channels go */
+    const struct web_site *site;     /* NULL: no static files (404) */
+    int head_timeout_ms;             /* the HTTP request head must arrive within this */
+    TAILQ_HEAD(, web_conn) conns;
+};
+
+struct web_conn {
+    TAILQ_ENTRY(web_conn) link;
+    struct web_worker *ww;
+    enum web_state state;
+    int fd;
+    struct sockaddr_storage peer;
+    char addr[56];
+    struct event *rd, *wr, *timer;
+    /* head */
+    char head[HTTP_MAX_HEAD];
+    size_t have;
+    /* reply: hdr then body (a site file, not owned) */
+    char hdr[512];
+    size_t hdr_len, hdr_sent;
+    const uint8_t *body;
+    size_t body_len, body_sent;
+    /* bridge */
+    wslay_event_context_ptr ws;
+    int in_fd;                       /* our end of the socketpair */
+    struct event *in_rd, *in_wr;
+    uint8_t *to_in;                  /* browser -> session bytes not yet written */
+    size_t to_in_len, to_in_off, to_in_cap;
+    bool ws_paused;                  /* not reading the browser (to_in backlog) */
+    bool in_paused;                  /* not reading the session (WebSocket backlog) */
+    bool in_eof;                     /* the session side closed */
+    bool ws_eof;                     /* the browser's TCP connection ended */
+};
+
+static void conn_free(struct web_conn *wc)
+{
+    TAILQ_REMOVE(&wc->ww->conns, wc, link);
+    struct event **evs[] = { &wc->rd, &wc->wr, &wc->timer, &wc->in_rd, &wc->in_wr };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (*evs[i] != NULL)
+            event_free(*evs[i]);
+    if (wc->ws != NULL)
+        wslay_event_context_free(wc->ws);
+    if (wc->fd >= 0)
+        close(wc->fd);
+    if (wc->in_fd >= 0)
+        close(wc->in_fd);
+    free(wc->to_in);
+    OPENSSL_cleanse(wc->head, sizeof(wc->head));
+    free(wc);
+}
+
+/* ---- replies ---- */
+
+static void reply_flush(struct web_conn *wc)
+{
+    while (wc->hdr_sent < wc->hdr_len || wc->body_sent < wc->body_len) {
+        struct iovec iov[2];
+        int n = 0;
+        if (wc->hdr_sent < wc->hdr_len)
+            iov[n++] = (struct iovec){ wc->hdr + wc->hdr_sent, wc->hdr_len - wc->hdr_sent };
+        if (wc->body_sent < wc->body_len)
+            iov[n++] = (struct iovec){ (void *)(wc->body + wc->body_sent),
+                                       wc->body_len - wc->body_sent };
+        ssize_t w = writev(wc->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                event_add(wc->wr, NULL);
+                return;
+            }
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        size_t k = (size_t)w, h = wc->hdr_len - wc->hdr_sent;
+        if (k <= h) {
+            wc->hdr_sent += k;
+        } else {
+            wc->hdr_sent = wc->hdr_len;
+            wc->body_sent += k - h;
+        }
+    }
+    conn_free(wc); /* a reply ends the connection */
+}
+
+static void reply(struct web_conn *wc, int status, const char *reason, const char *type,
+                  const uint8_t *body, size_t len, bool head_only)
+{
+    int n = snprintf(wc->hdr, sizeof(wc->hdr),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, reason, type, len);
+    wc->hdr_len = n > 0 && (size_t)n < sizeof(wc->hdr) ? (size_t)n : 0;
+    wc->body = body;
+    wc->body_len = head_only ? 0 : len;
+    wc->state = WS_REPLY;
+    event_del(wc->rd);
+    reply_flush(wc);
+}
+
+static void reply_error(struct web_conn *wc, int status, const char *reason, const char *text)
+{
+    log_info("web: client=%s %d %s", wc->addr, status, text);
+    /* text is a static string: it outlives the reply. */
+    reply(wc, status, reason, "text/plain; charset=utf-8", (const uint8_t *)text, strlen(text),
+          false);
+}
+
+/* ---- the bridge ---- */
+
+static void bridge_close(struct web_conn *wc, const char *why)
+{
+    log_info("web: client=%s websocket closed: %s", wc->addr, why);
+    conn_free(wc);
+}
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                          void *arg)
+{
+    struct web_conn *wc = arg;
+    if (wc->to_in_len - wc->to_in_off > BRIDGE_BACKLOG) {
+        wc->ws_paused = true; /* the session is slow: leave the rest in the socket */
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    for (;;) {
+        ssize_t r = recv(wc->fd, buf, len, 0);
+        if (r > 0)
+            return r;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0)
+            wc->ws_eof = true;
+        wslay_event_set_error(ctx, r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                                       ? WSLAY_ERR_WOULDBLOCK
+                                       : WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                          void *arg)
+{
+    struct web_conn *wc = arg;
+    for (;;) {
+        ssize_t w = send(wc->fd, data, len,
+                         MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0));
+        if (w >= 0)
+            return w;
+        if (errno == EINTR)
+            continue;
+        wslay_event_set_error(ctx, errno == EAGAIN || errno == EWOULDBLOCK
+                                       ? WSLAY_ERR_WOULDBLOCK
+                                       : WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+}
+
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
+                      void *arg)
+{
+    struct web_conn *wc = arg;
+    if (wslay_is_ctrl_frame(m->opcode))
+        return; /* ping/pong/close: wslay answers */
+    if (m->opcode != WSLAY_BINARY_FRAME) {
+        wslay_event_queue_close(ctx, WSLAY_CODE_UNSUPPORTED_DATA,
+                                (const uint8_t *)"binary only", 11);
+        return;
+    }
+    if (wc->to_in_off > 0 && wc->to_in_off == wc->to_in_len)
+        wc->to_in_off = wc->to_in_len = 0;
+    if (wc->to_in_len + m->msg_length > wc->to_in_cap) {
+        if (wc->to_in_off > 0) {
+            memmove(wc->to_in, wc->to_in + wc->to_in_off, wc->to_in_len - wc->to_in_off);
+            wc->to_in_len -= wc->to_in_off;
+            wc->to_in_off = 0;
+        }
+        size_t nc = wc->to_in_cap ? wc->to_in_cap : BRIDGE_CHUNK;
+        while (nc < wc->to_in_len + m->msg_length)
+            nc *= 2;
+        uint8_t *nb = realloc(wc->to_in, nc);
+        if (nb == NULL) {
+            wslay_event_queue_close(ctx, WSLAY_CODE_INTERNAL_SERVER_ERROR, NULL, 0);
+            return;
+        }
+        wc->to_in = nb;
+        wc->to_in_cap = nc;
+    }
+    memcpy(wc->to_in + wc->to_in_len, m->msg, m->msg_length);
+    wc->to_in_len += m->msg_length;
+}
+
+/* Writes what the browser sent to the session side. -1: that side is gone. */
+static int flush_in(struct web_conn *wc)
+{
+    while (wc->to_in_off < wc->to_in_len) {
+        ssize_t w = send(wc->in_fd, wc->to_in + wc->to_in_off, wc->to_in_len - wc->to_in_off,
+                         MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                event_add(wc->in_wr, NULL);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        wc->to_in_off += (size_t)w;
+    }
+    wc->to_in_off = wc->to_in_len = 0;
+    event_del(wc->in_wr);
+    return 0;
+}
+
+/* Arms the events for what each side can do now; closes a finished bridge. */
+static void bridge_update(struct web_conn *wc)
+{
+    bool backlog = wc->to_in_len - wc->to_in_off > BRIDGE_BACKLOG;
+    if (wc->ws_paused && !backlog)
+        wc->ws_paused = false;
+    if (wslay_event_want_read(wc->ws) && !wc->ws_paused)
+        event_add(wc->rd, NULL);
+    else
+        event_del(wc->rd);
+    if (wslay_event_want_write(wc->ws))
+        event_add(wc->wr, NULL);
+    else
+        event_del(wc->wr);
+    wc->in_paused = wslay_event_get_queued_msg_length(wc->ws) > BRIDGE_BACKLOG;
+    if (!wc->in_eof && !wc->in_paused)
+        event_add(wc->in_rd, NULL);
+    else
+        event_del(wc->in_rd);
+    if (!wslay_event_want_write(wc->ws) &&
+        (wc->in_eof || wslay_event_get_close_received(wc->ws) ||
+         wslay_event_get_close_sent(wc->ws)))
+        bridge_close(wc, wslay_event_get_close_received(wc->ws) ? "the browser closed it"
+                                                                 : "the session ended");
+}
+
+static void on_ws_io(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    if ((what & EV_READ) && wslay_event_recv(wc->ws) != 0) {
+        bridge_close(wc, wc->ws_eof ? "the browser went away" : "connection lost or bad frame");
+        return;
+    }
+    if (wc->to_in_len > wc->to_in_off && flush_in(wc) < 0) {
+        bridge_close(wc, "the session side is gone");
+        return;
+    }
+    if (wslay_event_get_close_received(wc->ws) && wc->in_fd >= 0 && !wc->in_eof) {
+        /* The browser closed: the session sees its client go. */
+        shutdown(wc->in_fd, SHUT_WR);
+    }
+    if (wslay_event_want_write(wc->ws) && wslay_event_send(wc->ws) != 0) {
+        bridge_close(wc, "connection lost");
+        return;
+    }
+    bridge_update(wc);
+}
+
+static void on_in_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    uint8_t buf[BRIDGE_CHUNK];
+    ssize_t r;
+    do {
+        r = recv(wc->in_fd, buf, sizeof(buf), 0);
+    } while (r < 0 && errno == EINTR);
+    if (r > 0) {
+        struct wslay_event_msg m = { WSLAY_BINARY_FRAME, buf, (size_t)r };
+        if (wslay_event_queue_msg(wc->ws, &m) != 0) {
+            bridge_close(wc, "cannot queue a message");
+            return;
+        }
+    } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        wc->in_eof = true;
+        wslay_event_queue_close(wc->ws, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
+    }
+    if (wslay_event_want_write(wc->ws) && wslay_event_send(wc->ws) != 0) {
+        bridge_close(wc, "connection lost");
+        return;
+    }
+    bridge_update(wc);
+}
+
+static void on_in_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    if (flush_in(wc) < 0) {
+        bridge_close(wc, "the session side is gone");
+        return;
+    }
+    bridge_update(wc);
+}
+
+static void start_bridge(struct web_conn *wc, const struct http_request *req, const char *token,
+                         const char *token_from)
+{
+    char accept_key[HTTP_WS_ACCEPT_LEN + 1];
+    int sp[2];
+    if (http_ws_accept(req->ws_key, accept_key) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) {
+        reply_error(wc, 500, "Internal Server Error", "cannot start the WebSocket");
+        return;
+    }
+    struct wslay_event_callbacks cbs = { .recv_callback = ws_recv_cb,
+                                         .send_callback = ws_send_cb,
+                                         .on_msg_recv_callback = ws_msg_cb };
+    wc->in_fd = sp[0];
+    wc->in_rd = event_new(wc->ww->base, wc->in_fd, EV_READ | EV_PERSIST, on_in_read, wc);
+    wc->in_wr = event_new(wc->ww->base, wc->in_fd, EV_WRITE | EV_PERSIST, on_in_write, wc);
+    if (wc->in_rd == NULL || wc->in_wr == NULL ||
+        wslay_event_context_server_init(&wc->ws, &cbs, wc) != 0) {
+        close(sp[1]);
+        reply_error(wc, 500, "Internal Server Error", "out of memory");
+        return;
+    }
+    wslay_event_config_set_max_recv_msg_length(wc->ws, WS_MAX_MESSAGE);
+    bool binary = http_protocol_offered(req->ws_protocol, "binary");
+    int n = snprintf(wc->hdr, sizeof(wc->hdr),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+                     accept_key, binary ? "Sec-WebSocket-Protocol: binary\r\n" : "");
+    /* 101 is small: a fresh socket takes it whole, or the browser is gone. */
+    if (n <= 0 || send(wc->fd, wc->hdr, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(sp[1]);
+        bridge_close(wc, "could not send the upgrade");
+        return;
+    }
+    wc->state = WS_BRIDGE;
+    evtimer_del(wc->timer);
+    event_free(wc->rd);
+    event_free(wc->wr);
+    wc->rd = event_new(wc->ww->base, wc->fd, EV_READ | EV_PERSIST, on_ws_io, wc);
+    wc->wr = event_new(wc->ww->base, wc->fd, EV_WRITE | EV_PERSIST, on_ws_io, wc);
+    if (wc->rd == NULL || wc->wr == NULL) {
+        close(sp[1]);
+        bridge_close(wc, "out of memory");
+        return;
+    }
+    log_info("web: client=%s websocket for a SPICE channel (token from the %s)", wc->addr,
+             token_from);
+    session_accept(wc->ww->sw, sp[1], &wc->peer, NULL, 0, token);
+    bridge_update(wc);
+}
+
+/* ---- the head ---- */
+
+static void on_head(struct web_conn *wc)
+{
+    struct http_request req;
+    const char *err = NULL;
+    int n = http_parse_request(wc->head, wc->have, &req, &err);
+    if (n == 0)
+        return; /* more to come */
+    if (n < 0) {
+        reply_error(wc, 400, "Bad Request", err ? err : "malformed request");
+        return;
+    }
+    bool head_only = strcmp(req.method, "HEAD") == 0;
+    if (strcmp(req.method, "GET") != 0 && !head_only) {
+        reply_error(wc, 405, "Method Not Allowed", "only GET and HEAD");
+        return;
+    }
+    if (http_is_websocket(&req)) {
+        char token[TOKEN_MAX];
+        int tl = http_token(&req, token, sizeof(token));
+        if (tl <= 0) {
+            reply_error(wc, tl < 0 ? 400 : 403, tl < 0 ? "Bad Request" : "Forbidden",
+                        tl < 0 ? "malformed token" : "no console token (?token= or a token cookie)");
+            return;
+        }
+        if ((size_t)n < wc->have) {
+            /* A browser waits for the 101 before it sends a frame. */
+            OPENSSL_cleanse(token, sizeof(token));
+            reply_error(wc, 400, "Bad Request", "data before the upgrade");
+            return;
+        }
+        start_bridge(wc, &req, token, strstr(req.query, "token=") ? "URL" : "cookie");
+        OPENSSL_cleanse(token, sizeof(token));
+        return;
+    }
+    /* The site's table is keyed by decoded URL paths: decode through
+     * http_static_path with a one-character root, then drop it. */
+    char decoded[HTTP_MAX_PATH + 2];
+    const struct web_file *f = NULL;
+    if (http_static_path("R", req.path, decoded, sizeof(decoded)) == 0)
+        f = site_find(wc->ww->site, decoded + 1);
+    if (f == NULL) {
+        reply_error(wc, 404, "Not Found", "not found");
+        return;
+    }
+    log_debug("web: client=%s GET %s 200 (%zu bytes)", wc->addr, f->path, f->len);
+    reply(wc, 200, "OK", f->mime, f->body, f->len, head_only);
+}
+
+static void on_head_io(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    if (what & EV_WRITE) {
+        reply_flush(wc);
+        return;
+    }
+    if (wc->state != WS_HEAD)
+        return;
+    ssize_t r = recv(wc->fd, wc->head + wc->have, sizeof(wc->head) - 1 - wc->have, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (r <= 0) {
+        conn_free(wc);
+        return;
+    }
+    wc->have += (size_t)r;
+    wc->head[wc->have] = '\0';
+    on_head(wc);
+}
+
+static void on_head_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    log_info("web: client=%s no complete request in time", wc->addr);
+    conn_free(wc);
+}
+
+struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
+                                  const struct web_site *site, int head_timeout_ms)
+{
+    struct web_worker *ww = calloc(1, sizeof(*ww));
+    if (ww == NULL)
+        return NULL;
+    ww->base = base;
+    ww->sw = sw;
+    ww->site = site;
+    ww->head_timeout_ms = head_timeout_ms;
+    TAILQ_INIT(&ww->conns);
+    return ww;
+}
+
+void web_worker_free(struct web_worker *ww)
+{
+    if (ww == NULL)
+        return;
+    struct web_conn *wc;
+    while ((wc = TAILQ_FIRST(&ww->conns)) != NULL)
+        conn_free(wc);
+    free(ww);
+}
+
+void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer)
+{
+    struct web_conn *wc = calloc(1, sizeof(*wc));
+    if (wc == NULL) {
+        close(fd);
+        return;
+    }
+    wc->ww = ww;
+    TAILQ_INSERT_TAIL(&ww->conns, wc, link);
+    wc->fd = fd;
+    wc->in_fd = -1;
+    wc->peer = *peer;
+    char host[48], serv[8];
+    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
+                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+        snprintf(wc->addr, sizeof(wc->addr), "%s:%s", host, serv);
+    else
+        snprintf(wc->addr, sizeof(wc->addr), "?");
+    wc->rd = event_new(ww->base, fd, EV_READ | EV_PERSIST, on_head_io, wc);
+    wc->wr = event_new(ww->base, fd, EV_WRITE | EV_PERSIST, on_head_io, wc);
+    wc->timer = evtimer_new(ww->base, on_head_timeout, wc);
+    if (wc->rd == NULL || wc->wr == NULL || wc->timer == NULL) {
+        conn_free(wc);
+        return;
+    }
+    struct timeval tv = { ww->head_timeout_ms / 1000, (ww->head_timeout_ms % 1000) * 1000 };
+    evtimer_add(wc->timer, &tv);
+    event_add(wc->rd, NULL);
+}

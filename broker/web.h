@@ -1,0 +1,33 @@
+/* broker/web.h: the browser port (nova-spicehtml5proxy's place): static
+ * files for spice-html5 (spice_auto.html, its scripts) and WebSocket
+ * upgrades that carry one SPICE channel each. A WebSocket is authenticated by
+ * the console token in its URL (?token=) or its "token" cookie (what
+ * spice_auto.html?token=... sets), then bridged to the ordinary session code
+ * through a socketpair: the relay sees a native client. */
+#ifndef SB_WEB_H
+#define SB_WEB_H
+
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "session/session.h"
+
+/* The files under the web root, read once (then shared read-only by every
+ * worker: no disk I/O on a worker loop). */
+struct web_site;
+struct web_site *web_site_load(const char *root, const char **err);
+void web_site_free(struct web_site *site);
+size_t web_site_count(const struct web_site *site);
+
+/* A worker's web connections. */
+struct web_worker;
+struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
+                                  const struct web_site *site, int head_timeout_ms);
+/* Closes every connection it still has (the worker is stopping). */
+void web_worker_free(struct web_worker *ww);
+
+/* A connection accepted on the web port (takes fd). */
+void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer);
+
+#endif
