@@ -38,6 +38,9 @@ static const struct opt opts[] = {
       "html5proxy_host:html5proxy_port, e.g. 0.0.0.0:6082); off when empty" },
     { "web-root", STR(web_root), "/usr/share/spice-html5", "DIR",
       "the files served on the browser port (read once at start)" },
+    { "web-allowed-origins", STR(web_allowed_origins), "", "HOST[:PORT],...",
+      "pages from these hosts may open console WebSockets too (Nova's [console] "
+      "allowed_origins); pages from the browser port itself always may" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
       "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",

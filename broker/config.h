@@ -13,6 +13,7 @@ struct config {
     char listen[128];
     char web_listen[128];
     char web_root[512];
+    char web_allowed_origins[512];
     char admin[256];
     char store[512];
     char token_file[512];

@@ -379,6 +379,7 @@ int main(int argc, char **argv)
             goto out;
         }
         web.site = b.site;
+        web.allowed_origins = b.cfg.web_allowed_origins;
     }
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)

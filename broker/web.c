@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -193,6 +194,7 @@ struct web_worker {
     struct session_worker *sw;       /* where bridged channels go */
     const struct web_site *site;     /* NULL: no static files (404) */
     int head_timeout_ms;             /* the HTTP request head must arrive within this */
+    const char *allowed_origins;     /* extra Origin hosts, comma-separated ("" = none) */
     TAILQ_HEAD(, web_conn) conns;
 };
 
@@ -205,7 +207,7 @@ struct web_conn {
     char addr[56];
     struct event *rd, *wr, *timer;
     /* head */
-    char head[HTTP_MAX_HEAD];
+    char head[HTTP_MAX_HEAD + 1];
     size_t have;
     /* reply: hdr then body (a site file, not owned) */
     char hdr[512];
@@ -541,11 +543,49 @@ static void start_bridge(struct web_conn *wc, const struct http_request *req, co
 
 /* ---- the head ---- */
 
+/* Is `host` (host[:port], from an Origin URL) in the comma-separated list? */
+static bool origin_listed(const char *list, const char *host, size_t hlen)
+{
+    const char *p = list;
+    while (p != NULL && *p != '\0') {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n > 0 && n == hlen && strncasecmp(p, host, n) == 0)
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+/* A browser names the page that opened a WebSocket in Origin. Only pages
+ * served from this very host:port (the Host the browser connected to), or
+ * listed in --web-allowed-origins, may open one: otherwise any web page a
+ * user visits could open the console with the token cookie spice_auto.html
+ * left in their browser (cross-site WebSocket hijacking, Nova's
+ * CVE-2015-0259). Clients that send no Origin are not browsers. */
+static bool origin_ok(const struct web_worker *ww, const struct http_request *r)
+{
+    if (r->origin[0] == '\0')
+        return true;
+    const char *o = strstr(r->origin, "://");
+    if (o == NULL)
+        return false;
+    o += 3;
+    size_t olen = strcspn(o, "/");
+    return (olen == strlen(r->host) && strncasecmp(o, r->host, olen) == 0) ||
+           origin_listed(ww->allowed_origins, o, olen);
+}
+
 static void on_head(struct web_conn *wc)
 {
     struct http_request req;
     const char *err = NULL;
     int n = http_parse_request(wc->head, wc->have, &req, &err);
+    if (n == 0 && wc->have >= HTTP_MAX_HEAD) {
+        n = -1;
+        err = "request head too large";
+    }
     if (n == 0)
         return; /* more to come */
     if (n < 0) {
@@ -558,6 +598,10 @@ static void on_head(struct web_conn *wc)
         return;
     }
     if (http_is_websocket(&req)) {
+        if (!origin_ok(wc->ww, &req)) {
+            reply_error(wc, 403, "Forbidden", "cross-origin WebSocket refused");
+            return;
+        }
         char token[TOKEN_MAX];
         int tl = http_token(&req, token, sizeof(token));
         if (tl <= 0) {
@@ -618,7 +662,8 @@ static void on_head_timeout(evutil_socket_t fd, short what, void *arg)
 }
 
 struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
-                                  const struct web_site *site, int head_timeout_ms)
+                                  const struct web_site *site, int head_timeout_ms,
+                                  const char *allowed_origins)
 {
     struct web_worker *ww = calloc(1, sizeof(*ww));
     if (ww == NULL)
@@ -627,6 +672,7 @@ struct web_worker *web_worker_new(struct event_base *base, struct session_worker
     ww->sw = sw;
     ww->site = site;
     ww->head_timeout_ms = head_timeout_ms;
+    ww->allowed_origins = allowed_origins ? allowed_origins : "";
     TAILQ_INIT(&ww->conns);
     return ww;
 }

@@ -20,6 +20,7 @@ struct worker_web {
     const char *host;
     uint16_t port;
     const struct web_site *site;
+    const char *allowed_origins;     /* see web_worker_new */
 };
 
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)

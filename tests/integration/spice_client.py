@@ -3,6 +3,15 @@
 """Headless spice-gtk client for the integration tests.
 
     spice_client.py HOST PORT [--password PW] [--seconds N] [--smartcard]
+        [--tls-port N]                 SPICE over TLS (see "TLS" below); PORT 0 (or
+                                       left out) = no plaintext port
+        [--ca-file F]                  PEM CA certificate(s) for the server's
+                                       certificate (SpiceSession "ca-file")
+        [--secure-channels LIST]       "all" (default with --tls-port), "none", or
+                                       e.g. main,display: channels opened with TLS
+        [--host-subject S]             expected certificate subject ("C=..,CN=..")
+        [--verify FLAGS]               comma list of hostname|pubkey|subject|none
+                                       (spice-gtk's default: hostname)
         [--mouse-request T:MODE ...]   MODE = server|client; T = seconds after the
                                        main channel opened
         [--keys HEX,HEX,...]           scancodes (set 1; 0x1xx = E0-prefixed) to
@@ -29,6 +38,20 @@
                                        (P6, RGB) and D/NAME.json (metadata), both
                                        by rename, then remove D/NAME.req
 
+TLS (spice-gtk 0.42, OpenSSL): a channel goes to the SpiceSession "tls-port"
+with TLS when its type is in "secure-channels" ("all" = every channel), when
+"port" is unset (no plaintext port to try), or when the plaintext link is
+answered SPICE_LINK_ERR_NEED_SECURED (reconnect to tls-port). --tls-port sets
+"tls-port" and, unless --secure-channels none, secure-channels=["all"]; "port"
+is set only when PORT > 0. The server certificate is checked against
+"ca-file" (--ca-file; unset = OpenSSL's default paths) per "verify":
+hostname = session host against the subjectAltName (DNS and IP entries; CN
+only without SAN), subject = "cert-subject" (--host-subject), pubkey = the
+"pubkey" property (not exposed here). A failed handshake or verification is
+the channel event error_tls. spice-gtk does not expose a per-channel TLS flag:
+with --tls-port each channel gets "tls": true when its TCP peer port is the
+tls-port (and differs from PORT), and the summary has a "tls" object.
+
 Connects the session, then every channel the server announces (the probe calls
 channel.connect() from channel-new, like a real viewer). Runs until --seconds
 elapse, SIGTERM/SIGINT, or (unless --stay) every channel is closed/failed.
@@ -47,6 +70,12 @@ Prints ONE JSON object on stdout:
    "migration": {"started": [[t,host,port]], "states": [[t,state]]},
    "final_peers": {"main#0": "127.0.0.1:5900", ...}, "mono0": m,
    "events": [...]}
+  with --tls-port also: "tls": {"tls_port", "ca_file", "secure_channels",
+   "verify", "host_subject", "channels_tls": {"main#0": true, ...},
+   "all_tls": bool (every opened channel on the tls-port),
+   "error_tls": ["display#0", ...], "warnings": [[t, domain, message], ...]
+   (spice-gtk's g_warning/critical lines: why a handshake failed)} and per
+   channel "tls": bool|null
 
 t = seconds since start (monotonic); mono0 = time.monotonic() at t = 0
 (CLOCK_MONOTONIC is system-wide: a test converts its own timestamps with it;
@@ -164,6 +193,7 @@ class Client:
         self.quitting = False
         self.loop = GLib.MainLoop()
         self.evf = open(a.events_file, "w") if a.events_file else None
+        self.glog = []           # --tls-port: [t, domain, message] warnings
 
     def now(self):
         return round(time.monotonic() - self.t0, 4)
@@ -185,10 +215,37 @@ class Client:
         GLib.timeout_add(delay_ms, lambda: (self.loop.quit(), False)[1])
 
     # ------------------------------------------------------------ session
+    def on_glog(self, domain, level, message, _data=None):
+        """--tls-port: keep spice-gtk's warnings (the reason of an error_tls,
+        e.g. "ssl: hostname '127.0.0.1' verification failed" or "Error in
+        certificate chain verification: ...") for the summary; stderr still
+        gets them (GLib's default handler)."""
+        if len(self.glog) < 200:
+            self.glog.append([self.now(), domain, str(message)])
+        try:
+            GLib.log_default_handler(domain, level, message, None)
+        except Exception:
+            pass
+
     def start(self):
+        if self.a.tls_port is not None:
+            lv = (GLib.LogLevelFlags.LEVEL_WARNING | GLib.LogLevelFlags.LEVEL_CRITICAL
+                  | GLib.LogLevelFlags.FLAG_FATAL | GLib.LogLevelFlags.FLAG_RECURSION)
+            for dom in ("Spice", "GSpice"):
+                GLib.log_set_handler(dom, lv, self.on_glog, None)
         s = Spice.Session()
         s.set_property("host", self.a.host)
-        s.set_property("port", str(self.a.port))
+        if self.a.port > 0 or self.a.tls_port is None:
+            s.set_property("port", str(self.a.port))
+        if self.a.tls_port is not None:
+            s.set_property("tls-port", str(self.a.tls_port))
+            s.set_property("secure-channels", self.a.secure_channels)
+            if self.a.ca_file is not None:
+                s.set_property("ca-file", self.a.ca_file)
+            if self.a.host_subject is not None:
+                s.set_property("cert-subject", self.a.host_subject)
+            if self.a.verify is not None:
+                s.set_property("verify", self.a.verify)
         if self.a.password is not None:
             s.set_property("password", self.a.password)
         s.set_property("enable-smartcard", bool(self.a.smartcard))
@@ -306,6 +363,8 @@ class Client:
             info["opened_t"] = t
             info["peer"] = peer
             info["local"] = peer_of(ch, local=True)
+            if self.a.tls_port is not None:
+                info["tls"] = self.peer_is_tls(peer)
             if info["type"] == "main":
                 self.main_opened = True
                 for spec in self.a.mouse_request:
@@ -320,6 +379,16 @@ class Client:
             if self.first_terminal is None:
                 self.first_terminal = t
             self.check_all_closed()
+
+    def peer_is_tls(self, peer):
+        """spice-gtk picks the port by TLS: tls-port <=> TLS (None: unknown)."""
+        if peer is None or self.a.tls_port == self.a.port:
+            return None
+        try:
+            port = int(peer.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            return None
+        return port == self.a.tls_port
 
     def check_ready(self):
         if self.ready_written or not self.main_opened:
@@ -509,6 +578,19 @@ class Client:
         }
         if self.a.snap_dir:
             out["snapshots"] = self.snaps
+        if self.a.tls_port is not None:
+            ctls = {k: v.get("tls") for k, v in self.chans.items()
+                    if v["opened_t"] is not None}
+            out["tls"] = {
+                "tls_port": self.a.tls_port, "ca_file": self.a.ca_file,
+                "secure_channels": self.a.secure_channels,
+                "verify": self.a.verify_names, "host_subject": self.a.host_subject,
+                "channels_tls": ctls,
+                "all_tls": bool(ctls) and all(x is True for x in ctls.values()),
+                "error_tls": sorted({k for k, v in self.chans.items()
+                                     for _, ev in v["events"] if ev == "error_tls"}),
+                "warnings": self.glog,
+            }
         if not self.a.no_events:
             out["events"] = self.events
         return out
@@ -525,11 +607,38 @@ def parse_keys(spec):
     return [int(x, 16) for x in spec.split(",") if x]
 
 
+VERIFY_FLAGS = {"hostname": "HOSTNAME", "pubkey": "PUBKEY", "subject": "SUBJECT"}
+
+
+def parse_verify(spec):
+    names = [x.strip().lower() for x in spec.split(",") if x.strip()]
+    if names == ["none"]:
+        return []
+    bad = [n for n in names if n not in VERIFY_FLAGS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            "comma list of %s, or none" % "|".join(sorted(VERIFY_FLAGS)))
+    return sorted(set(names))
+
+
+def parse_secure(spec):
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if names == ["none"]:
+        return []
+    known = set(CHAN_NAMES.values()) | {"all"}
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError("all, none or a comma list of %s" % (
+            ",".join(sorted(CHAN_NAMES.values()))))
+    return names
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("host")
-    ap.add_argument("port", type=int)
+    ap.add_argument("port", type=int, nargs="?", default=0,
+                    help="plaintext port; 0 or left out: none (needs --tls-port)")
     ap.add_argument("--password", default=None)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--smartcard", action="store_true")
@@ -549,7 +658,34 @@ def main():
     ap.add_argument("--inval-timestamps", action="store_true")
     ap.add_argument("--snap-dir", default=None,
                     help="write display#0 snapshots when D/NAME.req appears")
+    ap.add_argument("--tls-port", type=int, default=None,
+                    help="SPICE over TLS on this port (SpiceSession tls-port)")
+    ap.add_argument("--ca-file", default=None,
+                    help="PEM CA file for the server certificate (ca-file)")
+    ap.add_argument("--secure-channels", type=parse_secure, default=["all"],
+                    help="with --tls-port: all (default), none, or a comma list")
+    ap.add_argument("--host-subject", default=None,
+                    help="expected server certificate subject (cert-subject)")
+    ap.add_argument("--verify", type=parse_verify, default=None,
+                    help="comma list of hostname|pubkey|subject, or none "
+                    "(default: spice-gtk's, hostname)")
     a = ap.parse_args()
+    if a.tls_port is None:
+        for opt in ("ca_file", "host_subject", "verify"):
+            if getattr(a, opt) is not None:
+                ap.error("--%s needs --tls-port" % opt.replace("_", "-"))
+    elif not 0 < a.tls_port < 65536:
+        ap.error("--tls-port must be in 1..65535")
+    if not 0 <= a.port < 65536:
+        ap.error("PORT must be in 0..65535")
+    if a.port == 0 and a.tls_port is None:
+        ap.error("PORT is required without --tls-port")
+    a.verify_names = a.verify
+    if a.verify is not None:
+        flags = 0
+        for n in a.verify:
+            flags |= int(getattr(Spice.SessionVerify, VERIFY_FLAGS[n]))
+        a.verify = Spice.SessionVerify(flags)
     if not 0 < a.seconds <= 600:
         ap.error("--seconds must be in (0, 600]")
     os.environ.setdefault("GDK_BACKEND", "none")
