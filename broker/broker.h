@@ -27,6 +27,7 @@ struct broker {
     int n_workers;
     struct admin *admin;
     struct web_site *site;       /* the browser port's files, NULL when it is off */
+    struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct snap_session *retry;  /* records the store did not take yet (main.c) */

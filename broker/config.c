@@ -33,6 +33,10 @@ struct opt {
 static const struct opt opts[] = {
     { "listen", STR(listen), "127.0.0.1:5999", "ADDR:PORT",
       "where SPICE clients connect (plain TCP); IPv6 as [addr]:port" },
+    { "tls-listen", STR(tls_listen), "", "ADDR:PORT",
+      "SPICE over TLS (what clients use as a tls-port); off when empty; needs tls-cert, tls-key" },
+    { "tls-cert", STR(tls_cert), "", "FILE", "the TLS port's certificate chain (PEM)" },
+    { "tls-key", STR(tls_key), "", "FILE", "the TLS port's private key (PEM)" },
     { "web-listen", STR(web_listen), "", "ADDR:PORT",
       "the browser port: spice-html5's files and its WebSockets (nova-spicehtml5proxy's "
       "html5proxy_host:html5proxy_port, e.g. 0.0.0.0:6082); off when empty" },
@@ -316,6 +320,23 @@ int config_validate(const struct config *cfg)
     if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
         fprintf(stderr, "spice-broker: listen must be ADDR:PORT, got '%s'\n", cfg->listen);
         return -1;
+    }
+    if (cfg->tls_listen[0] != '\0') {
+        uint16_t tport;
+        if (config_split_hostport(cfg->tls_listen, host, sizeof(host), &tport) < 0) {
+            fprintf(stderr, "spice-broker: tls-listen must be ADDR:PORT, got '%s'\n",
+                    cfg->tls_listen);
+            return -1;
+        }
+        if (tport == port) {
+            fprintf(stderr, "spice-broker: tls-listen and listen need different ports\n");
+            return -1;
+        }
+        if (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0' ||
+            access(cfg->tls_cert, R_OK) != 0 || access(cfg->tls_key, R_OK) != 0) {
+            fprintf(stderr, "spice-broker: tls-listen needs readable tls-cert and tls-key files\n");
+            return -1;
+        }
     }
     if (cfg->web_listen[0] != '\0') {
         uint16_t wport;

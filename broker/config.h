@@ -11,6 +11,9 @@
 
 struct config {
     char listen[128];
+    char tls_listen[128];
+    char tls_cert[512];
+    char tls_key[512];
     char web_listen[128];
     char web_root[512];
     char web_allowed_origins[512];

@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 
 #include "broker/broker.h"
+#include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
 #include "migrate/snap.h"
@@ -381,13 +382,27 @@ int main(int argc, char **argv)
         web.site = b.site;
         web.allowed_origins = b.cfg.web_allowed_origins;
     }
+    char tls_host[128];
+    struct worker_tls tls = { .host = tls_host };
+    if (b.cfg.tls_listen[0] != '\0') {
+        config_split_hostport(b.cfg.tls_listen, tls_host, sizeof(tls_host), &tls.port);
+        b.tls = tls_ctx_new(b.cfg.tls_cert, b.cfg.tls_key, &err);
+        if (b.tls == NULL) {
+            log_error("TLS port %s: %s (%s, %s)", b.cfg.tls_listen, err ? err : "?",
+                      b.cfg.tls_cert, b.cfg.tls_key);
+            goto out;
+        }
+        tls.ctx = b.tls;
+    }
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)
         goto out;
     for (int i = 0; i < b.cfg.workers; i++) {
-        b.workers[i] = worker_new(i, host, port, &env, b.site ? &web : NULL, &err);
+        b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
+                                  b.site ? &web : NULL, &err);
         if (b.workers[i] == NULL) {
-            log_error("cannot listen on %s%s%s: %s", b.cfg.listen, b.site ? " or " : "",
+            log_error("cannot listen on %s%s%s%s%s: %s", b.cfg.listen, b.tls ? ", " : "",
+                      b.tls ? b.cfg.tls_listen : "", b.site ? ", " : "",
                       b.site ? b.cfg.web_listen : "", err ? err : "?");
             goto out;
         }
@@ -413,6 +428,8 @@ int main(int argc, char **argv)
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
+    if (b.tls != NULL)
+        log_info("TLS port %s (certificate %s)", b.cfg.tls_listen, b.cfg.tls_cert);
     if (b.site != NULL)
         log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
                  "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
@@ -423,6 +440,7 @@ out:
         worker_stop_and_free(b.workers[i]);
     free(b.workers);
     web_site_free(b.site);
+    tls_ctx_free(b.tls);
     /* Session records the workers published while stopping. */
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);

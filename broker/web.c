@@ -30,6 +30,7 @@
 #include <openssl/crypto.h>
 #include <wslay/wslay.h>
 
+#include "common/byteq.h"
 #include "common/log.h"
 #include "proto/http.h"
 
@@ -218,8 +219,7 @@ struct web_conn {
     wslay_event_context_ptr ws;
     int in_fd;                       /* our end of the socketpair */
     struct event *in_rd, *in_wr;
-    uint8_t *to_in;                  /* browser -> session bytes not yet written */
-    size_t to_in_len, to_in_off, to_in_cap;
+    struct byteq to_in;              /* browser -> session bytes not yet written */
     bool ws_paused;                  /* not reading the browser (to_in backlog) */
     bool in_paused;                  /* not reading the session (WebSocket backlog) */
     bool in_eof;                     /* the session side closed */
@@ -239,7 +239,7 @@ static void conn_free(struct web_conn *wc)
         close(wc->fd);
     if (wc->in_fd >= 0)
         close(wc->in_fd);
-    free(wc->to_in);
+    byteq_free(&wc->to_in);
     OPENSSL_cleanse(wc->head, sizeof(wc->head));
     free(wc);
 }
@@ -313,7 +313,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           void *arg)
 {
     struct web_conn *wc = arg;
-    if (wc->to_in_len - wc->to_in_off > BRIDGE_BACKLOG) {
+    if (byteq_size(&wc->to_in) > BRIDGE_BACKLOG) {
         wc->ws_paused = true; /* the session is slow: leave the rest in the socket */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
@@ -362,55 +362,27 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
                                 (const uint8_t *)"binary only", 11);
         return;
     }
-    if (wc->to_in_off > 0 && wc->to_in_off == wc->to_in_len)
-        wc->to_in_off = wc->to_in_len = 0;
-    if (wc->to_in_len + m->msg_length > wc->to_in_cap) {
-        if (wc->to_in_off > 0) {
-            memmove(wc->to_in, wc->to_in + wc->to_in_off, wc->to_in_len - wc->to_in_off);
-            wc->to_in_len -= wc->to_in_off;
-            wc->to_in_off = 0;
-        }
-        size_t nc = wc->to_in_cap ? wc->to_in_cap : BRIDGE_CHUNK;
-        while (nc < wc->to_in_len + m->msg_length)
-            nc *= 2;
-        uint8_t *nb = realloc(wc->to_in, nc);
-        if (nb == NULL) {
-            wslay_event_queue_close(ctx, WSLAY_CODE_INTERNAL_SERVER_ERROR, NULL, 0);
-            return;
-        }
-        wc->to_in = nb;
-        wc->to_in_cap = nc;
-    }
-    memcpy(wc->to_in + wc->to_in_len, m->msg, m->msg_length);
-    wc->to_in_len += m->msg_length;
+    if (byteq_append(&wc->to_in, m->msg, m->msg_length) < 0)
+        wslay_event_queue_close(ctx, WSLAY_CODE_INTERNAL_SERVER_ERROR, NULL, 0);
 }
 
 /* Writes what the browser sent to the session side. -1: that side is gone. */
 static int flush_in(struct web_conn *wc)
 {
-    while (wc->to_in_off < wc->to_in_len) {
-        ssize_t w = send(wc->in_fd, wc->to_in + wc->to_in_off, wc->to_in_len - wc->to_in_off,
-                         MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                event_add(wc->in_wr, NULL);
-                return 0;
-            }
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        wc->to_in_off += (size_t)w;
-    }
-    wc->to_in_off = wc->to_in_len = 0;
-    event_del(wc->in_wr);
+    int rc = byteq_send(&wc->to_in, wc->in_fd);
+    if (rc < 0)
+        return -1;
+    if (rc == 0)
+        event_add(wc->in_wr, NULL);
+    else
+        event_del(wc->in_wr);
     return 0;
 }
 
 /* Arms the events for what each side can do now; closes a finished bridge. */
 static void bridge_update(struct web_conn *wc)
 {
-    bool backlog = wc->to_in_len - wc->to_in_off > BRIDGE_BACKLOG;
+    bool backlog = byteq_size(&wc->to_in) > BRIDGE_BACKLOG;
     if (wc->ws_paused && !backlog)
         wc->ws_paused = false;
     if (wslay_event_want_read(wc->ws) && !wc->ws_paused)
@@ -440,7 +412,7 @@ static void on_ws_io(evutil_socket_t fd, short what, void *arg)
         bridge_close(wc, wc->ws_eof ? "the browser went away" : "connection lost or bad frame");
         return;
     }
-    if (wc->to_in_len > wc->to_in_off && flush_in(wc) < 0) {
+    if (byteq_size(&wc->to_in) > 0 && flush_in(wc) < 0) {
         bridge_close(wc, "the session side is gone");
         return;
     }

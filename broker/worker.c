@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
 
@@ -41,6 +42,9 @@ struct worker {
     int web_fd;                   /* the browser port, -1 if none */
     struct event *web_ev;
     struct web_worker *ww;
+    int tls_fd;                   /* the TLS port, -1 if none */
+    struct event *tls_ev;
+    struct tls_worker *tw;
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -93,19 +97,33 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
-static void on_web_accept(evutil_socket_t lfd, short what, void *arg)
+/* Accepts a bounded batch on the TLS or browser port (out of descriptors:
+ * the next connection retries). */
+static void accept_batch(int lfd, struct worker *w, bool tls)
 {
-    struct worker *w = arg;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
         int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
-            return; /* out of descriptors too: the next connection retries */
+            return;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        web_accept(w->ww, fd, &peer);
+        if (tls)
+            tls_accept(w->tw, fd, &peer);
+        else
+            web_accept(w->ww, fd, &peer);
     }
+}
+
+static void on_web_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_batch(lfd, arg, false);
+}
+
+static void on_tls_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_batch(lfd, arg, true);
 }
 
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
@@ -134,8 +152,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 }
 
 struct worker *worker_new(int index, const char *host, uint16_t port,
-                          const struct session_env *env, const struct worker_web *web,
-                          const char **err)
+                          const struct session_env *env, const struct worker_tls *tls,
+                          const struct worker_web *web, const char **err)
 {
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -146,6 +164,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->wake_fd = -1;
     w->listen_fd = -1;
     w->web_fd = -1;
+    w->tls_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
     w->listen_fd = listen_socket(host, port, err);
@@ -171,6 +190,18 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     if (w->sw == NULL) {
         *err = "out of memory";
         goto fail;
+    }
+    if (tls != NULL) {
+        w->tls_fd = listen_socket(tls->host, tls->port, err);
+        if (w->tls_fd < 0)
+            goto fail;
+        w->tw = tls_worker_new(w->base, w->sw, tls->ctx, env->link_timeout_ms);
+        w->tls_ev = event_new(w->base, w->tls_fd, EV_READ | EV_PERSIST, on_tls_accept, w);
+        if (w->tw == NULL || w->tls_ev == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+        event_add(w->tls_ev, NULL);
     }
     if (web != NULL) {
         w->web_fd = listen_socket(web->host, web->port, err);
@@ -201,6 +232,8 @@ static void *worker_main(void *arg)
     /* Stopped: close what is left on this thread, where it lives. */
     web_worker_free(w->ww);
     w->ww = NULL;
+    tls_worker_free(w->tw);
+    w->tw = NULL;
     session_worker_free(w->sw);
     w->sw = NULL;
     return NULL;
@@ -220,6 +253,8 @@ static void job_exit(struct session_worker *sw, void *arg)
     event_del(w->accept_ev);
     if (w->web_ev != NULL)
         event_del(w->web_ev);
+    if (w->tls_ev != NULL)
+        event_del(w->tls_ev);
     event_base_loopbreak(w->base);
 }
 
@@ -293,6 +328,7 @@ void worker_stop_and_free(struct worker *w)
         pthread_join(w->thread, NULL);
     } else {
         web_worker_free(w->ww);
+        tls_worker_free(w->tw);
         if (w->sw != NULL)
             session_worker_free(w->sw);
     }
@@ -315,6 +351,10 @@ void worker_stop_and_free(struct worker *w)
         event_free(w->web_ev);
     if (w->web_fd >= 0)
         close(w->web_fd);
+    if (w->tls_ev)
+        event_free(w->tls_ev);
+    if (w->tls_fd >= 0)
+        close(w->tls_fd);
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->base)

@@ -14,6 +14,7 @@
 
 struct worker;
 struct web_site;
+struct tls_ctx;
 
 /* The browser port, when there is one (broker/web.h). */
 struct worker_web {
@@ -23,12 +24,19 @@ struct worker_web {
     const char *allowed_origins;     /* see web_worker_new */
 };
 
+/* The TLS port, when there is one (broker/tls.h). */
+struct worker_tls {
+    const char *host;
+    uint16_t port;
+    const struct tls_ctx *ctx;
+};
+
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
- * and, if web is not NULL, on the browser port too. env.base,
+ * and, if tls / web are not NULL, on the TLS and browser ports too. env.base,
  * env.worker_index are filled by the worker. Does not start it. */
 struct worker *worker_new(int index, const char *host, uint16_t port,
-                          const struct session_env *env, const struct worker_web *web,
-                          const char **err);
+                          const struct session_env *env, const struct worker_tls *tls,
+                          const struct worker_web *web, const char **err);
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);

@@ -953,7 +953,7 @@ class SpiceClient:
                  smartcard=True, mouse_requests=(), keys=None, keys_start=0.5,
                  key_interval=0.05, exit_when_ready=False, stay=False,
                  inval_timestamps=False, keys_go_file=None, peer_poll_ms=None,
-                 snapshots=False):
+                 snapshots=False, tls_port=None, ca_file=None):
         SpiceClient._n += 1
         self.env = env
         self.name = name or "client%d" % SpiceClient._n
@@ -963,9 +963,14 @@ class SpiceClient:
         self.ready_path = env.path(self.name + ".ready")
         self.out_path = env.path(self.name + ".json")
         self.err_path = env.path(self.name + ".stderr")
-        a = [GI_PYTHON, os.path.join(HERE, "spice_client.py"), host, str(port),
+        a = [GI_PYTHON, os.path.join(HERE, "spice_client.py"), host, str(port or 0),
              "--seconds", str(seconds), "--events-file", self.events_path,
              "--ready-file", self.ready_path]
+        # tls_port: every channel over TLS to that port (port may then be None)
+        if tls_port is not None:
+            a += ["--tls-port", str(tls_port)]
+        if ca_file is not None:
+            a += ["--ca-file", ca_file]
         if password is not None:
             a += ["--password", password]
         if smartcard:
