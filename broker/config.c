@@ -313,6 +313,19 @@ int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port)
     return 0;
 }
 
+/* An optional ADDR:PORT option: *port stays 0 when it is empty. */
+static int extra_port(const char *value, const char *name, uint16_t *port)
+{
+    char host[128];
+    if (value[0] == '\0')
+        return 0;
+    if (config_split_hostport(value, host, sizeof(host), port) < 0) {
+        fprintf(stderr, "spice-broker: %s must be ADDR:PORT, got '%s'\n", name, value);
+        return -1;
+    }
+    return 0;
+}
+
 int config_validate(const struct config *cfg)
 {
     char host[128];
@@ -321,39 +334,24 @@ int config_validate(const struct config *cfg)
         fprintf(stderr, "spice-broker: listen must be ADDR:PORT, got '%s'\n", cfg->listen);
         return -1;
     }
-    if (cfg->tls_listen[0] != '\0') {
-        uint16_t tport;
-        if (config_split_hostport(cfg->tls_listen, host, sizeof(host), &tport) < 0) {
-            fprintf(stderr, "spice-broker: tls-listen must be ADDR:PORT, got '%s'\n",
-                    cfg->tls_listen);
-            return -1;
-        }
-        if (tport == port) {
-            fprintf(stderr, "spice-broker: tls-listen and listen need different ports\n");
-            return -1;
-        }
-        if (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0' ||
-            access(cfg->tls_cert, R_OK) != 0 || access(cfg->tls_key, R_OK) != 0) {
-            fprintf(stderr, "spice-broker: tls-listen needs readable tls-cert and tls-key files\n");
-            return -1;
-        }
+    uint16_t tls_port = 0, web_port = 0;
+    if (extra_port(cfg->tls_listen, "tls-listen", &tls_port) < 0 ||
+        extra_port(cfg->web_listen, "web-listen", &web_port) < 0)
+        return -1;
+    if ((tls_port != 0 && (tls_port == port || tls_port == web_port)) ||
+        (web_port != 0 && web_port == port)) {
+        fprintf(stderr, "spice-broker: listen, tls-listen and web-listen need different ports\n");
+        return -1;
     }
-    if (cfg->web_listen[0] != '\0') {
-        uint16_t wport;
-        if (config_split_hostport(cfg->web_listen, host, sizeof(host), &wport) < 0) {
-            fprintf(stderr, "spice-broker: web-listen must be ADDR:PORT, got '%s'\n",
-                    cfg->web_listen);
-            return -1;
-        }
-        if (wport == port) {
-            fprintf(stderr, "spice-broker: web-listen and listen need different ports\n");
-            return -1;
-        }
-        if (access(cfg->web_root, R_OK | X_OK) != 0) {
-            fprintf(stderr, "spice-broker: web-root %s is not a readable directory "
-                    "(Debian: apt install spice-html5)\n", cfg->web_root);
-            return -1;
-        }
+    if (tls_port != 0 && (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0' ||
+                          access(cfg->tls_cert, R_OK) != 0 || access(cfg->tls_key, R_OK) != 0)) {
+        fprintf(stderr, "spice-broker: tls-listen needs readable tls-cert and tls-key files\n");
+        return -1;
+    }
+    if (web_port != 0 && access(cfg->web_root, R_OK | X_OK) != 0) {
+        fprintf(stderr, "spice-broker: web-root %s is not a readable directory "
+                "(Debian: apt install spice-html5)\n", cfg->web_root);
+        return -1;
     }
     if (strncmp(cfg->admin, "unix:", 5) == 0) {
         if (cfg->admin[5] != '/') {

@@ -335,12 +335,7 @@ void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *pe
     tc->fd = fd;
     tc->in_fd = -1;
     tc->peer = *peer;
-    char host[48], serv[8];
-    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
-                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-        snprintf(tc->addr, sizeof(tc->addr), "%s:%s", host, serv);
-    else
-        snprintf(tc->addr, sizeof(tc->addr), "?");
+    log_format_addr(peer, tc->addr, sizeof(tc->addr));
     tc->ssl = SSL_new(tw->ctx->ssl);
     tc->rd = event_new(tw->base, fd, EV_READ | EV_PERSIST, on_handshake_io, tc);
     tc->wr = event_new(tw->base, fd, EV_WRITE | EV_PERSIST, on_handshake_io, tc);

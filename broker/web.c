@@ -671,12 +671,7 @@ void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *pe
     wc->fd = fd;
     wc->in_fd = -1;
     wc->peer = *peer;
-    char host[48], serv[8];
-    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
-                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-        snprintf(wc->addr, sizeof(wc->addr), "%s:%s", host, serv);
-    else
-        snprintf(wc->addr, sizeof(wc->addr), "?");
+    log_format_addr(peer, wc->addr, sizeof(wc->addr));
     wc->rd = event_new(ww->base, fd, EV_READ | EV_PERSIST, on_head_io, wc);
     wc->wr = event_new(ww->base, fd, EV_WRITE | EV_PERSIST, on_head_io, wc);
     wc->timer = evtimer_new(ww->base, on_head_timeout, wc);

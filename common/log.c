@@ -2,6 +2,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,4 +81,14 @@ void fatal(const char *fmt, ...)
     log_vemit(LOG_LVL_ERROR, true, fmt, ap);
     va_end(ap);
     exit(1);
+}
+
+void log_format_addr(const struct sockaddr_storage *peer, char *out, unsigned cap)
+{
+    char host[48], serv[8];
+    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
+                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+        snprintf(out, cap, "%s:%s", host, serv);
+    else
+        snprintf(out, cap, "?");
 }

@@ -24,6 +24,10 @@ void log_emit(enum log_level lvl, bool with_errno, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void log_vemit(enum log_level lvl, bool with_errno, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+/* A peer address as "ip:port" for log lines ("?" if it cannot be told). */
+struct sockaddr_storage;
+void log_format_addr(const struct sockaddr_storage *peer, char *out, unsigned cap);
+
 _Noreturn void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -81,12 +81,7 @@ void session_accept(struct session_worker *w, int fd, const struct sockaddr_stor
         free(c);
         return;
     }
-    char host[48], serv[8];
-    if (getnameinfo((const struct sockaddr *)peer, sizeof(*peer), host, sizeof(host), serv,
-                    sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV) == 0)
-        snprintf(c->addr, sizeof(c->addr), "%s:%s", host, serv);
-    else
-        snprintf(c->addr, sizeof(c->addr), "?");
+    log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
     link_start_client(c, pre, pre_len);
 }

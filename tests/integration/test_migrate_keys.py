@@ -11,13 +11,15 @@ destination's must equal exactly the typed sequence, in order, no loss, no
 duplicates. The client view must be seamless as in test_migrate_seamless.
 
 One exception, QEMU's and not the broker's: while the source VM is paused
-(the last stop-and-copy, until the broker switches the inputs channel, a few
-ms) the source's spice-server still reads input but QEMU drops every event
-(ui/input.c ignores input when the VM is not running; checked: keys typed
-into a QMP-stopped VM never reach the guest, with a direct client too). A key
-typed in exactly that window is lost for any client. So: no duplicates, no
-reordering, and no loss outside [source STOP event - 50 ms, broker log
-"inputs:0 switched"]; a loss inside it is reported as a note. Set
+(the last stop-and-copy, until the source tells the broker to switch the
+inputs channel, a few ms) the source's spice-server still reads input but
+QEMU drops every event (ui/input.c ignores input when the VM is not running;
+checked: keys typed into a QMP-stopped VM never reach the guest, with a
+direct client too). A key typed in exactly that window is lost for any
+client. (After the switch nothing may be lost: the broker's input gate holds
+input until the destination VM runs.) So: no duplicates, no reordering, and
+no loss outside [source STOP event - 50 ms, broker log "inputs:0 switched" +
+10 ms]; a loss inside it is reported as a note. Set
 SPICE_BROKER_TEST_STRICT_KEYS=1 to demand exact equality all the same.
 """
 import os
