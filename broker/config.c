@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,6 +54,10 @@ static const struct opt opts[] = {
     { "token-file", STR(token_file), "", "FILE",
       "websockify-style token file (lines 'TOKEN: HOST:PORT'), re-read when it changes" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
+    { "nova-config", STR(nova_config), "", "FILE",
+      "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
+      "html5proxy_host/html5proxy_port, [DEFAULT] web, [console] allowed_origins "
+      "(this file's and the command line's options win)" },
     { "zone", STR(zone), "default", "NAME", "availability zone: the store key prefix" },
     { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
     { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
@@ -185,7 +190,7 @@ static int load_file(struct config *cfg, const char *path)
         if (!ours)
             continue;
         const struct opt *o = find_opt(key);
-        if (o == NULL || strcmp(key, "config") == 0) {
+        if (o == NULL || strcmp(key, "config") == 0 || strcmp(key, "nova-config") == 0) {
             fprintf(stderr, "spice-broker: %s: unknown option '%s'\n", where, key);
             rc = -1;
             break;
@@ -196,6 +201,70 @@ static int load_file(struct config *cfg, const char *path)
         }
     }
     fclose(f);
+    return rc;
+}
+
+/* nova.conf, the way nova-spicehtml5proxy reads it: [spice] html5proxy_host
+ * (default 0.0.0.0) and html5proxy_port (6082) make the browser port,
+ * [DEFAULT] web its files, [console] allowed_origins the other origins whose
+ * pages may open consoles. Everything else in the file is Nova's business. */
+static int load_nova(struct config *cfg, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "spice-broker: cannot open nova config %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[4096], section[64] = "DEFAULT";
+    char host[128] = "0.0.0.0";
+    long port = 6082;
+    int lineno = 0, rc = 0;
+    while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#' || *s == ';')
+            continue;
+        if (*s == '[') {
+            char *e = strchr(s, ']');
+            if (e != NULL) {
+                *e = '\0';
+                snprintf(section, sizeof(section), "%s", trim(s + 1));
+            }
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        char where[600];
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (strcmp(section, "spice") == 0 && strcmp(key, "html5proxy_host") == 0) {
+            snprintf(host, sizeof(host), "%s", val);
+        } else if (strcmp(section, "spice") == 0 && strcmp(key, "html5proxy_port") == 0) {
+            char *end;
+            port = strtol(val, &end, 10);
+            if (*end != '\0' || port < 1 || port > 65535) {
+                fprintf(stderr, "spice-broker: %s: html5proxy_port must be 1..65535\n", where);
+                rc = -1;
+            }
+        } else if (strcmp(section, "DEFAULT") == 0 && strcmp(key, "web") == 0) {
+            rc = set_opt(cfg, find_opt("web-root"), val, where);
+        } else if (strcmp(section, "console") == 0 && strcmp(key, "allowed_origins") == 0) {
+            rc = set_opt(cfg, find_opt("web-allowed-origins"), val, where);
+        } else if (strcmp(section, "DEFAULT") == 0 && strcmp(key, "ssl_only") == 0 &&
+                   (strcasecmp(val, "true") == 0 || strcmp(val, "1") == 0)) {
+            fprintf(stderr, "spice-broker: %s: ssl_only: the browser port has no TLS (wss://) "
+                    "yet; put it behind a TLS terminator\n", where);
+            rc = -1;
+        }
+    }
+    fclose(f);
+    if (rc == 0) {
+        char listen[160];
+        snprintf(listen, sizeof(listen), strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
+        rc = set_opt(cfg, find_opt("web-listen"), listen, path);
+    }
     return rc;
 }
 
@@ -241,7 +310,7 @@ int config_load(struct config *cfg, int argc, char **argv)
 
     set_defaults(cfg);
     /* Pass 1: --config, --help, --version, and syntax. */
-    const char *cfile = NULL;
+    const char *cfile = NULL, *nfile = NULL;
     opterr = 1;
     optind = 1;
     int ch;
@@ -260,11 +329,16 @@ int config_load(struct config *cfg, int argc, char **argv)
         }
         if (strcmp(opts[ch - 256].name, "config") == 0)
             cfile = optarg;
+        if (strcmp(opts[ch - 256].name, "nova-config") == 0)
+            nfile = optarg;
     }
     if (optind < argc) {
         fprintf(stderr, "spice-broker: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
+    /* defaults < nova.conf < --config < the command line */
+    if (nfile != NULL && load_nova(cfg, nfile) < 0)
+        return -1;
     if (cfile != NULL && load_file(cfg, cfile) < 0)
         return -1;
     /* Pass 2: the command line wins. */

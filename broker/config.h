@@ -21,6 +21,7 @@ struct config {
     char store[512];
     char token_file[512];
     char config_file[512];
+    char nova_config[512];
     char zone[64];
     char broker_id[128];
     int workers;

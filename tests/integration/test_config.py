@@ -6,14 +6,19 @@ unknown options (command line and INI), bad values, relative store paths,
 unknown store schemes, unreadable token files and config files, clashing
 ports, TLS without its files or with a key that is not a PEM key, a
 missing web root, an etcd store nobody answers, a listen port in use.
+And --nova-config: a nova.conf's [spice] html5proxy_host/html5proxy_port,
+[DEFAULT] web and [console] allowed_origins make the browser port (its
+page is served there, a listed origin may open a WebSocket, another gets
+403); ssl_only is refused (no wss:// yet).
 No QEMU needed.
 """
+import http.client
 import os
 import socket
 import subprocess
 import sys
 
-from harness import check, free_port, log, run
+from harness import Broker, check, free_port, log, run
 
 
 def test(env):
@@ -93,6 +98,38 @@ def test(env):
     finally:
         busy.close()
     log("%d start-up failures: exit 1 with a log line" % len(startup))
+
+    # nova.conf's browser-port settings
+    nport = free_port()
+    nova = ini("nova.conf", "[DEFAULT]\nweb = /usr/share/spice-html5\nmy_ip = 10.0.0.1\n"
+                            "[spice]\nenabled = true\nhtml5proxy_host = 127.0.0.1\n"
+                            "html5proxy_port = %d\n"
+                            "html5proxy_base_url = http://127.0.0.1:%d/spice_auto.html\n"
+                            "[console]\nallowed_origins = horizon.example\n" % (nport, nport))
+    b = Broker(env, name="nova", extra=["--nova-config", nova]).start()
+    c = http.client.HTTPConnection("127.0.0.1", nport, timeout=5)
+    c.request("GET", "/spice_auto.html")
+    st = c.getresponse().status
+    c.close()
+    check(st == 200, "spice_auto.html on nova.conf's html5proxy_port: %s" % st)
+
+    def upgrade(origin):
+        s = socket.create_connection(("127.0.0.1", nport), timeout=5)
+        s.sendall(("GET /websockify?token=x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\nOrigin: %s\r\n\r\n" % (nport, origin)).encode())
+        data = s.recv(200)
+        s.close()
+        return data.split(b" ")[1] if data else b""
+    check(upgrade("https://horizon.example") == b"101", "a listed origin was refused")
+    check(upgrade("https://evil.example") == b"403", "an unlisted origin was accepted")
+    b.stop()
+    rc, out = broker(*(base + ["--nova-config", ini("ssl.conf", "[DEFAULT]\nssl_only = true\n"),
+                               "--check-config"]))
+    check(rc == 2 and "ssl_only" in out, "ssl_only: rc %d %r" % (rc, out))
+    log("nova.conf: browser port on html5proxy_port %d, allowed_origins honoured, ssl_only "
+        "refused" % nport)
 
 
 if __name__ == "__main__":
