@@ -736,7 +736,9 @@ static void gate_open(struct session *s, const char *why)
     struct chan *c = inputs_chan(s);
     log_debug("%s input released after %.1f ms (%s)", s->sid,
               ms_between(m->gate_since, handover_now()), why);
-    if (c != NULL) {
+    /* A next migration's switch may already hold this channel (the client's
+     * messages after its FLUSH_MARK): that switch releases it then. */
+    if (c != NULL && !c->mig_wait_data && !c->mig_switch_ready) {
         c->to_b.hold = false;
         relay_kick(c);
     }
