@@ -72,64 +72,66 @@ static int listen_socket(const char *host, uint16_t port, const char **err)
     return fd;
 }
 
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
+enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB };
+
+/* Out of descriptors: stop accepting on every port for a second instead of
+ * spinning on listeners that stay readable. */
+static void pause_accepting(struct worker *w)
 {
-    struct worker *w = arg;
-    /* Bounded batch: other sockets on this loop get their turn. */
+    log_warn("worker %d: accept paused for 1s", w->index);
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i] != NULL)
+            event_del(evs[i]);
+    struct timeval tv = { 1, 0 };
+    evtimer_add(w->accept_retry, &tv);
+}
+
+/* Accepts a bounded batch (other sockets on this loop get their turn). */
+static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
+{
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
         int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                /* Out of descriptors: stop accepting for a second instead of
-                 * spinning on a listener that stays readable. */
-                log_warn("worker %d: accept paused for 1s", w->index);
-                event_del(w->accept_ev);
-                struct timeval tv = { 1, 0 };
-                evtimer_add(w->accept_retry, &tv);
-            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                pause_accepting(w);
             return;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        session_accept(w->sw, fd, &peer, NULL, 0, NULL);
+        if (kind == PORT_TLS)
+            tls_accept(w->tw, fd, &peer);
+        else if (kind == PORT_WEB)
+            web_accept(w->ww, fd, &peer);
+        else
+            session_accept(w->sw, fd, &peer, NULL, 0, NULL);
     }
 }
 
-/* Accepts a bounded batch on the TLS or browser port (out of descriptors:
- * the next connection retries). */
-static void accept_batch(int lfd, struct worker *w, bool tls)
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage peer;
-        socklen_t len = sizeof(peer);
-        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (tls)
-            tls_accept(w->tw, fd, &peer);
-        else
-            web_accept(w->ww, fd, &peer);
-    }
+    accept_batch(lfd, arg, PORT_NATIVE);
 }
 
 static void on_web_accept(evutil_socket_t lfd, short what, void *arg)
 {
-    accept_batch(lfd, arg, false);
+    accept_batch(lfd, arg, PORT_WEB);
 }
 
 static void on_tls_accept(evutil_socket_t lfd, short what, void *arg)
 {
-    accept_batch(lfd, arg, true);
+    accept_batch(lfd, arg, PORT_TLS);
 }
 
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    event_add(w->accept_ev, NULL);
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i] != NULL)
+            event_add(evs[i], NULL);
 }
 
 static void on_wake(evutil_socket_t fd, short what, void *arg)
