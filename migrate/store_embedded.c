@@ -1,6 +1,7 @@
 /* migrate/store_embedded.c: the "embedded:DIR" store back-end, a sorted
- * in-memory map persisted as one file per key under DIR; any thread (one
- * mutex around everything, file writes included: they are small and rare).
+ * in-memory map (migrate/store_map.c) persisted as one file per key under
+ * DIR; any thread (readers take a mutex held briefly, writers are serialized
+ * and write their files outside it).
  *
  * On-disk layout of DIR (mode 0700, files 0600: token records hold backend
  * passwords):
@@ -30,6 +31,7 @@
 
 #include "common/log.h"
 #include "migrate/store_backend.h"
+#include "migrate/store_map.h"
 
 #define KV_MAGIC "SBKV"
 #define REV_MAGIC "SBRV"
@@ -41,21 +43,13 @@
 #define LOCK_NAME "lock"
 #define REV_NAME "revision"
 
-struct entry {
-    char *key;
-    uint8_t *val;
-    size_t len;
-    int64_t rev;
-};
-
 struct emb {
     pthread_mutex_t mu;         /* the in-memory map: held briefly, never across file I/O */
     pthread_mutex_t wmu;        /* serializes writers (put/delete) and their file I/O */
     char *dir;
     int dirfd;
     int lockfd;
-    struct entry *ents;         /* sorted by strcmp(key) */
-    size_t n, cap;
+    struct store_map map;       /* every key (no tombstones here) */
     int64_t rev;                /* highest revision issued so far */
 };
 
@@ -278,58 +272,11 @@ fail:
     return -1;
 }
 
-/* ---- the sorted map ---- */
-
-/* Index of the first entry whose key is >= key. */
-static size_t lower_bound(const struct emb *e, const char *key)
-{
-    size_t lo = 0, hi = e->n;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (strcmp(e->ents[mid].key, key) < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-static struct entry *find(const struct emb *e, const char *key, size_t *idx)
-{
-    size_t i = lower_bound(e, key);
-
-    *idx = i;
-    return i < e->n && strcmp(e->ents[i].key, key) == 0 ? &e->ents[i] : NULL;
-}
-
-static int reserve(struct emb *e, size_t want)
-{
-    struct entry *n;
-    size_t cap;
-
-    if (want <= e->cap)
-        return 0;
-    cap = e->cap ? e->cap * 2 : 64;
-    while (cap < want)
-        cap *= 2;
-    if ((n = realloc(e->ents, cap * sizeof(*n))) == NULL)
-        return -1;
-    e->ents = n;
-    e->cap = cap;
-    return 0;
-}
-
-static int cmp_entry(const void *a, const void *b)
-{
-    return strcmp(((const struct entry *)a)->key, ((const struct entry *)b)->key);
-}
-
 /* ---- loading ---- */
 
 /* Parses one key file into an entry; returns a reason on a bad file. */
 static const char *parse_key_file(const char *name, const uint8_t *buf, size_t len,
-                                  struct entry *out)
+                                  struct store_entry *out)
 {
     char want[NAME_LEN + 1];
     uint32_t klen, vlen;
@@ -406,7 +353,7 @@ static int load(struct emb *e, const char **err)
         const char *name = de->d_name;
         uint8_t *buf = NULL;
         size_t len = 0;
-        struct entry ent;
+        struct store_entry ent;
         const char *why;
 
         if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strcmp(name, LOCK_NAME) == 0)
@@ -438,13 +385,13 @@ static int load(struct emb *e, const char **err)
             skipped++;
             continue;
         }
-        if (reserve(e, e->n + 1) < 0) {
+        if (store_map_reserve(&e->map, e->map.n + 1) < 0) {
             free(ent.key);
             free(ent.val);
             *err = "embedded store: out of memory while loading";
             goto fail;
         }
-        e->ents[e->n++] = ent;
+        e->map.ents[e->map.n++] = ent; /* sorted below */
         if (ent.rev > e->rev)
             e->rev = ent.rev;
     }
@@ -453,9 +400,8 @@ static int load(struct emb *e, const char **err)
         goto fail;
     }
     closedir(d);
-    if (e->n > 1)
-        qsort(e->ents, e->n, sizeof(*e->ents), cmp_entry);
-    log_info("store: %s: loaded %zu keys, revision %lld%s", e->dir, e->n, (long long)e->rev,
+    store_map_sort(&e->map);
+    log_info("store: %s: loaded %zu keys, revision %lld%s", e->dir, e->map.n, (long long)e->rev,
              skipped ? " (some files skipped, see above)" : "");
     return 0;
 fail:
@@ -497,11 +443,7 @@ static void emb_free(void *impl)
 
     if (e == NULL)
         return;
-    for (size_t i = 0; i < e->n; i++) {
-        free(e->ents[i].key);
-        free(e->ents[i].val);
-    }
-    free(e->ents);
+    store_map_clear(&e->map);
     if (e->dirfd >= 0)
         close(e->dirfd);
     if (e->lockfd >= 0)
@@ -582,7 +524,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
                    int64_t expect_rev, int64_t *new_rev)
 {
     struct emb *e = impl;
-    struct entry *cur;
+    struct store_entry *cur;
     char *kcopy = NULL;
     uint8_t *vcopy = NULL;
     size_t idx;
@@ -594,7 +536,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
      * readers (token lookups on the workers' loops) never wait for a disk. */
     pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
-    cur = find(e, key, &idx);
+    cur = store_map_find(&e->map, key, &idx);
     if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
         (expect_rev > 0 && (cur == NULL || cur->rev != expect_rev))) {
         rc = STORE_CONFLICT;
@@ -606,7 +548,8 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
         goto out;
     if (len > 0)
         memcpy(vcopy, val, len);
-    if (cur == NULL && ((kcopy = strdup(key)) == NULL || reserve(e, e->n + 1) < 0))
+    if (cur == NULL &&
+        ((kcopy = strdup(key)) == NULL || store_map_reserve(&e->map, e->map.n + 1) < 0))
         goto out;
     rev = e->rev + 1;
     pthread_mutex_unlock(&e->mu);
@@ -614,7 +557,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
     pthread_mutex_lock(&e->mu);
     if (wrc < 0)
         goto out;
-    cur = find(e, key, &idx);
+    cur = store_map_find(&e->map, key, &idx);
     e->rev = rev;
     if (cur != NULL) {
         free(cur->val);
@@ -622,9 +565,8 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
         cur->len = len;
         cur->rev = rev;
     } else {
-        memmove(&e->ents[idx + 1], &e->ents[idx], (e->n - idx) * sizeof(*e->ents));
-        e->ents[idx] = (struct entry){ .key = kcopy, .val = vcopy, .len = len, .rev = rev };
-        e->n++;
+        store_map_insert_at(&e->map, idx, (struct store_entry){ .key = kcopy, .val = vcopy,
+                                                               .len = len, .rev = rev });
     }
     kcopy = NULL;
     vcopy = NULL;
@@ -642,21 +584,9 @@ out:
 static int emb_get(void *impl, const char *key, void **val, size_t *len, int64_t *rev)
 {
     struct emb *e = impl;
-    struct entry *cur;
-    size_t idx;
-    int rc = STORE_NOT_FOUND;
 
     pthread_mutex_lock(&e->mu);
-    if ((cur = find(e, key, &idx)) != NULL) {
-        rc = STORE_ERROR;
-        if ((*val = malloc(cur->len ? cur->len : 1)) != NULL) {
-            memcpy(*val, cur->val, cur->len);
-            *len = cur->len;
-            if (rev != NULL)
-                *rev = cur->rev;
-            rc = STORE_OK;
-        }
-    }
+    int rc = store_map_get(&e->map, key, val, len, rev);
     pthread_mutex_unlock(&e->mu);
     return rc;
 }
@@ -664,7 +594,7 @@ static int emb_get(void *impl, const char *key, void **val, size_t *len, int64_t
 static int emb_del(void *impl, const char *key, int64_t expect_rev)
 {
     struct emb *e = impl;
-    struct entry *cur;
+    struct store_entry *cur;
     char name[NAME_LEN + 1];
     size_t idx;
     int64_t rev;
@@ -672,7 +602,7 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev)
 
     pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
-    if ((cur = find(e, key, &idx)) == NULL) {
+    if ((cur = store_map_find(&e->map, key, &idx)) == NULL) {
         rc = STORE_NOT_FOUND;
         goto out;
     }
@@ -698,11 +628,8 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev)
     if (wrc < 0)
         goto out;
     e->rev = rev;
-    cur = find(e, key, &idx);
-    free(cur->key);
-    free(cur->val);
-    memmove(&e->ents[idx], &e->ents[idx + 1], (e->n - idx - 1) * sizeof(*e->ents));
-    e->n--;
+    (void)store_map_find(&e->map, key, &idx);
+    store_map_remove_at(&e->map, idx);
     rc = STORE_OK;
 out:
     pthread_mutex_unlock(&e->mu);
@@ -713,18 +640,9 @@ out:
 static int emb_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
 {
     struct emb *e = impl;
-    size_t plen = strlen(prefix);
-    int count = 0;
 
     pthread_mutex_lock(&e->mu);
-    for (size_t i = lower_bound(e, prefix); i < e->n; i++) {
-        const struct entry *ent = &e->ents[i];
-        if (strncmp(ent->key, prefix, plen) != 0)
-            break;
-        count++;
-        if (cb(ent->key, ent->val, ent->len, ent->rev, arg) != 0)
-            break;
-    }
+    int count = store_map_walk(&e->map, prefix, cb, arg);
     pthread_mutex_unlock(&e->mu);
     return count;
 }

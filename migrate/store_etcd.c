@@ -5,8 +5,8 @@
  *  - Only keys under "/spice-broker/" live here (every key the broker makes,
  *    see snap.c); others are refused with STORE_ERROR.
  *  - At open, everything under the prefix is range-read (in pages, pinned to
- *    the first page's revision) into an in-memory mirror: a sorted array like
- *    store_embedded.c's. store_open fails if no endpoint answers within 3 s.
+ *    the first page's revision) into an in-memory mirror (migrate/store_map.c,
+ *    shared with the embedded back-end). store_open fails if no endpoint answers within 3 s.
  *  - get and walk answer from the mirror under a mutex, never the network.
  *  - put and delete go to etcd synchronously (connect 1 s, total 2 s; writers
  *    are serialized on one reused curl handle): /v3/kv/put, /v3/kv/deleterange,
@@ -52,6 +52,7 @@
 
 #include "common/log.h"
 #include "migrate/store_backend.h"
+#include "migrate/store_map.h"
 
 #define ETCD_PREFIX "/spice-broker/"
 #define ETCD_PREFIX_END "/spice-broker0"     /* the prefix with its last byte + 1 */
@@ -66,20 +67,6 @@
 #define BACKOFF_MAX_MS 2000
 #define WHY_LEN 512
 
-struct entry {
-    char *key;
-    uint8_t *val;               /* NULL for a tombstone */
-    size_t len;
-    int64_t rev;                /* mod revision (for a tombstone: the delete's) */
-    bool dead;                  /* tombstone: hidden from get and walk */
-};
-
-struct map {
-    struct entry *ents;         /* sorted by strcmp(key) */
-    size_t n, cap;
-    size_t ndead;
-};
-
 struct buf {
     char *p;
     size_t len, cap;
@@ -89,7 +76,7 @@ enum watch_end { WATCH_RETRY, WATCH_RESYNC, WATCH_STOPPED };
 
 struct etcd {
     pthread_mutex_t mu;         /* map, applied, cluster; never held across I/O */
-    struct map map;
+    struct store_map map;
     int64_t applied;            /* highest revision the load/watch has reflected */
     char cluster[32];           /* cluster_id, as etcd spells it */
 
@@ -228,138 +215,19 @@ static int kv_decode(const json_t *kv, char **key, uint8_t **val, size_t *len, i
     return 0;
 }
 
-/* ---- the sorted map ---- */
-
-static size_t lower_bound(const struct map *m, const char *key)
-{
-    size_t lo = 0, hi = m->n;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (strcmp(m->ents[mid].key, key) < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-static struct entry *map_find(const struct map *m, const char *key, size_t *idx)
-{
-    size_t i = lower_bound(m, key);
-
-    *idx = i;
-    return i < m->n && strcmp(m->ents[i].key, key) == 0 ? &m->ents[i] : NULL;
-}
-
-static int map_reserve(struct map *m, size_t want)
-{
-    struct entry *n;
-    size_t cap;
-
-    if (want <= m->cap)
-        return 0;
-    cap = m->cap ? m->cap * 2 : 64;
-    while (cap < want)
-        cap *= 2;
-    if ((n = realloc(m->ents, cap * sizeof(*n))) == NULL)
-        return -1;
-    m->ents = n;
-    m->cap = cap;
-    return 0;
-}
-
-/* Sets key to a copy of val at rev, or to a tombstone at rev; -1 when out of memory. */
-static int map_set(struct map *m, const char *key, const uint8_t *val, size_t len,
-                   int64_t rev, bool dead)
-{
-    struct entry *ent;
-    uint8_t *v = NULL;
-    size_t idx;
-
-    if (!dead) {
-        if ((v = malloc(len ? len : 1)) == NULL)
-            return -1;
-        if (len > 0)
-            memcpy(v, val, len);
-    }
-    if ((ent = map_find(m, key, &idx)) == NULL) {
-        char *k = strdup(key);
-        if (k == NULL || map_reserve(m, m->n + 1) < 0) {
-            free(k);
-            free(v);
-            return -1;
-        }
-        memmove(&m->ents[idx + 1], &m->ents[idx], (m->n - idx) * sizeof(*m->ents));
-        m->ents[idx] = (struct entry){ .key = k };
-        m->n++;
-        ent = &m->ents[idx];
-    } else if (ent->dead) {
-        m->ndead--;
-    }
-    free(ent->val);
-    ent->val = v;
-    ent->len = dead ? 0 : len;
-    ent->rev = rev;
-    ent->dead = dead;
-    if (dead)
-        m->ndead++;
-    return 0;
-}
-
-static void map_remove_at(struct map *m, size_t idx)
-{
-    if (m->ents[idx].dead)
-        m->ndead--;
-    free(m->ents[idx].key);
-    free(m->ents[idx].val);
-    memmove(&m->ents[idx], &m->ents[idx + 1], (m->n - idx - 1) * sizeof(*m->ents));
-    m->n--;
-}
-
-/* Drops tombstones the watch has gone past. */
-static void map_purge(struct map *m, int64_t applied)
-{
-    size_t j = 0;
-
-    if (m->ndead == 0)
-        return;
-    for (size_t i = 0; i < m->n; i++) {
-        struct entry *ent = &m->ents[i];
-        if (ent->dead && ent->rev <= applied) {
-            free(ent->key);
-            free(ent->val);
-            m->ndead--;
-            continue;
-        }
-        m->ents[j++] = *ent;
-    }
-    m->n = j;
-}
-
-static void map_clear(struct map *m)
-{
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->ents[i].key);
-        free(m->ents[i].val);
-    }
-    free(m->ents);
-    *m = (struct map){ 0 };
-}
-
 /* What this process learned from one of its own requests: key is val at rev
  * (or absent, dead, as of rev). Skipped when the mirror already knows as much. */
 static void mirror_note(struct etcd *e, const char *key, const uint8_t *val, size_t len,
                         int64_t rev, bool dead)
 {
-    struct entry *ent;
+    struct store_entry *ent;
     size_t idx;
 
     if (rev <= 0)
         return;
     pthread_mutex_lock(&e->mu);
-    if (rev > e->applied && ((ent = map_find(&e->map, key, &idx)) == NULL || ent->rev < rev))
-        if (map_set(&e->map, key, val, len, rev, dead) < 0)
+    if (rev > e->applied && ((ent = store_map_find(&e->map, key, &idx)) == NULL || ent->rev < rev))
+        if (store_map_set(&e->map, key, val, len, rev, dead) < 0)
             log_warnx("store: etcd: out of memory updating the mirror for %s", key);
     pthread_mutex_unlock(&e->mu);
 }
@@ -563,7 +431,7 @@ static bool note_failure_range(struct etcd *e, const char *key, const json_t *re
 
 /* Reads everything under the prefix, at one revision, into m. The first page
  * gets first_ms (all endpoints), each later one RANGE_PAGE_MS. */
-static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct map *m,
+static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct store_map *m,
                      int64_t *rev_out, char cluster[32], char *why)
 {
     char *start = strdup(ETCD_PREFIX);
@@ -614,7 +482,7 @@ static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct 
                 skipped++;
                 continue;
             }
-            if (map_set(m, k, v, len, mrev, false) < 0) {
+            if (store_map_set(m, k, v, len, mrev, false) < 0) {
                 free(k);
                 free(v);
                 json_decref(resp);
@@ -673,39 +541,39 @@ static bool nap(struct etcd *e, long ms)
  * wrote after the range's revision. */
 static int resync(struct etcd *e)
 {
-    struct map m = { 0 };
+    struct store_map m = { 0 };
     char cluster[32] = "", why[WHY_LEN] = "";
     int64_t rev = 0;
 
     if (range_all(e, e->wreq, &e->xep, RANGE_PAGE_MS, &m, &rev, cluster, why) < 0) {
         if (!stopping(e))
             log_warnx("store: etcd: cannot reload the mirror: %s", why);
-        map_clear(&m);
+        store_map_clear(&m);
         return -1;
     }
     pthread_mutex_lock(&e->mu);
     if (strcmp(cluster, e->cluster) == 0) {
         for (size_t i = 0; i < e->map.n; i++) {
-            const struct entry *o = &e->map.ents[i];
-            struct entry *ent;
+            const struct store_entry *o = &e->map.ents[i];
+            struct store_entry *ent;
             size_t idx;
-            if (o->rev <= rev || ((ent = map_find(&m, o->key, &idx)) != NULL && ent->rev >= o->rev))
+            if (o->rev <= rev || ((ent = store_map_find(&m, o->key, &idx)) != NULL && ent->rev >= o->rev))
                 continue;
-            if (map_set(&m, o->key, o->val, o->len, o->rev, o->dead) < 0) {
+            if (store_map_set(&m, o->key, o->val, o->len, o->rev, o->dead) < 0) {
                 pthread_mutex_unlock(&e->mu);
                 log_warnx("store: etcd: out of memory reloading the mirror");
-                map_clear(&m);
+                store_map_clear(&m);
                 return -1;
             }
         }
     } else if (e->cluster[0] != '\0') {
         log_warnx("store: etcd: cluster id changed from %s to %s", e->cluster, cluster);
     }
-    map_clear(&e->map);
+    store_map_clear(&e->map);
     e->map = m;
     e->applied = rev;
     snprintf(e->cluster, sizeof(e->cluster), "%s", cluster);
-    map_purge(&e->map, e->applied);
+    store_map_purge(&e->map, e->applied);
     size_t n = e->map.n - e->map.ndead;
     pthread_mutex_unlock(&e->mu);
     log_info("store: etcd: mirror reloaded at revision %" PRId64 " (%zu keys)", rev, n);
@@ -721,7 +589,7 @@ static int watch_apply(struct etcd *e, const json_t *ev)
     uint8_t *v = NULL;
     size_t len = 0, idx;
     int64_t rev = 0;
-    struct entry *ent;
+    struct store_entry *ent;
     int rc = 0;
 
     if (kv_decode(json_object_get(ev, "kv"), &k, &v, &len, &rev) < 0) {
@@ -729,11 +597,11 @@ static int watch_apply(struct etcd *e, const json_t *ev)
         return 0;
     }
     pthread_mutex_lock(&e->mu);
-    if ((ent = map_find(&e->map, k, &idx)) == NULL || ent->rev < rev) {
+    if ((ent = store_map_find(&e->map, k, &idx)) == NULL || ent->rev < rev) {
         if (del) {
             if (ent != NULL)
-                map_remove_at(&e->map, idx);
-        } else if (map_set(&e->map, k, v, len, rev, false) < 0) {
+                store_map_remove_at(&e->map, idx);
+        } else if (store_map_set(&e->map, k, v, len, rev, false) < 0) {
             rc = -1;
         }
     }
@@ -812,7 +680,7 @@ static bool watch_line(struct etcd *e, const char *line, size_t len)
     }
     if (json_array_size(events) > 0) {
         pthread_mutex_lock(&e->mu);
-        map_purge(&e->map, e->applied);
+        store_map_purge(&e->map, e->applied);
         pthread_mutex_unlock(&e->mu);
     }
     keep = true;
@@ -970,7 +838,7 @@ static void etcd_free(void *impl)
     for (size_t i = 0; i < e->neps; i++)
         free(e->eps[i]);
     free(e->line.p);
-    map_clear(&e->map);
+    store_map_clear(&e->map);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->wmu);
     pthread_mutex_destroy(&e->smu);
@@ -1075,42 +943,52 @@ fail:
 
 /* ---- operations ---- */
 
+/* One write (put or delete) to etcd: path with body (consumed), on the
+ * writers' handle. NULL, with a log line naming what and key, when it could
+ * not be made or etcd did not answer. */
+static json_t *write_request(struct etcd *e, const char *what, const char *key,
+                             const char *path, char *body)
+{
+    char why[WHY_LEN] = "";
+    json_t *resp = NULL;
+
+    if (!key_in_prefix(key)) {
+        free(body);
+        log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, key);
+        return NULL;
+    }
+    if (body == NULL) {
+        log_warnx("store: etcd: %s %s: out of memory", what, key);
+        return NULL;
+    }
+    pthread_mutex_lock(&e->wmu);
+    int rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
+    pthread_mutex_unlock(&e->wmu);
+    free(body);
+    if (rc < 0) {
+        log_warnx("store: etcd: %s %s failed: %s", what, key, why);
+        return NULL;
+    }
+    return resp;
+}
+
 static int etcd_put(void *impl, const char *key, const void *val, size_t len,
                     int64_t expect_rev, int64_t *new_rev)
 {
     struct etcd *e = impl;
-    char why[WHY_LEN] = "";
-    json_t *resp = NULL;
-    const char *path;
-    char *body;
-    int64_t rev;
-    int rc;
-
-    if (!key_in_prefix(key)) {
-        log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, key);
-        return STORE_ERROR;
-    }
     json_t *kv = json_pack("{s:o, s:o}", "key", jb64(key, strlen(key)), "value", jb64(val, len));
-    if (expect_rev == STORE_ANY_REV) {
-        path = "/v3/kv/put";
-        body = dump(kv);
-    } else {
-        path = "/v3/kv/txn";
-        body = kv != NULL ? txn_body(key, expect_rev, json_pack("{s:o}", "request_put", kv)) : NULL;
-    }
-    if (body == NULL) {
-        log_warnx("store: etcd: put %s: out of memory", key);
+    json_t *resp;
+
+    if (expect_rev == STORE_ANY_REV)
+        resp = write_request(e, "put", key, "/v3/kv/put", dump(kv));
+    else
+        resp = write_request(e, "put", key, "/v3/kv/txn",
+                             kv != NULL ? txn_body(key, expect_rev,
+                                                   json_pack("{s:o}", "request_put", kv))
+                                        : NULL);
+    if (resp == NULL)
         return STORE_ERROR;
-    }
-    pthread_mutex_lock(&e->wmu);
-    rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
-    pthread_mutex_unlock(&e->wmu);
-    free(body);
-    if (rc < 0) {
-        log_warnx("store: etcd: put %s failed: %s", key, why);
-        return STORE_ERROR;
-    }
-    rev = header_rev(resp);
+    int64_t rev = header_rev(resp);
     if (expect_rev != STORE_ANY_REV && !json_is_true(json_object_get(resp, "succeeded"))) {
         note_failure_range(e, key, resp);
         json_decref(resp);
@@ -1130,21 +1008,9 @@ static int etcd_put(void *impl, const char *key, const void *val, size_t len,
 static int etcd_get(void *impl, const char *key, void **val, size_t *len, int64_t *rev)
 {
     struct etcd *e = impl;
-    struct entry *ent;
-    size_t idx;
-    int rc = STORE_NOT_FOUND;
 
     pthread_mutex_lock(&e->mu);
-    if ((ent = map_find(&e->map, key, &idx)) != NULL && !ent->dead) {
-        rc = STORE_ERROR;
-        if ((*val = malloc(ent->len ? ent->len : 1)) != NULL) {
-            memcpy(*val, ent->val, ent->len);
-            *len = ent->len;
-            if (rev != NULL)
-                *rev = ent->rev;
-            rc = STORE_OK;
-        }
-    }
+    int rc = store_map_get(&e->map, key, val, len, rev);
     pthread_mutex_unlock(&e->mu);
     return rc;
 }
@@ -1152,38 +1018,19 @@ static int etcd_get(void *impl, const char *key, void **val, size_t *len, int64_
 static int etcd_del(void *impl, const char *key, int64_t expect_rev)
 {
     struct etcd *e = impl;
-    char why[WHY_LEN] = "";
-    json_t *resp = NULL;
-    const char *path;
-    char *body;
+    json_t *resp;
     int rc;
 
-    if (!key_in_prefix(key)) {
-        log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, key);
+    if (expect_rev == STORE_ANY_REV)
+        resp = write_request(e, "delete", key, "/v3/kv/deleterange",
+                             dump(json_pack("{s:o}", "key", jb64(key, strlen(key)))));
+    else /* absent: "delete if it does not exist" is NOT_FOUND or CONFLICT, no write */
+        resp = write_request(e, "delete", key, "/v3/kv/txn",
+                             txn_body(key, expect_rev, expect_rev == STORE_ABSENT_REV ? NULL :
+                                      json_pack("{s:{s:o}}", "request_delete_range", "key",
+                                                jb64(key, strlen(key)))));
+    if (resp == NULL)
         return STORE_ERROR;
-    }
-    if (expect_rev == STORE_ANY_REV) {
-        path = "/v3/kv/deleterange";
-        body = dump(json_pack("{s:o}", "key", jb64(key, strlen(key))));
-    } else {
-        /* absent: "delete if it does not exist" is NOT_FOUND or CONFLICT, no write */
-        path = "/v3/kv/txn";
-        body = txn_body(key, expect_rev, expect_rev == STORE_ABSENT_REV ? NULL :
-                        json_pack("{s:{s:o}}", "request_delete_range", "key",
-                                  jb64(key, strlen(key))));
-    }
-    if (body == NULL) {
-        log_warnx("store: etcd: delete %s: out of memory", key);
-        return STORE_ERROR;
-    }
-    pthread_mutex_lock(&e->wmu);
-    rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
-    pthread_mutex_unlock(&e->wmu);
-    free(body);
-    if (rc < 0) {
-        log_warnx("store: etcd: delete %s failed: %s", key, why);
-        return STORE_ERROR;
-    }
     if (expect_rev == STORE_ANY_REV) {
         rc = jint(resp, "deleted") > 0 ? STORE_OK : STORE_NOT_FOUND;
         mirror_note(e, key, NULL, 0, header_rev(resp), true);
@@ -1200,20 +1047,9 @@ static int etcd_del(void *impl, const char *key, int64_t expect_rev)
 static int etcd_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
 {
     struct etcd *e = impl;
-    size_t plen = strlen(prefix);
-    int count = 0;
 
     pthread_mutex_lock(&e->mu);
-    for (size_t i = lower_bound(&e->map, prefix); i < e->map.n; i++) {
-        const struct entry *ent = &e->map.ents[i];
-        if (strncmp(ent->key, prefix, plen) != 0)
-            break;
-        if (ent->dead)
-            continue;
-        count++;
-        if (cb(ent->key, ent->val, ent->len, ent->rev, arg) != 0)
-            break;
-    }
+    int count = store_map_walk(&e->map, prefix, cb, arg);
     pthread_mutex_unlock(&e->mu);
     return count;
 }
