@@ -46,13 +46,14 @@
 /* ------------------------------------------------------------------ the site */
 
 struct web_file {
-    char *path;          /* URL path, "/spice_auto.html" */
+    char *path;          /* the file under the root, "/usr/share/spice-html5/main.js" */
     uint8_t *body;
     size_t len;
     const char *mime;
 };
 
 struct web_site {
+    char root[512];         /* without a trailing '/' */
     struct web_file *files; /* sorted by path */
     size_t n, cap, bytes;
 };
@@ -62,8 +63,7 @@ static int file_cmp(const void *a, const void *b)
     return strcmp(((const struct web_file *)a)->path, ((const struct web_file *)b)->path);
 }
 
-static int site_add(struct web_site *site, const char *fs_path, const char *url_path,
-                    const char **err)
+static int site_add(struct web_site *site, const char *fs_path, const char **err)
 {
     int fd = open(fs_path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -92,7 +92,7 @@ static int site_add(struct web_site *site, const char *fs_path, const char *url_
     struct web_file *f = &site->files[site->n];
     f->len = (size_t)st.st_size;
     f->body = malloc(f->len ? f->len : 1);
-    f->path = strdup(url_path);
+    f->path = strdup(fs_path);
     size_t got = 0;
     while (f->body != NULL && got < f->len) {
         ssize_t r = read(fd, f->body + got, f->len - got);
@@ -107,14 +107,13 @@ static int site_add(struct web_site *site, const char *fs_path, const char *url_
         *err = "cannot read a file of the web root";
         return -1;
     }
-    f->mime = http_mime_type(url_path);
+    f->mime = http_mime_type(fs_path);
     site->n++;
     site->bytes += f->len;
     return 0;
 }
 
-static int site_walk(struct web_site *site, const char *dir, const char *url_dir, int depth,
-                     const char **err)
+static int site_walk(struct web_site *site, const char *dir, int depth, const char **err)
 {
     DIR *d = opendir(dir);
     if (d == NULL) {
@@ -126,18 +125,17 @@ static int site_walk(struct web_site *site, const char *dir, const char *url_dir
     while (rc == 0 && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.')
             continue; /* ".", "..", hidden files */
-        char fs[4096], url[4096];
-        if ((size_t)snprintf(fs, sizeof(fs), "%s/%s", dir, e->d_name) >= sizeof(fs) ||
-            (size_t)snprintf(url, sizeof(url), "%s/%s", url_dir, e->d_name) >= sizeof(url))
+        char fs[4096];
+        if ((size_t)snprintf(fs, sizeof(fs), "%s/%s", dir, e->d_name) >= sizeof(fs))
             continue;
         struct stat st;
         if (stat(fs, &st) != 0)
             continue;
         if (S_ISDIR(st.st_mode)) {
             if (depth < SITE_MAX_DEPTH)
-                rc = site_walk(site, fs, url, depth + 1, err);
+                rc = site_walk(site, fs, depth + 1, err);
         } else {
-            rc = site_add(site, fs, url, err);
+            rc = site_add(site, fs, err);
         }
     }
     closedir(d);
@@ -151,7 +149,19 @@ struct web_site *web_site_load(const char *root, const char **err)
         *err = "out of memory";
         return NULL;
     }
-    if (site_walk(site, root, "", 0, err) < 0) {
+    /* Files are found by the path http_static_path() makes of a URL under
+     * this root: the same spelling as the walk's. */
+    size_t rl = strlen(root);
+    while (rl > 1 && root[rl - 1] == '/')
+        rl--;
+    if (rl >= sizeof(site->root)) {
+        *err = "the web root's path is too long";
+        web_site_free(site);
+        return NULL;
+    }
+    memcpy(site->root, root, rl);
+    site->root[rl] = '\0';
+    if (site_walk(site, site->root, 0, err) < 0) {
         web_site_free(site);
         return NULL;
     }
@@ -176,11 +186,14 @@ size_t web_site_count(const struct web_site *site)
     return site ? site->n : 0;
 }
 
-static const struct web_file *site_find(const struct web_site *site, const char *path)
+/* The file a URL path names, or NULL (also for paths http_static_path()
+ * refuses: traversal, hidden files, encoded slashes...). */
+static const struct web_file *site_find(const struct web_site *site, const char *url_path)
 {
-    if (site == NULL)
+    char fs[sizeof(site->root) + HTTP_MAX_PATH + 2];
+    if (site == NULL || http_static_path(site->root, url_path, fs, sizeof(fs)) < 0)
         return NULL;
-    struct web_file key = { .path = (char *)path };
+    struct web_file key = { .path = fs };
     return bsearch(&key, site->files, site->n, sizeof(key), file_cmp);
 }
 
@@ -591,12 +604,7 @@ static void on_head(struct web_conn *wc)
         OPENSSL_cleanse(token, sizeof(token));
         return;
     }
-    /* The site's table is keyed by decoded URL paths: decode through
-     * http_static_path with a one-character root, then drop it. */
-    char decoded[HTTP_MAX_PATH + 2];
-    const struct web_file *f = NULL;
-    if (http_static_path("R", req.path, decoded, sizeof(decoded)) == 0)
-        f = site_find(wc->ww->site, decoded + 1);
+    const struct web_file *f = site_find(wc->ww->site, req.path);
     if (f == NULL) {
         reply_error(wc, 404, "Not Found", "not found");
         return;
