@@ -1201,6 +1201,18 @@ class MigSession:
     def session(self):
         return self.broker.session_of(self.instance)
 
+    def migrate_prepared(self, src, dst, migrations=1):
+        """prepare --wait toward dst, migrate src -> dst (no limit), wait for
+        completion, session list backend = dst with `migrations`, dst running;
+        then stop src (as libvirt does). Returns the Migration."""
+        self.prepare(dst)
+        m = Migration(src, dst).start()
+        m.wait(("completed",), timeout=30)
+        self.wait_backend(dst, migrations)
+        wait_until(lambda: dst.status() == "running", 5, what="destination running")
+        src.stop()
+        return m
+
     def wait_backend(self, qemu, migrations, timeout=10.0):
         """Wait for session list: backend = qemu's SPICE port, migrations = n."""
         want = "127.0.0.1:%d" % qemu.spice_port

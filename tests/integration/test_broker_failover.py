@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from harness import (Broker, Etcd, MigSession, Migration, Qemu, check, good_session, log,
+from harness import (Broker, Etcd, MigSession, Qemu, check, good_session, log,
                      no_direct, run, wait_until)
 
 
@@ -28,12 +28,7 @@ def test(env):
     dst = Qemu.dest_like(src, "dst").start()
     ms = MigSession(env, src, tag="failover", broker=a)
     sid = ms.session()["id"]
-    ms.prepare(dst)
-    m = Migration(src, dst).start()
-    m.wait(("completed",), timeout=30)
-    ms.wait_backend(dst, 1)
-    wait_until(lambda: dst.status() == "running", 5, what="destination running")
-    src.stop()
+    ms.migrate_prepared(src, dst)
     log("migrated %s -> %s through A; source stopped" % (src.name, dst.name))
 
     t_kill = time.monotonic()

@@ -23,7 +23,7 @@ import http.client
 import sys
 import time
 
-from harness import (Broker, MigSession, Migration, Qemu, check, check_not_logged, free_port,
+from harness import (Broker, MigSession, Qemu, check, check_not_logged, free_port,
                      log, no_direct, run, token, wait_until)
 from html5 import Html5Client, auto_url, ensure_node_modules, key_bytes
 
@@ -71,12 +71,7 @@ def test(env):
     s = wait_until(lambda: ms.session(), 15, what="the browser's session in session list")
     log("session list: %s via %s, client %s" % ("%08x" % s["id"], s["backend"], s["client"]))
     time.sleep(4.0)                  # page up, keys typed
-    ms.prepare(dst)
-    m = Migration(src, dst).start()
-    m.wait(("completed",), timeout=30)
-    ms.wait_backend(dst, 1)
-    wait_until(lambda: dst.status() == "running", 5, what="destination running")
-    src.stop()
+    ms.migrate_prepared(src, dst)
     log("migrated under the browser; source stopped")
     r = h.finish()
     sm = r["summary"]
