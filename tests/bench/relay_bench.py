@@ -315,18 +315,23 @@ class Bench:
 
 # ---------------------------------------------------------------- relays
 
-def start_broker(args, procs, tmp, server_port):
+def start_broker(args, procs, tmp, server_port, name="broker", workers=2, extra=()):
+    """spice-broker (its files under tmp/name) with a token "bench" for
+    server_port; extra: more options. Returns (proc, native port)."""
     broker = args.broker or os.path.join(args.build_dir, "broker", "spice-broker")
     ctl = args.brokerctl or os.path.join(os.path.dirname(broker), "spice-brokerctl")
     if not (os.access(broker, os.X_OK) and os.access(ctl, os.X_OK)):
         raise Skip("not built")
     port = free_port()
+    tmp = os.path.join(tmp, name)
+    os.makedirs(tmp, exist_ok=True)
     admin = f"unix:{tmp}/admin.sock"
-    p = procs.start("broker", [broker, "--listen", f"127.0.0.1:{port}", "--admin", admin,
-                               "--store", f"embedded:{tmp}/store", "--workers", "2",
-                               "--log-level", "warn"] + shlex.split(args.broker_args or ""), tmp)
+    p = procs.start(name, [broker, "--listen", f"127.0.0.1:{port}", "--admin", admin,
+                           "--store", f"embedded:{tmp}/store", "--workers", str(workers),
+                           "--log-level", "warn"] + list(extra)
+                    + shlex.split(args.broker_args or ""), tmp)
     if not wait_port(port, 10, p):
-        raise Skip(f"did not start (rc={p.poll()}): {tail(os.path.join(tmp, 'broker.err'))}")
+        raise Skip(f"did not start (rc={p.poll()}): {tail(os.path.join(tmp, name + '.err'))}")
     try:
         r = subprocess.run([ctl, "--admin", admin, "token", "add", TOKEN, "--host", "127.0.0.1",
                             "--port", str(server_port)], capture_output=True, text=True, timeout=10)

@@ -40,8 +40,17 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from relay_bench import (CLK_TCK, Procs, Skip, cpu_seconds, free_port,  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "integration"))
+from harness import rsa_oaep_encrypt  # noqa: E402
+from relay_bench import (CLK_TCK, Procs, Skip, cpu_seconds, fmt, free_port,  # noqa: E402
                          log, proc_tree, tail, wait_port)
+import relay_bench  # noqa: E402
+
+
+def ticket(spki, password):
+    """What spice-gtk sends: the password and its NUL, RSA-OAEP(SHA-1)."""
+    return rsa_oaep_encrypt(spki, password.encode() + b"\0")
 
 TOKEN = "bench"
 
@@ -63,51 +72,9 @@ class LinkError(Exception):
     pass
 
 
-# ---------------------------------------------------------------- ticket (RSA-OAEP-SHA1, stdlib)
-
-def _der(b, i):
-    tag, ln = b[i], b[i + 1]
-    i += 2
-    if ln & 0x80:
-        nb = ln & 0x7F
-        ln = int.from_bytes(b[i:i + nb], "big")
-        i += nb
-    return tag, i, i + ln
-
-
-def rsa_pub(spki):
-    """(n, e) of a DER SubjectPublicKeyInfo holding an RSA key."""
-    _, i, _ = _der(spki, 0)          # SEQUENCE
-    _, _, j = _der(spki, i)          # AlgorithmIdentifier (skipped)
-    tag, i, _ = _der(spki, j)        # BIT STRING
-    if tag != 0x03:
-        raise LinkError("bad public key")
-    _, i, _ = _der(spki, i + 1)      # (unused-bits byte) SEQUENCE
-    _, a, b = _der(spki, i)          # INTEGER n
-    n = int.from_bytes(spki[a:b], "big")
-    _, a, c = _der(spki, b)          # INTEGER e
-    return n, int.from_bytes(spki[a:c], "big")
-
-
-def _mgf1(seed, ln):
-    out = b"".join(hashlib.sha1(seed + struct.pack(">I", c)).digest() for c in range((ln + 19) // 20))
-    return out[:ln]
-
-
-def _xor(a, b):
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
-
-
-def ticket(spki, password):
-    """What spice-gtk sends: the password and its NUL, RSA-OAEP(SHA-1)."""
-    n, e = rsa_pub(spki)
-    k = (n.bit_length() + 7) // 8
-    msg = password.encode() + b"\0"
-    db = hashlib.sha1(b"").digest() + b"\0" * (k - len(msg) - 42) + b"\x01" + msg
-    seed = os.urandom(20)
-    mdb = _xor(db, _mgf1(seed, k - 21))
-    em = b"\0" + _xor(seed, _mgf1(mdb, 20)) + mdb
-    return pow(int.from_bytes(em, "big"), e, n).to_bytes(k, "big")
+def _xor(data, mask):
+    """data XOR mask (mask repeated to data's length), as big integers: fast in CPython."""
+    return (int.from_bytes(data, "big") ^ int.from_bytes(mask, "big")).to_bytes(len(data), "big")
 
 
 def thread_cpu(pid):
@@ -563,33 +530,17 @@ class Bench:
 # ---------------------------------------------------------------- proxies
 
 def start_broker(a, procs, tmp, server_port, workers, name="broker"):
-    broker = a.broker or os.path.join(a.build_dir, "broker", "spice-broker")
-    ctl = a.brokerctl or os.path.join(os.path.dirname(broker), "spice-brokerctl")
-    if not (os.access(broker, os.X_OK) and os.access(ctl, os.X_OK)):
-        raise Skip("not built")
-    port, wport = free_port(), free_port()
-    while wport == port:
-        wport = free_port()
+    """relay_bench's broker, with the browser port on too: (proc, port, web port)."""
+    wport = free_port()
     root = os.path.join(tmp, "webroot")
     os.makedirs(root, exist_ok=True)
-    tmp = os.path.join(tmp, name)
-    os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(root, "index.html"), "w") as f:
         f.write("<html><body>ws_bench</body></html>\n")
-    admin = f"unix:{tmp}/admin.sock"
-    p = procs.start(name, [broker, "--listen", f"127.0.0.1:{port}", "--web-listen", f"127.0.0.1:{wport}",
-                               "--web-root", root, "--admin", admin, "--store", f"embedded:{tmp}/store",
-                               "--workers", str(workers), "--log-level", "warn"]
-                    + (a.broker_args.split() if a.broker_args else []), tmp)
-    if not (wait_port(port, 10, p) and wait_port(wport, 5, p)):
-        raise Skip(f"did not start (rc={p.poll()}): {tail(os.path.join(tmp, name + '.err'))}")
-    try:
-        r = subprocess.run([ctl, "--admin", admin, "token", "add", TOKEN, "--host", "127.0.0.1",
-                            "--port", str(server_port)], capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        raise Skip("spice-brokerctl token add timed out")
-    if r.returncode != 0:
-        raise Skip(f"token add failed: {(r.stderr or r.stdout).strip()[-200:]}")
+    p, port = relay_bench.start_broker(a, procs, tmp, server_port, name=name, workers=workers,
+                                       extra=["--web-listen", f"127.0.0.1:{wport}",
+                                              "--web-root", root])
+    if not wait_port(wport, 5, p):
+        raise Skip(f"no browser port (rc={p.poll()}): {tail(os.path.join(tmp, name, name + '.err'))}")
     return p, port, wport
 
 
@@ -614,10 +565,6 @@ def websockify_version(exe):
 
 
 # ---------------------------------------------------------------- report
-
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
 
 def ratio(x, y):
     return round(x / y, 3) if x is not None and y else None
