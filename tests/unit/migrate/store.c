@@ -20,6 +20,7 @@
 
 #include "common/log.h"
 #include "migrate/store.h"
+#include "store_check.h"
 
 struct fixture {
     char dir[256];      /* the test's temporary directory */
@@ -67,26 +68,6 @@ static struct store *open_ok(struct fixture *f)
     if (s == NULL)
         fail_msg("store_open(%s): %s", f->spec, err);
     return s;
-}
-
-static void put_str(struct store *s, const char *key, const char *val, int64_t expect,
-                    int64_t *rev, int want)
-{
-    assert_int_equal(store_put(s, key, val, strlen(val), expect, rev), want);
-}
-
-static void expect_val(struct store *s, const char *key, const char *want, int64_t want_rev)
-{
-    void *val = NULL;
-    size_t len = 0;
-    int64_t rev = 0;
-
-    assert_int_equal(store_get(s, key, &val, &len, &rev), STORE_OK);
-    assert_int_equal(len, strlen(want));
-    assert_memory_equal(val, want, len);
-    if (want_rev > 0)
-        assert_int_equal(rev, want_rev);
-    free(val);
 }
 
 /* ---- spec parsing ---- */
@@ -194,25 +175,6 @@ static void test_cas(void **state)
 }
 
 /* ---- walk ---- */
-
-struct walk_log {
-    char keys[16][64];
-    int n;
-    int stop_after;     /* 0 = never */
-};
-
-static int walk_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
-{
-    struct walk_log *w = arg;
-
-    assert_true(rev > 0);
-    assert_int_equal(len, strlen(key));        /* values are the keys here */
-    assert_memory_equal(val, key, len);
-    assert_true(w->n < 16);
-    snprintf(w->keys[w->n], sizeof(w->keys[0]), "%s", key);
-    w->n++;
-    return w->stop_after != 0 && w->n >= w->stop_after;
-}
 
 static void test_walk_prefix_order(void **state)
 {
@@ -439,60 +401,6 @@ static void test_locked_dir(void **state)
 #define N_THREADS 4
 #define N_PUTS 100
 
-struct worker_arg {
-    struct store *s;
-    int id;
-    int64_t last_rev;
-    int failures;
-};
-
-static void *worker(void *p)
-{
-    struct worker_arg *a = p;
-    char key[64], val[64];
-
-    for (int i = 0; i < N_PUTS; i++) {
-        int64_t rev = 0;
-        snprintf(key, sizeof(key), "/t/%d/%03d", a->id, i);
-        snprintf(val, sizeof(val), "v%d.%d", a->id, i);
-        if (store_put(a->s, key, val, strlen(val), STORE_ABSENT_REV, &rev) != STORE_OK ||
-            rev <= a->last_rev)
-            a->failures++;
-        a->last_rev = rev;
-        /* and a contended counter everyone CASes on */
-        for (;;) {
-            void *cur = NULL;
-            size_t len = 0;
-            int64_t crev = 0;
-            int r = store_get(a->s, "/t/counter", &cur, &len, &crev);
-            unsigned long n = 0;
-            if (r == STORE_OK) {
-                char tmp[32];
-                snprintf(tmp, sizeof(tmp), "%.*s", (int)len, (char *)cur);
-                n = strtoul(tmp, NULL, 10);
-                free(cur);
-            } else {
-                crev = STORE_ABSENT_REV;
-            }
-            snprintf(val, sizeof(val), "%lu", n + 1);
-            r = store_put(a->s, "/t/counter", val, strlen(val), crev, NULL);
-            if (r == STORE_OK)
-                break;
-            if (r != STORE_CONFLICT) {
-                a->failures++;
-                break;
-            }
-        }
-    }
-    return NULL;
-}
-
-static int count_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
-{
-    (void)key; (void)val; (void)len; (void)rev; (void)arg;
-    return 0;
-}
-
 static void test_concurrent_puts(void **state)
 {
     struct fixture *f = *state;
@@ -502,7 +410,7 @@ static void test_concurrent_puts(void **state)
 
     f->s = open_ok(f);
     for (int i = 0; i < N_THREADS; i++) {
-        args[i] = (struct worker_arg){ .s = f->s, .id = i };
+        args[i] = (struct worker_arg){ .s = f->s, .prefix = "/t/", .puts = N_PUTS, .id = i };
         assert_int_equal(pthread_create(&th[i], NULL, worker, &args[i]), 0);
     }
     for (int i = 0; i < N_THREADS; i++) {

@@ -36,6 +36,7 @@
 
 #include "common/log.h"
 #include "migrate/store.h"
+#include "store_check.h"
 
 #define ETCD_BIN "/usr/bin/etcd"
 #define STORE_MAX_VALUE (1024 * 1024)   /* as migrate/store_backend.h */
@@ -300,26 +301,6 @@ static struct store *open_spec(const char *spec)
 static struct store *open_ok(void)
 {
     return open_spec(g.spec);
-}
-
-static void put_str(struct store *s, const char *key, const char *val, int64_t expect,
-                    int64_t *rev, int want)
-{
-    assert_int_equal(store_put(s, key, val, strlen(val), expect, rev), want);
-}
-
-static void expect_val(struct store *s, const char *key, const char *want, int64_t want_rev)
-{
-    void *val = NULL;
-    size_t len = 0;
-    int64_t rev = 0;
-
-    assert_int_equal(store_get(s, key, &val, &len, &rev), STORE_OK);
-    assert_int_equal(len, strlen(want));
-    assert_memory_equal(val, want, len);
-    if (want_rev > 0)
-        assert_int_equal(rev, want_rev);
-    free(val);
 }
 
 /* Polls s until key holds want (NULL: is absent), up to ms; true if it did. */
@@ -627,25 +608,6 @@ static void test_cas(void **state)
     expect_val(f->a, "/spice-broker/cas/k", "v4", r3);
 }
 
-struct walk_log {
-    char keys[16][64];
-    int n;
-    int stop_after;     /* 0 = never */
-};
-
-static int walk_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
-{
-    struct walk_log *w = arg;
-
-    assert_true(rev > 0);
-    assert_int_equal(len, strlen(key));        /* values are the keys here */
-    assert_memory_equal(val, key, len);
-    assert_true(w->n < 16);
-    snprintf(w->keys[w->n], sizeof(w->keys[0]), "%s", key);
-    w->n++;
-    return w->stop_after != 0 && w->n >= w->stop_after;
-}
-
 static void check_walks(struct store *s)
 {
     struct walk_log w = { 0 };
@@ -812,60 +774,6 @@ static void test_two_instances_watch(void **state)
 #define N_THREADS 4
 #define N_PUTS 25
 
-struct worker_arg {
-    struct store *s;
-    int id;
-    int64_t last_rev;
-    int failures;
-};
-
-static void *worker(void *p)
-{
-    struct worker_arg *a = p;
-    char key[64], val[64];
-
-    for (int i = 0; i < N_PUTS; i++) {
-        int64_t rev = 0;
-        snprintf(key, sizeof(key), "/spice-broker/conc/%d/%03d", a->id, i);
-        snprintf(val, sizeof(val), "v%d.%d", a->id, i);
-        if (store_put(a->s, key, val, strlen(val), STORE_ABSENT_REV, &rev) != STORE_OK ||
-            rev <= a->last_rev)
-            a->failures++;
-        a->last_rev = rev;
-        /* and a contended counter everyone CASes on, through two stores */
-        for (int tries = 0; ; tries++) {
-            void *cur = NULL;
-            size_t len = 0;
-            int64_t crev = 0;
-            int r = store_get(a->s, "/spice-broker/conc/counter", &cur, &len, &crev);
-            unsigned long n = 0;
-            if (r == STORE_OK) {
-                char tmp[32];
-                snprintf(tmp, sizeof(tmp), "%.*s", (int)len, (char *)cur);
-                n = strtoul(tmp, NULL, 10);
-                free(cur);
-            } else {
-                crev = STORE_ABSENT_REV;
-            }
-            snprintf(val, sizeof(val), "%lu", n + 1);
-            r = store_put(a->s, "/spice-broker/conc/counter", val, strlen(val), crev, NULL);
-            if (r == STORE_OK)
-                break;
-            if (r != STORE_CONFLICT || tries > 1000) {
-                a->failures++;
-                break;
-            }
-        }
-    }
-    return NULL;
-}
-
-static int count_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
-{
-    (void)key; (void)val; (void)len; (void)rev; (void)arg;
-    return 0;
-}
-
 static void test_concurrent_puts(void **state)
 {
     struct fixture *f = *state;
@@ -876,7 +784,8 @@ static void test_concurrent_puts(void **state)
     f->a = open_ok();
     f->b = open_ok();
     for (int i = 0; i < N_THREADS; i++) {
-        args[i] = (struct worker_arg){ .s = i % 2 ? f->b : f->a, .id = i };
+        args[i] = (struct worker_arg){ .s = i % 2 ? f->b : f->a, .prefix = "/spice-broker/conc/",
+                                       .puts = N_PUTS, .id = i };
         assert_int_equal(pthread_create(&th[i], NULL, worker, &args[i]), 0);
     }
     for (int i = 0; i < N_THREADS; i++) {
