@@ -453,13 +453,25 @@ def report(results, direct, meta):
                 print(f"{r['path']}: {k}: {r[k]}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(ap):
+    """The options every relay-style bench takes (the binaries it runs)."""
     ap.add_argument("--build-dir", required=True, help="meson build dir (spice_peer, broker)")
     ap.add_argument("--peer", help="spice_peer binary (default BUILD/tests/bench/spice_peer)")
     ap.add_argument("--broker", help="spice-broker binary (default BUILD/broker/spice-broker)")
     ap.add_argument("--brokerctl", help="spice-brokerctl binary (default next to the broker)")
     ap.add_argument("--broker-args", help="extra spice-broker options, e.g. '--buffer-size 262144'")
+
+
+def find_peer(a, prog):
+    """a.peer, defaulted from the build dir; exits when it is not built."""
+    a.peer = a.peer or os.path.join(a.build_dir, "tests", "bench", "spice_peer")
+    if not os.access(a.peer, os.X_OK):
+        sys.exit(f"{prog}: {a.peer} not found; build bench_peer_exe first")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
     ap.add_argument("--paths", default="direct,broker,haproxy,nginx")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3)
@@ -470,9 +482,7 @@ def main():
     ap.add_argument("--parallel", type=int, default=4, help="linkrate client processes")
     ap.add_argument("--budget", type=float, default=170, help="whole-run time bound, seconds")
     a = ap.parse_args()
-    a.peer = a.peer or os.path.join(a.build_dir, "tests", "bench", "spice_peer")
-    if not os.access(a.peer, os.X_OK):
-        sys.exit(f"relay_bench: {a.peer} not found; build bench_peer_exe first")
+    find_peer(a, "relay_bench")
     a.runs = max(1, min(a.runs, 10))
     a.seconds = max(0.5, min(a.seconds, 20))
     a.latency_runs = max(1, min(a.latency_runs, 10))

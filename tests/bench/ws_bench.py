@@ -646,11 +646,7 @@ def report(results, meta):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build-dir", required=True, help="meson build dir (spice_peer, broker)")
-    ap.add_argument("--peer", help="spice_peer binary (default BUILD/tests/bench/spice_peer)")
-    ap.add_argument("--broker", help="spice-broker binary (default BUILD/broker/spice-broker)")
-    ap.add_argument("--brokerctl", help="spice-brokerctl binary (default next to the broker)")
-    ap.add_argument("--broker-args", help="extra spice-broker options")
+    relay_bench.add_common_args(ap)
     ap.add_argument("--websockify", help="websockify executable (default: from PATH)")
     ap.add_argument("--workers", type=int, default=2, help="broker --workers (not the -w1 paths)")
     ap.add_argument("--paths", default="ws-broker,websockify,native,direct,ws-broker-w1,native-c,direct-c",
@@ -663,9 +659,7 @@ def main():
     ap.add_argument("--latency-runs", type=int, default=3, help="0 = no round trips")
     ap.add_argument("--budget", type=float, default=200, help="whole-run time bound, seconds")
     a = ap.parse_args()
-    a.peer = a.peer or os.path.join(a.build_dir, "tests", "bench", "spice_peer")
-    if not os.access(a.peer, os.X_OK):
-        sys.exit(f"ws_bench: {a.peer} not found; build bench_peer_exe first")
+    relay_bench.find_peer(a, "ws_bench")
     a.runs = max(1, min(a.runs, 20))
     a.seconds = max(0.5, min(a.seconds, 20))
     a.latency_runs = max(0, min(a.latency_runs, 10))
