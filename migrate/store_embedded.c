@@ -282,6 +282,7 @@ static const char *parse_key_file(const char *name, const uint8_t *buf, size_t l
     uint32_t klen, vlen;
     int64_t rev;
 
+    *out = (struct store_entry){ 0 };
     if (len < KV_HDR_LEN || memcmp(buf, KV_MAGIC, 4) != 0)
         return "bad magic";
     if (get_u16(buf + 4) != FORMAT_VERSION)
