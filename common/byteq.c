@@ -1,4 +1,4 @@
-/* common/byteq.c: the bridges' byte queue (see byteq.h). */
+/* common/byteq.c: the transports' byte queue (see byteq.h). */
 #include "common/byteq.h"
 
 #include <errno.h>
@@ -16,7 +16,7 @@ int byteq_append(struct byteq *q, const void *data, size_t n)
             q->len -= q->off;
             q->off = 0;
         }
-        size_t nc = q->cap ? q->cap : 65536;
+        size_t nc = q->cap ? q->cap : 4096;
         while (nc < q->len + n)
             nc *= 2;
         if (nc > q->cap) {

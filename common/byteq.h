@@ -1,6 +1,7 @@
-/* common/byteq.h: a byte queue for the bridges (broker/web.c, broker/tls.c):
- * bytes one side produced that the other side's socket has not taken yet.
- * Grows by doubling, reuses its space once drained; not thread-safe. */
+/* common/byteq.h: a byte queue for the transports (session/transport.c):
+ * bytes of their own (a TLS record, a WebSocket control frame) that the
+ * socket has not taken yet. Grows by doubling, reuses its space once
+ * drained; byteq_free() gives it back. Not thread-safe. */
 #ifndef SB_BYTEQ_H
 #define SB_BYTEQ_H
 

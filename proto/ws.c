@@ -4,10 +4,11 @@
 
 #include <string.h>
 
-void ws_decoder_init(struct ws_decoder *d, bool expect_masked)
+void ws_decoder_init(struct ws_decoder *d, bool expect_masked, uint64_t max_message)
 {
     memset(d, 0, sizeof(*d));
     d->expect_masked = expect_masked;
+    d->max_message = max_message;
 }
 
 void ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], uint8_t *off)
@@ -97,11 +98,14 @@ static int header_done(struct ws_decoder *d, const char **err)
     case WS_OP_BINARY:
         if (d->in_message)
             return fail(d, WS_CLOSE_PROTOCOL_ERROR, "a new message inside a fragmented one", err);
-        d->in_message = !d->fin;
-        break;
+        d->msg_len = 0;
+        /* fall through */
     case WS_OP_CONTINUATION:
-        if (!d->in_message)
+        if (d->opcode == WS_OP_CONTINUATION && !d->in_message)
             return fail(d, WS_CLOSE_PROTOCOL_ERROR, "continuation frame outside a message", err);
+        if (d->max_message != 0 && len > d->max_message - d->msg_len)
+            return fail(d, WS_CLOSE_TOO_BIG, "message too big", err);
+        d->msg_len += len;
         d->in_message = !d->fin;
         break;
     case WS_OP_TEXT:

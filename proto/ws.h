@@ -35,6 +35,7 @@ enum ws_opcode {
 #define WS_CLOSE_NORMAL 1000
 #define WS_CLOSE_PROTOCOL_ERROR 1002
 #define WS_CLOSE_UNSUPPORTED_DATA 1003
+#define WS_CLOSE_TOO_BIG 1009
 
 struct ws_decoder {
     bool expect_masked;          /* true: we are the server, frames must be masked */
@@ -48,6 +49,8 @@ struct ws_decoder {
     uint8_t mask_off;            /* payload bytes seen mod 4 */
     uint64_t left;               /* payload bytes of this frame still to come */
     bool in_message;             /* a fragmented data message is open */
+    uint64_t max_message;        /* a data message's limit, 0 = none */
+    uint64_t msg_len;            /* the open data message's length so far */
     /* a control frame's payload, collected whole */
     uint8_t ctl[WS_MAX_CONTROL];
     uint8_t ctl_have;
@@ -61,8 +64,9 @@ struct ws_decoder {
 };
 
 /* A decoder for one direction. expect_masked: the peer is a client (frames
- * must be masked, RFC 6455 5.1). */
-void ws_decoder_init(struct ws_decoder *d, bool expect_masked);
+ * must be masked, RFC 6455 5.1). max_message: a data message (its fragments
+ * together) longer than this is an error (1009); 0 for no limit. */
+void ws_decoder_init(struct ws_decoder *d, bool expect_masked, uint64_t max_message);
 
 /* Decodes buf[0, len) in place: the data payloads (binary and continuation
  * frames), unmasked, end up packed in buf[0, *out_len). Control frames are

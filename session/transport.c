@@ -1,0 +1,683 @@
+/* session/transport.c: the three transports under a channel's legs (see
+ * transport.h): plain TCP, TLS and WebSocket. Runs on whichever loop owns
+ * the channel; holds no event and no loop.
+ *
+ * TLS: OpenSSL works directly on the socket through a small BIO of ours
+ * whose writes never fail for lack of room: what the socket does not take is
+ * kept in the transport's queue (one TLS record at most, since no new record
+ * is made while one waits) and sent when it is writable. So SSL_write never
+ * returns WANT_WRITE, and its rule that a blocked write must be retried with
+ * the same arguments never constrains the relay, which re-offers bytes from
+ * its buffer in new shapes (an ACK spliced in at a message boundary). Reads
+ * use read-ahead, so one recv() brings several records.
+ *
+ * WebSocket: the payload is never copied. Frames toward the browser are a
+ * header beside the caller's bytes in one sendmsg(); a frame's length is the
+ * bytes offered when it starts, and a frame cut short by a full socket is
+ * finished first next time. Frames from the browser are read into the
+ * caller's buffer and unmasked and packed in place (proto/ws.c). PONG and
+ * CLOSE frames wait in the queue for the next frame boundary. */
+#include "session/transport.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "common/byteq.h"
+#include "proto/ws.h"
+
+/* One SSL_write makes at most one record of this size: then the queue holds
+ * at most one record. */
+#define TLS_RECORD 16384
+/* Read-ahead: ciphertext one recv() may bring. */
+#define TLS_READ_AHEAD 65536
+/* PONGs are dropped (the peer gets the next one) while this much waits. */
+#define WS_QUEUE_MAX 1024
+/* A message from the browser larger than this is refused (1009): spice-html5
+ * sends small ones, and nothing legitimate needs more. */
+#define WS_MAX_MESSAGE_IN (1u << 20)
+#define IOV_LOCAL 16
+
+struct transport_ops {
+    ssize_t (*read)(struct transport *t, void *buf, size_t len);
+    ssize_t (*writev)(struct transport *t, const struct iovec *iov, int n);
+    void (*shutdown)(struct transport *t, uint16_t ws_code);
+    bool (*pending_in)(const struct transport *t);
+};
+
+struct transport {
+    const struct transport_ops *ops;
+    enum transport_kind kind;
+    int fd;
+    unsigned wants;
+    const char *err;
+    struct byteq out;           /* bytes of ours the socket has not taken */
+    bool eof_next;              /* the stream ended after the bytes returned last */
+    /* TLS */
+    SSL *ssl;
+    bool tls_more;              /* the last read stopped with plaintext possibly left */
+    int sock_errno;             /* the BIO's last socket error */
+    char errbuf[128];
+    /* WebSocket */
+    struct ws_decoder in;
+    uint8_t hdr[WS_MAX_HEADER]; /* the header of the frame being written */
+    uint8_t hdr_len, hdr_sent;
+    uint64_t out_left;          /* payload bytes that frame still owes */
+    bool close_queued;
+};
+
+/* Sends what waits in t->out. 1 all out (the queue's memory is released),
+ * 0 the socket is full, -1 the socket failed. */
+static int out_flush(struct transport *t)
+{
+    if (byteq_size(&t->out) == 0)
+        return 1;
+    int rc = byteq_send(&t->out, t->fd);
+    if (rc == 1)
+        byteq_free(&t->out);
+    else if (rc == 0)
+        t->wants = TRANSPORT_WANT_WRITE;
+    return rc;
+}
+
+static struct transport *transport_alloc(int fd, enum transport_kind kind,
+                                         const struct transport_ops *ops)
+{
+    struct transport *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        close(fd);
+        return NULL;
+    }
+    t->ops = ops;
+    t->kind = kind;
+    t->fd = fd;
+    t->err = "no error";
+    return t;
+}
+
+/* ------------------------------------------------------------------ TCP */
+
+static ssize_t tcp_read(struct transport *t, void *buf, size_t len)
+{
+    ssize_t r;
+    do {
+        r = recv(t->fd, buf, len, 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        t->wants = TRANSPORT_WANT_READ;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            t->err = "connection reset";
+    }
+    return r;
+}
+
+static ssize_t sock_writev(int fd, const struct iovec *iov, int n)
+{
+    struct msghdr mh = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+    ssize_t w;
+    do {
+        w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    return w;
+}
+
+static ssize_t tcp_writev(struct transport *t, const struct iovec *iov, int n)
+{
+    if (n == 0)
+        return 0;
+    ssize_t w = sock_writev(t->fd, iov, n);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            t->wants = TRANSPORT_WANT_WRITE;
+        else
+            t->err = "write failed";
+    }
+    return w;
+}
+
+static void tcp_shutdown(struct transport *t, uint16_t ws_code)
+{
+}
+
+static bool no_pending_in(const struct transport *t)
+{
+    return false;
+}
+
+static const struct transport_ops tcp_ops = { tcp_read, tcp_writev, tcp_shutdown, no_pending_in };
+
+struct transport *transport_tcp_new(int fd)
+{
+    return transport_alloc(fd, TRANSPORT_TCP, &tcp_ops);
+}
+
+/* ------------------------------------------------------------------ TLS */
+
+static int bio_write(BIO *b, const char *p, int len)
+{
+    struct transport *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t w = 0;
+    if (byteq_size(&t->out) == 0) {
+        do {
+            w = send(t->fd, p, (size_t)len, MSG_NOSIGNAL);
+        } while (w < 0 && errno == EINTR);
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                t->sock_errno = errno;
+                return -1;
+            }
+            w = 0;
+        }
+    }
+    if (w < len && byteq_append(&t->out, p + w, (size_t)(len - w)) < 0) {
+        t->sock_errno = ENOMEM;
+        return -1;
+    }
+    return len;
+}
+
+static int bio_read(BIO *b, char *p, int len)
+{
+    struct transport *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t r;
+    do {
+        r = recv(t->fd, p, (size_t)len, 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            BIO_set_retry_read(b);
+        else
+            t->sock_errno = errno;
+        return -1;
+    }
+    return (int)r;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "spice-broker");
+    if (m == NULL || BIO_meth_set_write(m, bio_write) != 1 || BIO_meth_set_read(m, bio_read) != 1 ||
+        BIO_meth_set_ctrl(m, bio_ctrl) != 1 || BIO_meth_set_create(m, bio_create) != 1) {
+        BIO_meth_free(m);
+        return;
+    }
+    bio_method = m;
+}
+
+/* The text for the failure of an SSL call that returned rc. */
+static void tls_fail(struct transport *t, int ssl_err)
+{
+    unsigned long e = ERR_get_error();
+    if (e != 0) {
+        ERR_error_string_n(e, t->errbuf, sizeof(t->errbuf));
+        t->err = t->errbuf;
+    } else if (ssl_err == SSL_ERROR_SYSCALL && t->sock_errno != 0) {
+        snprintf(t->errbuf, sizeof(t->errbuf), "%s", strerror(t->sock_errno));
+        t->err = t->errbuf;
+    } else if (ssl_err == SSL_ERROR_ZERO_RETURN || ssl_err == SSL_ERROR_SYSCALL) {
+        t->err = "the peer closed";
+    } else {
+        t->err = "TLS error";
+    }
+    ERR_clear_error();
+}
+
+/* What an SSL call's result means: 0 wait (t->wants set), -1 over. */
+static int tls_wait_or_fail(struct transport *t, int rc)
+{
+    int e = SSL_get_error(t->ssl, rc);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        t->wants = TRANSPORT_WANT_READ;
+        return 0;
+    case SSL_ERROR_WANT_WRITE:
+        t->wants = TRANSPORT_WANT_WRITE;
+        return 0;
+    default:
+        tls_fail(t, e);
+        return -1;
+    }
+}
+
+int transport_tls_handshake(struct transport *t)
+{
+    if (out_flush(t) < 0) {
+        t->err = "the peer closed";
+        return -1;
+    }
+    ERR_clear_error();
+    int rc = SSL_do_handshake(t->ssl);
+    if (rc == 1) {
+        (void)out_flush(t);
+        /* The peer's first data may have come with its last handshake
+         * flight, read ahead: whoever reads next must not wait for the socket. */
+        t->tls_more = true;
+        return 1;
+    }
+    return tls_wait_or_fail(t, rc) < 0 ? -1 : 0;
+}
+
+const char *transport_tls_describe(const struct transport *t, char *buf, size_t len)
+{
+    if (t->ssl == NULL)
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, "%s %s", SSL_get_version(t->ssl), SSL_get_cipher_name(t->ssl));
+    return buf;
+}
+
+static ssize_t tls_read(struct transport *t, void *buf, size_t len)
+{
+    if (t->eof_next)
+        return 0;
+    (void)out_flush(t); /* a handshake or key-update reply may be waiting */
+    size_t got = 0;
+    bool failed = false;
+    t->tls_more = false;
+    while (got < len) {
+        size_t n = 0;
+        ERR_clear_error();
+        int rc = SSL_read_ex(t->ssl, (uint8_t *)buf + got, len - got, &n);
+        if (rc == 1) {
+            got += n;
+            if (!SSL_has_pending(t->ssl))
+                break; /* the next call would go to the socket: let the loop decide */
+            continue;
+        }
+        int e = SSL_get_error(t->ssl, rc);
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            t->eof_next = true;
+        } else if (tls_wait_or_fail(t, rc) < 0) {
+            failed = true;
+        }
+        break;
+    }
+    t->tls_more = got == len;
+    if (got > 0)
+        return (ssize_t)got; /* an end or error after them shows next time */
+    if (t->eof_next)
+        return 0;
+    if (failed) {
+        errno = ECONNRESET;
+        return -1;
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+static ssize_t tls_writev(struct transport *t, const struct iovec *iov, int n)
+{
+    int rc = out_flush(t);
+    if (rc < 0) {
+        t->err = "write failed";
+        errno = EPIPE;
+        return -1;
+    }
+    if (rc == 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    size_t taken = 0;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *p = iov[i].iov_base;
+        size_t off = 0;
+        while (off < iov[i].iov_len) {
+            size_t chunk = iov[i].iov_len - off, w = 0;
+            if (chunk > TLS_RECORD)
+                chunk = TLS_RECORD;
+            ERR_clear_error();
+            int r = SSL_write_ex(t->ssl, p + off, chunk, &w);
+            if (r != 1) {
+                if (tls_wait_or_fail(t, r) < 0 && taken == 0) {
+                    errno = t->sock_errno == ECONNRESET || t->sock_errno == EPIPE ? t->sock_errno
+                                                                                  : EPROTO;
+                    return -1;
+                }
+                goto out;
+            }
+            off += w;
+            taken += w;
+            if (byteq_size(&t->out) > 0) {
+                t->wants = TRANSPORT_WANT_WRITE;
+                goto out; /* the socket is full: no more records now */
+            }
+        }
+    }
+out:
+    if (taken > 0 || n == 0)
+        return (ssize_t)taken;
+    errno = EAGAIN;
+    return -1;
+}
+
+static void tls_shutdown(struct transport *t, uint16_t ws_code)
+{
+    if (SSL_is_init_finished(t->ssl)) {
+        ERR_clear_error();
+        (void)SSL_shutdown(t->ssl); /* close_notify, through our BIO */
+        ERR_clear_error();
+    }
+    (void)out_flush(t);
+}
+
+static bool tls_pending_in(const struct transport *t)
+{
+    return !t->eof_next && t->tls_more && SSL_has_pending(t->ssl);
+}
+
+static const struct transport_ops tls_ops = { tls_read, tls_writev, tls_shutdown, tls_pending_in };
+
+struct transport *transport_tls_new(SSL_CTX *ctx, int fd, bool server, const char *sni)
+{
+    pthread_once(&bio_once, bio_method_init);
+    struct transport *t = transport_alloc(fd, TRANSPORT_TLS, &tls_ops);
+    if (t == NULL)
+        return NULL;
+    BIO *b = bio_method != NULL ? BIO_new(bio_method) : NULL;
+    t->ssl = SSL_new(ctx);
+    if (b == NULL || t->ssl == NULL) {
+        BIO_free(b);
+        transport_free(t);
+        return NULL;
+    }
+    BIO_set_data(b, t);
+    SSL_set_bio(t->ssl, b, b);
+    /* spice-gtk ends with a TCP close, without close_notify: an ordinary end. */
+    SSL_set_options(t->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
+    SSL_set_read_ahead(t->ssl, 1);
+    SSL_set_default_read_buffer_len(t->ssl, TLS_READ_AHEAD);
+    /* Idle channels hold no record buffers (most of a session's are idle). */
+    SSL_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    if (server) {
+        SSL_set_accept_state(t->ssl);
+    } else {
+        SSL_set_connect_state(t->ssl);
+        if (sni != NULL && sni[0] != '\0')
+            (void)SSL_set_tlsext_host_name(t->ssl, sni);
+    }
+    return t;
+}
+
+/* ------------------------------------------------------------------ WebSocket */
+
+/* Queues a control frame for the next frame boundary. */
+static void ws_queue_control(struct transport *t, enum ws_opcode op, const uint8_t *p, size_t len)
+{
+    uint8_t f[WS_MAX_HEADER + WS_MAX_CONTROL];
+    if (t->close_queued)
+        return; /* nothing follows a CLOSE */
+    if (op == WS_OP_PONG && byteq_size(&t->out) > WS_QUEUE_MAX)
+        return; /* a peer that pings and never reads gets no more answers */
+    size_t n = ws_control_build(f, sizeof(f), op, p, len, NULL);
+    if (n > 0 && byteq_append(&t->out, f, n) == 0 && op == WS_OP_CLOSE)
+        t->close_queued = true;
+}
+
+static void ws_queue_close(struct transport *t, uint16_t code)
+{
+    uint8_t b[2] = { (uint8_t)(code >> 8), (uint8_t)code };
+    ws_queue_control(t, WS_OP_CLOSE, b, 2);
+}
+
+static ssize_t ws_read(struct transport *t, void *buf, size_t len)
+{
+    if (t->eof_next)
+        return 0;
+    for (;;) {
+        ssize_t r = tcp_read(t, buf, len);
+        if (r <= 0)
+            return r; /* EAGAIN, error, or the TCP stream ended */
+        size_t n = 0;
+        const char *why = NULL;
+        if (ws_decode(&t->in, buf, (size_t)r, &n, &why) < 0) {
+            t->err = why;
+            ws_queue_close(t, t->in.error_code);
+            errno = EPROTO;
+            return -1;
+        }
+        if (t->in.ping) {
+            t->in.ping = false;
+            ws_queue_control(t, WS_OP_PONG, t->in.ping_data, t->in.ping_len);
+        }
+        if (t->in.closed) {
+            /* Answer the CLOSE (RFC 6455 5.5.1); the stream ends here. */
+            ws_queue_close(t, WS_CLOSE_NORMAL);
+            t->eof_next = true;
+            return (ssize_t)n;
+        }
+        if (n > 0)
+            return (ssize_t)n;
+        /* Only headers or control frames: read on (the socket says when to stop). */
+    }
+}
+
+static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
+{
+    size_t in_total = 0;
+    for (int i = 0; i < n; i++)
+        in_total += iov[i].iov_len;
+    size_t taken = 0;      /* payload bytes of iov taken */
+    int ci = 0;            /* cursor: iov[ci] at offset co */
+    size_t co = 0;
+    for (;;) {
+        struct iovec v[IOV_LOCAL];
+        int k = 0;
+        size_t ctl = 0, hdr = 0, pay = 0;
+        bool mid = t->out_left > 0 || t->hdr_sent < t->hdr_len;
+        if (!mid) {
+            ctl = byteq_size(&t->out);
+            if (ctl > 0)
+                v[k++] = (struct iovec){ t->out.p + t->out.off, ctl };
+            if (in_total > taken && !t->close_queued) {
+                t->hdr_len = (uint8_t)ws_header_build(t->hdr, WS_OP_BINARY, in_total - taken, NULL);
+                t->hdr_sent = 0;
+                t->out_left = in_total - taken;
+            }
+        }
+        if (t->hdr_sent < t->hdr_len) {
+            hdr = t->hdr_len - t->hdr_sent;
+            v[k++] = (struct iovec){ t->hdr + t->hdr_sent, hdr };
+        }
+        /* The frame's payload, from the cursor on. */
+        int i = ci;
+        size_t o = co;
+        while (i < n && k < IOV_LOCAL && pay < t->out_left) {
+            size_t l = iov[i].iov_len - o;
+            if (l > t->out_left - pay)
+                l = (size_t)(t->out_left - pay);
+            if (l > 0)
+                v[k++] = (struct iovec){ (uint8_t *)iov[i].iov_base + o, l };
+            pay += l;
+            o += l;
+            if (o == iov[i].iov_len) {
+                i++;
+                o = 0;
+            }
+        }
+        if (k == 0)
+            break;
+        ssize_t w = sock_writev(t->fd, v, k);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                t->wants = TRANSPORT_WANT_WRITE;
+                break;
+            }
+            t->err = "write failed";
+            if (taken > 0)
+                return (ssize_t)taken;
+            return -1;
+        }
+        size_t left = (size_t)w;
+        size_t c = left < ctl ? left : ctl;
+        t->out.off += c;
+        left -= c;
+        if (byteq_size(&t->out) == 0)
+            byteq_free(&t->out);
+        size_t h = left < hdr ? left : hdr;
+        t->hdr_sent = (uint8_t)(t->hdr_sent + h);
+        left -= h;
+        /* left is payload now: advance the cursor by it */
+        taken += left;
+        t->out_left -= left;
+        while (left > 0) {
+            size_t l = iov[ci].iov_len - co;
+            if (l > left)
+                l = left;
+            co += l;
+            left -= l;
+            if (co == iov[ci].iov_len) {
+                ci++;
+                co = 0;
+            }
+        }
+        if ((size_t)w < ctl + hdr + pay) {
+            t->wants = TRANSPORT_WANT_WRITE;
+            break;
+        }
+        /* Everything built went out. Go on while the frame owes bytes the
+         * caller still has (k hit IOV_LOCAL), a new frame can start, or
+         * control frames now stand at a boundary. */
+        if (t->out_left > 0) {
+            if (taken == in_total)
+                break;
+            continue;
+        }
+        if (taken < in_total || byteq_size(&t->out) > 0)
+            continue;
+        break;
+    }
+    if (taken > 0 || n == 0 || in_total == 0)
+        return (ssize_t)taken;
+    errno = EAGAIN;
+    return -1;
+}
+
+static void ws_shutdown(struct transport *t, uint16_t ws_code)
+{
+    if (t->out_left == 0 && t->hdr_sent == t->hdr_len)
+        ws_queue_close(t, t->in.error_code != 0 ? t->in.error_code : ws_code);
+    if (t->out_left == 0 && t->hdr_sent == t->hdr_len)
+        (void)ws_writev(t, NULL, 0);
+}
+
+static const struct transport_ops ws_ops = { ws_read, ws_writev, ws_shutdown, no_pending_in };
+
+struct transport *transport_ws_new(int fd)
+{
+    struct transport *t = transport_alloc(fd, TRANSPORT_WS, &ws_ops);
+    if (t != NULL)
+        ws_decoder_init(&t->in, true, WS_MAX_MESSAGE_IN);
+    return t;
+}
+
+/* ------------------------------------------------------------------ common */
+
+ssize_t transport_read(struct transport *t, void *buf, size_t len)
+{
+    t->wants = 0;
+    return t->ops->read(t, buf, len);
+}
+
+ssize_t transport_writev(struct transport *t, const struct iovec *iov, int n)
+{
+    t->wants = 0;
+    return t->ops->writev(t, iov, n);
+}
+
+ssize_t transport_write(struct transport *t, const void *buf, size_t len)
+{
+    struct iovec v = { (void *)buf, len };
+    return transport_writev(t, &v, 1);
+}
+
+bool transport_pending_in(const struct transport *t)
+{
+    return t->ops->pending_in(t);
+}
+
+bool transport_pending_out(const struct transport *t)
+{
+    return byteq_size(&t->out) > 0 || (t->kind == TRANSPORT_WS && t->hdr_sent < t->hdr_len);
+}
+
+unsigned transport_wants(const struct transport *t)
+{
+    return t->wants;
+}
+
+int transport_fd(const struct transport *t)
+{
+    return t->fd;
+}
+
+enum transport_kind transport_kind(const struct transport *t)
+{
+    return t->kind;
+}
+
+const char *transport_name(const struct transport *t)
+{
+    static const char *const names[] = { "tcp", "tls", "ws" };
+    return names[t->kind];
+}
+
+const char *transport_error(const struct transport *t)
+{
+    return t->err != NULL ? t->err : "no error";
+}
+
+void transport_shutdown(struct transport *t, uint16_t ws_code)
+{
+    if (t != NULL)
+        t->ops->shutdown(t, ws_code);
+}
+
+void transport_free(struct transport *t)
+{
+    if (t == NULL)
+        return;
+    if (t->ssl != NULL)
+        SSL_free(t->ssl); /* frees the BIO too */
+    if (t->fd >= 0)
+        close(t->fd);
+    byteq_free(&t->out);
+    free(t);
+}
+
+int transport_export(const struct transport *t, struct transport_export *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (t->kind == TRANSPORT_TLS || byteq_size(&t->out) > 0 || t->hdr_sent < t->hdr_len)
+        return -1;
+    out->kind = t->kind;
+    out->fd = t->fd;
+    if (t->kind == TRANSPORT_WS) {
+        out->ws_out_left = t->out_left;
+        out->ws_in = t->in;
+    }
+    return 0;
+}

@@ -1,0 +1,100 @@
+/* session/transport.h: the byte stream under one leg of a channel: plain TCP,
+ * TLS (OpenSSL on the socket, either role) or WebSocket (server role). The
+ * relay and the link code read and write through this interface and never
+ * see which one it is, the way Redis's ConnectionType or OpenSMTPD's io
+ * object hide theirs.
+ *
+ * A transport owns its socket and no event: whoever owns the channel arms
+ * events on transport_fd(). So a transport can be handed from one worker's
+ * loop to another (a channel accepted on the wrong worker), TLS state and
+ * all, by passing the pointer; it is used by one thread at a time.
+ *
+ * Readiness: after -1/EAGAIN, wait for the socket as transport_wants() says.
+ * A transport may hold bytes of its own:
+ *   transport_pending_in()  bytes already decrypted or decoded that no socket
+ *                           event will announce: read again without waiting;
+ *   transport_pending_out() bytes it must still write (a TLS record the
+ *                           socket did not take, a WebSocket PONG): call
+ *                           transport_writev(t, NULL, 0) when the socket is
+ *                           writable.
+ * Errors: -1 with errno; transport_error() has a short text for logs. */
+#ifndef SB_TRANSPORT_H
+#define SB_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "proto/ws.h"
+
+struct transport;
+typedef struct ssl_ctx_st SSL_CTX;
+
+enum transport_kind { TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_WS };
+
+#define TRANSPORT_WANT_READ 1u
+#define TRANSPORT_WANT_WRITE 2u
+
+/* Plain TCP over fd (taken: closed by transport_free). NULL when out of
+ * memory (fd is closed then too). */
+struct transport *transport_tcp_new(int fd);
+
+/* TLS over fd (taken), server role (SSL_accept) or client role
+ * (SSL_connect; sni may be NULL). The handshake runs inside the first reads
+ * and writes, or explicitly with transport_tls_handshake(). NULL when out of
+ * memory (fd closed). */
+struct transport *transport_tls_new(SSL_CTX *ctx, int fd, bool server, const char *sni);
+/* Drives the handshake: 1 done, 0 wait (transport_wants()), -1 failed
+ * (transport_error() says why; the peer closing is "the peer closed"). */
+int transport_tls_handshake(struct transport *t);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" once the handshake is done, for logs. */
+const char *transport_tls_describe(const struct transport *t, char *buf, size_t len);
+
+/* WebSocket over fd (taken), server role, after the 101 went out: reads
+ * masked frames and writes unmasked binary frames (RFC 6455). */
+struct transport *transport_ws_new(int fd);
+
+/* Reads up to len bytes: >0 bytes, 0 at the end of the stream, -1 with
+ * errno (EAGAIN: nothing now). */
+ssize_t transport_read(struct transport *t, void *buf, size_t len);
+/* Writes from iov[0..n) in order: the bytes taken (>0), or -1 with errno
+ * (EAGAIN when nothing was taken; EPIPE/ECONNRESET when the peer is gone).
+ * n == 0 flushes the transport's own bytes only and returns 0 or -1. A
+ * caller offers again, from the first byte not taken, what was not taken. */
+ssize_t transport_writev(struct transport *t, const struct iovec *iov, int n);
+ssize_t transport_write(struct transport *t, const void *buf, size_t len);
+
+bool transport_pending_in(const struct transport *t);
+bool transport_pending_out(const struct transport *t);
+/* TRANSPORT_WANT_READ / WANT_WRITE: what the last EAGAIN waits for. */
+unsigned transport_wants(const struct transport *t);
+
+int transport_fd(const struct transport *t);
+enum transport_kind transport_kind(const struct transport *t);
+const char *transport_name(const struct transport *t);
+/* Why the last call failed (static or per-transport text); never NULL. */
+const char *transport_error(const struct transport *t);
+
+/* Ends the stream politely without waiting (TLS close_notify, WebSocket
+ * CLOSE with code), best effort; then transport_free(). */
+void transport_shutdown(struct transport *t, uint16_t ws_code);
+/* Closes the socket and frees everything; NULL is a no-op. */
+void transport_free(struct transport *t);
+
+/* The state a later hand-over to another process needs, written down whole.
+ * TCP and WebSocket state is a few integers beside the socket; a TLS
+ * session's keys and sequence numbers are inside OpenSSL, which cannot hand
+ * them over (kernel TLS could): -1 for TLS, or while bytes are pending. */
+struct transport_export {
+    enum transport_kind kind;
+    int fd;
+    /* WebSocket: a frame toward the peer still owes this many payload bytes;
+     * the decoder's state (a frame from the peer may be half read). */
+    uint64_t ws_out_left;
+    struct ws_decoder ws_in;
+};
+int transport_export(const struct transport *t, struct transport_export *out);
+
+#endif

@@ -1,0 +1,564 @@
+/* tests/unit/session/transport.c: cmocka tests for session/transport.c, each
+ * transport over a socketpair: plain TCP; TLS with a server and a client
+ * transport talking to each other (a throwaway certificate made here); the
+ * WebSocket server role against frames this file builds by hand. Partial
+ * writes come from a small SO_SNDBUF and from bytes re-offered in new shapes
+ * (the relay splices an ACK in at a message boundary); WANT_READ during a
+ * write from a client writing before its handshake is done. Single-threaded,
+ * non-blocking sockets, every wait bounded. */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "proto/ws.h"
+#include "session/transport.h"
+
+#define WAIT_MS 3000
+
+static void pair(int sp[2], int sndbuf)
+{
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sp), 0);
+    if (sndbuf > 0) {
+        assert_int_equal(setsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+        assert_int_equal(setsockopt(sp[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+    }
+}
+
+static void wait_fd(int fd, short ev)
+{
+    struct pollfd p = { .fd = fd, .events = ev };
+    (void)poll(&p, 1, 50);
+}
+
+static uint8_t *pattern(size_t n, unsigned seed)
+{
+    uint8_t *p = malloc(n);
+    assert_non_null(p);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        p[i] = (uint8_t)(x >> 16);
+    }
+    return p;
+}
+
+/* Reads what t has now into out (at most cap), without waiting. */
+static size_t drain(struct transport *t, uint8_t *out, size_t cap, bool *eof)
+{
+    size_t got = 0;
+    while (got < cap) {
+        ssize_t r = transport_read(t, out + got, cap - got);
+        if (r > 0) {
+            got += (size_t)r;
+            continue;
+        }
+        if (r == 0 && eof != NULL)
+            *eof = true;
+        break;
+    }
+    return got;
+}
+
+/* Sends all of p through t from the front, re-offering what was not taken
+ * in changing shapes (one, two or three pieces), while `reader` drains the
+ * other end into out. Returns the bytes the reader got. */
+static size_t push_through(struct transport *t, const uint8_t *p, size_t n,
+                           struct transport *reader, uint8_t *out, size_t cap)
+{
+    size_t sent = 0, got = 0;
+    for (int round = 0; round < 100000 && (sent < n || got < n); round++) {
+        if (sent < n) {
+            size_t left = n - sent;
+            struct iovec iov[3];
+            int k = 0;
+            size_t a = left / 3 + (size_t)(round % 7), b = left / 5 + 1;
+            if (round % 3 == 0 || left < 16) {
+                iov[k++] = (struct iovec){ (void *)(p + sent), left };
+            } else {
+                if (a >= left)
+                    a = left - 1;
+                if (a + b >= left)
+                    b = left - a - 1;
+                iov[k++] = (struct iovec){ (void *)(p + sent), a };
+                iov[k++] = (struct iovec){ (void *)(p + sent + a), b };
+                iov[k++] = (struct iovec){ (void *)(p + sent + a + b), left - a - b };
+            }
+            ssize_t w = transport_writev(t, iov, k);
+            if (w > 0)
+                sent += (size_t)w;
+            else
+                assert_true(errno == EAGAIN);
+        } else if (transport_pending_out(t)) {
+            (void)transport_writev(t, NULL, 0);
+        }
+        got += drain(reader, out + got, cap - got, NULL);
+        if (transport_pending_out(reader))
+            (void)transport_writev(reader, NULL, 0);
+        if (got >= n)
+            break;
+        wait_fd(transport_fd(t), POLLOUT);
+    }
+    return got;
+}
+
+/* ------------------------------------------------------------------ TCP */
+
+static void test_tcp_roundtrip_and_partial_writes(void **state)
+{
+    int sp[2];
+    pair(sp, 4096);
+    struct transport *a = transport_tcp_new(sp[0]);
+    struct transport *b = transport_tcp_new(sp[1]);
+    assert_int_equal(transport_kind(a), TRANSPORT_TCP);
+    assert_string_equal(transport_name(a), "tcp");
+    size_t n = 1 << 20;
+    uint8_t *p = pattern(n, 1), *out = malloc(n);
+    assert_int_equal(push_through(a, p, n, b, out, n), n);
+    assert_memory_equal(p, out, n);
+    /* nothing now: EAGAIN and a wish to read */
+    uint8_t x;
+    assert_int_equal(transport_read(b, &x, 1), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(transport_wants(b), TRANSPORT_WANT_READ);
+    assert_false(transport_pending_in(b));
+    /* the end of the stream, then a write to a peer that is gone */
+    transport_free(a);
+    assert_int_equal(transport_read(b, &x, 1), 0);
+    assert_int_equal(transport_write(b, "x", 1), -1);
+    assert_true(errno == EPIPE || errno == ECONNRESET);
+    struct transport_export ex;
+    assert_int_equal(transport_export(b, &ex), 0);
+    assert_int_equal(ex.kind, TRANSPORT_TCP);
+    assert_int_equal(ex.fd, transport_fd(b));
+    transport_free(b);
+    transport_free(NULL);
+    free(p);
+    free(out);
+}
+
+/* ------------------------------------------------------------------ TLS */
+
+static SSL_CTX *server_ctx, *client_ctx;
+
+/* A throwaway P-256 key and self-signed certificate for the server. */
+static int tls_setup(void **state)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *crt = X509_new();
+    assert_non_null(key);
+    assert_non_null(crt);
+    ASN1_INTEGER_set(X509_get_serialNumber(crt), 1);
+    X509_gmtime_adj(X509_getm_notBefore(crt), -60);
+    X509_gmtime_adj(X509_getm_notAfter(crt), 3600);
+    X509_set_pubkey(crt, key);
+    X509_NAME *name = X509_get_subject_name(crt);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"broker.test", -1,
+                               -1, 0);
+    X509_set_issuer_name(crt, name);
+    assert_true(X509_sign(crt, key, EVP_sha256()) > 0);
+    server_ctx = SSL_CTX_new(TLS_server_method());
+    client_ctx = SSL_CTX_new(TLS_client_method());
+    assert_int_equal(SSL_CTX_use_certificate(server_ctx, crt), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(server_ctx, key), 1);
+    assert_int_equal(X509_STORE_add_cert(SSL_CTX_get_cert_store(client_ctx), crt), 1);
+    SSL_CTX_set_verify(client_ctx, SSL_VERIFY_PEER, NULL);
+    X509_free(crt);
+    EVP_PKEY_free(key);
+    return 0;
+}
+
+static int tls_teardown(void **state)
+{
+    SSL_CTX_free(server_ctx);
+    SSL_CTX_free(client_ctx);
+    return 0;
+}
+
+/* Drives both handshakes to the end. */
+static void handshake(struct transport *s, struct transport *c)
+{
+    int rs = 0, rc = 0;
+    for (int i = 0; i < 2000 && (rs != 1 || rc != 1); i++) {
+        if (rc != 1)
+            rc = transport_tls_handshake(c);
+        if (rs != 1)
+            rs = transport_tls_handshake(s);
+        assert_true(rs >= 0 && rc >= 0);
+        wait_fd(transport_fd(s), POLLIN);
+    }
+    assert_int_equal(rs, 1);
+    assert_int_equal(rc, 1);
+    char d[96];
+    assert_non_null(strstr(transport_tls_describe(s, d, sizeof(d)), "TLS"));
+}
+
+static void tls_pair(struct transport **s, struct transport **c, int sndbuf)
+{
+    int sp[2];
+    pair(sp, sndbuf);
+    *s = transport_tls_new(server_ctx, sp[0], true, NULL);
+    *c = transport_tls_new(client_ctx, sp[1], false, "broker.test");
+    assert_non_null(*s);
+    assert_non_null(*c);
+    assert_int_equal(transport_kind(*s), TRANSPORT_TLS);
+}
+
+static void test_tls_both_ways_partial_writes(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 4096);
+    handshake(s, c);
+    size_t n = 3 << 20;
+    uint8_t *p = pattern(n, 2), *out = malloc(n);
+    /* server -> client with a 4 KiB socket buffer: records wait in the
+     * transport's queue, the writer re-offers bytes in other shapes */
+    assert_int_equal(push_through(s, p, n, c, out, n), n);
+    assert_memory_equal(p, out, n);
+    /* client -> server */
+    memset(out, 0, n);
+    assert_int_equal(push_through(c, p, n / 3, s, out, n / 3), n / 3);
+    assert_memory_equal(p, out, n / 3);
+    assert_int_equal(transport_export(s, &(struct transport_export){ 0 }), -1);
+    transport_free(s);
+    transport_free(c);
+    free(p);
+    free(out);
+}
+
+/* A full socket: the record SSL made waits inside the transport
+ * (pending_out) and goes out on a flush once the peer reads. */
+static void test_tls_pending_out(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 4096);
+    handshake(s, c);
+    uint8_t *p = pattern(1 << 20, 3);
+    size_t sent = 0;
+    for (int i = 0; i < 1000; i++) {
+        ssize_t w = transport_write(s, p + sent, 16384);
+        if (w < 0) {
+            assert_int_equal(errno, EAGAIN);
+            break;
+        }
+        sent += (size_t)w;
+    }
+    assert_true(transport_pending_out(s));
+    assert_int_equal(transport_wants(s), TRANSPORT_WANT_WRITE);
+    uint8_t *out = malloc(1 << 20);
+    size_t got = 0;
+    for (int i = 0; i < 1000 && got < sent; i++) {
+        got += drain(c, out + got, (1 << 20) - got, NULL);
+        (void)transport_writev(s, NULL, 0);
+        wait_fd(transport_fd(c), POLLIN);
+    }
+    assert_int_equal(got, sent);
+    assert_false(transport_pending_out(s));
+    assert_memory_equal(p, out, sent);
+    transport_free(s);
+    transport_free(c);
+    free(p);
+    free(out);
+}
+
+/* A client that writes before its handshake: WANT_READ during a write
+ * (nothing taken), then the same bytes go through once the server answered. */
+static void test_tls_want_read_during_write(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 0);
+    assert_int_equal(transport_write(c, "hello", 5), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(transport_wants(c), TRANSPORT_WANT_READ);
+    uint8_t buf[16];
+    ssize_t w = -1, r = -1;
+    for (int i = 0; i < 2000 && (w != 5 || r != 5); i++) {
+        if (w != 5)
+            w = transport_write(c, "hello", 5);
+        if (r != 5)
+            r = transport_read(s, buf, sizeof(buf)); /* the server's read runs its handshake */
+        (void)transport_read(c, buf + 8, 1);     /* so does the client's */
+        wait_fd(transport_fd(s), POLLIN);
+    }
+    assert_int_equal(w, 5);
+    assert_int_equal(r, 5);
+    assert_memory_equal(buf, "hello", 5);
+    transport_free(s);
+    transport_free(c);
+}
+
+/* Records read ahead announce themselves to no socket: pending_in says so
+ * until they are all read; then close_notify ends the stream. */
+static void test_tls_pending_in_and_close(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 0);
+    handshake(s, c);
+    uint8_t *p = pattern(40000, 4);
+    size_t sent = 0;
+    while (sent < 40000) {
+        ssize_t w = transport_write(c, p + sent, 40000 - sent);
+        assert_true(w > 0);
+        sent += (size_t)w;
+    }
+    transport_shutdown(c, 0);
+    wait_fd(transport_fd(s), POLLIN);
+    uint8_t out[40000];
+    size_t got = 0;
+    bool saw_pending = false;
+    for (int i = 0; i < 100000 && got < sent; i++) {
+        ssize_t r = transport_read(s, out + got, 100); /* small reads: records stay behind */
+        if (r > 0)
+            got += (size_t)r;
+        else
+            wait_fd(transport_fd(s), POLLIN);
+        if (got < sent && transport_pending_in(s))
+            saw_pending = true;
+    }
+    assert_true(saw_pending);
+    assert_int_equal(got, sent);
+    assert_memory_equal(p, out, sent);
+    /* close_notify may sit read ahead too: it is an end no socket announces */
+    uint8_t x;
+    ssize_t r = -1;
+    for (int i = 0; i < 100 && r != 0; i++) {
+        if ((r = transport_read(s, &x, 1)) != 0)
+            wait_fd(transport_fd(s), POLLIN);
+    }
+    assert_int_equal(r, 0);
+    assert_false(transport_pending_in(s));
+    transport_free(s);
+    transport_free(c);
+    free(p);
+}
+
+static void test_tls_handshake_refused(void **state)
+{
+    int sp[2];
+    pair(sp, 0);
+    struct transport *s = transport_tls_new(server_ctx, sp[0], true, NULL);
+    assert_int_equal(send(sp[1], "GET / HTTP/1.1\r\n\r\n", 18, 0), 18);
+    int rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++) {
+        rc = transport_tls_handshake(s);
+        wait_fd(sp[0], POLLIN);
+    }
+    assert_int_equal(rc, -1);
+    assert_true(strlen(transport_error(s)) > 0);
+    transport_free(s);
+    close(sp[1]);
+}
+
+/* ------------------------------------------------------------------ WebSocket */
+
+static const uint8_t MASK[4] = { 0x37, 0xfa, 0x21, 0x3d };
+
+/* A masked client frame. */
+static size_t cframe(uint8_t *out, uint8_t op, bool fin, const uint8_t *p, size_t n)
+{
+    size_t h = ws_header_build(out, op, n, MASK);
+    if (!fin)
+        out[0] &= 0x7f;
+    memcpy(out + h, p, n);
+    uint8_t off = 0;
+    ws_mask(out + h, n, MASK, &off);
+    return h + n;
+}
+
+static void send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, 0);
+        if (w < 0) {
+            assert_int_equal(errno, EAGAIN);
+            wait_fd(fd, POLLOUT);
+            continue;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void test_ws_read_fragments_ping_close(void **state)
+{
+    int sp[2];
+    pair(sp, 0);
+    struct transport *t = transport_ws_new(sp[0]);
+    assert_string_equal(transport_name(t), "ws");
+    uint8_t *p = pattern(70000, 5);
+    uint8_t wire[80000];
+    size_t n = 0;
+    n += cframe(wire + n, WS_OP_BINARY, false, p, 10);
+    n += cframe(wire + n, WS_OP_PING, true, (const uint8_t *)"are you there", 13);
+    n += cframe(wire + n, WS_OP_CONTINUATION, false, p + 10, 300);
+    n += cframe(wire + n, WS_OP_CONTINUATION, true, p + 310, 69690);
+    n += cframe(wire + n, WS_OP_CLOSE, true, (const uint8_t *)"\x03\xe8", 2);
+    /* one byte at a time for the first frames, then the rest */
+    uint8_t out[70001];
+    size_t got = 0;
+    for (size_t i = 0; i < 40; i++) {
+        send_all(sp[1], wire + i, 1);
+        got += drain(t, out + got, sizeof(out) - got, NULL);
+    }
+    send_all(sp[1], wire + 40, n - 40);
+    bool eof = false;
+    for (int i = 0; i < 1000 && !eof; i++) {
+        got += drain(t, out + got, sizeof(out) - got, &eof);
+        wait_fd(sp[0], POLLIN);
+    }
+    assert_true(eof);
+    assert_int_equal(got, 70000);
+    assert_memory_equal(out, p, 70000);
+    /* the PONG and the answering CLOSE wait in the transport */
+    assert_true(transport_pending_out(t));
+    assert_int_equal(transport_writev(t, NULL, 0), 0);
+    assert_false(transport_pending_out(t));
+    uint8_t back[256];
+    ssize_t r = recv(sp[1], back, sizeof(back), 0);
+    assert_int_equal(r, 2 + 13 + 2 + 2);
+    assert_int_equal(back[0], 0x80 | WS_OP_PONG);
+    assert_int_equal(back[1], 13);
+    assert_memory_equal(back + 2, "are you there", 13);
+    assert_int_equal(back[15], 0x80 | WS_OP_CLOSE);
+    assert_int_equal(back[17] << 8 | back[18], 1000);
+    transport_free(t);
+    close(sp[1]);
+    free(p);
+}
+
+static void ws_bad(const uint8_t *frame, size_t n, const char *why, uint16_t code)
+{
+    int sp[2];
+    pair(sp, 0);
+    struct transport *t = transport_ws_new(sp[0]);
+    send_all(sp[1], frame, n);
+    uint8_t buf[64];
+    assert_int_equal(transport_read(t, buf, sizeof(buf)), -1);
+    assert_int_equal(errno, EPROTO);
+    assert_string_equal(transport_error(t), why);
+    transport_shutdown(t, WS_CLOSE_NORMAL); /* sends the decoder's close code */
+    uint8_t back[16];
+    assert_int_equal(recv(sp[1], back, sizeof(back), 0), 4);
+    assert_int_equal(back[0], 0x80 | WS_OP_CLOSE);
+    assert_int_equal(back[2] << 8 | back[3], code);
+    transport_free(t);
+    close(sp[1]);
+}
+
+static void test_ws_bad_frames(void **state)
+{
+    uint8_t f[64];
+    size_t n = ws_header_build(f, WS_OP_BINARY, 4, NULL);
+    memcpy(f + n, "abcd", 4);
+    ws_bad(f, n + 4, "unmasked frame from a client", WS_CLOSE_PROTOCOL_ERROR);
+    n = cframe(f, WS_OP_TEXT, true, (const uint8_t *)"hello", 5);
+    ws_bad(f, n, "text frame (SPICE is binary only)", WS_CLOSE_UNSUPPORTED_DATA);
+    n = ws_header_build(f, WS_OP_BINARY, (1u << 20) + 1, MASK);
+    ws_bad(f, n, "message too big", WS_CLOSE_TOO_BIG);
+}
+
+/* Frames toward the browser: a full socket cuts a frame short; the rest of
+ * it goes first next time, whatever shape the bytes are offered in; the
+ * browser decodes exactly the bytes sent. A PONG waits for a frame boundary. */
+static void test_ws_write_partial_frames(void **state)
+{
+    int sp[2];
+    pair(sp, 4096);
+    struct transport *t = transport_ws_new(sp[0]);
+    size_t n = 2 << 20;
+    uint8_t *p = pattern(n, 6);
+    size_t cap = n + n / 8;
+    uint8_t *raw = malloc(cap);
+    size_t sent = 0, got = 0;
+    bool pinged = false;
+    for (int round = 0; round < 200000 && sent < n; round++) {
+        size_t left = n - sent;
+        struct iovec iov[3];
+        int k = 0;
+        size_t a = left / 3 + (size_t)(round % 5), b = left / 7 + 1;
+        if (round % 2 == 0 || left < 16) {
+            iov[k++] = (struct iovec){ p + sent, left };
+        } else {
+            if (a >= left)
+                a = left - 1;
+            if (a + b >= left)
+                b = left - a - 1;
+            iov[k++] = (struct iovec){ p + sent, a };
+            iov[k++] = (struct iovec){ p + sent + a, b };
+            iov[k++] = (struct iovec){ p + sent + a + b, left - a - b };
+        }
+        ssize_t w = transport_writev(t, iov, k);
+        if (w > 0)
+            sent += (size_t)w;
+        else
+            assert_int_equal(errno, EAGAIN);
+        if (!pinged && sent > n / 2) {
+            uint8_t f[32];
+            size_t fl = cframe(f, WS_OP_PING, true, (const uint8_t *)"p", 1);
+            send_all(sp[1], f, fl);
+            uint8_t x;
+            wait_fd(sp[0], POLLIN);
+            assert_int_equal(transport_read(t, &x, 1), -1); /* control only: EAGAIN */
+            assert_true(transport_pending_out(t));
+            pinged = true;
+        }
+        ssize_t r = recv(sp[1], raw + got, cap - got, 0);
+        if (r > 0)
+            got += (size_t)r;
+    }
+    assert_int_equal(sent, n);
+    for (int i = 0; i < 1000 && transport_pending_out(t); i++) {
+        (void)transport_writev(t, NULL, 0);
+        ssize_t r = recv(sp[1], raw + got, cap - got, 0);
+        if (r > 0)
+            got += (size_t)r;
+    }
+    ssize_t r;
+    while ((r = recv(sp[1], raw + got, cap - got, 0)) > 0)
+        got += (size_t)r;
+    /* decode as a browser would */
+    struct ws_decoder d;
+    ws_decoder_init(&d, false, 0);
+    size_t out = 0;
+    const char *err = NULL;
+    assert_int_equal(ws_decode(&d, raw, got, &out, &err), 0);
+    assert_int_equal(out, n);
+    assert_memory_equal(raw, p, n);
+    assert_true(d.ping == false); /* a PONG is not a PING */
+    struct transport_export ex;
+    assert_int_equal(transport_export(t, &ex), 0);
+    assert_int_equal(ex.kind, TRANSPORT_WS);
+    assert_int_equal(ex.ws_out_left, 0);
+    transport_free(t);
+    close(sp[1]);
+    free(p);
+    free(raw);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tcp_roundtrip_and_partial_writes),
+        cmocka_unit_test(test_tls_both_ways_partial_writes),
+        cmocka_unit_test(test_tls_pending_out),
+        cmocka_unit_test(test_tls_want_read_during_write),
+        cmocka_unit_test(test_tls_pending_in_and_close),
+        cmocka_unit_test(test_tls_handshake_refused),
+        cmocka_unit_test(test_ws_read_fragments_ping_close),
+        cmocka_unit_test(test_ws_bad_frames),
+        cmocka_unit_test(test_ws_write_partial_frames),
+    };
+    return cmocka_run_group_tests(tests, tls_setup, tls_teardown);
+}
