@@ -46,13 +46,14 @@ static int env_owner(void *arg, uint32_t id)
     return registry_owner(b->registry, id);
 }
 
-static int env_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
+static int env_handoff(void *arg, int worker_index, struct transport *t,
+                       const struct sockaddr_storage *peer,
                        const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     struct broker *b = arg;
     if (worker_index < 0 || worker_index >= b->n_workers)
         return -1;
-    return worker_handoff(b->workers[worker_index], fd, peer, pre, pre_len, web_token);
+    return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
 }
 
 /* Session records are written on the control loop, so a slow disk (or

@@ -1,8 +1,7 @@
 /* broker/tls.h: the TLS port, SPICE over TLS as spice-gtk speaks it to
- * QEMU's tls-port. A connection's TLS is terminated here (OpenSSL) and its
- * plaintext bridged through a socketpair to session_accept(), like the
- * browser port's WebSockets (broker/web.h): the client then links exactly as
- * on the plain port, its ticket being its console token. */
+ * QEMU's tls-port. A connection's handshake is done here (OpenSSL); then it
+ * goes to session_accept() over its TLS transport (session/transport.h) and
+ * links exactly as on the plain port, its ticket being its console token. */
 #ifndef SB_TLS_H
 #define SB_TLS_H
 

@@ -1,17 +1,12 @@
-/* broker/web.c: the browser port. One connection goes through three steps on
+/* broker/web.c: the browser port. One connection goes through two steps on
  * the worker loop that accepted it:
  *   head    read the HTTP request head (proto/http.c parses it), bounded in
  *           size and time;
  *   reply   a static file from the web root (read once at start-up, served
- *           from memory) or an error, then close; or the WebSocket 101;
- *   bridge  WebSocket messages (wslay: framing, masking, ping/pong, close)
- *           to and from one end of a socketpair whose other end went to
- *           session_accept() as a native client carrying the URL's token.
- * Back-pressure both ways: a bridge stops reading a side while the other side
- * has more than BRIDGE_BACKLOG bytes waiting. The bridge costs a copy and a
- * socketpair hop per byte; browser consoles are not the bulk path (a
- * transport under the relay would remove the hop). wslay (Debian's
- * libwslay) is used for the framing rather than hand-rolled code. */
+ *           from memory) or an error, then close; or the WebSocket 101,
+ *           after which the connection goes to session_accept() over a
+ *           WebSocket transport (session/transport.c frames the bytes in
+ *           the relay itself: no bridge), carrying the URL's token. */
 #include "broker/web.h"
 
 #include <dirent.h>
@@ -28,19 +23,15 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <wslay/wslay.h>
 
-#include "common/byteq.h"
 #include "common/log.h"
 #include "proto/http.h"
+#include "session/transport.h"
 
 #define SITE_MAX_FILES 4096
 #define SITE_MAX_BYTES (64u << 20)
 #define SITE_MAX_FILE (16u << 20)
 #define SITE_MAX_DEPTH 8
-#define BRIDGE_CHUNK 65536
-#define BRIDGE_BACKLOG (1u << 20)        /* bytes waiting for one side before the other pauses */
-#define WS_MAX_MESSAGE (1u << 20)        /* one WebSocket message from the browser */
 #define TOKEN_MAX 256
 
 /* ------------------------------------------------------------------ the site */
@@ -199,7 +190,7 @@ static const struct web_file *site_find(const struct web_site *site, const char 
 
 /* ------------------------------------------------------------------ a connection */
 
-enum web_state { WS_HEAD, WS_REPLY, WS_BRIDGE };
+enum web_state { WS_HEAD, WS_REPLY };
 
 struct web_conn;
 
@@ -228,31 +219,17 @@ struct web_conn {
     size_t hdr_len, hdr_sent;
     const uint8_t *body;
     size_t body_len, body_sent;
-    /* bridge */
-    wslay_event_context_ptr ws;
-    int in_fd;                       /* our end of the socketpair */
-    struct event *in_rd, *in_wr;
-    struct byteq to_in;              /* browser -> session bytes not yet written */
-    bool ws_paused;                  /* not reading the browser (to_in backlog) */
-    bool in_paused;                  /* not reading the session (WebSocket backlog) */
-    bool in_eof;                     /* the session side closed */
-    bool ws_eof;                     /* the browser's TCP connection ended */
 };
 
 static void conn_free(struct web_conn *wc)
 {
     TAILQ_REMOVE(&wc->ww->conns, wc, link);
-    struct event **evs[] = { &wc->rd, &wc->wr, &wc->timer, &wc->in_rd, &wc->in_wr };
+    struct event **evs[] = { &wc->rd, &wc->wr, &wc->timer };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (*evs[i] != NULL)
             event_free(*evs[i]);
-    if (wc->ws != NULL)
-        wslay_event_context_free(wc->ws);
     if (wc->fd >= 0)
         close(wc->fd);
-    if (wc->in_fd >= 0)
-        close(wc->in_fd);
-    byteq_free(&wc->to_in);
     OPENSSL_cleanse(wc->head, sizeof(wc->head));
     free(wc);
 }
@@ -314,190 +291,19 @@ static void reply_error(struct web_conn *wc, int status, const char *reason, con
           false);
 }
 
-/* ---- the bridge ---- */
+/* ---- the upgrade ---- */
 
-static void bridge_close(struct web_conn *wc, const char *why)
-{
-    log_info("web: client=%s websocket closed: %s", wc->addr, why);
-    conn_free(wc);
-}
-
-static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                          void *arg)
-{
-    struct web_conn *wc = arg;
-    if (byteq_size(&wc->to_in) > BRIDGE_BACKLOG) {
-        wc->ws_paused = true; /* the session is slow: leave the rest in the socket */
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    for (;;) {
-        ssize_t r = recv(wc->fd, buf, len, 0);
-        if (r > 0)
-            return r;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0)
-            wc->ws_eof = true;
-        wslay_event_set_error(ctx, r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-                                       ? WSLAY_ERR_WOULDBLOCK
-                                       : WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-}
-
-static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                          void *arg)
-{
-    struct web_conn *wc = arg;
-    for (;;) {
-        ssize_t w = send(wc->fd, data, len,
-                         MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0));
-        if (w >= 0)
-            return w;
-        if (errno == EINTR)
-            continue;
-        wslay_event_set_error(ctx, errno == EAGAIN || errno == EWOULDBLOCK
-                                       ? WSLAY_ERR_WOULDBLOCK
-                                       : WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-}
-
-static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
-                      void *arg)
-{
-    struct web_conn *wc = arg;
-    if (wslay_is_ctrl_frame(m->opcode))
-        return; /* ping/pong/close: wslay answers */
-    if (m->opcode != WSLAY_BINARY_FRAME) {
-        wslay_event_queue_close(ctx, WSLAY_CODE_UNSUPPORTED_DATA,
-                                (const uint8_t *)"binary only", 11);
-        return;
-    }
-    if (byteq_append(&wc->to_in, m->msg, m->msg_length) < 0)
-        wslay_event_queue_close(ctx, WSLAY_CODE_INTERNAL_SERVER_ERROR, NULL, 0);
-}
-
-/* Writes what the browser sent to the session side. -1: that side is gone. */
-static int flush_in(struct web_conn *wc)
-{
-    int rc = byteq_send(&wc->to_in, wc->in_fd);
-    if (rc < 0)
-        return -1;
-    if (rc == 0)
-        event_add(wc->in_wr, NULL);
-    else
-        event_del(wc->in_wr);
-    return 0;
-}
-
-/* Arms the events for what each side can do now; closes a finished bridge. */
-static void bridge_update(struct web_conn *wc)
-{
-    bool backlog = byteq_size(&wc->to_in) > BRIDGE_BACKLOG;
-    if (wc->ws_paused && !backlog)
-        wc->ws_paused = false;
-    if (wslay_event_want_read(wc->ws) && !wc->ws_paused)
-        event_add(wc->rd, NULL);
-    else
-        event_del(wc->rd);
-    if (wslay_event_want_write(wc->ws))
-        event_add(wc->wr, NULL);
-    else
-        event_del(wc->wr);
-    wc->in_paused = wslay_event_get_queued_msg_length(wc->ws) > BRIDGE_BACKLOG;
-    if (!wc->in_eof && !wc->in_paused)
-        event_add(wc->in_rd, NULL);
-    else
-        event_del(wc->in_rd);
-    if (!wslay_event_want_write(wc->ws) &&
-        (wc->in_eof || wslay_event_get_close_received(wc->ws) ||
-         wslay_event_get_close_sent(wc->ws)))
-        bridge_close(wc, wslay_event_get_close_received(wc->ws) ? "the browser closed it"
-                                                                 : "the session ended");
-}
-
-static void on_ws_io(evutil_socket_t fd, short what, void *arg)
-{
-    struct web_conn *wc = arg;
-    if ((what & EV_READ) && wslay_event_recv(wc->ws) != 0) {
-        bridge_close(wc, wc->ws_eof ? "the browser went away" : "connection lost or bad frame");
-        return;
-    }
-    if (byteq_size(&wc->to_in) > 0 && flush_in(wc) < 0) {
-        bridge_close(wc, "the session side is gone");
-        return;
-    }
-    if (wslay_event_get_close_received(wc->ws) && wc->in_fd >= 0 && !wc->in_eof) {
-        /* The browser closed: the session sees its client go. */
-        shutdown(wc->in_fd, SHUT_WR);
-    }
-    if (wslay_event_want_write(wc->ws) && wslay_event_send(wc->ws) != 0) {
-        bridge_close(wc, "connection lost");
-        return;
-    }
-    bridge_update(wc);
-}
-
-static void on_in_read(evutil_socket_t fd, short what, void *arg)
-{
-    struct web_conn *wc = arg;
-    uint8_t buf[BRIDGE_CHUNK];
-    ssize_t r;
-    do {
-        r = recv(wc->in_fd, buf, sizeof(buf), 0);
-    } while (r < 0 && errno == EINTR);
-    if (r > 0) {
-        struct wslay_event_msg m = { WSLAY_BINARY_FRAME, buf, (size_t)r };
-        if (wslay_event_queue_msg(wc->ws, &m) != 0) {
-            bridge_close(wc, "cannot queue a message");
-            return;
-        }
-    } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-        wc->in_eof = true;
-        wslay_event_queue_close(wc->ws, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
-    }
-    if (wslay_event_want_write(wc->ws) && wslay_event_send(wc->ws) != 0) {
-        bridge_close(wc, "connection lost");
-        return;
-    }
-    bridge_update(wc);
-}
-
-static void on_in_write(evutil_socket_t fd, short what, void *arg)
-{
-    struct web_conn *wc = arg;
-    if (flush_in(wc) < 0) {
-        bridge_close(wc, "the session side is gone");
-        return;
-    }
-    bridge_update(wc);
-}
-
-static void start_bridge(struct web_conn *wc, const struct http_request *req, const char *token,
-                         const char *token_from)
+/* Answers the upgrade and gives the connection, as a WebSocket transport, to
+ * the session code with the URL's token (no bridge: the relay reads and
+ * writes the frames itself, session/transport.c). */
+static void upgrade(struct web_conn *wc, const struct http_request *req, const char *token,
+                    const char *token_from)
 {
     char accept_key[HTTP_WS_ACCEPT_LEN + 1];
-    int sp[2];
-    if (http_ws_accept(req->ws_key, accept_key) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) {
+    if (http_ws_accept(req->ws_key, accept_key) != 0) {
         reply_error(wc, 500, "Internal Server Error", "cannot start the WebSocket");
         return;
     }
-    struct wslay_event_callbacks cbs = { .recv_callback = ws_recv_cb,
-                                         .send_callback = ws_send_cb,
-                                         .on_msg_recv_callback = ws_msg_cb };
-    wc->in_fd = sp[0];
-    wc->in_rd = event_new(wc->ww->base, wc->in_fd, EV_READ | EV_PERSIST, on_in_read, wc);
-    wc->in_wr = event_new(wc->ww->base, wc->in_fd, EV_WRITE | EV_PERSIST, on_in_write, wc);
-    if (wc->in_rd == NULL || wc->in_wr == NULL ||
-        wslay_event_context_server_init(&wc->ws, &cbs, wc) != 0) {
-        close(sp[1]);
-        reply_error(wc, 500, "Internal Server Error", "out of memory");
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(wc->ws, WS_MAX_MESSAGE);
     bool binary = http_protocol_offered(req->ws_protocol, "binary");
     int n = snprintf(wc->hdr, sizeof(wc->hdr),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -505,25 +311,18 @@ static void start_bridge(struct web_conn *wc, const struct http_request *req, co
                      accept_key, binary ? "Sec-WebSocket-Protocol: binary\r\n" : "");
     /* 101 is small: a fresh socket takes it whole, or the browser is gone. */
     if (n <= 0 || send(wc->fd, wc->hdr, (size_t)n, MSG_NOSIGNAL) != n) {
-        close(sp[1]);
-        bridge_close(wc, "could not send the upgrade");
-        return;
-    }
-    wc->state = WS_BRIDGE;
-    evtimer_del(wc->timer);
-    event_free(wc->rd);
-    event_free(wc->wr);
-    wc->rd = event_new(wc->ww->base, wc->fd, EV_READ | EV_PERSIST, on_ws_io, wc);
-    wc->wr = event_new(wc->ww->base, wc->fd, EV_WRITE | EV_PERSIST, on_ws_io, wc);
-    if (wc->rd == NULL || wc->wr == NULL) {
-        close(sp[1]);
-        bridge_close(wc, "out of memory");
+        log_info("web: client=%s websocket closed: could not send the upgrade", wc->addr);
+        conn_free(wc);
         return;
     }
     log_info("web: client=%s websocket for a SPICE channel (token from the %s)", wc->addr,
              token_from);
-    session_accept(wc->ww->sw, sp[1], &wc->peer, NULL, 0, token);
-    bridge_update(wc);
+    struct session_worker *sw = wc->ww->sw;
+    struct sockaddr_storage peer = wc->peer;
+    struct transport *t = transport_ws_new(wc->fd);
+    wc->fd = -1; /* the transport's now */
+    conn_free(wc);
+    session_accept(sw, t, &peer, NULL, 0, token);
 }
 
 /* ---- the head ---- */
@@ -600,7 +399,7 @@ static void on_head(struct web_conn *wc)
             reply_error(wc, 400, "Bad Request", "data before the upgrade");
             return;
         }
-        start_bridge(wc, &req, token, strstr(req.query, "token=") ? "URL" : "cookie");
+        upgrade(wc, &req, token, strstr(req.query, "token=") ? "URL" : "cookie");
         OPENSSL_cleanse(token, sizeof(token));
         return;
     }
@@ -677,7 +476,6 @@ void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *pe
     wc->ww = ww;
     TAILQ_INSERT_TAIL(&ww->conns, wc, link);
     wc->fd = fd;
-    wc->in_fd = -1;
     wc->peer = *peer;
     log_format_addr(peer, wc->addr, sizeof(wc->addr));
     wc->rd = event_new(ww->base, fd, EV_READ | EV_PERSIST, on_head_io, wc);

@@ -106,7 +106,7 @@ static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
         else if (kind == PORT_WEB)
             web_accept(w->ww, fd, &peer);
         else
-            session_accept(w->sw, fd, &peer, NULL, 0, NULL);
+            session_accept(w->sw, transport_tcp_new(fd), &peer, NULL, 0, NULL);
     }
 }
 
@@ -277,7 +277,7 @@ int worker_post(struct worker *w, worker_job_fn fn, void *arg)
 }
 
 struct handoff {
-    int fd;
+    struct transport *t;
     struct sockaddr_storage peer;
     char *web_token;
     size_t len;
@@ -296,25 +296,25 @@ static void handoff_free(struct handoff *h)
 static void job_handoff(struct session_worker *sw, void *arg)
 {
     struct handoff *h = arg;
-    session_accept(sw, h->fd, &h->peer, h->pre, h->len, h->web_token);
+    session_accept(sw, h->t, &h->peer, h->pre, h->len, h->web_token);
     handoff_free(h);
 }
 
-int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
+int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_storage *peer,
                    const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     struct handoff *h = calloc(1, sizeof(*h) + pre_len);
     if (h == NULL || (web_token != NULL && (h->web_token = strdup(web_token)) == NULL)) {
         free(h);
-        close(fd);
+        transport_free(t);
         return -1;
     }
-    h->fd = fd;
+    h->t = t;
     h->peer = *peer;
     h->len = pre_len;
     memcpy(h->pre, pre, pre_len);
     if (worker_post(w, job_handoff, h) < 0) {
-        close(fd);
+        transport_free(t);
         handoff_free(h);
         return -1;
     }
@@ -340,7 +340,7 @@ void worker_stop_and_free(struct worker *w)
         STAILQ_REMOVE_HEAD(&w->jobs, next);
         if (j->fn == job_handoff) {
             struct handoff *h = j->arg;
-            close(h->fd);
+            transport_free(h->t);
             handoff_free(h);
         }
         free(j);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "session/session.h"
+#include "session/transport.h"
 
 struct worker;
 struct web_site;
@@ -45,9 +46,9 @@ void worker_stop_and_free(struct worker *w);
 typedef void (*worker_job_fn)(struct session_worker *sw, void *arg);
 int worker_post(struct worker *w, worker_job_fn fn, void *arg);
 
-/* Hands a half-linked client connection to worker w (takes fd; copies
- * pre and web_token). */
-int worker_handoff(struct worker *w, int fd, const struct sockaddr_storage *peer,
+/* Hands a half-linked client connection to worker w (takes the transport;
+ * copies pre and web_token). */
+int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_storage *peer,
                    const uint8_t *pre, size_t pre_len, const char *web_token);
 
 #endif

@@ -156,10 +156,8 @@ static void finish(struct session *s)
     uint64_t now = handover_now();
     struct chan *c;
     TAILQ_FOREACH(c, &s->chans, link) {
-        if (c->src_fd >= 0) {
-            close(c->src_fd);
-            c->src_fd = -1;
-        }
+        transport_free(c->src_t);
+        c->src_t = NULL;
         free(c->mig_data);
         c->mig_data = NULL;
         c->mig_data_len = 0;
@@ -958,7 +956,6 @@ static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const c
         return;
     }
     if (relay_attach_backend(c, fd) < 0) {
-        close(fd);
         relink_failed(c, "out of memory");
         return;
     }
@@ -1035,7 +1032,6 @@ static void on_main_relinked(void *arg, int fd, const struct wire_caps *caps, co
         return;
     }
     if (relay_attach_backend(c, fd) < 0) {
-        close(fd);
         session_close(s, "out of memory");
         return;
     }
@@ -1125,10 +1121,8 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
         blink_free(c->bl);
         c->bl = NULL;
         drop_dest_leg(c);
-        if (c->src_fd >= 0) {
-            close(c->src_fd);
-            c->src_fd = -1;
-        }
+        transport_free(c->src_t);
+        c->src_t = NULL;
         free(c->mig_data);
         c->mig_data = NULL;
         c->mig_wait_data = c->mig_switch_ready = c->switched = false;
@@ -1266,10 +1260,8 @@ int session_prepare(struct session_worker *w, const char *instance, const char *
 void handover_chan_free(struct chan *c)
 {
     drop_dest_leg(c);
-    if (c->src_fd >= 0) {
-        close(c->src_fd);
-        c->src_fd = -1;
-    }
+    transport_free(c->src_t);
+    c->src_t = NULL;
     free(c->mig_data);
     c->mig_data = NULL;
 }

@@ -13,6 +13,7 @@
 #include "migrate/mig.h"
 #include "proto/wire.h"
 #include "session/session.h"
+#include "session/transport.h"
 
 /* ------------------------------------------------------------------ pool */
 
@@ -107,8 +108,7 @@ struct chan_link {
     uint8_t in[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
     uint32_t in_have, in_need;
     uint8_t out[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
-    uint32_t out_have, out_sent;
-    int out_fd;                       /* which socket `out` goes to */
+    uint32_t out_have, out_sent;      /* toward the client, not yet taken */
     bool client_auth_sel;             /* client advertised PROTOCOL_AUTH_SELECTION */
     bool reply_sent;                  /* our link reply went out */
 };
@@ -121,7 +121,8 @@ struct chan {
     struct session *s;          /* NULL until the channel knows its session */
     enum chan_state state;
     uint8_t type, id;
-    int c_fd, b_fd;
+    struct transport *ct;       /* the client's leg: TCP, TLS or WebSocket */
+    struct transport *bt;       /* the backend's leg, NULL until linked */
     struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
@@ -145,7 +146,7 @@ struct chan {
     bool mig_wait_data;         /* source said MIGRATE with DATA: wait for MIGRATE_DATA */
     bool mig_switch_ready;      /* switch at the next chance */
     bool switched;              /* relaying the destination */
-    int src_fd;                 /* the old source leg, closed when every channel switched */
+    struct transport *src_t;    /* the old source leg, closed when every channel switched */
     uint8_t *mig_data;          /* the source's MIGRATE_DATA body, for the destination */
     uint32_t mig_data_len;
 
@@ -267,8 +268,18 @@ enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_in
                                        const char **why);
 uint64_t handover_now(void);
 
-/* relay.c: both legs are linked; c->c_fd and c->b_fd are set. Returns -1 if
- * the channel was closed. */
+/* Arms a read event on t's socket, and runs it at once if t already holds
+ * bytes that no socket event will announce (TLS records read ahead). */
+static inline void chan_arm_read(struct event *ev, const struct transport *t)
+{
+    event_add(ev, NULL);
+    if (transport_pending_in(t))
+        event_active(ev, EV_READ, 0);
+}
+
+/* relay.c: both legs are linked; c->ct and c->bt are set. Bytes the link
+ * phase still owes the client (c->lk->out) go out first. Returns -1 if the
+ * channel was closed. */
 int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
                 const uint8_t *b_leftover, size_t b_len);
 void relay_release(struct chan *c);
@@ -279,9 +290,10 @@ int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *
 /* Reattach: drop the backend leg (keeping the client's), attach a new one,
  * and add complete broker-made messages at the current boundary. */
 int relay_detach_backend(struct chan *c, const char **why);
+/* Takes fd (closed on failure). */
 int relay_attach_backend(struct chan *c, int fd);
 int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len);
-/* Moves c's backend leg to new_fd (the old one goes to c->src_fd); see handover.c. */
+/* Moves c's backend leg to new_fd (taken; the old leg goes to c->src_t); see handover.c. */
 int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
                          const uint8_t *held, uint32_t held_len, const char **why);
 

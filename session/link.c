@@ -42,21 +42,21 @@ static void arm_timer(struct chan *c, int ms)
     evtimer_add(c->timer, &tv);
 }
 
-/* Best-effort send of a small link-phase message. The kernel takes a few
+/* Sends a small link-phase message to the client. The kernel takes a few
  * hundred bytes on a fresh socket; anything it refuses is kept and sent from
- * the write event. */
-static int link_send(struct chan *c, int fd, const uint8_t *p, size_t len)
+ * the write event (or, once the channel relays, ahead of the relayed bytes). */
+static int link_send(struct chan *c, const uint8_t *p, size_t len)
 {
     struct chan_link *lk = c->lk;
     if (lk->out_have > lk->out_sent) {
         /* Still flushing an earlier piece: queue behind it. */
-        if (lk->out_fd != fd || lk->out_have + len > sizeof(lk->out))
+        if (lk->out_have + len > sizeof(lk->out))
             return -1;
         memcpy(lk->out + lk->out_have, p, len);
         lk->out_have += (uint32_t)len;
         return 0;
     }
-    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    ssize_t w = transport_write(c->ct, p, len);
     if (w < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -1;
@@ -66,10 +66,20 @@ static int link_send(struct chan *c, int fd, const uint8_t *p, size_t len)
         memcpy(lk->out, p + w, len - (size_t)w);
         lk->out_have = (uint32_t)(len - (size_t)w);
         lk->out_sent = 0;
-        lk->out_fd = fd;
-        event_add(fd == c->c_fd ? c->c_wr : c->b_wr, NULL);
     }
+    if ((size_t)w < len || transport_pending_out(c->ct))
+        event_add(c->c_wr, NULL);
     return 0;
+}
+
+/* A link error or result right before the channel closes: what the socket
+ * does not take at once is lost with it. */
+static void send_last_words(struct chan *c, const uint8_t *p, size_t len)
+{
+    if (c->lk != NULL && c->lk->out_have > c->lk->out_sent)
+        (void)link_send(c, p, len); /* behind what is queued: best effort */
+    else
+        (void)transport_write(c->ct, p, len);
 }
 
 static void send_link_error(struct chan *c, uint32_t err)
@@ -77,14 +87,19 @@ static void send_link_error(struct chan *c, uint32_t err)
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED];
     size_t n = wire_link_error_build(b, sizeof(b), err);
     if (n > 0)
-        (void)send(c->c_fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        send_last_words(c, b, n);
 }
 
-static void send_link_result(struct chan *c, uint32_t err)
+/* An error result goes out best effort (the channel closes next); OK is
+ * followed by relayed bytes, so it is queued if need be: -1 if it cannot. */
+static int send_link_result(struct chan *c, uint32_t err)
 {
     uint8_t b[4];
     wire_put_u32(b, err);
-    (void)send(c->c_fd, b, 4, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (err == SPICE_LINK_ERR_OK)
+        return link_send(c, b, 4);
+    send_last_words(c, b, 4);
+    return 0;
 }
 
 static void wipe_secrets(struct chan_link *lk)
@@ -149,7 +164,7 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
     r.caps.n_channel = channel_caps->n_channel;
     memcpy(r.caps.channel, channel_caps->channel, sizeof(r.caps.channel));
     size_t n = wire_link_reply_build(b, sizeof(b), &r);
-    if (n == 0 || link_send(c, c->c_fd, b, n) < 0) {
+    if (n == 0 || link_send(c, b, n) < 0) {
         chan_close(c, "cannot send link reply");
         return;
     }
@@ -157,7 +172,7 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
     c->lk->reply_sent = true;
     c->lk->in_have = 0;
     c->lk->in_need = (c->lk->client_auth_sel ? 4 : 0) + WIRE_TICKET_SIZE;
-    event_add(c->c_rd, NULL);
+    chan_arm_read(c->c_rd, c->ct);
     arm_timer(c, c->w->env.link_timeout_ms);
 }
 
@@ -203,10 +218,15 @@ static void client_link_done(struct chan *c)
         return;
     }
     if (owner != w->env.worker_index) {
-        /* The session lives on another worker: move this socket there once. */
-        int fd = c->c_fd;
-        c->c_fd = -1;
-        if (w->env.handoff(w->env.arg, owner, fd, &c->peer, lk->in, lk->in_have,
+        /* The session lives on another worker: move this connection there
+         * once, with its transport's state (TLS, WebSocket framing). */
+        struct transport *t = c->ct;
+        c->ct = NULL;
+        if (c->c_rd != NULL)
+            event_del(c->c_rd);
+        if (c->c_wr != NULL)
+            event_del(c->c_wr);
+        if (w->env.handoff(w->env.arg, owner, t, &c->peer, lk->in, lk->in_have,
                            c->web_token) < 0)
             log_warnx("sid=%08x %s:%u handoff to worker %d failed", sid,
                       wire_channel_name(c->type), c->id, owner);
@@ -355,8 +375,15 @@ static void on_backend_linked(void *arg, int fd, const struct wire_caps *caps, c
         backend_failed(c, err);
         return;
     }
-    c->b_fd = fd;
-    send_link_result(c, SPICE_LINK_ERR_OK);
+    c->bt = transport_tcp_new(fd);
+    if (c->bt == NULL) {
+        backend_failed(c, "out of memory");
+        return;
+    }
+    if (send_link_result(c, SPICE_LINK_ERR_OK) < 0) {
+        chan_close(c, "cannot send the link result");
+        return;
+    }
     wipe_secrets(c->lk);
     evtimer_del(c->timer);
     if (c->is_main) {
@@ -397,19 +424,21 @@ static void link_backend_connect(struct chan *c)
 
 /* ------------------------------------------------------------------ the I/O step */
 
-/* Reads toward lk->in_need from fd. Returns 1 when complete, 0 to wait, -1 on
- * EOF or error (*why set). */
-static int read_step(struct chan *c, int fd, const char **why)
+/* Reads toward lk->in_need from the client. Returns 1 when complete, 0 to
+ * wait, -1 on EOF or error (*why set). */
+static int read_step(struct chan *c, const char **why)
 {
     struct chan_link *lk = c->lk;
     while (lk->in_have < lk->in_need) {
-        ssize_t r = recv(fd, lk->in + lk->in_have, lk->in_need - lk->in_have, 0);
+        ssize_t r = transport_read(c->ct, lk->in + lk->in_have, lk->in_need - lk->in_have);
+        if (transport_pending_out(c->ct))
+            event_add(c->c_wr, NULL); /* a WebSocket PONG */
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return 0;
             if (errno == EINTR)
                 continue;
-            *why = "connection reset during link";
+            *why = errno == EPROTO ? transport_error(c->ct) : "connection reset during link";
             return -1;
         }
         if (r == 0) {
@@ -426,7 +455,7 @@ static void client_input(struct chan *c)
     struct chan_link *lk = c->lk;
     const char *why = NULL;
     for (;;) {
-        int rc = read_step(c, c->c_fd, &why);
+        int rc = read_step(c, &why);
         if (rc < 0) {
             log_info("%s client=%s link closed: %s", chan_sid(c), c->addr, why);
             chan_close(c, why);
@@ -460,14 +489,12 @@ static void client_input(struct chan *c)
     }
 }
 
-static void flush_out(struct chan *c, int fd)
+static void flush_out(struct chan *c)
 {
     struct chan_link *lk = c->lk;
-    if (lk->out_fd != fd || lk->out_sent >= lk->out_have) {
-        event_del(fd == c->c_fd ? c->c_wr : c->b_wr);
-        return;
-    }
-    ssize_t w = send(fd, lk->out + lk->out_sent, lk->out_have - lk->out_sent, MSG_NOSIGNAL);
+    ssize_t w = lk->out_sent < lk->out_have
+                    ? transport_write(c->ct, lk->out + lk->out_sent, lk->out_have - lk->out_sent)
+                    : transport_writev(c->ct, NULL, 0);
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         chan_close(c, "write failed during link");
         return;
@@ -476,7 +503,8 @@ static void flush_out(struct chan *c, int fd)
         lk->out_sent += (uint32_t)w;
     if (lk->out_sent >= lk->out_have) {
         lk->out_have = lk->out_sent = 0;
-        event_del(fd == c->c_fd ? c->c_wr : c->b_wr);
+        if (!transport_pending_out(c->ct))
+            event_del(c->c_wr);
     }
 }
 
@@ -484,7 +512,7 @@ static void on_link_io(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
     if (what & EV_WRITE) {
-        flush_out(c, fd);
+        flush_out(c);
         return;
     }
     client_input(c);
@@ -502,8 +530,8 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
 {
     struct event_base *base = c->w->env.base;
     c->lk = calloc(1, sizeof(*c->lk));
-    c->c_rd = event_new(base, c->c_fd, EV_READ | EV_PERSIST, on_link_io, c);
-    c->c_wr = event_new(base, c->c_fd, EV_WRITE | EV_PERSIST, on_link_io, c);
+    c->c_rd = event_new(base, transport_fd(c->ct), EV_READ | EV_PERSIST, on_link_io, c);
+    c->c_wr = event_new(base, transport_fd(c->ct), EV_WRITE | EV_PERSIST, on_link_io, c);
     c->timer = evtimer_new(base, on_link_timeout, c);
     if (c->lk == NULL || c->c_rd == NULL || c->c_wr == NULL || c->timer == NULL) {
         chan_close(c, "out of memory");
@@ -511,7 +539,6 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
     }
     c->state = CH_C_LINK;
     c->lk->in_need = WIRE_LINK_HEADER_SIZE;
-    c->lk->out_fd = -1;
     arm_timer(c, c->w->env.link_timeout_ms);
     if (pre_len > 0) {
         if (pre_len > sizeof(c->lk->in)) {
@@ -534,5 +561,5 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
             }
         }
     }
-    event_add(c->c_rd, NULL);
+    chan_arm_read(c->c_rd, c->ct);
 }

@@ -16,7 +16,6 @@
  * Only mini headers are relayed (both real clients and QEMU always use them;
  * link.c refuses peers without MINI_HEADER). */
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,14 +39,14 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-static inline int src_fd(const struct chan *c, const struct relay_dir *d)
+static inline struct transport *src_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->c_fd : c->b_fd;
+    return d == &c->to_b ? c->ct : c->bt;
 }
 
-static inline int dst_fd(const struct chan *c, const struct relay_dir *d)
+static inline struct transport *dst_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->b_fd : c->c_fd;
+    return d == &c->to_b ? c->bt : c->ct;
 }
 
 static inline struct event *src_ev(const struct chan *c, const struct relay_dir *d)
@@ -413,10 +412,27 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     } else if (pending) {
         iov[n++] = (struct iovec){ d->buf->data + d->head, pending };
     }
-    if (n == 0 || dst_fd(c, d) < 0)
+    struct transport *t = dst_t(c, d);
+    if (t == NULL)
         return 0;
+    if (n == 0) {
+        /* Nothing of ours to send; the transport may have its own (a TLS
+         * record the socket did not take, a WebSocket PONG). */
+        if (!transport_pending_out(t))
+            return 0;
+        if (transport_writev(t, NULL, 0) < 0 && errno != EAGAIN) {
+            d->sink_gone = true;
+            event_del(dst_ev(c, d));
+            return 0;
+        }
+        if (transport_pending_out(t))
+            event_add(dst_ev(c, d), NULL);
+        else
+            event_del(dst_ev(c, d));
+        return 0;
+    }
 
-    ssize_t w = writev(dst_fd(c, d), iov, n);
+    ssize_t w = transport_writev(t, iov, n);
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             event_add(dst_ev(c, d), NULL);
@@ -440,10 +456,10 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
         total += iov[i].iov_len;
     if (with_inj) {
         /* In wire order: [first][inj][rest]. */
-        size_t t = left < first ? left : first;
-        d->head += (uint32_t)t;
-        left -= t;
-        if (t == first) {
+        size_t f = left < first ? left : first;
+        d->head += (uint32_t)f;
+        left -= f;
+        if (f == first) {
             size_t ti = left < d->inj_len ? left : d->inj_len;
             memmove(d->inj, d->inj + ti, d->inj_len - ti);
             d->inj_len = (uint8_t)(d->inj_len - ti);
@@ -453,7 +469,7 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     } else {
         d->head += (uint32_t)left;
     }
-    if ((size_t)w < total)
+    if ((size_t)w < total || transport_pending_out(t))
         event_add(dst_ev(c, d), NULL);
     else
         event_del(dst_ev(c, d));
@@ -479,11 +495,17 @@ static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
         }
         return 0;
     }
-    ssize_t r = read(src_fd(c, d), d->buf->data + d->tail, room);
+    struct transport *t = src_t(c, d);
+    ssize_t r = transport_read(t, d->buf->data + d->tail, room);
+    if (transport_pending_out(t)) /* a WebSocket PONG, a TLS key update */
+        event_add(t == c->ct ? c->c_wr : c->b_wr, NULL);
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;
         *why = d == &c->to_b ? "client connection reset" : "backend connection reset";
+        if (errno == EPROTO && t == c->ct)
+            log_info("%s %s:%u client %s stream broken: %s", chan_sid(c),
+                     wire_channel_name(c->type), c->id, transport_name(t), transport_error(t));
         return -1;
     }
     if (r == 0) {
@@ -555,7 +577,7 @@ static int chan_service(struct chan *c)
         if (d->buf != NULL && d->read_blocked && !d->eof &&
             (d->head > 0 || d->tail < c->w->pool.size)) {
             d->read_blocked = false;
-            event_add(src_ev(c, d), NULL);
+            chan_arm_read(src_ev(c, d), src_t(c, d));
         }
         dir_release_if_empty(c, d);
     }
@@ -582,8 +604,13 @@ static void on_readable(struct chan *c, struct relay_dir *d)
         if (chan_service(c) < 0)
             return;
         if (r < 16384 || d->eof || d->read_blocked || (d->buf != NULL && d->head != d->parsed))
-            return;
+            break;
     }
+    /* Bytes the transport read ahead announce themselves to no one. (The
+     * leg may have changed in a switch: look it up again.) */
+    struct transport *t = src_t(c, d);
+    if (t != NULL && !d->eof && !d->read_blocked && transport_pending_in(t))
+        event_active(src_ev(c, d), EV_READ, 0);
 }
 
 static void on_c_read(evutil_socket_t fd, short what, void *arg)
@@ -605,14 +632,15 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------------ start / stop */
 
+/* Appends bytes read before the relay started (not yet framed). */
 static int dir_preload(struct chan *c, struct relay_dir *d, const uint8_t *p, size_t len)
 {
     if (len == 0)
         return 0;
-    if (len > c->w->pool.size || dir_ensure_buf(c, d) < 0)
+    if (dir_ensure_buf(c, d) < 0 || len > c->w->pool.size - d->tail)
         return -1;
-    memcpy(d->buf->data, p, len);
-    d->tail = (uint32_t)len;
+    memcpy(d->buf->data + d->tail, p, len);
+    d->tail += (uint32_t)len;
     return 0;
 }
 
@@ -620,29 +648,6 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
                 const uint8_t *b_leftover, size_t b_len)
 {
     struct event_base *base = c->w->env.base;
-    if (c->lk != NULL) {
-        /* A link-phase write the kernel did not take at once (rare: a few
-         * hundred bytes on a fresh socket) must go out before any relayed byte. */
-        struct chan_link *lk = c->lk;
-        while (lk->out_sent < lk->out_have) {
-            struct pollfd p = { .fd = lk->out_fd, .events = POLLOUT };
-            if (poll(&p, 1, 1000) <= 0) {
-                chan_close(c, "link reply not delivered");
-                return -1;
-            }
-            ssize_t w = send(lk->out_fd, lk->out + lk->out_sent, lk->out_have - lk->out_sent,
-                             MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                chan_close(c, "link reply not delivered");
-                return -1;
-            }
-            if (w > 0)
-                lk->out_sent += (uint32_t)w;
-        }
-        OPENSSL_cleanse(lk, sizeof(*lk));
-        free(lk);
-        c->lk = NULL;
-    }
     if (c->timer != NULL)
         evtimer_del(c->timer);
     c->w->stats.channels_active++;
@@ -650,29 +655,45 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
     memset(&c->to_c, 0, sizeof(c->to_c));
     memset(&c->acks, 0, sizeof(c->acks));
     c->to_b.boundary = c->to_c.boundary = 0;
-    if (c->c_rd != NULL)
-        event_free(c->c_rd);
-    if (c->c_wr != NULL)
-        event_free(c->c_wr);
-    if (c->b_rd != NULL)
-        event_free(c->b_rd);
-    if (c->b_wr != NULL)
-        event_free(c->b_wr);
-    c->c_rd = event_new(base, c->c_fd, EV_READ | EV_PERSIST, on_c_read, c);
-    c->b_rd = event_new(base, c->b_fd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->c_wr = event_new(base, c->c_fd, EV_WRITE | EV_PERSIST, on_writable, c);
-    c->b_wr = event_new(base, c->b_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    struct event **evs[] = { &c->c_rd, &c->c_wr, &c->b_rd, &c->b_wr };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+        if (*evs[i] != NULL) {
+            event_free(*evs[i]);
+            *evs[i] = NULL;
+        }
+    }
+    int cfd = transport_fd(c->ct), bfd = transport_fd(c->bt);
+    c->c_rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
+    c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->c_wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
     if (!c->c_rd || !c->b_rd || !c->c_wr || !c->b_wr) {
         chan_close(c, "out of memory");
         return -1;
     }
     c->state = CH_RELAY;
+    if (c->lk != NULL) {
+        /* What the link phase still owes the client (its link result, when
+         * the socket did not take it at once) goes out before any relayed
+         * byte: it leads the client's direction, framed. */
+        struct chan_link *lk = c->lk;
+        uint32_t owed = lk->out_have - lk->out_sent;
+        int rc = dir_preload(c, &c->to_c, lk->out + lk->out_sent, owed);
+        OPENSSL_cleanse(lk, sizeof(*lk));
+        free(lk);
+        c->lk = NULL;
+        if (rc < 0) {
+            chan_close(c, "out of memory");
+            return -1;
+        }
+        c->to_c.parsed = c->to_c.boundary = c->to_c.tail;
+    }
     if (dir_preload(c, &c->to_b, c_leftover, c_len) < 0 ||
         dir_preload(c, &c->to_c, b_leftover, b_len) < 0) {
         chan_close(c, "out of memory");
         return -1;
     }
-    event_add(c->c_rd, NULL);
+    chan_arm_read(c->c_rd, c->ct);
     event_add(c->b_rd, NULL);
     if (chan_service(c) < 0)
         return -1;
@@ -749,10 +770,16 @@ int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, u
     c->acks.b_count = 0;
     event_free(c->b_rd);
     event_free(c->b_wr);
-    c->src_fd = c->b_fd;
-    c->b_fd = new_fd;
-    c->b_rd = event_new(base, c->b_fd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->b_wr = event_new(base, c->b_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->b_rd = c->b_wr = NULL;
+    transport_free(c->src_t);
+    c->src_t = c->bt;
+    c->bt = transport_tcp_new(new_fd);
+    if (c->bt == NULL) {
+        *why = "out of memory";
+        return -1;
+    }
+    c->b_rd = event_new(base, new_fd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->b_wr = event_new(base, new_fd, EV_WRITE | EV_PERSIST, on_writable, c);
     if (c->b_rd == NULL || c->b_wr == NULL) {
         *why = "out of memory";
         return -1;
@@ -790,9 +817,8 @@ int relay_detach_backend(struct chan *c, const char **why)
     if (c->b_wr != NULL)
         event_free(c->b_wr);
     c->b_rd = c->b_wr = NULL;
-    if (c->b_fd >= 0)
-        close(c->b_fd);
-    c->b_fd = -1;
+    transport_free(c->bt);
+    c->bt = NULL;
     c->acks.b_window = c->acks.b_count = 0;
     return 0;
 }
@@ -800,16 +826,18 @@ int relay_detach_backend(struct chan *c, const char **why)
 int relay_attach_backend(struct chan *c, int fd)
 {
     struct event_base *base = c->w->env.base;
+    struct transport *t = transport_tcp_new(fd);
     struct event *rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
     struct event *wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
-    if (rd == NULL || wr == NULL) {
+    if (t == NULL || rd == NULL || wr == NULL) {
         if (rd != NULL)
             event_free(rd);
         if (wr != NULL)
             event_free(wr);
-        return -1; /* fd stays the caller's */
+        transport_free(t);
+        return -1;
     }
-    c->b_fd = fd;
+    c->bt = t;
     c->b_rd = rd;
     c->b_wr = wr;
     event_add(c->b_rd, NULL);

@@ -60,27 +60,25 @@ const char *chan_sid(const struct chan *c)
     return c->s != NULL ? c->s->sid : "sid=-";
 }
 
-void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
-                    const uint8_t *pre, size_t pre_len, const char *web_token)
+void session_accept(struct session_worker *w, struct transport *t,
+                    const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
+                    const char *web_token)
 {
-    struct chan *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
+    if (t == NULL) {
         log_warnx("out of memory accepting a client");
-        close(fd);
         return;
     }
-    c->w = w;
-    c->c_fd = fd;
-    c->b_fd = -1;
-    c->d_fd = -1;
-    c->src_fd = -1;
-    c->peer = *peer;
-    if (web_token != NULL && (c->web_token = strdup(web_token)) == NULL) {
+    struct chan *c = calloc(1, sizeof(*c));
+    if (c == NULL || (web_token != NULL && (c->web_token = strdup(web_token)) == NULL)) {
         log_warnx("out of memory accepting a client");
-        close(fd);
+        transport_free(t);
         free(c);
         return;
     }
+    c->w = w;
+    c->ct = t;
+    c->d_fd = -1;
+    c->peer = *peer;
     log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
     link_start_client(c, pre, pre_len);
@@ -95,10 +93,10 @@ static void chan_free(struct chan *c)
             *evs[i] = NULL;
         }
     }
-    if (c->c_fd >= 0)
-        close(c->c_fd);
-    if (c->b_fd >= 0)
-        close(c->b_fd);
+    /* The client's leg ends politely (TLS close_notify, WebSocket CLOSE). */
+    transport_shutdown(c->ct, WS_CLOSE_NORMAL);
+    transport_free(c->ct);
+    transport_free(c->bt);
     relay_release(c);
     blink_free(c->bl);
     handover_chan_free(c);

@@ -27,6 +27,7 @@
 struct session;
 struct session_worker;
 struct ticket_key;
+struct transport;
 
 /* What a worker gives its sessions. Callbacks may be called from the worker's
  * loop only, and must not block on the network. */
@@ -44,10 +45,12 @@ struct session_env {
     int (*claim_id)(void *arg, uint32_t id, int worker_index);
     void (*release_id)(void *arg, uint32_t id);
     int (*owner_of)(void *arg, uint32_t id);
-    /* Hand a half-linked client connection to another worker. Takes fd and
-     * copies the bytes already read; returns -1 if it could not (fd closed). */
-    int (*handoff)(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
-                   const uint8_t *pre, size_t pre_len, const char *web_token);
+    /* Hand a half-linked client connection to another worker. Takes the
+     * transport (TLS state and all) and copies the bytes already read;
+     * returns -1 if it could not (the transport freed). */
+    int (*handoff)(void *arg, int worker_index, struct transport *t,
+                   const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
+                   const char *web_token);
     /* A session record changed (started, ended): persist it off the worker
      * loop. ended=true deletes the record. */
     void (*publish)(void *arg, const struct snap_session *rec, bool ended);
@@ -64,13 +67,16 @@ struct session_worker *session_worker_new(const struct session_env *env);
 /* Closes every session ("shutdown") and frees the worker state. */
 void session_worker_free(struct session_worker *w);
 
-/* A client connection accepted on this worker (takes fd). pre/pre_len are
- * bytes already read from it by another worker (a handoff), else NULL/0.
- * web_token: the console token a WebSocket client gave in its URL or cookie
- * (broker/web.c); its channels are authenticated by it and their SPICE
- * ticket is ignored. NULL for native clients (the ticket is the token). */
-void session_accept(struct session_worker *w, int fd, const struct sockaddr_storage *peer,
-                    const uint8_t *pre, size_t pre_len, const char *web_token);
+/* A client connection accepted on this worker, over a transport (taken:
+ * TCP, TLS after its handshake, or WebSocket after its upgrade; see
+ * transport.h). pre/pre_len are bytes already read from it by another worker
+ * (a handoff), else NULL/0. web_token: the console token a WebSocket client
+ * gave in its URL or cookie (broker/web.c); its channels are authenticated
+ * by it and their SPICE ticket is ignored. NULL for native clients (the
+ * ticket is the token). */
+void session_accept(struct session_worker *w, struct transport *t,
+                    const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
+                    const char *web_token);
 
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);

@@ -105,7 +105,7 @@ stub_owner(void *arg, uint32_t id)
 }
 
 static int
-stub_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
+stub_handoff(void *arg, int worker_index, struct transport *t, const struct sockaddr_storage *peer,
              const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     (void)arg, (void)peer, (void)web_token;
@@ -114,7 +114,7 @@ stub_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage 
     assert_true(pre_len <= sizeof(st.handoff_pre));
     memcpy(st.handoff_pre, pre, pre_len);
     st.handoff_len = pre_len;
-    close(fd); /* the contract: -1 means the fd was closed */
+    transport_free(t); /* the contract: -1 means the transport was freed */
     return -1;
 }
 
@@ -238,7 +238,7 @@ new_client(struct fx *f)
     sin->sin_port = htons(40000);
     sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
-    session_accept(f->w, sp[0], &peer, NULL, 0, NULL);
+    session_accept(f->w, transport_tcp_new(sp[0]), &peer, NULL, 0, NULL);
     return sp[1];
 }
 
@@ -838,7 +838,7 @@ test_accept_with_bytes_read_elsewhere(void **state)
         size_t pre = i < sizeof(cuts) / sizeof(cuts[0]) ? cuts[i] : n;
         int sp[2];
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
-        session_accept(f->w, sp[0], &peer, pre ? b : NULL, pre, NULL);
+        session_accept(f->w, transport_tcp_new(sp[0]), &peer, pre ? b : NULL, pre, NULL);
         if (pre < n)
             send_all(f, sp[1], b + pre, n - pre);
         assert_int_equal(client_read_reply(f, sp[1], &r), SPICE_LINK_ERR_OK);

@@ -88,11 +88,11 @@ stub_owner(void *arg, uint32_t id)
 }
 
 static int
-stub_handoff(void *arg, int worker_index, int fd, const struct sockaddr_storage *peer,
+stub_handoff(void *arg, int worker_index, struct transport *t, const struct sockaddr_storage *peer,
              const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     (void)arg, (void)worker_index, (void)peer, (void)pre, (void)pre_len;
-    close(fd);
+    transport_free(t);
     return -1;
 }
 
@@ -221,7 +221,7 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, bp), 0);
     f->client = cp[1];
     f->backend = bp[1];
-    session_accept(f->w, cp[0], &peer, NULL, 0, NULL);
+    session_accept(f->w, transport_tcp_new(cp[0]), &peer, NULL, 0, NULL);
     c = TAILQ_FIRST(&f->w->pending);
     assert_non_null(c);
     TAILQ_REMOVE(&f->w->pending, c, link);
@@ -229,7 +229,7 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
     c->type = type;
     c->id = 0;
     c->is_main = type == SPICE_CHANNEL_MAIN;
-    c->b_fd = bp[0];
+    c->bt = transport_tcp_new(bp[0]);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
     c->attached = true;
     if (c->is_main)
@@ -1023,7 +1023,7 @@ test_backend_eof_flushes_pending(void **state)
     assert_non_null(in);
     open_chan(f, SPICE_CHANNEL_DISPLAY, BUF_64K);
     /* A small client-leg send buffer, so the relay buffer fills. */
-    assert_int_equal(setsockopt(the_chan(f)->c_fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(transport_fd(the_chan(f)->ct), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
     send_all(f, f->backend, s, len);
     run_for(f, 20);
     close(f->backend);
@@ -1055,7 +1055,7 @@ test_backend_eof_flushes_pending_while_client_talks(void **state)
 
     assert_non_null(in);
     open_chan(f, SPICE_CHANNEL_DISPLAY, BUF_64K);
-    assert_int_equal(setsockopt(the_chan(f)->c_fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(transport_fd(the_chan(f)->ct), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
     send_all(f, f->backend, s, len);
     run_for(f, 20);
     close(f->backend);
