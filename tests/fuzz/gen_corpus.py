@@ -197,6 +197,67 @@ def http_seeds():
     }
 
 
+def ws_frame(op, payload=b"", mask=None, fin=True, rsv=0, length=None, len_bytes=None):
+    """One RFC 6455 frame; length/len_bytes force what the header claims and how."""
+    n = len(payload) if length is None else length
+    if len_bytes is None:
+        len_bytes = 0 if n < 126 else 2 if n <= 0xFFFF else 8
+    h = bytes([(0x80 if fin else 0) | rsv | op])
+    m = 0x80 if mask is not None else 0
+    if len_bytes == 0:
+        h += bytes([m | n])
+    elif len_bytes == 2:
+        h += bytes([m | 126]) + struct.pack(">H", n)
+    else:
+        h += bytes([m | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return h + payload
+    return h + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_seeds():
+    # Bytes 0-1 of each seed: the chunking (bits 0-4 of byte 0 the largest
+    # chunk - 1, bit 5 random sizes seeded by byte 1); the rest is the stream.
+    mk = b"\x37\xfa\x21\x3d"
+    mk2 = b"\x01\x80\xff\x5c"
+    link = link_header(18) + link_mess(0, 1, 0, [0x0D], [0x0F])
+    client = (ws_frame(2, link[:10], mk, fin=False) + ws_frame(9, b"ping!", mk2)
+              + ws_frame(0, link[10:], mk) + ws_frame(10, b"", mk)
+              + ws_frame(2, bytes(range(200)), mk2) + ws_frame(2, bytes(300), mk, len_bytes=8))
+    server = (ws_frame(2, link) + ws_frame(9, b"") + ws_frame(2, bytes(range(256)) * 2, fin=False)
+              + ws_frame(0, b"tail"))
+    return {
+        "client-stream-whole": bytes([0x1F, 0]) + client,
+        "client-stream-1byte": bytes([0x00, 0]) + client,
+        "client-stream-random": bytes([0x2F, 7]) + client,
+        "server-stream-chunk5": bytes([0x04, 0]) + server,
+        "server-stream-random": bytes([0x27, 3]) + server,
+        "client-binary-64k": bytes([0x1F, 0]) + ws_frame(2, bytes(65536), mk),
+        "client-close-code": bytes([0x23, 1]) + ws_frame(2, b"abc", mk) + ws_frame(8, b"\x03\xe8bye", mk2)
+                             + ws_frame(2, b"ignored", mk) + b"\xff" * 8,
+        "client-close-empty": bytes([0x01, 0]) + ws_frame(8, b"", mk),
+        "client-close-1byte": bytes([0x00, 0]) + ws_frame(8, b"\x03", mk),
+        "server-close": bytes([0x02, 0]) + ws_frame(8, b"\x03\xe9"),
+        "pings-and-pongs": bytes([0x06, 0]) + ws_frame(9, b"abc", mk) + ws_frame(10, b"xy", mk2)
+                           + ws_frame(9, b"z", mk2) + ws_frame(10, bytes(125), mk) + ws_frame(9, bytes(125), mk),
+        "ping-125": bytes([0x2A, 9]) + ws_frame(9, bytes(range(125)), mk),
+        "ping-126": bytes([0x1F, 0]) + ws_frame(9, bytes(126), mk),
+        "ping-nofin": bytes([0x1F, 0]) + ws_frame(9, b"x", mk, fin=False),
+        "text": bytes([0x1F, 0]) + ws_frame(1, b"hello", mk),
+        "rsv1": bytes([0x1F, 0]) + ws_frame(2, b"deflated", mk, rsv=0x40),
+        "opcode-3": bytes([0x1F, 0]) + ws_frame(3, b"", mk),
+        "opcode-b": bytes([0x1F, 0]) + ws_frame(11, b"", mk),
+        "continuation-first": bytes([0x1F, 0]) + ws_frame(0, b"abc", mk),
+        "binary-in-message": bytes([0x1F, 0]) + ws_frame(2, b"a", mk, fin=False) + ws_frame(2, b"b", mk),
+        "length-top-bit": bytes([0x1F, 0]) + ws_frame(2, b"", mk, length=1 << 63),
+        "length-huge-partial": bytes([0x03, 0]) + ws_frame(2, b"", mk, length=(1 << 63) - 1) + b"data",
+        "header-partial": bytes([0x00, 0]) + ws_frame(2, b"abc", mk, len_bytes=8)[:9],
+        "unmasked-from-client": bytes([0x1F, 0]) + ws_frame(2, b"abc"),
+        "empty": b"",
+        "one-byte": b"\x00",
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -209,6 +270,7 @@ def main():
     write("fuzz-link", link_seeds())
     write("fuzz-framer", framer_seeds())
     write("fuzz-http", http_seeds())
+    write("fuzz-ws", ws_seeds())
 
 
 if __name__ == "__main__":
