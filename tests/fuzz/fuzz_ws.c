@@ -231,7 +231,7 @@ round_trip(const uint8_t *data, size_t len, const struct ws_decoder *seen, bool 
     CHECK(ws_control_build(wire + n, ctl - 1, WS_OP_PONG, seen->ping_data, seen->ping_len, m) == 0);
     n += ws_control_build(wire + n, ctl, WS_OP_PING, seen->ping_data, seen->ping_len, m);
 
-    ws_decoder_init(&d, masked);
+    ws_decoder_init(&d, masked, 0);
     CHECK(decode_piece(&d, wire, n, out, &out_len) == 0);
     CHECK(out_len == len && (len == 0 || memcmp(out, data, len) == 0));
     CHECK(d.ping && d.ping_len == seen->ping_len &&
@@ -254,11 +254,11 @@ run(const uint8_t *s, size_t len, bool expect_masked, uint8_t mode, uint8_t seed
     CHECK(whole_out != NULL && split_out != NULL && ref_out != NULL);
 
     /* Whole. */
-    ws_decoder_init(&whole, expect_masked);
+    ws_decoder_init(&whole, expect_masked, 0);
     whole_rc = decode_piece(&whole, s, len, whole_out, &whole_len);
 
     /* Split; after an error every later call fails as well. */
-    ws_decoder_init(&split, expect_masked);
+    ws_decoder_init(&split, expect_masked, 0);
     while (pos < len) {
         size_t chunk = max_chunk;
         int rc;

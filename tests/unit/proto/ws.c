@@ -139,7 +139,7 @@ expect_error(bool expect_masked, const uint8_t *wire, size_t len, uint16_t code)
         const char *err;
         size_t out_len;
 
-        ws_decoder_init(&d, expect_masked);
+        ws_decoder_init(&d, expect_masked, 0);
         if (feed(&d, wire, len, cuts[c], 1, out, &out_len, &err) != -1)
             fail_msg("accepted (split %zu), %zu bytes out", c, out_len);
         assert_int_equal(d.error_code, code);
@@ -162,7 +162,7 @@ check_binary(size_t len, int len_bytes, size_t hdr_len)
     fill(payload, len, (uint32_t)len);
     n = put_frame(wire, WS_OP_BINARY, payload, len, mask_a, &o);
     assert_int_equal(n, hdr_len + len);
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     assert_int_equal(ws_decode(&d, wire, n, &out_len, &err), 0);
     assert_int_equal(out_len, len);
     if (len > 0)
@@ -176,7 +176,7 @@ check_binary(size_t len, int len_bytes, size_t hdr_len)
 
     /* One byte at a time. */
     n = put_frame(wire, WS_OP_BINARY, payload, len, mask_a, &o);
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     assert_int_equal(feed(&d, wire, n, one_byte, 1, out, &out_len, &err), 0);
     assert_int_equal(out_len, len);
     if (len > 0)
@@ -221,28 +221,28 @@ test_rfc_examples(void **state)
 
     (void)state;
     /* "Hello" as TEXT is refused (SPICE is binary); as BINARY it decodes. */
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     assert_int_equal(ws_decode(&d, masked, sizeof(masked), &out_len, &err), -1);
     assert_int_equal(d.error_code, WS_CLOSE_UNSUPPORTED_DATA);
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     assert_int_equal(ws_decode(&d, bin, sizeof(bin), &out_len, &err), 0);
     assert_int_equal(out_len, 5);
     assert_memory_equal(bin, "Hello", 5);
 
-    ws_decoder_init(&d, false);
+    ws_decoder_init(&d, false, 0);
     assert_int_equal(ws_decode(&d, frag, sizeof(frag), &out_len, &err), 0);
     assert_int_equal(out_len, 5);
     assert_memory_equal(frag, "Hello", 5);
     assert_false(d.in_message);
 
-    ws_decoder_init(&d, false);
+    ws_decoder_init(&d, false, 0);
     assert_int_equal(ws_decode(&d, ping, sizeof(ping), &out_len, &err), 0);
     assert_int_equal(out_len, 0);
     assert_true(d.ping);
     assert_int_equal(d.ping_len, 5);
     assert_memory_equal(d.ping_data, "Hello", 5);
 
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     assert_int_equal(ws_decode(&d, pong, sizeof(pong), &out_len, &err), 0);
     assert_int_equal(out_len, 0);
     assert_false(d.ping);
@@ -314,7 +314,7 @@ check_stream(bool masked, const size_t *cut, size_t ncut)
     size_t out_len;
 
     build_stream(&s, masked ? mask_a : NULL);
-    ws_decoder_init(&d, masked);
+    ws_decoder_init(&d, masked, 0);
     assert_int_equal(feed(&d, s.wire, s.len, cut, ncut, out, &out_len, &err), 0);
     assert_int_equal(out_len, s.want_len);
     assert_memory_equal(out, s.want, s.want_len);
@@ -370,7 +370,7 @@ test_every_split(void **state)
             const char *err;
 
             memcpy(buf, wire, n);
-            ws_decoder_init(&d, true);
+            ws_decoder_init(&d, true, 0);
             for (int k = 0; k < 3; k++) {
                 size_t got;
 
@@ -404,7 +404,7 @@ test_fragmented_with_ping(void **state)
     (void)state;
     fill(payload, sizeof(payload), 5);
     fill(ping, sizeof(ping), 6);
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
 
     /* BINARY without FIN opens the message. */
     n = put_frame(wire, WS_OP_BINARY, payload, 50, mask_a, &nofin);
@@ -453,7 +453,7 @@ test_pong_ignored(void **state)
 
     (void)state;
     fill(payload, sizeof(payload), 7);
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_PONG, payload, WS_MAX_CONTROL, mask_a, NULL);
     n += put_frame(wire + n, WS_OP_PONG, NULL, 0, mask_a, NULL);
     n += put_frame(wire + n, WS_OP_BINARY, (const uint8_t *)"ab", 2, mask_a, NULL);
@@ -475,7 +475,7 @@ test_close(void **state)
 
     (void)state;
     /* With a code and a reason; the data before it still comes out. */
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_BINARY, (const uint8_t *)"abc", 3, mask_a, NULL);
     n += put_frame(wire + n, WS_OP_CLOSE, (const uint8_t *)"\x03\xe9going away", 12, mask_b, NULL);
     assert_int_equal(ws_decode(&d, wire, n, &out_len, &err), 0);
@@ -486,7 +486,7 @@ test_close(void **state)
     assert_int_equal(d.error_code, 0);
 
     /* Just a code, split one byte at a time. */
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_CLOSE, (const uint8_t *)"\x03\xe8", 2, mask_a, NULL);
     assert_int_equal(feed(&d, wire, n, one_byte, 1, out, &out_len, &err), 0);
     assert_int_equal(out_len, 0);
@@ -494,14 +494,14 @@ test_close(void **state)
     assert_int_equal(d.close_code, WS_CLOSE_NORMAL);
 
     /* Without a code: 1005 (no status received). */
-    ws_decoder_init(&d, false);
+    ws_decoder_init(&d, false, 0);
     n = put_frame(wire, WS_OP_CLOSE, NULL, 0, NULL, NULL);
     assert_int_equal(ws_decode(&d, wire, n, &out_len, &err), 0);
     assert_true(d.closed);
     assert_int_equal(d.close_code, 1005);
 
     /* A one-byte payload cannot hold a code. */
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_CLOSE, (const uint8_t *)"\x03", 1, mask_a, NULL);
     assert_int_equal(ws_decode(&d, wire, n, &out_len, &err), -1);
     assert_non_null(err);
@@ -510,7 +510,7 @@ test_close(void **state)
     expect_error(true, wire, n, WS_CLOSE_PROTOCOL_ERROR);
 
     /* A close frame in the middle of a fragmented message is allowed. */
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     {
         const struct frame_opts nofin = { .nofin = true };
 
@@ -532,7 +532,7 @@ test_after_close(void **state)
     size_t n, c, out_len;
 
     (void)state;
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_BINARY, (const uint8_t *)"keep", 4, mask_a, NULL);
     n += put_frame(wire + n, WS_OP_CLOSE, (const uint8_t *)"\x03\xe8", 2, mask_a, NULL);
     c = n;
@@ -654,7 +654,7 @@ test_errors(void **state)
         const char *err;
         size_t out_len;
 
-        ws_decoder_init(&d, true);
+        ws_decoder_init(&d, true, 0);
         n = put_frame(wire, WS_OP_BINARY, (const uint8_t *)"abc", 3, NULL, NULL);
         assert_int_equal(ws_decode(&d, wire, 2, &out_len, &err), -1);
         assert_non_null(err);
@@ -671,7 +671,7 @@ test_error_sticky(void **state)
     size_t n, out_len;
 
     (void)state;
-    ws_decoder_init(&d, true);
+    ws_decoder_init(&d, true, 0);
     n = put_frame(wire, WS_OP_BINARY, (const uint8_t *)"ok", 2, mask_a, NULL);
     n += put_frame(wire + n, WS_OP_TEXT, (const uint8_t *)"no", 2, mask_a, NULL);
     assert_int_equal(ws_decode(&d, wire, n, &out_len, &err), -1);
@@ -855,7 +855,7 @@ round_trip(bool masked, const size_t *cut, size_t ncut)
     memcpy(wire + n, "trailing", 8); /* after the CLOSE: ignored */
     n += 8;
 
-    ws_decoder_init(&d, masked);
+    ws_decoder_init(&d, masked, 0);
     assert_int_equal(feed(&d, wire, n, cut, ncut, out, &out_len, &err), 0);
     assert_int_equal(out_len, want_len);
     assert_memory_equal(out, want, want_len);
@@ -866,7 +866,7 @@ round_trip(bool masked, const size_t *cut, size_t ncut)
     assert_int_equal(d.close_code, WS_CLOSE_NORMAL);
 
     /* The other expectation fails on the first frame. */
-    ws_decoder_init(&d, !masked);
+    ws_decoder_init(&d, !masked, 0);
     assert_int_equal(feed(&d, wire, n, cut, ncut, out, &out_len, &err), -1);
     assert_int_equal(d.error_code, WS_CLOSE_PROTOCOL_ERROR);
 }
@@ -883,6 +883,43 @@ test_round_trip(void **state)
         rng_state = 42;
         round_trip(m, random_cuts, 1);
     }
+}
+
+/* A message over the decoder's limit is refused with 1009, whether it comes
+ * in one frame or in fragments; exactly the limit is fine. */
+static void
+test_max_message(void **state)
+{
+    (void)state;
+    static const uint8_t m[4] = { 1, 2, 3, 4 };
+    static uint8_t payload[100], buf[512];
+    struct ws_decoder d;
+    const char *err = NULL;
+    size_t out = 0, n;
+
+    ws_decoder_init(&d, true, 100);
+    n = put_frame(buf, WS_OP_BINARY, payload, 100, m, NULL);
+    assert_int_equal(ws_decode(&d, buf, n, &out, &err), 0);
+    assert_int_equal(out, 100);
+
+    ws_decoder_init(&d, true, 100);
+    n = put_frame(buf, WS_OP_BINARY, payload, 101, m, &(struct frame_opts){ .fake_len = 101 });
+    assert_int_equal(ws_decode(&d, buf, 14, &out, &err), -1);
+    assert_int_equal(d.error_code, WS_CLOSE_TOO_BIG);
+
+    ws_decoder_init(&d, true, 100);
+    n = put_frame(buf, WS_OP_BINARY, payload, 60, m, &(struct frame_opts){ .nofin = true });
+    n += put_frame(buf + n, WS_OP_CONTINUATION, payload, 41, m, NULL);
+    assert_int_equal(ws_decode(&d, buf, n, &out, &err), -1);
+    assert_int_equal(d.error_code, WS_CLOSE_TOO_BIG);
+    assert_string_equal(err, "message too big");
+
+    /* the count starts again with each message */
+    ws_decoder_init(&d, true, 100);
+    n = put_frame(buf, WS_OP_BINARY, payload, 90, m, NULL);
+    n += put_frame(buf + n, WS_OP_BINARY, payload, 90, m, NULL);
+    assert_int_equal(ws_decode(&d, buf, n, &out, &err), 0);
+    assert_int_equal(out, 180);
 }
 
 int
@@ -903,6 +940,7 @@ main(void)
         cmocka_unit_test(test_header_build),
         cmocka_unit_test(test_control_build),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_max_message),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
