@@ -32,7 +32,7 @@ if [ "$INSTALL" = 1 ]; then
   apt-get install -y -qq --no-install-recommends gcc meson ninja-build pkg-config \
     libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev \
     libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev \
-    libwslay-dev spice-html5 qemu-system-x86 nasm >/dev/null
+    spice-html5 qemu-system-x86 nasm >/dev/null
 fi
 
 echo "== building"

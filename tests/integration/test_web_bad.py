@@ -15,7 +15,7 @@ WebSocket SPICE link still work, and no token was logged.
         (1009), a reserved opcode (1002), a hang-up mid-frame, a ping
         (answered with a pong), a close (answered with a close).
 Then a SPICE link over a WebSocket with a registered token gets its link
-reply (the bridge carries SPICE both ways).
+reply (the WebSocket transport carries SPICE both ways).
 """
 import base64
 import os
@@ -208,7 +208,7 @@ def test(env):
         log(r)
     b.check_alive()
 
-    # SPICE over a good WebSocket: the link reply comes back through the bridge
+    # SPICE over a good WebSocket: the link reply comes back through the transport
     s, rest = ws_open(wport, good)
     s.sendall(frame(2, link_packet()))
     data, _ = read_all(s, timeout=2)

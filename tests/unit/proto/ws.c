@@ -892,7 +892,7 @@ test_max_message(void **state)
 {
     (void)state;
     static const uint8_t m[4] = { 1, 2, 3, 4 };
-    static uint8_t payload[100], buf[512];
+    static uint8_t payload[128], buf[512];
     struct ws_decoder d;
     const char *err = NULL;
     size_t out = 0, n;
