@@ -850,16 +850,12 @@ int handover_try_switch(struct chan *c)
     return 0;
 }
 
-void handover_chan_closing(struct chan *c)
+void handover_chan_leaving(struct chan *c)
 {
     struct session *s = c->s;
     struct session_mig *m = &s->mig;
     c->leaving = true;
-    if (s->reattaching) {
-        reattach_done_one(s);
-        return;
-    }
-    if (m->state == MIG_IDLE || c->is_main)
+    if (s->reattaching || m->state == MIG_IDLE || c->is_main)
         return;
     /* A channel that goes during a migration no longer counts toward "all
      * destination legs ready" or "all channels switched". */
@@ -869,6 +865,15 @@ void handover_chan_closing(struct chan *c)
     if (had_leg && m->n_legs > 0)
         m->n_legs--;
     drop_dest_leg(c);
+}
+
+void handover_channels_changed(struct session *s)
+{
+    struct session_mig *m = &s->mig;
+    if (s->reattaching) {
+        reattach_done_one(s);
+        return;
+    }
     if (m->state == MIG_LINKING && m->n_legs > 0 && m->n_ready == m->n_legs) {
         m->t_ready = handover_now();
         handover_event(s, MIG_EV_DEST_READY);

@@ -158,6 +158,7 @@ struct chan {
     bool relinked;              /* reattach: this channel has its fresh backend */
     bool leaving;               /* being closed: no longer counted by migration */
     bool attached;              /* in s->chans (authenticated); else in worker->pending */
+    bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */
 };
 
 struct mig_dest {
@@ -194,7 +195,9 @@ struct session_mig {
 };
 
 struct session {
-    TAILQ_ENTRY(session) link;
+    TAILQ_ENTRY(session) link;  /* in worker->sessions, or worker->dead_sessions once closed */
+    TAILQ_ENTRY(session) check_link;
+    bool check_queued;          /* on worker->to_check: channels left this loop turn */
     struct session_worker *w;
     uint32_t id;                /* 0 until MAIN_INIT arrives */
     bool id_claimed;
@@ -227,13 +230,27 @@ struct session_worker {
     struct evdns_base *dns;         /* made on first use (a backend named by host name) */
     TAILQ_HEAD(, session) sessions;
     TAILQ_HEAD(, chan) pending;     /* channels not yet attached to a session */
+    /* Deferred teardown: what was closed inside a callback is freed once the
+     * stack has unwound, by `reap` at the end of the loop turn (Redis's
+     * freeClientAsync, memcached's closing state). */
+    TAILQ_HEAD(, chan) dead;
+    TAILQ_HEAD(, session) dead_sessions;
+    TAILQ_HEAD(, session) to_check;
+    struct event *reap;
     struct session_stats stats;
 };
 
 /* session.c */
 /* The worker's resolver, made on first use; NULL if it cannot be made. */
 struct evdns_base *session_worker_dns(struct session_worker *w);
+/* The one teardown of a session, with a reason (logged once, recorded). Safe
+ * from any callback: everything is stopped and unlinked at once (no event
+ * of the session or its channels runs again), and the memory is freed at the
+ * end of the loop turn, so a caller may still read s after it returns. */
 void session_close(struct session *s, const char *reason);
+/* Closes one channel (the main channel closes its session) the same way.
+ * The session's migration sees the channel gone as an event, after the
+ * stack has unwound. */
 void chan_close(struct chan *c, const char *reason);
 struct session *session_find(struct session_worker *w, uint32_t id);
 void session_set_id(struct session *s, uint32_t id);
@@ -256,8 +273,13 @@ bool handover_wants(const struct chan *c, uint16_t type);
 int handover_try_switch(struct chan *c);
 void handover_chan_started(struct chan *c);
 void handover_chan_free(struct chan *c);
-/* A non-main channel of a live session is about to close. */
-void handover_chan_closing(struct chan *c);
+/* A non-main channel of a live session is closing: it stops counting toward
+ * the migration (bookkeeping only, no migration step is taken here). */
+void handover_chan_leaving(struct chan *c);
+/* After channels left (at the end of the loop turn, never inside the
+ * callback that closed them): the migration engine sees it as an event
+ * (destination ready, all switched, reattach done). */
+void handover_channels_changed(struct session *s);
 void handover_session_free(struct session *s);
 void handover_note_forwarded(struct chan *c, uint16_t type);
 /* The backend leg of c closed or failed: 0 if a reattach took over, -1 if

@@ -703,7 +703,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
 
 void relay_kick(struct chan *c)
 {
-    if (c->state == CH_RELAY && c->c_wr != NULL)
+    if (c->state == CH_RELAY && c->c_wr != NULL && !c->closing)
         event_active(c->c_wr, EV_WRITE, 0);
 }
 

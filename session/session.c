@@ -14,6 +14,13 @@
 #include "common/log.h"
 #include "session/internal.h"
 
+static void reap(struct session_worker *w);
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    reap(arg);
+}
+
 struct session_worker *session_worker_new(const struct session_env *env)
 {
     struct session_worker *w = calloc(1, sizeof(*w));
@@ -23,6 +30,14 @@ struct session_worker *session_worker_new(const struct session_env *env)
     pool_init(&w->pool, env->buffer_size, 8);
     TAILQ_INIT(&w->sessions);
     TAILQ_INIT(&w->pending);
+    TAILQ_INIT(&w->dead);
+    TAILQ_INIT(&w->dead_sessions);
+    TAILQ_INIT(&w->to_check);
+    w->reap = event_new(env->base, -1, 0, on_reap, w);
+    if (w->reap == NULL) {
+        free(w);
+        return NULL;
+    }
     return w;
 }
 
@@ -36,6 +51,8 @@ void session_worker_free(struct session_worker *w)
     struct chan *c;
     while ((c = TAILQ_FIRST(&w->pending)) != NULL)
         chan_close(c, NULL);
+    reap(w);
+    event_free(w->reap);
     pool_drain(&w->pool);
     if (w->dns != NULL)
         evdns_base_free(w->dns, 1);
@@ -82,6 +99,29 @@ void session_accept(struct session_worker *w, struct transport *t,
     log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
     link_start_client(c, pre, pre_len);
+}
+
+/* Stops everything of c that could still call back (its events, a backend
+ * link in progress, its migration legs); the memory stays until chan_free(). */
+static void chan_disarm(struct chan *c)
+{
+    struct event *evs[] = { c->c_rd, c->c_wr, c->b_rd, c->b_wr, c->timer };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i] != NULL)
+            event_del(evs[i]);
+    blink_free(c->bl);
+    c->bl = NULL;
+    handover_chan_free(c);
+}
+
+/* Puts c on the worker's dead list (unlinked from every other list by the
+ * caller) for the end of the loop turn. */
+static void chan_bury(struct chan *c)
+{
+    c->closing = true;
+    chan_disarm(c);
+    TAILQ_INSERT_TAIL(&c->w->dead, c, link);
+    event_active(c->w->reap, 0, 0);
 }
 
 static void chan_free(struct chan *c)
@@ -183,7 +223,7 @@ void session_close(struct session *s, const char *reason)
     while ((c = TAILQ_FIRST(&s->chans)) != NULL) {
         TAILQ_REMOVE(&s->chans, c, link);
         chan_account(s, c);
-        chan_free(c);
+        chan_bury(c);
     }
     /* Links still being authenticated for this session go with it. */
     struct chan *next;
@@ -191,19 +231,26 @@ void session_close(struct session *s, const char *reason)
         next = TAILQ_NEXT(c, link);
         if (c->s == s) {
             TAILQ_REMOVE(&w->pending, c, link);
-            chan_free(c);
+            chan_bury(c);
         }
     }
-    handover_session_free(s);
+    handover_session_free(s); /* its timers, a prepare waiting on it */
     TAILQ_REMOVE(&w->sessions, s, link);
+    if (s->check_queued) {
+        TAILQ_REMOVE(&w->to_check, s, check_link);
+        s->check_queued = false;
+    }
     w->stats.sessions_active--;
     OPENSSL_cleanse(&s->rec, sizeof(s->rec));
-    free(s);
+    TAILQ_INSERT_TAIL(&w->dead_sessions, s, link);
+    event_active(w->reap, 0, 0);
 }
 
 void chan_close(struct chan *c, const char *reason)
 {
     struct session *s = c->s;
+    if (c->closing)
+        return;
     if (s != NULL && c->is_main && c->attached) {
         session_close(s, reason);
         return;
@@ -212,8 +259,13 @@ void chan_close(struct chan *c, const char *reason)
         if (reason != NULL)
             log_info("%s %s:%u channel closed: %s", s->sid, wire_channel_name(c->type), c->id,
                      reason);
-        if (!s->closing)
-            handover_chan_closing(c);
+        if (!s->closing) {
+            handover_chan_leaving(c);
+            if (!s->check_queued) {
+                s->check_queued = true;
+                TAILQ_INSERT_TAIL(&c->w->to_check, s, check_link);
+            }
+        }
         TAILQ_REMOVE(&s->chans, c, link);
         chan_account(s, c);
     } else {
@@ -222,7 +274,33 @@ void chan_close(struct chan *c, const char *reason)
                      reason);
         TAILQ_REMOVE(&c->w->pending, c, link);
     }
-    chan_free(c);
+    chan_bury(c);
+}
+
+/* The end of a loop turn in which something closed: first the migration
+ * steps the departures call for (which may close more), then the memory. */
+static void reap(struct session_worker *w)
+{
+    for (;;) {
+        struct session *s = TAILQ_FIRST(&w->to_check);
+        if (s != NULL) {
+            TAILQ_REMOVE(&w->to_check, s, check_link);
+            s->check_queued = false;
+            handover_channels_changed(s);
+            continue;
+        }
+        struct chan *c = TAILQ_FIRST(&w->dead);
+        if (c != NULL) {
+            TAILQ_REMOVE(&w->dead, c, link);
+            chan_free(c);
+            continue;
+        }
+        s = TAILQ_FIRST(&w->dead_sessions);
+        if (s == NULL)
+            break;
+        TAILQ_REMOVE(&w->dead_sessions, s, link);
+        free(s);
+    }
 }
 
 struct session *session_find(struct session_worker *w, uint32_t id)
