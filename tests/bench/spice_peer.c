@@ -1124,6 +1124,7 @@ static SSL_CTX *tls_client_ctx(const char *ca_file)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, 256u << 10); /* read-ahead: many records a read() */
     if (strcmp(ca_file, "none") != 0) {
         if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
             die("--tls: cannot load the CA file");
