@@ -1732,6 +1732,7 @@ int main(int argc, char **argv)
     struct sigaction sa;
     struct copts o = { .password = "" };
     const char *mode = NULL;
+    int rc = 2;
 
     if (argc < 2)
         usage();
@@ -1763,16 +1764,18 @@ int main(int argc, char **argv)
     if (!mode)
         usage();
     if (strcmp(mode, "throughput") == 0)
-        return run_throughput(&o, opt_num(argc, argv, "--seconds", 3));
-    if (strcmp(mode, "latency") == 0)
-        return run_latency(&o, (long)opt_num(argc, argv, "--count", 5000),
-                           (long)opt_num(argc, argv, "--size", 64));
-    if (strcmp(mode, "idle") == 0)
-        return run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
-                        opt_num(argc, argv, "--hold", 5));
-    if (strcmp(mode, "linkrate") == 0)
-        return run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
-                            (long)opt_num(argc, argv, "--parallel", 4));
-    usage();
-    return 2;
+        rc = run_throughput(&o, opt_num(argc, argv, "--seconds", 3));
+    else if (strcmp(mode, "latency") == 0)
+        rc = run_latency(&o, (long)opt_num(argc, argv, "--count", 5000),
+                         (long)opt_num(argc, argv, "--size", 64));
+    else if (strcmp(mode, "idle") == 0)
+        rc = run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
+                      opt_num(argc, argv, "--hold", 5));
+    else if (strcmp(mode, "linkrate") == 0)
+        rc = run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
+                          (long)opt_num(argc, argv, "--parallel", 4));
+    else
+        usage();
+    SSL_CTX_free(o.tls);
+    return rc;
 }
