@@ -151,6 +151,7 @@ def report(results, meta):
                      r.get("transport", "-")])
     full = [x for x in rows if len(x) == len(cols)]
     widths = [max(len(str(row[i])) for row in [cols] + full) for i in range(len(cols))]
+    widths[0] = max(len(row[0]) for row in [cols] + rows)
     v = meta["versions"]
     print(f"ports benchmark: {meta['cpus']} CPUs, load {meta['loadavg']} -> {meta['loadavg_end']}, "
           f"{meta['runs']}x{meta['seconds']}s throughput, {meta['latency_runs']}x"
