@@ -94,11 +94,14 @@ def proc_tree(pid):
 
 
 def cpu_seconds(pids):
+    """utime + stime of each process, plus cutime + cstime: the time of the
+    children it has reaped (websockify's per-connection processes), so that a
+    sum over a process tree does not drop a child that ended in between."""
     total = 0.0
     for p in pids:
         try:
             f = _stat_fields(p)
-            total += (int(f[11]) + int(f[12])) / CLK_TCK  # utime, stime
+            total += sum(int(x) for x in f[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
         except (OSError, ValueError, IndexError):
             pass
     return total
@@ -203,8 +206,8 @@ class Bench:
                 res = pa["res"]
                 if "error" in res or "latency_error" in res or self.left() < 30:
                     continue
-                r = self.client(pa["port"], TOKEN, ["latency", "--count", str(a.latency_count),
-                                                    "--size", "64"], 60)
+                r = self.client(pa["port"], TOKEN, pa.get("client_args", []) + [
+                    "latency", "--count", str(a.latency_count), "--size", "64"], 60)
                 if "error" in r:
                     res["latency_error"] = r["error"]
                     continue
@@ -221,25 +224,33 @@ class Bench:
                 res["p50_us_median"] = statistics.median(res["p50_us_runs"])
                 res["p99_us_median"] = statistics.median(res["p99_us_runs"])
 
-    def throughput(self, paths):
-        """One display stream; paths take turns run by run; the median of the
-        runs. The relay's CPU is summed over its runs only."""
+    def throughput(self, paths, rotate=False, reserve=40):
+        """One display stream; paths take turns run by run (rotate: the order
+        also rotates every run); the median of the runs. The relay's CPU is
+        summed over its runs only. A run starts only while `reserve` seconds
+        of the budget are left after it."""
         a = self.a
-        for _ in range(a.runs):
-            for pa in paths:
+        for run in range(a.runs):
+            k = run % len(paths) if rotate and paths else 0
+            for pa in paths[k:] + paths[:k]:
                 res = pa["res"]
-                if "error" in res or self.left() < a.seconds + 40:
+                if "error" in res or self.left() < a.seconds + reserve:
                     continue
                 pids = pa["pids"]()
                 cpu0 = cpu_seconds(pids)
-                r = self.client(pa["port"], TOKEN, ["throughput", "--seconds", str(a.seconds)],
-                                a.seconds + 20)
-                cpu1 = cpu_seconds(pids)
+                r = self.client(pa["port"], TOKEN, pa.get("client_args", []) + [
+                    "throughput", "--seconds", str(a.seconds)], a.seconds + 20)
+                cpu1 = cpu_seconds(pa["pids"]())  # again: children forked per connection
                 if "error" in r:
                     res["error"] = "throughput: " + r["error"]
                     continue
                 res.setdefault("gbps_runs", []).append(r["gbps"])
                 res["bytes"] = res.get("bytes", 0) + r["bytes"]
+                res["wall_s"] = round(res.get("wall_s", 0) + r.get("seconds", 0), 3)
+                if "client_cpu_s" in r:
+                    res["client_cpu_s"] = round(res.get("client_cpu_s", 0) + r["client_cpu_s"], 3)
+                if "transport" in r:
+                    res["transport"] = r["transport"]
                 if pids:
                     res["cpu_s"] = round(res.get("cpu_s", 0) + cpu1 - cpu0, 2)
                 time.sleep(0.2)
@@ -342,12 +353,14 @@ def start_broker(args, procs, tmp, server_port, name="broker", workers=2, extra=
     return p, port
 
 
-def start_haproxy(args, procs, tmp, server_port):
+def start_haproxy(args, procs, tmp, server_port, tls_pem=None, name="haproxy"):
+    """haproxy in TCP mode; tls_pem (certificate, chain and key in one PEM
+    file): it terminates TLS on its port."""
     exe = shutil.which("haproxy")
     if not exe:
         raise Skip("haproxy not installed")
     port = free_port()
-    cfg = os.path.join(tmp, "haproxy.cfg")
+    cfg = os.path.join(tmp, f"{name}.cfg")
     with open(cfg, "w") as f:
         f.write(f"""global
     maxconn 8000
@@ -358,14 +371,14 @@ defaults
     timeout client 120s
     timeout server 120s
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{f" ssl crt {tls_pem}" if tls_pem else ""}
     default_backend be
 backend be
     server s1 127.0.0.1:{server_port}
 """)
-    p = procs.start("haproxy", [exe, "-f", cfg, "-db"], tmp)
+    p = procs.start(name, [exe, "-f", cfg, "-db"], tmp)
     if not wait_port(port, 10, p):
-        raise Skip(f"did not start: {tail(os.path.join(tmp, 'haproxy.err'))}")
+        raise Skip(f"did not start: {tail(os.path.join(tmp, name + '.err'))}")
     return p, port
 
 

@@ -3,7 +3,8 @@
  * loop, the client modes use non-blocking sockets with poll() deadlines.
  *
  *   spice_peer server --listen 127.0.0.1:PORT [--max-seconds S]
- *   spice_peer client --connect 127.0.0.1:PORT --password TOKEN MODE [options]
+ *   spice_peer client --connect 127.0.0.1:PORT --password TOKEN
+ *                     [--tls CA_FILE|none] [--ws PATH] MODE [options]
  *       throughput --seconds S
  *       latency    --count N [--size 64]
  *       idle       --sessions N [--hold S]
@@ -14,6 +15,9 @@
  * fresh session id, then idle. Display: SET_ACK then an endless stream of
  * display-sized messages under the ACK window. Inputs: echoes each client
  * message. PORT 0 picks a free port; the server prints "listening HOST:PORT".
+ * The client speaks plain TCP, TLS (--tls: the chain checked against CA_FILE
+ * and the IP, or not at all with "none"), a WebSocket (--ws PATH: GET PATH,
+ * subprotocol binary, one binary frame per write) or a WebSocket over TLS.
  * Every client mode prints one JSON line on stdout. Nothing here is a test:
  * the figures are printed, never checked. */
 #include <arpa/inet.h>
@@ -36,6 +40,12 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 
 #include "proto/ticket.h"
 #include "proto/wire.h"
@@ -686,6 +696,8 @@ static int run_server(const char *listen_addr, double max_seconds)
 struct copts {
     struct sockaddr_in addr;
     const char *password;
+    SSL_CTX *tls;          /* --tls: every connection is TLS (NULL: plain TCP) */
+    const char *ws_path;   /* --ws PATH: every connection is a WebSocket (GET PATH) */
 };
 
 /* A linked client channel: its socket, reader and ACK state (spice-gtk's
@@ -699,8 +711,82 @@ struct cchan {
     uint64_t msgs;
 };
 
+/* ------------------------------------------------------------ transports
+ *
+ * A client socket is plain TCP, TLS (--tls) or a WebSocket (--ws, over TCP or
+ * TLS). The client code only calls xread / write_all / read_full / wait_fd /
+ * xclose on the fd; a socket with a transport has an xconn in xtab[fd].
+ * TLS: OpenSSL on the non-blocking socket (read-ahead on); an SSL call that
+ * cannot go on sets errno EAGAIN and the poll event it waits for (x->want),
+ * which wait_fd uses. The callers only poll after EAGAIN, so bytes OpenSSL
+ * holds are never waited for.
+ * WebSocket: the server's frames are decoded in place in the caller's buffer
+ * (headers cut out with memmove); each client write is one masked binary
+ * frame; a ping is answered, a close is EOF. x->raw_in counts the bytes read
+ * off the connection (framing included). */
+struct xconn {
+    SSL *ssl;
+    short want;                 /* poll events the last EAGAIN waits for */
+    bool ws, ws_eof;
+    uint8_t *pre;               /* bytes read past the HTTP reply */
+    size_t pre_len, pre_off;
+    uint8_t hdr[14];
+    unsigned hdr_have, hdr_need;
+    uint64_t left;              /* payload bytes left in the current frame */
+    uint8_t op;
+    uint8_t ctl[125];
+    unsigned ctl_have;
+    uint64_t mask_rng, raw_in;
+};
+
+static struct xconn **xtab;
+static size_t xtab_cap;
+
+static struct xconn *xget(int fd)
+{
+    return fd >= 0 && (size_t)fd < xtab_cap ? xtab[fd] : NULL;
+}
+
+static int xset(int fd, struct xconn *x)
+{
+    if ((size_t)fd >= xtab_cap) {
+        size_t cap = xtab_cap ? xtab_cap : 64;
+        struct xconn **nt;
+
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        nt = realloc(xtab, cap * sizeof *nt);
+        if (!nt)
+            return -1;
+        memset(nt + xtab_cap, 0, (cap - xtab_cap) * sizeof *nt);
+        xtab = nt;
+        xtab_cap = cap;
+    }
+    xtab[fd] = x;
+    return 0;
+}
+
+static void xclose(int fd)
+{
+    struct xconn *x = xget(fd);
+
+    if (x) {
+        SSL_free(x->ssl); /* no close_notify: clients end with a TCP close, as spice-gtk does */
+        free(x->pre);
+        free(x);
+        xtab[fd] = NULL;
+    }
+    close(fd);
+}
+
 static int wait_fd(int fd, short ev, uint64_t deadline)
 {
+    struct xconn *x = xget(fd);
+
+    if (x && x->want) {
+        ev = x->want;
+        x->want = 0;
+    }
     for (;;) {
         uint64_t now = now_ns();
         struct pollfd p = { .fd = fd, .events = ev };
@@ -718,12 +804,75 @@ static int wait_fd(int fd, short ev, uint64_t deadline)
     }
 }
 
-static int write_all(int fd, const void *buf, size_t len, uint64_t deadline)
+/* An SSL call's failure as read()/write() would report it: 0 EOF, -1 errno. */
+static ssize_t ssl_fail(struct xconn *x, int rc)
+{
+    int e = SSL_get_error(x->ssl, rc);
+
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        x->want = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    if (e == SSL_ERROR_SYSCALL && errno == 0)
+        return 0; /* EOF without close_notify */
+    if (e != SSL_ERROR_SYSCALL)
+        errno = EPROTO;
+    return -1;
+}
+
+/* read()/write() of the connection below the WebSocket layer */
+static ssize_t raw_read(int fd, struct xconn *x, void *buf, size_t len)
+{
+    ssize_t r;
+
+    if (x && x->pre_off < x->pre_len) {
+        size_t k = x->pre_len - x->pre_off;
+
+        if (k > len)
+            k = len;
+        memcpy(buf, x->pre + x->pre_off, k);
+        x->pre_off += k;
+        r = (ssize_t)k;
+    } else if (x && x->ssl) {
+        size_t got = 0;
+        int rc;
+
+        errno = 0;
+        rc = SSL_read_ex(x->ssl, buf, len, &got);
+        r = rc == 1 ? (ssize_t)got : ssl_fail(x, rc);
+    } else {
+        r = read(fd, buf, len);
+    }
+    if (x && r > 0)
+        x->raw_in += (uint64_t)r;
+    return r;
+}
+
+static ssize_t raw_write(int fd, struct xconn *x, const void *buf, size_t len)
+{
+    if (x && x->ssl) {
+        size_t put = 0;
+        int rc;
+
+        errno = 0;
+        rc = SSL_write_ex(x->ssl, buf, len, &put);
+        if (rc == 1)
+            return (ssize_t)put;
+        return ssl_fail(x, rc) == 0 ? (errno = EPIPE, -1) : -1;
+    }
+    return write(fd, buf, len);
+}
+
+static int raw_write_all(int fd, struct xconn *x, const void *buf, size_t len, uint64_t deadline)
 {
     const uint8_t *p = buf;
 
     while (len > 0) {
-        ssize_t w = write(fd, p, len);
+        ssize_t w = raw_write(fd, x, p, len);
 
         if (w > 0) {
             p += w;
@@ -736,12 +885,150 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t deadline)
     return 0;
 }
 
+/* One masked client frame (FIN set) of opcode op around len bytes. */
+static int ws_send(int fd, struct xconn *x, uint8_t op, const void *data, size_t len,
+                   uint64_t deadline)
+{
+    uint8_t small[14 + 2048], *f = small;
+    size_t h = 2;
+    uint64_t m = rng_next(&x->mask_rng);
+    uint8_t mask[4] = { (uint8_t)m, (uint8_t)(m >> 8), (uint8_t)(m >> 16), (uint8_t)(m >> 24) };
+    int rc;
+
+    if (len + 14 > sizeof small && !(f = malloc(len + 14)))
+        return -1;
+    f[0] = (uint8_t)(0x80 | op);
+    if (len < 126) {
+        f[1] = (uint8_t)(0x80 | len);
+    } else if (len < 65536) {
+        f[1] = 0x80 | 126;
+        f[2] = (uint8_t)(len >> 8);
+        f[3] = (uint8_t)len;
+        h = 4;
+    } else {
+        f[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            f[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+        h = 10;
+    }
+    memcpy(f + h, mask, 4);
+    h += 4;
+    for (size_t i = 0; i < len; i++)
+        f[h + i] = ((const uint8_t *)data)[i] ^ mask[i & 3];
+    rc = raw_write_all(fd, x, f, h + len, deadline);
+    if (f != small)
+        free(f);
+    return rc;
+}
+
+/* A control frame is complete in x->ctl: ping -> pong, close -> EOF. */
+static int ws_control(int fd, struct xconn *x)
+{
+    if (x->op == 8) {
+        x->ws_eof = true;
+        return 0;
+    }
+    if (x->op == 9)
+        return ws_send(fd, x, 10, x->ctl, x->ctl_have, now_ns() + LINK_TIMEOUT_NS);
+    return 0; /* pong: ignored */
+}
+
+/* Decodes n raw bytes in buf in place; returns the payload bytes now at buf[0..),
+ * or -1 (errno EPROTO) on a frame a server must not send. */
+static ssize_t ws_decode(int fd, struct xconn *x, uint8_t *buf, size_t n)
+{
+    size_t i = 0, o = 0;
+
+    while (i < n && !x->ws_eof) {
+        if (x->hdr_need == 0 && x->left > 0) {
+            size_t k = x->left < n - i ? (size_t)x->left : n - i;
+
+            if (x->op >= 8) {
+                memcpy(x->ctl + x->ctl_have, buf + i, k);
+                x->ctl_have += (unsigned)k;
+            } else {
+                if (o != i)
+                    memmove(buf + o, buf + i, k);
+                o += k;
+            }
+            i += k;
+            x->left -= k;
+            if (x->left == 0 && x->op >= 8 && ws_control(fd, x) < 0)
+                return -1;
+            continue;
+        }
+        if (x->hdr_need == 0)
+            x->hdr_need = 2;
+        x->hdr[x->hdr_have++] = buf[i++];
+        if (x->hdr_have == 2) {
+            unsigned l7 = x->hdr[1] & 0x7Fu;
+
+            if (x->hdr[1] & 0x80u) {
+                errno = EPROTO; /* masked frame from a server */
+                return -1;
+            }
+            x->hdr_need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0);
+        }
+        if (x->hdr_have == x->hdr_need) {
+            unsigned l7 = x->hdr[1] & 0x7Fu;
+            uint64_t len = l7;
+
+            if (l7 >= 126) {
+                len = 0;
+                for (unsigned k = 2; k < x->hdr_need; k++)
+                    len = len << 8 | x->hdr[k];
+            }
+            x->op = x->hdr[0] & 0x0Fu;
+            if (x->op >= 8 && len > sizeof x->ctl) {
+                errno = EPROTO;
+                return -1;
+            }
+            x->left = len;
+            x->ctl_have = 0;
+            x->hdr_have = x->hdr_need = 0;
+            if (len == 0 && x->op >= 8 && ws_control(fd, x) < 0)
+                return -1;
+        }
+    }
+    return (ssize_t)o;
+}
+
+/* read() through the transport: SPICE bytes only. */
+static ssize_t xread(int fd, void *buf, size_t len)
+{
+    struct xconn *x = xget(fd);
+
+    if (!x || !x->ws)
+        return raw_read(fd, x, buf, len);
+    for (;;) {
+        ssize_t r, d;
+
+        if (x->ws_eof)
+            return 0;
+        r = raw_read(fd, x, buf, len);
+        if (r <= 0)
+            return r;
+        d = ws_decode(fd, x, buf, (size_t)r);
+        if (d != 0)
+            return d; /* payload, or -1 */
+    }
+}
+
+static int write_all(int fd, const void *buf, size_t len, uint64_t deadline)
+{
+    struct xconn *x = xget(fd);
+
+    if (x && x->ws)
+        return ws_send(fd, x, 2, buf, len, deadline);
+    return raw_write_all(fd, x, buf, len, deadline);
+}
+
 static int read_full(int fd, void *buf, size_t len, uint64_t deadline)
 {
     uint8_t *p = buf;
 
     while (len > 0) {
-        ssize_t r = read(fd, p, len);
+        ssize_t r = xread(fd, p, len);
 
         if (r > 0) {
             p += r;
@@ -757,14 +1044,158 @@ static int read_full(int fd, void *buf, size_t len, uint64_t deadline)
     return 0;
 }
 
-static int tcp_connect(const struct sockaddr_in *sa, uint64_t deadline)
+/* GET ws_path with Upgrade: websocket, subprotocol "binary" (what the broker's
+ * browser page and websockify's clients ask for); checks the 101 and its
+ * Sec-WebSocket-Accept. Bytes after the reply stay in x->pre. */
+static int ws_handshake(int fd, struct xconn *x, const struct copts *o, uint64_t deadline)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    uint8_t nonce[16], digest[SHA_DIGEST_LENGTH];
+    char key[32], accept[40], req[1024], host[INET_ADDRSTRLEN], cat[96];
+    char *resp = malloc(8192), *end = NULL, *p;
+    size_t have = 0;
+    int n;
+
+    if (!resp)
+        return -1;
+    for (int i = 0; i < 16; i++)
+        nonce[i] = (uint8_t)rng_next(&x->mask_rng);
+    EVP_EncodeBlock((unsigned char *)key, nonce, 16);
+    inet_ntop(AF_INET, &o->addr.sin_addr, host, sizeof host);
+    n = snprintf(req, sizeof req,
+                 "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Protocol: binary\r\n\r\n",
+                 o->ws_path, host, (unsigned)ntohs(o->addr.sin_port), key);
+    if (n <= 0 || (size_t)n >= sizeof req || raw_write_all(fd, x, req, (size_t)n, deadline) < 0)
+        goto fail;
+    while (!end) {
+        ssize_t r;
+
+        if (have >= 8191)
+            goto fail;
+        r = raw_read(fd, x, resp + have, 8191 - have);
+        if (r > 0) {
+            have += (size_t)r;
+            resp[have] = '\0';
+            end = strstr(resp, "\r\n\r\n");
+        } else if (r == 0 || (errno != EINTR && ((errno != EAGAIN && errno != EWOULDBLOCK) ||
+                                                  wait_fd(fd, POLLIN, deadline) < 0))) {
+            goto fail;
+        }
+    }
+    *end = '\0';
+    if (strncmp(resp, "HTTP/1.1 101", 12) != 0)
+        goto fail;
+    snprintf(cat, sizeof cat, "%s%s", key, guid);
+    SHA1((const unsigned char *)cat, strlen(cat), digest);
+    EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
+    p = strcasestr(resp, "\r\nSec-WebSocket-Accept:");
+    if (!p)
+        goto fail;
+    p += strlen("\r\nSec-WebSocket-Accept:");
+    p += strspn(p, " \t");
+    if (strncmp(p, accept, strlen(accept)) != 0)
+        goto fail;
+    end += 4;
+    if ((size_t)(end - resp) < have) {
+        x->pre_len = have - (size_t)(end - resp);
+        x->pre = malloc(x->pre_len);
+        if (!x->pre)
+            goto fail;
+        memcpy(x->pre, end, x->pre_len);
+    }
+    x->raw_in = 0;
+    x->ws = true;
+    free(resp);
+    return 0;
+fail:
+    free(resp);
+    return -1;
+}
+
+static SSL_CTX *tls_client_ctx(const char *ca_file)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+    if (!ctx)
+        die("SSL_CTX_new failed");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, 256u << 10); /* read-ahead: many records a read() */
+    if (strcmp(ca_file, "none") != 0) {
+        if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
+            die("--tls: cannot load the CA file");
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    return ctx;
+}
+
+/* TLS handshake (name checked against the IP when the CA is given), then the
+ * WebSocket upgrade: whatever o asks for. */
+static int xsetup(int fd, const struct copts *o, uint64_t deadline)
+{
+    struct xconn *x;
+    char host[INET_ADDRSTRLEN];
+
+    if (!o->tls && !o->ws_path)
+        return 0;
+    x = calloc(1, sizeof *x);
+    if (!x || xset(fd, x) < 0) {
+        free(x);
+        return -1;
+    }
+    x->mask_rng = now_ns() ^ ((uint64_t)fd << 32);
+    if (o->tls) {
+        inet_ntop(AF_INET, &o->addr.sin_addr, host, sizeof host);
+        x->ssl = SSL_new(o->tls);
+        if (!x->ssl || SSL_set_fd(x->ssl, fd) != 1 ||
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(x->ssl), host) != 1)
+            return -1;
+        for (;;) {
+            int rc;
+
+            errno = 0;
+            rc = SSL_connect(x->ssl);
+            if (rc == 1)
+                break;
+            if (ssl_fail(x, rc) == 0 || errno != EAGAIN || wait_fd(fd, POLLIN, deadline) < 0)
+                return -1;
+        }
+    }
+    if (o->ws_path && ws_handshake(fd, x, o, deadline) < 0)
+        return -1;
+    return 0;
+}
+
+/* "tcp", "tls TLSv1.3 TLS_AES_256_GCM_SHA384", "ws", "ws+tls ..." */
+static void xdescribe(int fd, char *out, size_t len)
+{
+    struct xconn *x = xget(fd);
+
+    if (!x)
+        snprintf(out, len, "tcp");
+    else if (x->ssl)
+        snprintf(out, len, "%s%s %s", x->ws ? "ws+" : "", "tls", SSL_get_version(x->ssl));
+    else
+        snprintf(out, len, "ws");
+    if (x && x->ssl) {
+        size_t n = strlen(out);
+
+        snprintf(out + n, len - n, " %s", SSL_get_cipher_name(x->ssl));
+    }
+}
+
+static int tcp_connect(const struct copts *o, uint64_t deadline)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), err = 0;
     socklen_t len = sizeof err;
 
     if (fd < 0)
         return -1;
-    if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) {
+    if (connect(fd, (const struct sockaddr *)&o->addr, sizeof o->addr) < 0) {
         if (errno != EINPROGRESS || wait_fd(fd, POLLOUT, deadline) < 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
             close(fd);
@@ -774,6 +1205,10 @@ static int tcp_connect(const struct sockaddr_in *sa, uint64_t deadline)
         }
     }
     set_nodelay(fd);
+    if (xsetup(fd, o, deadline) < 0) {
+        xclose(fd);
+        return -1;
+    }
     return fd;
 }
 
@@ -786,7 +1221,7 @@ static int client_link(const struct copts *o, uint32_t conn_id, uint8_t type, ui
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MAX_BODY];
     uint32_t size = 0, lerr = 0, result;
     size_t n, k = 0;
-    int fd = tcp_connect(&o->addr, deadline);
+    int fd = tcp_connect(o, deadline);
 
     if (fd < 0) {
         *why = "connect failed";
@@ -855,7 +1290,7 @@ static int client_link(const struct copts *o, uint32_t conn_id, uint8_t type, ui
     *why = NULL;
     return fd;
 fail:
-    close(fd);
+    xclose(fd);
     return -1;
 }
 
@@ -871,7 +1306,7 @@ static int cchan_init(struct cchan *ch, int fd, size_t cap)
 static void cchan_close(struct cchan *ch)
 {
     if (ch->fd >= 0)
-        close(ch->fd);
+        xclose(ch->fd);
     ch->fd = -1;
     free(ch->buf);
     ch->buf = NULL;
@@ -935,7 +1370,7 @@ static int cchan_next(struct cchan *ch, uint64_t deadline)
             if (done)
                 return cchan_on_msg(ch, deadline);
         }
-        ssize_t r = read(ch->fd, ch->buf, ch->cap);
+        ssize_t r = xread(ch->fd, ch->buf, ch->cap);
 
         if (r > 0) {
             ch->have = (size_t)r;
@@ -961,7 +1396,7 @@ static int link_main(const struct copts *o, uint32_t *sid, uint64_t deadline, co
     if (fd < 0)
         return -1;
     if (cchan_init(&ch, fd, 4096) < 0) {
-        close(fd);
+        xclose(fd);
         *why = "out of memory";
         return -1;
     }
@@ -988,9 +1423,21 @@ static void report_error(const char *mode, const char *why)
     fflush(stdout);
 }
 
+/* this process's user + system CPU seconds */
+static double cpu_self(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) < 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static int run_throughput(const struct copts *o, double seconds)
 {
-    uint64_t deadline = now_ns() + LINK_TIMEOUT_NS, start, end, now, bytes = 0;
+    uint64_t deadline = now_ns() + LINK_TIMEOUT_NS, start, end, now, bytes = 0, raw0;
+    double cpu0;
     const char *why = NULL;
     uint32_t sid = 0;
     struct cchan ch;
@@ -1005,10 +1452,12 @@ static int run_throughput(const struct copts *o, double seconds)
         report_error("throughput", why);
         return 1;
     }
+    raw0 = xget(dfd) ? xget(dfd)->raw_in : 0;
+    cpu0 = cpu_self();
     start = now = now_ns();
     end = start + (uint64_t)(seconds * 1e9);
     while (now < end && !stop_flag) {
-        ssize_t r = read(dfd, ch.buf, ch.cap);
+        ssize_t r = xread(dfd, ch.buf, ch.cap);
 
         if (r > 0) {
             bytes += (uint64_t)r;
@@ -1034,14 +1483,17 @@ static int run_throughput(const struct copts *o, double seconds)
     }
     {
         double secs = (double)(now - start) / 1e9;
+        uint64_t raw = xget(dfd) ? xget(dfd)->raw_in - raw0 : bytes;
+        char tr[128];
 
-        printf("{\"mode\":\"throughput\",\"bytes\":%llu,\"messages\":%llu,\"seconds\":%.3f,"
-               "\"gbps\":%.3f}\n",
-               (unsigned long long)bytes, (unsigned long long)ch.msgs, secs,
-               secs > 0 ? (double)bytes * 8 / 1e9 / secs : 0.0);
+        xdescribe(dfd, tr, sizeof tr);
+        printf("{\"mode\":\"throughput\",\"bytes\":%llu,\"raw_bytes\":%llu,\"messages\":%llu,"
+               "\"seconds\":%.3f,\"gbps\":%.3f,\"client_cpu_s\":%.3f,\"transport\":\"%s\"}\n",
+               (unsigned long long)bytes, (unsigned long long)raw, (unsigned long long)ch.msgs, secs,
+               secs > 0 ? (double)bytes * 8 / 1e9 / secs : 0.0, cpu_self() - cpu0, tr);
     }
     cchan_close(&ch);
-    close(mfd);
+    xclose(mfd);
     return 0;
 }
 
@@ -1105,14 +1557,17 @@ static int run_latency(const struct copts *o, long count, long size)
 
         for (long i = 0; i < done; i++)
             sum += (double)rtt[i];
+        char tr[128];
+
+        xdescribe(ch.fd, tr, sizeof tr);
         printf("{\"mode\":\"latency\",\"n\":%ld,\"size\":%ld,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-               "\"min_us\":%.1f,\"max_us\":%.1f,\"mean_us\":%.1f}\n",
+               "\"min_us\":%.1f,\"max_us\":%.1f,\"mean_us\":%.1f,\"transport\":\"%s\"}\n",
                done, size, (double)rtt[done / 2] / 1e3, (double)rtt[(done * 99) / 100] / 1e3,
-               (double)rtt[0] / 1e3, (double)rtt[done - 1] / 1e3, sum / (double)done / 1e3);
+               (double)rtt[0] / 1e3, (double)rtt[done - 1] / 1e3, sum / (double)done / 1e3, tr);
     }
     free(rtt);
     cchan_close(&ch);
-    close(mfd);
+    xclose(mfd);
     return done == count ? 0 : 1;
 }
 
@@ -1144,7 +1599,7 @@ static int run_idle(const struct copts *o, long sessions, double hold)
     while (!stop_flag && now_ns() < end)
         (void)poll(NULL, 0, 50);
     for (long i = 0; i < linked; i++)
-        close(fds[i]);
+        xclose(fds[i]);
     free(fds);
     return linked == sessions ? 0 : 1;
 }
@@ -1167,7 +1622,7 @@ static void linkrate_child(const struct copts *o, double seconds, int wfd)
             last = why ? why : "?";
             continue;
         }
-        close(fd);
+        xclose(fd);
         ok++;
     }
     n = snprintf(line, sizeof line, "%lu %lu %.6f %s\n", ok, failed, (double)(now_ns() - t0) / 1e9,
@@ -1241,7 +1696,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: spice_peer server --listen 127.0.0.1:PORT [--max-seconds S]\n"
-            "       spice_peer client --connect 127.0.0.1:PORT --password TOKEN MODE [options]\n"
+            "       spice_peer client --connect 127.0.0.1:PORT --password TOKEN\n"
+            "                         [--tls CA_FILE|none] [--ws PATH] MODE [options]\n"
             "         throughput --seconds S\n"
             "         latency --count N [--size 64]\n"
             "         idle --sessions N [--hold S]\n"
@@ -1274,8 +1730,9 @@ static double opt_num(int argc, char **argv, const char *name, double dflt)
 int main(int argc, char **argv)
 {
     struct sigaction sa;
-    struct copts o;
+    struct copts o = { .password = "" };
     const char *mode = NULL;
+    int rc = 2;
 
     if (argc < 2)
         usage();
@@ -1294,6 +1751,8 @@ int main(int argc, char **argv)
     if (parse_addr(opt(argc, argv, "--connect", NULL), &o.addr) < 0)
         usage();
     o.password = opt(argc, argv, "--password", "");
+    o.ws_path = opt(argc, argv, "--ws", NULL);
+    o.tls = opt(argc, argv, "--tls", NULL) ? tls_client_ctx(opt(argc, argv, "--tls", NULL)) : NULL;
     for (int i = 2; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) == 0) {
             i++;
@@ -1305,16 +1764,18 @@ int main(int argc, char **argv)
     if (!mode)
         usage();
     if (strcmp(mode, "throughput") == 0)
-        return run_throughput(&o, opt_num(argc, argv, "--seconds", 3));
-    if (strcmp(mode, "latency") == 0)
-        return run_latency(&o, (long)opt_num(argc, argv, "--count", 5000),
-                           (long)opt_num(argc, argv, "--size", 64));
-    if (strcmp(mode, "idle") == 0)
-        return run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
-                        opt_num(argc, argv, "--hold", 5));
-    if (strcmp(mode, "linkrate") == 0)
-        return run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
-                            (long)opt_num(argc, argv, "--parallel", 4));
-    usage();
-    return 2;
+        rc = run_throughput(&o, opt_num(argc, argv, "--seconds", 3));
+    else if (strcmp(mode, "latency") == 0)
+        rc = run_latency(&o, (long)opt_num(argc, argv, "--count", 5000),
+                         (long)opt_num(argc, argv, "--size", 64));
+    else if (strcmp(mode, "idle") == 0)
+        rc = run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
+                      opt_num(argc, argv, "--hold", 5));
+    else if (strcmp(mode, "linkrate") == 0)
+        rc = run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
+                          (long)opt_num(argc, argv, "--parallel", 4));
+    else
+        usage();
+    SSL_CTX_free(o.tls);
+    return rc;
 }

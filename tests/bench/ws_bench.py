@@ -529,8 +529,9 @@ class Bench:
 
 # ---------------------------------------------------------------- proxies
 
-def start_broker(a, procs, tmp, server_port, workers, name="broker"):
-    """relay_bench's broker, with the browser port on too: (proc, port, web port)."""
+def start_broker(a, procs, tmp, server_port, workers, name="broker", extra=()):
+    """relay_bench's broker, with the browser port on too (extra: more
+    options): (proc, port, web port)."""
     wport = free_port()
     root = os.path.join(tmp, "webroot")
     os.makedirs(root, exist_ok=True)
@@ -538,7 +539,7 @@ def start_broker(a, procs, tmp, server_port, workers, name="broker"):
         f.write("<html><body>ws_bench</body></html>\n")
     p, port = relay_bench.start_broker(a, procs, tmp, server_port, name=name, workers=workers,
                                        extra=["--web-listen", f"127.0.0.1:{wport}",
-                                              "--web-root", root])
+                                              "--web-root", root] + list(extra))
     if not wait_port(wport, 5, p):
         raise Skip(f"no browser port (rc={p.poll()}): {tail(os.path.join(tmp, name, name + '.err'))}")
     return p, port, wport
