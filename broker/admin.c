@@ -1,10 +1,10 @@
 /* broker/admin.c: the admin endpoint: a small HTTP/1.0 server on a unix
  * socket (or a loopback TCP port) for spice-brokerctl and monitoring. Runs on
- * the control loop (main thread). Requests that need session state are
- * answered by asking every worker through its job queue and waiting (bounded,
- * 2 s) for their answers; a migration prepare answers later, when the
- * destination has (the control loop goes on meanwhile); the data path never
- * waits for the admin.
+ * the control loop (main thread); proto/http.c parses the requests. Requests
+ * that need session state are answered by asking every worker through its job
+ * queue and waiting (bounded, 2 s) for their answers; a migration prepare
+ * answers later, when the destination has (the control loop goes on
+ * meanwhile); the data path never waits for the admin.
  *
  *   GET  /healthz               "ok"
  *   GET  /metrics               Prometheus text format
@@ -37,9 +37,13 @@
 #include "broker/broker.h"
 #include "common/log.h"
 #include "migrate/snap.h"
+#include "proto/http.h"
 #include "proto/wire.h"
 
-#define MAX_REQUEST (64 * 1024)
+/* A request body (a token, a prepare) is a few hundred bytes. */
+#define MAX_BODY (64 * 1024)
+/* What a connection may buffer before it is answered 413 unread. */
+#define MAX_REQUEST (HTTP_MAX_HEAD + MAX_BODY)
 #define COLLECT_TIMEOUT_MS 2000
 
 struct prepare;
@@ -52,9 +56,8 @@ struct admin {
 };
 
 struct request {
-    char method[8];
-    char path[128];
-    const char *body;
+    struct http_request http; /* method, path (the query is not looked at) */
+    const char *body;         /* in the connection's input buffer */
     size_t body_len;
 };
 
@@ -679,24 +682,25 @@ static bool dispatch(struct admin *a, const struct request *q, struct response *
                      struct bufferevent *bev)
 {
     struct broker *b = a->b;
-    bool get = strcmp(q->method, "GET") == 0, post = strcmp(q->method, "POST") == 0;
-    if (get && strcmp(q->path, "/healthz") == 0)
+    const char *method = q->http.method, *path = q->http.path;
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    if (get && strcmp(path, "/healthz") == 0)
         reply(r, 200, "text/plain", "ok\n");
-    else if (get && strcmp(q->path, "/metrics") == 0)
+    else if (get && strcmp(path, "/metrics") == 0)
         h_metrics(b, r);
-    else if (get && strcmp(q->path, "/v1/status") == 0)
+    else if (get && strcmp(path, "/v1/status") == 0)
         h_status(b, r);
-    else if (get && strcmp(q->path, "/v1/sessions") == 0)
+    else if (get && strcmp(path, "/v1/sessions") == 0)
         h_sessions(b, r);
-    else if (get && strcmp(q->path, "/v1/sessions/history") == 0)
+    else if (get && strcmp(path, "/v1/sessions/history") == 0)
         h_history(b, r);
-    else if (post && strcmp(q->path, "/v1/sessions/kill") == 0)
+    else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
-    else if (post && strcmp(q->path, "/v1/tokens") == 0)
+    else if (post && strcmp(path, "/v1/tokens") == 0)
         h_token_add(b, q, r);
-    else if (post && strcmp(q->path, "/v1/tokens/revoke") == 0)
+    else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
         h_token_revoke(b, q, r);
-    else if (post && strcmp(q->path, "/v1/migrations/prepare") == 0)
+    else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
@@ -764,63 +768,34 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
         send_response(bev, &r);
         return;
     }
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    if (end.pos < 0)
-        return; /* headers not complete yet */
-    char *head = malloc((size_t)end.pos + 1);
-    if (head == NULL) {
+    if (have == 0)
+        return;
+    /* Contiguous, to parse in place (at most MAX_REQUEST bytes). */
+    char *buf = (char *)evbuffer_pullup(in, -1);
+    if (buf == NULL) {
         bufferevent_free(bev);
         return;
     }
-    evbuffer_copyout(in, head, (size_t)end.pos);
-    head[end.pos] = '\0';
     struct request q;
-    memset(&q, 0, sizeof(q));
-    size_t clen = 0;
-    char *save = NULL;
-    char *line = strtok_r(head, "\r\n", &save);
-    bool ok = line != NULL && sscanf(line, "%7s %127s", q.method, q.path) == 2;
-    while (ok && (line = strtok_r(NULL, "\r\n", &save)) != NULL) {
-        if (strncasecmp(line, "Content-Length:", 15) == 0) {
-            const char *v = line + 15;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            char *stop = NULL;
-            errno = 0;
-            unsigned long long n = strtoull(v, &stop, 10);
-            if (*v < '0' || *v > '9' || errno != 0 || stop == v || n > MAX_REQUEST)
-                ok = false;
-            else
-                clen = (size_t)n;
-        }
-    }
-    free(head);
-    if (!ok) {
-        reply_error(&r, 400, "malformed request");
+    const char *err = NULL;
+    int n = http_parse_request_body(buf, have, MAX_BODY, &q.http, &err);
+    if (n == 0)
+        return; /* the head or the body is not complete yet */
+    if (n < 0) {
+        if (err == http_err_head_too_large || err == http_err_body_too_large)
+            reply_error(&r, 413, "request too large");
+        else
+            reply_error(&r, 400, "malformed request");
         send_response(bev, &r);
         return;
     }
-    size_t total = (size_t)end.pos + 4 + clen;
-    if (total > MAX_REQUEST) {
-        reply_error(&r, 413, "request too large");
-        send_response(bev, &r);
-        return;
-    }
-    if (have < total)
-        return; /* body not complete yet */
-    evbuffer_drain(in, (size_t)end.pos + 4);
-    char *body = malloc(clen + 1);
-    if (body == NULL) {
-        bufferevent_free(bev);
-        return;
-    }
-    evbuffer_remove(in, body, clen);
-    body[clen] = '\0';
-    q.body = body;
-    q.body_len = clen;
+    q.body = buf + n - q.http.content_length;
+    q.body_len = q.http.content_length;
     bool deferred = dispatch(a, &q, &r, bev);
-    OPENSSL_cleanse(body, clen);
-    free(body);
+    /* The body may hold a token or a password: wipe it where it was read. */
+    OPENSSL_cleanse(buf, (size_t)n);
+    evbuffer_drain(in, have);
+    q.body = NULL;
     if (!deferred)
         send_response(bev, &r);
 }
