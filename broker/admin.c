@@ -1,10 +1,10 @@
 /* broker/admin.c: the admin endpoint: a small HTTP/1.0 server on a unix
  * socket (or a loopback TCP port) for spice-brokerctl and monitoring. Runs on
- * the control loop (main thread). Requests that need session state are
- * answered by asking every worker through its job queue and waiting (bounded,
- * 2 s) for their answers; a migration prepare answers later, when the
- * destination has (the control loop goes on meanwhile); the data path never
- * waits for the admin.
+ * the control loop (main thread); proto/http.c parses the requests. Requests
+ * that need session state are answered by asking every worker through its job
+ * queue and waiting (bounded, 2 s) for their answers; a migration prepare
+ * answers later, when the destination has (the control loop goes on
+ * meanwhile); the data path never waits for the admin.
  *
  *   GET  /healthz               "ok"
  *   GET  /metrics               Prometheus text format
@@ -37,9 +37,13 @@
 #include "broker/broker.h"
 #include "common/log.h"
 #include "migrate/snap.h"
+#include "proto/http.h"
 #include "proto/wire.h"
 
-#define MAX_REQUEST (64 * 1024)
+/* A request body (a token, a prepare) is a few hundred bytes. */
+#define MAX_BODY (64 * 1024)
+/* What a connection may buffer before it is answered 413 unread. */
+#define MAX_REQUEST (HTTP_MAX_HEAD + MAX_BODY)
 #define COLLECT_TIMEOUT_MS 2000
 
 struct prepare;
@@ -52,9 +56,8 @@ struct admin {
 };
 
 struct request {
-    char method[8];
-    char path[128];
-    const char *body;
+    struct http_request http; /* method, path (the query is not looked at) */
+    const char *body;         /* in the connection's input buffer */
     size_t body_len;
 };
 
@@ -66,23 +69,50 @@ struct response {
 
 /* ------------------------------------------------------------------ asking the workers */
 
-struct collect {
+/* What a question put to every worker counts, under mu: the references to
+ * the object it is part of (the asker's, one per posted job, ...) and the
+ * jobs that have not answered yet. */
+struct fanout {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     int refs;
-    int remaining;
+    int pending;
+};
+
+/* Posts job(arg) to every worker, each one counted in f->refs and
+ * f->pending before it is posted (a job may answer at once); a worker whose
+ * queue refuses it is not counted. On the control loop. */
+static void fanout_post(struct broker *b, struct fanout *f, worker_job_fn job, void *arg)
+{
+    for (int i = 0; i < b->n_workers; i++) {
+        pthread_mutex_lock(&f->mu);
+        f->refs++;
+        f->pending++;
+        pthread_mutex_unlock(&f->mu);
+        if (worker_post(b->workers[i], job, arg) < 0) {
+            pthread_mutex_lock(&f->mu);
+            f->refs--;
+            f->pending--;
+            pthread_mutex_unlock(&f->mu);
+        }
+    }
+}
+
+/* Sessions and counters gathered from every worker, waited for. */
+struct collect {
+    struct fanout f;
+    pthread_cond_t cv; /* signalled under f.mu as each worker answers */
     json_t *sessions;
     struct session_stats stats;
 };
 
 static void collect_unref(struct collect *c)
 {
-    pthread_mutex_lock(&c->mu);
-    int left = --c->refs;
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&c->f.mu);
+    int left = --c->f.refs;
+    pthread_mutex_unlock(&c->f.mu);
     if (left == 0) {
         json_decref(c->sessions);
-        pthread_mutex_destroy(&c->mu);
+        pthread_mutex_destroy(&c->f.mu);
         pthread_cond_destroy(&c->cv);
         free(c);
     }
@@ -118,9 +148,9 @@ static void add_session(const struct snap_session *rec, void *arg)
 {
     struct collect *c = arg;
     json_t *o = session_json(rec);
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->f.mu);
     json_array_append_new(c->sessions, o);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->f.mu);
 }
 
 static void job_collect(struct session_worker *sw, void *arg)
@@ -129,7 +159,7 @@ static void job_collect(struct session_worker *sw, void *arg)
     struct session_stats st;
     session_foreach(sw, add_session, c);
     session_worker_stats(sw, &st);
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->f.mu);
     c->stats.sessions_active += st.sessions_active;
     c->stats.sessions_total += st.sessions_total;
     c->stats.channels_active += st.channels_active;
@@ -137,9 +167,9 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.links_failed_backend += st.links_failed_backend;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
-    c->remaining--;
+    c->f.pending--;
     pthread_cond_signal(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->f.mu);
     collect_unref(c);
 }
 
@@ -150,31 +180,20 @@ static struct collect *collect_all(struct broker *b)
     struct collect *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->f.mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     c->sessions = json_array();
-    c->refs = 1;
-    for (int i = 0; i < b->n_workers; i++) {
-        pthread_mutex_lock(&c->mu);
-        c->refs++;
-        c->remaining++;
-        pthread_mutex_unlock(&c->mu);
-        if (worker_post(b->workers[i], job_collect, c) < 0) {
-            pthread_mutex_lock(&c->mu);
-            c->refs--;
-            c->remaining--;
-            pthread_mutex_unlock(&c->mu);
-        }
-    }
+    c->f.refs = 1;
+    fanout_post(b, &c->f, job_collect, c);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += COLLECT_TIMEOUT_MS / 1000;
-    pthread_mutex_lock(&c->mu);
+    pthread_mutex_lock(&c->f.mu);
     int rc = 0;
-    while (c->remaining > 0 && rc == 0)
-        rc = pthread_cond_timedwait(&c->cv, &c->mu, &until);
-    bool done = c->remaining == 0;
-    pthread_mutex_unlock(&c->mu);
+    while (c->f.pending > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&c->cv, &c->f.mu, &until);
+    bool done = c->f.pending == 0;
+    pthread_mutex_unlock(&c->f.mu);
     if (!done) {
         log_warnx("admin: a worker did not answer within %d ms", COLLECT_TIMEOUT_MS);
         collect_unref(c);
@@ -200,13 +219,11 @@ static void job_kill(struct session_worker *sw, void *arg)
  * acknowledged (or failed), without holding the control loop: each callback
  * from a worker schedules a check on the control loop, which answers the
  * request once everything is in (or at its timeout). Callbacks may outlive
- * the answer, so the object is reference counted: the request, each worker
- * job, each session, and each scheduled check. Counters are under mu; bev,
- * timer and answered belong to the control loop. */
+ * the answer, so the object is reference counted (f.refs): the request, each
+ * worker job, each session, and each scheduled check. Counters are under f.mu;
+ * bev, timer and answered belong to the control loop. */
 struct prepare {
-    pthread_mutex_t mu;
-    int refs;
-    int workers_pending;
+    struct fanout f; /* f.pending: the workers that have not linked yet */
     int total, done, ok;
     char error[160];
     char instance[SNAP_MAX_INSTANCE];
@@ -224,11 +241,11 @@ struct prepare {
 
 static void prepare_unref_locked(struct prepare *p, int n)
 {
-    p->refs -= n;
-    bool last = p->refs == 0;
-    pthread_mutex_unlock(&p->mu);
+    p->f.refs -= n;
+    bool last = p->f.refs == 0;
+    pthread_mutex_unlock(&p->f.mu);
     if (last) {
-        pthread_mutex_destroy(&p->mu);
+        pthread_mutex_destroy(&p->f.mu);
         OPENSSL_cleanse(p, sizeof(*p));
         free(p);
     }
@@ -239,28 +256,28 @@ static void prepare_answer(struct prepare *p, bool timed_out);
 static void on_prepare_check(evutil_socket_t fd, short what, void *arg)
 {
     struct prepare *p = arg;
-    pthread_mutex_lock(&p->mu);
-    bool finished = p->workers_pending == 0 && (!p->wait || p->done >= p->total);
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
+    bool finished = p->f.pending == 0 && (!p->wait || p->done >= p->total);
+    pthread_mutex_unlock(&p->f.mu);
     if (finished && p->bev != NULL)
         prepare_answer(p, false);
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
     prepare_unref_locked(p, 1);
 }
 
-/* Called with mu held, from any thread: has the control loop look again. */
+/* Called with f.mu held, from any thread: has the control loop look again. */
 static void prepare_poke_locked(struct prepare *p)
 {
-    p->refs++;
+    p->f.refs++;
     /* event_base_once is thread-safe once libevent's pthread locking is on. */
     if (event_base_once(p->base, -1, EV_TIMEOUT, on_prepare_check, p, NULL) < 0)
-        p->refs--;
+        p->f.refs--;
 }
 
 static void prepare_done(void *arg, bool ok, const char *why)
 {
     struct prepare *p = arg;
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
     p->done++;
     if (ok)
         p->ok++;
@@ -277,15 +294,15 @@ static void job_prepare(struct session_worker *sw, void *arg)
      * that fails at once): hold a provisional reference for each of them
      * first, then keep exactly one per session. */
     enum { PROVISIONAL = 1 << 20 };
-    pthread_mutex_lock(&p->mu);
-    p->refs += PROVISIONAL;
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
+    p->f.refs += PROVISIONAL;
+    pthread_mutex_unlock(&p->f.mu);
     int n = session_prepare(sw, p->instance, p->host, p->port,
                             p->has_password ? p->password : NULL, prepare_done, p);
-    pthread_mutex_lock(&p->mu);
-    p->refs -= PROVISIONAL - n;
+    pthread_mutex_lock(&p->f.mu);
+    p->f.refs -= PROVISIONAL - n;
     p->total += n;
-    p->workers_pending--;
+    p->f.pending--;
     prepare_poke_locked(p);
     prepare_unref_locked(p, 1);
 }
@@ -577,7 +594,7 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
         reply_error(r, 500, "out of memory");
         return false;
     }
-    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->f.mu, NULL);
     snprintf(p->instance, sizeof(p->instance), "%s", instance);
     snprintf(p->host, sizeof(p->host), "%s", host);
     p->port = (uint16_t)port;
@@ -590,7 +607,7 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     p->base = b->base;
     p->timer = evtimer_new(b->base, on_prepare_timeout, p);
     if (p->timer == NULL) {
-        pthread_mutex_destroy(&p->mu);
+        pthread_mutex_destroy(&p->f.mu);
         free(p);
         reply_error(r, 500, "out of memory");
         return false;
@@ -605,23 +622,12 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     struct timeval tv = { (time_t)timeout, 0 };
     evtimer_add(p->timer, &tv);
-    p->refs = 1; /* the request's, dropped by prepare_answer */
-    for (int i = 0; i < b->n_workers; i++) {
-        pthread_mutex_lock(&p->mu);
-        p->refs++;
-        p->workers_pending++;
-        pthread_mutex_unlock(&p->mu);
-        if (worker_post(b->workers[i], job_prepare, p) < 0) {
-            pthread_mutex_lock(&p->mu);
-            p->refs--;
-            p->workers_pending--;
-            pthread_mutex_unlock(&p->mu);
-        }
-    }
+    p->f.refs = 1; /* the request's, dropped by prepare_answer */
+    fanout_post(b, &p->f, job_prepare, p);
     /* With no worker to ask, nothing would poke: look once now. */
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
     prepare_poke_locked(p);
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->f.mu);
     return true;
 }
 
@@ -647,7 +653,7 @@ static void prepare_answer(struct prepare *p, bool timed_out)
     if (bev == NULL)
         return;
     prepare_unlink(p);
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->f.mu);
     int status = 200;
     json_t *out;
     if (timed_out) {
@@ -676,24 +682,25 @@ static bool dispatch(struct admin *a, const struct request *q, struct response *
                      struct bufferevent *bev)
 {
     struct broker *b = a->b;
-    bool get = strcmp(q->method, "GET") == 0, post = strcmp(q->method, "POST") == 0;
-    if (get && strcmp(q->path, "/healthz") == 0)
+    const char *method = q->http.method, *path = q->http.path;
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    if (get && strcmp(path, "/healthz") == 0)
         reply(r, 200, "text/plain", "ok\n");
-    else if (get && strcmp(q->path, "/metrics") == 0)
+    else if (get && strcmp(path, "/metrics") == 0)
         h_metrics(b, r);
-    else if (get && strcmp(q->path, "/v1/status") == 0)
+    else if (get && strcmp(path, "/v1/status") == 0)
         h_status(b, r);
-    else if (get && strcmp(q->path, "/v1/sessions") == 0)
+    else if (get && strcmp(path, "/v1/sessions") == 0)
         h_sessions(b, r);
-    else if (get && strcmp(q->path, "/v1/sessions/history") == 0)
+    else if (get && strcmp(path, "/v1/sessions/history") == 0)
         h_history(b, r);
-    else if (post && strcmp(q->path, "/v1/sessions/kill") == 0)
+    else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
-    else if (post && strcmp(q->path, "/v1/tokens") == 0)
+    else if (post && strcmp(path, "/v1/tokens") == 0)
         h_token_add(b, q, r);
-    else if (post && strcmp(q->path, "/v1/tokens/revoke") == 0)
+    else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
         h_token_revoke(b, q, r);
-    else if (post && strcmp(q->path, "/v1/migrations/prepare") == 0)
+    else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
@@ -761,63 +768,34 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
         send_response(bev, &r);
         return;
     }
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    if (end.pos < 0)
-        return; /* headers not complete yet */
-    char *head = malloc((size_t)end.pos + 1);
-    if (head == NULL) {
+    if (have == 0)
+        return;
+    /* Contiguous, to parse in place (at most MAX_REQUEST bytes). */
+    char *buf = (char *)evbuffer_pullup(in, -1);
+    if (buf == NULL) {
         bufferevent_free(bev);
         return;
     }
-    evbuffer_copyout(in, head, (size_t)end.pos);
-    head[end.pos] = '\0';
     struct request q;
-    memset(&q, 0, sizeof(q));
-    size_t clen = 0;
-    char *save = NULL;
-    char *line = strtok_r(head, "\r\n", &save);
-    bool ok = line != NULL && sscanf(line, "%7s %127s", q.method, q.path) == 2;
-    while (ok && (line = strtok_r(NULL, "\r\n", &save)) != NULL) {
-        if (strncasecmp(line, "Content-Length:", 15) == 0) {
-            const char *v = line + 15;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            char *stop = NULL;
-            errno = 0;
-            unsigned long long n = strtoull(v, &stop, 10);
-            if (*v < '0' || *v > '9' || errno != 0 || stop == v || n > MAX_REQUEST)
-                ok = false;
-            else
-                clen = (size_t)n;
-        }
-    }
-    free(head);
-    if (!ok) {
-        reply_error(&r, 400, "malformed request");
+    const char *err = NULL;
+    int n = http_parse_request_body(buf, have, MAX_BODY, &q.http, &err);
+    if (n == 0)
+        return; /* the head or the body is not complete yet */
+    if (n < 0) {
+        if (err == http_err_head_too_large || err == http_err_body_too_large)
+            reply_error(&r, 413, "request too large");
+        else
+            reply_error(&r, 400, "malformed request");
         send_response(bev, &r);
         return;
     }
-    size_t total = (size_t)end.pos + 4 + clen;
-    if (total > MAX_REQUEST) {
-        reply_error(&r, 413, "request too large");
-        send_response(bev, &r);
-        return;
-    }
-    if (have < total)
-        return; /* body not complete yet */
-    evbuffer_drain(in, (size_t)end.pos + 4);
-    char *body = malloc(clen + 1);
-    if (body == NULL) {
-        bufferevent_free(bev);
-        return;
-    }
-    evbuffer_remove(in, body, clen);
-    body[clen] = '\0';
-    q.body = body;
-    q.body_len = clen;
+    q.body = buf + n - q.http.content_length;
+    q.body_len = q.http.content_length;
     bool deferred = dispatch(a, &q, &r, bev);
-    OPENSSL_cleanse(body, clen);
-    free(body);
+    /* The body may hold a token or a password: wipe it where it was read. */
+    OPENSSL_cleanse(buf, (size_t)n);
+    evbuffer_drain(in, have);
+    q.body = NULL;
     if (!deferred)
         send_response(bev, &r);
 }
@@ -943,7 +921,7 @@ void admin_free(struct admin *a)
         struct bufferevent *bev = p->bev;
         prepare_unlink(p);
         bufferevent_free(bev);
-        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->f.mu);
         prepare_unref_locked(p, 1);
     }
     if (a->unix_path[0] != '\0')

@@ -1,21 +1,19 @@
 /* broker/ctl.c: spice-brokerctl, the operator's command line. Talks HTTP/1.0
- * to the broker's admin endpoint (unix socket or loopback TCP), one request
- * per invocation, with a bounded wait. Exit status: 0 ok, 1 the broker said
- * no (message on stderr), 2 usage error, 3 cannot reach the broker. */
+ * to the broker's admin endpoint (unix socket or loopback TCP) through
+ * libcurl, one request per invocation, with a bounded wait; single-threaded.
+ * Exit status: 0 ok, 1 the broker said no (message on stderr), 2 usage
+ * error, 3 cannot reach the broker. */
 #include <errno.h>
 #include <getopt.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
-#include <unistd.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 #define TIMEOUT_MS 10000
@@ -54,108 +52,153 @@ static void usage(FILE *out)
         admin_spec);
 }
 
-static int connect_admin(void)
+/* The answer's body as it arrives (NUL-terminated once anything came). */
+struct answer {
+    char *buf;
+    size_t len, cap;
+    bool oom;
+};
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-    int fd = -1;
-    if (strncmp(admin_spec, "unix:", 5) == 0) {
-        struct sockaddr_un sun = { .sun_family = AF_UNIX };
-        if (strlen(admin_spec + 5) >= sizeof(sun.sun_path))
-            return -1;
-        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", admin_spec + 5);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-            close(fd);
-            return -1;
+    struct answer *a = arg;
+    size_t k = size * n;
+    if (a->len + k + 1 > a->cap) {
+        size_t cap = a->cap ? a->cap : 4096;
+        while (cap < a->len + k + 1)
+            cap *= 2;
+        char *nb = realloc(a->buf, cap);
+        if (nb == NULL) {
+            a->oom = true;
+            return 0; /* curl stops with CURLE_WRITE_ERROR */
         }
-        return fd;
+        a->buf = nb;
+        a->cap = cap;
     }
-    char host[128];
-    const char *colon = strrchr(admin_spec, ':');
-    if (colon == NULL || (size_t)(colon - admin_spec) >= sizeof(host))
-        return -1;
-    memcpy(host, admin_spec, (size_t)(colon - admin_spec));
-    host[colon - admin_spec] = '\0';
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
-        return -1;
-    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
+    memcpy(a->buf + a->len, data, k);
+    a->len += k;
+    a->buf[a->len] = '\0';
+    return k;
 }
 
-/* Sends one request; returns the HTTP status (and the body in *out, malloc'd)
- * or -1 if the broker cannot be reached. */
+/* The URL for path on admin_spec into url[cap], and the unix socket's path
+ * in *sock (NULL for TCP). Returns 0, or -1 with errno set. */
+static int admin_url(const char *path, char *url, size_t cap, const char **sock)
+{
+    int n;
+    *sock = NULL;
+    if (strncmp(admin_spec, "unix:", 5) == 0) {
+        if (strlen(admin_spec + 5) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        *sock = admin_spec + 5;
+        n = snprintf(url, cap, "http://spice-broker%s", path);
+    } else {
+        /* HOST:PORT, the host bracketed for the URL when it is an IPv6
+         * address (given with or without brackets). */
+        const char *colon = strrchr(admin_spec, ':');
+        if (colon == NULL || colon == admin_spec) {
+            errno = EINVAL;
+            return -1;
+        }
+        int hl = (int)(colon - admin_spec);
+        bool v6 = memchr(admin_spec, ':', (size_t)hl) != NULL && admin_spec[0] != '[';
+        n = snprintf(url, cap, "http://%s%.*s%s:%s%s", v6 ? "[" : "", hl, admin_spec,
+                     v6 ? "]" : "", colon + 1, path);
+    }
+    if (n < 0 || (size_t)n >= cap) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends one request (a POST when method is "POST", with body, which curl
+ * borrows); returns the HTTP status (and the body in *out, malloc'd) or -1
+ * if the broker cannot be reached, with the reason on stderr. */
 static int request(const char *method, const char *path, const char *body, char **out)
 {
-    int fd = connect_admin();
-    if (fd < 0) {
+    char url[512], errbuf[CURL_ERROR_SIZE] = "";
+    const char *sock;
+    struct answer a = { 0 };
+    struct curl_slist *hdrs = NULL;
+    CURL *h = NULL;
+    int status = -1;
+
+    if (admin_url(path, url, sizeof(url), &sock) < 0) {
         fprintf(stderr, "spice-brokerctl: cannot reach the broker at %s: %s\n", admin_spec,
                 strerror(errno));
         return -1;
     }
-    char *req = NULL;
-    int n = asprintf(&req, "%s %s HTTP/1.0\r\nHost: spice-broker\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\n\r\n%s", method, path, body ? strlen(body) : 0,
-                     body ? body : "");
-    if (n < 0) {
-        close(fd);
-        return -1;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (h = curl_easy_init()) == NULL ||
+        (hdrs = curl_slist_append(NULL, "Content-Type: application/json")) == NULL) {
+        fprintf(stderr, "spice-brokerctl: out of memory\n");
+        goto done;
     }
-    size_t off = 0;
-    while (off < (size_t)n) {
-        ssize_t w = write(fd, req + off, (size_t)n - off);
-        if (w <= 0) {
-            free(req);
-            close(fd);
-            fprintf(stderr, "spice-brokerctl: write to the broker failed\n");
-            return -1;
-        }
-        off += (size_t)w;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    if (sock != NULL)
+        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, sock);
+    curl_easy_setopt(h, CURLOPT_PROXY, ""); /* never through an http_proxy */
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_0);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &a);
+    if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)(body ? strlen(body) : 0));
     }
-    memset(req, 0, (size_t)n); /* may hold a token or password */
-    free(req);
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long left = timeout_ms - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
-            fprintf(stderr, "spice-brokerctl: the broker did not answer within %d s\n", timeout_ms / 1000);
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        if (len + 1024 > cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL)
-                break;
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + len, cap - len - 1);
-        if (r <= 0)
+
+    CURLcode rc = curl_easy_perform(h);
+    long code = 0, oserr = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr);
+    switch (rc) {
+    case CURLE_OK:
+        if (code < 100 || code > 999) {
+            fprintf(stderr, "spice-brokerctl: malformed answer from the broker\n");
             break;
-        len += (size_t)r;
+        }
+        *out = a.buf != NULL ? a.buf : strdup("");
+        a.buf = NULL;
+        if (*out == NULL) {
+            fprintf(stderr, "spice-brokerctl: out of memory\n");
+            break;
+        }
+        status = (int)code;
+        break;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_URL_MALFORMAT:
+        fprintf(stderr, "spice-brokerctl: cannot reach the broker at %s: %s\n", admin_spec,
+                oserr != 0 ? strerror((int)oserr) : errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        break;
+    case CURLE_OPERATION_TIMEDOUT:
+        fprintf(stderr, "spice-brokerctl: the broker did not answer within %d s\n",
+                timeout_ms / 1000);
+        break;
+    case CURLE_SEND_ERROR:
+        fprintf(stderr, "spice-brokerctl: write to the broker failed\n");
+        break;
+    case CURLE_OUT_OF_MEMORY:
+        fprintf(stderr, "spice-brokerctl: out of memory\n");
+        break;
+    default:
+        fprintf(stderr, "spice-brokerctl: %s\n",
+                a.oom ? "out of memory" : "malformed answer from the broker");
+        break;
     }
-    close(fd);
-    buf[len] = '\0';
-    int status = 0;
-    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
-        fprintf(stderr, "spice-brokerctl: malformed answer from the broker\n");
-        free(buf);
-        return -1;
-    }
-    char *b = strstr(buf, "\r\n\r\n");
-    *out = strdup(b ? b + 4 : "");
-    free(buf);
+done:
+    curl_slist_free_all(hdrs);
+    if (h != NULL)
+        curl_easy_cleanup(h);
+    curl_global_cleanup();
+    free(a.buf);
     return status;
 }
 

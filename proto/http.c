@@ -1,4 +1,4 @@
-/* proto/http.c: the HTTP/1.x request head parser, the RFC 6455 handshake check and accept key, the console token, static file paths and MIME types for the WebSocket listener; pure functions, any thread. */
+/* proto/http.c: the HTTP/1.x request parser (heads, Content-Length bodies), the RFC 6455 handshake check and accept key, the console token, static file paths and MIME types, for the WebSocket listener and the admin endpoint; pure functions, any thread. */
 #include "proto/http.h"
 
 #include <stdint.h>
@@ -7,6 +7,9 @@
 #include <openssl/evp.h>
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+const char http_err_head_too_large[] = "request head too large";
+const char http_err_body_too_large[] = "request body too large";
 
 /* ------------------------------------------------------------------ characters
  * ASCII only, independent of the locale. */
@@ -198,9 +201,41 @@ parse_request_line(const char *b, size_t e, struct http_request *req, const char
     return 0;
 }
 
-/* One header line b[pos..e). *seen tracks the single-valued fields. */
+/* What parse_header keeps across the lines of one head. */
+struct head_state {
+    uint32_t seen;   /* the single-valued fields already stored */
+    bool have_clen;  /* a Content-Length was seen */
+    size_t max_body; /* the largest Content-Length accepted */
+};
+
+/* The Content-Length value b[v..ve): digits only, at most st->max_body. */
 static int
-parse_header(const char *b, size_t pos, size_t e, struct http_request *req, uint32_t *seen,
+parse_content_length(const char *b, size_t v, size_t ve, struct http_request *req,
+                     struct head_state *st, const char **err)
+{
+    size_t n = 0;
+
+    if (st->have_clen)
+        return fail(err, "duplicate Content-Length");
+    st->have_clen = true;
+    if (v == ve)
+        return fail(err, "bad Content-Length");
+    for (size_t i = v; i < ve; i++) {
+        if (b[i] < '0' || b[i] > '9')
+            return fail(err, "bad Content-Length");
+        /* n <= max_body <= HTTP_MAX_BODY before this step: no overflow. */
+        n = n * 10 + (size_t)(b[i] - '0');
+        if (n > st->max_body)
+            return fail(err, st->max_body == 0 ? "request body not accepted"
+                                               : http_err_body_too_large);
+    }
+    req->content_length = n;
+    return 0;
+}
+
+/* One header line b[pos..e). */
+static int
+parse_header(const char *b, size_t pos, size_t e, struct http_request *req, struct head_state *st,
              const char **err)
 {
     size_t k = pos, v, ve;
@@ -224,19 +259,11 @@ parse_header(const char *b, size_t pos, size_t e, struct http_request *req, uint
         if (is_ctl((unsigned char)b[i]) && b[i] != '\t')
             return fail(err, "control character in header value");
 
-    if (ieq(b + pos, k - pos, "content-length")) {
-        if (v == ve)
-            return fail(err, "bad Content-Length");
-        for (size_t i = v; i < ve; i++) {
-            if (b[i] < '0' || b[i] > '9')
-                return fail(err, "bad Content-Length");
-            if (b[i] != '0')
-                return fail(err, "request body not accepted");
-        }
-        return 0;
-    }
+    if (ieq(b + pos, k - pos, "content-length"))
+        return parse_content_length(b, v, ve, req, st, err);
     if (ieq(b + pos, k - pos, "transfer-encoding"))
-        return fail(err, "request body not accepted");
+        return fail(err, st->max_body == 0 ? "request body not accepted"
+                                           : "Transfer-Encoding not accepted");
 
     for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
         const struct field *fd = &fields[f];
@@ -245,9 +272,9 @@ parse_header(const char *b, size_t pos, size_t e, struct http_request *req, uint
         if (!ieq(b + pos, k - pos, fd->name))
             continue;
         if (fd->kind == F_SINGLE) {
-            if (*seen & (1u << f))
+            if (st->seen & (1u << f))
                 return fail(err, fd->dup_err);
-            *seen |= 1u << f;
+            st->seen |= 1u << f;
         }
         if (append(dst, fd->cap, b + v, ve - v, fd->kind == F_COOKIE ? "; " : ", ") != 0)
             return fail(err, "header value too long");
@@ -256,13 +283,16 @@ parse_header(const char *b, size_t pos, size_t e, struct http_request *req, uint
     return 0; /* a header the broker does not read */
 }
 
-int
-http_parse_request(const char *buf, size_t len, struct http_request *req, const char **err)
+/* The head at buf[0..len), with bodies of up to max_body bytes announced:
+ * http_parse_request's contract. */
+static int
+parse_head(const char *buf, size_t len, size_t max_body, struct http_request *req,
+           const char **err)
 {
     size_t lim = len < HTTP_MAX_HEAD ? len : HTTP_MAX_HEAD;
     size_t end, pos, e;
     unsigned nheaders = 0;
-    uint32_t seen = 0;
+    struct head_state st = { .max_body = max_body };
     const char *bad;
 
     memset(req, 0, sizeof(*req));
@@ -271,7 +301,7 @@ http_parse_request(const char *buf, size_t len, struct http_request *req, const 
         if ((bad = prefix_bad(buf, lim)) != NULL)
             return fail(err, bad);
         if (len >= HTTP_MAX_HEAD)
-            return fail(err, "request head too large");
+            return fail(err, http_err_head_too_large);
         return 0;
     }
 
@@ -281,13 +311,33 @@ http_parse_request(const char *buf, size_t len, struct http_request *req, const 
     for (pos = e + 2; (e = line_end(buf, pos)) != pos; pos = e + 2) {
         if (++nheaders > HTTP_MAX_HEADERS)
             return fail(err, "too many headers");
-        if (parse_header(buf, pos, e, req, &seen, err) != 0)
+        if (parse_header(buf, pos, e, req, &st, err) != 0)
             return -1;
     }
     /* The first empty line is the one ending the head. */
-    if (req->version_minor >= 1 && !(seen & 1u))
+    if (req->version_minor >= 1 && !(st.seen & 1u))
         return fail(err, "missing Host");
     return (int)end;
+}
+
+int
+http_parse_request(const char *buf, size_t len, struct http_request *req, const char **err)
+{
+    return parse_head(buf, len, 0, req, err);
+}
+
+int
+http_parse_request_body(const char *buf, size_t len, size_t max_body, struct http_request *req,
+                        const char **err)
+{
+    int head = parse_head(buf, len, max_body < HTTP_MAX_BODY ? max_body : HTTP_MAX_BODY, req,
+                          err);
+
+    if (head <= 0)
+        return head;
+    if (len - (size_t)head < req->content_length)
+        return 0; /* the body is not all in yet */
+    return head + (int)req->content_length;
 }
 
 /* ------------------------------------------------------------------ WebSocket */

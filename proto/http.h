@@ -1,13 +1,14 @@
-/* proto/http.h: the HTTP/1.x request head and WebSocket handshake codec for the
- * broker's WebSocket listener (spice-html5 in a browser, a drop-in for Nova's
- * nova-spicehtml5proxy). Pure functions over bytes, no sockets, no allocation;
- * safe from any thread.
+/* proto/http.h: the HTTP/1.x request codec for the broker's WebSocket
+ * listener (spice-html5 in a browser, a drop-in for Nova's
+ * nova-spicehtml5proxy) and its admin endpoint (spice-brokerctl, monitoring).
+ * Pure functions over bytes, no sockets, no allocation; safe from any thread.
  *
- * Only what that listener needs: a GET (or HEAD) request head with no body,
- * the RFC 6455 opening handshake, the console token (query or cookie, the way
+ * Only what those need: a request head, with no body (the WebSocket listener)
+ * or with a bounded Content-Length body (the admin endpoint), the RFC 6455
+ * opening handshake, the console token (query or cookie, the way
  * nova-spicehtml5proxy and websockify's token plugins take it), and mapping a
- * URL path to a static file under a document root. Everything else (bodies,
- * chunked encoding, absolute-form targets, obs-fold) is refused as malformed.
+ * URL path to a static file under a document root. Everything else (chunked
+ * encoding, absolute-form targets, obs-fold) is refused as malformed.
  *
  * Strings in struct http_request are always NUL-terminated inside their arrays
  * (a zeroed field means "absent"); values are stored as received (the path and
@@ -28,6 +29,15 @@
  * dashboard's domain (session, CSRF, region, theme...) to the proxy's port too. */
 #define HTTP_MAX_COOKIE 4096u
 #define HTTP_WS_ACCEPT_LEN 28u /* base64 of a SHA-1 digest */
+/* The largest body http_parse_request_body accepts, whatever max_body says
+ * (so a whole request's length always fits in an int). */
+#define HTTP_MAX_BODY (1u << 20)
+
+/* The *err of a request refused only for its size, so that a server can
+ * answer 413 rather than 400; compare by pointer. The head does not end
+ * within HTTP_MAX_HEAD bytes / the Content-Length is over max_body. */
+extern const char http_err_head_too_large[];
+extern const char http_err_body_too_large[];
 
 struct http_request {
     char method[HTTP_MAX_METHOD + 1];
@@ -45,6 +55,7 @@ struct http_request {
     char ws_protocol[HTTP_MAX_VALUE + 1];
     char origin[HTTP_MAX_VALUE + 1];
     char cookie[HTTP_MAX_COOKIE + 1];
+    size_t content_length;             /* Content-Length; 0 when absent */
 };
 
 /* Parses the request head at buf[0..len). Returns the head's length in bytes
@@ -62,11 +73,24 @@ struct http_request {
  * HTTP_MAX_METHOD, bare LF or CR, a NUL anywhere, header lines without ':' or
  * with whitespace before it, obs-fold continuation lines, control characters
  * in values, a value too long for its field, a repeated single-valued header,
- * HTTP/1.1 without Host, Transfer-Encoding, and a Content-Length other than 0
- * (only GET and HEAD are served, so a body is never expected). Unknown headers
- * are checked for syntax and skipped. Each call scans buf from the start, so
- * the cost is O(len) per call. */
+ * HTTP/1.1 without Host, Transfer-Encoding, a repeated Content-Length, and a
+ * Content-Length other than 0 (only GET and HEAD are served, so a body is never
+ * expected). Unknown headers are checked for syntax and skipped. Each call
+ * scans buf from the start, so the cost is O(len) per call. */
 int http_parse_request(const char *buf, size_t len, struct http_request *req, const char **err);
+
+/* Parses a whole request that may carry a body: the head as
+ * http_parse_request does, except that a Content-Length (digits only, at most
+ * once) of up to max_body bytes (capped at HTTP_MAX_BODY) is accepted and
+ * stored in req->content_length. Returns the request's length (head plus
+ * body) once all of it is in buf[0..len), the body being its last
+ * req->content_length bytes (what follows is not looked at); 0 if more bytes
+ * are needed (the head or the body is incomplete); -1 as http_parse_request,
+ * or with *err == http_err_body_too_large as soon as the head announces more
+ * than max_body, before the body arrives. Transfer-Encoding is refused, so a
+ * body is never chunked. */
+int http_parse_request_body(const char *buf, size_t len, size_t max_body,
+                            struct http_request *req, const char **err);
 
 /* Whether r is a valid RFC 6455 opening handshake: GET, HTTP/1.1 or later,
  * Upgrade lists the token "websocket" and Connection the token "upgrade"

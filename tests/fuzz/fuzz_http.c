@@ -1,4 +1,4 @@
-/* tests/fuzz/fuzz_http.c: libFuzzer target for proto/http.c: the request head parser (with prefix and re-parse checks), and on what it accepts the WebSocket check, accept key, token and static path mapping; the token, path and MIME helpers also run on the raw input; single-threaded. */
+/* tests/fuzz/fuzz_http.c: libFuzzer target for proto/http.c: the request head parser (with prefix and re-parse checks), the request-with-body parser (checked against the head parser), and on what it accepts the WebSocket check, accept key, token and static path mapping; the token, path and MIME helpers also run on the raw input; single-threaded. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +125,51 @@ check_request(const struct http_request *r)
     check_static(r->path);
 }
 
+/* The admin endpoint's parser (a Content-Length body of up to FUZZ_MAX_BODY
+ * bytes) on the same input: consistent with the head parser, and its answer
+ * fits the input. */
+#define FUZZ_MAX_BODY 256u
+
+static void
+check_body(const uint8_t *data, size_t size)
+{
+    static struct http_request r, head;
+    const char *err = NULL;
+    char *copy = dup_exact(data, size, false);
+    int rc = http_parse_request_body(copy, size, FUZZ_MAX_BODY, &r, &err);
+    int hrc = http_parse_request(copy, size, &head, NULL);
+
+    TERMINATED(r.path);
+    TERMINATED(r.cookie);
+    if (rc == -1) {
+        CHECK(err != NULL);
+        CHECK(hrc == -1); /* the body parser refuses no head the head parser takes */
+    } else if (rc == 0) {
+        CHECK(hrc == 0 || r.content_length > 0);
+    } else {
+        size_t hl = (size_t)rc - r.content_length;
+
+        CHECK(r.content_length <= FUZZ_MAX_BODY && (size_t)rc <= size);
+        CHECK(hl > 0 && hl <= HTTP_MAX_HEAD && hl == crlf2(copy, hl));
+        CHECK(memcmp(copy + hl - 4, "\r\n\r\n", 4) == 0);
+        if (r.content_length == 0) {
+            CHECK(hrc == rc);
+            head.content_length = 0;
+            CHECK(memcmp(&r, &head, sizeof(r)) == 0);
+        } else {
+            CHECK(hrc == -1);
+        }
+        check_request(&r);
+        /* The request alone parses the same; one byte less needs more. */
+        free(copy);
+        copy = dup_exact(data, (size_t)rc, false);
+        CHECK(http_parse_request_body(copy, (size_t)rc, FUZZ_MAX_BODY, &head, NULL) == rc);
+        CHECK(memcmp(&r, &head, sizeof(r)) == 0);
+        CHECK(http_parse_request_body(copy, (size_t)rc - 1, FUZZ_MAX_BODY, &head, NULL) == 0);
+    }
+    free(copy);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -152,6 +197,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_request(&r);
     }
     free(copy);
+    check_body(data, size);
 
     /* The helpers on the raw input: as a URL path, and as query + cookie
      * (split at the first newline) for the token. */

@@ -177,6 +177,7 @@ def http_seeds():
         b"Upgrade: websocket\r\n"
         b"\r\n"
     )
+    token_body = b'{"token":"t","host":"127.0.0.1","port":5900,"tls_port":0,"ttl":0}'
     return {
         "chromium-upgrade": chromium,
         "chromium-upgrade-plus-frame": chromium + b"\x82\x80\x01\x02\x03\x04",
@@ -194,6 +195,21 @@ def http_seeds():
         "empty": b"",
         "raw-path": b"/a/b%20c.css",
         "raw-query-cookie": b"x=1&token=%41%42+c\ntoken=\"quoted\"; other=1",
+        # the admin endpoint's requests (http_parse_request_body)
+        "admin-get-http10": b"GET /v1/status HTTP/1.0\r\n\r\n",
+        "admin-post-curl": b"POST /v1/tokens HTTP/1.1\r\nHost: spice-broker\r\nAccept: */*\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(token_body), token_body),
+        "admin-post-body-partial": b"POST /v1/sessions/kill HTTP/1.0\r\nContent-Length: 9\r\n\r\n{\"id\"",
+        "admin-post-pipelined": b"POST /v1/tokens/revoke HTTP/1.0\r\nContent-Length: 13\r\n\r\n"
+                                b"{\"token\":\"t\"}GET /healthz HTTP/1.0\r\n\r\n",
+        "admin-cl-huge": b"POST /v1/tokens HTTP/1.0\r\nContent-Length: 18446744073709551617\r\n\r\nx",
+        "admin-cl-over-limit": b"POST /v1/tokens HTTP/1.0\r\nContent-Length: 999999\r\n\r\n",
+        "admin-cl-duplicate": b"POST / HTTP/1.0\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+        "admin-cl-leading-zeros": b"POST / HTTP/1.0\r\nContent-Length: 0002\r\n\r\nab",
+        "admin-cl-negative": b"POST / HTTP/1.0\r\nContent-Length: -1\r\n\r\nxx",
+        "admin-chunked": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        "admin-not-http": b"\x16\x03\x01\x00\x00\r\n\r\n",
     }
 
 

@@ -1,4 +1,4 @@
-/* tests/unit/proto/http.c: cmocka tests for proto/http.c (request heads incl. hostile ones, the WebSocket handshake, tokens, static paths, MIME types); single-threaded. */
+/* tests/unit/proto/http.c: cmocka tests for proto/http.c (request heads incl. hostile ones, requests with Content-Length bodies, the WebSocket handshake, tokens, static paths, MIME types); single-threaded. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -311,6 +311,7 @@ test_hostile(void **state)
     BAD("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -0\r\n\r\n");
     BAD("GET / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n");
     BAD("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 0\r\n\r\n");
+    BAD("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
     BAD("GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
 
     /* The reasons name the problem. */
@@ -327,6 +328,226 @@ test_hostile(void **state)
     /* The out-struct stays NUL-terminated after a failure, and err may be NULL. */
     assert_int_equal(http_parse_request("GET / HTTP/1.1\r\n\r\n", 18, &r, NULL), -1);
     assert_true(memchr(r.path, '\0', sizeof(r.path)) != NULL);
+}
+
+/* ------------------------------------------------------------------ bodies */
+
+/* The admin endpoint's limit in these tests. */
+#define MAXB 64u
+
+/* Parses s[0..len) as a request that may carry a body of up to MAXB bytes,
+ * from an exactly sized heap copy (ASan sees over-reads). */
+static int
+parse_body(const char *s, size_t len, struct http_request *r, const char **err)
+{
+    char *copy = malloc(len ? len : 1);
+    int rc;
+
+    assert_non_null(copy);
+    memcpy(copy, s, len);
+    *err = NULL;
+    rc = http_parse_request_body(copy, len, MAXB, r, err);
+    free(copy);
+    return rc;
+}
+
+#define PARSE_BODY(lit, r, err) parse_body(lit, sizeof(lit) - 1, r, err)
+/* lit is one whole request: its full length comes back. */
+#define WHOLE(lit, r, err) assert_int_equal(PARSE_BODY(lit, r, err), (int)sizeof(lit) - 1)
+
+static void
+test_body(void **state)
+{
+    static const char post[] = "POST /v1/tokens HTTP/1.0\r\nContent-Type: application/json\r\n"
+                               "Content-Length: 13\r\n\r\n{\"token\":\"t\"}";
+    struct http_request r;
+    const char *err;
+    size_t n = sizeof(post) - 1;
+    int rc;
+
+    (void)state;
+    /* The whole request's length; the body is its last content_length bytes. */
+    rc = PARSE_BODY(post, &r, &err);
+    assert_int_equal(rc, (int)n);
+    assert_string_equal(r.method, "POST");
+    assert_string_equal(r.path, "/v1/tokens");
+    assert_int_equal(r.content_length, 13);
+    assert_memory_equal(post + rc - 13, "{\"token\":\"t\"}", 13);
+
+    /* Bytes after the body are not looked at. */
+    {
+        char buf[sizeof(post) + 8];
+
+        memcpy(buf, post, n);
+        memcpy(buf + n, "GARBAGE\0", 8);
+        assert_int_equal(parse_body(buf, n + 8, &r, &err), (int)n);
+    }
+
+    /* No Content-Length, or 0: no body; a GET may carry one. */
+    WHOLE("GET /healthz HTTP/1.0\r\n\r\n", &r, &err);
+    assert_int_equal(r.content_length, 0);
+    WHOLE("POST /x HTTP/1.0\r\ncontent-length:\t0 \r\n\r\n", &r, &err);
+    assert_int_equal(r.content_length, 0);
+    WHOLE("GET /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nab", &r, &err);
+    assert_int_equal(r.content_length, 2);
+
+    /* Leading zeros; exactly the limit. */
+    WHOLE("POST /x HTTP/1.0\r\nContent-Length: 0003\r\n\r\nabc", &r, &err);
+    assert_int_equal(r.content_length, 3);
+    {
+        char buf[256];
+        int h = snprintf(buf, sizeof(buf), "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %u\r\n\r\n",
+                         MAXB);
+
+        memset(buf + h, 'b', MAXB);
+        assert_int_equal(parse_body(buf, (size_t)h + MAXB, &r, &err), h + (int)MAXB);
+        assert_int_equal(r.content_length, MAXB);
+    }
+
+    /* A head of exactly HTTP_MAX_HEAD bytes, then its body. */
+    {
+        static char buf[HTTP_MAX_HEAD + 8];
+        int h = sprintf(buf, "POST / HTTP/1.0\r\nContent-Length: 5\r\nX-Pad: ");
+
+        memset(buf + h, 'p', HTTP_MAX_HEAD - (size_t)h - 4);
+        memcpy(buf + HTTP_MAX_HEAD - 4, "\r\n\r\nhello", 9);
+        assert_int_equal(parse_body(buf, HTTP_MAX_HEAD + 5, &r, &err), (int)HTTP_MAX_HEAD + 5);
+        assert_int_equal(parse_body(buf, HTTP_MAX_HEAD + 4, &r, &err), 0);
+    }
+
+    /* http_parse_request still refuses bodies, and never sets content_length. */
+    assert_int_equal(parse(post, &r, &err), -1);
+    assert_string_equal(err, "request body not accepted");
+    assert_true(parse("GET / HTTP/1.0\r\nContent-Length: 0\r\n\r\n", &r, &err) > 0);
+    assert_int_equal(r.content_length, 0);
+}
+
+static void
+test_body_split(void **state)
+{
+    static const char post[] = "POST /v1/sessions/kill HTTP/1.1\r\nHost: spice-broker\r\n"
+                               "Content-Length: 9\r\n\r\n{\"id\":42}";
+    struct http_request r;
+    const char *err;
+    size_t n = sizeof(post) - 1;
+
+    (void)state;
+    /* Every prefix (the head split anywhere, or the body) needs more bytes. */
+    for (size_t k = 0; k < n; k++) {
+        int rc = parse_body(post, k, &r, &err);
+
+        if (rc != 0)
+            fail_msg("prefix %zu: %d (%s)", k, rc, err ? err : "?");
+    }
+    assert_int_equal(parse_body(post, n, &r, &err), (int)n);
+    assert_int_equal(r.content_length, 9);
+
+    /* A body arriving a byte at a time into a growing buffer, as a server reads it. */
+    {
+        char buf[sizeof(post)];
+        size_t have = 0;
+        int rc = 0;
+
+        while (rc == 0 && have < n) {
+            buf[have] = post[have];
+            have++;
+            rc = parse_body(buf, have, &r, &err);
+        }
+        assert_int_equal(rc, (int)n);
+        assert_int_equal(have, n);
+    }
+
+    /* A body over the limit is refused as soon as the head is in. */
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 65\r\n\r\n", &r, &err), -1);
+    assert_ptr_equal(err, http_err_body_too_large);
+}
+
+static void
+test_body_hostile(void **state)
+{
+    static char big[HTTP_MAX_HEAD + 64];
+    struct http_request r;
+    const char *err;
+
+    (void)state;
+    /* Huge lengths: over the limit, over size_t, thousands of digits. */
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 999999\r\n\r\n", &r, &err), -1);
+    assert_ptr_equal(err, http_err_body_too_large);
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 18446744073709551615\r\n\r\n"
+                                "xxxx", &r, &err), -1);
+    assert_ptr_equal(err, http_err_body_too_large);
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 18446744073709551617\r\n\r\n",
+                                &r, &err), -1);
+    assert_ptr_equal(err, http_err_body_too_large);
+    {
+        int h = sprintf(big, "POST / HTTP/1.0\r\nContent-Length: ");
+
+        memset(big + h, '9', 4000);
+        memcpy(big + h + 4000, "\r\n\r\n", 4);
+        assert_int_equal(parse_body(big, (size_t)h + 4004, &r, &err), -1);
+        assert_ptr_equal(err, http_err_body_too_large);
+        /* Zeros do not overflow anything either. */
+        memset(big + h, '0', 4000);
+        big[h + 3999] = '1';
+        assert_int_equal(parse_body(big, (size_t)h + 4004, &r, &err), 0);
+        assert_int_equal(parse_body(big, (size_t)h + 4005, &r, &err), h + 4005);
+    }
+    /* The caller's limit is capped at HTTP_MAX_BODY. */
+    {
+        char buf[128];
+        int h = snprintf(buf, sizeof(buf), "POST / HTTP/1.0\r\nContent-Length: %u\r\n\r\n",
+                         HTTP_MAX_BODY + 1);
+
+        assert_int_equal(http_parse_request_body(buf, (size_t)h, (size_t)-1, &r, &err), -1);
+        assert_ptr_equal(err, http_err_body_too_large);
+        h = snprintf(buf, sizeof(buf), "POST / HTTP/1.0\r\nContent-Length: %u\r\n\r\n",
+                     HTTP_MAX_BODY);
+        assert_int_equal(http_parse_request_body(buf, (size_t)h, (size_t)-1, &r, &err), 0);
+        assert_int_equal(r.content_length, HTTP_MAX_BODY);
+    }
+
+    /* Malformed lengths. */
+    static const char *const bad_len[] = {
+        "-1", "+1", "ab", "1a", "0x10", "1 2", "1,1", "5, 5", "1.0", "", " ", "\t",
+    };
+    for (size_t i = 0; i < sizeof(bad_len) / sizeof(bad_len[0]); i++) {
+        char buf[128];
+        int h = snprintf(buf, sizeof(buf), "POST / HTTP/1.0\r\nContent-Length: %s\r\n\r\nxx",
+                         bad_len[i]);
+
+        if (parse_body(buf, (size_t)h, &r, &err) != -1)
+            fail_msg("Content-Length '%s' accepted", bad_len[i]);
+        assert_string_equal(err, "bad Content-Length");
+    }
+
+    /* Repeated, even when equal; chunked. */
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 2\r\nContent-Length: 2\r\n"
+                                "\r\nab", &r, &err), -1);
+    assert_string_equal(err, "duplicate Content-Length");
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\r\nContent-Length: 2\r\ncontent-length: 3\r\n"
+                                "\r\nabc", &r, &err), -1);
+    assert_string_equal(err, "duplicate Content-Length");
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+                                "\r\n2\r\nab\r\n0\r\n\r\n", &r, &err), -1);
+    assert_string_equal(err, "Transfer-Encoding not accepted");
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\nab", &r, &err), -1);
+
+    /* The head's own rules still hold, and its size error is the exported one. */
+    assert_int_equal(PARSE_BODY("POST /x\r\nContent-Length: 2\r\n\r\nab", &r, &err), -1);
+    assert_int_equal(PARSE_BODY("\x16\x03\x01\x00\x00\r\n\r\n", &r, &err), -1);
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", &r, &err), -1);
+    assert_string_equal(err, "missing Host");
+    assert_int_equal(PARSE_BODY("POST / HTTP/1.0\nContent-Length: 2\n\nab", &r, &err), -1);
+    memset(big, 'a', sizeof(big));
+    memcpy(big, "POST /", 6);
+    assert_int_equal(http_parse_request_body(big, HTTP_MAX_HEAD - 1, MAXB, &r, &err), 0);
+    assert_int_equal(http_parse_request_body(big, HTTP_MAX_HEAD, MAXB, &r, &err), -1);
+    assert_ptr_equal(err, http_err_head_too_large);
+    assert_int_equal(http_parse_request(big, sizeof(big), &r, &err), -1);
+    assert_ptr_equal(err, http_err_head_too_large);
+    /* A body's bytes are not the head's business (NUL, bare LF, anything). */
+    WHOLE("POST / HTTP/1.0\r\nContent-Length: 4\r\n\r\n\0\n\r\xff", &r, &err);
 }
 
 /* ------------------------------------------------------------------ WebSocket */
@@ -625,6 +846,9 @@ main(void)
         cmocka_unit_test(test_plain_requests),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_body),
+        cmocka_unit_test(test_body_split),
+        cmocka_unit_test(test_body_hostile),
         cmocka_unit_test(test_websocket_checks),
         cmocka_unit_test(test_ws_accept),
         cmocka_unit_test(test_protocol_offered),
