@@ -51,8 +51,10 @@ static int env_handoff(void *arg, int worker_index, struct transport *t,
                        const uint8_t *pre, size_t pre_len, const char *web_token)
 {
     struct broker *b = arg;
-    if (worker_index < 0 || worker_index >= b->n_workers)
+    if (worker_index < 0 || worker_index >= b->n_workers) {
+        transport_free(t); /* the contract: -1 means the transport is gone */
         return -1;
+    }
     return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
 }
 

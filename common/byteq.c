@@ -32,6 +32,20 @@ int byteq_append(struct byteq *q, const void *data, size_t n)
     return 0;
 }
 
+int byteq_reserve(struct byteq *q, size_t n)
+{
+    if (q->off == q->len)
+        q->off = q->len = 0;
+    if (q->len + n <= q->cap)
+        return 0;
+    uint8_t *np = realloc(q->p, q->len + n);
+    if (np == NULL)
+        return -1;
+    q->p = np;
+    q->cap = q->len + n;
+    return 0;
+}
+
 int byteq_send(struct byteq *q, int fd)
 {
     while (q->off < q->len) {

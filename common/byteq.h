@@ -21,6 +21,10 @@ static inline size_t byteq_size(const struct byteq *q)
 /* Appends n bytes; -1 when out of memory. */
 int byteq_append(struct byteq *q, const void *data, size_t n);
 
+/* Makes room for n more bytes at once (one allocation instead of several
+ * doublings); -1 when out of memory. */
+int byteq_reserve(struct byteq *q, size_t n);
+
 /* Sends what it can to fd (non-blocking, MSG_NOSIGNAL). Returns 1 when the
  * queue is empty, 0 when the socket is full (wait for EV_WRITE), -1 when the
  * socket failed. */

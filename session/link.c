@@ -562,4 +562,6 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
         }
     }
     chan_arm_read(c->c_rd, c->ct);
+    if (transport_pending_out(c->ct))
+        event_add(c->c_wr, NULL); /* a PONG or TLS ticket that came with the hand-over */
 }

@@ -3,13 +3,14 @@
  * the channel; holds no event and no loop.
  *
  * TLS: OpenSSL works directly on the socket through a small BIO of ours
- * whose writes never fail for lack of room: what the socket does not take is
- * kept in the transport's queue (one TLS record at most, since no new record
- * is made while one waits) and sent when it is writable. So SSL_write never
- * returns WANT_WRITE, and its rule that a blocked write must be retried with
- * the same arguments never constrains the relay, which re-offers bytes from
- * its buffer in new shapes (an ACK spliced in at a message boundary). Reads
- * use read-ahead, so one recv() brings several records.
+ * whose writes never fail for lack of room: a write makes its records into
+ * the transport's queue (up to TLS_CORK bytes) and sends them with one
+ * send(); what the socket does not take waits there, and no record is made
+ * until it is out. So SSL_write never returns WANT_WRITE, and its rule that a
+ * blocked write must be retried with the same arguments never constrains the
+ * relay, which re-offers bytes from its buffer in new shapes (an ACK spliced
+ * in at a message boundary). Reads use read-ahead, so one recv() brings
+ * several records.
  *
  * WebSocket: the payload is never copied. Frames toward the browser are a
  * header beside the caller's bytes in one sendmsg(); a frame's length is the
@@ -34,9 +35,11 @@
 #include "common/byteq.h"
 #include "proto/ws.h"
 
-/* One SSL_write makes at most one record of this size: then the queue holds
- * at most one record. */
+/* One SSL_write makes at most one record of this size. */
 #define TLS_RECORD 16384
+/* A write makes records into the queue (corked) until it holds this much,
+ * then sends them with one send(): a few records per syscall instead of one. */
+#define TLS_CORK (48 * 1024)
 /* Read-ahead: ciphertext one recv() may bring. */
 #define TLS_READ_AHEAD 65536
 /* PONGs are dropped (the peer gets the next one) while this much waits. */
@@ -44,6 +47,8 @@
 /* A message from the browser larger than this is refused (1009): spice-html5
  * sends small ones, and nothing legitimate needs more. */
 #define WS_MAX_MESSAGE_IN (1u << 20)
+/* Reads in one call that may bring no payload before it returns EAGAIN. */
+#define WS_EMPTY_READS 8
 #define IOV_LOCAL 16
 
 struct transport_ops {
@@ -61,10 +66,14 @@ struct transport {
     const char *err;
     struct byteq out;           /* bytes of ours the socket has not taken */
     bool eof_next;              /* the stream ended after the bytes returned last */
+    bool eof_told;              /* a read has returned that end (0) */
     /* TLS */
     SSL *ssl;
     bool tls_more;              /* the last read stopped with plaintext possibly left */
-    int sock_errno;             /* the BIO's last socket error */
+    bool tls_cork;              /* records go to the queue, sent together after the write */
+    bool tls_failed;            /* an error came after bytes a read returned: next time */
+    bool sock_eof;              /* the BIO read the end of the TCP stream */
+    int sock_errno;             /* the BIO's last socket error in this call */
     char errbuf[128];
     /* WebSocket */
     struct ws_decoder in;
@@ -74,8 +83,8 @@ struct transport {
     bool close_queued;
 };
 
-/* Sends what waits in t->out. 1 all out (the queue's memory is released),
- * 0 the socket is full, -1 the socket failed. */
+/* Sends what waits in t->out. 1 all out (the queue gives its memory back:
+ * an idle transport holds none), 0 the socket is full, -1 the socket failed. */
 static int out_flush(struct transport *t)
 {
     if (byteq_size(&t->out) == 0)
@@ -166,7 +175,7 @@ static int bio_write(BIO *b, const char *p, int len)
     struct transport *t = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     ssize_t w = 0;
-    if (byteq_size(&t->out) == 0) {
+    if (!t->tls_cork && byteq_size(&t->out) == 0) {
         do {
             w = send(t->fd, p, (size_t)len, MSG_NOSIGNAL);
         } while (w < 0 && errno == EINTR);
@@ -200,12 +209,24 @@ static int bio_read(BIO *b, char *p, int len)
             t->sock_errno = errno;
         return -1;
     }
+    if (r == 0)
+        t->sock_eof = true;
     return (int)r;
 }
 
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+    struct transport *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        /* OpenSSL 3.0 takes a TCP close without close_notify as an ordinary
+         * end (SSL_OP_IGNORE_UNEXPECTED_EOF) only when the BIO says EOF. */
+        return t != NULL && t->sock_eof;
+    default:
+        return 0;
+    }
 }
 
 static int bio_create(BIO *b)
@@ -265,6 +286,7 @@ static int tls_wait_or_fail(struct transport *t, int rc)
 
 int transport_tls_handshake(struct transport *t)
 {
+    t->sock_errno = 0;
     if (out_flush(t) < 0) {
         t->err = "the peer closed";
         return -1;
@@ -294,6 +316,11 @@ static ssize_t tls_read(struct transport *t, void *buf, size_t len)
 {
     if (t->eof_next)
         return 0;
+    if (t->tls_failed) {
+        errno = ECONNRESET;
+        return -1;
+    }
+    t->sock_errno = 0;
     (void)out_flush(t); /* a handshake or key-update reply may be waiting */
     size_t got = 0;
     bool failed = false;
@@ -317,8 +344,10 @@ static ssize_t tls_read(struct transport *t, void *buf, size_t len)
         break;
     }
     t->tls_more = got == len;
-    if (got > 0)
-        return (ssize_t)got; /* an end or error after them shows next time */
+    if (got > 0) {
+        t->tls_failed = failed; /* an end or error after them shows next time */
+        return (ssize_t)got;
+    }
     if (t->eof_next)
         return 0;
     if (failed) {
@@ -331,6 +360,7 @@ static ssize_t tls_read(struct transport *t, void *buf, size_t len)
 
 static ssize_t tls_writev(struct transport *t, const struct iovec *iov, int n)
 {
+    t->sock_errno = 0;
     int rc = out_flush(t);
     if (rc < 0) {
         t->err = "write failed";
@@ -342,6 +372,12 @@ static ssize_t tls_writev(struct transport *t, const struct iovec *iov, int n)
         return -1;
     }
     size_t taken = 0;
+    /* Room for a corked write's records at once (given back when sent). */
+    if (n > 0 && byteq_reserve(&t->out, TLS_CORK + TLS_RECORD + 256) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    t->tls_cork = true;
     for (int i = 0; i < n; i++) {
         const uint8_t *p = iov[i].iov_base;
         size_t off = 0;
@@ -353,6 +389,7 @@ static ssize_t tls_writev(struct transport *t, const struct iovec *iov, int n)
             int r = SSL_write_ex(t->ssl, p + off, chunk, &w);
             if (r != 1) {
                 if (tls_wait_or_fail(t, r) < 0 && taken == 0) {
+                    t->tls_cork = false;
                     errno = t->sock_errno == ECONNRESET || t->sock_errno == EPIPE ? t->sock_errno
                                                                                   : EPROTO;
                     return -1;
@@ -361,13 +398,19 @@ static ssize_t tls_writev(struct transport *t, const struct iovec *iov, int n)
             }
             off += w;
             taken += w;
-            if (byteq_size(&t->out) > 0) {
-                t->wants = TRANSPORT_WANT_WRITE;
-                goto out; /* the socket is full: no more records now */
-            }
+            if (byteq_size(&t->out) >= TLS_CORK)
+                goto out; /* enough records for one send */
         }
     }
 out:
+    t->tls_cork = false;
+    /* The records made are taken; what the socket refuses waits in the
+     * queue (pending_out), and no record is made until it is out. */
+    if (out_flush(t) < 0 && taken == 0) {
+        t->err = "write failed";
+        errno = EPIPE;
+        return -1;
+    }
     if (taken > 0 || n == 0)
         return (ssize_t)taken;
     errno = EAGAIN;
@@ -384,9 +427,13 @@ static void tls_shutdown(struct transport *t, uint16_t ws_code)
     (void)out_flush(t);
 }
 
+/* Bytes read ahead, or an end or error already read, announce themselves to
+ * no socket event. */
 static bool tls_pending_in(const struct transport *t)
 {
-    return !t->eof_next && t->tls_more && SSL_has_pending(t->ssl);
+    if (t->eof_told)
+        return false;
+    return t->eof_next || t->tls_failed || (t->tls_more && SSL_has_pending(t->ssl));
 }
 
 static const struct transport_ops tls_ops = { tls_read, tls_writev, tls_shutdown, tls_pending_in };
@@ -447,7 +494,9 @@ static ssize_t ws_read(struct transport *t, void *buf, size_t len)
 {
     if (t->eof_next)
         return 0;
-    for (;;) {
+    /* Reads that bring only headers and control frames go on, but not
+     * forever: a peer streaming empty frames must not hold the worker. */
+    for (int round = 0; round < WS_EMPTY_READS; round++) {
         ssize_t r = tcp_read(t, buf, len);
         if (r <= 0)
             return r; /* EAGAIN, error, or the TCP stream ended */
@@ -471,8 +520,11 @@ static ssize_t ws_read(struct transport *t, void *buf, size_t len)
         }
         if (n > 0)
             return (ssize_t)n;
-        /* Only headers or control frames: read on (the socket says when to stop). */
+        /* Only headers or control frames: read on. */
     }
+    t->wants = TRANSPORT_WANT_READ; /* the socket is still readable: its event comes again */
+    errno = EAGAIN;
+    return -1;
 }
 
 static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
@@ -480,6 +532,13 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
     size_t in_total = 0;
     for (int i = 0; i < n; i++)
         in_total += iov[i].iov_len;
+    if (t->close_queued && in_total > 0) {
+        /* Nothing follows a CLOSE: for data, the peer is gone. */
+        (void)ws_writev(t, NULL, 0);
+        t->err = "the WebSocket is closing";
+        errno = EPIPE;
+        return -1;
+    }
     size_t taken = 0;      /* payload bytes of iov taken */
     int ci = 0;            /* cursor: iov[ci] at offset co */
     size_t co = 0;
@@ -540,6 +599,12 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
         size_t h = left < hdr ? left : hdr;
         t->hdr_sent = (uint8_t)(t->hdr_sent + h);
         left -= h;
+        if (t->hdr_sent == 0) {
+            /* The socket stopped before the new frame's header: the frame
+             * has not started, so control frames may still go first. */
+            t->hdr_len = 0;
+            t->out_left = 0;
+        }
         /* left is payload now: advance the cursor by it */
         taken += left;
         t->out_left -= left;
@@ -584,7 +649,13 @@ static void ws_shutdown(struct transport *t, uint16_t ws_code)
         (void)ws_writev(t, NULL, 0);
 }
 
-static const struct transport_ops ws_ops = { ws_read, ws_writev, ws_shutdown, no_pending_in };
+/* An end already read (a CLOSE after data) announces itself to no socket event. */
+static bool ws_pending_in(const struct transport *t)
+{
+    return t->eof_next && !t->eof_told;
+}
+
+static const struct transport_ops ws_ops = { ws_read, ws_writev, ws_shutdown, ws_pending_in };
 
 struct transport *transport_ws_new(int fd)
 {
@@ -599,7 +670,10 @@ struct transport *transport_ws_new(int fd)
 ssize_t transport_read(struct transport *t, void *buf, size_t len)
 {
     t->wants = 0;
-    return t->ops->read(t, buf, len);
+    ssize_t r = t->ops->read(t, buf, len);
+    if (r == 0)
+        t->eof_told = true;
+    return r;
 }
 
 ssize_t transport_writev(struct transport *t, const struct iovec *iov, int n)
@@ -621,7 +695,9 @@ bool transport_pending_in(const struct transport *t)
 
 bool transport_pending_out(const struct transport *t)
 {
-    return byteq_size(&t->out) > 0 || (t->kind == TRANSPORT_WS && t->hdr_sent < t->hdr_len);
+    if (t->kind == TRANSPORT_WS && (t->out_left > 0 || t->hdr_sent < t->hdr_len))
+        return false; /* mid-frame: the caller holds the bytes that finish it */
+    return byteq_size(&t->out) > 0;
 }
 
 unsigned transport_wants(const struct transport *t)

@@ -511,7 +511,6 @@ static void test_ws_write_partial_frames(void **state)
             uint8_t x;
             wait_fd(sp[0], POLLIN);
             assert_int_equal(transport_read(t, &x, 1), -1); /* control only: EAGAIN */
-            assert_true(transport_pending_out(t));
             pinged = true;
         }
         ssize_t r = recv(sp[1], raw + got, cap - got, 0);
@@ -528,6 +527,25 @@ static void test_ws_write_partial_frames(void **state)
     ssize_t r;
     while ((r = recv(sp[1], raw + got, cap - got, 0)) > 0)
         got += (size_t)r;
+    /* the PONG went out between two frames: walk the frames */
+    int pongs = 0;
+    for (size_t at = 0; at + 2 <= got;) {
+        uint64_t len = raw[at + 1] & 0x7f;
+        size_t h = 2;
+        if (len == 126) {
+            len = (uint64_t)raw[at + 2] << 8 | raw[at + 3];
+            h = 4;
+        } else if (len == 127) {
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | raw[at + 2 + i];
+            h = 10;
+        }
+        if ((raw[at] & 0x0f) == WS_OP_PONG)
+            pongs++;
+        at += h + (size_t)len;
+    }
+    assert_int_equal(pongs, 1);
     /* decode as a browser would */
     struct ws_decoder d;
     ws_decoder_init(&d, false, 0);
@@ -547,6 +565,78 @@ static void test_ws_write_partial_frames(void **state)
     free(raw);
 }
 
+/* A TCP close without close_notify (spice-gtk's way) is an ordinary end,
+ * not an error. */
+static void test_tls_plain_tcp_close(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 0);
+    handshake(s, c);
+    assert_int_equal(transport_write(c, "bye", 3), 3);
+    (void)shutdown(transport_fd(c), SHUT_WR); /* FIN, no close_notify */
+    uint8_t buf[16];
+    size_t got = 0;
+    ssize_t r = -1;
+    for (int i = 0; i < 200 && r != 0; i++) {
+        r = transport_read(s, buf + got, sizeof(buf) - got);
+        if (r > 0)
+            got += (size_t)r;
+        else if (r < 0) {
+            assert_int_equal(errno, EAGAIN);
+            wait_fd(transport_fd(s), POLLIN);
+        }
+    }
+    assert_int_equal(got, 3);
+    assert_int_equal(r, 0);
+    transport_free(s);
+    transport_free(c);
+}
+
+/* A peer streaming frames with no payload cannot keep one read going: after
+ * a few it returns EAGAIN (the socket's event comes again). */
+static void test_ws_empty_frames_bounded(void **state)
+{
+    int sp[2];
+    pair(sp, 0);
+    struct transport *t = transport_ws_new(sp[0]);
+    uint8_t f[16];
+    size_t fl = cframe(f, WS_OP_BINARY, true, (const uint8_t *)"", 0);
+    for (int i = 0; i < 64; i++)
+        send_all(sp[1], f, fl);
+    uint8_t one = 0;
+    assert_int_equal(transport_read(t, &one, 1), -1); /* one byte a recv: 8 frames */
+    assert_int_equal(errno, EAGAIN);
+    transport_free(t);
+    close(sp[1]);
+}
+
+/* After the peer's CLOSE, data toward it is refused as for a gone peer
+ * (EPIPE), never EAGAIN with nothing to wait for; the end read together
+ * with data is announced by pending_in until a read returns it. */
+static void test_ws_write_after_close(void **state)
+{
+    int sp[2];
+    pair(sp, 0);
+    struct transport *t = transport_ws_new(sp[0]);
+    uint8_t f[64];
+    size_t n = cframe(f, WS_OP_BINARY, true, (const uint8_t *)"ab", 2);
+    n += cframe(f + n, WS_OP_CLOSE, true, (const uint8_t *)"\x03\xe8", 2);
+    send_all(sp[1], f, n);
+    uint8_t buf[64];
+    assert_int_equal(transport_read(t, buf, sizeof(buf)), 2);
+    assert_true(transport_pending_in(t));
+    assert_int_equal(transport_read(t, buf, sizeof(buf)), 0);
+    assert_false(transport_pending_in(t));
+    assert_int_equal(transport_write(t, "data", 4), -1);
+    assert_int_equal(errno, EPIPE);
+    assert_false(transport_pending_out(t)); /* the answering CLOSE went out */
+    uint8_t back[8];
+    assert_int_equal(recv(sp[1], back, sizeof(back), 0), 4);
+    assert_int_equal(back[0], 0x80 | WS_OP_CLOSE);
+    transport_free(t);
+    close(sp[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -556,9 +646,12 @@ int main(void)
         cmocka_unit_test(test_tls_want_read_during_write),
         cmocka_unit_test(test_tls_pending_in_and_close),
         cmocka_unit_test(test_tls_handshake_refused),
+        cmocka_unit_test(test_tls_plain_tcp_close),
         cmocka_unit_test(test_ws_read_fragments_ping_close),
         cmocka_unit_test(test_ws_bad_frames),
         cmocka_unit_test(test_ws_write_partial_frames),
+        cmocka_unit_test(test_ws_empty_frames_bounded),
+        cmocka_unit_test(test_ws_write_after_close),
     };
     return cmocka_run_group_tests(tests, tls_setup, tls_teardown);
 }
