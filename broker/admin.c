@@ -4,7 +4,9 @@
  * that need session state are answered by asking every worker through its job
  * queue and waiting (bounded, 2 s) for their answers; a migration prepare
  * answers later, when the destination has (the control loop goes on
- * meanwhile); the data path never waits for the admin.
+ * meanwhile); a token add or revoke answers when the store writer has made
+ * its write (or failed it, within BROKER_WRITE_MS), the control loop going
+ * on meanwhile; the data path never waits for the admin.
  *
  *   GET  /healthz               "ok"
  *   GET  /metrics               Prometheus text format
@@ -47,12 +49,14 @@
 #define COLLECT_TIMEOUT_MS 2000
 
 struct prepare;
+struct token_write;
 
 struct admin {
     struct broker *b;
     struct evconnlistener *listener;
     char unix_path[108];
     struct prepare *waiting; /* deferred prepare requests, answered or dropped at exit */
+    struct token_write *writing; /* token adds and revokes waiting for their write */
 };
 
 struct request {
@@ -460,11 +464,96 @@ static void h_kill(struct broker *b, const struct request *q, struct response *r
     reply_json(r, 200, json_pack("{s:I}", "killed", id));
 }
 
-static void h_token_add(struct broker *b, const struct request *q, struct response *r)
+/* A token add or revoke waiting for its store write; its request's
+ * connection waits too (not read, no timeout: the write is bounded). */
+struct token_write {
+    struct token_write *next;   /* in admin->writing */
+    struct admin *admin;
+    struct bufferevent *bev;    /* the request, NULL once answered */
+    bool revoke;
+    char where[300];            /* the backend, for the log line (add) */
+    long long ttl;
+};
+
+static void send_response(struct bufferevent *bev, struct response *r);
+
+static struct token_write *token_write_new(struct admin *a, struct bufferevent *bev, bool revoke)
 {
+    struct token_write *tw = calloc(1, sizeof(*tw));
+    if (tw == NULL)
+        return NULL;
+    tw->admin = a;
+    tw->bev = bev;
+    tw->revoke = revoke;
+    return tw;
+}
+
+static void token_write_free(struct token_write *tw)
+{
+    free(tw);
+}
+
+/* The request's connection now belongs to tw, until it is answered. */
+static void token_write_defer(struct token_write *tw)
+{
+    bufferevent_disable(tw->bev, EV_READ);
+    bufferevent_set_timeouts(tw->bev, NULL, NULL);
+    bufferevent_setcb(tw->bev, NULL, NULL, NULL, NULL);
+    tw->next = tw->admin->writing;
+    tw->admin->writing = tw;
+}
+
+static void token_write_unlink(struct token_write *tw)
+{
+    for (struct token_write **pp = &tw->admin->writing; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == tw) {
+            *pp = tw->next;
+            break;
+        }
+    }
+}
+
+/* The answer to a token add or revoke whose write ended with result. */
+static void token_reply(struct response *r, bool revoke, int result)
+{
+    if (!revoke && result == STORE_OK) {
+        reply_json(r, 201, json_pack("{s:b}", "ok", 1));
+    } else if (!revoke) {
+        reply_error(r, 503, "the store did not take the write (unreachable? see the broker log); "
+                            "nothing was changed");
+    } else if (result == STORE_NOT_FOUND) {
+        reply_error(r, 404, "no such token");
+    } else if (result != STORE_OK) {
+        reply_error(r, 503, "the store did not take the revoke (unreachable? see the broker "
+                            "log); the token still works");
+    } else {
+        reply_json(r, 200, json_pack("{s:b}", "ok", 1));
+    }
+}
+
+/* On the control loop, from the store writer. */
+static void on_token_written(struct broker *b, int result, void *arg)
+{
+    struct token_write *tw = arg;
+    struct response r = { 0 };
+    if (result == STORE_OK && !tw->revoke)
+        log_info("token added for backend %s (ttl %llds)", tw->where, tw->ttl);
+    else if (result == STORE_OK)
+        log_info("token revoked");
+    token_reply(&r, tw->revoke, result);
+    token_write_unlink(tw);
+    send_response(tw->bev, &r);
+    token_write_free(tw);
+}
+
+/* Returns true when the answer is deferred (to the store write's end). */
+static bool h_token_add(struct admin *a, const struct request *q, struct response *r,
+                        struct bufferevent *bev)
+{
+    struct broker *b = a->b;
     json_t *j = parse_body(q, r);
     if (j == NULL)
-        return;
+        return false;
     const char *token = json_string_value(json_object_get(j, "token"));
     const char *host = json_string_value(json_object_get(j, "host"));
     const char *password = json_string_value(json_object_get(j, "password"));
@@ -492,7 +581,7 @@ static void h_token_add(struct broker *b, const struct request *q, struct respon
     if (bad != NULL) {
         json_decref(j);
         reply_error(r, 400, bad);
-        return;
+        return false;
     }
     snprintf(t.host, sizeof(t.host), "%s", host);
     t.port = (uint16_t)port;
@@ -510,46 +599,49 @@ static void h_token_add(struct broker *b, const struct request *q, struct respon
     char where[300];
     snprintf(where, sizeof(where), "%s:%u", t.host, t.port);
     OPENSSL_cleanse(&t, sizeof(t));
-    if (rc != 0 || store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK) {
-        if (val != NULL)
-            OPENSSL_cleanse(val, len);
-        free(val);
-        reply_error(r, 503, "the store did not take the write (unreachable? see the broker log); "
-                            "nothing was changed");
-        return;
+    struct token_write *tw = rc == 0 ? token_write_new(a, bev, false) : NULL;
+    if (tw != NULL) {
+        snprintf(tw->where, sizeof(tw->where), "%s", where);
+        tw->ttl = (long long)ttl;
+        if (broker_store_put(b, key, val, len, on_token_written, tw) < 0) {
+            token_write_free(tw);
+            tw = NULL;
+        }
     }
-    OPENSSL_cleanse(val, len);
+    if (val != NULL)
+        OPENSSL_cleanse(val, len);
     free(val);
-    log_info("token added for backend %s (ttl %llds)", where, (long long)ttl);
-    reply_json(r, 201, json_pack("{s:b}", "ok", 1));
+    if (tw == NULL) {
+        token_reply(r, false, STORE_ERROR);
+        return false;
+    }
+    token_write_defer(tw);
+    return true;
 }
 
-static void h_token_revoke(struct broker *b, const struct request *q, struct response *r)
+static bool h_token_revoke(struct admin *a, const struct request *q, struct response *r,
+                           struct bufferevent *bev)
 {
     json_t *j = parse_body(q, r);
     if (j == NULL)
-        return;
+        return false;
     const char *token = json_string_value(json_object_get(j, "token"));
     if (token == NULL || token[0] == '\0') {
         json_decref(j);
         reply_error(r, 400, "token is required");
-        return;
+        return false;
     }
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    snap_token_key(key, sizeof(key), a->b->cfg.zone, token);
     json_decref(j);
-    int rc = store_delete(b->store, key, STORE_ANY_REV);
-    if (rc == STORE_NOT_FOUND) {
-        reply_error(r, 404, "no such token");
-        return;
+    struct token_write *tw = token_write_new(a, bev, true);
+    if (tw == NULL || broker_store_delete(a->b, key, on_token_written, tw) < 0) {
+        token_write_free(tw);
+        token_reply(r, true, STORE_ERROR);
+        return false;
     }
-    if (rc != STORE_OK) {
-        reply_error(r, 503, "the store did not take the revoke (unreachable? see the broker "
-                            "log); the token still works");
-        return;
-    }
-    log_info("token revoked");
-    reply_json(r, 200, json_pack("{s:b}", "ok", 1));
+    token_write_defer(tw);
+    return true;
 }
 
 static void on_prepare_timeout(evutil_socket_t fd, short what, void *arg)
@@ -631,8 +723,6 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     return true;
 }
 
-static void send_response(struct bufferevent *bev, struct response *r);
-
 /* Answers a deferred prepare (on the control loop, once). */
 static void prepare_unlink(struct prepare *p)
 {
@@ -697,9 +787,9 @@ static bool dispatch(struct admin *a, const struct request *q, struct response *
     else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
     else if (post && strcmp(path, "/v1/tokens") == 0)
-        h_token_add(b, q, r);
+        return h_token_add(a, q, r, bev);
     else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
-        h_token_revoke(b, q, r);
+        return h_token_revoke(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (!get && !post)
@@ -923,6 +1013,14 @@ void admin_free(struct admin *a)
         bufferevent_free(bev);
         pthread_mutex_lock(&p->f.mu);
         prepare_unref_locked(p, 1);
+    }
+    /* Token writes whose result never came (main.c runs the results of the
+     * writes the store writer made before this). */
+    while (a->writing != NULL) {
+        struct token_write *tw = a->writing;
+        a->writing = tw->next;
+        bufferevent_free(tw->bev);
+        token_write_free(tw);
     }
     if (a->unix_path[0] != '\0')
         unlink(a->unix_path);

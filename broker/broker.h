@@ -1,7 +1,9 @@
 /* broker/broker.h: the process object: configuration, the store, the token
  * resolver, the session registry and the workers. Built by main.c on the main
  * thread, which also runs the control loop (admin API, store writes,
- * signals); workers only reach it through session_env callbacks. */
+ * signals); workers only reach it through session_env callbacks. The control
+ * loop never waits for a store write: it queues them to the store writer
+ * thread (migrate/store_writer.h) and takes their results back as events. */
 #ifndef SB_BROKER_H
 #define SB_BROKER_H
 
@@ -13,8 +15,17 @@
 #include "broker/worker.h"
 #include "migrate/snap.h"
 #include "migrate/store.h"
+#include "migrate/store_writer.h"
 
 struct admin;
+
+/* A session record waiting to be written again, or being written (main.c).
+ * seq orders a session's records: a higher one is newer. */
+struct broker_record {
+    struct snap_session rec;
+    uint64_t seq;
+};
+struct record_write;
 
 struct broker {
     struct config cfg;
@@ -30,16 +41,37 @@ struct broker {
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
-    struct snap_session *retry;  /* records the store did not take yet (main.c) */
+    struct store_writer *writer; /* makes every store write of the control loop */
+    struct broker_record *retry; /* records the store did not take yet, newest per session */
     size_t n_retry, cap_retry;
     struct event *retry_timer;
+    bool probing;                /* a record from retry is being written as a probe */
+    uint64_t record_seq;         /* the last record's seq */
+    struct record_write *writing; /* session records being written */
+    size_t retry_writing;        /* of those, records that had waited in retry */
+    size_t retry_took;           /* records from retry the store took, since it last failed */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */
 struct admin *admin_new(struct broker *b, const char **err);
 void admin_free(struct admin *a);
 
-/* main.c: persist a session record (called on the control loop). */
+/* main.c: persist a session record (called on the control loop; never
+ * waits for the store). */
 void broker_publish_session(struct broker *b, const void *rec);
+
+/* main.c: how long a store write of the control loop may take, queued
+ * behind others or not (etcd's own bound), before it fails. */
+#define BROKER_WRITE_MS 2000
+
+/* main.c: queues a store put or delete (store.h semantics, key and val
+ * copied) to the store writer; done(b, result, arg) runs later on the
+ * control loop, within BROKER_WRITE_MS (or when the broker stops); done
+ * may be NULL. Returns 0, or -1 (stopping, out of memory): then done is
+ * never called. On the control loop. */
+typedef void (*broker_write_done_fn)(struct broker *b, int result, void *arg);
+int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
+                     broker_write_done_fn done, void *arg);
+int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg);
 
 #endif

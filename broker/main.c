@@ -1,6 +1,8 @@
 /* broker/main.c: spice-broker's main(): configuration, the store, the link
  * key, the workers, and the control loop on the main thread (admin API,
- * session-record writes, signals). */
+ * session records, signals). Store writes go to the store writer thread and
+ * their results come back as events: the control loop never waits for etcd
+ * or a disk. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +60,8 @@ static int env_handoff(void *arg, int worker_index, struct transport *t,
     return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
 }
 
-/* Session records are written on the control loop, so a slow disk (or
- * etcd, up to its 2 s write bound) never stalls a worker. */
+/* Session records are handed to the control loop, which queues them to the
+ * store writer: a slow disk or a silent etcd never stalls a worker. */
 struct publish_job {
     struct snap_session rec;
 };
@@ -85,91 +87,257 @@ static void env_publish(void *arg, const struct snap_session *rec, bool ended)
         free(j);
 }
 
-static bool put_session(struct broker *b, const struct snap_session *rec)
+/* ------------------------------------------------------------------ store writes */
+
+/* A write's result on its way from the writer thread to the control loop. */
+struct write_hop {
+    struct broker *b;
+    broker_write_done_fn done;
+    void *arg;
+    int result;
+};
+
+static void on_write_result(evutil_socket_t fd, short what, void *arg)
 {
-    char key[SNAP_KEY_MAX];
-    snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
-    uint8_t *val = NULL;
-    size_t len = 0;
-    bool ok = snap_session_encode(rec, &val, &len) == 0 &&
-              store_put(b->store, key, val, len, STORE_ANY_REV, NULL) == STORE_OK;
-    free(val);
-    return ok;
+    struct write_hop *h = arg;
+    h->done(h->b, h->result, h->arg);
+    free(h);
 }
 
-/* Records the store did not take (etcd unreachable) wait here, newest per
- * session, and are written again every RETRY_MS until it takes them: a
- * session that started, migrated or ended during an outage is in the store
- * once the outage is over. While records wait, new ones queue behind them
- * without a write of their own, so an etcd that times out costs the control
- * loop one write timeout per RETRY_MS, not one per session event. */
-#define RETRY_MS 2000
-#define RETRY_MAX 4096
-
-static void retry_forget(struct broker *b, uint32_t id)
+/* On the writer thread. */
+static void write_result(int result, int64_t new_rev, void *arg)
 {
-    for (size_t i = 0; i < b->n_retry; i++) {
-        if (b->retry[i].id == id) {
-            b->retry[i] = b->retry[--b->n_retry];
-            return;
-        }
+    struct write_hop *h = arg;
+    h->result = result;
+    /* event_base_once is thread-safe once libevent's pthread locking is on. */
+    if (event_base_once(h->b->base, -1, EV_TIMEOUT, on_write_result, h, NULL) < 0) {
+        log_warnx("store: a write's result is lost: cannot post it to the control loop");
+        free(h);
     }
 }
 
-static void retry_keep(struct broker *b, const struct snap_session *rec)
+static int store_write(struct broker *b, bool del, const char *key, const void *val,
+                       size_t len, broker_write_done_fn done, void *arg)
 {
-    if (b->n_retry == 0 && b->retry_timer != NULL) {
+    struct write_hop *h = NULL;
+    if (done != NULL) {
+        if ((h = malloc(sizeof(*h))) == NULL)
+            return -1;
+        *h = (struct write_hop){ .b = b, .done = done, .arg = arg };
+    }
+    int rc = del ? store_writer_delete(b->writer, key, STORE_ANY_REV, BROKER_WRITE_MS,
+                                       h ? write_result : NULL, h)
+                 : store_writer_put(b->writer, key, val, len, STORE_ANY_REV, BROKER_WRITE_MS,
+                                    h ? write_result : NULL, h);
+    if (rc < 0)
+        free(h);
+    return rc;
+}
+
+int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
+                     broker_write_done_fn done, void *arg)
+{
+    return store_write(b, false, key, val, len, done, arg);
+}
+
+int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg)
+{
+    return store_write(b, true, key, NULL, 0, done, arg);
+}
+
+/* ------------------------------------------------------------------ session records */
+
+/* Records the store did not take (etcd unreachable) wait in b->retry, newest
+ * per session, and are written again every RETRY_MS until it takes them: a
+ * session that started, migrated or ended during an outage is in the store
+ * once the outage is over. While records wait, new ones queue behind them
+ * without a write of their own, and one of them is written as a probe each
+ * RETRY_MS; when the probe is taken, the others follow. No write is waited
+ * for: each goes to the store writer and its result comes back as an event,
+ * so a silent etcd costs the control loop nothing. */
+#define RETRY_MS 2000
+#define RETRY_MAX 4096
+
+struct record_write {
+    struct record_write *next;   /* in b->writing */
+    struct broker_record r;
+    bool from_retry, probe;
+};
+
+static void retry_arm(struct broker *b)
+{
+    if (b->n_retry > 0 && !b->probing && b->retry_timer != NULL &&
+        !evtimer_pending(b->retry_timer, NULL)) {
         struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
-        event_add(b->retry_timer, &tv);
+        evtimer_add(b->retry_timer, &tv);
+    }
+}
+
+static struct broker_record *retry_find(struct broker *b, uint32_t id)
+{
+    for (size_t i = 0; i < b->n_retry; i++)
+        if (b->retry[i].rec.id == id)
+            return &b->retry[i];
+    return NULL;
+}
+
+static void retry_forget(struct broker *b, uint32_t id)
+{
+    struct broker_record *r = retry_find(b, id);
+    if (r != NULL)
+        *r = b->retry[--b->n_retry];
+}
+
+/* Keeps r for a later write, unless a newer record of its session waits. */
+static void retry_keep(struct broker *b, const struct broker_record *r)
+{
+    struct broker_record *old = retry_find(b, r->rec.id);
+    if (old != NULL) {
+        if (old->seq < r->seq)
+            *old = *r;
+        return;
     }
     if (b->n_retry == b->cap_retry) {
         size_t nc = b->cap_retry ? b->cap_retry * 2 : 16;
         void *n = nc <= RETRY_MAX ? realloc(b->retry, nc * sizeof(*b->retry)) : NULL;
         if (n == NULL) {
             log_warnx("sid=%08x session record dropped: %zu records already wait for the store",
-                      rec->id, b->n_retry);
+                      r->rec.id, b->n_retry);
             return;
         }
         b->retry = n;
         b->cap_retry = nc;
     }
-    b->retry[b->n_retry++] = *rec;
+    b->retry[b->n_retry++] = *r;
+    retry_arm(b);
+}
+
+/* Is a record of session id newer than seq being written? */
+static bool writing_newer(struct broker *b, uint32_t id, uint64_t seq)
+{
+    for (struct record_write *w = b->writing; w != NULL; w = w->next)
+        if (w->r.rec.id == id && w->r.seq > seq)
+            return true;
+    return false;
 }
 
 static void note_instance(struct broker *b, const struct snap_session *rec);
+static void on_record_written(struct broker *b, int result, void *arg);
 
 /* One record to the store: a live one (and, after a migration, its
- * instance's location), an ended one kept for session-history or deleted. */
-static bool write_record(struct broker *b, const struct snap_session *rec)
+ * instance's location), an ended one kept for session-history or deleted.
+ * Queued to the writer; a record it refuses waits in retry. */
+static void record_send(struct broker *b, const struct broker_record *r, bool from_retry,
+                        bool probe)
 {
-    if (rec->ended != 0 && b->cfg.session_history == 0) {
-        char key[SNAP_KEY_MAX];
-        snap_session_key(key, sizeof(key), b->cfg.zone, rec->id);
-        int rc = store_delete(b->store, key, STORE_ANY_REV);
-        return rc == STORE_OK || rc == STORE_NOT_FOUND;
+    struct record_write *w = calloc(1, sizeof(*w));
+    char key[SNAP_KEY_MAX];
+    uint8_t *val = NULL;
+    size_t len = 0;
+    int rc = -1;
+    if (w == NULL)
+        goto fail;
+    w->r = *r;
+    w->from_retry = from_retry;
+    w->probe = probe;
+    snap_session_key(key, sizeof(key), b->cfg.zone, r->rec.id);
+    if (r->rec.ended != 0 && b->cfg.session_history == 0) {
+        rc = broker_store_delete(b, key, on_record_written, w);
+    } else {
+        if (r->rec.ended == 0)
+            note_instance(b, &r->rec);
+        if (snap_session_encode(&r->rec, &val, &len) == 0)
+            rc = broker_store_put(b, key, val, len, on_record_written, w);
+        free(val);
     }
-    if (rec->ended == 0)
-        note_instance(b, rec);
-    return put_session(b, rec);
+    if (rc < 0)
+        goto fail;
+    w->next = b->writing;
+    b->writing = w;
+    if (from_retry)
+        b->retry_writing++;
+    if (probe)
+        b->probing = true;
+    return;
+fail:
+    free(w);
+    retry_keep(b, r);
+}
+
+static void on_record_written(struct broker *b, int result, void *arg)
+{
+    struct record_write *w = arg;
+    for (struct record_write **pp = &b->writing; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    bool deleting = w->r.rec.ended != 0 && b->cfg.session_history == 0;
+    bool ok = result == STORE_OK || (deleting && result == STORE_NOT_FOUND);
+    if (w->from_retry)
+        b->retry_writing--;
+    if (w->probe)
+        b->probing = false;
+    if (ok) {
+        if (w->from_retry)
+            b->retry_took++;
+        if (w->probe && b->n_retry > 0 && b->writer != NULL) {
+            /* The store answers again: the others follow. */
+            struct broker_record *list = b->retry;
+            size_t n = b->n_retry;
+            b->retry = NULL;
+            b->n_retry = b->cap_retry = 0;
+            for (size_t i = 0; i < n; i++)
+                record_send(b, &list[i], true, false);
+            free(list);
+        }
+    } else if (!writing_newer(b, w->r.rec.id, w->r.seq)) {
+        if (!w->from_retry && b->writer != NULL)
+            log_warnx("sid=%08x cannot write the session record; retrying every %d s",
+                      w->r.rec.id, RETRY_MS / 1000);
+        retry_keep(b, &w->r);
+    }
+    retry_arm(b);
+    if (b->n_retry == 0 && b->retry_writing == 0 && b->retry_took > 0) {
+        log_info("the store took the %zu session records that waited for it", b->retry_took);
+        b->retry_took = 0;
+    }
+    free(w);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct broker *b = arg;
-    size_t before = b->n_retry;
-    while (b->n_retry > 0 && write_record(b, &b->retry[b->n_retry - 1]))
-        b->n_retry--;
-    if (b->n_retry > 0) {
-        struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
-        event_add(b->retry_timer, &tv);
-    } else {
-        log_info("the store took the %zu session records that waited for it", before);
-    }
+    if (b->n_retry == 0 || b->probing)
+        return;
+    /* One record probes the store; the others wait for its answer. */
+    struct broker_record r = b->retry[--b->n_retry];
+    record_send(b, &r, true, true);
 }
 
 /* After a migration, the instance's record names its new host, so a token
  * made before the move (a client reconnecting, a broker taking over) leads
  * there. Written only when it changes. */
+struct instance_write {
+    uint32_t id;
+    char instance[SNAP_MAX_INSTANCE];
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+};
+
+static void on_instance_written(struct broker *b, int result, void *arg)
+{
+    struct instance_write *iw = arg;
+    if (result != STORE_OK)
+        log_warnx("sid=%08x cannot record that instance %s is now on %s:%u", iw->id,
+                  iw->instance, iw->host, iw->port);
+    else
+        log_info("sid=%08x instance %s is now on %s:%u", iw->id, iw->instance, iw->host,
+                 iw->port);
+    free(iw);
+}
+
 static void note_instance(struct broker *b, const struct snap_session *rec)
 {
     char key[SNAP_KEY_MAX];
@@ -194,33 +362,48 @@ static void note_instance(struct broker *b, const struct snap_session *rec)
     in.migrations = rec->migrations;
     uint8_t *val = NULL;
     size_t len = 0;
-    if (snap_instance_encode(&in, &val, &len) != 0 ||
-        store_put(b->store, key, val, len, STORE_ANY_REV, NULL) != STORE_OK)
+    struct instance_write *iw = calloc(1, sizeof(*iw));
+    if (iw != NULL) {
+        iw->id = rec->id;
+        snprintf(iw->instance, sizeof(iw->instance), "%s", rec->instance);
+        snprintf(iw->host, sizeof(iw->host), "%s", in.host);
+        iw->port = in.port;
+    }
+    if (iw == NULL || snap_instance_encode(&in, &val, &len) != 0 ||
+        broker_store_put(b, key, val, len, on_instance_written, iw) < 0) {
         log_warnx("sid=%08x cannot record that instance %s is now on %s:%u", rec->id,
                   rec->instance, in.host, in.port);
-    else
-        log_info("sid=%08x instance %s is now on %s:%u", rec->id, rec->instance, in.host,
-                 in.port);
+        free(iw);
+    }
     free(val);
 }
 
 /* A live session's record is rewritten as it changes; an ended one is kept,
  * with why it ended, for session-history seconds (then the sweep drops it). */
-void broker_publish_session(struct broker *b, const void *r)
+void broker_publish_session(struct broker *b, const void *rec)
 {
-    const struct snap_session *rec = r;
-    retry_forget(b, rec->id); /* this record is newer */
-    if (b->n_retry > 0) {
-        /* The store is failing (the retry timer probes it): do not block the
-         * control loop on every record meanwhile. */
-        retry_keep(b, rec);
+    struct broker_record r = { .rec = *(const struct snap_session *)rec, .seq = ++b->record_seq };
+    retry_forget(b, r.rec.id); /* this record is newer */
+    if (b->n_retry > 0 || b->probing) {
+        /* The store is failing (a probe finds out when it is back): no write
+         * of its own meanwhile. */
+        retry_keep(b, &r);
         return;
     }
-    if (!write_record(b, rec)) {
-        log_warnx("sid=%08x cannot write the session record; retrying every %d s", rec->id,
-                  RETRY_MS / 1000);
-        retry_keep(b, rec);
-    }
+    record_send(b, &r, false, false);
+}
+
+/* At stop: every waiting record gets one more try, within what is left of
+ * the stop's bound (store_writer_free). */
+static void records_flush(struct broker *b)
+{
+    struct broker_record *list = b->retry;
+    size_t n = b->n_retry;
+    b->retry = NULL;
+    b->n_retry = b->cap_retry = 0;
+    for (size_t i = 0; i < n; i++)
+        record_send(b, &list[i], true, false);
+    free(list);
 }
 
 /* Walks this zone's session records and sorts out the ones to act on:
@@ -277,7 +460,7 @@ static void sweep_sessions(struct broker *b, bool startup)
     struct sweep sw = { .b = b, .startup = startup, .now = (int64_t)time(NULL) };
     store_walk(b->store, prefix, sweep_visit, &sw);
     for (size_t i = 0; i < sw.n_drop; i++)
-        store_delete(b->store, sw.drop[i], STORE_ANY_REV);
+        broker_store_delete(b, sw.drop[i], NULL, NULL);
     for (size_t i = 0; i < sw.n_end; i++) {
         sw.end[i].ended = sw.now;
         snprintf(sw.end[i].end_reason, sizeof(sw.end[i].end_reason),
@@ -299,6 +482,18 @@ static void on_history_sweep(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ------------------------------------------------------------------ signals */
+
+/* How long the stop may take writing what waits for the store (from the
+ * end of the control loop: SIGTERM). systemd's TimeoutStopSec is far
+ * above it. */
+#define STOP_FLUSH_MS 2000
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -332,12 +527,18 @@ int main(int argc, char **argv)
 
     const char *err = NULL;
     int exit_code = 1;
+    int64_t stop_from;
     struct event *sigs[3] = { 0 };
     b.started = (int64_t)time(NULL);
     b.base = event_base_new();
     b.store = store_open(b.cfg.store, &err);
     if (b.store == NULL) {
         log_error("cannot open store %s: %s", b.cfg.store, err ? err : "?");
+        goto out;
+    }
+    b.writer = store_writer_new(b.store, &err);
+    if (b.writer == NULL) {
+        log_error("cannot start the store writer: %s", err ? err : "?");
         goto out;
     }
     b.resolver = resolver_new(b.store, b.cfg.zone, b.cfg.token_file);
@@ -347,8 +548,8 @@ int main(int argc, char **argv)
         log_error("startup failed: out of memory or no RSA key");
         goto out;
     }
-    sweep_sessions(&b, true);
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
+    sweep_sessions(&b, true);
     b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
     if (b.history_sweep != NULL) {
         int every = b.cfg.session_history > 0 && b.cfg.session_history < 60 ? b.cfg.session_history : 60;
@@ -439,21 +640,43 @@ int main(int argc, char **argv)
     event_base_dispatch(b.base);
     exit_code = 0;
 out:
+    stop_from = now_ms();
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
-    /* Session records the workers published while stopping. */
-    if (b.base != NULL)
-        event_base_loop(b.base, EVLOOP_NONBLOCK);
-    admin_free(b.admin);
     if (b.history_sweep != NULL)
         event_free(b.history_sweep);
+    b.history_sweep = NULL;
     if (b.retry_timer != NULL)
         event_free(b.retry_timer);
-    if (b.n_retry > 0)
-        log_warnx("%zu session records never reached the store", b.n_retry);
+    b.retry_timer = NULL;
+    /* Session records the workers published while stopping, then one more
+     * try for those that wait, all within STOP_FLUSH_MS of the stop (the
+     * writer's bound: a silent etcd does not hold the stop longer). */
+    if (b.base != NULL)
+        event_base_loop(b.base, EVLOOP_NONBLOCK);
+    if (b.writer != NULL) {
+        records_flush(&b);
+        int64_t left = STOP_FLUSH_MS - (now_ms() - stop_from);
+        store_writer_free(b.writer, left > 0 ? (long)left : 0);
+        b.writer = NULL;
+    }
+    /* The writes' results (admin answers, records that failed). */
+    if (b.base != NULL)
+        event_base_loop(b.base, EVLOOP_NONBLOCK);
+    size_t lost = b.n_retry;
+    for (struct record_write *w = b.writing; w != NULL; w = w->next)
+        lost++;
+    if (lost > 0)
+        log_warnx("%zu session records never reached the store", lost);
+    while (b.writing != NULL) {
+        struct record_write *w = b.writing;
+        b.writing = w->next;
+        free(w);
+    }
+    admin_free(b.admin);
     free(b.retry);
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)

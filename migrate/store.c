@@ -86,13 +86,19 @@ static int key_ok(const char *key)
     return key != NULL && key[0] != '\0' && strlen(key) <= STORE_MAX_KEY;
 }
 
+int store_put_within(struct store *s, const char *key, const void *val, size_t len,
+                     int64_t expect_rev, long timeout_ms, int64_t *new_rev)
+{
+    if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
+        len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->put(s->impl, key, val, len, expect_rev, timeout_ms, new_rev);
+}
+
 int store_put(struct store *s, const char *key, const void *val, size_t len,
               int64_t expect_rev, int64_t *new_rev)
 {
-    if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
-        len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV)
-        return STORE_ERROR;
-    return s->be->put(s->impl, key, val, len, expect_rev, new_rev);
+    return store_put_within(s, key, val, len, expect_rev, 0, new_rev);
 }
 
 int store_get(struct store *s, const char *key, void **val, size_t *len, int64_t *rev)
@@ -102,11 +108,16 @@ int store_get(struct store *s, const char *key, void **val, size_t *len, int64_t
     return s->be->get(s->impl, key, val, len, rev);
 }
 
+int store_delete_within(struct store *s, const char *key, int64_t expect_rev, long timeout_ms)
+{
+    if (s == NULL || !key_ok(key) || expect_rev < STORE_ANY_REV || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->del(s->impl, key, expect_rev, timeout_ms);
+}
+
 int store_delete(struct store *s, const char *key, int64_t expect_rev)
 {
-    if (s == NULL || !key_ok(key) || expect_rev < STORE_ANY_REV)
-        return STORE_ERROR;
-    return s->be->del(s->impl, key, expect_rev);
+    return store_delete_within(s, key, expect_rev, 0);
 }
 
 int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg)

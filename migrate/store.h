@@ -10,7 +10,8 @@
  * back-ends answer from memory. Writes are synchronous: the embedded back-end
  * writes its files, the etcd one waits for etcd (at most about 2 s, then
  * STORE_ERROR); they are small and rare (token and session changes, never per
- * message) and made from the control thread. */
+ * message). A loop that must not wait for them (the broker's control loop)
+ * queues them to a store writer thread (migrate/store_writer.h) instead. */
 #ifndef SB_STORE_H
 #define SB_STORE_H
 

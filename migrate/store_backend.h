@@ -14,20 +14,28 @@
 #define STORE_MAX_VALUE (1024 * 1024)
 
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
- * enum store_result values. */
+ * enum store_result values. put and del take timeout_ms, how long the write
+ * may wait for the network (0: the back-end's own bound; a larger value is
+ * cut to it); a back-end without a network (embedded) ignores it. */
 struct store_backend {
     const char *scheme;     /* "embedded" for "embedded:DIR" */
     void *(*open)(const char *arg, const char **err);
     void (*free)(void *impl);
     int (*put)(void *impl, const char *key, const void *val, size_t len,
-               int64_t expect_rev, int64_t *new_rev);
+               int64_t expect_rev, long timeout_ms, int64_t *new_rev);
     int (*get)(void *impl, const char *key, void **val, size_t *len, int64_t *rev);
-    int (*del)(void *impl, const char *key, int64_t expect_rev);
+    int (*del)(void *impl, const char *key, int64_t expect_rev, long timeout_ms);
     int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
 };
 
 extern const struct store_backend store_embedded_backend;
 extern const struct store_backend store_etcd_backend;
+
+/* store_put and store_delete with a bound on the wait for the network
+ * (timeout_ms > 0, see above); for store_writer.c. */
+int store_put_within(struct store *s, const char *key, const void *val, size_t len,
+                     int64_t expect_rev, long timeout_ms, int64_t *new_rev);
+int store_delete_within(struct store *s, const char *key, int64_t expect_rev, long timeout_ms);
 
 /* Formats an error into a thread-local buffer and returns it, for *err. */
 const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -522,7 +522,7 @@ fail:
 /* ---- operations ---- */
 
 static int emb_put(void *impl, const char *key, const void *val, size_t len,
-                   int64_t expect_rev, int64_t *new_rev)
+                   int64_t expect_rev, long timeout_ms, int64_t *new_rev)
 {
     struct emb *e = impl;
     struct store_entry *cur;
@@ -592,7 +592,7 @@ static int emb_get(void *impl, const char *key, void **val, size_t *len, int64_t
     return rc;
 }
 
-static int emb_del(void *impl, const char *key, int64_t expect_rev)
+static int emb_del(void *impl, const char *key, int64_t expect_rev, long timeout_ms)
 {
     struct emb *e = impl;
     struct store_entry *cur;

@@ -8,10 +8,11 @@
  *    the first page's revision) into an in-memory mirror (migrate/store_map.c,
  *    shared with the embedded back-end). store_open fails if no endpoint answers within 3 s.
  *  - get and walk answer from the mirror under a mutex, never the network.
- *  - put and delete go to etcd synchronously (connect 1 s, total 2 s; writers
- *    are serialized on one reused curl handle): /v3/kv/put, /v3/kv/deleterange,
- *    or /v3/kv/txn for compare-and-swap (MOD revision == expect_rev; absent:
- *    CREATE revision == 0). On success the mirror takes the key at the
+ *  - put and delete go to etcd synchronously (connect 1 s, total 2 s or the
+ *    caller's smaller bound; writers are serialized on one reused curl
+ *    handle): /v3/kv/put, /v3/kv/deleterange, or /v3/kv/txn for
+ *    compare-and-swap (MOD revision == expect_rev; absent: CREATE revision
+ *    == 0). On success the mirror takes the key at the
  *    revision etcd returned (header.revision), so a process reads its own
  *    writes at once; a failed compare also refreshes the key from the txn's
  *    failure branch (a range), so CAS retry loops converge. Unreachable etcd:
@@ -944,11 +945,13 @@ fail:
 /* ---- operations ---- */
 
 /* One write (put or delete) to etcd: path with body (consumed), on the
- * writers' handle. NULL, with a log line naming what and key, when it could
+ * writers' handle, within timeout_ms (0 or more than WRITE_TOTAL_MS:
+ * WRITE_TOTAL_MS). NULL, with a log line naming what and key, when it could
  * not be made or etcd did not answer. */
 static json_t *write_request(struct etcd *e, const char *what, const char *key,
-                             const char *path, char *body)
+                             const char *path, char *body, long timeout_ms)
 {
+    long total = timeout_ms > 0 && timeout_ms < WRITE_TOTAL_MS ? timeout_ms : WRITE_TOTAL_MS;
     char why[WHY_LEN] = "";
     json_t *resp = NULL;
 
@@ -962,7 +965,7 @@ static json_t *write_request(struct etcd *e, const char *what, const char *key,
         return NULL;
     }
     pthread_mutex_lock(&e->wmu);
-    int rc = call(e, e->req, &e->wep, path, body, WRITE_TOTAL_MS, &resp, why);
+    int rc = call(e, e->req, &e->wep, path, body, total, &resp, why);
     pthread_mutex_unlock(&e->wmu);
     free(body);
     if (rc < 0) {
@@ -973,19 +976,19 @@ static json_t *write_request(struct etcd *e, const char *what, const char *key,
 }
 
 static int etcd_put(void *impl, const char *key, const void *val, size_t len,
-                    int64_t expect_rev, int64_t *new_rev)
+                    int64_t expect_rev, long timeout_ms, int64_t *new_rev)
 {
     struct etcd *e = impl;
     json_t *kv = json_pack("{s:o, s:o}", "key", jb64(key, strlen(key)), "value", jb64(val, len));
     json_t *resp;
 
     if (expect_rev == STORE_ANY_REV)
-        resp = write_request(e, "put", key, "/v3/kv/put", dump(kv));
+        resp = write_request(e, "put", key, "/v3/kv/put", dump(kv), timeout_ms);
     else
         resp = write_request(e, "put", key, "/v3/kv/txn",
                              kv != NULL ? txn_body(key, expect_rev,
                                                    json_pack("{s:o}", "request_put", kv))
-                                        : NULL);
+                                        : NULL, timeout_ms);
     if (resp == NULL)
         return STORE_ERROR;
     int64_t rev = header_rev(resp);
@@ -1015,7 +1018,7 @@ static int etcd_get(void *impl, const char *key, void **val, size_t *len, int64_
     return rc;
 }
 
-static int etcd_del(void *impl, const char *key, int64_t expect_rev)
+static int etcd_del(void *impl, const char *key, int64_t expect_rev, long timeout_ms)
 {
     struct etcd *e = impl;
     json_t *resp;
@@ -1023,12 +1026,12 @@ static int etcd_del(void *impl, const char *key, int64_t expect_rev)
 
     if (expect_rev == STORE_ANY_REV)
         resp = write_request(e, "delete", key, "/v3/kv/deleterange",
-                             dump(json_pack("{s:o}", "key", jb64(key, strlen(key)))));
+                             dump(json_pack("{s:o}", "key", jb64(key, strlen(key)))), timeout_ms);
     else /* absent: "delete if it does not exist" is NOT_FOUND or CONFLICT, no write */
         resp = write_request(e, "delete", key, "/v3/kv/txn",
                              txn_body(key, expect_rev, expect_rev == STORE_ABSENT_REV ? NULL :
                                       json_pack("{s:{s:o}}", "request_delete_range", "key",
-                                                jb64(key, strlen(key)))));
+                                                jb64(key, strlen(key)))), timeout_ms);
     if (resp == NULL)
         return STORE_ERROR;
     if (expect_rev == STORE_ANY_REV) {

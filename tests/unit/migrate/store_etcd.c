@@ -36,6 +36,7 @@
 
 #include "common/log.h"
 #include "migrate/store.h"
+#include "migrate/store_writer.h"
 #include "store_check.h"
 
 #define ETCD_BIN "/usr/bin/etcd"
@@ -924,6 +925,100 @@ static void test_etcd_frozen(void **state)
     expect_val(f->a, "/spice-broker/frz/k", "after", 0);
 }
 
+/* The writer with etcd frozen: every queued write ends by its own bound
+ * (the first one times out, the others fail untried when their bound has
+ * passed), in order; a free with writes queued is bounded by its flush time
+ * and the write being made; after SIGCONT the writer works again. */
+struct frozen_log {
+    pthread_mutex_t mu;
+    int n;
+    int results[8];
+    int64_t at[8];
+};
+
+static void frozen_done(int result, int64_t new_rev, void *arg)
+{
+    struct frozen_log *fl = arg;
+
+    (void)new_rev;
+    pthread_mutex_lock(&fl->mu);
+    if (fl->n < 8) {
+        fl->results[fl->n] = result;
+        fl->at[fl->n] = now_ms();
+    }
+    fl->n++;
+    pthread_mutex_unlock(&fl->mu);
+}
+
+static int frozen_count(struct frozen_log *fl)
+{
+    pthread_mutex_lock(&fl->mu);
+    int n = fl->n;
+    pthread_mutex_unlock(&fl->mu);
+    return n;
+}
+
+static void test_writer_frozen(void **state)
+{
+    struct fixture *f = *state;
+    struct frozen_log fl = { .mu = PTHREAD_MUTEX_INITIALIZER };
+    const char *err = NULL;
+    struct store_writer *w;
+    int64_t t0, took;
+
+    f->a = open_ok();
+    assert_non_null(w = store_writer_new(f->a, &err));
+    put_str(f->a, "/spice-broker/wfz/k", "before", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(kill(g.pid, SIGSTOP), 0);
+    t0 = now_ms();
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(store_writer_put(w, "/spice-broker/wfz/k", "during", 6, STORE_ANY_REV,
+                                          800, frozen_done, &fl), 0);
+    while (frozen_count(&fl) < 4 && now_ms() - t0 < 5000)
+        sleep_ms(10);
+    took = now_ms() - t0;
+    assert_int_equal(frozen_count(&fl), 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(fl.results[i], STORE_ERROR);
+    /* not sooner than the bound, not (much) later */
+    if (fl.at[0] - t0 < 750 || took > 1500)
+        fail_msg("queued writes on a frozen etcd ended after %lld ms (first %lld ms), "
+                 "bound 800 ms", (long long)took, (long long)(fl.at[0] - t0));
+    expect_val(f->a, "/spice-broker/wfz/k", "before", 0);
+
+    /* free with writes queued: bounded by the flush time (and the write
+     * being made, 2 s at most) */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(store_writer_put(w, "/spice-broker/wfz/k", "stop", 4, STORE_ANY_REV,
+                                          2000, frozen_done, &fl), 0);
+    sleep_ms(100);
+    t0 = now_ms();
+    store_writer_free(w, 500);
+    took = now_ms() - t0;
+    assert_int_equal(frozen_count(&fl), 8);
+    if (took > 2200)
+        fail_msg("store_writer_free on a frozen etcd took %lld ms", (long long)took);
+    assert_int_equal(kill(g.pid, SIGCONT), 0);
+
+    /* etcd back: a new writer writes (the first write may meet the stalled
+     * connection's end) */
+    assert_non_null(w = store_writer_new(f->a, &err));
+    fl.n = 0;
+    int64_t deadline = now_ms() + PROPAGATE_MS;
+    for (;;) {
+        int n = frozen_count(&fl);
+        assert_int_equal(store_writer_put(w, "/spice-broker/wfz/k", "after", 5, STORE_ANY_REV,
+                                          2000, frozen_done, &fl), 0);
+        while (frozen_count(&fl) == n && now_ms() < deadline)
+            sleep_ms(10);
+        assert_true(now_ms() < deadline);
+        if (fl.results[n < 8 ? n : 7] == STORE_OK)
+            break;
+    }
+    store_writer_free(w, 1000);
+    expect_val(f->a, "/spice-broker/wfz/k", "after", 0);
+}
+
 /* etcd stopped, then restarted on the same data dir. */
 static void test_etcd_restart(void **state)
 {
@@ -978,6 +1073,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_after_compaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_frozen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_frozen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_restart, setup, teardown),
     };
 

@@ -1,0 +1,52 @@
+/* migrate/store_writer.h: store writes for a loop that must not wait for
+ * them (the broker's control loop). One thread per writer makes the queued
+ * puts and deletes one at a time, in the order they were queued (so in order
+ * per key), each within its own bound counted from when it was queued: a
+ * write still queued when its bound has passed fails without being tried, so
+ * a silent etcd costs every write at most its bound, however many wait
+ * before it. The result goes to a callback on the writer's thread; the
+ * caller moves it to its own loop (the broker with event_base_once).
+ *
+ * Values are wiped (OPENSSL_cleanse) once written: token records hold
+ * backend passwords. Only the writer's thread calls the store's
+ * store_put/store_delete meanwhile, so no other writer holds a write's turn
+ * past its bound. */
+#ifndef SB_STORE_WRITER_H
+#define SB_STORE_WRITER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migrate/store.h"
+
+struct store_writer;
+
+/* result: an enum store_result; new_rev: the key's new revision after a put
+ * that returned STORE_OK (else 0). Runs on the writer's thread. */
+typedef void (*store_writer_done_fn)(int result, int64_t new_rev, void *arg);
+
+/* Starts the writer thread for s (borrowed: s must outlive the writer). On
+ * failure returns NULL and sets *err to a static message. */
+struct store_writer *store_writer_new(struct store *s, const char **err);
+
+/* Queue a put or delete (store.h semantics; key and val are copied) to be
+ * made within timeout_ms (> 0) from now. done(result, new_rev, arg) runs on
+ * the writer's thread once, when the write is made or has failed; it may be
+ * NULL. Returns 0, or -1 (stopping, queue full, out of memory): then done is
+ * never called. Any thread. */
+int store_writer_put(struct store_writer *w, const char *key, const void *val, size_t len,
+                     int64_t expect_rev, long timeout_ms, store_writer_done_fn done, void *arg);
+int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_rev,
+                        long timeout_ms, store_writer_done_fn done, void *arg);
+
+/* Writes queued and not finished yet (including the one being made). */
+size_t store_writer_pending(struct store_writer *w);
+
+/* Stops taking writes, makes the queued ones within flush_ms from now (a
+ * write's own bound still applies; those left when flush_ms has passed fail
+ * untried, with their done called), joins the thread and frees w. The wait
+ * is bounded by flush_ms and the write being made when it is called (at most
+ * its bound). NULL is a no-op. Not from the writer's thread. */
+void store_writer_free(struct store_writer *w, long flush_ms);
+
+#endif

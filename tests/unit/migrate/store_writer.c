@@ -1,0 +1,241 @@
+/* tests/unit/migrate/store_writer.c: cmocka tests for migrate/store_writer.c
+ * over the embedded back-end (the etcd ones, with etcd frozen, are in
+ * store_etcd.c): order, results, copies, and a flush at free. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "migrate/store.h"
+#include "migrate/store_writer.h"
+
+#define N_WRITES 200
+
+struct fixture {
+    char dir[256];
+    char spec[300];
+    struct store *s;
+    struct store_writer *w;
+};
+
+/* What the done callbacks saw, in the order they ran. */
+static struct {
+    pthread_mutex_t mu;
+    int n;
+    intptr_t tags[N_WRITES + 16];
+    int results[N_WRITES + 16];
+    int64_t revs[N_WRITES + 16];
+    pthread_t thread;
+} seen = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void done(int result, int64_t new_rev, void *arg)
+{
+    pthread_mutex_lock(&seen.mu);
+    assert_true(seen.n < N_WRITES + 16);
+    seen.tags[seen.n] = (intptr_t)arg;
+    seen.results[seen.n] = result;
+    seen.revs[seen.n] = new_rev;
+    seen.thread = pthread_self();
+    seen.n++;
+    pthread_mutex_unlock(&seen.mu);
+}
+
+static int seen_count(void)
+{
+    pthread_mutex_lock(&seen.mu);
+    int n = seen.n;
+    pthread_mutex_unlock(&seen.mu);
+    return n;
+}
+
+static void wait_seen(int n)
+{
+    for (int i = 0; i < 500 && seen_count() < n; i++)
+        usleep(10000);
+    assert_int_equal(seen_count(), n);
+}
+
+static void expect_val(struct store *s, const char *key, const char *want, int64_t want_rev)
+{
+    void *val = NULL;
+    size_t len = 0;
+    int64_t rev = 0;
+
+    assert_int_equal(store_get(s, key, &val, &len, &rev), STORE_OK);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(val, want, len);
+    assert_int_equal(rev, want_rev);
+    free(val);
+}
+
+static int count_cb(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    (void)key; (void)val; (void)len; (void)rev; (void)arg;
+    return 0;
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    const char *tmp = getenv("TMPDIR"), *err = NULL;
+
+    if (f == NULL)
+        return -1;
+    snprintf(f->dir, sizeof(f->dir), "%s/sbwriter-XXXXXX", tmp ? tmp : "/tmp");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    snprintf(f->spec, sizeof(f->spec), "embedded:%s/db", f->dir);
+    if ((f->s = store_open(f->spec, &err)) == NULL ||
+        (f->w = store_writer_new(f->s, &err)) == NULL)
+        return -1;
+    pthread_mutex_lock(&seen.mu);
+    seen.n = 0;
+    pthread_mutex_unlock(&seen.mu);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    store_writer_free(f->w, 1000);
+    store_free(f->s);
+    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+/* Writes are made in the order queued; results and revisions come back;
+ * values are copies; done runs on the writer's thread. */
+static void test_order_and_results(void **state)
+{
+    struct fixture *f = *state;
+    char val[16];
+
+    snprintf(val, sizeof(val), "one");
+    assert_int_equal(store_writer_put(f->w, "/k/a", val, strlen(val), STORE_ANY_REV, 2000,
+                                      done, (void *)1), 0);
+    memset(val, 'X', sizeof(val));  /* the writer has its own copy */
+    assert_int_equal(store_writer_put(f->w, "/k/a", "two", 3, STORE_ANY_REV, 2000, done,
+                                      (void *)2), 0);
+    assert_int_equal(store_writer_delete(f->w, "/k/absent", STORE_ANY_REV, 2000, done,
+                                         (void *)3), 0);
+    assert_int_equal(store_writer_put(f->w, "/k/a", "three", 5, STORE_ABSENT_REV, 2000, done,
+                                      (void *)4), 0);
+    assert_int_equal(store_writer_put(f->w, "/k/b", "bee", 3, STORE_ANY_REV, 2000, NULL,
+                                      NULL), 0);
+    assert_int_equal(store_writer_delete(f->w, "/k/b", STORE_ANY_REV, 2000, done,
+                                         (void *)5), 0);
+    wait_seen(5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(seen.tags[i], i + 1);
+    assert_int_equal(seen.results[0], STORE_OK);
+    assert_int_equal(seen.results[1], STORE_OK);
+    assert_true(seen.revs[0] > 0 && seen.revs[1] > seen.revs[0]);
+    assert_int_equal(seen.results[2], STORE_NOT_FOUND);
+    assert_int_equal(seen.results[3], STORE_CONFLICT);
+    assert_int_equal(seen.revs[3], 0);
+    assert_int_equal(seen.results[4], STORE_OK);
+    assert_false(pthread_equal(seen.thread, pthread_self()));
+    expect_val(f->s, "/k/a", "two", seen.revs[1]);
+    void *v = NULL;
+    size_t len = 0;
+    assert_int_equal(store_get(f->s, "/k/b", &v, &len, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_writer_pending(f->w), 0);
+}
+
+/* Bad arguments are refused at once, with no callback. */
+static void test_refused(void **state)
+{
+    struct fixture *f = *state;
+
+    assert_int_equal(store_writer_put(f->w, "/k/a", "x", 1, STORE_ANY_REV, 0, done, NULL), -1);
+    assert_int_equal(store_writer_put(f->w, NULL, "x", 1, STORE_ANY_REV, 100, done, NULL), -1);
+    assert_int_equal(store_writer_put(f->w, "/k/a", NULL, 1, STORE_ANY_REV, 100, done, NULL),
+                     -1);
+    assert_int_equal(store_writer_put(NULL, "/k/a", "x", 1, STORE_ANY_REV, 100, done, NULL), -1);
+    usleep(50000);
+    assert_int_equal(seen_count(), 0);
+}
+
+/* Free flushes what is queued (time enough here), every done runs once. */
+static void test_free_flushes(void **state)
+{
+    struct fixture *f = *state;
+    char key[64], val[64];
+
+    for (int i = 0; i < N_WRITES; i++) {
+        snprintf(key, sizeof(key), "/flush/%03d", i);
+        snprintf(val, sizeof(val), "v%d", i);
+        assert_int_equal(store_writer_put(f->w, key, val, strlen(val), STORE_ANY_REV, 10000,
+                                          done, (void *)(intptr_t)i), 0);
+    }
+    store_writer_free(f->w, 10000);
+    f->w = NULL;
+    assert_int_equal(seen_count(), N_WRITES);
+    for (int i = 0; i < N_WRITES; i++) {
+        assert_int_equal(seen.tags[i], i);
+        assert_int_equal(seen.results[i], STORE_OK);
+    }
+    assert_int_equal(store_walk(f->s, "/flush/", count_cb, NULL), N_WRITES);
+}
+
+/* Free with no time to flush: what was not started fails untried, and
+ * every done still runs once. */
+static void test_free_no_time(void **state)
+{
+    struct fixture *f = *state;
+    char key[64];
+
+    for (int i = 0; i < N_WRITES; i++) {
+        snprintf(key, sizeof(key), "/late/%03d", i);
+        assert_int_equal(store_writer_put(f->w, key, "v", 1, STORE_ANY_REV, 10000, done,
+                                          (void *)(intptr_t)i), 0);
+    }
+    store_writer_free(f->w, 0);
+    f->w = NULL;
+    assert_int_equal(seen_count(), N_WRITES);
+    int ok = 0, failed = 0;
+    for (int i = 0; i < N_WRITES; i++) {
+        assert_int_equal(seen.tags[i], i);
+        if (seen.results[i] == STORE_OK)
+            ok++;
+        else if (seen.results[i] == STORE_ERROR)
+            failed++;
+    }
+    assert_int_equal(ok + failed, N_WRITES);
+    assert_true(failed > 0);
+    /* what failed was never written, what succeeded was */
+    assert_int_equal(store_walk(f->s, "/late/", count_cb, NULL), ok);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_order_and_results, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_flushes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_no_time, setup, teardown),
+    };
+
+    log_set_level(LOG_LVL_ERROR);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
