@@ -38,7 +38,7 @@
 
 #include "broker/broker.h"
 #include "common/log.h"
-#include "migrate/snap.h"
+#include "proto/snap.h"
 #include "proto/http.h"
 #include "proto/wire.h"
 

@@ -13,7 +13,7 @@
 #include "broker/registry.h"
 #include "broker/resolver.h"
 #include "broker/worker.h"
-#include "migrate/snap.h"
+#include "proto/snap.h"
 #include "migrate/store.h"
 #include "migrate/store_writer.h"
 

@@ -17,7 +17,7 @@
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
-#include "migrate/snap.h"
+#include "proto/snap.h"
 #include "proto/ticket.h"
 
 /* ------------------------------------------------------------------ session_env callbacks */

@@ -5,7 +5,7 @@
 #ifndef SB_RESOLVER_H
 #define SB_RESOLVER_H
 
-#include "migrate/snap.h"
+#include "proto/snap.h"
 #include "migrate/store.h"
 
 struct resolver;

@@ -22,7 +22,7 @@
 
 #include <event2/event.h>
 
-#include "migrate/snap.h"
+#include "proto/snap.h"
 
 struct session;
 struct session_worker;

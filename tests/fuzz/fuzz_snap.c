@@ -1,12 +1,12 @@
 /* tests/fuzz/fuzz_snap.c: libFuzzer entry point for the store record
- * decoders in migrate/snap.c; single-threaded. Every input goes to every
+ * decoders in proto/snap.c; single-threaded. Every input goes to every
  * decoder; anything that decodes must re-encode and decode to the same. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "migrate/snap.h"
+#include "proto/snap.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,4 +1,4 @@
-/* migrate/snap.c: encodes and decodes store records (protobuf-c, zstd for
+/* proto/snap.c: encodes and decodes store records (protobuf-c, zstd for
  * large values) and builds their store keys; pure functions, any thread.
  *
  * A stored value is one encoding byte followed by the payload:
@@ -6,7 +6,7 @@
  *   1  a zstd frame (with its content size) holding the packed message
  * Messages whose packed form exceeds SNAP_ZSTD_THRESHOLD bytes are
  * compressed, unless compression does not make them smaller. */
-#include "migrate/snap.h"
+#include "proto/snap.h"
 
 #include <stdbool.h>
 #include <stdio.h>

@@ -1,8 +1,8 @@
-/* migrate/snap.h: the records the broker keeps in the store, and their
+/* proto/snap.h: the records the broker keeps in the store, and their
  * encoding (protobuf-c, schema in proto/broker.proto; zstd for large
  * values). Every record carries a schema version: unknown fields are
  * tolerated, an unknown major version is rejected. Plain value structs;
- * the generated protobuf-c types never leave migrate/snap.c. */
+ * the generated protobuf-c types never leave proto/snap.c. */
 #ifndef SB_SNAP_H
 #define SB_SNAP_H
 

@@ -1,4 +1,4 @@
-/* tests/unit/migrate/snap.c: cmocka tests for migrate/snap.c (record
+/* tests/unit/proto/snap.c: cmocka tests for proto/snap.c (record
  * encoding, the zstd path, hostile input, store keys); single-threaded. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +12,7 @@
 
 #include <zstd.h>
 
-#include "migrate/snap.h"
+#include "proto/snap.h"
 
 static void fill(char *dst, size_t n, char c)
 {
