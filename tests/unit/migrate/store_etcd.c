@@ -920,7 +920,10 @@ static void test_etcd_frozen(void **state)
         fail_msg("a put on a frozen etcd took %lld ms", (long long)took);
     if (slowest > 100)
         fail_msg("a lookup took %lld ms while a put was stuck", (long long)slowest);
-    /* the write may or may not have been applied by etcd; either way it works again */
+    /* the write may or may not have been applied by etcd; either way it works
+     * again. etcd, resumed, may still apply the abandoned request: let it,
+     * so it cannot land after the next put. */
+    sleep_ms(500);
     put_str(f->a, "/spice-broker/frz/k", "after", STORE_ANY_REV, NULL, STORE_OK);
     expect_val(f->a, "/spice-broker/frz/k", "after", 0);
 }
@@ -999,6 +1002,9 @@ static void test_writer_frozen(void **state)
     if (took > 2200)
         fail_msg("store_writer_free on a frozen etcd took %lld ms", (long long)took);
     assert_int_equal(kill(g.pid, SIGCONT), 0);
+    /* etcd, resumed, may still apply the abandoned requests: let it, so none
+     * lands after the writes below. */
+    sleep_ms(500);
 
     /* etcd back: a new writer writes (the first write may meet the stalled
      * connection's end) */
