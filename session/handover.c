@@ -33,6 +33,7 @@
 #include <openssl/crypto.h>
 
 #include "common/log.h"
+#include "migrate/mig.h"
 #include "session/internal.h"
 
 #define HDR WIRE_MINI_HEADER_SIZE
@@ -47,12 +48,61 @@
 /* How long the per-migration line waits for the blackout to be measured. */
 #define SUMMARY_WAIT_MS 5000
 
+struct mig_dest {
+    char host[SNAP_MAX_HOST];
+    uint16_t port;
+    char password[SNAP_MAX_PASSWORD];
+};
+
+/* A migration event waiting its turn (handover_event runs one at a time). */
+struct mig_queued {
+    enum mig_event e;
+    bool has_why;
+    char why[192];
+};
+#define MIG_QUEUE_MAX 8
+
+struct session_mig {
+    enum mig_state state;
+    struct mig_queued queue[MIG_QUEUE_MAX];
+    uint8_t q_head, q_len;
+    bool dispatching;           /* handover_event is carrying events out */
+    bool begin_match;           /* BEGIN_SEAMLESS named the destination being linked / linked */
+    bool announced;
+    bool prepared;              /* the destination was named in advance */
+    struct mig_dest dest;
+    uint32_t src_version;
+    unsigned n_legs, n_ready;
+    struct event *timer;
+    uint64_t t_start, t_ready, t_begin, t_confirm, t_first_switch; /* monotonic ns */
+    uint64_t t_last_src, t_first_dst;  /* blackout: draws on the display (else any main message) */
+    bool blackout_pending;      /* switched; waiting for the destination's first draw */
+    char *summary;              /* the migration's log line, waiting for its blackout */
+    uint64_t held_bytes;
+    session_prepare_cb notify;
+    void *notify_arg;
+    const char *notify_why;     /* static string: why the last step failed */
+    struct mig_dest fallback;   /* a prepared destination whose legs were dropped */
+    uint64_t fallback_at;
+    /* The input gate: the client's input waits after the inputs channel's
+     * switch until the destination VM runs (its first draw), because QEMU
+     * drops input while a VM is not running. */
+    bool input_gated;
+    bool gate_display_dst;      /* display:0 is on the destination */
+    uint64_t gate_since;
+    struct event *gate_timer;   /* gives up waiting for a draw */
+};
+
 static void link_dest_channel(struct chan *c);
+/* Carries out migration events one at a time, in order: one raised while
+ * another is being carried out waits for it (no re-entrant step).
+ * s->mig->notify_why, if set, is the event's reason (copied). */
+static void handover_event(struct session *s, enum mig_event e);
 static void reattach_done_one(struct session *s);
 static void reattach_later(struct session *s, const char *host, uint16_t port,
                            const char *password);
 
-uint64_t handover_now(void)
+static uint64_t handover_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -68,35 +118,25 @@ static double ms_between(uint64_t a, uint64_t b)
 
 static void set_state(struct session *s, enum mig_state next, enum mig_event why)
 {
-    if (s->mig.state != next)
-        log_info("%s migration %s -> %s (%s)", s->sid, mig_state_name(s->mig.state),
+    if (s->mig->state != next)
+        log_info("%s migration %s -> %s (%s)", s->sid, mig_state_name(s->mig->state),
                  mig_state_name(next), mig_event_name(why));
-    s->mig.state = next;
+    s->mig->state = next;
 }
 
 static void arm_timer(struct session *s, int ms)
 {
-    if (s->mig.timer == NULL)
+    if (s->mig->timer == NULL)
         return;
     struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(s->mig.timer, &tv);
+    evtimer_add(s->mig->timer, &tv);
 }
 
+/* Closes c's next leg (a destination, or a reattach's new backend). */
 static void drop_dest_leg(struct chan *c)
 {
-    blink_free(c->d_bl);
-    c->d_bl = NULL;
-    if (c->d_rd != NULL) {
-        event_free(c->d_rd);
-        c->d_rd = NULL;
-    }
-    if (c->d_fd >= 0) {
-        close(c->d_fd);
-        c->d_fd = -1;
-    }
-    free(c->d_hold);
-    c->d_hold = NULL;
-    c->d_hold_len = c->d_scan = 0;
+    leg_free(c->next);
+    c->next = NULL;
     c->d_ready = false;
 }
 
@@ -105,37 +145,37 @@ static void drop_dest(struct session *s)
     struct chan *c;
     TAILQ_FOREACH(c, &s->chans, link)
         drop_dest_leg(c);
-    s->mig.n_legs = s->mig.n_ready = 0;
+    s->mig->n_legs = s->mig->n_ready = 0;
 }
 
 static void notify(struct session *s, bool ok, const char *why)
 {
-    if (s->mig.notify == NULL)
+    if (s->mig->notify == NULL)
         return;
-    session_prepare_cb cb = s->mig.notify;
-    s->mig.notify = NULL;
-    cb(s->mig.notify_arg, ok, why);
+    session_prepare_cb cb = s->mig->notify;
+    s->mig->notify = NULL;
+    cb(s->mig->notify_arg, ok, why);
 }
 
 /* A destination leg failed or the destination refused: the event and its
  * reason, once. */
 static void dest_failed(struct session *s, const char *why)
 {
-    log_warnx("%s migration destination %s:%u failed: %s", s->sid, s->mig.dest.host,
-              s->mig.dest.port, why);
-    if (s->mig.state == MIG_SWITCHING) {
+    log_warnx("%s migration destination %s:%u failed: %s", s->sid, s->mig->dest.host,
+              s->mig->dest.port, why);
+    if (s->mig->state == MIG_SWITCHING) {
         /* Some channels already live on the destination: there is no way back. */
         session_close(s, "migration destination lost while switching");
         return;
     }
-    s->mig.notify_why = why;
+    s->mig->notify_why = why;
     handover_event(s, MIG_EV_DEST_FAILED);
 }
 
 /* Writes the pending per-migration line, with the blackout if known (ms < 0: not seen). */
 static void flush_summary(struct session *s, double blackout_ms)
 {
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (m->summary == NULL)
         return;
     const char *what = s->probe_type == SPICE_CHANNEL_DISPLAY ? "draw" : "message";
@@ -156,8 +196,8 @@ static void finish(struct session *s)
     uint64_t now = handover_now();
     struct chan *c;
     TAILQ_FOREACH(c, &s->chans, link) {
-        transport_free(c->src_t);
-        c->src_t = NULL;
+        leg_free(c->old);
+        c->old = NULL;
         free(c->mig_data);
         c->mig_data = NULL;
         c->mig_data_len = 0;
@@ -165,11 +205,11 @@ static void finish(struct session *s)
     }
     char from[SNAP_MAX_HOST + 8];
     snprintf(from, sizeof(from), "%s:%u", s->rec.host, s->rec.port);
-    snprintf(s->rec.host, sizeof(s->rec.host), "%s", s->mig.dest.host);
-    s->rec.port = s->mig.dest.port;
-    snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig.dest.password);
+    snprintf(s->rec.host, sizeof(s->rec.host), "%s", s->mig->dest.host);
+    s->rec.port = s->mig->dest.port;
+    snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig->dest.password);
     s->migrations++;
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     /* One line per migration, written once the blackout is known (the first
      * destination message on the display), or after a few seconds without. */
     free(m->summary);
@@ -208,11 +248,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void start_linking(struct session *s)
 {
     flush_summary(s, -1.0);
-    if (s->mig.timer == NULL)
-        s->mig.timer = evtimer_new(s->w->env.base, on_timer, s);
-    s->mig.n_legs = 0;
-    s->mig.n_ready = 0;
-    s->mig.t_start = handover_now();
+    if (s->mig->timer == NULL)
+        s->mig->timer = evtimer_new(s->w->env.base, on_timer, s);
+    s->mig->n_legs = 0;
+    s->mig->n_ready = 0;
+    s->mig->t_start = handover_now();
     arm_timer(s, LINK_TIMEOUT_MS);
     if (s->main == NULL) {
         dest_failed(s, "no main channel");
@@ -221,32 +261,40 @@ static void start_linking(struct session *s)
     link_dest_channel(s->main);
 }
 
-void handover_event(struct session *s, enum mig_event e)
+/* Carries out one event: the decision (mig_decide) and its actions, in
+ * order. An action that causes another event (a destination failing while
+ * it is being linked) queues it: it runs after this one, never inside it. */
+static void execute(struct session *s, enum mig_event e, const char *why)
 {
-    struct mig_facts f = { .announced = s->mig.announced, .dest_match = true };
-    struct mig_step st = mig_decide(s->mig.state, e, &f);
-    /* The reason a caller left for this event (may point into its stack):
-     * used now, never kept. */
-    const char *why = s->mig.notify_why;
-    s->mig.notify_why = NULL;
-    if (st.legal && s->mig.state == MIG_LINKED && s->mig.prepared &&
+    struct mig_facts f = { .announced = s->mig->announced,
+                           .dest_match = e == MIG_EV_BEGIN ? s->mig->begin_match : true };
+    struct mig_step st = mig_decide(s->mig->state, e, &f);
+    if (st.legal && s->mig->state == MIG_LINKED && s->mig->prepared &&
         (e == MIG_EV_DEST_FAILED || e == MIG_EV_TIMEOUT)) {
         /* Remember where the orchestrator said the guest was going, in case
          * the source goes away without ever announcing the migration. */
-        s->mig.fallback = s->mig.dest;
-        s->mig.fallback_at = handover_now();
+        s->mig->fallback = s->mig->dest;
+        s->mig->fallback_at = handover_now();
+    }
+    if (!st.legal && e == MIG_EV_BEGIN) {
+        log_warnx("%s migration: BEGIN_SEAMLESS in state %s; refusing", s->sid,
+                  mig_state_name(s->mig->state));
+        if (s->main != NULL && relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR,
+                                            NULL, 0) == 0)
+            relay_kick(s->main);
+        return;
     }
     if (!st.legal) {
         log_warnx("%s migration: %s in state %s is not expected; ignored", s->sid,
-                  mig_event_name(e), mig_state_name(s->mig.state));
+                  mig_event_name(e), mig_state_name(s->mig->state));
         return;
     }
-    enum mig_state old = s->mig.state;
+    enum mig_state old = s->mig->state;
     set_state(s, st.next, e);
     if (st.actions & MIG_DO_DROP_DEST) {
         drop_dest(s);
-        if (st.next == MIG_IDLE && s->mig.timer != NULL)
-            evtimer_del(s->mig.timer);
+        if (st.next == MIG_IDLE && s->mig->timer != NULL)
+            evtimer_del(s->mig->timer);
     }
     if (st.actions & MIG_DO_REFUSE) {
         log_info("%s migration: telling the source the destination is unreachable", s->sid);
@@ -260,17 +308,20 @@ void handover_event(struct session *s, enum mig_event e)
     if (st.actions & MIG_DO_LINK_DEST)
         start_linking(s);
     if (st.actions & MIG_DO_CONFIRM) {
-        s->mig.t_confirm = handover_now();
-        evtimer_del(s->mig.timer);
-        log_info("%s migration: destination %s:%u ready; confirming to the source", s->sid,
-                 s->mig.dest.host, s->mig.dest.port);
+        s->mig->t_confirm = handover_now();
+        evtimer_del(s->mig->timer);
+        if (e == MIG_EV_BEGIN)
+            log_info("%s migration: destination already linked; confirming at once", s->sid);
+        else
+            log_info("%s migration: destination %s:%u ready; confirming to the source", s->sid,
+                     s->mig->dest.host, s->mig->dest.port);
         if (s->main != NULL && relay_inject(s->main, true,
                                             SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0) == 0)
             relay_kick(s->main);
     }
     if (st.actions & MIG_DO_SWITCH_CHANNEL) {
         if (old == MIG_CONNECTED)
-            s->mig.t_first_switch = handover_now();
+            s->mig->t_first_switch = handover_now();
     }
     if (st.actions & MIG_DO_FINISH)
         finish(s);
@@ -278,38 +329,68 @@ void handover_event(struct session *s, enum mig_event e)
         arm_timer(s, PREPARED_TIMEOUT_MS);
 }
 
+static void handover_event(struct session *s, enum mig_event e)
+{
+    struct session_mig *m = s->mig;
+    if (m->q_len == MIG_QUEUE_MAX) {
+        log_warnx("%s migration: event queue full, %s dropped", s->sid, mig_event_name(e));
+        m->notify_why = NULL;
+        return;
+    }
+    /* The reason a caller left for this event may point into its stack: the
+     * queue keeps a copy. */
+    struct mig_queued *q = &m->queue[(m->q_head + m->q_len++) % MIG_QUEUE_MAX];
+    q->e = e;
+    q->has_why = m->notify_why != NULL;
+    snprintf(q->why, sizeof(q->why), "%s", m->notify_why ? m->notify_why : "");
+    m->notify_why = NULL;
+    if (m->dispatching)
+        return; /* the loop below, further up the stack, takes it */
+    m->dispatching = true;
+    while (m->q_len > 0 && !s->closing) {
+        struct mig_queued next = m->queue[m->q_head];
+        m->q_head = (uint8_t)((m->q_head + 1) % MIG_QUEUE_MAX);
+        m->q_len--;
+        execute(s, next.e, next.has_why ? next.why : NULL);
+    }
+    m->q_len = 0;
+    m->dispatching = false;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
-    if (s->mig.state == MIG_IDLE) {
+    if (s->mig->state == MIG_IDLE) {
         flush_summary(s, -1.0); /* the per-migration line waited long enough */
         return;
     }
-    log_info("%s migration: %s timed out", s->sid, mig_state_name(s->mig.state));
-    s->mig.notify_why = "timed out";
+    log_info("%s migration: %s timed out", s->sid, mig_state_name(s->mig->state));
+    s->mig->notify_why = "timed out";
     handover_event(s, MIG_EV_TIMEOUT);
 }
 
 /* ------------------------------------------------------------------ destination legs */
 
-static int send_small(int fd, uint16_t type, const uint8_t *body, uint32_t len)
+/* A small message to a held leg (a PONG, DST_DO_SEAMLESS): a held leg's
+ * socket is empty, so the kernel takes it whole or the leg is failing. */
+static int send_small(struct leg *l, uint16_t type, const uint8_t *body, uint32_t len)
 {
     uint8_t b[HDR + 64];
     size_t n = wire_msg_build(b, sizeof(b), true, type, body, len);
     if (n == 0)
         return -1;
-    return send(fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)n ? 0 : -1;
+    return transport_write(l->t, b, n) == (ssize_t)n ? 0 : -1;
 }
 
 static void dest_ready_one(struct chan *c)
 {
     struct session *s = c->s;
     c->d_ready = true;
-    s->mig.n_ready++;
-    if (s->mig.n_ready == s->mig.n_legs && s->mig.state == MIG_LINKING) {
-        s->mig.t_ready = handover_now();
-        log_info("%s migration: %u destination legs linked in %.1f ms", s->sid, s->mig.n_legs,
-                 ms_between(s->mig.t_start, s->mig.t_ready));
+    s->mig->n_ready++;
+    if (s->mig->n_ready == s->mig->n_legs && s->mig->state == MIG_LINKING) {
+        s->mig->t_ready = handover_now();
+        log_info("%s migration: %u destination legs linked in %.1f ms", s->sid, s->mig->n_legs,
+                 ms_between(s->mig->t_start, s->mig->t_ready));
         handover_event(s, MIG_EV_DEST_READY);
     }
 }
@@ -320,39 +401,42 @@ static void on_dest_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
     struct session *s = c->s;
-    if (c->d_hold == NULL && (c->d_hold = malloc(HOLD_MAX)) == NULL) {
+    struct leg *l = c->next;
+    if (l->hold == NULL && (l->hold = malloc(HOLD_MAX)) == NULL) {
         dest_failed(s, "out of memory");
         return;
     }
-    if (c->d_hold_len == HOLD_MAX) {
+    if (l->hold_len == HOLD_MAX) {
         dest_failed(s, "destination sent too much before the switch");
         return;
     }
-    ssize_t r = recv(fd, c->d_hold + c->d_hold_len, HOLD_MAX - c->d_hold_len, 0);
+    ssize_t r = transport_read(l->t, l->hold + l->hold_len, HOLD_MAX - l->hold_len);
     if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
         dest_failed(s, r == 0 ? "destination closed a leg" : "destination leg reset");
         return;
     }
     if (r < 0)
         return;
-    c->d_hold_len += (uint32_t)r;
-    while (c->d_hold_len - c->d_scan >= HDR) {
+    l->hold_len += (uint32_t)r;
+    if (transport_pending_in(l->t))
+        event_active(l->rd, EV_READ, 0); /* read ahead (a TLS leg): no socket event for it */
+    while (l->hold_len - l->scan >= HDR) {
         struct wire_msg_header h;
-        wire_msg_header_parse(c->d_hold + c->d_scan, c->d_hold_len - c->d_scan, true, &h);
+        wire_msg_header_parse(l->hold + l->scan, l->hold_len - l->scan, true, &h);
         if (h.size > HOLD_MAX - HDR) {
             dest_failed(s, "oversized message from the destination");
             return;
         }
-        if (c->d_hold_len - c->d_scan < HDR + h.size)
+        if (l->hold_len - l->scan < HDR + h.size)
             break;
-        const uint8_t *body = c->d_hold + c->d_scan + HDR;
+        const uint8_t *body = l->hold + l->scan + HDR;
         bool consumed = false;
         if (h.type == SPICE_MSG_PING) {
             struct wire_ping p;
             uint8_t b[12];
             if (wire_ping_parse(body, h.size, &p) == 0) {
                 size_t n = wire_pong_build(b, sizeof(b), &p);
-                if (send_small(c->d_fd, SPICE_MSGC_PONG, b, (uint32_t)n) < 0)
+                if (send_small(l, SPICE_MSGC_PONG, b, (uint32_t)n) < 0)
                     log_debug("%s %s:%u could not answer a destination ping", s->sid,
                               wire_channel_name(c->type), c->id);
             }
@@ -371,37 +455,36 @@ static void on_dest_readable(evutil_socket_t fd, short what, void *arg)
             struct chan *o, *next;
             for (o = TAILQ_FIRST(&s->chans); o != NULL; o = next) {
                 next = TAILQ_NEXT(o, link);
-                if (o != c && o->state == CH_RELAY && o->d_fd < 0 && o->d_bl == NULL)
+                if (o != c && o->state == CH_RELAY && o->next == NULL)
                     link_dest_channel(o);
-                if (s->mig.state != MIG_LINKING)
+                if (s->mig->state != MIG_LINKING)
                     return;
             }
-            memmove(c->d_hold + c->d_scan, c->d_hold + c->d_scan + HDR + h.size,
-                    c->d_hold_len - c->d_scan - HDR - h.size);
-            c->d_hold_len -= HDR + h.size;
+            memmove(l->hold + l->scan, l->hold + l->scan + HDR + h.size,
+                    l->hold_len - l->scan - HDR - h.size);
+            l->hold_len -= HDR + h.size;
             dest_ready_one(c);
             return;
         }
         uint32_t len = HDR + h.size;
         if (consumed) {
-            memmove(c->d_hold + c->d_scan, c->d_hold + c->d_scan + len,
-                    c->d_hold_len - c->d_scan - len);
-            c->d_hold_len -= len;
+            memmove(l->hold + l->scan, l->hold + l->scan + len, l->hold_len - l->scan - len);
+            l->hold_len -= len;
         } else {
-            c->d_scan += len;
+            l->scan += len;
         }
     }
 }
 
-static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+static void on_dest_linked(struct chan *c, struct leg *l, const struct wire_caps *caps,
+                           const char *err)
 {
-    struct chan *c = arg;
     struct session *s = c->s;
-    c->d_bl = NULL;
-    if (fd < 0) {
+    if (err != NULL) {
+        drop_dest_leg(c); /* l, closed */
         char why[600];
         snprintf(why, sizeof(why), "%s:%u link: %s", wire_channel_name(c->type), c->id, err);
-        if (!c->is_main && s->mig.state != MIG_LINKING) {
+        if (!c->is_main && s->mig->state != MIG_LINKING) {
             /* A channel the client opened after the destination was ready:
              * it cannot follow, the migration can. */
             chan_close(c, why);
@@ -410,21 +493,22 @@ static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, cons
         dest_failed(s, why);
         return;
     }
-    c->d_fd = fd;
-    c->d_rd = event_new(c->w->env.base, fd, EV_READ | EV_PERSIST, on_dest_readable, c);
-    if (c->d_rd == NULL) {
+    leg_set_state(l, LEG_HELD);
+    l->rd = event_new(c->w->env.base, transport_fd(l->t), EV_READ | EV_PERSIST, on_dest_readable,
+                      c);
+    if (l->rd == NULL) {
         dest_failed(s, "out of memory");
         return;
     }
-    event_add(c->d_rd, NULL);
+    event_add(l->rd, NULL);
     if (c->is_main) {
         if (!wire_caps_has_channel(caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE)) {
             dest_failed(s, "destination lacks SEAMLESS_MIGRATE");
             return;
         }
         uint8_t b[4];
-        wire_put_u32(b, s->mig.src_version ? s->mig.src_version : 1);
-        if (send_small(fd, SPICE_MSGC_MAIN_MIGRATE_DST_DO_SEAMLESS, b, 4) < 0) {
+        wire_put_u32(b, s->mig->src_version ? s->mig->src_version : 1);
+        if (send_small(l, SPICE_MSGC_MAIN_MIGRATE_DST_DO_SEAMLESS, b, 4) < 0) {
             dest_failed(s, "cannot send DST_DO_SEAMLESS");
             return;
         }
@@ -436,29 +520,27 @@ static void on_dest_linked(void *arg, int fd, const struct wire_caps *caps, cons
 static void link_dest_channel(struct chan *c)
 {
     struct session *s = c->s;
-    struct wire_link_mess m;
     const char *why = NULL;
-    link_backend_mess(c, s->backend_id, &m);
-    s->mig.n_legs++;
-    c->d_bl = blink_start(c->w, s->mig.dest.host, s->mig.dest.port, &m,
-                          s->mig.dest.password, LINK_TIMEOUT_MS, on_dest_linked, c, &why);
-    if (c->d_bl == NULL) {
+    s->mig->n_legs++;
+    c->next = leg_link(c, s->mig->dest.host, s->mig->dest.port, s->mig->dest.password, s->backend_id,
+                       LINK_TIMEOUT_MS, NULL, on_dest_linked, &why);
+    if (c->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "%s:%u link: %s", wire_channel_name(c->type), c->id, why);
         dest_failed(s, reason);
     }
 }
 
-void handover_chan_started(struct chan *c)
+static void handover_chan_started(struct chan *c)
 {
     struct session *s = c->s;
     if (s == NULL || c->is_main)
         return;
     /* A channel opened while the destination is being prepared needs a leg
      * there too, once the destination main has acknowledged. */
-    if ((s->mig.state == MIG_LINKING || s->mig.state == MIG_LINKED ||
-         s->mig.state == MIG_CONNECTED) && s->main != NULL && s->main->d_ready) {
-        bool was_ready = s->mig.state != MIG_LINKING;
+    if ((s->mig->state == MIG_LINKING || s->mig->state == MIG_LINKED ||
+         s->mig->state == MIG_CONNECTED) && s->main != NULL && s->main->d_ready) {
+        bool was_ready = s->mig->state != MIG_LINKING;
         link_dest_channel(c);
         if (was_ready)
             log_info("%s %s:%u opened during a migration; linking it to the destination too",
@@ -468,7 +550,7 @@ void handover_chan_started(struct chan *c)
 
 /* ------------------------------------------------------------------ source messages */
 
-bool handover_wants(const struct chan *c, uint16_t type)
+static bool handover_wants(const struct chan *c, uint16_t type)
 {
     if (type == SPICE_MSG_MIGRATE || type == SPICE_MSG_MIGRATE_DATA)
         return true;
@@ -500,12 +582,12 @@ static bool dest_is(const struct session *s, const struct mig_dest *have, const 
     if (strcasecmp(have->host, host) == 0)
         return true;
     const struct chan *mc = s->main;
-    if (mc == NULL || mc->d_fd < 0)
+    if (mc == NULL || mc->next == NULL || mc->next->t == NULL)
         return false;
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
     char peer_host[INET6_ADDRSTRLEN];
-    if (getpeername(mc->d_fd, (struct sockaddr *)&peer, &plen) != 0 ||
+    if (getpeername(transport_fd(mc->next->t), (struct sockaddr *)&peer, &plen) != 0 ||
         getnameinfo((struct sockaddr *)&peer, plen, peer_host, sizeof(peer_host), NULL, 0,
                     NI_NUMERICHOST) != 0)
         return false;
@@ -521,7 +603,7 @@ static bool dest_is(const struct session *s, const struct mig_dest *have, const 
 
 static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *d)
 {
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     bool match = dest_is(s, &m->dest, d->host, d->port);
     m->t_begin = handover_now();
     if (m->state == MIG_IDLE || !match) {
@@ -544,36 +626,16 @@ static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *
     m->announced = true;
     log_info("%s migration: source announced seamless migration to %s:%u%s", s->sid, d->host,
              d->port, match && m->state != MIG_IDLE ? " (prepared)" : "");
-    struct mig_facts f = { .announced = true, .dest_match = match };
-    struct mig_step st = mig_decide(m->state, MIG_EV_BEGIN, &f);
-    if (!st.legal) {
-        log_warnx("%s migration: BEGIN_SEAMLESS in state %s; refusing", s->sid,
-                  mig_state_name(m->state));
-        if (relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) == 0)
-            relay_kick(s->main);
-        return;
-    }
-    enum mig_state old = m->state;
-    set_state(s, st.next, MIG_EV_BEGIN);
-    if (st.actions & MIG_DO_DROP_DEST)
-        drop_dest(s);
-    if (st.actions & MIG_DO_LINK_DEST)
-        start_linking(s);
-    if (st.actions & MIG_DO_CONFIRM) {
-        m->t_confirm = handover_now();
-        evtimer_del(m->timer);
-        log_info("%s migration: destination already linked; confirming at once", s->sid);
-        if (relay_inject(s->main, true, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0) == 0)
-            relay_kick(s->main);
-    }
-    (void)old;
+    m->begin_match = match;
+    handover_event(s, MIG_EV_BEGIN);
 }
 
-enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const uint8_t *body,
-                                           uint32_t len, const char **why)
+static enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type,
+                                                  const uint8_t *body, uint32_t len,
+                                                  const char **why)
 {
     struct session *s = c->s;
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (type == SPICE_MSG_MIGRATE) {
         uint32_t flags;
         if (wire_migrate_parse(body, len, &flags) != 0) {
@@ -724,7 +786,7 @@ static struct chan *inputs_chan(struct session *s)
 
 static void gate_open(struct session *s, const char *why)
 {
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (!m->input_gated)
         return;
     m->input_gated = false;
@@ -750,7 +812,7 @@ static void on_gate_timeout(evutil_socket_t fd, short what, void *arg)
 /* The inputs channel c has just switched: hold its client messages. */
 static void gate_close(struct session *s, struct chan *c)
 {
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (s->probe_type != SPICE_CHANNEL_DISPLAY)
         return;
     if (m->gate_timer == NULL &&
@@ -763,10 +825,10 @@ static void gate_close(struct session *s, struct chan *c)
     evtimer_add(m->gate_timer, &tv);
 }
 
-void handover_note_forwarded(struct chan *c, uint16_t type)
+static void handover_note_forwarded(struct chan *c, uint16_t type)
 {
     struct session *s = c->s;
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (m->input_gated && m->gate_display_dst && c->type == SPICE_CHANNEL_DISPLAY &&
         c->id == 0 && display_draws(type))
         gate_open(s, "the destination draws");
@@ -791,7 +853,7 @@ void handover_note_forwarded(struct chan *c, uint16_t type)
     }
 }
 
-int handover_try_switch(struct chan *c)
+static int handover_try_switch(struct chan *c)
 {
     struct session *s = c->s;
     if (!c->mig_switch_ready || c->switched)
@@ -817,18 +879,19 @@ int handover_try_switch(struct chan *c)
         memcpy(msg, first, HDR);
         memcpy(msg + HDR, c->mig_data, c->mig_data_len);
     }
-    int fd = c->d_fd;
-    if (c->d_rd != NULL) {
-        event_free(c->d_rd);
-        c->d_rd = NULL;
+    struct leg *l = c->next;
+    if (l->rd != NULL) {
+        event_free(l->rd); /* the relay reads it from now on */
+        l->rd = NULL;
     }
-    c->d_fd = -1;
-    s->mig.held_bytes += c->d_hold_len;
-    int rc = relay_switch_backend(c, fd, msg, msg_len, c->d_hold, c->d_hold_len, &why);
+    uint8_t *hold = l->hold;
+    uint32_t hold_len = l->hold_len;
+    l->hold = NULL;
+    l->hold_len = l->scan = 0;
+    s->mig->held_bytes += hold_len;
+    int rc = relay_switch_backend(c, msg, msg_len, hold, hold_len, &why);
     free(msg);
-    free(c->d_hold);
-    c->d_hold = NULL;
-    c->d_hold_len = c->d_scan = 0;
+    free(hold);
     if (rc < 0) {
         session_close(s, why ? why : "switch failed");
         return -1;
@@ -837,7 +900,7 @@ int handover_try_switch(struct chan *c)
     c->d_ready = false;
     c->mig_switch_ready = false;
     if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
-        s->mig.gate_display_dst = true;
+        s->mig->gate_display_dst = true;
     if (c->type == SPICE_CHANNEL_INPUTS)
         gate_close(s, c);
     log_debug("%s %s:%u switched to the destination", s->sid, wire_channel_name(c->type), c->id);
@@ -850,16 +913,16 @@ int handover_try_switch(struct chan *c)
     return 0;
 }
 
-void handover_chan_leaving(struct chan *c)
+static void handover_chan_leaving(struct chan *c)
 {
     struct session *s = c->s;
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     c->leaving = true;
     if (s->reattaching || m->state == MIG_IDLE || c->is_main)
         return;
     /* A channel that goes during a migration no longer counts toward "all
      * destination legs ready" or "all channels switched". */
-    bool had_leg = c->d_bl != NULL || c->d_fd >= 0 || c->d_ready;
+    bool had_leg = c->next != NULL || c->d_ready;
     if (c->d_ready && m->n_ready > 0)
         m->n_ready--;
     if (had_leg && m->n_legs > 0)
@@ -867,9 +930,9 @@ void handover_chan_leaving(struct chan *c)
     drop_dest_leg(c);
 }
 
-void handover_channels_changed(struct session *s)
+static void handover_channels_changed(struct session *s)
 {
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     if (s->reattaching) {
         reattach_done_one(s);
         return;
@@ -948,19 +1011,20 @@ static void reattach_done_one(struct session *s)
     session_publish(s);
 }
 
-static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+static void on_relinked(struct chan *c, struct leg *l, const struct wire_caps *caps,
+                        const char *err)
 {
-    struct chan *c = arg;
     struct session *s = c->s;
-    c->bl = NULL;
-    if (fd < 0) {
+    c->next = NULL; /* taken: it becomes the channel's backend, or goes */
+    if (err != NULL) {
+        leg_free(l);
         char why[600];
         snprintf(why, sizeof(why), "reattach: %s:%u link: %s", wire_channel_name(c->type), c->id,
                  err);
         relink_failed(c, why);
         return;
     }
-    if (relay_attach_backend(c, fd) < 0) {
+    if (relay_attach_backend(c, l) < 0) {
         relink_failed(c, "out of memory");
         return;
     }
@@ -1008,12 +1072,11 @@ static void on_relinked(void *arg, int fd, const struct wire_caps *caps, const c
 static void relink_channel(struct chan *c)
 {
     struct session *s = c->s;
-    struct wire_link_mess m;
     const char *why = NULL;
-    link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
-    c->bl = blink_start(c->w, s->rec.host, s->rec.port, &m, s->rec.password,
-                        c->w->env.backend_timeout_ms, on_relinked, c, &why);
-    if (c->bl == NULL) {
+    c->next = leg_link(c, s->rec.host, s->rec.port, s->rec.password,
+                       c->is_main ? 0 : s->backend_id, c->w->env.backend_timeout_ms, NULL,
+                       on_relinked, &why);
+    if (c->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "reattach to %s:%u failed: %s", s->rec.host, s->rec.port,
                  why);
@@ -1024,19 +1087,20 @@ static void relink_channel(struct chan *c)
     }
 }
 
-static void on_main_relinked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+static void on_main_relinked(struct chan *c, struct leg *l, const struct wire_caps *caps,
+                             const char *err)
 {
-    struct chan *c = arg;
     struct session *s = c->s;
-    c->bl = NULL;
-    if (fd < 0) {
+    c->next = NULL; /* taken: it becomes the channel's backend, or goes */
+    if (err != NULL) {
+        leg_free(l);
         char why[600];
         /* session_close adds where to and why the session was reattaching. */
         snprintf(why, sizeof(why), "the destination refused the reattach: %s", err);
         session_close(s, why);
         return;
     }
-    if (relay_attach_backend(c, fd) < 0) {
+    if (relay_attach_backend(c, l) < 0) {
         session_close(s, "out of memory");
         return;
     }
@@ -1044,8 +1108,8 @@ static void on_main_relinked(void *arg, int fd, const struct wire_caps *caps, co
      * answered (handover_fresh_init). */
 }
 
-enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_init *mi,
-                                       const char **why)
+static enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_init *mi,
+                                              const char **why)
 {
     struct session *s = c->s;
     s->backend_id = mi->session_id;
@@ -1105,14 +1169,14 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
 {
     log_info("%s reattaching to %s:%u through a fresh backend session", s->sid, host, port);
     s->t_reattach = handover_now();
-    if (s->mig.state != MIG_IDLE) {
+    if (s->mig->state != MIG_IDLE) {
         drop_dest(s);
         set_state(s, MIG_IDLE, MIG_EV_SWITCH_HOST);
     }
-    if (s->mig.timer != NULL)
-        evtimer_del(s->mig.timer);
-    s->mig.blackout_pending = false;
-    OPENSSL_cleanse(&s->mig.fallback, sizeof(s->mig.fallback));
+    if (s->mig->timer != NULL)
+        evtimer_del(s->mig->timer);
+    s->mig->blackout_pending = false;
+    OPENSSL_cleanse(&s->mig->fallback, sizeof(s->mig->fallback));
     snprintf(s->rec.host, sizeof(s->rec.host), "%s", host);
     s->rec.port = port;
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", password);
@@ -1123,11 +1187,9 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
         if (c->state != CH_RELAY)
             continue;
         const char *why = NULL;
-        blink_free(c->bl);
-        c->bl = NULL;
         drop_dest_leg(c);
-        transport_free(c->src_t);
-        c->src_t = NULL;
+        leg_free(c->old);
+        c->old = NULL;
         free(c->mig_data);
         c->mig_data = NULL;
         c->mig_wait_data = c->mig_switch_ready = c->switched = false;
@@ -1144,12 +1206,10 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
         session_close(s, "no main channel");
         return -1;
     }
-    struct wire_link_mess m;
     const char *why = NULL;
-    link_backend_mess(s->main, 0, &m);
-    s->main->bl = blink_start(s->w, host, port, &m, password,
-                              s->w->env.backend_timeout_ms, on_main_relinked, s->main, &why);
-    if (s->main->bl == NULL) {
+    s->main->next = leg_link(s->main, host, port, password, 0, s->w->env.backend_timeout_ms, NULL,
+                             on_main_relinked, &why);
+    if (s->main->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "the destination refused the reattach: %s", why);
         session_close(s, reason);
@@ -1191,7 +1251,7 @@ static void reattach_later(struct session *s, const char *host, uint16_t port,
     }
 }
 
-int handover_backend_lost(struct chan *c, const char *why)
+static int handover_backend_lost(struct chan *c, const char *why)
 {
     struct session *s = c->s;
     if (s == NULL)
@@ -1200,7 +1260,7 @@ int handover_backend_lost(struct chan *c, const char *why)
         return 0; /* a switch-host reattach replaces this leg on the next turn */
     if (c->switched || s->reattaching)
         return -1;
-    struct session_mig *m = &s->mig;
+    struct session_mig *m = s->mig;
     /* Only the source going away during a migration the broker knows the
      * destination of is survivable. */
     bool known = m->state == MIG_CONNECTED || m->state == MIG_SWITCHING ||
@@ -1240,7 +1300,7 @@ int session_prepare(struct session_worker *w, const char *instance, const char *
         next = TAILQ_NEXT(s, link);
         if (s->id == 0 || s->closing || strcmp(s->rec.instance, instance) != 0)
             continue;
-        struct session_mig *m = &s->mig;
+        struct session_mig *m = s->mig;
         if (m->state == MIG_CONNECTED || m->state == MIG_SWITCHING) {
             cb(arg, false, "a migration is already under way");
             n++;
@@ -1262,29 +1322,88 @@ int session_prepare(struct session_worker *w, const char *instance, const char *
     return n;
 }
 
-void handover_chan_free(struct chan *c)
+static void handover_chan_free(struct chan *c)
 {
     drop_dest_leg(c);
-    transport_free(c->src_t);
-    c->src_t = NULL;
+    leg_free(c->old);
+    c->old = NULL;
     free(c->mig_data);
     c->mig_data = NULL;
 }
 
-void handover_session_free(struct session *s)
+static void handover_session_free(struct session *s)
 {
     flush_summary(s, -1.0);
     if (s->pending_reattach != NULL)
         s->pending_reattach->s = NULL;
     notify(s, false, "session closed");
-    if (s->mig.timer != NULL) {
-        event_free(s->mig.timer);
-        s->mig.timer = NULL;
+    if (s->mig->timer != NULL) {
+        event_free(s->mig->timer);
+        s->mig->timer = NULL;
     }
-    if (s->mig.gate_timer != NULL) {
-        event_free(s->mig.gate_timer);
-        s->mig.gate_timer = NULL;
+    if (s->mig->gate_timer != NULL) {
+        event_free(s->mig->gate_timer);
+        s->mig->gate_timer = NULL;
     }
-    OPENSSL_cleanse(&s->mig.dest, sizeof(s->mig.dest));
-    OPENSSL_cleanse(&s->mig.fallback, sizeof(s->mig.fallback));
+    OPENSSL_cleanse(&s->mig->dest, sizeof(s->mig->dest));
+    OPENSSL_cleanse(&s->mig->fallback, sizeof(s->mig->fallback));
 }
+
+/* ------------------------------------------------------------------ the hooks */
+
+static enum relay_verdict main_init(struct chan *c, const struct wire_main_init *mi,
+                                    const char **why)
+{
+    return c->s->reattaching ? handover_fresh_init(c, mi, why) : RV_PASS;
+}
+
+static bool watching(const struct chan *c)
+{
+    const struct session_mig *m = c->s->mig;
+    return m->state != MIG_IDLE || m->blackout_pending || m->input_gated;
+}
+
+static void describe(const struct session *s, char *buf, size_t len)
+{
+    if (s->reattaching)
+        snprintf(buf, len, " while reattaching to %s:%u after the source was lost (%s)",
+                 s->rec.host, s->rec.port, s->reattach_cause ? s->reattach_cause : "?");
+    else if (s->mig->state != MIG_IDLE)
+        snprintf(buf, len, " during a migration to %s:%u (%s)", s->mig->dest.host,
+                 s->mig->dest.port, mig_state_name(s->mig->state));
+    else if (len > 0)
+        buf[0] = '\0';
+}
+
+static int session_init(struct session *s)
+{
+    s->mig = calloc(1, sizeof(*s->mig));
+    return s->mig != NULL ? 0 : -1;
+}
+
+static void session_release(struct session *s)
+{
+    if (s->mig != NULL) {
+        OPENSSL_cleanse(s->mig, sizeof(*s->mig));
+        free(s->mig);
+        s->mig = NULL;
+    }
+}
+
+const struct session_hooks handover_hooks = {
+    .wants = handover_wants,
+    .backend_msg = handover_on_backend_msg,
+    .main_init = main_init,
+    .watching = watching,
+    .forwarded = handover_note_forwarded,
+    .try_switch = handover_try_switch,
+    .backend_lost = handover_backend_lost,
+    .relay_started = handover_chan_started,
+    .chan_leaving = handover_chan_leaving,
+    .channels_changed = handover_channels_changed,
+    .chan_free = handover_chan_free,
+    .session_init = session_init,
+    .session_free = handover_session_free,
+    .session_release = session_release,
+    .describe = describe,
+};

@@ -10,7 +10,6 @@
 
 #include <event2/event.h>
 
-#include "migrate/mig.h"
 #include "proto/wire.h"
 #include "session/session.h"
 #include "session/transport.h"
@@ -94,6 +93,54 @@ typedef void (*blink_reply_fn)(void *arg, const struct wire_caps *caps);
 void blink_pause_after_reply(struct blink *bl, blink_reply_fn on_reply);
 void blink_resume(struct blink *bl);
 
+/* ------------------------------------------------------------------ backend legs (leg.c) */
+
+/* A backend leg: one connection toward a QEMU SPICE server for one channel.
+ * A channel has its current leg (`cur`, LIVE while it relays) and, during a
+ * migration or a reattach, its next leg (`next`); after a switch the former
+ * current leg drains (`old`) until every channel of the session has switched.
+ *   LINKING   resolving, connecting and linking (blink.c)
+ *   HELD      linked, not yet the channel's backend (a migration destination):
+ *             read from the start, PINGs answered, everything else kept
+ *   LIVE      the channel's backend: the relay reads and writes it
+ *   DRAINING  the backend the channel switched away from, closed when every
+ *             channel of the session has switched
+ *   CLOSED    failed or closed (its transport is gone) */
+enum leg_state { LEG_LINKING, LEG_HELD, LEG_LIVE, LEG_DRAINING, LEG_CLOSED, LEG_STATE_MAX };
+
+struct chan;
+struct leg;
+/* A link finished: err NULL and l->t set, or err and l CLOSED (the callee
+ * frees it). */
+typedef void (*leg_linked_fn)(struct chan *c, struct leg *l, const struct wire_caps *caps,
+                              const char *err);
+
+struct leg {
+    enum leg_state state;
+    struct chan *c;
+    struct transport *t;        /* once linked */
+    struct blink *bl;           /* while LINKING */
+    leg_linked_fn done;
+    char where[SNAP_MAX_HOST + 8]; /* "host:port", for logs */
+    /* HELD (handover.c): what the destination sent before the switch */
+    struct event *rd;
+    uint8_t *hold;
+    uint32_t hold_len, scan;
+};
+
+/* Links a new leg of channel c to host:port (the one way every backend link
+ * starts), announcing connection_id; on_reply (may be NULL) pauses it after
+ * the server's link reply, see blink_pause_after_reply (its arg is the leg).
+ * NULL with *why on an immediate failure; done is never called from inside. */
+struct leg *leg_link(struct chan *c, const char *host, uint16_t port, const char *password,
+                     uint32_t connection_id, int timeout_ms, blink_reply_fn on_reply,
+                     leg_linked_fn done, const char **why);
+/* The one way a leg's state changes: checks the move, logs it (debug). */
+void leg_set_state(struct leg *l, enum leg_state next);
+const char *leg_state_name(enum leg_state s);
+/* Closes and frees a leg (NULL: no-op). */
+void leg_free(struct leg *l);
+
 /* ------------------------------------------------------------------ channel */
 
 enum chan_state {
@@ -121,32 +168,28 @@ struct chan {
     struct session *s;          /* NULL until the channel knows its session */
     enum chan_state state;
     uint8_t type, id;
-    struct transport *ct;       /* the client's leg: TCP, TLS or WebSocket */
-    struct transport *bt;       /* the backend's leg, NULL until linked */
+    struct transport *ct;       /* the client's side: TCP, TLS or WebSocket */
+    struct leg *cur;            /* the backend leg (LIVE while relaying) */
+    struct leg *next;           /* a migration destination or a reattach's new backend */
+    struct leg *old;            /* the source after a switch (DRAINING) */
     struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
     char *web_token;            /* a WebSocket client's token (session_accept), else NULL */
     struct chan_link *lk;       /* client link phase only */
-    struct blink *bl;           /* backend link in progress */
     struct wire_link_mess client; /* the client's link: type, id, caps */
     struct relay_dir to_b;      /* client -> backend */
     struct relay_dir to_c;      /* backend -> client */
     struct relay_acks acks;
     bool is_main;
 
-    /* Migration (handover.c): the destination leg, linked in advance and
-     * held (pings answered, the rest kept) until this channel switches. */
-    int d_fd;
-    struct blink *d_bl;
-    struct event *d_rd;
-    uint8_t *d_hold;            /* destination bytes held until the switch */
-    uint32_t d_hold_len, d_scan;
-    bool d_ready;               /* linked (main: and ACKed) */
+    /* Migration (handover.c): the destination leg (`next`) is linked in
+     * advance and held (pings answered, the rest kept) until this channel
+     * switches. */
+    bool d_ready;               /* next is linked (main: and ACKed) */
     bool mig_wait_data;         /* source said MIGRATE with DATA: wait for MIGRATE_DATA */
     bool mig_switch_ready;      /* switch at the next chance */
     bool switched;              /* relaying the destination */
-    struct transport *src_t;    /* the old source leg, closed when every channel switched */
     uint8_t *mig_data;          /* the source's MIGRATE_DATA body, for the destination */
     uint32_t mig_data_len;
 
@@ -161,38 +204,8 @@ struct chan {
     bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */
 };
 
-struct mig_dest {
-    char host[SNAP_MAX_HOST];
-    uint16_t port;
-    char password[SNAP_MAX_PASSWORD];
-};
-
-struct session_mig {
-    enum mig_state state;
-    bool announced;
-    bool prepared;              /* the destination was named in advance */
-    struct mig_dest dest;
-    uint32_t src_version;
-    unsigned n_legs, n_ready;
-    struct event *timer;
-    uint64_t t_start, t_ready, t_begin, t_confirm, t_first_switch; /* monotonic ns */
-    uint64_t t_last_src, t_first_dst;  /* blackout: draws on the display (else any main message) */
-    bool blackout_pending;      /* switched; waiting for the destination's first draw */
-    char *summary;              /* the migration's log line, waiting for its blackout */
-    uint64_t held_bytes;
-    session_prepare_cb notify;
-    void *notify_arg;
-    const char *notify_why;     /* static string: why the last step failed */
-    struct mig_dest fallback;   /* a prepared destination whose legs were dropped */
-    uint64_t fallback_at;
-    /* The input gate: the client's input waits after the inputs channel's
-     * switch until the destination VM runs (its first draw), because QEMU
-     * drops input while a VM is not running. */
-    bool input_gated;
-    bool gate_display_dst;      /* display:0 is on the destination */
-    uint64_t gate_since;
-    struct event *gate_timer;   /* gives up waiting for a draw */
-};
+/* The session's migration state, owned by the engine (handover.c). */
+struct session_mig;
 
 struct session {
     TAILQ_ENTRY(session) link;  /* in worker->sessions, or worker->dead_sessions once closed */
@@ -208,7 +221,7 @@ struct session {
     TAILQ_HEAD(, chan) chans;
     struct chan *main;
     bool closing;
-    struct session_mig mig;
+    struct session_mig *mig;    /* the engine's (hooks->session_init) */
     uint32_t migrations;
     uint8_t probe_type;         /* channel type whose gaps measure a migration's blackout */
     uint32_t backend_id;        /* the backend's session id (differs from id after a reattach) */
@@ -237,6 +250,7 @@ struct session_worker {
     TAILQ_HEAD(, session) dead_sessions;
     TAILQ_HEAD(, session) to_check;
     struct event *reap;
+    const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
 };
 
@@ -263,32 +277,52 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);
 /* The link message the broker sends a backend for channel c. */
 void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m);
 
-/* handover.c: migration, carried out on the session's loop. */
-void handover_event(struct session *s, enum mig_event e);
-/* A message from the current backend that belongs to migration; returns RV_DROP or RV_FAIL. */
-enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type, const uint8_t *body,
-                                           uint32_t len, const char **why);
-bool handover_wants(const struct chan *c, uint16_t type);
-/* Switches c to its destination leg if it is ready to; -1 if c was closed. */
-int handover_try_switch(struct chan *c);
-void handover_chan_started(struct chan *c);
-void handover_chan_free(struct chan *c);
-/* A non-main channel of a live session is closing: it stops counting toward
- * the migration (bookkeeping only, no migration step is taken here). */
-void handover_chan_leaving(struct chan *c);
-/* After channels left (at the end of the loop turn, never inside the
- * callback that closed them): the migration engine sees it as an event
- * (destination ready, all switched, reattach done). */
-void handover_channels_changed(struct session *s);
-void handover_session_free(struct session *s);
-void handover_note_forwarded(struct chan *c, uint16_t type);
-/* The backend leg of c closed or failed: 0 if a reattach took over, -1 if
- * the channel should close. */
-int handover_backend_lost(struct chan *c, const char *why);
-/* MAIN_INIT from a fresh backend during a reattach: answers it; RV_DROP or RV_FAIL. */
-enum relay_verdict handover_fresh_init(struct chan *c, const struct wire_main_init *mi,
-                                       const char **why);
-uint64_t handover_now(void);
+/* ------------------------------------------------------------------ the migration hooks */
+
+/* How the relay, the link code and the teardown reach whatever drives
+ * migrations (handover.c): through this table only, never by name. Every
+ * hook runs on the session's loop. */
+struct session_hooks {
+    /* relay.c */
+    /* A backend message the engine reads whole (RV_KEEP in the relay's terms). */
+    bool (*wants)(const struct chan *c, uint16_t type);
+    /* Such a message: RV_DROP or RV_FAIL (*why). */
+    enum relay_verdict (*backend_msg)(struct chan *c, uint16_t type, const uint8_t *body,
+                                      uint32_t len, const char **why);
+    /* MAIN_INIT from the backend: RV_PASS if it is not the engine's (no
+     * reattach under way), else RV_DROP or RV_FAIL. */
+    enum relay_verdict (*main_init)(struct chan *c, const struct wire_main_init *mi,
+                                    const char **why);
+    /* Whether forwarded() wants to see the messages c forwards to the client. */
+    bool (*watching)(const struct chan *c);
+    void (*forwarded)(struct chan *c, uint16_t type);
+    /* Switches c to its next leg if it is ready to; -1 if c was closed. */
+    int (*try_switch)(struct chan *c);
+    /* c's backend leg closed or failed: 0 if a reattach took over, -1 if the
+     * channel should close. */
+    int (*backend_lost)(struct chan *c, const char *why);
+    /* c started relaying (it may need a leg to a destination being prepared). */
+    void (*relay_started)(struct chan *c);
+    /* session.c */
+    /* A non-main channel of a live session is closing: it stops counting
+     * toward the migration (bookkeeping only, no migration step here). */
+    void (*chan_leaving)(struct chan *c);
+    /* After channels left (at the end of the loop turn, never inside the
+     * callback that closed them): the engine sees it as an event. */
+    void (*channels_changed)(struct session *s);
+    /* Stops and frees c's migration state (its next and old legs). */
+    void (*chan_free)(struct chan *c);
+    /* A new session: its migration state (0, or -1 out of memory). */
+    int (*session_init)(struct session *s);
+    /* The session is closing: its timers, a prepare waiting on it. */
+    void (*session_free)(struct session *s);
+    /* The session's memory goes (at the end of the loop turn it closed in). */
+    void (*session_release)(struct session *s);
+    /* " during a migration to host:port (state)" or "", for the close line. */
+    void (*describe)(const struct session *s, char *buf, size_t len);
+};
+/* The migration engine's table (handover.c). */
+extern const struct session_hooks handover_hooks;
 
 /* Arms a read event on t's socket, and runs it at once if t already holds
  * bytes that no socket event will announce (TLS records read ahead). */
@@ -312,11 +346,12 @@ int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *
 /* Reattach: drop the backend leg (keeping the client's), attach a new one,
  * and add complete broker-made messages at the current boundary. */
 int relay_detach_backend(struct chan *c, const char **why);
-/* Takes fd (closed on failure). */
-int relay_attach_backend(struct chan *c, int fd);
+/* Makes the linked leg l (taken, freed on failure) c's LIVE backend. */
+int relay_attach_backend(struct chan *c, struct leg *l);
 int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len);
-/* Moves c's backend leg to new_fd (taken; the old leg goes to c->src_t); see handover.c. */
-int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
+/* Switches c from its current leg (it drains: c->old) to its held next leg
+ * (LIVE: c->cur); see handover.c. */
+int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t first_len,
                          const uint8_t *held, uint32_t held_len, const char **why);
 
 #endif

@@ -302,7 +302,7 @@ static void client_auth_done(struct chan *c)
         c->attached = true;
         c->state = CH_B_CONNECT;
         arm_timer(c, w->env.backend_timeout_ms);
-        blink_resume(c->bl); /* now the backend gets its ticket */
+        blink_resume(c->cur->bl); /* now the backend gets its ticket */
         return;
     }
 
@@ -318,7 +318,8 @@ static void client_auth_done(struct chan *c)
         return;
     }
     struct session *s = calloc(1, sizeof(*s));
-    if (s == NULL) {
+    if (s == NULL || w->hooks->session_init(s) < 0) {
+        free(s);
         refuse_auth(c, SPICE_LINK_ERR_ERROR, "out of memory");
         return;
     }
@@ -367,17 +368,11 @@ void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire
     }
 }
 
-static void on_backend_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+static void on_backend_linked(struct chan *c, struct leg *l, const struct wire_caps *caps,
+                              const char *err)
 {
-    struct chan *c = arg;
-    c->bl = NULL;
-    if (fd < 0) {
-        backend_failed(c, err);
-        return;
-    }
-    c->bt = transport_tcp_new(fd);
-    if (c->bt == NULL) {
-        backend_failed(c, "out of memory");
+    if (err != NULL) {
+        backend_failed(c, err); /* the leg goes with the channel */
         return;
     }
     if (send_link_result(c, SPICE_LINK_ERR_OK) < 0) {
@@ -400,26 +395,21 @@ static void on_backend_linked(void *arg, int fd, const struct wire_caps *caps, c
  * needs in our reply); its ticket waits for the client's. */
 static void on_backend_reply(void *arg, const struct wire_caps *caps)
 {
-    struct chan *c = arg;
-    client_reply(c, caps);
+    struct leg *l = arg;
+    client_reply(l->c, caps);
 }
 
 static void link_backend_connect(struct chan *c)
 {
     const char *why = NULL;
     struct session *s = c->s;
-    struct wire_link_mess m;
-    link_backend_mess(c, c->is_main ? 0 : s->backend_id, &m);
     c->state = CH_B_CONNECT;
     evtimer_del(c->timer);
-    c->bl = blink_start(c->w, s->rec.host, s->rec.port, &m, s->rec.password,
-                        c->w->env.backend_timeout_ms, on_backend_linked, c, &why);
-    if (c->bl == NULL) {
+    c->cur = leg_link(c, s->rec.host, s->rec.port, s->rec.password, c->is_main ? 0 : s->backend_id,
+                      c->w->env.backend_timeout_ms, c->is_main ? NULL : on_backend_reply,
+                      on_backend_linked, &why);
+    if (c->cur == NULL)
         backend_failed(c, why);
-        return;
-    }
-    if (!c->is_main)
-        blink_pause_after_reply(c->bl, on_backend_reply);
 }
 
 /* ------------------------------------------------------------------ the I/O step */

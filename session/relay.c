@@ -39,14 +39,19 @@
 
 /* ------------------------------------------------------------------ helpers */
 
+static inline struct transport *backend_t(const struct chan *c)
+{
+    return c->cur != NULL ? c->cur->t : NULL;
+}
+
 static inline struct transport *src_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->ct : c->bt;
+    return d == &c->to_b ? c->ct : backend_t(c);
 }
 
 static inline struct transport *dst_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->bt : c->ct;
+    return d == &c->to_b ? backend_t(c) : c->ct;
 }
 
 static inline struct event *src_ev(const struct chan *c, const struct relay_dir *d)
@@ -127,9 +132,8 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
     d->boundary = d->parsed;
     if (d != &c->to_c)
         return;
-    if (c->s != NULL && (c->s->mig.state != MIG_IDLE || c->s->mig.blackout_pending ||
-                         c->s->mig.input_gated))
-        handover_note_forwarded(c, d->type);
+    if (c->s != NULL && c->w->hooks->watching(c))
+        c->w->hooks->forwarded(c, d->type);
     struct relay_acks *a = &c->acks;
     if (a->b_window != 0 && ++a->b_count >= a->b_window) {
         a->b_count = 0;
@@ -145,7 +149,7 @@ static void msg_forwarded(struct chan *c, struct relay_dir *d)
 static enum relay_verdict classify(const struct chan *c, const struct relay_dir *d, uint16_t type)
 {
     if (d == &c->to_c) {
-        if (type == SPICE_MSG_SET_ACK || handover_wants(c, type))
+        if (type == SPICE_MSG_SET_ACK || c->w->hooks->wants(c, type))
             return RV_KEEP;
         if (c->is_main) {
             switch (type) {
@@ -283,8 +287,9 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
             *why = "malformed MAIN_INIT from backend";
             return RV_FAIL;
         }
-        if (s->reattaching)
-            return handover_fresh_init(c, &mi, why);
+        enum relay_verdict v = c->w->hooks->main_init(c, &mi, why);
+        if (v != RV_PASS)
+            return v;
         s->mouse_supported = (uint16_t)mi.supported_mouse_modes;
         s->mouse_current = (uint16_t)mi.current_mouse_mode;
         s->agent_connected = mi.agent_connected != 0;
@@ -298,7 +303,7 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
         }
         return RV_KEEP;
     }
-    return handover_on_backend_msg(c, type, body, len, why);
+    return c->w->hooks->backend_msg(c, type, body, len, why);
 }
 
 /* ------------------------------------------------------------------ framing */
@@ -535,7 +540,7 @@ static int chan_service(struct chan *c)
             int64_t p = dir_flush(c, dirs[i], &why);
             if (p < 0) {
                 if (dirs[i] == &c->to_b) {
-                    int rc = handover_backend_lost(c, why);
+                    int rc = c->w->hooks->backend_lost(c, why);
                     if (rc == 0)
                         return 0;
                     if (rc > 0)
@@ -546,7 +551,7 @@ static int chan_service(struct chan *c)
             progress += p;
         }
         if (c->mig_switch_ready) {
-            if (handover_try_switch(c) < 0)
+            if (c->w->hooks->try_switch(c) < 0)
                 return -1;
             if (c->switched && !c->mig_switch_ready)
                 progress++;
@@ -565,7 +570,7 @@ static int chan_service(struct chan *c)
         if (d->eof && !awaiting_switch && (d->buf == NULL || d->head == d->parsed) && !held &&
             (d->inj_len == 0 || d->body_left > 0)) {
             if (d == &c->to_c) {
-                int rc = handover_backend_lost(c, "backend closed");
+                int rc = c->w->hooks->backend_lost(c, "backend closed");
                 if (rc == 0)
                     return 0;
                 if (rc > 0)
@@ -596,7 +601,7 @@ static void on_readable(struct chan *c, struct relay_dir *d)
         const char *why = NULL;
         int64_t r = dir_read(c, d, &why);
         if (r < 0) {
-            if (d == &c->to_c && handover_backend_lost(c, why) >= 0)
+            if (d == &c->to_c && c->w->hooks->backend_lost(c, why) >= 0)
                 return;
             chan_close(c, why);
             return;
@@ -662,7 +667,8 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
             *evs[i] = NULL;
         }
     }
-    int cfd = transport_fd(c->ct), bfd = transport_fd(c->bt);
+    leg_set_state(c->cur, LEG_LIVE);
+    int cfd = transport_fd(c->ct), bfd = transport_fd(c->cur->t);
     c->c_rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
     c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
     c->c_wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
@@ -697,7 +703,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
     event_add(c->b_rd, NULL);
     if (chan_service(c) < 0)
         return -1;
-    handover_chan_started(c);
+    c->w->hooks->relay_started(c);
     return 0;
 }
 
@@ -722,7 +728,7 @@ static int dir_room(struct chan *c, struct relay_dir *d, uint32_t need)
     return c->w->pool.size - d->tail < need ? -1 : 0;
 }
 
-int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, uint32_t first_len,
+int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t first_len,
                          const uint8_t *held, uint32_t held_len, const char **why)
 {
     struct event_base *base = c->w->env.base;
@@ -742,7 +748,6 @@ int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, u
     if (held_len > 0) {
         if (dir_room(c, tc, held_len) < 0) {
             *why = "held destination messages do not fit the buffer";
-            close(new_fd);
             return -1;
         }
         memcpy(tc->buf->data + tc->tail, held, held_len);
@@ -752,7 +757,6 @@ int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, u
     if (first_len > 0) {
         if (dir_room(c, tb, first_len) < 0) {
             *why = "MIGRATE_DATA does not fit the buffer";
-            close(new_fd);
             return -1;
         }
         memmove(tb->buf->data + tb->parsed + first_len, tb->buf->data + tb->parsed,
@@ -771,15 +775,17 @@ int relay_switch_backend(struct chan *c, int new_fd, const uint8_t *first_msg, u
     event_free(c->b_rd);
     event_free(c->b_wr);
     c->b_rd = c->b_wr = NULL;
-    transport_free(c->src_t);
-    c->src_t = c->bt;
-    c->bt = transport_tcp_new(new_fd);
-    if (c->bt == NULL) {
-        *why = "out of memory";
-        return -1;
-    }
-    c->b_rd = event_new(base, new_fd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->b_wr = event_new(base, new_fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    /* The source drains (closed when every channel switched); the held
+     * destination leg goes live. */
+    leg_set_state(c->cur, LEG_DRAINING);
+    leg_free(c->old);
+    c->old = c->cur;
+    c->cur = c->next;
+    c->next = NULL;
+    leg_set_state(c->cur, LEG_LIVE);
+    int fd = transport_fd(c->cur->t);
+    c->b_rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->b_wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
     if (c->b_rd == NULL || c->b_wr == NULL) {
         *why = "out of memory";
         return -1;
@@ -817,27 +823,29 @@ int relay_detach_backend(struct chan *c, const char **why)
     if (c->b_wr != NULL)
         event_free(c->b_wr);
     c->b_rd = c->b_wr = NULL;
-    transport_free(c->bt);
-    c->bt = NULL;
+    leg_free(c->cur);
+    c->cur = NULL;
     c->acks.b_window = c->acks.b_count = 0;
     return 0;
 }
 
-int relay_attach_backend(struct chan *c, int fd)
+int relay_attach_backend(struct chan *c, struct leg *l)
 {
     struct event_base *base = c->w->env.base;
-    struct transport *t = transport_tcp_new(fd);
+    int fd = transport_fd(l->t);
     struct event *rd = event_new(base, fd, EV_READ | EV_PERSIST, on_b_read, c);
     struct event *wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
-    if (t == NULL || rd == NULL || wr == NULL) {
+    if (rd == NULL || wr == NULL) {
         if (rd != NULL)
             event_free(rd);
         if (wr != NULL)
             event_free(wr);
-        transport_free(t);
+        leg_free(l);
         return -1;
     }
-    c->bt = t;
+    leg_set_state(l, LEG_LIVE);
+    leg_free(c->cur);
+    c->cur = l;
     c->b_rd = rd;
     c->b_wr = wr;
     event_add(c->b_rd, NULL);

@@ -27,6 +27,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
     if (w == NULL)
         return NULL;
     w->env = *env;
+    w->hooks = &handover_hooks;
     pool_init(&w->pool, env->buffer_size, 8);
     TAILQ_INIT(&w->sessions);
     TAILQ_INIT(&w->pending);
@@ -94,7 +95,6 @@ void session_accept(struct session_worker *w, struct transport *t,
     }
     c->w = w;
     c->ct = t;
-    c->d_fd = -1;
     c->peer = *peer;
     log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
@@ -109,9 +109,11 @@ static void chan_disarm(struct chan *c)
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_del(evs[i]);
-    blink_free(c->bl);
-    c->bl = NULL;
-    handover_chan_free(c);
+    if (c->cur != NULL) {
+        blink_free(c->cur->bl); /* a link in progress calls back no more */
+        c->cur->bl = NULL;
+    }
+    c->w->hooks->chan_free(c);
 }
 
 /* Puts c on the worker's dead list (unlinked from every other list by the
@@ -133,13 +135,12 @@ static void chan_free(struct chan *c)
             *evs[i] = NULL;
         }
     }
-    /* The client's leg ends politely (TLS close_notify, WebSocket CLOSE). */
+    /* The client's side ends politely (TLS close_notify, WebSocket CLOSE). */
     transport_shutdown(c->ct, WS_CLOSE_NORMAL);
     transport_free(c->ct);
-    transport_free(c->bt);
     relay_release(c);
-    blink_free(c->bl);
-    handover_chan_free(c);
+    c->w->hooks->chan_free(c);
+    leg_free(c->cur);
     if (c->lk != NULL) {
         OPENSSL_cleanse(c->lk, sizeof(*c->lk));
         free(c->lk);
@@ -198,17 +199,8 @@ void session_close(struct session *s, const char *reason)
         to_b += c->to_b.bytes;
         n++;
     }
-    const char *during = "";
-    char ctx[SNAP_MAX_HOST + 96] = "";
-    if (s->reattaching) {
-        snprintf(ctx, sizeof(ctx), " while reattaching to %s:%u after the source was lost (%s)",
-                 s->rec.host, s->rec.port, s->reattach_cause ? s->reattach_cause : "?");
-        during = ctx;
-    } else if (s->mig.state != MIG_IDLE) {
-        snprintf(ctx, sizeof(ctx), " during a migration to %s:%u (%s)", s->mig.dest.host,
-                 s->mig.dest.port, mig_state_name(s->mig.state));
-        during = ctx;
-    }
+    char during[SNAP_MAX_HOST + 160] = "";
+    w->hooks->describe(s, during, sizeof(during));
     log_info("%s closed: %s%s (channels %u, bytes to client %llu, to backend %llu, %llds)", s->sid,
              reason ? reason : "-", during, n, (unsigned long long)to_c, (unsigned long long)to_b,
              (long long)(time(NULL) - s->started));
@@ -234,7 +226,7 @@ void session_close(struct session *s, const char *reason)
             chan_bury(c);
         }
     }
-    handover_session_free(s); /* its timers, a prepare waiting on it */
+    w->hooks->session_free(s); /* its timers, a prepare waiting on it */
     TAILQ_REMOVE(&w->sessions, s, link);
     if (s->check_queued) {
         TAILQ_REMOVE(&w->to_check, s, check_link);
@@ -260,7 +252,7 @@ void chan_close(struct chan *c, const char *reason)
             log_info("%s %s:%u channel closed: %s", s->sid, wire_channel_name(c->type), c->id,
                      reason);
         if (!s->closing) {
-            handover_chan_leaving(c);
+            c->w->hooks->chan_leaving(c);
             if (!s->check_queued) {
                 s->check_queued = true;
                 TAILQ_INSERT_TAIL(&c->w->to_check, s, check_link);
@@ -286,7 +278,7 @@ static void reap(struct session_worker *w)
         if (s != NULL) {
             TAILQ_REMOVE(&w->to_check, s, check_link);
             s->check_queued = false;
-            handover_channels_changed(s);
+            w->hooks->channels_changed(s);
             continue;
         }
         struct chan *c = TAILQ_FIRST(&w->dead);
@@ -299,6 +291,7 @@ static void reap(struct session_worker *w)
         if (s == NULL)
             break;
         TAILQ_REMOVE(&w->dead_sessions, s, link);
+        w->hooks->session_release(s);
         free(s);
     }
 }

@@ -206,6 +206,7 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
 
     s = calloc(1, sizeof(*s));
     assert_non_null(s);
+    assert_int_equal(f->w->hooks->session_init(s), 0); /* as link.c makes a session */
     s->w = f->w;
     TAILQ_INIT(&s->chans);
     snprintf(s->sid, sizeof(s->sid), "sid=-");
@@ -229,7 +230,11 @@ open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *left
     c->type = type;
     c->id = 0;
     c->is_main = type == SPICE_CHANNEL_MAIN;
-    c->bt = transport_tcp_new(bp[0]);
+    c->cur = calloc(1, sizeof(*c->cur)); /* a backend leg, as leg_link() leaves it linked */
+    assert_non_null(c->cur);
+    c->cur->c = c;
+    c->cur->state = LEG_LINKING;
+    c->cur->t = transport_tcp_new(bp[0]);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
     c->attached = true;
     if (c->is_main)

@@ -1,0 +1,108 @@
+/* session/leg.c: a channel's backend legs (see internal.h): one connection
+ * toward a QEMU SPICE server, with one state and one setter that checks each
+ * transition and logs it with the session id. Linking a leg is one function
+ * for every caller: a session's first backend, a migration destination, a
+ * reattach. Runs on the loop that owns the channel. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "session/internal.h"
+
+static const char *const state_names[LEG_STATE_MAX] = {
+    [LEG_LINKING] = "LINKING", [LEG_HELD] = "HELD",     [LEG_LIVE] = "LIVE",
+    [LEG_DRAINING] = "DRAINING", [LEG_CLOSED] = "CLOSED",
+};
+
+const char *leg_state_name(enum leg_state s)
+{
+    return s < LEG_STATE_MAX ? state_names[s] : "?";
+}
+
+/* The legal moves: a leg links, is held (a destination) or goes live, a
+ * held leg goes live at its switch, a live leg drains once its channel
+ * switched away; any leg may close. */
+static bool legal(enum leg_state from, enum leg_state to)
+{
+    if (to == LEG_CLOSED)
+        return from != LEG_CLOSED;
+    switch (from) {
+    case LEG_LINKING:
+        return to == LEG_HELD || to == LEG_LIVE;
+    case LEG_HELD:
+        return to == LEG_LIVE;
+    case LEG_LIVE:
+        return to == LEG_DRAINING;
+    default:
+        return false;
+    }
+}
+
+void leg_set_state(struct leg *l, enum leg_state next)
+{
+    const struct chan *c = l->c;
+    if (l->state == next)
+        return;
+    if (!legal(l->state, next)) {
+        /* A broken invariant of ours, not something a peer can cause. */
+        fatalx("%s %s:%u backend leg %s: %s -> %s is not a legal move", chan_sid(c),
+               wire_channel_name(c->type), c->id, l->where, leg_state_name(l->state),
+               leg_state_name(next));
+    }
+    log_debug("%s %s:%u backend leg %s %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id,
+              l->where, leg_state_name(l->state), leg_state_name(next));
+    l->state = next;
+}
+
+static void on_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+{
+    struct leg *l = arg;
+    l->bl = NULL;
+    if (fd >= 0 && (l->t = transport_tcp_new(fd)) == NULL)
+        err = "out of memory";
+    if (err != NULL)
+        leg_set_state(l, LEG_CLOSED);
+    l->done(l->c, l, caps, err);
+}
+
+struct leg *leg_link(struct chan *c, const char *host, uint16_t port, const char *password,
+                     uint32_t connection_id, int timeout_ms, blink_reply_fn on_reply,
+                     leg_linked_fn done, const char **why)
+{
+    struct leg *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        *why = "out of memory";
+        return NULL;
+    }
+    l->c = c;
+    l->state = LEG_LINKING;
+    l->done = done;
+    snprintf(l->where, sizeof(l->where), "%s:%u", host, port);
+    struct wire_link_mess m;
+    link_backend_mess(c, connection_id, &m);
+    l->bl = blink_start(c->w, host, port, &m, password, timeout_ms, on_linked, l, why);
+    if (l->bl == NULL) {
+        free(l);
+        return NULL;
+    }
+    if (on_reply != NULL)
+        blink_pause_after_reply(l->bl, on_reply);
+    log_debug("%s %s:%u backend leg %s LINKING", chan_sid(c), wire_channel_name(c->type), c->id,
+              l->where);
+    return l;
+}
+
+void leg_free(struct leg *l)
+{
+    if (l == NULL)
+        return;
+    if (l->state != LEG_CLOSED)
+        leg_set_state(l, LEG_CLOSED);
+    blink_free(l->bl);
+    if (l->rd != NULL)
+        event_free(l->rd);
+    transport_free(l->t);
+    free(l->hold);
+    free(l);
+}
