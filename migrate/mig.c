@@ -2,11 +2,11 @@
 #include "migrate/mig.h"
 
 static const char *const state_names[MIG_STATE_MAX] = {
-    "idle", "linking", "linked", "connected", "switching",
+    "idle", "linking", "linked", "connected", "switching", "reattaching",
 };
 static const char *const event_names[MIG_EV_MAX] = {
     "prepare", "begin-seamless", "dest-ready", "dest-failed", "channel-migrate",
-    "all-switched", "cancel", "switch-host", "timeout",
+    "all-switched", "cancel", "switch-host", "timeout", "reattach", "reattached",
 };
 
 const char *mig_state_name(enum mig_state s)
@@ -84,8 +84,22 @@ struct mig_step mig_decide(enum mig_state s, enum mig_event e, const struct mig_
         break;
 
     case MIG_EV_SWITCH_HOST:
+        if (s == MIG_REATTACHING)
+            return stay(MIG_REATTACHING); /* the reattach it asks for is under way */
         if (s != MIG_SWITCHING)
             return go(MIG_IDLE, MIG_DO_DROP_DEST | MIG_DO_NOTIFY);
+        break;
+
+    case MIG_EV_REATTACH:
+        /* From anywhere: whatever destination was being prepared goes, and
+         * whoever waits on a prepare hears it failed. */
+        if (s == MIG_REATTACHING)
+            return go(MIG_REATTACHING, MIG_DO_DROP_DEST);
+        return go(MIG_REATTACHING, MIG_DO_DROP_DEST | MIG_DO_NOTIFY);
+
+    case MIG_EV_REATTACHED:
+        if (s == MIG_REATTACHING)
+            return go(MIG_IDLE, 0);
         break;
 
     case MIG_EV_TIMEOUT:

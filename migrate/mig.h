@@ -7,7 +7,10 @@
  * The happy path, prepared in advance (PROTOCOL.md 9.11):
  *   IDLE --prepare--> LINKING --dest ready--> LINKED --BEGIN_SEAMLESS--> CONNECTED
  *        --first channel MIGRATE--> SWITCHING --all switched--> IDLE
- * and unprepared: IDLE --BEGIN_SEAMLESS--> LINKING --dest ready--> CONNECTED ... */
+ * and unprepared: IDLE --BEGIN_SEAMLESS--> LINKING --dest ready--> CONNECTED ...
+ * When the seamless path fails (the source switches host, or is lost while
+ * the destination is known), from any state:
+ *   --reattach--> REATTACHING --reattached--> IDLE */
 #ifndef SB_MIG_H
 #define SB_MIG_H
 
@@ -19,6 +22,8 @@ enum mig_state {
     MIG_LINKED,      /* destination acked DST_DO_SEAMLESS, every leg linked; source silent */
     MIG_CONNECTED,   /* MIGRATE_CONNECTED_SEAMLESS sent; waiting for the source's MIGRATEs */
     MIG_SWITCHING,   /* some channels switched to the destination */
+    MIG_REATTACHING, /* the seamless path failed (switch-host, the source lost): a fresh
+                      * backend session is being linked on the destination */
     MIG_STATE_MAX
 };
 
@@ -32,6 +37,8 @@ enum mig_event {
     MIG_EV_CANCEL,          /* source: MAIN_MIGRATE_CANCEL */
     MIG_EV_SWITCH_HOST,     /* source: MAIN_MIGRATE_SWITCH_HOST (it gave up on seamless) */
     MIG_EV_TIMEOUT,         /* prepared or linking legs waited too long */
+    MIG_EV_REATTACH,        /* relink every channel to a fresh backend session */
+    MIG_EV_REATTACHED,      /* every channel has its fresh backend */
     MIG_EV_MAX
 };
 

@@ -94,6 +94,7 @@ struct session_mig {
 };
 
 static void link_dest_channel(struct chan *c);
+static bool reattaching(const struct session *s);
 /* Carries out migration events one at a time, in order: one raised while
  * another is being carried out waits for it (no re-entrant step).
  * s->mig->notify_why, if set, is the event's reason (copied). */
@@ -918,7 +919,7 @@ static void handover_chan_leaving(struct chan *c)
     struct session *s = c->s;
     struct session_mig *m = s->mig;
     c->leaving = true;
-    if (s->reattaching || m->state == MIG_IDLE || c->is_main)
+    if (reattaching(s) || m->state == MIG_IDLE || c->is_main)
         return;
     /* A channel that goes during a migration no longer counts toward "all
      * destination legs ready" or "all channels switched". */
@@ -933,7 +934,7 @@ static void handover_chan_leaving(struct chan *c)
 static void handover_channels_changed(struct session *s)
 {
     struct session_mig *m = s->mig;
-    if (s->reattaching) {
+    if (reattaching(s)) {
         reattach_done_one(s);
         return;
     }
@@ -998,12 +999,12 @@ static void relink_failed(struct chan *c, const char *why)
 static void reattach_done_one(struct session *s)
 {
     struct chan *c;
-    if (!s->reattaching)
+    if (!reattaching(s))
         return;
     TAILQ_FOREACH(c, &s->chans, link)
         if (c->state == CH_RELAY && !c->relinked && !c->leaving)
             return;
-    s->reattaching = false;
+    handover_event(s, MIG_EV_REATTACHED);
     s->migrations++;
     log_info("%s reattached to %s:%u in %.1f ms (fresh backend session %08x), migration #%u",
              s->sid, s->rec.host, s->rec.port, ms_between(s->t_reattach, handover_now()),
@@ -1169,10 +1170,9 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
 {
     log_info("%s reattaching to %s:%u through a fresh backend session", s->sid, host, port);
     s->t_reattach = handover_now();
-    if (s->mig->state != MIG_IDLE) {
-        drop_dest(s);
-        set_state(s, MIG_IDLE, MIG_EV_SWITCH_HOST);
-    }
+    /* Not from inside another event (reattach runs on a loop turn of its
+     * own), so the state is REATTACHING when this returns. */
+    handover_event(s, MIG_EV_REATTACH);
     if (s->mig->timer != NULL)
         evtimer_del(s->mig->timer);
     s->mig->blackout_pending = false;
@@ -1180,7 +1180,6 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
     snprintf(s->rec.host, sizeof(s->rec.host), "%s", host);
     s->rec.port = port;
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", password);
-    s->reattaching = true;
     struct chan *c, *next;
     for (c = TAILQ_FIRST(&s->chans); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
@@ -1258,7 +1257,7 @@ static int handover_backend_lost(struct chan *c, const char *why)
         return -1;
     if (s->pending_reattach != NULL)
         return 0; /* a switch-host reattach replaces this leg on the next turn */
-    if (c->switched || s->reattaching)
+    if (c->switched || reattaching(s))
         return -1;
     struct session_mig *m = s->mig;
     /* Only the source going away during a migration the broker knows the
@@ -1301,7 +1300,8 @@ int session_prepare(struct session_worker *w, const char *instance, const char *
         if (s->id == 0 || s->closing || strcmp(s->rec.instance, instance) != 0)
             continue;
         struct session_mig *m = s->mig;
-        if (m->state == MIG_CONNECTED || m->state == MIG_SWITCHING) {
+        if (m->state == MIG_CONNECTED || m->state == MIG_SWITCHING ||
+            m->state == MIG_REATTACHING) {
             cb(arg, false, "a migration is already under way");
             n++;
             continue;
@@ -1349,12 +1349,18 @@ static void handover_session_free(struct session *s)
     OPENSSL_cleanse(&s->mig->fallback, sizeof(s->mig->fallback));
 }
 
+/* A fresh backend session is being linked (the seamless path failed). */
+static bool reattaching(const struct session *s)
+{
+    return s->mig->state == MIG_REATTACHING;
+}
+
 /* ------------------------------------------------------------------ the hooks */
 
 static enum relay_verdict main_init(struct chan *c, const struct wire_main_init *mi,
                                     const char **why)
 {
-    return c->s->reattaching ? handover_fresh_init(c, mi, why) : RV_PASS;
+    return reattaching(c->s) ? handover_fresh_init(c, mi, why) : RV_PASS;
 }
 
 static bool watching(const struct chan *c)
@@ -1365,7 +1371,7 @@ static bool watching(const struct chan *c)
 
 static void describe(const struct session *s, char *buf, size_t len)
 {
-    if (s->reattaching)
+    if (reattaching(s))
         snprintf(buf, len, " while reattaching to %s:%u after the source was lost (%s)",
                  s->rec.host, s->rec.port, s->reattach_cause ? s->reattach_cause : "?");
     else if (s->mig->state != MIG_IDLE)

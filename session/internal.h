@@ -229,7 +229,6 @@ struct session {
     uint16_t mouse_supported, mouse_current;
     bool agent_connected, agent_started;
     uint32_t agent_tokens;
-    bool reattaching;           /* a fresh backend session is being linked */
     struct reattach_args *pending_reattach; /* scheduled for the next loop turn */
     bool swallow_channels_list; /* the fresh backend's first CHANNELS_LIST */
     uint64_t t_reattach;

@@ -99,6 +99,28 @@ static void test_cancel_timeout_switch_host(void **state)
     assert_true(st.actions & MIG_DO_DROP_DEST);
 }
 
+/* The fresh path: a reattach starts from any state, drops what was being
+ * prepared, and ends when every channel has its fresh backend. */
+static void test_reattach(void **state)
+{
+    for (int s = 0; s < MIG_STATE_MAX; s++) {
+        struct mig_step st = step((enum mig_state)s, MIG_EV_REATTACH, true, true);
+        assert_true(st.legal);
+        assert_int_equal(st.next, MIG_REATTACHING);
+        assert_true(st.actions & MIG_DO_DROP_DEST);
+    }
+    struct mig_step st = step(MIG_REATTACHING, MIG_EV_REATTACHED, false, true);
+    assert_true(st.legal);
+    assert_int_equal(st.next, MIG_IDLE);
+    assert_int_equal(st.next == MIG_IDLE && st.actions == 0, 1);
+    assert_false(step(MIG_IDLE, MIG_EV_REATTACHED, false, true).legal);
+    assert_false(step(MIG_REATTACHING, MIG_EV_PREPARE, false, true).legal);
+    assert_false(step(MIG_REATTACHING, MIG_EV_BEGIN, true, true).legal);
+    st = step(MIG_REATTACHING, MIG_EV_SWITCH_HOST, false, true);
+    assert_true(st.legal);
+    assert_int_equal(st.next, MIG_REATTACHING);
+}
+
 static void test_illegal_transitions(void **state)
 {
     assert_false(step(MIG_IDLE, MIG_EV_CHANNEL_MIGRATE, false, true).legal);
@@ -127,6 +149,7 @@ int main(void)
         cmocka_unit_test(test_begin_names_another_destination),
         cmocka_unit_test(test_destination_failures),
         cmocka_unit_test(test_cancel_timeout_switch_host),
+        cmocka_unit_test(test_reattach),
         cmocka_unit_test(test_illegal_transitions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
