@@ -38,6 +38,7 @@
 
 #include "broker/broker.h"
 #include "common/log.h"
+#include "migrate/handover.h"
 #include "proto/snap.h"
 #include "proto/http.h"
 #include "proto/wire.h"
@@ -294,14 +295,14 @@ static void prepare_done(void *arg, bool ok, const char *why)
 static void job_prepare(struct session_worker *sw, void *arg)
 {
     struct prepare *p = arg;
-    /* Sessions may call back before session_prepare returns (a destination
+    /* Sessions may call back before handover_prepare returns (a destination
      * that fails at once): hold a provisional reference for each of them
      * first, then keep exactly one per session. */
     enum { PROVISIONAL = 1 << 20 };
     pthread_mutex_lock(&p->f.mu);
     p->f.refs += PROVISIONAL;
     pthread_mutex_unlock(&p->f.mu);
-    int n = session_prepare(sw, p->instance, p->host, p->port,
+    int n = handover_prepare(sw, p->instance, p->host, p->port,
                             p->has_password ? p->password : NULL, prepare_done, p);
     pthread_mutex_lock(&p->f.mu);
     p->f.refs -= PROVISIONAL - n;

@@ -17,6 +17,7 @@
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
+#include "migrate/handover.h"
 #include "proto/snap.h"
 #include "proto/ticket.h"
 
@@ -566,6 +567,7 @@ int main(int argc, char **argv)
         .claim_id = env_claim,
         .release_id = env_release,
         .owner_of = env_owner,
+        .migration = &handover_hooks,
         .handoff = env_handoff,
         .publish = env_publish,
         .arg = &b,

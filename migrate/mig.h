@@ -1,6 +1,6 @@
 /* migrate/mig.h: the per-session migration state machine. One enum, one pure
  * decision function (state + event + facts -> next state + actions), so the
- * rules are unit-tested without sockets; session/handover.c carries the
+ * rules are unit-tested without sockets; migrate/handover.c carries the
  * actions out on the owning worker's loop and changes state only through
  * mig_set_state(), which checks the transition and logs old -> new.
  *

@@ -1,5 +1,8 @@
-/* session/internal.h: the structures shared by session.c, link.c, relay.c and
- * pool.c. Private to session/: nothing outside this folder includes it. */
+/* session/internal.h: the structures shared by session.c, link.c, relay.c,
+ * pool.c, blink.c, leg.c, and the hook table through which they reach the
+ * migration engine. Private to session/ and to that engine (migrate/
+ * handover.c), which works on these channels and legs; nothing else includes
+ * it. */
 #ifndef SB_SESSION_INTERNAL_H
 #define SB_SESSION_INTERNAL_H
 
@@ -122,7 +125,7 @@ struct leg {
     struct blink *bl;           /* while LINKING */
     leg_linked_fn done;
     char where[SNAP_MAX_HOST + 8]; /* "host:port", for logs */
-    /* HELD (handover.c): what the destination sent before the switch */
+    /* HELD (migrate/handover.c): what the destination sent before the switch */
     struct event *rd;
     uint8_t *hold;
     uint32_t hold_len, scan;
@@ -183,7 +186,7 @@ struct chan {
     struct relay_acks acks;
     bool is_main;
 
-    /* Migration (handover.c): the destination leg (`next`) is linked in
+    /* Migration (migrate/handover.c): the destination leg (`next`) is linked in
      * advance and held (pings answered, the rest kept) until this channel
      * switches. */
     bool d_ready;               /* next is linked (main: and ACKed) */
@@ -194,7 +197,7 @@ struct chan {
     uint32_t mig_data_len;
 
     /* What a fresh backend needs to be told, and what the client must
-     * forget, if the session is reattached (handover.c, reattach). */
+     * forget, if the session is reattached (migrate/handover.c, reattach). */
     uint8_t display_init[32];   /* the client's MSGC_DISPLAY_INIT body */
     uint8_t display_init_len;
     uint32_t surfaces[32];      /* display: live surface ids < 1024, as bits */
@@ -204,7 +207,7 @@ struct chan {
     bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */
 };
 
-/* The session's migration state, owned by the engine (handover.c). */
+/* The session's migration state, owned by the engine (migrate/handover.c). */
 struct session_mig;
 
 struct session {
@@ -279,7 +282,7 @@ void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire
 /* ------------------------------------------------------------------ the migration hooks */
 
 /* How the relay, the link code and the teardown reach whatever drives
- * migrations (handover.c): through this table only, never by name. Every
+ * migrations (migrate/handover.c): through this table only, never by name. Every
  * hook runs on the session's loop. */
 struct session_hooks {
     /* relay.c */
@@ -320,8 +323,6 @@ struct session_hooks {
     /* " during a migration to host:port (state)" or "", for the close line. */
     void (*describe)(const struct session *s, char *buf, size_t len);
 };
-/* The migration engine's table (handover.c). */
-extern const struct session_hooks handover_hooks;
 
 /* Arms a read event on t's socket, and runs it at once if t already holds
  * bytes that no socket event will announce (TLS records read ahead). */
@@ -349,7 +350,7 @@ int relay_detach_backend(struct chan *c, const char **why);
 int relay_attach_backend(struct chan *c, struct leg *l);
 int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len);
 /* Switches c from its current leg (it drains: c->old) to its held next leg
- * (LIVE: c->cur); see handover.c. */
+ * (LIVE: c->cur); see migrate/handover.c. */
 int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t first_len,
                          const uint8_t *held, uint32_t held_len, const char **why);
 

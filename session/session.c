@@ -26,8 +26,12 @@ struct session_worker *session_worker_new(const struct session_env *env)
     struct session_worker *w = calloc(1, sizeof(*w));
     if (w == NULL)
         return NULL;
+    if (env->migration == NULL) {
+        free(w);
+        return NULL; /* every worker has a migration engine */
+    }
     w->env = *env;
-    w->hooks = &handover_hooks;
+    w->hooks = env->migration;
     pool_init(&w->pool, env->buffer_size, 8);
     TAILQ_INIT(&w->sessions);
     TAILQ_INIT(&w->pending);

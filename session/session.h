@@ -28,12 +28,15 @@ struct session;
 struct session_worker;
 struct ticket_key;
 struct transport;
+struct session_hooks;
 
 /* What a worker gives its sessions. Callbacks may be called from the worker's
  * loop only, and must not block on the network. */
 struct session_env {
     struct event_base *base;
     const struct ticket_key *key;      /* the broker's RSA-1024 link key */
+    /* The migration engine's hooks (migrate/handover.h: &handover_hooks). */
+    const struct session_hooks *migration;
     int worker_index;
 
     /* token -> backend record. Returns 0 (filled *rec) or -1 with *why a
@@ -81,13 +84,6 @@ void session_accept(struct session_worker *w, struct transport *t,
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);
 
-/* Links every channel of the sessions of `instance` on this worker to a
- * migration destination in advance (PROTOCOL.md 9.11). cb(arg, ok, why) is
- * called once per session when its destination has acknowledged or failed;
- * returns the number of sessions being prepared. */
-typedef void (*session_prepare_cb)(void *arg, bool ok, const char *why);
-int session_prepare(struct session_worker *w, const char *instance, const char *host,
-                    uint16_t port, const char *password, session_prepare_cb cb, void *arg);
 
 /* Calls cb for each live session of this worker (for the admin API). */
 typedef void (*session_visit_cb)(const struct snap_session *rec, void *arg);

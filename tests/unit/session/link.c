@@ -24,6 +24,7 @@
 
 #include "proto/ticket.h"
 #include "proto/wire.h"
+#include "migrate/handover.h"
 #include "session/internal.h"
 
 #define WAIT_MS 3000  /* how long a helper waits for what should come */
@@ -189,6 +190,7 @@ setup(void **state)
         return -1;
     st.port = ntohs(sa.sin_port);
     f->env = (struct session_env){
+        .migration = &handover_hooks,
         .base = f->base,
         .key = broker_key,
         .worker_index = 0,

@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "proto/wire.h"
+#include "migrate/handover.h"
 #include "session/internal.h"
 
 #define BUF_16K 16384u /* the smallest buffer-size the config accepts */
@@ -182,6 +183,7 @@ static void
 open_chan_with(struct fx *f, uint8_t type, uint32_t bufsize, const uint8_t *leftover, size_t len)
 {
     struct session_env env = {
+        .migration = &handover_hooks,
         .resolve = stub_resolve,
         .claim_id = stub_claim,
         .release_id = stub_release,

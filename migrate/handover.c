@@ -1,4 +1,4 @@
-/* session/handover.c: seamless migration, the broker playing spice-gtk's part
+/* migrate/handover.c: seamless migration, the broker playing spice-gtk's part
  * toward the source and destination QEMU (PROTOCOL.md 4.4 and 9) while the
  * client keeps its connections to the broker and sees none of it. Runs on the
  * session's worker loop. The rules live in migrate/mig.c; this file carries
@@ -33,6 +33,7 @@
 #include <openssl/crypto.h>
 
 #include "common/log.h"
+#include "migrate/handover.h"
 #include "migrate/mig.h"
 #include "session/internal.h"
 
@@ -79,7 +80,7 @@ struct session_mig {
     bool blackout_pending;      /* switched; waiting for the destination's first draw */
     char *summary;              /* the migration's log line, waiting for its blackout */
     uint64_t held_bytes;
-    session_prepare_cb notify;
+    handover_prepare_cb notify;
     void *notify_arg;
     const char *notify_why;     /* static string: why the last step failed */
     struct mig_dest fallback;   /* a prepared destination whose legs were dropped */
@@ -153,7 +154,7 @@ static void notify(struct session *s, bool ok, const char *why)
 {
     if (s->mig->notify == NULL)
         return;
-    session_prepare_cb cb = s->mig->notify;
+    handover_prepare_cb cb = s->mig->notify;
     s->mig->notify = NULL;
     cb(s->mig->notify_arg, ok, why);
 }
@@ -1290,8 +1291,8 @@ static int handover_backend_lost(struct chan *c, const char *why)
 
 /* ------------------------------------------------------------------ prepare, teardown */
 
-int session_prepare(struct session_worker *w, const char *instance, const char *host,
-                    uint16_t port, const char *password, session_prepare_cb cb, void *arg)
+int handover_prepare(struct session_worker *w, const char *instance, const char *host,
+                     uint16_t port, const char *password, handover_prepare_cb cb, void *arg)
 {
     int n = 0;
     struct session *s, *next;
