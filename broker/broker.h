@@ -41,6 +41,7 @@ struct broker {
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
+    struct event *token_file_check; /* re-reads the token file when it changes */
     struct store_writer *writer; /* makes every store write of the control loop */
     struct broker_record *retry; /* records the store did not take yet, newest per session */
     size_t n_retry, cap_retry;

@@ -477,6 +477,12 @@ static void sweep_sessions(struct broker *b, bool startup)
     free(sw.end);
 }
 
+static void on_token_file_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct broker *b = arg;
+    resolver_reload(b->resolver);
+}
+
 static void on_history_sweep(evutil_socket_t fd, short what, void *arg)
 {
     sweep_sessions(arg, false);
@@ -550,6 +556,15 @@ int main(int argc, char **argv)
         goto out;
     }
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
+    if (b.cfg.token_file[0] != '\0') {
+        /* The token file is read here, never on a worker: at start, then
+         * whenever it changes (checked every second). */
+        resolver_reload(b.resolver);
+        b.token_file_check = event_new(b.base, -1, EV_PERSIST, on_token_file_check, &b);
+        struct timeval tv = { 1, 0 };
+        if (b.token_file_check != NULL)
+            event_add(b.token_file_check, &tv);
+    }
     sweep_sessions(&b, true);
     b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
     if (b.history_sweep != NULL) {
@@ -648,6 +663,9 @@ out:
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
+    if (b.token_file_check != NULL)
+        event_free(b.token_file_check);
+    b.token_file_check = NULL;
     if (b.history_sweep != NULL)
         event_free(b.history_sweep);
     b.history_sweep = NULL;

@@ -1,4 +1,7 @@
-/* broker/resolver.c: token lookups in the store and the token file. */
+/* broker/resolver.c: token lookups in the store and the token file. Lookups
+ * run on the worker loops and do no I/O: the store answers from memory, and
+ * the token file is re-read by the control loop (resolver_reload) into a
+ * table the lookups read under a mutex. */
 #include "broker/resolver.h"
 
 #include <ctype.h>
@@ -90,17 +93,21 @@ int resolver_parse_line(const char *line, char *token, size_t tcap, struct snap_
     return 0;
 }
 
-/* Re-reads the token file if it changed. Called with r->mu held. */
-static void reload_locked(struct resolver *r)
+void resolver_reload(struct resolver *r)
 {
+    if (r->path[0] == '\0')
+        return;
     struct stat st;
     if (stat(r->path, &st) != 0) {
+        pthread_mutex_lock(&r->mu);
         if (r->loaded)
             log_warn("token file %s", r->path);
         free_entries(r);
         r->loaded = false;
+        pthread_mutex_unlock(&r->mu);
         return;
     }
+    /* Only this thread writes mtime, size and loaded. */
     if (r->loaded && st.st_mtim.tv_sec == r->mtime.tv_sec &&
         st.st_mtim.tv_nsec == r->mtime.tv_nsec && st.st_size == r->size)
         return;
@@ -109,7 +116,9 @@ static void reload_locked(struct resolver *r)
         log_warn("token file %s", r->path);
         return;
     }
-    free_entries(r);
+    /* Read into a new table, then swap it in: lookups wait for the swap only. */
+    struct file_entry *entries = NULL;
+    size_t n = 0;
     char line[1024];
     int lineno = 0, bad = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
@@ -124,20 +133,25 @@ static void reload_locked(struct resolver *r)
             bad++;
             continue;
         }
-        struct file_entry *ne = realloc(r->entries, (r->n + 1) * sizeof(*ne));
+        struct file_entry *ne = realloc(entries, (n + 1) * sizeof(*ne));
         if (ne == NULL)
             break;
-        r->entries = ne;
-        ne[r->n].token = strdup(token);
-        ne[r->n].rec = rec;
-        if (ne[r->n].token != NULL)
-            r->n++;
+        entries = ne;
+        ne[n].token = strdup(token);
+        ne[n].rec = rec;
+        if (ne[n].token != NULL)
+            n++;
         OPENSSL_cleanse(token, sizeof(token));
     }
     fclose(f);
+    pthread_mutex_lock(&r->mu);
+    free_entries(r);
+    r->entries = entries;
+    r->n = n;
     r->mtime = st.st_mtim;
     r->size = st.st_size;
     r->loaded = true;
+    pthread_mutex_unlock(&r->mu);
     log_info("token file %s: %zu tokens loaded%s", r->path, r->n, bad ? " (some lines ignored)" : "");
 }
 
@@ -197,7 +211,6 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         return -1;
     int found = -1;
     pthread_mutex_lock(&r->mu);
-    reload_locked(r);
     for (size_t i = 0; i < r->n; i++) {
         const char *t = r->entries[i].token;
         if (strlen(t) == strlen(token) && CRYPTO_memcmp(t, token, strlen(t)) == 0) {

@@ -1,7 +1,8 @@
 /* broker/resolver.h: console token -> backend record. Looks in the store
  * first (tokens added through the admin API), then in the websockify-style
- * token file, which is re-read whenever its mtime changes. Thread-safe;
- * called from worker loops (the store answers from memory). */
+ * token file. Lookups are thread-safe and do no I/O (called from worker
+ * loops: the store answers from memory, the token file's table is in
+ * memory); the control loop re-reads the file when it changes. */
 #ifndef SB_RESOLVER_H
 #define SB_RESOLVER_H
 
@@ -12,6 +13,9 @@ struct resolver;
 
 struct resolver *resolver_new(struct store *st, const char *zone, const char *token_file);
 void resolver_free(struct resolver *r);
+/* Re-reads the token file if its mtime or size changed (control loop only;
+ * file I/O). The new table replaces the old one whole. */
+void resolver_reload(struct resolver *r);
 /* 0 and *rec filled, or -1 with *why ("unknown token", "expired token"). */
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why);
 /* Parses one token-file line "TOKEN: HOST:PORT". 0, 1 for a blank/comment line, -1 if malformed. */
