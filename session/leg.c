@@ -45,10 +45,11 @@ void leg_set_state(struct leg *l, enum leg_state next)
     if (l->state == next)
         return;
     if (!legal(l->state, next)) {
-        /* A broken invariant of ours, not something a peer can cause. */
-        fatalx("%s %s:%u backend leg %s: %s -> %s is not a legal move", chan_sid(c),
-               wire_channel_name(c->type), c->id, l->where, leg_state_name(l->state),
-               leg_state_name(next));
+        /* A broken invariant of ours, not something a peer can cause: said
+         * loudly, but one session's bug does not take the process down. */
+        log_warnx("%s %s:%u backend leg %s: %s -> %s is not a legal move (a bug)", chan_sid(c),
+                  wire_channel_name(c->type), c->id, l->where, leg_state_name(l->state),
+                  leg_state_name(next));
     }
     log_debug("%s %s:%u backend leg %s %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id,
               l->where, leg_state_name(l->state), leg_state_name(next));
