@@ -583,6 +583,10 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 t->wants = TRANSPORT_WANT_WRITE;
+                if (t->hdr_sent == 0) { /* the frame never started */
+                    t->hdr_len = 0;
+                    t->out_left = 0;
+                }
                 break;
             }
             t->err = "write failed";
