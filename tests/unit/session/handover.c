@@ -1,0 +1,1180 @@
+/* tests/unit/session/handover.c: cmocka tests for the migration engine
+ * (session/handover.c), driven with synthetic legs, without QEMU.
+ *
+ * Each test builds one worker and one session by hand (as relay.c's tests
+ * do): a main channel and one to three other channels, each relaying between
+ * two socketpairs. The test plays every peer:
+ *   - the client (spice-gtk) on each channel's client socketpair end;
+ *   - the source QEMU on each channel's backend socketpair end (MAIN_INIT,
+ *     MIGRATE_BEGIN_SEAMLESS, SPICE_MSG_MIGRATE, MIGRATE_DATA, ...);
+ *   - the destination QEMU: a tiny SPICE server on a real 127.0.0.1 TCP port
+ *     (two of them, for a re-link), which answers the broker's link messages
+ *     (RSA ticket and all), DST_DO_SEAMLESS with ACK or NACK, sends PINGs and
+ *     its first messages, and checks what it receives.
+ * The engine is reached only as the broker reaches it: through the relay,
+ * session_prepare(), chan_close() and the hook table; its state is read back
+ * through the `describe` hook. Single-threaded: every wait runs the worker's
+ * loop one non-blocking turn at a time and is bounded (WAIT_MS, QUIET_MS). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "migrate/mig.h"
+#include "proto/ticket.h"
+#include "proto/wire.h"
+#include "session/internal.h"
+
+#define WAIT_MS 3000  /* how long a helper waits for what should come */
+#define QUIET_MS 100  /* how long "nothing arrives" is watched (all ends at once) */
+#define SID 0x5e55a001u /* the session id the source's MAIN_INIT gives */
+#define SRC_PW "pw-source" /* the session's backend password (s->rec.password) */
+#define DST_PW "pw-dest"   /* the password a prepare names */
+#define BIT(n) (1u << (n))
+/* Message types no channel defines: the relay can only pass them through. */
+#define MSG_X 0x4000
+#define MSGC_X 0x4000
+#define HDR WIRE_MINI_HEADER_SIZE
+#define MAX_CH 4
+#define MAX_FDS 48
+
+/* The fake destinations' RSA key, made once (slow). */
+static struct ticket_key *server_key;
+
+/* ------------------------------------------------------------------ session_env stubs */
+
+static struct {
+    int claims, releases, publishes, publishes_ended;
+    struct snap_session last_pub;
+    /* session_prepare's callback, every call */
+    int prep_n;
+    bool prep_ok[8];
+    char prep_why[8][128];
+} st;
+
+static int
+stub_resolve(void *arg, const char *token, struct snap_token *rec, const char **why)
+{
+    (void)arg, (void)token, (void)rec;
+    *why = "no tokens in handover tests";
+    return -1;
+}
+
+static int
+stub_claim(void *arg, uint32_t id, int worker_index)
+{
+    (void)arg, (void)id, (void)worker_index;
+    st.claims++;
+    return 0;
+}
+
+static void
+stub_release(void *arg, uint32_t id)
+{
+    (void)arg, (void)id;
+    st.releases++;
+}
+
+static int
+stub_owner(void *arg, uint32_t id)
+{
+    (void)arg, (void)id;
+    return 0;
+}
+
+static int
+stub_handoff(void *arg, int worker_index, struct transport *t, const struct sockaddr_storage *peer,
+             const uint8_t *pre, size_t pre_len, const char *web_token)
+{
+    (void)arg, (void)worker_index, (void)peer, (void)pre, (void)pre_len, (void)web_token;
+    transport_free(t);
+    return -1;
+}
+
+static void
+stub_publish(void *arg, const struct snap_session *rec, bool ended)
+{
+    (void)arg;
+    st.publishes++;
+    if (ended)
+        st.publishes_ended++;
+    st.last_pub = *rec;
+}
+
+static void
+on_prepared(void *arg, bool ok, const char *why)
+{
+    (void)arg;
+    assert_true(st.prep_n < 8);
+    st.prep_ok[st.prep_n] = ok;
+    snprintf(st.prep_why[st.prep_n], sizeof(st.prep_why[0]), "%s", why ? why : "");
+    st.prep_n++;
+}
+
+/* ------------------------------------------------------------------ fixture */
+
+/* One channel as the test sees it: its three peers' ends. */
+struct end {
+    uint8_t type;
+    int client; /* plays spice-gtk */
+    int src;    /* plays the source QEMU (a socketpair end) */
+    int dst;    /* the destination leg, as the fake destination accepted it; -1 */
+};
+
+struct fx {
+    struct event_base *base;
+    struct session_worker *w;
+    struct session *s;      /* dangling once the session closed: check alive() */
+    struct end ch[MAX_CH];  /* ch[0] is main */
+    int n_ch;
+    int lfd[2];             /* the fake destinations' listening sockets */
+    uint16_t dport[2];
+    int fds[MAX_FDS];       /* every accepted destination connection, for teardown */
+    int n_fds;
+};
+
+static int
+group_setup(void **state)
+{
+    (void)state;
+    server_key = ticket_key_new();
+    return server_key != NULL ? 0 : -1;
+}
+
+static int
+group_teardown(void **state)
+{
+    (void)state;
+    ticket_key_free(server_key);
+    return 0;
+}
+
+static int
+listen_local(uint16_t *port)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 16) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0)
+        return -1;
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* A TCP port on 127.0.0.1 that nothing listens on. */
+static uint16_t
+closed_port(void)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static int
+setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    if (f == NULL)
+        return -1;
+    memset(&st, 0, sizeof(st));
+    for (int i = 0; i < MAX_CH; i++)
+        f->ch[i].client = f->ch[i].src = f->ch[i].dst = -1;
+    f->lfd[0] = listen_local(&f->dport[0]);
+    f->lfd[1] = listen_local(&f->dport[1]);
+    f->base = event_base_new();
+    if (f->lfd[0] < 0 || f->lfd[1] < 0 || f->base == NULL)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fx *f = *state;
+
+    session_worker_free(f->w);
+    for (int i = 0; i < f->n_ch; i++) {
+        if (f->ch[i].client >= 0)
+            close(f->ch[i].client);
+        if (f->ch[i].src >= 0)
+            close(f->ch[i].src);
+    }
+    for (int i = 0; i < f->n_fds; i++)
+        if (f->fds[i] >= 0)
+            close(f->fds[i]);
+    for (int k = 0; k < 2; k++)
+        if (f->lfd[k] >= 0)
+            close(f->lfd[k]);
+    event_base_free(f->base);
+    free(f);
+    return 0;
+}
+
+/* Closes one of the test's ends (a destination connection or a source or
+ * client end) and forgets it. */
+static void
+close_end(struct fx *f, int *fd)
+{
+    for (int i = 0; i < f->n_fds; i++)
+        if (f->fds[i] == *fd)
+            f->fds[i] = -1;
+    close(*fd);
+    *fd = -1;
+}
+
+static bool
+alive(struct fx *f)
+{
+    return session_find(f->w, SID) == f->s && f->s != NULL;
+}
+
+static struct end *
+end_of(struct fx *f, uint8_t type)
+{
+    for (int i = 0; i < f->n_ch; i++)
+        if (f->ch[i].type == type)
+            return &f->ch[i];
+    fail_msg("no channel of type %u", type);
+    return NULL;
+}
+
+/* The broker's channel of that type, or NULL once it closed. */
+static struct chan *
+chan_of(struct fx *f, uint8_t type)
+{
+    struct chan *c;
+
+    if (!alive(f))
+        return NULL;
+    TAILQ_FOREACH(c, &f->s->chans, link)
+        if (c->type == type)
+            return c;
+    return NULL;
+}
+
+/* The session's migration state as the engine describes it: a mig_state
+ * name, "reattaching", or "closed". */
+static const char *
+state_of(struct fx *f)
+{
+    static char buf[SNAP_MAX_HOST + 200], name[32];
+
+    if (!alive(f))
+        return "closed";
+    f->w->hooks->describe(f->s, buf, sizeof(buf));
+    if (buf[0] == '\0')
+        return mig_state_name(MIG_IDLE);
+    if (strstr(buf, "reattaching") != NULL)
+        return "reattaching";
+    char *o = strrchr(buf, '('), *c = strrchr(buf, ')');
+    assert_non_null(o);
+    assert_non_null(c);
+    assert_true(c > o && (size_t)(c - o) < sizeof(name));
+    memcpy(name, o + 1, (size_t)(c - o - 1));
+    name[c - o - 1] = '\0';
+    return name;
+}
+
+#define assert_state(f, st_) assert_string_equal(state_of(f), mig_state_name(st_))
+
+/* ------------------------------------------------------------------ loop and I/O helpers */
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One non-blocking turn of the worker loop. */
+static void
+turn(struct fx *f)
+{
+    event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+static void
+nap(void)
+{
+    poll(NULL, 0, 1);
+}
+
+static void __attribute__((unused))
+run_for(struct fx *f, int ms)
+{
+    int64_t end = now_ms() + ms;
+
+    do {
+        turn(f);
+        nap();
+    } while (now_ms() < end);
+}
+
+/* Runs the loop until cond holds (WAIT_MS at most). */
+#define WAIT_FOR(f, cond)                                                        \
+    do {                                                                         \
+        int64_t end_ = now_ms() + WAIT_MS;                                       \
+        while (!(cond)) {                                                        \
+            if (now_ms() >= end_)                                                \
+                fail_msg("%s:%d: timed out waiting for %s", __FILE__, __LINE__, #cond); \
+            turn(f);                                                             \
+            nap();                                                               \
+        }                                                                        \
+    } while (0)
+
+/* Reads what is there, running the loop while nothing is. Returns the count
+ * (> 0), 0 if the broker closed its end (EOF or reset), -1 on timeout. */
+static ssize_t
+recv_some(struct fx *f, int fd, void *buf, size_t n, int ms)
+{
+    int64_t end = now_ms() + ms;
+
+    for (;;) {
+        ssize_t r = recv(fd, buf, n, 0);
+        if (r >= 0)
+            return r;
+        if (errno == ECONNRESET)
+            return 0;
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+        if (now_ms() >= end)
+            return -1;
+        turn(f);
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        poll(&p, 1, 1);
+    }
+}
+
+/* 0: got n bytes; 1: closed first; -1: timeout. */
+static int
+recv_exact(struct fx *f, int fd, void *buf, size_t n, int ms)
+{
+    int64_t end = now_ms() + ms;
+    size_t have = 0;
+
+    while (have < n) {
+        int left = (int)(end - now_ms());
+        ssize_t r = recv_some(f, fd, (uint8_t *)buf + have, n - have, left > 0 ? left : 0);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return 1;
+        have += (size_t)r;
+    }
+    return 0;
+}
+
+static void
+read_exact(struct fx *f, int fd, void *buf, size_t n)
+{
+    int rc = recv_exact(f, fd, buf, n, WAIT_MS);
+
+    if (rc != 0)
+        fail_msg("expected %zu bytes, got %s", n, rc > 0 ? "EOF" : "nothing (timeout)");
+}
+
+static void
+send_all(struct fx *f, int fd, const void *buf, size_t n)
+{
+    int64_t end = now_ms() + WAIT_MS;
+    size_t done = 0;
+
+    while (done < n) {
+        ssize_t w = send(fd, (const uint8_t *)buf + done, n - done, MSG_NOSIGNAL);
+        if (w > 0) {
+            done += (size_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            fail_msg("send_all: the broker closed its end (%zu of %zu bytes written)", done, n);
+        assert_true(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
+        if (now_ms() >= end)
+            fail_msg("send_all: %zu of %zu bytes written before timeout", done, n);
+        turn(f);
+        nap();
+    }
+}
+
+/* Nothing arrives on any of the n ends for QUIET_MS (bytes are left unread). */
+static void
+expect_quiet_n(struct fx *f, const int *fds, int n)
+{
+    int64_t end = now_ms() + QUIET_MS;
+    uint8_t b;
+
+    while (now_ms() < end) {
+        turn(f);
+        for (int i = 0; i < n; i++) {
+            if (fds[i] < 0)
+                continue;
+            ssize_t r = recv(fds[i], &b, 1, MSG_PEEK);
+            if (r > 0)
+                fail_msg("expected silence on end %d (fd %d), got data", i, fds[i]);
+            if (r == 0)
+                fail_msg("expected silence on end %d (fd %d), got EOF", i, fds[i]);
+        }
+        nap();
+    }
+}
+
+/* Every client end is quiet: the client sees nothing of the migration. */
+static void
+expect_clients_quiet(struct fx *f)
+{
+    int fds[MAX_CH];
+
+    for (int i = 0; i < f->n_ch; i++)
+        fds[i] = f->ch[i].client;
+    expect_quiet_n(f, fds, f->n_ch);
+}
+
+static void
+expect_quiet(struct fx *f, int fd)
+{
+    expect_quiet_n(f, &fd, 1);
+}
+
+/* No more bytes, then EOF (or a reset) within WAIT_MS. */
+static void
+expect_eof(struct fx *f, int fd)
+{
+    uint8_t b[64];
+    ssize_t r = recv_some(f, fd, b, sizeof(b), WAIT_MS);
+
+    if (r > 0)
+        fail_msg("expected EOF on fd %d, got %zd more bytes (first type %u)", fd, r,
+                 r >= 2 ? wire_get_u16(b) : 0);
+    if (r < 0)
+        fail_msg("expected EOF on fd %d, the connection is still open", fd);
+}
+
+/* ------------------------------------------------------------------ message helpers */
+
+static size_t
+msg_put(uint8_t *p, uint16_t type, const void *body, uint32_t len)
+{
+    wire_put_u16(p, type);
+    wire_put_u32(p + 2, len);
+    if (len)
+        memcpy(p + HDR, body, len);
+    return HDR + len;
+}
+
+static void
+send_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
+{
+    uint8_t b[HDR + 4096];
+
+    assert_true(len <= 4096);
+    send_all(f, fd, b, msg_put(b, type, body, len));
+}
+
+struct msg {
+    uint16_t type;
+    uint32_t size;
+    uint8_t body[8192];
+};
+
+/* 0: a message; 1: closed; -1: timeout. */
+static int
+recv_msg(struct fx *f, int fd, struct msg *m, int ms)
+{
+    uint8_t h[HDR];
+    int rc = recv_exact(f, fd, h, sizeof(h), ms);
+
+    if (rc != 0)
+        return rc;
+    m->type = wire_get_u16(h);
+    m->size = wire_get_u32(h + 2);
+    assert_true(m->size <= sizeof(m->body));
+    return recv_exact(f, fd, m->body, m->size, ms) == 0 ? 0 : -1;
+}
+
+static void
+expect_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
+{
+    struct msg m;
+    int rc = recv_msg(f, fd, &m, WAIT_MS);
+
+    if (rc != 0)
+        fail_msg("expected message %u on fd %d, got %s", type, fd, rc > 0 ? "EOF" : "nothing");
+    if (m.type != type)
+        fail_msg("expected message %u on fd %d, got %u (%u bytes)", type, fd, m.type, m.size);
+    assert_int_equal(m.size, len);
+    if (len)
+        assert_memory_equal(m.body, body, len);
+}
+
+static void
+expect_str(struct fx *f, int fd, uint16_t type, const char *s)
+{
+    expect_msg(f, fd, type, s, (uint32_t)strlen(s));
+}
+
+static void
+send_str(struct fx *f, int fd, uint16_t type, const char *s)
+{
+    send_msg(f, fd, type, s, (uint32_t)strlen(s));
+}
+
+static void
+send_u32(struct fx *f, int fd, uint16_t type, uint32_t v)
+{
+    uint8_t b[4];
+
+    wire_put_u32(b, v);
+    send_msg(f, fd, type, b, 4);
+}
+
+static void
+expect_u32(struct fx *f, int fd, uint16_t type, uint32_t v)
+{
+    uint8_t b[4];
+
+    wire_put_u32(b, v);
+    expect_msg(f, fd, type, b, 4);
+}
+
+static size_t
+main_init_put(uint8_t *p, uint32_t session_id, uint32_t mouse_current)
+{
+    struct wire_main_init mi = {
+        .session_id = session_id, .display_channels_hint = 1, .supported_mouse_modes = 3,
+        .current_mouse_mode = mouse_current, .agent_connected = 1, .agent_tokens = 10,
+        .multi_media_time = 12345, .ram_hint = 4096,
+    };
+    uint8_t b[32];
+
+    assert_int_equal(wire_main_init_build(b, sizeof(b), &mi), 32);
+    return msg_put(p, SPICE_MSG_MAIN_INIT, b, 32);
+}
+
+/* A migration-data body as a source would send it: a 4-char magic, version
+ * 1, then `n` bytes of a pattern that depends on `seed`. */
+static uint32_t
+mig_data(uint8_t *b, const char *magic, uint32_t n, uint8_t seed)
+{
+    memcpy(b, magic, 4);
+    wire_put_u32(b + 4, 1);
+    for (uint32_t i = 0; i < n; i++)
+        b[8 + i] = (uint8_t)(seed * 37 + i * 13 + (i >> 5));
+    return 8 + n;
+}
+
+/* ------------------------------------------------------------------ the session */
+
+/* Builds the worker and a session with one relaying channel per type
+ * (types[0] must be MAIN); the source's MAIN_INIT then gives it SID. The
+ * channels are made by session_accept() and moved into the session as
+ * link.c does once both legs are linked (see tests/unit/session/relay.c). */
+static void
+open_session(struct fx *f, const uint8_t *types, int n)
+{
+    struct session_env env = {
+        .base = f->base,
+        .resolve = stub_resolve,
+        .claim_id = stub_claim,
+        .release_id = stub_release,
+        .owner_of = stub_owner,
+        .handoff = stub_handoff,
+        .publish = stub_publish,
+        .link_timeout_ms = 2000,
+        .backend_timeout_ms = 2000,
+        .buffer_size = 65536,
+        .broker_id = "test-broker",
+    };
+    struct sockaddr_storage peer = { .ss_family = AF_UNSPEC };
+    struct session *s;
+    uint8_t init[64];
+    size_t ni;
+
+    assert_true(n >= 1 && n <= MAX_CH && types[0] == SPICE_CHANNEL_MAIN);
+    f->w = session_worker_new(&env);
+    assert_non_null(f->w);
+
+    s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    assert_int_equal(f->w->hooks->session_init(s), 0);
+    s->w = f->w;
+    TAILQ_INIT(&s->chans);
+    snprintf(s->sid, sizeof(s->sid), "sid=-");
+    snprintf(s->client, sizeof(s->client), "127.0.0.1:40000");
+    snprintf(s->rec.host, sizeof(s->rec.host), "127.0.0.1");
+    s->rec.port = closed_port(); /* the source is played over socketpairs */
+    snprintf(s->rec.password, sizeof(s->rec.password), SRC_PW);
+    snprintf(s->rec.instance, sizeof(s->rec.instance), "inst-1");
+    s->started = (int64_t)time(NULL);
+    TAILQ_INSERT_TAIL(&f->w->sessions, s, link);
+    f->w->stats.sessions_active++;
+    f->s = s;
+
+    for (int i = 0; i < n; i++) {
+        int cp[2], bp[2];
+        struct chan *c;
+
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, cp), 0);
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, bp), 0);
+        f->ch[i].type = types[i];
+        f->ch[i].client = cp[1];
+        f->ch[i].src = bp[1];
+        f->ch[i].dst = -1;
+        f->n_ch = i + 1;
+        session_accept(f->w, transport_tcp_new(cp[0]), &peer, NULL, 0, NULL);
+        c = TAILQ_FIRST(&f->w->pending);
+        assert_non_null(c);
+        TAILQ_REMOVE(&f->w->pending, c, link);
+        c->s = s;
+        c->type = types[i];
+        c->id = 0;
+        c->is_main = types[i] == SPICE_CHANNEL_MAIN;
+        c->cur = calloc(1, sizeof(*c->cur)); /* a backend leg, as leg_link() leaves it */
+        assert_non_null(c->cur);
+        c->cur->c = c;
+        c->cur->state = LEG_LINKING;
+        snprintf(c->cur->where, sizeof(c->cur->where), "source");
+        c->cur->t = transport_tcp_new(bp[0]);
+        TAILQ_INSERT_TAIL(&s->chans, c, link);
+        c->attached = true;
+        if (c->is_main)
+            s->main = c;
+        assert_int_equal(relay_start(c, NULL, 0, NULL, 0), 0);
+    }
+
+    /* The source's MAIN_INIT names the session (as relay.c registers it). */
+    ni = main_init_put(init, SID, 2);
+    send_all(f, f->ch[0].src, init, ni);
+    {
+        uint8_t got[64];
+        read_exact(f, f->ch[0].client, got, ni);
+        assert_memory_equal(got, init, ni);
+    }
+    assert_true(alive(f));
+    assert_int_equal(s->backend_id, SID);
+    assert_state(f, MIG_IDLE);
+}
+
+/* ------------------------------------------------------------------ the fake destination */
+
+/* Accepts the broker's next connection to destination k. */
+static int
+dst_accept(struct fx *f, int k)
+{
+    int64_t end = now_ms() + WAIT_MS;
+
+    assert_true(f->n_fds < MAX_FDS);
+    for (;;) {
+        int fd = accept4(f->lfd[k], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            f->fds[f->n_fds++] = fd;
+            return fd;
+        }
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+        if (now_ms() >= end)
+            fail_msg("the broker never connected to destination %d", k);
+        turn(f);
+        nap();
+    }
+}
+
+/* Nobody dials destination k for QUIET_MS. */
+static void
+expect_no_dial(struct fx *f, int k)
+{
+    int64_t end = now_ms() + QUIET_MS;
+    struct pollfd p = { .fd = f->lfd[k], .events = POLLIN };
+
+    while (now_ms() < end) {
+        turn(f);
+        nap();
+    }
+    assert_int_equal(poll(&p, 1, 0), 0);
+}
+
+static void
+dst_read_link(struct fx *f, int fd, struct wire_link_mess *m)
+{
+    uint8_t h[WIRE_LINK_HEADER_SIZE], body[WIRE_LINK_MAX_BODY];
+    uint32_t size = 0, lerr = 0;
+
+    read_exact(f, fd, h, sizeof(h));
+    assert_int_equal(wire_link_header_parse(h, sizeof(h), &size, &lerr, NULL), WIRE_OK);
+    read_exact(f, fd, body, size);
+    assert_int_equal(wire_link_mess_parse(body, size, m, NULL), WIRE_OK);
+}
+
+/* A link reply as spice-server sends it (common caps 0, 1, 3). */
+static void
+dst_send_reply(struct fx *f, int fd, uint32_t chan_caps)
+{
+    struct wire_link_reply r;
+    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8];
+    size_t n;
+
+    memset(&r, 0, sizeof(r));
+    r.error = SPICE_LINK_ERR_OK;
+    assert_int_equal(ticket_key_public_der(server_key, r.pub_key), 0);
+    r.caps.n_common = 1;
+    r.caps.common[0] = BIT(SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION) |
+                       BIT(SPICE_COMMON_CAP_AUTH_SPICE) | BIT(SPICE_COMMON_CAP_MINI_HEADER);
+    r.caps.n_channel = 1;
+    r.caps.channel[0] = chan_caps;
+    n = wire_link_reply_build(b, sizeof(b), &r);
+    assert_true(n > 0);
+    send_all(f, fd, b, n);
+}
+
+static void
+dst_read_ticket(struct fx *f, int fd, const char *want_pw)
+{
+    uint8_t b[4 + WIRE_TICKET_SIZE];
+    char pw[TICKET_MAX_PLAIN];
+
+    read_exact(f, fd, b, sizeof(b));
+    assert_int_equal(wire_get_u32(b), SPICE_COMMON_CAP_AUTH_SPICE);
+    assert_int_equal(ticket_decrypt(server_key, b + 4, pw, TICKET_MAX_PLAIN), 0);
+    assert_string_equal(pw, want_pw);
+}
+
+static void
+dst_send_result(struct fx *f, int fd, uint32_t res, const uint8_t *extra, size_t extra_len)
+{
+    uint8_t b[4 + 256];
+
+    assert_true(extra_len <= 256);
+    wire_put_u32(b, res);
+    if (extra_len)
+        memcpy(b + 4, extra, extra_len);
+    send_all(f, fd, b, 4 + extra_len);
+}
+
+/* The destination's part of one link, up to the link result `res`. The main
+ * channel's reply advertises SEAMLESS_MIGRATE unless `no_seamless`. */
+static int
+dst_link_as(struct fx *f, int k, struct wire_link_mess *m, const char *pw, uint32_t res,
+            bool no_seamless)
+{
+    int fd = dst_accept(f, k);
+
+    dst_read_link(f, fd, m);
+    dst_send_reply(f, fd, m->channel_type == SPICE_CHANNEL_MAIN && !no_seamless
+                              ? BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE)
+                              : 0);
+    dst_read_ticket(f, fd, pw);
+    dst_send_result(f, fd, res, NULL, 0);
+    return fd;
+}
+
+/* The destination main: links (a migration target: the live session id),
+ * and reads DST_DO_SEAMLESS{1}. */
+static int
+dst_main(struct fx *f, int k, const char *pw)
+{
+    struct wire_link_mess m;
+    int fd = dst_link_as(f, k, &m, pw, SPICE_LINK_ERR_OK, false);
+
+    assert_int_equal(m.channel_type, SPICE_CHANNEL_MAIN);
+    assert_int_equal(m.channel_id, 0);
+    assert_int_equal(m.connection_id, SID);
+    assert_true(wire_caps_has_channel(&m.caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE));
+    assert_true(wire_caps_has_channel(&m.caps, SPICE_MAIN_CAP_AGENT_CONNECTED_TOKENS));
+    expect_u32(f, fd, SPICE_MSGC_MAIN_MIGRATE_DST_DO_SEAMLESS, 1);
+    f->ch[0].dst = fd;
+    return fd;
+}
+
+/* The destination's part for the n non-main channels the broker links after
+ * the ACK, in whatever order they come. */
+static void
+dst_others(struct fx *f, int k, const char *pw, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct wire_link_mess m;
+        int fd = dst_link_as(f, k, &m, pw, SPICE_LINK_ERR_OK, false);
+        struct end *e = end_of(f, m.channel_type);
+
+        assert_int_not_equal(m.channel_type, SPICE_CHANNEL_MAIN);
+        assert_int_equal(m.channel_id, 0);
+        assert_int_equal(m.connection_id, SID);
+        assert_int_equal(e->dst, -1);
+        e->dst = fd;
+    }
+}
+
+/* The whole destination k comes up: main linked and ACKed, every other
+ * channel linked. */
+static void
+dst_up(struct fx *f, int k, const char *pw)
+{
+    int dm = dst_main(f, k, pw);
+
+    send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
+    dst_others(f, k, pw, f->n_ch - 1);
+}
+
+/* Forgets the destination ends (after the broker dropped them). */
+static void __attribute__((unused))
+expect_dst_dropped(struct fx *f)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        if (f->ch[i].dst >= 0) {
+            expect_eof(f, f->ch[i].dst);
+            close_end(f, &f->ch[i].dst);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the source's messages */
+
+static void
+src_begin_to(struct fx *f, uint16_t port, uint32_t version)
+{
+    struct wire_migrate_dst d = { .port = port, .sport = 0, .src_mig_version = version };
+    uint8_t body[512];
+    size_t bn;
+
+    snprintf(d.host, sizeof(d.host), "127.0.0.1");
+    bn = wire_migrate_dst_build(body, sizeof(body), true, &d);
+    assert_true(bn > 0);
+    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS, body, (uint32_t)bn);
+}
+
+static void
+src_begin(struct fx *f, int k)
+{
+    src_begin_to(f, f->dport[k], 1);
+}
+
+static void
+src_migrate(struct fx *f, struct end *e, uint32_t flags)
+{
+    send_u32(f, e->src, SPICE_MSG_MIGRATE, flags);
+}
+
+static int
+prepare(struct fx *f, int k)
+{
+    return session_prepare(f->w, "inst-1", "127.0.0.1", f->dport[k], DST_PW, on_prepared, NULL);
+}
+
+/* Prepared and linked: LINKED, the prepare reported ok. */
+static void
+prepared_linked(struct fx *f, int k)
+{
+    assert_int_equal(prepare(f, k), 1);
+    assert_state(f, MIG_LINKING);
+    dst_up(f, k, DST_PW);
+    WAIT_FOR(f, st.prep_n == 1);
+    assert_true(st.prep_ok[0]);
+    assert_state(f, MIG_LINKED);
+}
+
+/* Prepared, linked, announced and confirmed: CONNECTED. */
+static void __attribute__((unused))
+connected(struct fx *f, int k)
+{
+    prepared_linked(f, k);
+    src_begin(f, k);
+    expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
+    assert_state(f, MIG_CONNECTED);
+}
+
+/* One channel's switch with NEED_FLUSH | NEED_DATA_TRANSFER, nothing held
+ * either way: FLUSH_MARK to the source, MIGRATE_DATA to the destination. */
+static void
+switch_chan(struct fx *f, struct end *e, uint8_t seed)
+{
+    uint8_t data[128];
+    uint32_t n = mig_data(data, "XXMD", 40, seed);
+
+    src_migrate(f, e, SPICE_MIGRATE_NEED_FLUSH | SPICE_MIGRATE_NEED_DATA_TRANSFER);
+    expect_msg(f, e->src, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0);
+    send_msg(f, e->src, SPICE_MSG_MIGRATE_DATA, data, n);
+    expect_msg(f, e->dst, SPICE_MSGC_MIGRATE_DATA, data, n);
+}
+
+/* After the last switch: the source legs are closed, the session records
+ * the destination. */
+static void
+expect_finished(struct fx *f, int k, uint32_t migrations)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        expect_eof(f, f->ch[i].src);
+        close_end(f, &f->ch[i].src);
+    }
+    assert_state(f, MIG_IDLE);
+    assert_int_equal(f->s->rec.port, f->dport[k]);
+    assert_string_equal(f->s->rec.host, "127.0.0.1");
+    assert_int_equal(f->s->migrations, migrations);
+    assert_int_equal(st.last_pub.backend_port, f->dport[k]);
+    assert_int_equal(st.last_pub.migrations, migrations);
+    assert_int_equal(st.last_pub.ended, 0);
+    for (int i = 0; i < f->n_ch; i++) {
+        struct chan *c = chan_of(f, f->ch[i].type);
+        assert_non_null(c);
+        assert_null(c->old);
+        assert_null(c->next);
+        assert_non_null(c->cur);
+        assert_int_equal(c->cur->state, LEG_LIVE);
+    }
+}
+
+/* Every channel relays its destination, both ways. */
+static void
+expect_relaying_dst(struct fx *f)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        send_str(f, f->ch[i].dst, MSG_X + 99, "from-dst");
+        expect_str(f, f->ch[i].client, MSG_X + 99, "from-dst");
+        send_str(f, f->ch[i].client, MSGC_X + 99, "to-dst");
+        expect_str(f, f->ch[i].dst, MSGC_X + 99, "to-dst");
+    }
+}
+
+/* Every channel still relays its source, both ways. */
+static void
+expect_relaying_src(struct fx *f)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        send_str(f, f->ch[i].src, MSG_X + 98, "from-src");
+        expect_str(f, f->ch[i].client, MSG_X + 98, "from-src");
+        send_str(f, f->ch[i].client, MSGC_X + 98, "to-src");
+        expect_str(f, f->ch[i].src, MSGC_X + 98, "to-src");
+    }
+}
+
+/* ------------------------------------------------------------------ happy paths */
+
+/* PROTOCOL.md 9.11: prepared in advance, then announced; each channel
+ * switches with the flags its kind uses (main and display FLUSH|DATA,
+ * inputs FLUSH only, cursor none). */
+static void
+test_prepared_happy_path(void **state)
+{
+    struct fx *f = *state;
+    const uint8_t types[] = { SPICE_CHANNEL_MAIN, SPICE_CHANNEL_DISPLAY, SPICE_CHANNEL_INPUTS,
+                              SPICE_CHANNEL_CURSOR };
+    struct end *mn, *dp, *in, *cu;
+    uint8_t b[256], sa[8];
+    uint32_t n;
+    struct wire_set_ack ack = { .generation = 5, .window = 20 };
+    struct msg m;
+
+    open_session(f, types, 4);
+    mn = &f->ch[0];
+    dp = end_of(f, SPICE_CHANNEL_DISPLAY);
+    in = end_of(f, SPICE_CHANNEL_INPUTS);
+    cu = end_of(f, SPICE_CHANNEL_CURSOR);
+    /* The display's ack window, as spice-server opens it. */
+    wire_set_ack_build(sa, sizeof(sa), &ack);
+    send_msg(f, dp->src, SPICE_MSG_SET_ACK, sa, 8);
+    expect_u32(f, dp->src, SPICE_MSGC_ACK_SYNC, 5);
+    ack.generation = 1;
+    wire_set_ack_build(sa, sizeof(sa), &ack);
+    expect_msg(f, dp->client, SPICE_MSG_SET_ACK, sa, 8);
+    send_u32(f, dp->client, SPICE_MSGC_ACK_SYNC, 1);
+
+    /* prepare -> LINKING: the destination main first, as a migration target
+     * with the prepared password, and DST_DO_SEAMLESS. */
+    assert_int_equal(prepare(f, 0), 1);
+    assert_state(f, MIG_LINKING);
+    int dm = dst_main(f, 0, DST_PW);
+    /* Before its ACK no other channel is dialled; a PING is answered by the broker. */
+    expect_no_dial(f, 0);
+    {
+        uint8_t ping[12 + 16] = { 0 };
+        wire_put_u32(ping, 77);
+        wire_put_u64(ping + 4, 0x1122334455667788ull);
+        send_msg(f, dm, SPICE_MSG_PING, ping, sizeof(ping));
+        expect_msg(f, dm, SPICE_MSGC_PONG, ping, 12);
+    }
+    assert_state(f, MIG_LINKING);
+    assert_int_equal(st.prep_n, 0);
+    send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
+    dst_others(f, 0, DST_PW, 3);
+    /* -> LINKED: the prepare is told. */
+    WAIT_FOR(f, st.prep_n == 1);
+    assert_true(st.prep_ok[0]);
+    assert_state(f, MIG_LINKED);
+    assert_int_equal(chan_of(f, SPICE_CHANNEL_DISPLAY)->next->state, LEG_HELD);
+
+    /* The destinations' first messages are held; their PINGs answered. */
+    send_u32(f, mn->dst, SPICE_MSG_MAIN_MULTI_MEDIA_TIME, 4242);
+    ack.generation = 1;
+    wire_set_ack_build(sa, sizeof(sa), &ack);
+    send_msg(f, dp->dst, SPICE_MSG_SET_ACK, sa, 8);
+    send_str(f, dp->dst, MSG_X, "d-first");
+    {
+        uint8_t ping[12] = { 0 };
+        wire_put_u32(ping, 9);
+        send_msg(f, dp->dst, SPICE_MSG_PING, ping, 12);
+        expect_msg(f, dp->dst, SPICE_MSGC_PONG, ping, 12);
+    }
+    send_str(f, in->dst, MSG_X, "i-first");
+    send_str(f, cu->dst, MSG_X, "c-first");
+    expect_clients_quiet(f);
+    /* Meanwhile the sources still relay. */
+    expect_relaying_src(f);
+
+    /* BEGIN_SEAMLESS for the prepared destination: confirmed at once. */
+    src_begin(f, 0);
+    send_str(f, mn->src, MSG_X, "after-begin");
+    expect_msg(f, mn->src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
+    expect_str(f, mn->client, MSG_X, "after-begin");
+    assert_state(f, MIG_CONNECTED);
+
+    /* main: MIGRATE(FLUSH|DATA) -> FLUSH_MARK; the client's next messages
+     * wait; MIGRATE_DATA goes first to the destination, byte-exact. */
+    src_migrate(f, mn, SPICE_MIGRATE_NEED_FLUSH | SPICE_MIGRATE_NEED_DATA_TRANSFER);
+    expect_msg(f, mn->src, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0);
+    assert_state(f, MIG_SWITCHING);
+    send_str(f, mn->client, MSGC_X, "m-held-1");
+    send_str(f, mn->client, MSGC_X + 1, "m-held-2");
+    expect_quiet(f, mn->src);
+    n = mig_data(b, "MNMD", 57, 1);
+    send_msg(f, mn->src, SPICE_MSG_MIGRATE_DATA, b, n);
+    expect_msg(f, mn->dst, SPICE_MSGC_MIGRATE_DATA, b, n);
+    expect_str(f, mn->dst, MSGC_X, "m-held-1");
+    expect_str(f, mn->dst, MSGC_X + 1, "m-held-2");
+    expect_u32(f, mn->client, SPICE_MSG_MAIN_MULTI_MEDIA_TIME, 4242);
+    assert_state(f, MIG_SWITCHING);
+    assert_int_equal(chan_of(f, SPICE_CHANNEL_MAIN)->old->state, LEG_DRAINING);
+    expect_quiet(f, mn->src); /* drained, not yet closed */
+
+    /* display: the source's messages up to MIGRATE_DATA still reach the
+     * client; its held SET_ACK is answered toward the destination, not
+     * passed on (no second generation for the client). */
+    send_str(f, dp->src, MSG_X, "s-last");
+    src_migrate(f, dp, SPICE_MIGRATE_NEED_FLUSH | SPICE_MIGRATE_NEED_DATA_TRANSFER);
+    send_str(f, dp->src, MSG_X, "s-after-migrate");
+    expect_msg(f, dp->src, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0);
+    expect_str(f, dp->client, MSG_X, "s-last");
+    expect_str(f, dp->client, MSG_X, "s-after-migrate");
+    send_str(f, dp->client, MSGC_X, "d-held-1");
+    send_str(f, dp->client, MSGC_X, "d-held-2");
+    n = mig_data(b, "DCMD", 72, 2);
+    send_msg(f, dp->src, SPICE_MSG_MIGRATE_DATA, b, n);
+    expect_msg(f, dp->dst, SPICE_MSGC_MIGRATE_DATA, b, n);
+    {
+        /* Then the client's held messages in order, with ACK_SYNC(1) for the
+         * destination's SET_ACK somewhere after MIGRATE_DATA. */
+        const char *want[] = { "d-held-1", "d-held-2" };
+        int got = 0, syncs = 0;
+        while (got < 2) {
+            assert_int_equal(recv_msg(f, dp->dst, &m, WAIT_MS), 0);
+            if (m.type == SPICE_MSGC_ACK_SYNC) {
+                assert_int_equal(m.size, 4);
+                assert_int_equal(wire_get_u32(m.body), 1);
+                syncs++;
+                continue;
+            }
+            assert_int_equal(m.type, MSGC_X);
+            assert_int_equal(m.size, strlen(want[got]));
+            assert_memory_equal(m.body, want[got], m.size);
+            got++;
+        }
+        if (syncs == 0)
+            expect_u32(f, dp->dst, SPICE_MSGC_ACK_SYNC, 1);
+    }
+    expect_str(f, dp->client, MSG_X, "d-first");
+
+    /* inputs: FLUSH only -> FLUSH_MARK, the switch at once (no data). */
+    src_migrate(f, in, SPICE_MIGRATE_NEED_FLUSH);
+    expect_msg(f, in->src, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0);
+    expect_str(f, in->client, MSG_X, "i-first");
+    send_str(f, in->client, MSGC_X, "i-after");
+    expect_str(f, in->dst, MSGC_X, "i-after");
+    assert_state(f, MIG_SWITCHING);
+
+    /* cursor: no flags -> nothing to the source, switched; the last one:
+     * -> IDLE, the source legs closed, the destination recorded. */
+    src_migrate(f, cu, 0);
+    expect_str(f, cu->client, MSG_X, "c-first");
+    expect_finished(f, 0, 1);
+    expect_clients_quiet(f);
+    expect_relaying_dst(f);
+    assert_int_equal(st.prep_n, 1);
+    assert_true(alive(f));
+}
+
+/* BEGIN_SEAMLESS with nothing prepared: the broker links the destination
+ * then (with the session's own password and the source's version), confirms
+ * when it is ready. The display here transfers data without a flush: the
+ * client's messages keep going to the source until MIGRATE_DATA. */
+static void
+test_unprepared_happy_path(void **state)
+{
+    struct fx *f = *state;
+    const uint8_t types[] = { SPICE_CHANNEL_MAIN, SPICE_CHANNEL_DISPLAY };
+    struct end *mn, *dp;
+    uint8_t b[256];
+    uint32_t n;
+
+    open_session(f, types, 2);
+    mn = &f->ch[0];
+    dp = &f->ch[1];
+    src_begin(f, 0);
+    int dm = dst_main(f, 0, SRC_PW);
+    assert_state(f, MIG_LINKING);
+    expect_quiet(f, mn->src); /* no confirmation before the destination is ready */
+    send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
+    dst_others(f, 0, SRC_PW, 1);
+    expect_msg(f, mn->src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
+    assert_state(f, MIG_CONNECTED);
+    assert_int_equal(st.prep_n, 0);
+
+    /* display first this time: DATA without FLUSH. */
+    src_migrate(f, dp, SPICE_MIGRATE_NEED_DATA_TRANSFER);
+    send_str(f, dp->client, MSGC_X, "before-data");
+    expect_str(f, dp->src, MSGC_X, "before-data");
+    expect_quiet(f, dp->src); /* no FLUSH_MARK */
+    n = mig_data(b, "DCMD", 72, 3);
+    send_msg(f, dp->src, SPICE_MSG_MIGRATE_DATA, b, n);
+    expect_msg(f, dp->dst, SPICE_MSGC_MIGRATE_DATA, b, n);
+    send_str(f, dp->client, MSGC_X, "after-data");
+    expect_str(f, dp->dst, MSGC_X, "after-data");
+    assert_state(f, MIG_SWITCHING);
+
+    switch_chan(f, mn, 4);
+    expect_finished(f, 0, 1);
+    expect_clients_quiet(f);
+    expect_relaying_dst(f);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        T(test_prepared_happy_path),
+        T(test_unprepared_happy_path),
+#undef T
+    };
+
+    signal(SIGPIPE, SIG_IGN); /* as broker/main.c does */
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
