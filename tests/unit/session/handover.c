@@ -1697,6 +1697,379 @@ test_prepare_while_under_way(void **state)
                                      on_prepared, NULL), 0);
 }
 
+/* ------------------------------------------------------------------ channels closing */
+
+/* The test's ends of a channel the broker closed: EOF on its client, source
+ * and destination ends (those still open), then forgotten. */
+static void
+expect_end_closed(struct fx *f, uint8_t type)
+{
+    struct end *e = end_of(f, type);
+    int i = (int)(e - f->ch);
+
+    if (e->client >= 0)
+        expect_eof(f, e->client);
+    if (e->src >= 0)
+        expect_eof(f, e->src);
+    if (e->dst >= 0)
+        expect_eof(f, e->dst);
+    close_end(f, &e->client);
+    if (e->src >= 0)
+        close_end(f, &e->src);
+    if (e->dst >= 0)
+        close_end(f, &e->dst);
+    memmove(&f->ch[i], &f->ch[i + 1], sizeof(f->ch[0]) * (size_t)(f->n_ch - i - 1));
+    f->n_ch--;
+}
+
+/* Main and display switched; inputs closes (chan_close, as any callback
+ * would) before its MIGRATE. chan_close unlinks it at once, but runs no
+ * migration step: when it returns the session is still SWITCHING with its
+ * source legs open. At the end of the loop turn the engine sees the channel
+ * gone, and the migration finishes. */
+static void
+test_channel_closes_mid_switch(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, three, 3);
+    connected(f, 0);
+    switch_chan(f, &f->ch[0], 1);
+    switch_chan(f, end_of(f, SPICE_CHANNEL_DISPLAY), 2);
+    assert_state(f, MIG_SWITCHING);
+
+    chan_close(chan_of(f, SPICE_CHANNEL_INPUTS), "test: closed mid-switch");
+    assert_null(chan_of(f, SPICE_CHANNEL_INPUTS));
+    assert_state(f, MIG_SWITCHING);
+    assert_non_null(chan_of(f, SPICE_CHANNEL_MAIN)->old);
+    assert_non_null(chan_of(f, SPICE_CHANNEL_DISPLAY)->old);
+    assert_int_equal(f->s->migrations, 0);
+
+    turn(f); /* the end of a loop turn: reap */
+    assert_state(f, MIG_IDLE);
+    assert_int_equal(f->s->migrations, 1);
+    expect_end_closed(f, SPICE_CHANNEL_INPUTS);
+    expect_finished(f, 0, 1);
+    expect_relaying_dst(f);
+}
+
+/* The same from inside the relay: main switched, inputs has its MIGRATE
+ * (waiting for MIGRATE_DATA), display not yet; the inputs client goes away.
+ * Display's switch then finishes the migration. */
+static void
+test_channel_closes_mid_switch_by_client(void **state)
+{
+    struct fx *f = *state;
+    struct end *in;
+
+    open_session(f, three, 3);
+    connected(f, 0);
+    switch_chan(f, &f->ch[0], 1);
+    in = end_of(f, SPICE_CHANNEL_INPUTS);
+    src_migrate(f, in, SPICE_MIGRATE_NEED_FLUSH | SPICE_MIGRATE_NEED_DATA_TRANSFER);
+    expect_msg(f, in->src, SPICE_MSGC_MIGRATE_FLUSH_MARK, NULL, 0);
+    close_end(f, &in->client);
+    WAIT_FOR(f, chan_of(f, SPICE_CHANNEL_INPUTS) == NULL);
+    assert_state(f, MIG_SWITCHING);
+    expect_end_closed(f, SPICE_CHANNEL_INPUTS);
+    switch_chan(f, end_of(f, SPICE_CHANNEL_DISPLAY), 2);
+    expect_finished(f, 0, 1);
+    expect_relaying_dst(f);
+}
+
+/* LINKING, after the destination main's ACK: display linked, inputs still
+ * linking, and inputs closes. When chan_close returns nothing has happened;
+ * at the end of the turn the remaining legs count as all: LINKED. */
+static void
+test_channel_closes_while_linking(void **state)
+{
+    struct fx *f = *state;
+    struct wire_link_mess m;
+
+    open_session(f, three, 3);
+    assert_int_equal(prepare(f, 0), 1);
+    int dm = dst_main(f, 0, DST_PW);
+    send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
+    for (int i = 0; i < 2; i++) {
+        int o = dst_accept(f, 0);
+        dst_read_link(f, o, &m);
+        end_of(f, m.channel_type)->dst = o;
+        if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
+            dst_send_reply(f, o, 0);
+            dst_read_ticket(f, o, DST_PW);
+            dst_send_result(f, o, SPICE_LINK_ERR_OK, NULL, 0);
+        }
+    }
+    WAIT_FOR(f, chan_of(f, SPICE_CHANNEL_DISPLAY)->d_ready);
+    assert_state(f, MIG_LINKING);
+
+    chan_close(chan_of(f, SPICE_CHANNEL_INPUTS), "test: closed while linking");
+    assert_state(f, MIG_LINKING);
+    assert_int_equal(st.prep_n, 0);
+    turn(f);
+    assert_state(f, MIG_LINKED);
+    assert_int_equal(st.prep_n, 1);
+    assert_true(st.prep_ok[0]);
+    expect_end_closed(f, SPICE_CHANNEL_INPUTS);
+
+    src_begin(f, 0);
+    expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
+    switch_chan(f, &f->ch[0], 1);
+    switch_chan(f, &f->ch[1], 2);
+    expect_finished(f, 0, 1);
+}
+
+/* ------------------------------------------------------------------ the source goes away */
+
+/* The reattach to destination k through a fresh backend session (handover.c
+ * "reattach"), as the fake destination sees it: main links with connection
+ * id 0 and gets a new MAIN_INIT (mouse mode changed); the client is told only
+ * the differences; the others link with the new id; the display's client is
+ * told to forget what it has, and the client's DISPLAY_INIT is replayed. */
+#define NEW_SID 0x0fe5a002u
+static const uint8_t display_init_body[14] = { 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 };
+
+static void
+reattach_fresh(struct fx *f, int k, const char *pw, uint32_t migrations)
+{
+    struct wire_link_mess m;
+    uint8_t init[64], b[4];
+    size_t ni = main_init_put(init, NEW_SID, 1);
+    int dm = dst_accept(f, k);
+
+    dst_read_link(f, dm, &m);
+    assert_int_equal(m.channel_type, SPICE_CHANNEL_MAIN);
+    assert_int_equal(m.connection_id, 0);
+    dst_send_reply(f, dm, BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE));
+    dst_read_ticket(f, dm, pw);
+    dst_send_result(f, dm, SPICE_LINK_ERR_OK, init, ni);
+    assert_int_equal(f->ch[0].dst, -1);
+    f->ch[0].dst = dm;
+    wire_put_u16(b, 3);
+    wire_put_u16(b + 2, 1);
+    expect_msg(f, f->ch[0].client, SPICE_MSG_MAIN_MOUSE_MODE, b, 4);
+    expect_u32(f, f->ch[0].client, SPICE_MSG_MAIN_MULTI_MEDIA_TIME, 12345);
+    expect_msg(f, dm, SPICE_MSGC_MAIN_ATTACH_CHANNELS, NULL, 0);
+    {
+        uint8_t list[16];
+        struct wire_channels_list cl = { .n = 1 };
+        cl.ch[0].type = SPICE_CHANNEL_DISPLAY;
+        size_t n = wire_channels_list_build(list, sizeof(list), &cl);
+        send_msg(f, dm, SPICE_MSG_MAIN_CHANNELS_LIST, list, (uint32_t)n); /* swallowed */
+    }
+    for (int i = 1; i < f->n_ch; i++) {
+        int o = dst_link_as(f, k, &m, pw, SPICE_LINK_ERR_OK, false);
+        struct end *e = end_of(f, m.channel_type);
+        assert_int_equal(m.connection_id, NEW_SID);
+        assert_int_equal(e->dst, -1);
+        e->dst = o;
+        if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
+            uint8_t zero = 0;
+            expect_u32(f, e->client, SPICE_MSG_DISPLAY_SURFACE_DESTROY, 0);
+            expect_msg(f, e->client, SPICE_MSG_DISPLAY_STREAM_DESTROY_ALL, NULL, 0);
+            expect_msg(f, e->client, SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS, &zero, 1);
+            expect_msg(f, e->client, SPICE_MSG_DISPLAY_INVAL_ALL_PALETTES, NULL, 0);
+            expect_msg(f, o, SPICE_MSGC_DISPLAY_INIT, display_init_body, sizeof(display_init_body));
+        }
+    }
+    WAIT_FOR(f, strcmp(state_of(f), "reattaching") != 0);
+    assert_state(f, MIG_IDLE);
+    assert_int_equal(f->s->backend_id, NEW_SID);
+    assert_int_equal(f->s->id, SID);
+    assert_int_equal(f->s->rec.port, f->dport[k]);
+    assert_int_equal(f->s->migrations, migrations);
+    assert_int_equal(st.last_pub.backend_port, f->dport[k]);
+    expect_clients_quiet(f);
+    expect_relaying_dst(f);
+}
+
+/* What the client's display has before the migration: a DISPLAY_INIT sent,
+ * a surface created. */
+static void
+display_history(struct fx *f)
+{
+    struct end *dp = end_of(f, SPICE_CHANNEL_DISPLAY);
+    uint8_t sc[20] = { 0 };
+
+    send_msg(f, dp->client, SPICE_MSGC_DISPLAY_INIT, display_init_body, sizeof(display_init_body));
+    expect_msg(f, dp->src, SPICE_MSGC_DISPLAY_INIT, display_init_body, sizeof(display_init_body));
+    wire_put_u32(sc + 4, 640);
+    send_msg(f, dp->src, SPICE_MSG_DISPLAY_SURFACE_CREATE, sc, sizeof(sc));
+    expect_msg(f, dp->client, SPICE_MSG_DISPLAY_SURFACE_CREATE, sc, sizeof(sc));
+}
+
+/* SWITCHING, main switched, and the display's source goes away before its
+ * MIGRATE: the session reattaches to the destination it knows, through a
+ * fresh backend session (the held and switched destination legs are given
+ * up for it). */
+static void
+test_source_lost_after_partial_switch(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, two, 2);
+    display_history(f);
+    connected(f, 0);
+    switch_chan(f, &f->ch[0], 1);
+    close_end(f, &f->ch[1].src);
+    /* The main source (draining), the switched main and the held display
+     * destination legs all go. */
+    expect_eof(f, f->ch[0].src);
+    close_end(f, &f->ch[0].src);
+    expect_dst_dropped(f);
+    assert_string_equal(state_of(f), "reattaching");
+    reattach_fresh(f, 0, DST_PW, 1);
+}
+
+/* MIGRATE_SWITCH_HOST (the source gave up on seamless): SWITCH_HOST is a
+ * rule outcome in any state but SWITCHING (idle here), then the reattach,
+ * with the session's own password. */
+static void
+test_switch_host_reattaches(void **state)
+{
+    struct fx *f = *state;
+    struct wire_migrate_dst d = { .port = 0 };
+    uint8_t body[512];
+    size_t bn;
+
+    open_session(f, two, 2);
+    display_history(f);
+    d.port = f->dport[0];
+    snprintf(d.host, sizeof(d.host), "127.0.0.1");
+    bn = wire_migrate_dst_build(body, sizeof(body), false, &d);
+    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, body, (uint32_t)bn);
+    for (int i = 0; i < f->n_ch; i++) {
+        expect_eof(f, f->ch[i].src);
+        close_end(f, &f->ch[i].src);
+    }
+    reattach_fresh(f, 0, SRC_PW, 1);
+}
+
+/* A prepared destination whose legs were dropped (QEMU closes a migration
+ * target's legs ~10 s after a migration the source never announced), then
+ * the source goes: the session reattaches to where the orchestrator said the
+ * guest was going, with the prepared password. */
+static void
+test_source_lost_after_prepared_dest_dropped(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, two, 2);
+    display_history(f);
+    prepared_linked(f, 0);
+    close_end(f, &f->ch[0].dst);
+    WAIT_FOR(f, strcmp(state_of(f), mig_state_name(MIG_IDLE)) == 0);
+    expect_dst_dropped(f);
+    close_end(f, &f->ch[0].src);
+    expect_eof(f, f->ch[1].src);
+    close_end(f, &f->ch[1].src);
+    reattach_fresh(f, 0, DST_PW, 1);
+}
+
+/* CONNECTED, the destination goes (legs and listener), then the source
+ * closes: with no destination left to reattach to, the session closes
+ * (the client's connections end; its record says why). */
+static void
+test_dest_gone_then_source_closes(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, two, 2);
+    connected(f, 0);
+    close_end(f, &f->lfd[0]);
+    close_end(f, &f->ch[0].dst);
+    WAIT_FOR(f, strcmp(state_of(f), mig_state_name(MIG_IDLE)) == 0);
+    expect_dst_dropped(f);
+    close_end(f, &f->ch[0].src);
+    for (int i = 0; i < f->n_ch; i++)
+        expect_eof(f, f->ch[i].client);
+    assert_false(alive(f));
+    assert_int_equal(st.publishes_ended, 1);
+    assert_non_null(strstr(st.last_pub.end_reason, "backend closed"));
+}
+
+/* CONNECTED, and in one loop turn both the destination (legs and listener)
+ * and the source close: whichever the loop sees first, the session ends
+ * cleanly (no step on freed legs: run it under ASan). */
+static void
+test_dest_fails_while_source_closes(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, three, 3);
+    connected(f, 0);
+    close_end(f, &f->lfd[0]);
+    for (int i = 0; i < f->n_ch; i++) {
+        close_end(f, &f->ch[i].dst);
+        close_end(f, &f->ch[i].src);
+    }
+    for (int i = 0; i < f->n_ch; i++)
+        expect_eof(f, f->ch[i].client);
+    assert_false(alive(f));
+    assert_int_equal(st.publishes_ended, 1);
+    assert_int_equal(f->w->stats.sessions_active, 0);
+    assert_int_equal(f->w->stats.channels_active, 0);
+}
+
+/* CONNECTED, the source goes while the destination is there: the reattach
+ * dials it, and the destination refuses the fresh session: closed. */
+static void
+test_source_closes_then_dest_refuses(void **state)
+{
+    struct fx *f = *state;
+    struct wire_link_mess m;
+
+    open_session(f, two, 2);
+    connected(f, 0);
+    close_end(f, &f->ch[0].src);
+    expect_eof(f, f->ch[1].src);
+    close_end(f, &f->ch[1].src);
+    expect_dst_dropped(f);
+    (void)dst_link_as(f, 0, &m, DST_PW, SPICE_LINK_ERR_PERMISSION_DENIED, false);
+    assert_int_equal(m.connection_id, 0);
+    for (int i = 0; i < f->n_ch; i++)
+        expect_eof(f, f->ch[i].client);
+    assert_false(alive(f));
+    assert_non_null(strstr(st.last_pub.end_reason, "refused the reattach"));
+}
+
+/* ------------------------------------------------------------------ more than one */
+
+/* The destination becomes the source of the next migration. */
+static void
+dst_becomes_src(struct fx *f)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        assert_int_equal(f->ch[i].src, -1);
+        f->ch[i].src = f->ch[i].dst;
+        f->ch[i].dst = -1;
+    }
+}
+
+/* Two migrations in a row (0 -> 1 -> 0's listener again is not needed: the
+ * second goes to destination 1), the second prepared. */
+static void
+test_two_migrations_in_a_row(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, three, 3);
+    src_begin(f, 0);
+    dst_up(f, 0, SRC_PW);
+    expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
+    for (int i = 0; i < f->n_ch; i++)
+        switch_chan(f, &f->ch[i], (uint8_t)i);
+    expect_finished(f, 0, 1);
+    dst_becomes_src(f);
+
+    connected(f, 1);
+    for (int i = f->n_ch - 1; i >= 0; i--)
+        switch_chan(f, &f->ch[i], (uint8_t)(10 + i));
+    expect_finished(f, 1, 2);
+    expect_clients_quiet(f);
+    expect_relaying_dst(f);
+}
+
 int
 main(void)
 {
@@ -1720,6 +2093,16 @@ main(void)
         T(test_refused_begin_keeps_destination),
         T(test_migrate_without_migration),
         T(test_prepare_while_under_way),
+        T(test_channel_closes_mid_switch),
+        T(test_channel_closes_mid_switch_by_client),
+        T(test_channel_closes_while_linking),
+        T(test_source_lost_after_partial_switch),
+        T(test_switch_host_reattaches),
+        T(test_source_lost_after_prepared_dest_dropped),
+        T(test_dest_gone_then_source_closes),
+        T(test_dest_fails_while_source_closes),
+        T(test_source_closes_then_dest_refuses),
+        T(test_two_migrations_in_a_row),
 #undef T
     };
 
