@@ -775,11 +775,13 @@ prepare(struct fx *f, int k)
 static void
 prepared_linked(struct fx *f, int k)
 {
+    int n0 = st.prep_n;
+
     assert_int_equal(prepare(f, k), 1);
     assert_state(f, MIG_LINKING);
     dst_up(f, k, DST_PW);
-    WAIT_FOR(f, st.prep_n == 1);
-    assert_true(st.prep_ok[0]);
+    WAIT_FOR(f, st.prep_n == n0 + 1);
+    assert_true(st.prep_ok[n0]);
     assert_state(f, MIG_LINKED);
 }
 
@@ -1378,6 +1380,13 @@ test_source_cancels(void **state)
     send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_CANCEL, NULL, 0);
     expect_back_to_idle(f);
 
+    /* LINKED (prepared, never announced): the legs go. */
+    prepared_linked(f, 0);
+    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_CANCEL, NULL, 0);
+    expect_dst_dropped(f);
+    expect_back_to_idle(f);
+    assert_int_equal(st.prep_n, 2);
+
     src_begin(f, 0);
     dst_up(f, 0, SRC_PW);
     expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
@@ -1860,6 +1869,32 @@ test_switch_host_reattaches(void **state)
     reattach_fresh(f, 0, SRC_PW, 1);
 }
 
+/* SWITCH_HOST while CONNECTED (the source gave up waiting): the held
+ * destination legs are dropped (the rule), and the session reattaches there
+ * with the prepared password (it names the prepared destination). */
+static void
+test_switch_host_while_connected(void **state)
+{
+    struct fx *f = *state;
+    struct wire_migrate_dst d = { .port = 0 };
+    uint8_t body[512];
+    size_t bn;
+
+    open_session(f, two, 2);
+    display_history(f);
+    connected(f, 0);
+    d.port = f->dport[0];
+    snprintf(d.host, sizeof(d.host), "127.0.0.1");
+    bn = wire_migrate_dst_build(body, sizeof(body), false, &d);
+    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, body, (uint32_t)bn);
+    expect_dst_dropped(f);
+    for (int i = 0; i < f->n_ch; i++) {
+        expect_eof(f, f->ch[i].src);
+        close_end(f, &f->ch[i].src);
+    }
+    reattach_fresh(f, 0, DST_PW, 1);
+}
+
 /* A prepared destination whose legs were dropped (QEMU closes a migration
  * target's legs ~10 s after a migration the source never announced), then
  * the source goes: the session reattaches to where the orchestrator said the
@@ -2014,6 +2049,7 @@ main(void)
         T(test_channel_closes_while_linking),
         T(test_source_lost_after_partial_switch),
         T(test_switch_host_reattaches),
+        T(test_switch_host_while_connected),
         T(test_source_lost_after_prepared_dest_dropped),
         T(test_dest_gone_then_source_closes),
         T(test_dest_fails_while_source_closes),
