@@ -26,6 +26,7 @@
 #include "proto/wire.h"
 #include "migrate/handover.h"
 #include "session/internal.h"
+#include "harness.h"
 
 #define WAIT_MS 3000  /* how long a helper waits for what should come */
 #define QUIET_MS 150  /* how long "nothing happens" is watched */
@@ -138,21 +139,6 @@ struct fx {
     int n_srv;
 };
 
-/* A TCP port on 127.0.0.1 that nothing listens on. */
-static uint16_t
-closed_port(void)
-{
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static int
 group_setup(void **state)
 {
@@ -255,60 +241,10 @@ start(struct fx *f)
 
 /* ------------------------------------------------------------------ loop and I/O helpers */
 
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void
 turn(struct fx *f)
 {
     event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-}
-
-/* Reads what is there, running the loop while nothing is. Returns the count
- * (> 0), 0 if the broker closed its end (EOF or reset), -1 on timeout. */
-static ssize_t
-recv_some(struct fx *f, int fd, void *buf, size_t n, int ms)
-{
-    int64_t end = now_ms() + ms;
-
-    for (;;) {
-        ssize_t r = recv(fd, buf, n, 0);
-        if (r >= 0)
-            return r;
-        if (errno == ECONNRESET)
-            return 0;
-        assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
-        if (now_ms() >= end)
-            return -1;
-        turn(f);
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        poll(&p, 1, 1);
-    }
-}
-
-/* 0: got n bytes; 1: closed first; -1: timeout. */
-static int
-recv_exact(struct fx *f, int fd, void *buf, size_t n, int ms)
-{
-    int64_t end = now_ms() + ms;
-    size_t have = 0;
-
-    while (have < n) {
-        int left = (int)(end - now_ms());
-        ssize_t r = recv_some(f, fd, (uint8_t *)buf + have, n - have, left > 0 ? left : 0);
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            return 1;
-        have += (size_t)r;
-    }
-    return 0;
 }
 
 static void
@@ -318,26 +254,6 @@ read_exact(struct fx *f, int fd, void *buf, size_t n)
 
     if (rc != 0)
         fail_msg("expected %zu bytes, got %s", n, rc > 0 ? "EOF" : "nothing (timeout)");
-}
-
-static void
-send_all(struct fx *f, int fd, const void *buf, size_t n)
-{
-    int64_t end = now_ms() + WAIT_MS;
-    size_t done = 0;
-
-    while (done < n) {
-        ssize_t w = send(fd, (const uint8_t *)buf + done, n - done, MSG_NOSIGNAL);
-        if (w > 0) {
-            done += (size_t)w;
-            continue;
-        }
-        assert_true(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
-        if (now_ms() >= end)
-            fail_msg("send_all: %zu of %zu bytes written before timeout", done, n);
-        turn(f);
-        poll(NULL, 0, 1);
-    }
 }
 
 /* No more bytes, then EOF within ms. */
@@ -550,16 +466,6 @@ srv_handshake(struct fx *f, struct wire_link_mess *m, uint32_t chan, const uint8
     assert_string_equal(pw, PASSWORD);
     srv_send_result(f, fd, SPICE_LINK_ERR_OK, extra, extra_len);
     return fd;
-}
-
-static size_t
-msg_put(uint8_t *p, uint16_t type, const void *body, uint32_t len)
-{
-    wire_put_u16(p, type);
-    wire_put_u32(p + 2, len);
-    if (len)
-        memcpy(p + WIRE_MINI_HEADER_SIZE, body, len);
-    return WIRE_MINI_HEADER_SIZE + len;
 }
 
 static size_t
