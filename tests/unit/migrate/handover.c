@@ -1,5 +1,5 @@
-/* tests/unit/session/handover.c: cmocka tests for the migration engine
- * (session/handover.c), driven with synthetic legs, without QEMU.
+/* tests/unit/migrate/handover.c: cmocka tests for the migration engine
+ * (migrate/handover.c), driven with synthetic legs, without QEMU.
  *
  * Each test builds one worker and one session by hand (as relay.c's tests
  * do): a main channel and one to three other channels, each relaying between
@@ -12,7 +12,7 @@
  *     (RSA ticket and all), DST_DO_SEAMLESS with ACK or NACK, sends PINGs and
  *     its first messages, and checks what it receives.
  * The engine is reached only as the broker reaches it: through the relay,
- * session_prepare(), chan_close() and the hook table; its state is read back
+ * handover_prepare(), chan_close() and the hook table; its state is read back
  * through the `describe` hook. Single-threaded: every wait runs the worker's
  * loop one non-blocking turn at a time and is bounded (WAIT_MS, QUIET_MS);
  * the engine's 10 s / 120 s migration timer is not waited for but run at once
@@ -37,11 +37,12 @@
 
 #include <cmocka.h>
 
+#include "migrate/handover.h"
 #include "migrate/mig.h"
 #include "proto/ticket.h"
 #include "proto/wire.h"
 #include "session/internal.h"
-#include "harness.h"
+#include "../session/harness.h"
 
 #define WAIT_MS 3000  /* how long a helper waits for what should come */
 #define QUIET_MS 100  /* how long "nothing arrives" is watched (all ends at once) */
@@ -64,7 +65,7 @@ static struct ticket_key *server_key;
 static struct {
     int claims, releases, publishes, publishes_ended;
     struct snap_session last_pub;
-    /* session_prepare's callback, every call */
+    /* handover_prepare's callback, every call */
     int prep_n;
     bool prep_ok[8];
     char prep_why[8][128];
@@ -486,6 +487,7 @@ static void
 open_session(struct fx *f, const uint8_t *types, int n)
 {
     struct session_env env = {
+        .migration = &handover_hooks,
         .base = f->base,
         .resolve = stub_resolve,
         .claim_id = stub_claim,
@@ -768,7 +770,7 @@ src_migrate(struct fx *f, struct end *e, uint32_t flags)
 static int
 prepare(struct fx *f, int k)
 {
-    return session_prepare(f->w, "inst-1", "127.0.0.1", f->dport[k], DST_PW, on_prepared, NULL);
+    return handover_prepare(f->w, "inst-1", "127.0.0.1", f->dport[k], DST_PW, on_prepared, NULL);
 }
 
 /* Prepared and linked: LINKED, the prepare reported ok. */
@@ -1592,7 +1594,7 @@ test_prepare_while_under_way(void **state)
     switch_chan(f, &f->ch[0], 2);
     expect_finished(f, 0, 1);
     /* Another instance's prepare touches nothing. */
-    assert_int_equal(session_prepare(f->w, "inst-2", "127.0.0.1", f->dport[1], DST_PW,
+    assert_int_equal(handover_prepare(f->w, "inst-2", "127.0.0.1", f->dport[1], DST_PW,
                                      on_prepared, NULL), 0);
 }
 
