@@ -69,6 +69,8 @@ struct session_mig {
     uint8_t q_head, q_len;
     bool dispatching;           /* handover_event is carrying events out */
     bool begin_match;           /* BEGIN_SEAMLESS named the destination being linked / linked */
+    struct mig_dest begin;      /* what the last BEGIN_SEAMLESS named (no password) */
+    uint32_t begin_version;
     bool announced;
     bool prepared;              /* the destination was named in advance */
     struct mig_dest dest;
@@ -96,6 +98,7 @@ struct session_mig {
 
 static void link_dest_channel(struct chan *c);
 static bool reattaching(const struct session *s);
+static void begin_apply(struct session *s);
 /* Carries out migration events one at a time, in order: one raised while
  * another is being carried out waits for it (no re-entrant step).
  * s->mig->notify_why, if set, is the event's reason (copied). */
@@ -268,7 +271,8 @@ static void start_linking(struct session *s)
  * it is being linked) queues it: it runs after this one, never inside it. */
 static void execute(struct session *s, enum mig_event e, const char *why)
 {
-    struct mig_facts f = { .announced = s->mig->announced,
+    /* A BEGIN_SEAMLESS is announced by itself. */
+    struct mig_facts f = { .announced = s->mig->announced || e == MIG_EV_BEGIN,
                            .dest_match = e == MIG_EV_BEGIN ? s->mig->begin_match : true };
     struct mig_step st = mig_decide(s->mig->state, e, &f);
     if (st.legal && s->mig->state == MIG_LINKED && s->mig->prepared &&
@@ -291,6 +295,8 @@ static void execute(struct session *s, enum mig_event e, const char *why)
                   mig_event_name(e), mig_state_name(s->mig->state));
         return;
     }
+    if (e == MIG_EV_BEGIN)
+        begin_apply(s);
     enum mig_state old = s->mig->state;
     set_state(s, st.next, e);
     if (st.actions & MIG_DO_DROP_DEST) {
@@ -607,8 +613,24 @@ static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *
 {
     struct session_mig *m = s->mig;
     bool match = dest_is(s, &m->dest, d->host, d->port);
+    log_info("%s migration: source announced seamless migration to %s:%u%s", s->sid, d->host,
+             d->port, match && m->state != MIG_IDLE ? " (prepared)" : "");
+    /* Taken into the migration only if the event is legal (begin_apply): a
+     * refused BEGIN must not rename the destination of the one under way. */
+    snprintf(m->begin.host, sizeof(m->begin.host), "%s", d->host);
+    m->begin.port = d->port;
+    m->begin_version = d->src_mig_version;
+    m->begin_match = match;
+    handover_event(s, MIG_EV_BEGIN);
+}
+
+/* A legal BEGIN_SEAMLESS: the source's destination becomes the migration's. */
+static void begin_apply(struct session *s)
+{
+    struct session_mig *m = s->mig;
+    const struct mig_dest *d = &m->begin;
     m->t_begin = handover_now();
-    if (m->state == MIG_IDLE || !match) {
+    if (m->state == MIG_IDLE || !m->begin_match) {
         if (m->state != MIG_IDLE)
             log_info("%s migration: source names %s:%u, not the prepared %s:%u", s->sid, d->host,
                      d->port, m->dest.host, m->dest.port);
@@ -624,12 +646,8 @@ static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *
         /* From now on the destination goes by the source's name for it. */
         snprintf(m->dest.host, sizeof(m->dest.host), "%s", d->host);
     }
-    m->src_version = d->src_mig_version;
+    m->src_version = m->begin_version;
     m->announced = true;
-    log_info("%s migration: source announced seamless migration to %s:%u%s", s->sid, d->host,
-             d->port, match && m->state != MIG_IDLE ? " (prepared)" : "");
-    m->begin_match = match;
-    handover_event(s, MIG_EV_BEGIN);
 }
 
 static enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type,
@@ -1307,13 +1325,25 @@ int handover_prepare(struct session_worker *w, const char *instance, const char 
             n++;
             continue;
         }
+        /* The source may have announced the migration first (QEMU's
+         * client_migrate_info beat the hook, PROTOCOL.md 4.8): the prepare
+         * then brings the destination's real password to the migration the
+         * source is waiting on, which stays announced; a prepare naming
+         * another destination than the source's is refused. */
+        bool announced = m->announced && m->state == MIG_LINKING;
+        if (announced && !dest_is(s, &m->dest, host, port)) {
+            cb(arg, false, "the source announced a migration to another destination");
+            n++;
+            continue;
+        }
         notify(s, false, "superseded by a new prepare");
-        snprintf(m->dest.host, sizeof(m->dest.host), "%s", host);
+        if (!announced)
+            snprintf(m->dest.host, sizeof(m->dest.host), "%s", host);
         m->dest.port = port;
         snprintf(m->dest.password, sizeof(m->dest.password), "%s",
                  password != NULL ? password : s->rec.password);
         m->prepared = true;
-        m->announced = false;
+        m->announced = announced;
         m->notify = cb;
         m->notify_arg = arg;
         n++;

@@ -16,8 +16,7 @@
  * through the `describe` hook. Single-threaded: every wait runs the worker's
  * loop one non-blocking turn at a time and is bounded (WAIT_MS, QUIET_MS);
  * the engine's 10 s / 120 s migration timer is not waited for but run at once
- * (fire_migration_timer). Tests that show an engine bug are skipped unless
- * SB_TEST_KNOWN_BUGS is set (known_bug()). */
+ * (fire_migration_timer). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -1492,33 +1491,17 @@ test_begin_refused(void **state)
     expect_clients_quiet(f);
 }
 
-/* Tests of engine bugs found by this file: skipped unless
- * SB_TEST_KNOWN_BUGS is set in the environment (then they fail until the
- * engine is fixed; see each comment). */
-static void
-known_bug(const char *what)
-{
-    if (getenv("SB_TEST_KNOWN_BUGS") == NULL) {
-        print_message("known engine bug, skipped (set SB_TEST_KNOWN_BUGS=1 to run): %s\n", what);
-        skip();
-    }
-}
-
-/* KNOWN BUG: a BEGIN_SEAMLESS refused because a migration is already under
- * way (SWITCHING, or CONNECTED) but naming another destination still
- * replaces the migration's destination: on_begin_seamless() (session/
- * handover.c, the `m->state == MIG_IDLE || !match` branch) writes m->dest
- * (host, port, password), m->prepared, m->src_version and m->announced
- * before execute() finds BEGIN illegal and answers CONNECT_ERROR. The
- * channels keep switching to the real destination, but finish() then
- * records the other one as the session's backend (s->rec, published to the
- * store), and a source lost meanwhile would be reattached there. */
+/* A bug this file found (fixed): a BEGIN_SEAMLESS refused because a
+ * migration is already under way (SWITCHING, or CONNECTED) but naming
+ * another destination replaced the migration's destination before the
+ * engine found BEGIN illegal: finish() then recorded the other one as the
+ * session's backend, and a source lost meanwhile would have been reattached
+ * there. The destination a BEGIN names is now taken only when it is legal. */
 static void
 test_refused_begin_keeps_destination(void **state)
 {
     struct fx *f = *state;
 
-    known_bug("a refused BEGIN_SEAMLESS overwrites the migration's destination");
     open_session(f, two, 2);
     connected(f, 0);
     switch_chan(f, &f->ch[1], 1);
@@ -1598,21 +1581,18 @@ test_prepare_while_under_way(void **state)
                                      on_prepared, NULL), 0);
 }
 
-/* KNOWN BUG: the orchestrator's prepare arrives after the source's
- * BEGIN_SEAMLESS for the same destination (QEMU's client_migrate_info
- * beat the hook: the race PROTOCOL.md 4.8 describes). session_prepare()
- * (session/handover.c) accepts it in LINKING and sets m->announced = false,
- * and the PREPARE rule drops and relinks the destination; when it is ready
- * DEST_READY without `announced` goes to LINKED and never confirms. The
- * source, which is waiting for MIGRATE_CONNECTED_SEAMLESS, hears nothing
- * (neither CONNECTED_SEAMLESS nor CONNECT_ERROR) and falls back to
- * switch-host after its 10 s: a seamless migration lost to a race. */
+/* A bug this file found (fixed): the orchestrator's prepare arrives after
+ * the source's BEGIN_SEAMLESS for the same destination (QEMU's
+ * client_migrate_info beat the hook, PROTOCOL.md 4.8). The prepare used to
+ * forget the announcement, so the relinked destination went to LINKED and
+ * the source, waiting for MIGRATE_CONNECTED_SEAMLESS, heard nothing and fell
+ * back to switch-host. Now the migration stays announced (with the
+ * prepare's password) and is confirmed when the destination is ready. */
 static void
 test_prepare_after_begin_still_confirms(void **state)
 {
     struct fx *f = *state;
 
-    known_bug("a prepare after BEGIN_SEAMLESS forgets the announcement");
     open_session(f, two, 2);
     src_begin(f, 0);
     (void)dst_main(f, 0, SRC_PW);
@@ -1621,6 +1601,24 @@ test_prepare_after_begin_still_confirms(void **state)
     dst_up(f, 0, DST_PW);
     expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECTED_SEAMLESS, NULL, 0);
     assert_state(f, MIG_CONNECTED);
+}
+
+/* A prepare that names another destination than the one the source has
+ * announced is refused at once; the announced migration goes on and is
+ * confirmed when its destination is ready. */
+static void
+test_prepare_elsewhere_after_begin_refused(void **state)
+{
+    struct fx *f = *state;
+
+    open_session(f, two, 2);
+    src_begin(f, 0);
+    (void)dst_main(f, 0, SRC_PW);
+    assert_int_equal(prepare(f, 1), 1);
+    assert_int_equal(st.prep_n, 1);
+    assert_false(st.prep_ok[0]);
+    assert_non_null(strstr(st.prep_why[0], "another destination"));
+    assert_state(f, MIG_LINKING);
 }
 
 /* ------------------------------------------------------------------ channels closing */
@@ -2046,6 +2044,7 @@ main(void)
         T(test_migrate_without_migration),
         T(test_prepare_while_under_way),
         T(test_prepare_after_begin_still_confirms),
+        T(test_prepare_elsewhere_after_begin_refused),
         T(test_channel_closes_mid_switch),
         T(test_channel_closes_mid_switch_by_client),
         T(test_channel_closes_while_linking),
