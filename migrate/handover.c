@@ -99,6 +99,8 @@ struct session_mig {
 static void link_dest_channel(struct chan *c);
 static bool reattaching(const struct session *s);
 static void begin_apply(struct session *s);
+static void reattach_finish(struct session *s);
+static void relink_channel(struct chan *c);
 /* Carries out migration events one at a time, in order: one raised while
  * another is being carried out waits for it (no re-entrant step).
  * s->mig->notify_why, if set, is the event's reason (copied). */
@@ -299,6 +301,8 @@ static void execute(struct session *s, enum mig_event e, const char *why)
         begin_apply(s);
     enum mig_state old = s->mig->state;
     set_state(s, st.next, e);
+    if (e == MIG_EV_REATTACHED)
+        reattach_finish(s);
     if (st.actions & MIG_DO_DROP_DEST) {
         drop_dest(s);
         if (st.next == MIG_IDLE && s->mig->timer != NULL)
@@ -544,6 +548,26 @@ static void handover_chan_started(struct chan *c)
     struct session *s = c->s;
     if (s == NULL || c->is_main)
         return;
+    if (reattaching(s)) {
+        /* A channel that finished linking during a reattach (it was opened
+         * just before, or just after the fresh MAIN_INIT) follows the session
+         * to its fresh backend like the others, or the reattach never ends. */
+        bool fresh = s->main != NULL && s->main->relinked;
+        if (fresh && c->linked_backend_id == s->backend_id) {
+            c->relinked = true; /* it linked to the fresh session itself */
+            reattach_done_one(s);
+            return;
+        }
+        const char *why = NULL;
+        if (relay_detach_backend(c, &why) < 0) {
+            chan_close(c, why);
+            return;
+        }
+        if (fresh)
+            relink_channel(c);
+        /* else the fresh MAIN_INIT relinks it with the others */
+        return;
+    }
     /* A channel opened while the destination is being prepared needs a leg
      * there too, once the destination main has acknowledged. */
     if ((s->mig->state == MIG_LINKING || s->mig->state == MIG_LINKED ||
@@ -1024,6 +1048,11 @@ static void reattach_done_one(struct session *s)
         if (c->state == CH_RELAY && !c->relinked && !c->leaving)
             return;
     handover_event(s, MIG_EV_REATTACHED);
+}
+
+/* REATTACHED has been carried out: the session runs on its fresh backend. */
+static void reattach_finish(struct session *s)
+{
     s->migrations++;
     log_info("%s reattached to %s:%u in %.1f ms (fresh backend session %08x), migration #%u",
              s->sid, s->rec.host, s->rec.port, ms_between(s->t_reattach, handover_now()),

@@ -202,6 +202,7 @@ struct chan {
     uint8_t display_init_len;
     uint32_t surfaces[32];      /* display: live surface ids < 1024, as bits */
     bool relinked;              /* reattach: this channel has its fresh backend */
+    uint32_t linked_backend_id; /* the backend session id its backend link named */
     bool leaving;               /* being closed: no longer counted by migration */
     bool attached;              /* in s->chans (authenticated); else in worker->pending */
     bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */

@@ -405,6 +405,7 @@ static void link_backend_connect(struct chan *c)
     struct session *s = c->s;
     c->state = CH_B_CONNECT;
     evtimer_del(c->timer);
+    c->linked_backend_id = c->is_main ? 0 : s->backend_id;
     c->cur = leg_link(c, s->rec.host, s->rec.port, s->rec.password, c->is_main ? 0 : s->backend_id,
                       c->w->env.backend_timeout_ms, c->is_main ? NULL : on_backend_reply,
                       on_backend_linked, &why);
