@@ -144,6 +144,30 @@ const char *leg_state_name(enum leg_state s);
 /* Closes and frees a leg (NULL: no-op). */
 void leg_free(struct leg *l);
 
+/* ------------------------------------------------------------------ the client's side (leg.c) */
+
+/* The client's side of a channel, leg-like: one connection toward the
+ * client over a transport, with one state and one checked setter, written
+ * down apart from the channel so that a later step can hand it (transport
+ * state and all, transport_export) to another process.
+ *   LINKING     reading the client's link message
+ *   AUTH        our link reply sent; reading the client's ticket
+ *   LIVE        authenticated (or linked): waiting for the backend, then relaying
+ *   HANDED_OFF  its transport went to the worker that owns the session
+ *   CLOSED      gone */
+enum client_state { CLIENT_LINKING, CLIENT_AUTH, CLIENT_LIVE, CLIENT_HANDED_OFF, CLIENT_CLOSED,
+                    CLIENT_STATE_MAX };
+
+struct client_side {
+    enum client_state state;
+    struct transport *t;        /* TCP, TLS or WebSocket; NULL once handed off */
+    struct event *rd, *wr;      /* on transport_fd(t), owned by the channel's loop */
+};
+
+/* The one way the client side's state changes: checks the move, logs it (debug). */
+void client_set_state(struct chan *c, enum client_state next);
+const char *client_state_name(enum client_state s);
+
 /* ------------------------------------------------------------------ channel */
 
 enum chan_state {
@@ -171,11 +195,11 @@ struct chan {
     struct session *s;          /* NULL until the channel knows its session */
     enum chan_state state;
     uint8_t type, id;
-    struct transport *ct;       /* the client's side: TCP, TLS or WebSocket */
+    struct client_side client_side;
     struct leg *cur;            /* the backend leg (LIVE while relaying) */
     struct leg *next;           /* a migration destination or a reattach's new backend */
     struct leg *old;            /* the source after a switch (DRAINING) */
-    struct event *c_rd, *c_wr, *b_rd, *b_wr, *timer;
+    struct event *b_rd, *b_wr, *timer;
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
     char *web_token;            /* a WebSocket client's token (session_accept), else NULL */
@@ -334,7 +358,7 @@ static inline void chan_arm_read(struct event *ev, const struct transport *t)
         event_active(ev, EV_READ, 0);
 }
 
-/* relay.c: both legs are linked; c->ct and c->bt are set. Bytes the link
+/* relay.c: both legs are linked; c->client_side.t and c->cur are set. Bytes the link
  * phase still owes the client (c->lk->out) go out first. Returns -1 if the
  * channel was closed. */
 int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,

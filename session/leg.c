@@ -1,8 +1,10 @@
-/* session/leg.c: a channel's backend legs (see internal.h): one connection
- * toward a QEMU SPICE server, with one state and one setter that checks each
- * transition and logs it with the session id. Linking a leg is one function
- * for every caller: a session's first backend, a migration destination, a
- * reattach. Runs on the loop that owns the channel. */
+/* session/leg.c: a channel's legs (see internal.h). Its backend legs, each
+ * one connection toward a QEMU SPICE server with one state and one setter
+ * that checks each transition and logs it with the session id; linking a
+ * backend leg is one function for every caller (a session's first backend,
+ * a migration destination, a reattach). And its client side, leg-like: the
+ * client's connection with a state and a setter of its own. Runs on the loop
+ * that owns the channel. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,4 +108,41 @@ void leg_free(struct leg *l)
     transport_free(l->t);
     free(l->hold);
     free(l);
+}
+
+/* ------------------------------------------------------------------ the client's side */
+
+static const char *const client_state_names[CLIENT_STATE_MAX] = {
+    [CLIENT_LINKING] = "LINKING", [CLIENT_AUTH] = "AUTH", [CLIENT_LIVE] = "LIVE",
+    [CLIENT_HANDED_OFF] = "HANDED_OFF", [CLIENT_CLOSED] = "CLOSED",
+};
+
+const char *client_state_name(enum client_state s)
+{
+    return s < CLIENT_STATE_MAX ? client_state_names[s] : "?";
+}
+
+/* The client links, shows its ticket and goes live, or its connection goes
+ * to another worker before its ticket; any side may close. */
+static bool client_legal(enum client_state from, enum client_state to)
+{
+    if (to == CLIENT_CLOSED)
+        return from != CLIENT_CLOSED;
+    return (from == CLIENT_LINKING && (to == CLIENT_AUTH || to == CLIENT_HANDED_OFF)) ||
+           (from == CLIENT_AUTH && to == CLIENT_LIVE);
+}
+
+void client_set_state(struct chan *c, enum client_state next)
+{
+    enum client_state from = c->client_side.state;
+    if (from == next)
+        return;
+    if (!client_legal(from, next))
+        log_warnx("%s %s:%u client side: %s -> %s is not a legal move (a bug)", chan_sid(c),
+                  wire_channel_name(c->type), c->id, client_state_name(from),
+                  client_state_name(next));
+    else
+        log_debug("%s %s:%u client side %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id,
+                  client_state_name(from), client_state_name(next));
+    c->client_side.state = next;
 }

@@ -56,7 +56,7 @@ static int link_send(struct chan *c, const uint8_t *p, size_t len)
         lk->out_have += (uint32_t)len;
         return 0;
     }
-    ssize_t w = transport_write(c->ct, p, len);
+    ssize_t w = transport_write(c->client_side.t, p, len);
     if (w < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -1;
@@ -67,8 +67,8 @@ static int link_send(struct chan *c, const uint8_t *p, size_t len)
         lk->out_have = (uint32_t)(len - (size_t)w);
         lk->out_sent = 0;
     }
-    if ((size_t)w < len || transport_pending_out(c->ct))
-        event_add(c->c_wr, NULL);
+    if ((size_t)w < len || transport_pending_out(c->client_side.t))
+        event_add(c->client_side.wr, NULL);
     return 0;
 }
 
@@ -79,7 +79,7 @@ static void send_last_words(struct chan *c, const uint8_t *p, size_t len)
     if (c->lk != NULL && c->lk->out_have > c->lk->out_sent)
         (void)link_send(c, p, len); /* behind what is queued: best effort */
     else
-        (void)transport_write(c->ct, p, len);
+        (void)transport_write(c->client_side.t, p, len);
 }
 
 static void send_link_error(struct chan *c, uint32_t err)
@@ -169,10 +169,11 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
         return;
     }
     c->state = CH_C_AUTH;
+    client_set_state(c, CLIENT_AUTH);
     c->lk->reply_sent = true;
     c->lk->in_have = 0;
     c->lk->in_need = (c->lk->client_auth_sel ? 4 : 0) + WIRE_TICKET_SIZE;
-    chan_arm_read(c->c_rd, c->ct);
+    chan_arm_read(c->client_side.rd, c->client_side.t);
     arm_timer(c, c->w->env.link_timeout_ms);
 }
 
@@ -220,12 +221,13 @@ static void client_link_done(struct chan *c)
     if (owner != w->env.worker_index) {
         /* The session lives on another worker: move this connection there
          * once, with its transport's state (TLS, WebSocket framing). */
-        struct transport *t = c->ct;
-        c->ct = NULL;
-        if (c->c_rd != NULL)
-            event_del(c->c_rd);
-        if (c->c_wr != NULL)
-            event_del(c->c_wr);
+        struct transport *t = c->client_side.t;
+        c->client_side.t = NULL;
+        client_set_state(c, CLIENT_HANDED_OFF);
+        if (c->client_side.rd != NULL)
+            event_del(c->client_side.rd);
+        if (c->client_side.wr != NULL)
+            event_del(c->client_side.wr);
         if (w->env.handoff(w->env.arg, owner, t, &c->peer, lk->in, lk->in_have,
                            c->web_token) < 0)
             log_warnx("sid=%08x %s:%u handoff to worker %d failed", sid,
@@ -250,7 +252,7 @@ static void client_link_done(struct chan *c)
      * session's (type, id) slot nor make QEMU create a channel (the backend
      * gets its ticket only after the client's has been checked). */
     c->s = s;
-    event_del(c->c_rd);
+    event_del(c->client_side.rd);
     link_backend_connect(c);
 }
 
@@ -300,6 +302,7 @@ static void client_auth_done(struct chan *c)
         TAILQ_REMOVE(&w->pending, c, link);
         TAILQ_INSERT_TAIL(&c->s->chans, c, link);
         c->attached = true;
+        client_set_state(c, CLIENT_LIVE);
         c->state = CH_B_CONNECT;
         arm_timer(c, w->env.backend_timeout_ms);
         blink_resume(c->cur->bl); /* now the backend gets its ticket */
@@ -335,12 +338,13 @@ static void client_auth_done(struct chan *c)
     TAILQ_REMOVE(&w->pending, c, link);
     TAILQ_INSERT_TAIL(&s->chans, c, link);
     c->attached = true;
+    client_set_state(c, CLIENT_LIVE);
     c->s = s;
     s->main = c;
     s->probe_type = SPICE_CHANNEL_MAIN;
     w->stats.sessions_active++;
     w->stats.sessions_total++;
-    event_del(c->c_rd);
+    event_del(c->client_side.rd);
     log_info("%s client=%s authenticated; linking backend %s:%u%s%s", chan_sid(c), s->client,
              s->rec.host, s->rec.port, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
     link_backend_connect(c);
@@ -421,15 +425,15 @@ static int read_step(struct chan *c, const char **why)
 {
     struct chan_link *lk = c->lk;
     while (lk->in_have < lk->in_need) {
-        ssize_t r = transport_read(c->ct, lk->in + lk->in_have, lk->in_need - lk->in_have);
-        if (transport_pending_out(c->ct))
-            event_add(c->c_wr, NULL); /* a WebSocket PONG */
+        ssize_t r = transport_read(c->client_side.t, lk->in + lk->in_have, lk->in_need - lk->in_have);
+        if (transport_pending_out(c->client_side.t))
+            event_add(c->client_side.wr, NULL); /* a WebSocket PONG */
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return 0;
             if (errno == EINTR)
                 continue;
-            *why = errno == EPROTO ? transport_error(c->ct) : "connection reset during link";
+            *why = errno == EPROTO ? transport_error(c->client_side.t) : "connection reset during link";
             return -1;
         }
         if (r == 0) {
@@ -455,7 +459,7 @@ static void client_input(struct chan *c)
         if (rc == 0)
             return;
         if (c->state == CH_C_AUTH) {
-            event_del(c->c_rd);
+            event_del(c->client_side.rd);
             client_auth_done(c);
             return;
         }
@@ -474,7 +478,7 @@ static void client_input(struct chan *c)
             lk->in_need = WIRE_LINK_HEADER_SIZE + size;
             continue;
         }
-        event_del(c->c_rd);
+        event_del(c->client_side.rd);
         client_link_done(c);
         return;
     }
@@ -484,8 +488,8 @@ static void flush_out(struct chan *c)
 {
     struct chan_link *lk = c->lk;
     ssize_t w = lk->out_sent < lk->out_have
-                    ? transport_write(c->ct, lk->out + lk->out_sent, lk->out_have - lk->out_sent)
-                    : transport_writev(c->ct, NULL, 0);
+                    ? transport_write(c->client_side.t, lk->out + lk->out_sent, lk->out_have - lk->out_sent)
+                    : transport_writev(c->client_side.t, NULL, 0);
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         chan_close(c, "write failed during link");
         return;
@@ -494,8 +498,8 @@ static void flush_out(struct chan *c)
         lk->out_sent += (uint32_t)w;
     if (lk->out_sent >= lk->out_have) {
         lk->out_have = lk->out_sent = 0;
-        if (!transport_pending_out(c->ct))
-            event_del(c->c_wr);
+        if (!transport_pending_out(c->client_side.t))
+            event_del(c->client_side.wr);
     }
 }
 
@@ -521,10 +525,10 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
 {
     struct event_base *base = c->w->env.base;
     c->lk = calloc(1, sizeof(*c->lk));
-    c->c_rd = event_new(base, transport_fd(c->ct), EV_READ | EV_PERSIST, on_link_io, c);
-    c->c_wr = event_new(base, transport_fd(c->ct), EV_WRITE | EV_PERSIST, on_link_io, c);
+    c->client_side.rd = event_new(base, transport_fd(c->client_side.t), EV_READ | EV_PERSIST, on_link_io, c);
+    c->client_side.wr = event_new(base, transport_fd(c->client_side.t), EV_WRITE | EV_PERSIST, on_link_io, c);
     c->timer = evtimer_new(base, on_link_timeout, c);
-    if (c->lk == NULL || c->c_rd == NULL || c->c_wr == NULL || c->timer == NULL) {
+    if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL || c->timer == NULL) {
         chan_close(c, "out of memory");
         return;
     }
@@ -552,7 +556,7 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
             }
         }
     }
-    chan_arm_read(c->c_rd, c->ct);
-    if (transport_pending_out(c->ct))
-        event_add(c->c_wr, NULL); /* a PONG or TLS ticket that came with the hand-over */
+    chan_arm_read(c->client_side.rd, c->client_side.t);
+    if (transport_pending_out(c->client_side.t))
+        event_add(c->client_side.wr, NULL); /* a PONG or TLS ticket that came with the hand-over */
 }

@@ -46,22 +46,22 @@ static inline struct transport *backend_t(const struct chan *c)
 
 static inline struct transport *src_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->ct : backend_t(c);
+    return d == &c->to_b ? c->client_side.t : backend_t(c);
 }
 
 static inline struct transport *dst_t(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? backend_t(c) : c->ct;
+    return d == &c->to_b ? backend_t(c) : c->client_side.t;
 }
 
 static inline struct event *src_ev(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->c_rd : c->b_rd;
+    return d == &c->to_b ? c->client_side.rd : c->b_rd;
 }
 
 static inline struct event *dst_ev(const struct chan *c, const struct relay_dir *d)
 {
-    return d == &c->to_b ? c->b_wr : c->c_wr;
+    return d == &c->to_b ? c->b_wr : c->client_side.wr;
 }
 
 static int inject(struct relay_dir *d, uint16_t type, const uint8_t *body, uint32_t len)
@@ -503,12 +503,12 @@ static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
     struct transport *t = src_t(c, d);
     ssize_t r = transport_read(t, d->buf->data + d->tail, room);
     if (transport_pending_out(t)) /* a WebSocket PONG, a TLS key update */
-        event_add(t == c->ct ? c->c_wr : c->b_wr, NULL);
+        event_add(t == c->client_side.t ? c->client_side.wr : c->b_wr, NULL);
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;
         *why = d == &c->to_b ? "client connection reset" : "backend connection reset";
-        if (errno == EPROTO && t == c->ct)
+        if (errno == EPROTO && t == c->client_side.t)
             log_info("%s %s:%u client %s stream broken: %s", chan_sid(c),
                      wire_channel_name(c->type), c->id, transport_name(t), transport_error(t));
         return -1;
@@ -660,7 +660,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
     memset(&c->to_c, 0, sizeof(c->to_c));
     memset(&c->acks, 0, sizeof(c->acks));
     c->to_b.boundary = c->to_c.boundary = 0;
-    struct event **evs[] = { &c->c_rd, &c->c_wr, &c->b_rd, &c->b_wr };
+    struct event **evs[] = { &c->client_side.rd, &c->client_side.wr, &c->b_rd, &c->b_wr };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
         if (*evs[i] != NULL) {
             event_free(*evs[i]);
@@ -668,12 +668,12 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         }
     }
     leg_set_state(c->cur, LEG_LIVE);
-    int cfd = transport_fd(c->ct), bfd = transport_fd(c->cur->t);
-    c->c_rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
+    int cfd = transport_fd(c->client_side.t), bfd = transport_fd(c->cur->t);
+    c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
     c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->c_wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
     c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
-    if (!c->c_rd || !c->b_rd || !c->c_wr || !c->b_wr) {
+    if (!c->client_side.rd || !c->b_rd || !c->client_side.wr || !c->b_wr) {
         chan_close(c, "out of memory");
         return -1;
     }
@@ -699,7 +699,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         chan_close(c, "out of memory");
         return -1;
     }
-    chan_arm_read(c->c_rd, c->ct);
+    chan_arm_read(c->client_side.rd, c->client_side.t);
     event_add(c->b_rd, NULL);
     if (chan_service(c) < 0)
         return -1;
@@ -709,8 +709,8 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
 
 void relay_kick(struct chan *c)
 {
-    if (c->state == CH_RELAY && c->c_wr != NULL && !c->closing)
-        event_active(c->c_wr, EV_WRITE, 0);
+    if (c->state == CH_RELAY && c->client_side.wr != NULL && !c->closing)
+        event_active(c->client_side.wr, EV_WRITE, 0);
 }
 
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len)

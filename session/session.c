@@ -98,7 +98,7 @@ void session_accept(struct session_worker *w, struct transport *t,
         return;
     }
     c->w = w;
-    c->ct = t;
+    c->client_side.t = t;
     c->peer = *peer;
     log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
@@ -109,7 +109,7 @@ void session_accept(struct session_worker *w, struct transport *t,
  * link in progress, its migration legs); the memory stays until chan_free(). */
 static void chan_disarm(struct chan *c)
 {
-    struct event *evs[] = { c->c_rd, c->c_wr, c->b_rd, c->b_wr, c->timer };
+    struct event *evs[] = { c->client_side.rd, c->client_side.wr, c->b_rd, c->b_wr, c->timer };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_del(evs[i]);
@@ -132,7 +132,7 @@ static void chan_bury(struct chan *c)
 
 static void chan_free(struct chan *c)
 {
-    struct event **evs[] = { &c->c_rd, &c->c_wr, &c->b_rd, &c->b_wr, &c->timer };
+    struct event **evs[] = { &c->client_side.rd, &c->client_side.wr, &c->b_rd, &c->b_wr, &c->timer };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
         if (*evs[i] != NULL) {
             event_free(*evs[i]);
@@ -140,8 +140,9 @@ static void chan_free(struct chan *c)
         }
     }
     /* The client's side ends politely (TLS close_notify, WebSocket CLOSE). */
-    transport_shutdown(c->ct, WS_CLOSE_NORMAL);
-    transport_free(c->ct);
+    client_set_state(c, CLIENT_CLOSED);
+    transport_shutdown(c->client_side.t, WS_CLOSE_NORMAL);
+    transport_free(c->client_side.t);
     relay_release(c);
     c->w->hooks->chan_free(c);
     leg_free(c->cur);

@@ -852,7 +852,8 @@ class Broker:
         check(self.alive(), "broker died%s (rc=%s); log tail:\n%s" % (
             " " + when if when else "", self.proc.returncode if self.proc else None,
             tail(self.log_path)))
-        # A leg moved through a state its setter does not allow: a bug of ours.
+        # A leg (backend or client side) moved through a state its setter does
+        # not allow: a bug of ours.
         bugs = [ln for ln in self.log_text().splitlines() if "is not a legal move (a bug)" in ln]
         check(not bugs, "broker logged illegal leg moves:\n%s" % "\n".join(bugs[:5]))
 

@@ -548,6 +548,10 @@ test_good_token_links_main(void **state)
     assert_int_equal(f->w->stats.sessions_active, 1);
     assert_int_equal(f->w->stats.channels_active, 1);
     assert_non_null(session_find(f->w, 0xc0ffee01));
+    /* Both sides of the channel are live. */
+    struct chan *c = session_find(f->w, 0xc0ffee01)->main;
+    assert_int_equal(c->client_side.state, CLIENT_LIVE);
+    assert_int_equal(c->cur->state, LEG_LIVE);
 }
 
 /* A client without PROTOCOL_AUTH_SELECTION sends the bare ticket. */

@@ -924,7 +924,7 @@ test_backend_eof_flushes_pending(void **state)
     assert_non_null(in);
     open_chan(f, SPICE_CHANNEL_DISPLAY, BUF_64K);
     /* A small client-leg send buffer, so the relay buffer fills. */
-    assert_int_equal(setsockopt(transport_fd(the_chan(f)->ct), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(transport_fd(the_chan(f)->client_side.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
     send_all(f, f->backend, s, len);
     run_for(f, 20);
     close(f->backend);
@@ -956,7 +956,7 @@ test_backend_eof_flushes_pending_while_client_talks(void **state)
 
     assert_non_null(in);
     open_chan(f, SPICE_CHANNEL_DISPLAY, BUF_64K);
-    assert_int_equal(setsockopt(transport_fd(the_chan(f)->ct), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(transport_fd(the_chan(f)->client_side.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
     send_all(f, f->backend, s, len);
     run_for(f, 20);
     close(f->backend);
