@@ -2,8 +2,9 @@
  * files for spice-html5 (spice_auto.html, its scripts) and WebSocket
  * upgrades that carry one SPICE channel each. A WebSocket is authenticated by
  * the console token in its URL (?token=) or its "token" cookie (what
- * spice_auto.html?token=... sets), then bridged to the ordinary session code
- * through a socketpair: the relay sees a native client. */
+ * spice_auto.html?token=... sets), then handed to the ordinary session code
+ * as a WebSocket transport (session/transport.h): the relay frames the bytes
+ * itself. */
 #ifndef SB_WEB_H
 #define SB_WEB_H
 
