@@ -265,6 +265,8 @@ fail:
     retry_keep(b, r);
 }
 
+static void records_flush(struct broker *b);
+
 static void on_record_written(struct broker *b, int result, void *arg)
 {
     struct record_write *w = arg;
@@ -283,16 +285,8 @@ static void on_record_written(struct broker *b, int result, void *arg)
     if (ok) {
         if (w->from_retry)
             b->retry_took++;
-        if (w->probe && b->n_retry > 0 && b->writer != NULL) {
-            /* The store answers again: the others follow. */
-            struct broker_record *list = b->retry;
-            size_t n = b->n_retry;
-            b->retry = NULL;
-            b->n_retry = b->cap_retry = 0;
-            for (size_t i = 0; i < n; i++)
-                record_send(b, &list[i], true, false);
-            free(list);
-        }
+        if (w->probe && b->n_retry > 0 && b->writer != NULL)
+            records_flush(b); /* the store answers again: the others follow */
     } else if (!writing_newer(b, w->r.rec.id, w->r.seq)) {
         if (!w->from_retry && b->writer != NULL)
             log_warnx("sid=%08x cannot write the session record; retrying every %d s",
@@ -394,8 +388,9 @@ void broker_publish_session(struct broker *b, const void *rec)
     record_send(b, &r, false, false);
 }
 
-/* At stop: every waiting record gets one more try, within what is left of
- * the stop's bound (store_writer_free). */
+/* Every waiting record gets one more try: once a probe shows the store
+ * answers again, and at stop (within what is left of the stop's bound,
+ * store_writer_free). */
 static void records_flush(struct broker *b)
 {
     struct broker_record *list = b->retry;
