@@ -534,8 +534,8 @@ static void link_dest_channel(struct chan *c)
     struct session *s = c->s;
     const char *why = NULL;
     s->mig->n_legs++;
-    c->next = leg_link(c, s->mig->dest.host, s->mig->dest.port, s->mig->dest.password, s->backend_id,
-                       LINK_TIMEOUT_MS, NULL, on_dest_linked, &why);
+    c->next = leg_link(c, s->mig->dest.host, s->mig->dest.port, s->mig->dest.password,
+                       s->backend_id, LINK_TIMEOUT_MS, NULL, on_dest_linked, &why);
     if (c->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "%s:%u link: %s", wire_channel_name(c->type), c->id, why);

@@ -425,7 +425,8 @@ static int read_step(struct chan *c, const char **why)
 {
     struct chan_link *lk = c->lk;
     while (lk->in_have < lk->in_need) {
-        ssize_t r = transport_read(c->client_side.t, lk->in + lk->in_have, lk->in_need - lk->in_have);
+        struct transport *t = c->client_side.t;
+        ssize_t r = transport_read(t, lk->in + lk->in_have, lk->in_need - lk->in_have);
         if (transport_pending_out(c->client_side.t))
             event_add(c->client_side.wr, NULL); /* a WebSocket PONG */
         if (r < 0) {
@@ -433,7 +434,7 @@ static int read_step(struct chan *c, const char **why)
                 return 0;
             if (errno == EINTR)
                 continue;
-            *why = errno == EPROTO ? transport_error(c->client_side.t) : "connection reset during link";
+            *why = errno == EPROTO ? transport_error(t) : "connection reset during link";
             return -1;
         }
         if (r == 0) {
@@ -488,7 +489,8 @@ static void flush_out(struct chan *c)
 {
     struct chan_link *lk = c->lk;
     ssize_t w = lk->out_sent < lk->out_have
-                    ? transport_write(c->client_side.t, lk->out + lk->out_sent, lk->out_have - lk->out_sent)
+                    ? transport_write(c->client_side.t, lk->out + lk->out_sent,
+                                      lk->out_have - lk->out_sent)
                     : transport_writev(c->client_side.t, NULL, 0);
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         chan_close(c, "write failed during link");
@@ -525,10 +527,12 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
 {
     struct event_base *base = c->w->env.base;
     c->lk = calloc(1, sizeof(*c->lk));
-    c->client_side.rd = event_new(base, transport_fd(c->client_side.t), EV_READ | EV_PERSIST, on_link_io, c);
-    c->client_side.wr = event_new(base, transport_fd(c->client_side.t), EV_WRITE | EV_PERSIST, on_link_io, c);
+    int fd = transport_fd(c->client_side.t);
+    c->client_side.rd = event_new(base, fd, EV_READ | EV_PERSIST, on_link_io, c);
+    c->client_side.wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_link_io, c);
     c->timer = evtimer_new(base, on_link_timeout, c);
-    if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL || c->timer == NULL) {
+    if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL ||
+        c->timer == NULL) {
         chan_close(c, "out of memory");
         return;
     }

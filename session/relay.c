@@ -614,7 +614,7 @@ static void on_readable(struct chan *c, struct relay_dir *d)
     /* Bytes the transport read ahead announce themselves to no one. (The
      * leg may have changed in a switch: look it up again.) */
     struct transport *t = src_t(c, d);
-    if (t != NULL && !d->eof && !d->read_blocked && transport_pending_in(t))
+    if (t != NULL && !c->closing && !d->eof && !d->read_blocked && transport_pending_in(t))
         event_active(src_ev(c, d), EV_READ, 0);
 }
 

@@ -132,7 +132,8 @@ static void chan_bury(struct chan *c)
 
 static void chan_free(struct chan *c)
 {
-    struct event **evs[] = { &c->client_side.rd, &c->client_side.wr, &c->b_rd, &c->b_wr, &c->timer };
+    struct event **evs[] = { &c->client_side.rd, &c->client_side.wr, &c->b_rd, &c->b_wr,
+                             &c->timer };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
         if (*evs[i] != NULL) {
             event_free(*evs[i]);
