@@ -57,7 +57,6 @@
 #define MAX_FDS 48
 
 /* The fake destinations' RSA key, made once (slow). */
-static struct ticket_key *server_key;
 
 /* ------------------------------------------------------------------ session_env stubs */
 
@@ -311,15 +310,6 @@ turn(struct fx *f)
         }                                                                        \
     } while (0)
 
-static void
-read_exact(struct fx *f, int fd, void *buf, size_t n)
-{
-    int rc = recv_exact(f, fd, buf, n, WAIT_MS);
-
-    if (rc != 0)
-        fail_msg("expected %zu bytes, got %s", n, rc > 0 ? "EOF" : "nothing (timeout)");
-}
-
 /* Nothing arrives on any of the n ends for QUIET_MS (bytes are left unread). */
 static void
 expect_quiet_n(struct fx *f, const int *fds, int n)
@@ -359,66 +349,7 @@ expect_quiet(struct fx *f, int fd)
     expect_quiet_n(f, &fd, 1);
 }
 
-/* No more bytes, then EOF (or a reset) within WAIT_MS. */
-static void
-expect_eof(struct fx *f, int fd)
-{
-    uint8_t b[64];
-    ssize_t r = recv_some(f, fd, b, sizeof(b), WAIT_MS);
-
-    if (r > 0)
-        fail_msg("expected EOF on fd %d, got %zd more bytes (first type %u)", fd, r,
-                 r >= 2 ? wire_get_u16(b) : 0);
-    if (r < 0)
-        fail_msg("expected EOF on fd %d, the connection is still open", fd);
-}
-
 /* ------------------------------------------------------------------ message helpers */
-
-static void
-send_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
-{
-    uint8_t b[HDR + 4096];
-
-    assert_true(len <= 4096);
-    send_all(f, fd, b, msg_put(b, type, body, len));
-}
-
-struct msg {
-    uint16_t type;
-    uint32_t size;
-    uint8_t body[8192];
-};
-
-/* 0: a message; 1: closed; -1: timeout. */
-static int
-recv_msg(struct fx *f, int fd, struct msg *m, int ms)
-{
-    uint8_t h[HDR];
-    int rc = recv_exact(f, fd, h, sizeof(h), ms);
-
-    if (rc != 0)
-        return rc;
-    m->type = wire_get_u16(h);
-    m->size = wire_get_u32(h + 2);
-    assert_true(m->size <= sizeof(m->body));
-    return recv_exact(f, fd, m->body, m->size, ms) == 0 ? 0 : -1;
-}
-
-static void
-expect_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
-{
-    struct msg m;
-    int rc = recv_msg(f, fd, &m, WAIT_MS);
-
-    if (rc != 0)
-        fail_msg("expected message %u on fd %d, got %s", type, fd, rc > 0 ? "EOF" : "nothing");
-    if (m.type != type)
-        fail_msg("expected message %u on fd %d, got %u (%u bytes)", type, fd, m.type, m.size);
-    assert_int_equal(m.size, len);
-    if (len)
-        assert_memory_equal(m.body, body, len);
-}
 
 static void
 expect_str(struct fx *f, int fd, uint16_t type, const char *s)
@@ -607,51 +538,6 @@ expect_no_dial(struct fx *f, int k)
 }
 
 static void
-dst_read_link(struct fx *f, int fd, struct wire_link_mess *m)
-{
-    uint8_t h[WIRE_LINK_HEADER_SIZE], body[WIRE_LINK_MAX_BODY];
-    uint32_t size = 0, lerr = 0;
-
-    read_exact(f, fd, h, sizeof(h));
-    assert_int_equal(wire_link_header_parse(h, sizeof(h), &size, &lerr, NULL), WIRE_OK);
-    read_exact(f, fd, body, size);
-    assert_int_equal(wire_link_mess_parse(body, size, m, NULL), WIRE_OK);
-}
-
-/* A link reply as spice-server sends it (common caps 0, 1, 3). */
-static void
-dst_send_reply(struct fx *f, int fd, uint32_t chan_caps)
-{
-    struct wire_link_reply r;
-    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8];
-    size_t n;
-
-    memset(&r, 0, sizeof(r));
-    r.error = SPICE_LINK_ERR_OK;
-    assert_int_equal(ticket_key_public_der(server_key, r.pub_key), 0);
-    r.caps.n_common = 1;
-    r.caps.common[0] = BIT(SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION) |
-                       BIT(SPICE_COMMON_CAP_AUTH_SPICE) | BIT(SPICE_COMMON_CAP_MINI_HEADER);
-    r.caps.n_channel = 1;
-    r.caps.channel[0] = chan_caps;
-    n = wire_link_reply_build(b, sizeof(b), &r);
-    assert_true(n > 0);
-    send_all(f, fd, b, n);
-}
-
-static void
-dst_read_ticket(struct fx *f, int fd, const char *want_pw)
-{
-    uint8_t b[4 + WIRE_TICKET_SIZE];
-    char pw[TICKET_MAX_PLAIN];
-
-    read_exact(f, fd, b, sizeof(b));
-    assert_int_equal(wire_get_u32(b), SPICE_COMMON_CAP_AUTH_SPICE);
-    assert_int_equal(ticket_decrypt(server_key, b + 4, pw, TICKET_MAX_PLAIN), 0);
-    assert_string_equal(pw, want_pw);
-}
-
-static void
 dst_send_result(struct fx *f, int fd, uint32_t res, const uint8_t *extra, size_t extra_len)
 {
     uint8_t b[4 + 256];
@@ -671,11 +557,11 @@ dst_link_as(struct fx *f, int k, struct wire_link_mess *m, const char *pw, uint3
 {
     int fd = dst_accept(f, k);
 
-    dst_read_link(f, fd, m);
-    dst_send_reply(f, fd, m->channel_type == SPICE_CHANNEL_MAIN && !no_seamless
+    srv_read_link(f, fd, m);
+    srv_send_reply(f, fd, m->channel_type == SPICE_CHANNEL_MAIN && !no_seamless
                               ? BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE)
                               : 0);
-    dst_read_ticket(f, fd, pw);
+    srv_expect_ticket(f, fd, pw);
     dst_send_result(f, fd, res, NULL, 0);
     return fd;
 }
@@ -1185,10 +1071,10 @@ test_dest_link_refused(void **state)
     send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
     for (int i = 0; i < 2; i++) {
         int o = dst_accept(f, 0);
-        dst_read_link(f, o, &m);
+        srv_read_link(f, o, &m);
         if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
-            dst_send_reply(f, o, 0);
-            dst_read_ticket(f, o, SRC_PW);
+            srv_send_reply(f, o, 0);
+            srv_expect_ticket(f, o, SRC_PW);
             dst_send_result(f, o, SPICE_LINK_ERR_PERMISSION_DENIED, NULL, 0);
         } else {
             end_of(f, m.channel_type)->dst = o; /* left in the middle of its link */
@@ -1204,7 +1090,7 @@ test_dest_link_refused(void **state)
     send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
     for (int i = 0; i < 2; i++) {
         int o = dst_accept(f, 0);
-        dst_read_link(f, o, &m);
+        srv_read_link(f, o, &m);
         end_of(f, m.channel_type)->dst = o;
     }
     close_end(f, &end_of(f, SPICE_CHANNEL_INPUTS)->dst);
@@ -1716,11 +1602,11 @@ test_channel_closes_while_linking(void **state)
     send_msg(f, dm, SPICE_MSG_MAIN_MIGRATE_DST_SEAMLESS_ACK, NULL, 0);
     for (int i = 0; i < 2; i++) {
         int o = dst_accept(f, 0);
-        dst_read_link(f, o, &m);
+        srv_read_link(f, o, &m);
         end_of(f, m.channel_type)->dst = o;
         if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
-            dst_send_reply(f, o, 0);
-            dst_read_ticket(f, o, DST_PW);
+            srv_send_reply(f, o, 0);
+            srv_expect_ticket(f, o, DST_PW);
             dst_send_result(f, o, SPICE_LINK_ERR_OK, NULL, 0);
         }
     }
@@ -1761,11 +1647,11 @@ reattach_fresh(struct fx *f, int k, const char *pw, uint32_t migrations)
     size_t ni = main_init_put(init, NEW_SID, 1);
     int dm = dst_accept(f, k);
 
-    dst_read_link(f, dm, &m);
+    srv_read_link(f, dm, &m);
     assert_int_equal(m.channel_type, SPICE_CHANNEL_MAIN);
     assert_int_equal(m.connection_id, 0);
-    dst_send_reply(f, dm, BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE));
-    dst_read_ticket(f, dm, pw);
+    srv_send_reply(f, dm, BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE));
+    srv_expect_ticket(f, dm, pw);
     dst_send_result(f, dm, SPICE_LINK_ERR_OK, init, ni);
     assert_int_equal(f->ch[0].dst, -1);
     f->ch[0].dst = dm;

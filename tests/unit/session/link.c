@@ -35,7 +35,7 @@
 #define CLIENT_COMMON (BIT(SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION) | BIT(SPICE_COMMON_CAP_MINI_HEADER))
 
 /* One RSA key for the broker and one for the fake server, made once (slow). */
-static struct ticket_key *broker_key, *server_key;
+static struct ticket_key *broker_key; /* server_key: harness.h */
 
 /* ------------------------------------------------------------------ session_env stubs */
 
@@ -247,15 +247,6 @@ turn(struct fx *f)
     event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 }
 
-static void
-read_exact(struct fx *f, int fd, void *buf, size_t n)
-{
-    int rc = recv_exact(f, fd, buf, n, WAIT_MS);
-
-    if (rc != 0)
-        fail_msg("expected %zu bytes, got %s", n, rc > 0 ? "EOF" : "nothing (timeout)");
-}
-
 /* No more bytes, then EOF within ms. */
 static void
 expect_eof_within(struct fx *f, int fd, int ms)
@@ -267,12 +258,6 @@ expect_eof_within(struct fx *f, int fd, int ms)
         fail_msg("expected EOF, got %zd more bytes", r);
     if (r < 0)
         fail_msg("expected EOF within %d ms, the connection is still open", ms);
-}
-
-static void
-expect_eof(struct fx *f, int fd)
-{
-    expect_eof_within(f, fd, WAIT_MS);
 }
 
 /* The fake backend has no connection waiting (the broker never dialled it). */
@@ -389,54 +374,6 @@ srv_accept(struct fx *f)
         turn(f);
         poll(NULL, 0, 1);
     }
-}
-
-/* Reads the broker's link message; checks its header. */
-static void
-srv_read_link(struct fx *f, int fd, struct wire_link_mess *m)
-{
-    uint8_t h[WIRE_LINK_HEADER_SIZE], body[WIRE_LINK_MAX_BODY];
-    uint32_t size = 0, lerr = 0;
-
-    read_exact(f, fd, h, sizeof(h));
-    assert_memory_equal(h, "REDQ", 4);
-    assert_int_equal(wire_get_u32(h + 4), 2);
-    assert_int_equal(wire_get_u32(h + 8), 2);
-    assert_int_equal(wire_link_header_parse(h, sizeof(h), &size, &lerr, NULL), WIRE_OK);
-    read_exact(f, fd, body, size);
-    assert_int_equal(wire_link_mess_parse(body, size, m, NULL), WIRE_OK);
-}
-
-/* A reply as spice-server sends it: its key, common caps 0, 1, 3. */
-static void
-srv_send_reply(struct fx *f, int fd, uint32_t chan)
-{
-    struct wire_link_reply r;
-    uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8];
-    size_t n;
-
-    memset(&r, 0, sizeof(r));
-    r.error = SPICE_LINK_ERR_OK;
-    assert_int_equal(ticket_key_public_der(server_key, r.pub_key), 0);
-    r.caps.n_common = 1;
-    r.caps.common[0] = BIT(SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION) |
-                       BIT(SPICE_COMMON_CAP_AUTH_SPICE) | BIT(SPICE_COMMON_CAP_MINI_HEADER);
-    r.caps.n_channel = 1;
-    r.caps.channel[0] = chan;
-    n = wire_link_reply_build(b, sizeof(b), &r);
-    assert_true(n > 0);
-    send_all(f, fd, b, n);
-}
-
-/* Reads mechanism + ticket; returns the decrypted password in pw. */
-static void
-srv_read_ticket(struct fx *f, int fd, char pw[TICKET_MAX_PLAIN])
-{
-    uint8_t b[4 + WIRE_TICKET_SIZE];
-
-    read_exact(f, fd, b, sizeof(b));
-    assert_int_equal(wire_get_u32(b), SPICE_COMMON_CAP_AUTH_SPICE);
-    assert_int_equal(ticket_decrypt(server_key, b + 4, pw, TICKET_MAX_PLAIN), 0);
 }
 
 /* The 4-byte link result, then `extra` bytes in the same write. */

@@ -329,62 +329,7 @@ expect_quiet(struct fx *f, int fd)
     }
 }
 
-/* No more bytes, then EOF (or a reset) within WAIT_MS. */
-static void
-expect_eof(struct fx *f, int fd)
-{
-    uint8_t b[64];
-    ssize_t r = recv_some(f, fd, b, sizeof(b), WAIT_MS);
-
-    if (r > 0)
-        fail_msg("expected EOF, got %zd more bytes", r);
-    if (r < 0)
-        fail_msg("expected EOF, the connection is still open");
-}
-
 /* ------------------------------------------------------------------ message helpers */
-
-static void
-send_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
-{
-    uint8_t b[WIRE_MINI_HEADER_SIZE + 4096];
-
-    assert_true(len <= 4096);
-    send_all(f, fd, b, msg_put(b, type, body, len));
-}
-
-struct msg {
-    uint16_t type;
-    uint32_t size;
-    uint8_t body[8192];
-};
-
-/* 0: a message; 1: closed; -1: timeout. */
-static int
-recv_msg(struct fx *f, int fd, struct msg *m, int ms)
-{
-    uint8_t h[WIRE_MINI_HEADER_SIZE];
-    int rc = recv_exact(f, fd, h, sizeof(h), ms);
-
-    if (rc != 0)
-        return rc;
-    m->type = wire_get_u16(h);
-    m->size = wire_get_u32(h + 2);
-    assert_true(m->size <= sizeof(m->body));
-    return recv_exact(f, fd, m->body, m->size, ms) == 0 ? 0 : -1;
-}
-
-static void
-expect_msg(struct fx *f, int fd, uint16_t type, const void *body, uint32_t len)
-{
-    struct msg m;
-
-    assert_int_equal(recv_msg(f, fd, &m, WAIT_MS), 0);
-    assert_int_equal(m.type, type);
-    assert_int_equal(m.size, len);
-    if (len)
-        assert_memory_equal(m.body, body, len);
-}
 
 static uint32_t
 set_ack_put(uint8_t *p, uint32_t generation, uint32_t window)
