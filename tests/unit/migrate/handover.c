@@ -240,6 +240,18 @@ alive(struct fx *f)
     return session_find(f->w, SID) == f->s && f->s != NULL;
 }
 
+/* The session ended: every client end sees EOF, the session is gone, and
+ * its ended record says why (contains `why`). */
+static void
+expect_session_ended(struct fx *f, const char *why)
+{
+    for (int i = 0; i < f->n_ch; i++)
+        expect_eof(f, f->ch[i].client);
+    assert_false(alive(f));
+    assert_int_equal(st.publishes_ended, 1);
+    assert_non_null(strstr(st.last_pub.end_reason, why));
+}
+
 static struct end *
 end_of(struct fx *f, uint8_t type)
 {
@@ -1185,11 +1197,7 @@ test_dest_lost_while_switching(void **state)
     switch_chan(f, &f->ch[0], 1);
     assert_state(f, MIG_SWITCHING);
     close_end(f, &end_of(f, SPICE_CHANNEL_DISPLAY)->dst);
-    for (int i = 0; i < f->n_ch; i++)
-        expect_eof(f, f->ch[i].client);
-    assert_false(alive(f));
-    assert_int_equal(st.publishes_ended, 1);
-    assert_non_null(strstr(st.last_pub.end_reason, "destination lost while switching"));
+    expect_session_ended(f, "destination lost while switching");
 }
 
 /* ------------------------------------------------------------------ timeouts */
@@ -1817,11 +1825,7 @@ test_dest_gone_then_source_closes(void **state)
     WAIT_FOR(f, strcmp(state_of(f), mig_state_name(MIG_IDLE)) == 0);
     expect_dst_dropped(f);
     close_end(f, &f->ch[0].src);
-    for (int i = 0; i < f->n_ch; i++)
-        expect_eof(f, f->ch[i].client);
-    assert_false(alive(f));
-    assert_int_equal(st.publishes_ended, 1);
-    assert_non_null(strstr(st.last_pub.end_reason, "backend closed"));
+    expect_session_ended(f, "backend closed");
 }
 
 /* CONNECTED, and in one loop turn both the destination (legs and listener)
