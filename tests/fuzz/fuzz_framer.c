@@ -7,16 +7,7 @@
 #include <string.h>
 
 #include "proto/wire.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                            \
-        }                                                                       \
-    } while (0)
+#include "fuzz_util.h"
 
 /* Bodies up to this size are collected and handed to the message parsers. */
 #define PARSE_MAX 8192u

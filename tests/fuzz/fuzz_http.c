@@ -5,22 +5,13 @@
 #include <string.h>
 
 #include "proto/http.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                            \
-        }                                                                       \
-    } while (0)
+#include "fuzz_util.h"
 
 #define TERMINATED(field) CHECK(memchr((field), '\0', sizeof(field)) != NULL)
 
-/* An exactly-sized heap copy (NUL-terminated when nul), so ASan flags any read past len. */
+/* fuzz_util.h's dup_exact, as text: NUL-terminated when nul. */
 static char *
-dup_exact(const uint8_t *p, size_t len, bool nul)
+dup_text(const uint8_t *p, size_t len, bool nul)
 {
     char *c = malloc(len + (nul ? 1 : 0) + (len == 0 && !nul));
 
@@ -135,7 +126,7 @@ check_body(const uint8_t *data, size_t size)
 {
     static struct http_request r, head;
     const char *err = NULL;
-    char *copy = dup_exact(data, size, false);
+    char *copy = dup_text(data, size, false);
     int rc = http_parse_request_body(copy, size, FUZZ_MAX_BODY, &r, &err);
     int hrc = http_parse_request(copy, size, &head, NULL);
 
@@ -162,7 +153,7 @@ check_body(const uint8_t *data, size_t size)
         check_request(&r);
         /* The request alone parses the same; one byte less needs more. */
         free(copy);
-        copy = dup_exact(data, (size_t)rc, false);
+        copy = dup_text(data, (size_t)rc, false);
         CHECK(http_parse_request_body(copy, (size_t)rc, FUZZ_MAX_BODY, &head, NULL) == rc);
         CHECK(memcmp(&r, &head, sizeof(r)) == 0);
         CHECK(http_parse_request_body(copy, (size_t)rc - 1, FUZZ_MAX_BODY, &head, NULL) == 0);
@@ -175,7 +166,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct http_request r, again;
     const char *err = NULL;
-    char *copy = dup_exact(data, size, false);
+    char *copy = dup_text(data, size, false);
     size_t end = crlf2(copy, size < HTTP_MAX_HEAD ? size : HTTP_MAX_HEAD);
     int rc = http_parse_request(copy, size, &r, &err);
 
@@ -190,7 +181,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK((size_t)rc == end);
         /* The head alone parses the same; one byte less needs more. */
         free(copy);
-        copy = dup_exact(data, (size_t)rc, true);
+        copy = dup_text(data, (size_t)rc, true);
         CHECK(http_parse_request(copy, (size_t)rc, &again, NULL) == rc);
         CHECK(memcmp(&r, &again, sizeof(r)) == 0);
         CHECK(http_parse_request(copy, (size_t)rc - 1, &again, &err) == 0);
@@ -201,7 +192,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* The helpers on the raw input: as a URL path, and as query + cookie
      * (split at the first newline) for the token. */
-    copy = dup_exact(data, size, true);
+    copy = dup_text(data, size, true);
     check_static(copy);
     (void)http_protocol_offered(copy, "binary");
     {

@@ -4,28 +4,7 @@
 #include <string.h>
 
 #include "proto/wire.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                            \
-        }                                                                       \
-    } while (0)
-
-/* An exactly-sized heap copy, so ASan flags any read past len. */
-static uint8_t *
-dup_exact(const uint8_t *p, size_t len)
-{
-    uint8_t *c = malloc(len ? len : 1);
-
-    CHECK(c != NULL);
-    if (len > 0)
-        memcpy(c, p, len);
-    return c;
-}
+#include "fuzz_util.h"
 
 static void
 caps_check(const struct wire_caps *c)
