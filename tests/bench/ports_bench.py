@@ -172,10 +172,7 @@ def report(results, meta):
         if x is None and (num not in by or den not in by):
             continue
         print(f"  {label.ljust(lw)}  {fmt(x, '.3f').rjust(6)}" + (f"   target {target}" if target else ""))
-    for r in results:
-        for k in ("error", "latency_error", "exited"):
-            if k in r:
-                print(f"{r['path']}: {k}: {r[k]}")
+    relay_bench.print_errors(results)
     return out
 
 
@@ -290,10 +287,7 @@ def main():
                     if pid != p.pid:
                         procs.extra.add(pid)
         procs.stop_all()
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"ports_bench: logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        relay_bench.remove_tmp("ports_bench", tmp)
 
 
 if __name__ == "__main__":

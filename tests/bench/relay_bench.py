@@ -425,6 +425,22 @@ stream {{
 
 # ---------------------------------------------------------------- report
 
+def print_errors(results):
+    """One line per path that failed or whose process exited early."""
+    for r in results:
+        for k in ("error", "latency_error", "exited"):
+            if k in r:
+                print(f"{r['path']}: {k}: {r[k]}")
+
+
+def remove_tmp(name, tmp):
+    """The run's scratch directory goes, unless BENCH_KEEP_TMP keeps it."""
+    if os.environ.get("BENCH_KEEP_TMP"):
+        log(f"{name}: logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -557,10 +573,7 @@ def main():
                           "paths": {r["path"]: r for r in results}}, sort_keys=True))
     finally:
         procs.stop_all()
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"relay_bench: logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_tmp("relay_bench", tmp)
 
 
 if __name__ == "__main__":

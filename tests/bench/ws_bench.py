@@ -638,10 +638,7 @@ def report(results, meta):
             r["gbps_by_busy_threads"] = split
             print(f"{name} by busy broker threads: " +
                   ", ".join(f"{k} thread{'s' if k > 1 else ''}: {v:.2f} Gbps" for k, v in split.items()))
-    for r in results:
-        for k in ("error", "latency_error", "exited"):
-            if k in r:
-                print(f"{r['path']}: {k}: {r[k]}")
+    relay_bench.print_errors(results)
     return ratios
 
 
@@ -752,10 +749,7 @@ def main():
                 if pid != wsk.pid:
                     procs.extra.add(pid)
         procs.stop_all()
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"ws_bench: logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        relay_bench.remove_tmp("ws_bench", tmp)
 
 
 if __name__ == "__main__":
