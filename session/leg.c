@@ -41,20 +41,27 @@ static bool legal(enum leg_state from, enum leg_state to)
     }
 }
 
+/* Logs a move of one of c's legs (`what`, e.g. "backend leg 10.0.0.2:5900");
+ * an illegal one is a broken invariant of ours, not something a peer can
+ * cause: said loudly, but one session's bug does not take the process down. */
+static void log_move(const struct chan *c, const char *what, const char *from, const char *to,
+                     bool ok)
+{
+    if (!ok)
+        log_warnx("%s %s:%u %s: %s -> %s is not a legal move (a bug)", chan_sid(c),
+                  wire_channel_name(c->type), c->id, what, from, to);
+    else
+        log_debug("%s %s:%u %s %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id, what,
+                  from, to);
+}
+
 void leg_set_state(struct leg *l, enum leg_state next)
 {
-    const struct chan *c = l->c;
     if (l->state == next)
         return;
-    if (!legal(l->state, next)) {
-        /* A broken invariant of ours, not something a peer can cause: said
-         * loudly, but one session's bug does not take the process down. */
-        log_warnx("%s %s:%u backend leg %s: %s -> %s is not a legal move (a bug)", chan_sid(c),
-                  wire_channel_name(c->type), c->id, l->where, leg_state_name(l->state),
-                  leg_state_name(next));
-    }
-    log_debug("%s %s:%u backend leg %s %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id,
-              l->where, leg_state_name(l->state), leg_state_name(next));
+    char what[sizeof(l->where) + 16];
+    snprintf(what, sizeof(what), "backend leg %s", l->where);
+    log_move(l->c, what, leg_state_name(l->state), leg_state_name(next), legal(l->state, next));
     l->state = next;
 }
 
@@ -137,12 +144,7 @@ void client_set_state(struct chan *c, enum client_state next)
     enum client_state from = c->client_side.state;
     if (from == next)
         return;
-    if (!client_legal(from, next))
-        log_warnx("%s %s:%u client side: %s -> %s is not a legal move (a bug)", chan_sid(c),
-                  wire_channel_name(c->type), c->id, client_state_name(from),
-                  client_state_name(next));
-    else
-        log_debug("%s %s:%u client side %s -> %s", chan_sid(c), wire_channel_name(c->type), c->id,
-                  client_state_name(from), client_state_name(next));
+    log_move(c, "client side", client_state_name(from), client_state_name(next),
+             client_legal(from, next));
     c->client_side.state = next;
 }
