@@ -16,7 +16,8 @@
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
- *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_password", "wait", "timeout"}
+ *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
+ *                                "dest_password", "wait", "timeout"}
  *
  * Tokens and passwords travel only in request bodies, which are never logged. */
 #include <errno.h>
@@ -233,7 +234,7 @@ struct prepare {
     char error[160];
     char instance[SNAP_MAX_INSTANCE];
     char host[SNAP_MAX_HOST];
-    uint16_t port;
+    uint16_t port, tls_port;
     char password[SNAP_MAX_PASSWORD];
     bool has_password;
     bool wait;
@@ -302,7 +303,7 @@ static void job_prepare(struct session_worker *sw, void *arg)
     pthread_mutex_lock(&p->f.mu);
     p->f.refs += PROVISIONAL;
     pthread_mutex_unlock(&p->f.mu);
-    int n = handover_prepare(sw, p->instance, p->host, p->port,
+    int n = handover_prepare(sw, p->instance, p->host, p->port, p->tls_port,
                             p->has_password ? p->password : NULL, prepare_done, p);
     pthread_mutex_lock(&p->f.mu);
     p->f.refs -= PROVISIONAL - n;
@@ -663,6 +664,7 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     const char *host = json_string_value(json_object_get(j, "dest_host"));
     const char *password = json_string_value(json_object_get(j, "dest_password"));
     json_int_t port = json_integer_value(json_object_get(j, "dest_port"));
+    json_int_t tls_port = json_integer_value(json_object_get(j, "dest_tls_port"));
     bool wait = json_is_true(json_object_get(j, "wait"));
     json_int_t timeout = json_integer_value(json_object_get(j, "timeout"));
     const char *bad = NULL;
@@ -670,8 +672,9 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
         bad = "instance is required";
     else if (host == NULL || host[0] == '\0' || strlen(host) >= SNAP_MAX_HOST)
         bad = "dest_host is required";
-    else if (port < 1 || port > 65535)
-        bad = "dest_port must be 1..65535";
+    else if (port < 0 || port > 65535 || tls_port < 0 || tls_port > 65535 ||
+             (port == 0 && tls_port == 0))
+        bad = "dest_port or dest_tls_port must be 1..65535";
     else if (password != NULL && strlen(password) > SPICE_MAX_PASSWORD_LENGTH)
         bad = "dest_password must be at most 60 bytes";
     if (bad != NULL) {
@@ -691,6 +694,7 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     snprintf(p->instance, sizeof(p->instance), "%s", instance);
     snprintf(p->host, sizeof(p->host), "%s", host);
     p->port = (uint16_t)port;
+    p->tls_port = (uint16_t)tls_port;
     if (password != NULL) {
         snprintf(p->password, sizeof(p->password), "%s", password);
         p->has_password = true;

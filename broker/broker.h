@@ -39,6 +39,7 @@ struct broker {
     struct admin *admin;
     struct web_site *site;       /* the browser port's files, NULL when it is off */
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
+    SSL_CTX *backend_tls;        /* the client role toward secure QEMU ports, NULL: never */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct event *token_file_check; /* re-reads the token file when it changes */

@@ -38,6 +38,24 @@ static const struct opt opts[] = {
       "SPICE over TLS (what clients use as a tls-port); off when empty; needs tls-cert, tls-key" },
     { "tls-cert", STR(tls_cert), "", "FILE", "the TLS port's certificate chain (PEM)" },
     { "tls-key", STR(tls_key), "", "FILE", "the TLS port's private key (PEM)" },
+    { "tls-min-version", STR(tls_min_version), "1.2", "1.2|1.3",
+      "the oldest TLS version any TLS port or backend link accepts (Nova's [console] "
+      "ssl_minimum_version: default, tlsv1_2, tlsv1_3)" },
+    { "tls-ciphers", STR(tls_ciphers), "", "LIST",
+      "OpenSSL cipher list for TLS 1.2 on every TLS port and backend link (Nova's [console] "
+      "ssl_ciphers); default: forward-secret AEAD suites only" },
+    { "backend-tls", STR(backend_tls), "auto", "auto|always|never",
+      "TLS toward QEMU: auto uses a token's tls_port when it has one, always refuses a "
+      "token without one, never uses only plain ports" },
+    { "backend-ca", STR(backend_ca), "", "FILE",
+      "CA certificates (PEM) that QEMU's TLS certificates must chain to (default: the "
+      "system's)" },
+    { "backend-cert", STR(backend_cert), "", "FILE",
+      "client certificate (PEM) shown to QEMU's TLS port, if it asks for one" },
+    { "backend-key", STR(backend_key), "", "FILE", "the key of backend-cert (PEM)" },
+    { "backend-tls-subject", STR(backend_tls_subject), "", "SUBJECT",
+      "the certificate subject every QEMU must show, e.g. 'C=US,O=Example,CN=spice' "
+      "(default: its host name or address is checked against the certificate)" },
     { "web-listen", STR(web_listen), "", "ADDR:PORT",
       "the browser port: spice-html5's files and its WebSockets (nova-spicehtml5proxy's "
       "html5proxy_host:html5proxy_port, e.g. 0.0.0.0:6082); off when empty" },
@@ -421,6 +439,25 @@ int config_validate(const struct config *cfg)
                           access(cfg->tls_cert, R_OK) != 0 || access(cfg->tls_key, R_OK) != 0)) {
         fprintf(stderr, "spice-broker: tls-listen needs readable tls-cert and tls-key files\n");
         return -1;
+    }
+    if (strcmp(cfg->backend_tls, "auto") != 0 && strcmp(cfg->backend_tls, "always") != 0 &&
+        strcmp(cfg->backend_tls, "never") != 0) {
+        fprintf(stderr, "spice-broker: backend-tls must be auto, always or never, got '%s'\n",
+                cfg->backend_tls);
+        return -1;
+    }
+    if ((cfg->backend_cert[0] == '\0') != (cfg->backend_key[0] == '\0')) {
+        fprintf(stderr, "spice-broker: backend-cert and backend-key go together\n");
+        return -1;
+    }
+    const char *files[] = { cfg->backend_ca, cfg->backend_cert, cfg->backend_key };
+    const char *names[] = { "backend-ca", "backend-cert", "backend-key" };
+    for (int i = 0; i < 3; i++) {
+        if (files[i][0] != '\0' && access(files[i], R_OK) != 0) {
+            fprintf(stderr, "spice-broker: %s %s is not readable: %s\n", names[i], files[i],
+                    strerror(errno));
+            return -1;
+        }
     }
     if (web_port != 0 && access(cfg->web_root, R_OK | X_OK) != 0) {
         fprintf(stderr, "spice-broker: web-root %s is not a readable directory "

@@ -14,6 +14,13 @@ struct config {
     char tls_listen[128];
     char tls_cert[512];
     char tls_key[512];
+    char tls_min_version[16];
+    char tls_ciphers[512];
+    char backend_tls[8];       /* auto | always | never */
+    char backend_ca[512];
+    char backend_cert[512];
+    char backend_key[512];
+    char backend_tls_subject[256];
     char web_listen[128];
     char web_root[512];
     char web_allowed_origins[512];

@@ -39,7 +39,8 @@ static void usage(FILE *out)
         "                                the broker's session-history time)\n"
         "  session kill ID               close a session (ID as printed by session list)\n"
         "  migration prepare --instance UUID --dest-host HOST --dest-port PORT\n"
-        "                  [--dest-password PW] [--wait] [--timeout SECONDS]\n"
+        "                  [--dest-tls-port PORT] [--dest-password PW] [--wait]\n"
+        "                  [--timeout SECONDS]\n"
         "                                link the instance's sessions to a migration destination\n"
         "                                in advance; with --wait, exit 0 once it acknowledged\n"
         "  status                        broker version, workers, sessions, uptime\n"
@@ -434,10 +435,11 @@ static int cmd_migration_prepare(int argc, char **argv)
     static const struct option lo[] = {
         { "instance", required_argument, NULL, 'i' }, { "dest-host", required_argument, NULL, 'H' },
         { "dest-port", required_argument, NULL, 'p' },
+        { "dest-tls-port", required_argument, NULL, 'T' },
         { "dest-password", required_argument, NULL, 'w' }, { "wait", no_argument, NULL, 'W' },
         { "timeout", required_argument, NULL, 't' }, { 0 } };
     const char *instance = NULL, *host = NULL, *password = NULL;
-    int port = -1, wait = 0;
+    int port = -1, tls_port = 0, wait = 0;
     long timeout = 15;
     int ch;
     optind = 1;
@@ -445,17 +447,19 @@ static int cmd_migration_prepare(int argc, char **argv)
         switch (ch) {
         case 'i': instance = optarg; break;
         case 'H': host = optarg; break;
-        case 'p': port = parse_port(optarg, 1); break;
+        case 'p': port = parse_port(optarg, 0); break;
+        case 'T': tls_port = parse_port(optarg, 0); break;
         case 'w': password = optarg; break;
         case 'W': wait = 1; break;
         case 't': timeout = strtol(optarg, NULL, 10); break;
         default: return 2;
         }
     }
-    if (optind != argc || instance == NULL || host == NULL || port < 0 || timeout < 1 ||
-        timeout > 120) {
+    if (optind != argc || instance == NULL || host == NULL || port < 0 || tls_port < 0 ||
+        port + tls_port == 0 || timeout < 1 || timeout > 120) {
         fprintf(stderr, "spice-brokerctl: usage: migration prepare --instance UUID --dest-host HOST "
-                        "--dest-port PORT [--dest-password PW] [--wait] [--timeout 1..120]\n");
+                        "--dest-port PORT [--dest-tls-port PORT] [--dest-password PW] [--wait] "
+                        "[--timeout 1..120]\n");
         return 2;
     }
     char pbuf[128];
@@ -466,8 +470,9 @@ static int cmd_migration_prepare(int argc, char **argv)
     }
     if ((timeout + 5) * 1000 > timeout_ms)
         timeout_ms = (int)(timeout + 5) * 1000;
-    json_t *j = json_pack("{s:s, s:s, s:i, s:b, s:I}", "instance", instance, "dest_host", host,
-                          "dest_port", port, "wait", wait, "timeout", (json_int_t)timeout);
+    json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:b, s:I}", "instance", instance, "dest_host",
+                          host, "dest_port", port, "dest_tls_port", tls_port, "wait", wait,
+                          "timeout", (json_int_t)timeout);
     if (password)
         json_object_set_new(j, "dest_password", json_string(password));
     char *out = NULL;

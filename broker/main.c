@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "broker/broker.h"
 #include "broker/tls.h"
@@ -585,7 +586,23 @@ int main(int argc, char **argv)
         .backend_timeout_ms = b.cfg.backend_timeout * 1000,
         .buffer_size = (uint32_t)b.cfg.buffer_size,
         .broker_id = b.cfg.broker_id,
+        .backend_tls_mode = strcmp(b.cfg.backend_tls, "always") == 0  ? BACKEND_TLS_ALWAYS
+                            : strcmp(b.cfg.backend_tls, "never") == 0 ? BACKEND_TLS_NEVER
+                                                                      : BACKEND_TLS_AUTO,
+        .backend_tls_subject = b.cfg.backend_tls_subject,
     };
+    struct tls_policy policy = { b.cfg.tls_min_version, b.cfg.tls_ciphers };
+    if (env.backend_tls_mode != BACKEND_TLS_NEVER) {
+        b.backend_tls = tls_backend_ctx_new(b.cfg.backend_ca, b.cfg.backend_cert,
+                                            b.cfg.backend_key, &policy, &err);
+        if (b.backend_tls == NULL) {
+            log_error("TLS toward backends: %s (backend-ca %s, backend-cert %s)", err ? err : "?",
+                      b.cfg.backend_ca[0] ? b.cfg.backend_ca : "the system's",
+                      b.cfg.backend_cert[0] ? b.cfg.backend_cert : "none");
+            goto out;
+        }
+        env.backend_tls = b.backend_tls;
+    }
     char web_host[128];
     struct worker_web web = { .host = web_host };
     if (b.cfg.web_listen[0] != '\0') {
@@ -602,7 +619,7 @@ int main(int argc, char **argv)
     struct worker_tls tls = { .host = tls_host };
     if (b.cfg.tls_listen[0] != '\0') {
         config_split_hostport(b.cfg.tls_listen, tls_host, sizeof(tls_host), &tls.port);
-        b.tls = tls_ctx_new(b.cfg.tls_cert, b.cfg.tls_key, &err);
+        b.tls = tls_ctx_new(b.cfg.tls_cert, b.cfg.tls_key, &policy, &err);
         if (b.tls == NULL) {
             log_error("TLS port %s: %s (%s, %s)", b.cfg.tls_listen, err ? err : "?",
                       b.cfg.tls_cert, b.cfg.tls_key);
@@ -658,6 +675,7 @@ out:
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
+    SSL_CTX_free(b.backend_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);
     b.token_file_check = NULL;

@@ -1,6 +1,7 @@
-/* broker/tls.c: the TLS port: the server certificate, and each
+/* broker/tls.c: the TLS policy every TLS context of the broker follows
+ * (versions, ciphers); the TLS port: the server certificate, and each
  * connection's handshake (non-blocking, bounded in time) on the worker loop
- * that accepted it. Then the connection, its TLS transport and all, goes to
+ * that accepted it; the client-role context toward secure QEMU ports. Then the connection, its TLS transport and all, goes to
  * session_accept() like a plain one: the relay reads and writes through
  * OpenSSL on the socket (session/transport.c), and a channel of a session
  * that lives on another worker is handed there with its TLS state. */
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <unistd.h>
 
@@ -25,7 +27,40 @@ struct tls_ctx {
     SSL_CTX *ssl;
 };
 
-struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file, const char **err)
+/* TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3's all are). */
+#define TLS_DEFAULT_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL"
+
+int tls_policy_check(const struct tls_policy *p, const char **err)
+{
+    if (p->min_version == NULL || p->min_version[0] == '\0' ||
+        strcasecmp(p->min_version, "default") == 0 || strcmp(p->min_version, "1.2") == 0 ||
+        strcasecmp(p->min_version, "tlsv1_2") == 0 || strcmp(p->min_version, "1.3") == 0 ||
+        strcasecmp(p->min_version, "tlsv1_3") == 0)
+        return 0;
+    *err = "the minimum TLS version must be 1.2 or 1.3 (Nova: default, tlsv1_2, tlsv1_3)";
+    return -1;
+}
+
+/* Applies the policy to ctx: -1 with *err when OpenSSL refuses it. */
+static int apply_policy(SSL_CTX *ctx, const struct tls_policy *p, const char **err)
+{
+    if (tls_policy_check(p, err) < 0)
+        return -1;
+    const char *v = p->min_version != NULL ? p->min_version : "";
+    bool v13 = strcmp(v, "1.3") == 0 || strcasecmp(v, "tlsv1_3") == 0;
+    SSL_CTX_set_min_proto_version(ctx, v13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    const char *ciphers = p->ciphers != NULL && p->ciphers[0] != '\0' ? p->ciphers
+                                                                       : TLS_DEFAULT_CIPHERS;
+    if (SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+        ERR_clear_error();
+        *err = "no usable cipher in the TLS cipher list";
+        return -1;
+    }
+    return 0;
+}
+
+struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file,
+                            const struct tls_policy *policy, const char **err)
 {
     struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL || (ctx->ssl = SSL_CTX_new(TLS_server_method())) == NULL) {
@@ -33,7 +68,8 @@ struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file, const c
         *err = "out of memory";
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx->ssl, TLS1_2_VERSION);
+    if (apply_policy(ctx->ssl, policy, err) < 0)
+        goto fail;
     SSL_CTX_set_mode(ctx->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
                                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     /* Clients (spice-gtk) end with a TCP close, without close_notify: an
@@ -61,6 +97,47 @@ void tls_ctx_free(struct tls_ctx *ctx)
         return;
     SSL_CTX_free(ctx->ssl);
     free(ctx);
+}
+
+SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
+                             const struct tls_policy *policy, const char **err)
+{
+    SSL_CTX *ssl = SSL_CTX_new(TLS_client_method());
+    if (ssl == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    if (apply_policy(ssl, policy, err) < 0)
+        goto fail;
+    SSL_CTX_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* Always verified: against the CA given, else the system's. */
+    SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    if (ca_file != NULL && ca_file[0] != '\0') {
+        if (SSL_CTX_load_verify_locations(ssl, ca_file, NULL) != 1) {
+            *err = "cannot load the backend CA file (PEM)";
+            goto fail;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ssl) != 1) {
+        *err = "cannot load the system's CA certificates";
+        goto fail;
+    }
+    if (cert_file != NULL && cert_file[0] != '\0') {
+        if (SSL_CTX_use_certificate_chain_file(ssl, cert_file) != 1) {
+            *err = "cannot load the backend client certificate (PEM chain)";
+            goto fail;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ssl, key_file, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ssl) != 1) {
+            *err = "cannot load the backend client key, or it does not match its certificate";
+            goto fail;
+        }
+    }
+    return ssl;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ssl);
+    return NULL;
 }
 
 struct tls_conn;

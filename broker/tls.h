@@ -11,10 +11,28 @@
 
 #include "session/session.h"
 
+/* What every TLS context of the broker allows ([console] ssl_minimum_version
+ * and ssl_ciphers in nova.conf): min_version "1.2" (default), "1.3", or
+ * Nova's "default", "tlsv1_2", "tlsv1_3"; ciphers an OpenSSL list for TLS 1.2
+ * (default: forward-secret AEAD suites only). NULL or "" = the default. */
+struct tls_policy {
+    const char *min_version;
+    const char *ciphers;
+};
+/* 0 if the policy is one the broker accepts, else -1 with *err. */
+int tls_policy_check(const struct tls_policy *p, const char **err);
+
 /* The server certificate and key (PEM files), loaded once, shared read-only. */
 struct tls_ctx;
-struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file, const char **err);
+struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file,
+                            const struct tls_policy *policy, const char **err);
 void tls_ctx_free(struct tls_ctx *ctx);
+
+/* The client role toward secure QEMU ports (--backend-ca, --backend-cert,
+ * --backend-key): peers always verified, against ca_file or else the
+ * system's CAs; a client certificate when cert_file is given. */
+SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
+                             const struct tls_policy *policy, const char **err);
 
 /* A worker's TLS connections. */
 struct tls_worker;

@@ -51,9 +51,17 @@
 
 struct mig_dest {
     char host[SNAP_MAX_HOST];
-    uint16_t port;
+    uint16_t port, tls_port;          /* plain and secure ports, 0 = none */
+    char subject[WIRE_MAX_HOST];      /* the certificate subject it named, "" = none */
     char password[SNAP_MAX_PASSWORD];
 };
+
+/* The leg a destination's channels link. */
+static struct leg_dest dest_leg(const struct mig_dest *d)
+{
+    return (struct leg_dest){ .host = d->host, .port = d->port, .tls_port = d->tls_port,
+                              .subject = d->subject, .password = d->password };
+}
 
 /* A migration event waiting its turn (handover_event runs one at a time). */
 struct mig_queued {
@@ -106,8 +114,7 @@ static void relink_channel(struct chan *c);
  * s->mig->notify_why, if set, is the event's reason (copied). */
 static void handover_event(struct session *s, enum mig_event e);
 static void reattach_done_one(struct session *s);
-static void reattach_later(struct session *s, const char *host, uint16_t port,
-                           const char *password);
+static void reattach_later(struct session *s, const struct mig_dest *to);
 
 static uint64_t handover_now(void)
 {
@@ -214,6 +221,8 @@ static void finish(struct session *s)
     snprintf(from, sizeof(from), "%s:%u", s->rec.host, s->rec.port);
     snprintf(s->rec.host, sizeof(s->rec.host), "%s", s->mig->dest.host);
     s->rec.port = s->mig->dest.port;
+    s->rec.tls_port = s->mig->dest.tls_port;
+    snprintf(s->backend_subject, sizeof(s->backend_subject), "%s", s->mig->dest.subject);
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig->dest.password);
     s->migrations++;
     struct session_mig *m = s->mig;
@@ -512,7 +521,7 @@ static void on_dest_linked(struct chan *c, struct leg *l, const struct wire_caps
         dest_failed(s, "out of memory");
         return;
     }
-    event_add(l->rd, NULL);
+    chan_arm_read(l->rd, l->t);
     if (c->is_main) {
         if (!wire_caps_has_channel(caps, SPICE_MAIN_CAP_SEAMLESS_MIGRATE)) {
             dest_failed(s, "destination lacks SEAMLESS_MIGRATE");
@@ -534,8 +543,8 @@ static void link_dest_channel(struct chan *c)
     struct session *s = c->s;
     const char *why = NULL;
     s->mig->n_legs++;
-    c->next = leg_link(c, s->mig->dest.host, s->mig->dest.port, s->mig->dest.password,
-                       s->backend_id, LINK_TIMEOUT_MS, NULL, on_dest_linked, &why);
+    struct leg_dest d = dest_leg(&s->mig->dest);
+    c->next = leg_link(c, &d, s->backend_id, LINK_TIMEOUT_MS, NULL, on_dest_linked, &why);
     if (c->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "%s:%u link: %s", wire_channel_name(c->type), c->id, why);
@@ -607,9 +616,9 @@ static bool handover_wants(const struct chan *c, uint16_t type)
  * prepares with this host's name, libvirt tells QEMU the listen address): a
  * numeric host also matches the address the prepared main leg is connected to. */
 static bool dest_is(const struct session *s, const struct mig_dest *have, const char *host,
-                    uint16_t port)
+                    uint16_t port, uint16_t tls_port)
 {
-    if (have->port != port)
+    if (!(port != 0 && have->port == port) && !(tls_port != 0 && have->tls_port == tls_port))
         return false;
     if (strcasecmp(have->host, host) == 0)
         return true;
@@ -636,13 +645,16 @@ static bool dest_is(const struct session *s, const struct mig_dest *have, const 
 static void on_begin_seamless(struct session *s, const struct wire_migrate_dst *d)
 {
     struct session_mig *m = s->mig;
-    bool match = dest_is(s, &m->dest, d->host, d->port);
-    log_info("%s migration: source announced seamless migration to %s:%u%s", s->sid, d->host,
-             d->port, match && m->state != MIG_IDLE ? " (prepared)" : "");
+    bool match = dest_is(s, &m->dest, d->host, d->port, d->sport);
+    log_info("%s migration: source announced seamless migration to %s:%u%s%s", s->sid, d->host,
+             d->port ? d->port : d->sport, d->port ? "" : " TLS",
+             match && m->state != MIG_IDLE ? " (prepared)" : "");
     /* Taken into the migration only if the event is legal (begin_apply): a
      * refused BEGIN must not rename the destination of the one under way. */
     snprintf(m->begin.host, sizeof(m->begin.host), "%s", d->host);
     m->begin.port = d->port;
+    m->begin.tls_port = d->sport;
+    snprintf(m->begin.subject, sizeof(m->begin.subject), "%s", d->cert_subject);
     m->begin_version = d->src_mig_version;
     m->begin_match = match;
     handover_event(s, MIG_EV_BEGIN);
@@ -660,6 +672,8 @@ static void begin_apply(struct session *s)
                      d->port, m->dest.host, m->dest.port);
         snprintf(m->dest.host, sizeof(m->dest.host), "%s", d->host);
         m->dest.port = d->port;
+        m->dest.tls_port = d->tls_port;
+        snprintf(m->dest.subject, sizeof(m->dest.subject), "%s", d->subject);
         /* The destination's SPICE password: libvirt carries the graphics
          * password over, so the session's own is the best guess. */
         snprintf(m->dest.password, sizeof(m->dest.password), "%s", s->rec.password);
@@ -670,6 +684,10 @@ static void begin_apply(struct session *s)
         /* From now on the destination goes by the source's name for it. */
         snprintf(m->dest.host, sizeof(m->dest.host), "%s", d->host);
     }
+    if (m->dest.subject[0] == '\0') /* QEMU knows its destination's certificate */
+        snprintf(m->dest.subject, sizeof(m->dest.subject), "%s", d->subject);
+    if (m->dest.tls_port == 0)
+        m->dest.tls_port = d->tls_port;
     m->src_version = m->begin_version;
     m->announced = true;
 }
@@ -735,9 +753,10 @@ static enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type,
     case SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS: {
         struct wire_migrate_dst d;
         const char *err = NULL;
-        if (wire_migrate_dst_parse(body, len, true, &d, &err) != 0 || d.port == 0) {
+        if (wire_migrate_dst_parse(body, len, true, &d, &err) != 0 ||
+            (d.port == 0 && d.sport == 0)) {
             log_warnx("%s migration: unusable BEGIN_SEAMLESS (%s); refusing", s->sid,
-                      err ? err : "no plain port");
+                      err ? err : "no port");
             if (relay_inject(c, true, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0) < 0) {
                 *why = "control queue full";
                 return RV_FAIL;
@@ -767,20 +786,24 @@ static enum relay_verdict handover_on_backend_msg(struct chan *c, uint16_t type,
          * destination: reattach there through a fresh backend session. */
         struct wire_migrate_dst d;
         const char *err = NULL;
-        if (wire_migrate_dst_parse(body, len, false, &d, &err) != 0 || d.port == 0) {
+        if (wire_migrate_dst_parse(body, len, false, &d, &err) != 0 ||
+            (d.port == 0 && d.sport == 0)) {
             *why = "unusable MIGRATE_SWITCH_HOST";
             return RV_FAIL;
         }
-        log_info("%s migration: source switched host to %s:%u; reattaching", s->sid, d.host,
-                 d.port);
+        log_info("%s migration: source switched host to %s:%u%s; reattaching", s->sid, d.host,
+                 d.port ? d.port : d.sport, d.port ? "" : " TLS");
         m->notify_why = "source fell back to switch-host";
-        char password[SNAP_MAX_PASSWORD];
-        bool same = dest_is(s, &m->dest, d.host, d.port);
-        snprintf(password, sizeof(password), "%s", same ? m->dest.password : s->rec.password);
+        struct mig_dest to = { .port = d.port, .tls_port = d.sport };
+        snprintf(to.host, sizeof(to.host), "%s", d.host);
+        snprintf(to.subject, sizeof(to.subject), "%s", d.cert_subject);
+        bool same = dest_is(s, &m->dest, d.host, d.port, d.sport);
+        snprintf(to.password, sizeof(to.password), "%s",
+                 same ? m->dest.password : s->rec.password);
         handover_event(s, MIG_EV_SWITCH_HOST);
         c->to_c.hold = true; /* nothing after this from the source */
-        reattach_later(s, d.host, d.port, password);
-        OPENSSL_cleanse(password, sizeof(password));
+        reattach_later(s, &to);
+        OPENSSL_cleanse(&to, sizeof(to));
         return RV_DROP;
     }
     default:
@@ -1022,9 +1045,7 @@ static void handover_channels_changed(struct session *s)
 
 struct reattach_args {
     struct session *s;
-    char host[SNAP_MAX_HOST];
-    uint16_t port;
-    char password[SNAP_MAX_PASSWORD];
+    struct mig_dest to;
 };
 
 static void relink_channel(struct chan *c);
@@ -1122,8 +1143,8 @@ static void relink_channel(struct chan *c)
 {
     struct session *s = c->s;
     const char *why = NULL;
-    c->next = leg_link(c, s->rec.host, s->rec.port, s->rec.password,
-                       c->is_main ? 0 : s->backend_id, c->w->env.backend_timeout_ms, NULL,
+    struct leg_dest d = session_leg_dest(s);
+    c->next = leg_link(c, &d, c->is_main ? 0 : s->backend_id, c->w->env.backend_timeout_ms, NULL,
                        on_relinked, &why);
     if (c->next == NULL) {
         char reason[600];
@@ -1214,9 +1235,10 @@ full:
 
 /* Detaches every backend leg, keeps the client's, and links a fresh backend
  * session at host:port. Returns -1 if the session was closed. */
-static int reattach(struct session *s, const char *host, uint16_t port, const char *password)
+static int reattach(struct session *s, const struct mig_dest *to)
 {
-    log_info("%s reattaching to %s:%u through a fresh backend session", s->sid, host, port);
+    log_info("%s reattaching to %s:%u through a fresh backend session", s->sid, to->host,
+             to->port ? to->port : to->tls_port);
     s->t_reattach = handover_now();
     /* Not from inside another event (reattach runs on a loop turn of its
      * own), so the state is REATTACHING when this returns. */
@@ -1225,9 +1247,11 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
         evtimer_del(s->mig->timer);
     s->mig->blackout_pending = false;
     OPENSSL_cleanse(&s->mig->fallback, sizeof(s->mig->fallback));
-    snprintf(s->rec.host, sizeof(s->rec.host), "%s", host);
-    s->rec.port = port;
-    snprintf(s->rec.password, sizeof(s->rec.password), "%s", password);
+    snprintf(s->rec.host, sizeof(s->rec.host), "%s", to->host);
+    s->rec.port = to->port;
+    s->rec.tls_port = to->tls_port;
+    snprintf(s->backend_subject, sizeof(s->backend_subject), "%s", to->subject);
+    snprintf(s->rec.password, sizeof(s->rec.password), "%s", to->password);
     struct chan *c, *next;
     for (c = TAILQ_FIRST(&s->chans); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
@@ -1254,8 +1278,9 @@ static int reattach(struct session *s, const char *host, uint16_t port, const ch
         return -1;
     }
     const char *why = NULL;
-    s->main->next = leg_link(s->main, host, port, password, 0, s->w->env.backend_timeout_ms, NULL,
-                             on_main_relinked, &why);
+    struct leg_dest d = session_leg_dest(s);
+    s->main->next = leg_link(s->main, &d, 0, s->w->env.backend_timeout_ms, NULL, on_main_relinked,
+                             &why);
     if (s->main->next == NULL) {
         char reason[600];
         snprintf(reason, sizeof(reason), "the destination refused the reattach: %s", why);
@@ -1271,7 +1296,7 @@ static void on_reattach_later(evutil_socket_t fd, short what, void *arg)
     struct session *s = ra->s; /* NULL if the session closed meanwhile */
     if (s != NULL) {
         s->pending_reattach = NULL;
-        (void)reattach(s, ra->host, ra->port, ra->password);
+        (void)reattach(s, &ra->to);
     }
     OPENSSL_cleanse(ra, sizeof(*ra));
     free(ra);
@@ -1279,16 +1304,13 @@ static void on_reattach_later(evutil_socket_t fd, short what, void *arg)
 
 /* From inside a relay callback the channels must not be torn down under
  * the caller's feet: the reattach runs on the next loop turn. */
-static void reattach_later(struct session *s, const char *host, uint16_t port,
-                           const char *password)
+static void reattach_later(struct session *s, const struct mig_dest *to)
 {
     struct reattach_args *ra = calloc(1, sizeof(*ra));
     if (ra == NULL)
         return;
     ra->s = s;
-    snprintf(ra->host, sizeof(ra->host), "%s", host);
-    ra->port = port;
-    snprintf(ra->password, sizeof(ra->password), "%s", password);
+    ra->to = *to;
     if (s->pending_reattach != NULL)
         s->pending_reattach->s = NULL;
     s->pending_reattach = ra;
@@ -1324,22 +1346,18 @@ static int handover_backend_lost(struct chan *c, const char *why)
         return -1;
     log_info("%s %s:%u source lost during migration (%s); reattaching to %s:%u", s->sid,
              wire_channel_name(c->type), c->id, why, m->dest.host, m->dest.port);
-    char host[SNAP_MAX_HOST], password[SNAP_MAX_PASSWORD];
-    snprintf(host, sizeof(host), "%s", m->dest.host);
-    snprintf(password, sizeof(password), "%s", m->dest.password);
-    uint16_t port = m->dest.port;
     s->reattach_cause = why;
     /* Not from here: the caller is inside this channel's relay step, and a
      * reattach may close channels. On the next loop turn. */
-    reattach_later(s, host, port, password);
-    OPENSSL_cleanse(password, sizeof(password));
+    reattach_later(s, &m->dest);
     return s->pending_reattach != NULL ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ prepare, teardown */
 
 int handover_prepare(struct session_worker *w, const char *instance, const char *host,
-                     uint16_t port, const char *password, handover_prepare_cb cb, void *arg)
+                     uint16_t port, uint16_t tls_port, const char *password,
+                     handover_prepare_cb cb, void *arg)
 {
     int n = 0;
     struct session *s, *next;
@@ -1360,7 +1378,7 @@ int handover_prepare(struct session_worker *w, const char *instance, const char 
          * source is waiting on, which stays announced; a prepare naming
          * another destination than the source's is refused. */
         bool announced = m->announced && m->state == MIG_LINKING;
-        if (announced && !dest_is(s, &m->dest, host, port)) {
+        if (announced && !dest_is(s, &m->dest, host, port, tls_port)) {
             cb(arg, false, "the source announced a migration to another destination");
             n++;
             continue;
@@ -1369,6 +1387,10 @@ int handover_prepare(struct session_worker *w, const char *instance, const char 
         if (!announced)
             snprintf(m->dest.host, sizeof(m->dest.host), "%s", host);
         m->dest.port = port;
+        if (tls_port != 0 || !announced)
+            m->dest.tls_port = tls_port;
+        if (!announced)
+            m->dest.subject[0] = '\0';
         snprintf(m->dest.password, sizeof(m->dest.password), "%s",
                  password != NULL ? password : s->rec.password);
         m->prepared = true;

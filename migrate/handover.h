@@ -17,11 +17,13 @@ struct session_worker;
 extern const struct session_hooks handover_hooks;
 
 /* Links every channel of the sessions of `instance` on this worker to a
- * migration destination in advance (PROTOCOL.md 9.11). cb(arg, ok, why) is
+ * migration destination in advance (PROTOCOL.md 9.11), at its plain or
+ * secure port (tls_port, 0 = none) as --backend-tls decides. cb(arg, ok, why) is
  * called once per session when its destination has acknowledged or failed;
  * returns the number of sessions being prepared. Worker loop only. */
 typedef void (*handover_prepare_cb)(void *arg, bool ok, const char *why);
 int handover_prepare(struct session_worker *w, const char *instance, const char *host,
-                     uint16_t port, const char *password, handover_prepare_cb cb, void *arg);
+                     uint16_t port, uint16_t tls_port, const char *password,
+                     handover_prepare_cb cb, void *arg);
 
 #endif

@@ -1,11 +1,14 @@
 /* session/blink.c: one backend link in progress, in the client's role: resolve
  * the host (numeric addresses at once; names through the worker's evdns, never
- * blocking the loop), connect (trying each address in turn), send the link
+ * blocking the loop), connect (trying each address in turn), for a secure
+ * port the TLS handshake (the server's certificate checked), send the link
  * message, read its reply, send the ticket (the password encrypted with that
  * link's own key), read the link result.
  * Used for the first backend of a session and, during a migration, for the
  * destination. Runs on the loop that owns the channel; reads never go past
- * the link result, so the server's first messages stay in the socket. */
+ * the link result, so the server's first messages stay in the transport (in
+ * the socket, or read ahead inside TLS: transport_pending_in). */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -24,7 +27,7 @@
 #include "proto/ticket.h"
 #include "session/internal.h"
 
-enum blink_state { BL_RESOLVE, BL_CONNECT, BL_REPLY, BL_RESULT };
+enum blink_state { BL_RESOLVE, BL_CONNECT, BL_HANDSHAKE, BL_REPLY, BL_RESULT };
 
 #define BLINK_MAX_ADDRS 4
 
@@ -36,7 +39,11 @@ struct blink_resolve {
 struct blink {
     struct event_base *base;
     enum blink_state state;
-    int fd;
+    int fd;                   /* while connecting; then the transport's */
+    struct transport *t;      /* once connected */
+    SSL_CTX *tls;             /* a secure port: TLS with this context */
+    char host[SNAP_MAX_HOST]; /* whom the certificate must name (TLS) */
+    char subject[WIRE_MAX_HOST];
     struct sockaddr_storage addrs[BLINK_MAX_ADDRS];
     socklen_t addr_lens[BLINK_MAX_ADDRS];
     int n_addrs, next_addr;
@@ -65,14 +72,14 @@ static void finish(struct blink *bl, const char *err)
 {
     blink_done_fn done = bl->done;
     void *arg = bl->arg;
-    int fd = -1;
+    struct transport *t = NULL;
     struct wire_caps caps = bl->caps;
     if (err == NULL) {
-        fd = bl->fd;
-        bl->fd = -1;
+        t = bl->t;
+        bl->t = NULL;
     }
     blink_free(bl);
-    done(arg, fd, &caps, err);
+    done(arg, t, &caps, err);
 }
 
 static int queue_out(struct blink *bl, const uint8_t *p, size_t len)
@@ -88,25 +95,56 @@ static int queue_out(struct blink *bl, const uint8_t *p, size_t len)
 static int flush_out(struct blink *bl)
 {
     while (bl->out_sent < bl->out_have) {
-        ssize_t w = send(bl->fd, bl->out + bl->out_sent, bl->out_have - bl->out_sent,
-                         MSG_NOSIGNAL);
+        ssize_t w = transport_write(bl->t, bl->out + bl->out_sent, bl->out_have - bl->out_sent);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 event_add(bl->wr, NULL);
                 return 0;
             }
-            if (errno == EINTR)
-                continue;
             return -1;
         }
         bl->out_sent += (uint32_t)w;
     }
     bl->out_have = bl->out_sent = 0;
+    /* A TLS record the socket did not take yet is the transport's. */
+    if (transport_pending_out(bl->t) && transport_writev(bl->t, NULL, 0) < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        event_add(bl->wr, NULL);
+        return 0;
+    }
     event_del(bl->wr);
     return 0;
 }
 
 static int connect_next(struct blink *bl, const char **why);
+static void send_link(struct blink *bl);
+
+/* The TLS handshake of a secure port, driven from the socket's events. */
+static void handshake(struct blink *bl)
+{
+    int rc = transport_tls_handshake(bl->t);
+    if (rc < 0) {
+        static _Thread_local char why[200];
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", transport_error(bl->t));
+        finish(bl, why);
+        return;
+    }
+    if (rc == 0) {
+        if (transport_wants(bl->t) & TRANSPORT_WANT_WRITE) {
+            event_del(bl->rd);
+            event_add(bl->wr, NULL);
+        } else {
+            event_del(bl->wr);
+            event_add(bl->rd, NULL);
+        }
+        return;
+    }
+    event_del(bl->wr);
+    char desc[96];
+    log_debug("backend %s: %s", bl->host, transport_tls_describe(bl->t, desc, sizeof(desc)));
+    send_link(bl);
+}
 
 static void connected(struct blink *bl)
 {
@@ -119,6 +157,33 @@ static void connected(struct blink *bl)
         finish(bl, why);
         return;
     }
+    int fd = bl->fd;
+    bl->fd = -1; /* the transport's from here (freed with it) */
+    if (bl->tls == NULL) {
+        bl->t = transport_tcp_new(fd);
+    } else {
+        unsigned char a[16];
+        bool ip = inet_pton(AF_INET, bl->host, a) == 1 || inet_pton(AF_INET6, bl->host, a) == 1;
+        bl->t = transport_tls_new(bl->tls, fd, false, ip ? NULL : bl->host);
+        if (bl->t != NULL && transport_tls_expect_peer(bl->t, bl->host, bl->subject) < 0) {
+            finish(bl, "unusable certificate subject or host to check");
+            return;
+        }
+    }
+    if (bl->t == NULL) {
+        finish(bl, "out of memory");
+        return;
+    }
+    if (bl->tls != NULL) {
+        bl->state = BL_HANDSHAKE;
+        handshake(bl);
+        return;
+    }
+    send_link(bl);
+}
+
+static void send_link(struct blink *bl)
+{
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_MESS_FIXED + 8 * WIRE_MAX_CAP_WORDS];
     size_t n = wire_link_mess_build(b, sizeof(b), &bl->mess);
     if (n == 0 || queue_out(bl, b, n) < 0 || flush_out(bl) < 0) {
@@ -129,6 +194,8 @@ static void connected(struct blink *bl)
     bl->in_have = 0;
     bl->in_need = WIRE_LINK_HEADER_SIZE;
     event_add(bl->rd, NULL);
+    if (transport_pending_in(bl->t))
+        event_active(bl->rd, EV_READ, 0);
 }
 
 static void send_ticket(struct blink *bl);
@@ -202,13 +269,12 @@ static void readable(struct blink *bl)
 {
     for (;;) {
         while (bl->in_have < bl->in_need) {
-            ssize_t r = recv(bl->fd, bl->in + bl->in_have, bl->in_need - bl->in_have, 0);
+            ssize_t r = transport_read(bl->t, bl->in + bl->in_have, bl->in_need - bl->in_have);
             if (r < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                     return;
-                if (errno == EINTR)
-                    continue;
-                finish(bl, "connection reset during link");
+                finish(bl, errno == EPROTO ? transport_error(bl->t)
+                                           : "connection reset during link");
                 return;
             }
             if (r == 0) {
@@ -251,6 +317,10 @@ static void readable(struct blink *bl)
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     struct blink *bl = arg;
+    if (bl->state == BL_HANDSHAKE) {
+        handshake(bl);
+        return;
+    }
     if (what & EV_WRITE) {
         if (bl->state == BL_CONNECT) {
             event_del(bl->wr);
@@ -401,8 +471,9 @@ void blink_pause_after_reply(struct blink *bl, blink_reply_fn on_reply)
 }
 
 struct blink *blink_start(struct session_worker *w, const char *host, uint16_t port,
-                          const struct wire_link_mess *mess, const char *password,
-                          int timeout_ms, blink_done_fn done, void *arg, const char **why)
+                          SSL_CTX *tls, const char *subject, const struct wire_link_mess *mess,
+                          const char *password, int timeout_ms, blink_done_fn done, void *arg,
+                          const char **why)
 {
     struct blink *bl = calloc(1, sizeof(*bl));
     if (bl == NULL) {
@@ -412,6 +483,9 @@ struct blink *blink_start(struct session_worker *w, const char *host, uint16_t p
     bl->base = w->env.base;
     bl->fd = -1;
     bl->mess = *mess;
+    bl->tls = tls;
+    snprintf(bl->host, sizeof(bl->host), "%s", host);
+    snprintf(bl->subject, sizeof(bl->subject), "%s", subject ? subject : "");
     bl->done = done;
     bl->arg = arg;
     snprintf(bl->password, sizeof(bl->password), "%s", password ? password : "");
@@ -452,6 +526,7 @@ void blink_free(struct blink *bl)
         event_free(bl->timer);
     if (bl->fd >= 0)
         close(bl->fd);
+    transport_free(bl->t);
     OPENSSL_cleanse(bl, sizeof(*bl));
     free(bl);
 }

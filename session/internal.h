@@ -74,18 +74,22 @@ enum relay_verdict { RV_PASS, RV_KEEP, RV_DROP, RV_FAIL };
 
 /* ------------------------------------------------------------------ backend links (blink.c) */
 
-/* Called once when a backend link finishes: fd >= 0 (owned by the callee) and
- * the server's caps on success, fd < 0 and err on failure. The blink is
- * already freed when this runs. */
-typedef void (*blink_done_fn)(void *arg, int fd, const struct wire_caps *caps, const char *err);
+/* Called once when a backend link finishes: its transport (owned by the
+ * callee) and the server's caps on success, NULL and err on failure. The
+ * blink is already freed when this runs. */
+typedef void (*blink_done_fn)(void *arg, struct transport *t, const struct wire_caps *caps,
+                              const char *err);
 struct blink;
 struct session_worker;
 /* Starts linking to host:port (a numeric address, or a name resolved without
- * blocking). Returns NULL with *why on an immediate failure; the callback is
- * never called from inside blink_start. */
+ * blocking); with tls (a secure port), over TLS in the client role, the
+ * server's certificate naming subject if given, else host. Returns NULL with
+ * *why on an immediate failure; the callback is never called from inside
+ * blink_start. */
 struct blink *blink_start(struct session_worker *w, const char *host, uint16_t port,
-                          const struct wire_link_mess *mess, const char *password,
-                          int timeout_ms, blink_done_fn done, void *arg, const char **why);
+                          SSL_CTX *tls, const char *subject, const struct wire_link_mess *mess,
+                          const char *password, int timeout_ms, blink_done_fn done, void *arg,
+                          const char **why);
 /* Cancels a link in progress (no callback). */
 void blink_free(struct blink *bl);
 /* Makes bl stop after the server's link reply and call on_reply(arg, caps)
@@ -124,20 +128,33 @@ struct leg {
     struct transport *t;        /* once linked */
     struct blink *bl;           /* while LINKING */
     leg_linked_fn done;
-    char where[SNAP_MAX_HOST + 8]; /* "host:port", for logs */
+    bool tls;                   /* over TLS (a secure port) */
+    char where[SNAP_MAX_HOST + 16]; /* "host:port" or "host:port TLS", for logs */
     /* HELD (migrate/handover.c): what the destination sent before the switch */
     struct event *rd;
     uint8_t *hold;
     uint32_t hold_len, scan;
 };
 
-/* Links a new leg of channel c to host:port (the one way every backend link
- * starts), announcing connection_id; on_reply (may be NULL) pauses it after
- * the server's link reply, see blink_pause_after_reply (its arg is the leg).
+/* Where a backend leg goes: a QEMU SPICE server as a token record, a
+ * migration's destination or a switch-host names it. */
+struct leg_dest {
+    const char *host;
+    uint16_t port, tls_port;    /* the plain and the secure port, 0 = none */
+    const char *subject;        /* the certificate subject to expect (NULL/"": the host's) */
+    const char *password;
+};
+/* Which port a leg to d takes, by --backend-tls (session_env): *tls set for
+ * the secure one. -1 with *why when d offers none that the mode allows. */
+int leg_route(const struct session_env *env, const struct leg_dest *d, uint16_t *port, bool *tls,
+              const char **why);
+/* Links a new leg of channel c to d (the one way every backend link starts),
+ * announcing connection_id; on_reply (may be NULL) pauses it after the
+ * server's link reply, see blink_pause_after_reply (its arg is the leg).
  * NULL with *why on an immediate failure; done is never called from inside. */
-struct leg *leg_link(struct chan *c, const char *host, uint16_t port, const char *password,
-                     uint32_t connection_id, int timeout_ms, blink_reply_fn on_reply,
-                     leg_linked_fn done, const char **why);
+struct leg *leg_link(struct chan *c, const struct leg_dest *d, uint32_t connection_id,
+                     int timeout_ms, blink_reply_fn on_reply, leg_linked_fn done,
+                     const char **why);
 /* The one way a leg's state changes: checks the move, logs it (debug). */
 void leg_set_state(struct leg *l, enum leg_state next);
 const char *leg_state_name(enum leg_state s);
@@ -244,6 +261,7 @@ struct session {
     bool id_claimed;
     uint8_t token_hash[32];     /* SHA-256 of the token the client presented */
     struct snap_token rec;      /* where the session leads (password wiped after links) */
+    char backend_subject[WIRE_MAX_HOST]; /* its certificate subject, when a migration named it */
     char client[64];
     int64_t started;
     TAILQ_HEAD(, chan) chans;
@@ -263,6 +281,15 @@ struct session {
     const char *reattach_cause; /* static string: why the source was given up */
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
 };
+
+/* Where the session's backend legs go now (its record, and the certificate
+ * subject a migration named). Valid while s is. */
+static inline struct leg_dest session_leg_dest(const struct session *s)
+{
+    return (struct leg_dest){ .host = s->rec.host, .port = s->rec.port,
+                              .tls_port = s->rec.tls_port, .subject = s->backend_subject,
+                              .password = s->rec.password };
+}
 
 struct session_worker {
     struct session_env env;

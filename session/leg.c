@@ -65,21 +65,57 @@ void leg_set_state(struct leg *l, enum leg_state next)
     l->state = next;
 }
 
-static void on_linked(void *arg, int fd, const struct wire_caps *caps, const char *err)
+static void on_linked(void *arg, struct transport *t, const struct wire_caps *caps,
+                      const char *err)
 {
     struct leg *l = arg;
     l->bl = NULL;
-    if (fd >= 0 && (l->t = transport_tcp_new(fd)) == NULL)
-        err = "out of memory";
+    l->t = t;
     if (err != NULL)
         leg_set_state(l, LEG_CLOSED);
     l->done(l->c, l, caps, err);
 }
 
-struct leg *leg_link(struct chan *c, const char *host, uint16_t port, const char *password,
-                     uint32_t connection_id, int timeout_ms, blink_reply_fn on_reply,
-                     leg_linked_fn done, const char **why)
+int leg_route(const struct session_env *env, const struct leg_dest *d, uint16_t *port, bool *tls,
+              const char **why)
 {
+    switch (env->backend_tls_mode) {
+    case BACKEND_TLS_NEVER:
+        *tls = false;
+        break;
+    case BACKEND_TLS_ALWAYS:
+        *tls = true;
+        break;
+    default:
+        *tls = d->tls_port != 0 && env->backend_tls != NULL;
+        break;
+    }
+    *port = *tls ? d->tls_port : d->port;
+    if (*port != 0 && (!*tls || env->backend_tls != NULL))
+        return 0;
+    if (*tls && env->backend_tls == NULL)
+        *why = "no TLS context toward backends";
+    else if (*tls)
+        *why = "the backend has no secure port (--backend-tls always)";
+    else if (d->tls_port != 0)
+        *why = "the backend has only a secure port (--backend-tls never)";
+    else
+        *why = "the backend has no port";
+    return -1;
+}
+
+struct leg *leg_link(struct chan *c, const struct leg_dest *d, uint32_t connection_id,
+                     int timeout_ms, blink_reply_fn on_reply, leg_linked_fn done,
+                     const char **why)
+{
+    const struct session_env *env = &c->w->env;
+    uint16_t port;
+    bool tls;
+    if (leg_route(env, d, &port, &tls, why) < 0)
+        return NULL;
+    const char *subject = env->backend_tls_subject != NULL && env->backend_tls_subject[0] != '\0'
+                              ? env->backend_tls_subject
+                              : d->subject;
     struct leg *l = calloc(1, sizeof(*l));
     if (l == NULL) {
         *why = "out of memory";
@@ -88,10 +124,12 @@ struct leg *leg_link(struct chan *c, const char *host, uint16_t port, const char
     l->c = c;
     l->state = LEG_LINKING;
     l->done = done;
-    snprintf(l->where, sizeof(l->where), "%s:%u", host, port);
+    l->tls = tls;
+    snprintf(l->where, sizeof(l->where), "%s:%u%s", d->host, port, tls ? " TLS" : "");
     struct wire_link_mess m;
     link_backend_mess(c, connection_id, &m);
-    l->bl = blink_start(c->w, host, port, &m, password, timeout_ms, on_linked, l, why);
+    l->bl = blink_start(c->w, d->host, port, tls ? env->backend_tls : NULL, subject, &m,
+                        d->password, timeout_ms, on_linked, l, why);
     if (l->bl == NULL) {
         free(l);
         return NULL;

@@ -386,7 +386,7 @@ static void on_backend_linked(struct chan *c, struct leg *l, const struct wire_c
     wipe_secrets(c->lk);
     evtimer_del(c->timer);
     if (c->is_main) {
-        log_info("%s main:0 linked to backend %s:%u", chan_sid(c), c->s->rec.host, c->s->rec.port);
+        log_info("%s main:0 linked to backend %s", chan_sid(c), l->where);
     } else {
         log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
         if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
@@ -410,9 +410,9 @@ static void link_backend_connect(struct chan *c)
     c->state = CH_B_CONNECT;
     evtimer_del(c->timer);
     c->linked_backend_id = c->is_main ? 0 : s->backend_id;
-    c->cur = leg_link(c, s->rec.host, s->rec.port, s->rec.password, c->is_main ? 0 : s->backend_id,
-                      c->w->env.backend_timeout_ms, c->is_main ? NULL : on_backend_reply,
-                      on_backend_linked, &why);
+    struct leg_dest d = session_leg_dest(s);
+    c->cur = leg_link(c, &d, c->is_main ? 0 : s->backend_id, c->w->env.backend_timeout_ms,
+                      c->is_main ? NULL : on_backend_reply, on_backend_linked, &why);
     if (c->cur == NULL)
         backend_failed(c, why);
 }

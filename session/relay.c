@@ -700,7 +700,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         return -1;
     }
     chan_arm_read(c->client_side.rd, c->client_side.t);
-    event_add(c->b_rd, NULL);
+    chan_arm_read(c->b_rd, c->cur->t);
     if (chan_service(c) < 0)
         return -1;
     c->w->hooks->relay_started(c);
@@ -790,7 +790,7 @@ int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t firs
         *why = "out of memory";
         return -1;
     }
-    event_add(c->b_rd, NULL);
+    chan_arm_read(c->b_rd, c->cur->t);
     return 0;
 }
 
@@ -848,7 +848,7 @@ int relay_attach_backend(struct chan *c, struct leg *l)
     c->cur = l;
     c->b_rd = rd;
     c->b_wr = wr;
-    event_add(c->b_rd, NULL);
+    chan_arm_read(c->b_rd, c->cur->t);
     return 0;
 }
 

@@ -29,6 +29,11 @@ struct session_worker;
 struct ticket_key;
 struct transport;
 struct session_hooks;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* TLS toward QEMU (--backend-tls): auto takes a record's secure port when it
+ * has one, always refuses a record without one, never takes the plain one. */
+enum session_backend_tls { BACKEND_TLS_AUTO, BACKEND_TLS_ALWAYS, BACKEND_TLS_NEVER };
 
 /* What a worker gives its sessions. Callbacks may be called from the worker's
  * loop only, and must not block on the network. */
@@ -58,6 +63,14 @@ struct session_env {
      * loop. ended=true deletes the record. */
     void (*publish)(void *arg, const struct snap_session *rec, bool ended);
     void *arg;
+
+    /* The client-role TLS context toward secure QEMU ports (CA, optional
+     * client certificate; NULL: none, so no secure port is used), the mode,
+     * and the certificate subject every backend must show ("" or NULL: the
+     * backend's host name or address is checked instead). */
+    SSL_CTX *backend_tls;
+    enum session_backend_tls backend_tls_mode;
+    const char *backend_tls_subject;
 
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */

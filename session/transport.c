@@ -20,6 +20,7 @@
  * CLOSE frames wait in the queue for the next frame boundary. */
 #include "session/transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -74,7 +75,8 @@ struct transport {
     bool tls_failed;            /* an error came after bytes a read returned: next time */
     bool sock_eof;              /* the BIO read the end of the TCP stream */
     int sock_errno;             /* the BIO's last socket error in this call */
-    char errbuf[128];
+    X509_NAME *expect_subject;  /* client role: the peer's subject must be this */
+    char errbuf[160];
     /* WebSocket */
     struct ws_decoder in;
     uint8_t hdr[WS_MAX_HEADER]; /* the header of the frame being written */
@@ -253,7 +255,13 @@ static void bio_method_init(void)
 static void tls_fail(struct transport *t, int ssl_err)
 {
     unsigned long e = ERR_get_error();
-    if (e != 0) {
+    long vr = SSL_is_server(t->ssl) ? X509_V_OK : SSL_get_verify_result(t->ssl);
+    if (vr != X509_V_OK) {
+        /* The server's certificate did not verify: say how, not only that. */
+        snprintf(t->errbuf, sizeof(t->errbuf), "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+        t->err = t->errbuf;
+    } else if (e != 0) {
         ERR_error_string_n(e, t->errbuf, sizeof(t->errbuf));
         t->err = t->errbuf;
     } else if (ssl_err == SSL_ERROR_SYSCALL && t->sock_errno != 0) {
@@ -284,6 +292,90 @@ static int tls_wait_or_fail(struct transport *t, int rc)
     }
 }
 
+/* The client role's subject check: the server's certificate names exactly
+ * the expected subject (what spice-gtk does with a cert-subject). */
+static bool subject_matches(struct transport *t)
+{
+    X509 *peer = SSL_get1_peer_certificate(t->ssl);
+    bool ok = peer != NULL && X509_NAME_cmp(X509_get_subject_name(peer), t->expect_subject) == 0;
+    if (!ok) {
+        char got[96] = "none", want[96];
+        if (peer != NULL)
+            X509_NAME_oneline(X509_get_subject_name(peer), got, sizeof(got));
+        X509_NAME_oneline(t->expect_subject, want, sizeof(want));
+        snprintf(t->errbuf, sizeof(t->errbuf), "certificate subject %s is not the expected %s",
+                 got, want);
+        t->err = t->errbuf;
+    }
+    X509_free(peer);
+    return ok;
+}
+
+int transport_tls_expect_peer(struct transport *t, const char *host, const char *subject)
+{
+    if (subject != NULL && subject[0] != '\0') {
+        X509_NAME *n = X509_NAME_new();
+        if (n == NULL || transport_parse_subject(subject, n) < 0) {
+            X509_NAME_free(n);
+            return -1;
+        }
+        X509_NAME_free(t->expect_subject);
+        t->expect_subject = n;
+        return 0;
+    }
+    if (host == NULL || host[0] == '\0')
+        return 0;
+    X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+    unsigned char addr[16];
+    bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
+    int rc = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) : X509_VERIFY_PARAM_set1_host(vp, host, 0);
+    return rc == 1 ? 0 : -1;
+}
+
+int transport_parse_subject(const char *s, void *name)
+{
+    /* "C=IL,L=Raanana,O=Red Hat,CN=my server": KEY=VALUE pairs separated by
+     * commas, a backslash escaping the next character (a comma in a value). */
+    X509_NAME *out = name;
+    char key[32], val[256];
+    size_t kl = 0, vl = 0;
+    bool in_val = false;
+    for (const char *p = s;; p++) {
+        char ch = *p;
+        if (ch == '\\' && p[1] != '\0') {
+            ch = *++p;
+        } else if (ch == ',' || ch == '\0') {
+            if (!in_val || kl == 0)
+                return -1;
+            key[kl] = val[vl] = '\0';
+            if (X509_NAME_add_entry_by_txt(out, key, MBSTRING_UTF8, (const unsigned char *)val,
+                                           -1, -1, 0) != 1) {
+                ERR_clear_error();
+                return -1;
+            }
+            if (ch == '\0')
+                return 0;
+            kl = vl = 0;
+            in_val = false;
+            continue;
+        } else if (ch == '=' && !in_val) {
+            in_val = true;
+            continue;
+        }
+        if (!in_val) {
+            if (ch == ' ' && kl == 0)
+                continue; /* "C=IL, O=x" */
+            if (kl + 1 >= sizeof(key))
+                return -1;
+            key[kl++] = ch;
+        } else {
+            if (vl + 1 >= sizeof(val))
+                return -1;
+            val[vl++] = ch;
+        }
+    }
+}
+
 int transport_tls_handshake(struct transport *t)
 {
     t->sock_errno = 0;
@@ -294,6 +386,8 @@ int transport_tls_handshake(struct transport *t)
     ERR_clear_error();
     int rc = SSL_do_handshake(t->ssl);
     if (rc == 1) {
+        if (t->expect_subject != NULL && !subject_matches(t))
+            return -1;
         (void)out_flush(t);
         /* The peer's first data may have come with its last handshake
          * flight, read ahead: whoever reads next must not wait for the socket. */
@@ -742,6 +836,7 @@ void transport_free(struct transport *t)
         return;
     if (t->ssl != NULL)
         SSL_free(t->ssl); /* frees the BIO too */
+    X509_NAME_free(t->expect_subject);
     if (t->fd >= 0)
         close(t->fd);
     byteq_free(&t->out);

@@ -46,6 +46,14 @@ struct transport *transport_tcp_new(int fd);
  * and writes, or explicitly with transport_tls_handshake(). NULL when out of
  * memory (fd closed). */
 struct transport *transport_tls_new(SSL_CTX *ctx, int fd, bool server, const char *sni);
+/* Client role, before the handshake: whom the server's certificate must name
+ * (when the SSL_CTX verifies peers). With a subject ("C=XX,O=Org,CN=name", as
+ * QEMU's client_migrate_info cert-subject), the certificate's subject must be
+ * exactly that; else host (a name or an IP address) must match its
+ * subjectAltName. -1 on an unparsable subject. */
+int transport_tls_expect_peer(struct transport *t, const char *host, const char *subject);
+/* Parses such a subject into out (an X509_NAME *); -1 if malformed. */
+int transport_parse_subject(const char *subject, void *out);
 /* Drives the handshake: 1 done, 0 wait (transport_wants()), -1 failed
  * (transport_error() says why; the peer closing is "the peer closed"). */
 int transport_tls_handshake(struct transport *t);

@@ -667,7 +667,7 @@ src_migrate(struct fx *f, struct end *e, uint32_t flags)
 static int
 prepare(struct fx *f, int k)
 {
-    return handover_prepare(f->w, "inst-1", "127.0.0.1", f->dport[k], DST_PW, on_prepared, NULL);
+    return handover_prepare(f->w, "inst-1", "127.0.0.1", f->dport[k], 0, DST_PW, on_prepared, NULL);
 }
 
 /* Prepared and linked: LINKED, the prepare reported ok. */
@@ -1471,7 +1471,7 @@ test_prepare_while_under_way(void **state)
     switch_chan(f, &f->ch[0], 2);
     expect_finished(f, 0, 1);
     /* Another instance's prepare touches nothing. */
-    assert_int_equal(handover_prepare(f->w, "inst-2", "127.0.0.1", f->dport[1], DST_PW,
+    assert_int_equal(handover_prepare(f->w, "inst-2", "127.0.0.1", f->dport[1], 0, DST_PW,
                                      on_prepared, NULL), 0);
 }
 
