@@ -138,11 +138,14 @@ static json_t *session_json(const struct snap_session *rec)
             "msgs_to_backend", (json_int_t)ch->msgs_to_backend));
     }
     char backend[300];
-    snprintf(backend, sizeof(backend), "%s:%u", rec->backend_host, rec->backend_port);
+    snprintf(backend, sizeof(backend), "%s:%u", rec->backend_host,
+             rec->backend_tls ? rec->backend_tls_port : rec->backend_port);
     json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:i, s:o}",
         "id", (json_int_t)rec->id, "instance", rec->instance, "client", rec->client,
         "backend", backend, "broker", rec->broker, "started", (json_int_t)rec->started,
         "migrations", (int)rec->migrations, "channels", chans);
+    if (rec->backend_tls)
+        json_object_set_new(o, "backend_tls", json_true());
     if (rec->ended != 0) {
         json_object_set_new(o, "ended", json_integer((json_int_t)rec->ended));
         json_object_set_new(o, "end_reason", json_string(rec->end_reason));
@@ -570,10 +573,12 @@ static bool h_token_add(struct admin *a, const struct request *q, struct respons
         bad = "token must be 1 to 60 bytes (it is the client's SPICE password)";
     else if (host == NULL || host[0] == '\0' || strlen(host) >= sizeof(t.host))
         bad = "host is required";
-    else if (port < 1 || port > 65535)
-        bad = "port must be 1..65535";
+    else if (port < 0 || port > 65535)
+        bad = "port must be 0..65535";
     else if (tls_port < 0 || tls_port > 65535)
         bad = "tls_port must be 0..65535";
+    else if (port == 0 && tls_port == 0)
+        bad = "port or tls_port is required";
     else if (password != NULL && strlen(password) > SPICE_MAX_PASSWORD_LENGTH)
         bad = "password must be at most 60 bytes";
     else if (instance != NULL && strlen(instance) >= sizeof(t.instance))

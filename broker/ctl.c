@@ -276,7 +276,7 @@ static int cmd_token_add(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'H': host = optarg; break;
-        case 'p': port = parse_port(optarg, 1); break;
+        case 'p': port = parse_port(optarg, 0); break;
         case 't': tls_port = parse_port(optarg, 0); break;
         case 'w': password = optarg; break;
         case 'i': instance = optarg; break;
@@ -292,9 +292,11 @@ static int cmd_token_add(int argc, char **argv)
         default: return 2;
         }
     }
-    if (optind != argc - 1 || host == NULL || port < 0 || tls_port < 0) {
+    if (optind != argc - 1 || host == NULL || port < 0 || tls_port < 0 ||
+        port + tls_port == 0) {
         fprintf(stderr, "spice-brokerctl: usage: token add TOKEN --host HOST --port PORT "
-                        "[--tls-port PORT] [--password PW] [--instance UUID] [--ttl SECONDS]\n");
+                        "[--tls-port PORT] [--password PW] [--instance UUID] [--ttl SECONDS]\n"
+                        "  (--port 0 with a --tls-port: a QEMU with only a secure port)\n");
         return 2;
     }
     char tbuf[128], pbuf[128];

@@ -345,7 +345,7 @@ static void note_instance(struct broker *b, const struct snap_session *rec)
     size_t old_len = 0;
     if (store_get(b->store, key, &old, &old_len, NULL) == STORE_OK &&
         snap_instance_decode(old, old_len, &in) == 0 && strcmp(in.host, rec->backend_host) == 0 &&
-        in.port == rec->backend_port) {
+        in.port == rec->backend_port && in.tls_port == rec->backend_tls_port) {
         free(old);
         return;
     }
@@ -353,6 +353,7 @@ static void note_instance(struct broker *b, const struct snap_session *rec)
     memset(&in, 0, sizeof(in));
     snprintf(in.host, sizeof(in.host), "%s", rec->backend_host);
     in.port = rec->backend_port;
+    in.tls_port = rec->backend_tls_port;
     in.updated = (int64_t)time(NULL);
     in.session_id = rec->id;
     in.migrations = rec->migrations;
@@ -363,12 +364,12 @@ static void note_instance(struct broker *b, const struct snap_session *rec)
         iw->id = rec->id;
         snprintf(iw->instance, sizeof(iw->instance), "%s", rec->instance);
         snprintf(iw->host, sizeof(iw->host), "%s", in.host);
-        iw->port = in.port;
+        iw->port = rec->backend_tls ? in.tls_port : in.port;
     }
     if (iw == NULL || snap_instance_encode(&in, &val, &len) != 0 ||
         broker_store_put(b, key, val, len, on_instance_written, iw) < 0) {
         log_warnx("sid=%08x cannot record that instance %s is now on %s:%u", rec->id,
-                  rec->instance, in.host, in.port);
+                  rec->instance, in.host, rec->backend_tls ? in.tls_port : in.port);
         free(iw);
     }
     free(val);

@@ -217,14 +217,15 @@ static void finish(struct session *s)
         c->mig_data_len = 0;
         c->switched = false;
     }
-    char from[SNAP_MAX_HOST + 8];
-    snprintf(from, sizeof(from), "%s:%u", s->rec.host, s->rec.port);
+    char from[SNAP_MAX_HOST + 8], to[SNAP_MAX_HOST + 8];
+    session_backend_where(s, from, sizeof(from));
     snprintf(s->rec.host, sizeof(s->rec.host), "%s", s->mig->dest.host);
     s->rec.port = s->mig->dest.port;
     s->rec.tls_port = s->mig->dest.tls_port;
     snprintf(s->backend_subject, sizeof(s->backend_subject), "%s", s->mig->dest.subject);
     snprintf(s->rec.password, sizeof(s->rec.password), "%s", s->mig->dest.password);
     s->migrations++;
+    session_backend_where(s, to, sizeof(to));
     struct session_mig *m = s->mig;
     /* One line per migration, written once the blackout is known (the first
      * destination message on the display), or after a few seconds without. */
@@ -235,10 +236,10 @@ static void finish(struct session *s)
                                                    : ms_between(m->t_ready, m->t_begin))
                                             : -1.0;
     if (asprintf(&m->summary,
-                 "migrated %s -> %s:%u (%s): destination ready %.1f ms %s begin, "
+                 "migrated %s -> %s (%s): destination ready %.1f ms %s begin, "
                  "confirm -> first switch %.1f ms, switching %.1f ms, held %llu bytes, "
                  "migration #%u",
-                 from, s->rec.host, s->rec.port, m->prepared ? "prepared" : "unprepared", ready,
+                 from, to, m->prepared ? "prepared" : "unprepared", ready,
                  m->t_ready > m->t_begin ? "after" : "before",
                  ms_between(m->t_confirm, m->t_first_switch), ms_between(m->t_first_switch, now),
                  (unsigned long long)m->held_bytes, s->migrations) < 0)

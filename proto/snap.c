@@ -223,6 +223,8 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
     m.client = (char *)s->client;
     m.backend_host = (char *)s->backend_host;
     m.backend_port = s->backend_port;
+    m.backend_tls_port = s->backend_tls_port;
+    m.backend_tls = s->backend_tls;
     m.started = s->started;
     m.migrations = s->migrations;
     m.ended = s->ended;
@@ -265,6 +267,7 @@ int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s)
     if ((m = spicebroker__session_record__unpack(NULL, plen, payload)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->backend_port > UINT16_MAX ||
+        m->backend_tls_port > UINT16_MAX ||
         m->n_channels > SNAP_MAX_CHANNELS)
         goto fail;
     if ((tmp = calloc(1, sizeof(*tmp))) == NULL)
@@ -277,6 +280,8 @@ int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s)
         goto fail;
     tmp->id = m->id;
     tmp->backend_port = (uint16_t)m->backend_port;
+    tmp->backend_tls_port = (uint16_t)m->backend_tls_port;
+    tmp->backend_tls = m->backend_tls;
     tmp->started = m->started;
     tmp->migrations = m->migrations;
     tmp->ended = m->ended;

@@ -6,6 +6,7 @@
 #ifndef SB_SNAP_H
 #define SB_SNAP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,7 +40,9 @@ struct snap_session {
     char instance[SNAP_MAX_INSTANCE];
     char client[SNAP_MAX_HOST];     /* client address "ip:port" */
     char backend_host[SNAP_MAX_HOST];
-    uint16_t backend_port;
+    uint16_t backend_port;          /* 0 = none */
+    uint16_t backend_tls_port;      /* 0 = none */
+    bool backend_tls;               /* the legs use backend_tls_port */
     int64_t started;                /* unix seconds */
     uint32_t migrations;
     uint32_t n_channels;

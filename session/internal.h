@@ -291,6 +291,10 @@ static inline struct leg_dest session_leg_dest(const struct session *s)
                               .password = s->rec.password };
 }
 
+/* "host:port" of the session's backend, at the port its legs use (or
+ * would: --backend-tls decides). */
+void session_backend_where(const struct session *s, char *buf, size_t len);
+
 struct session_worker {
     struct session_env env;
     struct pool pool;

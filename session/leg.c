@@ -104,6 +104,17 @@ int leg_route(const struct session_env *env, const struct leg_dest *d, uint16_t 
     return -1;
 }
 
+void session_backend_where(const struct session *s, char *buf, size_t len)
+{
+    struct leg_dest d = session_leg_dest(s);
+    uint16_t port;
+    bool tls;
+    const char *why;
+    if (leg_route(&s->w->env, &d, &port, &tls, &why) < 0)
+        port = d.port != 0 ? d.port : d.tls_port;
+    snprintf(buf, len, "%s:%u", d.host, port);
+}
+
 struct leg *leg_link(struct chan *c, const struct leg_dest *d, uint32_t connection_id,
                      int timeout_ms, blink_reply_fn on_reply, leg_linked_fn done,
                      const char **why)

@@ -130,8 +130,11 @@ static void refuse_auth(struct chan *c, uint32_t err, const char *why)
 /* The backend leg failed: tell the client in the form its current step expects. */
 static void backend_failed(struct chan *c, const char *why)
 {
-    log_warnx("%s %s:%u backend %s:%u link failed: %s", chan_sid(c), wire_channel_name(c->type),
-              c->id, c->s ? c->s->rec.host : "?", c->s ? c->s->rec.port : 0, why);
+    char where[SNAP_MAX_HOST + 8] = "?";
+    if (c->s != NULL)
+        session_backend_where(c->s, where, sizeof(where));
+    log_warnx("%s %s:%u backend %s link failed: %s", chan_sid(c), wire_channel_name(c->type),
+              c->id, where, why);
     c->w->stats.links_failed_backend++;
     if (c->is_main || c->lk->reply_sent)
         send_link_result(c, SPICE_LINK_ERR_ERROR); /* the client is waiting for its result */
@@ -345,8 +348,10 @@ static void client_auth_done(struct chan *c)
     w->stats.sessions_active++;
     w->stats.sessions_total++;
     event_del(c->client_side.rd);
-    log_info("%s client=%s authenticated; linking backend %s:%u%s%s", chan_sid(c), s->client,
-             s->rec.host, s->rec.port, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
+    char where[SNAP_MAX_HOST + 8];
+    session_backend_where(s, where, sizeof(where));
+    log_info("%s client=%s authenticated; linking backend %s%s%s", chan_sid(c), s->client,
+             where, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
     link_backend_connect(c);
 }
 

@@ -175,6 +175,8 @@ static void session_snapshot(const struct session *s, struct snap_session *rec)
     snprintf(rec->client, sizeof(rec->client), "%s", s->client);
     snprintf(rec->backend_host, sizeof(rec->backend_host), "%s", s->rec.host);
     rec->backend_port = s->rec.port;
+    rec->backend_tls_port = s->rec.tls_port;
+    rec->backend_tls = s->main != NULL && s->main->cur != NULL && s->main->cur->tls;
     rec->started = s->started;
     rec->migrations = s->migrations;
     const struct chan *c;

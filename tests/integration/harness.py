@@ -343,8 +343,16 @@ class Qemu:
     """QEMU (TCG, 64 MB, QXL) running the test guest with SPICE on 127.0.0.1."""
 
     def __init__(self, env, name="qemu", password=None, all_devices=True,
-                 spice_port=None, extra=None, incoming=False):
+                 spice_port=None, extra=None, incoming=False, tls_dir=None,
+                 cert_subject=None):
         self.env, self.name = env, name
+        # tls_dir: secure SPICE only, as Nova's [spice] require_secure makes
+        # it: a tls-port (spice_port is then that port), no plain port, every
+        # channel secure; QEMU reads ca-cert.pem, server-cert.pem and
+        # server-key.pem there (tlsutil.make_cert). cert_subject: what a
+        # source tells its clients to expect of this one's certificate.
+        self.tls_dir = tls_dir
+        self.cert_subject = cert_subject
         # a migration destination: -incoming tcp:127.0.0.1:<mig_port>; its
         # guest does not boot (it arrives by migration, without a READY line)
         self.mig_port = free_port() if incoming else None
@@ -359,7 +367,11 @@ class Qemu:
         self._qmp = None
 
     def argv(self):
-        spice = "port=%d,addr=127.0.0.1,seamless-migration=on" % self.spice_port
+        if self.tls_dir is not None:
+            spice = ("tls-port=%d,addr=127.0.0.1,x509-dir=%s,tls-channel=default,"
+                     "seamless-migration=on" % (self.spice_port, self.tls_dir))
+        else:
+            spice = "port=%d,addr=127.0.0.1,seamless-migration=on" % self.spice_port
         a = [QEMU_BIN, "-machine", "pc,accel=tcg", "-m", "64", "-nodefaults",
              "-vga", "qxl", "-display", "none", "-name", "sb-it-" + self.name,
              "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
@@ -378,11 +390,17 @@ class Qemu:
         return a + self.extra
 
     @classmethod
-    def dest_like(cls, src, name):
+    def dest_like(cls, src, name, tls_dir=None, cert_subject=None):
         """A migration destination for src: same guest image, password and
-        devices, its own SPICE port, -incoming on a free port. Not started."""
+        devices, its own SPICE port, -incoming on a free port. Not started.
+        TLS as src unless tls_dir names its own certificates."""
         return cls(src.env, name=name, password=src.password,
-                   all_devices=src.all_devices, extra=list(src.extra), incoming=True)
+                   all_devices=src.all_devices, extra=list(src.extra), incoming=True,
+                   tls_dir=tls_dir or src.tls_dir, cert_subject=cert_subject)
+
+    def ports(self):
+        """(port, tls_port) as a token or a prepare names them."""
+        return (0, self.spice_port) if self.tls_dir is not None else (self.spice_port, 0)
 
     def start(self, timeout=20.0):
         self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
@@ -547,8 +565,14 @@ class Migration:
 
     def client_migrate_info(self):
         self.steps["client_migrate_info"] = time.monotonic()
-        self.src.qmp("client_migrate_info", protocol="spice",
-                     hostname=self.client_host, port=self.client_port)
+        args = {"protocol": "spice", "hostname": self.client_host}
+        if self.dst.tls_dir is not None and self.client_port == self.dst.spice_port:
+            args["tls-port"] = self.client_port
+            if self.dst.cert_subject:
+                args["cert-subject"] = self.dst.cert_subject
+        else:
+            args["port"] = self.client_port
+        self.src.qmp("client_migrate_info", **args)
 
     def migrate(self):
         self.steps["migrate"] = time.monotonic()
@@ -885,8 +909,11 @@ class Broker:
                 " ".join(str(a) for a in args), r.returncode, out, err))
         return r.returncode, out, err
 
-    def token_add(self, token, host, port, password=None, ttl=None, instance=None):
+    def token_add(self, token, host, port, password=None, ttl=None, instance=None,
+                  tls_port=None):
         a = ["token", "add", token, "--host", host, "--port", port]
+        if tls_port:
+            a += ["--tls-port", tls_port]
         if password is not None:
             a += ["--password", password]
         if ttl is not None:
@@ -932,11 +959,13 @@ class Broker:
         return ss[0] if ss else None
 
     def prepare(self, instance, host, port, password=None, wait=True, timeout=15,
-                check_rc=True):
+                check_rc=True, tls_port=None):
         """migration prepare [--wait]: links the instance's sessions to the
         destination in advance. Returns (rc, stdout, stderr)."""
         a = ["migration", "prepare", "--instance", instance, "--dest-host", host,
              "--dest-port", port, "--timeout", int(timeout)]
+        if tls_port:
+            a += ["--dest-tls-port", tls_port]
         if password is not None:
             a += ["--dest-password", password]
         if wait:
@@ -1182,7 +1211,8 @@ class MigSession:
         self.broker = broker
         self.instance = new_instance()
         self.token = token(tag)
-        self.broker.token_add(self.token, "127.0.0.1", src.spice_port,
+        port, tls_port = src.ports()
+        self.broker.token_add(self.token, "127.0.0.1", port, tls_port=tls_port,
                               password=src.password, instance=self.instance)
         if smartcard is None:
             smartcard = src.all_devices
@@ -1195,7 +1225,8 @@ class MigSession:
     def prepare(self, dst, timeout=15):
         """migration prepare --wait toward dst; must report 1 linked session."""
         t = time.monotonic()
-        rc, out, err = self.broker.prepare(self.instance, "127.0.0.1", dst.spice_port,
+        port, tls_port = dst.ports()
+        rc, out, err = self.broker.prepare(self.instance, "127.0.0.1", port, tls_port=tls_port,
                                            password=dst.password, timeout=timeout)
         check("1 session(s) linked" in out, "prepare: unexpected answer %r %r" % (out, err))
         log("prepared %s in %.0f ms: %s" % (dst.name, (time.monotonic() - t) * 1000,

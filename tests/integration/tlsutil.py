@@ -71,11 +71,13 @@ def _cnf_escape(s):
 
 
 def make_cert(dirpath, cn="127.0.0.1", ip="127.0.0.1", dns=("localhost",), days=1,
-              key_type="rsa"):
+              key_type="rsa", ca_from=None):
     """CA + server certificate in dirpath (see the module docstring).
 
     ip=None leaves out the IP SAN, dns=() the DNS SANs (to test hostname
     verification); with neither, the certificate has no subjectAltName.
+    ca_from: another make_cert result whose CA signs this certificate too
+    (copied here, so dirpath is a complete x509-dir).
     Returns {"dir", "ca_cert", "ca_key", "server_cert", "server_key"}."""
     dirpath = os.path.abspath(dirpath)
     os.makedirs(dirpath, exist_ok=True)
@@ -115,12 +117,16 @@ def make_cert(dirpath, cn="127.0.0.1", ip="127.0.0.1", dns=("localhost",), days=
         for p in paths.values():
             if p != dirpath and os.path.exists(p):
                 os.unlink(p)
-        # 1. the CA: self-signed, its own key
-        _run([OPENSSL, "req", "-x509", "-config", cnf, "-extensions", "v3_ca"]
-             + _keygen_args(key_type)
-             + ["-noenc", "-keyout", paths["ca_key"], "-out", paths["ca_cert"],
-                "-days", str(days), "-sha256",
-                "-set_serial", "0x%s" % secrets.token_hex(8)], dirpath)
+        # 1. the CA: self-signed, its own key (or another directory's)
+        if ca_from is not None:
+            shutil.copyfile(ca_from["ca_cert"], paths["ca_cert"])
+            shutil.copyfile(ca_from["ca_key"], paths["ca_key"])
+        else:
+            _run([OPENSSL, "req", "-x509", "-config", cnf, "-extensions", "v3_ca"]
+                 + _keygen_args(key_type)
+                 + ["-noenc", "-keyout", paths["ca_key"], "-out", paths["ca_cert"],
+                    "-days", str(days), "-sha256",
+                    "-set_serial", "0x%s" % secrets.token_hex(8)], dirpath)
         # 2. the server key + CSR (subject from [server_dn])
         with open(cnf, "a") as f:
             f.write("[ req_server ]\ndistinguished_name = server_dn\nprompt = no\n")
