@@ -98,7 +98,9 @@ int leg_route(const struct session_env *env, const struct leg_dest *d, uint16_t 
     else if (*tls)
         *why = "the backend has no secure port (--backend-tls always)";
     else if (d->tls_port != 0)
-        *why = "the backend has only a secure port (--backend-tls never)";
+        *why = env->backend_tls_mode == BACKEND_TLS_NEVER
+                   ? "the backend has only a secure port (--backend-tls never)"
+                   : "the backend has only a secure port and no TLS context toward backends";
     else
         *why = "the backend has no port";
     return -1;

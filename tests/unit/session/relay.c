@@ -1170,6 +1170,40 @@ test_migrate_begin_seamless_is_refused(void **state)
     assert_non_null(the_chan(f));
 }
 
+/* --backend-tls: which port a backend leg takes, or why none. */
+static void test_leg_route(void **state)
+{
+    (void)state;
+    SSL_CTX *ctx = (SSL_CTX *)&ctx; /* only compared with NULL */
+    struct session_env env = { .backend_tls = ctx };
+    struct leg_dest both = { .host = "h", .port = 5900, .tls_port = 5901 };
+    struct leg_dest plain = { .host = "h", .port = 5900 };
+    struct leg_dest secure = { .host = "h", .tls_port = 5901 };
+    uint16_t port;
+    bool tls;
+    const char *why = NULL;
+    env.backend_tls_mode = BACKEND_TLS_AUTO;
+    assert_int_equal(leg_route(&env, &both, &port, &tls, &why), 0);
+    assert_true(tls && port == 5901);
+    assert_int_equal(leg_route(&env, &plain, &port, &tls, &why), 0);
+    assert_true(!tls && port == 5900);
+    env.backend_tls = NULL; /* no context: auto keeps to plain ports */
+    assert_int_equal(leg_route(&env, &both, &port, &tls, &why), 0);
+    assert_true(!tls && port == 5900);
+    assert_int_equal(leg_route(&env, &secure, &port, &tls, &why), -1);
+    env.backend_tls = ctx;
+    env.backend_tls_mode = BACKEND_TLS_ALWAYS;
+    assert_int_equal(leg_route(&env, &both, &port, &tls, &why), 0);
+    assert_true(tls && port == 5901);
+    assert_int_equal(leg_route(&env, &plain, &port, &tls, &why), -1);
+    assert_non_null(strstr(why, "no secure port"));
+    env.backend_tls_mode = BACKEND_TLS_NEVER;
+    assert_int_equal(leg_route(&env, &both, &port, &tls, &why), 0);
+    assert_true(!tls && port == 5900);
+    assert_int_equal(leg_route(&env, &secure, &port, &tls, &why), -1);
+    assert_non_null(strstr(why, "only a secure port"));
+}
+
 int
 main(void)
 {
@@ -1202,6 +1236,7 @@ main(void)
         T(test_main_init_with_id_in_use_closes),
         T(test_migrate_begin_seamless_is_refused),
 #undef T
+        cmocka_unit_test(test_leg_route),
     };
 
     signal(SIGPIPE, SIG_IGN); /* as broker/main.c does */

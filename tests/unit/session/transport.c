@@ -637,6 +637,25 @@ static void test_ws_write_after_close(void **state)
     close(sp[1]);
 }
 
+/* QEMU's cert-subject, as spice-gtk reads it: KEY=VALUE pairs, commas,
+ * backslash escapes; anything else refused. */
+static void test_parse_subject(void **state)
+{
+    (void)state;
+    X509_NAME *n = X509_NAME_new();
+    assert_int_equal(transport_parse_subject("C=IL, L=Raanana,O=Red Hat\\, Inc.,CN=my server", n), 0);
+    char buf[160];
+    X509_NAME_oneline(n, buf, sizeof(buf));
+    assert_string_equal(buf, "/C=IL/L=Raanana/O=Red Hat, Inc./CN=my server");
+    X509_NAME_free(n);
+    const char *bad[] = { "", "CN", "=x", "CN=a,", "NOSUCHKEY=x", "CN=a,,O=b" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        n = X509_NAME_new();
+        assert_int_equal(transport_parse_subject(bad[i], n), -1);
+        X509_NAME_free(n);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -652,6 +671,7 @@ int main(void)
         cmocka_unit_test(test_ws_write_partial_frames),
         cmocka_unit_test(test_ws_empty_frames_bounded),
         cmocka_unit_test(test_ws_write_after_close),
+        cmocka_unit_test(test_parse_subject),
     };
     return cmocka_run_group_tests(tests, tls_setup, tls_teardown);
 }
