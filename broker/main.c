@@ -26,7 +26,8 @@
 
 static struct broker *the_broker;
 
-static int env_resolve(void *arg, const char *token, struct snap_token *rec, const char **why)
+static int env_resolve(void *arg, int worker_index, uint64_t ask, const char *token,
+                       struct snap_token *rec, const char **why)
 {
     struct broker *b = arg;
     return resolver_lookup(b->resolver, token, rec, why);

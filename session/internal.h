@@ -190,6 +190,7 @@ const char *client_state_name(enum client_state s);
 enum chan_state {
     CH_C_LINK,        /* reading the client's link message */
     CH_C_AUTH,        /* reply sent; reading mechanism + ticket */
+    CH_C_RESOLVE,     /* main: the token asked elsewhere (Nova), client waiting */
     CH_B_CONNECT,     /* linking the backend (blink.c) */
     CH_RELAY,         /* both legs up (relay.c) */
 };
@@ -202,6 +203,8 @@ struct chan_link {
     uint32_t out_have, out_sent;      /* toward the client, not yet taken */
     bool client_auth_sel;             /* client advertised PROTOCOL_AUTH_SELECTION */
     bool reply_sent;                  /* our link reply went out */
+    uint64_t ask;                     /* CH_C_RESOLVE: the question's name */
+    uint8_t token_hash[32];           /* CH_C_RESOLVE: sha256 of the token */
 };
 
 struct session;
@@ -310,6 +313,7 @@ struct session_worker {
     struct event *reap;
     const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
+    uint64_t next_ask;              /* names the token questions sent elsewhere */
 };
 
 /* session.c */

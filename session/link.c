@@ -259,6 +259,9 @@ static void client_link_done(struct chan *c)
     link_backend_connect(c);
 }
 
+static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
+                          const struct snap_token *rec, const char *why);
+
 static void client_auth_done(struct chan *c)
 {
     struct chan_link *lk = c->lk;
@@ -314,13 +317,50 @@ static void client_auth_done(struct chan *c)
 
     struct snap_token rec;
     const char *why = "unknown token";
-    int rc = w->env.resolve(w->env.arg, token, &rec, &why);
+    uint64_t ask = ++w->next_ask;
+    int rc = w->env.resolve(w->env.arg, w->env.worker_index, ask, token, &rec, &why);
     OPENSSL_cleanse(token, sizeof(token));
+    if (rc == 1) {
+        /* Asked elsewhere: the client waits in its link (the link timer
+         * still runs) until session_resolved() brings the answer. */
+        c->state = CH_C_RESOLVE;
+        lk->ask = ask;
+        memcpy(lk->token_hash, hash, sizeof(hash));
+        log_debug("sid=- client=%s main:0 token asked elsewhere (question %llu)", c->addr,
+                  (unsigned long long)ask);
+        return;
+    }
+    main_resolved(c, hash, rc, &rec, why);
+    OPENSSL_cleanse(&rec, sizeof(rec));
+}
+
+void session_resolved(struct session_worker *w, uint64_t ask, int rc,
+                      const struct snap_token *rec, const char *why)
+{
+    struct chan *c;
+    TAILQ_FOREACH(c, &w->pending, link) {
+        if (c->state == CH_C_RESOLVE && c->lk != NULL && c->lk->ask == ask && !c->closing)
+            break;
+    }
+    if (c == NULL) {
+        log_debug("answer to token question %llu: its client is gone", (unsigned long long)ask);
+        return;
+    }
+    struct snap_token copy = *rec;
+    main_resolved(c, c->lk->token_hash, rc, &copy, why);
+    OPENSSL_cleanse(&copy, sizeof(copy));
+}
+
+/* The main channel's token is known (rc 0, rec) or refused (-1, why): a new
+ * session on the backend it names, or the client's link refused. */
+static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
+                          const struct snap_token *rec, const char *why)
+{
+    struct session_worker *w = c->w;
     if (rc != 0) {
-        char reason[96];
-        snprintf(reason, sizeof(reason), "permission denied (%s)", why);
+        char reason[160];
+        snprintf(reason, sizeof(reason), "permission denied (%s)", why ? why : "unknown token");
         refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);
-        OPENSSL_cleanse(&rec, sizeof(rec));
         return;
     }
     struct session *s = calloc(1, sizeof(*s));
@@ -330,9 +370,8 @@ static void client_auth_done(struct chan *c)
         return;
     }
     s->w = w;
-    memcpy(s->token_hash, hash, sizeof(hash));
-    s->rec = rec;
-    OPENSSL_cleanse(&rec, sizeof(rec));
+    memcpy(s->token_hash, hash, sizeof(s->token_hash));
+    s->rec = *rec;
     s->started = (int64_t)time(NULL);
     TAILQ_INIT(&s->chans);
     snprintf(s->sid, sizeof(s->sid), "sid=-");

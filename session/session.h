@@ -44,9 +44,13 @@ struct session_env {
     const struct session_hooks *migration;
     int worker_index;
 
-    /* token -> backend record. Returns 0 (filled *rec) or -1 with *why a
-     * short reason for logs ("unknown token", "expired token"). */
-    int (*resolve)(void *arg, const char *token, struct snap_token *rec, const char **why);
+    /* token -> backend record. Returns 0 (filled *rec), -1 with *why a
+     * short reason for logs ("unknown token", "expired token"), or 1: the
+     * question went elsewhere (Nova) and its answer comes later through
+     * session_resolved(w, ask, ...) on this worker's loop (or never: the
+     * client's link times out). ask names the question on this worker. */
+    int (*resolve)(void *arg, int worker_index, uint64_t ask, const char *token,
+                   struct snap_token *rec, const char **why);
     /* The session id space is shared by all workers: claim id for this
      * worker (0, or -1 if another session holds it), release it, and find
      * the worker that owns an id (-1 if none). */
@@ -93,6 +97,11 @@ void session_worker_free(struct session_worker *w);
 void session_accept(struct session_worker *w, struct transport *t,
                     const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
                     const char *web_token);
+
+/* The answer to a question resolve() sent elsewhere: rc 0 with rec, or -1
+ * with why. A channel that gave up meanwhile is not there: nothing happens. */
+void session_resolved(struct session_worker *w, uint64_t ask, int rc,
+                      const struct snap_token *rec, const char *why);
 
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);

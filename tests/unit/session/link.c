@@ -53,7 +53,8 @@ static struct {
 } st;
 
 static int
-stub_resolve(void *arg, const char *token, struct snap_token *rec, const char **why)
+stub_resolve(void *arg, int worker_index, uint64_t ask, const char *token, struct snap_token *rec,
+             const char **why)
 {
     (void)arg;
     st.resolves++;
