@@ -13,7 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "broker/oslo.h"
 #include "common/log.h"
+#include "proto/http.h"
 
 enum opt_type { OPT_STR, OPT_INT, OPT_LEVEL, OPT_FLAG };
 
@@ -61,9 +63,13 @@ static const struct opt opts[] = {
       "html5proxy_host:html5proxy_port, e.g. 0.0.0.0:6082); off when empty" },
     { "web-root", STR(web_root), "/usr/share/spice-html5", "DIR",
       "the files served on the browser port (read once at start)" },
-    { "web-allowed-origins", STR(web_allowed_origins), "", "HOST[:PORT],...",
-      "pages from these hosts may open console WebSockets too (Nova's [console] "
-      "allowed_origins); pages from the browser port itself always may" },
+    { "web-allowed-origins", STR(web_allowed_origins), "", "HOST,...",
+      "pages from these host names (any port) may open console WebSockets too (Nova's "
+      "[console] allowed_origins); pages from the host the browser connected to always may" },
+    { "web-base-url", STR(web_base_url), "", "URL",
+      "the console page's public URL (Nova's [spice] html5proxy_base_url): a WebSocket's "
+      "Origin (or X-Forwarded-Proto) must have its scheme (https also for wss, http for ws); "
+      "empty: any scheme" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
       "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
@@ -74,8 +80,12 @@ static const struct opt opts[] = {
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
     { "nova-config", STR(nova_config), "", "FILE",
       "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
-      "html5proxy_host/html5proxy_port, [DEFAULT] web, [console] allowed_origins "
-      "(this file's and the command line's options win)" },
+      "html5proxy_host/html5proxy_port/html5proxy_base_url, [DEFAULT] web, [console] "
+      "allowed_origins (this file's and the command line's options win); may repeat, "
+      "later files win (oslo.config's --config-file)" },
+    { "nova-config-dir", STR(nova_config_dir), "", "DIR",
+      "read every *.conf in DIR, sorted, as more --nova-config files (oslo.config's "
+      "--config-dir); may repeat" },
     { "zone", STR(zone), "default", "NAME", "availability zone: the store key prefix" },
     { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
     { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
@@ -208,7 +218,7 @@ static int load_file(struct config *cfg, const char *path)
         if (!ours)
             continue;
         const struct opt *o = find_opt(key);
-        if (o == NULL || strcmp(key, "config") == 0 || strcmp(key, "nova-config") == 0) {
+        if (o == NULL || strcmp(key, "config") == 0 || strncmp(key, "nova-config", 11) == 0) {
             fprintf(stderr, "spice-broker: %s: unknown option '%s'\n", where, key);
             rc = -1;
             break;
@@ -222,68 +232,127 @@ static int load_file(struct config *cfg, const char *path)
     return rc;
 }
 
-/* nova.conf, the way nova-spicehtml5proxy reads it: [spice] html5proxy_host
- * (default 0.0.0.0) and html5proxy_port (6082) make the browser port,
- * [DEFAULT] web its files, [console] allowed_origins the other origins whose
- * pages may open consoles. Everything else in the file is Nova's business. */
-static int load_nova(struct config *cfg, const char *path)
+/* Nova compares an Origin's host name with allowed_origins' items, so an
+ * item with a scheme, a path or a port could never match: refused. */
+static int check_origins(const char *list, const char *where)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        fprintf(stderr, "spice-broker: cannot open nova config %s: %s\n", path, strerror(errno));
+    for (const char *p = list; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        char item[512];
+        snprintf(item, sizeof(item), "%.*s", (int)n, p);
+        char *it = trim(item), *c = strchr(it, ':');
+        if (strpbrk(it, "/[]@?#") != NULL || (c != NULL && strchr(c + 1, ':') == NULL)) {
+            fprintf(stderr, "spice-broker: %s: allowed origins are host names only "
+                    "(Nova ignores schemes and ports), got '%s'\n", where, it);
+            return -1;
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+/* A --nova-config FILE or --nova-config-dir DIR, in command-line order. */
+struct nova_src {
+    bool dir;
+    const char *path;
+};
+#define NOVA_SRC_MAX 32
+
+/* A nova.conf value the broker uses: Nova would expand oslo.config's
+ * "$option" references; the broker does not, so it refuses them rather than
+ * take "$my_ip" for a host name. */
+static int nova_value(const struct oslo_opt *o, const char *label)
+{
+    if (strchr(o->value, '$') != NULL) {
+        fprintf(stderr, "spice-broker: %s: %s: '$' substitution (oslo.config) is not "
+                "supported; write the value out\n", o->where, label);
         return -1;
     }
-    char line[4096], section[64] = "DEFAULT";
+    return 0;
+}
+
+/* nova.conf, the way nova-spicehtml5proxy reads it (files and directories
+ * with oslo.config's syntax and precedence, broker/oslo.h): [spice]
+ * html5proxy_host (default 0.0.0.0) and html5proxy_port (6082) make the
+ * browser port, html5proxy_base_url (http://127.0.0.1:6082/spice_auto.html)
+ * the scheme an Origin must have, [DEFAULT] web its files, [console]
+ * allowed_origins (or the deprecated [DEFAULT] console_allowed_origins) the
+ * other host names whose pages may open consoles. Everything else in the
+ * files is Nova's business. */
+static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc)
+{
+    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, N_NOVA };
+    static struct oslo_opt o[N_NOVA]; /* start-up, main thread: big values */
+    memset(o, 0, sizeof(o));
+    o[HOST] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_host" };
+    o[PORT] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_port" };
+    o[BASE_URL] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_base_url" };
+    o[WEB] = (struct oslo_opt){ .group = "DEFAULT", .name = "web" };
+    o[ORIGINS] = (struct oslo_opt){ .group = "console", .name = "allowed_origins",
+                                    .dep_group = "DEFAULT",
+                                    .dep_name = "console_allowed_origins" };
+    o[SSL_ONLY] = (struct oslo_opt){ .group = "DEFAULT", .name = "ssl_only" };
+    char err[1024];
+    int file = 0;
+    for (size_t i = 0; i < nsrc; i++) {
+        int rc = src[i].dir ? oslo_read_dir(src[i].path, &file, o, N_NOVA, err, sizeof(err))
+                            : oslo_read_file(src[i].path, file++, o, N_NOVA, err, sizeof(err));
+        if (rc < 0) {
+            fprintf(stderr, "spice-broker: nova config: %s\n", err);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < N_NOVA; i++)
+        if (o[i].set && nova_value(&o[i], o[i].name) < 0)
+            return -1;
     char host[128] = "0.0.0.0";
     long port = 6082;
-    int lineno = 0, rc = 0;
-    while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
-        lineno++;
-        char *s = trim(line);
-        if (*s == '\0' || *s == '#' || *s == ';')
-            continue;
-        if (*s == '[') {
-            char *e = strchr(s, ']');
-            if (e != NULL) {
-                *e = '\0';
-                snprintf(section, sizeof(section), "%s", trim(s + 1));
-            }
-            continue;
+    const char *what = "nova config";
+    if (o[HOST].set) {
+        if (o[HOST].value[0] == '\0' || strlen(o[HOST].value) >= sizeof(host)) {
+            fprintf(stderr, "spice-broker: %s: html5proxy_host must be a host name or address "
+                    "(1..127 characters)\n", o[HOST].where);
+            return -1;
         }
-        char *eq = strchr(s, '=');
-        if (eq == NULL)
-            continue;
-        *eq = '\0';
-        char *key = trim(s), *val = trim(eq + 1);
-        char where[600];
-        snprintf(where, sizeof(where), "%s:%d", path, lineno);
-        if (strcmp(section, "spice") == 0 && strcmp(key, "html5proxy_host") == 0) {
-            snprintf(host, sizeof(host), "%s", val);
-        } else if (strcmp(section, "spice") == 0 && strcmp(key, "html5proxy_port") == 0) {
-            char *end;
-            port = strtol(val, &end, 10);
-            if (*end != '\0' || port < 1 || port > 65535) {
-                fprintf(stderr, "spice-broker: %s: html5proxy_port must be 1..65535\n", where);
-                rc = -1;
-            }
-        } else if (strcmp(section, "DEFAULT") == 0 && strcmp(key, "web") == 0) {
-            rc = set_opt(cfg, find_opt("web-root"), val, where);
-        } else if (strcmp(section, "console") == 0 && strcmp(key, "allowed_origins") == 0) {
-            rc = set_opt(cfg, find_opt("web-allowed-origins"), val, where);
-        } else if (strcmp(section, "DEFAULT") == 0 && strcmp(key, "ssl_only") == 0 &&
-                   (strcasecmp(val, "true") == 0 || strcmp(val, "1") == 0)) {
+        snprintf(host, sizeof(host), "%s", o[HOST].value);
+    }
+    if (o[PORT].set) {
+        char *end;
+        errno = 0;
+        port = strtol(o[PORT].value, &end, 10);
+        if (errno || end == o[PORT].value || *end != '\0' || port < 1 || port > 65535) {
+            fprintf(stderr, "spice-broker: %s: html5proxy_port must be 1..65535, got '%s'\n",
+                    o[PORT].where, o[PORT].value);
+            return -1;
+        }
+    }
+    const char *base_url = o[BASE_URL].set ? o[BASE_URL].value
+                                           : "http://127.0.0.1:6082/spice_auto.html";
+    if (set_opt(cfg, find_opt("web-base-url"), base_url,
+                o[BASE_URL].set ? o[BASE_URL].where : what) < 0)
+        return -1;
+    if (o[WEB].set && set_opt(cfg, find_opt("web-root"), o[WEB].value, o[WEB].where) < 0)
+        return -1;
+    if (o[ORIGINS].set &&
+        (check_origins(o[ORIGINS].value, o[ORIGINS].where) < 0 ||
+         set_opt(cfg, find_opt("web-allowed-origins"), o[ORIGINS].value, o[ORIGINS].where) < 0))
+        return -1;
+    if (o[SSL_ONLY].set) {
+        int b = oslo_bool(o[SSL_ONLY].value);
+        if (b < 0) {
+            fprintf(stderr, "spice-broker: %s: ssl_only must be true or false, got '%s'\n",
+                    o[SSL_ONLY].where, o[SSL_ONLY].value);
+            return -1;
+        }
+        if (b == 1) {
             fprintf(stderr, "spice-broker: %s: ssl_only: the browser port has no TLS (wss://) "
-                    "yet; put it behind a TLS terminator\n", where);
-            rc = -1;
+                    "yet; put it behind a TLS terminator\n", o[SSL_ONLY].where);
+            return -1;
         }
     }
-    fclose(f);
-    if (rc == 0) {
-        char listen[160];
-        snprintf(listen, sizeof(listen), strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
-        rc = set_opt(cfg, find_opt("web-listen"), listen, path);
-    }
-    return rc;
+    char listen[160];
+    snprintf(listen, sizeof(listen), strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
+    return set_opt(cfg, find_opt("web-listen"), listen, o[PORT].set ? o[PORT].where : what);
 }
 
 static void set_defaults(struct config *cfg)
@@ -328,7 +397,9 @@ int config_load(struct config *cfg, int argc, char **argv)
 
     set_defaults(cfg);
     /* Pass 1: --config, --help, --version, and syntax. */
-    const char *cfile = NULL, *nfile = NULL;
+    const char *cfile = NULL;
+    struct nova_src nsrc[NOVA_SRC_MAX];
+    size_t nn = 0;
     opterr = 1;
     optind = 1;
     int ch;
@@ -347,15 +418,21 @@ int config_load(struct config *cfg, int argc, char **argv)
         }
         if (strcmp(opts[ch - 256].name, "config") == 0)
             cfile = optarg;
-        if (strcmp(opts[ch - 256].name, "nova-config") == 0)
-            nfile = optarg;
+        if (strncmp(opts[ch - 256].name, "nova-config", 11) == 0) {
+            if (nn == NOVA_SRC_MAX) {
+                fprintf(stderr, "spice-broker: at most %d --nova-config and --nova-config-dir\n",
+                        NOVA_SRC_MAX);
+                return -1;
+            }
+            nsrc[nn++] = (struct nova_src){ opts[ch - 256].name[11] == '-', optarg };
+        }
     }
     if (optind < argc) {
         fprintf(stderr, "spice-broker: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
     /* defaults < nova.conf < --config < the command line */
-    if (nfile != NULL && load_nova(cfg, nfile) < 0)
+    if (nn > 0 && load_nova(cfg, nsrc, nn) < 0)
         return -1;
     if (cfile != NULL && load_file(cfg, cfile) < 0)
         return -1;
@@ -418,6 +495,23 @@ static int extra_port(const char *value, const char *name, uint16_t *port)
     return 0;
 }
 
+/* Nova's html5proxy_base_url is an oslo.config URIOpt: scheme://host... */
+static int check_base_url(const char *url)
+{
+    char scheme[32];
+    size_t n;
+    if (url[0] == '\0')
+        return 0;
+    n = http_url_scheme(url, scheme, sizeof(scheme));
+    if (n == 0 || strncmp(url + n, "://", 3) != 0 || url[n + 3] == '\0' ||
+        strchr("/?#", url[n + 3]) != NULL) {
+        fprintf(stderr, "spice-broker: web-base-url must be a URL with a scheme and a host "
+                "(like https://console.example.org:6082/spice_auto.html), got '%s'\n", url);
+        return -1;
+    }
+    return 0;
+}
+
 int config_validate(const struct config *cfg)
 {
     char host[128];
@@ -464,6 +558,9 @@ int config_validate(const struct config *cfg)
                 "(Debian: apt install spice-html5)\n", cfg->web_root);
         return -1;
     }
+    if (check_origins(cfg->web_allowed_origins, "web-allowed-origins") < 0 ||
+        check_base_url(cfg->web_base_url) < 0)
+        return -1;
     if (strncmp(cfg->admin, "unix:", 5) == 0) {
         if (cfg->admin[5] != '/') {
             fprintf(stderr, "spice-broker: admin unix socket path must be absolute: '%s'\n",

@@ -24,11 +24,13 @@ struct config {
     char web_listen[128];
     char web_root[512];
     char web_allowed_origins[512];
+    char web_base_url[512];
     char admin[256];
     char store[512];
     char token_file[512];
     char config_file[512];
-    char nova_config[512];
+    char nova_config[512];      /* the last --nova-config (all are read) */
+    char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
     int workers;

@@ -616,6 +616,7 @@ int main(int argc, char **argv)
         }
         web.site = b.site;
         web.allowed_origins = b.cfg.web_allowed_origins;
+        web.base_url = b.cfg.web_base_url;
     }
     char tls_host[128];
     struct worker_tls tls = { .host = tls_host };

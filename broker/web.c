@@ -199,7 +199,8 @@ struct web_worker {
     struct session_worker *sw;       /* where bridged channels go */
     const struct web_site *site;     /* NULL: no static files (404) */
     int head_timeout_ms;             /* the HTTP request head must arrive within this */
-    const char *allowed_origins;     /* extra Origin hosts, comma-separated ("" = none) */
+    const char *allowed_origins;     /* extra Origin host names, comma-separated ("" = none) */
+    const char *base_url;            /* its scheme is the Origin's expected one ("" = any) */
     TAILQ_HEAD(, web_conn) conns;
 };
 
@@ -327,40 +328,6 @@ static void upgrade(struct web_conn *wc, const struct http_request *req, const c
 
 /* ---- the head ---- */
 
-/* Is `host` (host[:port], from an Origin URL) in the comma-separated list? */
-static bool origin_listed(const char *list, const char *host, size_t hlen)
-{
-    const char *p = list;
-    while (p != NULL && *p != '\0') {
-        while (*p == ' ' || *p == ',')
-            p++;
-        size_t n = strcspn(p, ", ");
-        if (n > 0 && n == hlen && strncasecmp(p, host, n) == 0)
-            return true;
-        p += n;
-    }
-    return false;
-}
-
-/* A browser names the page that opened a WebSocket in Origin. Only pages
- * served from this very host:port (the Host the browser connected to), or
- * listed in --web-allowed-origins, may open one: otherwise any web page a
- * user visits could open the console with the token cookie spice_auto.html
- * left in their browser (cross-site WebSocket hijacking, Nova's
- * CVE-2015-0259). Clients that send no Origin are not browsers. */
-static bool origin_ok(const struct web_worker *ww, const struct http_request *r)
-{
-    if (r->origin[0] == '\0')
-        return true;
-    const char *o = strstr(r->origin, "://");
-    if (o == NULL)
-        return false;
-    o += 3;
-    size_t olen = strcspn(o, "/");
-    return (olen == strlen(r->host) && strncasecmp(o, r->host, olen) == 0) ||
-           origin_listed(ww->allowed_origins, o, olen);
-}
-
 static void on_head(struct web_conn *wc)
 {
     struct http_request req;
@@ -382,8 +349,20 @@ static void on_head(struct web_conn *wc)
         return;
     }
     if (http_is_websocket(&req)) {
-        if (!origin_ok(wc->ww, &req)) {
-            reply_error(wc, 403, "Forbidden", "cross-origin WebSocket refused");
+        /* A browser names the page that opened a WebSocket in Origin. Only
+         * pages from this host, or listed in --web-allowed-origins, may open
+         * one (Nova's rule, proto/http.h): otherwise any web page a user
+         * visits could open the console with the token cookie
+         * spice_auto.html left in their browser (cross-site WebSocket
+         * hijacking, Nova's CVE-2015-0259). */
+        const char *why = http_origin_refusal(&req, wc->ww->allowed_origins, wc->ww->base_url);
+        if (why != NULL) {
+            log_info("web: client=%s 403 %s (Origin '%.100s', Host '%.100s'%s%.20s)", wc->addr,
+                     why, req.origin, req.host,
+                     req.has_forwarded_proto ? ", X-Forwarded-Proto " : "", req.forwarded_proto);
+            /* why is a static string: it outlives the reply. */
+            reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)why,
+                  strlen(why), false);
             return;
         }
         char token[TOKEN_MAX];
@@ -442,7 +421,7 @@ static void on_head_timeout(evutil_socket_t fd, short what, void *arg)
 
 struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
                                   const struct web_site *site, int head_timeout_ms,
-                                  const char *allowed_origins)
+                                  const char *allowed_origins, const char *base_url)
 {
     struct web_worker *ww = calloc(1, sizeof(*ww));
     if (ww == NULL)
@@ -452,6 +431,7 @@ struct web_worker *web_worker_new(struct event_base *base, struct session_worker
     ww->site = site;
     ww->head_timeout_ms = head_timeout_ms;
     ww->allowed_origins = allowed_origins ? allowed_origins : "";
+    ww->base_url = base_url ? base_url : "";
     TAILQ_INIT(&ww->conns);
     return ww;
 }

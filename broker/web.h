@@ -23,11 +23,13 @@ size_t web_site_count(const struct web_site *site);
 
 /* A worker's web connections. */
 struct web_worker;
-/* allowed_origins: hosts (host[:port], comma-separated) whose pages may open
- * WebSockets besides this port's own; it must outlive the worker. */
+/* allowed_origins: host names (comma-separated) whose pages may open
+ * WebSockets besides this port's own; base_url: the console's public URL,
+ * whose scheme an Origin's must match ("" = any); both as
+ * http_origin_refusal() takes them, and both must outlive the worker. */
 struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
                                   const struct web_site *site, int head_timeout_ms,
-                                  const char *allowed_origins);
+                                  const char *allowed_origins, const char *base_url);
 /* Closes every connection it still has (the worker is stopping). */
 void web_worker_free(struct web_worker *ww);
 

@@ -23,6 +23,7 @@ struct worker_web {
     uint16_t port;
     const struct web_site *site;
     const char *allowed_origins;     /* see web_worker_new */
+    const char *base_url;            /* see web_worker_new */
 };
 
 /* The TLS port, when there is one (broker/tls.h). */

@@ -3,6 +3,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 
@@ -87,10 +88,14 @@ struct field {
     size_t off, cap;
     enum field_kind kind;
     const char *dup_err;
+    size_t present; /* offset of a bool set when the header is sent, or 0 */
 };
 
 #define FIELD(n, m, k, d) \
-    { n, offsetof(struct http_request, m), sizeof(((struct http_request *)0)->m), k, d }
+    { n, offsetof(struct http_request, m), sizeof(((struct http_request *)0)->m), k, d, 0 }
+#define FIELDP(n, m, k, d, p) \
+    { n, offsetof(struct http_request, m), sizeof(((struct http_request *)0)->m), k, d, \
+      offsetof(struct http_request, p) }
 
 static const struct field fields[] = {
     FIELD("host", host, F_SINGLE, "duplicate Host"),
@@ -99,7 +104,9 @@ static const struct field fields[] = {
     FIELD("sec-websocket-key", ws_key, F_SINGLE, "duplicate Sec-WebSocket-Key"),
     FIELD("sec-websocket-version", ws_version, F_SINGLE, "duplicate Sec-WebSocket-Version"),
     FIELD("sec-websocket-protocol", ws_protocol, F_LIST, NULL),
-    FIELD("origin", origin, F_SINGLE, "duplicate Origin"),
+    FIELDP("origin", origin, F_SINGLE, "duplicate Origin", has_origin),
+    FIELDP("x-forwarded-proto", forwarded_proto, F_SINGLE, "duplicate X-Forwarded-Proto",
+           has_forwarded_proto),
     FIELD("cookie", cookie, F_COOKIE, NULL),
 };
 _Static_assert(sizeof(fields) / sizeof(fields[0]) <= 32, "seen mask");
@@ -276,6 +283,8 @@ parse_header(const char *b, size_t pos, size_t e, struct http_request *req, stru
                 return fail(err, fd->dup_err);
             st->seen |= 1u << f;
         }
+        if (fd->present != 0)
+            *(bool *)((char *)req + fd->present) = true;
         if (append(dst, fd->cap, b + v, ve - v, fd->kind == F_COOKIE ? "; " : ", ") != 0)
             return fail(err, "header value too long");
         return 0;
@@ -600,4 +609,141 @@ http_mime_type(const char *path)
             if (ieq(dot + 1, strlen(dot + 1), types[i].ext))
                 return types[i].type;
     return "application/octet-stream";
+}
+
+/* ------------------------------------------------------------------ Origin */
+
+size_t
+http_url_scheme(const char *url, char *out, size_t cap)
+{
+    size_t n = 0;
+
+    if (cap > 0)
+        out[0] = '\0';
+    if (url == NULL || !((url[0] >= 'a' && url[0] <= 'z') || (url[0] >= 'A' && url[0] <= 'Z')))
+        return 0;
+    while (is_alnum((unsigned char)url[n]) || url[n] == '+' || url[n] == '-' || url[n] == '.')
+        n++;
+    if (url[n] != ':' || n >= cap)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = lower(url[i]);
+    out[n] = '\0';
+    return n;
+}
+
+static bool
+all_digits(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+/* The host name of a Host header, as oslo's netutils.parse_host_port takes
+ * it: "[v6]" or "[v6]:port" unbracketed; "name:port" (one ':') cut at the
+ * ':'; anything else (a name, or a bare v6 address) whole. Sets *h, *hn;
+ * returns -1 when the port is not digits (int() would raise in Nova). */
+static int
+host_name(const char *host, const char **h, size_t *hn)
+{
+    if (host[0] == '[') {
+        const char *e = strchr(host, ']');
+
+        if (e == NULL || strchr(e + 1, ']') != NULL)
+            return -1;
+        *h = host + 1;
+        *hn = (size_t)(e - host - 1);
+        if (e[1] == '\0')
+            return 0;
+        /* Python keeps what follows ':' up to the next ':' */
+        const char *c = strchr(e + 1, ':');
+        if (c == NULL)
+            return 0; /* "[v6]junk": no ':', the port is the default */
+        return all_digits(c + 1, strcspn(c + 1, ":")) ? 0 : -1;
+    }
+    const char *c = strchr(host, ':');
+    *h = host;
+    if (c == NULL || strchr(c + 1, ':') != NULL) {
+        *hn = strlen(host);
+        return 0;
+    }
+    *hn = (size_t)(c - host);
+    return all_digits(c + 1, strlen(c + 1)) ? 0 : -1;
+}
+
+/* Whether s[0..n) is among the comma-separated items of list, each with the
+ * whitespace around it trimmed (oslo.config's ListOpt), ignoring ASCII case. */
+static bool
+host_listed(const char *list, const char *s, size_t n)
+{
+    const char *p = list;
+
+    while (p != NULL && *p != '\0') {
+        size_t len = strcspn(p, ","), a = 0, b = len;
+
+        while (a < b && (is_ows(p[a]) || p[a] == '\n' || p[a] == '\r'))
+            a++;
+        while (b > a && (is_ows(p[b - 1]) || p[b - 1] == '\n' || p[b - 1] == '\r'))
+            b--;
+        if (b - a == n && n > 0 && strncasecmp(p + a, s, n) == 0)
+            return true;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+const char *
+http_origin_refusal(const struct http_request *r, const char *allowed, const char *base_url)
+{
+    const char *h, *o = r->origin, *sch;
+    size_t hn, on;
+    char scheme[32], want[32];
+
+    if (host_name(r->host, &h, &hn) != 0)
+        return "Host header not valid";
+    if (!r->has_origin)
+        return NULL;
+    /* urlparse: a scheme, then a netloc after "//" up to '/', '?' or '#' */
+    size_t sl = http_url_scheme(o, scheme, sizeof(scheme));
+    if (sl > 0)
+        o += sl + 1;
+    on = 0;
+    if (strncmp(o, "//", 2) == 0) {
+        o += 2;
+        on = strcspn(o, "/?#");
+    }
+    for (const char *at = memchr(o, '@', on); at != NULL; at = memchr(o, '@', on)) {
+        on -= (size_t)(at + 1 - o);
+        o = at + 1;
+    }
+    if (on > 0 && o[0] == '[') {
+        const char *e = memchr(o, ']', on);
+        if (e == NULL)
+            return "Origin header not valid"; /* urlparse: "Invalid IPv6 URL" */
+        on = (size_t)(e - o - 1);
+        o++;
+    } else {
+        const char *c = memchr(o, ':', on);
+        if (c != NULL)
+            on = (size_t)(c - o);
+    }
+    sch = r->has_forwarded_proto ? r->forwarded_proto : scheme;
+    /* urlparse gives no empty host name, only None: "does not match" */
+    if (sch[0] == '\0')
+        return "Origin header not valid";
+    if (on == 0 || (!(hn == on && strncasecmp(h, o, on) == 0) && !host_listed(allowed, o, on)))
+        return "Origin header does not match this host";
+    if (base_url == NULL || base_url[0] == '\0')
+        return NULL;
+    http_url_scheme(base_url, want, sizeof(want));
+    if (strcmp(sch, want) == 0 || (strcmp(want, "ws") == 0 && strcmp(sch, "http") == 0) ||
+        (strcmp(want, "wss") == 0 && strcmp(sch, "https") == 0))
+        return NULL;
+    return "Origin header protocol does not match this host";
 }

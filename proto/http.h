@@ -44,8 +44,8 @@ struct http_request {
     int version_minor;                 /* 0 for HTTP/1.0, 1 for HTTP/1.1, ... */
     char path[HTTP_MAX_PATH + 1];      /* starts with '/', percent-encoded as sent */
     char query[HTTP_MAX_QUERY + 1];    /* without the '?'; "" when there is none */
-    /* Header values. Host, Origin, Sec-WebSocket-Key and Sec-WebSocket-Version
-     * must appear at most once; Upgrade, Connection and Sec-WebSocket-Protocol
+    /* Header values. Host, Origin, Sec-WebSocket-Key, Sec-WebSocket-Version
+     * and X-Forwarded-Proto must appear at most once; Upgrade, Connection and Sec-WebSocket-Protocol
      * may repeat and are joined with ", "; repeated Cookie lines with "; ". */
     char host[HTTP_MAX_VALUE + 1];
     char upgrade[HTTP_MAX_VALUE + 1];
@@ -54,7 +54,11 @@ struct http_request {
     char ws_version[HTTP_MAX_VALUE + 1];
     char ws_protocol[HTTP_MAX_VALUE + 1];
     char origin[HTTP_MAX_VALUE + 1];
+    char forwarded_proto[HTTP_MAX_VALUE + 1]; /* X-Forwarded-Proto */
     char cookie[HTTP_MAX_COOKIE + 1];
+    /* Whether Origin / X-Forwarded-Proto were sent at all (even empty):
+     * Nova's Origin rule tells an empty header from a missing one. */
+    bool has_origin, has_forwarded_proto;
     size_t content_length;             /* Content-Length; 0 when absent */
 };
 
@@ -128,6 +132,34 @@ int http_token(const struct http_request *r, char *out, size_t cap);
  * dropped. No filesystem access: the caller opens the result with O_NOFOLLOW
  * and checks S_ISREG. */
 int http_static_path(const char *root, const char *url_path, char *out, size_t cap);
+
+/* Nova's Origin rule for a WebSocket upgrade, as nova-spicehtml5proxy
+ * applies it (nova/console/websocketproxy.py, new_websocket_client):
+ *  - the Host header's host name (its port dropped, "[v6]:port" unbracketed,
+ *    as oslo's netutils.parse_host_port does) must be valid: a port, when
+ *    present, is digits; otherwise the request is refused whatever its Origin;
+ *  - no Origin header at all: allowed (not a browser);
+ *  - the Origin's scheme and host name, as Python's urlparse takes them
+ *    (scheme and host lowercased, userinfo, port and brackets dropped); an
+ *    X-Forwarded-Proto header, when sent, replaces the scheme (its value used
+ *    as is, as Nova does: a browser's page cannot set it on a WebSocket);
+ *    empty scheme or host: refused;
+ *  - the host name must equal the Host header's host name or one of the
+ *    comma-separated host names in `allowed` (whitespace around items
+ *    ignored; NULL is none). Host names compare ignoring ASCII case (Nova
+ *    compares exactly, but urlparse has lowercased the Origin's);
+ *  - when base_url (Nova's html5proxy_base_url, the console's public URL) is
+ *    neither NULL nor "", the scheme must be its scheme, or http when that is
+ *    ws, or https when that is wss. Without a base URL, any scheme.
+ * Returns NULL when the upgrade may go on, or a short static reason. */
+const char *http_origin_refusal(const struct http_request *r, const char *allowed,
+                                const char *base_url);
+
+/* The scheme of a URL as Python's urlparse finds it: the text before the
+ * first ':' if it is a letter followed by letters, digits, '+', '-' or '.',
+ * lowercased into out (cap bytes with the NUL). Returns its length, or 0
+ * (no scheme, or it does not fit). */
+size_t http_url_scheme(const char *url, char *out, size_t cap);
 
 /* The Content-Type for a file, by its extension (case-insensitive): .html/.htm,
  * .js/.mjs (text/javascript, as ES modules require), .css, .png, .ico, .svg,

@@ -99,6 +99,7 @@ check_request(const struct http_request *r)
     TERMINATED(r->ws_version);
     TERMINATED(r->ws_protocol);
     TERMINATED(r->origin);
+    TERMINATED(r->forwarded_proto);
     TERMINATED(r->cookie);
     CHECK(r->method[0] != '\0' && r->path[0] == '/');
     CHECK(r->version_minor >= 0 && r->version_minor <= 9);
@@ -112,6 +113,15 @@ check_request(const struct http_request *r)
         CHECK(http_ws_accept(r->ws_key, accept) == 0 && strlen(accept) == HTTP_WS_ACCEPT_LEN);
     }
     (void)http_protocol_offered(r->ws_protocol, "binary");
+    /* Nova's Origin rule: any request gets a verdict; none passes without
+     * an Origin unless its Host is valid, and no Origin means no refusal
+     * but for the Host. */
+    const char *why = http_origin_refusal(r, "horizon.example, ::1", "https://c.example/");
+    CHECK(why == NULL || why[0] != '\0');
+    CHECK(r->has_origin || why == NULL || strcmp(why, "Host header not valid") == 0);
+    CHECK(http_origin_refusal(r, NULL, NULL) == NULL ||
+          http_origin_refusal(r, NULL, NULL)[0] != '\0');
+    CHECK(r->has_origin || r->origin[0] == '\0');
     check_token(r);
     check_static(r->path);
 }

@@ -9,7 +9,14 @@ missing web root, an etcd store nobody answers, a listen port in use.
 And --nova-config: a nova.conf's [spice] html5proxy_host/html5proxy_port,
 [DEFAULT] web and [console] allowed_origins make the browser port (its
 page is served there, a listed origin may open a WebSocket, another gets
-403); ssl_only is refused (no wss:// yet).
+403); ssl_only is refused (no wss:// yet). The files are read as
+oslo.config reads them: a continued allowed_origins value, ':' as a
+separator, --nova-config-dir's *.conf files in sorted order winning over
+the file. Nova's Origin rule: host names compare without ports, the
+scheme must be html5proxy_base_url's (X-Forwarded-Proto stands for it).
+Broken nova.conf files (syntax, a missing file or directory, a port in
+allowed_origins, '$' substitution, a bad ssl_only) are refused with
+exit 2 and FILE:LINE.
 No QEMU needed.
 """
 import http.client
@@ -68,6 +75,24 @@ def test(env):
         (["--tls-listen", "127.0.0.1:%d" % p2], "needs readable tls-cert and tls-key"),
         (["--web-listen", "127.0.0.1:%d" % p2, "--web-root", "/nonexistent"],
          "web-root /nonexistent is not a readable directory"),
+        (["--web-base-url", "console.example:6082"], "web-base-url must be a URL"),
+        (["--web-allowed-origins", "horizon.example:443"], "allowed origins are host names only"),
+        (["--nova-config", "/nonexistent"], "cannot open /nonexistent"),
+        (["--nova-config-dir", "/nonexistent"], "cannot read config directory /nonexistent"),
+        (["--nova-config", ini("cont.conf", "[DEFAULT]\n  web = /srv\n")],
+         "cont.conf:2: Unexpected continuation line"),
+        (["--nova-config", ini("nosect.conf", "web = /srv\n")],
+         "nosect.conf:1: Section must be started before assignment"),
+        (["--nova-config", ini("noeq.conf", "[spice]\nhtml5proxy_port 6082\n")],
+         "noeq.conf:2: No ':' or '=' found in assignment"),
+        (["--nova-config", ini("port.conf", "[console]\nallowed_origins = a,\n h:8443\n")],
+         "port.conf:2: allowed origins are host names only"),
+        (["--nova-config", ini("subst.conf", "[spice]\nhtml5proxy_host = $my_ip\n")],
+         "subst.conf:2: html5proxy_host: '$' substitution"),
+        (["--nova-config", ini("sslbad.conf", "[DEFAULT]\nssl_only = maybe\n")],
+         "sslbad.conf:2: ssl_only must be true or false"),
+        (["--nova-config", ini("badport.conf", "[spice]\nhtml5proxy_port = 70000\n")],
+         "badport.conf:2: html5proxy_port must be 1..65535"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -99,37 +124,71 @@ def test(env):
         busy.close()
     log("%d start-up failures: exit 1 with a log line" % len(startup))
 
-    # nova.conf's browser-port settings
+    # nova.conf's browser-port settings, in oslo.config's syntax: a file and a
+    # directory whose sorted *.conf files win (20-port.conf's port over the
+    # file's and 10-port.conf's), ':' as a separator, a continued value
     nport = free_port()
-    nova = ini("nova.conf", "[DEFAULT]\nweb = /usr/share/spice-html5\nmy_ip = 10.0.0.1\n"
+    nova = ini("nova.conf", "# nova.conf\n[DEFAULT]\nweb: /usr/share/spice-html5\n"
+                            "my_ip = 10.0.0.1\n"
                             "[spice]\nenabled = true\nhtml5proxy_host = 127.0.0.1\n"
-                            "html5proxy_port = %d\n"
+                            "html5proxy_port = 1\n"
                             "html5proxy_base_url = http://127.0.0.1:%d/spice_auto.html\n"
-                            "[console]\nallowed_origins = horizon.example\n" % (nport, nport))
-    b = Broker(env, name="nova", extra=["--nova-config", nova]).start()
+                            "[console]\nallowed_origins = other.example,\n"
+                            "    horizon.example\n" % nport)
+    ndir = os.path.join(d, "nova.conf.d")
+    os.makedirs(ndir, exist_ok=True)
+    ini("nova.conf.d/20-port.conf", "[spice]\nhtml5proxy_port = %d\n" % nport)
+    ini("nova.conf.d/10-port.conf", "[spice]\nhtml5proxy_port = %d\n" % free_port())
+    ini("nova.conf.d/30-ignored.conf.orig", "[spice]\nhtml5proxy_port = 2\n")
+    b = Broker(env, name="nova", extra=["--nova-config", nova, "--nova-config-dir", ndir]).start()
     c = http.client.HTTPConnection("127.0.0.1", nport, timeout=5)
     c.request("GET", "/spice_auto.html")
     st = c.getresponse().status
     c.close()
     check(st == 200, "spice_auto.html on nova.conf's html5proxy_port: %s" % st)
 
-    def upgrade(origin):
+    def upgrade(origin, extra=""):
         s = socket.create_connection(("127.0.0.1", nport), timeout=5)
         s.sendall(("GET /websockify?token=x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                   "Sec-WebSocket-Version: 13\r\nOrigin: %s\r\n\r\n" % (nport, origin)).encode())
-        data = s.recv(200)
+                   "Sec-WebSocket-Version: 13\r\nOrigin: %s\r\n%s\r\n"
+                   % (nport, origin, extra)).encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            got = s.recv(400)
+            if not got:
+                break
+            data += got
+        if data.startswith(b"HTTP/1.1 403"):
+            data += s.recv(400)
         s.close()
-        return data.split(b" ")[1] if data else b""
-    check(upgrade("https://horizon.example") == b"101", "a listed origin was refused")
-    check(upgrade("https://evil.example") == b"403", "an unlisted origin was accepted")
+        return data.split(b" ")[1] if data else b"", data
+    # Nova's rule: host names without ports; html5proxy_base_url's scheme (http)
+    origins = [
+        ("http://horizon.example", "", b"101", b""),
+        ("http://horizon.example:8443", "", b"101", b""),
+        ("http://other.example", "", b"101", b""),
+        ("http://127.0.0.1:9999", "", b"101", b""),
+        ("https://horizon.example", "X-Forwarded-Proto: http\r\n", b"101", b""),
+        ("https://horizon.example", "", b"403", b"protocol does not match"),
+        ("http://horizon.example", "X-Forwarded-Proto: https\r\n", b"403",
+         b"protocol does not match"),
+        ("http://evil.example", "", b"403", b"does not match this host"),
+        ("http://horizon.example.evil.example", "", b"403", b"does not match this host"),
+        ("null", "", b"403", b"Origin header not valid"),
+    ]
+    for origin, extra, want, why in origins:
+        st, data = upgrade(origin, extra)
+        check(st == want and why in data, "Origin %s %s: got %r, want %s %r" % (
+            origin, extra.strip(), data[:200], want, why))
+    log("nova.conf Origin rule: %d cases as Nova decides them" % len(origins))
     b.stop()
     rc, out = broker(*(base + ["--nova-config", ini("ssl.conf", "[DEFAULT]\nssl_only = true\n"),
                                "--check-config"]))
     check(rc == 2 and "ssl_only" in out, "ssl_only: rc %d %r" % (rc, out))
-    log("nova.conf: browser port on html5proxy_port %d, allowed_origins honoured, ssl_only "
-        "refused" % nport)
+    log("nova.conf: browser port on html5proxy_port %d (from nova.conf.d), allowed_origins "
+        "honoured, ssl_only refused" % nport)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ WebSocket SPICE link still work, and no token was logged.
         token (%zz, 400), a bad Sec-WebSocket-Key (not an upgrade: 404),
         bytes sent before the 101 (400), path traversal (404), an upgrade
         from a page of another origin (403; the same origin gets its 101).
+  Origin, Nova's rule (host names, ports ignored; no --web-base-url here,
+        so any scheme): the same host on another port and a
+        --web-allowed-origins host on any port get their 101; "null", a
+        look-alike host, a host:port not listed, and a Host whose port is
+        not a number get 403 with Nova's reason.
   WebSocket (after a good upgrade with an unknown token): an unmasked
         client frame (close 1002), a text frame (1003), a message over 1 MiB
         (1009), a reserved opcode (1002), a hang-up mid-frame, a ping
@@ -115,7 +120,8 @@ def status_of(data):
 def test(env):
     no_direct(env)
     wport = free_port()
-    b = Broker(env, extra=["--web-listen", "127.0.0.1:%d" % wport], link_timeout=2).start()
+    b = Broker(env, extra=["--web-listen", "127.0.0.1:%d" % wport,
+                           "--web-allowed-origins", "horizon.example"], link_timeout=2).start()
     q = Qemu(env, all_devices=False).start()
     good = token("webok")
     b.token_add(good, "127.0.0.1", q.spice_port)
@@ -162,6 +168,25 @@ def test(env):
     s.close()
     check(data.startswith(b"HTTP/1.1 101"), "same-origin upgrade refused: %r" % data[:60])
     results.append("same-origin upgrade -> 101")
+
+    def origin_case(origin, want, why=b"", host="127.0.0.1"):
+        s = connect(wport)
+        req = upgrade_req(unknown, extra="Origin: %s\r\n" % origin)
+        s.sendall(req.replace(b"Host: 127.0.0.1\r\n", b"Host: %s\r\n" % host.encode()))
+        data, _ = read_all(s, timeout=1 if want == 101 else 5)
+        s.close()
+        check(status_of(data) == want and why in data, "Origin %s, Host %s: %r (want %d %r)" % (
+            origin, host, data[:200], want, why))
+        results.append("Origin %s, Host %s -> %d" % (origin, host, want))
+
+    origin_case("http://127.0.0.1:8080", 101, host="127.0.0.1:%d" % wport)
+    origin_case("https://horizon.example:8443", 101)
+    origin_case("http://horizon.example", 101)
+    origin_case("null", 403, b"Origin header not valid")
+    origin_case("http://127.0.0.1.evil.example", 403, b"does not match this host")
+    origin_case("http://horizon.example.evil.example:80", 403, b"does not match this host")
+    origin_case("http://localhost", 403, b"does not match this host")
+    origin_case("http://127.0.0.1", 403, b"Host header not valid", host="127.0.0.1:x")
 
     def ws_case(name, send, want_close_code=None, want_pong=None, hang_up=False):
         s, rest = ws_open(wport, unknown)

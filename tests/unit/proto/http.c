@@ -1,4 +1,4 @@
-/* tests/unit/proto/http.c: cmocka tests for proto/http.c (request heads incl. hostile ones, requests with Content-Length bodies, the WebSocket handshake, tokens, static paths, MIME types); single-threaded. */
+/* tests/unit/proto/http.c: cmocka tests for proto/http.c (request heads incl. hostile ones, requests with Content-Length bodies, the WebSocket handshake, tokens, Nova's Origin rule, static paths, MIME types); single-threaded. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -813,6 +813,138 @@ test_static_path(void **state)
     assert_int_equal(http_static_path("/srv", "/a", out, 0), -1);
 }
 
+/* ------------------------------------------------------------------ Origin */
+
+/* Parses an upgrade with this Host and, when not NULL, Origin and
+ * X-Forwarded-Proto, then applies Nova's rule. */
+static const char *
+origin_verdict(const char *host, const char *origin, const char *xfp, const char *allowed,
+               const char *base_url)
+{
+    static struct http_request r;
+    char buf[2048];
+    const char *err = NULL;
+
+    snprintf(buf, sizeof(buf),
+             "GET /websockify?token=t HTTP/1.1\r\nHost: %s\r\n%s%s%s%s%s%s\r\n", host,
+             origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "",
+             xfp ? "X-Forwarded-Proto: " : "", xfp ? xfp : "", xfp ? "\r\n" : "");
+    assert_int_equal(http_parse_request(buf, strlen(buf), &r, &err), (int)strlen(buf));
+    return http_origin_refusal(&r, allowed, base_url);
+}
+
+#define ALLOWED(...) assert_null(origin_verdict(__VA_ARGS__))
+#define REFUSED(why, ...) assert_string_equal(origin_verdict(__VA_ARGS__), why)
+
+static void
+test_origin(void **state)
+{
+    static const char *const bad = "Origin header not valid";
+    static const char *const other = "Origin header does not match this host";
+    static const char *const proto = "Origin header protocol does not match this host";
+    static const char *const host = "Host header not valid";
+    (void)state;
+
+    /* No Origin: not a browser. */
+    ALLOWED("console.example.org:6082", NULL, NULL, "", "https://c.example/spice_auto.html");
+    /* The same host name, any port (Nova compares names only). */
+    ALLOWED("console.example.org:6082", "https://console.example.org:6082", NULL, "", "");
+    ALLOWED("console.example.org:6082", "https://console.example.org", NULL, "", "");
+    ALLOWED("console.example.org", "http://console.example.org:8000", NULL, NULL, NULL);
+    ALLOWED("Console.Example.ORG", "HTTPS://console.example.org", NULL, "", "");
+    ALLOWED("[::1]:6082", "http://[::1]:9", NULL, "", "");
+    ALLOWED("::1", "http://[::1]", NULL, "", "");
+    ALLOWED("127.0.0.1", "http://user:pw@127.0.0.1:1/x?y#z", NULL, "", "");
+    REFUSED(other, "127.0.0.1", "http://127.0.0.2", NULL, "", "");
+    REFUSED(other, "console.example.org", "https://console.example.org.evil.com", NULL, "",
+            "");
+    REFUSED(other, "console.example.org", "https://evil.com@", NULL, "", "");
+    /* allowed_origins: host names, whitespace and empty items ignored */
+    ALLOWED("c:6082", "https://horizon.example.org:8443", NULL, "horizon.example.org", "");
+    ALLOWED("c:6082", "https://horizon.example.org", NULL, " a.example , horizon.example.org,",
+            "");
+    ALLOWED("c:6082", "https://Horizon.example.org", NULL, "a,\nhorizon.example.org", "");
+    ALLOWED("c:6082", "http://[fe80::1]:80", NULL, "fe80::1", "");
+    REFUSED(other, "c:6082", "https://horizon.example.org", NULL, "horizon.example.org:8443",
+            "");
+    REFUSED(other, "c:6082", "https://horizon.example", NULL, "horizon.example.org", "");
+    REFUSED(other, "c:6082", "https://horizon.example.org", NULL, ",, ,", "");
+    /* malformed Origins */
+    REFUSED(bad, "c", "null", NULL, "c", "");
+    REFUSED(bad, "c", "", NULL, "c", "");
+    REFUSED(bad, "c", "c", NULL, "c", "");
+    REFUSED(bad, "c", "//c", NULL, "c", "");
+    REFUSED(other, "c", "http://", NULL, "c", "");
+    REFUSED(other, "c", "http://:80", NULL, "c", "");
+    REFUSED(other, "c", "http:c", NULL, "c", "");
+    REFUSED(bad, "c", "http://[::1", NULL, "c", "");
+    REFUSED(bad, "c", "1http://c", NULL, "c", "");
+    /* the scheme: the base URL's, http for ws, https for wss */
+    ALLOWED("c", "https://c", NULL, "", "https://c:6082/spice_auto.html");
+    ALLOWED("c", "http://c", NULL, "", "HTTP://c:6082/spice_auto.html");
+    ALLOWED("c", "http://c", NULL, "", "ws://c:6082/");
+    ALLOWED("c", "https://c", NULL, "", "wss://c:6082/");
+    ALLOWED("c", "wss://c", NULL, "", "wss://c:6082/");
+    REFUSED(proto, "c", "http://c", NULL, "", "https://c:6082/spice_auto.html");
+    REFUSED(proto, "c", "https://c", NULL, "", "http://c:6082/spice_auto.html");
+    REFUSED(proto, "c", "https://c", NULL, "", "ws://c:6082/");
+    REFUSED(proto, "c", "http://c", NULL, "", "wss://c:6082/");
+    /* X-Forwarded-Proto stands for the Origin's scheme, used as sent */
+    ALLOWED("c", "http://c", "https", "", "https://c:6082/spice_auto.html");
+    REFUSED(proto, "c", "https://c", "http", "", "https://c:6082/spice_auto.html");
+    REFUSED(proto, "c", "https://c", "HTTPS", "", "https://c:6082/spice_auto.html");
+    REFUSED(bad, "c", "https://c", "", "", "https://c:6082/spice_auto.html");
+    ALLOWED("c", "https://c", "anything", "", ""); /* no base URL: any scheme */
+    ALLOWED("c", NULL, "http", "", "https://c:6082/spice_auto.html"); /* no Origin */
+    /* A Host whose port is not a number: refused, Origin or not (Nova's int()
+     * raises before it looks at the Origin). */
+    REFUSED(host, "c:x", NULL, NULL, "", "");
+    REFUSED(host, "c:", "http://c", NULL, "", "");
+    REFUSED(host, "[::1]:x", NULL, NULL, "", "");
+    REFUSED(host, "[::1", NULL, NULL, "", "");
+    ALLOWED("[::1]", "http://[::1]", NULL, "", "");
+}
+
+static void
+test_url_scheme(void **state)
+{
+    char out[8];
+    (void)state;
+
+    assert_int_equal(http_url_scheme("HTTPS://x", out, sizeof(out)), 5);
+    assert_string_equal(out, "https");
+    assert_int_equal(http_url_scheme("a+b.c-d:x", out, sizeof(out)), 7);
+    assert_string_equal(out, "a+b.c-d");
+    assert_int_equal(http_url_scheme("verylongscheme://x", out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(http_url_scheme("1http://x", out, sizeof(out)), 0);
+    assert_int_equal(http_url_scheme("//x", out, sizeof(out)), 0);
+    assert_int_equal(http_url_scheme("http", out, sizeof(out)), 0);
+    assert_int_equal(http_url_scheme("ht tp://x", out, sizeof(out)), 0);
+    assert_int_equal(http_url_scheme(NULL, out, sizeof(out)), 0);
+}
+
+static void
+test_origin_headers(void **state)
+{
+    struct http_request r;
+    const char *err = NULL;
+    static const char dup[] = "GET / HTTP/1.1\r\nHost: c\r\nX-Forwarded-Proto: https\r\n"
+                              "x-forwarded-proto: http\r\n\r\n";
+    static const char empty[] = "GET / HTTP/1.1\r\nHost: c\r\nOrigin:\r\n\r\n";
+    static const char none[] = "GET / HTTP/1.1\r\nHost: c\r\n\r\n";
+    (void)state;
+
+    assert_int_equal(http_parse_request(dup, strlen(dup), &r, &err), -1);
+    assert_string_equal(err, "duplicate X-Forwarded-Proto");
+    assert_int_equal(http_parse_request(empty, strlen(empty), &r, &err), (int)strlen(empty));
+    assert_true(r.has_origin);
+    assert_false(r.has_forwarded_proto);
+    assert_string_equal(r.origin, "");
+    assert_int_equal(http_parse_request(none, strlen(none), &r, &err), (int)strlen(none));
+    assert_false(r.has_origin);
+}
+
 /* ------------------------------------------------------------------ MIME */
 
 static void
@@ -853,6 +985,9 @@ main(void)
         cmocka_unit_test(test_ws_accept),
         cmocka_unit_test(test_protocol_offered),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_origin),
+        cmocka_unit_test(test_url_scheme),
+        cmocka_unit_test(test_origin_headers),
         cmocka_unit_test(test_static_path),
         cmocka_unit_test(test_mime),
     };
