@@ -689,6 +689,8 @@ int main(int argc, char **argv)
     exit_code = 0;
 out:
     stop_from = now_ms();
+    if (!b.ready)
+        notify_status("start-up failed; the log says why");
     b.ready = false;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
