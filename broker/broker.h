@@ -18,6 +18,7 @@
 #include "migrate/store_writer.h"
 
 struct admin;
+struct notify_watchdog;
 
 /* A session record waiting to be written again, or being written (main.c).
  * seq orders a session's records: a higher one is newer. */
@@ -52,6 +53,8 @@ struct broker {
     struct record_write *writing; /* session records being written */
     size_t retry_writing;        /* of those, records that had waited in retry */
     size_t retry_took;           /* records from retry the store took, since it last failed */
+    bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */
+    struct notify_watchdog *watchdog; /* WATCHDOG=1 pings, NULL without WatchdogSec= */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */

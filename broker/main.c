@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 
 #include "broker/broker.h"
+#include "broker/notify.h"
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
@@ -167,6 +168,24 @@ struct record_write {
     bool from_retry, probe;
 };
 
+/* STATUS= for systemctl status while serving: the ports, and whether
+ * session records wait for the store (sent only when it changes). */
+static void status_serving(struct broker *b)
+{
+    if (!b->ready)
+        return;
+    size_t waiting = b->n_retry + b->retry_writing;
+    char store[160];
+    if (waiting > 0)
+        snprintf(store, sizeof(store), "; %zu session records wait for the store", waiting);
+    else
+        store[0] = '\0';
+    notify_status("serving on %s%s%s%s%s (%d workers), store %s%s", b->cfg.listen,
+                  b->tls ? ", TLS " : "", b->tls ? b->cfg.tls_listen : "",
+                  b->site ? ", browser " : "", b->site ? b->cfg.web_listen : "", b->n_workers,
+                  store_describe(b->store), store);
+}
+
 static void retry_arm(struct broker *b)
 {
     if (b->n_retry > 0 && !b->probing && b->retry_timer != NULL &&
@@ -213,6 +232,7 @@ static void retry_keep(struct broker *b, const struct broker_record *r)
     }
     b->retry[b->n_retry++] = *r;
     retry_arm(b);
+    status_serving(b);
 }
 
 /* Is a record of session id newer than seq being written? */
@@ -300,6 +320,7 @@ static void on_record_written(struct broker *b, int result, void *arg)
         log_info("the store took the %zu session records that waited for it", b->retry_took);
         b->retry_took = 0;
     }
+    status_serving(b);
     free(w);
 }
 
@@ -489,8 +510,8 @@ static void on_history_sweep(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------------ signals */
 
 /* How long the stop may take writing what waits for the store (from the
- * end of the control loop: SIGTERM). systemd's TimeoutStopSec is far
- * above it. */
+ * end of the control loop: SIGTERM). deploy/spice-broker.service's
+ * TimeoutStopSec (10 s) is far above it. */
 #define STOP_FLUSH_MS 2000
 
 static int64_t now_ms(void)
@@ -507,7 +528,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         log_info("SIGHUP: the token file is re-read on its next change; nothing else to reload");
         return;
     }
-    log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+    log_info("%s: shutting down", name);
+    notify_stopping("%s: closing every session, then writing what waits for the store "
+                    "(at most %d s)", name, STOP_FLUSH_MS / 1000);
     event_base_loopbreak(b->base);
 }
 
@@ -536,6 +560,7 @@ int main(int argc, char **argv)
     struct event *sigs[3] = { 0 };
     b.started = (int64_t)time(NULL);
     b.base = event_base_new();
+    notify_status("opening the store %s", b.cfg.store);
     b.store = store_open(b.cfg.store, &err);
     if (b.store == NULL) {
         log_error("cannot open store %s: %s", b.cfg.store, err ? err : "?");
@@ -630,6 +655,7 @@ int main(int argc, char **argv)
         }
         tls.ctx = b.tls;
     }
+    notify_status("opening the ports and %d workers", b.cfg.workers);
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)
         goto out;
@@ -669,12 +695,27 @@ int main(int argc, char **argv)
     if (b.site != NULL)
         log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
                  "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
+    /* Every port listens, the admin endpoint too, the store is open and
+     * loaded, the workers run: READY=1 (systemd starts what is ordered
+     * after the broker, and a client connecting now is served). */
+    b.ready = true;
+    notify_ready("serving on %s%s%s%s%s (%d workers), store %s", b.cfg.listen,
+                 b.tls ? ", TLS " : "", b.tls ? b.cfg.tls_listen : "",
+                 b.site ? ", browser " : "", b.site ? b.cfg.web_listen : "", b.n_workers,
+                 store_describe(b.store));
+    status_serving(&b);
+    b.watchdog = notify_watchdog_new(b.base, b.workers, b.n_workers);
     event_base_dispatch(b.base);
     exit_code = 0;
 out:
     stop_from = now_ms();
+    if (!b.ready)
+        notify_status("start-up failed; the log says why");
+    b.ready = false;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
+    notify_watchdog_free(b.watchdog); /* after the workers: their ping jobs point into it */
+    b.watchdog = NULL;
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
@@ -707,6 +748,9 @@ out:
         lost++;
     if (lost > 0)
         log_warnx("%zu session records never reached the store", lost);
+    if (exit_code == 0)
+        notify_status("stopped%s", lost > 0 ? "; some session records never reached the store"
+                                            : "");
     while (b.writing != NULL) {
         struct record_write *w = b.writing;
         b.writing = w->next;

@@ -31,7 +31,7 @@ if [ "$INSTALL" = 1 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends gcc meson ninja-build pkg-config \
     libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev \
-    libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev \
+    libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev libsystemd-dev \
     spice-html5 qemu-system-x86 nasm >/dev/null
 fi
 
