@@ -33,6 +33,7 @@ struct broker {
     struct event_base *base;     /* the control loop (main thread) */
     struct store *store;
     struct resolver *resolver;
+    struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;
     struct ticket_key *key;
     struct worker **workers;

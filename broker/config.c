@@ -87,6 +87,9 @@ static const struct opt opts[] = {
       "read every *.conf in DIR, sorted, as more --nova-config files (oslo.config's "
       "--config-dir); may repeat" },
     { "zone", STR(zone), "default", "NAME", "availability zone: the store key prefix" },
+    { "token-sources", STR(token_sources), "store,file,nova", "LIST",
+      "where console tokens are looked up, in order: store (spice-brokerctl token add), file "
+      "(token-file), nova (Nova's token API, on when the config file's [nova] sets auth_url)" },
     { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
     { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
     { "log-level", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0, "info",
@@ -172,9 +175,66 @@ static char *trim(char *s)
     return s;
 }
 
+/* [nova]'s keys: keystoneauth's names (nova.conf's [neutron], [placement]...). */
+#define NOVA(f) offsetof(struct config_nova, f), sizeof(((struct config_nova *)0)->f)
+static const struct nova_key {
+    const char *name;
+    size_t off, cap; /* cap 0: an int in seconds */
+} nova_keys[] = {
+    { "auth_url", NOVA(auth_url) },
+    { "auth_type", NOVA(auth_type) },
+    { "username", NOVA(username) },
+    { "user_id", NOVA(user_id) },
+    { "password", NOVA(password) },
+    { "user_domain_name", NOVA(user_domain_name) },
+    { "user_domain_id", NOVA(user_domain_id) },
+    { "project_name", NOVA(project_name) },
+    { "project_id", NOVA(project_id) },
+    { "project_domain_name", NOVA(project_domain_name) },
+    { "project_domain_id", NOVA(project_domain_id) },
+    { "application_credential_id", NOVA(application_credential_id) },
+    { "application_credential_secret", NOVA(application_credential_secret) },
+    { "region_name", NOVA(region_name) },
+    { "valid_interfaces", NOVA(valid_interfaces) },
+    { "endpoint_override", NOVA(endpoint_override) },
+    { "cafile", NOVA(cafile) },
+    { "timeout", offsetof(struct config_nova, timeout), 0 },
+    { "token_grace", offsetof(struct config_nova, token_grace), 0 },
+};
+
+static int set_nova(struct config_nova *n, const char *key, const char *val, const char *where)
+{
+    for (size_t i = 0; i < sizeof(nova_keys) / sizeof(nova_keys[0]); i++) {
+        const struct nova_key *k = &nova_keys[i];
+        if (strcmp(k->name, key) != 0)
+            continue;
+        if (k->cap == 0) {
+            char *end;
+            long v = strtol(val, &end, 10);
+            if (*val == '\0' || *end != '\0' || v < 1 || v > 86400) {
+                fprintf(stderr, "spice-broker: %s: [nova] %s takes seconds (1..86400), got '%s'\n",
+                        where, key, val);
+                return -1;
+            }
+            *(int *)((char *)n + k->off) = (int)v;
+            return 0;
+        }
+        if (strlen(val) >= k->cap) {
+            fprintf(stderr, "spice-broker: %s: [nova] %s is too long (max %zu)\n", where, key,
+                    k->cap - 1);
+            return -1;
+        }
+        memcpy((char *)n + k->off, val, strlen(val) + 1);
+        return 0;
+    }
+    fprintf(stderr, "spice-broker: %s: unknown [nova] option '%s'\n", where, key);
+    return -1;
+}
+
 /* Reads an INI file: "key = value" lines, '#' or ';' comments, [sections].
- * Keys in [broker] (or before any section) are option names; other sections
- * are ignored, so one file can be shared with other programs. */
+ * Keys in [broker] (or before any section) are option names, [nova] says how
+ * to reach Nova's token API; other sections are ignored, so one file can be
+ * shared with other programs. */
 static int load_file(struct config *cfg, const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -184,7 +244,7 @@ static int load_file(struct config *cfg, const char *path)
     }
     char line[1024], where[600];
     int lineno = 0, rc = 0;
-    bool ours = true;
+    bool ours = true, nova = false;
     while (fgets(line, sizeof(line), f) != NULL) {
         lineno++;
         snprintf(where, sizeof(where), "%s:%d", path, lineno);
@@ -205,6 +265,7 @@ static int load_file(struct config *cfg, const char *path)
             }
             *e = '\0';
             ours = strcmp(trim(s + 1), "broker") == 0;
+            nova = strcmp(trim(s + 1), "nova") == 0;
             continue;
         }
         char *eq = strchr(s, '=');
@@ -215,6 +276,13 @@ static int load_file(struct config *cfg, const char *path)
         }
         *eq = '\0';
         char *key = trim(s), *val = trim(eq + 1);
+        if (nova) {
+            if (set_nova(&cfg->nova, key, val, where) < 0) {
+                rc = -1;
+                break;
+            }
+            continue;
+        }
         if (!ours)
             continue;
         const struct opt *o = find_opt(key);
@@ -361,6 +429,10 @@ static void set_defaults(struct config *cfg)
     for (size_t i = 0; i < N_OPTS; i++)
         if (opts[i].def != NULL)
             (void)set_opt(cfg, &opts[i], opts[i].def, "default");
+    snprintf(cfg->nova.auth_type, sizeof(cfg->nova.auth_type), "password");
+    snprintf(cfg->nova.valid_interfaces, sizeof(cfg->nova.valid_interfaces), "internal,public");
+    cfg->nova.timeout = 5;
+    cfg->nova.token_grace = 600; /* Nova's [consoleauth] token_ttl */
 }
 
 void config_usage(FILE *out)
@@ -512,8 +584,58 @@ static int check_base_url(const char *url)
     return 0;
 }
 
+/* token-sources and [nova]: what the Nova token source needs. */
+static int validate_tokens(const struct config *cfg)
+{
+    const char *p = cfg->token_sources;
+    while (*p != '\0') {
+        size_t n = strcspn(p, ",");
+        if (!((n == 5 && strncmp(p, "store", 5) == 0) || (n == 4 && strncmp(p, "file", 4) == 0) ||
+              (n == 4 && strncmp(p, "nova", 4) == 0))) {
+            fprintf(stderr, "spice-broker: token-sources takes store, file and nova, "
+                    "comma-separated; got '%s'\n", cfg->token_sources);
+            return -1;
+        }
+        p += n + (p[n] == ',');
+    }
+    const struct config_nova *n = &cfg->nova;
+    if (n->auth_url[0] == '\0')
+        return 0;
+    if (strncmp(n->auth_url, "http://", 7) != 0 && strncmp(n->auth_url, "https://", 8) != 0) {
+        fprintf(stderr, "spice-broker: [nova] auth_url must be an http:// or https:// URL\n");
+        return -1;
+    }
+    if (strcmp(n->auth_type, "password") == 0) {
+        if ((n->username[0] == '\0' && n->user_id[0] == '\0') || n->password[0] == '\0' ||
+            (n->project_name[0] == '\0' && n->project_id[0] == '\0')) {
+            fprintf(stderr, "spice-broker: [nova] auth_type password needs username (or user_id), "
+                    "password and project_name (or project_id)\n");
+            return -1;
+        }
+    } else if (strcmp(n->auth_type, "v3applicationcredential") == 0) {
+        if (n->application_credential_id[0] == '\0' ||
+            n->application_credential_secret[0] == '\0') {
+            fprintf(stderr, "spice-broker: [nova] auth_type v3applicationcredential needs "
+                    "application_credential_id and application_credential_secret\n");
+            return -1;
+        }
+    } else {
+        fprintf(stderr, "spice-broker: [nova] auth_type must be password or "
+                "v3applicationcredential, got '%s'\n", n->auth_type);
+        return -1;
+    }
+    if (n->cafile[0] != '\0' && access(n->cafile, R_OK) != 0) {
+        fprintf(stderr, "spice-broker: [nova] cafile %s is not readable: %s\n", n->cafile,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int config_validate(const struct config *cfg)
 {
+    if (validate_tokens(cfg) < 0)
+        return -1;
     char host[128];
     uint16_t port;
     if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0) {

@@ -9,6 +9,25 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* [nova] of the broker's config file: how the Nova token source reaches
+ * Keystone and Nova, under the keystoneauth names nova.conf's service
+ * sections use. On when auth_url is set. */
+struct config_nova {
+    char auth_url[512];
+    char auth_type[32];              /* password | v3applicationcredential */
+    char username[128], user_id[128], password[256];
+    char user_domain_name[128], user_domain_id[128];
+    char project_name[128], project_id[128];
+    char project_domain_name[128], project_domain_id[128];
+    char application_credential_id[128], application_credential_secret[256];
+    char region_name[128];
+    char valid_interfaces[64];       /* "internal,public" */
+    char endpoint_override[512];     /* the compute endpoint, skipping the catalog */
+    char cafile[512];
+    int timeout;                     /* seconds, one HTTP request */
+    int token_grace;                 /* seconds a Nova token stays good to the broker */
+};
+
 struct config {
     char listen[128];
     char tls_listen[128];
@@ -33,6 +52,8 @@ struct config {
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
+    char token_sources[64];          /* store,file,nova in the order asked */
+    struct config_nova nova;
     int workers;
     int log_level;
     int link_timeout;     /* seconds */

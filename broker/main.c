@@ -16,6 +16,7 @@
 
 #include "broker/broker.h"
 #include "broker/notify.h"
+#include "broker/nova.h"
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
@@ -31,7 +32,69 @@ static int env_resolve(void *arg, int worker_index, uint64_t ask, const char *to
                        struct snap_token *rec, const char **why)
 {
     struct broker *b = arg;
-    return resolver_lookup(b->resolver, token, rec, why);
+    int rc = resolver_lookup(b->resolver, token, rec, why);
+    if (rc == 0 || b->nova == NULL ||
+        (strcmp(*why, "unknown token") != 0 && strcmp(*why, "expired token") != 0))
+        return rc;
+    /* Not known here (or known but past its grace): Nova's turn. */
+    if (nova_ask(b->nova, worker_index, ask, token) < 0) {
+        *why = "too many token questions open";
+        return -1;
+    }
+    return 1;
+}
+
+/* Nova's answer, on the control loop: to the worker whose client waits, and
+ * the token into the store (so the session's other brokers, and the same
+ * token reconnected after a migration, find it without asking Nova; it
+ * expires after [nova] token_grace). */
+struct resolved_job {
+    uint64_t ask;
+    int rc;
+    struct snap_token rec;
+    char why[96];
+};
+
+static void job_resolved(struct session_worker *sw, void *arg)
+{
+    struct resolved_job *j = arg;
+    session_resolved(sw, j->ask, j->rc, &j->rec, j->why);
+    OPENSSL_cleanse(j, sizeof(*j));
+    free(j);
+}
+
+static void on_nova_token_written(struct broker *b, int result, void *arg)
+{
+    if (result != STORE_OK)
+        log_warnx("nova: a token's record did not reach the store (a reconnect asks Nova again)");
+}
+
+static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *token, int rc,
+                           const struct snap_token *rec, const char *why)
+{
+    struct broker *b = arg;
+    struct resolved_job *j = calloc(1, sizeof(*j));
+    if (j != NULL) {
+        j->ask = ask;
+        j->rc = rc;
+        j->rec = *rec;
+        snprintf(j->why, sizeof(j->why), "%s", why ? why : "");
+        if (worker < 0 || worker >= b->n_workers || worker_post(b->workers[worker], job_resolved, j) < 0) {
+            OPENSSL_cleanse(j, sizeof(*j));
+            free(j);
+        }
+    }
+    if (rc != 0)
+        return;
+    char key[SNAP_KEY_MAX];
+    uint8_t *val = NULL;
+    size_t len = 0;
+    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    if (snap_token_encode(rec, &val, &len) == 0)
+        (void)broker_store_put(b, key, val, len, on_nova_token_written, NULL);
+    if (val != NULL)
+        OPENSSL_cleanse(val, len);
+    free(val);
 }
 
 static int env_claim(void *arg, uint32_t id, int worker_index)
@@ -572,6 +635,23 @@ int main(int argc, char **argv)
         goto out;
     }
     b.resolver = resolver_new(b.store, b.cfg.zone, b.cfg.token_file);
+    if (b.resolver != NULL)
+        resolver_use(b.resolver, strstr(b.cfg.token_sources, "store") != NULL,
+                     strstr(b.cfg.token_sources, "file") != NULL);
+    if (b.base != NULL && b.cfg.nova.auth_url[0] != '\0' &&
+        strstr(b.cfg.token_sources, "nova") != NULL) {
+        /* Nova's answer (or its refusal) must reach the client before its
+         * link times out. */
+        int deadline = b.cfg.link_timeout * 1000 - 1000;
+        b.nova = nova_new(b.base, &b.cfg.nova, deadline > 500 ? deadline : 500, on_nova_answer,
+                          &b, &err);
+        if (b.nova == NULL) {
+            log_error("the Nova token source: %s", err ? err : "?");
+            goto out;
+        }
+        log_info("tokens: %s; Nova through Keystone %s (%s)", b.cfg.token_sources,
+                 b.cfg.nova.auth_url, b.cfg.nova.auth_type);
+    }
     b.registry = registry_new();
     b.key = ticket_key_new();
     if (b.base == NULL || b.resolver == NULL || b.registry == NULL || b.key == NULL) {
@@ -714,6 +794,7 @@ out:
     b.ready = false;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
+    b.n_workers = 0; /* Nova's late answers go nowhere now */
     notify_watchdog_free(b.watchdog); /* after the workers: their ping jobs point into it */
     b.watchdog = NULL;
     free(b.workers);
@@ -763,6 +844,7 @@ out:
             event_free(sigs[i]);
     ticket_key_free(b.key);
     registry_free(b.registry);
+    nova_free(b.nova);
     resolver_free(b.resolver);
     store_free(b.store);
     if (b.base != NULL)

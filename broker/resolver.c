@@ -33,7 +33,14 @@ struct resolver {
     bool loaded;
     struct file_entry *entries;
     size_t n;
+    bool use_store, use_file;
 };
+
+void resolver_use(struct resolver *r, bool store, bool file)
+{
+    r->use_store = store;
+    r->use_file = file;
+}
 
 static void free_entries(struct resolver *r)
 {
@@ -52,6 +59,7 @@ struct resolver *resolver_new(struct store *st, const char *zone, const char *to
     if (r == NULL)
         return NULL;
     r->st = st;
+    r->use_store = r->use_file = true;
     snprintf(r->zone, sizeof(r->zone), "%s", zone);
     snprintf(r->path, sizeof(r->path), "%s", token_file ? token_file : "");
     pthread_mutex_init(&r->mu, NULL);
@@ -183,7 +191,7 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         *why = "empty token";
         return -1;
     }
-    if (r->st != NULL) {
+    if (r->st != NULL && r->use_store) {
         char key[SNAP_KEY_MAX];
         void *val = NULL;
         size_t len = 0;
@@ -207,7 +215,7 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         if (rc == STORE_ERROR)
             log_warnx("token lookup: store error");
     }
-    if (r->path[0] == '\0')
+    if (r->path[0] == '\0' || !r->use_file)
         return -1;
     int found = -1;
     pthread_mutex_lock(&r->mu);

@@ -16,6 +16,8 @@ void resolver_free(struct resolver *r);
 /* Re-reads the token file if its mtime or size changed (control loop only;
  * file I/O). The new table replaces the old one whole. */
 void resolver_reload(struct resolver *r);
+/* Which of its two sources lookups use (token-sources; both by default). */
+void resolver_use(struct resolver *r, bool store, bool file);
 /* 0 and *rec filled, or -1 with *why ("unknown token", "expired token"). */
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why);
 /* Parses one token-file line "TOKEN: HOST:PORT". 0, 1 for a blank/comment line, -1 if malformed. */
