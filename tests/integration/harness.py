@@ -1626,7 +1626,7 @@ def good_session(env, host, port, password, expect=None, timeout=15.0, what=""):
     return r
 
 
-def run(test_fn, description, needs_broker=True):
+def run(test_fn, description, needs_broker=True, needs_qemu=True):
     """Standard test main. test_fn(env) raises TestFailure / TestSkip."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--build-dir", default=os.environ.get("MESON_BUILD_ROOT"),
@@ -1645,7 +1645,7 @@ def run(test_fn, description, needs_broker=True):
     try:
         if needs_broker:
             env.require_broker()
-        if shutil.which(QEMU_BIN) is None:
+        if needs_qemu and shutil.which(QEMU_BIN) is None:
             raise TestSkip("%s not installed" % QEMU_BIN)
         if not os.path.exists(GI_PYTHON):
             raise TestSkip("%s missing" % GI_PYTHON)
