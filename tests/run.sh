@@ -17,7 +17,7 @@ PACKAGES=(gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev
   libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev libsystemd-dev
   qemu-system-x86 python3-gi gir1.2-spiceclientglib-2.0 nasm etcd-server
-  spice-html5 chromium)
+  spice-html5 chromium python3-keystone python3-nova)
 
 if [ -z "${SKIP_APT:-}" ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -27,6 +27,9 @@ if [ -z "${SKIP_APT:-}" ]; then
     # etcd-server's postinst would start a system etcd on 2379 where it can
     # (the tests start their own, on free ports): deny service starts during
     # the install with a policy-rc.d, unless the machine has one already.
+    # Keystone and Nova come as their Python packages only (no keystone,
+    # nova-api, nova-common: those pull systemd, uwsgi and dbconfig-common
+    # and ask debconf questions); tests/integration/openstack.py runs them.
     own_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
