@@ -17,7 +17,7 @@
 /* A microversion "X.Y" as X * 1000 + Y (2.99 -> 2099); 0 = none. */
 typedef unsigned os_microversion;
 #define OS_MV(x, y) ((os_microversion)((x) * 1000 + (y)))
-/* Parses "2.99" (no sign, no spaces; Y < 1000). 0 if malformed. */
+/* Parses "2.99" (no sign, no spaces, no leading zeros; Y < 1000). 0 if malformed. */
 os_microversion os_microversion_parse(const char *s);
 
 /* Keystone v3 POST /v3/auth/tokens (the token itself is the X-Subject-Token
@@ -25,10 +25,11 @@ os_microversion os_microversion_parse(const char *s);
  * token.expires_at, ISO 8601 "2026-12-05T12:00:00.000000Z"), and from
  * token.catalog the URL of the first endpoint of the service of type
  * service_type whose interface comes first in `interfaces` (a comma-separated
- * preference list, e.g. "internal,public") and whose region (region_id or
- * region) is `region` (NULL or "": any). 0, or -1 with *why. url_cap bounds
- * the URL (too long: -1). An empty or missing catalog is an error only when
- * need_catalog. */
+ * preference list, e.g. "internal,public"; NULL or "": any interface) and
+ * whose region (region_id or region) is `region` (NULL or "": any). 0, or -1
+ * with *why; *out is written only on success. The size of out->endpoint
+ * bounds the URL (too long, or not an http(s) URL: -1). An empty or missing
+ * catalog, or no matching endpoint, is an error only when need_catalog. */
 struct os_keystone_token {
     int64_t expires;          /* unix seconds */
     char endpoint[512];       /* "" when not needed or not found */
@@ -40,7 +41,8 @@ int os_parse_keystone_token(const char *body, size_t len, const char *service_ty
 /* The compute API's version document: GET on the endpoint's root answers
  * {"version": {"id": "v2.1", "version": "2.93", "min_version": "2.1", ...}}
  * (a bare {"versions": [...]} list is accepted too: the v2.1 entry's). Fills
- * *min and *max (max 0 when the server has no microversions). 0 or -1. */
+ * *min and *max (both 0 when the server has no microversions). 0, or -1
+ * with *why (*min and *max untouched). */
 int os_parse_compute_version(const char *body, size_t len, os_microversion *min,
                              os_microversion *max, const char **why);
 /* The microversion to ask for: `want` if the server's [min, max] offers it,
@@ -56,7 +58,7 @@ os_microversion os_pick_microversion(os_microversion min, os_microversion max,
  * password and times are left alone. Refuses: a host that is empty, too long
  * for rec->host, or has characters no host name or address has; ports out
  * of 0..65535 or neither port set; an instance_uuid too long or not
- * printable. 0, or -1 with *why. */
+ * printable. 0, or -1 with *why (rec untouched). */
 int os_parse_console_token(const char *body, size_t len, struct snap_token *rec,
                            const char **why);
 
