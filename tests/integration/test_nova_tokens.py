@@ -112,7 +112,9 @@ def standin_part(env, q):
                                 ("close", None, "Nova dropping the connection")):
             t = token("fault")
             s.add_console_token(t, host="127.0.0.1", port=q.spice_port)
-            s.fault("nova", kind, arg)
+            # (a dropped connection every time: libcurl rightly retries a
+            # request whose reused connection died before any reply)
+            s.fault("nova", kind, arg, persistent=kind == "close")
             refused(env, b, t, what)
             s.clear_faults()
         text = b.log_text()
