@@ -66,6 +66,16 @@ static const struct opt opts[] = {
     { "web-allowed-origins", STR(web_allowed_origins), "", "HOST,...",
       "pages from these host names (any port) may open console WebSockets too (Nova's "
       "[console] allowed_origins); pages from the host the browser connected to always may" },
+    { "spice-direct-path", STR(spice_direct_path), "/nova", "PATH",
+      "on the browser port, PATH?token=T answers a spice-direct console's .vv file for "
+      "remote-viewer (the path of Nova's [spice] spice_direct_proxy_base_url); empty = off" },
+    { "public-host", STR(public_host), "", "NAME",
+      "the host name clients reach the broker by, written into .vv files (default: the "
+      "request's Host)" },
+    { "tls-ca", STR(tls_ca), "", "FILE",
+      "the CA certificate (PEM) that signed tls-cert, inlined in .vv files for remote-viewer" },
+    { "tls-host-subject", STR(tls_host_subject), "", "SUBJECT",
+      "the TLS port certificate's subject, written into .vv files as host-subject" },
     { "web-base-url", STR(web_base_url), "", "URL",
       "the console page's public URL (Nova's [spice] html5proxy_base_url): a WebSocket's "
       "Origin (or X-Forwarded-Proto) must have its scheme (https also for wss, http for ws); "
@@ -349,7 +359,7 @@ static int nova_value(const struct oslo_opt *o, const char *label)
  * files is Nova's business. */
 static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc)
 {
-    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, N_NOVA };
+    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, DIRECT_URL, N_NOVA };
     static struct oslo_opt o[N_NOVA]; /* start-up, main thread: big values */
     memset(o, 0, sizeof(o));
     o[HOST] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_host" };
@@ -360,6 +370,7 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
                                     .dep_group = "DEFAULT",
                                     .dep_name = "console_allowed_origins" };
     o[SSL_ONLY] = (struct oslo_opt){ .group = "DEFAULT", .name = "ssl_only" };
+    o[DIRECT_URL] = (struct oslo_opt){ .group = "spice", .name = "spice_direct_proxy_base_url" };
     char err[1024];
     int file = 0;
     for (size_t i = 0; i < nsrc; i++) {
@@ -401,6 +412,17 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
         return -1;
     if (o[WEB].set && set_opt(cfg, find_opt("web-root"), o[WEB].value, o[WEB].where) < 0)
         return -1;
+    if (o[DIRECT_URL].set) {
+        /* Nova hands remote-viewer users BASE?token=T: the broker serves BASE's path. */
+        const char *u = strstr(o[DIRECT_URL].value, "://");
+        const char *path = u != NULL ? strchr(u + 3, '/') : NULL;
+        if (u == NULL || set_opt(cfg, find_opt("spice-direct-path"), path ? path : "/",
+                                 o[DIRECT_URL].where) < 0) {
+            fprintf(stderr, "spice-broker: %s: spice_direct_proxy_base_url must be a URL, got "
+                    "'%s'\n", o[DIRECT_URL].where, o[DIRECT_URL].value);
+            return -1;
+        }
+    }
     if (o[ORIGINS].set &&
         (check_origins(o[ORIGINS].value, o[ORIGINS].where) < 0 ||
          set_opt(cfg, find_opt("web-allowed-origins"), o[ORIGINS].value, o[ORIGINS].where) < 0))

@@ -44,6 +44,10 @@ struct config {
     char web_root[512];
     char web_allowed_origins[512];
     char web_base_url[512];
+    char spice_direct_path[256];   /* the .vv path on the browser port, "" = off */
+    char public_host[256];         /* host= in .vv files ("" = the request's Host) */
+    char tls_ca[512];              /* ca= in .vv files: the TLS port's CA */
+    char tls_host_subject[256];    /* host-subject= in .vv files */
     char admin[256];
     char store[512];
     char token_file[512];

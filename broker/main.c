@@ -18,6 +18,7 @@
 #include "broker/notify.h"
 #include "broker/nova.h"
 #include "broker/tls.h"
+#include "broker/vv.h"
 #include "broker/web.h"
 #include "common/log.h"
 #include "migrate/handover.h"
@@ -619,6 +620,7 @@ int main(int argc, char **argv)
 
     const char *err = NULL;
     int exit_code = 1;
+    char *vv_ca = NULL; /* the .vv files' CA (PEM) */
     int64_t stop_from;
     struct event *sigs[3] = { 0 };
     b.started = (int64_t)time(NULL);
@@ -712,6 +714,7 @@ int main(int argc, char **argv)
     }
     char web_host[128];
     struct worker_web web = { .host = web_host };
+    struct vv_config vv = { 0 };
     if (b.cfg.web_listen[0] != '\0') {
         config_split_hostport(b.cfg.web_listen, web_host, sizeof(web_host), &web.port);
         b.site = web_site_load(b.cfg.web_root, &err);
@@ -722,6 +725,22 @@ int main(int argc, char **argv)
         web.site = b.site;
         web.allowed_origins = b.cfg.web_allowed_origins;
         web.base_url = b.cfg.web_base_url;
+        if (b.cfg.spice_direct_path[0] != '\0') {
+            vv.path = b.cfg.spice_direct_path;
+            vv.public_host = b.cfg.public_host;
+            vv.port = port;
+            if (b.cfg.tls_listen[0] != '\0') {
+                char th[128];
+                config_split_hostport(b.cfg.tls_listen, th, sizeof(th), &vv.tls_port);
+                vv.host_subject = b.cfg.tls_host_subject;
+                if (b.cfg.tls_ca[0] != '\0' && (vv.ca_pem = vv_ca = vv_read_ca(b.cfg.tls_ca,
+                                                                              &err)) == NULL) {
+                    log_error("tls-ca %s: %s", b.cfg.tls_ca, err ? err : "?");
+                    goto out;
+                }
+            }
+            web.vv = &vv;
+        }
     }
     char tls_host[128];
     struct worker_tls tls = { .host = tls_host };
@@ -775,6 +794,10 @@ int main(int argc, char **argv)
     if (b.site != NULL)
         log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
                  "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
+    if (b.site != NULL && web.vv != NULL)
+        log_info("spice-direct: %s?token=T on the browser port answers .vv files (host %s, port "
+                 "%u%s)", vv.path, vv.public_host[0] ? vv.public_host : "from the request",
+                 vv.port, vv.tls_port ? ", with the TLS port" : "");
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */
@@ -845,6 +868,7 @@ out:
     ticket_key_free(b.key);
     registry_free(b.registry);
     nova_free(b.nova);
+    free(vv_ca);
     resolver_free(b.resolver);
     store_free(b.store);
     if (b.base != NULL)

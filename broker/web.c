@@ -24,6 +24,7 @@
 
 #include <openssl/crypto.h>
 
+#include "broker/vv.h"
 #include "common/log.h"
 #include "proto/http.h"
 #include "session/transport.h"
@@ -201,6 +202,7 @@ struct web_worker {
     int head_timeout_ms;             /* the HTTP request head must arrive within this */
     const char *allowed_origins;     /* extra Origin host names, comma-separated ("" = none) */
     const char *base_url;            /* its scheme is the Origin's expected one ("" = any) */
+    const struct vv_config *vv;      /* spice-direct .vv files, NULL = none */
     TAILQ_HEAD(, web_conn) conns;
 };
 
@@ -220,6 +222,10 @@ struct web_conn {
     size_t hdr_len, hdr_sent;
     const uint8_t *body;
     size_t body_len, body_sent;
+    char *owned;                     /* a body of ours (a .vv), freed with the connection */
+    struct session_lookup *lookup;   /* a .vv's token being looked up */
+    char host[HTTP_MAX_VALUE + 1];   /* the request's Host, for the .vv */
+    char token[TOKEN_MAX];           /* the .vv's token while it is looked up */
 };
 
 static void conn_free(struct web_conn *wc)
@@ -231,7 +237,13 @@ static void conn_free(struct web_conn *wc)
             event_free(*evs[i]);
     if (wc->fd >= 0)
         close(wc->fd);
+    session_lookup_cancel(wc->lookup);
+    if (wc->owned != NULL) {
+        OPENSSL_cleanse(wc->owned, wc->body_len);
+        free(wc->owned);
+    }
     OPENSSL_cleanse(wc->head, sizeof(wc->head));
+    OPENSSL_cleanse(wc->token, sizeof(wc->token));
     free(wc);
 }
 
@@ -328,6 +340,43 @@ static void upgrade(struct web_conn *wc, const struct http_request *req, const c
 
 /* ---- the head ---- */
 
+/* ---- spice-direct ---- */
+
+/* The .vv's token looked up (store, file or Nova): the file, or a 404 that
+ * says nothing about why. */
+static void on_vv_lookup(void *arg, int rc, const struct snap_token *rec, const char *why)
+{
+    struct web_conn *wc = arg;
+    wc->lookup = NULL;
+    size_t len = 0;
+    char *vv = rc == 0 ? vv_build(wc->ww->vv, wc->host, wc->token, rec, &len) : NULL;
+    OPENSSL_cleanse(wc->token, sizeof(wc->token));
+    if (vv == NULL) {
+        log_info("web: client=%s .vv refused: %s", wc->addr,
+                 rc != 0 ? (why ? why : "unknown token") : "unusable host or token");
+        reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
+        return;
+    }
+    log_info("web: client=%s .vv for instance %s", wc->addr,
+             rec->instance[0] ? rec->instance : "?");
+    wc->owned = vv;
+    reply(wc, 200, "OK", "application/x-virt-viewer", (const uint8_t *)vv, len, false);
+}
+
+static void serve_vv(struct web_conn *wc, const struct http_request *req)
+{
+    int tl = http_token(req, wc->token, sizeof(wc->token));
+    if (tl <= 0 || strstr(req->query, "token=") == NULL) {
+        OPENSSL_cleanse(wc->token, sizeof(wc->token));
+        reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
+        return;
+    }
+    snprintf(wc->host, sizeof(wc->host), "%s", req->host);
+    event_del(wc->rd); /* the answer may take Nova's time; the head timer still runs */
+    wc->state = WS_REPLY;
+    wc->lookup = session_lookup(wc->ww->sw, wc->token, on_vv_lookup, wc);
+}
+
 static void on_head(struct web_conn *wc)
 {
     struct http_request req;
@@ -382,6 +431,10 @@ static void on_head(struct web_conn *wc)
         OPENSSL_cleanse(token, sizeof(token));
         return;
     }
+    if (wc->ww->vv != NULL && strcmp(req.path, wc->ww->vv->path) == 0 && !head_only) {
+        serve_vv(wc, &req);
+        return;
+    }
     const struct web_file *f = site_find(wc->ww->site, req.path);
     if (f == NULL) {
         reply_error(wc, 404, "Not Found", "not found");
@@ -434,6 +487,11 @@ struct web_worker *web_worker_new(struct event_base *base, struct session_worker
     ww->base_url = base_url ? base_url : "";
     TAILQ_INIT(&ww->conns);
     return ww;
+}
+
+void web_worker_set_vv(struct web_worker *ww, const struct vv_config *vv)
+{
+    ww->vv = vv;
 }
 
 void web_worker_free(struct web_worker *ww)

@@ -32,6 +32,9 @@ struct web_worker *web_worker_new(struct event_base *base, struct session_worker
                                   const char *allowed_origins, const char *base_url);
 /* Closes every connection it still has (the worker is stopping). */
 void web_worker_free(struct web_worker *ww);
+/* Serves spice-direct .vv files at vv->path (broker/vv.h); vv must outlive ww. */
+struct vv_config;
+void web_worker_set_vv(struct web_worker *ww, const struct vv_config *vv);
 
 /* A connection accepted on the web port (takes fd). */
 void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer);

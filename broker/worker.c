@@ -211,6 +211,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
             goto fail;
         w->ww = web_worker_new(w->base, w->sw, web->site, env->link_timeout_ms,
                                web->allowed_origins, web->base_url);
+        if (w->ww != NULL && web->vv != NULL)
+            web_worker_set_vv(w->ww, web->vv);
         w->web_ev = event_new(w->base, w->web_fd, EV_READ | EV_PERSIST, on_web_accept, w);
         if (w->ww == NULL || w->web_ev == NULL) {
             *err = "out of memory";

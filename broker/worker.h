@@ -23,6 +23,7 @@ struct worker_web {
     uint16_t port;
     const struct web_site *site;
     const char *allowed_origins;     /* see web_worker_new */
+    const struct vv_config *vv;      /* spice-direct .vv files, NULL = none */
     const char *base_url;            /* see web_worker_new */
 };
 

@@ -314,6 +314,15 @@ struct session_worker {
     const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
     uint64_t next_ask;              /* names the token questions sent elsewhere */
+    TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
+};
+
+struct session_lookup {
+    TAILQ_ENTRY(session_lookup) link;
+    struct session_worker *w;
+    uint64_t ask;
+    session_lookup_fn cb;
+    void *arg;
 };
 
 /* session.c */

@@ -334,9 +334,52 @@ static void client_auth_done(struct chan *c)
     OPENSSL_cleanse(&rec, sizeof(rec));
 }
 
+struct session_lookup *session_lookup(struct session_worker *w, const char *token,
+                                      session_lookup_fn cb, void *arg)
+{
+    struct snap_token rec;
+    memset(&rec, 0, sizeof(rec));
+    const char *why = "unknown token";
+    uint64_t ask = ++w->next_ask;
+    int rc = w->env.resolve(w->env.arg, w->env.worker_index, ask, token, &rec, &why);
+    struct session_lookup *l = rc == 1 ? calloc(1, sizeof(*l)) : NULL;
+    if (l == NULL) {
+        if (rc == 1) {
+            rc = -1;
+            why = "out of memory";
+        }
+        cb(arg, rc, &rec, why);
+        OPENSSL_cleanse(&rec, sizeof(rec));
+        return NULL;
+    }
+    l->w = w;
+    l->ask = ask;
+    l->cb = cb;
+    l->arg = arg;
+    TAILQ_INSERT_TAIL(&w->lookups, l, link);
+    return l;
+}
+
+void session_lookup_cancel(struct session_lookup *l)
+{
+    if (l == NULL)
+        return;
+    TAILQ_REMOVE(&l->w->lookups, l, link);
+    free(l);
+}
+
 void session_resolved(struct session_worker *w, uint64_t ask, int rc,
                       const struct snap_token *rec, const char *why)
 {
+    struct session_lookup *l;
+    TAILQ_FOREACH(l, &w->lookups, link) {
+        if (l->ask == ask) {
+            TAILQ_REMOVE(&w->lookups, l, link);
+            l->cb(l->arg, rc, rec, why);
+            free(l);
+            return;
+        }
+    }
     struct chan *c;
     TAILQ_FOREACH(c, &w->pending, link) {
         if (c->state == CH_C_RESOLVE && c->lk != NULL && c->lk->ask == ask && !c->closing)

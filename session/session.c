@@ -38,6 +38,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
     TAILQ_INIT(&w->dead);
     TAILQ_INIT(&w->dead_sessions);
     TAILQ_INIT(&w->to_check);
+    TAILQ_INIT(&w->lookups);
     w->reap = event_new(env->base, -1, 0, on_reap, w);
     if (w->reap == NULL) {
         free(w);
@@ -57,6 +58,9 @@ void session_worker_free(struct session_worker *w)
     while ((c = TAILQ_FIRST(&w->pending)) != NULL)
         chan_close(c, NULL);
     reap(w);
+    struct session_lookup *l;
+    while ((l = TAILQ_FIRST(&w->lookups)) != NULL)
+        session_lookup_cancel(l);
     event_free(w->reap);
     pool_drain(&w->pool);
     if (w->dns != NULL)

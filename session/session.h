@@ -103,6 +103,17 @@ void session_accept(struct session_worker *w, struct transport *t,
 void session_resolved(struct session_worker *w, uint64_t ask, int rc,
                       const struct snap_token *rec, const char *why);
 
+/* A token looked up as a client's main link would look it up (store, file,
+ * Nova), for something other than a link (a .vv file): cb(arg, rc, rec, why)
+ * on this worker's loop, from inside session_lookup when the answer is at
+ * hand (then NULL is returned), else later (the handle cancels it: no call). */
+typedef void (*session_lookup_fn)(void *arg, int rc, const struct snap_token *rec,
+                                  const char *why);
+struct session_lookup;
+struct session_lookup *session_lookup(struct session_worker *w, const char *token,
+                                      session_lookup_fn cb, void *arg);
+void session_lookup_cancel(struct session_lookup *l);
+
 /* Closes the session with that id on this worker; -1 if it has none. */
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);
 

@@ -986,7 +986,7 @@ class SpiceClient:
                  smartcard=True, mouse_requests=(), keys=None, keys_start=0.5,
                  key_interval=0.05, exit_when_ready=False, stay=False,
                  inval_timestamps=False, keys_go_file=None, peer_poll_ms=None,
-                 snapshots=False, tls_port=None, ca_file=None):
+                 snapshots=False, tls_port=None, ca_file=None, host_subject=None):
         SpiceClient._n += 1
         self.env = env
         self.name = name or "client%d" % SpiceClient._n
@@ -1004,6 +1004,8 @@ class SpiceClient:
             a += ["--tls-port", str(tls_port)]
         if ca_file is not None:
             a += ["--ca-file", ca_file]
+        if host_subject is not None:
+            a += ["--host-subject", host_subject]
         if password is not None:
             a += ["--password", password]
         if smartcard:
