@@ -9,6 +9,8 @@
  *       latency    --count N [--size 64]
  *       idle       --sessions N [--hold S]
  *       linkrate   --seconds S [--parallel P]
+ *       linktime   --tokens FILE   (one main link per line's token, one at a
+ *                                   time: each link's time, connect to OK)
  *
  * The server links like spice-server (one RSA-1024 key made at start and reused
  * for every link, any ticket accepted, mini headers). Main: MAIN_INIT with a
@@ -1690,6 +1692,59 @@ static int run_linkrate(const struct copts *o, double seconds, long parallel)
     return ok > 0 ? 0 : 1;
 }
 
+/* One main link per token of the file, in order: how long each took from
+ * connect() to the link result (what a token source adds shows here). */
+static int run_linktime(const struct copts *base, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("linktime: cannot open --tokens");
+    uint64_t *t = calloc(10000, sizeof *t);
+    long n = 0, failed = 0;
+    double first_us = -1;
+    const char *why = NULL;
+    char line[256];
+
+    if (!t)
+        die("out of memory");
+    while (n + failed < 10000 && !stop_flag && fgets(line, sizeof line, f)) {
+        struct copts o = *base;
+        uint32_t sid;
+        uint64_t t0;
+        int fd;
+
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        o.password = line;
+        t0 = now_ns();
+        fd = link_main(&o, &sid, t0 + LINK_TIMEOUT_NS, &why);
+        if (fd < 0) {
+            failed++;
+            continue;
+        }
+        t[n] = now_ns() - t0;
+        if (first_us < 0)
+            first_us = (double)t[n] / 1e3;
+        n++;
+        xclose(fd);
+    }
+    fclose(f);
+    if (n > 0) {
+        qsort(t, (size_t)n, sizeof *t, cmp_u64);
+        printf("{\"mode\":\"linktime\",\"n\":%ld,\"failed\":%ld,\"first_us\":%.1f,"
+               "\"p50_us\":%.1f,\"p90_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f%s%s%s}\n",
+               n, failed, first_us, (double)t[n / 2] / 1e3, (double)t[(n * 9) / 10] / 1e3,
+               (double)t[0] / 1e3, (double)t[n - 1] / 1e3, why ? ",\"error\":\"" : "",
+               why ? why : "", why ? "\"" : "");
+    } else {
+        printf("{\"mode\":\"linktime\",\"n\":0,\"failed\":%ld,\"error\":\"%s\"}\n", failed,
+               why ? why : "no token");
+    }
+    free(t);
+    return n > 0 && failed == 0 ? 0 : 1;
+}
+
 /* ================================================================== main */
 
 static void usage(void)
@@ -1701,7 +1756,8 @@ static void usage(void)
             "         throughput --seconds S\n"
             "         latency --count N [--size 64]\n"
             "         idle --sessions N [--hold S]\n"
-            "         linkrate --seconds S [--parallel P]\n");
+            "         linkrate --seconds S [--parallel P]\n"
+            "         linktime --tokens FILE\n");
     exit(2);
 }
 
@@ -1771,6 +1827,8 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "idle") == 0)
         rc = run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
                       opt_num(argc, argv, "--hold", 5));
+    else if (strcmp(mode, "linktime") == 0)
+        rc = run_linktime(&o, opt(argc, argv, "--tokens", ""));
     else if (strcmp(mode, "linkrate") == 0)
         rc = run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
                           (long)opt_num(argc, argv, "--parallel", 4));

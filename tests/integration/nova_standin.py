@@ -197,6 +197,7 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
             server_version = "nova-standin/1"
 
             def log_message(self, fmt, *args):
