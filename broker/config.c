@@ -112,6 +112,10 @@ static const struct opt opts[] = {
       "relay buffer per direction of a busy channel (idle channels hold none)" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
+    { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,
+      0, 0, NULL, NULL,
+      "close a session when its token expires (Nova's [consoleauth] enforce_session_timeout; "
+      "a Nova token expires [nova] token_grace after the broker first resolved it)" },
     { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
       "validate the configuration and exit (0 if valid)" },
 };
@@ -359,7 +363,7 @@ static int nova_value(const struct oslo_opt *o, const char *label)
  * files is Nova's business. */
 static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc)
 {
-    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, DIRECT_URL, N_NOVA };
+    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, DIRECT_URL, ENFORCE, TTL, N_NOVA };
     static struct oslo_opt o[N_NOVA]; /* start-up, main thread: big values */
     memset(o, 0, sizeof(o));
     o[HOST] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_host" };
@@ -371,6 +375,9 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
                                     .dep_name = "console_allowed_origins" };
     o[SSL_ONLY] = (struct oslo_opt){ .group = "DEFAULT", .name = "ssl_only" };
     o[DIRECT_URL] = (struct oslo_opt){ .group = "spice", .name = "spice_direct_proxy_base_url" };
+    o[ENFORCE] = (struct oslo_opt){ .group = "consoleauth", .name = "enforce_session_timeout" };
+    o[TTL] = (struct oslo_opt){ .group = "consoleauth", .name = "token_ttl",
+                                .dep_group = "DEFAULT", .dep_name = "console_token_ttl" };
     char err[1024];
     int file = 0;
     for (size_t i = 0; i < nsrc; i++) {
@@ -412,6 +419,27 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
         return -1;
     if (o[WEB].set && set_opt(cfg, find_opt("web-root"), o[WEB].value, o[WEB].where) < 0)
         return -1;
+    if (o[ENFORCE].set) {
+        int b = oslo_bool(o[ENFORCE].value);
+        if (b < 0) {
+            fprintf(stderr, "spice-broker: %s: enforce_session_timeout must be true or false, "
+                    "got '%s'\n", o[ENFORCE].where, o[ENFORCE].value);
+            return -1;
+        }
+        cfg->enforce_session_timeout = b == 1;
+    }
+    if (o[TTL].set) {
+        /* How long Nova keeps a console token: how long the broker keeps it
+         * good after Nova has dropped it (a migration's end). */
+        char *end;
+        long v = strtol(o[TTL].value, &end, 10);
+        if (*o[TTL].value == '\0' || *end != '\0' || v < 1 || v > 86400) {
+            fprintf(stderr, "spice-broker: %s: token_ttl must be 1..86400 seconds, got '%s'\n",
+                    o[TTL].where, o[TTL].value);
+            return -1;
+        }
+        cfg->nova.token_grace = (int)v;
+    }
     if (o[DIRECT_URL].set) {
         /* Nova hands remote-viewer users BASE?token=T: the broker serves BASE's path. */
         const char *u = strstr(o[DIRECT_URL].value, "://");

@@ -65,6 +65,7 @@ struct config {
     int buffer_size;      /* bytes per relay direction */
     int session_history;  /* seconds an ended session's record is kept */
     bool check_only;
+    bool enforce_session_timeout;
 };
 
 /* Fills defaults, then the config file named by --config (if any), then the

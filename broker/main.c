@@ -699,6 +699,7 @@ int main(int argc, char **argv)
                             : strcmp(b.cfg.backend_tls, "never") == 0 ? BACKEND_TLS_NEVER
                                                                       : BACKEND_TLS_AUTO,
         .backend_tls_subject = b.cfg.backend_tls_subject,
+        .enforce_session_timeout = b.cfg.enforce_session_timeout,
     };
     struct tls_policy policy = { b.cfg.tls_min_version, b.cfg.tls_ciphers };
     if (env.backend_tls_mode != BACKEND_TLS_NEVER) {

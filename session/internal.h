@@ -267,6 +267,7 @@ struct session {
     char backend_subject[WIRE_MAX_HOST]; /* its certificate subject, when a migration named it */
     char client[64];
     int64_t started;
+    struct event *expiry;       /* enforce_session_timeout: the token's time is up */
     TAILQ_HEAD(, chan) chans;
     struct chan *main;
     bool closing;

@@ -394,6 +394,25 @@ void session_resolved(struct session_worker *w, uint64_t ask, int rc,
     OPENSSL_cleanse(&copy, sizeof(copy));
 }
 
+static void on_session_expired(evutil_socket_t fd, short what, void *arg)
+{
+    session_close(arg, "the console token's time is up (enforce_session_timeout)");
+}
+
+/* enforce_session_timeout: the session ends when its token does. */
+static void arm_expiry(struct session *s)
+{
+    if (!s->w->env.enforce_session_timeout || s->rec.expires == 0)
+        return;
+    int64_t left = s->rec.expires - (int64_t)time(NULL);
+    s->expiry = evtimer_new(s->w->env.base, on_session_expired, s);
+    if (s->expiry == NULL)
+        return;
+    struct timeval tv = { left > 0 ? (time_t)left : 0, 0 };
+    evtimer_add(s->expiry, &tv);
+    log_debug("%s ends in %llds, when its token expires", s->sid, (long long)(left > 0 ? left : 0));
+}
+
 /* The main channel's token is known (rc 0, rec) or refused (-1, why): a new
  * session on the backend it names, or the client's link refused. */
 static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
@@ -434,6 +453,7 @@ static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
     session_backend_where(s, where, sizeof(where));
     log_info("%s client=%s authenticated; linking backend %s%s%s", chan_sid(c), s->client,
              where, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
+    arm_expiry(s);
     link_backend_connect(c);
 }
 

@@ -239,6 +239,10 @@ void session_close(struct session *s, const char *reason)
         }
     }
     w->hooks->session_free(s); /* its timers, a prepare waiting on it */
+    if (s->expiry != NULL) {
+        event_free(s->expiry);
+        s->expiry = NULL;
+    }
     TAILQ_REMOVE(&w->sessions, s, link);
     if (s->check_queued) {
         TAILQ_REMOVE(&w->to_check, s, check_link);

@@ -76,6 +76,10 @@ struct session_env {
     enum session_backend_tls backend_tls_mode;
     const char *backend_tls_subject;
 
+    /* Nova's [consoleauth] enforce_session_timeout: a session ends when its
+     * token expires (its record's `expires`), not only its new links. */
+    bool enforce_session_timeout;
+
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */
     uint32_t buffer_size;    /* relay buffer per direction while data flows */
