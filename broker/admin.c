@@ -768,8 +768,8 @@ static void prepare_answer(struct prepare *p, bool timed_out)
         out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited",
                         p->wait);
     }
-    log_info("migration prepare for instance %s -> %s:%u: %d sessions, %d ready%s", p->instance,
-             p->host, p->port, p->total, p->ok,
+    log_info("migration prepare for instance %s -> %s:%u%s: %d sessions, %d ready%s", p->instance,
+             p->host, p->port ? p->port : p->tls_port, p->port ? "" : " TLS", p->total, p->ok,
              status == 504 ? " (timed out)" : status == 200 ? "" : " (failed)");
     prepare_unref_locked(p, 1);
     struct response r = { 0 };

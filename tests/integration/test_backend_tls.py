@@ -16,11 +16,14 @@ QEMU, verifying QEMU's certificate against --backend-ca.
     cert-subject. The destination's certificate does not name 127.0.0.1 (its
     only SAN is 127.0.0.9), so only that subject makes it acceptable. The
     client notices nothing (harness.seamless_scenario's checks).
+ 5. The next one, prepared by deploy/libvirt-qemu-hook from a domain XML whose
+    SPICE graphics has only a tlsPort: prepared over TLS, seamless.
 """
 import sys
 
 from harness import (ALL_CHANNELS, Broker, MigSession, Qemu, SpiceClient, check, good_session,
                      log, no_direct, run, seamless_scenario, token, wait_until)
+from test_hook import XML, hook
 from tlsutil import make_cert
 
 BANDWIDTH = 300000      # bytes/s: the migration takes a few seconds
@@ -92,6 +95,25 @@ def test(env):
     res = seamless_scenario(env, src, dst, max_bandwidth=BANDWIDTH, tag="tlsmig",
                             prepare=False, ms=ms, expect_kind="unprepared", settled=over_tls)
     log("figures: %s" % res)
+
+    # 5. prepared by the libvirt hook, TLS port only
+    # (a fresh pair: the first destination's certificate names only 127.0.0.9)
+    dst.stop()
+    src2 = Qemu(env, name="src2", tls_dir=src_tls["dir"]).start()
+    dst2_tls = make_cert(env.path("tls-dst2"), ca_from=src_tls)
+    dst2 = Qemu.dest_like(src2, "dst2", tls_dir=dst2_tls["dir"]).start()
+    b2 = Broker(env, name="broker-hook", extra=["--backend-ca", src_tls["ca_cert"]]).start()
+    ms2 = MigSession(env, src2, tag="tlsmig2", broker=b2)
+    xml = XML.format(name="guest1", uuid=ms2.instance, port=-1).replace(
+        "port='-1'", "port='-1' tlsPort='%d'" % dst2.spice_port)
+    hook(env, "unix:" + b2.admin, "migrate", xml)
+    hook(env, "unix:" + b2.admin, "started", xml)
+    line = "migration prepare for instance %s -> 127.0.0.1:%d TLS: 1 sessions, 1 ready" % (
+        ms2.instance, dst2.spice_port)
+    wait_until(lambda: line in b2.log_text(), 10, what="the hook's TLS prepare")
+    res = seamless_scenario(env, src2, dst2, max_bandwidth=BANDWIDTH, tag="tlsmig2",
+                            prepare=False, ms=ms2, expect_kind="prepared", settled=over_tls)
+    log("prepared by the hook over TLS: %s" % res)
 
 
 if __name__ == "__main__":
