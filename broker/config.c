@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "broker/oslo.h"
+#include "broker/tls.h"
 #include "common/log.h"
 #include "proto/http.h"
 
@@ -686,6 +687,12 @@ int config_validate(const struct config *cfg)
 {
     if (validate_tokens(cfg) < 0)
         return -1;
+    struct tls_policy policy = { cfg->tls_min_version, cfg->tls_ciphers };
+    const char *perr = NULL;
+    if (tls_policy_check(&policy, &perr) < 0) {
+        fprintf(stderr, "spice-broker: tls-min-version '%s': %s\n", cfg->tls_min_version, perr);
+        return -1;
+    }
     char host[128];
     uint16_t port;
     if (config_split_hostport(cfg->listen, host, sizeof(host), &port) < 0) {

@@ -93,6 +93,33 @@ def test(env):
          "sslbad.conf:2: ssl_only must be true or false"),
         (["--nova-config", ini("badport.conf", "[spice]\nhtml5proxy_port = 70000\n")],
          "badport.conf:2: html5proxy_port must be 1..65535"),
+        (["--nova-config", ini("enf.conf", "[consoleauth]\nenforce_session_timeout = sure\n")],
+         "enf.conf:2: enforce_session_timeout must be true or false"),
+        (["--nova-config", ini("ttl.conf", "[consoleauth]\ntoken_ttl = 0\n")],
+         "ttl.conf:2: token_ttl must be 1..86400"),
+        # TLS toward QEMU, the TLS policy
+        (["--backend-tls", "maybe"], "backend-tls must be auto, always or never"),
+        (["--backend-cert", junk], "backend-cert and backend-key go together"),
+        (["--backend-ca", "/nonexistent"], "backend-ca /nonexistent is not readable"),
+        (["--tls-min-version", "1.0"], "minimum TLS version must be 1.2 or 1.3"),
+        # the Nova token source
+        (["--token-sources", "store,ldap"], "token-sources takes store, file and nova"),
+        (["--config", ini("nova1.ini", "[nova]\nauth_url = http://k:5000/v3\n"
+                                       "auth_type = kerberos\n")],
+         "[nova] auth_type must be password or v3applicationcredential"),
+        (["--config", ini("nova2.ini", "[nova]\nauth_url = http://k:5000/v3\n"
+                                       "username = u\nproject_name = p\n")],
+         "[nova] auth_type password needs username (or user_id), password"),
+        (["--config", ini("nova3.ini", "[nova]\nauth_url = ftp://k/v3\n")],
+         "[nova] auth_url must be an http:// or https:// URL"),
+        (["--config", ini("nova4.ini", "[nova]\nauth_url = http://k:5000/v3\n"
+                                       "auth_type = v3applicationcredential\n"
+                                       "application_credential_id = x\n")],
+         "needs application_credential_id and application_credential_secret"),
+        (["--config", ini("nova5.ini", "[nova]\nusernme = u\n")],
+         "unknown [nova] option 'usernme'"),
+        (["--config", ini("nova6.ini", "[nova]\ntimeout = soon\n")],
+         "[nova] timeout takes seconds"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
