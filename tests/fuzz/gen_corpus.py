@@ -332,7 +332,25 @@ def openstack_seeds():
         "keystone-bad-expires": bytes([2]) + b'{"token": {"expires_at": "2023-02-29T00:00:00Z"}}',
         "keystone-bad-url": bytes([0x04 | 2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00Z", "catalog": '
                             b'[{"type": "compute", "endpoints": [{"interface": "internal", "url": "http://x/\\r\\n"}]}]}}',
+        "keystone-expires-offset": bytes([2]) + b'{"token": {"expires_at": "2024-02-29T23:59:60.123-05:45"}}',
+        "keystone-expires-bad-offset": bytes([2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00+24:00"}}',
+        "keystone-expires-no-zone": bytes([2]) + b'{"token": {"expires_at": "2100-02-29T00:00:00"}}',
+        "keystone-any-interface-regiontwo": bytes([0x04 | (2 << 3) | (3 << 5) | 2]) + token,
+        "keystone-null-interfaces-empty-region": bytes([0x04 | (3 << 3) | (2 << 5) | 2]) + token,
+        "keystone-odd-catalog": bytes([0x04 | (1 << 3) | (1 << 5) | 2])
+                                + b'{"token": {"expires_at": "2026-12-05T12:00:00Z", "catalog": [1, null, '
+                                b'{"type": 7}, {"type": "compute", "endpoints": {}}, {"type": "compute", '
+                                b'"endpoints": [7, {"interface": "public", "url": 5}, {"interface": "public", '
+                                b'"region_id": 3, "region": "RegionOne", "url": "HTTPS://X:8774/"}]}]}}',
+        "console-instance-too-long": b"\x00" + b'{"console": {"host": "h", "port": 1, "instance_uuid": "'
+                                     + b"0123456789" * 7 + b'"}}',
+        "console-instance-control": b"\x00" + b'{"console": {"host": "h", "port": 1, "instance_uuid": "a\\u0001"}}',
+        "console-port-string-range": b"\x00" + b'{"console": {"host": "h", "port": "65536", "tls_port": "x"}}',
+        "console-ports-zero": b"\x00" + b'{"console": {"host": "h", "port": 0, "tls_port": null}}',
+        "version-overflow": b"\x01" + b'{"version": {"version": "4294967.0", "min_version": "2.1000"}}',
+        "version-pick-floor": b"\xfd" + b'{"version": {"version": "2.30", "min_version": "2.1"}}',
         "microversion-2.99": b"\x03" + b"2.99",
+        "microversion-max": b"\x03" + b"4294966.999",
         "microversion-bad": b"\x03" + b"02.1",
         "empty": b"",
         "one-byte": b"\x01",
