@@ -384,17 +384,16 @@ version_entry(const json_t *v, os_microversion *min, os_microversion *max, const
     const json_t *jmax = json_object_get(v, "version"), *jmin = json_object_get(v, "min_version");
     os_microversion lo, hi;
     const char *s;
-    size_t n;
 
     if (jmax == NULL || json_is_null(jmax) || (json_is_string(jmax) && json_string_length(jmax) == 0)) {
         *min = 0;
         *max = 0;
         return 0;
     }
-    s = str_of(jmax, &n);
+    s = str_of(jmax, NULL);
     if (s == NULL || (hi = os_microversion_parse(s)) == 0)
         return fail(why, "version is not a microversion");
-    s = str_of(jmin, &n);
+    s = str_of(jmin, NULL);
     if (s == NULL || (lo = os_microversion_parse(s)) == 0)
         return fail(why, "min_version is not a microversion");
     if (lo > hi)

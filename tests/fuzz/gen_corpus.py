@@ -274,6 +274,89 @@ def ws_seeds():
     }
 
 
+def openstack_seeds():
+    # Byte 0 of each seed picks the parser (bits 0-1: 0 console token,
+    # 1 compute version, 2 Keystone token, 3 microversion string) and the
+    # Keystone arguments (bit 2 need_catalog, bits 3-4 interfaces, bits 5-6
+    # region, bit 7 service type); the rest is the reply body.
+    console_231 = (b'{\n    "console": {\n        "instance_uuid": "b48316c5-71e8-45e4-9884-6c78055b9b13",\n'
+                   b'        "host": "localhost",\n        "port": 5900,\n'
+                   b'        "internal_access_path": "51af38c3-555e-4884-a314-6c8cdde37444"\n    }\n}\n')
+    console_299 = (b'{\n    "console": {\n        "host": "fakespiceconsole.com",\n'
+                   b'        "instance_uuid": "16802173-4e67-44f9-ba84-6d99080b81b5",\n'
+                   b'        "internal_access_path": null,\n        "port": 6969,\n        "tls_port": 6970\n    }\n}')
+    version = (b'{"version": {"id": "v2.1", "links": [{"href": "http://openstack.example.com/v2.1/", '
+               b'"rel": "self"}], "media-types": [{"base": "application/json", "type": '
+               b'"application/vnd.openstack.compute+json;version=2.1"}], "status": "CURRENT", '
+               b'"version": "2.93", "min_version": "2.1", "updated": "2013-07-23T11:33:21Z"}}')
+    versions = (b'{"versions": [{"id": "v2.0", "links": [], "status": "SUPPORTED", "version": "", '
+                b'"min_version": "", "updated": "2011-01-21T11:33:21Z"}, {"id": "v2.1", "links": [], '
+                b'"status": "CURRENT", "version": "2.99", "min_version": "2.1", '
+                b'"updated": "2013-07-23T11:33:21Z"}]}')
+    def endpoint(iface, region, url):
+        return (b'{"id": "e", "interface": "%s", "region_id": "%s", "region": "%s", "url": "%s"}'
+                % (iface, region, region, url))
+    catalog = (b'[{"endpoints": [' + endpoint(b"public", b"RegionOne", b"https://keystone.example.org/identity")
+               + b'], "id": "s1", "type": "identity", "name": "keystone"}, {"endpoints": ['
+               + endpoint(b"public", b"RegionOne", b"https://compute.example.org/v2.1") + b", "
+               + endpoint(b"internal", b"RegionOne", b"http://10.0.0.5:8774/v2.1") + b", "
+               + endpoint(b"internal", b"RegionTwo", b"http://10.1.0.5:8774/v2.1")
+               + b'], "id": "s2", "type": "compute", "name": "nova"}]')
+    token = (b'{"token": {"methods": ["password"], "user": {"domain": {"id": "default", "name": "Default"}, '
+             b'"id": "ee4dfb6e5540447cb3741905149d9b6e", "name": "nova", "password_expires_at": null}, '
+             b'"audit_ids": ["3T2dc1CGQxyJsHdDu1xkcw"], "expires_at": "2026-12-05T12:00:00.000000Z", '
+             b'"issued_at": "2026-12-05T11:00:00.000000Z", "project": {"id": "a6944d763bf64ee6a275f1263fae0352", '
+             b'"name": "service"}, "roles": [{"id": "51cc", "name": "admin"}], "catalog": ' + catalog + b'}}')
+    return {
+        "console-v2.31": b"\x00" + console_231,
+        "console-v2.99": b"\x00" + console_299,
+        "console-tls-only-ipv6": b"\x00" + b'{"console": {"host": "[fd00::7]", "port": null, "tls_port": 5901}}',
+        "console-port-string": b"\x00" + b'{"console": {"host": "h", "port": "5900", "instance_uuid": null}}',
+        "console-negative-port": b"\x00" + b'{"console": {"host": "h", "port": -1, "tls_port": 5901}}',
+        "console-huge-port": b"\x00" + b'{"console": {"host": "h", "port": 99999999999999999999}}',
+        "console-bad-host": b"\x00" + b'{"console": {"host": "a b/c", "port": 5900}}',
+        "console-nul-escape": b"\x00" + b'{"console": {"host": "h\\u0000x", "port": 5900}}',
+        "console-duplicate-host": b"\x00" + b'{"console": {"host": "h", "host": "evil", "port": 5900}}',
+        "console-not-object": b"\x00" + b'[{"console": {}}]',
+        "console-truncated": b"\x00" + console_299[:60],
+        "version-single": b"\x01" + version,
+        "version-list": b"\x81" + versions,
+        "version-none": b"\x01" + b'{"version": {"id": "v2.0", "version": "", "min_version": ""}}',
+        "version-min-above-max": b"\xc5" + b'{"version": {"version": "2.1", "min_version": "2.93"}}',
+        "version-bad": b"\x01" + b'{"version": {"version": "2.01", "min_version": 2.1}}',
+        "keystone-internal-regionone": bytes([0x04 | (0 << 3) | (1 << 5) | 2]) + token,
+        "keystone-public-any": bytes([0x04 | (1 << 3) | 2]) + token,
+        "keystone-identity": bytes([0x80 | 0x04 | (2 << 3) | 2]) + token,
+        "keystone-no-catalog": bytes([0x04 | 2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00Z"}}',
+        "keystone-no-catalog-not-needed": bytes([2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00+01:30"}}',
+        "keystone-bad-expires": bytes([2]) + b'{"token": {"expires_at": "2023-02-29T00:00:00Z"}}',
+        "keystone-bad-url": bytes([0x04 | 2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00Z", "catalog": '
+                            b'[{"type": "compute", "endpoints": [{"interface": "internal", "url": "http://x/\\r\\n"}]}]}}',
+        "keystone-expires-offset": bytes([2]) + b'{"token": {"expires_at": "2024-02-29T23:59:60.123-05:45"}}',
+        "keystone-expires-bad-offset": bytes([2]) + b'{"token": {"expires_at": "2026-12-05T12:00:00+24:00"}}',
+        "keystone-expires-no-zone": bytes([2]) + b'{"token": {"expires_at": "2100-02-29T00:00:00"}}',
+        "keystone-any-interface-regiontwo": bytes([0x04 | (2 << 3) | (3 << 5) | 2]) + token,
+        "keystone-null-interfaces-empty-region": bytes([0x04 | (3 << 3) | (2 << 5) | 2]) + token,
+        "keystone-odd-catalog": bytes([0x04 | (1 << 3) | (1 << 5) | 2])
+                                + b'{"token": {"expires_at": "2026-12-05T12:00:00Z", "catalog": [1, null, '
+                                b'{"type": 7}, {"type": "compute", "endpoints": {}}, {"type": "compute", '
+                                b'"endpoints": [7, {"interface": "public", "url": 5}, {"interface": "public", '
+                                b'"region_id": 3, "region": "RegionOne", "url": "HTTPS://X:8774/"}]}]}}',
+        "console-instance-too-long": b"\x00" + b'{"console": {"host": "h", "port": 1, "instance_uuid": "'
+                                     + b"0123456789" * 7 + b'"}}',
+        "console-instance-control": b"\x00" + b'{"console": {"host": "h", "port": 1, "instance_uuid": "a\\u0001"}}',
+        "console-port-string-range": b"\x00" + b'{"console": {"host": "h", "port": "65536", "tls_port": "x"}}',
+        "console-ports-zero": b"\x00" + b'{"console": {"host": "h", "port": 0, "tls_port": null}}',
+        "version-overflow": b"\x01" + b'{"version": {"version": "4294967.0", "min_version": "2.1000"}}',
+        "version-pick-floor": b"\xfd" + b'{"version": {"version": "2.30", "min_version": "2.1"}}',
+        "microversion-2.99": b"\x03" + b"2.99",
+        "microversion-max": b"\x03" + b"4294966.999",
+        "microversion-bad": b"\x03" + b"02.1",
+        "empty": b"",
+        "one-byte": b"\x01",
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -287,6 +370,7 @@ def main():
     write("fuzz-framer", framer_seeds())
     write("fuzz-http", http_seeds())
     write("fuzz-ws", ws_seeds())
+    write("fuzz-openstack", openstack_seeds())
 
 
 if __name__ == "__main__":
