@@ -804,6 +804,13 @@ struct transport *transport_ws_new(int fd)
 
 struct transport *transport_ws_new_over(struct transport *inner)
 {
+    if (inner->kind == TRANSPORT_TCP) {
+        /* Nothing of TCP's lives outside the socket: the plain WebSocket on it. */
+        int fd = inner->fd;
+        inner->fd = -1;
+        transport_free(inner);
+        return transport_ws_new(fd);
+    }
     struct transport *t = calloc(1, sizeof(*t));
     if (t == NULL) {
         transport_free(inner);

@@ -67,7 +67,8 @@ struct transport *transport_ws_new(int fd);
 /* The same over another transport (taken; a TLS one after its handshake:
  * wss://), whose read and writev carry the frames. transport_fd() is the
  * inner one's; transport_export() refuses it (TLS inside); transport_free()
- * frees both. NULL when out of memory (inner freed). */
+ * frees both. Over a TCP transport it is transport_ws_new() on its socket
+ * (the fast path). NULL when out of memory (inner freed). */
 struct transport *transport_ws_new_over(struct transport *inner);
 
 /* Reads up to len bytes: >0 bytes, 0 at the end of the stream, -1 with

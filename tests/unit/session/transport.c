@@ -827,6 +827,15 @@ static void test_wss_frames_both_ways(void **state)
     assert_int_equal(back[0], 0x80 | WS_OP_CLOSE);
     transport_free(w); /* the TLS transport and the socket with it */
     transport_free(c);
+    /* over TCP: the plain WebSocket on the socket, exportable */
+    int sp[2];
+    pair(sp, 0);
+    w = transport_ws_new_over(transport_tcp_new(sp[0]));
+    assert_string_equal(transport_name(w), "ws");
+    assert_int_equal(transport_fd(w), sp[0]);
+    assert_int_equal(transport_export(w, &ex), 0);
+    transport_free(w);
+    close(sp[1]);
     free(p);
     free(q);
     free(wire);
