@@ -584,11 +584,36 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* SIGHUP: every server certificate and key again (the TLS port's, the
+ * browser port's). New handshakes get the new ones; live connections keep
+ * theirs; a file that does not load leaves the old certificate in use. */
+static void reload_certificates(struct broker *b)
+{
+    struct {
+        struct tls_ctx *ctx;
+        const char *port;
+    } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" } };
+    int n = 0;
+    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
+        if (certs[i].ctx == NULL)
+            continue;
+        char why[768], fp[80];
+        n++;
+        if (tls_ctx_reload(certs[i].ctx, why, sizeof(why)) < 0)
+            log_warnx("SIGHUP: %s: keeping the old certificate: %s", certs[i].port, why);
+        else
+            log_info("SIGHUP: %s: certificate reloaded (sha256 %s)", certs[i].port,
+                     tls_ctx_fingerprint(certs[i].ctx, fp, sizeof(fp)));
+    }
+    if (n == 0)
+        log_info("SIGHUP: no TLS certificate to reload");
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct broker *b = arg;
     if (sig == SIGHUP) {
-        log_info("SIGHUP: the token file is re-read on its next change; nothing else to reload");
+        reload_certificates(b);
         return;
     }
     const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
@@ -729,8 +754,7 @@ int main(int argc, char **argv)
         config_split_hostport(b.cfg.tls_listen, tls_host, sizeof(tls_host), &tls.port);
         b.tls = tls_ctx_new(b.cfg.tls_cert, b.cfg.tls_key, &policy, &err);
         if (b.tls == NULL) {
-            log_error("TLS port %s: %s (%s, %s)", b.cfg.tls_listen, err ? err : "?",
-                      b.cfg.tls_cert, b.cfg.tls_key);
+            log_error("TLS port %s: %s", b.cfg.tls_listen, err ? err : "?");
             goto out;
         }
         tls.ctx = b.tls;

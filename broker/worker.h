@@ -30,7 +30,7 @@ struct worker_web {
 struct worker_tls {
     const char *host;
     uint16_t port;
-    const struct tls_ctx *ctx;
+    struct tls_ctx *ctx;
 };
 
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
