@@ -44,6 +44,8 @@ struct config {
     char web_root[512];
     char web_allowed_origins[512];
     char web_base_url[512];
+    char web_tls_cert[512];    /* the browser port speaks only TLS when set */
+    char web_tls_key[512];     /* empty: the key is in web_tls_cert */
     char admin[256];
     char store[512];
     char token_file[512];

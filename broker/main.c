@@ -745,6 +745,14 @@ int main(int argc, char **argv)
             goto out;
         }
         web.site = b.site;
+        if (b.cfg.web_tls_cert[0] != '\0') {
+            b.web_tls = tls_ctx_new(b.cfg.web_tls_cert, b.cfg.web_tls_key, &policy, &err);
+            if (b.web_tls == NULL) {
+                log_error("browser port %s: %s", b.cfg.web_listen, err ? err : "?");
+                goto out;
+            }
+            web.tls = b.web_tls;
+        }
         web.allowed_origins = b.cfg.web_allowed_origins;
         web.base_url = b.cfg.web_base_url;
     }
@@ -794,11 +802,16 @@ int main(int argc, char **argv)
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
+    char fp[80];
     if (b.tls != NULL)
-        log_info("TLS port %s (certificate %s)", b.cfg.tls_listen, b.cfg.tls_cert);
+        log_info("TLS port %s (certificate %s, sha256 %s)", b.cfg.tls_listen, b.cfg.tls_cert,
+                 tls_ctx_fingerprint(b.tls, fp, sizeof(fp)));
     if (b.site != NULL)
         log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
                  "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
+    if (b.web_tls != NULL)
+        log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
+                 b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */
@@ -824,6 +837,7 @@ out:
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
+    tls_ctx_free(b.web_tls);
     SSL_CTX_free(b.backend_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);

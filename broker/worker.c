@@ -209,7 +209,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         w->web_fd = listen_socket(web->host, web->port, err);
         if (w->web_fd < 0)
             goto fail;
-        w->ww = web_worker_new(w->base, w->sw, web->site, env->link_timeout_ms,
+        w->ww = web_worker_new(w->base, w->sw, web->site, web->tls, env->link_timeout_ms,
                                web->allowed_origins, web->base_url);
         w->web_ev = event_new(w->base, w->web_fd, EV_READ | EV_PERSIST, on_web_accept, w);
         if (w->ww == NULL || w->web_ev == NULL) {

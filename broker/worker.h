@@ -22,6 +22,7 @@ struct worker_web {
     const char *host;
     uint16_t port;
     const struct web_site *site;
+    struct tls_ctx *tls;             /* HTTPS and wss only; NULL: HTTP and ws */
     const char *allowed_origins;     /* see web_worker_new */
     const char *base_url;            /* see web_worker_new */
 };
