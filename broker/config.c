@@ -489,7 +489,9 @@ void config_usage(FILE *out)
     }
     fprintf(out, "  %-34s %s\n  %-34s %s\n", "--help", "show this help and exit", "--version",
             "show the version and exit");
-    fprintf(out, "\nCommand-line options override the config file. See spice-broker(8) in README.md.\n");
+    fprintf(out, "\nCommand-line options override the config file. SIGHUP re-reads the TLS\n"
+                 "certificates and keys (tls-cert/tls-key, web-tls-cert/web-tls-key) without\n"
+                 "dropping a session; SIGTERM stops. See spice-broker(8) in README.md.\n");
 }
 
 int config_load(struct config *cfg, int argc, char **argv)
