@@ -39,14 +39,15 @@ static const struct opt opts[] = {
       "where SPICE clients connect (plain TCP); IPv6 as [addr]:port" },
     { "tls-listen", STR(tls_listen), "", "ADDR:PORT",
       "SPICE over TLS (what clients use as a tls-port); off when empty; needs tls-cert, tls-key" },
-    { "tls-cert", STR(tls_cert), "", "FILE", "the TLS port's certificate chain (PEM)" },
-    { "tls-key", STR(tls_key), "", "FILE", "the TLS port's private key (PEM)" },
+    { "tls-cert", STR(tls_cert), "", "FILE",
+      "the TLS port's certificate chain (PEM); re-read on SIGHUP" },
+    { "tls-key", STR(tls_key), "", "FILE", "the TLS port's private key (PEM); re-read on SIGHUP" },
     { "tls-min-version", STR(tls_min_version), "1.2", "1.2|1.3",
-      "the oldest TLS version any TLS port or backend link accepts (Nova's [console] "
-      "ssl_minimum_version: default, tlsv1_2, tlsv1_3)" },
+      "the oldest TLS version the TLS port, the TLS browser port and backend links accept "
+      "(Nova's [console] ssl_minimum_version: default, tlsv1_2, tlsv1_3)" },
     { "tls-ciphers", STR(tls_ciphers), "", "LIST",
-      "OpenSSL cipher list for TLS 1.2 on every TLS port and backend link (Nova's [console] "
-      "ssl_ciphers); default: forward-secret AEAD suites only" },
+      "OpenSSL cipher list for TLS 1.2 on the TLS port, the TLS browser port and backend "
+      "links (Nova's [console] ssl_ciphers); default: forward-secret AEAD suites only" },
     { "backend-tls", STR(backend_tls), "auto", "auto|always|never",
       "TLS toward QEMU: auto uses a token's tls_port when it has one, always refuses a "
       "token without one, never uses only plain ports" },
@@ -81,6 +82,12 @@ static const struct opt opts[] = {
       "the console page's public URL (Nova's [spice] html5proxy_base_url): a WebSocket's "
       "Origin (or X-Forwarded-Proto) must have its scheme (https also for wss, http for ws); "
       "empty: any scheme" },
+    { "web-tls-cert", STR(web_tls_cert), "", "FILE",
+      "the browser port speaks only TLS (HTTPS, wss://) with this certificate chain (PEM; "
+      "Nova's [DEFAULT] ssl_only with cert); re-read on SIGHUP" },
+    { "web-tls-key", STR(web_tls_key), "", "FILE",
+      "the key of web-tls-cert (PEM; Nova's [DEFAULT] key); default: in the web-tls-cert "
+      "file; re-read on SIGHUP" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
       "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
@@ -360,11 +367,15 @@ static int nova_value(const struct oslo_opt *o, const char *label)
  * browser port, html5proxy_base_url (http://127.0.0.1:6082/spice_auto.html)
  * the scheme an Origin must have, [DEFAULT] web its files, [console]
  * allowed_origins (or the deprecated [DEFAULT] console_allowed_origins) the
- * other host names whose pages may open consoles. Everything else in the
- * files is Nova's business. */
+ * other host names whose pages may open consoles; [DEFAULT] ssl_only with
+ * cert (default self.pem) and key (default: in cert) put the browser port
+ * on TLS only, and [console] ssl_minimum_version and ssl_ciphers become the
+ * TLS policy (every TLS context of the broker). Everything else in the files
+ * is Nova's business. */
 static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc)
 {
-    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, DIRECT_URL, ENFORCE, TTL, N_NOVA };
+    enum { HOST, PORT, BASE_URL, WEB, ORIGINS, SSL_ONLY, CERT, KEY, MIN_VERSION, CIPHERS,
+           DIRECT_URL, ENFORCE, TTL, N_NOVA };
     static struct oslo_opt o[N_NOVA]; /* start-up, main thread: big values */
     memset(o, 0, sizeof(o));
     o[HOST] = (struct oslo_opt){ .group = "spice", .name = "html5proxy_host" };
@@ -379,6 +390,10 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
     o[ENFORCE] = (struct oslo_opt){ .group = "consoleauth", .name = "enforce_session_timeout" };
     o[TTL] = (struct oslo_opt){ .group = "consoleauth", .name = "token_ttl",
                                 .dep_group = "DEFAULT", .dep_name = "console_token_ttl" };
+    o[CERT] = (struct oslo_opt){ .group = "DEFAULT", .name = "cert" };
+    o[KEY] = (struct oslo_opt){ .group = "DEFAULT", .name = "key" };
+    o[MIN_VERSION] = (struct oslo_opt){ .group = "console", .name = "ssl_minimum_version" };
+    o[CIPHERS] = (struct oslo_opt){ .group = "console", .name = "ssl_ciphers" };
     char err[1024];
     int file = 0;
     for (size_t i = 0; i < nsrc; i++) {
@@ -463,12 +478,34 @@ static int load_nova(struct config *cfg, const struct nova_src *src, size_t nsrc
                     o[SSL_ONLY].where, o[SSL_ONLY].value);
             return -1;
         }
-        if (b == 1) {
-            fprintf(stderr, "spice-broker: %s: ssl_only: the browser port has no TLS (wss://) "
-                    "yet; put it behind a TLS terminator\n", o[SSL_ONLY].where);
+        /* Without ssl_only, websockify would also take TLS on the same port
+         * when cert exists; the broker's browser port is plain then. */
+        if (b == 1 &&
+            (set_opt(cfg, find_opt("web-tls-cert"), o[CERT].set ? o[CERT].value : "self.pem",
+                     o[CERT].set ? o[CERT].where : o[SSL_ONLY].where) < 0 ||
+             (o[KEY].set &&
+              set_opt(cfg, find_opt("web-tls-key"), o[KEY].value, o[KEY].where) < 0)))
+            return -1;
+    }
+    if (o[MIN_VERSION].set) {
+        /* Nova's choices: default, tlsv1_1, tlsv1_2, tlsv1_3. */
+        const char *v = o[MIN_VERSION].value;
+        if (strcmp(v, "tlsv1_1") == 0) {
+            fprintf(stderr, "spice-broker: %s: ssl_minimum_version tlsv1_1 raised to tlsv1_2 "
+                    "(the broker speaks TLS 1.2 or newer only)\n", o[MIN_VERSION].where);
+            v = "tlsv1_2";
+        } else if (strcmp(v, "default") != 0 && strcmp(v, "tlsv1_2") != 0 &&
+                   strcmp(v, "tlsv1_3") != 0) {
+            fprintf(stderr, "spice-broker: %s: ssl_minimum_version must be default, tlsv1_1, "
+                    "tlsv1_2 or tlsv1_3, got '%s'\n", o[MIN_VERSION].where, v);
             return -1;
         }
+        if (set_opt(cfg, find_opt("tls-min-version"), v, o[MIN_VERSION].where) < 0)
+            return -1;
     }
+    if (o[CIPHERS].set &&
+        set_opt(cfg, find_opt("tls-ciphers"), o[CIPHERS].value, o[CIPHERS].where) < 0)
+        return -1;
     char listen[160];
     snprintf(listen, sizeof(listen), strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
     return set_opt(cfg, find_opt("web-listen"), listen, o[PORT].set ? o[PORT].where : what);
@@ -503,7 +540,9 @@ void config_usage(FILE *out)
     }
     fprintf(out, "  %-34s %s\n  %-34s %s\n", "--help", "show this help and exit", "--version",
             "show the version and exit");
-    fprintf(out, "\nCommand-line options override the config file. See spice-broker(8) in README.md.\n");
+    fprintf(out, "\nCommand-line options override the config file. SIGHUP re-reads the TLS\n"
+                 "certificates and keys (tls-cert/tls-key, web-tls-cert/web-tls-key) without\n"
+                 "dropping a session; SIGTERM stops. See spice-broker(8) in README.md.\n");
 }
 
 int config_load(struct config *cfg, int argc, char **argv)
@@ -712,6 +751,24 @@ int config_validate(const struct config *cfg)
                           access(cfg->tls_cert, R_OK) != 0 || access(cfg->tls_key, R_OK) != 0)) {
         fprintf(stderr, "spice-broker: tls-listen needs readable tls-cert and tls-key files\n");
         return -1;
+    }
+    if (cfg->web_tls_key[0] != '\0' && cfg->web_tls_cert[0] == '\0') {
+        fprintf(stderr, "spice-broker: web-tls-key needs web-tls-cert\n");
+        return -1;
+    }
+    if (cfg->web_tls_cert[0] != '\0') {
+        if (web_port == 0) {
+            fprintf(stderr, "spice-broker: web-tls-cert needs web-listen (the browser port)\n");
+            return -1;
+        }
+        const char *f[] = { cfg->web_tls_cert, cfg->web_tls_key };
+        for (int i = 0; i < 2; i++) {
+            if (f[i][0] != '\0' && access(f[i], R_OK) != 0) {
+                fprintf(stderr, "spice-broker: %s %s is not readable: %s\n",
+                        i == 0 ? "web-tls-cert" : "web-tls-key", f[i], strerror(errno));
+                return -1;
+            }
+        }
     }
     if (strcmp(cfg->backend_tls, "auto") != 0 && strcmp(cfg->backend_tls, "always") != 0 &&
         strcmp(cfg->backend_tls, "never") != 0) {

@@ -48,6 +48,8 @@ struct config {
     char public_host[256];         /* host= in .vv files ("" = the request's Host) */
     char tls_ca[512];              /* ca= in .vv files: the TLS port's CA */
     char tls_host_subject[256];    /* host-subject= in .vv files */
+    char web_tls_cert[512];    /* the browser port speaks only TLS when set */
+    char web_tls_key[512];     /* empty: the key is in web_tls_cert */
     char admin[256];
     char store[512];
     char token_file[512];

@@ -585,11 +585,36 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* SIGHUP: every server certificate and key again (the TLS port's, the
+ * browser port's). New handshakes get the new ones; live connections keep
+ * theirs; a file that does not load leaves the old certificate in use. */
+static void reload_certificates(struct broker *b)
+{
+    struct {
+        struct tls_ctx *ctx;
+        const char *port;
+    } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" } };
+    int n = 0;
+    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
+        if (certs[i].ctx == NULL)
+            continue;
+        char why[768], fp[80];
+        n++;
+        if (tls_ctx_reload(certs[i].ctx, why, sizeof(why)) < 0)
+            log_warnx("SIGHUP: %s: keeping the old certificate: %s", certs[i].port, why);
+        else
+            log_info("SIGHUP: %s: certificate reloaded (sha256 %s)", certs[i].port,
+                     tls_ctx_fingerprint(certs[i].ctx, fp, sizeof(fp)));
+    }
+    if (n == 0)
+        log_info("SIGHUP: no TLS certificate to reload");
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct broker *b = arg;
     if (sig == SIGHUP) {
-        log_info("SIGHUP: the token file is re-read on its next change; nothing else to reload");
+        reload_certificates(b);
         return;
     }
     const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
@@ -724,6 +749,14 @@ int main(int argc, char **argv)
             goto out;
         }
         web.site = b.site;
+        if (b.cfg.web_tls_cert[0] != '\0') {
+            b.web_tls = tls_ctx_new(b.cfg.web_tls_cert, b.cfg.web_tls_key, &policy, &err);
+            if (b.web_tls == NULL) {
+                log_error("browser port %s: %s", b.cfg.web_listen, err ? err : "?");
+                goto out;
+            }
+            web.tls = b.web_tls;
+        }
         web.allowed_origins = b.cfg.web_allowed_origins;
         web.base_url = b.cfg.web_base_url;
         if (b.cfg.spice_direct_path[0] != '\0') {
@@ -749,8 +782,7 @@ int main(int argc, char **argv)
         config_split_hostport(b.cfg.tls_listen, tls_host, sizeof(tls_host), &tls.port);
         b.tls = tls_ctx_new(b.cfg.tls_cert, b.cfg.tls_key, &policy, &err);
         if (b.tls == NULL) {
-            log_error("TLS port %s: %s (%s, %s)", b.cfg.tls_listen, err ? err : "?",
-                      b.cfg.tls_cert, b.cfg.tls_key);
+            log_error("TLS port %s: %s", b.cfg.tls_listen, err ? err : "?");
             goto out;
         }
         tls.ctx = b.tls;
@@ -790,8 +822,10 @@ int main(int argc, char **argv)
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
+    char fp[80];
     if (b.tls != NULL)
-        log_info("TLS port %s (certificate %s)", b.cfg.tls_listen, b.cfg.tls_cert);
+        log_info("TLS port %s (certificate %s, sha256 %s)", b.cfg.tls_listen, b.cfg.tls_cert,
+                 tls_ctx_fingerprint(b.tls, fp, sizeof(fp)));
     if (b.site != NULL)
         log_info("browser port %s: spice-html5 from %s (%zu files), WebSockets with ?token= "
                  "or a token cookie", b.cfg.web_listen, b.cfg.web_root, web_site_count(b.site));
@@ -799,6 +833,9 @@ int main(int argc, char **argv)
         log_info("spice-direct: %s?token=T on the browser port answers .vv files (host %s, port "
                  "%u%s)", vv.path, vv.public_host[0] ? vv.public_host : "from the request",
                  vv.port, vv.tls_port ? ", with the TLS port" : "");
+    if (b.web_tls != NULL)
+        log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
+                 b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */
@@ -824,6 +861,7 @@ out:
     free(b.workers);
     web_site_free(b.site);
     tls_ctx_free(b.tls);
+    tls_ctx_free(b.web_tls);
     SSL_CTX_free(b.backend_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);

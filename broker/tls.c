@@ -1,13 +1,16 @@
 /* broker/tls.c: the TLS policy every TLS context of the broker follows
- * (versions, ciphers); the TLS port: the server certificate, and each
- * connection's handshake (non-blocking, bounded in time) on the worker loop
- * that accepted it; the client-role context toward secure QEMU ports. Then the connection, its TLS transport and all, goes to
- * session_accept() like a plain one: the relay reads and writes through
- * OpenSSL on the socket (session/transport.c), and a channel of a session
- * that lives on another worker is handed there with its TLS state. */
+ * (versions, ciphers); server certificates (the TLS port's, the browser
+ * port's), swapped on SIGHUP without touching live connections; the TLS
+ * port: each connection's handshake (non-blocking, bounded in time) on the
+ * worker loop that accepted it; the client-role context toward secure QEMU
+ * ports. After the handshake the connection, its TLS transport and all,
+ * goes to session_accept() like a plain one: the relay reads and writes
+ * through OpenSSL on the socket (session/transport.c), and a channel of a
+ * session that lives on another worker is handed there with its TLS state. */
 #include "broker/tls.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <netdb.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -18,13 +21,18 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 #include "common/log.h"
 #include "session/transport.h"
 
 struct tls_ctx {
-    SSL_CTX *ssl;
+    pthread_mutex_t mu;
+    SSL_CTX *ssl;                /* the current one, under mu */
+    char cert[512], key[512];
+    char min_version[16], ciphers[512];
+    struct tls_policy policy;    /* points into the above */
 };
 
 /* TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3's all are). */
@@ -59,36 +67,76 @@ static int apply_policy(SSL_CTX *ctx, const struct tls_policy *p, const char **e
     return 0;
 }
 
+/* A server context for cert and key under the policy; NULL with why (the
+ * file at fault and OpenSSL's reason) in why. */
+static SSL_CTX *server_ctx_build(const char *cert, const char *key, const struct tls_policy *p,
+                                 char *why, size_t cap)
+{
+    const char *err = NULL, *file = NULL;
+    SSL_CTX *ssl = SSL_CTX_new(TLS_server_method());
+    if (ssl == NULL) {
+        err = "out of memory";
+        goto fail;
+    }
+    if (apply_policy(ssl, p, &err) < 0)
+        goto fail;
+    SSL_CTX_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Clients (spice-gtk) end with a TCP close, without close_notify: an
+     * ordinary end here, not an error. */
+    SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    ERR_clear_error();
+    if (SSL_CTX_use_certificate_chain_file(ssl, cert) != 1) {
+        err = "cannot load the TLS certificate (PEM chain)";
+        file = cert;
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ssl, key, SSL_FILETYPE_PEM) != 1) {
+        err = "cannot load the TLS key (PEM)";
+        file = key;
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ssl) != 1) {
+        err = "the TLS key does not match the certificate";
+        file = key;
+        goto fail;
+    }
+    return ssl;
+fail:;
+    unsigned long e = ERR_peek_error(); /* the first: the cause */
+    char reason[128] = "";
+    if (e != 0)
+        snprintf(reason, sizeof(reason), ": %s", ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "?");
+    ERR_clear_error();
+    snprintf(why, cap, "%s%s%s%s", err, file ? " " : "", file ? file : "", file ? reason : "");
+    SSL_CTX_free(ssl);
+    return NULL;
+}
+
 struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file,
                             const struct tls_policy *policy, const char **err)
 {
+    static char why[768]; /* start-up, main thread: the caller logs it at once */
     struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
-    if (ctx == NULL || (ctx->ssl = SSL_CTX_new(TLS_server_method())) == NULL) {
-        free(ctx);
+    if (ctx == NULL) {
         *err = "out of memory";
         return NULL;
     }
-    if (apply_policy(ctx->ssl, policy, err) < 0)
-        goto fail;
-    SSL_CTX_set_mode(ctx->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    /* Clients (spice-gtk) end with a TCP close, without close_notify: an
-     * ordinary end here, not an error. */
-    SSL_CTX_set_options(ctx->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-    if (SSL_CTX_use_certificate_chain_file(ctx->ssl, cert_file) != 1) {
-        *err = "cannot load the TLS certificate (PEM chain)";
-        goto fail;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx->ssl, key_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx->ssl) != 1) {
-        *err = "cannot load the TLS key, or it does not match the certificate";
-        goto fail;
+    pthread_mutex_init(&ctx->mu, NULL);
+    if (key_file == NULL || key_file[0] == '\0')
+        key_file = cert_file;
+    snprintf(ctx->cert, sizeof(ctx->cert), "%s", cert_file);
+    snprintf(ctx->key, sizeof(ctx->key), "%s", key_file);
+    snprintf(ctx->min_version, sizeof(ctx->min_version), "%s",
+             policy->min_version ? policy->min_version : "");
+    snprintf(ctx->ciphers, sizeof(ctx->ciphers), "%s", policy->ciphers ? policy->ciphers : "");
+    ctx->policy = (struct tls_policy){ ctx->min_version, ctx->ciphers };
+    ctx->ssl = server_ctx_build(ctx->cert, ctx->key, &ctx->policy, why, sizeof(why));
+    if (ctx->ssl == NULL) {
+        *err = why;
+        tls_ctx_free(ctx);
+        return NULL;
     }
     return ctx;
-fail:
-    ERR_clear_error();
-    tls_ctx_free(ctx);
-    return NULL;
 }
 
 void tls_ctx_free(struct tls_ctx *ctx)
@@ -96,7 +144,45 @@ void tls_ctx_free(struct tls_ctx *ctx)
     if (ctx == NULL)
         return;
     SSL_CTX_free(ctx->ssl);
+    pthread_mutex_destroy(&ctx->mu);
     free(ctx);
+}
+
+SSL_CTX *tls_ctx_acquire(struct tls_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->mu);
+    SSL_CTX *ssl = ctx->ssl;
+    SSL_CTX_up_ref(ssl);
+    pthread_mutex_unlock(&ctx->mu);
+    return ssl;
+}
+
+int tls_ctx_reload(struct tls_ctx *ctx, char *why, size_t cap)
+{
+    SSL_CTX *fresh = server_ctx_build(ctx->cert, ctx->key, &ctx->policy, why, cap);
+    if (fresh == NULL)
+        return -1;
+    pthread_mutex_lock(&ctx->mu);
+    SSL_CTX *old = ctx->ssl;
+    ctx->ssl = fresh;
+    pthread_mutex_unlock(&ctx->mu);
+    SSL_CTX_free(old); /* connections made from it hold their own references */
+    return 0;
+}
+
+const char *tls_ctx_fingerprint(struct tls_ctx *ctx, char *buf, size_t cap)
+{
+    SSL_CTX *ssl = tls_ctx_acquire(ctx);
+    X509 *crt = SSL_CTX_get0_certificate(ssl);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    snprintf(buf, cap, "?");
+    if (crt != NULL && X509_digest(crt, EVP_sha256(), md, &n) == 1) {
+        for (unsigned int i = 0; i < n && 2 * i + 2 < cap; i++)
+            snprintf(buf + 2 * i, cap - 2 * i, "%02x", md[i]);
+    }
+    SSL_CTX_free(ssl);
+    return buf;
 }
 
 SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
@@ -145,7 +231,7 @@ struct tls_conn;
 struct tls_worker {
     struct event_base *base;
     struct session_worker *sw;
-    const struct tls_ctx *ctx;
+    struct tls_ctx *ctx;
     int handshake_timeout_ms;
     TAILQ_HEAD(, tls_conn) conns;    /* connections still in their handshake */
 };
@@ -216,7 +302,7 @@ static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
 }
 
 struct tls_worker *tls_worker_new(struct event_base *base, struct session_worker *sw,
-                                  const struct tls_ctx *ctx, int handshake_timeout_ms)
+                                  struct tls_ctx *ctx, int handshake_timeout_ms)
 {
     struct tls_worker *tw = calloc(1, sizeof(*tw));
     if (tw == NULL)
@@ -250,7 +336,9 @@ void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *pe
     TAILQ_INSERT_TAIL(&tw->conns, tc, link);
     tc->peer = *peer;
     log_format_addr(peer, tc->addr, sizeof(tc->addr));
-    tc->t = transport_tls_new(tw->ctx->ssl, fd, true, NULL);
+    SSL_CTX *ssl = tls_ctx_acquire(tw->ctx); /* the certificate of the moment (SIGHUP) */
+    tc->t = transport_tls_new(ssl, fd, true, NULL);
+    SSL_CTX_free(ssl);
     tc->rd = event_new(tw->base, fd, EV_READ | EV_PERSIST, on_handshake_io, tc);
     tc->wr = event_new(tw->base, fd, EV_WRITE | EV_PERSIST, on_handshake_io, tc);
     tc->timer = evtimer_new(tw->base, on_handshake_timeout, tc);

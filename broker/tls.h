@@ -22,11 +22,25 @@ struct tls_policy {
 /* 0 if the policy is one the broker accepts, else -1 with *err. */
 int tls_policy_check(const struct tls_policy *p, const char **err);
 
-/* The server certificate and key (PEM files), loaded once, shared read-only. */
+/* A server certificate and key (PEM files) under the policy, shared by
+ * every worker; reloadable (SIGHUP). The current OpenSSL context sits behind
+ * a mutex taken once per accepted connection, never per message: a
+ * handshake holds its own reference, so a reload never touches a live
+ * connection. key_file NULL or "": the key is in cert_file (websockify's
+ * way). The file names and the policy are copied. */
 struct tls_ctx;
 struct tls_ctx *tls_ctx_new(const char *cert_file, const char *key_file,
                             const struct tls_policy *policy, const char **err);
 void tls_ctx_free(struct tls_ctx *ctx);
+/* The current context with a reference of the caller's (SSL_CTX_free it,
+ * e.g. right after transport_tls_new(), which takes its own). Any thread. */
+SSL_CTX *tls_ctx_acquire(struct tls_ctx *ctx);
+/* Reads the certificate and key again: 0, and new handshakes get them; or
+ * -1 and the old ones stay, with why (naming the file at fault) in why.
+ * Reads files: the control thread, not a worker. */
+int tls_ctx_reload(struct tls_ctx *ctx, char *why, size_t cap);
+/* The certificate's SHA-256 fingerprint in hex (64 digits), for logs. */
+const char *tls_ctx_fingerprint(struct tls_ctx *ctx, char *buf, size_t cap);
 
 /* The client role toward secure QEMU ports (--backend-ca, --backend-cert,
  * --backend-key): peers always verified, against ca_file or else the
@@ -37,7 +51,7 @@ SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const c
 /* A worker's TLS connections. */
 struct tls_worker;
 struct tls_worker *tls_worker_new(struct event_base *base, struct session_worker *sw,
-                                  const struct tls_ctx *ctx, int handshake_timeout_ms);
+                                  struct tls_ctx *ctx, int handshake_timeout_ms);
 /* Closes every connection it still has (the worker is stopping). */
 void tls_worker_free(struct tls_worker *tw);
 

@@ -1,12 +1,15 @@
-/* broker/web.c: the browser port. One connection goes through two steps on
- * the worker loop that accepted it:
- *   head    read the HTTP request head (proto/http.c parses it), bounded in
- *           size and time;
- *   reply   a static file from the web root (read once at start-up, served
- *           from memory) or an error, then close; or the WebSocket 101,
- *           after which the connection goes to session_accept() over a
- *           WebSocket transport (session/transport.c frames the bytes in
- *           the relay itself: no bridge), carrying the URL's token. */
+/* broker/web.c: the browser port. One connection goes through these steps on
+ * the worker loop that accepted it, all through a transport (TCP, or TLS on
+ * a TLS browser port: HTTPS and wss only, as Nova's ssl_only):
+ *   handshake  TLS only; bounded in time together with the head;
+ *   head       read the HTTP request head (proto/http.c parses it), bounded
+ *              in size and time;
+ *   reply      a static file from the web root (read once at start-up,
+ *              served from memory) or an error, then close; or the
+ *              WebSocket 101, after which the connection goes to
+ *              session_accept() over a WebSocket transport (over the TLS
+ *              one on a TLS port; session/transport.c frames the bytes in
+ *              the relay itself: no bridge), carrying the URL's token. */
 #include "broker/web.h"
 
 #include <dirent.h>
@@ -23,7 +26,9 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
+#include "broker/tls.h"
 #include "broker/vv.h"
 #include "common/log.h"
 #include "proto/http.h"
@@ -191,7 +196,7 @@ static const struct web_file *site_find(const struct web_site *site, const char 
 
 /* ------------------------------------------------------------------ a connection */
 
-enum web_state { WS_HEAD, WS_REPLY };
+enum web_state { WC_HANDSHAKE, WC_HEAD, WC_REPLY };
 
 struct web_conn;
 
@@ -199,7 +204,8 @@ struct web_worker {
     struct event_base *base;
     struct session_worker *sw;       /* where bridged channels go */
     const struct web_site *site;     /* NULL: no static files (404) */
-    int head_timeout_ms;             /* the HTTP request head must arrive within this */
+    struct tls_ctx *tls;             /* HTTPS and wss only; NULL: HTTP and ws */
+    int head_timeout_ms;             /* the handshake and the request head within this */
     const char *allowed_origins;     /* extra Origin host names, comma-separated ("" = none) */
     const char *base_url;            /* its scheme is the Origin's expected one ("" = any) */
     const struct vv_config *vv;      /* spice-direct .vv files, NULL = none */
@@ -210,7 +216,7 @@ struct web_conn {
     TAILQ_ENTRY(web_conn) link;
     struct web_worker *ww;
     enum web_state state;
-    int fd;
+    struct transport *t;             /* TCP, or TLS on a TLS browser port */
     struct sockaddr_storage peer;
     char addr[56];
     struct event *rd, *wr, *timer;
@@ -222,10 +228,15 @@ struct web_conn {
     size_t hdr_len, hdr_sent;
     const uint8_t *body;
     size_t body_len, body_sent;
-    char *owned;                     /* a body of ours (a .vv), freed with the connection */
-    struct session_lookup *lookup;   /* a .vv's token being looked up */
-    char host[HTTP_MAX_VALUE + 1];   /* the request's Host, for the .vv */
-    char token[TOKEN_MAX];           /* the .vv's token while it is looked up */
+    /* a spice-direct .vv: its token while looked up, then the file (ours) */
+    struct session_lookup *lookup;
+    bool in_lookup;                  /* inside session_lookup(): answer after it returns */
+    int vv_rc;
+    struct snap_token vv_rec;
+    char vv_why[96];
+    char host[HTTP_MAX_VALUE + 1];
+    char token[TOKEN_MAX];
+    char *owned;
 };
 
 static void conn_free(struct web_conn *wc)
@@ -235,8 +246,7 @@ static void conn_free(struct web_conn *wc)
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (*evs[i] != NULL)
             event_free(*evs[i]);
-    if (wc->fd >= 0)
-        close(wc->fd);
+    transport_free(wc->t);
     session_lookup_cancel(wc->lookup);
     if (wc->owned != NULL) {
         OPENSSL_cleanse(wc->owned, wc->body_len);
@@ -244,14 +254,30 @@ static void conn_free(struct web_conn *wc)
     }
     OPENSSL_cleanse(wc->head, sizeof(wc->head));
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
+    OPENSSL_cleanse(&wc->vv_rec, sizeof(wc->vv_rec));
     free(wc);
+}
+
+/* Waits for what the transport asked for (a TLS record may want either). */
+static void conn_wait(struct web_conn *wc)
+{
+    unsigned want = transport_wants(wc->t);
+    if ((want & TRANSPORT_WANT_WRITE) || transport_pending_out(wc->t))
+        event_add(wc->wr, NULL);
+    else
+        event_del(wc->wr);
+    if ((want & TRANSPORT_WANT_READ) || wc->state != WC_REPLY)
+        event_add(wc->rd, NULL);
+    else
+        event_del(wc->rd);
 }
 
 /* ---- replies ---- */
 
 static void reply_flush(struct web_conn *wc)
 {
-    while (wc->hdr_sent < wc->hdr_len || wc->body_sent < wc->body_len) {
+    while (wc->hdr_sent < wc->hdr_len || wc->body_sent < wc->body_len ||
+           transport_pending_out(wc->t)) {
         struct iovec iov[2];
         int n = 0;
         if (wc->hdr_sent < wc->hdr_len)
@@ -259,14 +285,19 @@ static void reply_flush(struct web_conn *wc)
         if (wc->body_sent < wc->body_len)
             iov[n++] = (struct iovec){ (void *)(wc->body + wc->body_sent),
                                        wc->body_len - wc->body_sent };
-        ssize_t w = writev(wc->fd, iov, n);
+        ssize_t w = transport_writev(wc->t, n > 0 ? iov : NULL, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                event_add(wc->wr, NULL);
+                conn_wait(wc);
                 return;
             }
-            if (errno == EINTR)
-                continue;
+            break;
+        }
+        if (n == 0) {
+            if (transport_pending_out(wc->t)) { /* TLS records the socket did not take */
+                conn_wait(wc);
+                return;
+            }
             break;
         }
         size_t k = (size_t)w, h = wc->hdr_len - wc->hdr_sent;
@@ -277,6 +308,7 @@ static void reply_flush(struct web_conn *wc)
             wc->body_sent += k - h;
         }
     }
+    transport_shutdown(wc->t, 0); /* TLS: close_notify */
     conn_free(wc); /* a reply ends the connection */
 }
 
@@ -291,7 +323,7 @@ static void reply(struct web_conn *wc, int status, const char *reason, const cha
     wc->hdr_len = n > 0 && (size_t)n < sizeof(wc->hdr) ? (size_t)n : 0;
     wc->body = body;
     wc->body_len = head_only ? 0 : len;
-    wc->state = WS_REPLY;
+    wc->state = WC_REPLY;
     event_del(wc->rd);
     reply_flush(wc);
 }
@@ -306,9 +338,10 @@ static void reply_error(struct web_conn *wc, int status, const char *reason, con
 
 /* ---- the upgrade ---- */
 
-/* Answers the upgrade and gives the connection, as a WebSocket transport, to
- * the session code with the URL's token (no bridge: the relay reads and
- * writes the frames itself, session/transport.c). */
+/* Answers the upgrade and gives the connection, as a WebSocket transport
+ * (over its TLS transport on a TLS browser port), to the session code with
+ * the URL's token (no bridge: the relay reads and writes the frames itself,
+ * session/transport.c). */
 static void upgrade(struct web_conn *wc, const struct http_request *req, const char *token,
                     const char *token_from)
 {
@@ -322,18 +355,20 @@ static void upgrade(struct web_conn *wc, const struct http_request *req, const c
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
                      accept_key, binary ? "Sec-WebSocket-Protocol: binary\r\n" : "");
-    /* 101 is small: a fresh socket takes it whole, or the browser is gone. */
-    if (n <= 0 || send(wc->fd, wc->hdr, (size_t)n, MSG_NOSIGNAL) != n) {
+    /* 101 is small: a fresh socket takes it whole (TLS: in one record that
+     * goes out at once), or the browser is gone. */
+    if (n <= 0 || transport_write(wc->t, wc->hdr, (size_t)n) != n ||
+        transport_pending_out(wc->t)) {
         log_info("web: client=%s websocket closed: could not send the upgrade", wc->addr);
         conn_free(wc);
         return;
     }
-    log_info("web: client=%s websocket for a SPICE channel (token from the %s)", wc->addr,
-             token_from);
+    log_info("web: client=%s websocket%s for a SPICE channel (token from the %s)", wc->addr,
+             wc->ww->tls != NULL ? " over TLS" : "", token_from);
     struct session_worker *sw = wc->ww->sw;
     struct sockaddr_storage peer = wc->peer;
-    struct transport *t = transport_ws_new(wc->fd);
-    wc->fd = -1; /* the transport's now */
+    struct transport *t = transport_ws_new_over(wc->t); /* TCP: the plain WebSocket on the socket */
+    wc->t = NULL; /* the WebSocket's now */
     conn_free(wc);
     session_accept(sw, t, &peer, NULL, 0, token);
 }
@@ -342,27 +377,39 @@ static void upgrade(struct web_conn *wc, const struct http_request *req, const c
 
 /* ---- spice-direct ---- */
 
-/* The .vv's token looked up (store, file or Nova): the file, or a 404 that
- * says nothing about why. */
-static void on_vv_lookup(void *arg, int rc, const struct snap_token *rec, const char *why)
+/* The .vv's token is known or refused: the file, or a 404 that says nothing
+ * about why. */
+static void vv_answer(struct web_conn *wc)
 {
-    struct web_conn *wc = arg;
-    wc->lookup = NULL;
     size_t len = 0;
-    char *vv = rc == 0 ? vv_build(wc->ww->vv, wc->host, wc->token, rec, &len) : NULL;
+    char *vv = wc->vv_rc == 0 ? vv_build(wc->ww->vv, wc->host, wc->token, &wc->vv_rec, &len)
+                              : NULL;
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
     if (vv == NULL) {
         log_info("web: client=%s .vv refused: %s", wc->addr,
-                 rc != 0 ? (why ? why : "unknown token") : "unusable host or token");
+                 wc->vv_rc != 0 ? wc->vv_why : "unusable host or token");
         reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
         return;
     }
     log_info("web: client=%s .vv for instance %s", wc->addr,
-             rec->instance[0] ? rec->instance : "?");
+             wc->vv_rec.instance[0] ? wc->vv_rec.instance : "?");
     wc->owned = vv;
     reply(wc, 200, "OK", "application/x-virt-viewer", (const uint8_t *)vv, len, false);
 }
 
+static void on_vv_lookup(void *arg, int rc, const struct snap_token *rec, const char *why)
+{
+    struct web_conn *wc = arg;
+    wc->lookup = NULL;
+    wc->vv_rc = rc;
+    wc->vv_rec = *rec;
+    snprintf(wc->vv_why, sizeof(wc->vv_why), "%s", why ? why : "unknown token");
+    if (!wc->in_lookup) /* a later answer (Nova's); else serve_vv answers */
+        vv_answer(wc);
+}
+
+/* GET PATH?token=T: the token is looked up as a client's link would look it
+ * up (store, file, Nova); wc waits, its head timer still running. */
 static void serve_vv(struct web_conn *wc, const struct http_request *req)
 {
     int tl = http_token(req, wc->token, sizeof(wc->token));
@@ -372,12 +419,18 @@ static void serve_vv(struct web_conn *wc, const struct http_request *req)
         return;
     }
     snprintf(wc->host, sizeof(wc->host), "%s", req->host);
-    event_del(wc->rd); /* the answer may take Nova's time; the head timer still runs */
-    wc->state = WS_REPLY;
+    event_del(wc->rd);
+    wc->state = WC_REPLY;
+    wc->in_lookup = true;
     wc->lookup = session_lookup(wc->ww->sw, wc->token, on_vv_lookup, wc);
+    wc->in_lookup = false;
+    if (wc->lookup == NULL) /* answered at once */
+        vv_answer(wc);
 }
 
-static void on_head(struct web_conn *wc)
+/* A request head as far as it came: 0 more to come (wc waits for it), 1 done
+ * (replied, upgraded or waiting for a .vv's token: wc is not the caller's). */
+static int on_head(struct web_conn *wc)
 {
     struct http_request req;
     const char *err = NULL;
@@ -387,15 +440,15 @@ static void on_head(struct web_conn *wc)
         err = "request head too large";
     }
     if (n == 0)
-        return; /* more to come */
+        return 0; /* more to come */
     if (n < 0) {
         reply_error(wc, 400, "Bad Request", err ? err : "malformed request");
-        return;
+        return 1;
     }
     bool head_only = strcmp(req.method, "HEAD") == 0;
     if (strcmp(req.method, "GET") != 0 && !head_only) {
         reply_error(wc, 405, "Method Not Allowed", "only GET and HEAD");
-        return;
+        return 1;
     }
     if (http_is_websocket(&req)) {
         /* A browser names the page that opened a WebSocket in Origin. Only
@@ -412,69 +465,114 @@ static void on_head(struct web_conn *wc)
             /* why is a static string: it outlives the reply. */
             reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)why,
                   strlen(why), false);
-            return;
+            return 1;
         }
         char token[TOKEN_MAX];
         int tl = http_token(&req, token, sizeof(token));
         if (tl <= 0) {
             reply_error(wc, tl < 0 ? 400 : 403, tl < 0 ? "Bad Request" : "Forbidden",
                         tl < 0 ? "malformed token" : "no console token (?token= or a token cookie)");
-            return;
+            return 1;
         }
         if ((size_t)n < wc->have) {
             /* A browser waits for the 101 before it sends a frame. */
             OPENSSL_cleanse(token, sizeof(token));
             reply_error(wc, 400, "Bad Request", "data before the upgrade");
-            return;
+            return 1;
         }
         upgrade(wc, &req, token, strstr(req.query, "token=") ? "URL" : "cookie");
         OPENSSL_cleanse(token, sizeof(token));
-        return;
+        return 1;
     }
     if (wc->ww->vv != NULL && strcmp(req.path, wc->ww->vv->path) == 0 && !head_only) {
         serve_vv(wc, &req);
-        return;
+        return 1;
     }
     const struct web_file *f = site_find(wc->ww->site, req.path);
     if (f == NULL) {
         reply_error(wc, 404, "Not Found", "not found");
-        return;
+        return 1;
     }
     log_debug("web: client=%s GET %s 200 (%zu bytes)", wc->addr, f->path, f->len);
     reply(wc, 200, "OK", f->mime, f->body, f->len, head_only);
+    return 1;
 }
 
-static void on_head_io(evutil_socket_t fd, short what, void *arg)
+/* Reads the head; with TLS also what was read ahead, which no socket event
+ * announces. */
+static void head_read(struct web_conn *wc)
 {
-    struct web_conn *wc = arg;
-    if (what & EV_WRITE) {
-        reply_flush(wc);
-        return;
+    for (;;) {
+        ssize_t r = transport_read(wc->t, wc->head + wc->have, sizeof(wc->head) - 1 - wc->have);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            conn_wait(wc);
+            return;
+        }
+        if (r <= 0) {
+            conn_free(wc);
+            return;
+        }
+        wc->have += (size_t)r;
+        wc->head[wc->have] = '\0';
+        if (on_head(wc) != 0 || !transport_pending_in(wc->t))
+            return;
     }
-    if (wc->state != WS_HEAD)
-        return;
-    ssize_t r = recv(wc->fd, wc->head + wc->have, sizeof(wc->head) - 1 - wc->have, 0);
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;
-    if (r <= 0) {
+}
+
+static void handshake_step(struct web_conn *wc)
+{
+    int rc = transport_tls_handshake(wc->t);
+    if (rc < 0) {
+        log_info("web: client=%s TLS handshake failed: %s", wc->addr, transport_error(wc->t));
         conn_free(wc);
         return;
     }
-    wc->have += (size_t)r;
-    wc->head[wc->have] = '\0';
-    on_head(wc);
+    if (rc == 0) {
+        conn_wait(wc);
+        return;
+    }
+    char what[96];
+    log_debug("web: client=%s %s", wc->addr, transport_tls_describe(wc->t, what, sizeof(what)));
+    wc->state = WC_HEAD;
+    head_read(wc); /* the request may have come with the handshake's last flight */
 }
 
-static void on_head_timeout(evutil_socket_t fd, short what, void *arg)
+static void on_conn_io(evutil_socket_t fd, short what, void *arg)
 {
     struct web_conn *wc = arg;
-    log_info("web: client=%s no complete request in time", wc->addr);
+    switch (wc->state) {
+    case WC_HANDSHAKE:
+        handshake_step(wc);
+        return;
+    case WC_HEAD:
+        if ((what & EV_WRITE) && transport_writev(wc->t, NULL, 0) < 0) {
+            conn_free(wc);
+            return;
+        }
+        if (what & EV_READ)
+            head_read(wc);
+        else
+            conn_wait(wc);
+        return;
+    case WC_REPLY:
+        reply_flush(wc);
+        return;
+    }
+}
+
+static void on_conn_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct web_conn *wc = arg;
+    log_info("web: client=%s %s", wc->addr, wc->state == WC_HANDSHAKE
+                                                ? "no TLS handshake in time"
+                                                : "no complete request in time");
     conn_free(wc);
 }
 
 struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
-                                  const struct web_site *site, int head_timeout_ms,
-                                  const char *allowed_origins, const char *base_url)
+                                  const struct web_site *site, struct tls_ctx *tls,
+                                  int head_timeout_ms, const char *allowed_origins,
+                                  const char *base_url)
 {
     struct web_worker *ww = calloc(1, sizeof(*ww));
     if (ww == NULL)
@@ -482,6 +580,7 @@ struct web_worker *web_worker_new(struct event_base *base, struct session_worker
     ww->base = base;
     ww->sw = sw;
     ww->site = site;
+    ww->tls = tls;
     ww->head_timeout_ms = head_timeout_ms;
     ww->allowed_origins = allowed_origins ? allowed_origins : "";
     ww->base_url = base_url ? base_url : "";
@@ -513,12 +612,24 @@ void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *pe
     }
     wc->ww = ww;
     TAILQ_INSERT_TAIL(&ww->conns, wc, link);
-    wc->fd = fd;
     wc->peer = *peer;
     log_format_addr(peer, wc->addr, sizeof(wc->addr));
-    wc->rd = event_new(ww->base, fd, EV_READ | EV_PERSIST, on_head_io, wc);
-    wc->wr = event_new(ww->base, fd, EV_WRITE | EV_PERSIST, on_head_io, wc);
-    wc->timer = evtimer_new(ww->base, on_head_timeout, wc);
+    if (ww->tls != NULL) {
+        SSL_CTX *ssl = tls_ctx_acquire(ww->tls); /* the certificate of the moment (SIGHUP) */
+        wc->t = transport_tls_new(ssl, fd, true, NULL);
+        SSL_CTX_free(ssl);
+        wc->state = WC_HANDSHAKE;
+    } else {
+        wc->t = transport_tcp_new(fd);
+        wc->state = WC_HEAD;
+    }
+    if (wc->t == NULL) { /* fd closed */
+        conn_free(wc);
+        return;
+    }
+    wc->rd = event_new(ww->base, fd, EV_READ | EV_PERSIST, on_conn_io, wc);
+    wc->wr = event_new(ww->base, fd, EV_WRITE | EV_PERSIST, on_conn_io, wc);
+    wc->timer = evtimer_new(ww->base, on_conn_timeout, wc);
     if (wc->rd == NULL || wc->wr == NULL || wc->timer == NULL) {
         conn_free(wc);
         return;

@@ -4,7 +4,8 @@
  * the console token in its URL (?token=) or its "token" cookie (what
  * spice_auto.html?token=... sets), then handed to the ordinary session code
  * as a WebSocket transport (session/transport.h): the relay frames the bytes
- * itself. */
+ * itself. With a certificate the port speaks only TLS (HTTPS and wss://),
+ * as nova-spicehtml5proxy with ssl_only. */
 #ifndef SB_WEB_H
 #define SB_WEB_H
 
@@ -23,13 +24,18 @@ size_t web_site_count(const struct web_site *site);
 
 /* A worker's web connections. */
 struct web_worker;
-/* allowed_origins: host names (comma-separated) whose pages may open
- * WebSockets besides this port's own; base_url: the console's public URL,
- * whose scheme an Origin's must match ("" = any); both as
- * http_origin_refusal() takes them, and both must outlive the worker. */
+struct tls_ctx;
+/* tls: the port speaks only TLS (HTTPS, wss), with the certificate tls has
+ * at each accept (broker/tls.h); NULL: plain HTTP and ws. allowed_origins:
+ * host names (comma-separated) whose pages may open WebSockets besides this
+ * port's own; base_url: the console's public URL, whose scheme an Origin's
+ * must match ("" = any); both as http_origin_refusal() takes them. All three
+ * must outlive the worker. head_timeout_ms bounds the TLS handshake and the
+ * request head together. */
 struct web_worker *web_worker_new(struct event_base *base, struct session_worker *sw,
-                                  const struct web_site *site, int head_timeout_ms,
-                                  const char *allowed_origins, const char *base_url);
+                                  const struct web_site *site, struct tls_ctx *tls,
+                                  int head_timeout_ms, const char *allowed_origins,
+                                  const char *base_url);
 /* Closes every connection it still has (the worker is stopping). */
 void web_worker_free(struct web_worker *ww);
 /* Serves spice-direct .vv files at vv->path (broker/vv.h); vv must outlive ww. */

@@ -209,7 +209,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         w->web_fd = listen_socket(web->host, web->port, err);
         if (w->web_fd < 0)
             goto fail;
-        w->ww = web_worker_new(w->base, w->sw, web->site, env->link_timeout_ms,
+        w->ww = web_worker_new(w->base, w->sw, web->site, web->tls, env->link_timeout_ms,
                                web->allowed_origins, web->base_url);
         if (w->ww != NULL && web->vv != NULL)
             web_worker_set_vv(w->ww, web->vv);

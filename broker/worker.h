@@ -22,6 +22,7 @@ struct worker_web {
     const char *host;
     uint16_t port;
     const struct web_site *site;
+    struct tls_ctx *tls;             /* HTTPS and wss only; NULL: HTTP and ws */
     const char *allowed_origins;     /* see web_worker_new */
     const struct vv_config *vv;      /* spice-direct .vv files, NULL = none */
     const char *base_url;            /* see web_worker_new */
@@ -31,7 +32,7 @@ struct worker_web {
 struct worker_tls {
     const char *host;
     uint16_t port;
-    const struct tls_ctx *ctx;
+    struct tls_ctx *ctx;
 };
 
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)

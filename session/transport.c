@@ -17,7 +17,13 @@
  * bytes offered when it starts, and a frame cut short by a full socket is
  * finished first next time. Frames from the browser are read into the
  * caller's buffer and unmasked and packed in place (proto/ws.c). PONG and
- * CLOSE frames wait in the queue for the next frame boundary. */
+ * CLOSE frames wait in the queue for the next frame boundary.
+ *
+ * WebSocket over TLS (wss://): the same code with an inner transport in
+ * place of the socket: its read and writev instead of recv and sendmsg (one
+ * branch on t->inner; the plain path is unchanged). The inner transport's
+ * own bytes (TLS records the socket did not take, bytes read ahead) count as
+ * the WebSocket's pending_out and pending_in. */
 #include "session/transport.h"
 
 #include <arpa/inet.h>
@@ -83,6 +89,7 @@ struct transport {
     uint8_t hdr_len, hdr_sent;
     uint64_t out_left;          /* payload bytes that frame still owes */
     bool close_queued;
+    struct transport *inner;    /* wss: the TLS transport under the frames (owned) */
 };
 
 /* Sends what waits in t->out. 1 all out (the queue gives its memory back:
@@ -399,6 +406,8 @@ int transport_tls_handshake(struct transport *t)
 
 const char *transport_tls_describe(const struct transport *t, char *buf, size_t len)
 {
+    if (t->inner != NULL)
+        return transport_tls_describe(t->inner, buf, len);
     if (t->ssl == NULL)
         snprintf(buf, len, "-");
     else
@@ -584,6 +593,20 @@ static void ws_queue_close(struct transport *t, uint16_t code)
     ws_queue_control(t, WS_OP_CLOSE, b, 2);
 }
 
+/* wss: reads through the inner transport; its wish and its error are ours. */
+static ssize_t inner_read(struct transport *t, void *buf, size_t len)
+{
+    ssize_t r = transport_read(t->inner, buf, len);
+    if (r < 0) {
+        int e = errno;
+        t->wants = transport_wants(t->inner);
+        if (e != EAGAIN && e != EWOULDBLOCK)
+            t->err = transport_error(t->inner);
+        errno = e;
+    }
+    return r;
+}
+
 static ssize_t ws_read(struct transport *t, void *buf, size_t len)
 {
     if (t->eof_next)
@@ -591,9 +614,9 @@ static ssize_t ws_read(struct transport *t, void *buf, size_t len)
     /* Reads that bring only headers and control frames go on, but not
      * forever: a peer streaming empty frames must not hold the worker. */
     for (int round = 0; round < WS_EMPTY_READS; round++) {
-        ssize_t r = tcp_read(t, buf, len);
+        ssize_t r = t->inner == NULL ? tcp_read(t, buf, len) : inner_read(t, buf, len);
         if (r <= 0)
-            return r; /* EAGAIN, error, or the TCP stream ended */
+            return r; /* EAGAIN, error, or the stream ended */
         size_t n = 0;
         const char *why = NULL;
         if (ws_decode(&t->in, buf, (size_t)r, &n, &why) < 0) {
@@ -673,17 +696,17 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
         }
         if (k == 0)
             break;
-        ssize_t w = sock_writev(t->fd, v, k);
+        ssize_t w = t->inner == NULL ? sock_writev(t->fd, v, k) : transport_writev(t->inner, v, k);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                t->wants = TRANSPORT_WANT_WRITE;
+                t->wants = t->inner == NULL ? TRANSPORT_WANT_WRITE : transport_wants(t->inner);
                 if (t->hdr_sent == 0) { /* the frame never started */
                     t->hdr_len = 0;
                     t->out_left = 0;
                 }
                 break;
             }
-            t->err = "write failed";
+            t->err = t->inner == NULL ? "write failed" : transport_error(t->inner);
             if (taken > 0)
                 return (ssize_t)taken;
             return -1;
@@ -718,7 +741,10 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
             }
         }
         if ((size_t)w < ctl + hdr + pay) {
-            t->wants = TRANSPORT_WANT_WRITE;
+            /* TLS takes a cork's worth at a time: with all of it sent, go on. */
+            if (t->inner != NULL && !transport_pending_out(t->inner))
+                continue;
+            t->wants = t->inner == NULL ? TRANSPORT_WANT_WRITE : transport_wants(t->inner);
             break;
         }
         /* Everything built went out. Go on while the frame owes bytes the
@@ -733,6 +759,15 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
             continue;
         break;
     }
+    if (t->inner != NULL && in_total == 0 && transport_pending_out(t->inner)) {
+        /* A flush: the inner transport's records too. */
+        if (transport_writev(t->inner, NULL, 0) < 0) {
+            t->err = transport_error(t->inner);
+            return -1;
+        }
+        if (transport_pending_out(t->inner))
+            t->wants = transport_wants(t->inner);
+    }
     if (taken > 0 || n == 0 || in_total == 0)
         return (ssize_t)taken;
     errno = EAGAIN;
@@ -745,12 +780,16 @@ static void ws_shutdown(struct transport *t, uint16_t ws_code)
         ws_queue_close(t, t->in.error_code != 0 ? t->in.error_code : ws_code);
     if (t->out_left == 0 && t->hdr_sent == t->hdr_len)
         (void)ws_writev(t, NULL, 0);
+    if (t->inner != NULL)
+        transport_shutdown(t->inner, 0); /* then TLS's close_notify */
 }
 
 /* An end already read (a CLOSE after data) announces itself to no socket event. */
 static bool ws_pending_in(const struct transport *t)
 {
-    return t->eof_next && !t->eof_told;
+    if (t->eof_next)
+        return !t->eof_told;
+    return t->inner != NULL && transport_pending_in(t->inner);
 }
 
 static const struct transport_ops ws_ops = { ws_read, ws_writev, ws_shutdown, ws_pending_in };
@@ -760,6 +799,29 @@ struct transport *transport_ws_new(int fd)
     struct transport *t = transport_alloc(fd, TRANSPORT_WS, &ws_ops);
     if (t != NULL)
         ws_decoder_init(&t->in, true, WS_MAX_MESSAGE_IN);
+    return t;
+}
+
+struct transport *transport_ws_new_over(struct transport *inner)
+{
+    if (inner->kind == TRANSPORT_TCP) {
+        /* Nothing of TCP's lives outside the socket: the plain WebSocket on it. */
+        int fd = inner->fd;
+        inner->fd = -1;
+        transport_free(inner);
+        return transport_ws_new(fd);
+    }
+    struct transport *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        transport_free(inner);
+        return NULL;
+    }
+    t->ops = &ws_ops;
+    t->kind = TRANSPORT_WS;
+    t->fd = inner->fd; /* for events; the inner transport closes it */
+    t->err = "no error";
+    t->inner = inner;
+    ws_decoder_init(&t->in, true, WS_MAX_MESSAGE_IN);
     return t;
 }
 
@@ -793,8 +855,12 @@ bool transport_pending_in(const struct transport *t)
 
 bool transport_pending_out(const struct transport *t)
 {
-    if (t->kind == TRANSPORT_WS && (t->out_left > 0 || t->hdr_sent < t->hdr_len))
-        return false; /* mid-frame: the caller holds the bytes that finish it */
+    if (t->kind == TRANSPORT_WS) {
+        if (t->inner != NULL && transport_pending_out(t->inner))
+            return true; /* TLS records the socket did not take */
+        if (t->out_left > 0 || t->hdr_sent < t->hdr_len)
+            return false; /* mid-frame: the caller holds the bytes that finish it */
+    }
     return byteq_size(&t->out) > 0;
 }
 
@@ -816,7 +882,7 @@ enum transport_kind transport_kind(const struct transport *t)
 const char *transport_name(const struct transport *t)
 {
     static const char *const names[] = { "tcp", "tls", "ws" };
-    return names[t->kind];
+    return t->inner != NULL ? "wss" : names[t->kind];
 }
 
 const char *transport_error(const struct transport *t)
@@ -837,7 +903,9 @@ void transport_free(struct transport *t)
     if (t->ssl != NULL)
         SSL_free(t->ssl); /* frees the BIO too */
     X509_NAME_free(t->expect_subject);
-    if (t->fd >= 0)
+    if (t->inner != NULL)
+        transport_free(t->inner); /* closes the socket */
+    else if (t->fd >= 0)
         close(t->fd);
     byteq_free(&t->out);
     free(t);
@@ -846,7 +914,8 @@ void transport_free(struct transport *t)
 int transport_export(const struct transport *t, struct transport_export *out)
 {
     memset(out, 0, sizeof(*out));
-    if (t->kind == TRANSPORT_TLS || byteq_size(&t->out) > 0 || t->hdr_sent < t->hdr_len)
+    if (t->kind == TRANSPORT_TLS || t->inner != NULL || byteq_size(&t->out) > 0 ||
+        t->hdr_sent < t->hdr_len)
         return -1;
     out->kind = t->kind;
     out->fd = t->fd;

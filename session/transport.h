@@ -1,5 +1,6 @@
 /* session/transport.h: the byte stream under one leg of a channel: plain TCP,
- * TLS (OpenSSL on the socket, either role) or WebSocket (server role). The
+ * TLS (OpenSSL on the socket, either role) or WebSocket (server role, on the
+ * socket or over a TLS transport). The
  * relay and the link code read and write through this interface and never
  * see which one it is, the way Redis's ConnectionType or OpenSMTPD's io
  * object hide theirs.
@@ -63,6 +64,12 @@ const char *transport_tls_describe(const struct transport *t, char *buf, size_t 
 /* WebSocket over fd (taken), server role, after the 101 went out: reads
  * masked frames and writes unmasked binary frames (RFC 6455). */
 struct transport *transport_ws_new(int fd);
+/* The same over another transport (taken; a TLS one after its handshake:
+ * wss://), whose read and writev carry the frames. transport_fd() is the
+ * inner one's; transport_export() refuses it (TLS inside); transport_free()
+ * frees both. Over a TCP transport it is transport_ws_new() on its socket
+ * (the fast path). NULL when out of memory (inner freed). */
+struct transport *transport_ws_new_over(struct transport *inner);
 
 /* Reads up to len bytes: >0 bytes, 0 at the end of the stream, -1 with
  * errno (EAGAIN: nothing now). */

@@ -8,7 +8,11 @@
 //        [--type STRING] [--press KEY,KEY,...] [--key-delay-ms 60] [--key-hold-ms 20]
 //        [--keys-after-ms 300] [--sample-ms 100] [--sample-rows 16]
 //        [--screenshot OUT.png] [--prompt-answer TEXT] [--chromium PATH]
-//        [--viewport 1024x768] [--max-frames-logged 0]
+//        [--viewport 1024x768] [--max-frames-logged 0] [--chromium-arg ARG]...
+//
+// --chromium-arg adds one Chromium switch (repeatable), e.g.
+// --ignore-certificate-errors-spki-list=BASE64 to trust a test certificate's
+// key for https:// and wss:// pages.
 //
 // Exit 0 whenever the JSON was produced (even if the page failed: the caller
 // judges); 2 = usage error; 3 = driver error (playwright-core missing, browser
@@ -89,7 +93,8 @@ function usage(msg) {
   process.stderr.write('usage: node html5_client.js URL [--seconds N] [--load-timeout S] ' +
     '[--canvas-timeout S] [--type STR] [--press K,K] [--key-delay-ms MS] [--key-hold-ms MS] ' +
     '[--keys-after-ms MS] [--sample-ms MS] [--sample-rows N] [--screenshot PNG] ' +
-    '[--prompt-answer TEXT] [--chromium PATH] [--viewport WxH] [--max-frames-logged N]\n');
+    '[--prompt-answer TEXT] [--chromium PATH] [--viewport WxH] [--max-frames-logged N] ' +
+    '[--chromium-arg ARG]...\n');
   process.exit(2);
 }
 
@@ -98,7 +103,7 @@ function parseArgs(argv) {
     press: null, keyDelayMs: 60, keyHoldMs: 20, keysAfterMs: 300, sampleMs: 100,
     sampleRows: 16, screenshot: null, promptAnswer: null,
     chromium: process.env.CHROMIUM || '/usr/lib/chromium/chromium',
-    viewport: { width: 1024, height: 768 }, maxFramesLogged: 0 };
+    viewport: { width: 1024, height: 768 }, maxFramesLogged: 0, chromiumArgs: [] };
   const num = (v, lo, hi, name) => {
     const n = Number(v);
     if (!Number.isFinite(n) || n < lo || n > hi) usage('bad ' + name + ' ' + v);
@@ -121,6 +126,7 @@ function parseArgs(argv) {
       case '--screenshot': o.screenshot = val(); break;
       case '--prompt-answer': o.promptAnswer = val(); break;
       case '--chromium': o.chromium = val(); break;
+      case '--chromium-arg': o.chromiumArgs.push(val()); break;
       case '--viewport': {
         const m = /^(\d+)x(\d+)$/.exec(val());
         if (!m) usage('bad --viewport');
@@ -418,7 +424,7 @@ async function main() {
     if (!fs.existsSync(opt.chromium)) throw new Error('chromium not found at ' + opt.chromium);
     const tl = Date.now();
     browser = await pw.chromium.launch({ executablePath: opt.chromium, headless: true,
-      args: CHROMIUM_ARGS, timeout: 30000, handleSIGINT: false, handleSIGTERM: false,
+      args: CHROMIUM_ARGS.concat(opt.chromiumArgs), timeout: 30000, handleSIGINT: false, handleSIGTERM: false,
       handleSIGHUP: false });
     pids = childPids();
     // for the caller's last-resort cleanup if this node is SIGKILLed

@@ -9,23 +9,28 @@ missing web root, an etcd store nobody answers, a listen port in use.
 And --nova-config: a nova.conf's [spice] html5proxy_host/html5proxy_port,
 [DEFAULT] web and [console] allowed_origins make the browser port (its
 page is served there, a listed origin may open a WebSocket, another gets
-403); ssl_only is refused (no wss:// yet). The files are read as
+403); [DEFAULT] ssl_only with cert and key puts the browser port on
+HTTPS only, [console] ssl_minimum_version (tlsv1_1 raised to 1.2 with a
+warning, an unknown value refused) and ssl_ciphers become the TLS policy
+(a suite outside ssl_ciphers is refused). The files are read as
 oslo.config reads them: a continued allowed_origins value, ':' as a
 separator, --nova-config-dir's *.conf files in sorted order winning over
 the file. Nova's Origin rule: host names compare without ports, the
 scheme must be html5proxy_base_url's (X-Forwarded-Proto stands for it).
 Broken nova.conf files (syntax, a missing file or directory, a port in
-allowed_origins, '$' substitution, a bad ssl_only) are refused with
-exit 2 and FILE:LINE.
+allowed_origins, '$' substitution, a bad ssl_only, ssl_only without a
+readable cert) are refused with exit 2 and FILE:LINE or the file's name.
 No QEMU needed.
 """
 import http.client
 import os
 import socket
+import ssl
 import subprocess
 import sys
 
 from harness import Broker, check, free_port, log, run
+from tlsutil import make_cert
 
 
 def test(env):
@@ -38,6 +43,7 @@ def test(env):
 
     rc, out = broker("--help")
     check(rc == 0 and "--listen" in out and "--tls-listen" in out and "--web-listen" in out
+          and "--web-tls-cert" in out and "--web-tls-key" in out and "SIGHUP" in out
           and "--session-history" in out, "--help: rc %d\n%s" % (rc, out[:400]))
     rc, out = broker("--version")
     check(rc == 0 and out.startswith("spice-broker "), "--version: rc %d %r" % (rc, out))
@@ -91,6 +97,15 @@ def test(env):
          "subst.conf:2: html5proxy_host: '$' substitution"),
         (["--nova-config", ini("sslbad.conf", "[DEFAULT]\nssl_only = maybe\n")],
          "sslbad.conf:2: ssl_only must be true or false"),
+        (["--nova-config", ini("sslnocert.conf", "[DEFAULT]\nssl_only = true\n")],
+         "web-tls-cert self.pem is not readable"),
+        (["--nova-config", ini("minver.conf", "[console]\nssl_minimum_version = sslv3\n")],
+         "minver.conf:2: ssl_minimum_version must be default, tlsv1_1, tlsv1_2 or tlsv1_3"),
+        (["--web-tls-cert", junk], "web-tls-cert needs web-listen"),
+        (["--web-listen", "127.0.0.1:%d" % p2, "--web-tls-key", junk], "web-tls-key needs "
+         "web-tls-cert"),
+        (["--web-listen", "127.0.0.1:%d" % p2, "--web-tls-cert", "/nonexistent"],
+         "web-tls-cert /nonexistent is not readable"),
         (["--nova-config", ini("badport.conf", "[spice]\nhtml5proxy_port = 70000\n")],
          "badport.conf:2: html5proxy_port must be 1..65535"),
         (["--nova-config", ini("enf.conf", "[consoleauth]\nenforce_session_timeout = sure\n")],
@@ -136,6 +151,8 @@ def test(env):
     startup = [
         (["--tls-listen", "127.0.0.1:%d" % free_port(), "--tls-cert", junk, "--tls-key", junk],
          "cannot load the TLS certificate"),
+        (["--web-listen", "127.0.0.1:%d" % free_port(), "--web-tls-cert", junk],
+         "cannot load the TLS certificate (PEM chain) %s" % junk),
         (["--store", "etcd:http://127.0.0.1:%d" % dead], "cannot open store"),
         (["--listen", "127.0.0.1:%d" % busy_port], "cannot listen on"),
     ]
@@ -211,11 +228,44 @@ def test(env):
             origin, extra.strip(), data[:200], want, why))
     log("nova.conf Origin rule: %d cases as Nova decides them" % len(origins))
     b.stop()
-    rc, out = broker(*(base + ["--nova-config", ini("ssl.conf", "[DEFAULT]\nssl_only = true\n"),
-                               "--check-config"]))
-    check(rc == 2 and "ssl_only" in out, "ssl_only: rc %d %r" % (rc, out))
     log("nova.conf: browser port on html5proxy_port %d (from nova.conf.d), allowed_origins "
-        "honoured, ssl_only refused" % nport)
+        "honoured" % nport)
+
+    # ssl_only with cert and key: HTTPS only; ssl_minimum_version tlsv1_1 raised to
+    # 1.2 with a warning; ssl_ciphers is the TLS 1.2 cipher list
+    pki = make_cert(os.path.join(d, "pki"))
+    sport = free_port()
+    sslconf = ini("ssl.conf", "[DEFAULT]\nssl_only = true\ncert = %s\nkey = %s\n"
+                              "[spice]\nhtml5proxy_host = 127.0.0.1\nhtml5proxy_port = %d\n"
+                              "[console]\nssl_minimum_version = tlsv1_1\n"
+                              "ssl_ciphers = ECDHE+AESGCM\n"
+                  % (pki["server_cert"], pki["server_key"], sport))
+    rc, out = broker(*(base + ["--nova-config", sslconf, "--check-config"]))
+    check(rc == 0 and "ssl.conf:9: ssl_minimum_version tlsv1_1 raised to tlsv1_2" in out,
+          "ssl_only with tlsv1_1: rc %d %r" % (rc, out))
+    b = Broker(env, name="nova-ssl", extra=["--nova-config", sslconf]).start()
+    ctx = ssl.create_default_context(cafile=pki["ca_cert"])
+    c = http.client.HTTPSConnection("127.0.0.1", sport, timeout=5, context=ctx)
+    c.request("GET", "/spice_auto.html")
+    st = c.getresponse().status
+    c.close()
+    check(st == 200, "spice_auto.html over HTTPS on nova.conf's port: %s" % st)
+
+    def suite_taken(cipher):
+        ctx = ssl.create_default_context(cafile=pki["ca_cert"])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        try:
+            with socket.create_connection(("127.0.0.1", sport), timeout=5) as s:
+                with ctx.wrap_socket(s, server_hostname="127.0.0.1"):
+                    return True
+        except (ssl.SSLError, ConnectionResetError):
+            return False
+    check(suite_taken("ECDHE-RSA-AES128-GCM-SHA256"), "an ssl_ciphers suite refused")
+    check(not suite_taken("ECDHE-RSA-CHACHA20-POLY1305"), "a suite outside ssl_ciphers taken")
+    b.stop()
+    log("nova.conf ssl_only: HTTPS on html5proxy_port %d, tlsv1_1 raised to 1.2 with a "
+        "warning, ssl_ciphers honoured" % sport)
 
 
 if __name__ == "__main__":

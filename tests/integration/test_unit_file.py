@@ -6,8 +6,9 @@ and verify fails on a missing ExecStart binary: the test checks a copy whose
 /usr/sbin/spice-broker is the built broker (nothing else changed). Any line
 verify prints about the unit (unknown keys, bad values) is a failure. The
 test also checks what the rest of the project relies on: Type=notify, a
-TimeoutStopSec= above the broker's stop bound, and no ExecReload= (SIGHUP
-reloads nothing). Skipped where systemd-analyze is not installed.
+TimeoutStopSec= above the broker's stop bound, and ExecReload= sending
+SIGHUP to the main process (the broker re-reads its TLS certificates on
+SIGHUP, tests/integration/test_web_tls.py). Skipped where systemd-analyze is not installed.
 """
 import os
 import re
@@ -54,7 +55,9 @@ def test(env):
     stop = kv.get("TimeoutStopSec", ["90"])[-1]
     check(stop.isdigit() and int(stop) > STOP_BOUND_S,
           "TimeoutStopSec=%s is not above the broker's %d s stop bound" % (stop, STOP_BOUND_S))
-    check("ExecReload" not in kv, "ExecReload= although SIGHUP reloads nothing")
+    check(kv.get("ExecReload") == ["/bin/kill -HUP $MAINPID"],
+          "ExecReload=%r, not /bin/kill -HUP $MAINPID (SIGHUP reloads the certificates)"
+          % kv.get("ExecReload"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 /* tests/unit/session/transport.c: cmocka tests for session/transport.c, each
  * transport over a socketpair: plain TCP; TLS with a server and a client
  * transport talking to each other (a throwaway certificate made here); the
- * WebSocket server role against frames this file builds by hand. Partial
+ * WebSocket server role against frames this file builds by hand, on the
+ * socket and over a TLS transport (wss://). Partial
  * writes come from a small SO_SNDBUF and from bytes re-offered in new shapes
  * (the relay splices an ACK in at a message boundary); WANT_READ during a
  * write from a client writing before its handshake is done. Single-threaded,
@@ -656,6 +657,284 @@ static void test_parse_subject(void **state)
     }
 }
 
+/* ------------------------------------------------------------------ WebSocket over TLS */
+
+/* The browser's side of wss://: a TLS client transport. Writes all of p
+ * through c while the broker's side w reads into out (at most cap), until w
+ * has read expect bytes (0: no waiting); returns the bytes w read. */
+static size_t browser_send(struct transport *c, const uint8_t *p, size_t n, struct transport *w,
+                           uint8_t *out, size_t cap, size_t expect)
+{
+    size_t sent = 0, got = 0;
+    for (int i = 0; i < 100000 && (sent < n || transport_pending_out(c)); i++) {
+        if (sent < n) {
+            ssize_t k = transport_write(c, p + sent, n - sent);
+            if (k > 0)
+                sent += (size_t)k;
+            else
+                assert_int_equal(errno, EAGAIN);
+        } else {
+            (void)transport_writev(c, NULL, 0);
+        }
+        got += drain(w, out + got, cap - got, NULL);
+        wait_fd(transport_fd(c), POLLOUT);
+    }
+    assert_int_equal(sent, n);
+    got += drain(w, out + got, cap - got, NULL);
+    for (int i = 0; i < 200 && got < expect; i++) {
+        if (!transport_pending_in(w))
+            wait_fd(transport_fd(w), POLLIN);
+        got += drain(w, out + got, cap - got, NULL);
+    }
+    return got;
+}
+
+/* Reads what the browser's side has now and decodes it as a browser does
+ * (unmasked frames): the payload goes to out + *got. */
+static void browser_recv(struct transport *c, struct ws_decoder *d, uint8_t *out, size_t cap,
+                         size_t *got)
+{
+    for (;;) {
+        ssize_t r = transport_read(c, out + *got, cap - *got);
+        if (r <= 0)
+            return;
+        size_t n = 0;
+        const char *err = NULL;
+        assert_int_equal(ws_decode(d, out + *got, (size_t)r, &n, &err), 0);
+        *got += n;
+    }
+}
+
+/* wss://: frames both ways over TLS over a socketpair with a small socket
+ * buffer. From the browser: fragments and a PING, a byte or a few at a
+ * time; toward it: 2 MiB in changing shapes, cut by the full socket; then
+ * the PONG, and the CLOSE answered. The TLS inside shows in the name, the
+ * descriptor is the TLS one's, and the state cannot be exported. */
+static void test_wss_frames_both_ways(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 4096);
+    handshake(s, c);
+    int fd = transport_fd(s);
+    struct transport *w = transport_ws_new_over(s);
+    assert_non_null(w);
+    assert_int_equal(transport_kind(w), TRANSPORT_WS);
+    assert_string_equal(transport_name(w), "wss");
+    assert_int_equal(transport_fd(w), fd);
+    char d[96];
+    assert_non_null(strstr(transport_tls_describe(w, d, sizeof(d)), "TLS"));
+    struct transport_export ex;
+    assert_int_equal(transport_export(w, &ex), -1);
+
+    /* browser -> broker */
+    uint8_t *p = pattern(70000, 7);
+    uint8_t *wire = malloc(80000);
+    size_t n = 0;
+    n += cframe(wire + n, WS_OP_BINARY, false, p, 10);
+    n += cframe(wire + n, WS_OP_PING, true, (const uint8_t *)"are you there", 13);
+    n += cframe(wire + n, WS_OP_CONTINUATION, false, p + 10, 300);
+    n += cframe(wire + n, WS_OP_CONTINUATION, true, p + 310, 69690);
+    uint8_t *in = malloc(70001);
+    size_t got = 0;
+    for (size_t i = 0; i < 40; i++) /* a record a byte */
+        got += browser_send(c, wire + i, 1, w, in + got, 70001 - got, 0);
+    got += browser_send(c, wire + 40, n - 40, w, in + got, 70001 - got, 70000 - got);
+    assert_int_equal(got, 70000);
+    assert_memory_equal(in, p, 70000);
+
+    /* the PONG waits in the WebSocket for a flush, then in TLS records */
+    assert_true(transport_pending_out(w));
+    assert_int_equal(transport_writev(w, NULL, 0), 0);
+    for (int i = 0; i < 100 && transport_pending_out(w); i++) {
+        wait_fd(fd, POLLOUT);
+        (void)transport_writev(w, NULL, 0);
+    }
+    assert_false(transport_pending_out(w));
+    uint8_t back[64];
+    size_t bl = 0;
+    for (int i = 0; i < 100 && bl < 15; i++) {
+        ssize_t r = transport_read(c, back + bl, sizeof(back) - bl);
+        if (r > 0)
+            bl += (size_t)r;
+        else
+            wait_fd(transport_fd(c), POLLIN);
+    }
+    assert_int_equal(bl, 15);
+    assert_int_equal(back[0], 0x80 | WS_OP_PONG);
+    assert_memory_equal(back + 2, "are you there", 13);
+
+    /* broker -> browser: 2 MiB, offered in changing shapes */
+    size_t big = 2 << 20;
+    uint8_t *q = pattern(big, 8), *out = malloc(big + 1);
+    struct ws_decoder dec;
+    ws_decoder_init(&dec, false, 0);
+    size_t sent = 0, rcvd = 0;
+    for (int round = 0; round < 200000 && (sent < big || rcvd < big); round++) {
+        if (sent < big) {
+            size_t left = big - sent, a = left / 3 + (size_t)(round % 5), b = left / 7 + 1;
+            struct iovec iov[3];
+            int k = 0;
+            if (round % 2 == 0 || left < 16) {
+                iov[k++] = (struct iovec){ q + sent, left };
+            } else {
+                if (a >= left)
+                    a = left - 1;
+                if (a + b >= left)
+                    b = left - a - 1;
+                iov[k++] = (struct iovec){ q + sent, a };
+                iov[k++] = (struct iovec){ q + sent + a, b };
+                iov[k++] = (struct iovec){ q + sent + a + b, left - a - b };
+            }
+            ssize_t wr = transport_writev(w, iov, k);
+            if (wr > 0)
+                sent += (size_t)wr;
+            else
+                assert_int_equal(errno, EAGAIN);
+        } else if (transport_pending_out(w)) {
+            (void)transport_writev(w, NULL, 0);
+        }
+        browser_recv(c, &dec, out, big + 1, &rcvd);
+        if (rcvd < big)
+            wait_fd(fd, POLLOUT); /* the browser read: room again */
+    }
+    assert_int_equal(sent, big);
+    assert_int_equal(rcvd, big);
+    assert_memory_equal(out, q, big);
+
+    /* the browser's CLOSE: the end, answered with a CLOSE */
+    n = cframe(wire, WS_OP_CLOSE, true, (const uint8_t *)"\x03\xe8", 2);
+    bool eof = false;
+    assert_int_equal(transport_write(c, wire, n), (ssize_t)n);
+    for (int i = 0; i < 200 && !eof; i++) {
+        (void)drain(w, in, 16, &eof);
+        if (!eof)
+            wait_fd(fd, POLLIN);
+    }
+    assert_true(eof);
+    for (int i = 0; i < 100 && transport_pending_out(w); i++)
+        (void)transport_writev(w, NULL, 0);
+    assert_int_equal(transport_write(w, "x", 1), -1);
+    assert_int_equal(errno, EPIPE);
+    bl = 0;
+    for (int i = 0; i < 100 && bl < 4; i++) {
+        ssize_t r = transport_read(c, back + bl, sizeof(back) - bl);
+        if (r > 0)
+            bl += (size_t)r;
+        else
+            wait_fd(transport_fd(c), POLLIN);
+    }
+    assert_int_equal(bl, 4);
+    assert_int_equal(back[0], 0x80 | WS_OP_CLOSE);
+    transport_free(w); /* the TLS transport and the socket with it */
+    transport_free(c);
+    /* over TCP: the plain WebSocket on the socket, exportable */
+    int sp[2];
+    pair(sp, 0);
+    w = transport_ws_new_over(transport_tcp_new(sp[0]));
+    assert_string_equal(transport_name(w), "ws");
+    assert_int_equal(transport_fd(w), sp[0]);
+    assert_int_equal(transport_export(w, &ex), 0);
+    transport_free(w);
+    close(sp[1]);
+    free(p);
+    free(q);
+    free(wire);
+    free(in);
+    free(out);
+}
+
+/* wss://: frames read ahead inside TLS announce themselves (pending_in) to
+ * no socket event; records the socket did not take are pending_out until a
+ * flush once the browser reads; a shutdown sends CLOSE, then close_notify. */
+static void test_wss_pending_in_out_shutdown(void **state)
+{
+    struct transport *s, *c;
+    tls_pair(&s, &c, 0);
+    handshake(s, c);
+    struct transport *w = transport_ws_new_over(s);
+    uint8_t *p = pattern(40000, 9);
+    uint8_t *wire = malloc(50000);
+    size_t n = 0;
+    for (int i = 0; i < 40; i++)
+        n += cframe(wire + n, WS_OP_BINARY, true, p + i * 1000, 1000);
+    size_t sent = 0;
+    while (sent < n) {
+        ssize_t k = transport_write(c, wire + sent, n - sent);
+        assert_true(k > 0);
+        sent += (size_t)k;
+    }
+    wait_fd(transport_fd(w), POLLIN);
+    uint8_t *in = malloc(40000);
+    size_t got = 0;
+    bool saw_pending = false;
+    for (int i = 0; i < 100000 && got < 40000; i++) {
+        ssize_t r = transport_read(w, in + got, 100); /* small reads: records stay behind */
+        if (r > 0)
+            got += (size_t)r;
+        else if (!transport_pending_in(w))
+            wait_fd(transport_fd(w), POLLIN);
+        if (got < 40000 && transport_pending_in(w))
+            saw_pending = true;
+    }
+    assert_true(saw_pending);
+    assert_int_equal(got, 40000);
+    assert_memory_equal(in, p, 40000);
+    transport_free(w);
+    transport_free(c);
+
+    /* a small socket buffer: records wait inside TLS */
+    tls_pair(&s, &c, 4096);
+    handshake(s, c);
+    w = transport_ws_new_over(s);
+    uint8_t *q = pattern(1 << 20, 10), *out = malloc((1 << 20) + 64);
+    size_t put = 0;
+    for (int i = 0; i < 1000; i++) {
+        ssize_t k = transport_write(w, q + put, 16384);
+        if (k < 0) {
+            assert_int_equal(errno, EAGAIN);
+            break;
+        }
+        put += (size_t)k;
+    }
+    assert_true(transport_pending_out(w));
+    assert_int_equal(transport_wants(w), TRANSPORT_WANT_WRITE);
+    struct ws_decoder dec;
+    ws_decoder_init(&dec, false, 0);
+    size_t rcvd = 0;
+    for (int i = 0; i < 10000 && rcvd < put; i++) {
+        browser_recv(c, &dec, out, (1 << 20) + 64, &rcvd);
+        (void)transport_writev(w, NULL, 0);
+        if (rcvd < put)
+            wait_fd(transport_fd(c), POLLIN);
+    }
+    assert_int_equal(rcvd, put);
+    assert_false(transport_pending_out(w));
+    assert_memory_equal(out, q, put);
+    /* shutdown: a CLOSE with the code, then the TLS end */
+    transport_shutdown(w, WS_CLOSE_NORMAL);
+    uint8_t back[16];
+    size_t bl = 0;
+    ssize_t r = -1;
+    for (int i = 0; i < 200 && r != 0; i++) {
+        r = transport_read(c, back + bl, sizeof(back) - bl);
+        if (r > 0)
+            bl += (size_t)r;
+        else if (r < 0)
+            wait_fd(transport_fd(c), POLLIN);
+    }
+    assert_int_equal(r, 0);
+    assert_int_equal(bl, 4);
+    assert_int_equal(back[0], 0x80 | WS_OP_CLOSE);
+    assert_int_equal(back[2] << 8 | back[3], WS_CLOSE_NORMAL);
+    transport_free(w);
+    transport_free(c);
+    free(p);
+    free(q);
+    free(wire);
+    free(in);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -672,6 +951,8 @@ int main(void)
         cmocka_unit_test(test_ws_empty_frames_bounded),
         cmocka_unit_test(test_ws_write_after_close),
         cmocka_unit_test(test_parse_subject),
+        cmocka_unit_test(test_wss_frames_both_ways),
+        cmocka_unit_test(test_wss_pending_in_out_shutdown),
     };
     return cmocka_run_group_tests(tests, tls_setup, tls_teardown);
 }
