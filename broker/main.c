@@ -56,12 +56,17 @@ struct resolved_job {
     char why[96];
 };
 
+static void resolved_job_free(void *arg)
+{
+    OPENSSL_cleanse(arg, sizeof(struct resolved_job));
+    free(arg);
+}
+
 static void job_resolved(struct session_worker *sw, void *arg)
 {
     struct resolved_job *j = arg;
     session_resolved(sw, j->ask, j->rc, &j->rec, j->why);
-    OPENSSL_cleanse(j, sizeof(*j));
-    free(j);
+    resolved_job_free(j);
 }
 
 static void on_nova_token_written(struct broker *b, int result, void *arg)
@@ -80,10 +85,9 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
         j->rc = rc;
         j->rec = *rec;
         snprintf(j->why, sizeof(j->why), "%s", why ? why : "");
-        if (worker < 0 || worker >= b->n_workers || worker_post(b->workers[worker], job_resolved, j) < 0) {
-            OPENSSL_cleanse(j, sizeof(*j));
-            free(j);
-        }
+        if (worker < 0 || worker >= b->n_workers ||
+            worker_post_droppable(b->workers[worker], job_resolved, j, resolved_job_free) < 0)
+            resolved_job_free(j);
     }
     if (rc != 0)
         return;

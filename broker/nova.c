@@ -71,9 +71,12 @@ struct nova {
     struct event *wake;
 
     struct question_list waiting; /* for the standing below */
+    struct question_list asked;  /* their GET under way */
+    struct event *tick;          /* while questions wait: their deadlines checked */
     enum nova_state state;
     char ks_token[4096];         /* X-Subject-Token */
     int64_t ks_expires;          /* unix seconds */
+    int64_t ks_renew_at;         /* unix seconds: authenticate again from then on */
     char endpoint[512];          /* the compute API, no trailing '/' */
     os_microversion mv;          /* 0: not known yet */
     struct body setup_body;      /* the Keystone or version request's reply */
@@ -315,6 +318,11 @@ static void on_auth(CURL *e, int result, void *arg)
         return;
     }
     n->ks_expires = kt.expires;
+    /* Renewed a minute before it expires, or halfway through a short life;
+     * never at once (a skewed clock must not make a renewal loop). */
+    int64_t now = (int64_t)time(NULL), life = kt.expires - now;
+    int64_t ahead = life / 2 < RENEW_BEFORE_S ? life / 2 : RENEW_BEFORE_S;
+    n->ks_renew_at = now + (life - ahead > 1 ? life - ahead : 1);
     char ep[sizeof(n->endpoint)];
     snprintf(ep, sizeof(ep), "%s", need_catalog ? kt.endpoint : n->cfg.endpoint_override);
     size_t l = strlen(ep);
@@ -420,6 +428,7 @@ static void on_get(CURL *e, int result, void *arg)
 {
     struct question *q = arg;
     struct nova *n = q->n;
+    TAILQ_REMOVE(&n->asked, q, link);
     long st = status_of(e);
     curl_easy_cleanup(e);
     if (result != CURLE_OK) {
@@ -524,26 +533,59 @@ static void start_get(struct question *q)
     if (curlev_add(n->ce, e, on_get, q) < 0) {
         curl_easy_cleanup(e);
         answer(q, -1, NULL, "out of memory");
+        return;
+    }
+    TAILQ_INSERT_TAIL(&n->asked, q, link);
+}
+
+/* Questions whose time is up while they waited for Keystone or the
+ * versions: refused now, so their clients hear it before their link times out. */
+static void expire_waiting(struct nova *n)
+{
+    int64_t now = now_ms();
+    struct question *q, *next;
+    for (q = TAILQ_FIRST(&n->waiting); q != NULL; q = next) {
+        next = TAILQ_NEXT(q, link);
+        if (q->deadline_ms <= now) {
+            TAILQ_REMOVE(&n->waiting, q, link);
+            answer(q, -1, NULL, "no answer from Nova in time");
+        }
     }
 }
 
 /* Moves the waiting questions on as far as the standing allows. */
 static void pump(struct nova *n)
 {
+    expire_waiting(n);
     if (TAILQ_EMPTY(&n->waiting))
         return;
-    if (n->state == NV_READY && n->ks_expires - RENEW_BEFORE_S <= (int64_t)time(NULL))
+    if (n->state == NV_READY && n->ks_renew_at <= (int64_t)time(NULL))
         n->state = NV_NONE; /* renewed before it expires */
     if (n->state == NV_NONE) {
         start_auth(n);
         return;
     }
-    if (n->state != NV_READY)
-        return; /* on_auth / on_version call again */
+    if (n->state != NV_READY) {
+        /* on_auth / on_version call again; meanwhile deadlines pass */
+        struct timeval tv = { 0, 250 * 1000 };
+        if (!evtimer_pending(n->tick, NULL))
+            evtimer_add(n->tick, &tv);
+        return;
+    }
     struct question *q;
     while ((q = TAILQ_FIRST(&n->waiting)) != NULL) {
         TAILQ_REMOVE(&n->waiting, q, link);
         start_get(q);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct nova *n = arg;
+    expire_waiting(n);
+    if (!TAILQ_EMPTY(&n->waiting) && n->state != NV_READY) {
+        struct timeval tv = { 0, 250 * 1000 };
+        evtimer_add(n->tick, &tv);
     }
 }
 
@@ -612,9 +654,11 @@ struct nova *nova_new(struct event_base *base, const struct config_nova *cfg, in
     pthread_mutex_init(&n->mu, NULL);
     TAILQ_INIT(&n->inbox);
     TAILQ_INIT(&n->waiting);
+    TAILQ_INIT(&n->asked);
     n->ce = curlev_new(base);
     n->wake = event_new(base, -1, 0, on_wake, n);
-    if (n->ce == NULL || n->wake == NULL) {
+    n->tick = evtimer_new(base, on_tick, n);
+    if (n->ce == NULL || n->wake == NULL || n->tick == NULL) {
         *err = "out of memory";
         nova_free(n);
         return NULL;
@@ -638,16 +682,16 @@ void nova_free(struct nova *n)
 {
     if (n == NULL)
         return;
-    /* Questions in flight are inside curlev's requests: their memory goes
-     * with their arg only if we track them; they are few at exit, and the
-     * process is ending. */
-    curlev_free(n->ce);
+    curlev_free(n->ce); /* the transfers under way, without callbacks */
     drop_list(&n->inbox);
     drop_list(&n->waiting);
+    drop_list(&n->asked);
     curl_slist_free_all(n->setup_headers);
     body_reset(&n->setup_body);
     if (n->wake != NULL)
         event_free(n->wake);
+    if (n->tick != NULL)
+        event_free(n->tick);
     pthread_mutex_destroy(&n->mu);
     OPENSSL_cleanse(n, sizeof(*n));
     free(n);

@@ -25,6 +25,7 @@ struct job {
     STAILQ_ENTRY(job) next;
     worker_job_fn fn;
     void *arg;
+    void (*drop)(void *arg); /* a job that never runs gives its arg back here */
 };
 
 struct worker {
@@ -264,11 +265,17 @@ static void job_exit(struct session_worker *sw, void *arg)
 
 int worker_post(struct worker *w, worker_job_fn fn, void *arg)
 {
+    return worker_post_droppable(w, fn, arg, NULL);
+}
+
+int worker_post_droppable(struct worker *w, worker_job_fn fn, void *arg, void (*drop)(void *arg))
+{
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
         return -1;
     j->fn = fn;
     j->arg = arg;
+    j->drop = drop;
     pthread_mutex_lock(&w->mu);
     STAILQ_INSERT_TAIL(&w->jobs, j, next);
     pthread_mutex_unlock(&w->mu);
@@ -344,6 +351,8 @@ void worker_stop_and_free(struct worker *w)
             struct handoff *h = j->arg;
             transport_free(h->t);
             handoff_free(h);
+        } else if (j->drop != NULL) {
+            j->drop(j->arg);
         }
         free(j);
     }

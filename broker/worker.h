@@ -48,6 +48,8 @@ void worker_stop_and_free(struct worker *w);
 /* Runs fn(sw, arg) on the worker's loop, from any thread. fn owns arg. */
 typedef void (*worker_job_fn)(struct session_worker *sw, void *arg);
 int worker_post(struct worker *w, worker_job_fn fn, void *arg);
+/* The same, and if the worker stops before running it, drop(arg). */
+int worker_post_droppable(struct worker *w, worker_job_fn fn, void *arg, void (*drop)(void *arg));
 
 /* Hands a half-linked client connection to worker w (takes the transport;
  * copies pre and web_token). */

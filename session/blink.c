@@ -131,13 +131,17 @@ static void handshake(struct blink *bl)
         return;
     }
     if (rc == 0) {
-        if (transport_wants(bl->t) & TRANSPORT_WANT_WRITE) {
-            event_del(bl->rd);
+        /* Our flight may still sit in the transport (the socket was full):
+         * the server answers nothing before it has it. */
+        unsigned want = transport_wants(bl->t);
+        if ((want & TRANSPORT_WANT_WRITE) || transport_pending_out(bl->t))
             event_add(bl->wr, NULL);
-        } else {
+        else
             event_del(bl->wr);
+        if (want & TRANSPORT_WANT_READ)
             event_add(bl->rd, NULL);
-        }
+        else
+            event_del(bl->rd);
         return;
     }
     event_del(bl->wr);
@@ -273,8 +277,11 @@ static void readable(struct blink *bl)
             if (r < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                     return;
-                finish(bl, errno == EPROTO ? transport_error(bl->t)
-                                           : "connection reset during link");
+                static _Thread_local char why[160];
+                /* (the transport's text goes with it in finish: a copy) */
+                snprintf(why, sizeof(why), "%s",
+                         errno == EPROTO ? transport_error(bl->t) : "connection reset during link");
+                finish(bl, why);
                 return;
             }
             if (r == 0) {
