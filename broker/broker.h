@@ -42,7 +42,7 @@ struct broker {
     struct web_site *site;       /* the browser port's files, NULL when it is off */
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */
-    SSL_CTX *backend_tls;        /* the client role toward secure QEMU ports, NULL: never */
+    struct tls_ctx *backend_tls; /* the client role toward secure QEMU ports, NULL: never */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct event *token_file_check; /* re-reads the token file when it changes */

@@ -102,6 +102,11 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     free(val);
 }
 
+static SSL_CTX *env_backend_tls(void *backend_tls)
+{
+    return tls_ctx_acquire(backend_tls);
+}
+
 static int env_claim(void *arg, uint32_t id, int worker_index)
 {
     struct broker *b = arg;
@@ -597,7 +602,8 @@ static void reload_certificates(struct broker *b)
     struct {
         struct tls_ctx *ctx;
         const char *port;
-    } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" } };
+    } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" },
+                  { b->backend_tls, "backend links (CA, client certificate)" } };
     int n = 0;
     for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
         if (certs[i].ctx == NULL)
@@ -741,6 +747,7 @@ int main(int argc, char **argv)
             goto out;
         }
         env.backend_tls = b.backend_tls;
+        env.backend_tls_acquire = env_backend_tls;
     }
     char web_host[128];
     struct worker_web web = { .host = web_host };
@@ -866,7 +873,7 @@ out:
     web_site_free(b.site);
     tls_ctx_free(b.tls);
     tls_ctx_free(b.web_tls);
-    SSL_CTX_free(b.backend_tls);
+    tls_ctx_free(b.backend_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);
     b.token_file_check = NULL;

@@ -30,6 +30,8 @@
 struct tls_ctx {
     pthread_mutex_t mu;
     SSL_CTX *ssl;                /* the current one, under mu */
+    bool client;                 /* the client role toward QEMU (ca, cert, key optional) */
+    char ca[512];
     char cert[512], key[512];
     char min_version[16], ciphers[512];
     struct tls_policy policy;    /* points into the above */
@@ -157,9 +159,22 @@ SSL_CTX *tls_ctx_acquire(struct tls_ctx *ctx)
     return ssl;
 }
 
+static SSL_CTX *backend_ctx_build(const char *ca_file, const char *cert_file,
+                                  const char *key_file, const struct tls_policy *policy,
+                                  const char **err);
+
 int tls_ctx_reload(struct tls_ctx *ctx, char *why, size_t cap)
 {
-    SSL_CTX *fresh = server_ctx_build(ctx->cert, ctx->key, &ctx->policy, why, cap);
+    SSL_CTX *fresh;
+    if (ctx->client) {
+        const char *err = NULL;
+        fresh = backend_ctx_build(ctx->ca, ctx->cert, ctx->key, &ctx->policy, &err);
+        if (fresh == NULL)
+            snprintf(why, cap, "%s (backend-ca %s, backend-cert %s)", err ? err : "?",
+                     ctx->ca[0] ? ctx->ca : "the system's", ctx->cert[0] ? ctx->cert : "none");
+    } else {
+        fresh = server_ctx_build(ctx->cert, ctx->key, &ctx->policy, why, cap);
+    }
     if (fresh == NULL)
         return -1;
     pthread_mutex_lock(&ctx->mu);
@@ -185,8 +200,35 @@ const char *tls_ctx_fingerprint(struct tls_ctx *ctx, char *buf, size_t cap)
     return buf;
 }
 
-SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
-                             const struct tls_policy *policy, const char **err)
+struct tls_ctx *tls_backend_ctx_new(const char *ca_file, const char *cert_file,
+                                    const char *key_file, const struct tls_policy *policy,
+                                    const char **err)
+{
+    struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    pthread_mutex_init(&ctx->mu, NULL);
+    ctx->client = true;
+    snprintf(ctx->ca, sizeof(ctx->ca), "%s", ca_file ? ca_file : "");
+    snprintf(ctx->cert, sizeof(ctx->cert), "%s", cert_file ? cert_file : "");
+    snprintf(ctx->key, sizeof(ctx->key), "%s", key_file ? key_file : "");
+    snprintf(ctx->min_version, sizeof(ctx->min_version), "%s",
+             policy->min_version ? policy->min_version : "");
+    snprintf(ctx->ciphers, sizeof(ctx->ciphers), "%s", policy->ciphers ? policy->ciphers : "");
+    ctx->policy = (struct tls_policy){ ctx->min_version, ctx->ciphers };
+    ctx->ssl = backend_ctx_build(ctx->ca, ctx->cert, ctx->key, &ctx->policy, err);
+    if (ctx->ssl == NULL) {
+        tls_ctx_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static SSL_CTX *backend_ctx_build(const char *ca_file, const char *cert_file,
+                                  const char *key_file, const struct tls_policy *policy,
+                                  const char **err)
 {
     SSL_CTX *ssl = SSL_CTX_new(TLS_client_method());
     if (ssl == NULL) {

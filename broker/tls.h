@@ -44,9 +44,12 @@ const char *tls_ctx_fingerprint(struct tls_ctx *ctx, char *buf, size_t cap);
 
 /* The client role toward secure QEMU ports (--backend-ca, --backend-cert,
  * --backend-key): peers always verified, against ca_file or else the
- * system's CAs; a client certificate when cert_file is given. */
-SSL_CTX *tls_backend_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
-                             const struct tls_policy *policy, const char **err);
+ * system's CAs; a client certificate when cert_file is given. Reloadable
+ * like the server contexts (SIGHUP: the CA and the client certificate read
+ * again; new backend links use the new ones). */
+struct tls_ctx *tls_backend_ctx_new(const char *ca_file, const char *cert_file,
+                                    const char *key_file, const struct tls_policy *policy,
+                                    const char **err);
 
 /* A worker's TLS connections. */
 struct tls_worker;

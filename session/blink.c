@@ -22,6 +22,7 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "common/log.h"
 #include "proto/ticket.h"
@@ -41,7 +42,7 @@ struct blink {
     enum blink_state state;
     int fd;                   /* while connecting; then the transport's */
     struct transport *t;      /* once connected */
-    SSL_CTX *tls;             /* a secure port: TLS with this context */
+    SSL_CTX *tls;             /* a secure port: TLS with this context (our reference) */
     char host[SNAP_MAX_HOST]; /* whom the certificate must name (TLS) */
     char subject[WIRE_MAX_HOST];
     struct sockaddr_storage addrs[BLINK_MAX_ADDRS];
@@ -490,7 +491,13 @@ struct blink *blink_start(struct session_worker *w, const char *host, uint16_t p
     bl->base = w->env.base;
     bl->fd = -1;
     bl->mess = *mess;
-    bl->tls = tls;
+    if (tls != NULL && SSL_CTX_up_ref(tls) == 1)
+        bl->tls = tls;
+    else if (tls != NULL) {
+        *why = "cannot take the TLS context";
+        free(bl);
+        return NULL;
+    }
     snprintf(bl->host, sizeof(bl->host), "%s", host);
     snprintf(bl->subject, sizeof(bl->subject), "%s", subject ? subject : "");
     bl->done = done;
@@ -534,6 +541,7 @@ void blink_free(struct blink *bl)
     if (bl->fd >= 0)
         close(bl->fd);
     transport_free(bl->t);
+    SSL_CTX_free(bl->tls);
     OPENSSL_cleanse(bl, sizeof(*bl));
     free(bl);
 }

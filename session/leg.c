@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/ssl.h>
+
 #include "common/log.h"
 #include "session/internal.h"
 
@@ -141,8 +143,10 @@ struct leg *leg_link(struct chan *c, const struct leg_dest *d, uint32_t connecti
     snprintf(l->where, sizeof(l->where), "%s:%u%s", d->host, port, tls ? " TLS" : "");
     struct wire_link_mess m;
     link_backend_mess(c, connection_id, &m);
-    l->bl = blink_start(c->w, d->host, port, tls ? env->backend_tls : NULL, subject, &m,
-                        d->password, timeout_ms, on_linked, l, why);
+    SSL_CTX *ctx = tls ? env->backend_tls_acquire(env->backend_tls) : NULL;
+    l->bl = blink_start(c->w, d->host, port, ctx, subject, &m, d->password, timeout_ms, on_linked,
+                        l, why);
+    SSL_CTX_free(ctx); /* the blink holds its own reference */
     if (l->bl == NULL) {
         free(l);
         return NULL;

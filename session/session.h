@@ -69,10 +69,13 @@ struct session_env {
     void *arg;
 
     /* The client-role TLS context toward secure QEMU ports (CA, optional
-     * client certificate; NULL: none, so no secure port is used), the mode,
-     * and the certificate subject every backend must show ("" or NULL: the
-     * backend's host name or address is checked instead). */
-    SSL_CTX *backend_tls;
+     * client certificate; NULL: none, so no secure port is used), opaque
+     * here: backend_tls_acquire(backend_tls) gives its current SSL_CTX with a
+     * reference the caller drops (it may change: SIGHUP); the mode, and the
+     * certificate subject every backend must show ("" or NULL: the backend's
+     * host name or address is checked instead). */
+    void *backend_tls;
+    SSL_CTX *(*backend_tls_acquire)(void *backend_tls);
     enum session_backend_tls backend_tls_mode;
     const char *backend_tls_subject;
 

@@ -10,6 +10,8 @@ QEMU, verifying QEMU's certificate against --backend-ca.
  2. A broker whose --backend-ca is another CA: the client gets a link error
     within the backend timeout, the broker logs "certificate verify failed"
     for that backend, stays up, and serves a plain QEMU meanwhile.
+ 2b. SIGHUP reads --backend-ca again: the right CA put in its place, the same
+    token links; a broken file then keeps the CA in use (a log line says so).
  3. --backend-tls never and that token: refused with a clear line too.
  4. A seamless migration between two TLS-only QEMUs, unprepared: the
     source's client_migrate_info names the destination's tls-port and
@@ -19,6 +21,8 @@ QEMU, verifying QEMU's certificate against --backend-ca.
  5. The next one, prepared by deploy/libvirt-qemu-hook from a domain XML whose
     SPICE graphics has only a tlsPort: prepared over TLS, seamless.
 """
+import shutil
+import signal
 import sys
 
 from harness import (ALL_CHANNELS, Broker, MigSession, Qemu, SpiceClient, check, good_session,
@@ -75,6 +79,20 @@ def test(env):
     bad.token_add(tok3, "127.0.0.1", plain.spice_port)
     good_session(env, "127.0.0.1", bad.port, tok3, what="a plain QEMU on the same broker")
     check(tok2 not in bad.log_text() and tok not in b.log_text(), "a token in a broker log")
+    # SIGHUP reads --backend-ca again: the right CA in its place, and the
+    # same token links; then a broken file keeps the CA in use.
+    shutil.copyfile(src_tls["ca_cert"], other["ca_cert"])
+    bad.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: backend links (CA, client certificate): certificate reloaded"
+               in bad.log_text(), 5, what="the backend CA reloaded")
+    good_session(env, "127.0.0.1", bad.port, tok2, what="after SIGHUP with the right CA")
+    with open(other["ca_cert"], "w") as f:
+        f.write("not a certificate\n")
+    bad.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: backend links (CA, client certificate): keeping the old"
+               in bad.log_text(), 5, what="a broken CA file refused on SIGHUP")
+    good_session(env, "127.0.0.1", bad.port, tok2, what="after SIGHUP with a broken CA file")
+    log("SIGHUP: the backend CA reloaded; a broken file kept the one in use")
 
     # 3. --backend-tls never: a token with only a secure port cannot be served
     never = Broker(env, name="broker-never", extra=["--backend-tls", "never"]).start()
