@@ -35,14 +35,14 @@ from nova_standin import StandIn
 LINK_TIMEOUT = 4
 
 
-def nova_conf(env, name, auth_url, user, password, interfaces="internal,public"):
+def nova_conf(env, name, auth_url, user, password, interfaces="internal,public", timeout=3):
     path = env.path(name + ".conf")
     with open(path, "w") as f:
         f.write("[broker]\ntoken-sources = store,file,nova\n\n"
                 "[nova]\nauth_url = %s\nauth_type = password\nusername = %s\n"
                 "password = %s\nuser_domain_name = Default\nproject_name = service\n"
-                "project_domain_name = Default\nvalid_interfaces = %s\ntimeout = 3\n"
-                % (auth_url, user, password, interfaces))
+                "project_domain_name = Default\nvalid_interfaces = %s\ntimeout = %d\n"
+                % (auth_url, user, password, interfaces, timeout))
     return path
 
 
@@ -144,10 +144,12 @@ def real_part(env, q):
     nova.start()
     log("real keystone + nova-api ready in %.1f s" % (time.monotonic() - t0))
     tok, iu = nova.create_console_token("127.0.0.1", q.spice_port)
-    b = Broker(env, name="broker-real", link_timeout=10,
+    # (nova-api's first answer validates the broker's Keystone token with
+    # Keystone, on SQLite, on a loaded 2-core VM: seconds; give it time)
+    b = Broker(env, name="broker-real", link_timeout=25,
                extra=["--config", nova_conf(env, "real", ks.url, nova.service_user,
-                                            nova.service_password)]).start()
-    r = good_session(env, "127.0.0.1", b.port, tok, expect=ALL_CHANNELS,
+                                            nova.service_password, timeout=12)]).start()
+    r = good_session(env, "127.0.0.1", b.port, tok, expect=ALL_CHANNELS, timeout=30,
                      what="a token the real Nova issued")
     log("real Nova's token through the broker: %s" % ", ".join(sorted(r["opened"])))
     text = b.log_text()
