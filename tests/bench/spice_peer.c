@@ -11,6 +11,9 @@
  *       linkrate   --seconds S [--parallel P]
  *       linktime   --tokens FILE   (one main link per line's token, one at a
  *                                   time: each link's time, connect to OK)
+ *       wrongrate  --seconds S [--parallel P]   (links whose ticket must be
+ *                                   refused: refusals per second)
+ *   client options also: --bind ADDR (the source address, e.g. 127.0.0.2)
  *
  * The server links like spice-server (one RSA-1024 key made at start and reused
  * for every link, any ticket accepted, mini headers). Main: MAIN_INIT with a
@@ -700,6 +703,9 @@ struct copts {
     const char *password;
     SSL_CTX *tls;          /* --tls: every connection is TLS (NULL: plain TCP) */
     const char *ws_path;   /* --ws PATH: every connection is a WebSocket (GET PATH) */
+    struct sockaddr_in bind_addr; /* --bind: the source address (port 0) */
+    bool bind;
+    bool want_refusal;     /* wrongrate: a PERMISSION_DENIED is the expected end */
 };
 
 /* A linked client channel: its socket, reader and ACK state (spice-gtk's
@@ -1197,6 +1203,10 @@ static int tcp_connect(const struct copts *o, uint64_t deadline)
 
     if (fd < 0)
         return -1;
+    if (o->bind && bind(fd, (const struct sockaddr *)&o->bind_addr, sizeof o->bind_addr) < 0) {
+        close(fd);
+        return -1;
+    }
     if (connect(fd, (const struct sockaddr *)&o->addr, sizeof o->addr) < 0) {
         if (errno != EINPROGRESS || wait_fd(fd, POLLOUT, deadline) < 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
@@ -1619,6 +1629,16 @@ static void linkrate_child(const struct copts *o, double seconds, int wfd)
         uint32_t sid;
         int fd = link_main(o, &sid, now_ns() + LINK_TIMEOUT_NS, &why);
 
+        if (o->want_refusal) {
+            if (fd < 0 && why && strcmp(why, "link result PERMISSION_DENIED") == 0) {
+                ok++;
+            } else {
+                failed++;
+                last = fd >= 0 ? "a wrong ticket was accepted" : (why ? why : "?");
+                xclose(fd);
+            }
+            continue;
+        }
         if (fd < 0) {
             failed++;
             last = why ? why : "?";
@@ -1685,8 +1705,8 @@ static int run_linkrate(const struct copts *o, double seconds, long parallel)
         kill(pids[i], SIGTERM);
         (void)waitpid(pids[i], NULL, 0);
     }
-    printf("{\"mode\":\"linkrate\",\"parallel\":%ld,\"sessions\":%lu,\"failed\":%lu,"
-           "\"sessions_per_second\":%.1f%s%s%s}\n",
+    printf("{\"mode\":\"%s\",\"parallel\":%ld,\"sessions\":%lu,\"failed\":%lu,"
+           "\"sessions_per_second\":%.1f%s%s%s}\n", o->want_refusal ? "wrongrate" : "linkrate",
            parallel, ok, failed, rate, last[0] ? ",\"error\":\"" : "", last,
            last[0] ? "\"" : "");
     return ok > 0 ? 0 : 1;
@@ -1757,7 +1777,9 @@ static void usage(void)
             "         latency --count N [--size 64]\n"
             "         idle --sessions N [--hold S]\n"
             "         linkrate --seconds S [--parallel P]\n"
-            "         linktime --tokens FILE\n");
+            "         linktime --tokens FILE\n"
+            "         wrongrate --seconds S [--parallel P]\n"
+            "       client options: [--bind ADDR]\n");
     exit(2);
 }
 
@@ -1808,6 +1830,13 @@ int main(int argc, char **argv)
         usage();
     o.password = opt(argc, argv, "--password", "");
     o.ws_path = opt(argc, argv, "--ws", NULL);
+    if (opt(argc, argv, "--bind", NULL) != NULL) {
+        char spec[64];
+        snprintf(spec, sizeof spec, "%s:0", opt(argc, argv, "--bind", NULL));
+        if (parse_addr(spec, &o.bind_addr) < 0)
+            usage();
+        o.bind = true;
+    }
     o.tls = opt(argc, argv, "--tls", NULL) ? tls_client_ctx(opt(argc, argv, "--tls", NULL)) : NULL;
     for (int i = 2; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) == 0) {
@@ -1827,7 +1856,11 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "idle") == 0)
         rc = run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
                       opt_num(argc, argv, "--hold", 5));
-    else if (strcmp(mode, "linktime") == 0)
+    else if (strcmp(mode, "wrongrate") == 0) {
+        o.want_refusal = true;
+        rc = run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
+                          (long)opt_num(argc, argv, "--parallel", 4));
+    } else if (strcmp(mode, "linktime") == 0)
         rc = run_linktime(&o, opt(argc, argv, "--tokens", ""));
     else if (strcmp(mode, "linkrate") == 0)
         rc = run_linkrate(&o, opt_num(argc, argv, "--seconds", 3),
