@@ -598,11 +598,11 @@ static bool h_token_add(struct admin *a, const struct request *q, struct respons
     t.created = (int64_t)time(NULL);
     t.expires = ttl > 0 ? t.created + ttl : 0;
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token);
     json_decref(j);
     uint8_t *val = NULL;
     size_t len = 0;
-    int rc = snap_token_encode(&t, &val, &len);
+    int rc = snap_token_encode(&t, b->keys, key, &val, &len);
     char where[300];
     snprintf(where, sizeof(where), "%s:%u", t.host, t.port);
     OPENSSL_cleanse(&t, sizeof(t));
@@ -638,9 +638,14 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
         reply_error(r, 400, "token is required");
         return false;
     }
-    char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), a->b->cfg.zone, token);
+    char key[SNAP_KEY_MAX], bare[SNAP_KEY_MAX];
+    snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token);
+    /* token-key-compat: the token's record may still be under its bare name */
+    bool compat = a->b->cfg.token_key_compat &&
+                  snap_token_key(bare, sizeof(bare), NULL, a->b->cfg.zone, token) > 0;
     json_decref(j);
+    if (compat)
+        (void)broker_store_delete(a->b, bare, NULL, NULL);
     struct token_write *tw = token_write_new(a, bev, true);
     if (tw == NULL || broker_store_delete(a->b, key, on_token_written, tw) < 0) {
         token_write_free(tw);

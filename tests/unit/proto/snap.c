@@ -98,11 +98,11 @@ static void test_token_round_trip(void **state)
 
     (void)state;
     make_token(&t);
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
     assert_true(len > 1);
     assert_int_equal(buf[0], 0);        /* small: raw */
     memset(&u, 0x5a, sizeof(u));
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, t.host);
     assert_int_equal(u.port, t.port);
     assert_int_equal(u.tls_port, t.tls_port);
@@ -116,16 +116,16 @@ static void test_token_round_trip(void **state)
     fill(t.host, SNAP_MAX_HOST - 1, 'h');
     fill(t.password, SNAP_MAX_PASSWORD - 1, 'p');
     fill(t.instance, SNAP_MAX_INSTANCE - 1, 'i');
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, t.host);
     assert_string_equal(u.password, t.password);
     assert_string_equal(u.instance, t.instance);
     free(buf);
 
     memset(&t, 0, sizeof(t));
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, "");
     assert_int_equal(u.expires, 0);
     free(buf);
@@ -186,26 +186,26 @@ static void test_truncated_and_garbage(void **state)
     uint32_t x = 2463534242u;
 
     (void)state;
-    assert_int_equal(snap_token_decode(NULL, 0, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"", 0, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0", 1, &t), -1); /* no version */
+    assert_int_equal(snap_token_decode(NULL, 0, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"", 0, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0", 1, NULL, NULL, &t), -1); /* no version */
     assert_int_equal(snap_session_decode((const uint8_t *)"\0", 1, &s), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\x02\x08\x01", 3, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\x02\x08\x01", 3, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\x01garbage", 8, &s), -1);
 
     make_token(&t);
     make_session(&s, 3, 0);
-    assert_int_equal(snap_token_encode(&t, &tb, &tl), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &tb, &tl), 0);
     assert_int_equal(snap_session_encode(&s, &sb, &sl), 0);
     /* cutting inside a string or varint fails; cutting between fields may
      * decode a shorter record: either way nothing crashes */
     for (size_t l = 0; l < tl; l++)
-        (void)snap_token_decode(tb, l, &t);
+        (void)snap_token_decode(tb, l, NULL, NULL, &t);
     for (size_t l = 0; l < sl; l++)
         (void)snap_session_decode(sb, l, &s);
-    assert_int_equal(snap_token_decode(tb, 5, &t), -1);   /* inside the host string */
+    assert_int_equal(snap_token_decode(tb, 5, NULL, NULL, &t), -1);   /* inside the host string */
     /* records of the other kind are refused (wire types differ) */
-    assert_int_equal(snap_token_decode(sb, sl, &t), -1);
+    assert_int_equal(snap_token_decode(sb, sl, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode(tb, tl, &s), -1);
     free(tb);
     free(sb);
@@ -217,7 +217,7 @@ static void test_truncated_and_garbage(void **state)
             g[i] = (uint8_t)x;
         }
         g[0] = (uint8_t)(round & 1);
-        (void)snap_token_decode(g, n, &t);
+        (void)snap_token_decode(g, n, NULL, NULL, &t);
         (void)snap_session_decode(g, n, &s);
     }
 }
@@ -261,12 +261,12 @@ static void test_versions_and_unknown_fields(void **state)
     struct snap_session s;
 
     (void)state;
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x12\x01h\x18\x05", 8, &t), 0);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x12\x01h\x18\x05", 8, NULL, NULL, &t), 0);
     assert_string_equal(t.host, "h");
     assert_int_equal(t.port, 5);
     /* major version 2, or version missing: refused */
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x02\x12\x01h", 6, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x12\x01h", 4, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x02\x12\x01h", 6, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x12\x01h", 4, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x02\x10\x07", 5, &s), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x01\x10\x07", 5, &s), 0);
     assert_int_equal(s.id, 7);
@@ -275,7 +275,7 @@ static void test_versions_and_unknown_fields(void **state)
         (const uint8_t *)"\0\x08\x01\x10\x07\x98\x06\x2a\xa2\x06\x03xyz", 14, &s), 0);
     assert_int_equal(s.id, 7);
     /* port out of range (70000 = 0xf0 0xa2 0x04) */
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x18\xf0\xa2\x04", 7, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x18\xf0\xa2\x04", 7, NULL, NULL, &t), -1);
 }
 
 static void test_strings_must_fit(void **state)
@@ -295,7 +295,7 @@ static void test_strings_must_fit(void **state)
         buf[n++] = 0x2a; buf[n++] = (uint8_t)plen;
         memset(buf + n, 'p', (size_t)plen);
         n += (size_t)plen;
-        assert_int_equal(snap_token_decode(buf, n, &t), plen < SNAP_MAX_PASSWORD ? 0 : -1);
+        assert_int_equal(snap_token_decode(buf, n, NULL, NULL, &t), plen < SNAP_MAX_PASSWORD ? 0 : -1);
     }
     /* session broker (3) of SNAP_MAX_HOST bytes (length as a 2-byte varint) */
     n = 0;
@@ -325,7 +325,7 @@ static void test_strings_must_fit(void **state)
     /* the encoders refuse what they could not represent */
     make_token(&t);
     memset(t.password, 'p', sizeof(t.password));      /* unterminated */
-    assert_int_equal(snap_token_encode(&t, &enc, &len), -1);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &enc, &len), -1);
     make_session(&s, 1, 0);
     s.n_channels = SNAP_MAX_CHANNELS + 1;
     assert_int_equal(snap_session_encode(&s, &enc, &len), -1);
@@ -381,15 +381,15 @@ static void test_keys(void **state)
     int n;
 
     (void)state;
-    n = snap_token_key(k, sizeof(k), "zone1", "abc");
+    n = snap_token_key(k, sizeof(k), NULL, "zone1", "abc");
     assert_string_equal(k, "/spice-broker/zone1/tokens/"
                         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_int_equal(n, (int)strlen(k));
 
-    assert_true(snap_token_key(k, sizeof(k), "zone1", token) > 0);
+    assert_true(snap_token_key(k, sizeof(k), NULL, "zone1", token) > 0);
     assert_null(strstr(k, token));
     assert_null(strstr(k, "secret"));
-    assert_true(snap_token_key(k2, sizeof(k2), "zone1", "Xq9-very-secret-tokeN") > 0);
+    assert_true(snap_token_key(k2, sizeof(k2), NULL, "zone1", "Xq9-very-secret-tokeN") > 0);
     assert_string_not_equal(k, k2);
 
     n = snap_session_key(k, sizeof(k), "zone1", 42);
@@ -415,14 +415,14 @@ static void test_keys(void **state)
     n = snap_session_key(k, 10, "zone1", 42);
     assert_int_equal(n, (int)strlen("/spice-broker/zone1/sessions/0000002a"));
     assert_int_equal(strlen(k), 9);
-    assert_int_equal(snap_token_key(NULL, 0, "zone1", "abc"), 27 + 64);
+    assert_int_equal(snap_token_key(NULL, 0, NULL, "zone1", "abc"), 27 + 64);
 
     /* components that would bend the key layout are refused */
     assert_int_equal(snap_session_key(k, sizeof(k), "a/b", 1), -1);
     assert_int_equal(snap_session_key(k, sizeof(k), "", 1), -1);
     assert_int_equal(snap_prefix(k, sizeof(k), "zone1", "x/y"), -1);
-    assert_int_equal(snap_token_key(k, sizeof(k), "zone1", ""), -1);
-    assert_int_equal(snap_token_key(k, sizeof(k), NULL, "abc"), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), NULL, "zone1", ""), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), NULL, NULL, "abc"), -1);
 }
 
 int main(void)
