@@ -425,6 +425,138 @@ static void test_keys(void **state)
     assert_int_equal(snap_token_key(k, sizeof(k), NULL, NULL, "abc"), -1);
 }
 
+/* ---- sealed passwords (--store-key) ---- */
+
+static struct seal_keys *test_keys_new(uint8_t first, bool with_store)
+{
+    uint8_t k[SEAL_KEY_LEN];
+    for (int i = 0; i < SEAL_KEY_LEN; i++)
+        k[i] = (uint8_t)(first + i);
+    return with_store ? seal_keys_new(k, NULL) : seal_keys_new(NULL, k);
+}
+
+/* The sealed_password field (9, bytes) in an encoded raw record: offset of
+ * its first byte, or -1. */
+static long sealed_at(const uint8_t *buf, size_t len, size_t sealed_len)
+{
+    for (size_t i = 1; i + 2 < len; i++)
+        if (buf[i] == 0x4a && buf[i + 1] == sealed_len)
+            return (long)i + 2;
+    return -1;
+}
+
+static void test_token_sealed(void **state)
+{
+    struct seal_keys *k = test_keys_new(1, true), *other = test_keys_new(2, true);
+    struct snap_token t, u;
+    char key[SNAP_KEY_MAX], key2[SNAP_KEY_MAX];
+    uint8_t *buf = NULL, *buf2 = NULL;
+    size_t len = 0, len2 = 0;
+
+    (void)state;
+    assert_non_null(k);
+    assert_non_null(other);
+    make_token(&t);
+    assert_true(snap_token_key(key, sizeof(key), k, "zone1", "tok-A") > 0);
+    assert_true(snap_token_key(key2, sizeof(key2), k, "zone1", "tok-B") > 0);
+    assert_int_equal(snap_token_encode(&t, k, key, &buf, &len), 0);
+    assert_null(memmem(buf, len, t.password, strlen(t.password)));
+    assert_non_null(memmem(buf, len, t.host, strlen(t.host))); /* only the password is sealed */
+
+    /* round trip */
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_token_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, t.password);
+    assert_string_equal(u.host, t.host);
+    assert_int_equal(u.port, t.port);
+    assert_int_equal(u.expires, t.expires);
+
+    /* two encodings differ (a fresh nonce), both open */
+    assert_int_equal(snap_token_encode(&t, k, key, &buf2, &len2), 0);
+    assert_int_equal(len, len2);
+    assert_memory_not_equal(buf, buf2, len);
+    assert_int_equal(snap_token_decode(buf2, len2, k, key, &u), 0);
+    free(buf2);
+
+    /* another key, no key, moved under another token's key: refused */
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_token_decode(buf, len, other, key, &u), SNAP_OTHER_KEY);
+    assert_int_equal(u.port, 0x5a5a);                      /* untouched */
+    assert_int_equal(snap_token_decode(buf, len, NULL, key, &u), SNAP_NO_KEY);
+    assert_int_equal(snap_token_decode(buf, len, k, key2, &u), SNAP_FORGED);
+    assert_string_equal(snap_token_strerror(SNAP_OTHER_KEY), "token record sealed with another key");
+    assert_non_null(strstr(snap_token_strerror(SNAP_FORGED), "moved"));
+    assert_non_null(strstr(snap_token_strerror(SNAP_NO_KEY), "store-key"));
+
+    /* tampered ciphertext (and nonce, tag): refused, never a wrong password */
+    size_t slen = strlen(t.password) + SEAL_OVERHEAD;
+    long at = sealed_at(buf, len, slen);
+    assert_true(at > 0);
+    for (size_t i = 0; i < slen; i++) {
+        buf[at + (long)i] ^= 0x80;
+        assert_int_equal(snap_token_decode(buf, len, k, key, &u), SNAP_FORGED);
+        buf[at + (long)i] ^= 0x80;
+    }
+    /* any byte flipped anywhere: an error, or a record with our password */
+    for (size_t i = 0; i < len; i++) {
+        buf[i] ^= 0x01;
+        int rc = snap_token_decode(buf, len, k, key, &u);
+        if (rc == 0)
+            assert_string_equal(u.password, t.password);
+        buf[i] ^= 0x01;
+    }
+    free(buf);
+
+    /* no password: nothing to seal, readable without keys */
+    t.password[0] = '\0';
+    assert_int_equal(snap_token_encode(&t, k, key, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
+    assert_string_equal(u.password, "");
+    free(buf);
+
+    /* a record written in clear (before --store-key) still reads with keys */
+    make_token(&t);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_non_null(memmem(buf, len, t.password, strlen(t.password)));
+    assert_int_equal(snap_token_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, t.password);
+    free(buf);
+
+    /* keys that only name tokens do not seal */
+    struct seal_keys *names = test_keys_new(3, false);
+    assert_int_equal(snap_token_encode(&t, names, key, &buf, &len), 0);
+    assert_non_null(memmem(buf, len, t.password, strlen(t.password)));
+    free(buf);
+
+    /* hand-made: a sealed field next to a clear password, or too short */
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x2a\x01p\x4a\x01x", 9, k,
+                                       key, &u), SNAP_BAD);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x4a\x01x", 6, k, key, &u),
+                     SNAP_BAD);
+    seal_keys_free(names);
+    seal_keys_free(k);
+    seal_keys_free(other);
+}
+
+static void test_keyed_token_key(void **state)
+{
+    struct seal_keys *k = test_keys_new(0, false), *s = test_keys_new(0, true);
+    char bare[SNAP_KEY_MAX], keyed[SNAP_KEY_MAX], derived[SNAP_KEY_MAX];
+
+    (void)state;
+    assert_true(snap_token_key(bare, sizeof(bare), NULL, "zone1", "abc") > 0);
+    assert_int_equal(snap_token_key(keyed, sizeof(keyed), k, "zone1", "abc"), 27 + 64);
+    assert_string_equal(keyed, "/spice-broker/zone1/tokens/"
+                        "f0133729c4163dede81e21cd47839256da58171238c8a0d874397c73b14e1e47");
+    assert_true(snap_token_key(derived, sizeof(derived), s, "zone1", "abc") > 0);
+    assert_string_not_equal(keyed, bare);
+    assert_string_not_equal(derived, bare);
+    assert_string_not_equal(derived, keyed);
+    assert_int_equal(snap_token_key(keyed, sizeof(keyed), k, "zone1", ""), -1);
+    seal_keys_free(k);
+    seal_keys_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -437,6 +569,8 @@ int main(void)
         cmocka_unit_test(test_strings_must_fit),
         cmocka_unit_test(test_instance_round_trip),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_token_sealed),
+        cmocka_unit_test(test_keyed_token_key),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
