@@ -5,7 +5,11 @@
  *   0  the packed protobuf message
  *   1  a zstd frame (with its content size) holding the packed message
  * Messages whose packed form exceeds SNAP_ZSTD_THRESHOLD bytes are
- * compressed, unless compression does not make them smaller. */
+ * compressed, unless compression does not make them smaller.
+ *
+ * A token record's backend password is sealed (proto/seal.c) when the caller
+ * has a store key, bound to the record's store key; readers refuse a record
+ * sealed with another key or whose seal does not open. */
 #include "proto/snap.h"
 
 #include <stdbool.h>
