@@ -691,11 +691,11 @@ int main(int argc, char **argv)
         goto out;
     }
     b.resolver = resolver_new(b.store, b.cfg.zone, b.cfg.token_file);
-    if (b.resolver != NULL)
+    if (b.resolver != NULL) {
         resolver_set_keys(b.resolver, b.keys, b.cfg.token_key_compat);
-    if (b.resolver != NULL)
         resolver_use(b.resolver, strstr(b.cfg.token_sources, "store") != NULL,
                      strstr(b.cfg.token_sources, "file") != NULL);
+    }
     if (b.base != NULL && b.cfg.nova.auth_url[0] != '\0' &&
         strstr(b.cfg.token_sources, "nova") != NULL) {
         /* Nova's answer (or its refusal) must reach the client before its
