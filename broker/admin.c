@@ -478,6 +478,9 @@ struct token_write {
     bool revoke;
     char where[300];            /* the backend, for the log line (add) */
     long long ttl;
+    char bare[SNAP_KEY_MAX];    /* revoke, token-key-compat: the bare name, deleted next */
+    bool chained;               /* first holds the keyed name's result */
+    int first;
 };
 
 static void send_response(struct bufferevent *bev, struct response *r);
@@ -541,6 +544,19 @@ static void on_token_written(struct broker *b, int result, void *arg)
 {
     struct token_write *tw = arg;
     struct response r = { 0 };
+    if (tw->bare[0] != '\0') {
+        /* token-key-compat: the record may still be under its bare name */
+        char bare[SNAP_KEY_MAX];
+        memcpy(bare, tw->bare, sizeof(bare));
+        tw->bare[0] = '\0';
+        tw->first = result;
+        tw->chained = true;
+        if (broker_store_delete(b, bare, on_token_written, tw) == 0)
+            return;
+        result = STORE_ERROR;
+    }
+    if (tw->chained && result != STORE_ERROR && tw->first != STORE_NOT_FOUND)
+        result = tw->first; /* either name deleted: revoked */
     if (result == STORE_OK && !tw->revoke)
         log_info("token added for backend %s (ttl %llds)", tw->where, tw->ttl);
     else if (result == STORE_OK)
@@ -598,11 +614,11 @@ static bool h_token_add(struct admin *a, const struct request *q, struct respons
     t.created = (int64_t)time(NULL);
     t.expires = ttl > 0 ? t.created + ttl : 0;
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), b->cfg.zone, token);
+    snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token);
     json_decref(j);
     uint8_t *val = NULL;
     size_t len = 0;
-    int rc = snap_token_encode(&t, &val, &len);
+    int rc = snap_token_encode(&t, b->keys, key, &val, &len);
     char where[300];
     snprintf(where, sizeof(where), "%s:%u", t.host, t.port);
     OPENSSL_cleanse(&t, sizeof(t));
@@ -639,9 +655,12 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
         return false;
     }
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), a->b->cfg.zone, token);
-    json_decref(j);
+    snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token);
     struct token_write *tw = token_write_new(a, bev, true);
+    /* token-key-compat: the bare name is deleted after the keyed one */
+    if (tw != NULL && a->b->cfg.token_key_compat)
+        snap_token_key(tw->bare, sizeof(tw->bare), NULL, a->b->cfg.zone, token);
+    json_decref(j);
     if (tw == NULL || broker_store_delete(a->b, key, on_token_written, tw) < 0) {
         token_write_free(tw);
         token_reply(r, true, STORE_ERROR);

@@ -32,6 +32,7 @@ struct broker {
     struct config cfg;
     struct event_base *base;     /* the control loop (main thread) */
     struct store *store;
+    struct seal_keys *keys;      /* the store's keys (keyfile.h), NULL: none; read-only */
     struct resolver *resolver;
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;

@@ -95,6 +95,20 @@ static const struct opt opts[] = {
       "(a zone's etcd v3 cluster)" },
     { "token-file", STR(token_file), "", "FILE",
       "websockify-style token file (lines 'TOKEN: HOST:PORT'), re-read when it changes" },
+    { "store-key", STR(store_key), "", "FILE",
+      "seal backend passwords in the store's token records (AES-256-GCM) with this key: "
+      "64 hex digits, not readable by others; every broker of a zone uses the same one. "
+      "Also names token records by HMAC (see token-key-file). Without it passwords are "
+      "stored in clear" },
+    { "token-key-file", STR(token_key_file), "", "FILE",
+      "the zone secret (64 hex digits, not readable by others) naming token records by "
+      "HMAC-SHA256 instead of a bare sha256; every broker of a zone uses the same one "
+      "(default: derived from store-key)" },
+    { "token-key-compat", OPT_FLAG, offsetof(struct config, token_key_compat), 0, 0, 0, NULL,
+      NULL, "while a zone moves to keyed names: lookups (and revokes) also use a token's bare "
+      "sha256 name; token add writes only the keyed name" },
+    { "make-store-key", STR(make_store_key), "", "FILE",
+      "write a new random key file (mode 0600) for store-key or token-key-file, and exit" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
     { "nova-config", STR(nova_config), "", "FILE",
       "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
@@ -812,6 +826,11 @@ int config_validate(const struct config *cfg)
           strncmp(cfg->store, "etcd:https://", 13) == 0)) {
         fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR or "
                 "etcd:http://HOST:PORT[,...], got '%s'\n", cfg->store);
+        return -1;
+    }
+    if (cfg->token_key_compat && cfg->store_key[0] == '\0' && cfg->token_key_file[0] == '\0') {
+        fprintf(stderr, "spice-broker: token-key-compat needs store-key or token-key-file "
+                "(without a key, token names are bare sha256 already)\n");
         return -1;
     }
     if (cfg->token_file[0] != '\0' && access(cfg->token_file, R_OK) != 0) {

@@ -53,6 +53,9 @@ struct config {
     char admin[256];
     char store[512];
     char token_file[512];
+    char store_key[512];           /* seals backend passwords in token records, "" = in clear */
+    char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */
+    char make_store_key[512];      /* write a new key file here and exit */
     char config_file[512];
     char nova_config[512];      /* the last --nova-config (all are read) */
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
@@ -68,6 +71,7 @@ struct config {
     int session_history;  /* seconds an ended session's record is kept */
     bool check_only;
     bool enforce_session_timeout;
+    bool token_key_compat;         /* lookups also try a token's bare sha256 name */
 };
 
 /* Fills defaults, then the config file named by --config (if any), then the

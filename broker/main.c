@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 
 #include "broker/broker.h"
+#include "broker/keyfile.h"
 #include "broker/notify.h"
 #include "broker/nova.h"
 #include "broker/tls.h"
@@ -94,8 +95,8 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     char key[SNAP_KEY_MAX];
     uint8_t *val = NULL;
     size_t len = 0;
-    snap_token_key(key, sizeof(key), b->cfg.zone, token);
-    if (snap_token_encode(rec, &val, &len) == 0)
+    snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token);
+    if (snap_token_encode(rec, b->keys, key, &val, &len) == 0)
         (void)broker_store_put(b, key, val, len, on_nova_token_written, NULL);
     if (val != NULL)
         OPENSSL_cleanse(val, len);
@@ -642,13 +643,37 @@ int main(int argc, char **argv)
     int rc = config_load(&b.cfg, argc, argv);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    if (b.cfg.make_store_key[0] != '\0') {
+        char kerr[600];
+        if (keyfile_make(b.cfg.make_store_key, kerr, sizeof(kerr)) < 0) {
+            fprintf(stderr, "spice-broker: --make-store-key: %s\n", kerr);
+            return 1;
+        }
+        printf("spice-broker: wrote a new key to %s\n", b.cfg.make_store_key);
+        return 0;
+    }
     if (config_validate(&b.cfg) < 0)
         return 2;
+    char kerr[600];
+    if (keyfile_load(&b.cfg, &b.keys, kerr, sizeof(kerr)) < 0) {
+        fprintf(stderr, "spice-broker: %s\n", kerr);
+        return 2;
+    }
     if (b.cfg.check_only) {
+        seal_keys_free(b.keys);
         printf("spice-broker: configuration OK\n");
         return 0;
     }
     log_set_level((enum log_level)b.cfg.log_level);
+    if (!seal_keys_sealing(b.keys))
+        log_warnx("store: backend passwords are stored in clear in token records "
+                  "(no --store-key)");
+    else
+        log_info("store: backend passwords sealed (key id %08x)", seal_keys_id(b.keys));
+    if (seal_keys_keyed_names(b.keys))
+        log_info("store: token records named by HMAC-SHA256 (%s)%s",
+                 b.cfg.token_key_file[0] ? "token-key-file" : "derived from store-key",
+                 b.cfg.token_key_compat ? "; bare sha256 names still read (token-key-compat)" : "");
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0)
         fatalx("libevent has no pthread support");
@@ -672,9 +697,11 @@ int main(int argc, char **argv)
         goto out;
     }
     b.resolver = resolver_new(b.store, b.cfg.zone, b.cfg.token_file);
-    if (b.resolver != NULL)
+    if (b.resolver != NULL) {
+        resolver_set_keys(b.resolver, b.keys, b.cfg.token_key_compat);
         resolver_use(b.resolver, strstr(b.cfg.token_sources, "store") != NULL,
                      strstr(b.cfg.token_sources, "file") != NULL);
+    }
     if (b.base != NULL && b.cfg.nova.auth_url[0] != '\0' &&
         strstr(b.cfg.token_sources, "nova") != NULL) {
         /* Nova's answer (or its refusal) must reach the client before its
@@ -921,6 +948,7 @@ out:
     free(vv_ca);
     resolver_free(b.resolver);
     store_free(b.store);
+    seal_keys_free(b.keys);
     if (b.base != NULL)
         event_base_free(b.base);
     libevent_global_shutdown();

@@ -34,7 +34,15 @@ struct resolver {
     struct file_entry *entries;
     size_t n;
     bool use_store, use_file;
+    const struct seal_keys *keys;
+    bool compat;
 };
+
+void resolver_set_keys(struct resolver *r, const struct seal_keys *keys, bool compat)
+{
+    r->keys = keys;
+    r->compat = compat && seal_keys_keyed_names(keys);
+}
 
 void resolver_use(struct resolver *r, bool store, bool file)
 {
@@ -184,6 +192,42 @@ static void follow_instance(struct resolver *r, struct snap_token *rec)
     rec->tls_port = in.tls_port;
 }
 
+/* Looks the token up under the name keys give it (NULL: its bare sha256).
+ * STORE_OK and *rec filled, STORE_NOT_FOUND, or -1 with *why. */
+static int lookup_store(struct resolver *r, const struct seal_keys *names, const char *token,
+                        struct snap_token *rec, const char **why)
+{
+    char key[SNAP_KEY_MAX];
+    void *val = NULL;
+    size_t len = 0;
+    if (snap_token_key(key, sizeof(key), names, r->zone, token) < 0)
+        return STORE_NOT_FOUND;
+    int rc = store_get(r->st, key, &val, &len, NULL);
+    if (rc == STORE_NOT_FOUND)
+        return rc;
+    if (rc != STORE_OK) {
+        log_warnx("token lookup: store error");
+        return STORE_NOT_FOUND; /* the token file may know it */
+    }
+    /* the record is bound to the name it was found under */
+    int drc = snap_token_decode(val, len, r->keys, key, rec);
+    OPENSSL_cleanse(val, len);
+    free(val);
+    if (drc != 0) {
+        *why = snap_token_strerror(drc);
+        if (drc == SNAP_OTHER_KEY || drc == SNAP_NO_KEY || drc == SNAP_FORGED)
+            log_warnx("token lookup: %s (this broker's key id %08x); refused", *why,
+                      seal_keys_id(r->keys));
+        return -1;
+    }
+    if (rec->expires != 0 && rec->expires <= (int64_t)time(NULL)) {
+        *why = "expired token";
+        return -1;
+    }
+    follow_instance(r, rec);
+    return STORE_OK;
+}
+
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why)
 {
     *why = "unknown token";
@@ -192,28 +236,13 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         return -1;
     }
     if (r->st != NULL && r->use_store) {
-        char key[SNAP_KEY_MAX];
-        void *val = NULL;
-        size_t len = 0;
-        snap_token_key(key, sizeof(key), r->zone, token);
-        int rc = store_get(r->st, key, &val, &len, NULL);
-        if (rc == STORE_OK) {
-            int drc = snap_token_decode(val, len, rec);
-            OPENSSL_cleanse(val, len);
-            free(val);
-            if (drc != 0) {
-                *why = "unreadable token record";
-                return -1;
-            }
-            if (rec->expires != 0 && rec->expires <= (int64_t)time(NULL)) {
-                *why = "expired token";
-                return -1;
-            }
-            follow_instance(r, rec);
+        int rc = lookup_store(r, r->keys, token, rec, why);
+        if (rc == STORE_NOT_FOUND && r->compat)
+            rc = lookup_store(r, NULL, token, rec, why);
+        if (rc == STORE_OK)
             return 0;
-        }
-        if (rc == STORE_ERROR)
-            log_warnx("token lookup: store error");
+        if (rc != STORE_NOT_FOUND)
+            return -1;
     }
     if (r->path[0] == '\0' || !r->use_file)
         return -1;

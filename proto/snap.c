@@ -5,7 +5,11 @@
  *   0  the packed protobuf message
  *   1  a zstd frame (with its content size) holding the packed message
  * Messages whose packed form exceeds SNAP_ZSTD_THRESHOLD bytes are
- * compressed, unless compression does not make them smaller. */
+ * compressed, unless compression does not make them smaller.
+ *
+ * A token record's backend password is sealed (proto/seal.c) when the caller
+ * has a store key, bound to the record's store key; readers refuse a record
+ * sealed with another key or whose seal does not open. */
 #include "proto/snap.h"
 
 #include <stdbool.h>
@@ -13,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <zstd.h>
 
 #include "broker.pb-c.h"
@@ -125,11 +129,13 @@ static int copy_str(char *dst, size_t cap, const char *src)
 
 /* ---- tokens ---- */
 
-int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len)
+int snap_token_encode(const struct snap_token *t, const struct seal_keys *keys, const char *key,
+                      uint8_t **out, size_t *len)
 {
     TokenRecord m = SPICEBROKER__TOKEN_RECORD__INIT;
+    uint8_t sealed[SNAP_MAX_PASSWORD + SEAL_OVERHEAD];
     uint8_t *packed = NULL;
-    size_t plen;
+    size_t plen = 0, pwlen;
     int rc = -1;
 
     if (t == NULL || out == NULL || len == NULL ||
@@ -141,6 +147,15 @@ int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len)
     m.port = t->port;
     m.tls_port = t->tls_port;
     m.password = (char *)t->password;
+    pwlen = strlen(t->password);
+    if (pwlen > 0 && seal_keys_sealing(keys)) {
+        if (key == NULL || seal_box(keys, key, (const uint8_t *)t->password, pwlen, sealed) < 0)
+            goto fail;
+        m.password = (char *)"";
+        m.sealed_password.data = sealed;
+        m.sealed_password.len = pwlen + SEAL_OVERHEAD;
+        m.key_id = seal_keys_id(keys);
+    }
     m.instance = (char *)t->instance;
     m.created = t->created;
     m.expires = t->expires;
@@ -152,32 +167,58 @@ int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len)
     rc = wrap(packed, plen, out, len);
 fail:
     if (packed != NULL) {
-        /* the packed form holds the backend password */
+        /* the packed form may hold the backend password */
         memset(packed, 0, plen);
         free(packed);
     }
     return rc;
 }
 
-int snap_token_decode(const uint8_t *buf, size_t len, struct snap_token *t)
+/* Opens a record's sealed password into t->password: 0 or a SNAP_* result. */
+static int unseal(const TokenRecord *m, const struct seal_keys *keys, const char *key,
+                  struct snap_token *t)
+{
+    size_t n = m->sealed_password.len;
+
+    if (m->password != NULL && m->password[0] != '\0')
+        return SNAP_BAD;  /* both: not something we write */
+    if (n < SEAL_OVERHEAD || n - SEAL_OVERHEAD >= sizeof(t->password))
+        return SNAP_BAD;
+    if (!seal_keys_sealing(keys))
+        return SNAP_NO_KEY;
+    if (m->key_id != seal_keys_id(keys))
+        return SNAP_OTHER_KEY;
+    if (key == NULL ||
+        seal_unbox(keys, key, m->sealed_password.data, n, (uint8_t *)t->password) < 0)
+        return SNAP_FORGED;
+    n -= SEAL_OVERHEAD;
+    t->password[n] = '\0';
+    /* a SPICE password is a C string: the seal opened, but refuse inner NULs */
+    return strlen(t->password) == n ? 0 : SNAP_BAD;
+}
+
+int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
+                      const char *key, struct snap_token *t)
 {
     struct snap_token tmp;
     TokenRecord *m = NULL;
     const uint8_t *payload;
     uint8_t *tofree = NULL;
     size_t plen = 0;
-    int rc = -1;
+    int rc = SNAP_BAD;
 
+    memset(&tmp, 0, sizeof(tmp));
     if (t == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
         goto fail;
     if ((m = spicebroker__token_record__unpack(NULL, plen, payload)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->port > UINT16_MAX || m->tls_port > UINT16_MAX)
         goto fail;
-    memset(&tmp, 0, sizeof(tmp));
     if (copy_str(tmp.host, sizeof(tmp.host), m->host) < 0 ||
         copy_str(tmp.password, sizeof(tmp.password), m->password) < 0 ||
         copy_str(tmp.instance, sizeof(tmp.instance), m->instance) < 0)
+        goto fail;
+    if (m->sealed_password.len > 0 && (rc = unseal(m, keys, key, &tmp)) != 0)
         goto fail;
     tmp.port = (uint16_t)m->port;
     tmp.tls_port = (uint16_t)m->tls_port;
@@ -187,16 +228,32 @@ int snap_token_decode(const uint8_t *buf, size_t len, struct snap_token *t)
     rc = 0;
 fail:
     /* wipe the copies of the backend password we made on the way */
-    memset(&tmp, 0, sizeof(tmp));
+    OPENSSL_cleanse(&tmp, sizeof(tmp));
     if (m != NULL) {
         if (m->password != NULL)
-            memset(m->password, 0, strlen(m->password));
+            OPENSSL_cleanse(m->password, strlen(m->password));
         spicebroker__token_record__free_unpacked(m, NULL);
     }
     if (tofree != NULL)
-        memset(tofree, 0, plen);
+        OPENSSL_cleanse(tofree, plen);
     free(tofree);
     return rc;
+}
+
+const char *snap_token_strerror(int rc)
+{
+    switch (rc) {
+    case 0:
+        return "ok";
+    case SNAP_NO_KEY:
+        return "token record sealed, but this broker has no store key (--store-key)";
+    case SNAP_OTHER_KEY:
+        return "token record sealed with another key";
+    case SNAP_FORGED:
+        return "token record's seal does not open (altered, or moved from another token)";
+    default:
+        return "unreadable token record";
+    }
 }
 
 /* ---- sessions ---- */
@@ -377,23 +434,16 @@ static bool component_ok(const char *s)
     return s != NULL && s[0] != '\0' && strchr(s, '/') == NULL;
 }
 
-int snap_token_key(char *buf, size_t cap, const char *zone, const char *token)
+int snap_token_key(char *buf, size_t cap, const struct seal_keys *keys, const char *zone,
+                   const char *token)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    char digest[2 * EVP_MAX_MD_SIZE + 1];
+    char name[SEAL_NAME_HEX];
 
     if (!component_ok(zone) || token == NULL || token[0] == '\0')
         return -1;
-    if (EVP_Digest(token, strlen(token), md, &mdlen, EVP_sha256(), NULL) != 1)
+    if (seal_token_name(keys, token, name) < 0)
         return -1;
-    for (unsigned int i = 0; i < mdlen; i++) {
-        digest[2 * i] = hex[md[i] >> 4];
-        digest[2 * i + 1] = hex[md[i] & 15];
-    }
-    digest[2 * mdlen] = '\0';
-    return snprintf(buf, cap, "/spice-broker/%s/tokens/%s", zone, digest);
+    return snprintf(buf, cap, "/spice-broker/%s/tokens/%s", zone, name);
 }
 
 int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id)

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/seal.h"
+
 #define SNAP_MAX_HOST 256
 #define SNAP_MAX_PASSWORD 64   /* SPICE passwords are at most 60 bytes */
 #define SNAP_MAX_INSTANCE 64
@@ -63,17 +65,39 @@ struct snap_instance {
 };
 
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */
-int snap_token_encode(const struct snap_token *t, uint8_t **out, size_t *len);
-int snap_token_decode(const uint8_t *buf, size_t len, struct snap_token *t);
+
+/* A token record is stored under `key` (snap_token_key). When keys seal
+ * (seal_keys_sealing), a non-empty password is sealed, bound to key: the
+ * value cannot be moved under another token's key. keys NULL: in clear. */
+int snap_token_encode(const struct snap_token *t, const struct seal_keys *keys, const char *key,
+                      uint8_t **out, size_t *len);
+/* Why a token record was refused (snap_token_decode's negative results). */
+enum {
+    SNAP_BAD = -1,        /* not a token record we can read */
+    SNAP_NO_KEY = -2,     /* sealed, and we have no store key */
+    SNAP_OTHER_KEY = -3,  /* sealed with another store key */
+    SNAP_FORGED = -4,     /* our key, but the seal does not open: altered, or moved */
+};
+/* 0, or one of the above; *t untouched then. key and keys as for encoding. */
+int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
+                      const char *key, struct snap_token *t);
+/* The log wording of a snap_token_decode result ("token record sealed with
+ * another key", ...). */
+const char *snap_token_strerror(int rc);
 int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len);
 int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s);
 int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len);
 int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i);
 
-/* Store keys. The token key is the SHA-256 of the token in hex, so a store dump
- * never shows a token. Return the length written (snprintf semantics). */
+/* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
-int snap_token_key(char *buf, size_t cap, const char *zone, const char *token);
+/* The token's key holds seal_token_name(keys, token): HMAC-SHA256 under the
+ * zone's name key when keys has one, so a store dump shows no token and a
+ * weak token cannot be guessed offline; else (keys NULL too) the token's
+ * bare SHA-256, the name used before keyed names. The one function that
+ * names token records: lookups, token add and revoke, Nova's answers. */
+int snap_token_key(char *buf, size_t cap, const struct seal_keys *keys, const char *zone,
+                   const char *token);
 int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id);
 /* -1 for an instance id that is empty or holds a '/'. */
 int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance);

@@ -1,6 +1,7 @@
 /* tests/fuzz/fuzz_snap.c: libFuzzer entry point for the store record
- * decoders in proto/snap.c; single-threaded. Every input goes to every
- * decoder; anything that decodes must re-encode and decode to the same. */
+ * decoders in proto/snap.c, sealed token records too; single-threaded.
+ * Every input goes to every decoder; anything that decodes must re-encode
+ * and decode to the same. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -10,13 +11,19 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void check_token(const struct snap_token *t)
+/* Sealed records: a fixed store key (bytes 0..31) and the record key the
+ * seeds were sealed under (gen_corpus.py's SNAP_FUZZ_KEY, SNAP_FUZZ_AD). */
+#define FUZZ_AD "/spice-broker/fuzz/tokens/seed"
+static struct seal_keys *fuzz_keys;
+
+static void check_token(const struct snap_token *t, const struct seal_keys *keys)
 {
     struct snap_token u;
     uint8_t *buf = NULL;
     size_t len = 0;
 
-    if (snap_token_encode(t, &buf, &len) != 0 || snap_token_decode(buf, len, &u) != 0 ||
+    if (snap_token_encode(t, keys, FUZZ_AD, &buf, &len) != 0 ||
+        snap_token_decode(buf, len, keys, FUZZ_AD, &u) != 0 ||
         strcmp(t->host, u.host) != 0 || strcmp(t->password, u.password) != 0 ||
         strcmp(t->instance, u.instance) != 0 || t->port != u.port ||
         t->tls_port != u.tls_port || t->created != u.created || t->expires != u.expires)
@@ -71,8 +78,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct snap_token t;
     struct snap_session *s = calloc(1, sizeof(*s));
 
-    if (snap_token_decode(data, size, &t) == 0)
-        check_token(&t);
+    if (fuzz_keys == NULL) {
+        uint8_t k[SEAL_KEY_LEN];
+        for (int i = 0; i < SEAL_KEY_LEN; i++)
+            k[i] = (uint8_t)i;
+        if ((fuzz_keys = seal_keys_new(k, NULL)) == NULL)
+            abort();
+    }
+    if (snap_token_decode(data, size, NULL, NULL, &t) == 0)
+        check_token(&t, NULL);
+    if (snap_token_decode(data, size, fuzz_keys, FUZZ_AD, &t) == 0)
+        check_token(&t, fuzz_keys);
     if (s != NULL && snap_session_decode(data, size, s) == 0)
         check_session(s);
     free(s);

@@ -357,6 +357,62 @@ def openstack_seeds():
     }
 
 
+def pb_varint(v):
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def pb_field(num, value):
+    """One protobuf field: an int as a varint, bytes length-delimited."""
+    if isinstance(value, int):
+        return pb_varint(num << 3) + pb_varint(value)
+    return pb_varint(num << 3 | 2) + pb_varint(len(value)) + value
+
+
+# fuzz_snap.c's fixed store key (bytes 0..31) and the record key it binds.
+SNAP_FUZZ_KEY = bytes(range(32))
+SNAP_FUZZ_AD = b"/spice-broker/fuzz/tokens/seed"
+
+
+def snap_sealed_seeds():
+    """Sealed token records (proto/seal.c's derivation, re-done here with the
+    cryptography package): only the seeds that are new since the others,
+    which came from the unit tests' encodings."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def hkdf(label, n):
+        return HKDF(algorithm=hashes.SHA256(), length=n, salt=None, info=label).derive(SNAP_FUZZ_KEY)
+
+    aead, key_id = hkdf(b"spice-broker seal v1", 32), struct.unpack(">I", hkdf(b"spice-broker key id v1", 4))[0]
+    nonce = bytes(range(100, 112))  # fixed, so the seeds are reproducible
+    sealed = nonce + AESGCM(aead).encrypt(nonce, b"s3cret-backend-pw", SNAP_FUZZ_AD)
+
+    def record(sealed_pw, kid, password=b""):
+        body = (pb_field(1, 1) + pb_field(2, b"compute-17") + pb_field(3, 5900) +
+                (pb_field(5, password) if password else b"") + pb_field(6, b"6f1c2a3e") +
+                pb_field(7, 1700000000) + pb_field(9, sealed_pw) + pb_field(10, kid))
+        return b"\x00" + body
+
+    tampered = bytearray(sealed)
+    tampered[20] ^= 1
+    return {
+        "token-sealed": record(sealed, key_id),
+        "token-sealed-other-key": record(sealed, key_id ^ 1),
+        "token-sealed-tampered": record(bytes(tampered), key_id),
+        "token-sealed-short": record(sealed[:27], key_id),
+        "token-sealed-and-clear": record(sealed, key_id, b"pw"),
+        "token-sealed-empty-secret": record(nonce + AESGCM(aead).encrypt(nonce, b"", SNAP_FUZZ_AD), key_id),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -371,6 +427,7 @@ def main():
     write("fuzz-http", http_seeds())
     write("fuzz-ws", ws_seeds())
     write("fuzz-openstack", openstack_seeds())
+    write("fuzz-snap", snap_sealed_seeds())
 
 
 if __name__ == "__main__":

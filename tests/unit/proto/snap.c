@@ -98,11 +98,11 @@ static void test_token_round_trip(void **state)
 
     (void)state;
     make_token(&t);
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
     assert_true(len > 1);
     assert_int_equal(buf[0], 0);        /* small: raw */
     memset(&u, 0x5a, sizeof(u));
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, t.host);
     assert_int_equal(u.port, t.port);
     assert_int_equal(u.tls_port, t.tls_port);
@@ -116,16 +116,16 @@ static void test_token_round_trip(void **state)
     fill(t.host, SNAP_MAX_HOST - 1, 'h');
     fill(t.password, SNAP_MAX_PASSWORD - 1, 'p');
     fill(t.instance, SNAP_MAX_INSTANCE - 1, 'i');
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, t.host);
     assert_string_equal(u.password, t.password);
     assert_string_equal(u.instance, t.instance);
     free(buf);
 
     memset(&t, 0, sizeof(t));
-    assert_int_equal(snap_token_encode(&t, &buf, &len), 0);
-    assert_int_equal(snap_token_decode(buf, len, &u), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
     assert_string_equal(u.host, "");
     assert_int_equal(u.expires, 0);
     free(buf);
@@ -186,26 +186,26 @@ static void test_truncated_and_garbage(void **state)
     uint32_t x = 2463534242u;
 
     (void)state;
-    assert_int_equal(snap_token_decode(NULL, 0, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"", 0, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0", 1, &t), -1); /* no version */
+    assert_int_equal(snap_token_decode(NULL, 0, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"", 0, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0", 1, NULL, NULL, &t), -1); /* no version */
     assert_int_equal(snap_session_decode((const uint8_t *)"\0", 1, &s), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\x02\x08\x01", 3, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\x02\x08\x01", 3, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\x01garbage", 8, &s), -1);
 
     make_token(&t);
     make_session(&s, 3, 0);
-    assert_int_equal(snap_token_encode(&t, &tb, &tl), 0);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &tb, &tl), 0);
     assert_int_equal(snap_session_encode(&s, &sb, &sl), 0);
     /* cutting inside a string or varint fails; cutting between fields may
      * decode a shorter record: either way nothing crashes */
     for (size_t l = 0; l < tl; l++)
-        (void)snap_token_decode(tb, l, &t);
+        (void)snap_token_decode(tb, l, NULL, NULL, &t);
     for (size_t l = 0; l < sl; l++)
         (void)snap_session_decode(sb, l, &s);
-    assert_int_equal(snap_token_decode(tb, 5, &t), -1);   /* inside the host string */
+    assert_int_equal(snap_token_decode(tb, 5, NULL, NULL, &t), -1);   /* inside the host string */
     /* records of the other kind are refused (wire types differ) */
-    assert_int_equal(snap_token_decode(sb, sl, &t), -1);
+    assert_int_equal(snap_token_decode(sb, sl, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode(tb, tl, &s), -1);
     free(tb);
     free(sb);
@@ -217,7 +217,7 @@ static void test_truncated_and_garbage(void **state)
             g[i] = (uint8_t)x;
         }
         g[0] = (uint8_t)(round & 1);
-        (void)snap_token_decode(g, n, &t);
+        (void)snap_token_decode(g, n, NULL, NULL, &t);
         (void)snap_session_decode(g, n, &s);
     }
 }
@@ -261,12 +261,12 @@ static void test_versions_and_unknown_fields(void **state)
     struct snap_session s;
 
     (void)state;
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x12\x01h\x18\x05", 8, &t), 0);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x12\x01h\x18\x05", 8, NULL, NULL, &t), 0);
     assert_string_equal(t.host, "h");
     assert_int_equal(t.port, 5);
     /* major version 2, or version missing: refused */
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x02\x12\x01h", 6, &t), -1);
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x12\x01h", 4, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x02\x12\x01h", 6, NULL, NULL, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x12\x01h", 4, NULL, NULL, &t), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x02\x10\x07", 5, &s), -1);
     assert_int_equal(snap_session_decode((const uint8_t *)"\0\x08\x01\x10\x07", 5, &s), 0);
     assert_int_equal(s.id, 7);
@@ -275,7 +275,7 @@ static void test_versions_and_unknown_fields(void **state)
         (const uint8_t *)"\0\x08\x01\x10\x07\x98\x06\x2a\xa2\x06\x03xyz", 14, &s), 0);
     assert_int_equal(s.id, 7);
     /* port out of range (70000 = 0xf0 0xa2 0x04) */
-    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x18\xf0\xa2\x04", 7, &t), -1);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x18\xf0\xa2\x04", 7, NULL, NULL, &t), -1);
 }
 
 static void test_strings_must_fit(void **state)
@@ -295,7 +295,7 @@ static void test_strings_must_fit(void **state)
         buf[n++] = 0x2a; buf[n++] = (uint8_t)plen;
         memset(buf + n, 'p', (size_t)plen);
         n += (size_t)plen;
-        assert_int_equal(snap_token_decode(buf, n, &t), plen < SNAP_MAX_PASSWORD ? 0 : -1);
+        assert_int_equal(snap_token_decode(buf, n, NULL, NULL, &t), plen < SNAP_MAX_PASSWORD ? 0 : -1);
     }
     /* session broker (3) of SNAP_MAX_HOST bytes (length as a 2-byte varint) */
     n = 0;
@@ -325,7 +325,7 @@ static void test_strings_must_fit(void **state)
     /* the encoders refuse what they could not represent */
     make_token(&t);
     memset(t.password, 'p', sizeof(t.password));      /* unterminated */
-    assert_int_equal(snap_token_encode(&t, &enc, &len), -1);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &enc, &len), -1);
     make_session(&s, 1, 0);
     s.n_channels = SNAP_MAX_CHANNELS + 1;
     assert_int_equal(snap_session_encode(&s, &enc, &len), -1);
@@ -381,15 +381,15 @@ static void test_keys(void **state)
     int n;
 
     (void)state;
-    n = snap_token_key(k, sizeof(k), "zone1", "abc");
+    n = snap_token_key(k, sizeof(k), NULL, "zone1", "abc");
     assert_string_equal(k, "/spice-broker/zone1/tokens/"
                         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_int_equal(n, (int)strlen(k));
 
-    assert_true(snap_token_key(k, sizeof(k), "zone1", token) > 0);
+    assert_true(snap_token_key(k, sizeof(k), NULL, "zone1", token) > 0);
     assert_null(strstr(k, token));
     assert_null(strstr(k, "secret"));
-    assert_true(snap_token_key(k2, sizeof(k2), "zone1", "Xq9-very-secret-tokeN") > 0);
+    assert_true(snap_token_key(k2, sizeof(k2), NULL, "zone1", "Xq9-very-secret-tokeN") > 0);
     assert_string_not_equal(k, k2);
 
     n = snap_session_key(k, sizeof(k), "zone1", 42);
@@ -415,14 +415,146 @@ static void test_keys(void **state)
     n = snap_session_key(k, 10, "zone1", 42);
     assert_int_equal(n, (int)strlen("/spice-broker/zone1/sessions/0000002a"));
     assert_int_equal(strlen(k), 9);
-    assert_int_equal(snap_token_key(NULL, 0, "zone1", "abc"), 27 + 64);
+    assert_int_equal(snap_token_key(NULL, 0, NULL, "zone1", "abc"), 27 + 64);
 
     /* components that would bend the key layout are refused */
     assert_int_equal(snap_session_key(k, sizeof(k), "a/b", 1), -1);
     assert_int_equal(snap_session_key(k, sizeof(k), "", 1), -1);
     assert_int_equal(snap_prefix(k, sizeof(k), "zone1", "x/y"), -1);
-    assert_int_equal(snap_token_key(k, sizeof(k), "zone1", ""), -1);
-    assert_int_equal(snap_token_key(k, sizeof(k), NULL, "abc"), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), NULL, "zone1", ""), -1);
+    assert_int_equal(snap_token_key(k, sizeof(k), NULL, NULL, "abc"), -1);
+}
+
+/* ---- sealed passwords (--store-key) ---- */
+
+static struct seal_keys *test_keys_new(uint8_t first, bool with_store)
+{
+    uint8_t k[SEAL_KEY_LEN];
+    for (int i = 0; i < SEAL_KEY_LEN; i++)
+        k[i] = (uint8_t)(first + i);
+    return with_store ? seal_keys_new(k, NULL) : seal_keys_new(NULL, k);
+}
+
+/* The sealed_password field (9, bytes) in an encoded raw record: offset of
+ * its first byte, or -1. */
+static long sealed_at(const uint8_t *buf, size_t len, size_t sealed_len)
+{
+    for (size_t i = 1; i + 2 < len; i++)
+        if (buf[i] == 0x4a && buf[i + 1] == sealed_len)
+            return (long)i + 2;
+    return -1;
+}
+
+static void test_token_sealed(void **state)
+{
+    struct seal_keys *k = test_keys_new(1, true), *other = test_keys_new(2, true);
+    struct snap_token t, u;
+    char key[SNAP_KEY_MAX], key2[SNAP_KEY_MAX];
+    uint8_t *buf = NULL, *buf2 = NULL;
+    size_t len = 0, len2 = 0;
+
+    (void)state;
+    assert_non_null(k);
+    assert_non_null(other);
+    make_token(&t);
+    assert_true(snap_token_key(key, sizeof(key), k, "zone1", "tok-A") > 0);
+    assert_true(snap_token_key(key2, sizeof(key2), k, "zone1", "tok-B") > 0);
+    assert_int_equal(snap_token_encode(&t, k, key, &buf, &len), 0);
+    assert_null(memmem(buf, len, t.password, strlen(t.password)));
+    assert_non_null(memmem(buf, len, t.host, strlen(t.host))); /* only the password is sealed */
+
+    /* round trip */
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_token_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, t.password);
+    assert_string_equal(u.host, t.host);
+    assert_int_equal(u.port, t.port);
+    assert_int_equal(u.expires, t.expires);
+
+    /* two encodings differ (a fresh nonce), both open */
+    assert_int_equal(snap_token_encode(&t, k, key, &buf2, &len2), 0);
+    assert_int_equal(len, len2);
+    assert_memory_not_equal(buf, buf2, len);
+    assert_int_equal(snap_token_decode(buf2, len2, k, key, &u), 0);
+    free(buf2);
+
+    /* another key, no key, moved under another token's key: refused */
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_token_decode(buf, len, other, key, &u), SNAP_OTHER_KEY);
+    assert_int_equal(u.port, 0x5a5a);                      /* untouched */
+    assert_int_equal(snap_token_decode(buf, len, NULL, key, &u), SNAP_NO_KEY);
+    assert_int_equal(snap_token_decode(buf, len, k, key2, &u), SNAP_FORGED);
+    assert_string_equal(snap_token_strerror(SNAP_OTHER_KEY), "token record sealed with another key");
+    assert_non_null(strstr(snap_token_strerror(SNAP_FORGED), "moved"));
+    assert_non_null(strstr(snap_token_strerror(SNAP_NO_KEY), "store-key"));
+
+    /* tampered ciphertext (and nonce, tag): refused, never a wrong password */
+    size_t slen = strlen(t.password) + SEAL_OVERHEAD;
+    long at = sealed_at(buf, len, slen);
+    assert_true(at > 0);
+    for (size_t i = 0; i < slen; i++) {
+        buf[at + (long)i] ^= 0x80;
+        assert_int_equal(snap_token_decode(buf, len, k, key, &u), SNAP_FORGED);
+        buf[at + (long)i] ^= 0x80;
+    }
+    /* any byte flipped anywhere: an error, or a record with our password */
+    for (size_t i = 0; i < len; i++) {
+        buf[i] ^= 0x01;
+        int rc = snap_token_decode(buf, len, k, key, &u);
+        if (rc == 0)
+            assert_string_equal(u.password, t.password);
+        buf[i] ^= 0x01;
+    }
+    free(buf);
+
+    /* no password: nothing to seal, readable without keys */
+    t.password[0] = '\0';
+    assert_int_equal(snap_token_encode(&t, k, key, &buf, &len), 0);
+    assert_int_equal(snap_token_decode(buf, len, NULL, NULL, &u), 0);
+    assert_string_equal(u.password, "");
+    free(buf);
+
+    /* a record written in clear (before --store-key) still reads with keys */
+    make_token(&t);
+    assert_int_equal(snap_token_encode(&t, NULL, NULL, &buf, &len), 0);
+    assert_non_null(memmem(buf, len, t.password, strlen(t.password)));
+    assert_int_equal(snap_token_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, t.password);
+    free(buf);
+
+    /* keys that only name tokens do not seal */
+    struct seal_keys *names = test_keys_new(3, false);
+    assert_int_equal(snap_token_encode(&t, names, key, &buf, &len), 0);
+    assert_non_null(memmem(buf, len, t.password, strlen(t.password)));
+    free(buf);
+
+    /* hand-made: a sealed field next to a clear password, or too short */
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x2a\x01p\x4a\x01x", 9, k,
+                                       key, &u), SNAP_BAD);
+    assert_int_equal(snap_token_decode((const uint8_t *)"\0\x08\x01\x4a\x01x", 6, k, key, &u),
+                     SNAP_BAD);
+    seal_keys_free(names);
+    seal_keys_free(k);
+    seal_keys_free(other);
+}
+
+static void test_keyed_token_key(void **state)
+{
+    struct seal_keys *k = test_keys_new(0, false), *s = test_keys_new(0, true);
+    char bare[SNAP_KEY_MAX], keyed[SNAP_KEY_MAX], derived[SNAP_KEY_MAX];
+
+    (void)state;
+    assert_true(snap_token_key(bare, sizeof(bare), NULL, "zone1", "abc") > 0);
+    assert_int_equal(snap_token_key(keyed, sizeof(keyed), k, "zone1", "abc"), 27 + 64);
+    assert_string_equal(keyed, "/spice-broker/zone1/tokens/"
+                        "f0133729c4163dede81e21cd47839256da58171238c8a0d874397c73b14e1e47");
+    assert_true(snap_token_key(derived, sizeof(derived), s, "zone1", "abc") > 0);
+    assert_string_not_equal(keyed, bare);
+    assert_string_not_equal(derived, bare);
+    assert_string_not_equal(derived, keyed);
+    assert_int_equal(snap_token_key(keyed, sizeof(keyed), k, "zone1", ""), -1);
+    seal_keys_free(k);
+    seal_keys_free(s);
 }
 
 int main(void)
@@ -437,6 +569,8 @@ int main(void)
         cmocka_unit_test(test_strings_must_fit),
         cmocka_unit_test(test_instance_round_trip),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_token_sealed),
+        cmocka_unit_test(test_keyed_token_key),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
