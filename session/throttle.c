@@ -24,6 +24,7 @@ struct slot {
 
 struct throttle {
     struct event *report;
+    int64_t interval_ms;        /* when the current interval began */
     struct slot slots[THROTTLE_SLOTS];
 };
 
@@ -70,21 +71,24 @@ static bool slot_stale(const struct slot *s, int64_t now)
     return s->blocked_until_ms <= now && now - s->last_ms >= (int64_t)THROTTLE_FORGET_S * 1000;
 }
 
-static void report_slot(struct slot *s, int64_t now)
+/* Its summary line for the interval (begun at since), if it has refusals
+ * that had no line of their own; then the interval's counts start over. */
+static void report_slot(struct slot *s, int64_t since, int64_t now)
 {
     if (s->unlogged > 0 || s->blocked > 0) {
         char name[INET6_ADDRSTRLEN];
         slot_name(s, name, sizeof(name));
+        int secs = (int)((now - since + 500) / 1000);
         if (s->blocked_until_ms > now)
             log_warnx("client=%s: %llu wrong tokens refused in the last %d s (%llu without a "
                       "check: the source is blocked for %lld s more)", name,
-                      (unsigned long long)s->refused, THROTTLE_REPORT_S,
+                      (unsigned long long)s->refused, secs,
                       (unsigned long long)s->blocked,
                       (long long)((s->blocked_until_ms - now + 999) / 1000));
         else
             log_warnx("client=%s: %llu wrong tokens refused in the last %d s (each refusal "
-                      "delayed, up to %d ms)", name, (unsigned long long)s->refused,
-                      THROTTLE_REPORT_S, THROTTLE_DELAY_MAX_MS);
+                      "delayed, up to %d ms)", name, (unsigned long long)s->refused, secs,
+                      THROTTLE_DELAY_MAX_MS);
     }
     s->refused = s->unlogged = s->blocked = 0;
 }
@@ -97,10 +101,11 @@ static void on_report(evutil_socket_t fd, short what, void *arg)
         struct slot *s = &t->slots[i];
         if (!s->used)
             continue;
-        report_slot(s, now);
+        report_slot(s, t->interval_ms, now);
         if (slot_stale(s, now))
             s->used = false;
     }
+    t->interval_ms = now;
 }
 
 struct throttle *throttle_new(struct event_base *base)
@@ -115,6 +120,7 @@ struct throttle *throttle_new(struct event_base *base)
     }
     struct timeval tv = { THROTTLE_REPORT_S, 0 };
     event_add(t->report, &tv);
+    t->interval_ms = now_ms();
     return t;
 }
 
@@ -157,7 +163,7 @@ static struct slot *find(struct throttle *t, const struct sockaddr_storage *peer
     if (spare == NULL)
         return NULL;
     if (spare->used)
-        report_slot(spare, now); /* what it held is not lost from the log */
+        report_slot(spare, t->interval_ms, now); /* what it held is not lost from the log */
     memset(spare, 0, sizeof(*spare));
     spare->used = true;
     spare->family = family;
@@ -213,6 +219,6 @@ void throttle_ok(struct throttle *t, const struct sockaddr_storage *peer)
     struct slot *s = find(t, peer, false, now);
     if (s == NULL || s->blocked_until_ms > now)
         return;
-    report_slot(s, now);
+    report_slot(s, t->interval_ms, now);
     s->used = false;
 }

@@ -142,7 +142,7 @@ def test(env):
     check(max(good_times) < 1.0, "a good token from another source was slowed: %s" % good_times)
     check(cpu < 0.6, "broker CPU %.0f%% of a core during the flood" % (100 * cpu))
 
-    summary = re.compile(r"client=%s: (\d+) wrong tokens refused in the last 10 s" %
+    summary = re.compile(r"client=%s: (\d+) wrong tokens refused in the last \d+ s" %
                          re.escape(FLOOD_SRC))
     wait_until(lambda: summary.search(b.log_text()), 12, what="a summary line for the flood")
     text = b.log_text()
