@@ -19,7 +19,15 @@
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
  *
- * Tokens and passwords travel only in request bodies, which are never logged. */
+ * Tokens and passwords travel only in request bodies, which are never logged.
+ * Strings a request names (a backend host, an instance) are logged escaped
+ * (log_escape).
+ *
+ * The admin endpoint is a unix socket (mode 0660, group --admin-group) or a
+ * loopback TCP port (config_validate refuses any other address). The
+ * optional --metrics-listen port is read-only: GET /metrics and GET /healthz,
+ * 405 for any other method, 404 for any other path; it never shows a token
+ * or a session. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -53,9 +61,16 @@
 struct prepare;
 struct token_write;
 
+/* One listening port: the admin endpoint, or the read-only metrics port. */
+struct admin_port {
+    struct admin *a;
+    struct evconnlistener *listener;
+    bool metrics_only;
+};
+
 struct admin {
     struct broker *b;
-    struct evconnlistener *listener;
+    struct admin_port main, metrics;
     char unix_path[108];
     struct prepare *waiting; /* deferred prepare requests, answered or dropped at exit */
     struct token_write *writing; /* token adds and revokes waiting for their write */
@@ -174,6 +189,10 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.channels_active += st.channels_active;
     c->stats.links_refused += st.links_refused;
     c->stats.links_failed_backend += st.links_failed_backend;
+    c->stats.links_refused_link += st.links_refused_link;
+    c->stats.links_refused_token += st.links_refused_token;
+    c->stats.links_refused_blocked += st.links_refused_blocked;
+    c->stats.links_throttled += st.links_throttled;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
     c->f.pending--;
@@ -318,6 +337,25 @@ static void job_prepare(struct session_worker *sw, void *arg)
 
 /* ------------------------------------------------------------------ handlers */
 
+/* A token's ttl at most: 10 years (created + ttl stays far from overflow). */
+#define TTL_MAX 315360000
+
+/* Printable ASCII only: what a request names is logged and stored. */
+static bool printable(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+/* A host name or a numeric address ([v6] too): no spaces, control
+ * characters or bytes outside ASCII. */
+static bool host_ok(const char *s)
+{
+    return s[0] != '\0' && printable(s);
+}
+
 static void reply(struct response *r, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void reply(struct response *r, int status, const char *type, const char *fmt, ...)
@@ -370,7 +408,10 @@ static int add_ended(const char *key, const void *val, size_t len, int64_t rev, 
 static void h_history(struct broker *b, struct response *r)
 {
     char prefix[SNAP_KEY_MAX];
-    snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions");
+    if (snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions") < 0) {
+        reply_error(r, 500, "the zone makes no store key");
+        return;
+    }
     json_t *arr = json_array();
     if (store_walk(b->store, prefix, add_ended, arr) < 0) {
         json_decref(arr);
@@ -388,6 +429,8 @@ static void h_metrics(struct broker *b, struct response *r)
         return;
     }
     const struct session_stats *s = &c->stats;
+    uint64_t known = s->links_refused_link + s->links_refused_token + s->links_refused_blocked;
+    uint64_t other = s->links_refused > known ? s->links_refused - known : 0;
     reply(r, 200, "text/plain; version=0.0.4",
           "# HELP spice_broker_sessions Live client sessions.\n"
           "# TYPE spice_broker_sessions gauge\nspice_broker_sessions %llu\n"
@@ -395,8 +438,17 @@ static void h_metrics(struct broker *b, struct response *r)
           "# TYPE spice_broker_sessions_total counter\nspice_broker_sessions_total %llu\n"
           "# HELP spice_broker_channels Relaying channels.\n"
           "# TYPE spice_broker_channels gauge\nspice_broker_channels %llu\n"
-          "# HELP spice_broker_links_refused_total Client links refused (bad link, bad token).\n"
-          "# TYPE spice_broker_links_refused_total counter\nspice_broker_links_refused_total %llu\n"
+          "# HELP spice_broker_links_refused_total Client links refused, by reason: a bad link "
+          "message, a wrong token, a wrong token's source throttled (refused unchecked), other.\n"
+          "# TYPE spice_broker_links_refused_total counter\n"
+          "spice_broker_links_refused_total{reason=\"link\"} %llu\n"
+          "spice_broker_links_refused_total{reason=\"token\"} %llu\n"
+          "spice_broker_links_refused_total{reason=\"throttled\"} %llu\n"
+          "spice_broker_links_refused_total{reason=\"other\"} %llu\n"
+          "# HELP spice_broker_links_throttled_total Wrong-token refusals delayed, or made "
+          "without a check, because their source sent too many wrong tokens.\n"
+          "# TYPE spice_broker_links_throttled_total counter\n"
+          "spice_broker_links_throttled_total %llu\n"
           "# HELP spice_broker_backend_link_failures_total Backend links that failed.\n"
           "# TYPE spice_broker_backend_link_failures_total counter\n"
           "spice_broker_backend_link_failures_total %llu\n"
@@ -407,8 +459,10 @@ static void h_metrics(struct broker *b, struct response *r)
           "# HELP spice_broker_workers Event-loop threads.\n"
           "# TYPE spice_broker_workers gauge\nspice_broker_workers %d\n",
           (unsigned long long)s->sessions_active, (unsigned long long)s->sessions_total,
-          (unsigned long long)s->channels_active, (unsigned long long)s->links_refused,
-          (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
+          (unsigned long long)s->channels_active, (unsigned long long)s->links_refused_link,
+          (unsigned long long)s->links_refused_token,
+          (unsigned long long)s->links_refused_blocked, (unsigned long long)other,
+          (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     collect_unref(c);
 }
@@ -544,6 +598,7 @@ static void on_token_written(struct broker *b, int result, void *arg)
 {
     struct token_write *tw = arg;
     struct response r = { 0 };
+    char esc[LOG_ESCAPED_MAX];
     if (tw->bare[0] != '\0') {
         /* token-key-compat: the record may still be under its bare name */
         char bare[SNAP_KEY_MAX];
@@ -558,7 +613,8 @@ static void on_token_written(struct broker *b, int result, void *arg)
     if (tw->chained && result != STORE_ERROR && tw->first != STORE_NOT_FOUND)
         result = tw->first; /* either name deleted: revoked */
     if (result == STORE_OK && !tw->revoke)
-        log_info("token added for backend %s (ttl %llds)", tw->where, tw->ttl);
+        log_info("token added for backend %s (ttl %llds)",
+                 log_escape(tw->where, esc, sizeof(esc)), tw->ttl);
     else if (result == STORE_OK)
         log_info("token revoked");
     token_reply(&r, tw->revoke, result);
@@ -599,8 +655,12 @@ static bool h_token_add(struct admin *a, const struct request *q, struct respons
         bad = "password must be at most 60 bytes";
     else if (instance != NULL && strlen(instance) >= sizeof(t.instance))
         bad = "instance is too long";
-    else if (ttl < 0)
-        bad = "ttl must be >= 0";
+    else if (ttl < 0 || ttl > TTL_MAX)
+        bad = "ttl must be 0 (no expiry) to 315360000 seconds (10 years)";
+    else if (!host_ok(host))
+        bad = "host must be a host name or an address (no spaces or control characters)";
+    else if (instance != NULL && !printable(instance))
+        bad = "instance must be printable ASCII";
     if (bad != NULL) {
         json_decref(j);
         reply_error(r, 400, bad);
@@ -614,7 +674,12 @@ static bool h_token_add(struct admin *a, const struct request *q, struct respons
     t.created = (int64_t)time(NULL);
     t.expires = ttl > 0 ? t.created + ttl : 0;
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token);
+    if (snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token) < 0) {
+        json_decref(j);
+        OPENSSL_cleanse(&t, sizeof(t));
+        reply_error(r, 500, "the token makes no store key");
+        return false;
+    }
     json_decref(j);
     uint8_t *val = NULL;
     size_t len = 0;
@@ -655,7 +720,12 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
         return false;
     }
     char key[SNAP_KEY_MAX];
-    snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token);
+    int krc = snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token);
+    json_decref(j);
+    if (krc < 0) {
+        reply_error(r, 500, "the token makes no store key");
+        return false;
+    }
     struct token_write *tw = token_write_new(a, bev, true);
     /* token-key-compat: the bare name is deleted after the keyed one */
     if (tw != NULL && a->b->cfg.token_key_compat)
@@ -694,8 +764,12 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     const char *bad = NULL;
     if (instance == NULL || instance[0] == '\0' || strlen(instance) >= SNAP_MAX_INSTANCE)
         bad = "instance is required";
+    else if (!printable(instance))
+        bad = "instance must be printable ASCII";
     else if (host == NULL || host[0] == '\0' || strlen(host) >= SNAP_MAX_HOST)
         bad = "dest_host is required";
+    else if (!host_ok(host))
+        bad = "dest_host must be a host name or an address (no spaces or control characters)";
     else if (port < 0 || port > 65535 || tls_port < 0 || tls_port > 65535 ||
              (port == 0 && tls_port == 0))
         bad = "dest_port or dest_tls_port must be 1..65535";
@@ -787,8 +861,10 @@ static void prepare_answer(struct prepare *p, bool timed_out)
         out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited",
                         p->wait);
     }
-    log_info("migration prepare for instance %s -> %s:%u%s: %d sessions, %d ready%s", p->instance,
-             p->host, p->port ? p->port : p->tls_port, p->port ? "" : " TLS", p->total, p->ok,
+    char esc_i[LOG_ESCAPED_MAX], esc_h[LOG_ESCAPED_MAX];
+    log_info("migration prepare for instance %s -> %s:%u%s: %d sessions, %d ready%s",
+             log_escape(p->instance, esc_i, sizeof(esc_i)),
+             log_escape(p->host, esc_h, sizeof(esc_h)), p->port ? p->port : p->tls_port, p->port ? "" : " TLS", p->total, p->ok,
              status == 504 ? " (timed out)" : status == 200 ? "" : " (failed)");
     prepare_unref_locked(p, 1);
     struct response r = { 0 };
@@ -797,12 +873,24 @@ static void prepare_answer(struct prepare *p, bool timed_out)
 }
 
 /* Fills r, or returns true when the handler answers later on bev itself. */
-static bool dispatch(struct admin *a, const struct request *q, struct response *r,
-                     struct bufferevent *bev)
+static bool dispatch(struct admin *a, bool metrics_only, const struct request *q,
+                     struct response *r, struct bufferevent *bev)
 {
     struct broker *b = a->b;
     const char *method = q->http.method, *path = q->http.path;
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    if (metrics_only) {
+        /* The monitoring port: nothing but the counters and the pulse. */
+        if (!get)
+            reply_error(r, 405, "method not allowed (this port is read-only)");
+        else if (strcmp(path, "/healthz") == 0)
+            reply(r, 200, "text/plain", "ok\n");
+        else if (strcmp(path, "/metrics") == 0)
+            h_metrics(b, r);
+        else
+            reply_error(r, 404, "not found (this port serves /metrics and /healthz only)");
+        return false;
+    }
     if (get && strcmp(path, "/healthz") == 0)
         reply(r, 200, "text/plain", "ok\n");
     else if (get && strcmp(path, "/metrics") == 0)
@@ -878,7 +966,8 @@ static void on_conn_event(struct bufferevent *bev, short what, void *arg)
 
 static void on_conn_read(struct bufferevent *bev, void *arg)
 {
-    struct admin *a = arg;
+    struct admin_port *port = arg;
+    struct admin *a = port->a;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t have = evbuffer_get_length(in);
     struct response r = { 0 };
@@ -910,7 +999,7 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
     }
     q.body = buf + n - q.http.content_length;
     q.body_len = q.http.content_length;
-    bool deferred = dispatch(a, &q, &r, bev);
+    bool deferred = dispatch(a, port->metrics_only, &q, &r, bev);
     /* The body may hold a token or a password: wipe it where it was read. */
     OPENSSL_cleanse(buf, (size_t)n);
     evbuffer_drain(in, have);
@@ -922,15 +1011,15 @@ static void on_conn_read(struct bufferevent *bev, void *arg)
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
-    struct admin *a = arg;
-    struct bufferevent *bev = bufferevent_socket_new(a->b->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct admin_port *port = arg;
+    struct bufferevent *bev = bufferevent_socket_new(port->a->b->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
         close(fd);
         return;
     }
     struct timeval tv = { 10, 0 };
     bufferevent_set_timeouts(bev, &tv, &tv);
-    bufferevent_setcb(bev, on_conn_read, NULL, on_conn_event, a);
+    bufferevent_setcb(bev, on_conn_read, NULL, on_conn_event, port);
     bufferevent_enable(bev, EV_READ);
 }
 
@@ -953,6 +1042,38 @@ static int mkdir_parent(const char *path)
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
         return -1;
     return 0;
+}
+
+/* A listening TCP socket on spec (a numeric ADDR:PORT); -1 with *err. */
+static int listen_tcp(const char *spec, const char **err)
+{
+    char host[128];
+    uint16_t port;
+    if (config_split_hostport(spec, host, sizeof(host), &port) < 0) {
+        *err = "bad address";
+        return -1;
+    }
+    struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM,
+                                     .ai_flags = EVUTIL_AI_NUMERICHOST }, *ai = NULL;
+    char serv[8];
+    snprintf(serv, sizeof(serv), "%u", port);
+    if (evutil_getaddrinfo(host, serv, &hints, &ai) != 0) {
+        *err = "the address must be numeric";
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    int rc = fd < 0 ? -1 : setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (rc == 0)
+        rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    if (rc < 0 || listen(fd, 64) < 0) {
+        *err = strerror(errno);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 struct admin *admin_new(struct broker *b, const char **err)
@@ -989,41 +1110,56 @@ struct admin *admin_new(struct broker *b, const char **err)
             goto fail;
         }
         snprintf(a->unix_path, sizeof(a->unix_path), "%s", path);
-    } else {
-        char host[128];
-        uint16_t port;
-        if (config_split_hostport(spec, host, sizeof(host), &port) < 0) {
-            *err = "bad admin address";
+        /* rw for the broker's user and the admin group, nothing for others. */
+        gid_t gid = (gid_t)-1;
+        if (b->cfg.admin_group[0] != '\0' && config_group(b->cfg.admin_group, &gid) < 0) {
+            *err = "no such admin-group";
             goto fail;
         }
-        struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM,
-                                         .ai_flags = EVUTIL_AI_NUMERICHOST }, *ai = NULL;
-        char serv[8];
-        snprintf(serv, sizeof(serv), "%u", port);
-        if (evutil_getaddrinfo(host, serv, &hints, &ai) != 0) {
-            *err = "admin address must be numeric";
-            goto fail;
-        }
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        int one = 1;
-        int rc = fd < 0 ? -1 : setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (rc == 0)
-            rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
-        evutil_freeaddrinfo(ai);
-        if (rc < 0 || listen(fd, 64) < 0) {
+        if ((gid != (gid_t)-1 && chown(path, (uid_t)-1, gid) < 0) || chmod(path, 0660) < 0) {
             *err = strerror(errno);
             goto fail;
         }
+    } else {
+        char host[128];
+        uint16_t port;
+        if (config_split_hostport(spec, host, sizeof(host), &port) < 0 ||
+            !config_is_loopback(host)) {
+            *err = "the admin address must be a loopback ADDR:PORT";
+            goto fail;
+        }
+        if ((fd = listen_tcp(spec, err)) < 0)
+            goto fail;
     }
-    a->listener = evconnlistener_new(b->base, on_accept, a, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-    if (a->listener == NULL) {
+    a->main.a = a;
+    a->main.listener = evconnlistener_new(b->base, on_accept, &a->main, LEV_OPT_CLOSE_ON_FREE,
+                                          -1, fd);
+    if (a->main.listener == NULL) {
         *err = "cannot listen";
         goto fail;
+    }
+    fd = -1;
+    if (b->cfg.metrics_listen[0] != '\0') {
+        if ((fd = listen_tcp(b->cfg.metrics_listen, err)) < 0)
+            goto fail;
+        a->metrics.a = a;
+        a->metrics.metrics_only = true;
+        a->metrics.listener = evconnlistener_new(b->base, on_accept, &a->metrics,
+                                                 LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (a->metrics.listener == NULL) {
+            *err = "cannot listen on the metrics port";
+            goto fail;
+        }
+        log_info("metrics port %s: GET /metrics and /healthz only", b->cfg.metrics_listen);
     }
     return a;
 fail:
     if (fd >= 0)
         close(fd);
+    if (a->main.listener != NULL)
+        evconnlistener_free(a->main.listener);
+    if (a->unix_path[0] != '\0')
+        unlink(a->unix_path);
     free(a);
     return NULL;
 }
@@ -1032,8 +1168,10 @@ void admin_free(struct admin *a)
 {
     if (a == NULL)
         return;
-    if (a->listener != NULL)
-        evconnlistener_free(a->listener);
+    if (a->main.listener != NULL)
+        evconnlistener_free(a->main.listener);
+    if (a->metrics.listener != NULL)
+        evconnlistener_free(a->metrics.listener);
     /* Requests still waiting for a prepare: the broker is stopping. */
     while (a->waiting != NULL) {
         struct prepare *p = a->waiting;

@@ -3,8 +3,10 @@
 #include "broker/config.h"
 
 #include <ctype.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include "broker/tls.h"
 #include "common/log.h"
 #include "proto/http.h"
+#include "proto/snap.h"
 
 enum opt_type { OPT_STR, OPT_INT, OPT_LEVEL, OPT_FLAG };
 
@@ -89,7 +92,15 @@ static const struct opt opts[] = {
       "the key of web-tls-cert (PEM; Nova's [DEFAULT] key); default: in the web-tls-cert "
       "file; re-read on SIGHUP" },
     { "admin", STR(admin), "unix:/run/spice-broker/admin.sock", "unix:PATH|HOST:PORT",
-      "admin endpoint for spice-brokerctl (a loopback TCP address or a unix socket)" },
+      "admin endpoint for spice-brokerctl: a unix socket (mode 0660, see admin-group) or a "
+      "loopback TCP address (127.0.0.1:PORT, [::1]:PORT; any other address is refused: it "
+      "adds tokens and shows sessions)" },
+    { "admin-group", STR(admin_group), "", "GROUP",
+      "the admin unix socket's group (name or number): its members may use spice-brokerctl "
+      "(default: the broker's own group)" },
+    { "metrics-listen", STR(metrics_listen), "", "ADDR:PORT",
+      "a read-only port for monitoring: GET /metrics and GET /healthz only, no token or "
+      "session data (may face a monitoring network); off when empty" },
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
       "where tokens and session records live: embedded:DIR, or etcd:URL[,URL...] "
       "(a zone's etcd v3 cluster)" },
@@ -118,7 +129,8 @@ static const struct opt opts[] = {
     { "nova-config-dir", STR(nova_config_dir), "", "DIR",
       "read every *.conf in DIR, sorted, as more --nova-config files (oslo.config's "
       "--config-dir); may repeat" },
-    { "zone", STR(zone), "default", "NAME", "availability zone: the store key prefix" },
+    { "zone", STR(zone), "default", "NAME",
+      "availability zone: the store key prefix (not empty, no '/', not '.' or '..')" },
     { "token-sources", STR(token_sources), "store,file,nova", "LIST",
       "where console tokens are looked up, in order: store (spice-brokerctl token add), file "
       "(token-file), nova (Nova's token API, on when the config file's [nova] sets auth_url)" },
@@ -628,6 +640,18 @@ int config_load(struct config *cfg, int argc, char **argv)
     return 0;
 }
 
+bool config_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
 int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port)
 {
     const char *colon;
@@ -736,6 +760,23 @@ static int validate_tokens(const struct config *cfg)
     return 0;
 }
 
+int config_group(const char *name, gid_t *gid)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(name, &end, 10);
+    if (name[0] != '\0' && *end == '\0' && errno == 0 && v >= 0 && v < INT_MAX) {
+        *gid = (gid_t)v;
+        return 0;
+    }
+    struct group gr, *res = NULL;
+    char buf[4096];
+    if (getgrnam_r(name, &gr, buf, sizeof(buf), &res) != 0 || res == NULL)
+        return -1;
+    *gid = gr.gr_gid;
+    return 0;
+}
+
 int config_validate(const struct config *cfg)
 {
     if (validate_tokens(cfg) < 0)
@@ -819,6 +860,48 @@ int config_validate(const struct config *cfg)
         }
     } else if (config_split_hostport(cfg->admin, host, sizeof(host), &port) < 0) {
         fprintf(stderr, "spice-broker: admin must be unix:PATH or HOST:PORT, got '%s'\n", cfg->admin);
+        return -1;
+    } else if (!config_is_loopback(host)) {
+        fprintf(stderr, "spice-broker: admin '%s' is not a loopback address: the admin endpoint "
+                "adds tokens and shows sessions, so over TCP it listens on 127.0.0.1 or [::1] "
+                "only (use unix:PATH, and --metrics-listen for a monitoring network)\n",
+                cfg->admin);
+        return -1;
+    }
+    if (cfg->admin_group[0] != '\0') {
+        if (strncmp(cfg->admin, "unix:", 5) != 0) {
+            fprintf(stderr, "spice-broker: admin-group needs a unix:PATH admin socket\n");
+            return -1;
+        }
+        gid_t gid;
+        if (config_group(cfg->admin_group, &gid) < 0) {
+            fprintf(stderr, "spice-broker: admin-group: no group '%s'\n", cfg->admin_group);
+            return -1;
+        }
+    }
+    if (cfg->metrics_listen[0] != '\0') {
+        uint16_t mport = 0;
+        char mhost[128];
+        struct in6_addr any;
+        if (config_split_hostport(cfg->metrics_listen, mhost, sizeof(mhost), &mport) < 0 ||
+            (inet_pton(AF_INET, mhost, &any) != 1 && inet_pton(AF_INET6, mhost, &any) != 1)) {
+            fprintf(stderr, "spice-broker: metrics-listen must be a numeric ADDR:PORT, got "
+                    "'%s'\n", cfg->metrics_listen);
+            return -1;
+        }
+        if (mport == port || mport == tls_port || mport == web_port) {
+            fprintf(stderr, "spice-broker: metrics-listen needs a port of its own (not listen's, "
+                    "tls-listen's or web-listen's)\n");
+            return -1;
+        }
+    }
+    bool zone_ok = snap_prefix(NULL, 0, cfg->zone, "tokens") >= 0 &&
+                   strcmp(cfg->zone, ".") != 0 && strcmp(cfg->zone, "..") != 0;
+    for (const char *z = cfg->zone; zone_ok && *z != '\0'; z++)
+        zone_ok = *z > 0x20 && *z < 0x7f;
+    if (!zone_ok) {
+        fprintf(stderr, "spice-broker: zone must be a non-empty name without '/' (and not '.' "
+                "or '..', printable ASCII): it is a store key component, got '%s'\n", cfg->zone);
         return -1;
     }
     if (!(strncmp(cfg->store, "embedded:", 9) == 0 && cfg->store[9] == '/') &&

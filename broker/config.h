@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 /* [nova] of the broker's config file: how the Nova token source reaches
  * Keystone and Nova, under the keystoneauth names nova.conf's service
@@ -51,6 +52,8 @@ struct config {
     char web_tls_cert[512];    /* the browser port speaks only TLS when set */
     char web_tls_key[512];     /* empty: the key is in web_tls_cert */
     char admin[256];
+    char admin_group[64];          /* the admin socket's group ("" = the broker's) */
+    char metrics_listen[128];      /* read-only GET /metrics and /healthz, "" = off */
     char store[512];
     char token_file[512];
     char store_key[512];           /* seals backend passwords in token records, "" = in clear */
@@ -82,6 +85,11 @@ void config_usage(FILE *out);
 /* Checks cross-field constraints (listen address, store spec, token file).
  * Returns 0 or -1 with a message on stderr. */
 int config_validate(const struct config *cfg);
+/* Whether host (a numeric address) is a loopback one: 127.0.0.0/8, ::1,
+ * or ::ffff:127.x.y.z. */
+bool config_is_loopback(const char *host);
+/* A group by name or number; -1 if there is no such group. */
+int config_group(const char *name, gid_t *gid);
 /* Splits "HOST:PORT" ("[v6]:PORT" too) into host and port. */
 int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port);
 

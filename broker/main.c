@@ -95,7 +95,8 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     char key[SNAP_KEY_MAX];
     uint8_t *val = NULL;
     size_t len = 0;
-    snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token);
+    if (snap_token_key(key, sizeof(key), b->keys, b->cfg.zone, token) < 0)
+        return;
     if (snap_token_encode(rec, b->keys, key, &val, &len) == 0)
         (void)broker_store_put(b, key, val, len, on_nova_token_written, NULL);
     if (val != NULL)
@@ -337,7 +338,12 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
     w->r = *r;
     w->from_retry = from_retry;
     w->probe = probe;
-    snap_session_key(key, sizeof(key), b->cfg.zone, r->rec.id);
+    if (snap_session_key(key, sizeof(key), b->cfg.zone, r->rec.id) < 0) {
+        /* Cannot happen with a zone config_validate took; not retried. */
+        log_warnx("sid=%08x record dropped: zone %s makes no store key", r->rec.id, b->cfg.zone);
+        free(w);
+        return;
+    }
     if (r->rec.ended != 0 && b->cfg.session_history == 0) {
         rc = broker_store_delete(b, key, on_record_written, w);
     } else {
@@ -550,7 +556,8 @@ static int sweep_visit(const char *key, const void *val, size_t len, int64_t rev
 static void sweep_sessions(struct broker *b, bool startup)
 {
     char prefix[SNAP_KEY_MAX];
-    snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions");
+    if (snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "sessions") < 0)
+        return; /* config_validate refuses such a zone */
     struct sweep sw = { .b = b, .startup = startup, .now = (int64_t)time(NULL) };
     store_walk(b->store, prefix, sweep_visit, &sw);
     for (size_t i = 0; i < sw.n_drop; i++)

@@ -447,10 +447,23 @@ static void on_get(CURL *e, int result, void *arg)
             answer(q, -1, NULL, "unusable reply from Nova");
             return;
         }
+        bool clean = true; /* the host and instance go into log lines and .vv files */
+        for (const char *c = rec.host; *c != '\0'; c++)
+            clean = clean && (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f;
+        for (const char *c = rec.instance; *c != '\0'; c++)
+            clean = clean && (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f;
+        if (!clean) {
+            log_warnx("nova: GET %s/os-console-auth-tokens/...: unusable reply: a host or "
+                      "instance with spaces or control characters", n->endpoint);
+            answer(q, -1, NULL, "unusable reply from Nova");
+            return;
+        }
         int64_t now = (int64_t)time(NULL);
         rec.created = now;
         rec.expires = now + n->cfg.token_grace;
-        log_debug("nova: token of instance %s: %s port %u tls_port %u", rec.instance, rec.host,
+        char ei[LOG_ESCAPED_MAX], eh[LOG_ESCAPED_MAX]; /* Nova's strings, escaped */
+        log_debug("nova: token of instance %s: %s port %u tls_port %u",
+                  log_escape(rec.instance, ei, sizeof(ei)), log_escape(rec.host, eh, sizeof(eh)),
                   rec.port, rec.tls_port);
         answer(q, 0, &rec, NULL);
         return;

@@ -14,12 +14,15 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "broker/config.h"
 #include "common/log.h"
 
+/* A token of the file is kept as its SHA-256 only: a lookup compares
+ * digests, in time that depends on neither token's length or content. */
 struct file_entry {
-    char *token;
+    uint8_t digest[32];
     struct snap_token rec;
 };
 
@@ -52,10 +55,8 @@ void resolver_use(struct resolver *r, bool store, bool file)
 
 static void free_entries(struct resolver *r)
 {
-    for (size_t i = 0; i < r->n; i++) {
-        OPENSSL_cleanse(r->entries[i].token, strlen(r->entries[i].token));
-        free(r->entries[i].token);
-    }
+    if (r->entries != NULL)
+        OPENSSL_cleanse(r->entries, r->n * sizeof(*r->entries));
     free(r->entries);
     r->entries = NULL;
     r->n = 0;
@@ -139,6 +140,18 @@ void resolver_reload(struct resolver *r)
     int lineno = 0, bad = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
         lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            /* Longer than the buffer: skipped whole (its tail is not a line
+             * of its own). */
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n')
+                ;
+            OPENSSL_cleanse(line, sizeof(line));
+            log_warnx("token file %s:%d: line longer than %zu bytes; line ignored", r->path,
+                      lineno, sizeof(line) - 2);
+            bad++;
+            continue;
+        }
         char token[256];
         struct snap_token rec;
         int rc = resolver_parse_line(line, token, sizeof(token), &rec);
@@ -153,12 +166,14 @@ void resolver_reload(struct resolver *r)
         if (ne == NULL)
             break;
         entries = ne;
-        ne[n].token = strdup(token);
+        unsigned int dlen = 0;
         ne[n].rec = rec;
-        if (ne[n].token != NULL)
+        if (EVP_Digest(token, strlen(token), ne[n].digest, &dlen, EVP_sha256(), NULL) == 1 &&
+            dlen == sizeof(ne[n].digest))
             n++;
         OPENSSL_cleanse(token, sizeof(token));
     }
+    OPENSSL_cleanse(line, sizeof(line));
     fclose(f);
     pthread_mutex_lock(&r->mu);
     free_entries(r);
@@ -246,14 +261,18 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
     }
     if (r->path[0] == '\0' || !r->use_file)
         return -1;
+    uint8_t digest[32];
+    unsigned int dlen = 0;
+    if (EVP_Digest(token, strlen(token), digest, &dlen, EVP_sha256(), NULL) != 1 ||
+        dlen != sizeof(digest))
+        return -1;
     int found = -1;
     pthread_mutex_lock(&r->mu);
     for (size_t i = 0; i < r->n; i++) {
-        const char *t = r->entries[i].token;
-        if (strlen(t) == strlen(token) && CRYPTO_memcmp(t, token, strlen(t)) == 0) {
+        /* Every entry is compared: the time says nothing of which matched. */
+        if (CRYPTO_memcmp(r->entries[i].digest, digest, sizeof(digest)) == 0 && found < 0) {
             *rec = r->entries[i].rec;
             found = 0;
-            break;
         }
     }
     pthread_mutex_unlock(&r->mu);

@@ -391,8 +391,9 @@ static void vv_answer(struct web_conn *wc)
         reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
         return;
     }
+    char ei[LOG_ESCAPED_MAX];
     log_info("web: client=%s .vv for instance %s", wc->addr,
-             wc->vv_rec.instance[0] ? wc->vv_rec.instance : "?");
+             wc->vv_rec.instance[0] ? log_escape(wc->vv_rec.instance, ei, sizeof(ei)) : "?");
     wc->owned = vv;
     reply(wc, 200, "OK", "application/x-virt-viewer", (const uint8_t *)vv, len, false);
 }
@@ -459,9 +460,11 @@ static int on_head(struct web_conn *wc)
          * hijacking, Nova's CVE-2015-0259). */
         const char *why = http_origin_refusal(&req, wc->ww->allowed_origins, wc->ww->base_url);
         if (why != NULL) {
-            log_info("web: client=%s 403 %s (Origin '%.100s', Host '%.100s'%s%.20s)", wc->addr,
-                     why, req.origin, req.host,
-                     req.has_forwarded_proto ? ", X-Forwarded-Proto " : "", req.forwarded_proto);
+            char eo[104], eh[104], ep[24]; /* the headers as the peer sent them, escaped */
+            log_info("web: client=%s 403 %s (Origin '%s', Host '%s'%s%s)", wc->addr, why,
+                     log_escape(req.origin, eo, sizeof(eo)), log_escape(req.host, eh, sizeof(eh)),
+                     req.has_forwarded_proto ? ", X-Forwarded-Proto " : "",
+                     log_escape(req.forwarded_proto, ep, sizeof(ep)));
             /* why is a static string: it outlives the reply. */
             reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)why,
                   strlen(why), false);

@@ -92,3 +92,38 @@ void log_format_addr(const struct sockaddr_storage *peer, char *out, unsigned ca
     else
         snprintf(out, cap, "?");
 }
+
+const char *log_escape(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (cap == 0)
+        return "";
+    if (s == NULL)
+        s = "(null)";
+    size_t o = 0, all = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        all += *p >= 0x20 && *p < 0x7f && *p != '\\' ? 1 : 4;
+    bool cut = all >= cap;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        bool plain = *p >= 0x20 && *p < 0x7f && *p != '\\';
+        size_t need = plain ? 1 : 4;
+        /* When it does not all fit: room for this byte and for "...". */
+        if (cut && cap >= 4 && o + need + 3 >= cap) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (o + need >= cap)
+            break;
+        if (plain) {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}

@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
@@ -27,6 +28,15 @@ void log_vemit(enum log_level lvl, bool with_errno, const char *fmt, va_list ap)
 /* A peer address as "ip:port" for log lines ("?" if it cannot be told). */
 struct sockaddr_storage;
 void log_format_addr(const struct sockaddr_storage *peer, char *out, unsigned cap);
+
+/* A string a peer chose (a backend host or an instance from an admin
+ * request, a header, a record from Nova), made safe for one log line:
+ * copied into out (cap bytes, always NUL-terminated) with control
+ * characters, '\\' and every byte outside printable ASCII written as \xNN,
+ * and cut with "..." when it does not fit. NULL is written "(null)".
+ * Returns out, so it can be an argument of the log call itself. */
+#define LOG_ESCAPED_MAX 260
+const char *log_escape(const char *s, char *out, size_t cap);
 
 _Noreturn void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

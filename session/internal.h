@@ -205,6 +205,7 @@ struct chan_link {
     bool reply_sent;                  /* our link reply went out */
     uint64_t ask;                     /* CH_C_RESOLVE: the question's name */
     uint8_t token_hash[32];           /* CH_C_RESOLVE: sha256 of the token */
+    bool refusing;                    /* a wrong token: refused when the timer fires */
 };
 
 struct session;
@@ -314,6 +315,7 @@ struct session_worker {
     struct event *reap;
     const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
+    struct throttle *throttle;      /* wrong tokens per source (throttle.h) */
     uint64_t next_ask;              /* names the token questions sent elsewhere */
     TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
 };

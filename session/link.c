@@ -29,6 +29,7 @@
 #include "proto/ticket.h"
 #include "proto/wire.h"
 #include "session/internal.h"
+#include "session/throttle.h"
 
 static void on_link_io(evutil_socket_t fd, short what, void *arg);
 static void link_backend_connect(struct chan *c);
@@ -114,6 +115,7 @@ static void refuse_link(struct chan *c, uint32_t err, const char *why)
              wire_channel_name(c->type), c->id, why, wire_link_err_name(err));
     send_link_error(c, err);
     c->w->stats.links_refused++;
+    c->w->stats.links_refused_link++;
     chan_close(c, why);
 }
 
@@ -125,6 +127,42 @@ static void refuse_auth(struct chan *c, uint32_t err, const char *why)
     send_link_result(c, err);
     c->w->stats.links_refused++;
     chan_close(c, why);
+}
+
+/* A wrong token (after our reply): the same PERMISSION_DENIED as any
+ * refusal, but throttled per source (session/throttle.h): a growing delay
+ * before the refusal (the channel reads nothing meanwhile; its link timer,
+ * re-armed, refuses it), and past a source's first few wrong tokens no line
+ * each but one summary line per source and interval. */
+static void refuse_token(struct chan *c, const char *why)
+{
+    struct session_worker *w = c->w;
+    bool log_it = true;
+    int delay = throttle_fail(w->throttle, &c->peer, &log_it);
+    w->stats.links_refused_token++;
+    if (log_it)
+        log_info("%s client=%s %s:%u link refused: %s (%s)", chan_sid(c), c->addr,
+                 wire_channel_name(c->type), c->id, why,
+                 wire_link_err_name(SPICE_LINK_ERR_PERMISSION_DENIED));
+    if (delay > 0 && c->lk != NULL && c->timer != NULL) {
+        w->stats.links_throttled++;
+        c->lk->refusing = true;
+        event_del(c->client_side.rd);
+        evtimer_del(c->timer);
+        arm_timer(c, delay);
+        return;
+    }
+    send_link_result(c, SPICE_LINK_ERR_PERMISSION_DENIED);
+    w->stats.links_refused++;
+    chan_close(c, why);
+}
+
+/* A token the lookup refused because it is wrong (not because the broker
+ * could not tell): those are throttled. */
+static bool wrong_token(const char *why)
+{
+    return why == NULL || strncmp(why, "unknown token", 13) == 0 ||
+           strncmp(why, "expired token", 13) == 0 || strncmp(why, "empty token", 11) == 0;
 }
 
 /* The backend leg failed: tell the client in the form its current step expects. */
@@ -275,6 +313,16 @@ static void client_auth_done(struct chan *c)
         }
         p += 4;
     }
+    if (throttle_blocked(w->throttle, &c->peer)) {
+        /* Too many wrong tokens from this source lately: refused without
+         * decrypting or looking anything up (counted in its summary line). */
+        send_link_result(c, SPICE_LINK_ERR_PERMISSION_DENIED);
+        w->stats.links_refused++;
+        w->stats.links_refused_blocked++;
+        w->stats.links_throttled++;
+        chan_close(c, "permission denied (source throttled)");
+        return;
+    }
     char token[TICKET_MAX_PLAIN];
     if (c->web_token != NULL) {
         /* A WebSocket client: its URL's token authenticates it; its ticket
@@ -285,7 +333,7 @@ static void client_auth_done(struct chan *c)
         }
         memcpy(token, c->web_token, strlen(c->web_token) + 1);
     } else if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
-        refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, "permission denied (bad ticket)");
+        refuse_token(c, "permission denied (bad ticket)");
         return;
     }
     uint8_t hash[32];
@@ -294,8 +342,7 @@ static void client_auth_done(struct chan *c)
     if (!c->is_main) {
         OPENSSL_cleanse(token, sizeof(token));
         if (CRYPTO_memcmp(hash, c->s->token_hash, sizeof(hash)) != 0) {
-            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED,
-                        "permission denied (token differs from the session's)");
+            refuse_token(c, "permission denied (token differs from the session's)");
             return;
         }
         struct chan *o;
@@ -422,9 +469,13 @@ static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
     if (rc != 0) {
         char reason[160];
         snprintf(reason, sizeof(reason), "permission denied (%s)", why ? why : "unknown token");
-        refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);
+        if (wrong_token(why))
+            refuse_token(c, reason);
+        else
+            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);
         return;
     }
+    throttle_ok(w->throttle, &c->peer);
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL || w->hooks->session_init(s) < 0) {
         free(s);
@@ -451,8 +502,10 @@ static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
     event_del(c->client_side.rd);
     char where[SNAP_MAX_HOST + 8];
     session_backend_where(s, where, sizeof(where));
+    char ew[LOG_ESCAPED_MAX], ei[LOG_ESCAPED_MAX]; /* a token record names them: escaped */
     log_info("%s client=%s authenticated; linking backend %s%s%s", chan_sid(c), s->client,
-             where, s->rec.instance[0] ? " instance=" : "", s->rec.instance);
+             log_escape(where, ew, sizeof(ew)), s->rec.instance[0] ? " instance=" : "",
+             log_escape(s->rec.instance, ei, sizeof(ei)));
     arm_expiry(s);
     link_backend_connect(c);
 }
@@ -625,6 +678,13 @@ static void on_link_io(evutil_socket_t fd, short what, void *arg)
 static void on_link_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
+    if (c->lk != NULL && c->lk->refusing) {
+        /* A throttled wrong token's delay is over. */
+        send_link_result(c, SPICE_LINK_ERR_PERMISSION_DENIED);
+        c->w->stats.links_refused++;
+        chan_close(c, "permission denied (throttled)");
+        return;
+    }
     log_info("%s client=%s link timed out in state %s", chan_sid(c), c->addr,
              c->state == CH_C_LINK ? "link" : "auth");
     chan_close(c, "link timeout");

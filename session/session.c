@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "session/internal.h"
+#include "session/throttle.h"
 
 static void reap(struct session_worker *w);
 
@@ -40,7 +41,11 @@ struct session_worker *session_worker_new(const struct session_env *env)
     TAILQ_INIT(&w->to_check);
     TAILQ_INIT(&w->lookups);
     w->reap = event_new(env->base, -1, 0, on_reap, w);
-    if (w->reap == NULL) {
+    w->throttle = throttle_new(env->base);
+    if (w->reap == NULL || w->throttle == NULL) {
+        if (w->reap != NULL)
+            event_free(w->reap);
+        throttle_free(w->throttle);
         free(w);
         return NULL;
     }
@@ -62,6 +67,7 @@ void session_worker_free(struct session_worker *w)
     while ((l = TAILQ_FIRST(&w->lookups)) != NULL)
         session_lookup_cancel(l);
     event_free(w->reap);
+    throttle_free(w->throttle);
     pool_drain(&w->pool);
     if (w->dns != NULL)
         evdns_base_free(w->dns, 1);

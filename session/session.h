@@ -133,6 +133,10 @@ void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);
 struct session_stats {
     uint64_t sessions_active, sessions_total, channels_active;
     uint64_t links_refused, links_failed_backend, bytes_to_client, bytes_to_backend;
+    /* Of links_refused: a bad link message, a wrong token (checked), a
+     * wrong token's source blocked (not checked); the rest had other
+     * reasons. links_throttled: refusals delayed or made without a check. */
+    uint64_t links_refused_link, links_refused_token, links_refused_blocked, links_throttled;
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);
 

@@ -44,7 +44,8 @@ def test(env):
     rc, out = broker("--help")
     check(rc == 0 and "--listen" in out and "--tls-listen" in out and "--web-listen" in out
           and "--web-tls-cert" in out and "--web-tls-key" in out and "SIGHUP" in out
-          and "--session-history" in out, "--help: rc %d\n%s" % (rc, out[:400]))
+          and "--session-history" in out and "--metrics-listen" in out and "--admin-group" in out,
+          "--help: rc %d\n%s" % (rc, out[:400]))
     rc, out = broker("--version")
     check(rc == 0 and out.startswith("spice-broker "), "--version: rc %d %r" % (rc, out))
 
@@ -135,12 +136,36 @@ def test(env):
          "unknown [nova] option 'usernme'"),
         (["--config", ini("nova6.ini", "[nova]\ntimeout = soon\n")],
          "[nova] timeout takes seconds"),
+        # issue 9: the admin endpoint over TCP only on loopback, the metrics
+        # port, the admin socket's group, zones that make no store key
+        (["--admin", "0.0.0.0:%d" % p1], "is not a loopback address"),
+        (["--admin", "192.0.2.1:%d" % p1], "is not a loopback address"),
+        (["--admin", "[::]:%d" % p1], "is not a loopback address"),
+        (["--admin", "localhost:%d" % p1], "is not a loopback address"),
+        (["--admin-group", "no-such-group-sb9"], "admin-group: no group 'no-such-group-sb9'"),
+        (["--admin", "127.0.0.1:%d" % p1, "--admin-group", "0"],
+         "admin-group needs a unix:PATH admin socket"),
+        (["--metrics-listen", "nowhere"], "metrics-listen must be a numeric ADDR:PORT"),
+        (["--metrics-listen", "monitor.example:9100"], "metrics-listen must be a numeric"),
+        (["--listen", "127.0.0.1:%d" % p1, "--metrics-listen", "0.0.0.0:%d" % p1],
+         "metrics-listen needs a port of its own"),
+        (["--zone", "a/b"], "zone must be a non-empty name without '/'"),
+        (["--zone", ""], "zone must be a non-empty name without '/'"),
+        (["--zone", ".."], "zone must be a non-empty name without '/'"),
+        (["--zone", "a b"], "zone must be a non-empty name without '/'"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 2 and want in out, "%s: rc %d, want 2 and %r in %r" % (
             " ".join(args), rc, want, out.strip()))
     log("%d broken configurations refused with exit 2 and a message" % len(bad))
+    for args in (["--admin", "127.0.0.1:%d" % p1], ["--admin", "[::1]:%d" % p1],
+                 ["--admin", "127.0.0.2:%d" % p1],
+                 ["--metrics-listen", "0.0.0.0:%d" % p2, "--admin-group", str(os.getgid())],
+                 ["--zone", "zone-1.a_b"]):
+        rc, out = broker(*(base + args + ["--check-config"]))
+        check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
+    log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
 
     # found only at start-up: exit 1 and a log line, quickly
     busy = socket.socket()

@@ -6,6 +6,10 @@ blank line): spice-gtk with that token opens every channel; an unknown token
 gets PERMISSION_DENIED. A token appended to the file later works once the
 broker has re-read the file (polled with raw logins for up to 10 s), and a
 token removed from the file stops working the same way.
+
+Issue 9: a line longer than the reader's buffer (1023 bytes) whose tail
+looks like an entry is skipped whole, with a log line: the tail's token
+does not work.
 """
 import os
 import sys
@@ -36,7 +40,9 @@ def test(env):
     q = Qemu(env).start()
     path = env.path("tokens.cfg")
     t1, t2 = token("file1"), token("file2")
-    lines = ["# console tokens", "", "%s: 127.0.0.1:%d" % (t1, q.spice_port)]
+    t3 = token("tail")
+    long_line = "#" + "x" * 1022 + "%s: 127.0.0.1:%d" % (t3, q.spice_port)
+    lines = ["# console tokens", "", long_line, "%s: 127.0.0.1:%d" % (t1, q.spice_port)]
     write(path, lines)
     b = Broker(env, token_file=path).start()
 
@@ -44,6 +50,11 @@ def test(env):
     res = login_result(b.port, token("notinfile"))
     check(res == ERR_PERMISSION_DENIED, "token not in the file: link result %s, want 7" % res)
     log("token from the file works; unknown token denied")
+    res = login_result(b.port, t3)
+    check(res == ERR_PERMISSION_DENIED, "the tail of a too-long line became an entry: link "
+          "result %s, want 7" % res)
+    check("line longer than" in b.log_text(), "no log line about the too-long line")
+    log("a too-long line is skipped whole, with a log line")
 
     time.sleep(1.1)      # make sure the file's mtime changes even on coarse clocks
     write(path, lines + ["%s: 127.0.0.1:%d" % (t2, q.spice_port)])
