@@ -720,17 +720,17 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
         return false;
     }
     char key[SNAP_KEY_MAX];
-    int krc = snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token);
-    json_decref(j);
-    if (krc < 0) {
+    if (snap_token_key(key, sizeof(key), a->b->keys, a->b->cfg.zone, token) < 0) {
+        json_decref(j);
         reply_error(r, 500, "the token makes no store key");
         return false;
     }
     struct token_write *tw = token_write_new(a, bev, true);
     /* token-key-compat: the bare name is deleted after the keyed one */
-    if (tw != NULL && a->b->cfg.token_key_compat)
-        snap_token_key(tw->bare, sizeof(tw->bare), NULL, a->b->cfg.zone, token);
-    json_decref(j);
+    if (tw != NULL && a->b->cfg.token_key_compat &&
+        snap_token_key(tw->bare, sizeof(tw->bare), NULL, a->b->cfg.zone, token) < 0)
+        tw->bare[0] = '\0';
+    json_decref(j); /* token points into it: last */
     if (tw == NULL || broker_store_delete(a->b, key, on_token_written, tw) < 0) {
         token_write_free(tw);
         token_reply(r, true, STORE_ERROR);
