@@ -29,6 +29,8 @@ struct session_worker;
 struct ticket_key;
 struct transport;
 struct session_hooks;
+struct limits;
+struct limits_conn;
 typedef struct ssl_ctx_st SSL_CTX;
 
 /* TLS toward QEMU (--backend-tls): auto takes a record's secure port when it
@@ -80,6 +82,14 @@ struct session_env {
      * token expires (its record's `expires`), not only its new links. */
     bool enforce_session_timeout;
 
+    /* Caps on unauthenticated connections, shared by every worker (common/
+     * limits.h); NULL: none. A client channel is counted from its accept
+     * until its link is accepted (CLIENT_LIVE) or it closes. */
+    struct limits *limits;
+    /* A live channel's client that takes none of the bytes waiting for it
+     * for this long is closed (0: never). */
+    int write_stall_ms;
+
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */
     uint32_t buffer_size;    /* relay buffer per direction while data flows */
@@ -101,6 +111,17 @@ void session_worker_free(struct session_worker *w);
 void session_accept(struct session_worker *w, struct transport *t,
                     const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
                     const char *web_token);
+/* The same, for a connection already counted against the limits since an
+ * earlier phase (the TLS port's handshake, the browser port's request):
+ * lc (taken; NULL: counted afresh) keeps its age. */
+void session_accept_counted(struct session_worker *w, struct transport *t,
+                            const struct sockaddr_storage *peer, const char *web_token,
+                            struct limits_conn *lc);
+/* Counts a connection of an earlier phase on this worker against the
+ * limits; evict(arg) closes it, on this worker's loop, when a cap picks it.
+ * NULL when there are no limits (or out of memory): not counted. */
+struct limits_conn *session_admit(struct session_worker *w, const struct sockaddr_storage *peer,
+                                  void (*evict)(void *arg), void *arg);
 
 /* The answer to a question resolve() sent elsewhere: rc 0 with rec, or -1
  * with why. A channel that gave up meanwhile is not there: nothing happens. */
@@ -130,6 +151,7 @@ void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);
 struct session_stats {
     uint64_t sessions_active, sessions_total, channels_active;
     uint64_t links_refused, links_failed_backend, bytes_to_client, bytes_to_backend;
+    uint64_t write_stalls;   /* live channels closed: their client read nothing for too long */
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);
 
