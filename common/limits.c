@@ -152,6 +152,25 @@ static struct source *biggest(struct limits *l)
     return best;
 }
 
+/* The eviction summary line, if one is due (under mu): at the first
+ * eviction, then at most every SUMMARY_EVERY_S. */
+static void summary_take(struct limits *l, char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    if ((l->sum_source == 0 && l->sum_global == 0) || now - l->last_summary < SUMMARY_EVERY_S)
+        return;
+    char who[48];
+    key_format(l->sum_addr, who, sizeof(who));
+    snprintf(buf, len,
+             "limits: closed %llu unauthenticated connection(s) at the per-source cap %u "
+             "(last from %s) and %llu at the global cap %u; %u unauthenticated now, from %u "
+             "source(s)",
+             (unsigned long long)l->sum_source, l->max_src, l->sum_source ? who : "-",
+             (unsigned long long)l->sum_global, l->max_total, l->total, l->n_sources);
+    l->sum_source = l->sum_global = 0;
+    l->last_summary = now;
+}
+
 static void job_evict(void *arg)
 {
     struct limits_conn *lc = arg;
@@ -238,19 +257,7 @@ struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage
         l->st.evicted_global++;
         l->sum_global++;
     }
-    time_t now = time(NULL);
-    if ((l->sum_source || l->sum_global) && now - l->last_summary >= SUMMARY_EVERY_S) {
-        char who[48];
-        key_format(l->sum_addr, who, sizeof(who));
-        snprintf(summary, sizeof(summary),
-                 "limits: closed %llu unauthenticated connection(s) at the per-source cap %u "
-                 "(last from %s) and %llu at the global cap %u; %u unauthenticated now, from %u "
-                 "source(s)",
-                 (unsigned long long)l->sum_source, l->max_src, l->sum_source ? who : "-",
-                 (unsigned long long)l->sum_global, l->max_total, l->total, l->n_sources);
-        l->sum_source = l->sum_global = 0;
-        l->last_summary = now;
-    }
+    summary_take(l, summary, sizeof(summary));
     pthread_mutex_unlock(&l->mu);
 
     if (summary[0] != '\0')
@@ -291,7 +298,11 @@ void limits_release(struct limits_conn *lc)
     unlink_conn(l, lc);
     lc->released = true;
     bool keep = lc->evicted && !lc->job_done; /* the job frees it */
+    char summary[200] = "";
+    summary_take(l, summary, sizeof(summary)); /* what the last burst left unsaid */
     pthread_mutex_unlock(&l->mu);
+    if (summary[0] != '\0')
+        log_warnx("%s", summary);
     if (!keep)
         free(lc);
 }
