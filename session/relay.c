@@ -390,24 +390,31 @@ static int64_t loop_ms(const struct chan *c)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* The client has bytes waiting for it: watch that it takes some within
- * write_stall_ms (a live session has no timeout, a client that reads
- * nothing while we have bytes for it has one). */
-static void dst_wait(struct chan *c, struct relay_dir *d)
+/* Bytes wait for the client: in our buffer (framed or held back by its ACK
+ * window) or in its transport. */
+static bool client_owed(const struct chan *c)
 {
-    event_add(dst_ev(c, d), NULL);
-    if (d == &c->to_c && c->stall != NULL && !evtimer_pending(c->stall, NULL)) {
-        int ms = c->w->env.write_stall_ms;
-        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-        evtimer_add(c->stall, &tv);
-    }
+    return (c->to_c.buf != NULL && c->to_c.head < c->to_c.tail && !c->to_c.sink_gone) ||
+           event_pending(c->client_side.wr, EV_WRITE, NULL);
+}
+
+/* A live session has no timeout, but a client that takes nothing while we
+ * have bytes for it has one: write_stall_ms without progress. Cheap enough
+ * for every service step (a pending check). */
+static void stall_watch(struct chan *c)
+{
+    if (c->stall == NULL || evtimer_pending(c->stall, NULL) || !client_owed(c))
+        return;
+    int ms = c->w->env.write_stall_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(c->stall, &tv);
 }
 
 static void on_stall(evutil_socket_t fd, short what, void *arg)
 {
     struct chan *c = arg;
-    if (c->closing || !event_pending(c->client_side.wr, EV_WRITE, NULL))
-        return; /* nothing waits for the client: the next wait re-arms */
+    if (c->closing || !client_owed(c))
+        return; /* nothing waits for the client: the next service step re-arms */
     int64_t idle = loop_ms(c) - c->client_progress_ms;
     int ms = c->w->env.write_stall_ms;
     if (idle < ms) {
@@ -470,7 +477,7 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
             return 0;
         }
         if (transport_pending_out(t))
-            dst_wait(c, d);
+            event_add(dst_ev(c, d), NULL);
         else
             event_del(dst_ev(c, d));
         return 0;
@@ -479,7 +486,7 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
     ssize_t w = transport_writev(t, iov, n);
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            dst_wait(c, d);
+            event_add(dst_ev(c, d), NULL);
             return 0;
         }
         if (errno == EPIPE || errno == ECONNRESET) {
@@ -516,7 +523,7 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
         d->head += (uint32_t)left;
     }
     if ((size_t)w < total || transport_pending_out(t))
-        dst_wait(c, d);
+        event_add(dst_ev(c, d), NULL);
     else
         event_del(dst_ev(c, d));
     return w;
@@ -627,6 +634,7 @@ static int chan_service(struct chan *c)
         }
         dir_release_if_empty(c, d);
     }
+    stall_watch(c);
     return 0;
 fail:
     chan_close(c, why);
