@@ -58,6 +58,12 @@ def connect_from(src, port, timeout=5.0):
 def is_closed(s):
     """True if the peer closed (or reset) s; never blocks."""
     s.setblocking(False)  # a socket with a timeout would wait for it first
+    if hasattr(s, "pending"):  # TLS: peek at the TCP stream under it
+        s = socket.fromfd(s.fileno(), s.family, s.type)  # a dup of the descriptor
+        try:
+            return is_closed(s)
+        finally:
+            s.close()
     try:
         b = s.recv(65536, socket.MSG_DONTWAIT | socket.MSG_PEEK)
     except BlockingIOError:
