@@ -406,8 +406,8 @@ static void ws_checked(struct web_conn *wc)
 {
     if (wc->vv_rc != 0) {
         OPENSSL_cleanse(wc->token, sizeof(wc->token));
-        log_info("web: client=%s 403 websocket refused before the upgrade: %s", wc->addr,
-                 wc->vv_why);
+        log_info("web: client=%s 403 websocket refused before the upgrade: permission denied "
+                 "(%s)", wc->addr, wc->vv_why);
         wc->hdr_len = 0;
         reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)WS_FORBIDDEN,
               strlen(WS_FORBIDDEN), false);
