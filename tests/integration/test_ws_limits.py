@@ -15,7 +15,11 @@ are bounded (issue 9, items 2 and 5); no QEMU needed.
     never read (pongs queue at most WS_QUEUE_MAX = 1 KiB each, then are
     dropped): RSS grows by less than 64 KiB per connection, the broker
     answers, the connections end at the link timeout;
-  - a frame announcing 2^62 bytes: closed with 1009 at once.
+  - a frame announcing 2^62 bytes: closed with 1009 at once;
+  - Nova as the token source (the stand-in): the answer comes after the
+    lookup returned: a token only Nova knows gets its 101, one Nova does not
+    know 403, and Nova slower than the link timeout: refused within it,
+    without any 101.
 """
 import socket
 import ssl
@@ -26,6 +30,8 @@ import time
 from harness import Broker, check, check_not_logged, free_port, link_packet, log, no_direct, \
     run, token
 from limitsutil import close_all, is_closed, raise_fd_limit, rss_kib, sanitized
+from nova_standin import StandIn
+from test_nova_tokens import nova_conf
 from test_slowloris import client_hello, read_until
 from test_web_bad import frame, read_all, status_of, upgrade_req, ws_frames
 from tlsutil import make_cert
@@ -196,6 +202,42 @@ def test(env):
     check(closed and 1009 in codes, "huge frame: codes %s closed %s" % (codes, closed))
     log("a frame announcing 2^62 bytes: close %s" % codes)
     b.check_alive()
+    b.stop()
+
+    # ---- Nova answers later (session_lookup's asynchronous path)
+    st = StandIn(max_version="2.99").start()
+    try:
+        st.add_user("nova", "nova-pw", project="service")
+        nport = free_port()
+        bn = Broker(env, name="broker-nova", link_timeout=3, extra=[
+            "--web-listen", "127.0.0.1:%d" % nport,
+            "--config", nova_conf(env, "standin", st.auth_url, "nova", "nova-pw")]).start()
+        ntok = token("wsnova")
+        st.add_console_token(ntok, host="127.0.0.1", port=5900, console_type="spice-html5")
+        s = ws_open(nport, ntok)
+        s.close()
+        s = connect(nport)
+        s.sendall(upgrade_req(token("wsnotnova")))
+        data, closed = read_all(s, timeout=5)
+        s.close()
+        check(status_of(data) == 403 and closed, "a token Nova does not know: %r" % data[:100])
+        slow = token("wsslow")
+        st.add_console_token(slow, host="127.0.0.1", port=5900)
+        st.fault("nova", "delay", 5)
+        s = connect(nport)
+        t = time.monotonic()
+        s.sendall(upgrade_req(slow))
+        data, closed = read_all(s, timeout=8)
+        s.close()
+        took = time.monotonic() - t
+        # the broker gives Nova the link timeout less a second, then refuses
+        check(closed and status_of(data) in (None, 403) and took < 3 + 1.5,
+              "Nova slower than the link timeout: %r after %.1f s" % (data[:60], took))
+        log("Nova: its token gets a 101, an unknown one 403, a slow Nova %s after %.1f s "
+            "(no 101)" % ("403" if data else "a close", took))
+        bn.check_alive()
+    finally:
+        st.stop()
 
 
 if __name__ == "__main__":
