@@ -60,44 +60,33 @@ class Dribble(threading.Thread):
         self.name, self.s, self.data, self.t0, self.limit = name, s, data, t0, limit
         self.closed_after = None
 
+    def closed(self):
+        """Drains what the broker sends (replies, handshake flights); True once
+        it closed."""
+        try:
+            while True:
+                if not self.s.recv(65536):
+                    return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def run(self):
-        s = self.s
-        s.setblocking(False)
+        self.s.setblocking(False)
         deadline = self.t0 + self.limit + 4
         i = 0
         while time.monotonic() < deadline:
-            try:
-                while True:  # drain whatever the broker sends (replies, handshake)
-                    b = s.recv(65536)
-                    if not b:
-                        self.closed_after = time.monotonic() - self.t0
-                        return
-            except BlockingIOError:
-                pass
-            except OSError:
+            if i < len(self.data) and (time.monotonic() - self.t0) >= i:  # a byte a second
+                try:
+                    self.s.send(self.data[i:i + 1])
+                except OSError:
+                    pass
+                i += 1
+            if self.closed():
                 self.closed_after = time.monotonic() - self.t0
                 return
-            if i < len(self.data):
-                try:
-                    s.send(self.data[i:i + 1])
-                except OSError:
-                    self.closed_after = time.monotonic() - self.t0
-                    return
-                i += 1
-            time.sleep(0.1 if i % 10 else 0.1)
-            # one byte a second: nine more short sleeps that only watch for the close
-            for _ in range(9):
-                try:
-                    b = s.recv(65536)
-                    if not b:
-                        self.closed_after = time.monotonic() - self.t0
-                        return
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    self.closed_after = time.monotonic() - self.t0
-                    return
-                time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def connect(port):
