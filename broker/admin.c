@@ -46,6 +46,7 @@
 #include <openssl/crypto.h>
 
 #include "broker/broker.h"
+#include "common/limits.h"
 #include "common/log.h"
 #include "migrate/handover.h"
 #include "proto/snap.h"
@@ -188,6 +189,7 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.sessions_total += st.sessions_total;
     c->stats.channels_active += st.channels_active;
     c->stats.links_refused += st.links_refused;
+    c->stats.write_stalls += st.write_stalls;
     c->stats.links_failed_backend += st.links_failed_backend;
     c->stats.links_refused_link += st.links_refused_link;
     c->stats.links_refused_token += st.links_refused_token;
@@ -421,6 +423,32 @@ static void h_history(struct broker *b, struct response *r)
     reply_json(r, 200, arr);
 }
 
+/* The caps on unauthenticated connections (common/limits.h), appended. */
+static void metrics_limits(struct broker *b, struct response *r, const struct session_stats *s)
+{
+    struct limits_stats ls;
+    limits_get_stats(b->limits, &ls);
+    char more[1024];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_unauthenticated Connections not yet authenticated (all ports).\n"
+             "# TYPE spice_broker_unauthenticated gauge\nspice_broker_unauthenticated %llu\n"
+             "# HELP spice_broker_unauthenticated_evicted_total Unauthenticated connections "
+             "closed by a cap.\n"
+             "# TYPE spice_broker_unauthenticated_evicted_total counter\n"
+             "spice_broker_unauthenticated_evicted_total{cap=\"per_source\"} %llu\n"
+             "spice_broker_unauthenticated_evicted_total{cap=\"global\"} %llu\n"
+             "# HELP spice_broker_write_stalls_total Live channels closed: their client read "
+             "nothing for write-stall-timeout.\n"
+             "# TYPE spice_broker_write_stalls_total counter\nspice_broker_write_stalls_total %llu\n",
+             (unsigned long long)ls.unauthenticated, (unsigned long long)ls.evicted_source,
+             (unsigned long long)ls.evicted_global, (unsigned long long)s->write_stalls);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 static void h_metrics(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -464,6 +492,7 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->links_refused_blocked, (unsigned long long)other,
           (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
+    metrics_limits(b, r, s);
     collect_unref(c);
 }
 

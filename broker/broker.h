@@ -36,6 +36,7 @@ struct broker {
     struct resolver *resolver;
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;
+    struct limits *limits;       /* caps on unauthenticated connections (all workers) */
     struct ticket_key *key;
     struct worker **workers;
     int n_workers;

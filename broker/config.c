@@ -144,6 +144,16 @@ static const struct opt opts[] = {
       "connecting and linking to a backend must finish within this" },
     { "buffer-size", INT(buffer_size, 16384, 16777216), "1048576", "BYTES",
       "relay buffer per direction of a busy channel (idle channels hold none)" },
+    { "max-unauthenticated", INT(max_unauth, 0, 10000000), "1000", "N",
+      "connections not yet authenticated (any port: TLS handshake, HTTP request, WebSocket "
+      "or SPICE link in progress) at most, all workers together; over it the oldest of the "
+      "biggest source is closed (0 = no cap)" },
+    { "max-unauthenticated-per-source", INT(max_unauth_source, 0, 10000000), "64", "N",
+      "of those, from one source address at most; over it that source's oldest is closed "
+      "(0 = no cap)" },
+    { "write-stall-timeout", INT(write_stall, 0, 86400), "60", "SECONDS",
+      "close a live channel whose client takes none of the bytes waiting for it for this "
+      "long (0 = never)" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,

@@ -72,6 +72,9 @@ struct config {
     int backend_timeout;  /* seconds */
     int buffer_size;      /* bytes per relay direction */
     int session_history;  /* seconds an ended session's record is kept */
+    int max_unauth;       /* unauthenticated connections, all ports and workers (0: no cap) */
+    int max_unauth_source; /* of those, from one source address (0: no cap) */
+    int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

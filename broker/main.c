@@ -4,6 +4,7 @@
  * their results come back as events: the control loop never waits for etcd
  * or a disk. */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "broker/tls.h"
 #include "broker/vv.h"
 #include "broker/web.h"
+#include "common/limits.h"
 #include "common/log.h"
 #include "migrate/handover.h"
 #include "proto/snap.h"
@@ -137,6 +139,47 @@ static int env_handoff(void *arg, int worker_index, struct transport *t,
         return -1;
     }
     return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
+}
+
+/* An eviction the limits ask of a worker (common/limits.h), as a worker job. */
+struct limits_job {
+    void (*fn)(void *arg);
+    void (*drop)(void *arg);
+    void *arg;
+};
+
+/* Set once the workers start stopping: no job goes to one any more. */
+static atomic_bool limits_closed;
+
+static void limits_job_run(struct session_worker *sw, void *arg)
+{
+    struct limits_job *j = arg;
+    j->fn(j->arg);
+    free(j);
+}
+
+static void limits_job_drop(void *arg)
+{
+    struct limits_job *j = arg;
+    j->drop(j->arg);
+    free(j);
+}
+
+static int limits_post(void *arg, int worker_index, void (*fn)(void *arg), void *fn_arg,
+                       void (*drop)(void *arg))
+{
+    struct broker *b = arg;
+    if (atomic_load(&limits_closed) || worker_index < 0 || worker_index >= b->n_workers)
+        return -1;
+    struct limits_job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return -1;
+    *j = (struct limits_job){ fn, drop, fn_arg };
+    if (worker_post_droppable(b->workers[worker_index], limits_job_run, j, limits_job_drop) < 0) {
+        free(j);
+        return -1;
+    }
+    return 0;
 }
 
 /* Session records are handed to the control loop, which queues them to the
@@ -769,7 +812,13 @@ int main(int argc, char **argv)
                                                                       : BACKEND_TLS_AUTO,
         .backend_tls_subject = b.cfg.backend_tls_subject,
         .enforce_session_timeout = b.cfg.enforce_session_timeout,
+        .write_stall_ms = b.cfg.write_stall * 1000,
     };
+    b.limits = limits_new((unsigned)b.cfg.max_unauth, (unsigned)b.cfg.max_unauth_source,
+                          limits_post, &b);
+    if (b.limits == NULL)
+        goto out;
+    env.limits = b.limits;
     struct tls_policy policy = { b.cfg.tls_min_version, b.cfg.tls_ciphers };
     if (env.backend_tls_mode != BACKEND_TLS_NEVER) {
         b.backend_tls = tls_backend_ctx_new(b.cfg.backend_ca, b.cfg.backend_cert,
@@ -898,6 +947,7 @@ out:
     if (!b.ready)
         notify_status("start-up failed; the log says why");
     b.ready = false;
+    atomic_store(&limits_closed, true);
     for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
     b.n_workers = 0; /* Nova's late answers go nowhere now */
@@ -951,6 +1001,7 @@ out:
             event_free(sigs[i]);
     ticket_key_free(b.key);
     registry_free(b.registry);
+    limits_free(b.limits);
     nova_free(b.nova);
     free(vv_ca);
     resolver_free(b.resolver);

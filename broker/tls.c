@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 
+#include "common/limits.h"
 #include "common/log.h"
 #include "session/transport.h"
 
@@ -285,6 +286,7 @@ struct tls_conn {
     struct sockaddr_storage peer;
     char addr[56];
     struct event *rd, *wr, *timer;
+    struct limits_conn *lim;         /* counted as unauthenticated; goes with the connection */
 };
 
 /* Frees the connection's handshake state; the transport too unless it was
@@ -297,6 +299,7 @@ static void conn_free(struct tls_conn *tc)
         if (*evs[i] != NULL)
             event_free(*evs[i]);
     transport_free(tc->t);
+    limits_release(tc->lim);
     free(tc);
 }
 
@@ -315,9 +318,11 @@ static void handshake_done(struct tls_conn *tc)
     struct transport *t = tc->t;
     struct sockaddr_storage peer = tc->peer;
     struct session_worker *sw = tc->tw->sw;
+    struct limits_conn *lc = tc->lim; /* still unauthenticated: the count goes on, as old */
     tc->t = NULL;
+    tc->lim = NULL;
     conn_free(tc);
-    session_accept(sw, t, &peer, NULL, 0, NULL);
+    session_accept_counted(sw, t, &peer, NULL, lc);
 }
 
 static void on_handshake_io(evutil_socket_t fd, short what, void *arg)
@@ -341,6 +346,13 @@ static void on_handshake_io(evutil_socket_t fd, short what, void *arg)
 static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg)
 {
     conn_fail(arg, "timed out");
+}
+
+/* A cap on unauthenticated connections picked this one (no line each: the
+ * limits log a summary). */
+static void conn_evict(void *arg)
+{
+    conn_free(arg);
 }
 
 struct tls_worker *tls_worker_new(struct event_base *base, struct session_worker *sw,
@@ -384,6 +396,7 @@ void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *pe
     tc->rd = event_new(tw->base, fd, EV_READ | EV_PERSIST, on_handshake_io, tc);
     tc->wr = event_new(tw->base, fd, EV_WRITE | EV_PERSIST, on_handshake_io, tc);
     tc->timer = evtimer_new(tw->base, on_handshake_timeout, tc);
+    tc->lim = session_admit(tw->sw, peer, conn_evict, tc);
     if (tc->t == NULL || tc->rd == NULL || tc->wr == NULL || tc->timer == NULL) {
         conn_free(tc);
         return;

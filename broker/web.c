@@ -4,12 +4,19 @@
  *   handshake  TLS only; bounded in time together with the head;
  *   head       read the HTTP request head (proto/http.c parses it), bounded
  *              in size and time;
+ *   check      a WebSocket's token looked up (session_lookup: store, file,
+ *              Nova) before anything is answered: unknown, expired or
+ *              revoked -> 403 (Nova's proxy checks it before its 101 too);
+ *              bounded by the head's timer;
  *   reply      a static file from the web root (read once at start-up,
  *              served from memory) or an error, then close; or the
  *              WebSocket 101, after which the connection goes to
  *              session_accept() over a WebSocket transport (over the TLS
  *              one on a TLS port; session/transport.c frames the bytes in
- *              the relay itself: no bridge), carrying the URL's token. */
+ *              the relay itself: no bridge), carrying the URL's token
+ *              (checked again by the SPICE link, which may come later).
+ * Every connection counts as unauthenticated (common/limits.h) from its
+ * accept until its SPICE link is accepted or it closes. */
 #include "broker/web.h"
 
 #include <dirent.h>
@@ -30,6 +37,7 @@
 
 #include "broker/tls.h"
 #include "broker/vv.h"
+#include "common/limits.h"
 #include "common/log.h"
 #include "proto/http.h"
 #include "session/transport.h"
@@ -39,6 +47,8 @@
 #define SITE_MAX_FILE (16u << 20)
 #define SITE_MAX_DEPTH 8
 #define TOKEN_MAX 256
+/* What a WebSocket with an unusable token is told (never why). */
+#define WS_FORBIDDEN "forbidden: invalid or expired console token\n"
 
 /* ------------------------------------------------------------------ the site */
 
@@ -196,7 +206,7 @@ static const struct web_file *site_find(const struct web_site *site, const char 
 
 /* ------------------------------------------------------------------ a connection */
 
-enum web_state { WC_HANDSHAKE, WC_HEAD, WC_REPLY };
+enum web_state { WC_HANDSHAKE, WC_HEAD, WC_CHECK, WC_REPLY };
 
 struct web_conn;
 
@@ -237,6 +247,9 @@ struct web_conn {
     char host[HTTP_MAX_VALUE + 1];
     char token[TOKEN_MAX];
     char *owned;
+    /* a WebSocket whose token is being checked: its 101 is ready in hdr */
+    const char *token_from;          /* "URL" or "cookie" */
+    struct limits_conn *lim;         /* counted as unauthenticated; goes with the connection */
 };
 
 static void conn_free(struct web_conn *wc)
@@ -248,6 +261,7 @@ static void conn_free(struct web_conn *wc)
             event_free(*evs[i]);
     transport_free(wc->t);
     session_lookup_cancel(wc->lookup);
+    limits_release(wc->lim);
     if (wc->owned != NULL) {
         OPENSSL_cleanse(wc->owned, wc->body_len);
         free(wc->owned);
@@ -266,7 +280,7 @@ static void conn_wait(struct web_conn *wc)
         event_add(wc->wr, NULL);
     else
         event_del(wc->wr);
-    if ((want & TRANSPORT_WANT_READ) || wc->state != WC_REPLY)
+    if ((want & TRANSPORT_WANT_READ) || wc->state < WC_CHECK)
         event_add(wc->rd, NULL);
     else
         event_del(wc->rd);
@@ -338,39 +352,92 @@ static void reply_error(struct web_conn *wc, int status, const char *reason, con
 
 /* ---- the upgrade ---- */
 
-/* Answers the upgrade and gives the connection, as a WebSocket transport
- * (over its TLS transport on a TLS browser port), to the session code with
- * the URL's token (no bridge: the relay reads and writes the frames itself,
- * session/transport.c). */
-static void upgrade(struct web_conn *wc, const struct http_request *req, const char *token,
-                    const char *token_from)
+/* Makes the upgrade's 101 into wc->hdr, sent once the token is known
+ * good; -1 if it cannot. */
+static int upgrade_prepare(struct web_conn *wc, const struct http_request *req)
 {
     char accept_key[HTTP_WS_ACCEPT_LEN + 1];
-    if (http_ws_accept(req->ws_key, accept_key) != 0) {
-        reply_error(wc, 500, "Internal Server Error", "cannot start the WebSocket");
-        return;
-    }
+    if (http_ws_accept(req->ws_key, accept_key) != 0)
+        return -1;
     bool binary = http_protocol_offered(req->ws_protocol, "binary");
     int n = snprintf(wc->hdr, sizeof(wc->hdr),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
                      accept_key, binary ? "Sec-WebSocket-Protocol: binary\r\n" : "");
+    if (n <= 0 || (size_t)n >= sizeof(wc->hdr))
+        return -1;
+    wc->hdr_len = (size_t)n;
+    return 0;
+}
+
+/* Answers the upgrade (its 101 made by upgrade_prepare) and gives the
+ * connection, as a WebSocket transport (over its TLS transport on a TLS
+ * browser port), to the session code with the token (no bridge: the relay
+ * reads and writes the frames itself, session/transport.c). Still counted
+ * as unauthenticated, as old as it is, until its SPICE link is accepted. */
+static void upgrade(struct web_conn *wc)
+{
     /* 101 is small: a fresh socket takes it whole (TLS: in one record that
      * goes out at once), or the browser is gone. */
-    if (n <= 0 || transport_write(wc->t, wc->hdr, (size_t)n) != n ||
+    if (transport_write(wc->t, wc->hdr, wc->hdr_len) != (ssize_t)wc->hdr_len ||
         transport_pending_out(wc->t)) {
         log_info("web: client=%s websocket closed: could not send the upgrade", wc->addr);
         conn_free(wc);
         return;
     }
     log_info("web: client=%s websocket%s for a SPICE channel (token from the %s)", wc->addr,
-             wc->ww->tls != NULL ? " over TLS" : "", token_from);
+             wc->ww->tls != NULL ? " over TLS" : "", wc->token_from);
     struct session_worker *sw = wc->ww->sw;
     struct sockaddr_storage peer = wc->peer;
+    char token[TOKEN_MAX];
+    memcpy(token, wc->token, sizeof(token));
+    struct limits_conn *lc = wc->lim;
+    wc->lim = NULL;
     struct transport *t = transport_ws_new_over(wc->t); /* TCP: the plain WebSocket on the socket */
     wc->t = NULL; /* the WebSocket's now */
     conn_free(wc);
-    session_accept(sw, t, &peer, NULL, 0, token);
+    session_accept_counted(sw, t, &peer, token, lc);
+    OPENSSL_cleanse(token, sizeof(token));
+}
+
+/* The WebSocket's token is known (vv_rc 0) or refused: the 101, or a 403
+ * with a fixed body (the log line says why, never the token). */
+static void ws_checked(struct web_conn *wc)
+{
+    if (wc->vv_rc != 0) {
+        OPENSSL_cleanse(wc->token, sizeof(wc->token));
+        log_info("web: client=%s 403 websocket refused before the upgrade: permission denied "
+                 "(%s)", wc->addr, wc->vv_why);
+        wc->hdr_len = 0;
+        reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)WS_FORBIDDEN,
+              strlen(WS_FORBIDDEN), false);
+        return;
+    }
+    upgrade(wc);
+}
+
+static void on_ws_lookup(void *arg, int rc, const struct snap_token *rec, const char *why)
+{
+    struct web_conn *wc = arg;
+    wc->lookup = NULL;
+    wc->vv_rc = rc;
+    snprintf(wc->vv_why, sizeof(wc->vv_why), "%s", why ? why : "unknown token");
+    if (!wc->in_lookup) /* a later answer (Nova's); else check_token answers */
+        ws_checked(wc);
+}
+
+/* Looks the WebSocket's token (in wc->token) up as its SPICE link will
+ * (store, file, Nova) before any 101; wc waits, its head timer running. */
+static void check_token(struct web_conn *wc)
+{
+    event_del(wc->rd);
+    event_del(wc->wr);
+    wc->state = WC_CHECK;
+    wc->in_lookup = true;
+    wc->lookup = session_lookup(wc->ww->sw, wc->token, on_ws_lookup, wc);
+    wc->in_lookup = false;
+    if (wc->lookup == NULL) /* answered at once */
+        ws_checked(wc);
 }
 
 /* ---- the head ---- */
@@ -470,21 +537,26 @@ static int on_head(struct web_conn *wc)
                   strlen(why), false);
             return 1;
         }
-        char token[TOKEN_MAX];
-        int tl = http_token(&req, token, sizeof(token));
+        int tl = http_token(&req, wc->token, sizeof(wc->token));
         if (tl <= 0) {
+            OPENSSL_cleanse(wc->token, sizeof(wc->token));
             reply_error(wc, tl < 0 ? 400 : 403, tl < 0 ? "Bad Request" : "Forbidden",
                         tl < 0 ? "malformed token" : "no console token (?token= or a token cookie)");
             return 1;
         }
         if ((size_t)n < wc->have) {
             /* A browser waits for the 101 before it sends a frame. */
-            OPENSSL_cleanse(token, sizeof(token));
+            OPENSSL_cleanse(wc->token, sizeof(wc->token));
             reply_error(wc, 400, "Bad Request", "data before the upgrade");
             return 1;
         }
-        upgrade(wc, &req, token, strstr(req.query, "token=") ? "URL" : "cookie");
-        OPENSSL_cleanse(token, sizeof(token));
+        if (upgrade_prepare(wc, &req) < 0) {
+            OPENSSL_cleanse(wc->token, sizeof(wc->token));
+            reply_error(wc, 500, "Internal Server Error", "cannot start the WebSocket");
+            return 1;
+        }
+        wc->token_from = strstr(req.query, "token=") ? "URL" : "cookie";
+        check_token(wc);
         return 1;
     }
     if (wc->ww->vv != NULL && strcmp(req.path, wc->ww->vv->path) == 0 && !head_only) {
@@ -557,6 +629,8 @@ static void on_conn_io(evutil_socket_t fd, short what, void *arg)
         else
             conn_wait(wc);
         return;
+    case WC_CHECK:
+        return; /* no event is armed while the token is looked up */
     case WC_REPLY:
         reply_flush(wc);
         return;
@@ -566,9 +640,10 @@ static void on_conn_io(evutil_socket_t fd, short what, void *arg)
 static void on_conn_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct web_conn *wc = arg;
-    log_info("web: client=%s %s", wc->addr, wc->state == WC_HANDSHAKE
-                                                ? "no TLS handshake in time"
-                                                : "no complete request in time");
+    log_info("web: client=%s %s", wc->addr,
+             wc->state == WC_HANDSHAKE ? "no TLS handshake in time"
+             : wc->state == WC_CHECK   ? "the token was not checked in time"
+                                       : "no complete request in time");
     conn_free(wc);
 }
 
@@ -606,6 +681,13 @@ void web_worker_free(struct web_worker *ww)
     free(ww);
 }
 
+/* A cap on unauthenticated connections picked this one (no line each: the
+ * limits log a summary). */
+static void conn_evict(void *arg)
+{
+    conn_free(arg);
+}
+
 void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer)
 {
     struct web_conn *wc = calloc(1, sizeof(*wc));
@@ -617,6 +699,7 @@ void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *pe
     TAILQ_INSERT_TAIL(&ww->conns, wc, link);
     wc->peer = *peer;
     log_format_addr(peer, wc->addr, sizeof(wc->addr));
+    wc->lim = session_admit(ww->sw, peer, conn_evict, wc);
     if (ww->tls != NULL) {
         SSL_CTX *ssl = tls_ctx_acquire(ww->tls); /* the certificate of the moment (SIGHUP) */
         wc->t = transport_tls_new(ssl, fd, true, NULL);

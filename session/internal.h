@@ -224,6 +224,9 @@ struct chan {
     struct sockaddr_storage peer;
     char addr[56];              /* the client's "ip:port", for logs */
     char *web_token;            /* a WebSocket client's token (session_accept), else NULL */
+    struct limits_conn *lim;    /* counted as unauthenticated (common/limits.h), else NULL */
+    struct event *stall;        /* relaying: the client took nothing for write_stall_ms */
+    int64_t client_progress_ms; /* relaying: when the client last took bytes (loop clock) */
     struct chan_link *lk;       /* client link phase only */
     struct wire_link_mess client; /* the client's link: type, id, caps */
     struct relay_dir to_b;      /* client -> backend */
@@ -345,6 +348,9 @@ void session_set_id(struct session *s, uint32_t id);
 /* Writes the session's record to the store (through env.publish). */
 void session_publish(struct session *s);
 const char *chan_sid(const struct chan *c);
+/* c no longer counts as unauthenticated (its link was accepted, it was
+ * handed to another worker, or it closes). */
+void chan_uncount(struct chan *c);
 
 /* link.c */
 void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);

@@ -202,4 +202,6 @@ void client_set_state(struct chan *c, enum client_state next)
     log_move(c, "client side", client_state_name(from), client_state_name(next),
              client_legal(from, next));
     c->client_side.state = next;
+    if (next == CLIENT_LIVE || next == CLIENT_HANDED_OFF || next == CLIENT_CLOSED)
+        chan_uncount(c); /* authenticated, or gone from here */
 }

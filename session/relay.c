@@ -16,6 +16,7 @@
  * Only mini headers are relayed (both real clients and QEMU always use them;
  * link.c refuses peers without MINI_HEADER). */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -382,6 +383,51 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
 
 /* ------------------------------------------------------------------ I/O */
 
+static int64_t loop_ms(const struct chan *c)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->w->env.base, &tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* Bytes wait for the client: in our buffer (framed or held back by its ACK
+ * window) or in its transport. */
+static bool client_owed(const struct chan *c)
+{
+    return (c->to_c.buf != NULL && c->to_c.head < c->to_c.tail && !c->to_c.sink_gone) ||
+           event_pending(c->client_side.wr, EV_WRITE, NULL);
+}
+
+/* A live session has no timeout, but a client that takes nothing while we
+ * have bytes for it has one: write_stall_ms without progress. Cheap enough
+ * for every service step (a pending check). */
+static void stall_watch(struct chan *c)
+{
+    if (c->stall == NULL || evtimer_pending(c->stall, NULL) || !client_owed(c))
+        return;
+    int ms = c->w->env.write_stall_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(c->stall, &tv);
+}
+
+static void on_stall(evutil_socket_t fd, short what, void *arg)
+{
+    struct chan *c = arg;
+    if (c->closing || !client_owed(c))
+        return; /* nothing waits for the client: the next service step re-arms */
+    int64_t idle = loop_ms(c) - c->client_progress_ms;
+    int ms = c->w->env.write_stall_ms;
+    if (idle < ms) {
+        struct timeval tv = { (ms - idle) / 1000, ((ms - idle) % 1000) * 1000 };
+        evtimer_add(c->stall, &tv);
+        return;
+    }
+    char why[96];
+    snprintf(why, sizeof(why), "the client read nothing for %ds", ms / 1000);
+    c->w->stats.write_stalls++;
+    chan_close(c, why);
+}
+
 /* Writes framed bytes (and injected ones at a boundary) to the destination.
  * Returns bytes written, or -1 with *why. */
 static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
@@ -455,6 +501,8 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
         *why = d == &c->to_b ? "backend write failed" : "client write failed";
         return -1;
     }
+    if (w > 0 && d == &c->to_c)
+        c->client_progress_ms = loop_ms(c);
     size_t left = (size_t)w;
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -586,6 +634,7 @@ static int chan_service(struct chan *c)
         }
         dir_release_if_empty(c, d);
     }
+    stall_watch(c);
     return 0;
 fail:
     chan_close(c, why);
@@ -677,6 +726,12 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         chan_close(c, "out of memory");
         return -1;
     }
+    if (c->stall == NULL && c->w->env.write_stall_ms > 0 &&
+        (c->stall = evtimer_new(base, on_stall, c)) == NULL) {
+        chan_close(c, "out of memory");
+        return -1;
+    }
+    c->client_progress_ms = loop_ms(c);
     c->state = CH_RELAY;
     if (c->lk != NULL) {
         /* What the link phase still owes the client (its link result, when

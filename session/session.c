@@ -11,6 +11,7 @@
 #include <event2/dns.h>
 #include <openssl/crypto.h>
 
+#include "common/limits.h"
 #include "common/log.h"
 #include "session/internal.h"
 #include "session/throttle.h"
@@ -92,17 +93,35 @@ const char *chan_sid(const struct chan *c)
     return c->s != NULL ? c->s->sid : "sid=-";
 }
 
-void session_accept(struct session_worker *w, struct transport *t,
-                    const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
-                    const char *web_token)
+static void chan_evict(void *arg)
 {
-    if (t == NULL) {
-        log_warnx("out of memory accepting a client");
-        return;
-    }
-    struct chan *c = calloc(1, sizeof(*c));
+    struct chan *c = arg;
+    chan_close(c, "too many unauthenticated connections");
+}
+
+struct limits_conn *session_admit(struct session_worker *w, const struct sockaddr_storage *peer,
+                                  void (*evict)(void *arg), void *arg)
+{
+    return limits_admit(w->env.limits, peer, w->env.worker_index, evict, arg);
+}
+
+void chan_uncount(struct chan *c)
+{
+    limits_release(c->lim);
+    c->lim = NULL;
+}
+
+/* A new client channel, counted as unauthenticated (lc taken: its count and
+ * age from an earlier phase; NULL: counted from now) until its link is
+ * accepted or it closes. */
+static void accept_client(struct session_worker *w, struct transport *t,
+                          const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
+                          const char *web_token, struct limits_conn *lc)
+{
+    struct chan *c = t != NULL ? calloc(1, sizeof(*c)) : NULL;
     if (c == NULL || (web_token != NULL && (c->web_token = strdup(web_token)) == NULL)) {
         log_warnx("out of memory accepting a client");
+        limits_release(lc);
         transport_free(t);
         free(c);
         return;
@@ -112,14 +131,34 @@ void session_accept(struct session_worker *w, struct transport *t,
     c->peer = *peer;
     log_format_addr(peer, c->addr, sizeof(c->addr));
     TAILQ_INSERT_TAIL(&w->pending, c, link);
+    if (lc != NULL)
+        limits_rebind(lc, chan_evict, c);
+    else
+        lc = session_admit(w, peer, chan_evict, c);
+    c->lim = lc;
     link_start_client(c, pre, pre_len);
+}
+
+void session_accept(struct session_worker *w, struct transport *t,
+                    const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
+                    const char *web_token)
+{
+    accept_client(w, t, peer, pre, pre_len, web_token, NULL);
+}
+
+void session_accept_counted(struct session_worker *w, struct transport *t,
+                            const struct sockaddr_storage *peer, const char *web_token,
+                            struct limits_conn *lc)
+{
+    accept_client(w, t, peer, NULL, 0, web_token, lc);
 }
 
 /* Stops everything of c that could still call back (its events, a backend
  * link in progress, its migration legs); the memory stays until chan_free(). */
 static void chan_disarm(struct chan *c)
 {
-    struct event *evs[] = { c->client_side.rd, c->client_side.wr, c->b_rd, c->b_wr, c->timer };
+    struct event *evs[] = { c->client_side.rd, c->client_side.wr, c->b_rd, c->b_wr, c->timer,
+                            c->stall };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_del(evs[i]);
@@ -142,8 +181,9 @@ static void chan_bury(struct chan *c)
 
 static void chan_free(struct chan *c)
 {
+    chan_uncount(c);
     struct event **evs[] = { &c->client_side.rd, &c->client_side.wr, &c->b_rd, &c->b_wr,
-                             &c->timer };
+                             &c->timer, &c->stall };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
         if (*evs[i] != NULL) {
             event_free(*evs[i]);

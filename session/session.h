@@ -29,6 +29,8 @@ struct session_worker;
 struct ticket_key;
 struct transport;
 struct session_hooks;
+struct limits;
+struct limits_conn;
 typedef struct ssl_ctx_st SSL_CTX;
 
 /* TLS toward QEMU (--backend-tls): auto takes a record's secure port when it
@@ -83,6 +85,14 @@ struct session_env {
      * token expires (its record's `expires`), not only its new links. */
     bool enforce_session_timeout;
 
+    /* Caps on unauthenticated connections, shared by every worker (common/
+     * limits.h); NULL: none. A client channel is counted from its accept
+     * until its link is accepted (CLIENT_LIVE) or it closes. */
+    struct limits *limits;
+    /* A live channel's client that takes none of the bytes waiting for it
+     * for this long is closed (0: never). */
+    int write_stall_ms;
+
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */
     uint32_t buffer_size;    /* relay buffer per direction while data flows */
@@ -104,6 +114,17 @@ void session_worker_free(struct session_worker *w);
 void session_accept(struct session_worker *w, struct transport *t,
                     const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
                     const char *web_token);
+/* The same, for a connection already counted against the limits since an
+ * earlier phase (the TLS port's handshake, the browser port's request):
+ * lc (taken; NULL: counted afresh) keeps its age. */
+void session_accept_counted(struct session_worker *w, struct transport *t,
+                            const struct sockaddr_storage *peer, const char *web_token,
+                            struct limits_conn *lc);
+/* Counts a connection of an earlier phase on this worker against the
+ * limits; evict(arg) closes it, on this worker's loop, when a cap picks it.
+ * NULL when there are no limits (or out of memory): not counted. */
+struct limits_conn *session_admit(struct session_worker *w, const struct sockaddr_storage *peer,
+                                  void (*evict)(void *arg), void *arg);
 
 /* The answer to a question resolve() sent elsewhere: rc 0 with rec, or -1
  * with why. A channel that gave up meanwhile is not there: nothing happens. */
@@ -137,6 +158,7 @@ struct session_stats {
      * wrong token's source blocked (not checked); the rest had other
      * reasons. links_throttled: refusals delayed or made without a check. */
     uint64_t links_refused_link, links_refused_token, links_refused_blocked, links_throttled;
+    uint64_t write_stalls;   /* live channels closed: their client read nothing for too long */
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);
 

@@ -215,6 +215,8 @@ def test(env):
     st = c.getresponse().status
     c.close()
     check(st == 200, "spice_auto.html on nova.conf's html5proxy_port: %s" % st)
+    # a registered token: the upgrade's token is checked before its 101
+    b.token_add("x", "127.0.0.1", 5900)
 
     def upgrade(origin, extra=""):
         s = socket.create_connection(("127.0.0.1", nport), timeout=5)

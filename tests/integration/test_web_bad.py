@@ -6,8 +6,9 @@ WebSocket close (or a plain close) within a few seconds, a log line, and the
 broker alive; after all of them a well-behaved spice-gtk session and a
 WebSocket SPICE link still work, and no token was logged.
   HTTP: not HTTP at all, a head over 8 KiB, a slowloris head (timeout),
-        POST with a body, an upgrade without a token (403), a malformed
-        token (%zz, 400), a bad Sec-WebSocket-Key (not an upgrade: 404),
+        POST with a body, an upgrade without a token (403), an upgrade
+        with an unknown token (403 before any 101), a malformed token
+        (%zz, 400), a bad Sec-WebSocket-Key (not an upgrade: 404),
         bytes sent before the 101 (400), path traversal (404), an upgrade
         from a page of another origin (403; the same origin gets its 101).
   Origin, Nova's rule (host names, ports ignored; no --web-base-url here,
@@ -15,7 +16,7 @@ WebSocket SPICE link still work, and no token was logged.
         --web-allowed-origins host on any port get their 101; "null", a
         look-alike host, a host:port not listed, and a Host whose port is
         not a number get 403 with Nova's reason.
-  WebSocket (after a good upgrade with an unknown token): an unmasked
+  WebSocket (after a good upgrade with a registered token): an unmasked
         client frame (close 1002), a text frame (1003), a message over 1 MiB
         (1009), a reserved opcode (1002), a hang-up mid-frame, a ping
         (answered with a pong), a close (answered with a close).
@@ -156,6 +157,7 @@ def test(env):
     http_case("POST with a body", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
               400)
     http_case("upgrade without a token", upgrade_req(None), 403)
+    http_case("upgrade with an unknown token", upgrade_req(unknown), 403)
     http_case("malformed token", upgrade_req("%zz"), 400)
     http_case("bad Sec-WebSocket-Key", upgrade_req(unknown, key="short"), 404)
     http_case("bytes before the 101", upgrade_req(unknown) + frame(2, b"early"), 400)
@@ -163,7 +165,7 @@ def test(env):
     http_case("cross-origin upgrade", upgrade_req(unknown, extra="Origin: http://evil.example\r\n"),
               403)
     s = connect(wport)
-    s.sendall(upgrade_req(unknown, extra="Origin: http://127.0.0.1\r\n"))
+    s.sendall(upgrade_req(good, extra="Origin: http://127.0.0.1\r\n"))
     data, _ = read_all(s, timeout=1)
     s.close()
     check(data.startswith(b"HTTP/1.1 101"), "same-origin upgrade refused: %r" % data[:60])
@@ -171,7 +173,7 @@ def test(env):
 
     def origin_case(origin, want, why=b"", host="127.0.0.1"):
         s = connect(wport)
-        req = upgrade_req(unknown, extra="Origin: %s\r\n" % origin)
+        req = upgrade_req(good, extra="Origin: %s\r\n" % origin)
         s.sendall(req.replace(b"Host: 127.0.0.1\r\n", b"Host: %s\r\n" % host.encode()))
         data, _ = read_all(s, timeout=1 if want == 101 else 5)
         s.close()
@@ -189,7 +191,7 @@ def test(env):
     origin_case("http://127.0.0.1", 403, b"Host header not valid", host="127.0.0.1:x")
 
     def ws_case(name, send, want_close_code=None, want_pong=None, hang_up=False):
-        s, rest = ws_open(wport, unknown)
+        s, rest = ws_open(wport, good)
         t = time.monotonic()
         try:
             s.sendall(send)
@@ -218,7 +220,7 @@ def test(env):
     ws_case("reserved opcode", frame(3, b"x"), 1002)
     ws_case("hang-up mid-frame", frame(2, b"\x00" * 100)[:30], None, hang_up=True)
     # a ping is answered with its pong; then the client's close with a close
-    s, rest = ws_open(wport, unknown)
+    s, rest = ws_open(wport, good)
     s.sendall(frame(9, b"are you there"))
     data, _ = read_all(s, timeout=1)
     s.sendall(frame(8, struct.pack("!H", 1000)))
