@@ -18,7 +18,8 @@ void resolver_free(struct resolver *r);
 void resolver_reload(struct resolver *r);
 /* Which of its two sources lookups use (token-sources; both by default). */
 void resolver_use(struct resolver *r, bool store, bool file);
-/* 0 and *rec filled, or -1 with *why ("unknown token", "expired token"). */
+/* 0 and *rec filled, or -1 with *why ("unknown token", "expired token", "token
+ * store not fresh (...)": valid until the thread's next lookup). */
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why);
 /* Parses one token-file line "TOKEN: HOST:PORT". 0, 1 for a blank/comment line, -1 if malformed. */
 int resolver_parse_line(const char *line, char *token, size_t tcap, struct snap_token *rec);

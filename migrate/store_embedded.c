@@ -455,8 +455,9 @@ static void emb_free(void *impl)
     free(e);
 }
 
-static void *emb_open(const char *dir, const char **err)
+static void *emb_open(const char *dir, const struct store_opts *opts, const char **err)
 {
+    (void)opts;        /* nothing to reach: no TLS, no auth */
     struct emb *e;
     struct stat st;
     int fd;
