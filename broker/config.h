@@ -52,6 +52,12 @@ struct config {
     char web_tls_key[512];     /* empty: the key is in web_tls_cert */
     char admin[256];
     char store[512];
+    char etcd_ca[512];           /* TLS toward etcd (https:// endpoints) */
+    char etcd_cert[512];
+    char etcd_key[512];
+    char etcd_user[128];         /* etcd v3 auth */
+    char etcd_password_file[512];
+    char journal[512];           /* session records the store did not take by the stop */
     char token_file[512];
     char config_file[512];
     char nova_config[512];      /* the last --nova-config (all are read) */

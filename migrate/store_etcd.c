@@ -51,6 +51,8 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "migrate/store_backend.h"
@@ -69,7 +71,9 @@
 #define REPLY_MAX ((size_t)8 << 20)     /* a write's or authenticate's reply */
 #define PAGE_MAX ((size_t)32 << 20)     /* a range page (larger: read again with fewer keys) */
 #define WATCH_LINE_MAX ((size_t)32 << 20) /* one watch message (larger: reload) */
-#define PROGRESS_MS 1000                /* a progress_request on the watch stream this often */
+#define QUIET_MS 1000                   /* a watch this quiet gets a heartbeat */
+#define HEARTBEAT_MS 1000               /* the heartbeat put's bound */
+#define HEARTBEAT_PREFIX ETCD_PREFIX ".heartbeat/"
 #define POLL_MS 250                     /* the watch loop's tick */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -117,9 +121,7 @@ struct etcd {
     bool created;               /* this stream's watch was created */
     bool watch_ok;              /* for logging transitions only */
     int64_t stream_heard;       /* the last line of this stream (or its start) */
-    struct buf out;             /* what the watch request body still has to send */
-    size_t out_off;
-    bool out_paused;            /* the body's read callback paused the upload */
+    char hb_key[96];            /* this process's heartbeat key */
 
     /* freshness: the mirror is fresh while heard is within STORE_FRESH_MS */
     _Atomic int64_t heard;      /* CLOCK_MONOTONIC ms the watch last proved itself alive */
@@ -326,9 +328,8 @@ fail:
     return NULL;
 }
 
-/* Options every request shares; url is copied by libcurl, hdrs is not (the
- * caller frees it after the transfer). body NULL: the body comes from the
- * read callback the caller sets, chunked. */
+/* Options every request shares; url is copied by libcurl, body and hdrs are
+ * not (the caller frees them after the transfer). */
 static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path,
                        const char *body, struct curl_slist *hdrs, char *errbuf)
 {
@@ -340,10 +341,8 @@ static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path
     curl_easy_setopt(h, CURLOPT_PROXY, "");        /* never an http_proxy from the environment */
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, body != NULL ? (curl_off_t)strlen(body)
-                                                                  : (curl_off_t)-1);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
     curl_easy_setopt(h, CURLOPT_CAINFO, e->ca);
     curl_easy_setopt(h, CURLOPT_SSLCERT, e->cert);
     curl_easy_setopt(h, CURLOPT_SSLKEY, e->key);
@@ -941,40 +940,29 @@ static size_t watch_write(char *ptr, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* The watch request's body, sent as it grows: the create request, then a
- * progress_request every PROGRESS_MS. Paused while there is nothing to send. */
-static size_t watch_read(char *dst, size_t size, size_t nitems, void *arg)
+/* Proves the watch stream delivers: puts this process's heartbeat key (on
+ * the watch thread's re-range handle, within HEARTBEAT_MS) so that its
+ * event comes down the watch. etcd 3.4's JSON gateway cannot take a
+ * progress_request on an HTTP/1.1 stream (etcd issue 8237), and its own
+ * progress notifications come every 10 min unless
+ * --experimental-watch-progress-notify-interval says otherwise; with that
+ * at 1 s the stream is never quiet long enough for a heartbeat. */
+static void heartbeat(struct etcd *e)
 {
-    struct etcd *e = arg;
-    size_t room = size * nitems, avail = e->out.len - e->out_off;
+    char why[WHY_LEN] = "", val[24];
+    size_t ep = e->xep;
+    json_t *resp = NULL;
+    char *body;
 
-    if (stopping(e))
-        return CURL_READFUNC_ABORT;
-    if (avail == 0) {
-        e->out_paused = true;
-        return CURL_READFUNC_PAUSE;
-    }
-    if (avail > room)
-        avail = room;
-    memcpy(dst, e->out.p + e->out_off, avail);
-    e->out_off += avail;
-    if (e->out_off == e->out.len)
-        e->out.len = e->out_off = 0;
-    return avail;
-}
-
-/* Appends one request to the watch body; -1 when out of memory. */
-static int watch_send(struct etcd *e, const char *req)
-{
-    size_t n = strlen(req);
-
-    if (buf_write((char *)req, 1, n, &e->out) != n || buf_write("\n", 1, 1, &e->out) != 1)
-        return -1;
-    if (e->out_paused) {
-        e->out_paused = false;
-        curl_easy_pause(e->wstream, CURLPAUSE_CONT);
-    }
-    return 0;
+    snprintf(val, sizeof(val), "%" PRId64, now_ms());
+    body = dump(json_pack("{s:o, s:o}", "key", jb64(e->hb_key, strlen(e->hb_key)),
+                          "value", jb64(val, strlen(val))));
+    if (body == NULL)
+        return;
+    if (call(e, e->wreq, &ep, "/v3/kv/put", body, HEARTBEAT_MS, &resp, why) < 0)
+        log_debug("store: etcd: heartbeat: %s", why);
+    json_decref(resp);
+    free(body);
 }
 
 /* Runs one watch stream until it ends, or until it has been silent for
@@ -985,8 +973,8 @@ static enum watch_end watch_once(struct etcd *e)
     char *body;
     CURLcode rc = CURLE_OK;
     int running = 1;
-    struct curl_slist *hdrs = NULL, *h2;
-    int64_t next_progress = 0;
+    struct curl_slist *hdrs;
+    int64_t last_beat = 0;
     bool silent = false;
 
     if (e->user != NULL && !have_token(e) &&
@@ -1003,26 +991,18 @@ static enum watch_end watch_once(struct etcd *e)
                           "start_revision", from, "progress_notify", 1));
     if (body == NULL)
         return WATCH_RETRY;
+    if ((hdrs = headers(e, true)) == NULL) {
+        free(body);
+        return WATCH_RETRY;
+    }
     e->line.len = 0;
     e->line.max = WATCH_LINE_MAX;
     e->line.over = false;
     e->scanned = 0;
-    e->out.len = e->out_off = 0;
-    e->out.max = REPLY_MAX;
-    e->out_paused = false;
     e->wend = WATCH_RETRY;
     e->created = false;
     e->stream_heard = now_ms();
-    if (watch_send(e, body) < 0 || (hdrs = headers(e, true)) == NULL ||
-        (h2 = curl_slist_append(hdrs, "Transfer-Encoding: chunked")) == NULL) {
-        curl_slist_free_all(hdrs);
-        free(body);
-        return WATCH_RETRY;
-    }
-    hdrs = h2;
-    set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", NULL, hdrs, errbuf);
-    curl_easy_setopt(e->wstream, CURLOPT_READFUNCTION, watch_read);
-    curl_easy_setopt(e->wstream, CURLOPT_READDATA, e);
+    set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", body, hdrs, errbuf);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEDATA, e);
     curl_easy_setopt(e->wstream, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_MS);
@@ -1040,15 +1020,15 @@ static enum watch_end watch_once(struct etcd *e)
         if (!running)
             break;
         int64_t t = now_ms();
-        if (e->created && t >= next_progress) {
-            if (watch_send(e, "{\"progress_request\":{}}") < 0)
-                break;
-            next_progress = t + PROGRESS_MS;
-        }
         note_staleness(e);
         if (t - e->stream_heard > STORE_FRESH_MS) {
             silent = true;
             break;
+        }
+        if (e->created && t - e->stream_heard >= QUIET_MS && t - last_beat >= QUIET_MS) {
+            heartbeat(e);
+            last_beat = now_ms();
+            continue;           /* its event may be waiting */
         }
         curl_multi_poll(e->multi, NULL, 0, POLL_MS, NULL);
     }
@@ -1061,8 +1041,8 @@ static enum watch_end watch_once(struct etcd *e)
     if (e->wend == WATCH_RESYNC)
         return WATCH_RESYNC;
     if (silent) {
-        log_warnx("store: etcd: the watch on %s has been silent for %.1f s (no event, no "
-                  "answer to a progress request); connecting again", e->eps[e->xep],
+        log_warnx("store: etcd: the watch on %s has been silent for %.1f s (not even this "
+                  "broker's heartbeat came back); connecting again", e->eps[e->xep],
                   (double)(now_ms() - e->stream_heard) / 1000.0);
         e->watch_ok = false;
         e->created = false;         /* try the next endpoint */
@@ -1121,12 +1101,26 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+static int etcd_fresh(void *impl, int64_t *silent_ms);
+
 static void etcd_free(void *impl)
 {
     struct etcd *e = impl;
 
     if (e == NULL)
         return;
+    if (e->th_started && etcd_fresh(e, NULL)) {
+        /* best effort, bounded: a stopped broker's heartbeat key goes */
+        char why[WHY_LEN] = "";
+        json_t *resp = NULL;
+        char *body = dump(json_pack("{s:o}", "key", jb64(e->hb_key, strlen(e->hb_key))));
+        pthread_mutex_lock(&e->wmu);
+        if (body != NULL)
+            (void)call(e, e->req, &e->wep, "/v3/kv/deleterange", body, 500, &resp, why);
+        pthread_mutex_unlock(&e->wmu);
+        json_decref(resp);
+        free(body);
+    }
     if (e->th_started) {
         pthread_mutex_lock(&e->smu);
         atomic_store(&e->stop, true);
@@ -1151,7 +1145,6 @@ static void etcd_free(void *impl)
         OPENSSL_cleanse(e->password, strlen(e->password));
     free(e->password);
     drop_token(e);
-    free(e->out.p);
     for (size_t i = 0; i < e->neps; i++)
         free(e->eps[i]);
     free(e->line.p);
@@ -1295,6 +1288,12 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
         *err = store_errorf("etcd store: cannot load " ETCD_PREFIX " from any endpoint (%s)", why);
         goto fail;
     }
+    char host[64] = "";
+    uint32_t r = 0;
+    gethostname(host, sizeof(host) - 1);
+    RAND_bytes((unsigned char *)&r, sizeof(r));
+    snprintf(e->hb_key, sizeof(e->hb_key), HEARTBEAT_PREFIX "%.40s-%ld-%08x", host,
+             (long)getpid(), r);
     e->xep = e->wep;
     e->watch_ok = true;
     atomic_store(&e->heard, t0);

@@ -163,3 +163,35 @@ if __name__ == "__main__":
     if not 2 <= len(sys.argv) <= 4:
         sys.exit("usage: tlsutil.py DIR [CN [IP]]")
     print(json.dumps(make_cert(*sys.argv[1:]), indent=1))
+
+
+def make_client_cert(ca, name="client", cn="spice-broker", days=1, key_type="rsa"):
+    """A client certificate (extendedKeyUsage clientAuth) signed by the CA of
+    ca (a make_cert result), in ca's directory as NAME-cert.pem and
+    NAME-key.pem. Returns {"cert", "key"}."""
+    d = ca["dir"]
+    cert, key = os.path.join(d, name + "-cert.pem"), os.path.join(d, name + "-key.pem")
+    cnf, csr = os.path.join(d, name + "-openssl.cnf"), os.path.join(d, name + ".csr")
+    with open(cnf, "w") as f:
+        f.write("\n".join(["[ req ]", "distinguished_name = dn", "prompt = no",
+                           "[ dn ]", "CN = %s" % _cnf_escape(cn),
+                           "[ v3_client ]", "basicConstraints = critical,CA:FALSE",
+                           "keyUsage = critical,digitalSignature,keyEncipherment",
+                           "extendedKeyUsage = clientAuth",
+                           "subjectKeyIdentifier = hash",
+                           "authorityKeyIdentifier = keyid"]) + "\n")
+    old_umask = os.umask(0o077)
+    try:
+        _run([OPENSSL, "req", "-new", "-config", cnf] + _keygen_args(key_type)
+             + ["-noenc", "-keyout", key, "-out", csr], d)
+        _run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca["ca_cert"], "-CAkey", ca["ca_key"],
+              "-set_serial", "0x%s" % secrets.token_hex(8), "-days", str(days), "-sha256",
+              "-extfile", cnf, "-extensions", "v3_client", "-out", cert], d)
+    finally:
+        os.umask(old_umask)
+    os.chmod(cert, 0o644)
+    try:
+        os.unlink(csr)
+    except OSError:
+        pass
+    return {"cert": cert, "key": key}
