@@ -723,11 +723,14 @@ static bool nap(struct etcd *e, long ms)
  * of t. Watch thread. */
 static void touch_at(struct etcd *e, int64_t t)
 {
+    int64_t now = now_ms();
+
     if (t > atomic_load(&e->heard))
         atomic_store(&e->heard, t);
-    if (e->stale) {
+    /* a re-range that took long is as old as its start: still stale */
+    if (e->stale && now - atomic_load(&e->heard) <= STORE_FRESH_MS) {
         log_info("store: etcd: the mirror is fresh again: etcd was silent for %.1f s; "
-                 "token lookups answer again", (double)(t - e->stale_from) / 1000.0);
+                 "token lookups answer again", (double)(now - e->stale_from) / 1000.0);
         e->stale = false;
     }
 }
