@@ -471,6 +471,8 @@ static int authenticate(struct etcd *e, CURL *h, size_t *ep, int64_t deadline, c
             e->token = tok;
             pthread_mutex_unlock(&e->amu);
             rc = tok != NULL ? 0 : -1;
+            if (tok != NULL)
+                log_info("store: etcd: authenticated as %s on %s", e->user, e->eps[*ep]);
         } else {
             why_append(why, "authenticate as %s: no token in the answer", e->user);
         }

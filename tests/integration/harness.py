@@ -823,7 +823,10 @@ class Etcd:
                 status, data = r.status, r.read()
         except urllib.error.HTTPError as e:
             status, data = e.code, e.read()
-        reply = json.loads(data or b"{}")
+        try:
+            reply = json.loads(data or b"{}")
+        except ValueError:
+            reply = {"error": data.decode(errors="replace")}
         if check_ok and status != 200:
             raise TestFailure("etcd %s -> HTTP %d: %r" % (path, status, reply))
         return status, reply
