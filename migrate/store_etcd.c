@@ -32,6 +32,22 @@
  *  - Several endpoints: a request moves on to the next one only when nothing
  *    was sent (connection refused or timed out), so a CAS is never sent twice;
  *    after any other failure the next call starts at the next endpoint.
+ *  - Freshness (store_fresh): the mirror is fresh while the watch has shown,
+ *    within STORE_FRESH_MS, that it delivers: any watch line counts (events,
+ *    etcd's progress notifications, asked for with progress_notify); a
+ *    stream quiet for QUIET_MS gets a heartbeat, a put of this process's
+ *    key under ETCD_PREFIX ".heartbeat/" whose event must come back (etcd
+ *    3.4's gateway takes no progress_request on an HTTP/1.1 stream). A
+ *    stream silent for STORE_FRESH_MS is dropped (the read deadline: a
+ *    stalled TCP stream never closes); a mirror that went stale is read
+ *    again (a re-range counts as fresh as of when it was sent) rather than
+ *    trusted to catch up. The watch thread logs one line when the mirror
+ *    goes stale and one when it is fresh again.
+ *  - TLS (https:// endpoints, CA, client certificate) and etcd v3 auth: a
+ *    token from /v3/auth/authenticate in the Authorization header, fetched
+ *    again (once per request) when etcd refuses it.
+ *  - Replies are bounded (REPLY_MAX, PAGE_MAX with smaller pages when a
+ *    page is over it, WATCH_LINE_MAX) with a line saying which bound.
  *
  * Wire format: keys and values are base64 in JSON (OpenSSL's EVP_EncodeBlock
  * and EVP_DecodeBlock), int64 fields are JSON strings, zero fields are omitted. */
