@@ -1137,7 +1137,7 @@ static void etcd_free(void *impl)
         char *body = dump(json_pack("{s:o}", "key", jb64(e->hb_key, strlen(e->hb_key))));
         pthread_mutex_lock(&e->wmu);
         if (body != NULL)
-            (void)call(e, e->req, &e->wep, "/v3/kv/deleterange", body, 500, &resp, why);
+            (void)call(e, e->req, &e->wep, "/v3/kv/deleterange", body, 300, &resp, why);
         pthread_mutex_unlock(&e->wmu);
         json_decref(resp);
         free(body);
