@@ -359,9 +359,12 @@ static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-    curl_easy_setopt(h, CURLOPT_CAINFO, e->ca);
-    curl_easy_setopt(h, CURLOPT_SSLCERT, e->cert);
-    curl_easy_setopt(h, CURLOPT_SSLKEY, e->key);
+    if (e->ca != NULL)              /* else libcurl's default: the system's CAs */
+        curl_easy_setopt(h, CURLOPT_CAINFO, e->ca);
+    if (e->cert != NULL) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, e->cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, e->key);
+    }
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 5L);
