@@ -11,11 +11,13 @@ no connection closes); broker B talks to etcd directly.
   - the proxy freezes etcd -> A, then a token is revoked through B: 4 s
     after the revoke A refuses it ("token store not fresh": its watch is
     silent, not even its own heartbeat comes back); A's log says the mirror
-    may be stale, once; `status` answers in milliseconds meanwhile;
+    may be stale, once; `status` answers in milliseconds meanwhile and says
+    store_fresh false;
   - thawed: A's log says the mirror is fresh again (and how long etcd was
     silent); a token added through B during the freeze works through A,
     the revoked one stays refused.
 """
+import json
 import socket
 import sys
 import threading
@@ -127,9 +129,12 @@ def test(env):
     log("A, %.1f s after the freeze: %s" % (time.monotonic() - t_freeze,
                                            stale[0].split(" ", 2)[-1]))
     t_status = time.monotonic()
-    a.ctl("status")
+    _, out, _ = a.ctl("status")
     took = time.monotonic() - t_status
     check(took < 0.5, "status took %.2f s with A's etcd silent" % took)
+    st = json.loads(out)
+    check(st.get("store_fresh") is False and st.get("store_silent_ms", 0) > 3000,
+          "A's status with its etcd silent: %r" % st)
     time.sleep(max(0.0, t_revoke + REVOKE_BOUND_S - 1.0 - time.monotonic()))
     t_try = time.monotonic() - t_revoke
     refused(env, a.port, t1, "A %.1f s after B revoked the token, its watch silent" % t_try)
@@ -149,6 +154,8 @@ def test(env):
     log("A, %.1f s after the thaw: %s" % (time.monotonic() - t_thaw,
                                          fresh[0].split(" ", 2)[-1]))
     eventually_good(env, a, t2, "through A, a token added during the freeze")
+    st = json.loads(a.ctl("status")[1])
+    check(st.get("store_fresh") is True, "A's status after the thaw: %r" % st)
     refused(env, a.port, t1, "A after the thaw, the token revoked during the freeze")
     log("thawed: the token added during the freeze works through A, the revoked one does not")
     a.check_alive()
