@@ -2,8 +2,9 @@
  * run on the worker loops and do no I/O: the store answers from memory, and
  * the token file is re-read by the control loop (resolver_reload) into a
  * table the lookups read under a mutex. While the store's view may be stale
- * (store_fresh: etcd silent for more than STORE_FRESH_MS), every lookup is
- * refused, "token store not fresh". */
+ * (store_fresh: etcd silent for more than STORE_FRESH_MS), the store is not
+ * asked: a token the token file does not have is refused, "token store not
+ * fresh". */
 #include "broker/resolver.h"
 
 #include <ctype.h>
@@ -193,19 +194,17 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         *why = "empty token";
         return -1;
     }
-    if (r->st != NULL && r->use_store) {
-        /* Fresh store or no token: a mirror that may have missed a revoke
-         * (etcd silent, a stalled watch) answers nothing; no token source
-         * after it is asked either, since it cannot say the token was not
-         * revoked. The worker never waits for etcd. */
-        int64_t silent = 0;
-        if (!store_fresh(r->st, &silent)) {
-            static _Thread_local char stale[96];
-            snprintf(stale, sizeof(stale), "token store not fresh (etcd silent for %.1f s)",
-                     (double)silent / 1000.0);
-            *why = stale;
-            return -1;
-        }
+    /* Fresh store or no token: a mirror that may have missed a revoke (etcd
+     * silent, a stalled watch) answers nothing, and a token the token file
+     * does not have is refused with why (not "unknown token": Nova is not
+     * asked either). The worker never waits for etcd. */
+    static _Thread_local char stale[96];
+    int64_t silent = 0;
+    bool fresh = r->st == NULL || !r->use_store || store_fresh(r->st, &silent);
+    if (!fresh)
+        snprintf(stale, sizeof(stale), "token store not fresh (etcd silent for %.1f s)",
+                 (double)silent / 1000.0);
+    if (r->st != NULL && r->use_store && fresh) {
         char key[SNAP_KEY_MAX];
         void *val = NULL;
         size_t len = 0;
@@ -229,6 +228,8 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         if (rc == STORE_ERROR)
             log_warnx("token lookup: store error");
     }
+    if (!fresh)
+        *why = stale;
     if (r->path[0] == '\0' || !r->use_file)
         return -1;
     int found = -1;
