@@ -128,10 +128,14 @@ def test(env):
                        what="A's line: the mirror may be stale")
     log("A, %.1f s after the freeze: %s" % (time.monotonic() - t_freeze,
                                            stale[0].split(" ", 2)[-1]))
-    t_status = time.monotonic()
-    _, out, _ = a.ctl("status")
-    took = time.monotonic() - t_status
-    check(took < 0.5, "status took %.2f s with A's etcd silent" % took)
+    # best of three (spice-brokerctl's own start-up counts; a stalled control
+    # loop would make all three slow)
+    took = 10.0
+    for _ in range(3):
+        t_status = time.monotonic()
+        _, out, _ = a.ctl("status")
+        took = min(took, time.monotonic() - t_status)
+    check(took < 0.5, "status took %.2f s (best of 3) with A's etcd silent" % took)
     st = json.loads(out)
     check(st.get("store_fresh") is False and st.get("store_silent_ms", 0) > 3000,
           "A's status with its etcd silent: %r" % st)
