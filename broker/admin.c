@@ -503,11 +503,16 @@ static void h_status(struct broker *b, struct response *r)
         reply_error(r, 503, "workers did not answer in time");
         return;
     }
-    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s}",
+    int64_t silent = 0;
+    int fresh = store_fresh(b->store, &silent);
+    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
         "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
-        "listen", b->cfg.listen));
+        "listen", b->cfg.listen, "store_fresh", fresh,
+        /* how long since the store's view was last shown current (etcd) */
+        "store_silent_ms", (json_int_t)(fresh && silent < 0 ? 0 : silent),
+        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing)));
     collect_unref(c);
 }
 

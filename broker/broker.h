@@ -52,6 +52,7 @@ struct broker {
     struct broker_record *retry; /* records the store did not take yet, newest per session */
     size_t n_retry, cap_retry;
     struct event *retry_timer;
+    long retry_backoff_ms;       /* the retry timer's delay before jitter */
     bool probing;                /* a record from retry is being written as a probe */
     uint64_t record_seq;         /* the last record's seq */
     struct record_write *writing; /* session records being written */

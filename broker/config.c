@@ -104,6 +104,20 @@ static const struct opt opts[] = {
     { "store", STR(store), "embedded:/var/lib/spice-broker", "SPEC",
       "where tokens and session records live: embedded:DIR, or etcd:URL[,URL...] "
       "(a zone's etcd v3 cluster)" },
+    { "etcd-ca", STR(etcd_ca), "", "FILE",
+      "CA bundle (PEM) that signs the etcd servers' certificates (https:// endpoints); "
+      "default: the system's" },
+    { "etcd-cert", STR(etcd_cert), "", "FILE",
+      "client certificate (PEM) for etcd's --client-cert-auth" },
+    { "etcd-key", STR(etcd_key), "", "FILE", "the key of etcd-cert (PEM)" },
+    { "etcd-user", STR(etcd_user), "", "USER",
+      "etcd v3 auth user (its role needs read-write on /spice-broker/); a token from "
+      "/v3/auth/authenticate, renewed when etcd refuses it" },
+    { "etcd-password-file", STR(etcd_password_file), "", "FILE",
+      "etcd-user's password: the file's first line" },
+    { "journal", STR(journal), "/var/lib/spice-broker/journal", "FILE",
+      "session records the store did not take by the time the broker stopped (etcd "
+      "silent); written to the store at the next start, then the file is removed" },
     { "token-file", STR(token_file), "", "FILE",
       "websockify-style token file (lines 'TOKEN: HOST:PORT'), re-read when it changes" },
     { "store-key", STR(store_key), "", "FILE",
@@ -924,6 +938,39 @@ int config_validate(const struct config *cfg)
     if (cfg->token_key_compat && cfg->store_key[0] == '\0' && cfg->token_key_file[0] == '\0') {
         fprintf(stderr, "spice-broker: token-key-compat needs store-key or token-key-file "
                 "(without a key, token names are bare sha256 already)\n");
+        return -1;
+    }
+    bool etcd = strncmp(cfg->store, "etcd:", 5) == 0;
+    const char *efiles[] = { cfg->etcd_ca, cfg->etcd_cert, cfg->etcd_key, cfg->etcd_password_file };
+    const char *enames[] = { "etcd-ca", "etcd-cert", "etcd-key", "etcd-password-file" };
+    for (int i = 0; i < 4; i++) {
+        if (efiles[i][0] != '\0' && !etcd) {
+            fprintf(stderr, "spice-broker: %s is for an etcd store (store is '%s')\n",
+                    enames[i], cfg->store);
+            return -1;
+        }
+        if (efiles[i][0] != '\0' && access(efiles[i], R_OK) != 0) {
+            fprintf(stderr, "spice-broker: %s %s is not readable: %s\n", enames[i], efiles[i],
+                    strerror(errno));
+            return -1;
+        }
+    }
+    if ((cfg->etcd_cert[0] == '\0') != (cfg->etcd_key[0] == '\0')) {
+        fprintf(stderr, "spice-broker: etcd-cert and etcd-key go together\n");
+        return -1;
+    }
+    if ((cfg->etcd_user[0] == '\0') != (cfg->etcd_password_file[0] == '\0')) {
+        fprintf(stderr, "spice-broker: etcd-user and etcd-password-file go together\n");
+        return -1;
+    }
+    if (cfg->etcd_user[0] != '\0' && !etcd) {
+        fprintf(stderr, "spice-broker: etcd-user is for an etcd store (store is '%s')\n",
+                cfg->store);
+        return -1;
+    }
+    if (cfg->journal[0] != '/') {
+        fprintf(stderr, "spice-broker: journal must be an absolute path, got '%s'\n",
+                cfg->journal);
         return -1;
     }
     if (cfg->token_file[0] != '\0' && access(cfg->token_file, R_OK) != 0) {

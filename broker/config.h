@@ -55,6 +55,12 @@ struct config {
     char admin_group[64];          /* the admin socket's group ("" = the broker's) */
     char metrics_listen[128];      /* read-only GET /metrics and /healthz, "" = off */
     char store[512];
+    char etcd_ca[512];           /* TLS toward etcd (https:// endpoints) */
+    char etcd_cert[512];
+    char etcd_key[512];
+    char etcd_user[128];         /* etcd v3 auth */
+    char etcd_password_file[512];
+    char journal[512];           /* session records the store did not take by the stop */
     char token_file[512];
     char store_key[512];           /* seals backend passwords in token records, "" = in clear */
     char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */

@@ -17,6 +17,7 @@
 
 #include "broker/broker.h"
 #include "broker/keyfile.h"
+#include "broker/journal.h"
 #include "broker/notify.h"
 #include "broker/nova.h"
 #include "broker/tls.h"
@@ -270,14 +271,19 @@ int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn 
 /* ------------------------------------------------------------------ session records */
 
 /* Records the store did not take (etcd unreachable) wait in b->retry, newest
- * per session, and are written again every RETRY_MS until it takes them: a
- * session that started, migrated or ended during an outage is in the store
- * once the outage is over. While records wait, new ones queue behind them
- * without a write of their own, and one of them is written as a probe each
- * RETRY_MS; when the probe is taken, the others follow. No write is waited
- * for: each goes to the store writer and its result comes back as an event,
- * so a silent etcd costs the control loop nothing. */
-#define RETRY_MS 2000
+ * per session, and are written again until it takes them: a session that
+ * started, migrated or ended during an outage is in the store once the
+ * outage is over. While records wait, new ones queue behind them without a
+ * write of their own, and one of them is written as a probe on a timer:
+ * RETRY_MIN_MS after the first failure, doubling after each probe the store
+ * refuses up to RETRY_MAX_MS, each delay with jitter (half to all of it) so
+ * the brokers of a zone do not probe a recovering etcd in step. When a probe
+ * is taken, the others follow and the delay is back to RETRY_MIN_MS. No write
+ * is waited for: each goes to the store writer and its result comes back as
+ * an event, so a silent etcd costs the control loop nothing. Records still
+ * waiting at the stop go to the journal (journal.h). */
+#define RETRY_MIN_MS 500
+#define RETRY_MAX_MS 8000
 #define RETRY_MAX 4096
 
 struct record_write {
@@ -308,7 +314,11 @@ static void retry_arm(struct broker *b)
 {
     if (b->n_retry > 0 && !b->probing && b->retry_timer != NULL &&
         !evtimer_pending(b->retry_timer, NULL)) {
-        struct timeval tv = { RETRY_MS / 1000, (RETRY_MS % 1000) * 1000 };
+        long backoff = b->retry_backoff_ms > 0 ? b->retry_backoff_ms : RETRY_MIN_MS;
+        uint32_t r;
+        evutil_secure_rng_get_bytes(&r, sizeof(r));
+        long ms = backoff / 2 + (long)(r % (uint32_t)(backoff / 2 + 1));
+        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
         evtimer_add(b->retry_timer, &tv);
     }
 }
@@ -427,6 +437,11 @@ static void on_record_written(struct broker *b, int result, void *arg)
         b->retry_writing--;
     if (w->probe)
         b->probing = false;
+    if (w->probe)
+        b->retry_backoff_ms = ok ? RETRY_MIN_MS
+                                 : b->retry_backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
+                                 : b->retry_backoff_ms * 2 < RETRY_MIN_MS ? RETRY_MIN_MS
+                                 : b->retry_backoff_ms * 2;
     if (ok) {
         if (w->from_retry)
             b->retry_took++;
@@ -434,8 +449,9 @@ static void on_record_written(struct broker *b, int result, void *arg)
             records_flush(b); /* the store answers again: the others follow */
     } else if (!writing_newer(b, w->r.rec.id, w->r.seq)) {
         if (!w->from_retry && b->writer != NULL)
-            log_warnx("sid=%08x cannot write the session record; retrying every %d s",
-                      w->r.rec.id, RETRY_MS / 1000);
+            log_warnx("sid=%08x cannot write the session record; retrying (every %.1f s "
+                      "doubling to %d s)", w->r.rec.id, RETRY_MIN_MS / 1000.0,
+                      RETRY_MAX_MS / 1000);
         retry_keep(b, &w->r);
     }
     retry_arm(b);
@@ -620,6 +636,78 @@ static void sweep_sessions(struct broker *b, bool startup)
     free(sw.end);
 }
 
+/* At start: the records the last run could not write (the journal) go to
+ * the store now, after the start-up sweep (they are newer than what it
+ * marks); the file goes once they are queued: those the store does not take
+ * wait in retry like any record, and reach the journal again at the stop. */
+static void journal_replay(struct broker *b)
+{
+    struct snap_session *recs = NULL;
+    size_t n = 0, bad = 0;
+    const char *err = NULL;
+    if (journal_read(b->cfg.journal, &recs, &n, &bad, &err) < 0) {
+        log_warnx("journal %s: %s; left in place", b->cfg.journal, err);
+        return;
+    }
+    if (n == 0 && bad == 0) {
+        free(recs);
+        (void)journal_remove(b->cfg.journal, &err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        broker_publish_session(b, &recs[i]);
+    log_info("journal %s: %zu session records the last run could not write go to the store "
+             "now%s", b->cfg.journal, n, bad > 0 ? " (some unreadable lines skipped)" : "");
+    free(recs);
+    if (journal_remove(b->cfg.journal, &err) < 0)
+        log_warnx("journal %s: cannot remove it: %s", b->cfg.journal, err);
+}
+
+/* At stop: the records the store did not take (waiting in retry, or whose
+ * write had not finished by the stop's bound), newest per session, to the
+ * journal. Returns how many. */
+static size_t journal_save(struct broker *b)
+{
+    size_t cap = b->n_retry, n = 0;
+    for (struct record_write *w = b->writing; w != NULL; w = w->next)
+        cap++;
+    if (cap == 0)
+        return 0;
+    struct broker_record *all = calloc(cap, sizeof(*all));
+    struct snap_session *recs = calloc(cap, sizeof(*recs));
+    if (all == NULL || recs == NULL) {
+        log_warnx("journal %s: out of memory: %zu session records lost", b->cfg.journal, cap);
+        free(all);
+        free(recs);
+        return 0;
+    }
+    for (size_t i = 0; i < b->n_retry; i++)
+        all[n++] = b->retry[i];
+    for (struct record_write *w = b->writing; w != NULL; w = w->next)
+        all[n++] = w->r;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool newest = true;
+        for (size_t j = 0; j < n && newest; j++)
+            if (j != i && all[j].rec.id == all[i].rec.id &&
+                (all[j].seq > all[i].seq || (all[j].seq == all[i].seq && j < i)))
+                newest = false;
+        if (newest)
+            recs[m++] = all[i].rec;
+    }
+    const char *err = NULL;
+    if (journal_write(b->cfg.journal, recs, m, &err) < 0) {
+        log_warnx("%zu session records never reached the store, nor the journal: %s", m, err);
+        m = 0;
+    } else {
+        log_warnx("%zu session records never reached the store; kept in the journal %s for "
+                  "the next start", m, b->cfg.journal);
+    }
+    free(all);
+    free(recs);
+    return m;
+}
+
 static void on_token_file_check(evutil_socket_t fd, short what, void *arg)
 {
     struct broker *b = arg;
@@ -736,7 +824,11 @@ int main(int argc, char **argv)
     b.started = (int64_t)time(NULL);
     b.base = event_base_new();
     notify_status("opening the store %s", b.cfg.store);
-    b.store = store_open(b.cfg.store, &err);
+    struct store_opts sopts = {
+        .ca = b.cfg.etcd_ca, .cert = b.cfg.etcd_cert, .key = b.cfg.etcd_key,
+        .user = b.cfg.etcd_user, .password_file = b.cfg.etcd_password_file,
+    };
+    b.store = store_open_with(b.cfg.store, &sopts, &err);
     if (b.store == NULL) {
         log_error("cannot open store %s: %s", b.cfg.store, err ? err : "?");
         goto out;
@@ -783,6 +875,7 @@ int main(int argc, char **argv)
             event_add(b.token_file_check, &tv);
     }
     sweep_sessions(&b, true);
+    journal_replay(&b);
     b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
     if (b.history_sweep != NULL) {
         int every = b.cfg.session_history > 0 && b.cfg.session_history < 60 ? b.cfg.session_history : 60;
@@ -981,14 +1074,9 @@ out:
     /* The writes' results (admin answers, records that failed). */
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);
-    size_t lost = b.n_retry;
-    for (struct record_write *w = b.writing; w != NULL; w = w->next)
-        lost++;
-    if (lost > 0)
-        log_warnx("%zu session records never reached the store", lost);
+    size_t lost = b.store != NULL ? journal_save(&b) : 0;
     if (exit_code == 0)
-        notify_status("stopped%s", lost > 0 ? "; some session records never reached the store"
-                                            : "");
+        notify_status("stopped%s", lost > 0 ? "; some session records wait in the journal" : "");
     while (b.writing != NULL) {
         struct record_write *w = b.writing;
         b.writing = w->next;

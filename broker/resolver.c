@@ -1,7 +1,10 @@
 /* broker/resolver.c: token lookups in the store and the token file. Lookups
  * run on the worker loops and do no I/O: the store answers from memory, and
  * the token file is re-read by the control loop (resolver_reload) into a
- * table the lookups read under a mutex. */
+ * table the lookups read under a mutex. While the store's view may be stale
+ * (store_fresh: etcd silent for more than STORE_FRESH_MS), the store is not
+ * asked: a token the token file does not have is refused, "token store not
+ * fresh". */
 #include "broker/resolver.h"
 
 #include <ctype.h>
@@ -250,7 +253,17 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         *why = "empty token";
         return -1;
     }
-    if (r->st != NULL && r->use_store) {
+    /* Fresh store or no token: a mirror that may have missed a revoke (etcd
+     * silent, a stalled watch) answers nothing, and a token the token file
+     * does not have is refused with why (not "unknown token": Nova is not
+     * asked either). The worker never waits for etcd. */
+    static _Thread_local char stale[96];
+    int64_t silent = 0;
+    bool fresh = r->st == NULL || !r->use_store || store_fresh(r->st, &silent);
+    if (!fresh)
+        snprintf(stale, sizeof(stale), "token store not fresh (etcd silent for %.1f s)",
+                 (double)silent / 1000.0);
+    if (r->st != NULL && r->use_store && fresh) {
         int rc = lookup_store(r, r->keys, token, rec, why);
         if (rc == STORE_NOT_FOUND && r->compat)
             rc = lookup_store(r, NULL, token, rec, why);
@@ -259,6 +272,8 @@ int resolver_lookup(struct resolver *r, const char *token, struct snap_token *re
         if (rc != STORE_NOT_FOUND)
             return -1;
     }
+    if (!fresh)
+        *why = stale;
     if (r->path[0] == '\0' || !r->use_file)
         return -1;
     uint8_t digest[32];

@@ -24,7 +24,8 @@ void resolver_set_keys(struct resolver *r, const struct seal_keys *keys, bool co
 /* Which of its two sources lookups use (token-sources; both by default). */
 void resolver_use(struct resolver *r, bool store, bool file);
 /* 0 and *rec filled, or -1 with *why ("unknown token", "expired token",
- * snap_token_strerror's wording for a record it refuses, also logged). */
+ * snap_token_strerror's wording for a record it refuses, also logged; "token
+ * store not fresh (...)": valid until the thread's next lookup). */
 int resolver_lookup(struct resolver *r, const char *token, struct snap_token *rec, const char **why);
 /* Parses one token-file line "TOKEN: HOST:PORT". 0, 1 for a blank/comment line, -1 if malformed. */
 int resolver_parse_line(const char *line, char *token, size_t tcap, struct snap_token *rec);

@@ -33,6 +33,12 @@ const char *store_errorf(const char *fmt, ...)
 
 struct store *store_open(const char *spec, const char **err)
 {
+    return store_open_with(spec, NULL, err);
+}
+
+struct store *store_open_with(const char *spec, const struct store_opts *opts, const char **err)
+{
+    static const struct store_opts none = { 0 };
     const struct store_backend *be = NULL;
     struct store *s = NULL;
     const char *colon, *dummy;
@@ -62,7 +68,7 @@ struct store *store_open(const char *spec, const char **err)
         goto fail;
     }
     s->be = be;
-    if ((s->impl = be->open(colon + 1, err)) == NULL)
+    if ((s->impl = be->open(colon + 1, opts != NULL ? opts : &none, err)) == NULL)
         goto fail;
     return s;
 fail:
@@ -125,6 +131,15 @@ int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg)
     if (s == NULL || cb == NULL)
         return -1;
     return s->be->walk(s->impl, prefix != NULL ? prefix : "", cb, arg);
+}
+
+int store_fresh(struct store *s, int64_t *silent_ms)
+{
+    if (silent_ms != NULL)
+        *silent_ms = 0;
+    if (s == NULL || s->be->fresh == NULL)
+        return 1;
+    return s->be->fresh(s->impl, silent_ms);
 }
 
 const char *store_describe(const struct store *s)

@@ -31,9 +31,32 @@ enum store_result {
     STORE_ERROR = -1,
 };
 
+/* How to reach a networked back-end (etcd); every field may be NULL or "".
+ * Files are read at open. */
+struct store_opts {
+    const char *ca;             /* CA bundle (PEM) for https:// endpoints; default: the system's */
+    const char *cert, *key;     /* client certificate and key (PEM) */
+    const char *user;           /* etcd v3 auth user */
+    const char *password_file;  /* its password (first line) */
+};
+
 /* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
- * returns NULL and sets *err to a static or thread-local message. */
+ * returns NULL and sets *err to a static or thread-local message.
+ * store_open_with takes back-end options (opts may be NULL). */
 struct store *store_open(const char *spec, const char **err);
+struct store *store_open_with(const char *spec, const struct store_opts *opts, const char **err);
+
+/* The bound on how old the view lookups answer from may be: a back-end that
+ * mirrors a remote store (etcd) calls its mirror fresh only while its watch
+ * has shown, within this many ms, that it is alive and caught up. */
+#define STORE_FRESH_MS 3000
+
+/* Is the view get and walk answer from fresh (see STORE_FRESH_MS)? The
+ * embedded back-end always is. *silent_ms (optional) gets how long the
+ * remote store has been silent (how long since its watch last proved alive
+ * and caught up). Any thread; never blocks on
+ * the network. */
+int store_fresh(struct store *s, int64_t *silent_ms);
 void store_free(struct store *s);
 
 /* Stores a copy of val under key. expect_rev: STORE_ANY_REV, STORE_ABSENT_REV,

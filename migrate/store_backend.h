@@ -19,13 +19,15 @@
  * cut to it); a back-end without a network (embedded) ignores it. */
 struct store_backend {
     const char *scheme;     /* "embedded" for "embedded:DIR" */
-    void *(*open)(const char *arg, const char **err);
+    void *(*open)(const char *arg, const struct store_opts *opts, const char **err);
     void (*free)(void *impl);
     int (*put)(void *impl, const char *key, const void *val, size_t len,
                int64_t expect_rev, long timeout_ms, int64_t *new_rev);
     int (*get)(void *impl, const char *key, void **val, size_t *len, int64_t *rev);
     int (*del)(void *impl, const char *key, int64_t expect_rev, long timeout_ms);
     int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
+    /* store_fresh; NULL: always fresh */
+    int (*fresh)(void *impl, int64_t *silent_ms);
 };
 
 extern const struct store_backend store_embedded_backend;

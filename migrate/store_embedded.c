@@ -11,6 +11,8 @@
  *   <64 hex digits>      one key: sha256(key) in hex; the name is fixed-size
  *                        whatever the key, the key itself is in the file
  *   .tmp-*               a write in progress; removed at open
+ *   journal*             the broker's session journal by default (--journal);
+ *                        not the store's, skipped
  * A key file is a 28-byte little-endian header, then the key, then the value:
  *   "SBKV" | u16 format (1) | u16 flags (0) | i64 revision | u32 key length |
  *   u32 value length | u32 FNV-1a of key and value
@@ -42,6 +44,7 @@
 #define TMP_PREFIX ".tmp-"
 #define LOCK_NAME "lock"
 #define REV_NAME "revision"
+#define JOURNAL_NAME "journal"      /* the broker's session journal (--journal), not ours */
 
 struct emb {
     pthread_mutex_t mu;         /* the in-memory map: held briefly, never across file I/O */
@@ -357,7 +360,8 @@ static int load(struct emb *e, const char **err)
         struct store_entry ent;
         const char *why;
 
-        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strcmp(name, LOCK_NAME) == 0)
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strcmp(name, LOCK_NAME) == 0 ||
+            strncmp(name, JOURNAL_NAME, strlen(JOURNAL_NAME)) == 0)
             continue;
         if (strncmp(name, TMP_PREFIX, strlen(TMP_PREFIX)) == 0) {
             /* an interrupted write: the old file (if any) is still in place */
@@ -455,8 +459,9 @@ static void emb_free(void *impl)
     free(e);
 }
 
-static void *emb_open(const char *dir, const char **err)
+static void *emb_open(const char *dir, const struct store_opts *opts, const char **err)
 {
+    (void)opts;        /* nothing to reach: no TLS, no auth */
     struct emb *e;
     struct stat st;
     int fd;

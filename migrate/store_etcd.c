@@ -32,6 +32,22 @@
  *  - Several endpoints: a request moves on to the next one only when nothing
  *    was sent (connection refused or timed out), so a CAS is never sent twice;
  *    after any other failure the next call starts at the next endpoint.
+ *  - Freshness (store_fresh): the mirror is fresh while the watch has shown,
+ *    within STORE_FRESH_MS, that it delivers: any watch line counts (events,
+ *    etcd's progress notifications, asked for with progress_notify); a
+ *    stream quiet for QUIET_MS gets a heartbeat, a put of this process's
+ *    key under ETCD_PREFIX ".heartbeat/" whose event must come back (etcd
+ *    3.4's gateway takes no progress_request on an HTTP/1.1 stream). A
+ *    stream silent for STORE_FRESH_MS is dropped (the read deadline: a
+ *    stalled TCP stream never closes); a mirror that went stale is read
+ *    again (a re-range counts as fresh as of when it was sent) rather than
+ *    trusted to catch up. The watch thread logs one line when the mirror
+ *    goes stale and one when it is fresh again.
+ *  - TLS (https:// endpoints, CA, client certificate) and etcd v3 auth: a
+ *    token from /v3/auth/authenticate in the Authorization header, fetched
+ *    again (once per request) when etcd refuses it.
+ *  - Replies are bounded (REPLY_MAX, PAGE_MAX with smaller pages when a
+ *    page is over it, WATCH_LINE_MAX) with a line saying which bound.
  *
  * Wire format: keys and values are base64 in JSON (OpenSSL's EVP_EncodeBlock
  * and EVP_DecodeBlock), int64 fields are JSON strings, zero fields are omitted. */
@@ -49,7 +65,10 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "migrate/store_backend.h"
@@ -63,7 +82,15 @@
 #define WRITE_TOTAL_MS 2000
 #define RANGE_PAGE_MS 10000             /* each later page, and re-ranges */
 #define RANGE_PAGE_KEYS 128
-#define MAX_BODY ((size_t)256 << 20)    /* a response, or one watch line */
+/* Reply bounds (etcd itself takes requests of 1.5 MiB at most, and a value
+ * is at most STORE_MAX_VALUE, 1.4 MiB in base64): */
+#define REPLY_MAX ((size_t)8 << 20)     /* a write's or authenticate's reply */
+#define PAGE_MAX ((size_t)32 << 20)     /* a range page (larger: read again with fewer keys) */
+#define WATCH_LINE_MAX ((size_t)32 << 20) /* one watch message (larger: reload) */
+#define QUIET_MS 1000                   /* a watch this quiet gets a heartbeat */
+#define HEARTBEAT_MS 1000               /* the heartbeat put's bound */
+#define HEARTBEAT_PREFIX ETCD_PREFIX ".heartbeat/"
+#define POLL_MS 250                     /* the watch loop's tick */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define WHY_LEN 512
@@ -71,6 +98,8 @@
 struct buf {
     char *p;
     size_t len, cap;
+    size_t max;                 /* bound on len (0: REPLY_MAX) */
+    bool over;                  /* a write was refused: more than max */
 };
 
 enum watch_end { WATCH_RETRY, WATCH_RESYNC, WATCH_STOPPED };
@@ -83,7 +112,10 @@ struct etcd {
 
     char *eps[MAX_ENDPOINTS];   /* "http://host:port", no trailing slash */
     size_t neps;
-    struct curl_slist *hdrs;    /* read-only after open */
+    char *ca, *cert, *key;      /* TLS files (NULL: none); read-only after open */
+    char *user, *password;      /* etcd v3 auth (NULL: none); read-only after open */
+    pthread_mutex_t amu;        /* token */
+    char *token;                /* the auth token, NULL until authenticated */
 
     pthread_mutex_t wmu;        /* writers: req and wep */
     CURL *req;
@@ -104,6 +136,13 @@ struct etcd {
     enum watch_end wend;        /* why the stream callback aborted */
     bool created;               /* this stream's watch was created */
     bool watch_ok;              /* for logging transitions only */
+    int64_t stream_heard;       /* the last line of this stream (or its start) */
+    char hb_key[96];            /* this process's heartbeat key */
+
+    /* freshness: the mirror is fresh while heard is within STORE_FRESH_MS */
+    _Atomic int64_t heard;      /* CLOCK_MONOTONIC ms the watch last proved itself alive */
+    bool stale;                 /* the watch thread logged "stale" (its own) */
+    int64_t stale_from;         /* heard when it went stale */
 };
 
 /* ---- small helpers ---- */
@@ -240,8 +279,12 @@ static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *arg)
     struct buf *b = arg;
     size_t n = size * nmemb;
 
-    if (n > MAX_BODY - b->len)
+    size_t max = b->max ? b->max : REPLY_MAX;
+
+    if (n > max || b->len > max - n) {
+        b->over = true;
         return 0;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         char *p;
@@ -258,18 +301,53 @@ static size_t buf_write(char *ptr, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* Aborts a transfer of the watch thread's once the store is being freed. */
+static void note_staleness(struct etcd *e);
+
+/* Aborts a transfer of the watch thread's once the store is being freed
+ * (and notes the mirror going stale meanwhile). */
 static int stop_xferinfo(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     struct etcd *e = arg;
 
     (void)dt; (void)dn; (void)ut; (void)un;
+    note_staleness(e);
     return atomic_load(&e->stop) ? 1 : 0;
 }
 
-/* Options every request shares; url is copied by libcurl. */
+/* The headers of a request: JSON, no "Expect: 100-continue", and the auth
+ * token when there is one. NULL when out of memory. */
+static struct curl_slist *headers(struct etcd *e, bool with_token)
+{
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json"), *n;
+    char *auth = NULL;
+
+    if (h == NULL || (n = curl_slist_append(h, "Expect:")) == NULL)
+        goto fail;
+    h = n;
+    if (with_token) {
+        pthread_mutex_lock(&e->amu);
+        if (e->token != NULL && (auth = malloc(strlen(e->token) + 16)) != NULL)
+            sprintf(auth, "Authorization: %s", e->token);
+        pthread_mutex_unlock(&e->amu);
+        if (auth != NULL) {
+            n = curl_slist_append(h, auth);
+            OPENSSL_cleanse(auth, strlen(auth));
+            free(auth);
+            if (n == NULL)
+                goto fail;
+            h = n;
+        }
+    }
+    return h;
+fail:
+    curl_slist_free_all(h);
+    return NULL;
+}
+
+/* Options every request shares; url is copied by libcurl, body and hdrs are
+ * not (the caller frees them after the transfer). */
 static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path,
-                       const char *body, char *errbuf)
+                       const char *body, struct curl_slist *hdrs, char *errbuf)
 {
     char url[512];
 
@@ -278,9 +356,15 @@ static void set_common(struct etcd *e, CURL *h, const char *ep, const char *path
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_PROXY, "");        /* never an http_proxy from the environment */
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, e->hdrs);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    if (e->ca != NULL)              /* else libcurl's default: the system's CAs */
+        curl_easy_setopt(h, CURLOPT_CAINFO, e->ca);
+    if (e->cert != NULL) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, e->cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, e->key);
+    }
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 5L);
@@ -305,36 +389,56 @@ static void why_append(char *why, const char *fmt, ...)
     va_end(ap);
 }
 
-/* POSTs body to path, starting at endpoint *ep, all within total_ms. Moves on
- * to the next endpoint only when nothing was sent; after any other failure,
- * *ep is advanced for the next call. On HTTP 200 with a JSON object, returns 0
- * and *resp (caller decrefs); else -1 with the reasons appended to why. */
-static int call(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
-                long total_ms, json_t **resp, char *why)
+/* An error etcd gives when the auth token is missing, expired or unknown. */
+static bool auth_error(long status, const char *msg)
 {
-    int64_t deadline = now_ms() + total_ms;
+    return status == 401 || (msg != NULL && (strstr(msg, "invalid auth token") != NULL ||
+                                             strstr(msg, "user name is empty") != NULL));
+}
+
+/* POSTs body to path, starting at endpoint *ep, all within total_ms, the
+ * reply bounded at max bytes. Moves on to the next endpoint only when nothing
+ * was sent; after any other failure, *ep is advanced for the next call. On
+ * HTTP 200 with a JSON object, returns 0 and *resp (caller decrefs); else -1
+ * with the reasons appended to why: -2 when the reply was larger than max,
+ * -3 when etcd refused the auth token (*ep is not advanced then). */
+static int call_raw(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
+                    bool with_token, int64_t deadline, size_t max, json_t **resp, char *why)
+{
     char errbuf[CURL_ERROR_SIZE];
 
     for (size_t tries = 0; tries < e->neps; tries++) {
         const char *url = e->eps[*ep];
-        struct buf out = { 0 };
+        struct buf out = { .max = max };
         int64_t left = deadline - now_ms();
         long status = 0, sent = 0;
+        struct curl_slist *hdrs;
         CURLcode rc;
 
         if (left <= 0) {
             why_append(why, "no time left");
             return -1;
         }
-        set_common(e, h, url, path, body, errbuf);
+        if ((hdrs = headers(e, with_token)) == NULL) {
+            why_append(why, "out of memory");
+            return -1;
+        }
+        set_common(e, h, url, path, body, hdrs, errbuf);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(left < CONNECT_MS ? left : CONNECT_MS));
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)left);
         rc = curl_easy_perform(h);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+        curl_slist_free_all(hdrs);
         if (rc != CURLE_OK) {
-            why_append(why, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+            if (out.over)
+                why_append(why, "%s: reply larger than %zu MiB", url, max >> 20);
+            else
+                why_append(why, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
             free(out.p);
+            if (out.over)
+                return -2;
             *ep = (*ep + 1) % e->neps;
             if (curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK &&
                 sent == 0 && rc != CURLE_ABORTED_BY_CALLBACK)
@@ -348,9 +452,12 @@ static int call(struct etcd *e, CURL *h, size_t *ep, const char *path, const cha
             const json_t *msg = json_object_get(j, "message");
             if (!json_is_string(msg))
                 msg = json_object_get(j, "error");
-            why_append(why, "%s: HTTP %ld%s%s", url, status, json_is_string(msg) ? ": " : "",
-                       json_is_string(msg) ? json_string_value(msg) : "");
+            const char *m = json_is_string(msg) ? json_string_value(msg) : NULL;
+            why_append(why, "%s: HTTP %ld%s%s", url, status, m ? ": " : "", m ? m : "");
+            bool auth = with_token && e->user != NULL && auth_error(status, m);
             json_decref(j);
+            if (auth)
+                return -3;
             *ep = (*ep + 1) % e->neps;
             return -1;
         }
@@ -358,6 +465,88 @@ static int call(struct etcd *e, CURL *h, size_t *ep, const char *path, const cha
         return 0;
     }
     return -1;
+}
+
+/* Gets an auth token for e->user (POST /v3/auth/authenticate) on h, from
+ * endpoint *ep, by deadline; 0 or -1 (why says why). */
+static int authenticate(struct etcd *e, CURL *h, size_t *ep, int64_t deadline, char *why)
+{
+    json_t *resp = NULL, *req = json_pack("{s:s, s:s}", "name", e->user, "password", e->password);
+    char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    int rc = -1;
+
+    json_decref(req);
+    if (body == NULL) {
+        why_append(why, "out of memory");
+        return -1;
+    }
+    if (call_raw(e, h, ep, "/v3/auth/authenticate", body, false, deadline, REPLY_MAX, &resp,
+                 why) == 0) {
+        const json_t *t = json_object_get(resp, "token");
+        if (json_is_string(t) && json_string_length(t) > 0 && json_string_length(t) < 4096) {
+            char *tok = strdup(json_string_value(t));
+            pthread_mutex_lock(&e->amu);
+            free(e->token);
+            e->token = tok;
+            pthread_mutex_unlock(&e->amu);
+            rc = tok != NULL ? 0 : -1;
+            if (tok != NULL)
+                log_info("store: etcd: authenticated as %s on %s", e->user, e->eps[*ep]);
+        } else {
+            why_append(why, "authenticate as %s: no token in the answer", e->user);
+        }
+        json_decref(resp);
+    } else {
+        why_append(why, "authenticate as %s failed", e->user);
+    }
+    OPENSSL_cleanse(body, strlen(body));
+    free(body);
+    return rc;
+}
+
+/* Forgets the auth token: the next request authenticates again. */
+static void drop_token(struct etcd *e)
+{
+    pthread_mutex_lock(&e->amu);
+    free(e->token);
+    e->token = NULL;
+    pthread_mutex_unlock(&e->amu);
+}
+
+static bool have_token(struct etcd *e)
+{
+    pthread_mutex_lock(&e->amu);
+    bool have = e->token != NULL;
+    pthread_mutex_unlock(&e->amu);
+    return have;
+}
+
+/* call_raw with etcd auth: authenticates first when there is no token yet,
+ * and again, once, when etcd refuses the token (expired: a request refused
+ * for its token was not applied, so sending it again is safe). */
+static int call_max(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
+                    long total_ms, size_t max, json_t **resp, char *why)
+{
+    int64_t deadline = now_ms() + total_ms;
+    int rc;
+
+    if (e->user != NULL && !have_token(e) && authenticate(e, h, ep, deadline, why) < 0)
+        return -1;
+    rc = call_raw(e, h, ep, path, body, true, deadline, max, resp, why);
+    if (rc == -3) {
+        log_info("store: etcd: the auth token of %s was refused; authenticating again", e->user);
+        drop_token(e);
+        if (authenticate(e, h, ep, deadline, why) < 0)
+            return -1;
+        rc = call_raw(e, h, ep, path, body, true, deadline, max, resp, why);
+    }
+    return rc == 0 ? 0 : rc == -2 ? -2 : -1;
+}
+
+static int call(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
+                long total_ms, json_t **resp, char *why)
+{
+    return call_max(e, h, ep, path, body, total_ms, REPLY_MAX, resp, why);
 }
 
 /* ---- JSON requests ---- */
@@ -439,13 +628,14 @@ static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct 
     size_t start_len = strlen(ETCD_PREFIX);
     int64_t rev = 0;
     size_t skipped = 0;
-    int rc = -1;
+    int rc = -1, page_keys = RANGE_PAGE_KEYS;
+    bool first = true;
 
     if (start == NULL) {
         why_append(why, "out of memory");
         return -1;
     }
-    for (bool first = true; ; first = false) {
+    for (;;) {
         char revs[24], limit[24];
         json_t *resp = NULL, *req;
         const json_t *kvs, *kv;
@@ -453,7 +643,7 @@ static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct 
         size_t i;
 
         snprintf(revs, sizeof(revs), "%" PRId64, rev);
-        snprintf(limit, sizeof(limit), "%d", RANGE_PAGE_KEYS);
+        snprintf(limit, sizeof(limit), "%d", page_keys);
         req = json_pack("{s:o, s:o, s:s}", "key", jb64(start, start_len),
                         "range_end", jb64(ETCD_PREFIX_END, strlen(ETCD_PREFIX_END)),
                         "limit", limit);
@@ -463,14 +653,24 @@ static int range_all(struct etcd *e, CURL *h, size_t *ep, long first_ms, struct 
             why_append(why, "out of memory");
             goto out;
         }
-        int r = call(e, h, ep, "/v3/kv/range", body, first ? first_ms : RANGE_PAGE_MS,
-                     &resp, why);
+        int r = call_max(e, h, ep, "/v3/kv/range", body, first ? first_ms : RANGE_PAGE_MS,
+                         PAGE_MAX, &resp, why);
         free(body);
+        if (r == -2 && page_keys > 1) {
+            /* large values: the same page again with fewer keys (one key
+             * always fits: a value is at most STORE_MAX_VALUE) */
+            page_keys = page_keys / 8 > 0 ? page_keys / 8 : 1;
+            log_info("store: etcd: a range page was larger than %zu MiB; reading %d keys "
+                     "per page", PAGE_MAX >> 20, page_keys);
+            why[0] = '\0';
+            continue;
+        }
         if (r < 0)
             goto out;
         if (first) {
             rev = header_rev(resp);
             header_cluster(resp, cluster);
+            first = false;
         }
         kvs = json_object_get(resp, "kvs");
         json_array_foreach(kvs, i, kv) {
@@ -538,13 +738,45 @@ static bool nap(struct etcd *e, long ms)
     return !stopping(e);
 }
 
+/* ---- freshness ---- */
+
+/* The watch (or a re-range started at t) shows the mirror is up to date as
+ * of t. Watch thread. */
+static void touch_at(struct etcd *e, int64_t t)
+{
+    int64_t now = now_ms();
+
+    if (t > atomic_load(&e->heard))
+        atomic_store(&e->heard, t);
+    /* a re-range that took long is as old as its start: still stale */
+    if (e->stale && now - atomic_load(&e->heard) <= STORE_FRESH_MS) {
+        log_info("store: etcd: the mirror is fresh again: etcd was silent for %.1f s; "
+                 "token lookups answer again", (double)(now - e->stale_from) / 1000.0);
+        e->stale = false;
+    }
+}
+
+/* Logs (once) that the mirror went stale. Watch thread. */
+static void note_staleness(struct etcd *e)
+{
+    int64_t heard = atomic_load(&e->heard);
+
+    if (e->stale || now_ms() - heard <= STORE_FRESH_MS)
+        return;
+    e->stale = true;
+    e->stale_from = heard;
+    log_warnx("store: etcd: the mirror may be stale: no word from etcd for more than %.1f s "
+              "(watch on %s); token lookups are refused until it is fresh again",
+              STORE_FRESH_MS / 1000.0, e->eps[e->xep]);
+}
+
 /* Re-reads the prefix and replaces the mirror, keeping what this process
  * wrote after the range's revision. */
 static int resync(struct etcd *e)
 {
     struct store_map m = { 0 };
     char cluster[32] = "", why[WHY_LEN] = "";
-    int64_t rev = 0;
+    int64_t rev = 0, t0 = now_ms();
 
     if (range_all(e, e->wreq, &e->xep, RANGE_PAGE_MS, &m, &rev, cluster, why) < 0) {
         if (!stopping(e))
@@ -578,6 +810,7 @@ static int resync(struct etcd *e)
     size_t n = e->map.n - e->map.ndead;
     pthread_mutex_unlock(&e->mu);
     log_info("store: etcd: mirror reloaded at revision %" PRId64 " (%zu keys)", rev, n);
+    touch_at(e, t0);
     return 0;
 }
 
@@ -634,6 +867,8 @@ static bool watch_line(struct etcd *e, const char *line, size_t len)
             msg = json_object_get(j, "error");
         log_warnx("store: etcd: watch on %s failed: %s", e->eps[e->xep],
                   json_is_string(msg) ? json_string_value(msg) : "unknown error");
+        if (e->user != NULL && auth_error(0, json_is_string(msg) ? json_string_value(msg) : NULL))
+            drop_token(e);
         e->wend = WATCH_RETRY;
         goto out;
     }
@@ -646,6 +881,8 @@ static bool watch_line(struct etcd *e, const char *line, size_t len)
         } else {
             log_warnx("store: etcd: watch canceled: %s",
                       json_is_string(reason) ? json_string_value(reason) : "no reason given");
+            if (e->user != NULL)
+                drop_token(e);      /* "permission denied" for an expired token too */
             e->wend = WATCH_RETRY;
         }
         goto out;
@@ -685,6 +922,12 @@ static bool watch_line(struct etcd *e, const char *line, size_t len)
         pthread_mutex_unlock(&e->mu);
     }
     keep = true;
+    /* events, a progress notification (watch_id -1: the answer to our
+     * progress_request, sent after every event before it) or the creation:
+     * etcd is alive and this stream delivers */
+    e->stream_heard = now_ms();
+    if (e->created)
+        touch_at(e, e->stream_heard);
 out:
     json_decref(j);
     return keep;
@@ -699,7 +942,11 @@ static size_t watch_write(char *ptr, size_t size, size_t nmemb, void *arg)
     if (stopping(e))
         return 0;
     if (buf_write(ptr, size, nmemb, &e->line) != n) {
-        log_warnx("store: etcd: watch message too large; reloading");
+        if (e->line.over)
+            log_warnx("store: etcd: a watch message is larger than %zu MiB; reloading",
+                      WATCH_LINE_MAX >> 20);
+        else
+            log_warnx("store: etcd: out of memory reading the watch; reloading");
         e->wend = WATCH_RESYNC;
         return 0;
     }
@@ -717,28 +964,69 @@ static size_t watch_write(char *ptr, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* Runs one watch stream until it ends. */
+/* Proves the watch stream delivers: puts this process's heartbeat key (on
+ * the watch thread's re-range handle, within HEARTBEAT_MS) so that its
+ * event comes down the watch. etcd 3.4's JSON gateway cannot take a
+ * progress_request on an HTTP/1.1 stream (etcd issue 8237), and its own
+ * progress notifications come every 10 min unless
+ * --experimental-watch-progress-notify-interval says otherwise; with that
+ * at 1 s the stream is never quiet long enough for a heartbeat. */
+static void heartbeat(struct etcd *e)
+{
+    char why[WHY_LEN] = "", val[24];
+    size_t ep = e->xep;
+    json_t *resp = NULL;
+    char *body;
+
+    snprintf(val, sizeof(val), "%" PRId64, now_ms());
+    body = dump(json_pack("{s:o, s:o}", "key", jb64(e->hb_key, strlen(e->hb_key)),
+                          "value", jb64(val, strlen(val))));
+    if (body == NULL)
+        return;
+    if (call(e, e->wreq, &ep, "/v3/kv/put", body, HEARTBEAT_MS, &resp, why) < 0)
+        log_debug("store: etcd: heartbeat: %s", why);
+    json_decref(resp);
+    free(body);
+}
+
+/* Runs one watch stream until it ends, or until it has been silent for
+ * STORE_FRESH_MS (a stalled TCP stream: nothing closes it). */
 static enum watch_end watch_once(struct etcd *e)
 {
-    char errbuf[CURL_ERROR_SIZE], from[24];
+    char errbuf[CURL_ERROR_SIZE], from[24], why[WHY_LEN] = "";
     char *body;
     CURLcode rc = CURLE_OK;
     int running = 1;
+    struct curl_slist *hdrs;
+    int64_t last_beat = 0;
+    bool silent = false;
 
+    if (e->user != NULL && !have_token(e) &&
+        authenticate(e, e->wreq, &e->xep, now_ms() + WRITE_TOTAL_MS, why) < 0) {
+        log_warnx("store: etcd: watch: %s", why);
+        return WATCH_RETRY;
+    }
     pthread_mutex_lock(&e->mu);
     snprintf(from, sizeof(from), "%" PRId64, e->applied + 1);
     pthread_mutex_unlock(&e->mu);
-    body = dump(json_pack("{s:{s:o, s:o, s:s}}", "create_request",
+    body = dump(json_pack("{s:{s:o, s:o, s:s, s:b}}", "create_request",
                           "key", jb64(ETCD_PREFIX, strlen(ETCD_PREFIX)),
                           "range_end", jb64(ETCD_PREFIX_END, strlen(ETCD_PREFIX_END)),
-                          "start_revision", from));
+                          "start_revision", from, "progress_notify", 1));
     if (body == NULL)
         return WATCH_RETRY;
+    if ((hdrs = headers(e, true)) == NULL) {
+        free(body);
+        return WATCH_RETRY;
+    }
     e->line.len = 0;
+    e->line.max = WATCH_LINE_MAX;
+    e->line.over = false;
     e->scanned = 0;
     e->wend = WATCH_RETRY;
     e->created = false;
-    set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", body, errbuf);
+    e->stream_heard = now_ms();
+    set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", body, hdrs, errbuf);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEDATA, e);
     curl_easy_setopt(e->wstream, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_MS);
@@ -753,16 +1041,36 @@ static enum watch_end watch_once(struct etcd *e)
         while ((msg = curl_multi_info_read(e->multi, &left)) != NULL)
             if (msg->msg == CURLMSG_DONE)
                 rc = msg->data.result;
-        if (running)
-            curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
+        if (!running)
+            break;
+        int64_t t = now_ms();
+        note_staleness(e);
+        if (t - e->stream_heard > STORE_FRESH_MS) {
+            silent = true;
+            break;
+        }
+        if (e->created && t - e->stream_heard >= QUIET_MS && t - last_beat >= QUIET_MS) {
+            heartbeat(e);
+            last_beat = now_ms();
+            continue;           /* its event may be waiting */
+        }
+        curl_multi_poll(e->multi, NULL, 0, POLL_MS, NULL);
     }
     curl_multi_remove_handle(e->multi, e->wstream);
+    curl_easy_setopt(e->wstream, CURLOPT_HTTPHEADER, NULL);
+    curl_slist_free_all(hdrs);
     free(body);
     if (stopping(e))
         return WATCH_STOPPED;
     if (e->wend == WATCH_RESYNC)
         return WATCH_RESYNC;
-    if (e->watch_ok) {
+    if (silent) {
+        log_warnx("store: etcd: the watch on %s has been silent for %.1f s (not even this "
+                  "broker's heartbeat came back); connecting again", e->eps[e->xep],
+                  (double)(now_ms() - e->stream_heard) / 1000.0);
+        e->watch_ok = false;
+        e->created = false;         /* try the next endpoint */
+    } else if (e->watch_ok) {
         log_warnx("store: etcd: watch on %s lost: %s; retrying", e->eps[e->xep],
                   rc == CURLE_OK ? "stream ended" : errbuf[0] ? errbuf : curl_easy_strerror(rc));
         e->watch_ok = false;
@@ -779,6 +1087,10 @@ static void *watch_main(void *arg)
     bool need_resync = false;
 
     while (!stopping(e)) {
+        /* a mirror that went stale is read again, not trusted to catch up */
+        note_staleness(e);
+        if (e->stale)
+            need_resync = true;
         if (need_resync) {
             if (resync(e) == 0) {
                 need_resync = false;
@@ -813,12 +1125,26 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+static int etcd_fresh(void *impl, int64_t *silent_ms);
+
 static void etcd_free(void *impl)
 {
     struct etcd *e = impl;
 
     if (e == NULL)
         return;
+    if (e->th_started && etcd_fresh(e, NULL)) {
+        /* best effort, bounded: a stopped broker's heartbeat key goes */
+        char why[WHY_LEN] = "";
+        json_t *resp = NULL;
+        char *body = dump(json_pack("{s:o}", "key", jb64(e->hb_key, strlen(e->hb_key))));
+        pthread_mutex_lock(&e->wmu);
+        if (body != NULL)
+            (void)call(e, e->req, &e->wep, "/v3/kv/deleterange", body, 300, &resp, why);
+        pthread_mutex_unlock(&e->wmu);
+        json_decref(resp);
+        free(body);
+    }
     if (e->th_started) {
         pthread_mutex_lock(&e->smu);
         atomic_store(&e->stop, true);
@@ -835,13 +1161,21 @@ static void etcd_free(void *impl)
         curl_easy_cleanup(e->wreq);
     if (e->req != NULL)
         curl_easy_cleanup(e->req);
-    curl_slist_free_all(e->hdrs);
+    free(e->ca);
+    free(e->cert);
+    free(e->key);
+    free(e->user);
+    if (e->password != NULL)
+        OPENSSL_cleanse(e->password, strlen(e->password));
+    free(e->password);
+    drop_token(e);
     for (size_t i = 0; i < e->neps; i++)
         free(e->eps[i]);
     free(e->line.p);
     store_map_clear(&e->map);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->wmu);
+    pthread_mutex_destroy(&e->amu);
     pthread_mutex_destroy(&e->smu);
     pthread_cond_destroy(&e->scond);
     free(e);
@@ -887,7 +1221,45 @@ static int parse_endpoints(struct etcd *e, const char *arg, const char **err)
     return 0;
 }
 
-static void *etcd_open(const char *arg, const char **err)
+/* A copy of an option's value, NULL for NULL or ""; -1 when out of memory. */
+static int opt_dup(char **dst, const char *v)
+{
+    *dst = NULL;
+    if (v == NULL || v[0] == '\0')
+        return 0;
+    return (*dst = strdup(v)) != NULL ? 0 : -1;
+}
+
+/* The first line of path (the etcd password), into *out. */
+static int read_password(const char *path, char **out, const char **err)
+{
+    char line[1024];
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (f == NULL) {
+        *err = store_errorf("etcd store: etcd-password-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fgets(line, sizeof(line), f) == NULL)
+        line[0] = '\0';
+    fclose(f);
+    n = strcspn(line, "\r\n");
+    line[n] = '\0';
+    if (n == 0) {
+        *err = store_errorf("etcd store: etcd-password-file %s is empty", path);
+        return -1;
+    }
+    *out = strdup(line);
+    OPENSSL_cleanse(line, sizeof(line));
+    if (*out == NULL) {
+        *err = "out of memory";
+        return -1;
+    }
+    return 0;
+}
+
+static void *etcd_open(const char *arg, const struct store_opts *opts, const char **err)
 {
     char why[WHY_LEN] = "";
     struct etcd *e;
@@ -904,6 +1276,7 @@ static void *etcd_open(const char *arg, const char **err)
     }
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->wmu, NULL);
+    pthread_mutex_init(&e->amu, NULL);
     pthread_mutex_init(&e->smu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -912,9 +1285,20 @@ static void *etcd_open(const char *arg, const char **err)
     atomic_init(&e->stop, false);
     if (parse_endpoints(e, arg, err) < 0)
         goto fail;
-    if ((e->hdrs = curl_slist_append(NULL, "Content-Type: application/json")) == NULL ||
-        (e->hdrs = curl_slist_append(e->hdrs, "Expect:")) == NULL ||
-        (e->req = curl_easy_init()) == NULL || (e->wreq = curl_easy_init()) == NULL ||
+    if (opt_dup(&e->ca, opts->ca) < 0 || opt_dup(&e->cert, opts->cert) < 0 ||
+        opt_dup(&e->key, opts->key) < 0 || opt_dup(&e->user, opts->user) < 0) {
+        *err = "out of memory";
+        goto fail;
+    }
+    if (e->user != NULL) {
+        if (opts->password_file == NULL || opts->password_file[0] == '\0') {
+            *err = "etcd store: an etcd user needs a password file";
+            goto fail;
+        }
+        if (read_password(opts->password_file, &e->password, err) < 0)
+            goto fail;
+    }
+    if ((e->req = curl_easy_init()) == NULL || (e->wreq = curl_easy_init()) == NULL ||
         (e->wstream = curl_easy_init()) == NULL || (e->multi = curl_multi_init()) == NULL) {
         *err = "etcd store: out of memory";
         goto fail;
@@ -922,13 +1306,21 @@ static void *etcd_open(const char *arg, const char **err)
     curl_easy_setopt(e->wreq, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFODATA, e);
+    int64_t t0 = now_ms();
     if (range_all(e, e->req, &e->wep, OPEN_BUDGET_MS, &e->map, &e->applied, e->cluster,
                   why) < 0) {
         *err = store_errorf("etcd store: cannot load " ETCD_PREFIX " from any endpoint (%s)", why);
         goto fail;
     }
+    char host[64] = "";
+    uint32_t r = 0;
+    gethostname(host, sizeof(host) - 1);
+    RAND_bytes((unsigned char *)&r, sizeof(r));
+    snprintf(e->hb_key, sizeof(e->hb_key), HEARTBEAT_PREFIX "%.40s-%ld-%08x", host,
+             (long)getpid(), r);
     e->xep = e->wep;
     e->watch_ok = true;
+    atomic_store(&e->heard, t0);
     log_info("store: etcd %s: loaded %zu keys, revision %" PRId64, e->eps[e->wep], e->map.n,
              e->applied);
     if (pthread_create(&e->th, NULL, watch_main, e) != 0) {
@@ -1047,6 +1439,16 @@ static int etcd_del(void *impl, const char *key, int64_t expect_rev, long timeou
     return rc;
 }
 
+static int etcd_fresh(void *impl, int64_t *silent_ms)
+{
+    struct etcd *e = impl;
+    int64_t silent = now_ms() - atomic_load(&e->heard);
+
+    if (silent_ms != NULL)
+        *silent_ms = silent;
+    return silent <= STORE_FRESH_MS;
+}
+
 static int etcd_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
 {
     struct etcd *e = impl;
@@ -1065,4 +1467,5 @@ const struct store_backend store_etcd_backend = {
     .get = etcd_get,
     .del = etcd_del,
     .walk = etcd_walk,
+    .fresh = etcd_fresh,
 };

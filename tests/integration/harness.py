@@ -35,6 +35,7 @@ Every wait is bounded, every process is killed by PID at the end, everything
 listens on 127.0.0.1 only and all state lives in one tempfile.mkdtemp() dir.
 """
 import argparse
+import base64
 import calendar
 import ctypes
 import hashlib
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 import uuid
 
@@ -765,7 +767,11 @@ class Etcd:
     the test dir (Debian's etcd-server); stop()/start() keep the data, so a
     restart is the same cluster. Killed by PID with the test."""
 
-    def __init__(self, env, name="etcd"):
+    def __init__(self, env, name="etcd", tls=None, client=None, extra=None):
+        """tls: a tlsutil.make_cert result: the client URL is https:// with its
+        server certificate, and clients must show a certificate its CA
+        signed (--client-cert-auth); client: a make_client_cert result the
+        harness itself (healthy(), api()) shows. extra: more etcd flags."""
         if not os.access(ETCD_BIN, os.X_OK):
             raise TestSkip("%s not installed (Debian package etcd-server)" % ETCD_BIN)
         self.env, self.name = env, name
@@ -773,7 +779,9 @@ class Etcd:
         self.dir = env.path(name)
         os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(self.dir, "etcd.log")
-        self.url = "http://127.0.0.1:%d" % self.client_port
+        self.tls, self.client, self.extra = tls, client, extra or []
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.client_port)
+        self.auth_token = None      # api() sends it once set
         self.proc = None
 
     def argv(self):
@@ -782,14 +790,80 @@ class Etcd:
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", "%s=%s" % (self.name, peer),
-                "--initial-cluster-state", "new", "--initial-cluster-token", "sbtest"]
+                "--initial-cluster-state", "new", "--initial-cluster-token", "sbtest"] + (
+                    ["--cert-file", self.tls["server_cert"], "--key-file", self.tls["server_key"],
+                     "--trusted-ca-file", self.tls["ca_cert"], "--client-cert-auth"]
+                    if self.tls else []) + self.extra
+
+    def _ssl(self):
+        if not self.tls:
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls["ca_cert"])
+        if self.client:
+            ctx.load_cert_chain(self.client["cert"], self.client["key"])
+        return ctx
 
     def healthy(self):
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=1,
+                                        context=self._ssl()) as r:
                 return b'"true"' in r.read()
         except (OSError, ValueError):
             return False
+
+    def api(self, path, body, check_ok=True, timeout=5):
+        """POSTs body (a dict) to the v3 JSON gateway; (status, reply dict)."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        if self.auth_token:
+            req.add_header("Authorization", self.auth_token)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl()) as r:
+                status, data = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, data = e.code, e.read()
+        try:
+            reply = json.loads(data or b"{}")
+        except ValueError:
+            reply = {"error": data.decode(errors="replace")}
+        if check_ok and status != 200:
+            raise TestFailure("etcd %s -> HTTP %d: %r" % (path, status, reply))
+        return status, reply
+
+    def get(self, key):
+        """The value of key (bytes) straight from etcd, or None."""
+        _, r = self.api("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+        kvs = r.get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+    def keys(self, prefix):
+        """The keys under prefix, straight from etcd."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        _, r = self.api("/v3/kv/range", {"key": base64.b64encode(prefix.encode()).decode(),
+                                         "range_end": base64.b64encode(end.encode()).decode(),
+                                         "keys_only": True})
+        return [base64.b64decode(kv["key"]).decode() for kv in r.get("kvs") or []]
+
+    def enable_auth(self, user, password, prefix="/spice-broker/"):
+        """etcd v3 auth on, through the gateway (what etcdctl user add, role
+        add, role grant-permission, user grant-role and auth enable do): root
+        (password too) and user, whose role may read and write prefix. Later
+        api() calls authenticate as root."""
+        b64 = lambda s: base64.b64encode(s.encode()).decode()
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        self.api("/v3/auth/user/add", {"name": "root", "password": password})
+        self.api("/v3/auth/role/add", {"name": "root"})
+        self.api("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.api("/v3/auth/user/add", {"name": user, "password": password})
+        self.api("/v3/auth/role/add", {"name": user})
+        self.api("/v3/auth/role/grant", {"name": user, "perm": {
+            "permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)}})
+        self.api("/v3/auth/user/grant", {"user": user, "role": user})
+        self.api("/v3/auth/enable", {})
+        _, r = self.api("/v3/auth/authenticate", {"name": "root", "password": password})
+        self.auth_token = r["token"]
+        log("%s: auth enabled (users root and %s)" % (self.name, user))
 
     def start(self, timeout=10.0):
         self.proc = self.env.spawn(self.name, self.argv(), self.log_path)
@@ -828,6 +902,7 @@ class Broker:
         os.makedirs(self.dir, exist_ok=True)
         self.admin = os.path.join(self.dir, "admin.sock")
         self.store = os.path.join(self.dir, "store")
+        self.journal = os.path.join(self.dir, "journal")
         self.log_path = os.path.join(self.dir, "broker.log")
         self.workers = workers
         self.token_file = token_file
@@ -841,6 +916,7 @@ class Broker:
     def argv(self):
         a = [self.exe, "--listen", "127.0.0.1:%d" % self.port,
              "--admin", "unix:" + self.admin, "--store", self.store_spec,
+             "--journal", self.journal,
              "--workers", str(self.workers), "--log-level", "debug"]
         if self.broker_id:
             a += ["--broker-id", self.broker_id]

@@ -4,8 +4,11 @@ issue 9 item 4): etcd is SIGSTOPped, so its TCP streams stall and nothing
 closes.
 
 Brokers A and B share a real etcd. With etcd frozen:
-  - a session opens and ends through A (its token is known: lookups answer
-    from memory); its records wait for the store;
+  - a session opened through A before the freeze ends; its record waits for
+    the store (retried with backoff);
+  - once etcd has been silent for more than 3 s, A refuses a token it knows
+    ("token store not fresh": it cannot know the token was not revoked) and
+    its log says the mirror may be stale;
   - `status` and `session list` on A answer within 500 ms each, again and
     again, while the records wait and while a `token add` waits for its
     write;
@@ -15,8 +18,12 @@ Brokers A and B share a real etcd. With etcd frozen:
   - etcd resumed (SIGCONT): the records that waited land in etcd (B's
     `session history` shows the session A ended during the freeze).
 Frozen again with a live session on A: SIGTERM ends A within 3 s (exit 0),
-its log says how many session records never reached the store.
+its log says how many session records never reached the store, and its
+journal (--journal) holds them; etcd resumed and A started again: the
+records reach etcd (B's session history shows the session A ended at the
+stop) and the journal is gone.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -62,17 +69,31 @@ def test(env):
     frozen = False
     try:
         # the session's records wait for the store while etcd is frozen
+        c0 = SpiceClient(env, "127.0.0.1", a.port, t1, seconds=60).start()
+        c0.wait_ready()
+        wait_until(lambda: a.sessions(), 5, what="the live session in A's session list")
         etcd.proc.send_signal(signal.SIGSTOP)
         frozen = True
         t_frozen = time.monotonic()
         log("etcd frozen (SIGSTOP, pid %d)" % etcd.proc.pid)
-        good_session(env, "127.0.0.1", a.port, t1, what="through A with etcd frozen")
+        c0.stop()
         sid = wait_until(lambda: [ln for ln in a.log_text().splitlines()
                                   if "cannot write the session record" in ln], 5,
                          what="A's line about a session record it could not write")
         sid = sid[0].split("sid=")[1].split()[0]
         log("A: %s" % sid)
         slowest = check_quick(a, "etcd frozen, records waiting")
+
+        # silent for more than the freshness bound: A refuses a known token
+        time.sleep(max(0.0, t_frozen + 3.5 - time.monotonic()))
+        r = SpiceClient(env, "127.0.0.1", a.port, t1, seconds=10).run()
+        check(not r["main_opened"], "A let a session open with etcd frozen for 3.5 s")
+        wait_until(lambda: "token store not fresh" in a.log_text(), 5,
+                   what="A's refusal: token store not fresh")
+        wait_until(lambda: "the mirror may be stale" in a.log_text(), 5,
+                   what="A's line: the mirror may be stale")
+        log("etcd frozen for %.1f s: A refuses a known token (token store not fresh)"
+            % (time.monotonic() - t_frozen))
 
         # a token add waits for its write, the control loop goes on
         t_add = time.monotonic()
@@ -123,11 +144,15 @@ def test(env):
             rec[0]["id"], time.monotonic() - t_thaw, rec[0]["end_reason"]))
         wait_until(lambda: "the store took the" in a.log_text(), 5,
                    what="A's line about the records the store took")
+        wait_until(lambda: "the mirror is fresh again" in a.log_text(), 10,
+                   what="A's line: the mirror is fresh again")
+        good_session(env, "127.0.0.1", a.port, t1, what="through A, etcd resumed")
 
         # SIGTERM with etcd frozen and a live session: bounded
         c = SpiceClient(env, "127.0.0.1", a.port, t1, seconds=60).start()
         c.wait_ready()
-        wait_until(lambda: a.sessions(), 5, what="the live session in A's session list")
+        live = wait_until(lambda: a.sessions(), 5, what="the live session in A's session list")
+        last_sid = live[0]["id"]
         etcd.proc.send_signal(signal.SIGSTOP)
         frozen = True
         time.sleep(0.2)
@@ -145,11 +170,32 @@ def test(env):
         lost = [ln for ln in a.log_text().splitlines() if "never reached the store" in ln]
         check(lost, "A did not log the session records it could not write")
         log("A: %s" % lost[-1].split(" ", 2)[-1])
+        check("kept in the journal" in lost[-1], "A's records did not go to the journal")
+        check(os.path.exists(a.journal), "no journal at %s" % a.journal)
+        with open(a.journal) as f:
+            lines = f.read().splitlines()
+        check(len(lines) >= 2, "journal: %r" % lines)
+        log("journal %s: %d records" % (a.journal, len(lines) - 1))
         c.stop()
+
+        # resumed, A started again: the journal's records reach etcd
+        etcd.proc.send_signal(signal.SIGCONT)
+        frozen = False
+        # (the write A gave up on may still land: it sat in the frozen etcd's
+        # socket buffer; the journal's copy is the same record)
+        a.start()
+        rec = wait_until(lambda: b.ended_session(last_sid), 10, interval=0.2,
+                         what="the session A ended at its stop, in B's session history")
+        log("A restarted: %08x from the journal is in etcd (%r)" % (last_sid,
+                                                                     rec["end_reason"]))
+        check("the last run could not write go to the store" in a.log_text(),
+              "A's log does not mention the journal's records")
+        check(not os.path.exists(a.journal), "the journal is still there after the restart")
     finally:
         if frozen:
             etcd.proc.send_signal(signal.SIGCONT)
     b.check_alive()
+    a.check_alive()
 
 
 if __name__ == "__main__":

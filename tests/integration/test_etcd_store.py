@@ -8,12 +8,14 @@
     "killed by the operator";
   - a token revoked through B is refused by A (spice-gtk gets error_auth);
   - etcd stopped: a live session through A keeps relaying (display updates go
-    on), a new session with a known token still opens (lookups answer from
-    memory), `token add` fails cleanly with a reason, both brokers stay up;
+    on), another one ends; once etcd has been silent for more than the
+    freshness bound (3 s) a new session with a token A knew is refused
+    ("token store not fresh": A cannot know the token was not revoked);
+    `token add` fails cleanly with a reason, both brokers stay up;
   - etcd restarted on the same data: `token add` works again through A and
-    the token reaches B (its watch reconnected); the record of the session
-    that opened and closed during the outage reaches the store (A wrote it
-    again) and shows in B's `session history`.
+    the token reaches B (its watch reconnected), A's known token works again;
+    the record of the session that ended during the outage reaches the store
+    (A wrote it again) and shows in B's `session history`.
 """
 import sys
 import time
@@ -90,10 +92,17 @@ def test(env):
     live_c = SpiceClient(env, "127.0.0.1", a.port, t1, seconds=60,
                          inval_timestamps=True).start()
     live_c.wait_ready()
+    ending = SpiceClient(env, "127.0.0.1", a.port, t5, seconds=60).start()
+    ending.wait_ready()
+    wait_until(lambda: len(a.sessions()) == 2, 5, what="both sessions in A's session list")
     etcd.stop()
     t_down = time.monotonic()
-    good_session(env, "127.0.0.1", a.port, t5, expect=ALL_CHANNELS, what="with etcd down")
-    log("etcd down: a new session with a known token opened through A")
+    ending.stop()
+    log("etcd down: a session through A ended")
+    time.sleep(max(0.0, t_down + 3.5 - time.monotonic()))
+    refused(env, a.port, t5, "A with etcd down for 3.5 s (its view may be stale)")
+    check("token store not fresh" in a.log_text(), "A's log does not say why it refused")
+    log("etcd down for more than 3 s: A refuses a token it knew (token store not fresh)")
     rc, out, err = a.ctl("token", "add", token("etcd3"), "--host", "127.0.0.1", "--port",
                          q.spice_port, check_rc=False, timeout=15)
     log("etcd down: token add -> rc %d: %s" % (rc, (out + err).strip()))
@@ -109,6 +118,7 @@ def test(env):
                              check_rc=False)[0] == 0, 10, interval=0.5,
                what="token add through A after etcd came back")
     eventually_good(env, b, t4, "through B after etcd came back", timeout=10)
+    eventually_good(env, a, t5, "through A, a token it knew, after etcd came back")
     q2_backend = "127.0.0.1:%d" % q2.spice_port
     outage = wait_until(lambda: [x for x in b.history() if x["backend"] == q2_backend and
                                  x["broker"] == "a"], 10,

@@ -71,13 +71,16 @@ def _cnf_escape(s):
 
 
 def make_cert(dirpath, cn="127.0.0.1", ip="127.0.0.1", dns=("localhost",), days=1,
-              key_type="rsa", ca_from=None):
+              key_type="rsa", ca_from=None, client_auth=False):
     """CA + server certificate in dirpath (see the module docstring).
 
     ip=None leaves out the IP SAN, dns=() the DNS SANs (to test hostname
     verification); with neither, the certificate has no subjectAltName.
     ca_from: another make_cert result whose CA signs this certificate too
     (copied here, so dirpath is a complete x509-dir).
+    client_auth: the server certificate may also serve as a client's
+    (extendedKeyUsage serverAuth,clientAuth: etcd's JSON gateway dials its own
+    gRPC port with it, which --client-cert-auth checks).
     Returns {"dir", "ca_cert", "ca_key", "server_cert", "server_key"}."""
     dirpath = os.path.abspath(dirpath)
     os.makedirs(dirpath, exist_ok=True)
@@ -105,7 +108,7 @@ def make_cert(dirpath, cn="127.0.0.1", ip="127.0.0.1", dns=("localhost",), days=
            "[ v3_server ]",
            "basicConstraints = critical,CA:FALSE",
            "keyUsage = critical,digitalSignature,keyEncipherment",
-           "extendedKeyUsage = serverAuth",
+           "extendedKeyUsage = serverAuth" + (",clientAuth" if client_auth else ""),
            "subjectKeyIdentifier = hash",
            "authorityKeyIdentifier = keyid"]
     if sans:
@@ -163,3 +166,37 @@ if __name__ == "__main__":
     if not 2 <= len(sys.argv) <= 4:
         sys.exit("usage: tlsutil.py DIR [CN [IP]]")
     print(json.dumps(make_cert(*sys.argv[1:]), indent=1))
+
+
+def make_client_cert(ca, name="client", cn="spice-broker", days=1, key_type="rsa"):
+    """A client certificate (extendedKeyUsage clientAuth) signed by the CA of
+    ca (a make_cert result), in ca's directory as NAME-cert.pem and
+    NAME-key.pem; cn=None: no CommonName (subject O=spice-broker; etcd's
+    JSON gateway refuses a client certificate with a CommonName once v3 auth
+    is on). Returns {"cert", "key"}."""
+    d = ca["dir"]
+    cert, key = os.path.join(d, name + "-cert.pem"), os.path.join(d, name + "-key.pem")
+    cnf, csr = os.path.join(d, name + "-openssl.cnf"), os.path.join(d, name + ".csr")
+    with open(cnf, "w") as f:
+        f.write("\n".join(["[ req ]", "distinguished_name = dn", "prompt = no",
+                           "[ dn ]", ("CN = %s" % _cnf_escape(cn)) if cn else "O = spice-broker",
+                           "[ v3_client ]", "basicConstraints = critical,CA:FALSE",
+                           "keyUsage = critical,digitalSignature,keyEncipherment",
+                           "extendedKeyUsage = clientAuth",
+                           "subjectKeyIdentifier = hash",
+                           "authorityKeyIdentifier = keyid"]) + "\n")
+    old_umask = os.umask(0o077)
+    try:
+        _run([OPENSSL, "req", "-new", "-config", cnf] + _keygen_args(key_type)
+             + ["-noenc", "-keyout", key, "-out", csr], d)
+        _run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca["ca_cert"], "-CAkey", ca["ca_key"],
+              "-set_serial", "0x%s" % secrets.token_hex(8), "-days", str(days), "-sha256",
+              "-extfile", cnf, "-extensions", "v3_client", "-out", cert], d)
+    finally:
+        os.umask(old_umask)
+    os.chmod(cert, 0o644)
+    try:
+        os.unlink(csr)
+    except OSError:
+        pass
+    return {"cert": cert, "key": key}

@@ -961,6 +961,41 @@ static int frozen_count(struct frozen_log *fl)
     return n;
 }
 
+/* Freshness: fresh after open and while etcd answers (a quiet watch gets
+ * heartbeats); frozen etcd: stale after STORE_FRESH_MS, lookups' mirror
+ * kept; resumed: fresh again. */
+static void test_fresh(void **state)
+{
+    struct fixture *f = *state;
+    int64_t silent = -1, t0, stale_at = 0;
+
+    f->a = open_ok();
+    assert_true(store_fresh(f->a, &silent));
+    assert_true(silent >= 0 && silent <= STORE_FRESH_MS);
+    sleep_ms(STORE_FRESH_MS + 1500);    /* no writes: heartbeats keep it fresh */
+    if (!store_fresh(f->a, &silent))
+        fail_msg("a quiet etcd: stale (silent %lld ms)", (long long)silent);
+    assert_int_equal(kill(g.pid, SIGSTOP), 0);
+    t0 = now_ms();
+    while (now_ms() - t0 < STORE_FRESH_MS + 3000) {
+        if (!store_fresh(f->a, &silent)) {
+            stale_at = now_ms() - t0;
+            break;
+        }
+        sleep_ms(50);
+    }
+    if (stale_at == 0 || stale_at > STORE_FRESH_MS + 100)
+        fail_msg("frozen etcd: stale after %lld ms (bound %d ms)", (long long)stale_at,
+                 STORE_FRESH_MS);
+    assert_true(silent > STORE_FRESH_MS);
+    assert_int_equal(kill(g.pid, SIGCONT), 0);
+    t0 = now_ms();
+    while (!store_fresh(f->a, NULL) && now_ms() - t0 < 15000)
+        sleep_ms(50);
+    if (!store_fresh(f->a, &silent))
+        fail_msg("etcd resumed: still stale after 15 s (silent %lld ms)", (long long)silent);
+}
+
 static void test_writer_frozen(void **state)
 {
     struct fixture *f = *state;
@@ -1079,6 +1114,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_after_compaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_frozen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fresh, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_frozen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_restart, setup, teardown),
     };
