@@ -315,6 +315,7 @@ struct session_worker {
     const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
     uint64_t next_ask;              /* names the token questions sent elsewhere */
+    struct ticket_key *key;         /* this worker's copy of env.key (its own context) */
     TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
 };
 

@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 
 #include "common/log.h"
+#include "proto/ticket.h"
 #include "session/internal.h"
 
 static void reap(struct session_worker *w);
@@ -40,7 +41,12 @@ struct session_worker *session_worker_new(const struct session_env *env)
     TAILQ_INIT(&w->to_check);
     TAILQ_INIT(&w->lookups);
     w->reap = event_new(env->base, -1, 0, on_reap, w);
-    if (w->reap == NULL) {
+    /* The key's decrypt context is single-threaded: a worker has its own. */
+    w->key = env->key != NULL ? ticket_key_copy(env->key) : NULL;
+    w->env.key = w->key;
+    if (w->reap == NULL || (env->key != NULL && w->key == NULL)) {
+        if (w->reap != NULL)
+            event_free(w->reap);
         free(w);
         return NULL;
     }
@@ -62,6 +68,7 @@ void session_worker_free(struct session_worker *w)
     while ((l = TAILQ_FIRST(&w->lookups)) != NULL)
         session_lookup_cancel(l);
     event_free(w->reap);
+    ticket_key_free(w->key);
     pool_drain(&w->pool);
     if (w->dns != NULL)
         evdns_base_free(w->dns, 1);
