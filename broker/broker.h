@@ -35,7 +35,6 @@ struct broker {
     struct resolver *resolver;
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;
-    struct ticket_key *key;
     struct worker **workers;
     int n_workers;
     struct admin *admin;

@@ -23,7 +23,6 @@
 #include "common/log.h"
 #include "migrate/handover.h"
 #include "proto/snap.h"
-#include "proto/ticket.h"
 
 /* ------------------------------------------------------------------ session_env callbacks */
 
@@ -684,9 +683,8 @@ int main(int argc, char **argv)
                  b.cfg.nova.auth_url, b.cfg.nova.auth_type);
     }
     b.registry = registry_new();
-    b.key = ticket_key_new();
-    if (b.base == NULL || b.resolver == NULL || b.registry == NULL || b.key == NULL) {
-        log_error("startup failed: out of memory or no RSA key");
+    if (b.base == NULL || b.resolver == NULL || b.registry == NULL) {
+        log_error("startup failed: out of memory");
         goto out;
     }
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
@@ -711,7 +709,9 @@ int main(int argc, char **argv)
     uint16_t port;
     config_split_hostport(b.cfg.listen, host, sizeof(host), &port);
     struct session_env env = {
-        .key = b.key,
+        /* No shared key: every worker makes its own and rotates it
+         * (session/keyring.h), so a ticket opens on one worker only. */
+        .key = NULL,
         .resolve = env_resolve,
         .claim_id = env_claim,
         .release_id = env_release,
@@ -908,7 +908,6 @@ out:
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)
             event_free(sigs[i]);
-    ticket_key_free(b.key);
     registry_free(b.registry);
     nova_free(b.nova);
     free(vv_ca);

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "proto/wire.h"
+#include "session/keyring.h"
 #include "session/session.h"
 #include "session/transport.h"
 
@@ -205,6 +206,7 @@ struct chan_link {
     bool reply_sent;                  /* our link reply went out */
     uint64_t ask;                     /* CH_C_RESOLVE: the question's name */
     uint8_t token_hash[32];           /* CH_C_RESOLVE: sha256 of the token */
+    uint32_t key_gen;                 /* the link key our reply offered (keyring.h) */
 };
 
 struct session;
@@ -315,7 +317,7 @@ struct session_worker {
     const struct session_hooks *hooks; /* the migration engine */
     struct session_stats stats;
     uint64_t next_ask;              /* names the token questions sent elsewhere */
-    struct ticket_key *key;         /* this worker's copy of env.key (its own context) */
+    struct keyring *keys;           /* this worker's link keys (keyring.h) */
     TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
 };
 
@@ -328,6 +330,8 @@ struct session_lookup {
 };
 
 /* session.c */
+/* CLOCK_MONOTONIC in ms (the keyring's clock). */
+int64_t session_now_ms(void);
 /* The worker's resolver, made on first use; NULL if it cannot be made. */
 struct evdns_base *session_worker_dns(struct session_worker *w);
 /* The one teardown of a session, with a reason (logged once, recorded). Safe

@@ -1,5 +1,6 @@
 /* session/link.c: the link handshake of one channel, in both roles: server
- * toward the client (our RSA key, the ticket is the console token) and client
+ * toward the client (this worker's rotating RSA key, the ticket is the console
+ * token, each ticket accepted once: keyring.h) and client
  * toward the backend QEMU (its per-link key, the record's password). Runs on
  * the worker loop that owns the channel.
  *
@@ -157,8 +158,8 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8 * WIRE_MAX_CAP_WORDS];
     memset(&r, 0, sizeof(r));
     r.error = SPICE_LINK_ERR_OK;
-    if (ticket_key_public_der(c->w->env.key, r.pub_key) != 0) {
-        refuse_link(c, SPICE_LINK_ERR_ERROR, "cannot export the link key");
+    if (keyring_offer(c->w->keys, session_now_ms(), r.pub_key, &c->lk->key_gen) != 0) {
+        refuse_link(c, SPICE_LINK_ERR_ERROR, "no link key");
         return;
     }
     wire_caps_set_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
@@ -284,9 +285,17 @@ static void client_auth_done(struct chan *c)
             return;
         }
         memcpy(token, c->web_token, strlen(c->web_token) + 1);
-    } else if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
-        refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, "permission denied (bad ticket)");
-        return;
+    } else {
+        /* This worker's key of the generation our reply offered; a ticket
+         * already accepted under it is a replay (issue 9). */
+        enum keyring_verdict v =
+            keyring_open(w->keys, lk->key_gen, p, session_now_ms(), token, sizeof(token));
+        if (v != KEYRING_OK) {
+            char reason[80];
+            snprintf(reason, sizeof(reason), "permission denied (%s)", keyring_verdict_name(v));
+            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);
+            return;
+        }
     }
     uint8_t hash[32];
     sha256(token, hash);

@@ -12,7 +12,6 @@
 #include <openssl/crypto.h>
 
 #include "common/log.h"
-#include "proto/ticket.h"
 #include "session/internal.h"
 
 static void reap(struct session_worker *w);
@@ -20,6 +19,13 @@ static void reap(struct session_worker *w);
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     reap(arg);
+}
+
+int64_t session_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct session_worker *session_worker_new(const struct session_env *env)
@@ -41,12 +47,19 @@ struct session_worker *session_worker_new(const struct session_env *env)
     TAILQ_INIT(&w->to_check);
     TAILQ_INIT(&w->lookups);
     w->reap = event_new(env->base, -1, 0, on_reap, w);
-    /* The key's decrypt context is single-threaded: a worker has its own. */
-    w->key = env->key != NULL ? ticket_key_copy(env->key) : NULL;
-    w->env.key = w->key;
-    if (w->reap == NULL || (env->key != NULL && w->key == NULL)) {
+    /* This worker's own link keys: rotated, each ticket accepted once. The
+     * previous key lives one link timeout, so links offered it finish. */
+    struct keyring_opts ko = {
+        .rotate_ms = env->key_rotate_ms > 0 ? env->key_rotate_ms : SESSION_KEY_ROTATE_MS,
+        .grace_ms = env->link_timeout_ms,
+        .max_seen = env->key_max_tickets > 0 ? env->key_max_tickets : SESSION_KEY_MAX_TICKETS,
+        .background = true,
+    };
+    w->keys = keyring_new(env->key, &ko, session_now_ms());
+    if (w->reap == NULL || w->keys == NULL) {
         if (w->reap != NULL)
             event_free(w->reap);
+        keyring_free(w->keys);
         free(w);
         return NULL;
     }
@@ -68,7 +81,7 @@ void session_worker_free(struct session_worker *w)
     while ((l = TAILQ_FIRST(&w->lookups)) != NULL)
         session_lookup_cancel(l);
     event_free(w->reap);
-    ticket_key_free(w->key);
+    keyring_free(w->keys);
     pool_drain(&w->pool);
     if (w->dns != NULL)
         evdns_base_free(w->dns, 1);
