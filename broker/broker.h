@@ -52,6 +52,7 @@ struct broker {
     bool probing;                /* a record from retry is being written as a probe */
     uint64_t record_seq;         /* the last record's seq */
     struct record_write *writing; /* session records being written */
+    struct record_write **writing_by_id; /* the same, chained by session id (main.c) */
     size_t retry_writing;        /* of those, records that had waited in retry */
     size_t retry_took;           /* records from retry the store took, since it last failed */
     bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */
