@@ -48,6 +48,7 @@ struct broker {
     struct store_writer *writer; /* makes every store write of the control loop */
     struct broker_record *retry; /* records the store did not take yet, newest per session */
     size_t n_retry, cap_retry;
+    int32_t *retry_idx;          /* retry's indices by session id (main.c), -1 = empty */
     struct event *retry_timer;
     bool probing;                /* a record from retry is being written as a probe */
     uint64_t record_seq;         /* the last record's seq */

@@ -264,19 +264,90 @@ static void retry_arm(struct broker *b)
     }
 }
 
+/* The waiting records by session id: every record published while the
+ * store fails looks for its session's older one, and a scan of up to
+ * RETRY_MAX records each time saturated the control loop at a high link
+ * rate. Open addressing (load <= 1/2), slots hold indices into b->retry,
+ * deletion by backward shift (no tombstones). */
+#define RETRY_SLOTS (2u * RETRY_MAX)
+_Static_assert((RETRY_SLOTS & (RETRY_SLOTS - 1)) == 0, "RETRY_SLOTS: a power of two");
+
+static uint32_t retry_home(uint32_t id)
+{
+    return (id * 2654435761u) & (RETRY_SLOTS - 1);
+}
+
+static void retry_index_reset(struct broker *b)
+{
+    if (b->retry_idx != NULL)
+        for (size_t i = 0; i < RETRY_SLOTS; i++)
+            b->retry_idx[i] = -1;
+}
+
+/* The slot holding id, or -1. */
+static long retry_slot(const struct broker *b, uint32_t id)
+{
+    if (b->retry_idx == NULL)
+        return -1;
+    for (uint32_t i = retry_home(id);; i = (i + 1) & (RETRY_SLOTS - 1)) {
+        int32_t k = b->retry_idx[i];
+        if (k < 0)
+            return -1;
+        if (b->retry[k].rec.id == id)
+            return (long)i;
+    }
+}
+
+static void retry_slot_put(struct broker *b, uint32_t id, int32_t k)
+{
+    uint32_t i = retry_home(id);
+    while (b->retry_idx[i] >= 0)
+        i = (i + 1) & (RETRY_SLOTS - 1);
+    b->retry_idx[i] = k;
+}
+
+static void retry_slot_del(struct broker *b, uint32_t i)
+{
+    b->retry_idx[i] = -1;
+    for (uint32_t j = (i + 1) & (RETRY_SLOTS - 1); b->retry_idx[j] >= 0;
+         j = (j + 1) & (RETRY_SLOTS - 1)) {
+        uint32_t h = retry_home(b->retry[b->retry_idx[j]].rec.id);
+        /* j's entry stays if its home lies cyclically in (i, j]. */
+        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            b->retry_idx[i] = b->retry_idx[j];
+            b->retry_idx[j] = -1;
+            i = j;
+        }
+    }
+}
+
 static struct broker_record *retry_find(struct broker *b, uint32_t id)
 {
-    for (size_t i = 0; i < b->n_retry; i++)
-        if (b->retry[i].rec.id == id)
-            return &b->retry[i];
-    return NULL;
+    long i = retry_slot(b, id);
+    return i >= 0 ? &b->retry[b->retry_idx[i]] : NULL;
+}
+
+/* Takes b->retry[k] out (the last record moves into its place). */
+static void retry_remove_at(struct broker *b, size_t k)
+{
+    long i = retry_slot(b, b->retry[k].rec.id);
+    if (i >= 0)
+        retry_slot_del(b, (uint32_t)i);
+    size_t last = --b->n_retry;
+    if (k != last) {
+        b->retry[k] = b->retry[last];
+        long m = retry_slot(b, b->retry[k].rec.id);
+        if (m >= 0)
+            b->retry_idx[m] = (int32_t)k;
+    }
 }
 
 static void retry_forget(struct broker *b, uint32_t id)
 {
     struct broker_record *r = retry_find(b, id);
     if (r != NULL)
-        *r = b->retry[--b->n_retry];
+        retry_remove_at(b, (size_t)(r - b->retry));
 }
 
 /* Keeps r for a later write, unless a newer record of its session waits. */
@@ -287,6 +358,14 @@ static void retry_keep(struct broker *b, const struct broker_record *r)
         if (old->seq < r->seq)
             *old = *r;
         return;
+    }
+    if (b->retry_idx == NULL) {
+        b->retry_idx = malloc(RETRY_SLOTS * sizeof(*b->retry_idx));
+        if (b->retry_idx == NULL) {
+            log_warnx("sid=%08x session record dropped: out of memory", r->rec.id);
+            return;
+        }
+        retry_index_reset(b);
     }
     if (b->n_retry == b->cap_retry) {
         size_t nc = b->cap_retry ? b->cap_retry * 2 : 16;
@@ -299,6 +378,7 @@ static void retry_keep(struct broker *b, const struct broker_record *r)
         b->retry = n;
         b->cap_retry = nc;
     }
+    retry_slot_put(b, r->rec.id, (int32_t)b->n_retry);
     b->retry[b->n_retry++] = *r;
     retry_arm(b);
     status_serving(b);
@@ -423,7 +503,8 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     if (b->n_retry == 0 || b->probing)
         return;
     /* One record probes the store; the others wait for its answer. */
-    struct broker_record r = b->retry[--b->n_retry];
+    struct broker_record r = b->retry[b->n_retry - 1];
+    retry_remove_at(b, b->n_retry - 1);
     record_send(b, &r, true, true);
 }
 
@@ -514,6 +595,7 @@ static void records_flush(struct broker *b)
     size_t n = b->n_retry;
     b->retry = NULL;
     b->n_retry = b->cap_retry = 0;
+    retry_index_reset(b);
     for (size_t i = 0; i < n; i++)
         record_send(b, &list[i], true, false);
     free(list);
@@ -931,6 +1013,7 @@ out:
     }
     admin_free(b.admin);
     free(b.writing_by_id);
+    free(b.retry_idx);
     free(b.retry);
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)
