@@ -37,7 +37,6 @@ struct broker {
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;
     struct limits *limits;       /* caps on unauthenticated connections (all workers) */
-    struct ticket_key *key;
     struct worker **workers;
     int n_workers;
     struct admin *admin;
@@ -51,11 +50,13 @@ struct broker {
     struct store_writer *writer; /* makes every store write of the control loop */
     struct broker_record *retry; /* records the store did not take yet, newest per session */
     size_t n_retry, cap_retry;
+    int32_t *retry_idx;          /* retry's indices by session id (main.c), -1 = empty */
     struct event *retry_timer;
     long retry_backoff_ms;       /* the retry timer's delay before jitter */
     bool probing;                /* a record from retry is being written as a probe */
     uint64_t record_seq;         /* the last record's seq */
     struct record_write *writing; /* session records being written */
+    struct record_write **writing_by_id; /* the same, chained by session id (main.c) */
     size_t retry_writing;        /* of those, records that had waited in retry */
     size_t retry_took;           /* records from retry the store took, since it last failed */
     bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */

@@ -27,7 +27,6 @@
 #include "common/log.h"
 #include "migrate/handover.h"
 #include "proto/snap.h"
-#include "proto/ticket.h"
 
 /* ------------------------------------------------------------------ session_env callbacks */
 
@@ -288,6 +287,8 @@ int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn 
 
 struct record_write {
     struct record_write *next;   /* in b->writing */
+    struct record_write **pprev; /* what points at it: unlinked in O(1) */
+    struct record_write *hnext;  /* in b->writing_by_id[bucket(id)] */
     struct broker_record r;
     bool from_retry, probe;
 };
@@ -323,19 +324,90 @@ static void retry_arm(struct broker *b)
     }
 }
 
+/* The waiting records by session id: every record published while the
+ * store fails looks for its session's older one, and a scan of up to
+ * RETRY_MAX records each time saturated the control loop at a high link
+ * rate. Open addressing (load <= 1/2), slots hold indices into b->retry,
+ * deletion by backward shift (no tombstones). */
+#define RETRY_SLOTS (2u * RETRY_MAX)
+_Static_assert((RETRY_SLOTS & (RETRY_SLOTS - 1)) == 0, "RETRY_SLOTS: a power of two");
+
+static uint32_t retry_home(uint32_t id)
+{
+    return (id * 2654435761u) & (RETRY_SLOTS - 1);
+}
+
+static void retry_index_reset(struct broker *b)
+{
+    if (b->retry_idx != NULL)
+        for (size_t i = 0; i < RETRY_SLOTS; i++)
+            b->retry_idx[i] = -1;
+}
+
+/* The slot holding id, or -1. */
+static long retry_slot(const struct broker *b, uint32_t id)
+{
+    if (b->retry_idx == NULL)
+        return -1;
+    for (uint32_t i = retry_home(id);; i = (i + 1) & (RETRY_SLOTS - 1)) {
+        int32_t k = b->retry_idx[i];
+        if (k < 0)
+            return -1;
+        if (b->retry[k].rec.id == id)
+            return (long)i;
+    }
+}
+
+static void retry_slot_put(struct broker *b, uint32_t id, int32_t k)
+{
+    uint32_t i = retry_home(id);
+    while (b->retry_idx[i] >= 0)
+        i = (i + 1) & (RETRY_SLOTS - 1);
+    b->retry_idx[i] = k;
+}
+
+static void retry_slot_del(struct broker *b, uint32_t i)
+{
+    b->retry_idx[i] = -1;
+    for (uint32_t j = (i + 1) & (RETRY_SLOTS - 1); b->retry_idx[j] >= 0;
+         j = (j + 1) & (RETRY_SLOTS - 1)) {
+        uint32_t h = retry_home(b->retry[b->retry_idx[j]].rec.id);
+        /* j's entry stays if its home lies cyclically in (i, j]. */
+        bool stays = i <= j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            b->retry_idx[i] = b->retry_idx[j];
+            b->retry_idx[j] = -1;
+            i = j;
+        }
+    }
+}
+
 static struct broker_record *retry_find(struct broker *b, uint32_t id)
 {
-    for (size_t i = 0; i < b->n_retry; i++)
-        if (b->retry[i].rec.id == id)
-            return &b->retry[i];
-    return NULL;
+    long i = retry_slot(b, id);
+    return i >= 0 ? &b->retry[b->retry_idx[i]] : NULL;
+}
+
+/* Takes b->retry[k] out (the last record moves into its place). */
+static void retry_remove_at(struct broker *b, size_t k)
+{
+    long i = retry_slot(b, b->retry[k].rec.id);
+    if (i >= 0)
+        retry_slot_del(b, (uint32_t)i);
+    size_t last = --b->n_retry;
+    if (k != last) {
+        b->retry[k] = b->retry[last];
+        long m = retry_slot(b, b->retry[k].rec.id);
+        if (m >= 0)
+            b->retry_idx[m] = (int32_t)k;
+    }
 }
 
 static void retry_forget(struct broker *b, uint32_t id)
 {
     struct broker_record *r = retry_find(b, id);
     if (r != NULL)
-        *r = b->retry[--b->n_retry];
+        retry_remove_at(b, (size_t)(r - b->retry));
 }
 
 /* Keeps r for a later write, unless a newer record of its session waits. */
@@ -346,6 +418,14 @@ static void retry_keep(struct broker *b, const struct broker_record *r)
         if (old->seq < r->seq)
             *old = *r;
         return;
+    }
+    if (b->retry_idx == NULL) {
+        b->retry_idx = malloc(RETRY_SLOTS * sizeof(*b->retry_idx));
+        if (b->retry_idx == NULL) {
+            log_warnx("sid=%08x session record dropped: out of memory", r->rec.id);
+            return;
+        }
+        retry_index_reset(b);
     }
     if (b->n_retry == b->cap_retry) {
         size_t nc = b->cap_retry ? b->cap_retry * 2 : 16;
@@ -358,15 +438,26 @@ static void retry_keep(struct broker *b, const struct broker_record *r)
         b->retry = n;
         b->cap_retry = nc;
     }
+    retry_slot_put(b, r->rec.id, (int32_t)b->n_retry);
     b->retry[b->n_retry++] = *r;
     retry_arm(b);
     status_serving(b);
 }
 
 /* Is a record of session id newer than seq being written? */
+/* In-flight writes by session id: a failed write asks whether a newer one
+ * of its session is in flight, and at a high link rate (relay_bench's
+ * linkrate) thousands are: a scan of them all was the broker's top symbol. */
+#define WRITING_BUCKETS 4096u
+
+static struct record_write **writing_bucket(struct broker *b, uint32_t id)
+{
+    return &b->writing_by_id[(id * 2654435761u) >> 20 & (WRITING_BUCKETS - 1)];
+}
+
 static bool writing_newer(struct broker *b, uint32_t id, uint64_t seq)
 {
-    for (struct record_write *w = b->writing; w != NULL; w = w->next)
+    for (struct record_write *w = *writing_bucket(b, id); w != NULL; w = w->hnext)
         if (w->r.rec.id == id && w->r.seq > seq)
             return true;
     return false;
@@ -386,7 +477,9 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
     uint8_t *val = NULL;
     size_t len = 0;
     int rc = -1;
-    if (w == NULL)
+    if (b->writing_by_id == NULL)
+        b->writing_by_id = calloc(WRITING_BUCKETS, sizeof(*b->writing_by_id));
+    if (w == NULL || b->writing_by_id == NULL)
         goto fail;
     w->r = *r;
     w->from_retry = from_retry;
@@ -409,7 +502,12 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
     if (rc < 0)
         goto fail;
     w->next = b->writing;
+    if (w->next != NULL)
+        w->next->pprev = &w->next;
+    w->pprev = &b->writing;
     b->writing = w;
+    w->hnext = *writing_bucket(b, r->rec.id);
+    *writing_bucket(b, r->rec.id) = w;
     if (from_retry)
         b->retry_writing++;
     if (probe)
@@ -425,9 +523,16 @@ static void records_flush(struct broker *b);
 static void on_record_written(struct broker *b, int result, void *arg)
 {
     struct record_write *w = arg;
-    for (struct record_write **pp = &b->writing; *pp != NULL; pp = &(*pp)->next) {
+    /* Writes finish in the order they were queued, so from the far end of
+     * the list: a scan for w cost O(writes in flight) each, quadratic at a
+     * high link rate (22% of the broker's CPU in relay_bench's linkrate). */
+    *w->pprev = w->next;
+    if (w->next != NULL)
+        w->next->pprev = w->pprev;
+    for (struct record_write **pp = writing_bucket(b, w->r.rec.id); *pp != NULL;
+         pp = &(*pp)->hnext) {
         if (*pp == w) {
-            *pp = w->next;
+            *pp = w->hnext;
             break;
         }
     }
@@ -469,7 +574,8 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     if (b->n_retry == 0 || b->probing)
         return;
     /* One record probes the store; the others wait for its answer. */
-    struct broker_record r = b->retry[--b->n_retry];
+    struct broker_record r = b->retry[b->n_retry - 1];
+    retry_remove_at(b, b->n_retry - 1);
     record_send(b, &r, true, true);
 }
 
@@ -560,6 +666,7 @@ static void records_flush(struct broker *b)
     size_t n = b->n_retry;
     b->retry = NULL;
     b->n_retry = b->cap_retry = 0;
+    retry_index_reset(b);
     for (size_t i = 0; i < n; i++)
         record_send(b, &list[i], true, false);
     free(list);
@@ -859,9 +966,8 @@ int main(int argc, char **argv)
                  b.cfg.nova.auth_url, b.cfg.nova.auth_type);
     }
     b.registry = registry_new();
-    b.key = ticket_key_new();
-    if (b.base == NULL || b.resolver == NULL || b.registry == NULL || b.key == NULL) {
-        log_error("startup failed: out of memory or no RSA key");
+    if (b.base == NULL || b.resolver == NULL || b.registry == NULL) {
+        log_error("startup failed: out of memory");
         goto out;
     }
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
@@ -887,7 +993,9 @@ int main(int argc, char **argv)
     uint16_t port;
     config_split_hostport(b.cfg.listen, host, sizeof(host), &port);
     struct session_env env = {
-        .key = b.key,
+        /* No shared key: every worker makes its own and rotates it
+         * (session/keyring.h), so a ticket opens on one worker only. */
+        .key = NULL,
         .resolve = env_resolve,
         .claim_id = env_claim,
         .release_id = env_release,
@@ -1083,11 +1191,12 @@ out:
         free(w);
     }
     admin_free(b.admin);
+    free(b.writing_by_id);
+    free(b.retry_idx);
     free(b.retry);
     for (int i = 0; i < 3; i++)
         if (sigs[i] != NULL)
             event_free(sigs[i]);
-    ticket_key_free(b.key);
     registry_free(b.registry);
     limits_free(b.limits);
     nova_free(b.nova);

@@ -2,8 +2,9 @@
  * DER SubjectPublicKeyInfo of SpiceLinkReply.pub_key, and the 128-byte
  * RSA-OAEP(SHA-1, MGF1-SHA-1) ticket both peers exchange. OpenSSL EVP API only.
  *
- * A ticket_key is immutable after ticket_key_new() and may be shared by threads
- * for decryption (each call builds its own EVP_PKEY_CTX). */
+ * A ticket_key keeps a decrypt context prepared once (OpenSSL 3's per-call
+ * provider look-ups cost more than RSA itself): use one key from one thread
+ * at a time; ticket_key_copy() gives another thread its own. */
 #ifndef SB_TICKET_H
 #define SB_TICKET_H
 
@@ -20,6 +21,9 @@ struct ticket_key;
 /* Generates a fresh RSA-1024 key (e = 65537). NULL on failure. */
 struct ticket_key *ticket_key_new(void);
 void ticket_key_free(struct ticket_key *k);
+/* The same key pair with its own decrypt context (for another thread). NULL
+ * on failure. */
+struct ticket_key *ticket_key_copy(const struct ticket_key *k);
 
 /* Writes the key's DER SubjectPublicKeyInfo (exactly WIRE_PUBKEY_SIZE bytes). */
 int ticket_key_public_der(const struct ticket_key *k, uint8_t out[WIRE_PUBKEY_SIZE]);

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "proto/wire.h"
+#include "session/keyring.h"
 #include "session/session.h"
 #include "session/transport.h"
 
@@ -206,6 +207,8 @@ struct chan_link {
     uint64_t ask;                     /* CH_C_RESOLVE: the question's name */
     uint8_t token_hash[32];           /* CH_C_RESOLVE: sha256 of the token */
     bool refusing;                    /* a wrong token: refused when the timer fires */
+    uint32_t key_gen;                 /* the link key our reply offered (keyring.h) */
+    uint32_t sid;                     /* non-main: the session id the client named */
 };
 
 struct session;
@@ -320,6 +323,13 @@ struct session_worker {
     struct session_stats stats;
     struct throttle *throttle;      /* wrong tokens per source (throttle.h) */
     uint64_t next_ask;              /* names the token questions sent elsewhere */
+    struct keyring *keys;           /* this worker's link keys (keyring.h) */
+    /* Non-main: the channel caps our link reply offers, by channel type: the
+     * last a backend of this worker answered for that type, else what
+     * spice-server 0.14/0.15 offers (link.c). The reply goes out before any
+     * backend link, so the backend's own caps are not known yet. */
+    struct wire_caps chan_caps[SPICE_END_CHANNEL];
+    bool chan_caps_known[SPICE_END_CHANNEL];
     TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
 };
 
@@ -332,6 +342,8 @@ struct session_lookup {
 };
 
 /* session.c */
+/* CLOCK_MONOTONIC in ms (the keyring's clock). */
+int64_t session_now_ms(void);
 /* The worker's resolver, made on first use; NULL if it cannot be made. */
 struct evdns_base *session_worker_dns(struct session_worker *w);
 /* The one teardown of a session, with a reason (logged once, recorded). Safe

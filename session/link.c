@@ -1,15 +1,20 @@
 /* session/link.c: the link handshake of one channel, in both roles: server
- * toward the client (our RSA key, the ticket is the console token) and client
- * toward the backend QEMU (its per-link key, the record's password). Runs on
- * the worker loop that owns the channel.
+ * toward the client (this worker's rotating RSA key, the ticket is the console
+ * token, each ticket accepted once: keyring.h) and client toward the backend
+ * QEMU (its per-link key, the record's password). Runs on the worker loop
+ * that owns the channel.
  *
  * Main channel: client link -> our reply -> client ticket -> token resolved
  * -> backend link -> OK to the client. The client is authenticated before any
  * backend main link is opened (an extra main link would kick a live session).
- * Other channels: client link names the session by connection id -> backend
- * channel linked first (its caps go into our reply) -> our reply -> client
- * ticket checked against the session's token -> OK. Reads never go past the
- * bytes the current step needs, so nothing that follows the link is lost. */
+ * Other channels: client link names the session by connection id -> our
+ * reply (channel caps as last seen from a backend, see chan_caps) -> client
+ * ticket checked against the session's token -> backend channel linked -> OK.
+ * No backend link opens before the client proved its token, and an unknown
+ * session id is answered as a wrong ticket is (PERMISSION_DENIED after the
+ * ticket, the same RSA work and a constant-time compare), so a link reveals
+ * nothing about which sessions live. Reads never go past the bytes the
+ * current step needs, so nothing that follows the link is lost. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -187,6 +192,42 @@ static void sha256(const char *s, uint8_t out[32])
     EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL);
 }
 
+/* The channel caps a non-main link reply offers: what a backend of this
+ * worker last answered for that channel type, else what spice-server 0.14
+ * and 0.15 offer whatever their build (playback, record and spicevmc caps
+ * that depend on the build, OPUS and LZ4, are left out until a backend shows
+ * them: a client would use them). */
+static const struct wire_caps *chan_caps(struct session_worker *w, uint8_t type)
+{
+    static struct wire_caps none;
+    if (type >= SPICE_END_CHANNEL)
+        return &none;
+    if (!w->chan_caps_known[type]) {
+        struct wire_caps *d = &w->chan_caps[type];
+        memset(d, 0, sizeof(*d));
+        switch (type) {
+        case SPICE_CHANNEL_DISPLAY:
+            wire_caps_set_channel(d, SPICE_DISPLAY_CAP_MONITORS_CONFIG);
+            wire_caps_set_channel(d, SPICE_DISPLAY_CAP_PREF_COMPRESSION);
+            wire_caps_set_channel(d, SPICE_DISPLAY_CAP_PREF_VIDEO_CODEC_TYPE);
+            wire_caps_set_channel(d, SPICE_DISPLAY_CAP_STREAM_REPORT);
+            break;
+        case SPICE_CHANNEL_INPUTS:
+            wire_caps_set_channel(d, SPICE_INPUTS_CAP_KEY_SCANCODE);
+            break;
+        case SPICE_CHANNEL_PLAYBACK:
+            wire_caps_set_channel(d, SPICE_PLAYBACK_CAP_VOLUME);
+            break;
+        case SPICE_CHANNEL_RECORD:
+            wire_caps_set_channel(d, SPICE_RECORD_CAP_VOLUME);
+            break;
+        default:
+            break;
+        }
+    }
+    return &w->chan_caps[type];
+}
+
 /* ------------------------------------------------------------------ client side */
 
 static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
@@ -195,8 +236,8 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8 * WIRE_MAX_CAP_WORDS];
     memset(&r, 0, sizeof(r));
     r.error = SPICE_LINK_ERR_OK;
-    if (ticket_key_public_der(c->w->env.key, r.pub_key) != 0) {
-        refuse_link(c, SPICE_LINK_ERR_ERROR, "cannot export the link key");
+    if (keyring_offer(c->w->keys, session_now_ms(), r.pub_key, &c->lk->key_gen) != 0) {
+        refuse_link(c, SPICE_LINK_ERR_ERROR, "no link key");
         return;
     }
     wire_caps_set_common(&r.caps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
@@ -254,12 +295,13 @@ static void client_link_done(struct chan *c)
     }
 
     uint32_t sid = c->client.connection_id;
-    int owner = sid != 0 ? w->env.owner_of(w->env.arg, sid) : -1;
-    if (owner < 0) {
-        refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "unknown session id");
+    if (sid == 0) {
+        /* No session has id 0: a malformed link, refused as spice-server does. */
+        refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "no connection id");
         return;
     }
-    if (owner != w->env.worker_index) {
+    int owner = w->env.owner_of(w->env.arg, sid);
+    if (owner >= 0 && owner != w->env.worker_index) {
         /* The session lives on another worker: move this connection there
          * once, with its transport's state (TLS, WebSocket framing). */
         struct transport *t = c->client_side.t;
@@ -276,29 +318,52 @@ static void client_link_done(struct chan *c)
         chan_close(c, NULL);
         return;
     }
-    struct session *s = session_find(w, sid);
-    if (s == NULL || s->closing) {
-        refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "unknown session id");
+    /* Whether the session lives here, and whether the channel is already
+     * open, is told only to a client whose ticket carries the session's
+     * token (client_auth_done): until then every id gets the same reply. */
+    lk->sid = sid;
+    client_reply(c, chan_caps(w, c->type));
+}
+
+static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
+                          const struct snap_token *rec, const char *why);
+
+/* Non-main: the ticket opened (v, hash: the SHA-256 of its token) or not.
+ * Every refusal before the compare is PERMISSION_DENIED after the same work:
+ * an unknown session id, a closing session, a bad or replayed ticket. */
+static void nonmain_auth_done(struct chan *c, enum keyring_verdict v, const uint8_t hash[32])
+{
+    static const uint8_t none[32];
+    struct session_worker *w = c->w;
+    struct session *s = session_find(w, c->lk->sid);
+    if (s != NULL && s->closing)
+        s = NULL;
+    bool same = CRYPTO_memcmp(hash, s != NULL ? s->token_hash : none, 32) == 0;
+    if (v != KEYRING_OK || s == NULL || !same) {
+        char reason[96];
+        snprintf(reason, sizeof(reason), "permission denied (%s)",
+                 v != KEYRING_OK ? keyring_verdict_name(v)
+                 : s == NULL     ? "bad ticket or unknown session"
+                                 : "token differs from the session's");
+        refuse_token(c, reason); /* throttled per source like a main link's */
         return;
     }
     struct chan *o;
     TAILQ_FOREACH(o, &s->chans, link) {
         if (o->type == c->type && o->id == c->id) {
-            refuse_link(c, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE, "channel already open");
+            refuse_auth(c, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE, "channel already open");
             return;
         }
     }
-    /* The channel stays on the worker's pending list until the client's
-     * ticket is checked: an unauthenticated link can neither occupy the
-     * session's (type, id) slot nor make QEMU create a channel (the backend
-     * gets its ticket only after the client's has been checked). */
+    /* Authenticated: the channel takes its (type, id) slot in the session,
+     * and only now does the backend hear of it. */
     c->s = s;
-    event_del(c->client_side.rd);
+    TAILQ_REMOVE(&w->pending, c, link);
+    TAILQ_INSERT_TAIL(&s->chans, c, link);
+    c->attached = true;
+    client_set_state(c, CLIENT_LIVE);
     link_backend_connect(c);
 }
-
-static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
-                          const struct snap_token *rec, const char *why);
 
 static void client_auth_done(struct chan *c)
 {
@@ -324,6 +389,7 @@ static void client_auth_done(struct chan *c)
         return;
     }
     char token[TICKET_MAX_PLAIN];
+    enum keyring_verdict v = KEYRING_OK;
     if (c->web_token != NULL) {
         /* A WebSocket client: its URL's token authenticates it; its ticket
          * (spice-html5's "password", usually empty) is not a token. */
@@ -332,33 +398,21 @@ static void client_auth_done(struct chan *c)
             return;
         }
         memcpy(token, c->web_token, strlen(c->web_token) + 1);
-    } else if (ticket_decrypt(w->env.key, p, token, sizeof(token)) != 0) {
-        refuse_token(c, "permission denied (bad ticket)");
-        return;
+    } else {
+        v = keyring_open(w->keys, lk->key_gen, p, session_now_ms(), token, sizeof(token));
+        if (v != KEYRING_OK && c->is_main) {
+            char reason[80];
+            snprintf(reason, sizeof(reason), "permission denied (%s)", keyring_verdict_name(v));
+            refuse_token(c, reason);
+            return;
+        }
     }
     uint8_t hash[32];
-    sha256(token, hash);
+    sha256(v == KEYRING_OK ? token : "", hash);
 
     if (!c->is_main) {
         OPENSSL_cleanse(token, sizeof(token));
-        if (CRYPTO_memcmp(hash, c->s->token_hash, sizeof(hash)) != 0) {
-            refuse_token(c, "permission denied (token differs from the session's)");
-            return;
-        }
-        struct chan *o;
-        TAILQ_FOREACH(o, &c->s->chans, link) {
-            if (o->type == c->type && o->id == c->id) {
-                refuse_auth(c, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE, "channel already open");
-                return;
-            }
-        }
-        TAILQ_REMOVE(&w->pending, c, link);
-        TAILQ_INSERT_TAIL(&c->s->chans, c, link);
-        c->attached = true;
-        client_set_state(c, CLIENT_LIVE);
-        c->state = CH_B_CONNECT;
-        arm_timer(c, w->env.backend_timeout_ms);
-        blink_resume(c->cur->bl); /* now the backend gets its ticket */
+        nonmain_auth_done(c, v, hash);
         return;
     }
 
@@ -549,18 +603,14 @@ static void on_backend_linked(struct chan *c, struct leg *l, const struct wire_c
         log_info("%s main:0 linked to backend %s", chan_sid(c), l->where);
     } else {
         log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        if (caps != NULL && c->type < SPICE_END_CHANNEL) {
+            c->w->chan_caps[c->type] = *caps;
+            c->w->chan_caps_known[c->type] = true;
+        }
         if (c->type == SPICE_CHANNEL_DISPLAY && c->id == 0)
             c->s->probe_type = SPICE_CHANNEL_DISPLAY;
     }
     (void)relay_start(c, NULL, 0, NULL, 0);
-}
-
-/* Non-main: the backend answered our link (its caps are what the client
- * needs in our reply); its ticket waits for the client's. */
-static void on_backend_reply(void *arg, const struct wire_caps *caps)
-{
-    struct leg *l = arg;
-    client_reply(l->c, caps);
 }
 
 static void link_backend_connect(struct chan *c)
@@ -572,7 +622,7 @@ static void link_backend_connect(struct chan *c)
     c->linked_backend_id = c->is_main ? 0 : s->backend_id;
     struct leg_dest d = session_leg_dest(s);
     c->cur = leg_link(c, &d, c->is_main ? 0 : s->backend_id, c->w->env.backend_timeout_ms,
-                      c->is_main ? NULL : on_backend_reply, on_backend_linked, &why);
+                      NULL, on_backend_linked, &why);
     if (c->cur == NULL)
         backend_failed(c, why);
 }

@@ -23,6 +23,13 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     reap(arg);
 }
 
+int64_t session_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 struct session_worker *session_worker_new(const struct session_env *env)
 {
     struct session_worker *w = calloc(1, sizeof(*w));
@@ -43,10 +50,20 @@ struct session_worker *session_worker_new(const struct session_env *env)
     TAILQ_INIT(&w->lookups);
     w->reap = event_new(env->base, -1, 0, on_reap, w);
     w->throttle = throttle_new(env->base);
-    if (w->reap == NULL || w->throttle == NULL) {
+    /* This worker's own link keys: rotated, each ticket accepted once. The
+     * previous key lives one link timeout, so links offered it finish. */
+    struct keyring_opts ko = {
+        .rotate_ms = env->key_rotate_ms > 0 ? env->key_rotate_ms : SESSION_KEY_ROTATE_MS,
+        .grace_ms = env->link_timeout_ms,
+        .max_seen = env->key_max_tickets > 0 ? env->key_max_tickets : SESSION_KEY_MAX_TICKETS,
+        .background = true,
+    };
+    w->keys = keyring_new(env->key, &ko, session_now_ms());
+    if (w->reap == NULL || w->throttle == NULL || w->keys == NULL) {
         if (w->reap != NULL)
             event_free(w->reap);
         throttle_free(w->throttle);
+        keyring_free(w->keys);
         free(w);
         return NULL;
     }
@@ -69,6 +86,7 @@ void session_worker_free(struct session_worker *w)
         session_lookup_cancel(l);
     event_free(w->reap);
     throttle_free(w->throttle);
+    keyring_free(w->keys);
     pool_drain(&w->pool);
     if (w->dns != NULL)
         evdns_base_free(w->dns, 1);

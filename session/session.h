@@ -41,7 +41,14 @@ enum session_backend_tls { BACKEND_TLS_AUTO, BACKEND_TLS_ALWAYS, BACKEND_TLS_NEV
  * loop only, and must not block on the network. */
 struct session_env {
     struct event_base *base;
-    const struct ticket_key *key;      /* the broker's RSA-1024 link key */
+    /* The worker's first RSA-1024 link key (copied; NULL: the worker makes
+     * one). Each worker then has keys of its own, replaced every
+     * key_rotate_ms (0: SESSION_KEY_ROTATE_MS) or after key_max_tickets
+     * accepted tickets (0: SESSION_KEY_MAX_TICKETS); a ticket is accepted
+     * once (session/keyring.h). */
+    const struct ticket_key *key;
+    int key_rotate_ms;
+    uint32_t key_max_tickets;
     /* The migration engine's hooks (migrate/handover.h: &handover_hooks). */
     const struct session_hooks *migration;
     int worker_index;
@@ -98,6 +105,9 @@ struct session_env {
     uint32_t buffer_size;    /* relay buffer per direction while data flows */
     const char *broker_id;
 };
+
+#define SESSION_KEY_ROTATE_MS 60000
+#define SESSION_KEY_MAX_TICKETS 65536u
 
 /* Per-worker state: the sessions it owns and its buffer pool. */
 struct session_worker *session_worker_new(const struct session_env *env);

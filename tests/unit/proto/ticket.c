@@ -243,11 +243,35 @@ test_bad_der(void **state)
     assert_int_equal(ticket_encrypt(der, "pw", t), -1);
 }
 
+/* A copy (another thread's) opens the same tickets, with its own context,
+ * and outlives the original. The fast DER path and OpenSSL's decoder agree:
+ * a ticket made through either opens. */
+static void
+test_copy(void **state)
+{
+    struct keys *k = *state;
+    struct ticket_key *c = ticket_key_copy(k->a);
+    uint8_t der[WIRE_PUBKEY_SIZE], der2[WIRE_PUBKEY_SIZE], t[WIRE_TICKET_SIZE];
+    char out[TICKET_MAX_PLAIN];
+
+    assert_non_null(c);
+    assert_int_equal(ticket_key_public_der(k->a, der), 0);
+    assert_int_equal(ticket_key_public_der(c, der2), 0);
+    assert_memory_equal(der, der2, WIRE_PUBKEY_SIZE);
+    assert_int_equal(ticket_encrypt(der, "pw", t), 0);
+    assert_int_equal(ticket_decrypt(c, t, out, sizeof(out)), 0);
+    assert_string_equal(out, "pw");
+    assert_int_equal(ticket_decrypt(k->a, t, out, sizeof(out)), 0);
+    ticket_key_free(c);
+    assert_int_equal(ticket_decrypt(k->a, t, out, sizeof(out)), 0);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_der),
+        cmocka_unit_test(test_copy),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_empty_is_one_nul),
         cmocka_unit_test(test_too_long),

@@ -626,6 +626,10 @@ test_main_link_with_connection_id_is_refused(void **state)
     expect_link_refused(f, f->client, SPICE_LINK_ERR_BAD_CONNECTION_ID);
 }
 
+/* An unknown session id is answered as a wrong ticket is: our reply, then
+ * PERMISSION_DENIED after the ticket (issue 9: a link must not tell which
+ * session ids live). This test asserted BAD_CONNECTION_ID in the reply before
+ * issue 9; id 0, which no session has, still gets that. */
 static void
 test_unknown_connection_id(void **state)
 {
@@ -633,8 +637,9 @@ test_unknown_connection_id(void **state)
     int c2;
 
     start(f);
-    client_send_link(f, f->client, 0xdead, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, 0);
-    expect_link_refused(f, f->client, SPICE_LINK_ERR_BAD_CONNECTION_ID);
+    client_handshake(f, f->client, 0xdead, SPICE_CHANNEL_DISPLAY, 0, "good");
+    assert_int_equal(client_read_result(f, f->client), SPICE_LINK_ERR_PERMISSION_DENIED);
+    expect_eof(f, f->client);
     c2 = new_client(f);
     close(f->client);
     f->client = c2;
@@ -894,8 +899,20 @@ test_display_link_joins_session(void **state)
     disp = new_client(f);
     client_send_link(f, disp, sid, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, client_caps);
 
-    /* The backend channel is linked first, with the session's id and the
-     * client's own caps ... */
+    /* Our reply comes first, before any backend link (issue 9; this test
+     * asserted the backend-first order before): no display backend has
+     * answered this worker yet, so it offers spice-server's display caps. */
+    assert_int_equal(client_read_reply(f, disp, &r), SPICE_LINK_ERR_OK);
+    assert_int_equal(r.caps.n_channel, 1);
+    assert_int_equal(r.caps.channel[0], BIT(SPICE_DISPLAY_CAP_MONITORS_CONFIG) |
+                                            BIT(SPICE_DISPLAY_CAP_PREF_COMPRESSION) |
+                                            BIT(SPICE_DISPLAY_CAP_PREF_VIDEO_CODEC_TYPE) |
+                                            BIT(SPICE_DISPLAY_CAP_STREAM_REPORT));
+    expect_backend_untouched(f);
+
+    /* The ticket carries the session's token: only now is the backend
+     * channel linked, with the session's id and the client's own caps. */
+    client_send_ticket(f, disp, r.pub_key, "good", true, NULL, 0);
     wire_set_ack_build(b, sizeof(b), &sa);
     n = msg_put(ack, SPICE_MSG_SET_ACK, b, 8);
     srv = srv_accept(f);
@@ -907,14 +924,6 @@ test_display_link_joins_session(void **state)
     assert_int_equal(m.caps.channel[0], client_caps);
     assert_false(wire_caps_has_common(&m.caps, SPICE_COMMON_CAP_AUTH_SASL));
     srv_send_reply(f, srv, server_caps);
-
-    /* ... then the client gets the backend's channel caps, and its ticket
-     * must carry the session's token; only then does the backend get its
-     * own ticket (an unauthenticated link makes QEMU create nothing). */
-    assert_int_equal(client_read_reply(f, disp, &r), SPICE_LINK_ERR_OK);
-    assert_int_equal(r.caps.n_channel, 1);
-    assert_int_equal(r.caps.channel[0], server_caps);
-    client_send_ticket(f, disp, r.pub_key, "good", true, NULL, 0);
     {
         char pw[TICKET_MAX_PLAIN];
         srv_read_ticket(f, srv, pw);
@@ -930,11 +939,17 @@ test_display_link_joins_session(void **state)
     assert_int_equal(wire_get_u16(b), SPICE_MSGC_ACK_SYNC);
     assert_int_equal(f->w->stats.channels_active, 2);
 
-    /* The same channel again: not available. */
+    /* The same channel again: not available, told after the ticket (before
+     * issue 9, in the reply). The reply now offers the caps the backend
+     * showed. */
     {
         int again = new_client(f);
         client_send_link(f, again, sid, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, 0);
-        expect_link_refused(f, again, SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE);
+        assert_int_equal(client_read_reply(f, again, &r), SPICE_LINK_ERR_OK);
+        assert_int_equal(r.caps.channel[0], server_caps);
+        client_send_ticket(f, again, r.pub_key, "good", true, NULL, 0);
+        assert_int_equal(client_read_result(f, again), SPICE_LINK_ERR_CHANNEL_NOT_AVAILABLE);
+        expect_eof(f, again);
         close(again);
     }
     close(disp);
@@ -946,23 +961,125 @@ test_display_link_with_other_token_is_denied(void **state)
     struct fx *f = *state;
     const uint32_t sid = 0x5e551012;
     struct wire_link_reply r;
-    struct wire_link_mess m;
-    int disp, srv;
+    int disp;
 
     start(f);
     link_main(f, sid);
     disp = new_client(f);
     client_send_link(f, disp, sid, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, 0);
-    srv = srv_accept(f);
-    srv_read_link(f, srv, &m);
-    srv_send_reply(f, srv, 0);
     assert_int_equal(client_read_reply(f, disp, &r), SPICE_LINK_ERR_OK);
     client_send_ticket(f, disp, r.pub_key, "not-the-token", true, NULL, 0);
     assert_int_equal(client_read_result(f, disp), SPICE_LINK_ERR_PERMISSION_DENIED);
     expect_eof(f, disp);
-    expect_eof(f, srv); /* the backend leg is dropped, before it ever got a ticket */
+    /* No backend link at all (before issue 9 one was opened, then dropped
+     * before it got a ticket). */
+    expect_backend_untouched(f);
     assert_non_null(session_find(f->w, sid)); /* the session itself lives on */
     close(disp);
+}
+
+/* Issue 9: a ticket captured on one link (main or not) logs in on no other
+ * link of this worker, nor does a ticket made for another broker's key. */
+static void
+test_replayed_ticket_is_denied(void **state)
+{
+    struct fx *f = *state;
+    const uint32_t sid = 0x5e551013;
+    uint8_t cap_main[4 + WIRE_TICKET_SIZE], cap_disp[4 + WIRE_TICKET_SIZE];
+    struct wire_link_reply r;
+    struct wire_link_mess m;
+    int fd, srv;
+
+    start(f);
+    /* The legitimate main link; its ticket bytes are what a man in the
+     * middle would have captured. */
+    client_send_link(f, f->client, 0, SPICE_CHANNEL_MAIN, 0, CLIENT_COMMON, 0);
+    assert_int_equal(client_read_reply(f, f->client, &r), SPICE_LINK_ERR_OK);
+    wire_put_u32(cap_main, SPICE_COMMON_CAP_AUTH_SPICE);
+    assert_int_equal(ticket_encrypt(r.pub_key, "good", cap_main + 4), 0);
+    send_all(f, f->client, cap_main, sizeof(cap_main));
+    {
+        uint8_t init[64];
+        size_t ni = main_init_put(init, sid);
+        srv_handshake(f, &m, 0, init, ni);
+        assert_int_equal(client_read_result(f, f->client), SPICE_LINK_ERR_OK);
+        expect_bytes(f, f->client, init, ni);
+    }
+    assert_int_equal(st.resolves, 1);
+
+    /* Replayed on a new main link: refused before the token is even looked
+     * up, and no backend link. */
+    fd = new_client(f);
+    client_send_link(f, fd, 0, SPICE_CHANNEL_MAIN, 0, CLIENT_COMMON, 0);
+    assert_int_equal(client_read_reply(f, fd, &r), SPICE_LINK_ERR_OK);
+    send_all(f, fd, cap_main, sizeof(cap_main));
+    assert_int_equal(client_read_result(f, fd), SPICE_LINK_ERR_PERMISSION_DENIED);
+    expect_eof(f, fd);
+    close(fd);
+    assert_int_equal(st.resolves, 1);
+
+    /* A display link of the session, then its ticket replayed on a second
+     * display link: refused, and the backend sees only the first. */
+    fd = new_client(f);
+    client_send_link(f, fd, sid, SPICE_CHANNEL_DISPLAY, 0, CLIENT_COMMON, 0);
+    assert_int_equal(client_read_reply(f, fd, &r), SPICE_LINK_ERR_OK);
+    wire_put_u32(cap_disp, SPICE_COMMON_CAP_AUTH_SPICE);
+    assert_int_equal(ticket_encrypt(r.pub_key, "good", cap_disp + 4), 0);
+    send_all(f, fd, cap_disp, sizeof(cap_disp));
+    srv = srv_handshake(f, &m, 0, NULL, 0);
+    assert_int_equal(m.channel_type, SPICE_CHANNEL_DISPLAY);
+    assert_int_equal(client_read_result(f, fd), SPICE_LINK_ERR_OK);
+    {
+        int again = new_client(f);
+        client_send_link(f, again, sid, SPICE_CHANNEL_DISPLAY, 1, CLIENT_COMMON, 0);
+        assert_int_equal(client_read_reply(f, again, &r), SPICE_LINK_ERR_OK);
+        send_all(f, again, cap_disp, sizeof(cap_disp));
+        assert_int_equal(client_read_result(f, again), SPICE_LINK_ERR_PERMISSION_DENIED);
+        expect_eof(f, again);
+        close(again);
+    }
+    expect_backend_untouched(f);
+
+    /* A ticket made for another broker's key (server_key stands in for it). */
+    {
+        uint8_t other[WIRE_PUBKEY_SIZE];
+        int again = new_client(f);
+        assert_int_equal(ticket_key_public_der(server_key, other), 0);
+        client_send_link(f, again, sid, SPICE_CHANNEL_INPUTS, 0, CLIENT_COMMON, 0);
+        assert_int_equal(client_read_reply(f, again, &r), SPICE_LINK_ERR_OK);
+        client_send_ticket(f, again, other, "good", true, NULL, 0);
+        assert_int_equal(client_read_result(f, again), SPICE_LINK_ERR_PERMISSION_DENIED);
+        expect_eof(f, again);
+        close(again);
+    }
+    expect_backend_untouched(f);
+    assert_non_null(session_find(f->w, sid)); /* the session lives on */
+    (void)srv;
+    close(fd);
+}
+
+/* A non-main link with a wrong ticket and one naming an unknown session get
+ * the same answer, after the same steps. */
+static void
+test_unknown_session_and_wrong_ticket_look_alike(void **state)
+{
+    struct fx *f = *state;
+    const uint32_t sid = 0x5e551014;
+    int a, b;
+
+    start(f);
+    link_main(f, sid);
+    a = new_client(f);
+    client_handshake(f, a, sid, SPICE_CHANNEL_INPUTS, 0, "wrong");
+    b = new_client(f);
+    client_handshake(f, b, sid + 1, SPICE_CHANNEL_INPUTS, 0, "good");
+    assert_int_equal(client_read_result(f, a), SPICE_LINK_ERR_PERMISSION_DENIED);
+    assert_int_equal(client_read_result(f, b), SPICE_LINK_ERR_PERMISSION_DENIED);
+    expect_eof(f, a);
+    expect_eof(f, b);
+    expect_backend_untouched(f);
+    close(a);
+    close(b);
 }
 
 int
@@ -992,6 +1109,8 @@ main(void)
         T(test_auth_timeout),
         T(test_display_link_joins_session),
         T(test_display_link_with_other_token_is_denied),
+        T(test_replayed_ticket_is_denied),
+        T(test_unknown_session_and_wrong_ticket_look_alike),
 #undef T
     };
 
