@@ -1559,9 +1559,12 @@ class LinkReply:
 class LinkConn:
     """A raw TCP connection speaking the SPICE link handshake by hand."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0):
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, source=None):
+        """source: the local address to connect from (e.g. 127.0.0.3: the
+        broker throttles wrong tokens per source address)."""
         self.t0 = time.monotonic()
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(timeout)
 
     def send(self, data):
