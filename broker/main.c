@@ -1150,6 +1150,8 @@ out:
     b.ready = false;
     atomic_store(&limits_closed, true);
     for (int i = 0; i < b.n_workers; i++)
+        worker_stop(b.workers[i]); /* all stopped before any is freed: they post to each other */
+    for (int i = 0; i < b.n_workers; i++)
         worker_stop_and_free(b.workers[i]);
     b.n_workers = 0; /* Nova's late answers go nowhere now */
     notify_watchdog_free(b.watchdog); /* after the workers: their ping jobs point into it */

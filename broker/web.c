@@ -406,8 +406,10 @@ static void ws_checked(struct web_conn *wc)
 {
     if (wc->vv_rc != 0) {
         OPENSSL_cleanse(wc->token, sizeof(wc->token));
-        log_info("web: client=%s 403 websocket refused before the upgrade: permission denied "
-                 "(%s)", wc->addr, wc->vv_why);
+        /* A throttled source's refusals are in its summary line, not one each. */
+        if (strcmp(wc->vv_why, "source throttled") != 0)
+            log_info("web: client=%s 403 websocket refused before the upgrade: permission "
+                     "denied (%s)", wc->addr, wc->vv_why);
         wc->hdr_len = 0;
         reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)WS_FORBIDDEN,
               strlen(WS_FORBIDDEN), false);
@@ -434,7 +436,7 @@ static void check_token(struct web_conn *wc)
     event_del(wc->wr);
     wc->state = WC_CHECK;
     wc->in_lookup = true;
-    wc->lookup = session_lookup(wc->ww->sw, wc->token, on_ws_lookup, wc);
+    wc->lookup = session_lookup(wc->ww->sw, wc->token, &wc->peer, on_ws_lookup, wc);
     wc->in_lookup = false;
     if (wc->lookup == NULL) /* answered at once */
         ws_checked(wc);
@@ -453,8 +455,9 @@ static void vv_answer(struct web_conn *wc)
                               : NULL;
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
     if (vv == NULL) {
-        log_info("web: client=%s .vv refused: %s", wc->addr,
-                 wc->vv_rc != 0 ? wc->vv_why : "unusable host or token");
+        if (strcmp(wc->vv_why, "source throttled") != 0 || wc->vv_rc == 0)
+            log_info("web: client=%s .vv refused: %s", wc->addr,
+                     wc->vv_rc != 0 ? wc->vv_why : "unusable host or token");
         reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
         return;
     }
@@ -488,9 +491,10 @@ static void serve_vv(struct web_conn *wc, const struct http_request *req)
     }
     snprintf(wc->host, sizeof(wc->host), "%s", req->host);
     event_del(wc->rd);
+    event_del(wc->wr); /* nothing to write until the answer: no flush may end wc */
     wc->state = WC_REPLY;
     wc->in_lookup = true;
-    wc->lookup = session_lookup(wc->ww->sw, wc->token, on_vv_lookup, wc);
+    wc->lookup = session_lookup(wc->ww->sw, wc->token, &wc->peer, on_vv_lookup, wc);
     wc->in_lookup = false;
     if (wc->lookup == NULL) /* answered at once */
         vv_answer(wc);

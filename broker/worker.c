@@ -32,6 +32,7 @@ struct worker {
     int index;
     pthread_t thread;
     bool started;
+    bool joined;                 /* worker_stop() has joined its thread */
     struct event_base *base;
     int listen_fd;
     struct event *accept_ev, *accept_retry, *wake_ev;
@@ -330,13 +331,21 @@ int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_
     return 0;
 }
 
+void worker_stop(struct worker *w)
+{
+    if (w == NULL || !w->started || w->joined)
+        return;
+    worker_post(w, job_exit, w);
+    pthread_join(w->thread, NULL);
+    w->joined = true;
+}
+
 void worker_stop_and_free(struct worker *w)
 {
     if (w == NULL)
         return;
     if (w->started) {
-        worker_post(w, job_exit, w);
-        pthread_join(w->thread, NULL);
+        worker_stop(w);
     } else {
         web_worker_free(w->ww);
         tls_worker_free(w->tw);

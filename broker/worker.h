@@ -44,6 +44,9 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);
+/* Only stops and joins it (its memory stays: other workers may still post
+ * to it until they are stopped too); worker_stop_and_free frees it later. */
+void worker_stop(struct worker *w);
 
 /* Runs fn(sw, arg) on the worker's loop, from any thread. fn owns arg. */
 typedef void (*worker_job_fn)(struct session_worker *sw, void *arg);

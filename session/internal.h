@@ -336,6 +336,8 @@ struct session_worker {
 struct session_lookup {
     TAILQ_ENTRY(session_lookup) link;
     struct session_worker *w;
+    struct sockaddr_storage peer;
+    bool has_peer;
     uint64_t ask;
     session_lookup_fn cb;
     void *arg;

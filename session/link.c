@@ -435,11 +435,33 @@ static void client_auth_done(struct chan *c)
     OPENSSL_cleanse(&rec, sizeof(rec));
 }
 
+/* A lookup's answer counts toward its source's throttle like a link's. */
+static void lookup_throttle(struct session_worker *w, const struct sockaddr_storage *peer,
+                            int rc, const char *why)
+{
+    if (peer == NULL)
+        return;
+    if (rc == 0) {
+        throttle_ok(w->throttle, peer);
+    } else if (wrong_token(why)) {
+        bool log_it = false;
+        (void)throttle_fail(w->throttle, peer, &log_it); /* (no delay: a 403 or 404 at once) */
+        w->stats.links_refused_token++;
+    }
+}
+
 struct session_lookup *session_lookup(struct session_worker *w, const char *token,
+                                      const struct sockaddr_storage *peer,
                                       session_lookup_fn cb, void *arg)
 {
     struct snap_token rec;
     memset(&rec, 0, sizeof(rec));
+    if (peer != NULL && throttle_blocked(w->throttle, peer)) {
+        w->stats.links_refused_blocked++;
+        w->stats.links_throttled++;
+        cb(arg, -1, &rec, "source throttled");
+        return NULL;
+    }
     const char *why = "unknown token";
     uint64_t ask = ++w->next_ask;
     int rc = w->env.resolve(w->env.arg, w->env.worker_index, ask, token, &rec, &why);
@@ -449,9 +471,14 @@ struct session_lookup *session_lookup(struct session_worker *w, const char *toke
             rc = -1;
             why = "out of memory";
         }
+        lookup_throttle(w, peer, rc, why);
         cb(arg, rc, &rec, why);
         OPENSSL_cleanse(&rec, sizeof(rec));
         return NULL;
+    }
+    if (peer != NULL) {
+        l->peer = *peer;
+        l->has_peer = true;
     }
     l->w = w;
     l->ask = ask;
@@ -476,6 +503,7 @@ void session_resolved(struct session_worker *w, uint64_t ask, int rc,
     TAILQ_FOREACH(l, &w->lookups, link) {
         if (l->ask == ask) {
             TAILQ_REMOVE(&w->lookups, l, link);
+            lookup_throttle(w, l->has_peer ? &l->peer : NULL, rc, why);
             l->cb(l->arg, rc, rec, why);
             free(l);
             return;

@@ -142,13 +142,17 @@ void session_resolved(struct session_worker *w, uint64_t ask, int rc,
                       const struct snap_token *rec, const char *why);
 
 /* A token looked up as a client's main link would look it up (store, file,
- * Nova), for something other than a link (a .vv file): cb(arg, rc, rec, why)
- * on this worker's loop, from inside session_lookup when the answer is at
- * hand (then NULL is returned), else later (the handle cancels it: no call). */
+ * Nova), for something other than a link (a .vv file, a WebSocket's URL
+ * token): cb(arg, rc, rec, why) on this worker's loop, from inside
+ * session_lookup when the answer is at hand (then NULL is returned), else
+ * later (the handle cancels it: no call). peer (may be NULL) is the asking
+ * client: wrong tokens count toward its source's throttle as a link's do,
+ * and a blocked source is refused without a lookup ("source throttled"). */
 typedef void (*session_lookup_fn)(void *arg, int rc, const struct snap_token *rec,
                                   const char *why);
 struct session_lookup;
 struct session_lookup *session_lookup(struct session_worker *w, const char *token,
+                                      const struct sockaddr_storage *peer,
                                       session_lookup_fn cb, void *arg);
 void session_lookup_cancel(struct session_lookup *l);
 

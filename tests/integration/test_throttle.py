@@ -26,7 +26,8 @@ import threading
 import time
 
 from harness import (ALL_CHANNELS, CAP_AUTH_SELECTION, CAP_AUTH_SPICE, ERR_OK,
-                     ERR_PERMISSION_DENIED, Broker, LinkConn, Qemu, TestSkip, check, good_session,
+                     ERR_PERMISSION_DENIED, Broker, LinkConn, Qemu, TestSkip, check, free_port,
+                     good_session,
                      link_packet, log, raw_login, rsa_oaep_encrypt, run, token, wait_until)
 
 FLOOD_S = 12
@@ -70,6 +71,20 @@ def metrics(b):
     return out
 
 
+def ws_status(port, tok, source):
+    """A WebSocket upgrade with ?token=tok from source: the HTTP status."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    try:
+        s.sendall(("GET /websockify?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n" % (tok, port)).encode())
+        line = s.recv(256).split(b"\r\n", 1)[0].split()
+        return int(line[1]) if len(line) > 1 and line[1].isdigit() else None
+    finally:
+        s.close()
+
+
 def test(env):
     if env.direct:
         raise TestSkip("broker-only test")
@@ -80,7 +95,9 @@ def test(env):
     except OSError as e:
         raise TestSkip("cannot bind %s: %s" % (FLOOD_SRC, e))
     q = Qemu(env).start()
-    b = Broker(env).start()
+    wport = free_port()
+    web = ["--web-listen", "127.0.0.1:%d" % wport] if os.path.isdir("/usr/share/spice-html5") else []
+    b = Broker(env, extra=web).start()
     good = token("good")
     b.token_add(good, "127.0.0.1", q.spice_port)
     wrong = token("flood")
@@ -168,6 +185,17 @@ def test(env):
     # decrypts every ticket: most refusals must have been made unchecked.
     check(thr >= 0.8 * denied, "only %d of %d flood links refused without a check" % (
         thr, denied))
+    if web:
+        # The browser port shares the throttle: the blocked source's
+        # WebSocket token guesses are refused (403) without a lookup and
+        # without a line each.
+        for i in range(5):
+            st = ws_status(wport, token("guess"), FLOOD_SRC)
+            check(st == 403, "a WebSocket guess from the blocked source: HTTP %s" % st)
+        lines = [ln for ln in b.log_text().splitlines()
+                 if "client=%s:" % FLOOD_SRC in ln and "websocket refused" in ln]
+        check(not lines, "per-guess WebSocket lines for the blocked source:\n%s" % lines[:3])
+        log("the blocked source's WebSocket guesses: 403, unlogged")
     # Still serving, and the same source is refused, not hung.
     reply, result, c = raw_login(b.port, good)
     c.close()
