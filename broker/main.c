@@ -24,6 +24,7 @@
 #include "broker/vv.h"
 #include "broker/web.h"
 #include "common/limits.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "migrate/handover.h"
 #include "proto/snap.h"
@@ -833,13 +834,6 @@ static void on_history_sweep(evutil_socket_t fd, short what, void *arg)
  * TimeoutStopSec (10 s) is far above it. */
 #define STOP_FLUSH_MS 2000
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* SIGHUP: every server certificate and key again (the TLS port's, the
  * browser port's). New handshakes get the new ones; live connections keep
  * theirs; a file that does not load leaves the old certificate in use. */
@@ -1144,7 +1138,7 @@ int main(int argc, char **argv)
     event_base_dispatch(b.base);
     exit_code = 0;
 out:
-    stop_from = now_ms();
+    stop_from = clock_mono_ms();
     if (!b.ready)
         notify_status("start-up failed; the log says why");
     b.ready = false;
@@ -1177,7 +1171,7 @@ out:
         event_base_loop(b.base, EVLOOP_NONBLOCK);
     if (b.writer != NULL) {
         records_flush(&b);
-        int64_t left = STOP_FLUSH_MS - (now_ms() - stop_from);
+        int64_t left = STOP_FLUSH_MS - (clock_mono_ms() - stop_from);
         store_writer_free(b.writer, left > 0 ? (long)left : 0);
         b.writer = NULL;
     }

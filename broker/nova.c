@@ -20,6 +20,7 @@
 #include <openssl/sha.h>
 
 #include "broker/curlev.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "proto/openstack.h"
 
@@ -85,13 +86,6 @@ struct nova {
     struct refusal refusals[REFUSALS];
     size_t next_refusal;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *arg)
 {
@@ -195,7 +189,7 @@ static void fail_waiting(struct nova *n, const char *why)
 
 static bool refused_lately(struct nova *n, const uint8_t hash[32])
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < REFUSALS; i++)
         if (n->refusals[i].until_ms > now && CRYPTO_memcmp(n->refusals[i].hash, hash, 32) == 0)
             return true;
@@ -206,7 +200,7 @@ static void remember_refusal(struct nova *n, const uint8_t hash[32])
 {
     struct refusal *r = &n->refusals[n->next_refusal++ % REFUSALS];
     memcpy(r->hash, hash, 32);
-    r->until_ms = now_ms() + REFUSAL_MS;
+    r->until_ms = clock_mono_ms() + REFUSAL_MS;
 }
 
 /* ------------------------------------------------------------------ standing */
@@ -507,7 +501,7 @@ static void on_get(CURL *e, int result, void *arg)
 static void start_get(struct question *q)
 {
     struct nova *n = q->n;
-    int64_t left = q->deadline_ms - now_ms();
+    int64_t left = q->deadline_ms - clock_mono_ms();
     if (left <= 0) {
         answer(q, -1, NULL, "no answer from Nova in time");
         return;
@@ -555,7 +549,7 @@ static void start_get(struct question *q)
  * versions: refused now, so their clients hear it before their link times out. */
 static void expire_waiting(struct nova *n)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     struct question *q, *next;
     for (q = TAILQ_FIRST(&n->waiting); q != NULL; q = next) {
         next = TAILQ_NEXT(q, link);
@@ -634,7 +628,7 @@ int nova_ask(struct nova *n, int worker, uint64_t ask, const char *token)
     q->ask = ask;
     memcpy(q->token, token, tl + 1);
     SHA256((const unsigned char *)token, tl, q->hash);
-    q->deadline_ms = now_ms() + n->deadline_ms;
+    q->deadline_ms = clock_mono_ms() + n->deadline_ms;
     pthread_mutex_lock(&n->mu);
     bool full = n->n_open >= NOVA_MAX_OPEN;
     if (!full) {

@@ -70,6 +70,7 @@
 #include <openssl/rand.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "migrate/store_backend.h"
 #include "migrate/store_map.h"
@@ -146,14 +147,6 @@ struct etcd {
 };
 
 /* ---- small helpers ---- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool key_in_prefix(const char *key)
 {
@@ -410,7 +403,7 @@ static int call_raw(struct etcd *e, CURL *h, size_t *ep, const char *path, const
     for (size_t tries = 0; tries < e->neps; tries++) {
         const char *url = e->eps[*ep];
         struct buf out = { .max = max };
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - clock_mono_ms();
         long status = 0, sent = 0;
         struct curl_slist *hdrs;
         CURLcode rc;
@@ -527,7 +520,7 @@ static bool have_token(struct etcd *e)
 static int call_max(struct etcd *e, CURL *h, size_t *ep, const char *path, const char *body,
                     long total_ms, size_t max, json_t **resp, char *why)
 {
-    int64_t deadline = now_ms() + total_ms;
+    int64_t deadline = clock_mono_ms() + total_ms;
     int rc;
 
     if (e->user != NULL && !have_token(e) && authenticate(e, h, ep, deadline, why) < 0)
@@ -744,7 +737,7 @@ static bool nap(struct etcd *e, long ms)
  * of t. Watch thread. */
 static void touch_at(struct etcd *e, int64_t t)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
 
     if (t > atomic_load(&e->heard))
         atomic_store(&e->heard, t);
@@ -761,7 +754,7 @@ static void note_staleness(struct etcd *e)
 {
     int64_t heard = atomic_load(&e->heard);
 
-    if (e->stale || now_ms() - heard <= STORE_FRESH_MS)
+    if (e->stale || clock_mono_ms() - heard <= STORE_FRESH_MS)
         return;
     e->stale = true;
     e->stale_from = heard;
@@ -776,7 +769,7 @@ static int resync(struct etcd *e)
 {
     struct store_map m = { 0 };
     char cluster[32] = "", why[WHY_LEN] = "";
-    int64_t rev = 0, t0 = now_ms();
+    int64_t rev = 0, t0 = clock_mono_ms();
 
     if (range_all(e, e->wreq, &e->xep, RANGE_PAGE_MS, &m, &rev, cluster, why) < 0) {
         if (!stopping(e))
@@ -925,7 +918,7 @@ static bool watch_line(struct etcd *e, const char *line, size_t len)
     /* events, a progress notification (watch_id -1: the answer to our
      * progress_request, sent after every event before it) or the creation:
      * etcd is alive and this stream delivers */
-    e->stream_heard = now_ms();
+    e->stream_heard = clock_mono_ms();
     if (e->created)
         touch_at(e, e->stream_heard);
 out:
@@ -978,7 +971,7 @@ static void heartbeat(struct etcd *e)
     json_t *resp = NULL;
     char *body;
 
-    snprintf(val, sizeof(val), "%" PRId64, now_ms());
+    snprintf(val, sizeof(val), "%" PRId64, clock_mono_ms());
     body = dump(json_pack("{s:o, s:o}", "key", jb64(e->hb_key, strlen(e->hb_key)),
                           "value", jb64(val, strlen(val))));
     if (body == NULL)
@@ -1002,7 +995,7 @@ static enum watch_end watch_once(struct etcd *e)
     bool silent = false;
 
     if (e->user != NULL && !have_token(e) &&
-        authenticate(e, e->wreq, &e->xep, now_ms() + WRITE_TOTAL_MS, why) < 0) {
+        authenticate(e, e->wreq, &e->xep, clock_mono_ms() + WRITE_TOTAL_MS, why) < 0) {
         log_warnx("store: etcd: watch: %s", why);
         return WATCH_RETRY;
     }
@@ -1025,7 +1018,7 @@ static enum watch_end watch_once(struct etcd *e)
     e->scanned = 0;
     e->wend = WATCH_RETRY;
     e->created = false;
-    e->stream_heard = now_ms();
+    e->stream_heard = clock_mono_ms();
     set_common(e, e->wstream, e->eps[e->xep], "/v3/watch", body, hdrs, errbuf);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(e->wstream, CURLOPT_WRITEDATA, e);
@@ -1043,7 +1036,7 @@ static enum watch_end watch_once(struct etcd *e)
                 rc = msg->data.result;
         if (!running)
             break;
-        int64_t t = now_ms();
+        int64_t t = clock_mono_ms();
         note_staleness(e);
         if (t - e->stream_heard > STORE_FRESH_MS) {
             silent = true;
@@ -1051,7 +1044,7 @@ static enum watch_end watch_once(struct etcd *e)
         }
         if (e->created && t - e->stream_heard >= QUIET_MS && t - last_beat >= QUIET_MS) {
             heartbeat(e);
-            last_beat = now_ms();
+            last_beat = clock_mono_ms();
             continue;           /* its event may be waiting */
         }
         curl_multi_poll(e->multi, NULL, 0, POLL_MS, NULL);
@@ -1067,7 +1060,7 @@ static enum watch_end watch_once(struct etcd *e)
     if (silent) {
         log_warnx("store: etcd: the watch on %s has been silent for %.1f s (not even this "
                   "broker's heartbeat came back); connecting again", e->eps[e->xep],
-                  (double)(now_ms() - e->stream_heard) / 1000.0);
+                  (double)(clock_mono_ms() - e->stream_heard) / 1000.0);
         e->watch_ok = false;
         e->created = false;         /* try the next endpoint */
     } else if (e->watch_ok) {
@@ -1306,7 +1299,7 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
     curl_easy_setopt(e->wreq, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFODATA, e);
-    int64_t t0 = now_ms();
+    int64_t t0 = clock_mono_ms();
     if (range_all(e, e->req, &e->wep, OPEN_BUDGET_MS, &e->map, &e->applied, e->cluster,
                   why) < 0) {
         *err = store_errorf("etcd store: cannot load " ETCD_PREFIX " from any endpoint (%s)", why);
@@ -1442,7 +1435,7 @@ static int etcd_del(void *impl, const char *key, int64_t expect_rev, long timeou
 static int etcd_fresh(void *impl, int64_t *silent_ms)
 {
     struct etcd *e = impl;
-    int64_t silent = now_ms() - atomic_load(&e->heard);
+    int64_t silent = clock_mono_ms() - atomic_load(&e->heard);
 
     if (silent_ms != NULL)
         *silent_ms = silent;

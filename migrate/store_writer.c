@@ -10,6 +10,7 @@
 
 #include <openssl/crypto.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "migrate/store_backend.h"
 
@@ -40,14 +41,6 @@ struct store_writer {
     int64_t stop_deadline;          /* once stopping: no write is tried after it */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void write_free(struct write *wr)
 {
     if (wr == NULL)
@@ -62,7 +55,7 @@ static void write_free(struct write *wr)
 /* Makes one write (or fails it untried when no time is left). */
 static void make(struct store_writer *w, struct write *wr, int64_t deadline)
 {
-    int64_t left = deadline - now_ms(), rev = 0;
+    int64_t left = deadline - clock_mono_ms(), rev = 0;
     int rc;
 
     if (left <= 0) {
@@ -142,7 +135,7 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
     wr->del = del;
     wr->expect_rev = expect_rev;
     wr->len = len;
-    wr->deadline = now_ms() + timeout_ms;
+    wr->deadline = clock_mono_ms() + timeout_ms;
     wr->done = done;
     wr->arg = arg;
     if ((wr->key = strdup(key)) == NULL ||
@@ -195,7 +188,7 @@ void store_writer_free(struct store_writer *w, long flush_ms)
         return;
     pthread_mutex_lock(&w->mu);
     w->stopping = true;
-    w->stop_deadline = now_ms() + (flush_ms > 0 ? flush_ms : 0);
+    w->stop_deadline = clock_mono_ms() + (flush_ms > 0 ? flush_ms : 0);
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->th, NULL);

@@ -344,8 +344,6 @@ struct session_lookup {
 };
 
 /* session.c */
-/* CLOCK_MONOTONIC in ms (the keyring's clock). */
-int64_t session_now_ms(void);
 /* The worker's resolver, made on first use; NULL if it cannot be made. */
 struct evdns_base *session_worker_dns(struct session_worker *w);
 /* The one teardown of a session, with a reason (logged once, recorded). Safe

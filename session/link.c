@@ -30,6 +30,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "proto/ticket.h"
 #include "proto/wire.h"
@@ -236,7 +237,7 @@ static void client_reply(struct chan *c, const struct wire_caps *channel_caps)
     uint8_t b[WIRE_LINK_HEADER_SIZE + WIRE_LINK_REPLY_FIXED + 8 * WIRE_MAX_CAP_WORDS];
     memset(&r, 0, sizeof(r));
     r.error = SPICE_LINK_ERR_OK;
-    if (keyring_offer(c->w->keys, session_now_ms(), r.pub_key, &c->lk->key_gen) != 0) {
+    if (keyring_offer(c->w->keys, clock_mono_ms(), r.pub_key, &c->lk->key_gen) != 0) {
         refuse_link(c, SPICE_LINK_ERR_ERROR, "no link key");
         return;
     }
@@ -399,7 +400,7 @@ static void client_auth_done(struct chan *c)
         }
         memcpy(token, c->web_token, strlen(c->web_token) + 1);
     } else {
-        v = keyring_open(w->keys, lk->key_gen, p, session_now_ms(), token, sizeof(token));
+        v = keyring_open(w->keys, lk->key_gen, p, clock_mono_ms(), token, sizeof(token));
         if (v != KEYRING_OK && c->is_main) {
             char reason[80];
             snprintf(reason, sizeof(reason), "permission denied (%s)", keyring_verdict_name(v));

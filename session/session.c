@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 
 #include "common/limits.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "session/internal.h"
 #include "session/throttle.h"
@@ -21,13 +22,6 @@ static void reap(struct session_worker *w);
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     reap(arg);
-}
-
-int64_t session_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct session_worker *session_worker_new(const struct session_env *env)
@@ -58,7 +52,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
         .max_seen = env->key_max_tickets > 0 ? env->key_max_tickets : SESSION_KEY_MAX_TICKETS,
         .background = true,
     };
-    w->keys = keyring_new(env->key, &ko, session_now_ms());
+    w->keys = keyring_new(env->key, &ko, clock_mono_ms());
     if (w->reap == NULL || w->throttle == NULL || w->keys == NULL) {
         if (w->reap != NULL)
             event_free(w->reap);

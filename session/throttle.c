@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 struct slot {
@@ -27,13 +28,6 @@ struct throttle {
     int64_t interval_ms;        /* when the current interval began */
     struct slot slots[THROTTLE_SLOTS];
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The source of peer, its port left out (IPv4-mapped IPv6 as IPv4); false
  * for what has no address (the source is then not throttled). */
@@ -96,7 +90,7 @@ static void report_slot(struct slot *s, int64_t since, int64_t now)
 static void on_report(evutil_socket_t fd, short what, void *arg)
 {
     struct throttle *t = arg;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < THROTTLE_SLOTS; i++) {
         struct slot *s = &t->slots[i];
         if (!s->used)
@@ -120,7 +114,7 @@ struct throttle *throttle_new(struct event_base *base)
     }
     struct timeval tv = { THROTTLE_REPORT_S, 0 };
     event_add(t->report, &tv);
-    t->interval_ms = now_ms();
+    t->interval_ms = clock_mono_ms();
     return t;
 }
 
@@ -175,7 +169,7 @@ bool throttle_blocked(struct throttle *t, const struct sockaddr_storage *peer)
 {
     if (t == NULL)
         return false;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     struct slot *s = find(t, peer, false, now);
     if (s == NULL || s->blocked_until_ms <= now)
         return false;
@@ -189,7 +183,7 @@ int throttle_fail(struct throttle *t, const struct sockaddr_storage *peer, bool 
     *log_it = true;
     if (t == NULL)
         return 0;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     struct slot *s = find(t, peer, true, now);
     if (s == NULL)
         return 0;
@@ -215,7 +209,7 @@ void throttle_ok(struct throttle *t, const struct sockaddr_storage *peer)
 {
     if (t == NULL)
         return;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     struct slot *s = find(t, peer, false, now);
     if (s == NULL || s->blocked_until_ms > now)
         return;
