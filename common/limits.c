@@ -171,26 +171,10 @@ static void summary_take(struct limits *l, char *buf, size_t len)
     l->last_summary = now;
 }
 
-static void job_evict(void *arg)
+/* A posted job reaches lc: marks it run; true (lc freed) if its connection
+ * was released meanwhile. */
+static bool job_arrived(struct limits_conn *lc)
 {
-    struct limits_conn *lc = arg;
-    struct limits *l = lc->l;
-    pthread_mutex_lock(&l->mu);
-    bool gone = lc->released;
-    lc->job_done = true;
-    pthread_mutex_unlock(&l->mu);
-    if (gone) {
-        free(lc);
-        return;
-    }
-    /* Its owner is alive on this loop: it closes and releases (now or at the
-     * end of the loop turn), and the release frees lc. */
-    lc->evict(lc->arg);
-}
-
-static void job_drop(void *arg)
-{
-    struct limits_conn *lc = arg;
     struct limits *l = lc->l;
     pthread_mutex_lock(&l->mu);
     bool gone = lc->released;
@@ -198,6 +182,22 @@ static void job_drop(void *arg)
     pthread_mutex_unlock(&l->mu);
     if (gone)
         free(lc);
+    return gone;
+}
+
+static void job_evict(void *arg)
+{
+    struct limits_conn *lc = arg;
+    if (job_arrived(lc))
+        return;
+    /* Its owner is alive on this loop: it closes and releases (now or at the
+     * end of the loop turn), and the release frees lc. */
+    lc->evict(lc->arg);
+}
+
+static void job_drop(void *arg)
+{
+    (void)job_arrived(arg);
 }
 
 struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage *peer,
