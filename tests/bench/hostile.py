@@ -26,7 +26,6 @@ Nothing is asserted; the machine is shared, the ratios are the point.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
+from limitsutil import close_all, connect_from, is_closed  # noqa: E402
 from relay_bench import (Procs, Skip, add_common_args, cpu_seconds, find_peer,  # noqa: E402
                          free_port, log, memory_kib, remove_tmp, wait_port)
 
@@ -65,24 +65,11 @@ def silent(port, n):
     refused or closed at once are counted out."""
     socks = []
     for _ in range(n):
-        s = socket.socket()
-        s.setblocking(True)
         try:
-            s.bind((ATTACKER, 0))
-            s.settimeout(2)
-            s.connect(("127.0.0.1", port))
-            socks.append(s)
-        except OSError:
-            s.close()
-    return socks
-
-
-def close_all(socks):
-    for s in socks:
-        try:
-            s.close()
+            socks.append(connect_from(ATTACKER, port, timeout=2))
         except OSError:
             pass
+    return socks
 
 
 def start_broker(a, procs, tmp, server_port):
@@ -141,7 +128,7 @@ def main():
             socks = silent(port, a.silent)
             time.sleep(1.0)
             after = memory_kib(pids)
-            held = sum(1 for s in socks if _alive(s))
+            held = sum(1 for s in socks if not is_closed(s))
             res["memory " + name] = {
                 "opened": len(socks), "still_open": held,
                 # per connection the broker still holds (the caps close the rest)
@@ -175,16 +162,6 @@ def main():
         procs.stop_all()
         remove_tmp("hostile", tmp)
     report(res)
-
-
-def _alive(s):
-    try:
-        s.setblocking(False)
-        return s.recv(1, socket.MSG_PEEK) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
 
 
 def report(res):

@@ -27,8 +27,9 @@ import time
 
 from harness import (ALL_CHANNELS, CAP_AUTH_SELECTION, CAP_AUTH_SPICE, ERR_OK,
                      ERR_PERMISSION_DENIED, Broker, LinkConn, Qemu, TestSkip, check, free_port,
-                     good_session,
-                     link_packet, log, raw_login, rsa_oaep_encrypt, run, token, wait_until)
+                     good_session, link_packet, log, raw_login, rsa_oaep_encrypt, run, token,
+                     wait_until)
+from limitsutil import metrics
 
 FLOOD_S = 12
 THREADS = 8
@@ -49,26 +50,6 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metrics(b):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    s.connect(b.admin)
-    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    out = {}
-    for ln in data.decode().split("\r\n\r\n", 1)[1].splitlines():
-        if ln and not ln.startswith("#"):
-            k, v = ln.rsplit(" ", 1)
-            out[k] = int(v)
-    return out
 
 
 def ws_status(port, tok, source):
