@@ -550,18 +550,6 @@ expect_no_dial(struct fx *f, int k)
     assert_int_equal(poll(&p, 1, 0), 0);
 }
 
-static void
-dst_send_result(struct fx *f, int fd, uint32_t res, const uint8_t *extra, size_t extra_len)
-{
-    uint8_t b[4 + 256];
-
-    assert_true(extra_len <= 256);
-    wire_put_u32(b, res);
-    if (extra_len)
-        memcpy(b + 4, extra, extra_len);
-    send_all(f, fd, b, 4 + extra_len);
-}
-
 /* The destination's part of one link, up to the link result `res`. The main
  * channel's reply advertises SEAMLESS_MIGRATE unless `no_seamless`. */
 static int
@@ -575,7 +563,7 @@ dst_link_as(struct fx *f, int k, struct wire_link_mess *m, const char *pw, uint3
                               ? BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE)
                               : 0);
     srv_expect_ticket(f, fd, pw);
-    dst_send_result(f, fd, res, NULL, 0);
+    srv_send_result(f, fd, res, NULL, 0);
     return fd;
 }
 
@@ -1088,7 +1076,7 @@ test_dest_link_refused(void **state)
         if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
             srv_send_reply(f, o, 0);
             srv_expect_ticket(f, o, SRC_PW);
-            dst_send_result(f, o, SPICE_LINK_ERR_PERMISSION_DENIED, NULL, 0);
+            srv_send_result(f, o, SPICE_LINK_ERR_PERMISSION_DENIED, NULL, 0);
         } else {
             end_of(f, m.channel_type)->dst = o; /* left in the middle of its link */
         }
@@ -1616,7 +1604,7 @@ test_channel_closes_while_linking(void **state)
         if (m.channel_type == SPICE_CHANNEL_DISPLAY) {
             srv_send_reply(f, o, 0);
             srv_expect_ticket(f, o, DST_PW);
-            dst_send_result(f, o, SPICE_LINK_ERR_OK, NULL, 0);
+            srv_send_result(f, o, SPICE_LINK_ERR_OK, NULL, 0);
         }
     }
     WAIT_FOR(f, chan_of(f, SPICE_CHANNEL_DISPLAY)->d_ready);
@@ -1661,7 +1649,7 @@ reattach_fresh(struct fx *f, int k, const char *pw, uint32_t migrations)
     assert_int_equal(m.connection_id, 0);
     srv_send_reply(f, dm, BIT(SPICE_MAIN_CAP_SEAMLESS_MIGRATE));
     srv_expect_ticket(f, dm, pw);
-    dst_send_result(f, dm, SPICE_LINK_ERR_OK, init, ni);
+    srv_send_result(f, dm, SPICE_LINK_ERR_OK, init, ni);
     assert_int_equal(f->ch[0].dst, -1);
     f->ch[0].dst = dm;
     wire_put_u16(b, 3);

@@ -252,6 +252,19 @@ srv_send_reply(struct fx *f, int fd, uint32_t chan_caps)
     send_all(f, fd, b, n);
 }
 
+/* The 4-byte link result, then `extra` bytes in the same write. */
+static inline void
+srv_send_result(struct fx *f, int fd, uint32_t res, const uint8_t *extra, size_t extra_len)
+{
+    uint8_t b[4 + 256];
+
+    assert_true(extra_len <= 256);
+    wire_put_u32(b, res);
+    if (extra_len)
+        memcpy(b + 4, extra, extra_len);
+    send_all(f, fd, b, 4 + extra_len);
+}
+
 /* Reads mechanism + ticket; returns the decrypted password in pw. */
 static inline void
 srv_read_ticket(struct fx *f, int fd, char pw[TICKET_MAX_PLAIN])

@@ -377,19 +377,6 @@ srv_accept(struct fx *f)
     }
 }
 
-/* The 4-byte link result, then `extra` bytes in the same write. */
-static void
-srv_send_result(struct fx *f, int fd, uint32_t res, const uint8_t *extra, size_t extra_len)
-{
-    uint8_t b[4 + 128];
-
-    assert_true(extra_len <= 128);
-    wire_put_u32(b, res);
-    if (extra_len)
-        memcpy(b + 4, extra, extra_len);
-    send_all(f, fd, b, 4 + extra_len);
-}
-
 /* The backend's whole part for one channel, up to an OK link result. */
 static int
 srv_handshake(struct fx *f, struct wire_link_mess *m, uint32_t chan, const uint8_t *extra,
