@@ -628,17 +628,37 @@ expect_dst_dropped(struct fx *f)
 
 /* ------------------------------------------------------------------ the source's messages */
 
+/* A main-channel message of the source naming 127.0.0.1:port
+ * (BEGIN_SEAMLESS carries the source's migration version; BEGIN and
+ * SWITCH_HOST do not). */
 static void
-src_begin_to(struct fx *f, uint16_t port, uint32_t version)
+src_dst_msg(struct fx *f, uint16_t type, uint16_t port, uint32_t version)
 {
+    bool seamless = type == SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS;
     struct wire_migrate_dst d = { .port = port, .sport = 0, .src_mig_version = version };
     uint8_t body[512];
     size_t bn;
 
     snprintf(d.host, sizeof(d.host), "127.0.0.1");
-    bn = wire_migrate_dst_build(body, sizeof(body), true, &d);
+    bn = wire_migrate_dst_build(body, sizeof(body), seamless, &d);
     assert_true(bn > 0);
-    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS, body, (uint32_t)bn);
+    send_msg(f, f->ch[0].src, type, body, (uint32_t)bn);
+}
+
+static void
+src_begin_to(struct fx *f, uint16_t port, uint32_t version)
+{
+    src_dst_msg(f, SPICE_MSG_MAIN_MIGRATE_BEGIN_SEAMLESS, port, version);
+}
+
+/* Every channel's source leg is closed by the broker (and by us). */
+static void
+expect_sources_closed(struct fx *f)
+{
+    for (int i = 0; i < f->n_ch; i++) {
+        expect_eof(f, f->ch[i].src);
+        close_end(f, &f->ch[i].src);
+    }
 }
 
 static void
@@ -702,10 +722,7 @@ switch_chan(struct fx *f, struct end *e, uint8_t seed)
 static void
 expect_finished(struct fx *f, int k, uint32_t migrations)
 {
-    for (int i = 0; i < f->n_ch; i++) {
-        expect_eof(f, f->ch[i].src);
-        close_end(f, &f->ch[i].src);
-    }
+    expect_sources_closed(f);
     assert_state(f, MIG_IDLE);
     assert_int_equal(f->s->rec.port, f->dport[k]);
     assert_string_equal(f->s->rec.host, "127.0.0.1");
@@ -1349,15 +1366,8 @@ test_begin_refused(void **state)
     /* unusable / semi-seamless, while idle */
     src_begin_to(f, 0, 1);
     expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0);
-    {
-        struct wire_migrate_dst d = { .port = f->dport[0] };
-        uint8_t body[512];
-        size_t bn;
-        snprintf(d.host, sizeof(d.host), "127.0.0.1");
-        bn = wire_migrate_dst_build(body, sizeof(body), false, &d);
-        send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_BEGIN, body, (uint32_t)bn);
-        expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0);
-    }
+    src_dst_msg(f, SPICE_MSG_MAIN_MIGRATE_BEGIN, f->dport[0], 0);
+    expect_msg(f, f->ch[0].src, SPICE_MSGC_MAIN_MIGRATE_CONNECT_ERROR, NULL, 0);
     expect_no_dial(f, 0);
     expect_back_to_idle(f);
 
@@ -1735,20 +1745,11 @@ static void
 test_switch_host_reattaches(void **state)
 {
     struct fx *f = *state;
-    struct wire_migrate_dst d = { .port = 0 };
-    uint8_t body[512];
-    size_t bn;
 
     open_session(f, two, 2);
     display_history(f);
-    d.port = f->dport[0];
-    snprintf(d.host, sizeof(d.host), "127.0.0.1");
-    bn = wire_migrate_dst_build(body, sizeof(body), false, &d);
-    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, body, (uint32_t)bn);
-    for (int i = 0; i < f->n_ch; i++) {
-        expect_eof(f, f->ch[i].src);
-        close_end(f, &f->ch[i].src);
-    }
+    src_dst_msg(f, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, f->dport[0], 0);
+    expect_sources_closed(f);
     reattach_fresh(f, 0, SRC_PW, 1);
 }
 
@@ -1759,22 +1760,13 @@ static void
 test_switch_host_while_connected(void **state)
 {
     struct fx *f = *state;
-    struct wire_migrate_dst d = { .port = 0 };
-    uint8_t body[512];
-    size_t bn;
 
     open_session(f, two, 2);
     display_history(f);
     connected(f, 0);
-    d.port = f->dport[0];
-    snprintf(d.host, sizeof(d.host), "127.0.0.1");
-    bn = wire_migrate_dst_build(body, sizeof(body), false, &d);
-    send_msg(f, f->ch[0].src, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, body, (uint32_t)bn);
+    src_dst_msg(f, SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST, f->dport[0], 0);
     expect_dst_dropped(f);
-    for (int i = 0; i < f->n_ch; i++) {
-        expect_eof(f, f->ch[i].src);
-        close_end(f, &f->ch[i].src);
-    }
+    expect_sources_closed(f);
     reattach_fresh(f, 0, DST_PW, 1);
 }
 
