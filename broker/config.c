@@ -167,7 +167,7 @@ static const struct opt opts[] = {
       "(0 = no cap)" },
     { "write-stall-timeout", INT(write_stall, 0, 86400), "60", "SECONDS",
       "close a live channel whose client takes none of the bytes waiting for it for this "
-      "long (0 = never)" },
+      "long (found within twice that; 0 = never)" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,

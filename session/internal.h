@@ -229,7 +229,8 @@ struct chan {
     char *web_token;            /* a WebSocket client's token (session_accept), else NULL */
     struct limits_conn *lim;    /* counted as unauthenticated (common/limits.h), else NULL */
     struct event *stall;        /* relaying: the client took nothing for write_stall_ms */
-    int64_t client_progress_ms; /* relaying: when the client last took bytes (loop clock) */
+    uint64_t client_taken;      /* relaying: bytes the client's transport has taken */
+    uint64_t stall_mark;        /* client_taken when the stall timer was armed */
     struct chan_link *lk;       /* client link phase only */
     struct wire_link_mess client; /* the client's link: type, id, caps */
     struct relay_dir to_b;      /* client -> backend */

@@ -383,13 +383,6 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
 
 /* ------------------------------------------------------------------ I/O */
 
-static int64_t loop_ms(const struct chan *c)
-{
-    struct timeval tv;
-    event_base_gettimeofday_cached(c->w->env.base, &tv);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 /* Bytes wait for the client: in our buffer (framed or held back by its ACK
  * window) or in its transport. */
 static bool client_owed(const struct chan *c)
@@ -398,16 +391,26 @@ static bool client_owed(const struct chan *c)
            event_pending(c->client_side.wr, EV_WRITE, NULL);
 }
 
+/* The stall timer, write_stall_ms from now, remembering how much the
+ * client had taken. */
+static void stall_arm(struct chan *c)
+{
+    int ms = c->w->env.write_stall_ms;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    c->stall_mark = c->client_taken;
+    evtimer_add(c->stall, &tv);
+}
+
 /* A live session has no timeout, but a client that takes nothing while we
- * have bytes for it has one: write_stall_ms without progress. Cheap enough
- * for every service step (a pending check). */
+ * have bytes for it has one: closed after write_stall_ms (at most twice
+ * that) without taking a byte. The data path only counts what the client
+ * takes; the timer looks at the count. Cheap enough for every service step
+ * (a pending check). */
 static void stall_watch(struct chan *c)
 {
     if (c->stall == NULL || evtimer_pending(c->stall, NULL) || !client_owed(c))
         return;
-    int ms = c->w->env.write_stall_ms;
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    evtimer_add(c->stall, &tv);
+    stall_arm(c);
 }
 
 static void on_stall(evutil_socket_t fd, short what, void *arg)
@@ -415,11 +418,9 @@ static void on_stall(evutil_socket_t fd, short what, void *arg)
     struct chan *c = arg;
     if (c->closing || !client_owed(c))
         return; /* nothing waits for the client: the next service step re-arms */
-    int64_t idle = loop_ms(c) - c->client_progress_ms;
     int ms = c->w->env.write_stall_ms;
-    if (idle < ms) {
-        struct timeval tv = { (ms - idle) / 1000, ((ms - idle) % 1000) * 1000 };
-        evtimer_add(c->stall, &tv);
+    if (c->client_taken != c->stall_mark) {
+        stall_arm(c); /* it took bytes meanwhile: another period */
         return;
     }
     char why[96];
@@ -501,8 +502,8 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
         *why = d == &c->to_b ? "backend write failed" : "client write failed";
         return -1;
     }
-    if (w > 0 && d == &c->to_c)
-        c->client_progress_ms = loop_ms(c);
+    if (d == &c->to_c)
+        c->client_taken += (uint64_t)w;
     size_t left = (size_t)w;
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -731,7 +732,6 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         chan_close(c, "out of memory");
         return -1;
     }
-    c->client_progress_ms = loop_ms(c);
     c->state = CH_RELAY;
     if (c->lk != NULL) {
         /* What the link phase still owes the client (its link result, when
