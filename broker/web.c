@@ -238,12 +238,13 @@ struct web_conn {
     size_t hdr_len, hdr_sent;
     const uint8_t *body;
     size_t body_len, body_sent;
-    /* a spice-direct .vv: its token while looked up, then the file (ours) */
+    /* a token looked up (a WebSocket's before its 101, a .vv's) and its answer;
+     * a .vv file (ours) */
     struct session_lookup *lookup;
     bool in_lookup;                  /* inside session_lookup(): answer after it returns */
-    int vv_rc;
-    struct snap_token vv_rec;
-    char vv_why[96];
+    int lookup_rc;
+    struct snap_token lookup_rec;
+    char lookup_why[96];
     char host[HTTP_MAX_VALUE + 1];
     char token[TOKEN_MAX];
     char *owned;
@@ -268,7 +269,7 @@ static void conn_free(struct web_conn *wc)
     }
     OPENSSL_cleanse(wc->head, sizeof(wc->head));
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
-    OPENSSL_cleanse(&wc->vv_rec, sizeof(wc->vv_rec));
+    OPENSSL_cleanse(&wc->lookup_rec, sizeof(wc->lookup_rec));
     free(wc);
 }
 
@@ -400,16 +401,16 @@ static void upgrade(struct web_conn *wc)
     OPENSSL_cleanse(token, sizeof(token));
 }
 
-/* The WebSocket's token is known (vv_rc 0) or refused: the 101, or a 403
+/* The WebSocket's token is known (lookup_rc 0) or refused: the 101, or a 403
  * with a fixed body (the log line says why, never the token). */
 static void ws_checked(struct web_conn *wc)
 {
-    if (wc->vv_rc != 0) {
+    if (wc->lookup_rc != 0) {
         OPENSSL_cleanse(wc->token, sizeof(wc->token));
         /* A throttled source's refusals are in its summary line, not one each. */
-        if (strcmp(wc->vv_why, "source throttled") != 0)
+        if (strcmp(wc->lookup_why, "source throttled") != 0)
             log_info("web: client=%s 403 websocket refused before the upgrade: permission "
-                     "denied (%s)", wc->addr, wc->vv_why);
+                     "denied (%s)", wc->addr, wc->lookup_why);
         wc->hdr_len = 0;
         reply(wc, 403, "Forbidden", "text/plain; charset=utf-8", (const uint8_t *)WS_FORBIDDEN,
               strlen(WS_FORBIDDEN), false);
@@ -422,8 +423,8 @@ static void on_ws_lookup(void *arg, int rc, const struct snap_token *rec, const 
 {
     struct web_conn *wc = arg;
     wc->lookup = NULL;
-    wc->vv_rc = rc;
-    snprintf(wc->vv_why, sizeof(wc->vv_why), "%s", why ? why : "unknown token");
+    wc->lookup_rc = rc;
+    snprintf(wc->lookup_why, sizeof(wc->lookup_why), "%s", why ? why : "unknown token");
     if (!wc->in_lookup) /* a later answer (Nova's); else check_token answers */
         ws_checked(wc);
 }
@@ -451,19 +452,19 @@ static void check_token(struct web_conn *wc)
 static void vv_answer(struct web_conn *wc)
 {
     size_t len = 0;
-    char *vv = wc->vv_rc == 0 ? vv_build(wc->ww->vv, wc->host, wc->token, &wc->vv_rec, &len)
+    char *vv = wc->lookup_rc == 0 ? vv_build(wc->ww->vv, wc->host, wc->token, &wc->lookup_rec, &len)
                               : NULL;
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
     if (vv == NULL) {
-        if (strcmp(wc->vv_why, "source throttled") != 0 || wc->vv_rc == 0)
+        if (strcmp(wc->lookup_why, "source throttled") != 0 || wc->lookup_rc == 0)
             log_info("web: client=%s .vv refused: %s", wc->addr,
-                     wc->vv_rc != 0 ? wc->vv_why : "unusable host or token");
+                     wc->lookup_rc != 0 ? wc->lookup_why : "unusable host or token");
         reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);
         return;
     }
     char ei[LOG_ESCAPED_MAX];
     log_info("web: client=%s .vv for instance %s", wc->addr,
-             wc->vv_rec.instance[0] ? log_escape(wc->vv_rec.instance, ei, sizeof(ei)) : "?");
+             wc->lookup_rec.instance[0] ? log_escape(wc->lookup_rec.instance, ei, sizeof(ei)) : "?");
     wc->owned = vv;
     reply(wc, 200, "OK", "application/x-virt-viewer", (const uint8_t *)vv, len, false);
 }
@@ -472,9 +473,9 @@ static void on_vv_lookup(void *arg, int rc, const struct snap_token *rec, const 
 {
     struct web_conn *wc = arg;
     wc->lookup = NULL;
-    wc->vv_rc = rc;
-    wc->vv_rec = *rec;
-    snprintf(wc->vv_why, sizeof(wc->vv_why), "%s", why ? why : "unknown token");
+    wc->lookup_rc = rc;
+    wc->lookup_rec = *rec;
+    snprintf(wc->lookup_why, sizeof(wc->lookup_why), "%s", why ? why : "unknown token");
     if (!wc->in_lookup) /* a later answer (Nova's); else serve_vv answers */
         vv_answer(wc);
 }
