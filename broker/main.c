@@ -38,8 +38,7 @@ static int env_resolve(void *arg, int worker_index, uint64_t ask, const char *to
 {
     struct broker *b = arg;
     int rc = resolver_lookup(b->resolver, token, rec, why);
-    if (rc == 0 || b->nova == NULL ||
-        (strcmp(*why, "unknown token") != 0 && strcmp(*why, "expired token") != 0))
+    if (rc == 0 || b->nova == NULL || token[0] == '\0' || !session_token_wrong(*why))
         return rc;
     /* Not known here (or known but past its grace): Nova's turn. */
     if (nova_ask(b->nova, worker_index, ask, token) < 0) {

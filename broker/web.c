@@ -408,7 +408,7 @@ static void ws_checked(struct web_conn *wc)
     if (wc->lookup_rc != 0) {
         OPENSSL_cleanse(wc->token, sizeof(wc->token));
         /* A throttled source's refusals are in its summary line, not one each. */
-        if (strcmp(wc->lookup_why, "source throttled") != 0)
+        if (strcmp(wc->lookup_why, SESSION_WHY_THROTTLED) != 0)
             log_info("web: client=%s 403 websocket refused before the upgrade: permission "
                      "denied (%s)", wc->addr, wc->lookup_why);
         wc->hdr_len = 0;
@@ -456,7 +456,7 @@ static void vv_answer(struct web_conn *wc)
                               : NULL;
     OPENSSL_cleanse(wc->token, sizeof(wc->token));
     if (vv == NULL) {
-        if (strcmp(wc->lookup_why, "source throttled") != 0 || wc->lookup_rc == 0)
+        if (strcmp(wc->lookup_why, SESSION_WHY_THROTTLED) != 0 || wc->lookup_rc == 0)
             log_info("web: client=%s .vv refused: %s", wc->addr,
                      wc->lookup_rc != 0 ? wc->lookup_why : "unusable host or token");
         reply(wc, 404, "Not Found", "text/plain; charset=utf-8", NULL, 0, false);

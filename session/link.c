@@ -163,9 +163,7 @@ static void refuse_token(struct chan *c, const char *why)
     chan_close(c, why);
 }
 
-/* A token the lookup refused because it is wrong (not because the broker
- * could not tell): those are throttled. */
-static bool wrong_token(const char *why)
+bool session_token_wrong(const char *why)
 {
     return why == NULL || strncmp(why, "unknown token", 13) == 0 ||
            strncmp(why, "expired token", 13) == 0 || strncmp(why, "empty token", 11) == 0;
@@ -444,7 +442,7 @@ static void lookup_throttle(struct session_worker *w, const struct sockaddr_stor
         return;
     if (rc == 0) {
         throttle_ok(w->throttle, peer);
-    } else if (wrong_token(why)) {
+    } else if (session_token_wrong(why)) {
         bool log_it = false;
         (void)throttle_fail(w->throttle, peer, &log_it); /* (no delay: a 403 or 404 at once) */
         w->stats.links_refused_token++;
@@ -460,7 +458,7 @@ struct session_lookup *session_lookup(struct session_worker *w, const char *toke
     if (peer != NULL && throttle_blocked(w->throttle, peer)) {
         w->stats.links_refused_blocked++;
         w->stats.links_throttled++;
-        cb(arg, -1, &rec, "source throttled");
+        cb(arg, -1, &rec, SESSION_WHY_THROTTLED);
         return NULL;
     }
     const char *why = "unknown token";
@@ -552,7 +550,7 @@ static void main_resolved(struct chan *c, const uint8_t hash[32], int rc,
     if (rc != 0) {
         char reason[160];
         snprintf(reason, sizeof(reason), "permission denied (%s)", why ? why : "unknown token");
-        if (wrong_token(why))
+        if (session_token_wrong(why))
             refuse_token(c, reason);
         else
             refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason);

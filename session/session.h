@@ -136,6 +136,14 @@ void session_accept_counted(struct session_worker *w, struct transport *t,
 struct limits_conn *session_admit(struct session_worker *w, const struct sockaddr_storage *peer,
                                   void (*evict)(void *arg), void *arg);
 
+/* Is why (a resolve() or lookup refusal) a wrong token: unknown, expired or
+ * empty, as opposed to the broker not being able to tell (a stale store,
+ * Nova unreachable)? Wrong tokens are throttled per source, and only those
+ * are worth asking Nova about. */
+bool session_token_wrong(const char *why);
+/* A lookup's why when its source is throttled (answered without a lookup). */
+#define SESSION_WHY_THROTTLED "source throttled"
+
 /* The answer to a question resolve() sent elsewhere: rc 0 with rec, or -1
  * with why. A channel that gave up meanwhile is not there: nothing happens. */
 void session_resolved(struct session_worker *w, uint64_t ask, int rc,
