@@ -142,6 +142,38 @@ int store_fresh(struct store *s, int64_t *silent_ms)
     return s->be->fresh(s->impl, silent_ms);
 }
 
+int store_lease_grant(struct store *s, int64_t ttl_s, long timeout_ms, int64_t *lease)
+{
+    if (s == NULL || lease == NULL || ttl_s < 1 || ttl_s > STORE_MAX_LEASE_TTL || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_grant(s->impl, ttl_s, timeout_ms, lease);
+}
+
+int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64_t *ttl_left)
+{
+    if (s == NULL || lease <= 0 || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_keepalive(s->impl, lease, timeout_ms, ttl_left);
+}
+
+int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms)
+{
+    if (s == NULL || lease <= 0 || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_revoke(s->impl, lease, timeout_ms);
+}
+
+int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
+    if (lease <= 0)
+        return STORE_ERROR;
+    if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
+        len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->put_lease(s->impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
+}
+
 const char *store_describe(const struct store *s)
 {
     return s != NULL ? s->desc : "(no store)";

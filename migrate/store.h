@@ -76,6 +76,28 @@ int store_delete(struct store *s, const char *key, int64_t expect_rev);
 typedef int (*store_walk_cb)(const char *key, const void *val, size_t len, int64_t rev, void *arg);
 int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg);
 
+/* Leases, as etcd has them: a key put under a lease goes when the lease
+ * ends, revoked or expired (its TTL passed without a keep-alive). A broker
+ * keeps its registration under one, so the zone learns of its death; a
+ * migration intent lives under a short one. Each call waits for the
+ * network like a write (timeout_ms: 0 = the back-end's own bound, about
+ * 2 s); the embedded back-end keeps leased keys in memory only (they die
+ * with the process, as its leases would) and expires them on its own clock.
+ *
+ * store_lease_grant: a new lease of ttl_s seconds (1..86400) in *lease.
+ * store_lease_keepalive: renews it for its TTL (*ttl_left, optional, gets
+ *   what the store granted); STORE_NOT_FOUND once it expired or was revoked
+ *   (its keys are gone then).
+ * store_lease_revoke: ends it now, deleting its keys; STORE_NOT_FOUND if it
+ *   had already ended.
+ * store_put_lease: store_put, the key attached to lease (> 0);
+ *   STORE_NOT_FOUND if the lease has ended. */
+int store_lease_grant(struct store *s, int64_t ttl_s, long timeout_ms, int64_t *lease);
+int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64_t *ttl_left);
+int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms);
+int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);
 

@@ -12,6 +12,7 @@
 /* Limits every back-end enforces (etcd's default request limit is 1.5 MiB). */
 #define STORE_MAX_KEY 1024
 #define STORE_MAX_VALUE (1024 * 1024)
+#define STORE_MAX_LEASE_TTL 86400   /* seconds */
 
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
  * enum store_result values. put and del take timeout_ms, how long the write
@@ -28,6 +29,12 @@ struct store_backend {
     int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
     /* store_fresh; NULL: always fresh */
     int (*fresh)(void *impl, int64_t *silent_ms);
+    /* leases (store.h); put_lease is put with the key attached to lease > 0 */
+    int (*lease_grant)(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease);
+    int (*lease_keepalive)(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left);
+    int (*lease_revoke)(void *impl, int64_t lease, long timeout_ms);
+    int (*put_lease)(void *impl, const char *key, const void *val, size_t len,
+                     int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
 };
 
 extern const struct store_backend store_embedded_backend;

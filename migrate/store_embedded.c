@@ -16,7 +16,13 @@
  * A key file is a 28-byte little-endian header, then the key, then the value:
  *   "SBKV" | u16 format (1) | u16 flags (0) | i64 revision | u32 key length |
  *   u32 value length | u32 FNV-1a of key and value
- * Files are replaced atomically: write .tmp-NAME, fsync, rename, fsync DIR. */
+ * Files are replaced atomically: write .tmp-NAME, fsync, rename, fsync DIR.
+ *
+ * Leases live in memory only, and so do the keys put under one (no file):
+ * both end with the process, as an etcd lease whose holder died would. A
+ * lease expires on CLOCK_MONOTONIC; its keys are dropped by the first call
+ * that comes after (every call sweeps, cheaply: one comparison unless a
+ * lease is due). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +37,7 @@
 
 #include <openssl/evp.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "migrate/store_backend.h"
 #include "migrate/store_map.h"
@@ -54,6 +61,11 @@ struct emb {
     int lockfd;
     struct store_map map;       /* every key (no tombstones here) */
     int64_t rev;                /* highest revision issued so far */
+    /* leases (under mu) */
+    struct emb_lease { int64_t id, ttl_ms, expires_ms; } *leases;
+    size_t nleases, capleases;
+    int64_t next_lease;         /* the last id handed out */
+    int64_t next_expiry;        /* earliest expires_ms of any lease (INT64_MAX: none) */
 };
 
 /* ---- encoding helpers ---- */
@@ -449,6 +461,7 @@ static void emb_free(void *impl)
     if (e == NULL)
         return;
     store_map_clear(&e->map);
+    free(e->leases);
     if (e->dirfd >= 0)
         close(e->dirfd);
     if (e->lockfd >= 0)
@@ -471,6 +484,7 @@ static void *emb_open(const char *dir, const struct store_opts *opts, const char
         return NULL;
     }
     e->dirfd = e->lockfd = -1;
+    e->next_expiry = INT64_MAX;
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->wmu, NULL);
     if ((e->dir = strdup(dir)) == NULL) {
@@ -524,6 +538,146 @@ fail:
     return NULL;
 }
 
+/* ---- leases (under mu) ---- */
+
+static struct emb_lease *lease_find(struct emb *e, int64_t id)
+{
+    for (size_t i = 0; i < e->nleases; i++)
+        if (e->leases[i].id == id)
+            return &e->leases[i];
+    return NULL;
+}
+
+/* Drops lease i and every key under it. */
+static void lease_end(struct emb *e, size_t i)
+{
+    int64_t id = e->leases[i].id;
+
+    for (size_t k = e->map.n; k-- > 0;)
+        if (e->map.ents[k].lease == id)
+            store_map_remove_at(&e->map, k);
+    e->leases[i] = e->leases[--e->nleases];
+    e->next_expiry = INT64_MAX;
+    for (size_t k = 0; k < e->nleases; k++)
+        if (e->leases[k].expires_ms < e->next_expiry)
+            e->next_expiry = e->leases[k].expires_ms;
+}
+
+/* Ends the leases whose time has come. */
+static void lease_sweep(struct emb *e)
+{
+    if (e->next_expiry == INT64_MAX)
+        return;
+    int64_t now = clock_mono_ms();
+    if (now < e->next_expiry)
+        return;
+    for (size_t i = e->nleases; i-- > 0;)
+        if (e->leases[i].expires_ms <= now)
+            lease_end(e, i);
+}
+
+static int emb_lease_grant(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease)
+{
+    struct emb *e = impl;
+    int rc = STORE_ERROR;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if (e->nleases == e->capleases) {
+        size_t cap = e->capleases ? 2 * e->capleases : 8;
+        struct emb_lease *n = realloc(e->leases, cap * sizeof(*n));
+        if (n == NULL)
+            goto out;
+        e->leases = n;
+        e->capleases = cap;
+    }
+    struct emb_lease *l = &e->leases[e->nleases++];
+    l->id = ++e->next_lease;
+    l->ttl_ms = ttl_s * 1000;
+    l->expires_ms = clock_mono_ms() + l->ttl_ms;
+    if (l->expires_ms < e->next_expiry)
+        e->next_expiry = l->expires_ms;
+    *lease = l->id;
+    rc = STORE_OK;
+out:
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+static int emb_lease_keepalive(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left)
+{
+    struct emb *e = impl;
+    struct emb_lease *l;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if ((l = lease_find(e, lease)) != NULL) {
+        l->expires_ms = clock_mono_ms() + l->ttl_ms;
+        e->next_expiry = INT64_MAX;
+        for (size_t k = 0; k < e->nleases; k++)
+            if (e->leases[k].expires_ms < e->next_expiry)
+                e->next_expiry = e->leases[k].expires_ms;
+    }
+    if (ttl_left != NULL)
+        *ttl_left = l != NULL ? l->ttl_ms / 1000 : 0;
+    pthread_mutex_unlock(&e->mu);
+    return l != NULL ? STORE_OK : STORE_NOT_FOUND;
+}
+
+static int emb_lease_revoke(void *impl, int64_t lease, long timeout_ms)
+{
+    struct emb *e = impl;
+    struct emb_lease *l;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if ((l = lease_find(e, lease)) != NULL)
+        lease_end(e, (size_t)(l - e->leases));
+    pthread_mutex_unlock(&e->mu);
+    return l != NULL ? STORE_OK : STORE_NOT_FOUND;
+}
+
+/* A put under a lease: memory only; a file the key had is removed. */
+static int emb_put_lease(void *impl, const char *key, const void *val, size_t len,
+                         int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
+    struct emb *e = impl;
+    struct store_entry *cur;
+    char name[NAME_LEN + 1];
+    size_t idx;
+    int rc = STORE_ERROR;
+    bool had_file = false;
+
+    (void)timeout_ms;
+    if (key_filename(key, name) < 0)
+        return STORE_ERROR;
+    pthread_mutex_lock(&e->wmu);
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    cur = store_map_find(&e->map, key, &idx);
+    if (lease_find(e, lease) == NULL) {
+        rc = STORE_NOT_FOUND;
+    } else if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
+               (expect_rev > 0 && (cur == NULL || cur->rev != expect_rev))) {
+        rc = STORE_CONFLICT;
+    } else if ((had_file = cur != NULL && cur->lease == 0),
+               store_map_set(&e->map, key, val, len, e->rev + 1, false) == 0) {
+        e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
+        e->rev++;
+        if (new_rev != NULL)
+            *new_rev = e->rev;
+        rc = STORE_OK;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (had_file && unlinkat(e->dirfd, name, 0) < 0 && errno != ENOENT)
+        log_warn("store: %s: cannot remove %s (now under a lease)", e->dir, name);
+    pthread_mutex_unlock(&e->wmu);
+    return rc;
+}
+
 /* ---- operations ---- */
 
 static int emb_put(void *impl, const char *key, const void *val, size_t len,
@@ -542,6 +696,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
      * readers (token lookups on the workers' loops) never wait for a disk. */
     pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     cur = store_map_find(&e->map, key, &idx);
     if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
         (expect_rev > 0 && (cur == NULL || cur->rev != expect_rev))) {
@@ -570,6 +725,7 @@ static int emb_put(void *impl, const char *key, const void *val, size_t len,
         cur->val = vcopy;
         cur->len = len;
         cur->rev = rev;
+        cur->lease = 0;
     } else {
         store_map_insert_at(&e->map, idx, (struct store_entry){ .key = kcopy, .val = vcopy,
                                                                .len = len, .rev = rev });
@@ -592,6 +748,7 @@ static int emb_get(void *impl, const char *key, void **val, size_t *len, int64_t
     struct emb *e = impl;
 
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     int rc = store_map_get(&e->map, key, val, len, rev);
     pthread_mutex_unlock(&e->mu);
     return rc;
@@ -608,6 +765,7 @@ static int emb_del(void *impl, const char *key, int64_t expect_rev, long timeout
 
     pthread_mutex_lock(&e->wmu);
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     if ((cur = store_map_find(&e->map, key, &idx)) == NULL) {
         rc = STORE_NOT_FOUND;
         goto out;
@@ -648,6 +806,7 @@ static int emb_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
     struct emb *e = impl;
 
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     int count = store_map_walk(&e->map, prefix, cb, arg);
     pthread_mutex_unlock(&e->mu);
     return count;
@@ -661,4 +820,8 @@ const struct store_backend store_embedded_backend = {
     .get = emb_get,
     .del = emb_del,
     .walk = emb_walk,
+    .lease_grant = emb_lease_grant,
+    .lease_keepalive = emb_lease_keepalive,
+    .lease_revoke = emb_lease_revoke,
+    .put_lease = emb_put_lease,
 };

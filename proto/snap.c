@@ -33,6 +33,7 @@ typedef Spicebroker__TokenRecord TokenRecord;
 typedef Spicebroker__SessionRecord SessionRecord;
 typedef Spicebroker__ChannelRecord ChannelRecord;
 typedef Spicebroker__InstanceRecord InstanceRecord;
+typedef Spicebroker__BrokerRecord BrokerRecord;
 
 /* ---- framing ---- */
 
@@ -426,6 +427,72 @@ fail:
     return rc;
 }
 
+int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len)
+{
+    BrokerRecord m = SPICEBROKER__BROKER_RECORD__INIT;
+    uint8_t *packed = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (b == NULL || out == NULL || len == NULL || !str_fits(b->id, sizeof(b->id)) ||
+        !str_fits(b->peer_address, sizeof(b->peer_address)) ||
+        !str_fits(b->version, sizeof(b->version)))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.id = (char *)b->id;
+    m.peer_address = (char *)b->peer_address;
+    m.state = (uint32_t)b->state;
+    m.pid = b->pid;
+    m.started = b->started;
+    m.sessions = b->sessions;
+    m.version = (char *)b->version;
+    m.lease = b->lease;
+    plen = spicebroker__broker_record__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__broker_record__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(packed);
+    return rc;
+}
+
+int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b)
+{
+    BrokerRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    struct snap_broker tmp;
+    int rc = -1;
+
+    if (b == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__broker_record__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR ||
+        (m->state != SNAP_BROKER_SERVING && m->state != SNAP_BROKER_DRAINING))
+        goto fail;
+    memset(&tmp, 0, sizeof(tmp));
+    if (copy_str(tmp.id, sizeof(tmp.id), m->id) < 0 || tmp.id[0] == '\0' ||
+        copy_str(tmp.peer_address, sizeof(tmp.peer_address), m->peer_address) < 0 ||
+        copy_str(tmp.version, sizeof(tmp.version), m->version) < 0)
+        goto fail;
+    tmp.state = (enum snap_broker_state)m->state;
+    tmp.pid = m->pid;
+    tmp.started = m->started;
+    tmp.sessions = m->sessions;
+    tmp.lease = m->lease;
+    *b = tmp;
+    rc = 0;
+fail:
+    if (m != NULL)
+        spicebroker__broker_record__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
 /* ---- keys ---- */
 
 /* A key component: non-empty, and no '/' that would shift the key's layout. */
@@ -458,6 +525,13 @@ int snap_instance_key(char *buf, size_t cap, const char *zone, const char *insta
     if (!component_ok(zone) || !component_ok(instance))
         return -1;
     return snprintf(buf, cap, "/spice-broker/%s/instances/%s", zone, instance);
+}
+
+int snap_broker_key(char *buf, size_t cap, const char *zone, const char *id)
+{
+    if (!component_ok(zone) || !component_ok(id))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/brokers/%s", zone, id);
 }
 
 int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind)

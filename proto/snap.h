@@ -64,6 +64,19 @@ struct snap_instance {
     uint32_t migrations;
 };
 
+/* A broker of the zone, as its registration says (kept under its lease). */
+enum snap_broker_state { SNAP_BROKER_SERVING = 1, SNAP_BROKER_DRAINING = 2 };
+struct snap_broker {
+    char id[SNAP_MAX_HOST];
+    char peer_address[SNAP_MAX_HOST];   /* "host:port", "" = no broker-to-broker port */
+    enum snap_broker_state state;
+    uint32_t pid;
+    int64_t started;                    /* unix seconds */
+    uint32_t sessions;
+    char version[32];
+    int64_t lease;
+};
+
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */
 
 /* A token record is stored under `key` (snap_token_key). When keys seal
@@ -88,6 +101,9 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
 int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s);
 int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len);
 int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i);
+/* Decoding refuses an empty id and an unknown state. */
+int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len);
+int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b);
 
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
@@ -101,6 +117,8 @@ int snap_token_key(char *buf, size_t cap, const struct seal_keys *keys, const ch
 int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id);
 /* -1 for an instance id that is empty or holds a '/'. */
 int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance);
-int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances" */
+/* /spice-broker/<zone>/brokers/<id> */
+int snap_broker_key(char *buf, size_t cap, const char *zone, const char *id);
+int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances"/"brokers" */
 
 #endif

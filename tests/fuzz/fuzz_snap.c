@@ -72,9 +72,24 @@ static void check_instance(const struct snap_instance *i)
     free(buf);
 }
 
+static void check_broker(const struct snap_broker *b)
+{
+    struct snap_broker u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (snap_broker_encode(b, &buf, &len) != 0 || snap_broker_decode(buf, len, &u) != 0 ||
+        strcmp(b->id, u.id) != 0 || strcmp(b->peer_address, u.peer_address) != 0 ||
+        strcmp(b->version, u.version) != 0 || b->state != u.state || b->pid != u.pid ||
+        b->started != u.started || b->sessions != u.sessions || b->lease != u.lease)
+        abort();
+    free(buf);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct snap_instance in;
+    struct snap_broker br;
     struct snap_token t;
     struct snap_session *s = calloc(1, sizeof(*s));
 
@@ -94,5 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(s);
     if (snap_instance_decode(data, size, &in) == 0)
         check_instance(&in);
+    if (snap_broker_decode(data, size, &br) == 0)
+        check_broker(&br);
     return 0;
 }

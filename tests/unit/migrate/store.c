@@ -132,6 +132,26 @@ static void test_put_get_delete(void **state)
     assert_int_equal(store_put(f->s, "/k", "x", 1, -7, NULL), STORE_ERROR);
 }
 
+static void test_leases(void **state)
+{
+    struct fixture *f = *state;
+    const char *const keys[3] = { "/lease/a", "/lease/b", "/lease/c" };
+    void *val = NULL;
+    size_t len = 0;
+    int64_t l = 0;
+
+    f->s = open_ok(f);
+    check_leases(f->s, keys, 1);
+    /* leased keys are not persisted: they end with the process */
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/lease/d", "d", 1, STORE_ANY_REV, l, 0, NULL),
+                     STORE_OK);
+    store_free(f->s);
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/lease/d", &val, &len, NULL), STORE_NOT_FOUND);
+    expect_val(f->s, "/lease/b", "z", 0);
+}
+
 static void test_revisions_increase(void **state)
 {
     struct fixture *f = *state;
@@ -432,6 +452,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_specs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_walk_prefix_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),

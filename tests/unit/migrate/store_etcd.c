@@ -548,6 +548,22 @@ static void test_put_get_delete(void **state)
     assert_int_equal(store_put(f->a, "/spice-broker/pgd/k", "x", 1, -7, NULL), STORE_ERROR);
 }
 
+static void test_leases(void **state)
+{
+    struct fixture *f = *state;
+    const char *const keys[3] = { "/spice-broker/lease/a", "/spice-broker/lease/b",
+                                  "/spice-broker/lease/c" };
+
+    f->a = open_ok();
+    f->b = open_ok();
+    /* etcd's shortest lease is about 2 s (1.5 election timeouts) */
+    check_leases(f->a, keys, 2);
+    /* the other instance saw the same: the watch carries a lease's deletes */
+    assert_true(gone_within(f->b, keys[0], 3000));
+    assert_true(gone_within(f->b, keys[2], 3000));
+    expect_val(f->b, keys[1], "z", 0);
+}
+
 static void test_outside_prefix(void **state)
 {
     struct fixture *f = *state;
@@ -1103,6 +1119,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_specs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outside_prefix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),

@@ -374,6 +374,56 @@ static void test_instance_round_trip(void **state)
     free(buf);
 }
 
+static void test_broker_round_trip(void **state)
+{
+    struct snap_broker b, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char k[128];
+
+    (void)state;
+    memset(&b, 0, sizeof(b));
+    snprintf(b.id, sizeof(b.id), "broker-a");
+    snprintf(b.peer_address, sizeof(b.peer_address), "10.0.0.7:5959");
+    b.state = SNAP_BROKER_DRAINING;
+    b.pid = 4242;
+    b.started = 1795944432;
+    b.sessions = 1000;
+    snprintf(b.version, sizeof(b.version), "0.9.0");
+    b.lease = 7587899370872581127LL;
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_broker_decode(buf, len, &u), 0);
+    assert_string_equal(u.id, b.id);
+    assert_string_equal(u.peer_address, b.peer_address);
+    assert_int_equal(u.state, b.state);
+    assert_int_equal(u.pid, b.pid);
+    assert_int_equal(u.started, b.started);
+    assert_int_equal(u.sessions, b.sessions);
+    assert_string_equal(u.version, b.version);
+    assert_int_equal(u.lease, b.lease);
+    for (size_t n = 0; n < len; n++)
+        if (snap_broker_decode(buf, n, &u) == 0)
+            assert_true(u.id[0] != '\0');
+    free(buf);
+
+    /* an unknown state, an empty id: refused */
+    b.state = (enum snap_broker_state)3;
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    assert_int_equal(snap_broker_decode(buf, len, &u), -1);
+    free(buf);
+    b.state = SNAP_BROKER_SERVING;
+    b.id[0] = '\0';
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    assert_int_equal(snap_broker_decode(buf, len, &u), -1);
+    free(buf);
+
+    assert_true(snap_broker_key(k, sizeof(k), "zone1", "broker-a") > 0);
+    assert_string_equal(k, "/spice-broker/zone1/brokers/broker-a");
+    assert_int_equal(snap_broker_key(k, sizeof(k), "zone1", "a/b"), -1);
+    assert_int_equal(snap_broker_key(k, sizeof(k), "zone1", ""), -1);
+}
+
 static void test_keys(void **state)
 {
     char k[SNAP_KEY_MAX], k2[SNAP_KEY_MAX];
@@ -568,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_versions_and_unknown_fields),
         cmocka_unit_test(test_strings_must_fit),
         cmocka_unit_test(test_instance_round_trip),
+        cmocka_unit_test(test_broker_round_trip),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_token_sealed),
         cmocka_unit_test(test_keyed_token_key),
