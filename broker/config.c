@@ -154,7 +154,7 @@ static const struct opt opts[] = {
       "proxies (HAProxy, a load balancer) whose word on the client's address is taken: "
       "their PROXY protocol header (see proxy-protocol) and, on the browser port, their "
       "X-Forwarded-For; logs, session records and per-source limits then use the client's "
-      "address. Anyone else's header is not believed. Default: none" },
+      "address. Anyone else's header is not believed; none by default" },
     { "proxy-protocol", STR(proxy_protocol), "native,tls", "PORTS",
       "the ports (native, tls, web, comma-separated, or none) on which a trusted proxy "
       "must start each connection with a PROXY protocol header (v2 or v1: HAProxy's "

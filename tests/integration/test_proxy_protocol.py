@@ -27,6 +27,13 @@ trusted proxy; clients reach HAProxy from other loopback addresses:
     X-Forwarded-For sent straight to the browser port is ignored;
   - trusted but without a header: a plain SPICE link straight from
     127.0.0.3 is closed with a log line (a trusted peer must send one);
+  - by hand from 127.0.0.3: a v2 header split across three writes is
+    taken whole and the link behind it answered; LOCAL keeps the proxy's
+    address; a bad version is closed at once, half a header at the link
+    timeout;
+  - a second broker with --proxy-protocol web: the header names the
+    browser port's client, whose X-Forwarded-For is walked only when the
+    header named a trusted address;
   - the broker is alive and never crashed.
 """
 import http.client
@@ -285,6 +292,67 @@ def test(env):
                5, what="the line for a trusted peer without a header")
     log("a SPICE link straight from %s (trusted) without a header: closed after %.2f s" % (
         PROXY_SRC, dt))
+
+    # ---- headers as a proxy might send them, from the trusted address by hand
+    # split across writes: taken whole, the link behind it untouched
+    c = LinkConn(b.port, source=PROXY_SRC)
+    hdr = proxy_v2("198.51.100.20", "127.0.0.1", 4712, b.port)
+    for part in (hdr[:5], hdr[5:17], hdr[17:]):
+        c.send(part)
+        time.sleep(0.1)
+    c.send(link_packet())
+    reply = c.read_reply()
+    c.close()
+    check(reply is not None and reply.error == ERR_OK, "a split v2 header: link reply %s" % reply)
+    # LOCAL (a health check): the proxy's own address stands
+    c = LinkConn(b.port, source=PROXY_SRC)
+    c.send(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00" + link_packet())
+    reply = c.read_reply()
+    c.close()
+    check(reply is not None and reply.error == ERR_OK, "a LOCAL header: link reply %s" % reply)
+    # malformed, and never finished
+    c = LinkConn(b.port, source=PROXY_SRC)
+    c.send(b"\r\n\r\n\x00\r\nQUIT\n\x11\x11\x00\x0c" + bytes(12))
+    closed, _, data = c.wait_closed(5)
+    c.close()
+    check(closed and not data, "a v1-numbered v2 header: closed %s, got %r" % (closed, data[:20]))
+    c = LinkConn(b.port, source=PROXY_SRC)
+    c.send(hdr[:20])
+    closed, dt, _ = c.wait_closed(8)
+    c.close()
+    check(closed and 3.5 < dt < 7, "a header never finished: closed %s after %.1f s (link "
+          "timeout 4)" % (closed, dt))
+    text = b.log_text()
+    for want in ("proxy: client=198.51.100.20:4712 via %s" % PROXY_SRC,
+                 "LOCAL: the proxy's own", "PROXY v2: a version other than 2",
+                 "no complete PROXY header in time"):
+        check(want in text, "no %r in the log" % want)
+    log("by hand from %s: a v2 header in 3 writes taken whole (client 198.51.100.20), LOCAL "
+        "keeps the proxy's address, a bad version closed at once, half a header closed at the "
+        "link timeout (%.1f s)" % (PROXY_SRC, dt))
+
+    # the browser port with --proxy-protocol web: the header names the client;
+    # X-Forwarded-For is walked only while the address so far is trusted
+    wport2 = free_port()
+    b2 = Broker(env, name="broker-web", link_timeout=4, extra=[
+        "--trusted-proxies", PROXY_SRC, "--proxy-protocol", "web",
+        "--web-listen", "127.0.0.1:%d" % wport2]).start()
+    for named, want in (("198.51.100.30", "web: client=198.51.100.30:4713 404"),
+                        (PROXY_SRC, "web: client=192.0.2.50:0 404")):
+        s = connect_from(PROXY_SRC, wport2)
+        s.sendall(("PROXY TCP4 %s 127.0.0.1 4713 %d\r\n" % (named, wport2)).encode() +
+                  b"GET /nope.js HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.50\r\n\r\n")
+        s.settimeout(5)
+        resp = s.recv(4096)
+        s.close()
+        check(resp.startswith(b"HTTP/1.1 404"), "PROXY v1 + GET on the browser port: %r" %
+              resp[:40])
+        wait_until(lambda: want in b2.log_text(), 5, what=repr(want))
+    check("client=192.0.2.50" not in b2.log_text().split("client=198.51.100.30")[0],
+          "X-Forwarded-For taken from an untrusted client")
+    log("browser port with --proxy-protocol web: the header's client is taken; its "
+        "X-Forwarded-For only when the header names a trusted address")
+    b2.check_alive()
 
     check(hp.poll() is None, "haproxy died:\n%s" % tail(env.path("haproxy.log")))
     b.check_alive()
