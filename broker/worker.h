@@ -35,12 +35,27 @@ struct worker_tls {
     struct tls_ctx *ctx;
 };
 
+/* The proxies whose word on the client's address is taken (proto/proxy.h;
+ * --trusted-proxies), and the ports on which such a peer starts with a PROXY
+ * protocol header (WORKER_PROXY_* bits; --proxy-protocol). */
+#define WORKER_PROXY_NATIVE 1u
+#define WORKER_PROXY_TLS 2u
+#define WORKER_PROXY_WEB 4u
+struct proxy_trust;
+struct worker_proxy {
+    const struct proxy_trust *trust;   /* must outlive the worker */
+    unsigned ports;
+};
+
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
- * and, if tls / web are not NULL, on the TLS and browser ports too. env.base,
- * env.worker_index are filled by the worker. Does not start it. */
+ * and, if tls / web are not NULL, on the TLS and browser ports too; proxy
+ * (NULL: no proxy is trusted) says whose PROXY header or X-Forwarded-For is
+ * believed. env.base, env.worker_index are filled by the worker. Does not
+ * start it. */
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const char **err);
+                          const struct worker_web *web, const struct worker_proxy *proxy,
+                          const char **err);
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);
