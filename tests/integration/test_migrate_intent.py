@@ -19,7 +19,8 @@ is live, the client links through C, and C prepares the session within its
 
 First, no QEMU: spice-brokerctl's error paths (a refusing endpoint, one that
 accepts and never answers: bounded, exit 3, the reason on stderr; an embedded
-store: refused, exit 2; --dest-password without --store-key: refused).
+store: refused, exit 2; --dest-password without --store-key: refused; with
+it: written sealed, not in clear in etcd).
 """
 import os
 import socket
@@ -99,6 +100,16 @@ def error_paths(env, etcd):
     # a password is never written in clear
     rc, out, err, dt = ctl_store(env, etcd.store_spec(), *args, "--dest-password", "pw")
     check(rc == 2 and "--store-key" in err, "--dest-password without a key: rc %d: %r" % (rc, err))
+    # with the zone's store key: written, sealed (not in clear in etcd)
+    keyfile = env.path("store.key")
+    subprocess.run([env.broker_exe, "--make-store-key", keyfile], check=True,
+                   capture_output=True, timeout=10)
+    rc, out, err, dt = ctl_store(env, etcd.store_spec(), *args, "--zone", "sealed",
+                                 "--dest-password", "Dest-Secret-42", "--store-key", keyfile)
+    check(rc == 0, "--dest-password with --store-key: rc %d: %r" % (rc, err))
+    val = etcd.get("/spice-broker/sealed/migrations/" + inst)
+    check(val is not None and b"Dest-Secret-42" not in val and b"127.0.0.1" in val,
+          "the sealed intent in etcd: %r" % val)
     rc, out, err, dt = ctl_store(env, etcd.store_spec(), *args, "--wait")
     check(rc == 2, "--store with --wait: rc %d" % rc)
     check(etcd.keys("/spice-broker/default/migrations/") == [],
