@@ -18,6 +18,7 @@
 #include "migrate/store_writer.h"
 
 struct admin;
+struct intents;
 struct notify_watchdog;
 
 /* A session record waiting to be written again, or being written (main.c).
@@ -40,6 +41,7 @@ struct broker {
     struct worker **workers;
     int n_workers;
     struct admin *admin;
+    struct intents *intents;     /* migration intents from the store (intents.h) */
     struct web_site *site;       /* the browser port's files, NULL when it is off */
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */

@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "broker/broker.h"
+#include "broker/intents.h"
 #include "broker/keyfile.h"
 #include "broker/journal.h"
 #include "broker/notify.h"
@@ -1116,6 +1117,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    b.intents = intents_new(&b);    /* after the workers: an intent prepares on them */
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
@@ -1156,6 +1158,8 @@ out:
         notify_status("start-up failed; the log says why");
     b.ready = false;
     atomic_store(&limits_closed, true);
+    intents_free(b.intents);
+    b.intents = NULL;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop(b.workers[i]); /* all stopped before any is freed: they post to each other */
     for (int i = 0; i < b.n_workers; i++)

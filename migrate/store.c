@@ -1,7 +1,9 @@
 /* migrate/store.c: parses store specs and dispatches store.h calls to a
- * back-end (store_embedded.c, store_etcd.c); thread-safe, any thread. */
+ * back-end (store_embedded.c, store_etcd.c), and tells store_watch's
+ * callback of this process's writes; thread-safe, any thread. */
 #include "migrate/store.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@ struct store {
     const struct store_backend *be;
     void *impl;
     char *desc;             /* "scheme:arg", for logs */
+    struct store_notify notify;
 };
 
 static const struct store_backend *const backends[] = {
@@ -63,17 +66,24 @@ struct store *store_open_with(const char *spec, const struct store_opts *opts, c
         *err = store_errorf("store spec \"%s\" has nothing after the colon", be->scheme);
         goto fail;
     }
-    if ((s = calloc(1, sizeof(*s))) == NULL || (s->desc = strdup(spec)) == NULL) {
+    if ((s = calloc(1, sizeof(*s))) == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    pthread_mutex_init(&s->notify.mu, NULL);
+    if ((s->desc = strdup(spec)) == NULL) {
         *err = "out of memory";
         goto fail;
     }
     s->be = be;
-    if ((s->impl = be->open(colon + 1, opts != NULL ? opts : &none, err)) == NULL)
+    if ((s->impl = be->open(colon + 1, opts != NULL ? opts : &none, &s->notify, err)) == NULL)
         goto fail;
     return s;
 fail:
-    if (s != NULL)
+    if (s != NULL) {
+        pthread_mutex_destroy(&s->notify.mu);
         free(s->desc);
+    }
     free(s);
     return NULL;
 }
@@ -83,8 +93,29 @@ void store_free(struct store *s)
     if (s == NULL)
         return;
     s->be->free(s->impl);
+    pthread_mutex_destroy(&s->notify.mu);
     free(s->desc);
     free(s);
+}
+
+void store_notify_fire(struct store_notify *n, const char *key)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->cb != NULL && (key == NULL || strncmp(key, n->prefix, strlen(n->prefix)) == 0))
+        n->cb(n->arg);
+    pthread_mutex_unlock(&n->mu);
+}
+
+int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *arg)
+{
+    if (s == NULL || (cb != NULL && (prefix == NULL || strlen(prefix) > STORE_MAX_KEY)))
+        return -1;
+    pthread_mutex_lock(&s->notify.mu);
+    snprintf(s->notify.prefix, sizeof(s->notify.prefix), "%s", cb != NULL ? prefix : "");
+    s->notify.cb = cb;
+    s->notify.arg = arg;
+    pthread_mutex_unlock(&s->notify.mu);
+    return 0;
 }
 
 static int key_ok(const char *key)
@@ -98,7 +129,10 @@ int store_put_within(struct store *s, const char *key, const void *val, size_t l
     if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
         len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
         return STORE_ERROR;
-    return s->be->put(s->impl, key, val, len, expect_rev, timeout_ms, new_rev);
+    int rc = s->be->put(s->impl, key, val, len, expect_rev, timeout_ms, new_rev);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
 }
 
 int store_put(struct store *s, const char *key, const void *val, size_t len,
@@ -118,7 +152,10 @@ int store_delete_within(struct store *s, const char *key, int64_t expect_rev, lo
 {
     if (s == NULL || !key_ok(key) || expect_rev < STORE_ANY_REV || timeout_ms < 0)
         return STORE_ERROR;
-    return s->be->del(s->impl, key, expect_rev, timeout_ms);
+    int rc = s->be->del(s->impl, key, expect_rev, timeout_ms);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
 }
 
 int store_delete(struct store *s, const char *key, int64_t expect_rev)
@@ -171,7 +208,10 @@ int store_put_lease(struct store *s, const char *key, const void *val, size_t le
     if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
         len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
         return STORE_ERROR;
-    return s->be->put_lease(s->impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
+    int rc = s->be->put_lease(s->impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
 }
 
 const char *store_describe(const struct store *s)

@@ -15,6 +15,7 @@
 #ifndef SB_STORE_H
 #define SB_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,11 @@ struct store_opts {
     const char *cert, *key;     /* client certificate and key (PEM) */
     const char *user;           /* etcd v3 auth user */
     const char *password_file;  /* its password (first line) */
+    /* Open for writes only (a short-lived writer such as spice-brokerctl):
+     * the etcd back-end then neither loads the mirror nor starts its watch,
+     * and talks to etcd only for the writes themselves, so opening costs
+     * nothing; get and walk find nothing. The embedded back-end ignores it. */
+    bool write_only;
 };
 
 /* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
@@ -97,6 +103,19 @@ int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64
 int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms);
 int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
                     int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+
+/* Change notification: cb(arg) is called whenever a key under prefix may
+ * have changed in the view get and walk answer from: an event of the etcd
+ * watch, a reload of its mirror (then whatever the prefix), and a write of
+ * this process through this store (both back-ends). Keys the embedded
+ * back-end drops at a lease's expiry are not told. cb runs on the thread
+ * that saw the change (etcd's watch thread, or the writer's), with no lock
+ * of the store's held but with the notifier's own: it must be quick and
+ * must not call into the store (wake a loop, e.g. event_active, and walk
+ * there). One callback per store: a new call replaces it; cb NULL removes
+ * it, and once that returns cb runs no more. 0, or -1 (a prefix too long). */
+typedef void (*store_change_cb)(void *arg);
+int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *arg);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);

@@ -4,6 +4,7 @@
 #ifndef SB_STORE_BACKEND_H
 #define SB_STORE_BACKEND_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,13 +15,27 @@
 #define STORE_MAX_VALUE (1024 * 1024)
 #define STORE_MAX_LEASE_TTL 86400   /* seconds */
 
+/* Whom store_watch said to tell of changes; owned by store.c, it outlives
+ * the back-end. store.c tells of this process's own writes; a back-end that
+ * learns of others' (etcd's watch) calls store_notify_fire for each changed
+ * key (NULL: anything may have changed, a reload), holding no lock of its
+ * own. */
+struct store_notify {
+    pthread_mutex_t mu;         /* held while cb runs, so removing it waits */
+    char prefix[STORE_MAX_KEY + 1];
+    store_change_cb cb;         /* NULL: nobody to tell */
+    void *arg;
+};
+void store_notify_fire(struct store_notify *n, const char *key);
+
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
  * enum store_result values. put and del take timeout_ms, how long the write
  * may wait for the network (0: the back-end's own bound; a larger value is
  * cut to it); a back-end without a network (embedded) ignores it. */
 struct store_backend {
     const char *scheme;     /* "embedded" for "embedded:DIR" */
-    void *(*open)(const char *arg, const struct store_opts *opts, const char **err);
+    void *(*open)(const char *arg, const struct store_opts *opts, struct store_notify *notify,
+                  const char **err);
     void (*free)(void *impl);
     int (*put)(void *impl, const char *key, const void *val, size_t len,
                int64_t expect_rev, long timeout_ms, int64_t *new_rev);

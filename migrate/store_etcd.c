@@ -7,6 +7,9 @@
  *  - At open, everything under the prefix is range-read (in pages, pinned to
  *    the first page's revision) into an in-memory mirror (migrate/store_map.c,
  *    shared with the embedded back-end). store_open fails if no endpoint answers within 3 s.
+ *    Opened write-only (store_opts.write_only, a short-lived writer such as
+ *    spice-brokerctl), it loads nothing and starts no watch: the first
+ *    request is the caller's first write, and get/walk find nothing.
  *  - get and walk answer from the mirror under a mutex, never the network.
  *  - put and delete go to etcd synchronously (connect 1 s, total 2 s or the
  *    caller's smaller bound; writers are serialized on one reused curl
@@ -22,7 +25,8 @@
  *    other brokers' PUT/DELETE events. On a dropped stream it reconnects with
  *    backoff (100 ms doubling to 2 s), moving to the next endpoint; if the
  *    revision was compacted, the cluster changed or the stream is unreadable
- *    (any possible gap) it re-ranges and replaces the mirror.
+ *    (any possible gap) it re-ranges and replaces the mirror. Every event
+ *    applied, and every reload, is told to store_watch's callback.
  *  - Ordering: each mirror entry keeps its mod revision and only a newer
  *    revision replaces it; a delete leaves a tombstone (hidden from get/walk)
  *    until the watch has passed its revision, so a lagging watch cannot bring
@@ -139,6 +143,8 @@ struct etcd {
     bool watch_ok;              /* for logging transitions only */
     int64_t stream_heard;       /* the last line of this stream (or its start) */
     char hb_key[96];            /* this process's heartbeat key */
+    struct store_notify *notify; /* told of the watch's events and reloads */
+    bool write_only;            /* no mirror, no watch (store_opts.write_only) */
 
     /* freshness: the mirror is fresh while heard is within STORE_FRESH_MS */
     _Atomic int64_t heard;      /* CLOCK_MONOTONIC ms the watch last proved itself alive */
@@ -813,6 +819,7 @@ static int resync(struct etcd *e)
     pthread_mutex_unlock(&e->mu);
     log_info("store: etcd: mirror reloaded at revision %" PRId64 " (%zu keys)", rev, n);
     touch_at(e, t0);
+    store_notify_fire(e->notify, NULL);
     return 0;
 }
 
@@ -844,6 +851,8 @@ static int watch_apply(struct etcd *e, const json_t *ev)
     if (rev > e->applied)
         e->applied = rev;
     pthread_mutex_unlock(&e->mu);
+    if (rc == 0)
+        store_notify_fire(e->notify, k);
     free(k);
     free(v);
     return rc;
@@ -1261,7 +1270,8 @@ static int read_password(const char *path, char **out, const char **err)
     return 0;
 }
 
-static void *etcd_open(const char *arg, const struct store_opts *opts, const char **err)
+static void *etcd_open(const char *arg, const struct store_opts *opts,
+                       struct store_notify *notify, const char **err)
 {
     char why[WHY_LEN] = "";
     struct etcd *e;
@@ -1285,6 +1295,8 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
     pthread_cond_init(&e->scond, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&e->stop, false);
+    e->notify = notify;
+    e->write_only = opts->write_only;
     if (parse_endpoints(e, arg, err) < 0)
         goto fail;
     if (opt_dup(&e->ca, opts->ca) < 0 || opt_dup(&e->cert, opts->cert) < 0 ||
@@ -1308,6 +1320,8 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
     curl_easy_setopt(e->wreq, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFODATA, e);
+    if (e->write_only)
+        return e;       /* nothing to load, nothing to follow: writes only */
     int64_t t0 = clock_mono_ms();
     if (range_all(e, e->req, &e->wep, OPEN_BUDGET_MS, &e->map, &e->applied, e->cluster,
                   why) < 0) {

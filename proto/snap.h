@@ -77,6 +77,22 @@ struct snap_broker {
     int64_t lease;
 };
 
+/* A migration intent: a compute host's word that an instance is arriving
+ * at a destination (written by spice-brokerctl migration prepare --store,
+ * under a short lease). The broker holding the instance's sessions links
+ * them there in advance, as an admin prepare would. */
+struct snap_intent {
+    char instance[SNAP_MAX_INSTANCE];
+    char host[SNAP_MAX_HOST];       /* the destination's SPICE host */
+    uint16_t port;                  /* 0 = none */
+    uint16_t tls_port;              /* 0 = none; one of the two is set */
+    char password[SNAP_MAX_PASSWORD]; /* the destination's SPICE password, "" = the
+                                       * session's own; in the store only sealed */
+    int64_t created;                /* unix seconds (the writer's clock) */
+    int64_t deadline;               /* unix seconds: not acted on after it */
+    char origin[SNAP_MAX_HOST];     /* who wrote it (a host name), for logs */
+};
+
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */
 
 /* A token record is stored under `key` (snap_token_key). When keys seal
@@ -104,6 +120,17 @@ int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i
 /* Decoding refuses an empty id and an unknown state. */
 int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len);
 int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b);
+/* An intent is stored under `key` (snap_migration_key). A password is only
+ * ever written sealed (keys must seal, bound to key): with one and keys
+ * that do not seal, encoding fails. Both directions refuse an intent whose
+ * instance is empty or not printable ASCII without '/', whose host is empty
+ * or not printable ASCII (no spaces), whose ports are both 0, or without a
+ * deadline; decoding returns 0 or a SNAP_* result as snap_token_decode
+ * does (*i untouched then). */
+int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys,
+                       const char *key, uint8_t **out, size_t *len);
+int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
+                       const char *key, struct snap_intent *i);
 
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
@@ -119,6 +146,8 @@ int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_i
 int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance);
 /* /spice-broker/<zone>/brokers/<id> */
 int snap_broker_key(char *buf, size_t cap, const char *zone, const char *id);
-int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances"/"brokers" */
+/* /spice-broker/<zone>/migrations/<instance>; -1 as snap_instance_key */
+int snap_migration_key(char *buf, size_t cap, const char *zone, const char *instance);
+int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances"/"brokers"/"migrations" */
 
 #endif

@@ -1,5 +1,6 @@
 /* tests/fuzz/fuzz_snap.c: libFuzzer entry point for the store record
- * decoders in proto/snap.c, sealed token records too; single-threaded.
+ * decoders in proto/snap.c, sealed token records and migration intents too;
+ * single-threaded.
  * Every input goes to every decoder; anything that decodes must re-encode
  * and decode to the same. */
 #include <stddef.h>
@@ -86,8 +87,25 @@ static void check_broker(const struct snap_broker *b)
     free(buf);
 }
 
+static void check_intent(const struct snap_intent *i, const struct seal_keys *keys)
+{
+    struct snap_intent u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (snap_intent_encode(i, keys, FUZZ_AD, &buf, &len) != 0 ||
+        snap_intent_decode(buf, len, keys, FUZZ_AD, &u) != 0 ||
+        strcmp(i->instance, u.instance) != 0 || strcmp(i->host, u.host) != 0 ||
+        strcmp(i->password, u.password) != 0 || strcmp(i->origin, u.origin) != 0 ||
+        i->port != u.port || i->tls_port != u.tls_port || i->created != u.created ||
+        i->deadline != u.deadline)
+        abort();
+    free(buf);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    struct snap_intent mi;
     struct snap_instance in;
     struct snap_broker br;
     struct snap_token t;
@@ -111,5 +129,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_instance(&in);
     if (snap_broker_decode(data, size, &br) == 0)
         check_broker(&br);
+    if (snap_intent_decode(data, size, NULL, NULL, &mi) == 0)
+        check_intent(&mi, NULL);
+    if (snap_intent_decode(data, size, fuzz_keys, FUZZ_AD, &mi) == 0)
+        check_intent(&mi, fuzz_keys);
     return 0;
 }

@@ -446,6 +446,37 @@ def proxy_seeds():
     }
 
 
+def snap_intent_seeds():
+    """Migration intents (MigrationIntent): clear, sealed under the fuzz key
+    (bound to SNAP_FUZZ_AD, as fuzz_snap.c decodes them), and refused ones."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def hkdf(label, n):
+        return HKDF(algorithm=hashes.SHA256(), length=n, salt=None, info=label).derive(SNAP_FUZZ_KEY)
+
+    aead, key_id = hkdf(b"spice-broker seal v1", 32), struct.unpack(">I", hkdf(b"spice-broker key id v1", 4))[0]
+    nonce = bytes(range(120, 132))
+    sealed = nonce + AESGCM(aead).encrypt(nonce, b"dest-s3cret", SNAP_FUZZ_AD)
+
+    def intent(host=b"compute-18", port=5901, tls=0, deadline=1700000030, extra=b""):
+        body = (pb_field(1, 1) + pb_field(2, b"6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11") +
+                pb_field(3, host) + (pb_field(4, port) if port else b"") +
+                (pb_field(5, tls) if tls else b"") + pb_field(6, 1700000000) +
+                (pb_field(7, deadline) if deadline else b"") + pb_field(8, b"compute-18") + extra)
+        return b"\x00" + body
+
+    return {
+        "intent-raw": intent(),
+        "intent-tls-only": intent(port=0, tls=5902),
+        "intent-sealed": intent(extra=pb_field(9, sealed) + pb_field(10, key_id)),
+        "intent-sealed-other-key": intent(extra=pb_field(9, sealed) + pb_field(10, key_id ^ 1)),
+        "intent-bad-host": intent(host=b"evil host"),
+        "intent-no-deadline": intent(deadline=0),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -462,6 +493,7 @@ def main():
     write("fuzz-openstack", openstack_seeds())
     write("fuzz-snap", snap_sealed_seeds())
     write("fuzz-proxy", proxy_seeds())
+    write("fuzz-snap", snap_intent_seeds())
 
 
 if __name__ == "__main__":

@@ -152,6 +152,35 @@ static void test_leases(void **state)
     expect_val(f->s, "/lease/b", "z", 0);
 }
 
+static void on_change(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* store_watch: this process's writes under the prefix are told, others not */
+static void test_watch(void **state)
+{
+    struct fixture *f = *state;
+    int told = 0;
+    int64_t l = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_watch(f->s, "/w/", on_change, &told), 0);
+    put_str(f->s, "/w/a", "1", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(told, 1);
+    put_str(f->s, "/x/a", "1", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/w/a", "2", 999, NULL, STORE_CONFLICT);      /* no change, not told */
+    assert_int_equal(told, 1);
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/w/b", "b", 1, STORE_ANY_REV, l, 0, NULL), STORE_OK);
+    assert_int_equal(told, 2);
+    assert_int_equal(store_delete(f->s, "/w/a", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(told, 3);
+    assert_int_equal(store_watch(f->s, NULL, NULL, NULL), 0);
+    put_str(f->s, "/w/c", "1", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(told, 3);
+}
+
 static void test_revisions_increase(void **state)
 {
     struct fixture *f = *state;
@@ -453,6 +482,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_walk_prefix_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),

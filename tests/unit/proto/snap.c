@@ -1,5 +1,6 @@
 /* tests/unit/proto/snap.c: cmocka tests for proto/snap.c (record
- * encoding, the zstd path, hostile input, store keys); single-threaded. */
+ * encoding, the zstd path, hostile input, store keys, sealed secrets,
+ * migration intents); single-threaded. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -588,6 +589,106 @@ static void test_token_sealed(void **state)
     seal_keys_free(other);
 }
 
+static void make_intent(struct snap_intent *i)
+{
+    memset(i, 0, sizeof(*i));
+    snprintf(i->instance, sizeof(i->instance), "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    snprintf(i->host, sizeof(i->host), "compute-18.example.org");
+    i->port = 5901;
+    i->tls_port = 5902;
+    i->created = 1700000000;
+    i->deadline = 1700000030;
+    snprintf(i->origin, sizeof(i->origin), "compute-18");
+}
+
+static void test_intent_round_trip(void **state)
+{
+    struct seal_keys *k = test_keys_new(1, true), *other = test_keys_new(2, true);
+    struct snap_intent i, u;
+    char key[SNAP_KEY_MAX], key2[SNAP_KEY_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    make_intent(&i);
+    assert_true(snap_migration_key(key, sizeof(key), "zone1", i.instance) > 0);
+    assert_string_equal(key, "/spice-broker/zone1/migrations/6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    assert_int_equal(snap_migration_key(key2, sizeof(key2), "zone1", "a/b"), -1);
+    assert_int_equal(snap_migration_key(key2, sizeof(key2), "zone1", ""), -1);
+    snap_prefix(key2, sizeof(key2), "zone1", "migrations");
+    assert_int_equal(strncmp(key, key2, strlen(key2)), 0);
+
+    /* no password: readable without keys */
+    assert_int_equal(snap_intent_encode(&i, NULL, key, &buf, &len), 0);
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_intent_decode(buf, len, NULL, key, &u), 0);
+    assert_string_equal(u.instance, i.instance);
+    assert_string_equal(u.host, i.host);
+    assert_string_equal(u.origin, i.origin);
+    assert_string_equal(u.password, "");
+    assert_int_equal(u.port, i.port);
+    assert_int_equal(u.tls_port, i.tls_port);
+    assert_int_equal(u.created, i.created);
+    assert_int_equal(u.deadline, i.deadline);
+    for (size_t n = 0; n < len; n++)
+        if (snap_intent_decode(buf, n, NULL, key, &u) == 0)
+            assert_true(u.host[0] != '\0' && u.deadline > 0);
+    free(buf);
+
+    /* a password is never written in clear: no sealing key, no record */
+    snprintf(i.password, sizeof(i.password), "dest-s3cret");
+    assert_int_equal(snap_intent_encode(&i, NULL, key, &buf, &len), -1);
+    struct seal_keys *names = test_keys_new(3, false);
+    assert_int_equal(snap_intent_encode(&i, names, key, &buf, &len), -1);
+    seal_keys_free(names);
+
+    /* sealed: opens with the key under the same store key, nowhere else */
+    assert_int_equal(snap_intent_encode(&i, k, key, &buf, &len), 0);
+    assert_null(memmem(buf, len, i.password, strlen(i.password)));
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_intent_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, i.password);
+    assert_int_equal(snap_intent_decode(buf, len, NULL, key, &u), SNAP_NO_KEY);
+    assert_int_equal(snap_intent_decode(buf, len, other, key, &u), SNAP_OTHER_KEY);
+    snap_migration_key(key2, sizeof(key2), "zone1", "another-instance");
+    assert_int_equal(snap_intent_decode(buf, len, k, key2, &u), SNAP_FORGED);
+    /* any byte flipped: an error, or an intent with our password */
+    for (size_t n = 0; n < len; n++) {
+        buf[n] ^= 0x01;
+        if (snap_intent_decode(buf, len, k, key, &u) == 0)
+            assert_string_equal(u.password, i.password);
+        buf[n] ^= 0x01;
+    }
+    free(buf);
+    i.password[0] = '\0';
+
+    /* refused both ways: no ports, no deadline, a bad host or instance */
+    struct snap_intent bad = i;
+    bad.port = bad.tls_port = 0;
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    bad.deadline = 0;
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    snprintf(bad.host, sizeof(bad.host), "evil host");
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    snprintf(bad.instance, sizeof(bad.instance), "../tokens/x");
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    /* hand-made (version 1, host "a b", port 1, deadline 1): refused */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x01\x12\x01i\x1a\x03" "a b"
+                                        "\x20\x01\x38\x01", 15, NULL, key, &u), SNAP_BAD);
+    /* the same with host "ab": read */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x01\x12\x01i\x1a\x02" "ab"
+                                        "\x20\x01\x38\x01", 14, NULL, key, &u), 0);
+    assert_string_equal(u.host, "ab");
+    /* another major version: refused */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x02\x12\x01i\x1a\x02" "ab"
+                                        "\x20\x01\x38\x01", 14, NULL, key, &u), SNAP_BAD);
+    seal_keys_free(k);
+    seal_keys_free(other);
+}
+
 static void test_keyed_token_key(void **state)
 {
     struct seal_keys *k = test_keys_new(0, false), *s = test_keys_new(0, true);
@@ -622,6 +723,7 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_token_sealed),
         cmocka_unit_test(test_keyed_token_key),
+        cmocka_unit_test(test_intent_round_trip),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
