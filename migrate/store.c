@@ -174,6 +174,11 @@ int store_put_lease(struct store *s, const char *key, const void *val, size_t le
     return s->be->put_lease(s->impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
 }
 
+int store_lock_fd(const struct store *s)
+{
+    return s != NULL && s->be->lock_fd != NULL ? s->be->lock_fd(s->impl) : -1;
+}
+
 const char *store_describe(const struct store *s)
 {
     return s != NULL ? s->desc : "(no store)";

@@ -38,6 +38,12 @@ struct store_opts {
     const char *cert, *key;     /* client certificate and key (PEM) */
     const char *user;           /* etcd v3 auth user */
     const char *password_file;  /* its password (first line) */
+    /* embedded: a descriptor of DIR/lock that holds the directory's lock
+     * already (a live hand-over passes it from the old process, which keeps
+     * serving meanwhile: broker/upgrade.c): on success the store owns it
+     * (closed by store_free); on failure, or for another back-end, it stays
+     * the caller's. NULL: the lock is taken afresh. */
+    const int *lock_fd;
 };
 
 /* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
@@ -97,6 +103,11 @@ int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64
 int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms);
 int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
                     int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+
+/* The descriptor holding the store's lock, for a live hand-over to a new
+ * process (store_opts.lock_fd); -1 for a back-end without one (etcd).
+ * Borrowed: it stays the store's. */
+int store_lock_fd(const struct store *s);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);
