@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 
+from test_sd_notify import NotifySocket
 from harness import (Broker, Qemu, SpiceClient, Target, check, free_port, good_session, log,
                      pid_alive, run, token, wait_until)
 
@@ -93,9 +94,16 @@ def status(b):
 
 def test_upgrade(env, q, q2):
     web_port = free_port()
-    b = Broker(env, link_timeout=2, backend_timeout=2,
-               extra=["--web-listen", "127.0.0.1:%d" % web_port]).start()
+    ns = NotifySocket(env.path("notify.sock"))
+    os.environ["NOTIFY_SOCKET"] = ns.path
+    try:
+        b = Broker(env, link_timeout=2, backend_timeout=2,
+                   extra=["--web-listen", "127.0.0.1:%d" % web_port]).start()
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
     old_pid = b.proc.pid
+    wait_until(lambda: ns.recv(0.2) is not None and any(
+        "READY" in m for _, m in ns.msgs), 10, what="READY=1 from the broker")
     new_pid = None
     loop = None
     try:
@@ -119,6 +127,14 @@ def test_upgrade(env, q, q2):
         check(new_pid != old_pid, "status pid is still the old process's (%d)" % old_pid)
         check("pid %d serves" % new_pid in out, "upgrade's answer names another pid: %r" % out)
         check(b.alive(), "the old process exited at once, with its live session")
+        # systemd: the old process names the new one main, which then is READY.
+        def notified():
+            ns.recv(0.2)
+            keys = [m for _, m in ns.msgs]
+            i = next((k for k, m in enumerate(keys) if m.get("MAINPID") == str(new_pid)), None)
+            return i is not None and any("READY" in m for m in keys[i + 1:])
+        wait_until(notified, 10, what="MAINPID=%d, then READY=1" % new_pid)
+        log("sd_notify: MAINPID=%d from the old process, then READY=1" % new_pid)
         time.sleep(1.5)
         loop.stop.set()
         loop.join(10)
