@@ -29,6 +29,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "migrate/handover.h"
+#include "proto/proxy.h"
 #include "proto/snap.h"
 
 /* ------------------------------------------------------------------ session_env callbacks */
@@ -1107,6 +1108,14 @@ int main(int argc, char **argv)
                  "not %d", inherited, b.cfg.workers);
         b.cfg.workers = inherited;
     }
+    /* Whose PROXY header or X-Forwarded-For names the client (checked by
+     * config_validate). */
+    struct proxy_trust trust;
+    struct worker_proxy proxy = { .trust = NULL };
+    if (proxy_trust_parse(b.cfg.trusted_proxies, &trust, &err) == 0 && trust.n > 0) {
+        proxy.trust = &trust;
+        proxy.ports = (unsigned)config_proxy_ports(b.cfg.proxy_protocol);
+    }
     notify_status("opening the ports and %d workers", b.cfg.workers);
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)
@@ -1120,7 +1129,7 @@ int main(int argc, char **argv)
                                            b.cfg.web_listen) : -1,
         };
         b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
-                                  b.site ? &web : NULL, &inherit, &err);
+                                  b.site ? &web : NULL, &proxy, &inherit, &err);
         if (b.workers[i] == NULL) {
             log_error("cannot listen on %s%s%s%s%s: %s", b.cfg.listen, b.tls ? ", " : "",
                       b.tls ? b.cfg.tls_listen : "", b.site ? ", " : "",
@@ -1160,6 +1169,11 @@ int main(int argc, char **argv)
         log_info("spice-direct: %s?token=T on the browser port answers .vv files (host %s, port "
                  "%u%s)", vv.path, vv.public_host[0] ? vv.public_host : "from the request",
                  vv.port, vv.tls_port ? ", with the TLS port" : "");
+    if (proxy.trust != NULL)
+        log_info("trusted proxies %s: their PROXY protocol header on the %s port(s)%s names "
+                 "the client", b.cfg.trusted_proxies,
+                 proxy.ports ? b.cfg.proxy_protocol : "(no)",
+                 b.site ? ", their X-Forwarded-For on the browser port" : "");
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));

@@ -17,9 +17,12 @@
 #include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "broker/proxied.h"
 #include "broker/tls.h"
 #include "broker/web.h"
+#include "common/limits.h"
 #include "common/log.h"
+#include "proto/proxy.h"
 
 struct job {
     STAILQ_ENTRY(job) next;
@@ -47,6 +50,8 @@ struct worker {
     int tls_fd;                   /* the TLS port, -1 if none */
     struct event *tls_ev;
     struct tls_worker *tw;
+    struct worker_proxy proxy;    /* trust NULL: no proxy is trusted */
+    struct proxied *px;           /* trusted proxies' connections before their header */
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -75,6 +80,9 @@ static int listen_socket(const char *host, uint16_t port, const char **err)
 }
 
 enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB };
+static const char *const port_names[] = { "native", "TLS", "browser" };
+static const unsigned port_proxy_bits[] = { WORKER_PROXY_NATIVE, WORKER_PROXY_TLS,
+                                            WORKER_PROXY_WEB };
 
 /* Out of descriptors: stop accepting on every port for a second instead of
  * spinning on listeners that stay readable. */
@@ -87,6 +95,31 @@ static void pause_accepting(struct worker *w)
             event_del(evs[i]);
     struct timeval tv = { 1, 0 };
     evtimer_add(w->accept_retry, &tv);
+}
+
+/* A connection for a port's own code, from peer (the client a proxy's
+ * header named, or the TCP peer); lc: already counted (taken), or NULL. */
+static void port_accept(struct worker *w, enum port_kind kind, int fd,
+                        const struct sockaddr_storage *peer, struct limits_conn *lc)
+{
+    if (kind == PORT_TLS)
+        tls_accept(w->tw, fd, peer, lc);
+    else if (kind == PORT_WEB)
+        web_accept(w->ww, fd, peer, lc);
+    else
+        session_accept_counted(w->sw, transport_tcp_new(fd), peer, NULL, lc);
+}
+
+/* A trusted proxy's header named the client: counted as the client's from
+ * now on (the browser port decides that itself: an X-Forwarded-For may
+ * still come), then the port's own code takes it. */
+static void on_proxied(void *arg, int port, int fd, const struct sockaddr_storage *client,
+                       struct limits_conn *lc)
+{
+    struct worker *w = arg;
+    if (port != PORT_WEB)
+        limits_set_source(lc, client);
+    port_accept(w, (enum port_kind)port, fd, client, lc);
 }
 
 /* Accepts a bounded batch (other sockets on this loop get their turn). */
@@ -103,12 +136,11 @@ static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (kind == PORT_TLS)
-            tls_accept(w->tw, fd, &peer);
-        else if (kind == PORT_WEB)
-            web_accept(w->ww, fd, &peer);
+        if (w->px != NULL && (w->proxy.ports & port_proxy_bits[kind]) &&
+            proxy_trusted(w->proxy.trust, &peer))
+            proxied_accept(w->px, fd, &peer, kind, port_names[kind]);
         else
-            session_accept(w->sw, transport_tcp_new(fd), &peer, NULL, 0, NULL);
+            port_accept(w, kind, fd, &peer, NULL);
     }
 }
 
@@ -157,7 +189,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const struct worker_fds *inherit,
+                          const struct worker_web *web, const struct worker_proxy *proxy,
+                          const struct worker_fds *inherit,
                           const char **err)
 {
     struct worker_fds none = { -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
@@ -198,6 +231,14 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         *err = "out of memory";
         goto fail;
     }
+    if (proxy != NULL && proxy->trust != NULL) {
+        w->proxy = *proxy;
+        w->px = proxied_new(w->base, w->sw, env->link_timeout_ms, on_proxied, w);
+        if (w->px == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+    }
     if (tls != NULL) {
         w->tls_fd = in.tls >= 0 ? in.tls : listen_socket(tls->host, tls->port, err);
         in.tls = -1;
@@ -220,6 +261,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
                                web->allowed_origins, web->base_url);
         if (w->ww != NULL && web->vv != NULL)
             web_worker_set_vv(w->ww, web->vv);
+        if (w->ww != NULL)
+            web_worker_set_trusted_proxies(w->ww, w->proxy.trust);
         w->web_ev = event_new(w->base, w->web_fd, EV_READ | EV_PERSIST, on_web_accept, w);
         if (w->ww == NULL || w->web_ev == NULL) {
             *err = "out of memory";
@@ -272,6 +315,8 @@ static void *worker_main(void *arg)
     log_debug("worker %d running", w->index);
     event_base_dispatch(w->base);
     /* Stopped: close what is left on this thread, where it lives. */
+    proxied_free(w->px);
+    w->px = NULL;
     web_worker_free(w->ww);
     w->ww = NULL;
     tls_worker_free(w->tw);
@@ -384,6 +429,7 @@ void worker_stop_and_free(struct worker *w)
     if (w->started) {
         worker_stop(w);
     } else {
+        proxied_free(w->px);
         web_worker_free(w->ww);
         tls_worker_free(w->tw);
         if (w->sw != NULL)

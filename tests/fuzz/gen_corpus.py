@@ -434,6 +434,39 @@ def snap_handover_seeds():
     }
 
 
+def proxy_v2(ver_cmd, fam, addr):
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    return sig + bytes([ver_cmd, fam]) + struct.pack(">H", len(addr)) + addr
+
+
+def proxy_seeds():
+    """Byte 0: 0 a PROXY header (then the bytes), 1 or 3 the trusted-proxies
+    list and X-Forwarded-For (3: the list was cut), split by a newline."""
+    v4 = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack(">HH", 54321, 5999)
+    v6 = bytes(15) + b"\x07" + bytes(15) + b"\x01" + struct.pack(">HH", 443, 5999)
+    tlv = b"\x01\x00\x02h2" + b"\x04\x00\x03abc"
+    return {
+        "v2-tcp4": b"\x00" + proxy_v2(0x21, 0x11, v4) + b"REDQ",
+        "v2-tcp6-tlvs": b"\x00" + proxy_v2(0x21, 0x21, v6 + tlv),
+        "v2-local": b"\x00" + proxy_v2(0x20, 0x00, b""),
+        "v2-unix": b"\x00" + proxy_v2(0x21, 0x31, bytes(216)),
+        "v2-udp": b"\x00" + proxy_v2(0x21, 0x12, v4),
+        "v2-short-addr": b"\x00" + proxy_v2(0x21, 0x11, v4[:8]),
+        "v2-partial": b"\x00" + proxy_v2(0x21, 0x11, v4)[:20],
+        "v1-tcp4": b"\x00PROXY TCP4 192.0.2.7 198.51.100.1 54321 5999\r\nREDQ",
+        "v1-tcp6": b"\x00PROXY TCP6 2001:db8::7 ::1 443 5999\r\n",
+        "v1-unknown": b"\x00PROXY UNKNOWN\r\n",
+        "v1-leading-zero": b"\x00PROXY TCP4 192.0.2.07 198.51.100.1 1 2\r\n",
+        "v1-no-crlf": b"\x00PROXY UNKNOWN " + b"f" * 120,
+        "spice-link": b"\x00REDQ\x02\x00\x00\x00\x02\x00\x00\x00",
+        "xff-walk": b"\x01127.0.0.1,10.0.0.0/8,2001:db8::/32\n198.51.100.1, 203.0.113.9, 10.0.0.2",
+        "xff-ports": b"\x01::1\n[2001:db8::9]:4711, 203.0.113.9:80, ::1",
+        "xff-garbage": b"\x0110.0.0.0/8\nunknown, 10.0.0.2",
+        "xff-cut": b"\x0310.0.0.0/8\n3.0.113.9, 10.0.0.2",
+        "trust-bad": b"\x0110.0.0.1/8,::/129\n203.0.113.9",
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -450,6 +483,7 @@ def main():
     write("fuzz-openstack", openstack_seeds())
     write("fuzz-snap", snap_sealed_seeds())
     write("fuzz-snap", snap_handover_seeds())
+    write("fuzz-proxy", proxy_seeds())
 
 
 if __name__ == "__main__":

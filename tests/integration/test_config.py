@@ -162,6 +162,11 @@ def test(env):
         (["--zone", ""], "zone must be a non-empty name without '/'"),
         (["--zone", ".."], "zone must be a non-empty name without '/'"),
         (["--zone", "a b"], "zone must be a non-empty name without '/'"),
+        # issue 10: the real client address behind a proxy
+        (["--trusted-proxies", "10.0.0.1/8"], "trusted-proxies: an address has bits set past"),
+        (["--trusted-proxies", "haproxy.example"], "trusted-proxies: an item is not an IPv4"),
+        (["--config", ini("pp.ini", "[broker]\nproxy-protocol = native,ssl\n")],
+         "proxy-protocol takes native, tls and web"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -171,7 +176,9 @@ def test(env):
     for args in (["--admin", "127.0.0.1:%d" % p1], ["--admin", "[::1]:%d" % p1],
                  ["--admin", "127.0.0.2:%d" % p1],
                  ["--metrics-listen", "0.0.0.0:%d" % p2, "--admin-group", str(os.getgid())],
-                 ["--zone", "zone-1.a_b"]):
+                 ["--zone", "zone-1.a_b"],
+                 ["--config", ini("trusted.ini", "[broker]\ntrusted-proxies = 10.0.0.0/8, "
+                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
     log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
