@@ -18,6 +18,8 @@
  *   POST /v1/tokens/revoke      {"token"}
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
+ *   POST /v1/upgrade            {"binary"}: a live hand-over to a new process
+ *                               (upgrade.h), answered once it serves or refused
  *
  * Tokens and passwords travel only in request bodies, which are never logged.
  * Strings a request names (a backend host, an instance) are logged escaped
@@ -47,6 +49,7 @@
 
 #include "broker/broker.h"
 #include "broker/prepare.h"
+#include "broker/upgrade.h"
 #include "common/limits.h"
 #include "common/log.h"
 #include "proto/snap.h"
@@ -75,6 +78,7 @@ struct admin {
     char unix_path[108];
     struct prepare_wait *waiting; /* deferred prepare requests, answered or dropped at exit */
     struct token_write *writing; /* token adds and revokes waiting for their write */
+    struct bufferevent *upgrading; /* the upgrade request, answered when it is done */
 };
 
 struct request {
@@ -412,8 +416,9 @@ static void h_status(struct broker *b, struct response *r)
     }
     int64_t silent = 0;
     int fresh = store_fresh(b->store, &silent);
-    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
-        "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
+    reply_json(r, 200, json_pack("{s:s, s:i, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
+        "version", SPICE_BROKER_VERSION, "pid", (int)getpid(), "broker_id", b->cfg.broker_id,
+        "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
         "listen", b->cfg.listen, "store_fresh", fresh,
@@ -792,6 +797,49 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     return true;
 }
 
+/* The upgrade's end (upgrade.h), on the control loop. */
+static void on_upgrade_done(void *arg, int new_pid, const char *err)
+{
+    struct admin *a = arg;
+    struct bufferevent *bev = a->upgrading;
+    a->upgrading = NULL;
+    if (bev == NULL)
+        return;
+    struct response r = { 0 };
+    if (err == NULL)
+        reply_json(&r, 200, json_pack("{s:i, s:i}", "old_pid", (int)getpid(), "new_pid", new_pid));
+    else
+        reply_json(&r, 502, json_pack("{s:s, s:i}", "error", err, "pid", (int)getpid()));
+    send_response(bev, &r);
+}
+
+static bool h_upgrade(struct admin *a, const struct request *q, struct response *r,
+                      struct bufferevent *bev)
+{
+    json_t *j = q->body_len > 0 ? parse_body(q, r) : json_object();
+    if (j == NULL)
+        return false;
+    json_t *bin = json_object_get(j, "binary");
+    const char *err = NULL;
+    if (bin != NULL && !json_is_string(bin)) {
+        reply_error(r, 400, "binary must be a string (an absolute path)");
+    } else if (a->upgrading != NULL) {
+        reply_error(r, 409, "an upgrade is under way");
+    } else if (upgrade_start(a->b, bin ? json_string_value(bin) : NULL, on_upgrade_done, a,
+                             &err) < 0) {
+        reply_error(r, strcmp(err, "out of memory") == 0 ? 500 : 409, err);
+    } else {
+        a->upgrading = bev;
+        bufferevent_disable(bev, EV_READ);
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        json_decref(j);
+        return true;
+    }
+    json_decref(j);
+    return false;
+}
+
 /* Fills r, or returns true when the handler answers later on bev itself. */
 static bool dispatch(struct admin *a, bool metrics_only, const struct request *q,
                      struct response *r, struct bufferevent *bev)
@@ -829,6 +877,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return h_token_revoke(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/upgrade") == 0)
+        return h_upgrade(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
     else
@@ -845,6 +895,7 @@ static const char *status_text(int s)
     case 201: return "Created";
     case 400: return "Bad Request";
     case 404: return "Not Found";
+    case 409: return "Conflict";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
     case 502: return "Bad Gateway";
@@ -1005,8 +1056,12 @@ struct admin *admin_new(struct broker *b, const char **err)
     }
     a->b = b;
     const char *spec = b->cfg.admin;
-    int fd = -1;
-    if (strncmp(spec, "unix:", 5) == 0) {
+    int fd = upgrade_take_listener(b->upgrade_from, SNAP_LISTEN_ADMIN, 0, spec);
+    if (fd >= 0) {
+        /* Handed over by the process this one replaces: listening already. */
+        if (strncmp(spec, "unix:", 5) == 0)
+            snprintf(a->unix_path, sizeof(a->unix_path), "%s", spec + 5);
+    } else if (strncmp(spec, "unix:", 5) == 0) {
         const char *path = spec + 5;
         struct sockaddr_un sun = { .sun_family = AF_UNIX };
         if (strlen(path) >= sizeof(sun.sun_path)) {
@@ -1052,20 +1107,23 @@ struct admin *admin_new(struct broker *b, const char **err)
             goto fail;
     }
     a->main.a = a;
-    a->main.listener = evconnlistener_new(b->base, on_accept, &a->main, LEV_OPT_CLOSE_ON_FREE,
-                                          -1, fd);
+    a->main.listener = evconnlistener_new(b->base, on_accept, &a->main,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (a->main.listener == NULL) {
         *err = "cannot listen";
         goto fail;
     }
     fd = -1;
     if (b->cfg.metrics_listen[0] != '\0') {
-        if ((fd = listen_tcp(b->cfg.metrics_listen, err)) < 0)
+        fd = upgrade_take_listener(b->upgrade_from, SNAP_LISTEN_METRICS, 0,
+                                   b->cfg.metrics_listen);
+        if (fd < 0 && (fd = listen_tcp(b->cfg.metrics_listen, err)) < 0)
             goto fail;
         a->metrics.a = a;
         a->metrics.metrics_only = true;
         a->metrics.listener = evconnlistener_new(b->base, on_accept, &a->metrics,
-                                                 LEV_OPT_CLOSE_ON_FREE, -1, fd);
+                                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                                 -1, fd);
         if (a->metrics.listener == NULL) {
             *err = "cannot listen on the metrics port";
             goto fail;
@@ -1084,10 +1142,29 @@ fail:
     return NULL;
 }
 
+void admin_listen_fds(const struct admin *a, int *admin_fd, int *metrics_fd)
+{
+    *admin_fd = a->main.listener ? evconnlistener_get_fd(a->main.listener) : -1;
+    *metrics_fd = a->metrics.listener ? evconnlistener_get_fd(a->metrics.listener) : -1;
+}
+
+void admin_release_listeners(struct admin *a)
+{
+    struct admin_port *ports[] = { &a->main, &a->metrics };
+    for (size_t i = 0; i < 2; i++) {
+        if (ports[i]->listener != NULL)
+            evconnlistener_free(ports[i]->listener);
+        ports[i]->listener = NULL;
+    }
+    a->unix_path[0] = '\0';
+}
+
 void admin_free(struct admin *a)
 {
     if (a == NULL)
         return;
+    if (a->upgrading != NULL)
+        bufferevent_free(a->upgrading);
     if (a->main.listener != NULL)
         evconnlistener_free(a->main.listener);
     if (a->metrics.listener != NULL)

@@ -179,6 +179,9 @@ static const struct opt opts[] = {
     { "write-stall-timeout", INT(write_stall, 0, 86400), "60", "SECONDS",
       "close a live channel whose client takes none of the bytes waiting for it for this "
       "long (found within twice that; 0 = never)" },
+    { "upgrade-drain-timeout", INT(upgrade_drain_timeout, 0, 604800), "3600", "SECONDS",
+      "after a live hand-over to a new process (spice-brokerctl upgrade), the old process "
+      "serves its live sessions at most this long, then closes them and exits" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,

@@ -83,6 +83,7 @@ struct config {
     int max_unauth;       /* unauthenticated connections, all ports and workers (0: no cap) */
     int max_unauth_source; /* of those, from one source address (0: no cap) */
     int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
+    int upgrade_drain_timeout; /* seconds a process that handed over serves its sessions on */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

@@ -31,6 +31,8 @@
 /* A request waits this long for the broker's answer (migration prepare
  * --wait raises it to its own --timeout plus a margin). */
 static int timeout_ms = TIMEOUT_MS;
+/* upgrade: the new process has UPGRADE_START_MS (broker/upgrade.h) to serve. */
+#define UPGRADE_WAIT_MS 40000
 
 static const char *admin_spec = "unix:/run/spice-broker/admin.sock";
 static bool admin_given;    /* --admin was on the command line */
@@ -70,7 +72,10 @@ static void usage(FILE *out)
         "                                (no broker is called: the one holding the instance's\n"
         "                                sessions links them); returns once etcd has it, within\n"
         "                                3 s; it lives --ttl seconds (default 60)\n"
-        "  status                        broker version, workers, sessions, uptime\n"
+        "  upgrade [--binary PATH]       hand the broker over to a new process (PATH, default\n"
+        "                                the broker's own executable) without closing a port;\n"
+        "                                the old process serves its sessions until they end\n"
+        "  status                        broker version, pid, workers, sessions, uptime\n"
         "  metrics                       Prometheus metrics\n\n"
         "Options:\n"
         "  --admin SPEC   the broker's admin endpoint (default %s)\n"
@@ -684,6 +689,38 @@ static int cmd_migration_prepare(int argc, char **argv)
     return report(st, out, false);
 }
 
+/* upgrade [--binary PATH]: answered once the new process serves, or with
+ * why it did not (the old one serves on). */
+static int cmd_upgrade(int argc, char **argv)
+{
+    const char *binary = NULL;
+    if (argc == 3 && strcmp(argv[1], "--binary") == 0)
+        binary = argv[2];
+    else if (argc == 2 && strncmp(argv[1], "--binary=", 9) == 0)
+        binary = argv[1] + 9;
+    else if (argc != 1) {
+        fprintf(stderr, "spice-brokerctl: usage: upgrade [--binary PATH]\n");
+        return 2;
+    }
+    if (binary != NULL && binary[0] != '/') {
+        fprintf(stderr, "spice-brokerctl: upgrade --binary takes an absolute path\n");
+        return 2;
+    }
+    json_t *j = binary != NULL ? json_pack("{s:s}", "binary", binary) : json_object();
+    char *out = NULL;
+    timeout_ms = UPGRADE_WAIT_MS;
+    int st = post_json("/v1/upgrade", j, &out);
+    if (st < 200 || st >= 300)
+        return report(st, out, false);
+    json_t *a = json_loads(out, 0, NULL);
+    printf("upgraded: pid %lld serves; pid %lld drains its sessions\n",
+           (long long)json_integer_value(json_object_get(a, "new_pid")),
+           (long long)json_integer_value(json_object_get(a, "old_pid")));
+    json_decref(a);
+    free(out);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -721,6 +758,8 @@ int main(int argc, char **argv)
         return cmd_session(rest, rv);
     if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
         return cmd_migration_prepare(rest - 1, rv + 1);
+    if (strcmp(cmd, "upgrade") == 0)
+        return cmd_upgrade(rest, rv);
     if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {
         char *out = NULL;
         int st = request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out);

@@ -190,12 +190,14 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
                           const struct worker_web *web, const struct worker_proxy *proxy,
+                          const struct worker_fds *inherit,
                           const char **err)
 {
+    struct worker_fds none = { -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
         *err = "out of memory";
-        return NULL;
+        goto fail_early;
     }
     w->index = index;
     w->wake_fd = -1;
@@ -204,7 +206,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->tls_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
-    w->listen_fd = listen_socket(host, port, err);
+    w->listen_fd = in.native >= 0 ? in.native : listen_socket(host, port, err);
+    in.native = -1;
     if (w->listen_fd < 0)
         goto fail;
     w->base = event_base_new();
@@ -237,7 +240,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         }
     }
     if (tls != NULL) {
-        w->tls_fd = listen_socket(tls->host, tls->port, err);
+        w->tls_fd = in.tls >= 0 ? in.tls : listen_socket(tls->host, tls->port, err);
+        in.tls = -1;
         if (w->tls_fd < 0)
             goto fail;
         w->tw = tls_worker_new(w->base, w->sw, tls->ctx, env->link_timeout_ms);
@@ -249,7 +253,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         event_add(w->tls_ev, NULL);
     }
     if (web != NULL) {
-        w->web_fd = listen_socket(web->host, web->port, err);
+        w->web_fd = in.web >= 0 ? in.web : listen_socket(web->host, web->port, err);
+        in.web = -1;
         if (w->web_fd < 0)
             goto fail;
         w->ww = web_worker_new(w->base, w->sw, web->site, web->tls, env->link_timeout_ms,
@@ -270,7 +275,38 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     return w;
 fail:
     worker_stop_and_free(w);
+fail_early:
+    for (int i = 0, fds[3] = { in.native, in.tls, in.web }; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
     return NULL;
+}
+
+void worker_listen_fds(const struct worker *w, struct worker_fds *out)
+{
+    *out = (struct worker_fds){ w->listen_fd, w->tls_fd, w->web_fd };
+}
+
+static void job_stop_accepting(struct session_worker *sw, void *arg)
+{
+    struct worker *w = arg;
+    struct event **evs[] = { &w->accept_ev, &w->tls_ev, &w->web_ev };
+    int *fds[] = { &w->listen_fd, &w->tls_fd, &w->web_fd };
+    evtimer_del(w->accept_retry);
+    for (size_t i = 0; i < 3; i++) {
+        if (*evs[i] != NULL)
+            event_free(*evs[i]);
+        *evs[i] = NULL;
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+    log_debug("worker %d: accepting no more (the listeners went to a new process)", w->index);
+}
+
+int worker_stop_accepting(struct worker *w)
+{
+    return worker_post(w, job_stop_accepting, w);
 }
 
 static void *worker_main(void *arg)
@@ -301,7 +337,8 @@ int worker_start(struct worker *w)
 static void job_exit(struct session_worker *sw, void *arg)
 {
     struct worker *w = arg;
-    event_del(w->accept_ev);
+    if (w->accept_ev != NULL)
+        event_del(w->accept_ev);
     if (w->web_ev != NULL)
         event_del(w->web_ev);
     if (w->tls_ev != NULL)

@@ -214,6 +214,11 @@ int store_put_lease(struct store *s, const char *key, const void *val, size_t le
     return rc;
 }
 
+int store_lock_fd(const struct store *s)
+{
+    return s != NULL && s->be->lock_fd != NULL ? s->be->lock_fd(s->impl) : -1;
+}
+
 const char *store_describe(const struct store *s)
 {
     return s != NULL ? s->desc : "(no store)";

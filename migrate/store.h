@@ -44,6 +44,12 @@ struct store_opts {
      * and talks to etcd only for the writes themselves, so opening costs
      * nothing; get and walk find nothing. The embedded back-end ignores it. */
     bool write_only;
+    /* embedded: a descriptor of DIR/lock that holds the directory's lock
+     * already (a live hand-over passes it from the old process, which keeps
+     * serving meanwhile: broker/upgrade.c): on success the store owns it
+     * (closed by store_free); on failure, or for another back-end, it stays
+     * the caller's. NULL: the lock is taken afresh. */
+    const int *lock_fd;
 };
 
 /* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
@@ -116,6 +122,10 @@ int store_put_lease(struct store *s, const char *key, const void *val, size_t le
  * it, and once that returns cb runs no more. 0, or -1 (a prefix too long). */
 typedef void (*store_change_cb)(void *arg);
 int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *arg);
+/* The descriptor holding the store's lock, for a live hand-over to a new
+ * process (store_opts.lock_fd); -1 for a back-end without one (etcd).
+ * Borrowed: it stays the store's. */
+int store_lock_fd(const struct store *s);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);

@@ -50,6 +50,8 @@ struct store_backend {
     int (*lease_revoke)(void *impl, int64_t lease, long timeout_ms);
     int (*put_lease)(void *impl, const char *key, const void *val, size_t len,
                      int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+    /* store_lock_fd; NULL: none */
+    int (*lock_fd)(void *impl);
 };
 
 extern const struct store_backend store_embedded_backend;

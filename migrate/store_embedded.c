@@ -472,10 +472,39 @@ static void emb_free(void *impl)
     free(e);
 }
 
+/* A lock descriptor handed over by another process must be this
+ * directory's lock file. */
+static int adopt_lock(struct emb *e, int fd, const char **err)
+{
+    struct stat have, want;
+
+    e->lockfd = fd;
+    if (fstat(fd, &have) < 0 || fstatat(e->dirfd, LOCK_NAME, &want, AT_SYMLINK_NOFOLLOW) < 0 ||
+        have.st_dev != want.st_dev || have.st_ino != want.st_ino) {
+        *err = store_errorf("embedded store: %s: the lock handed over is not its lock file",
+                            e->dir);
+        e->lockfd = -1; /* still the caller's */
+        return -1;
+    }
+    /* The same open file holds the lock: taking it again is a no-op that
+     * proves it. */
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        *err = store_errorf("embedded store: %s: the lock handed over is not held: %s", e->dir,
+                            strerror(errno));
+        e->lockfd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static int emb_lock_fd(void *impl)
+{
+    return ((struct emb *)impl)->lockfd;
+}
+
 static void *emb_open(const char *dir, const struct store_opts *opts,
                       struct store_notify *notify, const char **err)
 {
-    (void)opts;        /* nothing to reach: no TLS, no auth */
     (void)notify;      /* every change is a write of this process: store.c tells */
     struct emb *e;
     struct stat st;
@@ -507,13 +536,16 @@ static void *emb_open(const char *dir, const struct store_opts *opts,
         log_warnx("store: %s: directory is accessible by other users (mode %03o); "
                   "it holds backend passwords, 0700 is advised", dir,
                   (unsigned)(st.st_mode & 0777));
-    if ((e->lockfd = openat(e->dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                            0600)) < 0) {
+    if (opts->lock_fd != NULL) {
+        if (adopt_lock(e, *opts->lock_fd, err) < 0)
+            goto fail;
+    } else if ((e->lockfd = openat(e->dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC |
+                                   O_NOFOLLOW, 0600)) < 0) {
         *err = store_errorf("embedded store: directory %s is not writable: %s", dir,
                             strerror(errno));
         goto fail;
     }
-    if (flock(e->lockfd, LOCK_EX | LOCK_NB) < 0) {
+    if (opts->lock_fd == NULL && flock(e->lockfd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK)
             *err = store_errorf("embedded store: %s is in use by another store", dir);
         else
@@ -826,4 +858,5 @@ const struct store_backend store_embedded_backend = {
     .lease_keepalive = emb_lease_keepalive,
     .lease_revoke = emb_lease_revoke,
     .put_lease = emb_put_lease,
+    .lock_fd = emb_lock_fd,
 };

@@ -36,6 +36,8 @@ typedef Spicebroker__ChannelRecord ChannelRecord;
 typedef Spicebroker__InstanceRecord InstanceRecord;
 typedef Spicebroker__BrokerRecord BrokerRecord;
 typedef Spicebroker__MigrationIntent MigrationIntent;
+typedef Spicebroker__HandoverMessage HandoverMessage;
+typedef Spicebroker__HandoverListener HandoverListener;
 
 /* ---- framing ---- */
 
@@ -559,6 +561,52 @@ fail:
     return rc;
 }
 
+/* ---- hand-over messages ---- */
+
+int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *len)
+{
+    HandoverMessage m = SPICEBROKER__HANDOVER_MESSAGE__INIT;
+    HandoverListener ls[SNAP_HANDOVER_MAX_LISTENERS];
+    HandoverListener *l_ptrs[SNAP_HANDOVER_MAX_LISTENERS];
+    uint8_t *packed = NULL, *rec = NULL;
+    size_t plen, rec_len = 0;
+    int rc = -1;
+
+    if (h == NULL || out == NULL || len == NULL || h->type < SNAP_HO_HELLO ||
+        h->type >= SNAP_HO_TYPE_MAX || h->n_listeners > SNAP_HANDOVER_MAX_LISTENERS ||
+        !str_fits(h->version, sizeof(h->version)) || !str_fits(h->reason, sizeof(h->reason)))
+        goto fail;
+    if (h->has_record && snap_session_encode(&h->record, &rec, &rec_len) < 0)
+        goto fail;
+    m.schema_version = h->schema ? h->schema : SNAP_HANDOVER_MAJOR;
+    m.minor_version = h->minor;
+    m.type = (uint32_t)h->type;
+    m.version = (char *)h->version;
+    m.pid = h->pid;
+    m.workers = h->workers;
+    m.reason = (char *)h->reason;
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        spicebroker__handover_listener__init(&ls[i]);
+        ls[i].kind = (uint32_t)h->listeners[i].kind;
+        ls[i].worker = h->listeners[i].worker;
+        l_ptrs[i] = &ls[i];
+    }
+    m.n_listeners = h->n_listeners;
+    m.listeners = h->n_listeners ? l_ptrs : NULL;
+    m.record.data = rec;
+    m.record.len = rec_len;
+    plen = spicebroker__handover_message__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__handover_message__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(rec);
+    free(packed);
+    return rc;
+}
+
 int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
                        const char *key, struct snap_intent *i)
 {
@@ -597,6 +645,66 @@ fail:
     OPENSSL_cleanse(&tmp, sizeof(tmp));
     if (m != NULL)
         spicebroker__migration_intent__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
+int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h)
+{
+    HandoverMessage *m = NULL;
+    struct snap_handover *tmp = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    int rc = SNAP_BAD;
+
+    if (h == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__handover_message__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if ((tmp = calloc(1, sizeof(*tmp))) == NULL)
+        goto fail;
+    tmp->schema = m->schema_version;
+    tmp->minor = m->minor_version;
+    tmp->pid = m->pid;
+    if (copy_str(tmp->version, sizeof(tmp->version), m->version) < 0)
+        goto fail;
+    if (m->schema_version != SNAP_HANDOVER_MAJOR) {
+        /* Not ours to read further: say whose it is. */
+        if (m->schema_version == 0)
+            goto fail;
+        memset(h, 0, sizeof(*h));
+        h->schema = tmp->schema;
+        h->pid = tmp->pid;
+        memcpy(h->version, tmp->version, sizeof(h->version));
+        rc = SNAP_HANDOVER_OTHER_MAJOR;
+        goto fail;
+    }
+    if (m->type < SNAP_HO_HELLO || m->type >= SNAP_HO_TYPE_MAX ||
+        m->n_listeners > SNAP_HANDOVER_MAX_LISTENERS ||
+        copy_str(tmp->reason, sizeof(tmp->reason), m->reason) < 0)
+        goto fail;
+    tmp->type = (enum snap_handover_type)m->type;
+    tmp->workers = m->workers;
+    tmp->n_listeners = (uint32_t)m->n_listeners;
+    for (size_t i = 0; i < m->n_listeners; i++) {
+        const HandoverListener *l = m->listeners[i];
+        if (l == NULL || l->kind < SNAP_LISTEN_NATIVE || l->kind >= SNAP_LISTEN_KIND_MAX)
+            goto fail;
+        tmp->listeners[i].kind = (enum snap_listener_kind)l->kind;
+        tmp->listeners[i].worker = l->worker;
+    }
+    if (m->record.len > 0) {
+        if (snap_session_decode(m->record.data, m->record.len, &tmp->record) < 0)
+            goto fail;
+        tmp->has_record = true;
+    }
+    *h = *tmp;
+    rc = 0;
+fail:
+    free(tmp);
+    if (m != NULL)
+        spicebroker__handover_message__free_unpacked(m, NULL);
     free(tofree);
     return rc;
 }

@@ -132,6 +132,52 @@ int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys
 int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
                        const char *key, struct snap_intent *i);
 
+/* One message of a live hand-over between two broker processes (broker/
+ * upgrade.c), a datagram on their unix socket; listener fds ride beside it
+ * (SCM_RIGHTS), one per listeners[] entry, in order. */
+#define SNAP_HANDOVER_MAJOR 1
+#define SNAP_HANDOVER_MINOR 0
+#define SNAP_HANDOVER_MAX_LISTENERS 200   /* per message: under the kernel's 253 fds */
+enum snap_handover_type {
+    SNAP_HO_HELLO = 1,      /* old -> new: version, pid, workers */
+    SNAP_HO_REFUSE = 2,     /* new -> old: reason */
+    SNAP_HO_ACCEPT = 3,     /* new -> old */
+    SNAP_HO_LISTENERS = 4,  /* old -> new: listeners[] with their fds */
+    SNAP_HO_DONE = 5,       /* old -> new: no more listeners */
+    SNAP_HO_READY = 6,      /* new -> old: it accepts on them */
+    SNAP_HO_MAIN = 7,       /* old -> new: it is the service's main process now */
+    SNAP_HO_RECORD = 8,     /* old -> new: record, to publish */
+    SNAP_HO_TYPE_MAX
+};
+enum snap_listener_kind {
+    SNAP_LISTEN_NATIVE = 1, SNAP_LISTEN_TLS = 2, SNAP_LISTEN_WEB = 3, SNAP_LISTEN_ADMIN = 4,
+    SNAP_LISTEN_METRICS = 5, SNAP_LISTEN_STORE_LOCK = 6, SNAP_LISTEN_KIND_MAX
+};
+struct snap_listener {
+    enum snap_listener_kind kind;
+    uint32_t worker;
+};
+struct snap_handover {
+    uint32_t schema;                /* major: 0 encodes SNAP_HANDOVER_MAJOR */
+    uint32_t minor;
+    enum snap_handover_type type;
+    char version[32];
+    uint32_t pid;
+    uint32_t workers;
+    char reason[SNAP_MAX_REASON];
+    uint32_t n_listeners;
+    struct snap_listener listeners[SNAP_HANDOVER_MAX_LISTENERS];
+    bool has_record;
+    struct snap_session record;     /* SNAP_HO_RECORD */
+};
+int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *len);
+/* 0; SNAP_BAD for bytes that are no hand-over message of ours (an unknown
+ * type or listener kind too); SNAP_HANDOVER_OTHER_MAJOR when they are, of
+ * another major version: then only h->schema, h->version and h->pid are set,
+ * so the refusal can name them. */
+#define SNAP_HANDOVER_OTHER_MAJOR (-5)
+int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h);
+
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
 /* The token's key holds seal_token_name(keys, token): HMAC-SHA256 under the

@@ -413,6 +413,27 @@ def snap_sealed_seeds():
     }
 
 
+def snap_handover_seeds():
+    """Hand-over messages between two broker processes (broker/upgrade.c):
+    a hello, listeners, a record, another major version."""
+    def msg(*fields):
+        return b"\x00" + b"".join(fields)
+
+    def listener(kind, worker):
+        return pb_field(7, pb_field(1, kind) + pb_field(2, worker))
+
+    session = b"\x00" + pb_field(1, 1) + pb_field(2, 0x1234) + pb_field(3, b"b1") + pb_field(11, 1700000000)
+    return {
+        "handover-hello": msg(pb_field(1, 1), pb_field(2, 1), pb_field(3, b"0.9.0"), pb_field(4, 4242),
+                              pb_field(5, 2)),
+        "handover-listeners": msg(pb_field(1, 1), pb_field(2, 4), listener(1, 0), listener(2, 0),
+                                  listener(3, 0), listener(1, 1), listener(4, 0), listener(6, 0)),
+        "handover-refuse": msg(pb_field(1, 1), pb_field(2, 2), pb_field(6, b"cannot read it")),
+        "handover-record": msg(pb_field(1, 1), pb_field(2, 8), pb_field(8, session)),
+        "handover-major-2": msg(pb_field(1, 2), pb_field(2, 1), pb_field(3, b"2.0"), pb_field(4, 1)),
+    }
+
+
 def proxy_v2(ver_cmd, fam, addr):
     sig = b"\r\n\r\n\x00\r\nQUIT\n"
     return sig + bytes([ver_cmd, fam]) + struct.pack(">H", len(addr)) + addr
@@ -492,6 +513,7 @@ def main():
     write("fuzz-ws", ws_seeds())
     write("fuzz-openstack", openstack_seeds())
     write("fuzz-snap", snap_sealed_seeds())
+    write("fuzz-snap", snap_handover_seeds())
     write("fuzz-proxy", proxy_seeds())
     write("fuzz-snap", snap_intent_seeds())
 

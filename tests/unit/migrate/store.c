@@ -445,6 +445,44 @@ static void test_locked_dir(void **state)
     assert_non_null(strstr(err, "in use"));
 }
 
+/* A live hand-over: the new process adopts the old one's lock (the same
+ * open file, passed over a unix socket; a dup here), reads what the old one
+ * wrote, and keeps the lock once the old one closes; a descriptor of
+ * another file is refused and stays the caller's. */
+static void test_lock_handed_over(void **state)
+{
+    struct fixture *f = *state;
+    const char *err = NULL;
+    void *val = NULL;
+    size_t len = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_put(f->s, "/spice-broker/z/tokens/a", "v1", 2, STORE_ANY_REV, NULL),
+                     STORE_OK);
+    int other = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct store_opts bad = { .lock_fd = &other };
+    assert_null(store_open_with(f->spec, &bad, &err));
+    assert_non_null(strstr(err, "not its lock file"));
+    assert_int_equal(fcntl(other, F_GETFD), FD_CLOEXEC); /* still open: the caller's */
+    close(other);
+    int fd = dup(store_lock_fd(f->s));
+    assert_true(fd >= 0);
+    struct store_opts opts = { .lock_fd = &fd };
+    struct store *n = store_open_with(f->spec, &opts, &err);
+    assert_non_null(n);
+    assert_int_equal(store_lock_fd(n), fd);
+    assert_int_equal(store_get(n, "/spice-broker/z/tokens/a", &val, &len, NULL), STORE_OK);
+    assert_memory_equal(val, "v1", 2);
+    free(val);
+    store_free(f->s);
+    f->s = NULL;
+    /* the new one holds the lock alone now */
+    assert_null(store_open(f->spec, &err));
+    assert_non_null(strstr(err, "in use"));
+    store_free(n);
+    f->s = open_ok(f);
+}
+
 /* ---- threads ---- */
 
 #define N_THREADS 4
@@ -490,6 +528,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupted_file_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_handed_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
     };
 

@@ -425,6 +425,91 @@ static void test_broker_round_trip(void **state)
     assert_int_equal(snap_broker_key(k, sizeof(k), "zone1", ""), -1);
 }
 
+static void test_handover_round_trip(void **state)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h)), *u = calloc(1, sizeof(*u));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_non_null(h);
+    assert_non_null(u);
+    h->type = SNAP_HO_LISTENERS;
+    h->minor = SNAP_HANDOVER_MINOR;
+    snprintf(h->version, sizeof(h->version), "0.9.0");
+    h->pid = 4242;
+    h->workers = 64;
+    h->n_listeners = SNAP_HANDOVER_MAX_LISTENERS;
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        h->listeners[i].kind = (enum snap_listener_kind)(SNAP_LISTEN_NATIVE + i % 6);
+        h->listeners[i].worker = i / 3;
+    }
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    memset(u, 0x5a, sizeof(*u));
+    assert_int_equal(snap_handover_decode(buf, len, u), 0);
+    assert_int_equal(u->schema, SNAP_HANDOVER_MAJOR);
+    assert_int_equal(u->type, SNAP_HO_LISTENERS);
+    assert_string_equal(u->version, "0.9.0");
+    assert_int_equal(u->pid, 4242);
+    assert_int_equal(u->workers, 64);
+    assert_int_equal(u->n_listeners, SNAP_HANDOVER_MAX_LISTENERS);
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        assert_int_equal(u->listeners[i].kind, h->listeners[i].kind);
+        assert_int_equal(u->listeners[i].worker, h->listeners[i].worker);
+    }
+    assert_false(u->has_record);
+    for (size_t n = 0; n < len; n++)
+        if (snap_handover_decode(buf, n, u) == 0)
+            assert_true(u->type >= SNAP_HO_HELLO && u->type < SNAP_HO_TYPE_MAX);
+    free(buf);
+
+    /* a session record carried to the new process, and a refusal's reason */
+    memset(h, 0, sizeof(*h));
+    h->type = SNAP_HO_RECORD;
+    h->has_record = true;
+    h->record.id = 0xabcdef01;
+    snprintf(h->record.broker, sizeof(h->record.broker), "b1");
+    snprintf(h->record.end_reason, sizeof(h->record.end_reason), "client closed");
+    h->record.ended = 1795944432;
+    h->record.n_channels = 1;
+    h->record.channels[0].type = 2;
+    h->record.channels[0].bytes_to_client = 1234567;
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    assert_int_equal(snap_handover_decode(buf, len, u), 0);
+    assert_true(u->has_record);
+    assert_int_equal(u->record.id, 0xabcdef01);
+    assert_string_equal(u->record.end_reason, "client closed");
+    assert_int_equal(u->record.channels[0].bytes_to_client, 1234567);
+    free(buf);
+
+    /* another major version: named, not read */
+    memset(h, 0, sizeof(*h));
+    h->schema = 99;
+    h->type = SNAP_HO_HELLO;
+    h->pid = 77;
+    snprintf(h->version, sizeof(h->version), "9.0");
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    assert_int_equal(snap_handover_decode(buf, len, u), SNAP_HANDOVER_OTHER_MAJOR);
+    assert_int_equal(u->schema, 99);
+    assert_int_equal(u->pid, 77);
+    assert_string_equal(u->version, "9.0");
+    free(buf);
+
+    /* an unknown type or listener kind, no version: refused */
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x09", 5, u), SNAP_BAD);
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x04\x3a\x02\x08\x07", 9, u),
+                     SNAP_BAD);
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x10\x01", 3, u), SNAP_BAD);
+    /* an unknown field from a newer minor version is ignored */
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x01\x98\x06\x2a", 8, u), 0);
+    assert_int_equal(u->type, SNAP_HO_HELLO);
+    h->schema = 0;
+    h->type = (enum snap_handover_type)0;
+    assert_int_equal(snap_handover_encode(h, &buf, &len), -1);
+    free(h);
+    free(u);
+}
+
 static void test_keys(void **state)
 {
     char k[SNAP_KEY_MAX], k2[SNAP_KEY_MAX];
@@ -720,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_strings_must_fit),
         cmocka_unit_test(test_instance_round_trip),
         cmocka_unit_test(test_broker_round_trip),
+        cmocka_unit_test(test_handover_round_trip),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_token_sealed),
         cmocka_unit_test(test_keyed_token_key),
