@@ -364,10 +364,24 @@ static void status_serving(struct broker *b)
         snprintf(store, sizeof(store), "; %zu session records wait for the store", waiting);
     else
         store[0] = '\0';
-    notify_status("serving on %s%s%s%s%s (%d workers), store %s%s", b->cfg.listen,
+    notify_status("%s on %s%s%s%s%s (%d workers), store %s%s",
+                  atomic_load(&b->draining) ? "draining (new sessions refused)" : "serving",
+                  b->cfg.listen,
                   b->tls ? ", TLS " : "", b->tls ? b->cfg.tls_listen : "",
                   b->site ? ", browser " : "", b->site ? b->cfg.web_listen : "", b->n_workers,
                   store_describe(b->store), store);
+}
+
+void broker_set_draining(struct broker *b, bool draining)
+{
+    if (atomic_exchange(&b->draining, draining) == draining)
+        return;
+    if (b->zone != NULL)
+        zone_set_state(b->zone, draining ? SNAP_BROKER_DRAINING : SNAP_BROKER_SERVING);
+    log_info("%s: %s", draining ? "draining" : "serving",
+             draining ? "new sessions are refused (/healthz answers 503 draining); live "
+                        "sessions go on" : "new sessions are taken again");
+    status_serving(b);
 }
 
 static void retry_arm(struct broker *b)
@@ -1119,6 +1133,7 @@ int main(int argc, char **argv)
         .backend_tls_subject = b.cfg.backend_tls_subject,
         .enforce_session_timeout = b.cfg.enforce_session_timeout,
         .write_stall_ms = b.cfg.write_stall * 1000,
+        .draining = &b.draining,
     };
     b.limits = limits_new((unsigned)b.cfg.max_unauth, (unsigned)b.cfg.max_unauth_source,
                           limits_post, &b);
