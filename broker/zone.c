@@ -1,7 +1,8 @@
 /* broker/zone.c: this broker's registration in the zone under a store lease
  * (zone_new on the main thread at start, then a keep-alive thread of its
- * own; see zone.h). The thread holds no lock while it waits for the store;
- * the control loop and the workers only set fields under z->mu. */
+ * own) and the watch of the zone's other brokers (on the control loop); see
+ * zone.h. The keep-alive thread holds no lock while it waits for the store;
+ * other threads only read and set fields under z->mu. */
 #include "broker/zone.h"
 
 #include <inttypes.h>
