@@ -70,6 +70,8 @@ struct config {
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
+    char peer_listen[128];           /* the broker-to-broker port, "" = none */
+    char peer_advertise[256];        /* the address other brokers dial ("" = peer_listen) */
     char token_sources[64];          /* store,file,nova in the order asked */
     char trusted_proxies[1024];      /* CIDR,...: whose PROXY header / X-Forwarded-For counts */
     char proxy_protocol[32];         /* the ports where those send a PROXY header */
@@ -84,6 +86,7 @@ struct config {
     int max_unauth_source; /* of those, from one source address (0: no cap) */
     int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
     int upgrade_drain_timeout; /* seconds a process that handed over serves its sessions on */
+    int broker_lease_ttl; /* seconds: the zone registration's lease */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */
