@@ -134,6 +134,11 @@ static const struct opt opts[] = {
       "sha256 name; token add writes only the keyed name" },
     { "make-store-key", STR(make_store_key), "", "FILE",
       "write a new random key file (mode 0600) for store-key or token-key-file, and exit" },
+    { "zone-secret", STR(zone_secret), "", "FILE",
+      "the zone's broker-to-broker secret (64 hex digits, not readable by others; make one "
+      "with make-store-key): the brokers of a zone prove it to each other (HMAC-SHA256 "
+      "challenges both ways) before a channel is carried to the broker holding its session; "
+      "needed with peer-listen" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
     { "nova-config", STR(nova_config), "", "FILE",
       "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
