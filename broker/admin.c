@@ -29,6 +29,7 @@
  * 405 for any other method, 404 for any other path; it never shows a token
  * or a session. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@
 #include <openssl/crypto.h>
 
 #include "broker/broker.h"
+#include "broker/zone.h"
 #include "common/limits.h"
 #include "common/log.h"
 #include "migrate/handover.h"
@@ -496,6 +498,39 @@ static void h_metrics(struct broker *b, struct response *r)
     collect_unref(c);
 }
 
+static int add_broker(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct snap_broker rec;
+    char lease[24];
+    if (snap_broker_decode(val, len, &rec) != 0)
+        return 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)rec.lease);
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}",
+        "id", rec.id, "peer_address", rec.peer_address,
+        "state", rec.state == SNAP_BROKER_DRAINING ? "draining" : "serving",
+        "pid", (json_int_t)rec.pid, "started", (json_int_t)rec.started,
+        "sessions", (json_int_t)rec.sessions, "version", rec.version, "lease", lease));
+    return 0;
+}
+
+/* The zone part of /v1/status: this process (state, pid, its lease) and the
+ * zone's registered brokers as the store shows them. */
+static void status_zone(struct broker *b, json_t *o)
+{
+    char lease[24], prefix[SNAP_KEY_MAX];
+    int64_t l = b->zone != NULL ? zone_lease(b->zone) : 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)l);
+    json_object_set_new(o, "state", json_string(b->zone != NULL &&
+                                                zone_state(b->zone) == SNAP_BROKER_DRAINING
+                                                ? "draining" : "serving"));
+    json_object_set_new(o, "pid", json_integer((json_int_t)getpid()));
+    json_object_set_new(o, "lease", json_string(l > 0 ? lease : ""));
+    json_t *brokers = json_array();
+    if (snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "brokers") >= 0)
+        store_walk(b->store, prefix, add_broker, brokers);
+    json_object_set_new(o, "zone_brokers", brokers);
+}
+
 static void h_status(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -505,14 +540,16 @@ static void h_status(struct broker *b, struct response *r)
     }
     int64_t silent = 0;
     int fresh = store_fresh(b->store, &silent);
-    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
         "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
         "listen", b->cfg.listen, "store_fresh", fresh,
         /* how long since the store's view was last shown current (etcd) */
         "store_silent_ms", (json_int_t)(fresh && silent < 0 ? 0 : silent),
-        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing)));
+        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing));
+    status_zone(b, o);
+    reply_json(r, 200, o);
     collect_unref(c);
 }
 

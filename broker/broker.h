@@ -19,6 +19,7 @@
 
 struct admin;
 struct notify_watchdog;
+struct zone;
 
 /* A session record waiting to be written again, or being written (main.c).
  * seq orders a session's records: a higher one is newer. */
@@ -61,6 +62,7 @@ struct broker {
     size_t retry_took;           /* records from retry the store took, since it last failed */
     bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */
     struct notify_watchdog *watchdog; /* WATCHDOG=1 pings, NULL without WatchdogSec= */
+    struct zone *zone;           /* the zone registration (zone.h), NULL before it */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */

@@ -71,6 +71,8 @@ struct config {
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
+    char peer_listen[128];           /* the broker-to-broker port, "" = none */
+    char peer_advertise[256];        /* the address other brokers dial ("" = peer_listen) */
     char token_sources[64];          /* store,file,nova in the order asked */
     struct config_nova nova;
     int workers;
@@ -82,6 +84,7 @@ struct config {
     int max_unauth;       /* unauthenticated connections, all ports and workers (0: no cap) */
     int max_unauth_source; /* of those, from one source address (0: no cap) */
     int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
+    int broker_lease_ttl; /* seconds: the zone registration's lease */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

@@ -23,6 +23,7 @@
 #include "broker/tls.h"
 #include "broker/vv.h"
 #include "broker/web.h"
+#include "broker/zone.h"
 #include "common/limits.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -109,6 +110,13 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
 static SSL_CTX *env_backend_tls(void *backend_tls)
 {
     return tls_ctx_acquire(backend_tls);
+}
+
+/* The zone's thread asks how many sessions to write into the registration. */
+static uint32_t zone_count_sessions(void *arg)
+{
+    struct broker *b = arg;
+    return registry_count(b->registry);
 }
 
 static int env_claim(void *arg, uint32_t id, int worker_index)
@@ -963,6 +971,19 @@ int main(int argc, char **argv)
         log_error("startup failed: out of memory");
         goto out;
     }
+    /* In the zone before anything is written: the start-up sweep below
+     * ends records of this id, which must not be a live broker's. */
+    struct zone_config zc = {
+        .zone = b.cfg.zone, .id = b.cfg.broker_id, .lease_ttl_s = b.cfg.broker_lease_ttl,
+        .peer_address = b.cfg.peer_advertise[0] ? b.cfg.peer_advertise : b.cfg.peer_listen,
+        .version = SPICE_BROKER_VERSION, .count_sessions = zone_count_sessions, .arg = &b,
+    };
+    char zerr[700];
+    notify_status("registering in zone %s as %s", b.cfg.zone, b.cfg.broker_id);
+    if ((b.zone = zone_new(b.store, &zc, zerr, sizeof(zerr))) == NULL) {
+        log_error("%s", zerr);
+        goto out;
+    }
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
     if (b.cfg.token_file[0] != '\0') {
         /* The token file is read here, never on a worker: at start, then
@@ -1138,6 +1159,7 @@ int main(int argc, char **argv)
     exit_code = 0;
 out:
     stop_from = clock_mono_ms();
+    zone_stop(b.zone); /* no new call to the store from its thread */
     if (!b.ready)
         notify_status("start-up failed; the log says why");
     b.ready = false;
@@ -1174,6 +1196,11 @@ out:
         store_writer_free(b.writer, left > 0 ? (long)left : 0);
         b.writer = NULL;
     }
+    /* The registration goes after the records: the zone reads its end
+     * with records still live as a death. */
+    int64_t revoke_left = STOP_FLUSH_MS - (clock_mono_ms() - stop_from);
+    zone_free(b.zone, revoke_left > 0 ? (long)revoke_left : 0);
+    b.zone = NULL;
     /* The writes' results (admin answers, records that failed). */
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);

@@ -162,6 +162,17 @@ def test(env):
         (["--zone", ""], "zone must be a non-empty name without '/'"),
         (["--zone", ".."], "zone must be a non-empty name without '/'"),
         (["--zone", "a b"], "zone must be a non-empty name without '/'"),
+        (["--broker-id", "a/b"], "broker-id must be a name without '/'"),
+        (["--broker-id", "a b"], "broker-id must be a name without '/'"),
+        (["--broker-lease-ttl", "2"], "broker-lease-ttl must be an integer in [3, 3600]"),
+        (["--peer-listen", "peer.example:7000"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--peer-listen", "127.0.0.1"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--listen", "127.0.0.1:%d" % p1, "--peer-listen", "127.0.0.1:%d" % p1],
+         "peer-listen needs a port of its own"),
+        (["--peer-listen", "0.0.0.0:%d" % p2], "give peer-advertise HOST:PORT"),
+        (["--peer-advertise", "broker-a.example:7000"], "peer-advertise needs peer-listen"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--peer-advertise", "broker-a"],
+         "peer-advertise must be HOST:PORT"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -171,10 +182,24 @@ def test(env):
     for args in (["--admin", "127.0.0.1:%d" % p1], ["--admin", "[::1]:%d" % p1],
                  ["--admin", "127.0.0.2:%d" % p1],
                  ["--metrics-listen", "0.0.0.0:%d" % p2, "--admin-group", str(os.getgid())],
-                 ["--zone", "zone-1.a_b"]):
+                 ["--zone", "zone-1.a_b"],
+                 ["--peer-listen", "0.0.0.0:%d" % p2, "--peer-advertise",
+                  "broker-a.example:%d" % p2, "--broker-lease-ttl", "30", "--broker-id", "a-1"]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
-    log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
+    log("loopback admin addresses, a metrics port, an admin group, a dotted zone, a peer "
+        "port accepted")
+    # the zone's options in a config file too
+    zconf = env.path("zone.conf")
+    with open(zconf, "w") as f:
+        f.write("[broker]\npeer-listen = 0.0.0.0:%d\nbroker-lease-ttl = 20\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "give peer-advertise HOST:PORT" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("peer-advertise = [2001:db8::1]:%d\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 0 and "configuration OK" in out, "config file: rc %d %r" % (rc, out))
+    log("peer-listen, peer-advertise and broker-lease-ttl in a config file checked")
 
     # found only at start-up: exit 1 and a log line, quickly
     busy = socket.socket()
