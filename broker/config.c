@@ -998,6 +998,11 @@ int config_validate(const struct config *cfg)
     }
     if (validate_peer(cfg) < 0)
         return -1;
+    if (cfg->peer_listen[0] != '\0' && cfg->zone_secret[0] == '\0') {
+        fprintf(stderr, "spice-broker: peer-listen needs zone-secret FILE: the zone's brokers "
+                "prove it to each other before a channel is carried between them\n");
+        return -1;
+    }
     bool zone_ok = snap_prefix(NULL, 0, cfg->zone, "tokens") >= 0 &&
                    strcmp(cfg->zone, ".") != 0 && strcmp(cfg->zone, "..") != 0;
     for (const char *z = cfg->zone; zone_ok && *z != '\0'; z++)

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "broker/peer.h"
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/log.h"
@@ -47,6 +48,9 @@ struct worker {
     int tls_fd;                   /* the TLS port, -1 if none */
     struct event *tls_ev;
     struct tls_worker *tw;
+    int peer_fd;                  /* the peer port, -1 if none */
+    struct event *peer_ev;
+    struct peer_worker *pw;
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -74,14 +78,14 @@ static int listen_socket(const char *host, uint16_t port, const char **err)
     return fd;
 }
 
-enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB };
+enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB, PORT_PEER };
 
 /* Out of descriptors: stop accepting on every port for a second instead of
  * spinning on listeners that stay readable. */
 static void pause_accepting(struct worker *w)
 {
     log_warn("worker %d: accept paused for 1s", w->index);
-    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev, w->peer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_del(evs[i]);
@@ -107,6 +111,8 @@ static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
             tls_accept(w->tw, fd, &peer);
         else if (kind == PORT_WEB)
             web_accept(w->ww, fd, &peer);
+        else if (kind == PORT_PEER)
+            peer_accept(w->pw, fd, &peer);
         else
             session_accept(w->sw, transport_tcp_new(fd), &peer, NULL, 0, NULL);
     }
@@ -127,10 +133,15 @@ static void on_tls_accept(evutil_socket_t lfd, short what, void *arg)
     accept_batch(lfd, arg, PORT_TLS);
 }
 
+static void on_peer_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_batch(lfd, arg, PORT_PEER);
+}
+
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev, w->peer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_add(evs[i], NULL);
@@ -157,7 +168,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const char **err)
+                          const struct worker_web *web, const struct worker_peer *peer,
+                          const char **err)
 {
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -169,6 +181,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->listen_fd = -1;
     w->web_fd = -1;
     w->tls_fd = -1;
+    w->peer_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
     w->listen_fd = listen_socket(host, port, err);
@@ -222,6 +235,18 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         }
         event_add(w->web_ev, NULL);
     }
+    if (peer != NULL) {
+        w->peer_fd = listen_socket(peer->host, peer->port, err);
+        if (w->peer_fd < 0)
+            goto fail;
+        w->pw = peer_worker_new(w->base, w->sw, peer->secret, PEER_HANDSHAKE_MS);
+        w->peer_ev = event_new(w->base, w->peer_fd, EV_READ | EV_PERSIST, on_peer_accept, w);
+        if (w->pw == NULL || w->peer_ev == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+        event_add(w->peer_ev, NULL);
+    }
     event_add(w->accept_ev, NULL);
     event_add(w->wake_ev, NULL);
     return w;
@@ -236,6 +261,8 @@ static void *worker_main(void *arg)
     log_debug("worker %d running", w->index);
     event_base_dispatch(w->base);
     /* Stopped: close what is left on this thread, where it lives. */
+    peer_worker_free(w->pw);
+    w->pw = NULL;
     web_worker_free(w->ww);
     w->ww = NULL;
     tls_worker_free(w->tw);
@@ -261,6 +288,8 @@ static void job_exit(struct session_worker *sw, void *arg)
         event_del(w->web_ev);
     if (w->tls_ev != NULL)
         event_del(w->tls_ev);
+    if (w->peer_ev != NULL)
+        event_del(w->peer_ev);
     event_base_loopbreak(w->base);
 }
 
@@ -331,6 +360,47 @@ int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_
     return 0;
 }
 
+struct peer_handoff {
+    struct transport *t;
+    struct peer_channel ch;
+};
+
+static void peer_handoff_free(struct peer_handoff *h)
+{
+    OPENSSL_cleanse(h, sizeof(*h));
+    free(h);
+}
+
+static void job_handoff_peer(struct session_worker *sw, void *arg)
+{
+    struct peer_handoff *h = arg;
+    session_accept_peer(sw, h->t, &h->ch);
+    peer_handoff_free(h);
+}
+
+static void drop_handoff_peer(void *arg)
+{
+    struct peer_handoff *h = arg;
+    transport_free(h->t);
+    peer_handoff_free(h);
+}
+
+int worker_handoff_peer(struct worker *w, struct transport *t, const struct peer_channel *ch)
+{
+    struct peer_handoff *h = malloc(sizeof(*h));
+    if (h == NULL) {
+        transport_free(t);
+        return -1;
+    }
+    h->t = t;
+    h->ch = *ch;
+    if (worker_post_droppable(w, job_handoff_peer, h, drop_handoff_peer) < 0) {
+        drop_handoff_peer(h);
+        return -1;
+    }
+    return 0;
+}
+
 void worker_stop(struct worker *w)
 {
     if (w == NULL || !w->started || w->joined)
@@ -347,6 +417,7 @@ void worker_stop_and_free(struct worker *w)
     if (w->started) {
         worker_stop(w);
     } else {
+        peer_worker_free(w->pw);
         web_worker_free(w->ww);
         tls_worker_free(w->tw);
         if (w->sw != NULL)
@@ -377,6 +448,10 @@ void worker_stop_and_free(struct worker *w)
         event_free(w->tls_ev);
     if (w->tls_fd >= 0)
         close(w->tls_fd);
+    if (w->peer_ev)
+        event_free(w->peer_ev);
+    if (w->peer_fd >= 0)
+        close(w->peer_fd);
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->base)

@@ -35,12 +35,20 @@ struct worker_tls {
     struct tls_ctx *ctx;
 };
 
+/* The peer port, when there is one (broker/peer.h). */
+struct worker_peer {
+    const char *host;
+    uint16_t port;
+    const uint8_t *secret;           /* the zone secret, PEER_SECRET_LEN bytes (borrowed) */
+};
+
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
- * and, if tls / web are not NULL, on the TLS and browser ports too. env.base,
+ * and, if tls / web / peer are not NULL, on the TLS, browser and peer ports too. env.base,
  * env.worker_index are filled by the worker. Does not start it. */
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const char **err);
+                          const struct worker_web *web, const struct worker_peer *peer,
+                          const char **err);
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);
@@ -58,5 +66,10 @@ int worker_post_droppable(struct worker *w, worker_job_fn fn, void *arg, void (*
  * copies pre and web_token). */
 int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_storage *peer,
                    const uint8_t *pre, size_t pre_len, const char *web_token);
+
+/* Hands a channel carried in by a peer to worker w (takes the transport;
+ * copies ch); -1: the transport is freed. */
+struct peer_channel;
+int worker_handoff_peer(struct worker *w, struct transport *t, const struct peer_channel *ch);
 
 #endif
