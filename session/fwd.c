@@ -14,7 +14,6 @@
  * the same deadline (the ticket plus FWD_RECORD_WAIT_MS): a session id held
  * here, held elsewhere or held nowhere are refused alike, as without a zone. */
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -23,6 +22,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
+#include <event2/util.h>
 #include <openssl/crypto.h>
 
 #include "common/clock.h"
@@ -52,6 +53,11 @@ struct fwd_dir {
     bool eof;
 };
 
+/* The evdns callback's argument: outlives a channel that went meanwhile. */
+struct fwd_resolve {
+    struct fwd *f;                  /* NULL once the forwarder is gone */
+};
+
 struct fwd {
     struct chan *c;
     enum fwd_state state;
@@ -66,7 +72,13 @@ struct fwd {
     uint8_t out[PEER_CHANNEL_MAX];  /* our response, then the channel record */
     uint32_t out_have, out_sent;
     char where[SNAP_MAX_HOST];      /* the owner's peer address */
+    int64_t waited_ms;              /* how long the owner's record took to show here */
     char reason[128];               /* FWD_REFUSING: why */
+    struct sockaddr_storage addr;   /* the owner's peer port, resolved */
+    socklen_t addr_len;
+    struct fwd_resolve *resolve;    /* a name being resolved (evdns), else NULL */
+    struct evdns_getaddrinfo_request *dns_req;
+    bool dns_sync, dns_done;        /* inside evdns_getaddrinfo; it answered there */
     struct fwd_dir up, down;        /* client -> owner, owner -> client */
 };
 
@@ -102,15 +114,12 @@ static void fail(struct fwd *f, const char *why)
 static void on_fwd_io(evutil_socket_t fd, short what, void *arg);
 static void on_pipe_io(evutil_socket_t fd, short what, void *arg);
 
-/* "host:port" or "[v6]:port" -> a connected (in progress) socket. */
-static int peer_connect(const char *where, const char **why)
+/* "host:port" or "[v6]:port" split; -1 if malformed. */
+static int split_where(const char *where, char *host, size_t cap, const char **port)
 {
-    char host[SNAP_MAX_HOST];
     const char *colon = strrchr(where, ':');
-    if (colon == NULL || colon == where || (size_t)(colon - where) >= sizeof(host)) {
-        *why = "bad peer address";
+    if (colon == NULL || colon == where || colon[1] == '\0' || (size_t)(colon - where) >= cap)
         return -1;
-    }
     size_t hl = (size_t)(colon - where);
     const char *h = where;
     if (where[0] == '[' && hl >= 2 && where[hl - 1] == ']') {
@@ -119,36 +128,24 @@ static int peer_connect(const char *where, const char **why)
     }
     memcpy(host, h, hl);
     host[hl] = '\0';
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
-    struct addrinfo *ai = NULL;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL) {
-        *why = "the peer address is not a numeric address and port";
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS)) {
-        *why = strerror(errno);
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    return fd;
+    *port = colon + 1;
+    return 0;
 }
 
-static void start_connect(struct fwd *f)
+static void connect_addr(struct fwd *f)
 {
     struct event_base *base = f->c->w->env.base;
-    const char *why = NULL;
-    int fd = peer_connect(f->where, &why);
-    if (fd < 0) {
+    const struct sockaddr *sa = (const struct sockaddr *)&f->addr;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || (connect(fd, sa, f->addr_len) < 0 && errno != EINPROGRESS)) {
+        const char *why = strerror(errno);
+        if (fd >= 0)
+            close(fd);
         fail(f, why);
         return;
     }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     f->t = transport_tcp_new(fd);
     if (f->t == NULL) {
         fail(f, "out of memory");
@@ -164,13 +161,93 @@ static void start_connect(struct fwd *f)
     event_add(f->wr, NULL);
 }
 
+static void take_addr(struct fwd *f, const struct evutil_addrinfo *ai)
+{
+    f->addr_len = 0;
+    if (ai != NULL && ai->ai_addrlen <= sizeof(f->addr)) {
+        memcpy(&f->addr, ai->ai_addr, ai->ai_addrlen);
+        f->addr_len = (socklen_t)ai->ai_addrlen;
+    }
+}
+
+static void on_resolved(int result, struct evutil_addrinfo *ai, void *arg)
+{
+    struct fwd_resolve *r = arg;
+    struct fwd *f = r->f;
+    free(r);
+    if (f == NULL) { /* cancelled: the channel is gone */
+        if (ai != NULL)
+            evutil_freeaddrinfo(ai);
+        return;
+    }
+    f->resolve = NULL;
+    f->dns_req = NULL;
+    if (result == 0)
+        take_addr(f, ai);
+    if (ai != NULL)
+        evutil_freeaddrinfo(ai);
+    if (f->dns_sync) { /* answered inside evdns_getaddrinfo (hosts file): the caller goes on */
+        f->dns_done = true;
+        return;
+    }
+    if (f->addr_len == 0)
+        fail(f, "cannot resolve the peer address");
+    else
+        connect_addr(f);
+}
+
+/* The owner's peer address: a numeric one at once, a name through the
+ * worker's evdns (never blocking the loop). */
+static void start_connect(struct fwd *f)
+{
+    char host[SNAP_MAX_HOST];
+    const char *port = NULL;
+    if (split_where(f->where, host, sizeof(host), &port) < 0) {
+        fail(f, "bad peer address");
+        return;
+    }
+    struct evutil_addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_protocol = IPPROTO_TCP,
+                                     .ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV };
+    struct evutil_addrinfo *ai = NULL;
+    if (evutil_getaddrinfo(host, port, &hints, &ai) == 0) {
+        take_addr(f, ai);
+        evutil_freeaddrinfo(ai);
+        if (f->addr_len == 0)
+            fail(f, "bad peer address");
+        else
+            connect_addr(f);
+        return;
+    }
+    struct evdns_base *dns = session_worker_dns(f->c->w);
+    if (dns == NULL || (f->resolve = calloc(1, sizeof(*f->resolve))) == NULL) {
+        fail(f, dns == NULL ? "cannot resolve the peer address (no resolver)" : "out of memory");
+        return;
+    }
+    hints.ai_flags = EVUTIL_AI_NUMERICSERV | EVUTIL_AI_ADDRCONFIG;
+    f->resolve->f = f;
+    f->dns_sync = true;
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(dns, host, port, &hints, on_resolved, f->resolve);
+    f->dns_sync = false;
+    if (f->dns_done) {
+        if (f->addr_len == 0)
+            fail(f, "cannot resolve the peer address");
+        else
+            connect_addr(f);
+        return;
+    }
+    f->dns_req = req;
+}
+
 static void locate(struct fwd *f)
 {
     struct session_worker *w = f->c->w;
     int rc = w->env.locate(w->env.arg, f->sid, f->where, sizeof(f->where));
     if (rc == 0) {
-        log_debug("sid=%08x %s:%u held by the broker at %s: forwarding", f->sid,
-                  wire_channel_name(f->c->type), f->c->id, f->where);
+        f->waited_ms = clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS);
+        log_debug("sid=%08x %s:%u held by the broker at %s (its record here after %lld ms): "
+                  "forwarding", f->sid, wire_channel_name(f->c->type), f->c->id, f->where,
+                  (long long)f->waited_ms);
         start_connect(f);
         return;
     }
@@ -474,8 +551,11 @@ static void pipe_start(struct fwd *f)
     chan_uncount(c);
     client_set_state(c, CLIENT_LIVE);
     w->stats.channels_forwarded_out++;
-    log_info("sid=%08x client=%s %s:%u forwarded to the session's broker at %s", f->sid,
-             c->addr, wire_channel_name(c->type), c->id, f->where);
+    log_info("sid=%08x client=%s %s:%u forwarded to the session's broker at %s (linked %lld ms "
+             "after the ticket, %lld ms of it waiting for the session's record)", f->sid, c->addr,
+             wire_channel_name(c->type), c->id, f->where,
+             (long long)(clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS)),
+             (long long)f->waited_ms);
     pump(f);
 }
 
@@ -525,6 +605,13 @@ void fwd_free(struct fwd *f)
     if (f == NULL)
         return;
     f->c->fwd = NULL;
+    if (f->resolve != NULL) {
+        /* evdns calls on_resolved with EVUTIL_EAI_CANCEL, which frees it. */
+        f->resolve->f = NULL;
+        f->resolve = NULL;
+        if (f->dns_req != NULL)
+            evdns_getaddrinfo_cancel(f->dns_req);
+    }
     struct event **evs[] = { &f->rd, &f->wr, &f->timer };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (*evs[i] != NULL)

@@ -75,7 +75,7 @@ struct session_env {
                    const char *web_token);
     /* The zone's broker-to-broker links (proto/peer.h); locate NULL: none.
      * Where the broker that holds session id takes channels: 0 with its
-     * peer address ("host:port", numeric) in addr; 1 when nobody is known
+     * peer address ("host:port", a name or an address) in addr; 1 when nobody is known
      * to hold it yet (its record may still be on its way: ask again); -1
      * when no other serving broker does (unknown, ended, or this one's). May
      * be called often (every FWD_POLL_MS while a link waits); must not block. */
