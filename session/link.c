@@ -650,12 +650,14 @@ static void on_backend_linked(struct chan *c, struct leg *l, const struct wire_c
     evtimer_del(c->timer);
     if (c->is_main) {
         log_info("%s main:0 linked to backend %s", chan_sid(c), l->where);
-    } else if (c->from_peer) {
-        c->w->stats.channels_forwarded_in++;
-        log_info("%s %s:%u linked (client=%s, carried by another broker of the zone)", chan_sid(c),
-                 wire_channel_name(c->type), c->id, c->addr);
     } else {
-        log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        if (c->from_peer) {
+            c->w->stats.channels_forwarded_in++;
+            log_info("%s %s:%u linked (client=%s, carried by another broker of the zone)",
+                     chan_sid(c), wire_channel_name(c->type), c->id, c->addr);
+        } else {
+            log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        }
         if (caps != NULL && c->type < SPICE_END_CHANNEL) {
             c->w->chan_caps[c->type] = *caps;
             c->w->chan_caps_known[c->type] = true;
