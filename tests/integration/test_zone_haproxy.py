@@ -23,11 +23,14 @@ and that broker's migration engine switches it like its own:
     ticket (no session-id oracle);
   - a stranger on a peer port gets nothing but the challenge: a wrong
     secret, garbage, and silence are each closed (silence at the handshake
-    timeout, 3 s), each with a log line and a count in /metrics.
+    timeout, 3 s), each with a log line and a count in /metrics;
+  - the broker holding a spread session is killed (-9): the other broker
+    closes the client's channels it forwarded, one line each, and lives on.
 """
 import hashlib
 import hmac
 import os
+import signal
 import socket
 import sys
 import time
@@ -288,9 +291,15 @@ def browser_session(env, brokers, hp, src, dst):
     after = {b.name: counts(b) for b in brokers}
     spread = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in after}
     log("browser channels forwarded (out, in) per broker: %s" % spread)
-    check(sum(v[0] for v in spread.values()) >= 1 and
-          sum(v[0] for v in spread.values()) == sum(v[1] for v in spread.values()),
-          "the browser's WebSockets did not spread over both brokers: %s" % spread)
+    check(sum(v[0] for v in spread.values()) == sum(v[1] for v in spread.values()),
+          "channels forwarded out and in differ: %s" % spread)
+    # (only the page uses the browser port in this test)
+    web_in = [ln for ln in owner.log_text().splitlines()
+              if "carried in from the zone (web port there)" in ln]
+    check(web_in, "none of the browser's WebSockets reached %s through the other broker: "
+          "%s" % (owner.name, spread))
+    log("%d of the page's WebSockets came to %s through the other broker" % (
+        len(web_in), owner.name))
     log("%d scancodes typed in the page reached the guest exactly" % len(sent))
 
 
@@ -360,6 +369,32 @@ def strangers(env, b):
         refused, timed, [ln.split("peer: ", 1)[1] for ln in lines[-3:]]))
 
 
+def owner_killed(env, brokers, hp, qemu):
+    """The broker holding a spread session is killed (-9): the other broker
+    closes the client's forwarded channels with a line each, and lives on."""
+    ms = MigSession(env, qemu, tag="zkill", broker=brokers[0], client_port=hp.port)
+    owner = wait_until(lambda: owner_of(brokers, ms.instance), 5, what="the session's broker")
+    other = brokers[1] if owner is brokers[0] else brokers[0]
+    sid = "sid=%08x" % owner.session_of(ms.instance)["id"]
+    fwd = [ln for ln in other.log_text().splitlines()
+           if sid in ln and "forwarded to the session's broker" in ln]
+    check(fwd, "no channel of %s went through %s" % (sid, other.name))
+    t = time.monotonic()
+    owner.proc.send_signal(signal.SIGKILL)
+    owner.proc.wait(timeout=5)
+    r = ms.client.finish(timeout=10)
+    check(r["exit_reason"] == "all-channels-closed", "client: exit reason %r" % r["exit_reason"])
+    closed = wait_until(lambda: [ln for ln in other.log_text().splitlines()
+                                 if sid in ln and "forwarded channel closed" in ln], 5,
+                        what="the forwarded channels' close lines")
+    check(len(closed) == len(fwd), "%d channels forwarded, %d close lines: %s" % (
+        len(fwd), len(closed), closed))
+    log("%s killed: the client's %d channels through %s closed within %.2f s: %s" % (
+        owner.name, len(closed), other.name, time.monotonic() - t,
+        closed[0].split("closed: ", 1)[-1]))
+    other.check_alive()
+
+
 def test(env):
     no_direct(env)
     check(os.access(HAPROXY, os.X_OK), "%s is missing (apt-get install haproxy)" % HAPROXY)
@@ -386,6 +421,7 @@ def test(env):
     strangers(env, a)
     for x in brokers:
         x.check_alive()
+    owner_killed(env, brokers, hp, dst2)
 
 
 if __name__ == "__main__":
