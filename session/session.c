@@ -164,6 +164,7 @@ void session_accept_peer(struct session_worker *w, struct transport *t,
 {
     int owner = w->env.owner_of(w->env.arg, ch->session_id);
     if (owner >= 0 && owner != w->env.worker_index && w->env.handoff_peer != NULL) {
+        log_debug("sid=%08x a channel from the zone goes to worker %d", ch->session_id, owner);
         if (w->env.handoff_peer(w->env.arg, owner, t, ch) < 0)
             log_warnx("sid=%08x a channel from the zone: handoff to worker %d failed",
                       ch->session_id, owner);
