@@ -8,11 +8,12 @@
  * its write (or failed it, within BROKER_WRITE_MS), the control loop going
  * on meanwhile; the data path never waits for the admin.
  *
- *   GET  /healthz               "ok"
+ *   GET  /healthz               "ok", or 503 "draining"
  *   GET  /metrics               Prometheus text format
- *   GET  /v1/status             JSON: version, workers, sessions, uptime
+ *   GET  /v1/status             JSON: version, state, pid, workers, sessions, uptime, zone
  *   GET  /v1/sessions           JSON array of live sessions
  *   GET  /v1/sessions/history   JSON array of ended sessions (with end_reason)
+ *   POST /v1/drain              {"draining": true|false}
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
@@ -565,9 +566,8 @@ static void status_zone(struct broker *b, json_t *o)
     char lease[24], prefix[SNAP_KEY_MAX];
     int64_t l = b->zone != NULL ? zone_lease(b->zone) : 0;
     snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)l);
-    json_object_set_new(o, "state", json_string(b->zone != NULL &&
-                                                zone_state(b->zone) == SNAP_BROKER_DRAINING
-                                                ? "draining" : "serving"));
+    json_object_set_new(o, "state", json_string(atomic_load(&b->draining) ? "draining"
+                                                                          : "serving"));
     json_object_set_new(o, "pid", json_integer((json_int_t)getpid()));
     json_object_set_new(o, "lease", json_string(l > 0 ? lease : ""));
     json_t *brokers = json_array();
@@ -608,6 +608,36 @@ static json_t *parse_body(const struct request *q, struct response *r)
         return NULL;
     }
     return j;
+}
+
+/* A load balancer's health check (HAProxy's option httpchk): 503 while
+ * draining, so new clients go to the zone's other brokers. */
+static void h_healthz(struct broker *b, struct response *r)
+{
+    if (atomic_load(&b->draining))
+        reply(r, 503, "text/plain", "draining\n");
+    else
+        reply(r, 200, "text/plain", "ok\n");
+}
+
+/* {"draining": true} drains, false serves again; answers the state and the
+ * live sessions. */
+static void h_drain(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    json_t *d = json_object_get(j, "draining");
+    if (!json_is_boolean(d)) {
+        json_decref(j);
+        reply_error(r, 400, "draining must be true or false");
+        return;
+    }
+    broker_set_draining(b, json_is_true(d));
+    json_decref(j);
+    reply_json(r, 200, json_pack("{s:s, s:I}", "state",
+                                 atomic_load(&b->draining) ? "draining" : "serving",
+                                 "sessions", (json_int_t)registry_count(b->registry)));
 }
 
 static void h_kill(struct broker *b, const struct request *q, struct response *r)
@@ -1000,7 +1030,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         if (!get)
             reply_error(r, 405, "method not allowed (this port is read-only)");
         else if (strcmp(path, "/healthz") == 0)
-            reply(r, 200, "text/plain", "ok\n");
+            h_healthz(b, r);
         else if (strcmp(path, "/metrics") == 0)
             h_metrics(b, r);
         else
@@ -1008,7 +1038,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return false;
     }
     if (get && strcmp(path, "/healthz") == 0)
-        reply(r, 200, "text/plain", "ok\n");
+        h_healthz(b, r);
     else if (get && strcmp(path, "/metrics") == 0)
         h_metrics(b, r);
     else if (get && strcmp(path, "/v1/status") == 0)
@@ -1017,6 +1047,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         h_sessions(b, r);
     else if (get && strcmp(path, "/v1/sessions/history") == 0)
         h_history(b, r);
+    else if (post && strcmp(path, "/v1/drain") == 0)
+        h_drain(b, q, r);
     else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
     else if (post && strcmp(path, "/v1/tokens") == 0)

@@ -7,6 +7,8 @@
 #ifndef SB_BROKER_H
 #define SB_BROKER_H
 
+#include <stdatomic.h>
+
 #include <event2/event.h>
 
 #include "broker/config.h"
@@ -64,6 +66,7 @@ struct broker {
     bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */
     struct notify_watchdog *watchdog; /* WATCHDOG=1 pings, NULL without WatchdogSec= */
     struct zone *zone;           /* the zone registration (zone.h), NULL before it */
+    atomic_bool draining;        /* new sessions refused (workers read it per main link) */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */
@@ -73,6 +76,11 @@ void admin_free(struct admin *a);
 /* main.c: persist a session record (called on the control loop; never
  * waits for the store). */
 void broker_publish_session(struct broker *b, const void *rec);
+
+/* main.c: drain (true: new sessions are refused, /healthz says draining,
+ * the registration and STATUS= say so; live sessions go on) or serve
+ * again. Control loop. */
+void broker_set_draining(struct broker *b, bool draining);
 
 /* main.c: how long a store write of the control loop may take, queued
  * behind others or not (etcd's own bound), before it fails. */

@@ -1,7 +1,8 @@
 /* broker/zone.c: this broker's registration in the zone under a store lease
  * (zone_new on the main thread at start, then a keep-alive thread of its
- * own; see zone.h). The thread holds no lock while it waits for the store;
- * the control loop and the workers only set fields under z->mu. */
+ * own) and the watch of the zone's other brokers (on the control loop); see
+ * zone.h. The keep-alive thread holds no lock while it waits for the store;
+ * other threads only read and set fields under z->mu. */
 #include "broker/zone.h"
 
 #include <inttypes.h>
@@ -25,6 +26,15 @@
 #define ZONE_RETRY_MS 1000
 /* A dead predecessor's lease is waited for this long past the TTL. */
 #define ZONE_STALE_MARGIN_MS 2000
+/* After marking a gone broker's records ended, the watch looks again this
+ * much later, and marks what is still live (a write the store did not take). */
+#define ZONE_RECHECK_MS 5000
+
+/* A set of broker ids (a handful: the zone's brokers). */
+struct zone_ids {
+    char (*id)[SNAP_MAX_HOST];
+    size_t n, cap;
+};
 
 struct zone {
     struct store *s;
@@ -50,6 +60,16 @@ struct zone {
     bool registered;
     int failures;                   /* keep-alives failed in a row */
     bool said_taken;                /* logged that another process holds our id */
+
+    /* The watch (control loop only). */
+    struct event *tick;
+    struct store_writer *writer;
+    long write_ms;
+    struct zone_ids known;          /* the other brokers registered at the last look */
+    struct zone_ids suspects;       /* owners of live records, not registered */
+    int64_t *suspect_due;           /* per suspect: when to mark them (CLOCK_MONOTONIC ms) */
+    size_t suspect_cap;
+    bool looked;                    /* the first look was made */
 };
 
 /* The record as it should be now, encoded. */
@@ -368,6 +388,231 @@ int64_t zone_lease(struct zone *z)
     return lease;
 }
 
+/* ------------------------------------------------------------------ the watch */
+
+static bool ids_has(const struct zone_ids *ids, const char *id)
+{
+    for (size_t i = 0; i < ids->n; i++)
+        if (strcmp(ids->id[i], id) == 0)
+            return true;
+    return false;
+}
+
+static int ids_add(struct zone_ids *ids, const char *id)
+{
+    if (ids_has(ids, id))
+        return 0;
+    if (ids->n == ids->cap) {
+        size_t nc = ids->cap ? ids->cap * 2 : 8;
+        void *n = realloc(ids->id, nc * sizeof(*ids->id));
+        if (n == NULL)
+            return -1;
+        ids->id = n;
+        ids->cap = nc;
+    }
+    snprintf(ids->id[ids->n++], SNAP_MAX_HOST, "%s", id);
+    return 0;
+}
+
+/* The registered brokers (by the record's id; the key's last part for a
+ * record this broker cannot read). */
+static int visit_broker(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct snap_broker r;
+    const char *slash = strrchr(key, '/');
+    if (snap_broker_decode(val, len, &r) == 0)
+        return ids_add(arg, r.id) < 0;
+    return slash != NULL && slash[1] != '\0' ? ids_add(arg, slash + 1) < 0 : 0;
+}
+
+/* Live session records, by owner: the owners outside a set, or the records
+ * of one owner (with their keys and revisions). */
+struct session_scan {
+    const char *self;
+    const struct zone_ids *registered; /* collect owners not in it (not self) */
+    struct zone_ids *owners;
+    const char *owner;                 /* or: collect this owner's records */
+    struct session_hit {
+        char key[SNAP_KEY_MAX];
+        int64_t rev;
+        struct snap_session rec;
+    } *hits;
+    size_t n, cap;
+};
+
+static int visit_session(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct session_scan *sc = arg;
+    struct snap_session rec;
+    if (snap_session_decode(val, len, &rec) != 0 || rec.ended != 0 ||
+        strcmp(rec.broker, sc->self) == 0)
+        return 0;
+    if (sc->registered != NULL)
+        return !ids_has(sc->registered, rec.broker) && ids_add(sc->owners, rec.broker) < 0;
+    if (strcmp(rec.broker, sc->owner) != 0)
+        return 0;
+    if (sc->n == sc->cap) {
+        size_t nc = sc->cap ? sc->cap * 2 : 16;
+        void *n = realloc(sc->hits, nc * sizeof(*sc->hits));
+        if (n == NULL)
+            return 1;
+        sc->hits = n;
+        sc->cap = nc;
+    }
+    struct session_hit *h = &sc->hits[sc->n++];
+    snprintf(h->key, sizeof(h->key), "%s", key);
+    h->rev = rev;
+    h->rec = rec;
+    return 0;
+}
+
+/* One record's end, on its way through the store writer. */
+struct end_write {
+    uint32_t id;
+    char owner[SNAP_MAX_HOST];
+};
+
+/* On the writer's thread. */
+static void on_end_written(int result, int64_t new_rev, void *arg)
+{
+    struct end_write *ew = arg;
+    if (result == STORE_OK)
+        log_info("sid=%08x session record marked ended: broker %s's lease expired", ew->id,
+                 ew->owner);
+    else if (result == STORE_CONFLICT)
+        log_info("sid=%08x session record of broker %s left alone: changed meanwhile (another "
+                 "broker marked it, or took the session over)", ew->id, ew->owner);
+    else
+        log_warnx("sid=%08x cannot mark broker %s's session record ended (the store did not "
+                  "take the write; the zone's next look tries again)", ew->id, ew->owner);
+    free(ew);
+}
+
+/* Marks owner's live session records ended, each by compare-and-swap on
+ * the revision seen. Returns how many live ones there were. */
+static size_t end_sessions_of(struct zone *z, const char *owner, const char *why)
+{
+    char prefix[SNAP_KEY_MAX];
+    struct session_scan sc = { .self = z->id, .owner = owner };
+    if (snap_prefix(prefix, sizeof(prefix), z->zone, "sessions") < 0)
+        return 0;
+    store_walk(z->s, prefix, visit_session, &sc);
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < sc.n; i++) {
+        struct snap_session *rec = &sc.hits[i].rec;
+        uint8_t *val = NULL;
+        size_t len = 0;
+        struct end_write *ew = malloc(sizeof(*ew));
+        rec->ended = now;
+        snprintf(rec->end_reason, sizeof(rec->end_reason), "the broker stopped while the "
+                 "session was live: broker %s's %s (seen by broker %s)", owner, why, z->id);
+        if (ew != NULL && snap_session_encode(rec, &val, &len) == 0) {
+            ew->id = rec->id;
+            snprintf(ew->owner, sizeof(ew->owner), "%s", owner);
+            if (store_writer_put(z->writer, sc.hits[i].key, val, len, sc.hits[i].rev,
+                                 z->write_ms, on_end_written, ew) == 0)
+                ew = NULL;
+        }
+        free(ew);
+        free(val);
+    }
+    if (sc.n > 0)
+        log_warnx("zone %s: broker %s is gone (%s): marking its %zu live session records "
+                  "ended", z->zone, owner, why, sc.n);
+    free(sc.hits);
+    return sc.n;
+}
+
+/* Looks again at owner's records at due (its records ended meanwhile, or
+ * it registered: dropped then). */
+static void suspect(struct zone *z, const char *owner, int64_t due)
+{
+    if (ids_has(&z->suspects, owner))
+        return;
+    if (z->suspects.n == z->suspect_cap) {
+        size_t nc = z->suspect_cap ? z->suspect_cap * 2 : 8;
+        void *n = realloc(z->suspect_due, nc * sizeof(*z->suspect_due));
+        if (n == NULL)
+            return;
+        z->suspect_due = n;
+        z->suspect_cap = nc;
+    }
+    if (ids_add(&z->suspects, owner) == 0)
+        z->suspect_due[z->suspects.n - 1] = due;
+}
+
+/* The zone's watch, every second on the control loop. */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct zone *z = arg;
+    char prefix[SNAP_KEY_MAX];
+    struct zone_ids now = { 0 };
+    const long grace = z->c.lease_ttl_s * 1000L + ZONE_STALE_MARGIN_MS;
+    /* A stale view may miss a broker that lives: decide nothing from it. */
+    if (!store_fresh(z->s, NULL) || snap_prefix(prefix, sizeof(prefix), z->zone, "brokers") < 0 ||
+        store_walk(z->s, prefix, visit_broker, &now) < 0)
+        goto out;
+    int64_t mono = clock_mono_ms();
+    if (!z->looked) {
+        /* Live records of brokers not registered now: dead before we came,
+         * or starting (they register before they serve): given a TTL. */
+        struct zone_ids owners = { 0 };
+        struct session_scan sc = { .self = z->id, .registered = &now, .owners = &owners };
+        if (snap_prefix(prefix, sizeof(prefix), z->zone, "sessions") >= 0 &&
+            store_walk(z->s, prefix, visit_session, &sc) >= 0) {
+            for (size_t i = 0; i < owners.n; i++) {
+                log_info("zone %s: live session records name broker %s, which is not "
+                         "registered: they are marked ended unless it registers within %ld s",
+                         z->zone, owners.id[i], grace / 1000);
+                suspect(z, owners.id[i], mono + grace);
+            }
+            z->looked = true;
+        }
+        free(owners.id);
+        if (!z->looked)
+            goto out;
+    } else {
+        for (size_t i = 0; i < z->known.n; i++)
+            if (!ids_has(&now, z->known.id[i]) && strcmp(z->known.id[i], z->id) != 0 &&
+                end_sessions_of(z, z->known.id[i], "lease expired") > 0)
+                suspect(z, z->known.id[i], mono + ZONE_RECHECK_MS); /* did the writes land? */
+    }
+    for (size_t i = 0; i < z->suspects.n;) {
+        if (!ids_has(&now, z->suspects.id[i])) {
+            if (mono < z->suspect_due[i]) {
+                i++;
+                continue;
+            }
+            if (end_sessions_of(z, z->suspects.id[i], "lease expired") > 0) {
+                z->suspect_due[i++] = mono + ZONE_RECHECK_MS;
+                continue;
+            }
+        }
+        /* registered, or nothing of it live any more */
+        z->suspects.n--;
+        memmove(z->suspects.id[i], z->suspects.id[z->suspects.n], SNAP_MAX_HOST);
+        z->suspect_due[i] = z->suspect_due[z->suspects.n];
+    }
+    struct zone_ids old = z->known;
+    z->known = now;
+    now = old;
+out:
+    free(now.id);
+}
+
+int zone_watch(struct zone *z, struct event_base *base, struct store_writer *writer,
+               long write_ms)
+{
+    struct timeval tv = { 1, 0 };
+    z->writer = writer;
+    z->write_ms = write_ms;
+    z->tick = event_new(base, -1, EV_PERSIST, on_tick, z);
+    if (z->tick == NULL || event_add(z->tick, &tv) < 0)
+        return -1;
+    on_tick(-1, 0, z); /* the first look now: the zone as this broker found it */
+    return 0;
+}
+
 void zone_stop(struct zone *z)
 {
     if (z == NULL)
@@ -399,6 +644,11 @@ void zone_free(struct zone *z, long revoke_ms)
                   "spent): the zone sees %s go when it expires, within %d s", z->zone,
                   (uint64_t)lease, z->id, z->c.lease_ttl_s);
     }
+    if (z->tick != NULL)
+        event_free(z->tick);
+    free(z->known.id);
+    free(z->suspects.id);
+    free(z->suspect_due);
     pthread_mutex_destroy(&z->mu);
     pthread_cond_destroy(&z->cv);
     free(z);

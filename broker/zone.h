@@ -56,6 +56,15 @@ enum snap_broker_state zone_state(struct zone *z);
 /* The lease the record lives under now (0 while it is lost). Any thread. */
 int64_t zone_lease(struct zone *z);
 
+/* The watch: every second, on base's loop, the zone's brokers are compared
+ * with the last look; the live session records of one that has gone are
+ * marked ended (writes queued to writer, each within write_ms). Records of
+ * brokers already gone when this broker started are marked once they have
+ * stayed unregistered for a lease TTL. Nothing is decided while the store's
+ * view is not fresh (store_fresh). Control loop; 0 or -1. */
+int zone_watch(struct zone *z, struct event_base *base, struct store_writer *writer,
+               long write_ms);
+
 /* Asks the keep-alive thread to stop (it makes no new call to the store);
  * does not wait. Any thread. */
 void zone_stop(struct zone *z);

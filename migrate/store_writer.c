@@ -25,6 +25,7 @@ struct write {
     uint8_t *val;
     size_t len;
     int64_t expect_rev;
+    store_writer_check_fn check;    /* NULL: expect_rev as queued */
     int64_t deadline;               /* CLOCK_MONOTONIC ms */
     store_writer_done_fn done;
     void *arg;
@@ -52,6 +53,28 @@ static void write_free(struct write *wr)
     free(wr);
 }
 
+/* A conditional write's revision to compare with, from the store's view
+ * now (into wr->expect_rev): STORE_OK, STORE_CONFLICT (check refused),
+ * STORE_NOT_FOUND (a delete of an absent key) or STORE_ERROR. */
+static int checked_rev(struct store_writer *w, struct write *wr)
+{
+    void *cur = NULL;
+    size_t cur_len = 0;
+    int64_t cur_rev = 0;
+    int rc = store_get(w->s, wr->key, &cur, &cur_len, &cur_rev);
+    if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+        return STORE_ERROR;
+    if (rc == STORE_NOT_FOUND && wr->del)
+        return STORE_NOT_FOUND;
+    int64_t rev = wr->check(rc == STORE_OK ? cur : NULL, rc == STORE_OK ? cur_len : 0,
+                            rc == STORE_OK ? cur_rev : 0, wr->arg);
+    free(cur);
+    if (rev == STORE_WRITER_REFUSE)
+        return STORE_CONFLICT;
+    wr->expect_rev = rev;
+    return STORE_OK;
+}
+
 /* Makes one write (or fails it untried when no time is left). */
 static void make(struct store_writer *w, struct write *wr, int64_t deadline)
 {
@@ -62,6 +85,8 @@ static void make(struct store_writer *w, struct write *wr, int64_t deadline)
         log_debug("store: %s %s not tried: its bound passed while it was queued",
                   wr->del ? "delete" : "put", wr->key);
         rc = STORE_ERROR;
+    } else if (wr->check != NULL && (rc = checked_rev(w, wr)) != STORE_OK) {
+        /* refused, or nothing to delete */
     } else if (wr->del) {
         rc = store_delete_within(w->s, wr->key, wr->expect_rev, (long)left);
     } else {
@@ -124,8 +149,8 @@ struct store_writer *store_writer_new(struct store *s, const char **err)
 }
 
 static int enqueue(struct store_writer *w, bool del, const char *key, const void *val,
-                   size_t len, int64_t expect_rev, long timeout_ms, store_writer_done_fn done,
-                   void *arg)
+                   size_t len, int64_t expect_rev, store_writer_check_fn check, long timeout_ms,
+                   store_writer_done_fn done, void *arg)
 {
     struct write *wr;
 
@@ -134,6 +159,7 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
         return -1;
     wr->del = del;
     wr->expect_rev = expect_rev;
+    wr->check = check;
     wr->len = len;
     wr->deadline = clock_mono_ms() + timeout_ms;
     wr->done = done;
@@ -165,13 +191,30 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
 int store_writer_put(struct store_writer *w, const char *key, const void *val, size_t len,
                      int64_t expect_rev, long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, false, key, val, len, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, false, key, val, len, expect_rev, NULL, timeout_ms, done, arg);
 }
 
 int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_rev,
                         long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, true, key, NULL, 0, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, true, key, NULL, 0, expect_rev, NULL, timeout_ms, done, arg);
+}
+
+int store_writer_put_if(struct store_writer *w, const char *key, const void *val, size_t len,
+                        store_writer_check_fn check, long timeout_ms, store_writer_done_fn done,
+                        void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, false, key, val, len, STORE_ANY_REV, check, timeout_ms, done, arg);
+}
+
+int store_writer_delete_if(struct store_writer *w, const char *key, store_writer_check_fn check,
+                           long timeout_ms, store_writer_done_fn done, void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, true, key, NULL, 0, STORE_ANY_REV, check, timeout_ms, done, arg);
 }
 
 size_t store_writer_pending(struct store_writer *w)

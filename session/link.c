@@ -294,6 +294,17 @@ static void client_link_done(struct chan *c)
             refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "main link with a connection id");
             return;
         }
+        if (w->env.draining != NULL &&
+            atomic_load_explicit(w->env.draining, memory_order_relaxed)) {
+            /* Before the ticket: nothing to check. Counted as "other". */
+            log_info("%s client=%s main:%u link refused: the broker is draining (new sessions "
+                     "go to the zone's other brokers) (%s)", chan_sid(c), c->addr, c->id,
+                     wire_link_err_name(SPICE_LINK_ERR_ERROR));
+            send_link_error(c, SPICE_LINK_ERR_ERROR);
+            w->stats.links_refused++;
+            chan_close(c, "the broker is draining");
+            return;
+        }
         /* Our main caps: what the broker forwards. Migration caps are never
          * offered to the client: the broker hides migration. */
         struct wire_caps mc;

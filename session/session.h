@@ -15,6 +15,7 @@
 #ifndef SB_SESSION_H
 #define SB_SESSION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -113,6 +114,11 @@ struct session_env {
     /* A live channel's client that takes none of the bytes waiting for it
      * for this long is closed (0: never). */
     int write_stall_ms;
+
+    /* Set while the broker drains: a new session's main link is refused
+     * (non-main links of live sessions go on). Read once per main link;
+     * NULL: never. */
+    const atomic_bool *draining;
 
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */

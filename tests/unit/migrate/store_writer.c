@@ -227,11 +227,59 @@ static void test_free_no_time(void **state)
     assert_int_equal(store_walk(f->s, "/late/", count_cb, NULL), ok);
 }
 
+/* A conditional write: check sees the key as the store has it and picks the
+ * revision (or refuses: STORE_CONFLICT, nothing written); a delete of an
+ * absent key is STORE_NOT_FOUND unchecked. */
+static int checks;
+
+static int64_t check_owner(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    checks++;
+    if (cur == NULL)
+        return STORE_ABSENT_REV;
+    if (len >= 4 && memcmp(cur, "mine", 4) == 0)
+        return rev;
+    return (intptr_t)arg == 9 ? rev - 1 : STORE_WRITER_REFUSE; /* 9: a stale revision */
+}
+
+static void test_conditional(void **state)
+{
+    struct fixture *f = *state;
+    int64_t rev = 0;
+
+    checks = 0;
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine1", 5, check_owner, 2000, done,
+                                         (void *)1), 0);   /* absent: taken */
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine2", 5, check_owner, 2000, done,
+                                         (void *)2), 0);   /* ours: replaced */
+    wait_seen(2);
+    assert_int_equal(seen.results[0], STORE_OK);
+    assert_int_equal(seen.results[1], STORE_OK);
+    assert_int_equal(store_put(f->s, "/k/c", "theirs", 6, STORE_ANY_REV, &rev), STORE_OK);
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine3", 5, check_owner, 2000, done,
+                                         (void *)3), 0);   /* refused */
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine4", 5, check_owner, 2000, done,
+                                         (void *)9), 0);   /* compare fails */
+    assert_int_equal(store_writer_delete_if(f->w, "/k/c", check_owner, 2000, done, (void *)3),
+                     0);                                    /* refused */
+    assert_int_equal(store_writer_delete_if(f->w, "/k/none", check_owner, 2000, done,
+                                            (void *)4), 0); /* absent */
+    wait_seen(6);
+    assert_int_equal(seen.results[2], STORE_CONFLICT);
+    assert_int_equal(seen.results[3], STORE_CONFLICT);
+    assert_int_equal(seen.results[4], STORE_CONFLICT);
+    assert_int_equal(seen.results[5], STORE_NOT_FOUND);
+    assert_int_equal(checks, 5);
+    expect_val(f->s, "/k/c", "theirs", rev);
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "x", 1, NULL, 2000, done, NULL), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_and_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conditional, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_flushes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_no_time, setup, teardown),
     };
