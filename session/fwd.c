@@ -105,8 +105,9 @@ static void refuse_at_deadline(struct fwd *f, const char *reason)
  * fails (not a token question: answered at once). */
 static void fail(struct fwd *f, const char *why)
 {
-    char reason[SNAP_MAX_HOST + 160];
-    snprintf(reason, sizeof(reason), "zone link to %s failed: %s", f->where, why);
+    char reason[LOG_ESCAPED_MAX + 160], ew[LOG_ESCAPED_MAX]; /* a store record names it */
+    snprintf(reason, sizeof(reason), "zone link to %s failed: %s",
+             log_escape(f->where, ew, sizeof(ew)), why);
     f->c->w->stats.channels_forward_failed++;
     link_refuse_result(f->c, SPICE_LINK_ERR_ERROR, reason);
 }
@@ -244,10 +245,11 @@ static void locate(struct fwd *f)
     struct session_worker *w = f->c->w;
     int rc = w->env.locate(w->env.arg, f->sid, f->where, sizeof(f->where));
     if (rc == 0) {
+        char ew[LOG_ESCAPED_MAX];
         f->waited_ms = clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS);
         log_debug("sid=%08x %s:%u held by the broker at %s (its record here after %lld ms): "
-                  "forwarding", f->sid, wire_channel_name(f->c->type), f->c->id, f->where,
-                  (long long)f->waited_ms);
+                  "forwarding", f->sid, wire_channel_name(f->c->type), f->c->id,
+                  log_escape(f->where, ew, sizeof(ew)), (long long)f->waited_ms);
         start_connect(f);
         return;
     }
@@ -494,14 +496,14 @@ static void pump(struct fwd *f)
     int up = pump_dir(f, &f->up, c->client_side.t, f->t, &why);
     int down = up < 0 ? 0 : pump_dir(f, &f->down, f->t, c->client_side.t, &why);
     if (up < 0 || down < 0 || up > 0 || down > 0) {
-        char reason[SNAP_MAX_HOST + 96];
+        char reason[LOG_ESCAPED_MAX + 96], ew[LOG_ESCAPED_MAX];
         if (up < 0 || down < 0)
             snprintf(reason, sizeof(reason), "forwarded channel: %s", why ? why : "?");
         else if (up > 0)
             snprintf(reason, sizeof(reason), "the client closed the forwarded channel");
         else
             snprintf(reason, sizeof(reason), "the session's broker %s closed the link",
-                     f->where);
+                     log_escape(f->where, ew, sizeof(ew)));
         log_info("sid=%08x client=%s %s:%u forwarded channel closed: %s", f->sid, c->addr,
                  wire_channel_name(c->type), c->id, reason);
         chan_close(c, reason); /* frees f */
@@ -551,9 +553,10 @@ static void pipe_start(struct fwd *f)
     chan_uncount(c);
     client_set_state(c, CLIENT_LIVE);
     w->stats.channels_forwarded_out++;
+    char ew[LOG_ESCAPED_MAX];
     log_info("sid=%08x client=%s %s:%u forwarded to the session's broker at %s (linked %lld ms "
              "after the ticket, %lld ms of it waiting for the session's record)", f->sid, c->addr,
-             wire_channel_name(c->type), c->id, f->where,
+             wire_channel_name(c->type), c->id, log_escape(f->where, ew, sizeof(ew)),
              (long long)(clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS)),
              (long long)f->waited_ms);
     pump(f);
