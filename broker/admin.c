@@ -52,6 +52,7 @@
 #include "broker/broker.h"
 #include "broker/prepare.h"
 #include "broker/upgrade.h"
+#include "broker/peer.h"
 #include "broker/zone.h"
 #include "common/limits.h"
 #include "common/log.h"
@@ -202,6 +203,10 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.links_refused_token += st.links_refused_token;
     c->stats.links_refused_blocked += st.links_refused_blocked;
     c->stats.links_throttled += st.links_throttled;
+    c->stats.channels_forwarded_out += st.channels_forwarded_out;
+    c->stats.channels_forwarded_in += st.channels_forwarded_in;
+    c->stats.channels_forward_failed += st.channels_forward_failed;
+    c->stats.peer_auth_failed += st.peer_auth_failed;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
     c->f.pending--;
@@ -363,6 +368,45 @@ static void metrics_limits(struct broker *b, struct response *r, const struct se
     }
 }
 
+/* The zone's broker-to-broker links (session/fwd.c, broker/peer.c), appended. */
+static void metrics_zone(struct response *r, const struct session_stats *s)
+{
+    struct peer_stats ps;
+    peer_get_stats(&ps);
+    char more[1536];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_channels_forwarded_total Channels carried over a peer link: "
+             "out to the broker holding their session, in from the broker their client reached.\n"
+             "# TYPE spice_broker_channels_forwarded_total counter\n"
+             "spice_broker_channels_forwarded_total{direction=\"out\"} %llu\n"
+             "spice_broker_channels_forwarded_total{direction=\"in\"} %llu\n"
+             "# HELP spice_broker_channel_forward_failures_total Channels whose session's broker "
+             "could not be reached or refused the peer link.\n"
+             "# TYPE spice_broker_channel_forward_failures_total counter\n"
+             "spice_broker_channel_forward_failures_total %llu\n"
+             "# HELP spice_broker_peer_connections_total Connections on the peer port, by outcome.\n"
+             "# TYPE spice_broker_peer_connections_total counter\n"
+             "spice_broker_peer_connections_total{outcome=\"accepted\"} %llu\n"
+             "spice_broker_peer_connections_total{outcome=\"authenticated\"} %llu\n"
+             "# HELP spice_broker_peer_auth_failures_total Peer connections refused: the zone "
+             "secret not proved (wrong secret, not a peer, silent), on the peer port or by a "
+             "broker this one dialed.\n"
+             "# TYPE spice_broker_peer_auth_failures_total counter\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"refused\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"timeout\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"dialer\",reason=\"refused\"} %llu\n",
+             (unsigned long long)s->channels_forwarded_out,
+             (unsigned long long)s->channels_forwarded_in,
+             (unsigned long long)s->channels_forward_failed, (unsigned long long)ps.accepted,
+             (unsigned long long)ps.authenticated, (unsigned long long)ps.auth_failed,
+             (unsigned long long)ps.timed_out, (unsigned long long)s->peer_auth_failed);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 static void h_metrics(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -407,6 +451,7 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     metrics_limits(b, r, s);
+    metrics_zone(r, s);
     collect_unref(c);
 }
 

@@ -38,6 +38,7 @@ struct broker {
     struct event_base *base;     /* the control loop (main thread) */
     struct store *store;
     struct seal_keys *keys;      /* the store's keys (keyfile.h), NULL: none; read-only */
+    uint8_t peer_secret[32];     /* the zone secret (--zone-secret), read-only once workers run */
     struct resolver *resolver;
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;

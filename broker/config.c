@@ -136,6 +136,11 @@ static const struct opt opts[] = {
       "sha256 name; token add writes only the keyed name" },
     { "make-store-key", STR(make_store_key), "", "FILE",
       "write a new random key file (mode 0600) for store-key or token-key-file, and exit" },
+    { "zone-secret", STR(zone_secret), "", "FILE",
+      "the zone's broker-to-broker secret (64 hex digits, not readable by others; make one "
+      "with make-store-key): the brokers of a zone prove it to each other (HMAC-SHA256 "
+      "challenges both ways) before a channel is carried to the broker holding its session; "
+      "needed with peer-listen" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
     { "nova-config", STR(nova_config), "", "FILE",
       "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
@@ -1039,6 +1044,11 @@ int config_validate(const struct config *cfg)
     }
     if (validate_peer(cfg) < 0)
         return -1;
+    if (cfg->peer_listen[0] != '\0' && cfg->zone_secret[0] == '\0') {
+        fprintf(stderr, "spice-broker: peer-listen needs zone-secret FILE: the zone's brokers "
+                "prove it to each other before a channel is carried between them\n");
+        return -1;
+    }
     bool zone_ok = snap_prefix(NULL, 0, cfg->zone, "tokens") >= 0 &&
                    strcmp(cfg->zone, ".") != 0 && strcmp(cfg->zone, "..") != 0;
     for (const char *z = cfg->zone; zone_ok && *z != '\0'; z++)

@@ -65,6 +65,7 @@ struct config {
     char store_key[512];           /* seals backend passwords in token records, "" = in clear */
     char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */
     char make_store_key[512];      /* write a new key file here and exit */
+    char zone_secret[512];         /* authenticates the broker-to-broker links, "" = none */
     char config_file[512];
     char nova_config[512];      /* the last --nova-config (all are read) */
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */

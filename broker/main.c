@@ -22,6 +22,7 @@
 #include "broker/journal.h"
 #include "broker/notify.h"
 #include "broker/nova.h"
+#include "broker/peer.h"
 #include "broker/tls.h"
 #include "broker/upgrade.h"
 #include "broker/vv.h"
@@ -144,6 +145,61 @@ static int env_handoff(void *arg, int worker_index, struct transport *t,
         return -1;
     }
     return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
+}
+
+static int env_handoff_peer(void *arg, int worker_index, struct transport *t,
+                            const struct peer_channel *ch)
+{
+    struct broker *b = arg;
+    if (worker_index < 0 || worker_index >= b->n_workers) {
+        transport_free(t);
+        return -1;
+    }
+    return worker_handoff_peer(b->workers[worker_index], t, ch);
+}
+
+/* Who holds session id, from this broker's view of the store (on a worker:
+ * store_get answers from memory, never from the network). The session's
+ * record names its broker, the broker's registration its peer address; a
+ * draining broker still holds its live sessions. */
+static int env_locate(void *arg, uint32_t id, char *addr, size_t cap)
+{
+    struct broker *b = arg;
+    char key[SNAP_KEY_MAX];
+    void *val = NULL;
+    size_t len = 0;
+    struct snap_session *rec = malloc(sizeof(*rec));
+    struct snap_broker *br = malloc(sizeof(*br));
+    int rc = -1;
+    if (rec == NULL || br == NULL || snap_session_key(key, sizeof(key), b->cfg.zone, id) < 0)
+        goto out;
+    int got = store_get(b->store, key, &val, &len, NULL);
+    if (got == STORE_NOT_FOUND) {
+        rc = 1; /* not seen yet: the owner's record may be on its way */
+        goto out;
+    }
+    if (got != STORE_OK || snap_session_decode(val, len, rec) != 0 || rec->ended != 0 ||
+        strcmp(rec->broker, b->cfg.broker_id) == 0)
+        goto out;
+    free(val);
+    val = NULL;
+    if (snap_broker_key(key, sizeof(key), b->cfg.zone, rec->broker) < 0)
+        goto out;
+    got = store_get(b->store, key, &val, &len, NULL);
+    if (got == STORE_NOT_FOUND) {
+        rc = 1; /* its registration not seen yet (or gone with its lease) */
+        goto out;
+    }
+    if (got != STORE_OK || snap_broker_decode(val, len, br) != 0 ||
+        br->peer_address[0] == '\0' || strlen(br->peer_address) >= cap)
+        goto out;
+    memcpy(addr, br->peer_address, strlen(br->peer_address) + 1);
+    rc = 0;
+out:
+    free(val);
+    free(rec);
+    free(br);
+    return rc;
 }
 
 /* An eviction the limits ask of a worker (common/limits.h), as a worker job. */
@@ -1016,8 +1072,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "spice-broker: %s\n", kerr);
         return 2;
     }
+    if (b.cfg.zone_secret[0] != '\0' &&
+        keyfile_read(b.cfg.zone_secret, b.peer_secret, kerr, sizeof(kerr)) < 0) {
+        fprintf(stderr, "spice-broker: zone-secret: %s\n", kerr);
+        seal_keys_free(b.keys);
+        return 2;
+    }
     if (b.cfg.check_only) {
         seal_keys_free(b.keys);
+        OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
         printf("spice-broker: configuration OK\n");
         return 0;
     }
@@ -1228,6 +1291,15 @@ int main(int argc, char **argv)
         }
         tls.ctx = b.tls;
     }
+    char peer_host[128];
+    struct worker_peer peer = { .host = peer_host, .secret = b.peer_secret };
+    if (b.cfg.peer_listen[0] != '\0') {
+        config_split_hostport(b.cfg.peer_listen, peer_host, sizeof(peer_host), &peer.port);
+        /* This broker's channels of other brokers' sessions go to them. */
+        env.locate = env_locate;
+        env.peer_secret = b.peer_secret;
+        env.handoff_peer = env_handoff_peer;
+    }
     int inherited = upgrade_workers(b.upgrade_from);
     if (inherited > 0 && inherited != b.cfg.workers) {
         /* Each handed-over socket is one of its port's SO_REUSEPORT group:
@@ -1257,7 +1329,8 @@ int main(int argc, char **argv)
                                            b.cfg.web_listen) : -1,
         };
         b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
-                                  b.site ? &web : NULL, &proxy, &inherit, &err);
+                                  b.site ? &web : NULL, &proxy,
+                                  env.locate ? &peer : NULL, &inherit, &err);
         if (b.workers[i] == NULL) {
             log_error("cannot listen on %s%s%s%s%s: %s", b.cfg.listen, b.tls ? ", " : "",
                       b.tls ? b.cfg.tls_listen : "", b.site ? ", " : "",
@@ -1303,6 +1376,10 @@ int main(int argc, char **argv)
                  "the client", b.cfg.trusted_proxies,
                  proxy.ports ? b.cfg.proxy_protocol : "(no)",
                  b.site ? ", their X-Forwarded-For on the browser port" : "");
+    if (env.locate != NULL)
+        log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
+                 "(zone secret %s); channels of theirs go to them", b.cfg.peer_listen,
+                 b.cfg.zone_secret);
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
@@ -1396,6 +1473,7 @@ out:
     resolver_free(b.resolver);
     store_free(b.store);
     seal_keys_free(b.keys);
+    OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
     if (b.base != NULL)
         event_base_free(b.base);
     libevent_global_shutdown();

@@ -179,6 +179,28 @@ def test(env):
         (["--peer-listen", "127.0.0.1:%d" % p2, "--peer-advertise", "broker-a"],
          "peer-advertise must be HOST:PORT"),
     ]
+    # the zone secret: a key file as --store-key's
+    zkey = env.path("zone.key")
+    fd = os.open(zkey, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    zopen = env.path("zone-open.key")
+    with open(zopen, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(zopen, 0o644)
+    zshort = env.path("zone-short.key")
+    fd = os.open(zshort, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("abcd\n")
+    bad += [
+        (["--peer-listen", "127.0.0.1:%d" % p2], "peer-listen needs zone-secret FILE"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", env.path("no-such.key")],
+         "zone-secret: key file"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zopen],
+         "is readable or writable by others"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zshort],
+         "must hold 64 hex digits"),
+    ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 2 and want in out, "%s: rc %d, want 2 and %r in %r" % (
@@ -191,7 +213,8 @@ def test(env):
                  ["--config", ini("trusted.ini", "[broker]\ntrusted-proxies = 10.0.0.0/8, "
                                   "2001:db8::1\nproxy-protocol = native,tls,web\n")],
                  ["--peer-listen", "0.0.0.0:%d" % p2, "--peer-advertise",
-                  "broker-a.example:%d" % p2, "--broker-lease-ttl", "30", "--broker-id", "a-1"]):
+                  "broker-a.example:%d" % p2, "--broker-lease-ttl", "30", "--broker-id", "a-1",
+                  "--zone-secret", zkey]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
     log("loopback admin addresses, a metrics port, an admin group, a dotted zone, a peer "
@@ -205,8 +228,12 @@ def test(env):
     with open(zconf, "a") as f:
         f.write("peer-advertise = [2001:db8::1]:%d\n" % p2)
     rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "peer-listen needs zone-secret" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("zone-secret = %s\n" % zkey)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
     check(rc == 0 and "configuration OK" in out, "config file: rc %d %r" % (rc, out))
-    log("peer-listen, peer-advertise and broker-lease-ttl in a config file checked")
+    log("peer-listen, peer-advertise, broker-lease-ttl and zone-secret in a config file checked")
 
     # found only at start-up: exit 1 and a log line, quickly
     busy = socket.socket()

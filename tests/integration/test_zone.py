@@ -15,6 +15,7 @@ With a real etcd and --broker-lease-ttl 3:
   - a clean stop (SIGTERM) revokes the lease: the record is gone from etcd
     when the process has exited.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -41,8 +42,12 @@ def test(env):
     no_direct(env)
     etcd = Etcd(env).start()
     peer = free_port()
+    zkey = env.path("zone.key")              # the peer port needs the zone's secret
+    fd = os.open(zkey, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
     opts = ["--broker-lease-ttl", str(TTL), "--peer-listen", "127.0.0.1:%d" % peer,
-            "--peer-advertise", "localhost:%d" % peer]
+            "--peer-advertise", "localhost:%d" % peer, "--zone-secret", zkey]
     a = Broker(env, name="broker-a", store=etcd.store_spec(), broker_id="a", extra=opts).start()
 
     # registered: in etcd, and in status
