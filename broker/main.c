@@ -1165,6 +1165,7 @@ int main(int argc, char **argv)
         .peer_address = b.cfg.peer_advertise[0] ? b.cfg.peer_advertise : b.cfg.peer_listen,
         .version = SPICE_BROKER_VERSION, .count_sessions = zone_count_sessions,
         .registered_again = zone_registered_again, .arg = &b,
+        .adopt_lease = upgrade_zone_lease(b.upgrade_from),
     };
     char zerr[700];
     notify_status("registering in zone %s as %s", b.cfg.zone, b.cfg.broker_id);
@@ -1386,8 +1387,14 @@ int main(int argc, char **argv)
     /* After a hand-over: the old process stops accepting and makes this
      * one the service's main process before READY=1 (systemd hears only
      * its main process). */
-    if (b.upgrade_from != NULL && upgrade_adopted(b.upgrade_from, &b, &err) < 0)
-        log_warnx("upgrade: %s; serving anyway", err);
+    if (b.upgrade_from != NULL) {
+        bool main_now = upgrade_adopted(b.upgrade_from, &b, &err) == 0;
+        if (!main_now)
+            log_warnx("upgrade: %s; serving anyway", err);
+        /* The old process's registration is ours once it made this one
+         * main (it keeps it alive no more); else a registration of our own. */
+        zone_take_over(b.zone, main_now);
+    }
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */

@@ -25,6 +25,7 @@
 
 #include "broker/broker.h"
 #include "broker/notify.h"
+#include "broker/zone.h"
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -67,6 +68,7 @@ struct upgrade {
     /* new side */
     pid_t old_pid;
     uint32_t old_workers;
+    int64_t zone_lease;          /* the old process's registration lease (zone.h) */
     struct held_fd *held;
     size_t n_held;
 };
@@ -263,6 +265,7 @@ struct upgrade *upgrade_adopt(const char **err)
     }
     u->old_pid = (pid_t)h->pid;
     u->old_workers = h->workers;
+    u->zone_lease = h->zone_lease;
     log_info("upgrade: taking over from pid %u (spice-broker %s, hand-over schema %u.%u; this "
              "is pid %d, spice-broker %s, schema %u.%u)", h->pid, h->version, h->schema, h->minor,
              (int)getpid(), SPICE_BROKER_VERSION, SNAP_HANDOVER_MAJOR, SNAP_HANDOVER_MINOR);
@@ -314,6 +317,11 @@ int upgrade_workers(const struct upgrade *u)
         if (u->held[i].kind == SNAP_LISTEN_NATIVE)
             n++;
     return n;
+}
+
+int64_t upgrade_zone_lease(const struct upgrade *u)
+{
+    return u != NULL ? u->zone_lease : 0;
 }
 
 int upgrade_take_fd(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker)
@@ -574,6 +582,7 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     admin_release_listeners(b->admin);
     if (b->history_sweep != NULL)
         event_del(b->history_sweep); /* the new process sweeps */
+    zone_release(b->zone); /* before MAIN: the new process then takes the registration */
     notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d drains its sessions",
                     (int)new_pid, (int)getpid());
     if (send_type(u->fd, SNAP_HO_MAIN, NULL) < 0)
@@ -749,6 +758,9 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
         snprintf(h->version, sizeof(h->version), "%s", SPICE_BROKER_VERSION);
         h->pid = (uint32_t)getpid();
         h->workers = (uint32_t)b->n_workers;
+        /* An embedded store's leases live in this process: the new one
+         * registers its own. */
+        h->zone_lease = b->zone != NULL && store_lock_fd(b->store) < 0 ? zone_lease(b->zone) : 0;
     }
     int rc = h != NULL ? send_msg(u->fd, h, NULL, 0) : -1;
     free(h);

@@ -7,15 +7,22 @@
  * browser sockets, the admin and metrics sockets, the embedded store's lock.
  *
  *   old                               new
- *   HELLO (version, pid, workers) ->
+ *   HELLO (version, pid, workers,
+ *          zone lease)            ->
  *                                  <- REFUSE (why; it exits) or ACCEPT
  *   LISTENERS (+ fds) ... DONE    ->
  *                                     opens the store, the workers take the
  *                                     sockets and accept on them
  *                                  <- READY (pid)
- *   stops accepting, MAINPID=new,
- *   answers the admin request
- *   MAIN                          ->  READY=1 to the service manager
+ *   stops accepting, leaves the zone
+ *   registration and its lease (no
+ *   more keep-alive, never revoked),
+ *   MAINPID=new, answers the admin
+ *   request
+ *   MAIN                          ->  takes the registration over (the
+ *                                     record under that lease, its pid
+ *                                     now, by compare-and-swap), READY=1
+ *                                     to the service manager
  *   RECORD ... (its sessions' records, written by the new process)
  *
  * No socket is closed or bound again: both processes accept on the same
@@ -47,6 +54,9 @@ struct upgrade;
 struct upgrade *upgrade_adopt(const char **err);
 /* The old process's worker count (sockets per port). */
 int upgrade_workers(const struct upgrade *u);
+/* The lease the old process's zone registration lives under (its hello),
+ * for zone_new's adopt_lease; 0: none (or u NULL). */
+int64_t upgrade_zone_lease(const struct upgrade *u);
 /* The descriptor of that kind (and worker) the old process handed over, or
  * -1; the caller owns it. u may be NULL. */
 int upgrade_take_fd(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker);

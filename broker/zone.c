@@ -50,10 +50,18 @@ struct zone {
 
     pthread_mutex_t mu;             /* everything below */
     pthread_cond_t cv;              /* stopping, or the record must be put again */
+    pthread_cond_t idle_cv;         /* the thread saw paused (zone_release waits) */
     bool stopping;
+    bool paused;                    /* no call to the store: before zone_take_over, after
+                                     * zone_release */
+    bool idle;                      /* the thread is waiting, paused */
+    bool take_pending;              /* zone_take_over asked; take_lease: the adopted one */
+    bool take_lease;
+    bool released;                  /* the lease is the new process's: never revoked here */
     bool dirty;                     /* the state changed: put the record again */
     enum snap_broker_state state;
     int64_t lease;                  /* 0 while lost */
+    int64_t adopt_lease;            /* the old process's, until taken (upgrade) */
 
     /* The zone thread's own (and zone_new's, before it runs). */
     int64_t rev;                    /* the record's revision as we last put it */
@@ -141,6 +149,43 @@ static int register_once(struct zone *z, enum snap_broker_state state, long call
     return STORE_OK;
 }
 
+/* The upgrade's new process takes the old one's registration: the record
+ * under lease (and only that one: compare-and-swap on its revision) is put
+ * again with this process's pid, and the lease is ours to keep alive. The
+ * key is never absent, so no broker of the zone sees this one go.
+ * STORE_OK; STORE_CONFLICT (no such record: gone, or another lease's);
+ * STORE_NOT_FOUND (the lease ended); STORE_ERROR. */
+static int take_record(struct zone *z, enum snap_broker_state state, int64_t lease,
+                       uint32_t *old_pid)
+{
+    void *cur = NULL;
+    size_t cur_len = 0;
+    int64_t cur_rev = 0, rev = 0;
+    struct snap_broker r;
+    int rc = store_get(z->s, z->key, &cur, &cur_len, &cur_rev);
+    if (rc == STORE_OK && (snap_broker_decode(cur, cur_len, &r) != 0 || r.lease != lease))
+        rc = STORE_CONFLICT;
+    free(cur);
+    if (rc != STORE_OK)
+        return rc == STORE_NOT_FOUND ? STORE_CONFLICT : rc;
+    *old_pid = r.pid;
+    uint8_t *val = NULL;
+    size_t len = 0;
+    if (record_encode(z, state, lease, &val, &len) < 0)
+        return STORE_ERROR;
+    rc = store_put_lease(z->s, z->key, val, len, cur_rev, lease, ZONE_CALL_MS, &rev);
+    free(val);
+    if (rc != STORE_OK)
+        return rc;
+    z->rev = rev;
+    z->registered = true;
+    z->failures = 0;
+    pthread_mutex_lock(&z->mu);
+    z->lease = lease;
+    pthread_mutex_unlock(&z->mu);
+    return STORE_OK;
+}
+
 static void *zone_main(void *arg);
 
 struct zone *zone_new(struct store *s, const struct zone_config *c, char *err, size_t cap)
@@ -168,9 +213,25 @@ struct zone *zone_new(struct store *s, const struct zone_config *c, char *err, s
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&z->cv, &ca);
     pthread_condattr_destroy(&ca);
+    pthread_cond_init(&z->idle_cv, NULL);
     if (snap_broker_key(z->key, sizeof(z->key), z->zone, z->id) < 0) {
         snprintf(err, cap, "broker id '%s' makes no store key (no '/' allowed)", z->id);
         goto fail;
+    }
+    if (c->adopt_lease > 0) {
+        /* An upgrade's new process: the old one, live, holds our key and
+         * keeps its lease alive until it has made this one main; then
+         * zone_take_over. Nothing to wait for, nothing written before. */
+        z->adopt_lease = c->adopt_lease;
+        z->paused = true;
+        if (pthread_create(&z->th, NULL, zone_main, z) != 0) {
+            snprintf(err, cap, "cannot start the zone's keep-alive thread");
+            goto fail;
+        }
+        log_info("zone %s: %s stays registered by the old process (lease %" PRIx64 ") until "
+                 "it hands over; this process then takes the registration", z->zone, z->id,
+                 (uint64_t)c->adopt_lease);
+        return z;
     }
     /* A record with our id: a live broker's (it keeps its lease alive), or
      * one left by this id's last process, killed (it goes with its lease).
@@ -222,6 +283,7 @@ struct zone *zone_new(struct store *s, const struct zone_config *c, char *err, s
 fail:
     pthread_mutex_destroy(&z->mu);
     pthread_cond_destroy(&z->cv);
+    pthread_cond_destroy(&z->idle_cv);
     free(z);
     return NULL;
 }
@@ -319,20 +381,47 @@ static void *zone_main(void *arg)
 
     pthread_mutex_lock(&z->mu);
     for (;;) {
-        while (!z->stopping && !z->dirty && clock_mono_ms() < next) {
+        while (!z->stopping && (z->paused || (!z->dirty && !z->take_pending &&
+                                              clock_mono_ms() < next))) {
+            if (z->paused) {
+                /* No call to the store until zone_take_over (zone_release
+                 * waits for this). */
+                z->idle = true;
+                pthread_cond_broadcast(&z->idle_cv);
+                pthread_cond_wait(&z->cv, &z->mu);
+                continue;
+            }
             struct timespec ts = { (time_t)(next / 1000), (long)(next % 1000) * 1000000L };
             pthread_cond_timedwait(&z->cv, &z->mu, &ts);
         }
+        z->idle = false;
         if (z->stopping)
             break;
         bool due = clock_mono_ms() >= next;
         put_pending |= z->dirty;
         z->dirty = false;
+        bool take = z->take_pending, take_lease = z->take_lease;
+        z->take_pending = false;
         enum snap_broker_state state = z->state;
         int64_t lease = z->lease;
         pthread_mutex_unlock(&z->mu);
 
-        if (!z->registered) {
+        if (take) {
+            uint32_t old_pid = 0;
+            int rc = take_lease ? take_record(z, state, z->adopt_lease, &old_pid) : STORE_ERROR;
+            if (rc == STORE_OK) {
+                log_info("zone %s: took the registration of %s over from pid %u (lease %" PRIx64
+                         ", pid %d now)", z->zone, z->id, old_pid, (uint64_t)z->adopt_lease,
+                         (int)getpid());
+                put_pending = false;
+            } else if (take_lease) {
+                log_warnx("zone %s: cannot take the old process's registration (lease %" PRIx64
+                          ": %s); registering anew", z->zone, (uint64_t)z->adopt_lease,
+                          rc == STORE_CONFLICT ? "its record is gone or changed"
+                          : rc == STORE_NOT_FOUND ? "the lease ended" : "the store did not answer");
+            }
+            next = clock_mono_ms() + (z->registered ? period : 0);
+        } else if (!z->registered) {
             try_register(z, state); /* the record it puts has the state */
             if (z->registered)
                 put_pending = false;
@@ -360,6 +449,36 @@ static void *zone_main(void *arg)
     }
     pthread_mutex_unlock(&z->mu);
     return NULL;
+}
+
+void zone_take_over(struct zone *z, bool take)
+{
+    pthread_mutex_lock(&z->mu);
+    if (z->paused && !z->released) {
+        z->paused = false;
+        z->take_pending = true;
+        z->take_lease = take && z->adopt_lease > 0;
+        pthread_cond_signal(&z->cv);
+    }
+    pthread_mutex_unlock(&z->mu);
+}
+
+void zone_release(struct zone *z)
+{
+    if (z == NULL)
+        return;
+    pthread_mutex_lock(&z->mu);
+    z->paused = true;
+    z->released = true;
+    pthread_cond_signal(&z->cv);
+    while (!z->idle && !z->stopping)
+        pthread_cond_wait(&z->idle_cv, &z->mu);
+    int64_t lease = z->lease;
+    pthread_mutex_unlock(&z->mu);
+    if (z->tick != NULL)
+        event_del(z->tick);
+    log_info("zone %s: lease %" PRIx64 " and the registration of %s left to the new process "
+             "(this one keeps them alive no more)", z->zone, (uint64_t)lease, z->id);
 }
 
 void zone_set_state(struct zone *z, enum snap_broker_state state)
@@ -633,7 +752,10 @@ void zone_free(struct zone *z, long revoke_ms)
     zone_stop(z);
     pthread_join(z->th, NULL);
     int64_t lease = z->lease;
-    if (lease > 0 && revoke_ms > 0) {
+    if (lease > 0 && z->released) {
+        log_info("zone %s: lease %" PRIx64 " not revoked: the process this one handed over "
+                 "to keeps it", z->zone, (uint64_t)lease);
+    } else if (lease > 0 && revoke_ms > 0) {
         int rc = store_lease_revoke(z->s, lease, revoke_ms);
         if (rc == STORE_OK || rc == STORE_NOT_FOUND)
             log_info("zone %s: lease %" PRIx64 " revoked: %s left the zone", z->zone,
@@ -654,5 +776,6 @@ void zone_free(struct zone *z, long revoke_ms)
     free(z->suspect_due);
     pthread_mutex_destroy(&z->mu);
     pthread_cond_destroy(&z->cv);
+    pthread_cond_destroy(&z->idle_cv);
     free(z);
 }

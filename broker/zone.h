@@ -12,6 +12,7 @@
 #ifndef SB_ZONE_H
 #define SB_ZONE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,11 @@ struct zone_config {
      * NULL. Must not block. */
     void (*registered_again)(void *arg);
     void *arg;
+    /* Started by spice-brokerctl upgrade (upgrade.h): the lease the old
+     * process's registration lives under (its hand-over hello), 0 = none.
+     * Then zone_new registers nothing: the registration stays the old
+     * process's until zone_take_over. */
+    int64_t adopt_lease;
 };
 
 /* Registers this broker (start-up, main thread; waits for the store): a
@@ -46,8 +52,25 @@ struct zone_config {
  * predecessor's (a process killed with -9 leaves it until its TTL runs out):
  * waits for it to go, at most c->lease_ttl_s + 2 s, then gives up (a live
  * broker with this id keeps it alive). Then starts the keep-alive thread.
- * Returns NULL with the reason in err. Copies c (strings included). */
+ * With c->adopt_lease (a new process of an upgrade: the old one is that
+ * live broker) it registers nothing and the thread waits for
+ * zone_take_over. Returns NULL with the reason in err. Copies c (strings
+ * included). */
 struct zone *zone_new(struct store *s, const struct zone_config *c, char *err, size_t cap);
+
+/* After the hand-over (the old process has made this one main and stopped
+ * its zone, zone_release): the zone's thread takes the old process's
+ * registration, the record under c->adopt_lease, by compare-and-swap, with
+ * this process's pid, and keeps that lease alive; the key never goes. With
+ * take false, or if that record is gone or changed, it registers anew (a
+ * new lease, retried). Only after zone_new with an adopt_lease. Control
+ * loop; does not wait. */
+void zone_take_over(struct zone *z, bool take);
+/* The hand-over, old side: the zone's thread stops (waits for a call to
+ * the store under way, at most ZONE_CALL_MS) and makes no more, the watch
+ * stops, and zone_free will not revoke the lease: the new process keeps it
+ * alive and takes the record (zone_take_over). Control loop. */
+void zone_release(struct zone *z);
 
 /* Serving or draining: the record is put again with it (at once, on the
  * zone's thread). Any thread. */

@@ -584,6 +584,7 @@ int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *l
     m.version = (char *)h->version;
     m.pid = h->pid;
     m.workers = h->workers;
+    m.zone_lease = h->zone_lease;
     m.reason = (char *)h->reason;
     for (uint32_t i = 0; i < h->n_listeners; i++) {
         spicebroker__handover_listener__init(&ls[i]);
@@ -686,6 +687,7 @@ int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h
         goto fail;
     tmp->type = (enum snap_handover_type)m->type;
     tmp->workers = m->workers;
+    tmp->zone_lease = m->zone_lease;
     tmp->n_listeners = (uint32_t)m->n_listeners;
     for (size_t i = 0; i < m->n_listeners; i++) {
         const HandoverListener *l = m->listeners[i];

@@ -136,10 +136,10 @@ int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *k
  * upgrade.c), a datagram on their unix socket; listener fds ride beside it
  * (SCM_RIGHTS), one per listeners[] entry, in order. */
 #define SNAP_HANDOVER_MAJOR 1
-#define SNAP_HANDOVER_MINOR 0
+#define SNAP_HANDOVER_MINOR 1   /* 1: the hello's zone_lease */
 #define SNAP_HANDOVER_MAX_LISTENERS 200   /* per message: under the kernel's 253 fds */
 enum snap_handover_type {
-    SNAP_HO_HELLO = 1,      /* old -> new: version, pid, workers */
+    SNAP_HO_HELLO = 1,      /* old -> new: version, pid, workers, zone_lease */
     SNAP_HO_REFUSE = 2,     /* new -> old: reason */
     SNAP_HO_ACCEPT = 3,     /* new -> old */
     SNAP_HO_LISTENERS = 4,  /* old -> new: listeners[] with their fds */
@@ -164,6 +164,7 @@ struct snap_handover {
     char version[32];
     uint32_t pid;
     uint32_t workers;
+    int64_t zone_lease;             /* HELLO: the old process's registration lease, 0 = none */
     char reason[SNAP_MAX_REASON];
     uint32_t n_listeners;
     struct snap_listener listeners[SNAP_HANDOVER_MAX_LISTENERS];

@@ -439,6 +439,7 @@ static void test_handover_round_trip(void **state)
     snprintf(h->version, sizeof(h->version), "0.9.0");
     h->pid = 4242;
     h->workers = 64;
+    h->zone_lease = 0x694d8a1b2c3d4e5fLL;
     h->n_listeners = SNAP_HANDOVER_MAX_LISTENERS;
     for (uint32_t i = 0; i < h->n_listeners; i++) {
         h->listeners[i].kind = (enum snap_listener_kind)(SNAP_LISTEN_NATIVE + i % 6);
@@ -452,6 +453,7 @@ static void test_handover_round_trip(void **state)
     assert_string_equal(u->version, "0.9.0");
     assert_int_equal(u->pid, 4242);
     assert_int_equal(u->workers, 64);
+    assert_true(u->zone_lease == 0x694d8a1b2c3d4e5fLL);
     assert_int_equal(u->n_listeners, SNAP_HANDOVER_MAX_LISTENERS);
     for (uint32_t i = 0; i < h->n_listeners; i++) {
         assert_int_equal(u->listeners[i].kind, h->listeners[i].kind);
