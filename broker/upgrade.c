@@ -281,8 +281,12 @@ struct upgrade *upgrade_adopt(const char **err)
                                                                       : "unreadable");
             goto fail;
         }
-        if (h->type == SNAP_HO_DONE)
+        if (h->type == SNAP_HO_DONE) {
+            for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]); /* a DONE carries none: any that came are not ours to keep */
+            n_fds = 0;
             break;
+        }
         if (h->type != SNAP_HO_LISTENERS || n_fds != h->n_listeners) {
             *err = errorf("the old process sent %zu sockets for %u listeners", n_fds,
                           h->n_listeners);
@@ -290,8 +294,10 @@ struct upgrade *upgrade_adopt(const char **err)
         }
         for (size_t i = 0; i < n_fds; i++) {
             if (hold(u, &h->listeners[i], fds[i]) < 0) {
+                /* fds[0..i) are held (closed with u), the rest are not */
                 for (size_t j = i; j < n_fds; j++)
                     close(fds[j]);
+                n_fds = 0;
                 *err = "out of memory";
                 goto fail;
             }
