@@ -934,11 +934,21 @@ static bool h_upgrade(struct admin *a, const struct request *q, struct response 
     const char *err = NULL;
     if (bin != NULL && !json_is_string(bin)) {
         reply_error(r, 400, "binary must be a string (an absolute path)");
+    } else if (bin != NULL && strncmp(a->b->cfg.admin, "unix:", 5) != 0) {
+        /* Any local user reaches a loopback TCP port: a binary named there
+         * would run as the broker's user. The unix socket has its mode and
+         * group. */
+        log_warnx("upgrade: refused: a binary named on the TCP admin endpoint %s (only the "
+                  "broker's own executable, or the unix socket)", a->b->cfg.admin);
+        reply_error(r, 403, "binary is refused on a TCP admin endpoint (any local user can "
+                    "reach it): upgrade to the broker's own executable, or use a unix admin "
+                    "socket");
     } else if (a->upgrading != NULL) {
         reply_error(r, 409, "an upgrade is under way");
     } else if (upgrade_start(a->b, bin ? json_string_value(bin) : NULL, on_upgrade_done, a,
                              &err) < 0) {
-        reply_error(r, strcmp(err, "out of memory") == 0 ? 500 : 409, err);
+        reply_error(r, strcmp(err, "out of memory") == 0 ? 500
+                       : strstr(err, "is refused") != NULL ? 403 : 409, err);
     } else {
         a->upgrading = bev;
         bufferevent_disable(bev, EV_READ);

@@ -653,6 +653,37 @@ static void on_old_read(evutil_socket_t fd, short what, void *arg)
     free(h);
 }
 
+/* A binary other than the broker's own executable runs as the broker's
+ * user with its sockets: only one nobody else could have written, owned by
+ * root or this user and not writable by group or others, in directories
+ * of the same kind (or sticky: /tmp), symbolic links resolved (the
+ * resolved path is what runs). NULL, or why not (static text). */
+static const char *binary_untrusted(const char *path, char real[PATH_MAX])
+{
+    if (realpath(path, real) == NULL)
+        return errorf("the binary %s cannot be resolved: %s", path, strerror(errno));
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", real);
+    for (bool file = true;; file = false) {
+        struct stat st;
+        if (stat(dir, &st) < 0)
+            return errorf("the binary's path %s cannot be checked: %s", dir, strerror(errno));
+        bool owner_ok = st.st_uid == 0 || st.st_uid == geteuid();
+        bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 &&
+                            (file || (st.st_mode & S_ISVTX) == 0);
+        if (!owner_ok || others_write)
+            return errorf("the binary %s is refused: %s %s is %s (a binary other than the "
+                          "broker's own must be owned by root or uid %d and writable by no one "
+                          "else, as its directories)", real, file ? "the file" : "the directory",
+                          dir, !owner_ok ? "owned by another user" : "writable by group or others",
+                          (int)geteuid());
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL || dir[1] == '\0')
+            return NULL;
+        slash[slash == dir ? 1 : 0] = '\0';
+    }
+}
+
 int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, void *arg,
                   const char **err)
 {
@@ -671,6 +702,15 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
     if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(path, X_OK) < 0) {
         *err = "the binary is not an executable file";
         return -1;
+    }
+    char real[PATH_MAX];
+    if (strcmp(path, b->self_exe) != 0) {
+        char esc[SNAP_MAX_REASON * 2];
+        if ((*err = binary_untrusted(path, real)) != NULL) {
+            log_warnx("upgrade: refused: %s", log_escape(*err, esc, sizeof(esc)));
+            return -1;
+        }
+        path = real;
     }
     upgrade_free(u);
     b->upgrade_to = NULL;
