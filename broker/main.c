@@ -1443,6 +1443,7 @@ out:
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);
     if (b.writer != NULL) {
+        upgrade_flush_records(&b, STOP_FLUSH_MS / 2); /* those the new process did not take yet */
         records_flush(&b);
         int64_t left = STOP_FLUSH_MS - (clock_mono_ms() - stop_from);
         store_writer_free(b.writer, left > 0 ? (long)left : 0);

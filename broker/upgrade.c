@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -37,6 +38,11 @@ extern char **environ;
 #define MSG_MAX 65536
 /* How long a blocking send or receive of the hand-over may take. */
 #define IO_TIMEOUT_S 10
+/* Session records the new process has not taken yet (its socket is full:
+ * it is slow, or stopped) wait in the old one, newest per session, at most
+ * this many; they are tried again every RECORD_RETRY_MS. */
+#define RECORD_QUEUE_MAX 65536
+#define RECORD_RETRY_MS 50
 
 enum upgrade_state {
     UP_STARTING,    /* old: the new process runs, hello sent */
@@ -61,6 +67,9 @@ struct upgrade {
     upgrade_done_fn done;
     void *arg;
     struct event *timer, *sigchld, *drain;
+    struct snap_session *waiting;   /* records for the new process, in order */
+    size_t n_waiting, cap_waiting;
+    struct event *waiting_timer;
     int64_t t_start, t_handed;
     _Atomic uint64_t live;       /* sessions the workers counted this tick */
     _Atomic int answered;        /* workers that answered this tick */
@@ -88,8 +97,10 @@ static const char *kind_name(enum snap_listener_kind k)
 
 /* ------------------------------------------------------------------ messages */
 
-/* Sends one message with fds beside it (n_fds <= SNAP_HANDOVER_MAX_LISTENERS). */
-static int send_msg(int fd, const struct snap_handover *h, const int *fds, size_t n_fds)
+/* Sends one message with fds beside it (n_fds <= SNAP_HANDOVER_MAX_LISTENERS);
+ * flags: MSG_DONTWAIT, or 0 (blocking, within the socket's SO_SNDTIMEO). */
+static int send_msg_flags(int fd, int flags, const struct snap_handover *h, const int *fds,
+                          size_t n_fds)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
@@ -113,10 +124,17 @@ static int send_msg(int fd, const struct snap_handover *h, const int *fds, size_
     }
     ssize_t r;
     do
-        r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        r = sendmsg(fd, &mh, MSG_NOSIGNAL | flags);
     while (r < 0 && errno == EINTR);
+    int saved = errno;
     free(buf);
+    errno = saved;
     return r == (ssize_t)len ? 0 : -1;
+}
+
+static int send_msg(int fd, const struct snap_handover *h, const int *fds, size_t n_fds)
+{
+    return send_msg_flags(fd, 0, h, fds, n_fds);
 }
 
 static int send_type(int fd, enum snap_handover_type type, const char *reason)
@@ -833,23 +851,139 @@ fail:
     return -1;
 }
 
-int upgrade_forward_record(struct broker *b, const struct snap_session *rec)
+/* One record to the new process, never waiting: 0, or -1 (errno EAGAIN:
+ * its socket is full). */
+static int send_record(struct upgrade *u, const struct snap_session *rec)
 {
-    struct upgrade *u = b->upgrade_to;
-    if (u == NULL || u->state != UP_SERVING || u->fd < 0)
-        return -1;
     struct snap_handover *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return -1;
     h->type = SNAP_HO_RECORD;
     h->has_record = true;
     h->record = *rec;
-    int rc = send_msg(u->fd, h, NULL, 0);
+    int rc = send_msg_flags(u->fd, MSG_DONTWAIT, h, NULL, 0);
+    int saved = errno;
     free(h);
-    if (rc < 0)
+    errno = saved;
+    return rc;
+}
+
+/* The waiting records, in order, to the new process; those it cannot take
+ * (it is gone) are written here. Returns how many still wait. */
+static size_t send_waiting(struct upgrade *u)
+{
+    size_t sent = 0;
+    while (sent < u->n_waiting && u->fd >= 0 && send_record(u, &u->waiting[sent]) == 0)
+        sent++;
+    bool full = sent < u->n_waiting && u->fd >= 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    if (sent < u->n_waiting && !full) {
+        struct snap_session *left = u->waiting;
+        size_t n = u->n_waiting;
+        log_warnx("upgrade: pid %d takes no session records (%s): the %zu waiting are written "
+                  "here", (int)u->child, u->fd < 0 ? "it is gone" : strerror(errno), n - sent);
+        u->waiting = NULL;
+        u->n_waiting = u->cap_waiting = 0;
+        for (size_t i = sent; i < n; i++)
+            broker_publish_session(u->b, &left[i]); /* forwarded no more: written here */
+        free(left);
+        return 0;
+    }
+    memmove(u->waiting, u->waiting + sent, (u->n_waiting - sent) * sizeof(*u->waiting));
+    u->n_waiting -= sent;
+    if (u->n_waiting == 0)
+        log_info("upgrade: pid %d takes the session records again", (int)u->child);
+    return u->n_waiting;
+}
+
+static void on_waiting_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    struct timeval tv = { 0, RECORD_RETRY_MS * 1000 };
+    if (send_waiting(u) > 0)
+        evtimer_add(u->waiting_timer, &tv);
+}
+
+/* Keeps rec for the new process (newest per session): 0, or -1 when the
+ * queue is full or out of memory. */
+static int wait_record(struct upgrade *u, const struct snap_session *rec)
+{
+    for (size_t i = 0; i < u->n_waiting; i++) {
+        if (u->waiting[i].id == rec->id) {
+            u->waiting[i] = *rec;
+            return 0;
+        }
+    }
+    if (u->n_waiting == u->cap_waiting) {
+        size_t nc = u->cap_waiting ? u->cap_waiting * 2 : 64;
+        void *n = nc <= RECORD_QUEUE_MAX ? realloc(u->waiting, nc * sizeof(*u->waiting)) : NULL;
+        if (n == NULL)
+            return -1;
+        u->waiting = n;
+        u->cap_waiting = nc;
+    }
+    struct timeval tv = { 0, RECORD_RETRY_MS * 1000 };
+    if (u->waiting_timer == NULL &&
+        (u->waiting_timer = evtimer_new(u->b->base, on_waiting_timer, u)) == NULL)
+        return -1;
+    if (u->n_waiting == 0) {
+        log_warnx("upgrade: pid %d does not take the session records now (its socket is full: "
+                  "slow or stopped); they wait here (at most %d, newest per session) and are "
+                  "tried every %d ms", (int)u->child, RECORD_QUEUE_MAX, RECORD_RETRY_MS);
+        evtimer_add(u->waiting_timer, &tv);
+    }
+    u->waiting[u->n_waiting++] = *rec;
+    return 0;
+}
+
+int upgrade_forward_record(struct broker *b, const struct snap_session *rec)
+{
+    struct upgrade *u = b->upgrade_to;
+    if (u == NULL || u->state != UP_SERVING)
+        return -1;
+    if (u->fd < 0) {
+        if (u->n_waiting > 0)
+            send_waiting(u); /* the older ones first: written here too */
+        return -1;
+    }
+    /* Never a blocking send on the control loop: a record the socket does
+     * not take now waits, behind those already waiting (order kept). */
+    if (u->n_waiting == 0 && send_record(u, rec) == 0)
+        return 0;
+    if (u->n_waiting == 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
         log_warnx("sid=%08x upgrade: cannot pass the session record to pid %d (%s); written here",
                   rec->id, (int)u->child, strerror(errno));
-    return rc;
+        return -1;
+    }
+    if (wait_record(u, rec) < 0) {
+        log_warnx("sid=%08x upgrade: pid %d does not take the session records and %zu wait "
+                  "already; this one is written here", rec->id, (int)u->child, u->n_waiting);
+        return -1;
+    }
+    return 0;
+}
+
+void upgrade_flush_records(struct broker *b, long bound_ms)
+{
+    struct upgrade *u = b->upgrade_to;
+    if (u == NULL || u->n_waiting == 0)
+        return;
+    int64_t end = clock_mono_ms() + bound_ms;
+    while (send_waiting(u) > 0) {
+        int64_t left = end - clock_mono_ms();
+        struct pollfd p = { u->fd, POLLOUT, 0 };
+        if (left <= 0 || poll(&p, 1, (int)(left < 100 ? left : 100)) < 0)
+            break;
+    }
+    if (u->n_waiting > 0) {
+        /* Written here: the forwarding stops (upgrade_forward_record -1). */
+        log_warnx("upgrade: pid %d did not take the %zu session records waiting within %ld ms "
+                  "of the stop: written here", (int)u->child, u->n_waiting, bound_ms);
+        if (u->rd != NULL)
+            event_del(u->rd);
+        close(u->fd);
+        u->fd = -1;
+        send_waiting(u);
+    }
 }
 
 bool upgrade_handed_over(const struct broker *b)
@@ -867,11 +1001,14 @@ void upgrade_free(struct upgrade *u)
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_free(evs[i]);
+    if (u->waiting_timer != NULL)
+        event_free(u->waiting_timer);
     if (u->fd >= 0)
         close(u->fd);
     for (size_t i = 0; i < u->n_held; i++)
         if (u->held[i].fd >= 0)
             close(u->held[i].fd);
     free(u->held);
+    free(u->waiting);
     free(u);
 }

@@ -84,8 +84,15 @@ typedef void (*upgrade_done_fn)(void *arg, int new_pid, const char *err);
 int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, void *arg,
                   const char **err);
 /* After the hand-over, a session record goes to the new process to write
- * (0), or -1: not handed over, or the new process is gone (write it here). */
+ * (0), or -1: not handed over, or the new process is gone (write it here).
+ * Never waits: one the socket does not take now (the new process is slow
+ * or stopped) waits in a bounded queue, newest per session, tried again
+ * every 50 ms, written here (broker_publish_session) if the new process
+ * goes; -1 when that queue is full. */
 int upgrade_forward_record(struct broker *b, const struct snap_session *rec);
+/* At the stop: the records still waiting go to the new process within
+ * bound_ms (blocking), the rest are written here and forwarding ends. */
+void upgrade_flush_records(struct broker *b, long bound_ms);
 /* Has this process handed its listeners over? */
 bool upgrade_handed_over(const struct broker *b);
 /* Either side's state (NULL: no-op); kills a new process not yet serving. */
