@@ -994,6 +994,11 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         h_drain(b, q, r);
     else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
+    else if (post && strncmp(path, "/v1/tokens", 10) == 0 && upgrade_handed_over(b))
+        /* A request accepted before the hand-over: the store (its embedded
+         * directory) is the new process's now, which loaded it after this
+         * process's last write. */
+        reply_error(r, 503, "this process has handed over to a new one: ask again");
     else if (post && strcmp(path, "/v1/tokens") == 0)
         return h_token_add(a, q, r, bev);
     else if (post && strcmp(path, "/v1/tokens/revoke") == 0)

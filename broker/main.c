@@ -1391,6 +1391,11 @@ int main(int argc, char **argv)
         bool main_now = upgrade_adopted(b.upgrade_from, &b, &err) == 0;
         if (!main_now)
             log_warnx("upgrade: %s; serving anyway", err);
+        /* The old process wrote the embedded store's directory after this
+         * one loaded it (tokens, records); it writes no more now. */
+        if (store_reload(b.store) < 0)
+            log_warnx("upgrade: the store as the old process left it is not loaded: what it "
+                      "wrote during the hand-over shows at the next start");
         /* The old process's registration is ours once it made this one
          * main (it keeps it alive no more); else a registration of our own. */
         zone_take_over(b.zone, main_now);

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -606,7 +607,20 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     admin_release_listeners(b->admin);
     if (b->history_sweep != NULL)
         event_del(b->history_sweep); /* the new process sweeps */
-    zone_release(b->zone); /* before MAIN: the new process then takes the registration */
+    if (store_lock_fd(b->store) < 0)
+        zone_release(b->zone); /* before MAIN: the new process then takes the registration */
+    if (store_lock_fd(b->store) >= 0) {
+        /* The embedded store's directory: the new process loads it again
+         * at MAIN, so this process's last write (a token add under way)
+         * is made before; none after (admin.c, records forwarded). */
+        int64_t until = clock_mono_ms() + BROKER_WRITE_MS;
+        while (store_writer_pending(b->writer) > 0 && clock_mono_ms() < until)
+            nanosleep(&(struct timespec){ 0, 2 * 1000000L }, NULL);
+        if (store_writer_pending(b->writer) > 0)
+            log_warnx("upgrade: %zu store writes of this process still under way at the "
+                      "hand-over: pid %d may not see them until its restart",
+                      store_writer_pending(b->writer), (int)new_pid);
+    }
     notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d drains its sessions",
                     (int)new_pid, (int)getpid());
     if (send_type(u->fd, SNAP_HO_MAIN, NULL) < 0)

@@ -219,6 +219,18 @@ int store_lock_fd(const struct store *s)
     return s != NULL && s->be->lock_fd != NULL ? s->be->lock_fd(s->impl) : -1;
 }
 
+int store_reload(struct store *s)
+{
+    if (s == NULL)
+        return -1;
+    if (s->be->reload == NULL)
+        return 0;
+    int rc = s->be->reload(s->impl);
+    if (rc == 0)
+        store_notify_fire(&s->notify, NULL); /* anything may have changed */
+    return rc;
+}
+
 const char *store_describe(const struct store *s)
 {
     return s != NULL ? s->desc : "(no store)";

@@ -126,6 +126,13 @@ int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *a
  * process (store_opts.lock_fd); -1 for a back-end without one (etcd).
  * Borrowed: it stays the store's. */
 int store_lock_fd(const struct store *s);
+/* Reads again what another process wrote meanwhile: the embedded back-end
+ * takes its directory as it is now (keys under a lease, in memory only,
+ * kept; the revision counter past every one seen), for an upgrade's new
+ * process once the old one, which shared the directory, has made its last
+ * write. Writers of this process wait meanwhile. 0, or -1 (the view is
+ * unchanged). etcd: nothing to do (its watch tells). Any thread. */
+int store_reload(struct store *s);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);

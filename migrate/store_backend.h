@@ -52,6 +52,8 @@ struct store_backend {
                      int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
     /* store_lock_fd; NULL: none */
     int (*lock_fd)(void *impl);
+    /* store_reload; NULL: nothing to read again (0) */
+    int (*reload)(void *impl);
 };
 
 extern const struct store_backend store_embedded_backend;

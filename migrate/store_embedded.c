@@ -365,6 +365,7 @@ static int load(struct emb *e, const char **err)
             close(fd);
         goto fail;
     }
+    rewinddir(d); /* the dup shares dirfd's position: at the end after an earlier load */
     while ((errno = 0, de = readdir(d)) != NULL) {
         const char *name = de->d_name;
         uint8_t *buf = NULL;
@@ -500,6 +501,69 @@ static int adopt_lock(struct emb *e, int fd, const char **err)
 static int emb_lock_fd(void *impl)
 {
     return ((struct emb *)impl)->lockfd;
+}
+
+/* The directory as it is now (another process shared it: an upgrade's old
+ * one), under wmu so no write of ours runs meanwhile; the keys under a
+ * lease live in memory only and are carried over. */
+static int emb_reload(void *impl)
+{
+    struct emb *e = impl;
+    struct emb fresh;
+    const char *err = NULL;
+    int rc = -1;
+
+    memset(&fresh, 0, sizeof(fresh));
+    fresh.dir = e->dir;
+    fresh.dirfd = e->dirfd;
+    pthread_mutex_lock(&e->wmu);
+    if (load(&fresh, &err) < 0) {
+        log_warnx("store: %s: cannot load again (%s): the view stays as it was", e->dir,
+                  err ? err : "?");
+        goto out;
+    }
+    pthread_mutex_lock(&e->mu);
+    size_t carried = 0;
+    for (size_t i = 0; i < e->map.n; i++)
+        carried += e->map.ents[i].lease != 0;
+    if (store_map_reserve(&fresh.map, fresh.map.n + carried) < 0) {
+        pthread_mutex_unlock(&e->mu);
+        store_map_clear(&fresh.map);
+        log_warnx("store: %s: cannot load again (out of memory): the view stays as it was",
+                  e->dir);
+        goto out;
+    }
+    for (size_t i = 0; i < e->map.n; i++) {
+        struct store_entry *ent = &e->map.ents[i];
+        size_t idx;
+        if (ent->lease == 0)
+            continue;
+        struct store_entry *had = store_map_find(&fresh.map, ent->key, &idx);
+        if (had != NULL) {
+            /* A file of a key now leased (a leased put whose file removal
+             * failed): the lease's value is the live one. */
+            free(had->key);
+            free(had->val);
+            *had = *ent;
+        } else {
+            store_map_insert_at(&fresh.map, idx, *ent); /* room reserved above */
+        }
+        ent->key = NULL;  /* moved */
+        ent->val = NULL;
+    }
+    struct store_map old = e->map;
+    e->map = fresh.map;
+    if (fresh.rev > e->rev)
+        e->rev = fresh.rev;
+    int64_t rev = e->rev;
+    pthread_mutex_unlock(&e->mu);
+    store_map_clear(&old);
+    log_info("store: reloaded %s: %zu keys (%zu under a lease kept), revision %lld", e->dir,
+             fresh.map.n, carried, (long long)rev);
+    rc = 0;
+out:
+    pthread_mutex_unlock(&e->wmu);
+    return rc;
 }
 
 static void *emb_open(const char *dir, const struct store_opts *opts,
@@ -863,4 +927,5 @@ const struct store_backend store_embedded_backend = {
     .lease_revoke = emb_lease_revoke,
     .put_lease = emb_put_lease,
     .lock_fd = emb_lock_fd,
+    .reload = emb_reload,
 };

@@ -483,6 +483,55 @@ static void test_lock_handed_over(void **state)
     f->s = open_ok(f);
 }
 
+/* An upgrade's two processes on one directory: what the old one writes
+ * after the new one opened shows in the new one after store_reload; its
+ * own leased key stays, and its revisions go past the old one's. */
+static void test_reload_after_hand_over(void **state)
+{
+    struct fixture *f = *state;
+    const char *err = NULL;
+    void *val = NULL;
+    size_t len = 0;
+    int64_t lease = 0, rev_old = 0, rev_new = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_put(f->s, "/spice-broker/z/tokens/a", "v1", 2, STORE_ANY_REV, NULL),
+                     STORE_OK);
+    int fd = dup(store_lock_fd(f->s));
+    struct store_opts opts = { .lock_fd = &fd };
+    struct store *n = store_open_with(f->spec, &opts, &err);
+    assert_non_null(n);
+    assert_int_equal(store_lease_grant(n, 60, 0, &lease), STORE_OK);
+    assert_int_equal(store_put_lease(n, "/spice-broker/z/brokers/b", "me", 2, STORE_ABSENT_REV,
+                                     lease, 0, NULL), STORE_OK);
+    /* the old process writes on */
+    assert_int_equal(store_put(f->s, "/spice-broker/z/tokens/b", "v2", 2, STORE_ANY_REV,
+                               &rev_old), STORE_OK);
+    assert_int_equal(store_put(f->s, "/spice-broker/z/tokens/a", "v3", 2, STORE_ANY_REV, NULL),
+                     STORE_OK);
+    assert_int_equal(store_get(n, "/spice-broker/z/tokens/b", &val, &len, NULL),
+                     STORE_NOT_FOUND);
+    assert_int_equal(store_reload(n), 0);
+    assert_int_equal(store_get(n, "/spice-broker/z/tokens/b", &val, &len, NULL), STORE_OK);
+    assert_memory_equal(val, "v2", 2);
+    free(val);
+    assert_int_equal(store_get(n, "/spice-broker/z/tokens/a", &val, &len, NULL), STORE_OK);
+    assert_memory_equal(val, "v3", 2);
+    free(val);
+    assert_int_equal(store_get(n, "/spice-broker/z/brokers/b", &val, &len, NULL), STORE_OK);
+    assert_memory_equal(val, "me", 2);
+    free(val);
+    assert_int_equal(store_put(n, "/spice-broker/z/tokens/c", "v4", 2, STORE_ANY_REV,
+                               &rev_new), STORE_OK);
+    assert_true(rev_new > rev_old + 1);
+    /* the lease still owns its key */
+    assert_int_equal(store_lease_revoke(n, lease, 0), STORE_OK);
+    assert_int_equal(store_get(n, "/spice-broker/z/brokers/b", &val, &len, NULL),
+                     STORE_NOT_FOUND);
+    store_free(f->s);
+    f->s = n;
+}
+
 /* ---- threads ---- */
 
 #define N_THREADS 4
@@ -529,6 +578,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_handed_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_after_hand_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
     };
 
