@@ -13,7 +13,10 @@
  *                                   time: each link's time, connect to OK)
  *       wrongrate  --seconds S [--parallel P]   (links whose ticket must be
  *                                   refused: refusals per second)
- *   client options also: --bind ADDR (the source address, e.g. 127.0.0.2)
+ *   client options also: --bind ADDR (the source address, e.g. 127.0.0.2);
+ *       throughput: --display-connect HOST:PORT (the display link goes there,
+ *       e.g. another broker of the zone, which carries it to the session's owner);
+ *       --rcvbuf N (SO_RCVBUF of its sockets: a small one keeps a slow reader slow)
  *
  * The server links like spice-server (one RSA-1024 key made at start and reused
  * for every link, any ticket accepted, mini headers). Main: MAIN_INIT with a
@@ -706,6 +709,10 @@ struct copts {
     struct sockaddr_in bind_addr; /* --bind: the source address (port 0) */
     bool bind;
     bool want_refusal;     /* wrongrate: a PERMISSION_DENIED is the expected end */
+    struct sockaddr_in display_addr; /* --display-connect: throughput's display link goes
+                                      * there (another broker of the zone), not to --connect */
+    bool display_other;
+    int rcvbuf;            /* --rcvbuf N: SO_RCVBUF of every socket (0: the kernel's) */
 };
 
 /* A linked client channel: its socket, reader and ACK state (spice-gtk's
@@ -1207,6 +1214,8 @@ static int tcp_connect(const struct copts *o, uint64_t deadline)
         close(fd);
         return -1;
     }
+    if (o->rcvbuf > 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, sizeof o->rcvbuf);
     if (connect(fd, (const struct sockaddr *)&o->addr, sizeof o->addr) < 0) {
         if (errno != EINPROGRESS || wait_fd(fd, POLLOUT, deadline) < 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
@@ -1459,7 +1468,10 @@ static int run_throughput(const struct copts *o, double seconds)
         report_error("throughput", why);
         return 1;
     }
-    dfd = client_link(o, sid, SPICE_CHANNEL_DISPLAY, deadline, &why);
+    struct copts od = *o;
+    if (o->display_other)
+        od.addr = o->display_addr;
+    dfd = client_link(&od, sid, SPICE_CHANNEL_DISPLAY, deadline, &why);
     if (dfd < 0 || cchan_init(&ch, dfd, 1u << 20) < 0) {
         report_error("throughput", why);
         return 1;
@@ -1779,7 +1791,7 @@ static void usage(void)
             "         linkrate --seconds S [--parallel P]\n"
             "         linktime --tokens FILE\n"
             "         wrongrate --seconds S [--parallel P]\n"
-            "       client options: [--bind ADDR]\n");
+            "       client options: [--bind ADDR] [--display-connect HOST:PORT (throughput)] [--rcvbuf N]\n");
     exit(2);
 }
 
@@ -1836,6 +1848,12 @@ int main(int argc, char **argv)
         if (parse_addr(spec, &o.bind_addr) < 0)
             usage();
         o.bind = true;
+    }
+    o.rcvbuf = (int)opt_num(argc, argv, "--rcvbuf", 0);
+    if (opt(argc, argv, "--display-connect", NULL) != NULL) {
+        if (parse_addr(opt(argc, argv, "--display-connect", NULL), &o.display_addr) < 0)
+            usage();
+        o.display_other = true;
     }
     o.tls = opt(argc, argv, "--tls", NULL) ? tls_client_ctx(opt(argc, argv, "--tls", NULL)) : NULL;
     for (int i = 2; i < argc; i++) {
