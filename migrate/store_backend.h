@@ -4,6 +4,7 @@
 #ifndef SB_STORE_BACKEND_H
 #define SB_STORE_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,6 +13,22 @@
 /* Limits every back-end enforces (etcd's default request limit is 1.5 MiB). */
 #define STORE_MAX_KEY 1024
 #define STORE_MAX_VALUE (1024 * 1024)
+
+/* One write of a batch (store_batch_within): in key, val, len, expect_rev,
+ * del as for store_put/store_delete; out result (an enum store_result) and
+ * new_rev (after a put that returned STORE_OK, else 0). */
+struct store_op {
+    bool del;
+    const char *key;
+    const void *val;
+    size_t len;
+    int64_t expect_rev;
+    int result;
+    int64_t new_rev;
+};
+
+/* The most writes one batch call takes (store_batch_within splits). */
+#define STORE_BATCH_MAX 256
 
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
  * enum store_result values. put and del take timeout_ms, how long the write
@@ -28,6 +45,10 @@ struct store_backend {
     int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
     /* store_fresh; NULL: always fresh */
     int (*fresh)(void *impl, int64_t *silent_ms);
+    /* n (1..STORE_BATCH_MAX) writes made in order as if one after the other,
+     * each with its own result, made durable together (one flush for all);
+     * NULL: store_batch_within makes them one at a time. */
+    void (*batch)(void *impl, struct store_op *ops, size_t n, long timeout_ms);
 };
 
 extern const struct store_backend store_embedded_backend;
@@ -38,6 +59,12 @@ extern const struct store_backend store_etcd_backend;
 int store_put_within(struct store *s, const char *key, const void *val, size_t len,
                      int64_t expect_rev, long timeout_ms, int64_t *new_rev);
 int store_delete_within(struct store *s, const char *key, int64_t expect_rev, long timeout_ms);
+/* The writes of ops in order, each result in its op: through the back-end's
+ * batch (one flush for all: the store writer's group commit) or one at a time. */
+void store_batch_within(struct store *s, struct store_op *ops, size_t n, long timeout_ms);
+/* Does s's back-end make a batch durable with one flush (else a batch is
+ * only a loop, and each write had better get its own bound)? */
+bool store_batches(const struct store *s);
 
 /* Formats an error into a thread-local buffer and returns it, for *err. */
 const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
