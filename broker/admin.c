@@ -197,6 +197,10 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.links_throttled += st.links_throttled;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
+    c->stats.link_keys_generated += st.link_keys_generated;
+    c->stats.link_key_rotations += st.link_key_rotations;
+    c->stats.tickets_replayed += st.tickets_replayed;
+    c->stats.tickets_key_gone += st.tickets_key_gone;
     c->f.pending--;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->f.mu);
@@ -449,6 +453,34 @@ static void metrics_limits(struct broker *b, struct response *r, const struct se
     }
 }
 
+/* The workers' link keys (session/keyring.h), appended. */
+static void metrics_keys(struct response *r, const struct session_stats *s)
+{
+    char more[1024];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_link_keys_generated_total RSA link keys generated and put in "
+             "use (all workers).\n"
+             "# TYPE spice_broker_link_keys_generated_total counter\n"
+             "spice_broker_link_keys_generated_total %llu\n"
+             "# HELP spice_broker_link_key_rotations_total Link keys replaced (by age or by "
+             "tickets accepted).\n"
+             "# TYPE spice_broker_link_key_rotations_total counter\n"
+             "spice_broker_link_key_rotations_total %llu\n"
+             "# HELP spice_broker_tickets_refused_total Tickets refused by the link keys: "
+             "already accepted once (replay), or made for a key that is gone (expired_key).\n"
+             "# TYPE spice_broker_tickets_refused_total counter\n"
+             "spice_broker_tickets_refused_total{reason=\"replay\"} %llu\n"
+             "spice_broker_tickets_refused_total{reason=\"expired_key\"} %llu\n",
+             (unsigned long long)s->link_keys_generated,
+             (unsigned long long)s->link_key_rotations, (unsigned long long)s->tickets_replayed,
+             (unsigned long long)s->tickets_key_gone);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 static void h_metrics(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -493,6 +525,7 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     metrics_limits(b, r, s);
+    metrics_keys(r, s);
     collect_unref(c);
 }
 

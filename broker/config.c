@@ -168,6 +168,15 @@ static const struct opt opts[] = {
     { "write-stall-timeout", INT(write_stall, 0, 86400), "60", "SECONDS",
       "close a live channel whose client takes none of the bytes waiting for it for this "
       "long (found within twice that; 0 = never)" },
+    { "link-key-rotate", INT(link_key_rotate, 1, 86400), "60", "SECONDS",
+      "each worker replaces its RSA link key this often (a ticket opens only under the key "
+      "its link was offered, once)" },
+    { "link-key-grace", INT(link_key_grace, 0, 3600), "0", "SECONDS",
+      "a replaced link key still opens the tickets of links offered it for this long "
+      "(0 = link-timeout; shorter refuses slow links: 'link key expired')" },
+    { "link-key-max-tickets", INT(link_key_max_tickets, 16, 16777216), "65536", "N",
+      "a link key is replaced early once it accepted this many tickets (it remembers each "
+      "one's digest, 32 bytes: at most twice this per key, two keys per worker)" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,

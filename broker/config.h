@@ -81,6 +81,9 @@ struct config {
     int max_unauth;       /* unauthenticated connections, all ports and workers (0: no cap) */
     int max_unauth_source; /* of those, from one source address (0: no cap) */
     int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
+    int link_key_rotate;  /* seconds a worker's link key lives (session/keyring.h) */
+    int link_key_grace;   /* seconds a replaced link key still opens tickets (0: link_timeout) */
+    int link_key_max_tickets; /* tickets a link key accepts before it is replaced */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

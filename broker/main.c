@@ -1007,6 +1007,9 @@ int main(int argc, char **argv)
         .backend_tls_subject = b.cfg.backend_tls_subject,
         .enforce_session_timeout = b.cfg.enforce_session_timeout,
         .write_stall_ms = b.cfg.write_stall * 1000,
+        .key_rotate_ms = b.cfg.link_key_rotate * 1000,
+        .key_grace_ms = b.cfg.link_key_grace * 1000,
+        .key_max_tickets = (uint32_t)b.cfg.link_key_max_tickets,
     };
     b.limits = limits_new((unsigned)b.cfg.max_unauth, (unsigned)b.cfg.max_unauth_source,
                           limits_post, &b);

@@ -48,6 +48,7 @@ struct session_env {
      * once (session/keyring.h). */
     const struct ticket_key *key;
     int key_rotate_ms;
+    int key_grace_ms;       /* a replaced key's life (0: link_timeout_ms) */
     uint32_t key_max_tickets;
     /* The migration engine's hooks (migrate/handover.h: &handover_hooks). */
     const struct session_hooks *migration;
@@ -181,6 +182,9 @@ struct session_stats {
      * reasons. links_throttled: refusals delayed or made without a check. */
     uint64_t links_refused_link, links_refused_token, links_refused_blocked, links_throttled;
     uint64_t write_stalls;   /* live channels closed: their client read nothing for too long */
+    /* the worker's link keys (session/keyring.h): keys generated and put in
+     * use, rotations, tickets refused as replays, for a key gone */
+    uint64_t link_keys_generated, link_key_rotations, tickets_replayed, tickets_key_gone;
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);
 

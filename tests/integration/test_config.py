@@ -44,7 +44,8 @@ def test(env):
     rc, out = broker("--help")
     check(rc == 0 and "--listen" in out and "--tls-listen" in out and "--web-listen" in out
           and "--web-tls-cert" in out and "--web-tls-key" in out and "SIGHUP" in out
-          and "--session-history" in out and "--metrics-listen" in out and "--admin-group" in out,
+          and "--session-history" in out and "--metrics-listen" in out and "--admin-group" in out
+          and "--link-key-rotate" in out and "--link-key-max-tickets" in out,
           "--help: rc %d\n%s" % (rc, out[:400]))
     rc, out = broker("--version")
     check(rc == 0 and out.startswith("spice-broker "), "--version: rc %d %r" % (rc, out))
@@ -162,6 +163,11 @@ def test(env):
         (["--zone", ""], "zone must be a non-empty name without '/'"),
         (["--zone", ".."], "zone must be a non-empty name without '/'"),
         (["--zone", "a b"], "zone must be a non-empty name without '/'"),
+        # the workers' link keys
+        (["--link-key-rotate", "0"], "link-key-rotate must be an integer"),
+        (["--link-key-max-tickets", "15"], "link-key-max-tickets must be an integer"),
+        (["--config", ini("keys.ini", "[broker]\nlink-key-grace = -1\n")],
+         "link-key-grace must be an integer"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -171,7 +177,12 @@ def test(env):
     for args in (["--admin", "127.0.0.1:%d" % p1], ["--admin", "[::1]:%d" % p1],
                  ["--admin", "127.0.0.2:%d" % p1],
                  ["--metrics-listen", "0.0.0.0:%d" % p2, "--admin-group", str(os.getgid())],
-                 ["--zone", "zone-1.a_b"]):
+                 ["--zone", "zone-1.a_b"],
+                 ["--link-key-rotate", "300", "--link-key-grace", "30",
+                  "--link-key-max-tickets", "1000"],
+                 ["--config", ini("keys-ok.ini", "[broker]\nlink-key-rotate = 5\n"
+                                                 "link-key-grace = 0\n"
+                                                 "link-key-max-tickets = 16\n")]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
     log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
