@@ -16,6 +16,8 @@
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
+ *   POST /v1/store/reseal       (token records sealed with store-key-old, or
+ *                               holding a password in clear, sealed again)
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
  *
@@ -602,6 +604,8 @@ struct token_write {
     char bare[SNAP_KEY_MAX];    /* revoke, token-key-compat: the bare name, deleted next */
     bool chained;               /* first holds the keyed name's result */
     int first;
+    /* store reseal: its writes in flight, and how they ended */
+    size_t pending, resealed, changed, failed, unreadable, found;
 };
 
 static void send_response(struct bufferevent *bev, struct response *r);
@@ -807,6 +811,139 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
     return true;
 }
 
+/* ---- store reseal: token records re-sealed with the current store key ---- */
+
+/* One record to rewrite: its key, the revision it was read at, the new value. */
+struct reseal_item {
+    struct reseal_item *next;
+    char key[SNAP_KEY_MAX];
+    int64_t rev;
+    uint8_t *val;
+    size_t len;
+};
+
+struct reseal_walk {
+    const struct seal_keys *keys;
+    struct reseal_item *items;
+    size_t found, unreadable;
+    bool oom;
+};
+
+/* Under the store's lock (no store call here): a record sealed with another
+ * key this broker opens (the retired one), or holding a password in clear,
+ * is decoded and sealed again, bound to its own name as before. */
+static int reseal_visit(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct reseal_walk *w = arg;
+    struct snap_token t;
+    uint32_t id = 0;
+    int sealed = snap_token_sealed_with(val, len, &id);
+    if (sealed == 1 && id == seal_keys_id(w->keys))
+        return 0;
+    if (sealed < 0 || snap_token_decode(val, len, w->keys, key, &t) != 0) {
+        w->unreadable++;   /* another key, or not ours: left alone */
+        return 0;
+    }
+    if (sealed == 0 && t.password[0] == '\0') {
+        OPENSSL_cleanse(&t, sizeof(t));
+        return 0;
+    }
+    struct reseal_item *it = calloc(1, sizeof(*it));
+    if (it == NULL || strlen(key) >= sizeof(it->key) ||
+        snap_token_encode(&t, w->keys, key, &it->val, &it->len) != 0) {
+        free(it);
+        OPENSSL_cleanse(&t, sizeof(t));
+        w->oom = true;
+        return 1;
+    }
+    OPENSSL_cleanse(&t, sizeof(t));
+    snprintf(it->key, sizeof(it->key), "%s", key);
+    it->rev = rev;
+    it->next = w->items;
+    w->items = it;
+    w->found++;
+    return 0;
+}
+
+static void reseal_reply(struct token_write *tw)
+{
+    struct response r = { 0 };
+    log_info("store reseal: %zu token records re-sealed with key %08x, %zu changed meanwhile "
+             "(rewritten by then), %zu failed, %zu not readable with this broker's keys",
+             tw->resealed, seal_keys_id(tw->admin->b->keys), tw->changed, tw->failed,
+             tw->unreadable);
+    reply_json(&r, tw->failed > 0 ? 503 : 200,
+               json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "found", (json_int_t)tw->found,
+                         "resealed", (json_int_t)tw->resealed, "changed",
+                         (json_int_t)tw->changed, "failed", (json_int_t)tw->failed,
+                         "unreadable", (json_int_t)tw->unreadable, "key_id",
+                         (json_int_t)seal_keys_id(tw->admin->b->keys)));
+    token_write_unlink(tw);
+    send_response(tw->bev, &r);
+    token_write_free(tw);
+}
+
+/* On the control loop, from the store writer. */
+static void on_reseal_written(struct broker *b, int result, void *arg)
+{
+    struct token_write *tw = arg;
+    if (result == STORE_OK)
+        tw->resealed++;
+    else if (result == STORE_CONFLICT)
+        tw->changed++;   /* revoked or added again since the walk: nothing to do */
+    else
+        tw->failed++;
+    if (--tw->pending == 0)
+        reseal_reply(tw);
+}
+
+/* Returns true when the answer is deferred (to the last write's end). */
+static bool h_store_reseal(struct admin *a, const struct request *q, struct response *r,
+                           struct bufferevent *bev)
+{
+    struct broker *b = a->b;
+    char prefix[SNAP_KEY_MAX];
+    struct reseal_walk w = { .keys = b->keys };
+    (void)q;
+    if (!seal_keys_sealing(b->keys)) {
+        reply_error(r, 400, "no store-key: nothing to seal with");
+        return false;
+    }
+    snprintf(prefix, sizeof(prefix), "/spice-broker/%s/tokens/", b->cfg.zone);
+    int n = store_walk(b->store, prefix, reseal_visit, &w);
+    struct token_write *tw = n >= 0 && !w.oom ? token_write_new(a, bev, false) : NULL;
+    if (tw != NULL) {
+        tw->found = w.found;
+        tw->unreadable = w.unreadable;
+        tw->pending = 1;   /* held until every write is queued */
+    }
+    while (w.items != NULL) {
+        struct reseal_item *it = w.items;
+        w.items = it->next;
+        if (tw != NULL) {
+            tw->pending++;
+            if (broker_store_put_if(b, it->key, it->val, it->len, it->rev, on_reseal_written,
+                                    tw) < 0) {
+                tw->pending--;
+                tw->failed++;
+            }
+        }
+        OPENSSL_cleanse(it->val, it->len);
+        free(it->val);
+        free(it);
+    }
+    if (tw == NULL) {
+        reply_error(r, 503, n < 0 ? "the store cannot be read" : "out of memory");
+        return false;
+    }
+    log_info("store reseal: %zu token records to re-seal with key %08x (%d read)", w.found,
+             seal_keys_id(b->keys), n);
+    token_write_defer(tw);
+    if (--tw->pending == 0)
+        reseal_reply(tw);
+    return true;
+}
+
 static void on_prepare_timeout(evutil_socket_t fd, short what, void *arg)
 {
     prepare_answer(arg, true);
@@ -974,6 +1111,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return h_token_add(a, q, r, bev);
     else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
         return h_token_revoke(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/store/reseal") == 0)
+        return h_store_reseal(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (!get && !post)

@@ -84,5 +84,10 @@ typedef void (*broker_write_done_fn)(struct broker *b, int result, void *arg);
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg);
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg);
+/* broker_store_put only if the key is still at revision expect_rev
+ * (STORE_CONFLICT otherwise): a rewrite of what was read must not bring
+ * back a record deleted meanwhile. */
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg);
 
 #endif

@@ -125,6 +125,10 @@ static const struct opt opts[] = {
       "64 hex digits, not readable by others; every broker of a zone uses the same one. "
       "Also names token records by HMAC (see token-key-file). Without it passwords are "
       "stored in clear" },
+    { "store-key-old", STR(store_key_old), "", "FILE",
+      "rotating the store key: the key being retired (store-key is the new one); passwords "
+      "sealed with it still open, every write seals with store-key, and spice-brokerctl "
+      "store reseal re-seals the rest; needs token-key-file (token names must not change)" },
     { "token-key-file", STR(token_key_file), "", "FILE",
       "the zone secret (64 hex digits, not readable by others) naming token records by "
       "HMAC-SHA256 instead of a bare sha256; every broker of a zone uses the same one "
@@ -942,6 +946,13 @@ int config_validate(const struct config *cfg)
           strncmp(cfg->store, "etcd:https://", 13) == 0)) {
         fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR or "
                 "etcd:http://HOST:PORT[,...], got '%s'\n", cfg->store);
+        return -1;
+    }
+    if (cfg->store_key_old[0] != '\0' &&
+        (cfg->store_key[0] == '\0' || cfg->token_key_file[0] == '\0')) {
+        fprintf(stderr, "spice-broker: store-key-old needs store-key (the new key) and "
+                "token-key-file (without it token names derive from store-key and would all "
+                "change with it)\n");
         return -1;
     }
     if (cfg->token_key_compat && cfg->store_key[0] == '\0' && cfg->token_key_file[0] == '\0') {

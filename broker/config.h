@@ -63,6 +63,7 @@ struct config {
     char journal[512];           /* session records the store did not take by the stop */
     char token_file[512];
     char store_key[512];           /* seals backend passwords in token records, "" = in clear */
+    char store_key_old[512];       /* the store key being retired: still opens, never seals */
     char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */
     char make_store_key[512];      /* write a new key file here and exit */
     char config_file[512];

@@ -43,6 +43,9 @@ static void usage(FILE *out)
         "                  [--timeout SECONDS]\n"
         "                                link the instance's sessions to a migration destination\n"
         "                                in advance; with --wait, exit 0 once it acknowledged\n"
+        "  store reseal                  re-seal token records sealed with the retired key\n"
+        "                                (--store-key-old) or holding a password in clear,\n"
+        "                                with the current --store-key; prints the counts\n"
         "  status                        broker version, workers, sessions, uptime\n"
         "  metrics                       Prometheus metrics\n\n"
         "Options:\n"
@@ -527,6 +530,11 @@ int main(int argc, char **argv)
         return cmd_token_revoke(rest - 1, rv + 1);
     if (strcmp(cmd, "session") == 0)
         return cmd_session(rest, rv);
+    if (strcmp(cmd, "store") == 0 && rest == 2 && strcmp(rv[1], "reseal") == 0) {
+        char *out = NULL;
+        int st = post_json("/v1/store/reseal", json_object(), &out);
+        return report(st, out, true);
+    }
     if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
         return cmd_migration_prepare(rest - 1, rv + 1);
     if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {

@@ -239,7 +239,7 @@ static void write_result(int result, int64_t new_rev, void *arg)
 }
 
 static int store_write(struct broker *b, bool del, const char *key, const void *val,
-                       size_t len, broker_write_done_fn done, void *arg)
+                       size_t len, int64_t expect_rev, broker_write_done_fn done, void *arg)
 {
     struct write_hop *h = NULL;
     if (done != NULL) {
@@ -247,9 +247,9 @@ static int store_write(struct broker *b, bool del, const char *key, const void *
             return -1;
         *h = (struct write_hop){ .b = b, .done = done, .arg = arg };
     }
-    int rc = del ? store_writer_delete(b->writer, key, STORE_ANY_REV, BROKER_WRITE_MS,
+    int rc = del ? store_writer_delete(b->writer, key, expect_rev, BROKER_WRITE_MS,
                                        h ? write_result : NULL, h)
-                 : store_writer_put(b->writer, key, val, len, STORE_ANY_REV, BROKER_WRITE_MS,
+                 : store_writer_put(b->writer, key, val, len, expect_rev, BROKER_WRITE_MS,
                                     h ? write_result : NULL, h);
     if (rc < 0)
         free(h);
@@ -259,12 +259,18 @@ static int store_write(struct broker *b, bool del, const char *key, const void *
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg)
 {
-    return store_write(b, false, key, val, len, done, arg);
+    return store_write(b, false, key, val, len, STORE_ANY_REV, done, arg);
+}
+
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg)
+{
+    return store_write(b, false, key, val, len, expect_rev, done, arg);
 }
 
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg)
 {
-    return store_write(b, true, key, NULL, 0, done, arg);
+    return store_write(b, true, key, NULL, 0, STORE_ANY_REV, done, arg);
 }
 
 /* ------------------------------------------------------------------ session records */
@@ -908,6 +914,10 @@ int main(int argc, char **argv)
                   "(no --store-key)");
     else
         log_info("store: backend passwords sealed (key id %08x)", seal_keys_id(b.keys));
+    if (seal_keys_old_id(b.keys) != 0)
+        log_info("store: passwords sealed with the retired key %08x still open; "
+                 "spice-brokerctl store reseal re-seals them with %08x",
+                 seal_keys_old_id(b.keys), seal_keys_id(b.keys));
     if (seal_keys_keyed_names(b.keys))
         log_info("store: token records named by HMAC-SHA256 (%s)%s",
                  b.cfg.token_key_file[0] ? "token-key-file" : "derived from store-key",

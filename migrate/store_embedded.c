@@ -29,7 +29,8 @@
  * never handed out again). A torn tail (a crash in an append) is cut off at
  * open; a whole record whose checksum fails is skipped with a line. When the
  * log passes twice what the live keys take (plus LOG_SLACK) it is compacted:
- * a mark and every key written to .tmp-log, fdatasync, rename, fsync DIR.
+ * a mark and every key written to .tmp-log, fdatasync, rename, fsync DIR;
+ * also right after a token record (SCRUB_MARK) was replaced or deleted.
  * An old per-key file is a 28-byte header ("SBKV", format 1, flags 0,
  * revision, lengths, FNV-1a of key and value), the key, the value. */
 #include <dirent.h>
@@ -66,6 +67,12 @@
 #define REV_NAME "revision"
 #define JOURNAL_NAME "journal"      /* the broker's session journal (--journal), not ours */
 #define LOG_SLACK (1u << 20)        /* garbage a log may hold beyond the live keys' size */
+/* A key holding this may hold a secret (token records: backend passwords,
+ * sealed or not): when its value is replaced or deleted, the batch compacts
+ * the log, so no old copy stays in the file (a revoked token, a password
+ * sealed with a retired key), as the file-per-key layout replaced or
+ * removed the key's file. Such writes are rare (token add, revoke, reseal). */
+#define SCRUB_MARK "/tokens/"
 
 enum log_kind { LOG_PUT = 0, LOG_DELETE = 1, LOG_MARK = 2 };
 
@@ -764,7 +771,7 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
     size_t npass = 0, nput = 0;
     uint64_t bytes = 0;
     int64_t next;
-    bool ok = false;
+    bool ok = false, scrub = false;
 
     if (n == 0 || n > STORE_BATCH_MAX)
         return;
@@ -862,6 +869,8 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
         ent = store_map_find(&e->map, op->key, &idx);
         if (ent != NULL)
             e->live_bytes -= record_size(strlen(ent->key), ent->len);
+        if (ent != NULL && strstr(op->key, SCRUB_MARK) != NULL)
+            scrub = true;
         if (op->del) {
             store_map_remove_at(&e->map, idx);
         } else if (ent != NULL) {
@@ -885,6 +894,8 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
     ok = true;
 out:
     pthread_mutex_unlock(&e->mu);
+    if (ok && scrub)
+        (void)compact(e);   /* on failure the old copy stays until the next one */
 out_unlocked:
     pthread_mutex_unlock(&e->wmu);
     for (size_t i = 0; i < n; i++) {

@@ -459,6 +459,26 @@ static void test_torn_tail_cut(void **state)
     expect_val(f->s, "/t/b", "again", rb);
 }
 
+/* A token record replaced or deleted leaves no old copy in the log (it may
+ * hold a backend password, or one sealed with a retired key); other keys'
+ * old values stay until a compaction for size. */
+static void test_token_scrubbed(void **state)
+{
+    struct fixture *f = *state;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/z/sessions/1", "session-one", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/z/sessions/1", "session-two", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/z/tokens/t", "password-one", STORE_ANY_REV, NULL, STORE_OK);
+    assert_true(log_offset(f, "session-one") > 0);  /* not a token: left for later */
+    put_str(f->s, "/z/tokens/t", "password-two", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(log_offset(f, "password-one"), -1);
+    assert_true(log_offset(f, "password-two") > 0);
+    assert_int_equal(store_delete(f->s, "/z/tokens/t", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(log_offset(f, "password-two"), -1);
+    expect_val(f->s, "/z/sessions/1", "session-two", 2);
+}
+
 /* A batch (the store writer's group commit): each write sees the ones
  * before it, each has its own result, all are durable. */
 static void test_batch(void **state)
@@ -588,6 +608,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_old_layout_moved, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_cut, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_scrubbed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
