@@ -3,8 +3,8 @@
  * the control loop (main thread); proto/http.c parses the requests. Requests
  * that need session state are answered by asking every worker through its job
  * queue and waiting (bounded, 2 s) for their answers; a migration prepare
- * answers later, when the destination has (the control loop goes on
- * meanwhile); a token add or revoke answers when the store writer has made
+ * (broker/prepare.h) answers later, when the destination has (the control
+ * loop goes on meanwhile); a token add or revoke answers when the store writer has made
  * its write (or failed it, within BROKER_WRITE_MS), the control loop going
  * on meanwhile; the data path never waits for the admin.
  *
@@ -20,6 +20,8 @@
  *                               holding a password in clear, sealed again)
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
+ *   POST /v1/upgrade            {"binary"}: a live hand-over to a new process
+ *                               (upgrade.h), answered once it serves or refused
  *
  * Tokens and passwords travel only in request bodies, which are never logged.
  * Strings a request names (a backend host, an instance) are logged escaped
@@ -48,9 +50,10 @@
 #include <openssl/crypto.h>
 
 #include "broker/broker.h"
+#include "broker/prepare.h"
+#include "broker/upgrade.h"
 #include "common/limits.h"
 #include "common/log.h"
-#include "migrate/handover.h"
 #include "proto/snap.h"
 #include "proto/http.h"
 #include "proto/wire.h"
@@ -61,7 +64,7 @@
 #define MAX_REQUEST (HTTP_MAX_HEAD + MAX_BODY)
 #define COLLECT_TIMEOUT_MS 2000
 
-struct prepare;
+struct prepare_wait;
 struct token_write;
 
 /* One listening port: the admin endpoint, or the read-only metrics port. */
@@ -75,8 +78,9 @@ struct admin {
     struct broker *b;
     struct admin_port main, metrics;
     char unix_path[108];
-    struct prepare *waiting; /* deferred prepare requests, answered or dropped at exit */
+    struct prepare_wait *waiting; /* deferred prepare requests, answered or dropped at exit */
     struct token_write *writing; /* token adds and revokes waiting for their write */
+    struct bufferevent *upgrading; /* the upgrade request, answered when it is done */
 };
 
 struct request {
@@ -248,99 +252,6 @@ static void job_kill(struct session_worker *sw, void *arg)
     if (session_kill(sw, k->id, "killed by the operator") < 0)
         log_info("sid=%08x kill: no such session on this worker", k->id);
     free(k);
-}
-
-/* Migration prepare: every worker links the instance's sessions to the
- * destination; with "wait", the answer comes when each destination has
- * acknowledged (or failed), without holding the control loop: each callback
- * from a worker schedules a check on the control loop, which answers the
- * request once everything is in (or at its timeout). Callbacks may outlive
- * the answer, so the object is reference counted (f.refs): the request, each
- * worker job, each session, and each scheduled check. Counters are under f.mu;
- * bev, timer and answered belong to the control loop. */
-struct prepare {
-    struct fanout f; /* f.pending: the workers that have not linked yet */
-    int total, done, ok;
-    char error[160];
-    char instance[SNAP_MAX_INSTANCE];
-    char host[SNAP_MAX_HOST];
-    uint16_t port, tls_port;
-    char password[SNAP_MAX_PASSWORD];
-    bool has_password;
-    bool wait;
-    struct event_base *base;
-    struct admin *admin;
-    struct prepare *next;     /* in admin->waiting while bev is set */
-    struct bufferevent *bev;  /* the waiting request; NULL once answered */
-    struct event *timer;
-};
-
-static void prepare_unref_locked(struct prepare *p, int n)
-{
-    p->f.refs -= n;
-    bool last = p->f.refs == 0;
-    pthread_mutex_unlock(&p->f.mu);
-    if (last) {
-        pthread_mutex_destroy(&p->f.mu);
-        OPENSSL_cleanse(p, sizeof(*p));
-        free(p);
-    }
-}
-
-static void prepare_answer(struct prepare *p, bool timed_out);
-
-static void on_prepare_check(evutil_socket_t fd, short what, void *arg)
-{
-    struct prepare *p = arg;
-    pthread_mutex_lock(&p->f.mu);
-    bool finished = p->f.pending == 0 && (!p->wait || p->done >= p->total);
-    pthread_mutex_unlock(&p->f.mu);
-    if (finished && p->bev != NULL)
-        prepare_answer(p, false);
-    pthread_mutex_lock(&p->f.mu);
-    prepare_unref_locked(p, 1);
-}
-
-/* Called with f.mu held, from any thread: has the control loop look again. */
-static void prepare_poke_locked(struct prepare *p)
-{
-    p->f.refs++;
-    /* event_base_once is thread-safe once libevent's pthread locking is on. */
-    if (event_base_once(p->base, -1, EV_TIMEOUT, on_prepare_check, p, NULL) < 0)
-        p->f.refs--;
-}
-
-static void prepare_done(void *arg, bool ok, const char *why)
-{
-    struct prepare *p = arg;
-    pthread_mutex_lock(&p->f.mu);
-    p->done++;
-    if (ok)
-        p->ok++;
-    else if (p->error[0] == '\0')
-        snprintf(p->error, sizeof(p->error), "%s", why ? why : "failed");
-    prepare_poke_locked(p);
-    prepare_unref_locked(p, 1);
-}
-
-static void job_prepare(struct session_worker *sw, void *arg)
-{
-    struct prepare *p = arg;
-    /* Sessions may call back before handover_prepare returns (a destination
-     * that fails at once): hold a provisional reference for each of them
-     * first, then keep exactly one per session. */
-    enum { PROVISIONAL = 1 << 20 };
-    pthread_mutex_lock(&p->f.mu);
-    p->f.refs += PROVISIONAL;
-    pthread_mutex_unlock(&p->f.mu);
-    int n = handover_prepare(sw, p->instance, p->host, p->port, p->tls_port,
-                            p->has_password ? p->password : NULL, prepare_done, p);
-    pthread_mutex_lock(&p->f.mu);
-    p->f.refs -= PROVISIONAL - n;
-    p->total += n;
-    p->f.pending--;
-    prepare_poke_locked(p);
-    prepare_unref_locked(p, 1);
 }
 
 /* ------------------------------------------------------------------ handlers */
@@ -540,8 +451,9 @@ static void h_status(struct broker *b, struct response *r)
     }
     int64_t silent = 0;
     int fresh = store_fresh(b->store, &silent);
-    reply_json(r, 200, json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
-        "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
+    reply_json(r, 200, json_pack("{s:s, s:i, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
+        "version", SPICE_BROKER_VERSION, "pid", (int)getpid(), "broker_id", b->cfg.broker_id,
+        "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
         "listen", b->cfg.listen, "store_fresh", fresh,
@@ -944,9 +856,55 @@ static bool h_store_reseal(struct admin *a, const struct request *q, struct resp
     return true;
 }
 
-static void on_prepare_timeout(evutil_socket_t fd, short what, void *arg)
+/* A prepare request waiting for its answer (broker/prepare.h): the
+ * connection belongs to it until done answers it, or the broker stops. */
+struct prepare_wait {
+    struct admin *admin;
+    struct prepare *p;
+    struct bufferevent *bev;
+    struct prepare_wait *next;  /* in admin->waiting */
+};
+
+static void prepare_unlink(struct prepare_wait *w)
 {
-    prepare_answer(arg, true);
+    for (struct prepare_wait **pp = &w->admin->waiting; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+}
+
+/* Answers a deferred prepare (on the control loop, once). */
+static void prepare_answer(void *arg, const struct prepare_result *pr)
+{
+    struct prepare_wait *w = arg;
+    const struct prepare_req *q = pr->req;
+    int status = 200;
+    json_t *out;
+    prepare_unlink(w);
+    if (pr->timed_out) {
+        status = 504;
+        out = json_pack("{s:s, s:i, s:i}", "error", "timed out waiting for the destination",
+                        "sessions", pr->sessions, "ready", pr->ready);
+    } else if (q->wait && pr->ready < pr->sessions) {
+        status = 502;
+        out = json_pack("{s:s, s:i, s:i}", "error", pr->error[0] ? pr->error : "failed",
+                        "sessions", pr->sessions, "ready", pr->ready);
+    } else {
+        out = json_pack("{s:i, s:i, s:b}", "sessions", pr->sessions, "ready", pr->ready,
+                        "waited", q->wait);
+    }
+    char esc_i[LOG_ESCAPED_MAX], esc_h[LOG_ESCAPED_MAX];
+    log_info("migration prepare for instance %s -> %s:%u%s: %d sessions, %d ready%s",
+             log_escape(q->instance, esc_i, sizeof(esc_i)),
+             log_escape(q->host, esc_h, sizeof(esc_h)), q->port ? q->port : q->tls_port,
+             q->port ? "" : " TLS", pr->sessions, pr->ready,
+             status == 504 ? " (timed out)" : status == 200 ? "" : " (failed)");
+    struct response r = { 0 };
+    reply_json(&r, status, out);
+    send_response(w->bev, &r);
+    free(w);
 }
 
 /* Returns true when the answer is deferred (the request's bufferevent now
@@ -986,94 +944,70 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     }
     if (timeout <= 0 || timeout > 120)
         timeout = 15;
-    struct prepare *p = calloc(1, sizeof(*p));
-    if (p == NULL) {
+    struct prepare_wait *w = calloc(1, sizeof(*w));
+    struct prepare_req req = { .instance = instance, .host = host, .port = (uint16_t)port,
+                               .tls_port = (uint16_t)tls_port, .password = password,
+                               .wait = wait, .timeout_s = (int)timeout };
+    if (w == NULL || (w->p = prepare_start(b, &req, prepare_answer, w)) == NULL) {
+        free(w);
         json_decref(j);
         reply_error(r, 500, "out of memory");
         return false;
     }
-    pthread_mutex_init(&p->f.mu, NULL);
-    snprintf(p->instance, sizeof(p->instance), "%s", instance);
-    snprintf(p->host, sizeof(p->host), "%s", host);
-    p->port = (uint16_t)port;
-    p->tls_port = (uint16_t)tls_port;
-    if (password != NULL) {
-        snprintf(p->password, sizeof(p->password), "%s", password);
-        p->has_password = true;
-    }
     json_decref(j);
-    p->wait = wait;
-    p->base = b->base;
-    p->timer = evtimer_new(b->base, on_prepare_timeout, p);
-    if (p->timer == NULL) {
-        pthread_mutex_destroy(&p->f.mu);
-        free(p);
-        reply_error(r, 500, "out of memory");
-        return false;
-    }
-    p->bev = bev;
-    p->admin = a;
-    p->next = a->waiting;
-    a->waiting = p;
-    /* No more reading: the connection waits for its answer (bounded below). */
+    w->admin = a;
+    w->bev = bev;
+    w->next = a->waiting;
+    a->waiting = w;
+    /* No more reading: the connection waits for its answer (bounded by the
+     * prepare's timeout). */
     bufferevent_disable(bev, EV_READ);
     bufferevent_set_timeouts(bev, NULL, NULL);
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-    struct timeval tv = { (time_t)timeout, 0 };
-    evtimer_add(p->timer, &tv);
-    p->f.refs = 1; /* the request's, dropped by prepare_answer */
-    fanout_post(b, &p->f, job_prepare, p);
-    /* With no worker to ask, nothing would poke: look once now. */
-    pthread_mutex_lock(&p->f.mu);
-    prepare_poke_locked(p);
-    pthread_mutex_unlock(&p->f.mu);
     return true;
 }
 
-/* Answers a deferred prepare (on the control loop, once). */
-static void prepare_unlink(struct prepare *p)
+/* The upgrade's end (upgrade.h), on the control loop. */
+static void on_upgrade_done(void *arg, int new_pid, const char *err)
 {
-    p->bev = NULL;
-    event_free(p->timer);
-    p->timer = NULL;
-    for (struct prepare **pp = &p->admin->waiting; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    }
-}
-
-static void prepare_answer(struct prepare *p, bool timed_out)
-{
-    struct bufferevent *bev = p->bev;
+    struct admin *a = arg;
+    struct bufferevent *bev = a->upgrading;
+    a->upgrading = NULL;
     if (bev == NULL)
         return;
-    prepare_unlink(p);
-    pthread_mutex_lock(&p->f.mu);
-    int status = 200;
-    json_t *out;
-    if (timed_out) {
-        status = 504;
-        out = json_pack("{s:s, s:i, s:i}", "error", "timed out waiting for the destination",
-                        "sessions", p->total, "ready", p->ok);
-    } else if (p->wait && p->ok < p->total) {
-        status = 502;
-        out = json_pack("{s:s, s:i, s:i}", "error", p->error[0] ? p->error : "failed",
-                        "sessions", p->total, "ready", p->ok);
-    } else {
-        out = json_pack("{s:i, s:i, s:b}", "sessions", p->total, "ready", p->ok, "waited",
-                        p->wait);
-    }
-    char esc_i[LOG_ESCAPED_MAX], esc_h[LOG_ESCAPED_MAX];
-    log_info("migration prepare for instance %s -> %s:%u%s: %d sessions, %d ready%s",
-             log_escape(p->instance, esc_i, sizeof(esc_i)),
-             log_escape(p->host, esc_h, sizeof(esc_h)), p->port ? p->port : p->tls_port, p->port ? "" : " TLS", p->total, p->ok,
-             status == 504 ? " (timed out)" : status == 200 ? "" : " (failed)");
-    prepare_unref_locked(p, 1);
     struct response r = { 0 };
-    reply_json(&r, status, out);
+    if (err == NULL)
+        reply_json(&r, 200, json_pack("{s:i, s:i}", "old_pid", (int)getpid(), "new_pid", new_pid));
+    else
+        reply_json(&r, 502, json_pack("{s:s, s:i}", "error", err, "pid", (int)getpid()));
     send_response(bev, &r);
+}
+
+static bool h_upgrade(struct admin *a, const struct request *q, struct response *r,
+                      struct bufferevent *bev)
+{
+    json_t *j = q->body_len > 0 ? parse_body(q, r) : json_object();
+    if (j == NULL)
+        return false;
+    json_t *bin = json_object_get(j, "binary");
+    const char *err = NULL;
+    if (bin != NULL && !json_is_string(bin)) {
+        reply_error(r, 400, "binary must be a string (an absolute path)");
+    } else if (a->upgrading != NULL) {
+        reply_error(r, 409, "an upgrade is under way");
+    } else if (upgrade_start(a->b, bin ? json_string_value(bin) : NULL, on_upgrade_done, a,
+                             &err) < 0) {
+        reply_error(r, strcmp(err, "out of memory") == 0 ? 500 : 409, err);
+    } else {
+        a->upgrading = bev;
+        bufferevent_disable(bev, EV_READ);
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        json_decref(j);
+        return true;
+    }
+    json_decref(j);
+    return false;
 }
 
 /* Fills r, or returns true when the handler answers later on bev itself. */
@@ -1115,6 +1049,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return h_store_reseal(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/upgrade") == 0)
+        return h_upgrade(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
     else
@@ -1131,6 +1067,7 @@ static const char *status_text(int s)
     case 201: return "Created";
     case 400: return "Bad Request";
     case 404: return "Not Found";
+    case 409: return "Conflict";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
     case 502: return "Bad Gateway";
@@ -1291,8 +1228,12 @@ struct admin *admin_new(struct broker *b, const char **err)
     }
     a->b = b;
     const char *spec = b->cfg.admin;
-    int fd = -1;
-    if (strncmp(spec, "unix:", 5) == 0) {
+    int fd = upgrade_take_listener(b->upgrade_from, SNAP_LISTEN_ADMIN, 0, spec);
+    if (fd >= 0) {
+        /* Handed over by the process this one replaces: listening already. */
+        if (strncmp(spec, "unix:", 5) == 0)
+            snprintf(a->unix_path, sizeof(a->unix_path), "%s", spec + 5);
+    } else if (strncmp(spec, "unix:", 5) == 0) {
         const char *path = spec + 5;
         struct sockaddr_un sun = { .sun_family = AF_UNIX };
         if (strlen(path) >= sizeof(sun.sun_path)) {
@@ -1338,20 +1279,23 @@ struct admin *admin_new(struct broker *b, const char **err)
             goto fail;
     }
     a->main.a = a;
-    a->main.listener = evconnlistener_new(b->base, on_accept, &a->main, LEV_OPT_CLOSE_ON_FREE,
-                                          -1, fd);
+    a->main.listener = evconnlistener_new(b->base, on_accept, &a->main,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (a->main.listener == NULL) {
         *err = "cannot listen";
         goto fail;
     }
     fd = -1;
     if (b->cfg.metrics_listen[0] != '\0') {
-        if ((fd = listen_tcp(b->cfg.metrics_listen, err)) < 0)
+        fd = upgrade_take_listener(b->upgrade_from, SNAP_LISTEN_METRICS, 0,
+                                   b->cfg.metrics_listen);
+        if (fd < 0 && (fd = listen_tcp(b->cfg.metrics_listen, err)) < 0)
             goto fail;
         a->metrics.a = a;
         a->metrics.metrics_only = true;
         a->metrics.listener = evconnlistener_new(b->base, on_accept, &a->metrics,
-                                                 LEV_OPT_CLOSE_ON_FREE, -1, fd);
+                                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                                 -1, fd);
         if (a->metrics.listener == NULL) {
             *err = "cannot listen on the metrics port";
             goto fail;
@@ -1370,22 +1314,40 @@ fail:
     return NULL;
 }
 
+void admin_listen_fds(const struct admin *a, int *admin_fd, int *metrics_fd)
+{
+    *admin_fd = a->main.listener ? evconnlistener_get_fd(a->main.listener) : -1;
+    *metrics_fd = a->metrics.listener ? evconnlistener_get_fd(a->metrics.listener) : -1;
+}
+
+void admin_release_listeners(struct admin *a)
+{
+    struct admin_port *ports[] = { &a->main, &a->metrics };
+    for (size_t i = 0; i < 2; i++) {
+        if (ports[i]->listener != NULL)
+            evconnlistener_free(ports[i]->listener);
+        ports[i]->listener = NULL;
+    }
+    a->unix_path[0] = '\0';
+}
+
 void admin_free(struct admin *a)
 {
     if (a == NULL)
         return;
+    if (a->upgrading != NULL)
+        bufferevent_free(a->upgrading);
     if (a->main.listener != NULL)
         evconnlistener_free(a->main.listener);
     if (a->metrics.listener != NULL)
         evconnlistener_free(a->metrics.listener);
     /* Requests still waiting for a prepare: the broker is stopping. */
     while (a->waiting != NULL) {
-        struct prepare *p = a->waiting;
-        struct bufferevent *bev = p->bev;
-        prepare_unlink(p);
-        bufferevent_free(bev);
-        pthread_mutex_lock(&p->f.mu);
-        prepare_unref_locked(p, 1);
+        struct prepare_wait *w = a->waiting;
+        a->waiting = w->next;
+        prepare_cancel(w->p);
+        bufferevent_free(w->bev);
+        free(w);
     }
     /* Token writes whose result never came (main.c runs the results of the
      * writes the store writer made before this). */

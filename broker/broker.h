@@ -18,7 +18,9 @@
 #include "migrate/store_writer.h"
 
 struct admin;
+struct intents;
 struct notify_watchdog;
+struct upgrade;
 
 /* A session record waiting to be written again, or being written (main.c).
  * seq orders a session's records: a higher one is newer. */
@@ -40,6 +42,7 @@ struct broker {
     struct worker **workers;
     int n_workers;
     struct admin *admin;
+    struct intents *intents;     /* migration intents from the store (intents.h) */
     struct web_site *site;       /* the browser port's files, NULL when it is off */
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */
@@ -61,11 +64,23 @@ struct broker {
     size_t retry_took;           /* records from retry the store took, since it last failed */
     bool ready;                  /* READY=1 sent, not stopping: STATUS= follows the store */
     struct notify_watchdog *watchdog; /* WATCHDOG=1 pings, NULL without WatchdogSec= */
+    /* Live hand-over (upgrade.h): from the process this one replaced (its
+     * records come here while it drains), to the one replacing this one. */
+    struct upgrade *upgrade_from, *upgrade_to;
+    int argc;
+    char **argv;                 /* main()'s, for the next process */
+    char self_exe[4096];         /* this executable's path at start */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */
 struct admin *admin_new(struct broker *b, const char **err);
 void admin_free(struct admin *a);
+/* The admin and metrics listening sockets (-1: none), borrowed. */
+void admin_listen_fds(const struct admin *a, int *admin_fd, int *metrics_fd);
+/* A new process has them (upgrade.c): closes this process's listeners, and
+ * the unix socket's path is no longer this process's to remove. Requests
+ * already accepted are answered. */
+void admin_release_listeners(struct admin *a);
 
 /* main.c: persist a session record (called on the control loop; never
  * waits for the store). */

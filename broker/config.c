@@ -17,8 +17,10 @@
 
 #include "broker/oslo.h"
 #include "broker/tls.h"
+#include "broker/worker.h"
 #include "common/log.h"
 #include "proto/http.h"
+#include "proto/proxy.h"
 #include "proto/snap.h"
 
 enum opt_type { OPT_STR, OPT_INT, OPT_LEVEL, OPT_FLAG };
@@ -152,6 +154,15 @@ static const struct opt opts[] = {
     { "token-sources", STR(token_sources), "store,file,nova", "LIST",
       "where console tokens are looked up, in order: store (spice-brokerctl token add), file "
       "(token-file), nova (Nova's token API, on when the config file's [nova] sets auth_url)" },
+    { "trusted-proxies", STR(trusted_proxies), "", "CIDR,...",
+      "proxies (HAProxy, a load balancer) whose word on the client's address is taken: "
+      "their PROXY protocol header (see proxy-protocol) and, on the browser port, their "
+      "X-Forwarded-For; logs, session records and per-source limits then use the client's "
+      "address. Anyone else's header is not believed; none by default" },
+    { "proxy-protocol", STR(proxy_protocol), "native,tls", "PORTS",
+      "the ports (native, tls, web, comma-separated, or none) on which a trusted proxy "
+      "must start each connection with a PROXY protocol header (v2 or v1: HAProxy's "
+      "send-proxy-v2 / send-proxy)" },
     { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
     { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
     { "log-level", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0, "info",
@@ -181,6 +192,9 @@ static const struct opt opts[] = {
     { "link-key-max-tickets", INT(link_key_max_tickets, 16, 16777216), "65536", "N",
       "a link key is replaced early once it accepted this many tickets (it remembers each "
       "one's digest, 32 bytes: at most twice this per key, two keys per worker)" },
+    { "upgrade-drain-timeout", INT(upgrade_drain_timeout, 0, 604800), "3600", "SECONDS",
+      "after a live hand-over to a new process (spice-brokerctl upgrade), the old process "
+      "serves its live sessions at most this long, then closes them and exits" },
     { "session-history", INT(session_history, 0, 31536000), "86400", "SECONDS",
       "keep an ended session's record (with why it ended) this long; 0 = drop it at once" },
     { "enforce-session-timeout", OPT_FLAG, offsetof(struct config, enforce_session_timeout), 0,
@@ -814,10 +828,42 @@ int config_group(const char *name, gid_t *gid)
     return 0;
 }
 
+int config_proxy_ports(const char *list)
+{
+    int bits = 0;
+    if (strcmp(list, "none") == 0)
+        return 0;
+    for (const char *p = list; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        if (n == 6 && strncmp(p, "native", 6) == 0)
+            bits |= WORKER_PROXY_NATIVE;
+        else if (n == 3 && strncmp(p, "tls", 3) == 0)
+            bits |= WORKER_PROXY_TLS;
+        else if (n == 3 && strncmp(p, "web", 3) == 0)
+            bits |= WORKER_PROXY_WEB;
+        else
+            return -1;
+        p += n + (p[n] == ',');
+    }
+    return bits;
+}
+
 int config_validate(const struct config *cfg)
 {
     if (validate_tokens(cfg) < 0)
         return -1;
+    struct proxy_trust trust;
+    const char *terr = NULL;
+    if (proxy_trust_parse(cfg->trusted_proxies, &trust, &terr) < 0) {
+        fprintf(stderr, "spice-broker: trusted-proxies: %s (CIDR,..., like "
+                "10.0.0.0/8,2001:db8::1), got '%s'\n", terr, cfg->trusted_proxies);
+        return -1;
+    }
+    if (config_proxy_ports(cfg->proxy_protocol) < 0) {
+        fprintf(stderr, "spice-broker: proxy-protocol takes native, tls and web, "
+                "comma-separated, or none; got '%s'\n", cfg->proxy_protocol);
+        return -1;
+    }
     struct tls_policy policy = { cfg->tls_min_version, cfg->tls_ciphers };
     const char *perr = NULL;
     if (tls_policy_check(&policy, &perr) < 0) {

@@ -72,6 +72,8 @@ struct config {
     char zone[64];
     char broker_id[128];
     char token_sources[64];          /* store,file,nova in the order asked */
+    char trusted_proxies[1024];      /* CIDR,...: whose PROXY header / X-Forwarded-For counts */
+    char proxy_protocol[32];         /* the ports where those send a PROXY header */
     struct config_nova nova;
     int workers;
     int log_level;
@@ -85,6 +87,7 @@ struct config {
     int link_key_rotate;  /* seconds a worker's link key lives (session/keyring.h) */
     int link_key_grace;   /* seconds a replaced link key still opens tickets (0: link_timeout) */
     int link_key_max_tickets; /* tickets a link key accepts before it is replaced */
+    int upgrade_drain_timeout; /* seconds a process that handed over serves its sessions on */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */
@@ -103,6 +106,9 @@ int config_validate(const struct config *cfg);
 bool config_is_loopback(const char *host);
 /* A group by name or number; -1 if there is no such group. */
 int config_group(const char *name, gid_t *gid);
+/* The ports named by proxy-protocol ("native,tls,web", "none") as
+ * WORKER_PROXY_* bits; -1 if a name is not one of those. */
+int config_proxy_ports(const char *list);
 /* Splits "HOST:PORT" ("[v6]:PORT" too) into host and port. */
 int config_split_hostport(const char *s, char *host, size_t cap, uint16_t *port);
 

@@ -1,8 +1,12 @@
 /* broker/ctl.c: spice-brokerctl, the operator's command line. Talks HTTP/1.0
  * to the broker's admin endpoint (unix socket or loopback TCP) through
  * libcurl, one request per invocation, with a bounded wait; single-threaded.
+ * `migration prepare --store etcd:URL` talks to no broker: it writes a
+ * migration intent into the zone's etcd (migrate/store.h, opened write-only:
+ * no mirror, no watch) under a short lease, and the broker holding the
+ * instance's sessions acts on it (broker/intents.c).
  * Exit status: 0 ok, 1 the broker said no (message on stderr), 2 usage
- * error, 3 cannot reach the broker. */
+ * error, 3 cannot reach the broker (or the store). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -15,13 +19,29 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <unistd.h>
+
+#include "broker/keyfile.h"
+#include "common/log.h"
+#include "migrate/store.h"
+#include "proto/snap.h"
 
 #define TIMEOUT_MS 10000
 /* A request waits this long for the broker's answer (migration prepare
  * --wait raises it to its own --timeout plus a margin). */
 static int timeout_ms = TIMEOUT_MS;
+/* upgrade: the new process has UPGRADE_START_MS (broker/upgrade.h) to serve. */
+#define UPGRADE_WAIT_MS 40000
 
 static const char *admin_spec = "unix:/run/spice-broker/admin.sock";
+static bool admin_given;    /* --admin was on the command line */
+
+/* migration prepare --store: the intent's lifetime (its lease and its
+ * deadline), and the bound on the whole write. */
+#define INTENT_TTL_DEFAULT 60
+#define INTENT_TTL_MAX 3600
+#define INTENT_WRITE_MS 3000
 
 static void usage(FILE *out)
 {
@@ -43,16 +63,29 @@ static void usage(FILE *out)
         "                  [--timeout SECONDS]\n"
         "                                link the instance's sessions to a migration destination\n"
         "                                in advance; with --wait, exit 0 once it acknowledged\n"
+        "  migration prepare --store etcd:URL[,URL...] [--zone NAME] --instance UUID\n"
+        "                  --dest-host HOST --dest-port PORT [--dest-tls-port PORT]\n"
+        "                  [--dest-password PW --store-key FILE] [--ttl SECONDS]\n"
+        "                  [--etcd-ca FILE] [--etcd-cert FILE --etcd-key FILE]\n"
+        "                  [--etcd-user USER --etcd-password-file FILE]\n"
+        "                                write a migration intent to the zone's etcd instead\n"
+        "                                (no broker is called: the one holding the instance's\n"
+        "                                sessions links them); returns once etcd has it, within\n"
+        "                                3 s; it lives --ttl seconds (default 60)\n"
+        "  upgrade [--binary PATH]       hand the broker over to a new process (PATH, default\n"
+        "                                the broker's own executable) without closing a port;\n"
+        "                                the old process serves its sessions until they end\n"
         "  store reseal                  re-seal token records sealed with the retired key\n"
         "                                (--store-key-old) or holding a password in clear,\n"
         "                                with the current --store-key; prints the counts\n"
-        "  status                        broker version, workers, sessions, uptime\n"
+        "  status                        broker version, pid, workers, sessions, uptime\n"
         "  metrics                       Prometheus metrics\n\n"
         "Options:\n"
         "  --admin SPEC   the broker's admin endpoint (default %s)\n"
         "  --help         show this help\n"
         "  --version      show the version\n\n"
-        "Exit status: 0 ok, 1 refused by the broker, 2 usage error, 3 broker unreachable.\n",
+        "Exit status: 0 ok, 1 refused by the broker, 2 usage error, 3 broker (or store)\n"
+        "unreachable.\n",
         admin_spec);
 }
 
@@ -435,20 +468,143 @@ static int cmd_session(int argc, char **argv)
     return 2;
 }
 
+/* Where and how migration prepare --store writes (the broker's option names). */
+struct intent_dest {
+    const char *store, *zone, *store_key;
+    struct store_opts opts;
+    long ttl;
+};
+
+/* migration prepare --store: the intent into the zone's etcd under a lease
+ * of ttl seconds, the whole write bounded by INTENT_WRITE_MS. No broker
+ * answers (the broker holding the instance's sessions acts on it, see
+ * broker/intents.c): exit 0 once etcd has it. */
+static int write_intent(const struct intent_dest *d, const char *instance, const char *host,
+                        int port, int tls_port, const char *password)
+{
+    struct seal_keys *keys = NULL;
+    struct store *st = NULL;
+    struct snap_intent in;
+    char key[SNAP_KEY_MAX], err_buf[512];
+    const char *err = NULL;
+    uint8_t *val = NULL;
+    size_t len = 0;
+    int64_t lease = 0;
+    int rc = 2;
+
+    memset(&in, 0, sizeof(in));
+    if (strncmp(d->store, "embedded:", 9) == 0) {
+        fprintf(stderr, "spice-brokerctl: an intent in an embedded store reaches no broker "
+                        "(that store is inside one broker's process): use --store etcd:URL, "
+                        "or --admin to call the broker\n");
+        goto out;
+    }
+    if (strncmp(d->store, "etcd:", 5) != 0) {
+        fprintf(stderr, "spice-brokerctl: --store must be etcd:URL[,URL...]\n");
+        goto out;
+    }
+    if (d->zone[0] == '\0' || strcmp(d->zone, ".") == 0 || strcmp(d->zone, "..") == 0 ||
+        snap_migration_key(key, sizeof(key), d->zone, instance) < 0 ||
+        strlen(key) >= sizeof(key)) {
+        fprintf(stderr, "spice-brokerctl: --zone and --instance must be non-empty and "
+                        "hold no '/'\n");
+        goto out;
+    }
+    if (password != NULL && password[0] != '\0') {
+        uint8_t k[SEAL_KEY_LEN];
+        if (d->store_key == NULL) {
+            fprintf(stderr, "spice-brokerctl: --dest-password with --store needs --store-key "
+                            "FILE (the zone's store key): a password is never written to "
+                            "etcd in clear\n");
+            goto out;
+        }
+        if (keyfile_read(d->store_key, k, err_buf, sizeof(err_buf)) < 0) {
+            fprintf(stderr, "spice-brokerctl: --store-key: %s\n", err_buf);
+            goto out;
+        }
+        keys = seal_keys_new(k, NULL);
+        OPENSSL_cleanse(k, sizeof(k));
+        if (keys == NULL) {
+            fprintf(stderr, "spice-brokerctl: cannot derive the store's keys (OpenSSL)\n");
+            goto out;
+        }
+        snprintf(in.password, sizeof(in.password), "%s", password);
+    }
+    snprintf(in.instance, sizeof(in.instance), "%s", instance);
+    snprintf(in.host, sizeof(in.host), "%s", host);
+    in.port = (uint16_t)port;
+    in.tls_port = (uint16_t)tls_port;
+    in.created = (int64_t)time(NULL);
+    in.deadline = in.created + d->ttl;
+    if (gethostname(in.origin, sizeof(in.origin) - 1) < 0)
+        in.origin[0] = '\0';
+    if (snap_intent_encode(&in, keys, key, &val, &len) < 0) {
+        fprintf(stderr, "spice-brokerctl: cannot write that intent: --instance and "
+                        "--dest-host must be printable ASCII without spaces\n");
+        goto out;
+    }
+    rc = 3;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if ((st = store_open_with(d->store, &d->opts, &err)) == NULL) {
+        fprintf(stderr, "spice-brokerctl: cannot open the store %s: %s\n", d->store,
+                err ? err : "?");
+        rc = 2;
+        goto out;
+    }
+    /* etcd's own bound per call is 2 s; the two together get INTENT_WRITE_MS */
+    int g = store_lease_grant(st, d->ttl, INTENT_WRITE_MS * 2 / 3, &lease);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long left = INTENT_WRITE_MS - ((t1.tv_sec - t0.tv_sec) * 1000 +
+                                   (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    if (g != STORE_OK || left <= 0 ||
+        store_put_lease(st, key, val, len, STORE_ANY_REV, lease, left, NULL) != STORE_OK) {
+        fprintf(stderr, "spice-brokerctl: the intent was not written: %s did not take it "
+                        "within %d s (the line above says why)\n", d->store,
+                INTENT_WRITE_MS / 1000);
+        goto out;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("migration intent for instance %s -> %s:%d written to %s (zone %s), for %ld s "
+           "(%.0f ms)\n", instance, host, port ? port : tls_port, d->store, d->zone, d->ttl,
+           (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    rc = 0;
+out:
+    store_free(st);
+    seal_keys_free(keys);
+    OPENSSL_cleanse(&in, sizeof(in));
+    free(val);
+    return rc;
+}
+
 static int cmd_migration_prepare(int argc, char **argv)
 {
+    enum { O_STORE = 256, O_ZONE, O_STORE_KEY, O_TTL, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY,
+           O_ETCD_USER, O_ETCD_PW };
     static const struct option lo[] = {
         { "instance", required_argument, NULL, 'i' }, { "dest-host", required_argument, NULL, 'H' },
         { "dest-port", required_argument, NULL, 'p' },
         { "dest-tls-port", required_argument, NULL, 'T' },
         { "dest-password", required_argument, NULL, 'w' }, { "wait", no_argument, NULL, 'W' },
-        { "timeout", required_argument, NULL, 't' }, { 0 } };
+        { "timeout", required_argument, NULL, 't' },
+        { "store", required_argument, NULL, O_STORE }, { "zone", required_argument, NULL, O_ZONE },
+        { "store-key", required_argument, NULL, O_STORE_KEY },
+        { "ttl", required_argument, NULL, O_TTL },
+        { "etcd-ca", required_argument, NULL, O_ETCD_CA },
+        { "etcd-cert", required_argument, NULL, O_ETCD_CERT },
+        { "etcd-key", required_argument, NULL, O_ETCD_KEY },
+        { "etcd-user", required_argument, NULL, O_ETCD_USER },
+        { "etcd-password-file", required_argument, NULL, O_ETCD_PW }, { 0 } };
     const char *instance = NULL, *host = NULL, *password = NULL;
+    struct intent_dest d = { .zone = "default", .ttl = INTENT_TTL_DEFAULT,
+                             .opts = { .write_only = true } };
     int port = -1, tls_port = 0, wait = 0;
+    bool timeout_given = false, store_only = false;
     long timeout = 15;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        char *end;
         switch (ch) {
         case 'i': instance = optarg; break;
         case 'H': host = optarg; break;
@@ -456,7 +612,21 @@ static int cmd_migration_prepare(int argc, char **argv)
         case 'T': tls_port = parse_port(optarg, 0); break;
         case 'w': password = optarg; break;
         case 'W': wait = 1; break;
-        case 't': timeout = strtol(optarg, NULL, 10); break;
+        case 't': timeout = strtol(optarg, NULL, 10); timeout_given = true; break;
+        case O_STORE: d.store = optarg; break;
+        case O_ZONE: d.zone = optarg; store_only = true; break;
+        case O_STORE_KEY: d.store_key = optarg; store_only = true; break;
+        case O_TTL:
+            d.ttl = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0')
+                d.ttl = -1;
+            store_only = true;
+            break;
+        case O_ETCD_CA: d.opts.ca = optarg; store_only = true; break;
+        case O_ETCD_CERT: d.opts.cert = optarg; store_only = true; break;
+        case O_ETCD_KEY: d.opts.key = optarg; store_only = true; break;
+        case O_ETCD_USER: d.opts.user = optarg; store_only = true; break;
+        case O_ETCD_PW: d.opts.password_file = optarg; store_only = true; break;
         default: return 2;
         }
     }
@@ -464,7 +634,25 @@ static int cmd_migration_prepare(int argc, char **argv)
         port + tls_port == 0 || timeout < 1 || timeout > 120) {
         fprintf(stderr, "spice-brokerctl: usage: migration prepare --instance UUID --dest-host HOST "
                         "--dest-port PORT [--dest-tls-port PORT] [--dest-password PW] [--wait] "
-                        "[--timeout 1..120]\n");
+                        "[--timeout 1..120]\n"
+                        "  or: migration prepare --store etcd:URL[,URL...] [--zone NAME] "
+                        "--instance UUID --dest-host HOST --dest-port PORT [--dest-tls-port PORT] "
+                        "[--dest-password PW --store-key FILE] [--ttl 5..%d] [--etcd-...]\n",
+                INTENT_TTL_MAX);
+        return 2;
+    }
+    if (d.store == NULL && store_only) {
+        fprintf(stderr, "spice-brokerctl: --zone, --ttl, --store-key and --etcd-* go with "
+                        "--store\n");
+        return 2;
+    }
+    if (d.store != NULL && (wait || timeout_given || admin_given)) {
+        fprintf(stderr, "spice-brokerctl: --store writes the intent to the store and calls no "
+                        "broker: --admin, --wait and --timeout do not apply\n");
+        return 2;
+    }
+    if (d.store != NULL && (d.ttl < 5 || d.ttl > INTENT_TTL_MAX)) {
+        fprintf(stderr, "spice-brokerctl: --ttl takes 5..%d seconds\n", INTENT_TTL_MAX);
         return 2;
     }
     char pbuf[128];
@@ -472,6 +660,11 @@ static int cmd_migration_prepare(int argc, char **argv)
         (password = secret_arg(password, pbuf, sizeof(pbuf))) == NULL) {
         fprintf(stderr, "spice-brokerctl: cannot read the password from standard input\n");
         return 2;
+    }
+    if (d.store != NULL) {
+        int rc = write_intent(&d, instance, host, port, tls_port, password);
+        OPENSSL_cleanse(pbuf, sizeof(pbuf));
+        return rc;
     }
     if ((timeout + 5) * 1000 > timeout_ms)
         timeout_ms = (int)(timeout + 5) * 1000;
@@ -499,14 +692,50 @@ static int cmd_migration_prepare(int argc, char **argv)
     return report(st, out, false);
 }
 
+/* upgrade [--binary PATH]: answered once the new process serves, or with
+ * why it did not (the old one serves on). */
+static int cmd_upgrade(int argc, char **argv)
+{
+    const char *binary = NULL;
+    if (argc == 3 && strcmp(argv[1], "--binary") == 0)
+        binary = argv[2];
+    else if (argc == 2 && strncmp(argv[1], "--binary=", 9) == 0)
+        binary = argv[1] + 9;
+    else if (argc != 1) {
+        fprintf(stderr, "spice-brokerctl: usage: upgrade [--binary PATH]\n");
+        return 2;
+    }
+    if (binary != NULL && binary[0] != '/') {
+        fprintf(stderr, "spice-brokerctl: upgrade --binary takes an absolute path\n");
+        return 2;
+    }
+    json_t *j = binary != NULL ? json_pack("{s:s}", "binary", binary) : json_object();
+    char *out = NULL;
+    timeout_ms = UPGRADE_WAIT_MS;
+    int st = post_json("/v1/upgrade", j, &out);
+    if (st < 200 || st >= 300)
+        return report(st, out, false);
+    json_t *a = json_loads(out, 0, NULL);
+    printf("upgraded: pid %lld serves; pid %lld drains its sessions\n",
+           (long long)json_integer_value(json_object_get(a, "new_pid")),
+           (long long)json_integer_value(json_object_get(a, "old_pid")));
+    json_decref(a);
+    free(out);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
+    /* the store's own lines (why etcd did not answer) on stderr; not its chatter */
+    log_set_level(LOG_LVL_WARN);
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) {
             admin_spec = argv[++i];
+            admin_given = true;
         } else if (strncmp(argv[i], "--admin=", 8) == 0) {
             admin_spec = argv[i] + 8;
+            admin_given = true;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -537,6 +766,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
         return cmd_migration_prepare(rest - 1, rv + 1);
+    if (strcmp(cmd, "upgrade") == 0)
+        return cmd_upgrade(rest, rv);
     if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {
         char *out = NULL;
         int st = request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out);

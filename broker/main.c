@@ -5,6 +5,7 @@
  * or a disk. */
 #include <signal.h>
 #include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,17 +17,20 @@
 #include <openssl/ssl.h>
 
 #include "broker/broker.h"
+#include "broker/intents.h"
 #include "broker/keyfile.h"
 #include "broker/journal.h"
 #include "broker/notify.h"
 #include "broker/nova.h"
 #include "broker/tls.h"
+#include "broker/upgrade.h"
 #include "broker/vv.h"
 #include "broker/web.h"
 #include "common/limits.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "migrate/handover.h"
+#include "proto/proxy.h"
 #include "proto/snap.h"
 
 /* ------------------------------------------------------------------ session_env callbacks */
@@ -478,6 +482,9 @@ static void on_record_written(struct broker *b, int result, void *arg);
 static void record_send(struct broker *b, const struct broker_record *r, bool from_retry,
                         bool probe)
 {
+    /* Handed over (upgrade.h): the new process writes this one's records. */
+    if (upgrade_forward_record(b, &r->rec) == 0)
+        return;
     struct record_write *w = calloc(1, sizeof(*w));
     char key[SNAP_KEY_MAX];
     uint8_t *val = NULL;
@@ -884,6 +891,10 @@ int main(int argc, char **argv)
     struct broker b;
     memset(&b, 0, sizeof(b));
     the_broker = &b;
+    b.argc = argc;
+    b.argv = argv;
+    ssize_t exe_len = readlink("/proc/self/exe", b.self_exe, sizeof(b.self_exe) - 1);
+    b.self_exe[exe_len > 0 ? exe_len : 0] = '\0';
     int rc = config_load(&b.cfg, argc, argv);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
@@ -925,6 +936,16 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0)
         fatalx("libevent has no pthread support");
+    /* Started by spice-brokerctl upgrade: the old process's sockets, or a
+     * refusal it hears about (it keeps serving). */
+    const char *up_err = NULL;
+    b.upgrade_from = upgrade_adopt(&up_err);
+    if (up_err != NULL) {
+        log_error("upgrade: %s; exiting (the old process keeps serving)", up_err);
+        seal_keys_free(b.keys);
+        return 1;
+    }
+    int store_lock = upgrade_take_fd(b.upgrade_from, SNAP_LISTEN_STORE_LOCK, 0);
 
     const char *err = NULL;
     int exit_code = 1;
@@ -937,8 +958,11 @@ int main(int argc, char **argv)
     struct store_opts sopts = {
         .ca = b.cfg.etcd_ca, .cert = b.cfg.etcd_cert, .key = b.cfg.etcd_key,
         .user = b.cfg.etcd_user, .password_file = b.cfg.etcd_password_file,
+        .lock_fd = store_lock >= 0 ? &store_lock : NULL,
     };
     b.store = store_open_with(b.cfg.store, &sopts, &err);
+    if (store_lock >= 0 && store_lock_fd(b.store) != store_lock)
+        close(store_lock); /* not taken (another back-end, or the open failed) */
     if (b.store == NULL) {
         log_error("cannot open store %s: %s", b.cfg.store, err ? err : "?");
         goto out;
@@ -983,7 +1007,9 @@ int main(int argc, char **argv)
         if (b.token_file_check != NULL)
             event_add(b.token_file_check, &tv);
     }
-    sweep_sessions(&b, true);
+    /* After a hand-over the live records are the old process's sessions,
+     * still served: not left behind. */
+    sweep_sessions(&b, b.upgrade_from == NULL);
     journal_replay(&b);
     b.history_sweep = event_new(b.base, -1, EV_PERSIST, on_history_sweep, &b);
     if (b.history_sweep != NULL) {
@@ -1088,13 +1114,36 @@ int main(int argc, char **argv)
         }
         tls.ctx = b.tls;
     }
+    int inherited = upgrade_workers(b.upgrade_from);
+    if (inherited > 0 && inherited != b.cfg.workers) {
+        /* Each handed-over socket is one of its port's SO_REUSEPORT group:
+         * one left without a worker would hold its share of connections. */
+        log_info("upgrade: %d workers, as the old process had (one per handed-over socket), "
+                 "not %d", inherited, b.cfg.workers);
+        b.cfg.workers = inherited;
+    }
+    /* Whose PROXY header or X-Forwarded-For names the client (checked by
+     * config_validate). */
+    struct proxy_trust trust;
+    struct worker_proxy proxy = { .trust = NULL };
+    if (proxy_trust_parse(b.cfg.trusted_proxies, &trust, &err) == 0 && trust.n > 0) {
+        proxy.trust = &trust;
+        proxy.ports = (unsigned)config_proxy_ports(b.cfg.proxy_protocol);
+    }
     notify_status("opening the ports and %d workers", b.cfg.workers);
     b.workers = calloc((size_t)b.cfg.workers, sizeof(*b.workers));
     if (b.workers == NULL)
         goto out;
     for (int i = 0; i < b.cfg.workers; i++) {
+        struct worker_fds inherit = {
+            upgrade_take_listener(b.upgrade_from, SNAP_LISTEN_NATIVE, (uint32_t)i, b.cfg.listen),
+            b.tls ? upgrade_take_listener(b.upgrade_from, SNAP_LISTEN_TLS, (uint32_t)i,
+                                          b.cfg.tls_listen) : -1,
+            b.site ? upgrade_take_listener(b.upgrade_from, SNAP_LISTEN_WEB, (uint32_t)i,
+                                           b.cfg.web_listen) : -1,
+        };
         b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
-                                  b.site ? &web : NULL, &err);
+                                  b.site ? &web : NULL, &proxy, &inherit, &err);
         if (b.workers[i] == NULL) {
             log_error("cannot listen on %s%s%s%s%s: %s", b.cfg.listen, b.tls ? ", " : "",
                       b.tls ? b.cfg.tls_listen : "", b.site ? ", " : "",
@@ -1120,6 +1169,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    b.intents = intents_new(&b);    /* after the workers: an intent prepares on them */
     log_info("spice-broker %s listening on %s (%d workers), admin %s, store %s, zone %s",
              SPICE_BROKER_VERSION, b.cfg.listen, b.n_workers, b.cfg.admin,
              store_describe(b.store), b.cfg.zone);
@@ -1134,9 +1184,19 @@ int main(int argc, char **argv)
         log_info("spice-direct: %s?token=T on the browser port answers .vv files (host %s, port "
                  "%u%s)", vv.path, vv.public_host[0] ? vv.public_host : "from the request",
                  vv.port, vv.tls_port ? ", with the TLS port" : "");
+    if (proxy.trust != NULL)
+        log_info("trusted proxies %s: their PROXY protocol header on the %s port(s)%s names "
+                 "the client", b.cfg.trusted_proxies,
+                 proxy.ports ? b.cfg.proxy_protocol : "(no)",
+                 b.site ? ", their X-Forwarded-For on the browser port" : "");
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
+    /* After a hand-over: the old process stops accepting and makes this
+     * one the service's main process before READY=1 (systemd hears only
+     * its main process). */
+    if (b.upgrade_from != NULL && upgrade_adopted(b.upgrade_from, &b, &err) < 0)
+        log_warnx("upgrade: %s; serving anyway", err);
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */
@@ -1155,6 +1215,8 @@ out:
         notify_status("start-up failed; the log says why");
     b.ready = false;
     atomic_store(&limits_closed, true);
+    intents_free(b.intents);
+    b.intents = NULL;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop(b.workers[i]); /* all stopped before any is freed: they post to each other */
     for (int i = 0; i < b.n_workers; i++)
@@ -1198,6 +1260,8 @@ out:
         b.writing = w->next;
         free(w);
     }
+    upgrade_free(b.upgrade_to);
+    upgrade_free(b.upgrade_from);
     admin_free(b.admin);
     free(b.writing_by_id);
     free(b.retry_idx);

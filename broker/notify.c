@@ -16,6 +16,8 @@
 #define STATUS_MAX 512
 
 static char last_status[STATUS_MAX];
+/* Another process is the service's main process now (notify_main_pid). */
+static atomic_bool handed_over;
 
 /* "<head>STATUS=<fmt...>" in one datagram; STATUS= is one line. */
 static void send_status(const char *head, const char *fmt, va_list ap)
@@ -25,7 +27,7 @@ static void send_status(const char *head, const char *fmt, va_list ap)
     for (char *p = status; *p != '\0'; p++)
         if (*p == '\n')
             *p = ' ';
-    if (head[0] == '\0' && strcmp(status, last_status) == 0)
+    if (atomic_load(&handed_over) || (head[0] == '\0' && strcmp(status, last_status) == 0))
         return;
     memcpy(last_status, status, sizeof(status));
     if (sd_notifyf(0, "%sSTATUS=%s", head, status) < 0)
@@ -54,6 +56,17 @@ void notify_stopping(const char *fmt, ...)
     va_start(ap, fmt);
     send_status("STOPPING=1\n", fmt, ap);
     va_end(ap);
+}
+
+void notify_main_pid(int pid, const char *fmt, ...)
+{
+    char head[48];
+    snprintf(head, sizeof(head), "MAINPID=%d\n", pid);
+    va_list ap;
+    va_start(ap, fmt);
+    send_status(head, fmt, ap);
+    va_end(ap);
+    atomic_store(&handed_over, true);
 }
 
 /* ------------------------------------------------------------------ watchdog */
@@ -95,6 +108,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     wd->stuck = -1;
+    if (atomic_load(&handed_over))
+        return;
     sd_notify(0, "WATCHDOG=1");
     for (int i = 0; i < wd->n_workers; i++) {
         wd->pings[i].posted++;

@@ -19,6 +19,12 @@ void notify_ready(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* STOPPING=1 with STATUS=<text>: the stop has begun. */
 void notify_stopping(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* MAINPID=<pid> with STATUS=<text>: a live hand-over (broker/upgrade.c)
+ * made pid the service's main process; after it this process says nothing
+ * more to the service manager (every call here is a no-op: its watchdog,
+ * its stop are no longer the service's). */
+void notify_main_pid(int pid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* When the service manager asked for a watchdog (WatchdogSec=, read with
  * sd_watchdog_enabled), sends WATCHDOG=1 from the control loop every quarter
  * of its period, but only while every worker has run the ping job posted at

@@ -379,10 +379,12 @@ void tls_worker_free(struct tls_worker *tw)
     free(tw);
 }
 
-void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *peer)
+void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *peer,
+                struct limits_conn *lc)
 {
     struct tls_conn *tc = calloc(1, sizeof(*tc));
     if (tc == NULL) {
+        limits_release(lc);
         close(fd);
         return;
     }
@@ -396,7 +398,11 @@ void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *pe
     tc->rd = event_new(tw->base, fd, EV_READ | EV_PERSIST, on_handshake_io, tc);
     tc->wr = event_new(tw->base, fd, EV_WRITE | EV_PERSIST, on_handshake_io, tc);
     tc->timer = evtimer_new(tw->base, on_handshake_timeout, tc);
-    tc->lim = session_admit(tw->sw, peer, conn_evict, tc);
+    if (lc != NULL)
+        limits_rebind(lc, conn_evict, tc);
+    else
+        lc = session_admit(tw->sw, peer, conn_evict, tc);
+    tc->lim = lc;
     if (tc->t == NULL || tc->rd == NULL || tc->wr == NULL || tc->timer == NULL) {
         conn_free(tc);
         return;

@@ -58,7 +58,11 @@ struct tls_worker *tls_worker_new(struct event_base *base, struct session_worker
 /* Closes every connection it still has (the worker is stopping). */
 void tls_worker_free(struct tls_worker *tw);
 
-/* A connection accepted on the TLS port (takes fd). */
-void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *peer);
+/* A connection accepted on the TLS port (takes fd), from peer (the client
+ * a trusted proxy's PROXY header named, or the TCP peer); lc: counted as
+ * unauthenticated since an earlier phase (taken), or NULL: counted from now. */
+struct limits_conn;
+void tls_accept(struct tls_worker *tw, int fd, const struct sockaddr_storage *peer,
+                struct limits_conn *lc);
 
 #endif

@@ -16,7 +16,9 @@
  *              the relay itself: no bridge), carrying the URL's token
  *              (checked again by the SPICE link, which may come later).
  * Every connection counts as unauthenticated (common/limits.h) from its
- * accept until its SPICE link is accepted or it closes. */
+ * accept until its SPICE link is accepted or it closes. From a trusted
+ * proxy (--trusted-proxies) the client is the one its X-Forwarded-For names
+ * (proto/proxy.h), and the count is under no source until the head names it. */
 #include "broker/web.h"
 
 #include <dirent.h>
@@ -40,6 +42,7 @@
 #include "common/limits.h"
 #include "common/log.h"
 #include "proto/http.h"
+#include "proto/proxy.h"
 #include "session/transport.h"
 
 #define SITE_MAX_FILES 4096
@@ -219,6 +222,7 @@ struct web_worker {
     const char *allowed_origins;     /* extra Origin host names, comma-separated ("" = none) */
     const char *base_url;            /* its scheme is the Origin's expected one ("" = any) */
     const struct vv_config *vv;      /* spice-direct .vv files, NULL = none */
+    const struct proxy_trust *trust; /* whose X-Forwarded-For is believed, NULL = nobody's */
     TAILQ_HEAD(, web_conn) conns;
 };
 
@@ -501,6 +505,31 @@ static void serve_vv(struct web_conn *wc, const struct http_request *req)
         vv_answer(wc);
 }
 
+/* A trusted proxy's request: the client is the one its X-Forwarded-For
+ * names (none: the proxy itself), and from now on the connection counts
+ * toward that client's source. -1 (replied 400) when the header is not
+ * made of addresses. */
+static int take_forwarded_for(struct web_conn *wc, const struct http_request *req)
+{
+    struct sockaddr_storage client;
+    const char *err = NULL;
+    int rc = proxy_forwarded_for(req->forwarded_for, req->forwarded_for_cut, wc->ww->trust,
+                                 &client, &err);
+    if (rc > 0) {
+        char was[sizeof(wc->addr)];
+        memcpy(was, wc->addr, sizeof(was));
+        wc->peer = client;
+        log_format_addr(&client, wc->addr, sizeof(wc->addr));
+        log_debug("web: client=%s via %s (X-Forwarded-For)", wc->addr, was);
+    }
+    limits_set_source(wc->lim, &wc->peer);
+    if (rc < 0) {
+        reply_error(wc, 400, "Bad Request", err);
+        return -1;
+    }
+    return 0;
+}
+
 /* A request head as far as it came: 0 more to come (wc waits for it), 1 done
  * (replied, upgraded or waiting for a .vv's token: wc is not the caller's). */
 static int on_head(struct web_conn *wc)
@@ -515,9 +544,14 @@ static int on_head(struct web_conn *wc)
     if (n == 0)
         return 0; /* more to come */
     if (n < 0) {
+        if (proxy_looks_like((const uint8_t *)wc->head, wc->have))
+            err = "a PROXY protocol header from a peer not in --trusted-proxies (or on a port "
+                  "not in --proxy-protocol)";
         reply_error(wc, 400, "Bad Request", err ? err : "malformed request");
         return 1;
     }
+    if (proxy_trusted(wc->ww->trust, &wc->peer) && take_forwarded_for(wc, &req) < 0)
+        return 1;
     bool head_only = strcmp(req.method, "HEAD") == 0;
     if (strcmp(req.method, "GET") != 0 && !head_only) {
         reply_error(wc, 405, "Method Not Allowed", "only GET and HEAD");
@@ -676,6 +710,11 @@ void web_worker_set_vv(struct web_worker *ww, const struct vv_config *vv)
     ww->vv = vv;
 }
 
+void web_worker_set_trusted_proxies(struct web_worker *ww, const struct proxy_trust *trust)
+{
+    ww->trust = trust;
+}
+
 void web_worker_free(struct web_worker *ww)
 {
     if (ww == NULL)
@@ -693,10 +732,12 @@ static void conn_evict(void *arg)
     conn_free(arg);
 }
 
-void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer)
+void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer,
+                struct limits_conn *lc)
 {
     struct web_conn *wc = calloc(1, sizeof(*wc));
     if (wc == NULL) {
+        limits_release(lc);
         close(fd);
         return;
     }
@@ -704,7 +745,17 @@ void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *pe
     TAILQ_INSERT_TAIL(&ww->conns, wc, link);
     wc->peer = *peer;
     log_format_addr(peer, wc->addr, sizeof(wc->addr));
-    wc->lim = session_admit(ww->sw, peer, conn_evict, wc);
+    /* A trusted proxy's connection is counted under no source until its
+     * X-Forwarded-For names the client (take_forwarded_for). */
+    bool trusted = proxy_trusted(ww->trust, peer);
+    if (lc != NULL) {
+        limits_rebind(lc, conn_evict, wc);
+        if (!trusted)
+            limits_set_source(lc, peer);
+    } else {
+        lc = session_admit(ww->sw, trusted ? NULL : peer, conn_evict, wc);
+    }
+    wc->lim = lc;
     if (ww->tls != NULL) {
         SSL_CTX *ssl = tls_ctx_acquire(ww->tls); /* the certificate of the moment (SIGHUP) */
         wc->t = transport_tls_new(ssl, fd, true, NULL);

@@ -42,7 +42,18 @@ void web_worker_free(struct web_worker *ww);
 struct vv_config;
 void web_worker_set_vv(struct web_worker *ww, const struct vv_config *vv);
 
-/* A connection accepted on the web port (takes fd). */
-void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer);
+/* Takes the client's address from X-Forwarded-For (proto/proxy.h: the
+ * right-most address not in trust) when the peer is in trust (NULL: none
+ * is); trust must outlive ww. */
+struct proxy_trust;
+void web_worker_set_trusted_proxies(struct web_worker *ww, const struct proxy_trust *trust);
+
+/* A connection accepted on the web port (takes fd), from peer (the client a
+ * trusted proxy's PROXY header named, or the TCP peer); lc: counted as
+ * unauthenticated since an earlier phase (taken; still under no source),
+ * or NULL: counted from now. */
+struct limits_conn;
+void web_accept(struct web_worker *ww, int fd, const struct sockaddr_storage *peer,
+                struct limits_conn *lc);
 
 #endif

@@ -17,9 +17,12 @@
 #include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "broker/proxied.h"
 #include "broker/tls.h"
 #include "broker/web.h"
+#include "common/limits.h"
 #include "common/log.h"
+#include "proto/proxy.h"
 
 struct job {
     STAILQ_ENTRY(job) next;
@@ -47,6 +50,8 @@ struct worker {
     int tls_fd;                   /* the TLS port, -1 if none */
     struct event *tls_ev;
     struct tls_worker *tw;
+    struct worker_proxy proxy;    /* trust NULL: no proxy is trusted */
+    struct proxied *px;           /* trusted proxies' connections before their header */
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -75,6 +80,9 @@ static int listen_socket(const char *host, uint16_t port, const char **err)
 }
 
 enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB };
+static const char *const port_names[] = { "native", "TLS", "browser" };
+static const unsigned port_proxy_bits[] = { WORKER_PROXY_NATIVE, WORKER_PROXY_TLS,
+                                            WORKER_PROXY_WEB };
 
 /* Out of descriptors: stop accepting on every port for a second instead of
  * spinning on listeners that stay readable. */
@@ -87,6 +95,31 @@ static void pause_accepting(struct worker *w)
             event_del(evs[i]);
     struct timeval tv = { 1, 0 };
     evtimer_add(w->accept_retry, &tv);
+}
+
+/* A connection for a port's own code, from peer (the client a proxy's
+ * header named, or the TCP peer); lc: already counted (taken), or NULL. */
+static void port_accept(struct worker *w, enum port_kind kind, int fd,
+                        const struct sockaddr_storage *peer, struct limits_conn *lc)
+{
+    if (kind == PORT_TLS)
+        tls_accept(w->tw, fd, peer, lc);
+    else if (kind == PORT_WEB)
+        web_accept(w->ww, fd, peer, lc);
+    else
+        session_accept_counted(w->sw, transport_tcp_new(fd), peer, NULL, lc);
+}
+
+/* A trusted proxy's header named the client: counted as the client's from
+ * now on (the browser port decides that itself: an X-Forwarded-For may
+ * still come), then the port's own code takes it. */
+static void on_proxied(void *arg, int port, int fd, const struct sockaddr_storage *client,
+                       struct limits_conn *lc)
+{
+    struct worker *w = arg;
+    if (port != PORT_WEB)
+        limits_set_source(lc, client);
+    port_accept(w, (enum port_kind)port, fd, client, lc);
 }
 
 /* Accepts a bounded batch (other sockets on this loop get their turn). */
@@ -103,12 +136,11 @@ static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (kind == PORT_TLS)
-            tls_accept(w->tw, fd, &peer);
-        else if (kind == PORT_WEB)
-            web_accept(w->ww, fd, &peer);
+        if (w->px != NULL && (w->proxy.ports & port_proxy_bits[kind]) &&
+            proxy_trusted(w->proxy.trust, &peer))
+            proxied_accept(w->px, fd, &peer, kind, port_names[kind]);
         else
-            session_accept(w->sw, transport_tcp_new(fd), &peer, NULL, 0, NULL);
+            port_accept(w, kind, fd, &peer, NULL);
     }
 }
 
@@ -157,12 +189,15 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const char **err)
+                          const struct worker_web *web, const struct worker_proxy *proxy,
+                          const struct worker_fds *inherit,
+                          const char **err)
 {
+    struct worker_fds none = { -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
         *err = "out of memory";
-        return NULL;
+        goto fail_early;
     }
     w->index = index;
     w->wake_fd = -1;
@@ -171,7 +206,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->tls_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
-    w->listen_fd = listen_socket(host, port, err);
+    w->listen_fd = in.native >= 0 ? in.native : listen_socket(host, port, err);
+    in.native = -1;
     if (w->listen_fd < 0)
         goto fail;
     w->base = event_base_new();
@@ -195,8 +231,17 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         *err = "out of memory";
         goto fail;
     }
+    if (proxy != NULL && proxy->trust != NULL) {
+        w->proxy = *proxy;
+        w->px = proxied_new(w->base, w->sw, env->link_timeout_ms, on_proxied, w);
+        if (w->px == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+    }
     if (tls != NULL) {
-        w->tls_fd = listen_socket(tls->host, tls->port, err);
+        w->tls_fd = in.tls >= 0 ? in.tls : listen_socket(tls->host, tls->port, err);
+        in.tls = -1;
         if (w->tls_fd < 0)
             goto fail;
         w->tw = tls_worker_new(w->base, w->sw, tls->ctx, env->link_timeout_ms);
@@ -208,13 +253,16 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         event_add(w->tls_ev, NULL);
     }
     if (web != NULL) {
-        w->web_fd = listen_socket(web->host, web->port, err);
+        w->web_fd = in.web >= 0 ? in.web : listen_socket(web->host, web->port, err);
+        in.web = -1;
         if (w->web_fd < 0)
             goto fail;
         w->ww = web_worker_new(w->base, w->sw, web->site, web->tls, env->link_timeout_ms,
                                web->allowed_origins, web->base_url);
         if (w->ww != NULL && web->vv != NULL)
             web_worker_set_vv(w->ww, web->vv);
+        if (w->ww != NULL)
+            web_worker_set_trusted_proxies(w->ww, w->proxy.trust);
         w->web_ev = event_new(w->base, w->web_fd, EV_READ | EV_PERSIST, on_web_accept, w);
         if (w->ww == NULL || w->web_ev == NULL) {
             *err = "out of memory";
@@ -227,7 +275,38 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     return w;
 fail:
     worker_stop_and_free(w);
+fail_early:
+    for (int i = 0, fds[3] = { in.native, in.tls, in.web }; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
     return NULL;
+}
+
+void worker_listen_fds(const struct worker *w, struct worker_fds *out)
+{
+    *out = (struct worker_fds){ w->listen_fd, w->tls_fd, w->web_fd };
+}
+
+static void job_stop_accepting(struct session_worker *sw, void *arg)
+{
+    struct worker *w = arg;
+    struct event **evs[] = { &w->accept_ev, &w->tls_ev, &w->web_ev };
+    int *fds[] = { &w->listen_fd, &w->tls_fd, &w->web_fd };
+    evtimer_del(w->accept_retry);
+    for (size_t i = 0; i < 3; i++) {
+        if (*evs[i] != NULL)
+            event_free(*evs[i]);
+        *evs[i] = NULL;
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+    log_debug("worker %d: accepting no more (the listeners went to a new process)", w->index);
+}
+
+int worker_stop_accepting(struct worker *w)
+{
+    return worker_post(w, job_stop_accepting, w);
 }
 
 static void *worker_main(void *arg)
@@ -236,6 +315,8 @@ static void *worker_main(void *arg)
     log_debug("worker %d running", w->index);
     event_base_dispatch(w->base);
     /* Stopped: close what is left on this thread, where it lives. */
+    proxied_free(w->px);
+    w->px = NULL;
     web_worker_free(w->ww);
     w->ww = NULL;
     tls_worker_free(w->tw);
@@ -256,7 +337,8 @@ int worker_start(struct worker *w)
 static void job_exit(struct session_worker *sw, void *arg)
 {
     struct worker *w = arg;
-    event_del(w->accept_ev);
+    if (w->accept_ev != NULL)
+        event_del(w->accept_ev);
     if (w->web_ev != NULL)
         event_del(w->web_ev);
     if (w->tls_ev != NULL)
@@ -347,6 +429,7 @@ void worker_stop_and_free(struct worker *w)
     if (w->started) {
         worker_stop(w);
     } else {
+        proxied_free(w->px);
         web_worker_free(w->ww);
         tls_worker_free(w->tw);
         if (w->sw != NULL)

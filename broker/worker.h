@@ -35,12 +35,41 @@ struct worker_tls {
     struct tls_ctx *ctx;
 };
 
+/* A worker's listening sockets (-1: none): its own SO_REUSEPORT socket on
+ * each port. */
+struct worker_fds {
+    int native, tls, web;
+};
+
+/* The proxies whose word on the client's address is taken (proto/proxy.h;
+ * --trusted-proxies), and the ports on which such a peer starts with a PROXY
+ * protocol header (WORKER_PROXY_* bits; --proxy-protocol). */
+#define WORKER_PROXY_NATIVE 1u
+#define WORKER_PROXY_TLS 2u
+#define WORKER_PROXY_WEB 4u
+struct proxy_trust;
+struct worker_proxy {
+    const struct proxy_trust *trust;   /* must outlive the worker */
+    unsigned ports;
+};
+
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
- * and, if tls / web are not NULL, on the TLS and browser ports too. env.base,
- * env.worker_index are filled by the worker. Does not start it. */
+ * and, if tls / web are not NULL, on the TLS and browser ports too; proxy
+ * (NULL: no proxy is trusted) says whose PROXY header or X-Forwarded-For is
+ * believed. inherit (may be NULL): sockets already listening there, handed
+ * over by the process this one replaces (broker/upgrade.c), taken instead of
+ * new ones (those >= 0; closed on failure). env.base, env.worker_index are
+ * filled by the worker. Does not start it. */
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
-                          const struct worker_web *web, const char **err);
+                          const struct worker_web *web, const struct worker_proxy *proxy,
+                          const struct worker_fds *inherit, const char **err);
+/* Its listening sockets (borrowed; valid until worker_stop_accepting). */
+void worker_listen_fds(const struct worker *w, struct worker_fds *out);
+/* Stops accepting on every port and closes the worker's listening sockets
+ * on its loop (a new process has them: upgrade.c); its sessions go on.
+ * From any thread. */
+int worker_stop_accepting(struct worker *w);
 int worker_start(struct worker *w);
 /* Asks the worker to close its sessions and stop, then joins and frees it. */
 void worker_stop_and_free(struct worker *w);

@@ -19,7 +19,7 @@
 
 struct source {
     LIST_ENTRY(source) link;
-    TAILQ_HEAD(, limits_conn) conns; /* oldest first */
+    TAILQ_HEAD(conn_list, limits_conn) conns; /* oldest first */
     unsigned n;
     uint8_t addr[16];                /* IPv4 as ::ffff:a.b.c.d */
 };
@@ -52,8 +52,17 @@ struct limits {
     uint8_t sum_addr[16];   /* the source the per-source cap hit last */
 };
 
+/* The key of connections whose source is not known yet (limits_admit with
+ * no peer): ffff:...:ffff, a multicast address no TCP peer has. */
+static const uint8_t key_unknown[16] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+
 static void key_of(const struct sockaddr_storage *ss, uint8_t out[16])
 {
+    if (ss == NULL) {
+        memcpy(out, key_unknown, 16);
+        return;
+    }
     memset(out, 0, 16);
     if (ss->ss_family == AF_INET6) {
         memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
@@ -200,54 +209,48 @@ static void job_drop(void *arg)
     (void)job_arrived(arg);
 }
 
-struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage *peer,
-                                 int worker, limits_evict_fn evict, void *arg)
+/* The source with key k, made if there is none (under mu); NULL when out of
+ * memory. */
+static struct source *source_get(struct limits *l, const uint8_t k[16])
 {
-    if (l == NULL)
-        return NULL;
-    struct limits_conn *lc = calloc(1, sizeof(*lc));
-    if (lc == NULL)
-        return NULL;
-    lc->l = l;
-    lc->worker = worker;
-    lc->evict = evict;
-    lc->arg = arg;
-    uint8_t k[16];
-    key_of(peer, k);
     unsigned b = key_hash(k);
-    struct limits_conn *victims[2] = { NULL, NULL };
-    char summary[200] = "";
-
-    pthread_mutex_lock(&l->mu);
     struct source *s;
     LIST_FOREACH(s, &l->buckets[b], link)
         if (memcmp(s->addr, k, 16) == 0)
-            break;
-    if (s == NULL) {
-        s = calloc(1, sizeof(*s));
-        if (s == NULL) {
-            pthread_mutex_unlock(&l->mu);
-            free(lc);
-            return NULL;
-        }
-        memcpy(s->addr, k, 16);
-        TAILQ_INIT(&s->conns);
-        LIST_INSERT_HEAD(&l->buckets[b], s, link);
-        l->n_sources++;
-    }
+            return s;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    memcpy(s->addr, k, 16);
+    TAILQ_INIT(&s->conns);
+    LIST_INSERT_HEAD(&l->buckets[b], s, link);
+    l->n_sources++;
+    return s;
+}
+
+/* Puts lc into source s, in admission order, and picks what the caps close
+ * (under mu). Connections whose source is not known yet are held to the
+ * global cap only: they may all come from one proxy. */
+static void source_add(struct limits *l, struct source *s, struct limits_conn *lc,
+                       struct limits_conn *victims[2])
+{
+    struct limits_conn *after = TAILQ_LAST(&s->conns, conn_list);
+    while (after != NULL && after->seq > lc->seq)
+        after = TAILQ_PREV(after, conn_list, link);
+    if (after != NULL)
+        TAILQ_INSERT_AFTER(&s->conns, after, lc, link);
+    else
+        TAILQ_INSERT_HEAD(&s->conns, lc, link);
     lc->src = s;
-    lc->seq = ++l->seq;
-    TAILQ_INSERT_TAIL(&s->conns, lc, link);
     s->n++;
     l->total++;
-    l->st.admitted++;
-    if (l->max_src > 0 && s->n > l->max_src) {
+    if (l->max_src > 0 && s->n > l->max_src && memcmp(s->addr, key_unknown, 16) != 0) {
         victims[0] = TAILQ_FIRST(&s->conns);
         unlink_conn(l, victims[0]);
         victims[0]->evicted = true;
         l->st.evicted_source++;
         l->sum_source++;
-        memcpy(l->sum_addr, k, 16);
+        memcpy(l->sum_addr, s->addr, 16);
     }
     if (l->max_total > 0 && l->total > l->max_total) {
         struct source *big = biggest(l);
@@ -257,9 +260,11 @@ struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage
         l->st.evicted_global++;
         l->sum_global++;
     }
-    summary_take(l, summary, sizeof(summary));
-    pthread_mutex_unlock(&l->mu);
+}
 
+/* Outside mu: the summary line, and the victims closed on their loops. */
+static void evict_posted(struct limits *l, struct limits_conn *victims[2], const char *summary)
+{
     if (summary[0] != '\0')
         log_warnx("%s", summary);
     for (int i = 0; i < 2; i++) {
@@ -276,7 +281,61 @@ struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage
                 free(v);
         }
     }
+}
+
+struct limits_conn *limits_admit(struct limits *l, const struct sockaddr_storage *peer,
+                                 int worker, limits_evict_fn evict, void *arg)
+{
+    if (l == NULL)
+        return NULL;
+    struct limits_conn *lc = calloc(1, sizeof(*lc));
+    if (lc == NULL)
+        return NULL;
+    lc->l = l;
+    lc->worker = worker;
+    lc->evict = evict;
+    lc->arg = arg;
+    uint8_t k[16];
+    key_of(peer, k);
+    struct limits_conn *victims[2] = { NULL, NULL };
+    char summary[200] = "";
+
+    pthread_mutex_lock(&l->mu);
+    struct source *s = source_get(l, k);
+    if (s == NULL) {
+        pthread_mutex_unlock(&l->mu);
+        free(lc);
+        return NULL;
+    }
+    lc->seq = ++l->seq;
+    l->st.admitted++;
+    source_add(l, s, lc, victims);
+    summary_take(l, summary, sizeof(summary));
+    pthread_mutex_unlock(&l->mu);
+    evict_posted(l, victims, summary);
     return lc;
+}
+
+void limits_set_source(struct limits_conn *lc, const struct sockaddr_storage *peer)
+{
+    if (lc == NULL)
+        return;
+    struct limits *l = lc->l;
+    uint8_t k[16];
+    key_of(peer, k);
+    struct limits_conn *victims[2] = { NULL, NULL };
+    char summary[200] = "";
+
+    pthread_mutex_lock(&l->mu);
+    if (lc->src != NULL && memcmp(lc->src->addr, k, 16) != 0) { /* (not evicted meanwhile) */
+        unlink_conn(l, lc);
+        struct source *s = source_get(l, k);
+        if (s != NULL)
+            source_add(l, s, lc, victims); /* else no longer counted (out of memory) */
+    }
+    summary_take(l, summary, sizeof(summary));
+    pthread_mutex_unlock(&l->mu);
+    evict_posted(l, victims, summary);
 }
 
 void limits_rebind(struct limits_conn *lc, limits_evict_fn evict, void *arg)

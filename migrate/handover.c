@@ -1366,6 +1366,15 @@ int handover_prepare(struct session_worker *w, const char *instance, const char 
         next = TAILQ_NEXT(s, link);
         if (s->id == 0 || s->closing || strcmp(s->rec.instance, instance) != 0)
             continue;
+        if (strcmp(s->rec.host, host) == 0 && ((port != 0 && s->rec.port == port) ||
+                                               (tls_port != 0 && s->rec.tls_port == tls_port))) {
+            /* Already there (a migration intent still live after its
+             * migration, a reconnect): a second main link with the live
+             * session id would kick the session off that QEMU. */
+            log_debug("%s migration: not preparing %s:%u, the session's own backend", s->sid,
+                      host, port ? port : tls_port);
+            continue;
+        }
         struct session_mig *m = s->mig;
         if (m->state == MIG_CONNECTED || m->state == MIG_SWITCHING ||
             m->state == MIG_REATTACHING) {

@@ -20,7 +20,8 @@ extern const struct session_hooks handover_hooks;
  * migration destination in advance (PROTOCOL.md 9.11), at its plain or
  * secure port (tls_port, 0 = none) as --backend-tls decides. cb(arg, ok, why) is
  * called once per session when its destination has acknowledged or failed;
- * returns the number of sessions being prepared. Worker loop only. */
+ * returns the number of sessions being prepared. A session whose backend is
+ * already host at that port is left alone (not counted). Worker loop only. */
 typedef void (*handover_prepare_cb)(void *arg, bool ok, const char *why);
 int handover_prepare(struct session_worker *w, const char *instance, const char *host,
                      uint16_t port, uint16_t tls_port, const char *password,

@@ -1,7 +1,9 @@
 /* migrate/store.c: parses store specs and dispatches store.h calls to a
- * back-end (store_embedded.c, store_etcd.c); thread-safe, any thread. */
+ * back-end (store_embedded.c, store_etcd.c), and tells store_watch's
+ * callback of this process's writes; thread-safe, any thread. */
 #include "migrate/store.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@ struct store {
     const struct store_backend *be;
     void *impl;
     char *desc;             /* "scheme:arg", for logs */
+    struct store_notify notify;
 };
 
 static const struct store_backend *const backends[] = {
@@ -63,17 +66,24 @@ struct store *store_open_with(const char *spec, const struct store_opts *opts, c
         *err = store_errorf("store spec \"%s\" has nothing after the colon", be->scheme);
         goto fail;
     }
-    if ((s = calloc(1, sizeof(*s))) == NULL || (s->desc = strdup(spec)) == NULL) {
+    if ((s = calloc(1, sizeof(*s))) == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    pthread_mutex_init(&s->notify.mu, NULL);
+    if ((s->desc = strdup(spec)) == NULL) {
         *err = "out of memory";
         goto fail;
     }
     s->be = be;
-    if ((s->impl = be->open(colon + 1, opts != NULL ? opts : &none, err)) == NULL)
+    if ((s->impl = be->open(colon + 1, opts != NULL ? opts : &none, &s->notify, err)) == NULL)
         goto fail;
     return s;
 fail:
-    if (s != NULL)
+    if (s != NULL) {
+        pthread_mutex_destroy(&s->notify.mu);
         free(s->desc);
+    }
     free(s);
     return NULL;
 }
@@ -83,8 +93,29 @@ void store_free(struct store *s)
     if (s == NULL)
         return;
     s->be->free(s->impl);
+    pthread_mutex_destroy(&s->notify.mu);
     free(s->desc);
     free(s);
+}
+
+void store_notify_fire(struct store_notify *n, const char *key)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->cb != NULL && (key == NULL || strncmp(key, n->prefix, strlen(n->prefix)) == 0))
+        n->cb(n->arg);
+    pthread_mutex_unlock(&n->mu);
+}
+
+int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *arg)
+{
+    if (s == NULL || (cb != NULL && (prefix == NULL || strlen(prefix) > STORE_MAX_KEY)))
+        return -1;
+    pthread_mutex_lock(&s->notify.mu);
+    snprintf(s->notify.prefix, sizeof(s->notify.prefix), "%s", cb != NULL ? prefix : "");
+    s->notify.cb = cb;
+    s->notify.arg = arg;
+    pthread_mutex_unlock(&s->notify.mu);
+    return 0;
 }
 
 static int key_ok(const char *key)
@@ -98,7 +129,10 @@ int store_put_within(struct store *s, const char *key, const void *val, size_t l
     if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
         len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
         return STORE_ERROR;
-    return s->be->put(s->impl, key, val, len, expect_rev, timeout_ms, new_rev);
+    int rc = s->be->put(s->impl, key, val, len, expect_rev, timeout_ms, new_rev);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
 }
 
 int store_put(struct store *s, const char *key, const void *val, size_t len,
@@ -118,12 +152,28 @@ int store_delete_within(struct store *s, const char *key, int64_t expect_rev, lo
 {
     if (s == NULL || !key_ok(key) || expect_rev < STORE_ANY_REV || timeout_ms < 0)
         return STORE_ERROR;
-    return s->be->del(s->impl, key, expect_rev, timeout_ms);
+    int rc = s->be->del(s->impl, key, expect_rev, timeout_ms);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
 }
 
 int store_delete(struct store *s, const char *key, int64_t expect_rev)
 {
     return store_delete_within(s, key, expect_rev, 0);
+}
+
+/* One back-end batch call; results back into the caller's ops, and
+ * store_watch told of each write made. */
+static void batch_run(struct store *s, struct store_op *run, struct store_op **valid, size_t n,
+                      long timeout_ms)
+{
+    s->be->batch(s->impl, run, n, timeout_ms);
+    for (size_t k = 0; k < n; k++) {
+        *valid[k] = run[k];
+        if (run[k].result == STORE_OK)
+            store_notify_fire(&s->notify, run[k].key);
+    }
 }
 
 void store_batch_within(struct store *s, struct store_op *ops, size_t n, long timeout_ms)
@@ -145,22 +195,19 @@ void store_batch_within(struct store *s, struct store_op *ops, size_t n, long ti
                                               op->expect_rev, timeout_ms, &op->new_rev);
             if (op->result != STORE_OK)
                 op->new_rev = 0;
+            else
+                store_notify_fire(&s->notify, op->key);
             continue;
         }
         valid[nv] = op;
         run[nv++] = *op;
         if (nv == STORE_BATCH_MAX) {
-            s->be->batch(s->impl, run, nv, timeout_ms);
-            for (size_t k = 0; k < nv; k++)
-                *valid[k] = run[k];
+            batch_run(s, run, valid, nv, timeout_ms);
             nv = 0;
         }
     }
-    if (nv > 0) {
-        s->be->batch(s->impl, run, nv, timeout_ms);
-        for (size_t k = 0; k < nv; k++)
-            *valid[k] = run[k];
-    }
+    if (nv > 0)
+        batch_run(s, run, valid, nv, timeout_ms);
 }
 
 bool store_batches(const struct store *s)
@@ -182,6 +229,46 @@ int store_fresh(struct store *s, int64_t *silent_ms)
     if (s == NULL || s->be->fresh == NULL)
         return 1;
     return s->be->fresh(s->impl, silent_ms);
+}
+
+int store_lease_grant(struct store *s, int64_t ttl_s, long timeout_ms, int64_t *lease)
+{
+    if (s == NULL || lease == NULL || ttl_s < 1 || ttl_s > STORE_MAX_LEASE_TTL || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_grant(s->impl, ttl_s, timeout_ms, lease);
+}
+
+int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64_t *ttl_left)
+{
+    if (s == NULL || lease <= 0 || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_keepalive(s->impl, lease, timeout_ms, ttl_left);
+}
+
+int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms)
+{
+    if (s == NULL || lease <= 0 || timeout_ms < 0)
+        return STORE_ERROR;
+    return s->be->lease_revoke(s->impl, lease, timeout_ms);
+}
+
+int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
+    if (lease <= 0)
+        return STORE_ERROR;
+    if (s == NULL || !key_ok(key) || (val == NULL && len > 0) ||
+        len > STORE_MAX_VALUE || expect_rev < STORE_ANY_REV || timeout_ms < 0)
+        return STORE_ERROR;
+    int rc = s->be->put_lease(s->impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
+    if (rc == STORE_OK)
+        store_notify_fire(&s->notify, key);
+    return rc;
+}
+
+int store_lock_fd(const struct store *s)
+{
+    return s != NULL && s->be->lock_fd != NULL ? s->be->lock_fd(s->impl) : -1;
 }
 
 const char *store_describe(const struct store *s)

@@ -15,6 +15,7 @@
 #ifndef SB_STORE_H
 #define SB_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,17 @@ struct store_opts {
     const char *cert, *key;     /* client certificate and key (PEM) */
     const char *user;           /* etcd v3 auth user */
     const char *password_file;  /* its password (first line) */
+    /* Open for writes only (a short-lived writer such as spice-brokerctl):
+     * the etcd back-end then neither loads the mirror nor starts its watch,
+     * and talks to etcd only for the writes themselves, so opening costs
+     * nothing; get and walk find nothing. The embedded back-end ignores it. */
+    bool write_only;
+    /* embedded: a descriptor of DIR/lock that holds the directory's lock
+     * already (a live hand-over passes it from the old process, which keeps
+     * serving meanwhile: broker/upgrade.c): on success the store owns it
+     * (closed by store_free); on failure, or for another back-end, it stays
+     * the caller's. NULL: the lock is taken afresh. */
+    const int *lock_fd;
 };
 
 /* Opens a store from its spec ("embedded:/var/lib/spice-broker"). On failure
@@ -75,6 +87,45 @@ int store_delete(struct store *s, const char *key, int64_t expect_rev);
  * or -1; cb returning non-zero stops the walk. */
 typedef int (*store_walk_cb)(const char *key, const void *val, size_t len, int64_t rev, void *arg);
 int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg);
+
+/* Leases, as etcd has them: a key put under a lease goes when the lease
+ * ends, revoked or expired (its TTL passed without a keep-alive). A broker
+ * keeps its registration under one, so the zone learns of its death; a
+ * migration intent lives under a short one. Each call waits for the
+ * network like a write (timeout_ms: 0 = the back-end's own bound, about
+ * 2 s); the embedded back-end keeps leased keys in memory only (they die
+ * with the process, as its leases would) and expires them on its own clock.
+ *
+ * store_lease_grant: a new lease of ttl_s seconds (1..86400) in *lease.
+ * store_lease_keepalive: renews it for its TTL (*ttl_left, optional, gets
+ *   what the store granted); STORE_NOT_FOUND once it expired or was revoked
+ *   (its keys are gone then).
+ * store_lease_revoke: ends it now, deleting its keys; STORE_NOT_FOUND if it
+ *   had already ended.
+ * store_put_lease: store_put, the key attached to lease (> 0);
+ *   STORE_NOT_FOUND if the lease has ended. */
+int store_lease_grant(struct store *s, int64_t ttl_s, long timeout_ms, int64_t *lease);
+int store_lease_keepalive(struct store *s, int64_t lease, long timeout_ms, int64_t *ttl_left);
+int store_lease_revoke(struct store *s, int64_t lease, long timeout_ms);
+int store_put_lease(struct store *s, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+
+/* Change notification: cb(arg) is called whenever a key under prefix may
+ * have changed in the view get and walk answer from: an event of the etcd
+ * watch, a reload of its mirror (then whatever the prefix), and a write of
+ * this process through this store (both back-ends). Keys the embedded
+ * back-end drops at a lease's expiry are not told. cb runs on the thread
+ * that saw the change (etcd's watch thread, or the writer's), with no lock
+ * of the store's held but with the notifier's own: it must be quick and
+ * must not call into the store (wake a loop, e.g. event_active, and walk
+ * there). One callback per store: a new call replaces it; cb NULL removes
+ * it, and once that returns cb runs no more. 0, or -1 (a prefix too long). */
+typedef void (*store_change_cb)(void *arg);
+int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *arg);
+/* The descriptor holding the store's lock, for a live hand-over to a new
+ * process (store_opts.lock_fd); -1 for a back-end without one (etcd).
+ * Borrowed: it stays the store's. */
+int store_lock_fd(const struct store *s);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */
 const char *store_describe(const struct store *s);

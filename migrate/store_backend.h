@@ -4,6 +4,7 @@
 #ifndef SB_STORE_BACKEND_H
 #define SB_STORE_BACKEND_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +14,20 @@
 /* Limits every back-end enforces (etcd's default request limit is 1.5 MiB). */
 #define STORE_MAX_KEY 1024
 #define STORE_MAX_VALUE (1024 * 1024)
+#define STORE_MAX_LEASE_TTL 86400   /* seconds */
+
+/* Whom store_watch said to tell of changes; owned by store.c, it outlives
+ * the back-end. store.c tells of this process's own writes; a back-end that
+ * learns of others' (etcd's watch) calls store_notify_fire for each changed
+ * key (NULL: anything may have changed, a reload), holding no lock of its
+ * own. */
+struct store_notify {
+    pthread_mutex_t mu;         /* held while cb runs, so removing it waits */
+    char prefix[STORE_MAX_KEY + 1];
+    store_change_cb cb;         /* NULL: nobody to tell */
+    void *arg;
+};
+void store_notify_fire(struct store_notify *n, const char *key);
 
 /* One write of a batch (store_batch_within): in key, val, len, expect_rev,
  * del as for store_put/store_delete; out result (an enum store_result) and
@@ -36,7 +51,8 @@ struct store_op {
  * cut to it); a back-end without a network (embedded) ignores it. */
 struct store_backend {
     const char *scheme;     /* "embedded" for "embedded:DIR" */
-    void *(*open)(const char *arg, const struct store_opts *opts, const char **err);
+    void *(*open)(const char *arg, const struct store_opts *opts, struct store_notify *notify,
+                  const char **err);
     void (*free)(void *impl);
     int (*put)(void *impl, const char *key, const void *val, size_t len,
                int64_t expect_rev, long timeout_ms, int64_t *new_rev);
@@ -45,6 +61,14 @@ struct store_backend {
     int (*walk)(void *impl, const char *prefix, store_walk_cb cb, void *arg);
     /* store_fresh; NULL: always fresh */
     int (*fresh)(void *impl, int64_t *silent_ms);
+    /* leases (store.h); put_lease is put with the key attached to lease > 0 */
+    int (*lease_grant)(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease);
+    int (*lease_keepalive)(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left);
+    int (*lease_revoke)(void *impl, int64_t lease, long timeout_ms);
+    int (*put_lease)(void *impl, const char *key, const void *val, size_t len,
+                     int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
+    /* store_lock_fd; NULL: none */
+    int (*lock_fd)(void *impl);
     /* n (1..STORE_BATCH_MAX) writes made in order as if one after the other,
      * each with its own result, made durable together (one flush for all);
      * NULL: store_batch_within makes them one at a time. */

@@ -32,7 +32,14 @@
  * a mark and every key written to .tmp-log, fdatasync, rename, fsync DIR;
  * also right after a token record (SCRUB_MARK) was replaced or deleted.
  * An old per-key file is a 28-byte header ("SBKV", format 1, flags 0,
- * revision, lengths, FNV-1a of key and value), the key, the value. */
+ * revision, lengths, FNV-1a of key and value), the key, the value.
+ *
+ * Leases live in memory only, and so do the keys put under one (never in
+ * the log; a put under a lease of a key the log holds appends a delete for
+ * it): both end with the process, as an etcd lease whose holder died would.
+ * A lease expires on CLOCK_MONOTONIC; its keys are dropped by the first call
+ * that comes after (every call sweeps, cheaply: one comparison unless a
+ * lease is due). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +57,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "migrate/store_backend.h"
 #include "migrate/store_map.h"
@@ -88,6 +96,11 @@ struct emb {
     uint64_t live_bytes;        /* what the live keys would take as records */
     struct store_map map;       /* every key (no tombstones here) */
     int64_t rev;                /* highest revision issued so far */
+    /* leases (under mu) */
+    struct emb_lease { int64_t id, ttl_ms, expires_ms; } *leases;
+    size_t nleases, capleases;
+    int64_t next_lease;         /* the last id handed out */
+    int64_t next_expiry;        /* earliest expires_ms of any lease (INT64_MAX: none) */
 };
 
 /* ---- encoding helpers ---- */
@@ -290,7 +303,8 @@ static int compact(struct emb *e)
 
     pthread_mutex_lock(&e->mu);
     for (size_t i = 0; i < e->map.n; i++)
-        size += record_size(strlen(e->map.ents[i].key), e->map.ents[i].len);
+        if (e->map.ents[i].lease == 0)
+            size += record_size(strlen(e->map.ents[i].key), e->map.ents[i].len);
     if (size > SIZE_MAX || (buf = malloc((size_t)size)) == NULL) {
         pthread_mutex_unlock(&e->mu);
         log_warnx("store: %s: cannot compact the log: out of memory", e->dir);
@@ -306,6 +320,8 @@ static int compact(struct emb *e)
     for (size_t i = 0; i < e->map.n; i++) {
         const struct store_entry *ent = &e->map.ents[i];
         size_t klen = strlen(ent->key);
+        if (ent->lease != 0)
+            continue;   /* memory only */
         log_header(p, LOG_PUT, ent->rev, ent->key, klen, ent->val, ent->len);
         memcpy(p + KV_HDR_LEN, ent->key, klen);
         if (ent->len > 0)
@@ -347,6 +363,32 @@ fail:
     OPENSSL_cleanse(buf, (size_t)size);
     free(buf);
     return -1;
+}
+
+/* Appends records (bytes in all) and makes them durable. A failed append
+ * may have left part of them: the log is cut back to its last whole record
+ * before the next one. Writers only (wmu held, mu not). 0 or -1 (logged). */
+static int log_append(struct emb *e, struct iovec *iov, int cnt, uint64_t bytes)
+{
+    if (e->log_torn) {
+        if (ftruncate(e->logfd, (off_t)e->log_size) < 0) {
+            log_warn("store: %s: cannot cut a failed write off the log", e->dir);
+            return -1;
+        }
+        e->log_torn = false;
+    }
+    if (writev_all(e->logfd, iov, cnt) < 0) {
+        log_warn("store: %s: cannot append to the log", e->dir);
+        e->log_torn = true;
+        return -1;
+    }
+    if (fdatasync(e->logfd) < 0) {
+        log_warn("store: %s: fdatasync of the log", e->dir);
+        e->log_torn = true;
+        return -1;
+    }
+    e->log_size += bytes;
+    return 0;
 }
 
 /* What one record at p (avail bytes) is: 1 a good record (*used its size),
@@ -676,6 +718,7 @@ static void emb_free(void *impl)
     if (e == NULL)
         return;
     store_map_clear(&e->map);
+    free(e->leases);
     if (e->dirfd >= 0)
         close(e->dirfd);
     if (e->logfd >= 0)
@@ -688,9 +731,40 @@ static void emb_free(void *impl)
     free(e);
 }
 
-static void *emb_open(const char *dir, const struct store_opts *opts, const char **err)
+/* A lock descriptor handed over by another process must be this
+ * directory's lock file. */
+static int adopt_lock(struct emb *e, int fd, const char **err)
 {
-    (void)opts;        /* nothing to reach: no TLS, no auth */
+    struct stat have, want;
+
+    e->lockfd = fd;
+    if (fstat(fd, &have) < 0 || fstatat(e->dirfd, LOCK_NAME, &want, AT_SYMLINK_NOFOLLOW) < 0 ||
+        have.st_dev != want.st_dev || have.st_ino != want.st_ino) {
+        *err = store_errorf("embedded store: %s: the lock handed over is not its lock file",
+                            e->dir);
+        e->lockfd = -1; /* still the caller's */
+        return -1;
+    }
+    /* The same open file holds the lock: taking it again is a no-op that
+     * proves it. */
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        *err = store_errorf("embedded store: %s: the lock handed over is not held: %s", e->dir,
+                            strerror(errno));
+        e->lockfd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static int emb_lock_fd(void *impl)
+{
+    return ((struct emb *)impl)->lockfd;
+}
+
+static void *emb_open(const char *dir, const struct store_opts *opts,
+                      struct store_notify *notify, const char **err)
+{
+    (void)notify;      /* every change is a write of this process: store.c tells */
     struct emb *e;
     struct stat st;
     int fd;
@@ -700,6 +774,7 @@ static void *emb_open(const char *dir, const struct store_opts *opts, const char
         return NULL;
     }
     e->dirfd = e->lockfd = e->logfd = -1;
+    e->next_expiry = INT64_MAX;
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->wmu, NULL);
     if ((e->dir = strdup(dir)) == NULL) {
@@ -720,13 +795,16 @@ static void *emb_open(const char *dir, const struct store_opts *opts, const char
         log_warnx("store: %s: directory is accessible by other users (mode %03o); "
                   "it holds backend passwords, 0700 is advised", dir,
                   (unsigned)(st.st_mode & 0777));
-    if ((e->lockfd = openat(e->dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                            0600)) < 0) {
+    if (opts->lock_fd != NULL) {
+        if (adopt_lock(e, *opts->lock_fd, err) < 0)
+            goto fail;
+    } else if ((e->lockfd = openat(e->dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC |
+                                   O_NOFOLLOW, 0600)) < 0) {
         *err = store_errorf("embedded store: directory %s is not writable: %s", dir,
                             strerror(errno));
         goto fail;
     }
-    if (flock(e->lockfd, LOCK_EX | LOCK_NB) < 0) {
+    if (opts->lock_fd == NULL && flock(e->lockfd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK)
             *err = store_errorf("embedded store: %s is in use by another store", dir);
         else
@@ -751,6 +829,160 @@ static void *emb_open(const char *dir, const struct store_opts *opts, const char
 fail:
     emb_free(e);
     return NULL;
+}
+
+/* ---- leases (under mu) ---- */
+
+static struct emb_lease *lease_find(struct emb *e, int64_t id)
+{
+    for (size_t i = 0; i < e->nleases; i++)
+        if (e->leases[i].id == id)
+            return &e->leases[i];
+    return NULL;
+}
+
+/* Drops lease i and every key under it. */
+static void lease_end(struct emb *e, size_t i)
+{
+    int64_t id = e->leases[i].id;
+
+    for (size_t k = e->map.n; k-- > 0;)
+        if (e->map.ents[k].lease == id)
+            store_map_remove_at(&e->map, k);
+    e->leases[i] = e->leases[--e->nleases];
+    e->next_expiry = INT64_MAX;
+    for (size_t k = 0; k < e->nleases; k++)
+        if (e->leases[k].expires_ms < e->next_expiry)
+            e->next_expiry = e->leases[k].expires_ms;
+}
+
+/* Ends the leases whose time has come. */
+static void lease_sweep(struct emb *e)
+{
+    if (e->next_expiry == INT64_MAX)
+        return;
+    int64_t now = clock_mono_ms();
+    if (now < e->next_expiry)
+        return;
+    for (size_t i = e->nleases; i-- > 0;)
+        if (e->leases[i].expires_ms <= now)
+            lease_end(e, i);
+}
+
+static int emb_lease_grant(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease)
+{
+    struct emb *e = impl;
+    int rc = STORE_ERROR;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if (e->nleases == e->capleases) {
+        size_t cap = e->capleases ? 2 * e->capleases : 8;
+        struct emb_lease *n = realloc(e->leases, cap * sizeof(*n));
+        if (n == NULL)
+            goto out;
+        e->leases = n;
+        e->capleases = cap;
+    }
+    struct emb_lease *l = &e->leases[e->nleases++];
+    l->id = ++e->next_lease;
+    l->ttl_ms = ttl_s * 1000;
+    l->expires_ms = clock_mono_ms() + l->ttl_ms;
+    if (l->expires_ms < e->next_expiry)
+        e->next_expiry = l->expires_ms;
+    *lease = l->id;
+    rc = STORE_OK;
+out:
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+static int emb_lease_keepalive(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left)
+{
+    struct emb *e = impl;
+    struct emb_lease *l;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if ((l = lease_find(e, lease)) != NULL) {
+        l->expires_ms = clock_mono_ms() + l->ttl_ms;
+        e->next_expiry = INT64_MAX;
+        for (size_t k = 0; k < e->nleases; k++)
+            if (e->leases[k].expires_ms < e->next_expiry)
+                e->next_expiry = e->leases[k].expires_ms;
+    }
+    if (ttl_left != NULL)
+        *ttl_left = l != NULL ? l->ttl_ms / 1000 : 0;
+    pthread_mutex_unlock(&e->mu);
+    return l != NULL ? STORE_OK : STORE_NOT_FOUND;
+}
+
+static int emb_lease_revoke(void *impl, int64_t lease, long timeout_ms)
+{
+    struct emb *e = impl;
+    struct emb_lease *l;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    if ((l = lease_find(e, lease)) != NULL)
+        lease_end(e, (size_t)(l - e->leases));
+    pthread_mutex_unlock(&e->mu);
+    return l != NULL ? STORE_OK : STORE_NOT_FOUND;
+}
+
+/* A put under a lease: memory only. A key the log holds gets a delete
+ * record first, so the next start does not bring its old value back. */
+static int emb_put_lease(void *impl, const char *key, const void *val, size_t len,
+                         int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
+    struct emb *e = impl;
+    struct store_entry *cur;
+    size_t idx;
+    int rc = STORE_ERROR;
+
+    (void)timeout_ms;
+    pthread_mutex_lock(&e->wmu);
+    pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
+    cur = store_map_find(&e->map, key, &idx);
+    if (lease_find(e, lease) == NULL) {
+        rc = STORE_NOT_FOUND;
+        goto out;
+    }
+    if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
+        (expect_rev > 0 && (cur == NULL || cur->rev != expect_rev))) {
+        rc = STORE_CONFLICT;
+        goto out;
+    }
+    int64_t rev = e->rev + 1;
+    if (cur != NULL && cur->lease == 0) {
+        uint8_t hdr[KV_HDR_LEN];
+        size_t klen = strlen(key);
+        struct iovec iov[2] = { { hdr, KV_HDR_LEN }, { (void *)key, klen } };
+        log_header(hdr, LOG_DELETE, rev, key, klen, NULL, 0);
+        e->rev = rev;   /* spent whatever happens */
+        e->live_bytes -= record_size(klen, cur->len);
+        cur->lease = lease;   /* memory only from now on, even if the append fails */
+        pthread_mutex_unlock(&e->mu);
+        int wrc = log_append(e, iov, 2, record_size(klen, 0));
+        pthread_mutex_lock(&e->mu);
+        if (wrc < 0)
+            goto out;
+    }
+    if (store_map_set(&e->map, key, val, len, rev, false) == 0) {
+        e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
+        e->rev = rev;
+        if (new_rev != NULL)
+            *new_rev = rev;
+        rc = STORE_OK;
+    }
+out:
+    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->wmu);
+    return rc;
 }
 
 /* ---- operations ---- */
@@ -778,14 +1010,8 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
     pthread_mutex_lock(&e->wmu);
     if (e->log_size > 2 * e->live_bytes + LOG_SLACK)
         (void)compact(e);   /* on failure, the log just grows */
-    if (e->log_torn) {
-        if (ftruncate(e->logfd, (off_t)e->log_size) < 0) {
-            log_warn("store: %s: cannot cut a failed write off the log", e->dir);
-            goto out_unlocked;
-        }
-        e->log_torn = false;
-    }
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     next = e->rev;
     for (size_t i = 0; i < n; i++) {
         struct store_op *op = &ops[i];
@@ -844,18 +1070,11 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
     pthread_mutex_unlock(&e->mu);
     if (npass > 0) {
         /* The revisions are spent whatever happens: never handed out twice. */
-        int wrc = writev_all(e->logfd, iov, niov);
-        if (wrc < 0)
-            log_warn("store: %s: cannot append to the log", e->dir);
-        else if ((wrc = fdatasync(e->logfd)) < 0)
-            log_warn("store: %s: fdatasync of the log", e->dir);
+        int wrc = log_append(e, iov, niov, bytes);
         pthread_mutex_lock(&e->mu);
         e->rev = next;
-        if (wrc < 0) {
-            e->log_torn = true;
+        if (wrc < 0)
             goto out;
-        }
-        e->log_size += bytes;
     } else {
         pthread_mutex_lock(&e->mu);
     }
@@ -867,17 +1086,19 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
         if (!pass[i])
             continue;
         ent = store_map_find(&e->map, op->key, &idx);
-        if (ent != NULL)
+        if (ent != NULL && ent->lease == 0)
             e->live_bytes -= record_size(strlen(ent->key), ent->len);
         if (ent != NULL && strstr(op->key, SCRUB_MARK) != NULL)
             scrub = true;
         if (op->del) {
-            store_map_remove_at(&e->map, idx);
+            if (ent != NULL)    /* (a leased key may have expired meanwhile) */
+                store_map_remove_at(&e->map, idx);
         } else if (ent != NULL) {
             free(ent->val);
             ent->val = vcopy[i];
             ent->len = op->len;
             ent->rev = op->new_rev;
+            ent->lease = 0;
             vcopy[i] = NULL;
         } else {
             store_map_insert_at(&e->map, idx, (struct store_entry){
@@ -896,7 +1117,6 @@ out:
     pthread_mutex_unlock(&e->mu);
     if (ok && scrub)
         (void)compact(e);   /* on failure the old copy stays until the next one */
-out_unlocked:
     pthread_mutex_unlock(&e->wmu);
     for (size_t i = 0; i < n; i++) {
         if (!ok && pass[i]) {
@@ -924,6 +1144,7 @@ static int emb_get(void *impl, const char *key, void **val, size_t *len, int64_t
     struct emb *e = impl;
 
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     int rc = store_map_get(&e->map, key, val, len, rev);
     pthread_mutex_unlock(&e->mu);
     return rc;
@@ -942,6 +1163,7 @@ static int emb_walk(void *impl, const char *prefix, store_walk_cb cb, void *arg)
     struct emb *e = impl;
 
     pthread_mutex_lock(&e->mu);
+    lease_sweep(e);
     int count = store_map_walk(&e->map, prefix, cb, arg);
     pthread_mutex_unlock(&e->mu);
     return count;
@@ -955,5 +1177,10 @@ const struct store_backend store_embedded_backend = {
     .get = emb_get,
     .del = emb_del,
     .walk = emb_walk,
+    .lease_grant = emb_lease_grant,
+    .lease_keepalive = emb_lease_keepalive,
+    .lease_revoke = emb_lease_revoke,
+    .put_lease = emb_put_lease,
+    .lock_fd = emb_lock_fd,
     .batch = emb_batch,
 };

@@ -7,6 +7,9 @@
  *  - At open, everything under the prefix is range-read (in pages, pinned to
  *    the first page's revision) into an in-memory mirror (migrate/store_map.c,
  *    shared with the embedded back-end). store_open fails if no endpoint answers within 3 s.
+ *    Opened write-only (store_opts.write_only, a short-lived writer such as
+ *    spice-brokerctl), it loads nothing and starts no watch: the first
+ *    request is the caller's first write, and get/walk find nothing.
  *  - get and walk answer from the mirror under a mutex, never the network.
  *  - put and delete go to etcd synchronously (connect 1 s, total 2 s or the
  *    caller's smaller bound; writers are serialized on one reused curl
@@ -22,7 +25,8 @@
  *    other brokers' PUT/DELETE events. On a dropped stream it reconnects with
  *    backoff (100 ms doubling to 2 s), moving to the next endpoint; if the
  *    revision was compacted, the cluster changed or the stream is unreadable
- *    (any possible gap) it re-ranges and replaces the mirror.
+ *    (any possible gap) it re-ranges and replaces the mirror. Every event
+ *    applied, and every reload, is told to store_watch's callback.
  *  - Ordering: each mirror entry keeps its mod revision and only a newer
  *    revision replaces it; a delete leaves a tombstone (hidden from get/walk)
  *    until the watch has passed its revision, so a lagging watch cannot bring
@@ -139,6 +143,8 @@ struct etcd {
     bool watch_ok;              /* for logging transitions only */
     int64_t stream_heard;       /* the last line of this stream (or its start) */
     char hb_key[96];            /* this process's heartbeat key */
+    struct store_notify *notify; /* told of the watch's events and reloads */
+    bool write_only;            /* no mirror, no watch (store_opts.write_only) */
 
     /* freshness: the mirror is fresh while heard is within STORE_FRESH_MS */
     _Atomic int64_t heard;      /* CLOCK_MONOTONIC ms the watch last proved itself alive */
@@ -563,6 +569,15 @@ static json_t *jb64(const void *p, size_t n)
     return j;
 }
 
+/* An int64 as the gateway takes it: a JSON string. */
+static json_t *json_int64(int64_t v)
+{
+    char s[24];
+
+    snprintf(s, sizeof(s), "%" PRId64, v);
+    return json_string(s);
+}
+
 /* {"target":"MOD"/"CREATE","key":K,"result":"EQUAL",...} for expect_rev > 0 / ABSENT. */
 static json_t *compare(const char *key, int64_t expect_rev)
 {
@@ -804,6 +819,7 @@ static int resync(struct etcd *e)
     pthread_mutex_unlock(&e->mu);
     log_info("store: etcd: mirror reloaded at revision %" PRId64 " (%zu keys)", rev, n);
     touch_at(e, t0);
+    store_notify_fire(e->notify, NULL);
     return 0;
 }
 
@@ -835,6 +851,8 @@ static int watch_apply(struct etcd *e, const json_t *ev)
     if (rev > e->applied)
         e->applied = rev;
     pthread_mutex_unlock(&e->mu);
+    if (rc == 0)
+        store_notify_fire(e->notify, k);
     free(k);
     free(v);
     return rc;
@@ -1252,7 +1270,8 @@ static int read_password(const char *path, char **out, const char **err)
     return 0;
 }
 
-static void *etcd_open(const char *arg, const struct store_opts *opts, const char **err)
+static void *etcd_open(const char *arg, const struct store_opts *opts,
+                       struct store_notify *notify, const char **err)
 {
     char why[WHY_LEN] = "";
     struct etcd *e;
@@ -1276,6 +1295,8 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
     pthread_cond_init(&e->scond, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&e->stop, false);
+    e->notify = notify;
+    e->write_only = opts->write_only;
     if (parse_endpoints(e, arg, err) < 0)
         goto fail;
     if (opt_dup(&e->ca, opts->ca) < 0 || opt_dup(&e->cert, opts->cert) < 0 ||
@@ -1299,6 +1320,8 @@ static void *etcd_open(const char *arg, const struct store_opts *opts, const cha
     curl_easy_setopt(e->wreq, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFOFUNCTION, stop_xferinfo);
     curl_easy_setopt(e->wreq, CURLOPT_XFERINFODATA, e);
+    if (e->write_only)
+        return e;       /* nothing to load, nothing to follow: writes only */
     int64_t t0 = clock_mono_ms();
     if (range_all(e, e->req, &e->wep, OPEN_BUDGET_MS, &e->map, &e->applied, e->cluster,
                   why) < 0) {
@@ -1333,11 +1356,10 @@ fail:
  * writers' handle, within timeout_ms (0 or more than WRITE_TOTAL_MS:
  * WRITE_TOTAL_MS). NULL, with a log line naming what and key, when it could
  * not be made or etcd did not answer. */
-static json_t *write_request(struct etcd *e, const char *what, const char *key,
-                             const char *path, char *body, long timeout_ms)
+static json_t *write_request_why(struct etcd *e, const char *what, const char *key,
+                                 const char *path, char *body, long timeout_ms, char *why)
 {
     long total = timeout_ms > 0 && timeout_ms < WRITE_TOTAL_MS ? timeout_ms : WRITE_TOTAL_MS;
-    char why[WHY_LEN] = "";
     json_t *resp = NULL;
 
     if (!key_in_prefix(key)) {
@@ -1360,22 +1382,40 @@ static json_t *write_request(struct etcd *e, const char *what, const char *key,
     return resp;
 }
 
-static int etcd_put(void *impl, const char *key, const void *val, size_t len,
-                    int64_t expect_rev, long timeout_ms, int64_t *new_rev)
+static json_t *write_request(struct etcd *e, const char *what, const char *key,
+                             const char *path, char *body, long timeout_ms)
 {
-    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+
+    return write_request_why(e, what, key, path, body, timeout_ms, why);
+}
+
+/* Did etcd refuse a request because its lease has ended? (gRPC NotFound;
+ * the gateway's only trace of it is the message.) */
+static bool lease_gone(const char *why)
+{
+    return strstr(why, "requested lease not found") != NULL;
+}
+
+/* A put (lease 0: none); the lease's end is STORE_NOT_FOUND. */
+static int put_with(struct etcd *e, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
     json_t *kv = json_pack("{s:o, s:o}", "key", jb64(key, strlen(key)), "value", jb64(val, len));
     json_t *resp;
+    char why[WHY_LEN] = "";
 
+    if (kv != NULL && lease > 0)
+        json_object_set_new(kv, "lease", json_int64(lease));
     if (expect_rev == STORE_ANY_REV)
-        resp = write_request(e, "put", key, "/v3/kv/put", dump(kv), timeout_ms);
+        resp = write_request_why(e, "put", key, "/v3/kv/put", dump(kv), timeout_ms, why);
     else
-        resp = write_request(e, "put", key, "/v3/kv/txn",
-                             kv != NULL ? txn_body(key, expect_rev,
-                                                   json_pack("{s:o}", "request_put", kv))
-                                        : NULL, timeout_ms);
+        resp = write_request_why(e, "put", key, "/v3/kv/txn",
+                                 kv != NULL ? txn_body(key, expect_rev,
+                                                       json_pack("{s:o}", "request_put", kv))
+                                            : NULL, timeout_ms, why);
     if (resp == NULL)
-        return STORE_ERROR;
+        return lease > 0 && lease_gone(why) ? STORE_NOT_FOUND : STORE_ERROR;
     int64_t rev = header_rev(resp);
     if (expect_rev != STORE_ANY_REV && !json_is_true(json_object_get(resp, "succeeded"))) {
         note_failure_range(e, key, resp);
@@ -1390,6 +1430,73 @@ static int etcd_put(void *impl, const char *key, const void *val, size_t len,
     mirror_note(e, key, val, len, rev, false);
     if (new_rev != NULL)
         *new_rev = rev;
+    return STORE_OK;
+}
+
+static int etcd_put(void *impl, const char *key, const void *val, size_t len,
+                    int64_t expect_rev, long timeout_ms, int64_t *new_rev)
+{
+    return put_with(impl, key, val, len, expect_rev, 0, timeout_ms, new_rev);
+}
+
+static int etcd_put_lease(void *impl, const char *key, const void *val, size_t len,
+                          int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
+{
+    return put_with(impl, key, val, len, expect_rev, lease, timeout_ms, new_rev);
+}
+
+/* ---- leases: /v3/lease/grant, /v3/lease/keepalive (one request on the
+ * streaming call: the body ends, the stream ends), /v3/lease/revoke ---- */
+
+static int etcd_lease_grant(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease)
+{
+    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+    json_t *resp = write_request_why(e, "lease grant", ETCD_PREFIX, "/v3/lease/grant",
+                                     dump(json_pack("{s:o}", "TTL", json_int64(ttl_s))),
+                                     timeout_ms, why);
+
+    if (resp == NULL)
+        return STORE_ERROR;
+    int64_t id = jint(resp, "ID");
+    json_decref(resp);
+    if (id <= 0) {
+        log_warnx("store: etcd: lease grant: no lease id in the answer");
+        return STORE_ERROR;
+    }
+    *lease = id;
+    return STORE_OK;
+}
+
+static int etcd_lease_keepalive(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left)
+{
+    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+    json_t *resp = write_request_why(e, "lease keep-alive", ETCD_PREFIX, "/v3/lease/keepalive",
+                                     dump(json_pack("{s:o}", "ID", json_int64(lease))),
+                                     timeout_ms, why);
+
+    if (resp == NULL)
+        return STORE_ERROR;
+    /* an ended lease answers with no TTL (zero fields are omitted) */
+    int64_t ttl = jint(json_object_get(resp, "result"), "TTL");
+    json_decref(resp);
+    if (ttl_left != NULL)
+        *ttl_left = ttl > 0 ? ttl : 0;
+    return ttl > 0 ? STORE_OK : STORE_NOT_FOUND;
+}
+
+static int etcd_lease_revoke(void *impl, int64_t lease, long timeout_ms)
+{
+    struct etcd *e = impl;
+    char why[WHY_LEN] = "";
+    json_t *resp = write_request_why(e, "lease revoke", ETCD_PREFIX, "/v3/lease/revoke",
+                                     dump(json_pack("{s:o}", "ID", json_int64(lease))),
+                                     timeout_ms, why);
+
+    if (resp == NULL)
+        return lease_gone(why) ? STORE_NOT_FOUND : STORE_ERROR;
+    json_decref(resp);
     return STORE_OK;
 }
 
@@ -1461,4 +1568,8 @@ const struct store_backend store_etcd_backend = {
     .del = etcd_del,
     .walk = etcd_walk,
     .fresh = etcd_fresh,
+    .lease_grant = etcd_lease_grant,
+    .lease_keepalive = etcd_lease_keepalive,
+    .lease_revoke = etcd_lease_revoke,
+    .put_lease = etcd_put_lease,
 };

@@ -18,6 +18,7 @@ struct store_entry {
     size_t len;
     int64_t rev;                /* mod revision (for a tombstone: the delete's) */
     bool dead;                  /* tombstone: hidden from get and walk */
+    int64_t lease;              /* the lease it lives under, 0: none (embedded only) */
 };
 
 struct store_map {

@@ -81,6 +81,7 @@ enum field_kind {
     F_SINGLE, /* at most once */
     F_LIST,   /* comma-separated list: repeats are joined with ", " */
     F_COOKIE, /* repeats joined with "; " */
+    F_TAIL,   /* a list whose right-most items matter: joined with ", ", the left dropped for room */
 };
 
 struct field {
@@ -108,6 +109,7 @@ static const struct field fields[] = {
     FIELDP("x-forwarded-proto", forwarded_proto, F_SINGLE, "duplicate X-Forwarded-Proto",
            has_forwarded_proto),
     FIELD("cookie", cookie, F_COOKIE, NULL),
+    FIELD("x-forwarded-for", forwarded_for, F_TAIL, NULL),
 };
 _Static_assert(sizeof(fields) / sizeof(fields[0]) <= 32, "seen mask");
 
@@ -160,6 +162,32 @@ append(char *dst, size_t cap, const char *v, size_t n, const char *sep)
     memcpy(dst + have + slen, v, n);
     dst[have + slen + n] = '\0';
     return 0;
+}
+
+/* Appends v[0..n) to the string dst[cap] after ", " as append() does, but
+ * when it does not fit drops the oldest bytes instead (sets *cut). */
+static void
+append_tail(char *dst, size_t cap, const char *v, size_t n, bool *cut)
+{
+    static const char sep[2] = { ',', ' ' };
+    size_t have = strlen(dst), slen = have > 0 ? 2 : 0, total = have + slen + n, from;
+
+    if (n == 0)
+        return;
+    if (total < cap) {
+        (void)append(dst, cap, v, n, ", ");
+        return;
+    }
+    /* dst becomes the last cap - 1 bytes of dst + sep + v; in place, since
+     * every byte moves left (j >= i) and is read before it is overwritten. */
+    *cut = true;
+    from = total - (cap - 1);
+    for (size_t i = 0; i < cap - 1; i++) {
+        size_t j = from + i;
+
+        dst[i] = j < have ? dst[j] : j < have + slen ? sep[j - have] : v[j - have - slen];
+    }
+    dst[cap - 1] = '\0';
 }
 
 /* The request line b[0..e): METHOD SP /target SP HTTP/1.d */
@@ -285,6 +313,10 @@ parse_header(const char *b, size_t pos, size_t e, struct http_request *req, stru
         }
         if (fd->present != 0)
             *(bool *)((char *)req + fd->present) = true;
+        if (fd->kind == F_TAIL) {
+            append_tail(dst, fd->cap, b + v, ve - v, &req->forwarded_for_cut);
+            return 0;
+        }
         if (append(dst, fd->cap, b + v, ve - v, fd->kind == F_COOKIE ? "; " : ", ") != 0)
             return fail(err, "header value too long");
         return 0;

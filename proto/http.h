@@ -56,6 +56,12 @@ struct http_request {
     char origin[HTTP_MAX_VALUE + 1];
     char forwarded_proto[HTTP_MAX_VALUE + 1]; /* X-Forwarded-Proto */
     char cookie[HTTP_MAX_COOKIE + 1];
+    /* X-Forwarded-For, repeats joined with ", "; longer than its room, its
+     * right-most bytes are kept and forwarded_for_cut is set (the first
+     * item may then be partial). Whose word it is, is the broker's to judge
+     * (proto/proxy.h). */
+    char forwarded_for[HTTP_MAX_VALUE + 1];
+    bool forwarded_for_cut;
     /* Whether Origin / X-Forwarded-Proto were sent at all (even empty):
      * Nova's Origin rule tells an empty header from a missing one. */
     bool has_origin, has_forwarded_proto;

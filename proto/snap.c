@@ -9,7 +9,8 @@
  *
  * A token record's backend password is sealed (proto/seal.c) when the caller
  * has a store key, bound to the record's store key; readers refuse a record
- * sealed with another key or whose seal does not open. */
+ * sealed with another key or whose seal does not open. A migration intent's
+ * destination password is sealed the same way, and never written in clear. */
 #include "proto/snap.h"
 
 #include <stdbool.h>
@@ -33,6 +34,10 @@ typedef Spicebroker__TokenRecord TokenRecord;
 typedef Spicebroker__SessionRecord SessionRecord;
 typedef Spicebroker__ChannelRecord ChannelRecord;
 typedef Spicebroker__InstanceRecord InstanceRecord;
+typedef Spicebroker__BrokerRecord BrokerRecord;
+typedef Spicebroker__MigrationIntent MigrationIntent;
+typedef Spicebroker__HandoverMessage HandoverMessage;
+typedef Spicebroker__HandoverListener HandoverListener;
 
 /* ---- framing ---- */
 
@@ -174,28 +179,28 @@ fail:
     return rc;
 }
 
-/* Opens a record's sealed password into t->password: 0 or a SNAP_* result. */
-static int unseal(const TokenRecord *m, const struct seal_keys *keys, const char *key,
-                  struct snap_token *t)
+/* Opens a record's sealed password (sealed, key_id; clear: the record's
+ * clear password field, which must then be empty) into out (cap bytes):
+ * 0 or a SNAP_* result. */
+static int unseal(const ProtobufCBinaryData *sealed, uint32_t key_id, const char *clear,
+                  const struct seal_keys *keys, const char *key, char *out, size_t cap)
 {
-    size_t n = m->sealed_password.len;
+    size_t n = sealed->len;
 
-    if (m->password != NULL && m->password[0] != '\0')
+    if (clear != NULL && clear[0] != '\0')
         return SNAP_BAD;  /* both: not something we write */
-    if (n < SEAL_OVERHEAD || n - SEAL_OVERHEAD >= sizeof(t->password))
+    if (n < SEAL_OVERHEAD || n - SEAL_OVERHEAD >= cap)
         return SNAP_BAD;
     if (!seal_keys_sealing(keys))
         return SNAP_NO_KEY;
-    if (!seal_keys_opens(keys, m->key_id))
+    if (!seal_keys_opens(keys, key_id))
         return SNAP_OTHER_KEY;
-    if (key == NULL ||
-        seal_unbox_id(keys, m->key_id, key, m->sealed_password.data, n,
-                      (uint8_t *)t->password) < 0)
+    if (key == NULL || seal_unbox_id(keys, key_id, key, sealed->data, n, (uint8_t *)out) < 0)
         return SNAP_FORGED;
     n -= SEAL_OVERHEAD;
-    t->password[n] = '\0';
+    out[n] = '\0';
     /* a SPICE password is a C string: the seal opened, but refuse inner NULs */
-    return strlen(t->password) == n ? 0 : SNAP_BAD;
+    return strlen(out) == n ? 0 : SNAP_BAD;
 }
 
 int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
@@ -219,7 +224,9 @@ int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *ke
         copy_str(tmp.password, sizeof(tmp.password), m->password) < 0 ||
         copy_str(tmp.instance, sizeof(tmp.instance), m->instance) < 0)
         goto fail;
-    if (m->sealed_password.len > 0 && (rc = unseal(m, keys, key, &tmp)) != 0)
+    if (m->sealed_password.len > 0 &&
+        (rc = unseal(&m->sealed_password, m->key_id, m->password, keys, key, tmp.password,
+                     sizeof(tmp.password))) != 0)
         goto fail;
     tmp.port = (uint16_t)m->port;
     tmp.tls_port = (uint16_t)m->tls_port;
@@ -452,6 +459,281 @@ fail:
     return rc;
 }
 
+int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len)
+{
+    BrokerRecord m = SPICEBROKER__BROKER_RECORD__INIT;
+    uint8_t *packed = NULL;
+    size_t plen;
+    int rc = -1;
+
+    if (b == NULL || out == NULL || len == NULL || !str_fits(b->id, sizeof(b->id)) ||
+        !str_fits(b->peer_address, sizeof(b->peer_address)) ||
+        !str_fits(b->version, sizeof(b->version)))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.id = (char *)b->id;
+    m.peer_address = (char *)b->peer_address;
+    m.state = (uint32_t)b->state;
+    m.pid = b->pid;
+    m.started = b->started;
+    m.sessions = b->sessions;
+    m.version = (char *)b->version;
+    m.lease = b->lease;
+    plen = spicebroker__broker_record__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__broker_record__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(packed);
+    return rc;
+}
+
+int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b)
+{
+    BrokerRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    struct snap_broker tmp;
+    int rc = -1;
+
+    if (b == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__broker_record__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR ||
+        (m->state != SNAP_BROKER_SERVING && m->state != SNAP_BROKER_DRAINING))
+        goto fail;
+    memset(&tmp, 0, sizeof(tmp));
+    if (copy_str(tmp.id, sizeof(tmp.id), m->id) < 0 || tmp.id[0] == '\0' ||
+        copy_str(tmp.peer_address, sizeof(tmp.peer_address), m->peer_address) < 0 ||
+        copy_str(tmp.version, sizeof(tmp.version), m->version) < 0)
+        goto fail;
+    tmp.state = (enum snap_broker_state)m->state;
+    tmp.pid = m->pid;
+    tmp.started = m->started;
+    tmp.sessions = m->sessions;
+    tmp.lease = m->lease;
+    *b = tmp;
+    rc = 0;
+fail:
+    if (m != NULL)
+        spicebroker__broker_record__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
+/* ---- migration intents ---- */
+
+/* Printable ASCII, no spaces: what an intent names is logged and dialled. */
+static bool word_ok(const char *s)
+{
+    if (s[0] == '\0')
+        return false;
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+static bool intent_ok(const struct snap_intent *i)
+{
+    return word_ok(i->instance) && strchr(i->instance, '/') == NULL && word_ok(i->host) &&
+           (i->port != 0 || i->tls_port != 0) && i->deadline > 0;
+}
+
+int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys,
+                       const char *key, uint8_t **out, size_t *len)
+{
+    MigrationIntent m = SPICEBROKER__MIGRATION_INTENT__INIT;
+    uint8_t sealed[SNAP_MAX_PASSWORD + SEAL_OVERHEAD];
+    uint8_t *packed = NULL;
+    size_t plen = 0, pwlen;
+    int rc = -1;
+
+    if (i == NULL || out == NULL || len == NULL || !str_fits(i->instance, sizeof(i->instance)) ||
+        !str_fits(i->host, sizeof(i->host)) || !str_fits(i->password, sizeof(i->password)) ||
+        !str_fits(i->origin, sizeof(i->origin)) || !intent_ok(i))
+        goto fail;
+    m.schema_version = SCHEMA_MAJOR;
+    m.instance = (char *)i->instance;
+    m.dest_host = (char *)i->host;
+    m.dest_port = i->port;
+    m.dest_tls_port = i->tls_port;
+    m.created = i->created;
+    m.deadline = i->deadline;
+    m.origin = (char *)i->origin;
+    pwlen = strlen(i->password);
+    if (pwlen > 0) {
+        /* never in clear: an intent may sit in etcd's history and backups */
+        if (!seal_keys_sealing(keys) || key == NULL ||
+            seal_box(keys, key, (const uint8_t *)i->password, pwlen, sealed) < 0)
+            goto fail;
+        m.sealed_password.data = sealed;
+        m.sealed_password.len = pwlen + SEAL_OVERHEAD;
+        m.key_id = seal_keys_id(keys);
+    }
+    plen = spicebroker__migration_intent__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__migration_intent__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(packed);
+    return rc;
+}
+
+/* ---- hand-over messages ---- */
+
+int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *len)
+{
+    HandoverMessage m = SPICEBROKER__HANDOVER_MESSAGE__INIT;
+    HandoverListener ls[SNAP_HANDOVER_MAX_LISTENERS];
+    HandoverListener *l_ptrs[SNAP_HANDOVER_MAX_LISTENERS];
+    uint8_t *packed = NULL, *rec = NULL;
+    size_t plen, rec_len = 0;
+    int rc = -1;
+
+    if (h == NULL || out == NULL || len == NULL || h->type < SNAP_HO_HELLO ||
+        h->type >= SNAP_HO_TYPE_MAX || h->n_listeners > SNAP_HANDOVER_MAX_LISTENERS ||
+        !str_fits(h->version, sizeof(h->version)) || !str_fits(h->reason, sizeof(h->reason)))
+        goto fail;
+    if (h->has_record && snap_session_encode(&h->record, &rec, &rec_len) < 0)
+        goto fail;
+    m.schema_version = h->schema ? h->schema : SNAP_HANDOVER_MAJOR;
+    m.minor_version = h->minor;
+    m.type = (uint32_t)h->type;
+    m.version = (char *)h->version;
+    m.pid = h->pid;
+    m.workers = h->workers;
+    m.reason = (char *)h->reason;
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        spicebroker__handover_listener__init(&ls[i]);
+        ls[i].kind = (uint32_t)h->listeners[i].kind;
+        ls[i].worker = h->listeners[i].worker;
+        l_ptrs[i] = &ls[i];
+    }
+    m.n_listeners = h->n_listeners;
+    m.listeners = h->n_listeners ? l_ptrs : NULL;
+    m.record.data = rec;
+    m.record.len = rec_len;
+    plen = spicebroker__handover_message__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__handover_message__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    free(rec);
+    free(packed);
+    return rc;
+}
+
+int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
+                       const char *key, struct snap_intent *i)
+{
+    struct snap_intent tmp;
+    MigrationIntent *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen = 0;
+    int rc = SNAP_BAD;
+
+    memset(&tmp, 0, sizeof(tmp));
+    if (i == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__migration_intent__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if (m->schema_version != SCHEMA_MAJOR || m->dest_port > UINT16_MAX ||
+        m->dest_tls_port > UINT16_MAX)
+        goto fail;
+    if (copy_str(tmp.instance, sizeof(tmp.instance), m->instance) < 0 ||
+        copy_str(tmp.host, sizeof(tmp.host), m->dest_host) < 0 ||
+        copy_str(tmp.origin, sizeof(tmp.origin), m->origin) < 0)
+        goto fail;
+    tmp.port = (uint16_t)m->dest_port;
+    tmp.tls_port = (uint16_t)m->dest_tls_port;
+    tmp.created = m->created;
+    tmp.deadline = m->deadline;
+    if (!intent_ok(&tmp))
+        goto fail;
+    if (m->sealed_password.len > 0 &&
+        (rc = unseal(&m->sealed_password, m->key_id, NULL, keys, key, tmp.password,
+                     sizeof(tmp.password))) != 0)
+        goto fail;
+    *i = tmp;
+    rc = 0;
+fail:
+    OPENSSL_cleanse(&tmp, sizeof(tmp));
+    if (m != NULL)
+        spicebroker__migration_intent__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
+int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h)
+{
+    HandoverMessage *m = NULL;
+    struct snap_handover *tmp = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen;
+    int rc = SNAP_BAD;
+
+    if (h == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__handover_message__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    if ((tmp = calloc(1, sizeof(*tmp))) == NULL)
+        goto fail;
+    tmp->schema = m->schema_version;
+    tmp->minor = m->minor_version;
+    tmp->pid = m->pid;
+    if (copy_str(tmp->version, sizeof(tmp->version), m->version) < 0)
+        goto fail;
+    if (m->schema_version != SNAP_HANDOVER_MAJOR) {
+        /* Not ours to read further: say whose it is. */
+        if (m->schema_version == 0)
+            goto fail;
+        memset(h, 0, sizeof(*h));
+        h->schema = tmp->schema;
+        h->pid = tmp->pid;
+        memcpy(h->version, tmp->version, sizeof(h->version));
+        rc = SNAP_HANDOVER_OTHER_MAJOR;
+        goto fail;
+    }
+    if (m->type < SNAP_HO_HELLO || m->type >= SNAP_HO_TYPE_MAX ||
+        m->n_listeners > SNAP_HANDOVER_MAX_LISTENERS ||
+        copy_str(tmp->reason, sizeof(tmp->reason), m->reason) < 0)
+        goto fail;
+    tmp->type = (enum snap_handover_type)m->type;
+    tmp->workers = m->workers;
+    tmp->n_listeners = (uint32_t)m->n_listeners;
+    for (size_t i = 0; i < m->n_listeners; i++) {
+        const HandoverListener *l = m->listeners[i];
+        if (l == NULL || l->kind < SNAP_LISTEN_NATIVE || l->kind >= SNAP_LISTEN_KIND_MAX)
+            goto fail;
+        tmp->listeners[i].kind = (enum snap_listener_kind)l->kind;
+        tmp->listeners[i].worker = l->worker;
+    }
+    if (m->record.len > 0) {
+        if (snap_session_decode(m->record.data, m->record.len, &tmp->record) < 0)
+            goto fail;
+        tmp->has_record = true;
+    }
+    *h = *tmp;
+    rc = 0;
+fail:
+    free(tmp);
+    if (m != NULL)
+        spicebroker__handover_message__free_unpacked(m, NULL);
+    free(tofree);
+    return rc;
+}
+
 /* ---- keys ---- */
 
 /* A key component: non-empty, and no '/' that would shift the key's layout. */
@@ -484,6 +766,20 @@ int snap_instance_key(char *buf, size_t cap, const char *zone, const char *insta
     if (!component_ok(zone) || !component_ok(instance))
         return -1;
     return snprintf(buf, cap, "/spice-broker/%s/instances/%s", zone, instance);
+}
+
+int snap_broker_key(char *buf, size_t cap, const char *zone, const char *id)
+{
+    if (!component_ok(zone) || !component_ok(id))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/brokers/%s", zone, id);
+}
+
+int snap_migration_key(char *buf, size_t cap, const char *zone, const char *instance)
+{
+    if (!component_ok(zone) || !component_ok(instance))
+        return -1;
+    return snprintf(buf, cap, "/spice-broker/%s/migrations/%s", zone, instance);
 }
 
 int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind)

@@ -64,6 +64,35 @@ struct snap_instance {
     uint32_t migrations;
 };
 
+/* A broker of the zone, as its registration says (kept under its lease). */
+enum snap_broker_state { SNAP_BROKER_SERVING = 1, SNAP_BROKER_DRAINING = 2 };
+struct snap_broker {
+    char id[SNAP_MAX_HOST];
+    char peer_address[SNAP_MAX_HOST];   /* "host:port", "" = no broker-to-broker port */
+    enum snap_broker_state state;
+    uint32_t pid;
+    int64_t started;                    /* unix seconds */
+    uint32_t sessions;
+    char version[32];
+    int64_t lease;
+};
+
+/* A migration intent: a compute host's word that an instance is arriving
+ * at a destination (written by spice-brokerctl migration prepare --store,
+ * under a short lease). The broker holding the instance's sessions links
+ * them there in advance, as an admin prepare would. */
+struct snap_intent {
+    char instance[SNAP_MAX_INSTANCE];
+    char host[SNAP_MAX_HOST];       /* the destination's SPICE host */
+    uint16_t port;                  /* 0 = none */
+    uint16_t tls_port;              /* 0 = none; one of the two is set */
+    char password[SNAP_MAX_PASSWORD]; /* the destination's SPICE password, "" = the
+                                       * session's own; in the store only sealed */
+    int64_t created;                /* unix seconds (the writer's clock) */
+    int64_t deadline;               /* unix seconds: not acted on after it */
+    char origin[SNAP_MAX_HOST];     /* who wrote it (a host name), for logs */
+};
+
 /* Encoders return a malloc'd buffer in *out (caller frees) and its size; -1 on failure. */
 
 /* A token record is stored under `key` (snap_token_key). When keys seal
@@ -92,6 +121,66 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
 int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s);
 int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len);
 int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i);
+/* Decoding refuses an empty id and an unknown state. */
+int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len);
+int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b);
+/* An intent is stored under `key` (snap_migration_key). A password is only
+ * ever written sealed (keys must seal, bound to key): with one and keys
+ * that do not seal, encoding fails. Both directions refuse an intent whose
+ * instance is empty or not printable ASCII without '/', whose host is empty
+ * or not printable ASCII (no spaces), whose ports are both 0, or without a
+ * deadline; decoding returns 0 or a SNAP_* result as snap_token_decode
+ * does (*i untouched then). */
+int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys,
+                       const char *key, uint8_t **out, size_t *len);
+int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
+                       const char *key, struct snap_intent *i);
+
+/* One message of a live hand-over between two broker processes (broker/
+ * upgrade.c), a datagram on their unix socket; listener fds ride beside it
+ * (SCM_RIGHTS), one per listeners[] entry, in order. */
+#define SNAP_HANDOVER_MAJOR 1
+#define SNAP_HANDOVER_MINOR 0
+#define SNAP_HANDOVER_MAX_LISTENERS 200   /* per message: under the kernel's 253 fds */
+enum snap_handover_type {
+    SNAP_HO_HELLO = 1,      /* old -> new: version, pid, workers */
+    SNAP_HO_REFUSE = 2,     /* new -> old: reason */
+    SNAP_HO_ACCEPT = 3,     /* new -> old */
+    SNAP_HO_LISTENERS = 4,  /* old -> new: listeners[] with their fds */
+    SNAP_HO_DONE = 5,       /* old -> new: no more listeners */
+    SNAP_HO_READY = 6,      /* new -> old: it accepts on them */
+    SNAP_HO_MAIN = 7,       /* old -> new: it is the service's main process now */
+    SNAP_HO_RECORD = 8,     /* old -> new: record, to publish */
+    SNAP_HO_TYPE_MAX
+};
+enum snap_listener_kind {
+    SNAP_LISTEN_NATIVE = 1, SNAP_LISTEN_TLS = 2, SNAP_LISTEN_WEB = 3, SNAP_LISTEN_ADMIN = 4,
+    SNAP_LISTEN_METRICS = 5, SNAP_LISTEN_STORE_LOCK = 6, SNAP_LISTEN_KIND_MAX
+};
+struct snap_listener {
+    enum snap_listener_kind kind;
+    uint32_t worker;
+};
+struct snap_handover {
+    uint32_t schema;                /* major: 0 encodes SNAP_HANDOVER_MAJOR */
+    uint32_t minor;
+    enum snap_handover_type type;
+    char version[32];
+    uint32_t pid;
+    uint32_t workers;
+    char reason[SNAP_MAX_REASON];
+    uint32_t n_listeners;
+    struct snap_listener listeners[SNAP_HANDOVER_MAX_LISTENERS];
+    bool has_record;
+    struct snap_session record;     /* SNAP_HO_RECORD */
+};
+int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *len);
+/* 0; SNAP_BAD for bytes that are no hand-over message of ours (an unknown
+ * type or listener kind too); SNAP_HANDOVER_OTHER_MAJOR when they are, of
+ * another major version: then only h->schema, h->version and h->pid are set,
+ * so the refusal can name them. */
+#define SNAP_HANDOVER_OTHER_MAJOR (-5)
+int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h);
 
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256
@@ -105,6 +194,10 @@ int snap_token_key(char *buf, size_t cap, const struct seal_keys *keys, const ch
 int snap_session_key(char *buf, size_t cap, const char *zone, uint32_t session_id);
 /* -1 for an instance id that is empty or holds a '/'. */
 int snap_instance_key(char *buf, size_t cap, const char *zone, const char *instance);
-int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances" */
+/* /spice-broker/<zone>/brokers/<id> */
+int snap_broker_key(char *buf, size_t cap, const char *zone, const char *id);
+/* /spice-broker/<zone>/migrations/<instance>; -1 as snap_instance_key */
+int snap_migration_key(char *buf, size_t cap, const char *zone, const char *instance);
+int snap_prefix(char *buf, size_t cap, const char *zone, const char *kind); /* kind "tokens"/"sessions"/"instances"/"brokers"/"migrations" */
 
 #endif

@@ -32,6 +32,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "proto/proxy.h"
 #include "proto/ticket.h"
 #include "proto/wire.h"
 #include "session/internal.h"
@@ -706,6 +707,9 @@ static void client_input(struct chan *c)
             uint32_t size = 0, lerr = SPICE_LINK_ERR_INVALID_DATA;
             const char *err = NULL;
             if (wire_link_header_parse(lk->in, lk->in_have, &size, &lerr, &err) != WIRE_OK) {
+                if (proxy_looks_like(lk->in, lk->in_have))
+                    err = "a PROXY protocol header from a peer not in --trusted-proxies (or on "
+                          "a port not in --proxy-protocol)";
                 refuse_link(c, lerr, err ? err : "bad link header");
                 return;
             }

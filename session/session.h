@@ -133,7 +133,8 @@ void session_accept_counted(struct session_worker *w, struct transport *t,
                             struct limits_conn *lc);
 /* Counts a connection of an earlier phase on this worker against the
  * limits; evict(arg) closes it, on this worker's loop, when a cap picks it.
- * NULL when there are no limits (or out of memory): not counted. */
+ * NULL when there are no limits (or out of memory): not counted. peer NULL:
+ * its source is not known yet (a trusted proxy's; limits_admit). */
 struct limits_conn *session_admit(struct session_worker *w, const struct sockaddr_storage *peer,
                                   void (*evict)(void *arg), void *arg);
 

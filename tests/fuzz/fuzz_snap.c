@@ -1,5 +1,6 @@
 /* tests/fuzz/fuzz_snap.c: libFuzzer entry point for the store record
- * decoders in proto/snap.c, sealed token records too; single-threaded.
+ * decoders in proto/snap.c, sealed token records, migration intents and
+ * the hand-over messages between two broker processes too; single-threaded.
  * Every input goes to every decoder; anything that decodes must re-encode
  * and decode to the same. */
 #include <stddef.h>
@@ -72,9 +73,65 @@ static void check_instance(const struct snap_instance *i)
     free(buf);
 }
 
+static void check_broker(const struct snap_broker *b)
+{
+    struct snap_broker u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (snap_broker_encode(b, &buf, &len) != 0 || snap_broker_decode(buf, len, &u) != 0 ||
+        strcmp(b->id, u.id) != 0 || strcmp(b->peer_address, u.peer_address) != 0 ||
+        strcmp(b->version, u.version) != 0 || b->state != u.state || b->pid != u.pid ||
+        b->started != u.started || b->sessions != u.sessions || b->lease != u.lease)
+        abort();
+    free(buf);
+}
+
+static void check_intent(const struct snap_intent *i, const struct seal_keys *keys)
+{
+    struct snap_intent u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (snap_intent_encode(i, keys, FUZZ_AD, &buf, &len) != 0 ||
+        snap_intent_decode(buf, len, keys, FUZZ_AD, &u) != 0 ||
+        strcmp(i->instance, u.instance) != 0 || strcmp(i->host, u.host) != 0 ||
+        strcmp(i->password, u.password) != 0 || strcmp(i->origin, u.origin) != 0 ||
+        i->port != u.port || i->tls_port != u.tls_port || i->created != u.created ||
+        i->deadline != u.deadline)
+        abort();
+    free(buf);
+}
+
+/* A hand-over message comes from another process (broker/upgrade.c). */
+static void check_handover(const struct snap_handover *h)
+{
+    struct snap_handover *u = malloc(sizeof(*u));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (u == NULL)
+        return;
+    if (snap_handover_encode(h, &buf, &len) != 0 || snap_handover_decode(buf, len, u) != 0 ||
+        u->type != h->type || u->pid != h->pid || u->workers != h->workers ||
+        u->n_listeners != h->n_listeners || u->has_record != h->has_record ||
+        strcmp(u->version, h->version) != 0 || strcmp(u->reason, h->reason) != 0 ||
+        (h->has_record && u->record.id != h->record.id))
+        abort();
+    for (uint32_t i = 0; i < h->n_listeners; i++)
+        if (u->listeners[i].kind != h->listeners[i].kind ||
+            u->listeners[i].worker != h->listeners[i].worker)
+            abort();
+    free(buf);
+    free(u);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    struct snap_intent mi;
+    struct snap_handover *h = malloc(sizeof(struct snap_handover));
     struct snap_instance in;
+    struct snap_broker br;
     struct snap_token t;
     struct snap_session *s = calloc(1, sizeof(*s));
 
@@ -94,5 +151,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(s);
     if (snap_instance_decode(data, size, &in) == 0)
         check_instance(&in);
+    if (snap_broker_decode(data, size, &br) == 0)
+        check_broker(&br);
+    if (snap_intent_decode(data, size, NULL, NULL, &mi) == 0)
+        check_intent(&mi, NULL);
+    if (snap_intent_decode(data, size, fuzz_keys, FUZZ_AD, &mi) == 0)
+        check_intent(&mi, fuzz_keys);
+    if (h != NULL && snap_handover_decode(data, size, h) == 0)
+        check_handover(h);
+    free(h);
     return 0;
 }

@@ -413,6 +413,91 @@ def snap_sealed_seeds():
     }
 
 
+def snap_handover_seeds():
+    """Hand-over messages between two broker processes (broker/upgrade.c):
+    a hello, listeners, a record, another major version."""
+    def msg(*fields):
+        return b"\x00" + b"".join(fields)
+
+    def listener(kind, worker):
+        return pb_field(7, pb_field(1, kind) + pb_field(2, worker))
+
+    session = b"\x00" + pb_field(1, 1) + pb_field(2, 0x1234) + pb_field(3, b"b1") + pb_field(11, 1700000000)
+    return {
+        "handover-hello": msg(pb_field(1, 1), pb_field(2, 1), pb_field(3, b"0.9.0"), pb_field(4, 4242),
+                              pb_field(5, 2)),
+        "handover-listeners": msg(pb_field(1, 1), pb_field(2, 4), listener(1, 0), listener(2, 0),
+                                  listener(3, 0), listener(1, 1), listener(4, 0), listener(6, 0)),
+        "handover-refuse": msg(pb_field(1, 1), pb_field(2, 2), pb_field(6, b"cannot read it")),
+        "handover-record": msg(pb_field(1, 1), pb_field(2, 8), pb_field(8, session)),
+        "handover-major-2": msg(pb_field(1, 2), pb_field(2, 1), pb_field(3, b"2.0"), pb_field(4, 1)),
+    }
+
+
+def proxy_v2(ver_cmd, fam, addr):
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    return sig + bytes([ver_cmd, fam]) + struct.pack(">H", len(addr)) + addr
+
+
+def proxy_seeds():
+    """Byte 0: 0 a PROXY header (then the bytes), 1 or 3 the trusted-proxies
+    list and X-Forwarded-For (3: the list was cut), split by a newline."""
+    v4 = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack(">HH", 54321, 5999)
+    v6 = bytes(15) + b"\x07" + bytes(15) + b"\x01" + struct.pack(">HH", 443, 5999)
+    tlv = b"\x01\x00\x02h2" + b"\x04\x00\x03abc"
+    return {
+        "v2-tcp4": b"\x00" + proxy_v2(0x21, 0x11, v4) + b"REDQ",
+        "v2-tcp6-tlvs": b"\x00" + proxy_v2(0x21, 0x21, v6 + tlv),
+        "v2-local": b"\x00" + proxy_v2(0x20, 0x00, b""),
+        "v2-unix": b"\x00" + proxy_v2(0x21, 0x31, bytes(216)),
+        "v2-udp": b"\x00" + proxy_v2(0x21, 0x12, v4),
+        "v2-short-addr": b"\x00" + proxy_v2(0x21, 0x11, v4[:8]),
+        "v2-partial": b"\x00" + proxy_v2(0x21, 0x11, v4)[:20],
+        "v1-tcp4": b"\x00PROXY TCP4 192.0.2.7 198.51.100.1 54321 5999\r\nREDQ",
+        "v1-tcp6": b"\x00PROXY TCP6 2001:db8::7 ::1 443 5999\r\n",
+        "v1-unknown": b"\x00PROXY UNKNOWN\r\n",
+        "v1-leading-zero": b"\x00PROXY TCP4 192.0.2.07 198.51.100.1 1 2\r\n",
+        "v1-no-crlf": b"\x00PROXY UNKNOWN " + b"f" * 120,
+        "spice-link": b"\x00REDQ\x02\x00\x00\x00\x02\x00\x00\x00",
+        "xff-walk": b"\x01127.0.0.1,10.0.0.0/8,2001:db8::/32\n198.51.100.1, 203.0.113.9, 10.0.0.2",
+        "xff-ports": b"\x01::1\n[2001:db8::9]:4711, 203.0.113.9:80, ::1",
+        "xff-garbage": b"\x0110.0.0.0/8\nunknown, 10.0.0.2",
+        "xff-cut": b"\x0310.0.0.0/8\n3.0.113.9, 10.0.0.2",
+        "trust-bad": b"\x0110.0.0.1/8,::/129\n203.0.113.9",
+    }
+
+
+def snap_intent_seeds():
+    """Migration intents (MigrationIntent): clear, sealed under the fuzz key
+    (bound to SNAP_FUZZ_AD, as fuzz_snap.c decodes them), and refused ones."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def hkdf(label, n):
+        return HKDF(algorithm=hashes.SHA256(), length=n, salt=None, info=label).derive(SNAP_FUZZ_KEY)
+
+    aead, key_id = hkdf(b"spice-broker seal v1", 32), struct.unpack(">I", hkdf(b"spice-broker key id v1", 4))[0]
+    nonce = bytes(range(120, 132))
+    sealed = nonce + AESGCM(aead).encrypt(nonce, b"dest-s3cret", SNAP_FUZZ_AD)
+
+    def intent(host=b"compute-18", port=5901, tls=0, deadline=1700000030, extra=b""):
+        body = (pb_field(1, 1) + pb_field(2, b"6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11") +
+                pb_field(3, host) + (pb_field(4, port) if port else b"") +
+                (pb_field(5, tls) if tls else b"") + pb_field(6, 1700000000) +
+                (pb_field(7, deadline) if deadline else b"") + pb_field(8, b"compute-18") + extra)
+        return b"\x00" + body
+
+    return {
+        "intent-raw": intent(),
+        "intent-tls-only": intent(port=0, tls=5902),
+        "intent-sealed": intent(extra=pb_field(9, sealed) + pb_field(10, key_id)),
+        "intent-sealed-other-key": intent(extra=pb_field(9, sealed) + pb_field(10, key_id ^ 1)),
+        "intent-bad-host": intent(host=b"evil host"),
+        "intent-no-deadline": intent(deadline=0),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -428,6 +513,9 @@ def main():
     write("fuzz-ws", ws_seeds())
     write("fuzz-openstack", openstack_seeds())
     write("fuzz-snap", snap_sealed_seeds())
+    write("fuzz-snap", snap_handover_seeds())
+    write("fuzz-proxy", proxy_seeds())
+    write("fuzz-snap", snap_intent_seeds())
 
 
 if __name__ == "__main__":

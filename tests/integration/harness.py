@@ -1275,11 +1275,11 @@ def no_direct(env):
 class MigSession:
     """A broker and one spice-gtk client on a fresh instance whose backend is
     src (token add --instance, QEMU password passed on): what the migration
-    tests share (broker: reuse a running one). The client runs until stop()
-    (at most client_seconds)."""
+    tests share (broker: reuse a running one; instance: a UUID chosen before,
+    else a new one). The client runs until stop() (at most client_seconds)."""
 
     def __init__(self, env, src, client_seconds=100, tag="mig", smartcard=None,
-                 broker=None, **client_kw):
+                 broker=None, instance=None, **client_kw):
         self.env, self.src = env, src
         if broker is None:
             name = "broker"
@@ -1287,7 +1287,7 @@ class MigSession:
                 name = "broker-" + tag
             broker = Broker(env, name=name).start()
         self.broker = broker
-        self.instance = new_instance()
+        self.instance = instance or new_instance()
         self.token = token(tag)
         port, tls_port = src.ports()
         self.broker.token_add(self.token, "127.0.0.1", port, tls_port=tls_port,

@@ -168,6 +168,11 @@ def test(env):
         (["--link-key-max-tickets", "15"], "link-key-max-tickets must be an integer"),
         (["--config", ini("keys.ini", "[broker]\nlink-key-grace = -1\n")],
          "link-key-grace must be an integer"),
+        # issue 10: the real client address behind a proxy
+        (["--trusted-proxies", "10.0.0.1/8"], "trusted-proxies: an address has bits set past"),
+        (["--trusted-proxies", "haproxy.example"], "trusted-proxies: an item is not an IPv4"),
+        (["--config", ini("pp.ini", "[broker]\nproxy-protocol = native,ssl\n")],
+         "proxy-protocol takes native, tls and web"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -182,7 +187,9 @@ def test(env):
                   "--link-key-max-tickets", "1000"],
                  ["--config", ini("keys-ok.ini", "[broker]\nlink-key-rotate = 5\n"
                                                  "link-key-grace = 0\n"
-                                                 "link-key-max-tickets = 16\n")]):
+                                                 "link-key-max-tickets = 16\n")],
+                 ["--config", ini("trusted.ini", "[broker]\ntrusted-proxies = 10.0.0.0/8, "
+                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
     log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")

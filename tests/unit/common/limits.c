@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <arpa/inet.h>
@@ -139,6 +140,83 @@ static void dropped_job(void **state)
     limits_free(l);
 }
 
+/* A proxy's connections before their source is known are held to the
+ * global cap only (100 through one proxy with a per-source cap of 3: none
+ * closed); once known, each counts toward its client's source, as old as it
+ * was admitted: the per-source cap then closes that source's oldest. */
+static void unknown_source_then_set(void **state)
+{
+    struct limits *l = limits_new(200, 3, post, NULL);
+    struct conn p[100] = { 0 }, d[2] = { 0 };
+    for (int i = 0; i < 100; i++) {
+        p[i].lc = limits_admit(l, NULL, 0, evict, &p[i]);
+        assert_non_null(p[i].lc);
+    }
+    run_jobs();
+    for (int i = 0; i < 100; i++)
+        assert_false(p[i].evicted);
+    struct limits_stats st;
+    limits_get_stats(l, &st);
+    assert_int_equal(st.unauthenticated, 100);
+    assert_int_equal(st.sources, 1);
+    /* two direct connections from 192.0.2.7, then three proxied ones turn
+     * out to be from there too: 5 > 3, its two oldest go: proxied ones,
+     * admitted before the direct ones */
+    admit(l, &d[0], "192.0.2.7");
+    admit(l, &d[1], "192.0.2.7");
+    struct sockaddr_storage real = addr("192.0.2.7");
+    for (int i = 0; i < 3; i++)
+        limits_set_source(p[i].lc, &real);
+    run_jobs();
+    assert_true(p[0].evicted && p[1].evicted);
+    assert_false(p[2].evicted || d[0].evicted || d[1].evicted);
+    /* the rest from distinct clients: nothing closed */
+    for (int i = 3; i < 100; i++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "198.51.100.%d", i);
+        struct sockaddr_storage a = addr(ip);
+        limits_set_source(p[i].lc, &a);
+    }
+    run_jobs();
+    limits_get_stats(l, &st);
+    assert_int_equal(st.unauthenticated, 100);
+    assert_int_equal(st.sources, 98); /* 192.0.2.7 and 97 others */
+    assert_int_equal(st.evicted_source, 2);
+    /* a fourth from 192.0.2.7: its oldest, p[2], goes */
+    struct conn late = { 0 };
+    late.lc = limits_admit(l, NULL, 0, evict, &late);
+    limits_set_source(late.lc, &real);
+    run_jobs();
+    assert_true(p[2].evicted);
+    assert_false(late.evicted || d[0].evicted || d[1].evicted);
+    limits_set_source(NULL, &real); /* a no-op */
+    for (int i = 3; i < 100; i++)
+        limits_release(p[i].lc);
+    limits_release(d[0].lc);
+    limits_release(d[1].lc);
+    limits_release(late.lc);
+    limits_get_stats(l, &st);
+    assert_int_equal(st.unauthenticated, 0);
+    assert_int_equal(st.sources, 0);
+    limits_free(l);
+}
+
+/* The global cap still sees connections whose source is not known. */
+static void unknown_source_global_cap(void **state)
+{
+    struct limits *l = limits_new(4, 2, post, NULL);
+    struct conn p[5] = { 0 };
+    for (int i = 0; i < 5; i++)
+        p[i].lc = limits_admit(l, NULL, 0, evict, &p[i]);
+    run_jobs();
+    assert_true(p[0].evicted);
+    for (int i = 1; i < 5; i++) {
+        assert_false(p[i].evicted);
+        limits_release(p[i].lc);
+    }
+    limits_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -146,6 +224,8 @@ int main(void)
         cmocka_unit_test(global_biggest_source),
         cmocka_unit_test(released_before_the_job),
         cmocka_unit_test(dropped_job),
+        cmocka_unit_test(unknown_source_then_set),
+        cmocka_unit_test(unknown_source_global_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

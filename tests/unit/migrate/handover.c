@@ -1472,6 +1472,12 @@ test_prepare_while_under_way(void **state)
     /* Another instance's prepare touches nothing. */
     assert_int_equal(handover_prepare(f->w, "inst-2", "127.0.0.1", f->dport[1], 0, DST_PW,
                                      on_prepared, NULL), 0);
+    /* Nor does one toward where the session now is (an intent still live
+     * after its migration): a main link there would kick the session. */
+    assert_int_equal(prepare(f, 0), 0);
+    assert_int_equal(st.prep_n, 5);
+    assert_state(f, MIG_IDLE);
+    expect_no_dial(f, 0);
 }
 
 /* A bug this file found (fixed): the orchestrator's prepare arrives after

@@ -136,6 +136,65 @@ static void test_put_get_delete(void **state)
     assert_int_equal(store_put(f->s, "/k", "x", 1, -7, NULL), STORE_ERROR);
 }
 
+static void test_leases(void **state)
+{
+    struct fixture *f = *state;
+    const char *const keys[3] = { "/lease/a", "/lease/b", "/lease/c" };
+    void *val = NULL;
+    size_t len = 0;
+    int64_t l = 0;
+
+    f->s = open_ok(f);
+    check_leases(f->s, keys, 1);
+    /* leased keys are not persisted: they end with the process */
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/lease/d", "d", 1, STORE_ANY_REV, l, 0, NULL),
+                     STORE_OK);
+    store_free(f->s);
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/lease/d", &val, &len, NULL), STORE_NOT_FOUND);
+    expect_val(f->s, "/lease/b", "z", 0);
+    /* a key the log holds, put under a lease: its old value does not come
+     * back at the next start (the log got a delete for it) */
+    put_str(f->s, "/lease/e", "kept", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/lease/e", "leased", 6, STORE_ANY_REV, l, 0, NULL),
+                     STORE_OK);
+    expect_val(f->s, "/lease/e", "leased", 0);
+    store_free(f->s);
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/lease/e", &val, &len, NULL), STORE_NOT_FOUND);
+}
+
+static void on_change(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* store_watch: this process's writes under the prefix are told, others not */
+static void test_watch(void **state)
+{
+    struct fixture *f = *state;
+    int told = 0;
+    int64_t l = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_watch(f->s, "/w/", on_change, &told), 0);
+    put_str(f->s, "/w/a", "1", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(told, 1);
+    put_str(f->s, "/x/a", "1", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/w/a", "2", 999, NULL, STORE_CONFLICT);      /* no change, not told */
+    assert_int_equal(told, 1);
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/w/b", "b", 1, STORE_ANY_REV, l, 0, NULL), STORE_OK);
+    assert_int_equal(told, 2);
+    assert_int_equal(store_delete(f->s, "/w/a", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(told, 3);
+    assert_int_equal(store_watch(f->s, NULL, NULL, NULL), 0);
+    put_str(f->s, "/w/c", "1", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(told, 3);
+}
+
 static void test_revisions_increase(void **state)
 {
     struct fixture *f = *state;
@@ -564,6 +623,44 @@ static void test_locked_dir(void **state)
     assert_non_null(strstr(err, "in use"));
 }
 
+/* A live hand-over: the new process adopts the old one's lock (the same
+ * open file, passed over a unix socket; a dup here), reads what the old one
+ * wrote, and keeps the lock once the old one closes; a descriptor of
+ * another file is refused and stays the caller's. */
+static void test_lock_handed_over(void **state)
+{
+    struct fixture *f = *state;
+    const char *err = NULL;
+    void *val = NULL;
+    size_t len = 0;
+
+    f->s = open_ok(f);
+    assert_int_equal(store_put(f->s, "/spice-broker/z/tokens/a", "v1", 2, STORE_ANY_REV, NULL),
+                     STORE_OK);
+    int other = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct store_opts bad = { .lock_fd = &other };
+    assert_null(store_open_with(f->spec, &bad, &err));
+    assert_non_null(strstr(err, "not its lock file"));
+    assert_int_equal(fcntl(other, F_GETFD), FD_CLOEXEC); /* still open: the caller's */
+    close(other);
+    int fd = dup(store_lock_fd(f->s));
+    assert_true(fd >= 0);
+    struct store_opts opts = { .lock_fd = &fd };
+    struct store *n = store_open_with(f->spec, &opts, &err);
+    assert_non_null(n);
+    assert_int_equal(store_lock_fd(n), fd);
+    assert_int_equal(store_get(n, "/spice-broker/z/tokens/a", &val, &len, NULL), STORE_OK);
+    assert_memory_equal(val, "v1", 2);
+    free(val);
+    store_free(f->s);
+    f->s = NULL;
+    /* the new one holds the lock alone now */
+    assert_null(store_open(f->spec, &err));
+    assert_non_null(strstr(err, "in use"));
+    store_free(n);
+    f->s = open_ok(f);
+}
+
 /* ---- threads ---- */
 
 #define N_THREADS 4
@@ -600,6 +697,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_specs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_walk_prefix_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
@@ -611,6 +710,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_token_scrubbed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_handed_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
     };
 

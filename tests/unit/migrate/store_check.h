@@ -7,8 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "migrate/store.h"
+
+/* store_backend.h's bound, which tests do not include */
+#define STORE_MAX_LEASE_TTL_CHECK 86400
 
 static void put_str(struct store *s, const char *key, const char *val, int64_t expect,
                     int64_t *rev, int want)
@@ -108,6 +112,63 @@ static void *worker(void *p)
         }
     }
     return NULL;
+}
+
+
+/* Is key absent, within ms (a mirror learns of a lease's end by its watch)? */
+static bool gone_within(struct store *s, const char *key, long ms)
+{
+    for (long t = 0; t <= ms; t += 50) {
+        void *val = NULL;
+        size_t len = 0;
+        if (store_get(s, key, &val, &len, NULL) == STORE_NOT_FOUND)
+            return true;
+        free(val);
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+/* Leases: keys under a lease go at its revoke and at its expiry; a kept-alive
+ * lease keeps them; an ended lease takes no key and no keep-alive. keys[0..2]
+ * are three fresh keys; ttl_s the shortest lease the back-end honours. */
+static void check_leases(struct store *s, const char *const keys[3], int64_t ttl_s)
+{
+    int64_t l1 = 0, l2 = 0, ttl = 0, rev = 0;
+
+    assert_int_equal(store_lease_grant(s, 0, 0, &l1), STORE_ERROR);
+    assert_int_equal(store_lease_grant(s, STORE_MAX_LEASE_TTL_CHECK + 1, 0, &l1), STORE_ERROR);
+    assert_int_equal(store_lease_grant(s, 60, 0, &l1), STORE_OK);
+    assert_true(l1 > 0);
+    assert_int_equal(store_put_lease(s, keys[0], "a", 1, STORE_ABSENT_REV, l1, 0, &rev), STORE_OK);
+    assert_true(rev > 0);
+    expect_val(s, keys[0], "a", rev);
+    /* CAS works under a lease too */
+    assert_int_equal(store_put_lease(s, keys[0], "b", 1, STORE_ABSENT_REV, l1, 0, NULL),
+                     STORE_CONFLICT);
+    assert_int_equal(store_put_lease(s, keys[0], "b", 1, rev, l1, 0, NULL), STORE_OK);
+    /* a key put without the lease afterwards is no longer under it */
+    put_str(s, keys[1], "x", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(store_put_lease(s, keys[1], "y", 1, STORE_ANY_REV, l1, 0, NULL), STORE_OK);
+    put_str(s, keys[1], "z", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(store_lease_keepalive(s, l1, 0, &ttl), STORE_OK);
+    assert_true(ttl > 0 && ttl <= 60);
+    assert_int_equal(store_lease_revoke(s, l1, 0), STORE_OK);
+    assert_true(gone_within(s, keys[0], 3000));
+    expect_val(s, keys[1], "z", 0);
+    assert_int_equal(store_lease_revoke(s, l1, 0), STORE_NOT_FOUND);
+    assert_int_equal(store_lease_keepalive(s, l1, 0, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_put_lease(s, keys[0], "c", 1, STORE_ANY_REV, l1, 0, NULL),
+                     STORE_NOT_FOUND);
+    assert_int_equal(store_put_lease(s, keys[0], "c", 1, STORE_ANY_REV, 0, 0, NULL), STORE_ERROR);
+
+    /* expiry: a lease nobody keeps alive takes its key with it */
+    assert_int_equal(store_lease_grant(s, ttl_s, 0, &l2), STORE_OK);
+    assert_int_equal(store_put_lease(s, keys[2], "e", 1, STORE_ANY_REV, l2, 0, NULL), STORE_OK);
+    expect_val(s, keys[2], "e", 0);
+    assert_true(gone_within(s, keys[2], ttl_s * 1000 + 4000));
+    assert_int_equal(store_lease_keepalive(s, l2, 0, NULL), STORE_NOT_FOUND);
 }
 
 #endif

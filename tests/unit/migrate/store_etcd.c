@@ -548,6 +548,22 @@ static void test_put_get_delete(void **state)
     assert_int_equal(store_put(f->a, "/spice-broker/pgd/k", "x", 1, -7, NULL), STORE_ERROR);
 }
 
+static void test_leases(void **state)
+{
+    struct fixture *f = *state;
+    const char *const keys[3] = { "/spice-broker/lease/a", "/spice-broker/lease/b",
+                                  "/spice-broker/lease/c" };
+
+    f->a = open_ok();
+    f->b = open_ok();
+    /* etcd's shortest lease is about 2 s (1.5 election timeouts) */
+    check_leases(f->a, keys, 2);
+    /* the other instance saw the same: the watch carries a lease's deletes */
+    assert_true(gone_within(f->b, keys[0], 3000));
+    assert_true(gone_within(f->b, keys[2], 3000));
+    expect_val(f->b, keys[1], "z", 0);
+}
+
 static void test_outside_prefix(void **state)
 {
     struct fixture *f = *state;
@@ -737,6 +753,68 @@ static void test_load_pages(void **state)
     f->b = open_ok();
     assert_int_equal(store_walk(f->b, "/spice-broker/page/", page_cb, &n), 300);
     assert_int_equal(n, 300);
+}
+
+/* ---- a writer that loads nothing; change notification ---- */
+
+static void on_change(void *arg)
+{
+    atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+static void test_write_only_and_watch(void **state)
+{
+    struct fixture *f = *state;
+    struct store_opts wo = { .write_only = true };
+    static atomic_int told;
+    const char *err = NULL;
+    char spec[200];
+    void *val = NULL;
+    size_t len = 0;
+    int64_t lease = 0, t0;
+
+    f->a = open_ok();
+    atomic_store(&told, 0);
+    assert_int_equal(store_watch(f->a, "/spice-broker/wo/migrations/", on_change, &told), 0);
+    put_str(f->a, "/spice-broker/wo/other", "x", STORE_ANY_REV, NULL, STORE_OK);
+    /* write-only: opens without a word to etcd, writes under a lease */
+    t0 = now_ms();
+    assert_non_null(f->b = store_open_with(g.spec, &wo, &err));
+    assert_true(now_ms() - t0 < 50);
+    assert_int_equal(store_lease_grant(f->b, 5, 0, &lease), STORE_OK);
+    assert_int_equal(store_put_lease(f->b, "/spice-broker/wo/migrations/i1", "d", 1,
+                                     STORE_ANY_REV, lease, 0, NULL), STORE_OK);
+    assert_int_equal(store_get(f->b, "/spice-broker/wo/other", &val, &len, NULL),
+                     STORE_NOT_FOUND);     /* nothing mirrored */
+    assert_int_equal(store_fresh(f->b, NULL), 0);
+    /* the reader sees it, and is told: once for the intent, not for "other" */
+    assert_true(wait_val(f->a, "/spice-broker/wo/migrations/i1", "d", PROPAGATE_MS));
+    for (int i = 0; i < 100 && atomic_load(&told) == 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&told), 1);
+    /* the lease's end is an event too */
+    assert_int_equal(store_lease_revoke(f->b, lease, 0), STORE_OK);
+    assert_true(wait_val(f->a, "/spice-broker/wo/migrations/i1", NULL, PROPAGATE_MS));
+    for (int i = 0; i < 100 && atomic_load(&told) < 2; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&told), 2);
+    /* a write of the reader's own is told; once removed, nothing is */
+    put_str(f->a, "/spice-broker/wo/migrations/i2", "e", STORE_ANY_REV, NULL, STORE_OK);
+    assert_true(atomic_load(&told) >= 3);
+    assert_int_equal(store_watch(f->a, NULL, NULL, NULL), 0);
+    int before = atomic_load(&told);
+    put_str(f->b, "/spice-broker/wo/migrations/i3", "f", STORE_ANY_REV, NULL, STORE_OK);
+    assert_true(wait_val(f->a, "/spice-broker/wo/migrations/i3", "f", PROPAGATE_MS));
+    usleep(100000);
+    assert_int_equal(atomic_load(&told), before);
+    store_free(f->b);
+
+    /* nobody there: the open still costs nothing, the first write fails at its bound */
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", free_port());
+    assert_non_null(f->b = store_open_with(spec, &wo, &err));
+    t0 = now_ms();
+    assert_int_equal(store_lease_grant(f->b, 5, 0, &lease), STORE_ERROR);
+    assert_true(now_ms() - t0 < 2500);
 }
 
 /* ---- several stores on one etcd ---- */
@@ -1103,6 +1181,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_specs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_get_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outside_prefix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revisions_increase, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
@@ -1110,6 +1189,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_value, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_instances_watch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_only_and_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_after_compaction, setup, teardown),

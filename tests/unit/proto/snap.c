@@ -1,5 +1,6 @@
 /* tests/unit/proto/snap.c: cmocka tests for proto/snap.c (record
- * encoding, the zstd path, hostile input, store keys); single-threaded. */
+ * encoding, the zstd path, hostile input, store keys, sealed secrets,
+ * migration intents); single-threaded. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -374,6 +375,141 @@ static void test_instance_round_trip(void **state)
     free(buf);
 }
 
+static void test_broker_round_trip(void **state)
+{
+    struct snap_broker b, u;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char k[128];
+
+    (void)state;
+    memset(&b, 0, sizeof(b));
+    snprintf(b.id, sizeof(b.id), "broker-a");
+    snprintf(b.peer_address, sizeof(b.peer_address), "10.0.0.7:5959");
+    b.state = SNAP_BROKER_DRAINING;
+    b.pid = 4242;
+    b.started = 1795944432;
+    b.sessions = 1000;
+    snprintf(b.version, sizeof(b.version), "0.9.0");
+    b.lease = 7587899370872581127LL;
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_broker_decode(buf, len, &u), 0);
+    assert_string_equal(u.id, b.id);
+    assert_string_equal(u.peer_address, b.peer_address);
+    assert_int_equal(u.state, b.state);
+    assert_int_equal(u.pid, b.pid);
+    assert_int_equal(u.started, b.started);
+    assert_int_equal(u.sessions, b.sessions);
+    assert_string_equal(u.version, b.version);
+    assert_int_equal(u.lease, b.lease);
+    for (size_t n = 0; n < len; n++)
+        if (snap_broker_decode(buf, n, &u) == 0)
+            assert_true(u.id[0] != '\0');
+    free(buf);
+
+    /* an unknown state, an empty id: refused */
+    b.state = (enum snap_broker_state)3;
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    assert_int_equal(snap_broker_decode(buf, len, &u), -1);
+    free(buf);
+    b.state = SNAP_BROKER_SERVING;
+    b.id[0] = '\0';
+    assert_int_equal(snap_broker_encode(&b, &buf, &len), 0);
+    assert_int_equal(snap_broker_decode(buf, len, &u), -1);
+    free(buf);
+
+    assert_true(snap_broker_key(k, sizeof(k), "zone1", "broker-a") > 0);
+    assert_string_equal(k, "/spice-broker/zone1/brokers/broker-a");
+    assert_int_equal(snap_broker_key(k, sizeof(k), "zone1", "a/b"), -1);
+    assert_int_equal(snap_broker_key(k, sizeof(k), "zone1", ""), -1);
+}
+
+static void test_handover_round_trip(void **state)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h)), *u = calloc(1, sizeof(*u));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_non_null(h);
+    assert_non_null(u);
+    h->type = SNAP_HO_LISTENERS;
+    h->minor = SNAP_HANDOVER_MINOR;
+    snprintf(h->version, sizeof(h->version), "0.9.0");
+    h->pid = 4242;
+    h->workers = 64;
+    h->n_listeners = SNAP_HANDOVER_MAX_LISTENERS;
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        h->listeners[i].kind = (enum snap_listener_kind)(SNAP_LISTEN_NATIVE + i % 6);
+        h->listeners[i].worker = i / 3;
+    }
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    memset(u, 0x5a, sizeof(*u));
+    assert_int_equal(snap_handover_decode(buf, len, u), 0);
+    assert_int_equal(u->schema, SNAP_HANDOVER_MAJOR);
+    assert_int_equal(u->type, SNAP_HO_LISTENERS);
+    assert_string_equal(u->version, "0.9.0");
+    assert_int_equal(u->pid, 4242);
+    assert_int_equal(u->workers, 64);
+    assert_int_equal(u->n_listeners, SNAP_HANDOVER_MAX_LISTENERS);
+    for (uint32_t i = 0; i < h->n_listeners; i++) {
+        assert_int_equal(u->listeners[i].kind, h->listeners[i].kind);
+        assert_int_equal(u->listeners[i].worker, h->listeners[i].worker);
+    }
+    assert_false(u->has_record);
+    for (size_t n = 0; n < len; n++)
+        if (snap_handover_decode(buf, n, u) == 0)
+            assert_true(u->type >= SNAP_HO_HELLO && u->type < SNAP_HO_TYPE_MAX);
+    free(buf);
+
+    /* a session record carried to the new process, and a refusal's reason */
+    memset(h, 0, sizeof(*h));
+    h->type = SNAP_HO_RECORD;
+    h->has_record = true;
+    h->record.id = 0xabcdef01;
+    snprintf(h->record.broker, sizeof(h->record.broker), "b1");
+    snprintf(h->record.end_reason, sizeof(h->record.end_reason), "client closed");
+    h->record.ended = 1795944432;
+    h->record.n_channels = 1;
+    h->record.channels[0].type = 2;
+    h->record.channels[0].bytes_to_client = 1234567;
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    assert_int_equal(snap_handover_decode(buf, len, u), 0);
+    assert_true(u->has_record);
+    assert_int_equal(u->record.id, 0xabcdef01);
+    assert_string_equal(u->record.end_reason, "client closed");
+    assert_int_equal(u->record.channels[0].bytes_to_client, 1234567);
+    free(buf);
+
+    /* another major version: named, not read */
+    memset(h, 0, sizeof(*h));
+    h->schema = 99;
+    h->type = SNAP_HO_HELLO;
+    h->pid = 77;
+    snprintf(h->version, sizeof(h->version), "9.0");
+    assert_int_equal(snap_handover_encode(h, &buf, &len), 0);
+    assert_int_equal(snap_handover_decode(buf, len, u), SNAP_HANDOVER_OTHER_MAJOR);
+    assert_int_equal(u->schema, 99);
+    assert_int_equal(u->pid, 77);
+    assert_string_equal(u->version, "9.0");
+    free(buf);
+
+    /* an unknown type or listener kind, no version: refused */
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x09", 5, u), SNAP_BAD);
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x04\x3a\x02\x08\x07", 9, u),
+                     SNAP_BAD);
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x10\x01", 3, u), SNAP_BAD);
+    /* an unknown field from a newer minor version is ignored */
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x01\x98\x06\x2a", 8, u), 0);
+    assert_int_equal(u->type, SNAP_HO_HELLO);
+    h->schema = 0;
+    h->type = (enum snap_handover_type)0;
+    assert_int_equal(snap_handover_encode(h, &buf, &len), -1);
+    free(h);
+    free(u);
+}
+
 static void test_keys(void **state)
 {
     char k[SNAP_KEY_MAX], k2[SNAP_KEY_MAX];
@@ -538,6 +674,106 @@ static void test_token_sealed(void **state)
     seal_keys_free(other);
 }
 
+static void make_intent(struct snap_intent *i)
+{
+    memset(i, 0, sizeof(*i));
+    snprintf(i->instance, sizeof(i->instance), "6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    snprintf(i->host, sizeof(i->host), "compute-18.example.org");
+    i->port = 5901;
+    i->tls_port = 5902;
+    i->created = 1700000000;
+    i->deadline = 1700000030;
+    snprintf(i->origin, sizeof(i->origin), "compute-18");
+}
+
+static void test_intent_round_trip(void **state)
+{
+    struct seal_keys *k = test_keys_new(1, true), *other = test_keys_new(2, true);
+    struct snap_intent i, u;
+    char key[SNAP_KEY_MAX], key2[SNAP_KEY_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    make_intent(&i);
+    assert_true(snap_migration_key(key, sizeof(key), "zone1", i.instance) > 0);
+    assert_string_equal(key, "/spice-broker/zone1/migrations/6f1c2a3e-52c0-4b5e-9d55-6a4e1f0b7c11");
+    assert_int_equal(snap_migration_key(key2, sizeof(key2), "zone1", "a/b"), -1);
+    assert_int_equal(snap_migration_key(key2, sizeof(key2), "zone1", ""), -1);
+    snap_prefix(key2, sizeof(key2), "zone1", "migrations");
+    assert_int_equal(strncmp(key, key2, strlen(key2)), 0);
+
+    /* no password: readable without keys */
+    assert_int_equal(snap_intent_encode(&i, NULL, key, &buf, &len), 0);
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_intent_decode(buf, len, NULL, key, &u), 0);
+    assert_string_equal(u.instance, i.instance);
+    assert_string_equal(u.host, i.host);
+    assert_string_equal(u.origin, i.origin);
+    assert_string_equal(u.password, "");
+    assert_int_equal(u.port, i.port);
+    assert_int_equal(u.tls_port, i.tls_port);
+    assert_int_equal(u.created, i.created);
+    assert_int_equal(u.deadline, i.deadline);
+    for (size_t n = 0; n < len; n++)
+        if (snap_intent_decode(buf, n, NULL, key, &u) == 0)
+            assert_true(u.host[0] != '\0' && u.deadline > 0);
+    free(buf);
+
+    /* a password is never written in clear: no sealing key, no record */
+    snprintf(i.password, sizeof(i.password), "dest-s3cret");
+    assert_int_equal(snap_intent_encode(&i, NULL, key, &buf, &len), -1);
+    struct seal_keys *names = test_keys_new(3, false);
+    assert_int_equal(snap_intent_encode(&i, names, key, &buf, &len), -1);
+    seal_keys_free(names);
+
+    /* sealed: opens with the key under the same store key, nowhere else */
+    assert_int_equal(snap_intent_encode(&i, k, key, &buf, &len), 0);
+    assert_null(memmem(buf, len, i.password, strlen(i.password)));
+    memset(&u, 0x5a, sizeof(u));
+    assert_int_equal(snap_intent_decode(buf, len, k, key, &u), 0);
+    assert_string_equal(u.password, i.password);
+    assert_int_equal(snap_intent_decode(buf, len, NULL, key, &u), SNAP_NO_KEY);
+    assert_int_equal(snap_intent_decode(buf, len, other, key, &u), SNAP_OTHER_KEY);
+    snap_migration_key(key2, sizeof(key2), "zone1", "another-instance");
+    assert_int_equal(snap_intent_decode(buf, len, k, key2, &u), SNAP_FORGED);
+    /* any byte flipped: an error, or an intent with our password */
+    for (size_t n = 0; n < len; n++) {
+        buf[n] ^= 0x01;
+        if (snap_intent_decode(buf, len, k, key, &u) == 0)
+            assert_string_equal(u.password, i.password);
+        buf[n] ^= 0x01;
+    }
+    free(buf);
+    i.password[0] = '\0';
+
+    /* refused both ways: no ports, no deadline, a bad host or instance */
+    struct snap_intent bad = i;
+    bad.port = bad.tls_port = 0;
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    bad.deadline = 0;
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    snprintf(bad.host, sizeof(bad.host), "evil host");
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    bad = i;
+    snprintf(bad.instance, sizeof(bad.instance), "../tokens/x");
+    assert_int_equal(snap_intent_encode(&bad, NULL, key, &buf, &len), -1);
+    /* hand-made (version 1, host "a b", port 1, deadline 1): refused */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x01\x12\x01i\x1a\x03" "a b"
+                                        "\x20\x01\x38\x01", 15, NULL, key, &u), SNAP_BAD);
+    /* the same with host "ab": read */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x01\x12\x01i\x1a\x02" "ab"
+                                        "\x20\x01\x38\x01", 14, NULL, key, &u), 0);
+    assert_string_equal(u.host, "ab");
+    /* another major version: refused */
+    assert_int_equal(snap_intent_decode((const uint8_t *)"\0\x08\x02\x12\x01i\x1a\x02" "ab"
+                                        "\x20\x01\x38\x01", 14, NULL, key, &u), SNAP_BAD);
+    seal_keys_free(k);
+    seal_keys_free(other);
+}
+
 static void test_keyed_token_key(void **state)
 {
     struct seal_keys *k = test_keys_new(0, false), *s = test_keys_new(0, true);
@@ -568,9 +804,12 @@ int main(void)
         cmocka_unit_test(test_versions_and_unknown_fields),
         cmocka_unit_test(test_strings_must_fit),
         cmocka_unit_test(test_instance_round_trip),
+        cmocka_unit_test(test_broker_round_trip),
+        cmocka_unit_test(test_handover_round_trip),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_token_sealed),
         cmocka_unit_test(test_keyed_token_key),
+        cmocka_unit_test(test_intent_round_trip),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

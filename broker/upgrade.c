@@ -1,0 +1,819 @@
+/* broker/upgrade.c: the live hand-over to a new process (upgrade.h): the
+ * old process starts the new binary and hands it every listening socket,
+ * then drains; the new process checks the hello, takes the sockets and
+ * writes the records of the old one's sessions. Control loop only; the
+ * drain's session count asks every worker through its job queue. */
+#include "broker/upgrade.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "broker/broker.h"
+#include "broker/notify.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+extern char **environ;
+
+/* The new process's descriptor number for the hand-over socket. */
+#define CHILD_FD 3
+/* A message: a hello, up to SNAP_HANDOVER_MAX_LISTENERS listeners, a record. */
+#define MSG_MAX 65536
+/* How long a blocking send or receive of the hand-over may take. */
+#define IO_TIMEOUT_S 10
+
+enum upgrade_state {
+    UP_STARTING,    /* old: the new process runs, hello sent */
+    UP_SERVING,     /* old: handed over; draining.  new: adopted */
+    UP_FAILED,      /* old: refused or failed; this process serves on */
+};
+
+struct held_fd {
+    enum snap_listener_kind kind;
+    uint32_t worker;
+    int fd;
+};
+
+struct upgrade {
+    struct broker *b;
+    enum upgrade_state state;
+    int fd;                      /* the hand-over socket, -1 once closed */
+    struct event *rd;
+    /* old side */
+    pid_t child;
+    char binary[PATH_MAX];
+    upgrade_done_fn done;
+    void *arg;
+    struct event *timer, *sigchld, *drain;
+    int64_t t_start, t_handed;
+    _Atomic uint64_t live;       /* sessions the workers counted this tick */
+    _Atomic int answered;        /* workers that answered this tick */
+    int asked;
+    /* new side */
+    pid_t old_pid;
+    uint32_t old_workers;
+    struct held_fd *held;
+    size_t n_held;
+};
+
+static const char *kind_name(enum snap_listener_kind k)
+{
+    switch (k) {
+    case SNAP_LISTEN_NATIVE: return "native";
+    case SNAP_LISTEN_TLS: return "TLS";
+    case SNAP_LISTEN_WEB: return "browser";
+    case SNAP_LISTEN_ADMIN: return "admin";
+    case SNAP_LISTEN_METRICS: return "metrics";
+    case SNAP_LISTEN_STORE_LOCK: return "store lock";
+    default: return "?";
+    }
+}
+
+/* ------------------------------------------------------------------ messages */
+
+/* Sends one message with fds beside it (n_fds <= SNAP_HANDOVER_MAX_LISTENERS). */
+static int send_msg(int fd, const struct snap_handover *h, const int *fds, size_t n_fds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
+        struct cmsghdr align;
+    } cm;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (fd < 0 || n_fds > SNAP_HANDOVER_MAX_LISTENERS || snap_handover_encode(h, &buf, &len) < 0)
+        return -1;
+    struct iovec iov = { buf, len };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (n_fds > 0) {
+        memset(&cm, 0, sizeof(cm));
+        mh.msg_control = cm.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+    }
+    ssize_t r;
+    do
+        r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    free(buf);
+    return r == (ssize_t)len ? 0 : -1;
+}
+
+static int send_type(int fd, enum snap_handover_type type, const char *reason)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -1;
+    h->type = type;
+    h->minor = SNAP_HANDOVER_MINOR;
+    snprintf(h->version, sizeof(h->version), "%s", SPICE_BROKER_VERSION);
+    h->pid = (uint32_t)getpid();
+    snprintf(h->reason, sizeof(h->reason), "%s", reason ? reason : "");
+    int rc = send_msg(fd, h, NULL, 0);
+    free(h);
+    return rc;
+}
+
+/* Receives one message into h and the fds beside it (closed unless
+ * wanted). Returns 0, 1 at the end of the stream, -1 (errno; EAGAIN with
+ * MSG_DONTWAIT), or SNAP_BAD / SNAP_HANDOVER_OTHER_MAJOR for bytes it could
+ * not read (snap_handover_decode). */
+static int recv_msg(int fd, int flags, struct snap_handover *h, int *fds, size_t *n_fds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
+        struct cmsghdr align;
+    } cm;
+    uint8_t *buf = malloc(MSG_MAX);
+    if (buf == NULL)
+        return -1;
+    struct iovec iov = { buf, MSG_MAX };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                         .msg_controllen = sizeof(cm.buf) };
+    ssize_t r;
+    do
+        r = recvmsg(fd, &mh, flags | MSG_CMSG_CLOEXEC);
+    while (r < 0 && errno == EINTR);
+    size_t got = 0;
+    for (struct cmsghdr *c = r >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c != NULL;
+         c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (fds != NULL && got < SNAP_HANDOVER_MAX_LISTENERS)
+                fds[got++] = f;
+            else
+                close(f);
+        }
+    }
+    int rc;
+    if (r < 0)
+        rc = -1;
+    else if (r == 0)
+        rc = 1;
+    else if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+        rc = SNAP_BAD;
+    else
+        rc = snap_handover_decode(buf, (size_t)r, h);
+    if (rc != 0 || fds == NULL) {
+        for (size_t i = 0; i < got; i++)
+            close(fds[i]);
+        got = 0;
+    }
+    if (n_fds != NULL)
+        *n_fds = got;
+    free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the new process */
+
+static const char *errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *errorf(const char *fmt, ...)
+{
+    static char buf[SNAP_MAX_REASON];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+static int hold(struct upgrade *u, const struct snap_listener *l, int fd)
+{
+    void *n = realloc(u->held, (u->n_held + 1) * sizeof(*u->held));
+    if (n == NULL)
+        return -1;
+    u->held = n;
+    u->held[u->n_held++] = (struct held_fd){ l->kind, l->worker, fd };
+    return 0;
+}
+
+struct upgrade *upgrade_adopt(const char **err)
+{
+    *err = NULL;
+    const char *v = getenv(UPGRADE_FD_ENV);
+    if (v == NULL)
+        return NULL;
+    char *end;
+    long fd = strtol(v, &end, 10);
+    unsetenv(UPGRADE_FD_ENV);
+    struct stat st;
+    if (*end != '\0' || fd < 0 || fd > INT_MAX || fstat((int)fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        *err = errorf("%s=%s names no socket", UPGRADE_FD_ENV, v);
+        return NULL;
+    }
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    struct timeval tv = { IO_TIMEOUT_S, 0 };
+    setsockopt((int)fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt((int)fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    /* systemd's watchdog names the main process; this one will be it. */
+    const char *wpid = getenv("WATCHDOG_PID");
+    if (wpid != NULL && strtol(wpid, NULL, 10) == (long)getppid()) {
+        char me[24];
+        snprintf(me, sizeof(me), "%d", (int)getpid());
+        setenv("WATCHDOG_PID", me, 1);
+    }
+    struct upgrade *u = calloc(1, sizeof(*u));
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    int fds[SNAP_HANDOVER_MAX_LISTENERS];
+    size_t n_fds = 0;
+    if (u == NULL || h == NULL) {
+        *err = "out of memory";
+        goto fail;
+    }
+    u->fd = (int)fd;
+    u->state = UP_STARTING;
+    int rc = recv_msg(u->fd, 0, h, NULL, NULL);
+    if (rc == SNAP_HANDOVER_OTHER_MAJOR) {
+        *err = errorf("the old process (pid %u, spice-broker %s) speaks hand-over schema %u; "
+                      "this binary (spice-broker %s) reads schema %u only", h->pid,
+                      h->version[0] ? h->version : "?", h->schema, SPICE_BROKER_VERSION,
+                      SNAP_HANDOVER_MAJOR);
+        send_type(u->fd, SNAP_HO_REFUSE, *err);
+        goto fail;
+    }
+    if (rc != 0 || h->type != SNAP_HO_HELLO) {
+        *err = rc == 1 || rc == -1 ? errorf("no hello from the old process: %s",
+                                            rc == 1 ? "it closed the socket" : strerror(errno))
+                                   : "the old process's hello is unreadable";
+        send_type(u->fd, SNAP_HO_REFUSE, *err);
+        goto fail;
+    }
+    u->old_pid = (pid_t)h->pid;
+    u->old_workers = h->workers;
+    log_info("upgrade: taking over from pid %u (spice-broker %s, hand-over schema %u.%u; this "
+             "is pid %d, spice-broker %s, schema %u.%u)", h->pid, h->version, h->schema, h->minor,
+             (int)getpid(), SPICE_BROKER_VERSION, SNAP_HANDOVER_MAJOR, SNAP_HANDOVER_MINOR);
+    if (send_type(u->fd, SNAP_HO_ACCEPT, NULL) < 0) {
+        *err = errorf("cannot answer the old process: %s", strerror(errno));
+        goto fail;
+    }
+    for (;;) {
+        rc = recv_msg(u->fd, 0, h, fds, &n_fds);
+        if (rc != 0) {
+            *err = errorf("the old process's listeners did not arrive (%s)",
+                          rc == 1 ? "it closed the socket" : rc == -1 ? strerror(errno)
+                                                                      : "unreadable");
+            goto fail;
+        }
+        if (h->type == SNAP_HO_DONE)
+            break;
+        if (h->type != SNAP_HO_LISTENERS || n_fds != h->n_listeners) {
+            *err = errorf("the old process sent %zu sockets for %u listeners", n_fds,
+                          h->n_listeners);
+            goto fail;
+        }
+        for (size_t i = 0; i < n_fds; i++) {
+            if (hold(u, &h->listeners[i], fds[i]) < 0) {
+                for (size_t j = i; j < n_fds; j++)
+                    close(fds[j]);
+                *err = "out of memory";
+                goto fail;
+            }
+        }
+        n_fds = 0;
+    }
+    log_info("upgrade: %zu sockets from pid %d (%u workers)", u->n_held, (int)u->old_pid,
+             u->old_workers);
+    free(h);
+    return u;
+fail:
+    for (size_t i = 0; i < n_fds; i++)
+        close(fds[i]);
+    free(h);
+    upgrade_free(u);
+    return NULL;
+}
+
+int upgrade_workers(const struct upgrade *u)
+{
+    int n = 0;
+    for (size_t i = 0; u != NULL && i < u->n_held; i++)
+        if (u->held[i].kind == SNAP_LISTEN_NATIVE)
+            n++;
+    return n;
+}
+
+int upgrade_take_fd(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker)
+{
+    for (size_t i = 0; u != NULL && i < u->n_held; i++) {
+        if (u->held[i].fd >= 0 && u->held[i].kind == kind && u->held[i].worker == worker) {
+            int fd = u->held[i].fd;
+            u->held[i].fd = -1;
+            return fd;
+        }
+    }
+    return -1;
+}
+
+int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker,
+                          const char *spec)
+{
+    int fd = upgrade_take_fd(u, kind, worker);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    bool same = false;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (strncmp(spec, "unix:", 5) == 0) {
+            const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+            same = ss.ss_family == AF_UNIX &&
+                   strncmp(sun->sun_path, spec + 5, sizeof(sun->sun_path)) == 0;
+        } else {
+            char host[128];
+            uint16_t port;
+            uint16_t have = ss.ss_family == AF_INET
+                                ? ntohs(((const struct sockaddr_in *)&ss)->sin_port)
+                                : ss.ss_family == AF_INET6
+                                      ? ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port)
+                                      : 0;
+            same = config_split_hostport(spec, host, sizeof(host), &port) == 0 && port == have;
+        }
+    }
+    if (!same) {
+        log_warnx("upgrade: the %s socket handed over does not listen on %s (the configuration "
+                  "changed): closed, a new one opens", kind_name(kind), spec);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void on_records(evutil_socket_t fd, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    struct snap_handover *h = malloc(sizeof(*h));
+    for (int i = 0; h != NULL && i < 64; i++) {
+        int rc = recv_msg(u->fd, MSG_DONTWAIT, h, NULL, NULL);
+        if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (rc == 0 && h->type == SNAP_HO_RECORD && h->has_record) {
+            broker_publish_session(u->b, &h->record);
+            continue;
+        }
+        if (rc == 0 || rc == SNAP_BAD || rc == SNAP_HANDOVER_OTHER_MAJOR) {
+            log_warnx("upgrade: an unexpected or unreadable message from pid %d, skipped",
+                      (int)u->old_pid);
+            continue;
+        }
+        log_info("upgrade: pid %d %s", (int)u->old_pid,
+                 rc == 1 ? "has ended (its sessions are over)" : "is unreachable; closed");
+        event_del(u->rd);
+        close(u->fd);
+        u->fd = -1;
+        break;
+    }
+    free(h);
+}
+
+int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err)
+{
+    u->b = b;
+    for (size_t i = 0; i < u->n_held; i++) {
+        if (u->held[i].fd < 0)
+            continue;
+        log_warnx("upgrade: the %s socket of worker %u handed over has no use in this "
+                  "configuration: closed", kind_name(u->held[i].kind), u->held[i].worker);
+        close(u->held[i].fd);
+        u->held[i].fd = -1;
+    }
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    int rc = h != NULL ? send_type(u->fd, SNAP_HO_READY, NULL) : -1;
+    if (rc == 0)
+        rc = recv_msg(u->fd, 0, h, NULL, NULL);
+    bool main_now = rc == 0 && h->type == SNAP_HO_MAIN;
+    free(h);
+    u->state = UP_SERVING;
+    if (!main_now) {
+        *err = errorf("pid %d did not confirm the hand-over (%s)", (int)u->old_pid,
+                      rc == 1 ? "it closed the socket" : rc == -1 ? strerror(errno)
+                                                                  : "an unexpected message");
+        close(u->fd);
+        u->fd = -1;
+        return -1;
+    }
+    u->rd = event_new(b->base, u->fd, EV_READ | EV_PERSIST, on_records, u);
+    if (u->rd == NULL || event_add(u->rd, NULL) < 0) {
+        *err = "out of memory";
+        return -1;
+    }
+    log_info("upgrade: this process (pid %d) serves; pid %d drains its sessions",
+             (int)getpid(), (int)u->old_pid);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the old process */
+
+/* The new process refused or failed: it goes (kill: it may still run),
+ * this one serves on. */
+static void finish_failed(struct upgrade *u, const char *why, bool kill_it)
+{
+    if (u->state != UP_STARTING)
+        return;
+    u->state = UP_FAILED;
+    log_warnx("upgrade: %s (%s, pid %d); this process (pid %d) keeps serving", why, u->binary,
+              (int)u->child, (int)getpid());
+    if (kill_it && u->child > 0)
+        kill(u->child, SIGTERM);
+    if (u->rd != NULL)
+        event_del(u->rd);
+    evtimer_del(u->timer);
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
+    u->done(u->arg, 0, why);
+}
+
+static void on_sigchld(evutil_socket_t sig, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (pid != u->child)
+            continue;
+        u->child = 0;
+        if (WIFEXITED(st))
+            log_info("upgrade: pid %d exited with status %d", (int)pid, WEXITSTATUS(st));
+        else if (WIFSIGNALED(st))
+            log_info("upgrade: pid %d was killed by signal %d", (int)pid, WTERMSIG(st));
+    }
+}
+
+static void on_start_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    finish_failed(arg, "the new process did not serve within the start bound", true);
+}
+
+/* Every listening socket of this process, by kind, to the new one. */
+static int send_listeners(struct upgrade *u)
+{
+    struct broker *b = u->b;
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    int fds[SNAP_HANDOVER_MAX_LISTENERS];
+    int rc = -1, total = 0;
+    if (h == NULL)
+        return -1;
+    h->type = SNAP_HO_LISTENERS;
+    struct {
+        enum snap_listener_kind kind;
+        uint32_t worker;
+        int fd;
+    } all[3 * 1024 + 3];
+    size_t n = 0;
+    for (int i = 0; i < b->n_workers && i < 1024; i++) {
+        struct worker_fds wf;
+        worker_listen_fds(b->workers[i], &wf);
+        int per[3] = { wf.native, wf.tls, wf.web };
+        enum snap_listener_kind kinds[3] = { SNAP_LISTEN_NATIVE, SNAP_LISTEN_TLS,
+                                             SNAP_LISTEN_WEB };
+        for (int k = 0; k < 3; k++)
+            if (per[k] >= 0)
+                all[n].kind = kinds[k], all[n].worker = (uint32_t)i, all[n++].fd = per[k];
+    }
+    int admin_fd, metrics_fd;
+    admin_listen_fds(b->admin, &admin_fd, &metrics_fd);
+    if (admin_fd >= 0)
+        all[n].kind = SNAP_LISTEN_ADMIN, all[n].worker = 0, all[n++].fd = admin_fd;
+    if (metrics_fd >= 0)
+        all[n].kind = SNAP_LISTEN_METRICS, all[n].worker = 0, all[n++].fd = metrics_fd;
+    int lock = store_lock_fd(b->store);
+    if (lock >= 0)
+        all[n].kind = SNAP_LISTEN_STORE_LOCK, all[n].worker = 0, all[n++].fd = lock;
+    for (size_t i = 0; i < n;) {
+        h->n_listeners = 0;
+        for (; i < n && h->n_listeners < SNAP_HANDOVER_MAX_LISTENERS; i++) {
+            h->listeners[h->n_listeners] = (struct snap_listener){ all[i].kind, all[i].worker };
+            fds[h->n_listeners++] = all[i].fd;
+        }
+        if (send_msg(u->fd, h, fds, h->n_listeners) < 0)
+            goto fail;
+        total += (int)h->n_listeners;
+    }
+    memset(h, 0, sizeof(*h));
+    h->type = SNAP_HO_DONE;
+    if (send_msg(u->fd, h, NULL, 0) < 0)
+        goto fail;
+    log_debug("upgrade: %d sockets sent to pid %d", total, (int)u->child);
+    rc = 0;
+fail:
+    free(h);
+    return rc;
+}
+
+static void job_count(struct session_worker *sw, void *arg)
+{
+    struct upgrade *u = arg;
+    struct session_stats st;
+    session_worker_stats(sw, &st);
+    atomic_fetch_add(&u->live, st.sessions_active);
+    atomic_fetch_add(&u->answered, 1);
+}
+
+/* The drain: once a second, the workers count their sessions; the process
+ * exits when none is left (but not before a link that was under way when
+ * the listeners went could have become a session), or at the drain bound. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    struct broker *b = u->b;
+    int64_t since = clock_mono_ms() - u->t_handed;
+    if (atomic_load(&u->answered) < u->asked)
+        return; /* a worker is busy: count again next tick */
+    uint64_t live = atomic_load(&u->live);
+    int64_t settle = (int64_t)(b->cfg.link_timeout + b->cfg.backend_timeout) * 1000;
+    if (u->asked > 0 && live == 0 && since >= settle) {
+        log_info("upgrade: no session left in this process (pid %d); exiting", (int)getpid());
+        event_base_loopbreak(b->base);
+        return;
+    }
+    if (since >= (int64_t)b->cfg.upgrade_drain_timeout * 1000) {
+        log_info("upgrade: drain bound (%d s) reached: closing the %llu sessions left in this "
+                 "process (pid %d)", b->cfg.upgrade_drain_timeout, (unsigned long long)live,
+                 (int)getpid());
+        event_base_loopbreak(b->base);
+        return;
+    }
+    atomic_store(&u->live, 0);
+    atomic_store(&u->answered, 0);
+    u->asked = 0;
+    for (int i = 0; i < b->n_workers; i++)
+        if (worker_post(b->workers[i], job_count, u) == 0)
+            u->asked++;
+}
+
+static void hand_over(struct upgrade *u, pid_t new_pid)
+{
+    struct broker *b = u->b;
+    evtimer_del(u->timer);
+    for (int i = 0; i < b->n_workers; i++)
+        worker_stop_accepting(b->workers[i]);
+    admin_release_listeners(b->admin);
+    if (b->history_sweep != NULL)
+        event_del(b->history_sweep); /* the new process sweeps */
+    notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d drains its sessions",
+                    (int)new_pid, (int)getpid());
+    if (send_type(u->fd, SNAP_HO_MAIN, NULL) < 0)
+        log_warnx("upgrade: cannot tell pid %d it is the main process: %s", (int)new_pid,
+                  strerror(errno));
+    u->state = UP_SERVING;
+    u->child = new_pid;
+    u->t_handed = clock_mono_ms();
+    log_info("upgrade: handed over to pid %d in %lld ms; this process (pid %d) accepts no more "
+             "and serves its live sessions until they end (at most %d s)", (int)new_pid,
+             (long long)(u->t_handed - u->t_start), (int)getpid(), b->cfg.upgrade_drain_timeout);
+    u->drain = event_new(b->base, -1, EV_PERSIST, on_drain_tick, u);
+    struct timeval tv = { 1, 0 };
+    if (u->drain == NULL || event_add(u->drain, &tv) < 0)
+        log_warnx("upgrade: cannot arm the drain timer (out of memory): exit with SIGTERM");
+    u->done(u->arg, (int)new_pid, NULL);
+}
+
+static void on_old_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    struct snap_handover *h = malloc(sizeof(*h));
+    for (int i = 0; h != NULL && i < 16 && u->fd >= 0; i++) {
+        int rc = recv_msg(u->fd, MSG_DONTWAIT, h, NULL, NULL);
+        if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (u->state == UP_SERVING) {
+            if (rc == 0)
+                continue; /* nothing is expected from it now */
+            log_warnx("upgrade: pid %d closed the hand-over socket; this process writes its "
+                      "session records itself again", (int)u->child);
+            event_del(u->rd);
+            close(u->fd);
+            u->fd = -1;
+            break;
+        }
+        if (rc == SNAP_HANDOVER_OTHER_MAJOR) {
+            char why[160];
+            snprintf(why, sizeof(why), "the new binary (spice-broker %s) speaks hand-over "
+                     "schema %u, this one %u", h->version, h->schema, SNAP_HANDOVER_MAJOR);
+            finish_failed(u, why, true);
+        } else if (rc == 1 || rc == -1) {
+            finish_failed(u, "the new process exited before it served (its log lines say why)",
+                          true);
+        } else if (rc != 0) {
+            finish_failed(u, "the new process sent an unreadable message", true);
+        } else if (h->type == SNAP_HO_REFUSE) {
+            char why[SNAP_MAX_REASON + 32];
+            snprintf(why, sizeof(why), "the new process refused: %s", h->reason);
+            finish_failed(u, why, false); /* it exits by itself */
+        } else if (h->type == SNAP_HO_ACCEPT) {
+            if (send_listeners(u) < 0)
+                finish_failed(u, "cannot send the listening sockets to the new process", true);
+        } else if (h->type == SNAP_HO_READY) {
+            hand_over(u, (pid_t)h->pid);
+        } else {
+            finish_failed(u, "the new process sent an unexpected message", true);
+        }
+        if (u->state != UP_STARTING && u->state != UP_SERVING)
+            break;
+    }
+    free(h);
+}
+
+int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, void *arg,
+                  const char **err)
+{
+    struct upgrade *u = b->upgrade_to;
+    if (u != NULL && u->state != UP_FAILED) {
+        *err = u->state == UP_SERVING ? "this process has handed over already"
+                                      : "an upgrade is under way";
+        return -1;
+    }
+    const char *path = binary != NULL && binary[0] != '\0' ? binary : b->self_exe;
+    struct stat st;
+    if (path[0] != '/') {
+        *err = "the binary must be an absolute path";
+        return -1;
+    }
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(path, X_OK) < 0) {
+        *err = "the binary is not an executable file";
+        return -1;
+    }
+    upgrade_free(u);
+    b->upgrade_to = NULL;
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ; /* an earlier attempt's process */
+    int sv[2] = { -1, -1 };
+    char **argv = NULL, **envp = NULL;
+    size_t n_env = 0;
+    if ((u = calloc(1, sizeof(*u))) == NULL)
+        goto oom;
+    u->b = b;
+    u->fd = -1;
+    u->state = UP_STARTING;
+    u->done = done;
+    u->arg = arg;
+    snprintf(u->binary, sizeof(u->binary), "%s", path);
+    if ((argv = calloc((size_t)b->argc + 1, sizeof(*argv))) == NULL)
+        goto oom;
+    for (int i = 0; i < b->argc; i++)
+        argv[i] = b->argv[i];
+    argv[0] = u->binary;
+    while (environ[n_env] != NULL)
+        n_env++;
+    if ((envp = calloc(n_env + 2, sizeof(*envp))) == NULL)
+        goto oom;
+    size_t k = 0;
+    for (size_t i = 0; i < n_env; i++)
+        if (strncmp(environ[i], UPGRADE_FD_ENV "=", sizeof(UPGRADE_FD_ENV)) != 0)
+            envp[k++] = environ[i];
+    char fd_env[64];
+    snprintf(fd_env, sizeof(fd_env), "%s=%d", UPGRADE_FD_ENV, CHILD_FD);
+    envp[k] = fd_env;
+    u->timer = evtimer_new(b->base, on_start_timeout, u);
+    u->sigchld = evsignal_new(b->base, SIGCHLD, on_sigchld, u);
+    if (u->timer == NULL || u->sigchld == NULL || event_add(u->sigchld, NULL) < 0)
+        goto oom;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        *err = "cannot make the hand-over socket";
+        goto fail;
+    }
+    struct timeval io = { IO_TIMEOUT_S, 0 };
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDTIMEO, &io, sizeof(io));
+    pid_t pid = fork();
+    if (pid < 0) {
+        *err = "cannot fork";
+        goto fail;
+    }
+    if (pid == 0) {
+        /* The child: async-signal-safe calls only until execve. Nothing of
+         * this process but the hand-over socket (and stdio) goes along. */
+        if (sv[1] == CHILD_FD)
+            fcntl(CHILD_FD, F_SETFD, 0);
+        else if (dup2(sv[1], CHILD_FD) < 0)
+            _exit(127);
+        close_range(CHILD_FD + 1, ~0U, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(u->binary, argv, envp);
+        _exit(127);
+    }
+    close(sv[1]);
+    sv[1] = -1;
+    u->child = pid;
+    u->fd = sv[0];
+    u->t_start = clock_mono_ms();
+    free(argv);
+    free(envp);
+    argv = NULL;
+    envp = NULL;
+    b->upgrade_to = u;
+    u->rd = event_new(b->base, u->fd, EV_READ | EV_PERSIST, on_old_read, u);
+    struct timeval tv = { UPGRADE_START_MS / 1000, 0 };
+    if (u->rd == NULL || event_add(u->rd, NULL) < 0 || evtimer_add(u->timer, &tv) < 0) {
+        /* The child runs: it fails on its own once the socket closes. */
+        close(u->fd);
+        u->fd = -1;
+        kill(pid, SIGTERM);
+        u->state = UP_FAILED;
+        *err = "out of memory";
+        return -1;
+    }
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h != NULL) {
+        h->type = SNAP_HO_HELLO;
+        /* A test switch: a hello of another schema, as an incompatible
+         * binary would read it (tests/integration/test_upgrade.py). */
+        const char *test_schema = getenv("SPICE_BROKER_TEST_HANDOVER_SCHEMA");
+        h->schema = test_schema != NULL ? (uint32_t)strtoul(test_schema, NULL, 10) : 0;
+        h->minor = SNAP_HANDOVER_MINOR;
+        snprintf(h->version, sizeof(h->version), "%s", SPICE_BROKER_VERSION);
+        h->pid = (uint32_t)getpid();
+        h->workers = (uint32_t)b->n_workers;
+    }
+    int rc = h != NULL ? send_msg(u->fd, h, NULL, 0) : -1;
+    free(h);
+    if (rc < 0) {
+        close(u->fd);
+        u->fd = -1;
+        kill(pid, SIGTERM);
+        u->state = UP_FAILED;
+        *err = "cannot send the hello to the new process";
+        return -1;
+    }
+    log_info("upgrade: started %s as pid %d; handing the listeners over", u->binary, (int)pid);
+    return 0;
+oom:
+    *err = "out of memory";
+fail:
+    if (sv[0] >= 0)
+        close(sv[0]);
+    if (sv[1] >= 0)
+        close(sv[1]);
+    free(argv);
+    free(envp);
+    upgrade_free(u);
+    return -1;
+}
+
+int upgrade_forward_record(struct broker *b, const struct snap_session *rec)
+{
+    struct upgrade *u = b->upgrade_to;
+    if (u == NULL || u->state != UP_SERVING || u->fd < 0)
+        return -1;
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -1;
+    h->type = SNAP_HO_RECORD;
+    h->has_record = true;
+    h->record = *rec;
+    int rc = send_msg(u->fd, h, NULL, 0);
+    free(h);
+    if (rc < 0)
+        log_warnx("sid=%08x upgrade: cannot pass the session record to pid %d (%s); written here",
+                  rec->id, (int)u->child, strerror(errno));
+    return rc;
+}
+
+bool upgrade_handed_over(const struct broker *b)
+{
+    return b->upgrade_to != NULL && b->upgrade_to->state == UP_SERVING;
+}
+
+void upgrade_free(struct upgrade *u)
+{
+    if (u == NULL)
+        return;
+    if (u->state == UP_STARTING && u->child > 0)
+        kill(u->child, SIGTERM);
+    struct event *evs[] = { u->rd, u->timer, u->sigchld, u->drain };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+    if (u->fd >= 0)
+        close(u->fd);
+    for (size_t i = 0; i < u->n_held; i++)
+        if (u->held[i].fd >= 0)
+            close(u->held[i].fd);
+    free(u->held);
+    free(u);
+}

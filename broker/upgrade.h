@@ -1,0 +1,84 @@
+/* broker/upgrade.h: the live hand-over of the broker to a new process
+ * (spice-brokerctl upgrade), both sides. The old process starts the new
+ * binary with its own arguments and one more descriptor, a unix
+ * SOCK_SEQPACKET socket named by SPICE_BROKER_UPGRADE_FD; over it go
+ * versioned messages (proto/snap.h, HandoverMessage) and, beside them
+ * (SCM_RIGHTS), every listening socket: each worker's native, TLS and
+ * browser sockets, the admin and metrics sockets, the embedded store's lock.
+ *
+ *   old                               new
+ *   HELLO (version, pid, workers) ->
+ *                                  <- REFUSE (why; it exits) or ACCEPT
+ *   LISTENERS (+ fds) ... DONE    ->
+ *                                     opens the store, the workers take the
+ *                                     sockets and accept on them
+ *                                  <- READY (pid)
+ *   stops accepting, MAINPID=new,
+ *   answers the admin request
+ *   MAIN                          ->  READY=1 to the service manager
+ *   RECORD ... (its sessions' records, written by the new process)
+ *
+ * No socket is closed or bound again: both processes accept on the same
+ * sockets for a moment, so no connection is refused at any point. The old
+ * process's sessions go on in it until they end (or --upgrade-drain-timeout),
+ * then it exits. Control loop (main thread) only, on both sides. */
+#ifndef SB_UPGRADE_H
+#define SB_UPGRADE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proto/snap.h"
+
+struct broker;
+struct upgrade;
+
+/* The environment variable naming the hand-over socket in the new process. */
+#define UPGRADE_FD_ENV "SPICE_BROKER_UPGRADE_FD"
+/* How long the new process may take from its start to READY. */
+#define UPGRADE_START_MS 30000
+
+/* ---- the new process's side ---- */
+
+/* At start, before the store and the ports open. Not started by an upgrade:
+ * NULL, *err NULL. Started by one: reads the old process's hello, refuses
+ * one it cannot read (tells the old process why; NULL with *err) or takes
+ * its listening sockets (the upgrade). */
+struct upgrade *upgrade_adopt(const char **err);
+/* The old process's worker count (sockets per port). */
+int upgrade_workers(const struct upgrade *u);
+/* The descriptor of that kind (and worker) the old process handed over, or
+ * -1; the caller owns it. u may be NULL. */
+int upgrade_take_fd(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker);
+/* The same for a listening socket, only if it listens where spec says
+ * ("unix:PATH", or "HOST:PORT": its port); one that does not (the
+ * configuration changed) is closed with a log line, and -1 returned. */
+int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker,
+                          const char *spec);
+/* Everything listens: closes the sockets nobody took, tells the old
+ * process, waits (bounded) until it has made this process the service's
+ * main one, then publishes the records it forwards (on b's control loop)
+ * until it exits. -1 with *err if the old process is gone. */
+int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err);
+
+/* ---- the old process's side ---- */
+
+/* done(arg, new_pid, NULL) once the new process serves on the handed-over
+ * sockets, or done(arg, 0, why) if it refused or failed (this process
+ * serves on). On the control loop, never from inside upgrade_start. */
+typedef void (*upgrade_done_fn)(void *arg, int new_pid, const char *err);
+/* Starts binary (an absolute path; NULL: this broker's own executable)
+ * with this process's arguments. -1 with *err (static text) when it cannot
+ * (one is under way, this process has handed over already, no such
+ * binary). */
+int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, void *arg,
+                  const char **err);
+/* After the hand-over, a session record goes to the new process to write
+ * (0), or -1: not handed over, or the new process is gone (write it here). */
+int upgrade_forward_record(struct broker *b, const struct snap_session *rec);
+/* Has this process handed its listeners over? */
+bool upgrade_handed_over(const struct broker *b);
+/* Either side's state (NULL: no-op); kills a new process not yet serving. */
+void upgrade_free(struct upgrade *u);
+
+#endif
