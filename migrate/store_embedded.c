@@ -971,6 +971,11 @@ static int emb_put_lease(void *impl, const char *key, const void *val, size_t le
         pthread_mutex_lock(&e->mu);
         if (wrc < 0)
             goto out;
+        lease_sweep(e);
+        if (lease_find(e, lease) == NULL) {
+            rc = STORE_NOT_FOUND;   /* it ended during the append, and took the key */
+            goto out;
+        }
     }
     if (store_map_set(&e->map, key, val, len, rev, false) == 0) {
         e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
