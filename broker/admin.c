@@ -8,11 +8,12 @@
  * its write (or failed it, within BROKER_WRITE_MS), the control loop going
  * on meanwhile; the data path never waits for the admin.
  *
- *   GET  /healthz               "ok"
+ *   GET  /healthz               "ok", or 503 "draining"
  *   GET  /metrics               Prometheus text format
- *   GET  /v1/status             JSON: version, workers, sessions, uptime
+ *   GET  /v1/status             JSON: version, state, pid, workers, sessions, uptime, zone
  *   GET  /v1/sessions           JSON array of live sessions
  *   GET  /v1/sessions/history   JSON array of ended sessions (with end_reason)
+ *   POST /v1/drain              {"draining": true|false}
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
@@ -33,6 +34,7 @@
  * 405 for any other method, 404 for any other path; it never shows a token
  * or a session. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,8 @@
 #include "broker/broker.h"
 #include "broker/prepare.h"
 #include "broker/upgrade.h"
+#include "broker/peer.h"
+#include "broker/zone.h"
 #include "common/limits.h"
 #include "common/log.h"
 #include "proto/snap.h"
@@ -201,6 +205,10 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.links_refused_token += st.links_refused_token;
     c->stats.links_refused_blocked += st.links_refused_blocked;
     c->stats.links_throttled += st.links_throttled;
+    c->stats.channels_forwarded_out += st.channels_forwarded_out;
+    c->stats.channels_forwarded_in += st.channels_forwarded_in;
+    c->stats.channels_forward_failed += st.channels_forward_failed;
+    c->stats.peer_auth_failed += st.peer_auth_failed;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
     c->stats.link_keys_generated += st.link_keys_generated;
@@ -394,6 +402,45 @@ static void metrics_keys(struct response *r, const struct session_stats *s)
     }
 }
 
+/* The zone's broker-to-broker links (session/fwd.c, broker/peer.c), appended. */
+static void metrics_zone(struct response *r, const struct session_stats *s)
+{
+    struct peer_stats ps;
+    peer_get_stats(&ps);
+    char more[1536];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_channels_forwarded_total Channels carried over a peer link: "
+             "out to the broker holding their session, in from the broker their client reached.\n"
+             "# TYPE spice_broker_channels_forwarded_total counter\n"
+             "spice_broker_channels_forwarded_total{direction=\"out\"} %llu\n"
+             "spice_broker_channels_forwarded_total{direction=\"in\"} %llu\n"
+             "# HELP spice_broker_channel_forward_failures_total Channels whose session's broker "
+             "could not be reached or refused the peer link.\n"
+             "# TYPE spice_broker_channel_forward_failures_total counter\n"
+             "spice_broker_channel_forward_failures_total %llu\n"
+             "# HELP spice_broker_peer_connections_total Connections on the peer port, by outcome.\n"
+             "# TYPE spice_broker_peer_connections_total counter\n"
+             "spice_broker_peer_connections_total{outcome=\"accepted\"} %llu\n"
+             "spice_broker_peer_connections_total{outcome=\"authenticated\"} %llu\n"
+             "# HELP spice_broker_peer_auth_failures_total Peer connections refused: the zone "
+             "secret not proved (wrong secret, not a peer, silent), on the peer port or by a "
+             "broker this one dialed.\n"
+             "# TYPE spice_broker_peer_auth_failures_total counter\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"refused\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"timeout\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"dialer\",reason=\"refused\"} %llu\n",
+             (unsigned long long)s->channels_forwarded_out,
+             (unsigned long long)s->channels_forwarded_in,
+             (unsigned long long)s->channels_forward_failed, (unsigned long long)ps.accepted,
+             (unsigned long long)ps.authenticated, (unsigned long long)ps.auth_failed,
+             (unsigned long long)ps.timed_out, (unsigned long long)s->peer_auth_failed);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 static void h_metrics(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -439,7 +486,40 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     metrics_limits(b, r, s);
     metrics_keys(r, s);
+    metrics_zone(r, s);
     collect_unref(c);
+}
+
+static int add_broker(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct snap_broker rec;
+    char lease[24];
+    if (snap_broker_decode(val, len, &rec) != 0)
+        return 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)rec.lease);
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}",
+        "id", rec.id, "peer_address", rec.peer_address,
+        "state", rec.state == SNAP_BROKER_DRAINING ? "draining" : "serving",
+        "pid", (json_int_t)rec.pid, "started", (json_int_t)rec.started,
+        "sessions", (json_int_t)rec.sessions, "version", rec.version, "lease", lease));
+    return 0;
+}
+
+/* The zone part of /v1/status: this process (state, pid, its lease) and the
+ * zone's registered brokers as the store shows them. */
+static void status_zone(struct broker *b, json_t *o)
+{
+    char lease[24], prefix[SNAP_KEY_MAX];
+    int64_t l = b->zone != NULL ? zone_lease(b->zone) : 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)l);
+    json_object_set_new(o, "state", json_string(atomic_load(&b->draining) ? "draining"
+                                                                          : "serving"));
+    json_object_set_new(o, "pid", json_integer((json_int_t)getpid()));
+    json_object_set_new(o, "lease", json_string(l > 0 ? lease : ""));
+    json_t *brokers = json_array();
+    if (snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "brokers") >= 0)
+        store_walk(b->store, prefix, add_broker, brokers);
+    json_object_set_new(o, "zone_brokers", brokers);
 }
 
 static void h_status(struct broker *b, struct response *r)
@@ -451,15 +531,16 @@ static void h_status(struct broker *b, struct response *r)
     }
     int64_t silent = 0;
     int fresh = store_fresh(b->store, &silent);
-    reply_json(r, 200, json_pack("{s:s, s:i, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
-        "version", SPICE_BROKER_VERSION, "pid", (int)getpid(), "broker_id", b->cfg.broker_id,
-        "zone", b->cfg.zone,
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
+        "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
         "listen", b->cfg.listen, "store_fresh", fresh,
         /* how long since the store's view was last shown current (etcd) */
         "store_silent_ms", (json_int_t)(fresh && silent < 0 ? 0 : silent),
-        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing)));
+        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing));
+    status_zone(b, o);
+    reply_json(r, 200, o);
     collect_unref(c);
 }
 
@@ -473,6 +554,36 @@ static json_t *parse_body(const struct request *q, struct response *r)
         return NULL;
     }
     return j;
+}
+
+/* A load balancer's health check (HAProxy's option httpchk): 503 while
+ * draining, so new clients go to the zone's other brokers. */
+static void h_healthz(struct broker *b, struct response *r)
+{
+    if (atomic_load(&b->draining))
+        reply(r, 503, "text/plain", "draining\n");
+    else
+        reply(r, 200, "text/plain", "ok\n");
+}
+
+/* {"draining": true} drains, false serves again; answers the state and the
+ * live sessions. */
+static void h_drain(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    json_t *d = json_object_get(j, "draining");
+    if (!json_is_boolean(d)) {
+        json_decref(j);
+        reply_error(r, 400, "draining must be true or false");
+        return;
+    }
+    broker_set_draining(b, json_is_true(d));
+    json_decref(j);
+    reply_json(r, 200, json_pack("{s:s, s:I}", "state",
+                                 atomic_load(&b->draining) ? "draining" : "serving",
+                                 "sessions", (json_int_t)registry_count(b->registry)));
 }
 
 static void h_kill(struct broker *b, const struct request *q, struct response *r)
@@ -1022,7 +1133,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         if (!get)
             reply_error(r, 405, "method not allowed (this port is read-only)");
         else if (strcmp(path, "/healthz") == 0)
-            reply(r, 200, "text/plain", "ok\n");
+            h_healthz(b, r);
         else if (strcmp(path, "/metrics") == 0)
             h_metrics(b, r);
         else
@@ -1030,7 +1141,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return false;
     }
     if (get && strcmp(path, "/healthz") == 0)
-        reply(r, 200, "text/plain", "ok\n");
+        h_healthz(b, r);
     else if (get && strcmp(path, "/metrics") == 0)
         h_metrics(b, r);
     else if (get && strcmp(path, "/v1/status") == 0)
@@ -1039,6 +1150,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         h_sessions(b, r);
     else if (get && strcmp(path, "/v1/sessions/history") == 0)
         h_history(b, r);
+    else if (post && strcmp(path, "/v1/drain") == 0)
+        h_drain(b, q, r);
     else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
     else if (post && strcmp(path, "/v1/tokens") == 0)

@@ -66,11 +66,14 @@ struct config {
     char store_key_old[512];       /* the store key being retired: still opens, never seals */
     char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */
     char make_store_key[512];      /* write a new key file here and exit */
+    char zone_secret[512];         /* authenticates the broker-to-broker links, "" = none */
     char config_file[512];
     char nova_config[512];      /* the last --nova-config (all are read) */
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
+    char peer_listen[128];           /* the broker-to-broker port, "" = none */
+    char peer_advertise[256];        /* the address other brokers dial ("" = peer_listen) */
     char token_sources[64];          /* store,file,nova in the order asked */
     char trusted_proxies[1024];      /* CIDR,...: whose PROXY header / X-Forwarded-For counts */
     char proxy_protocol[32];         /* the ports where those send a PROXY header */
@@ -88,6 +91,7 @@ struct config {
     int link_key_grace;   /* seconds a replaced link key still opens tickets (0: link_timeout) */
     int link_key_max_tickets; /* tickets a link key accepts before it is replaced */
     int upgrade_drain_timeout; /* seconds a process that handed over serves its sessions on */
+    int broker_lease_ttl; /* seconds: the zone registration's lease */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

@@ -186,7 +186,9 @@ void store_batch_within(struct store *s, struct store_op *ops, size_t n, long ti
         struct store_op *op = &ops[i];
         op->result = STORE_ERROR;
         op->new_rev = 0;
-        if (s == NULL || !key_ok(op->key) || op->expect_rev < STORE_ANY_REV || timeout_ms < 0 ||
+        if (s == NULL || !key_ok(op->key) || timeout_ms < 0 ||
+            (op->expect_rev < STORE_ANY_REV &&
+             (op->expect_rev != STORE_BATCH_PREV_REV || s->be->batch == NULL)) ||
             (!op->del && ((op->val == NULL && op->len > 0) || op->len > STORE_MAX_VALUE)))
             continue;
         if (s->be->batch == NULL) {

@@ -44,6 +44,11 @@ struct store_op {
 
 /* The most writes one batch call takes (store_batch_within splits). */
 #define STORE_BATCH_MAX 256
+/* A batch op's expect_rev: the revision the batch's previous write of the
+ * same key gets (that write must be in the same call and succeed, else
+ * STORE_CONFLICT). The store writer uses it for a conditional write whose
+ * check looked at a write queued just before it, not made yet. */
+#define STORE_BATCH_PREV_REV (-3)
 
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
  * enum store_result values. put and del take timeout_ms, how long the write

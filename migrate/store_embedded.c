@@ -1026,6 +1026,15 @@ static void emb_batch(void *impl, struct store_op *ops, size_t n, long timeout_m
 
         op->result = STORE_ERROR;
         op->new_rev = 0;
+        /* the batch's previous write of the key (for STORE_BATCH_PREV_REV) */
+        size_t prev = i;
+        while (prev-- > 0)
+            if (strcmp(ops[prev].key, op->key) == 0)
+                break;
+        if (op->expect_rev == STORE_BATCH_PREV_REV && (prev >= i || !pass[prev])) {
+            op->result = STORE_CONFLICT;
+            continue;
+        }
         /* the key as the batch left it so far, else as the map has it */
         while (j-- > 0)
             if (pass[j] && strcmp(ops[j].key, op->key) == 0)

@@ -28,6 +28,7 @@ struct write {
     uint8_t *val;
     size_t len;
     int64_t expect_rev;
+    store_writer_check_fn check;    /* NULL: expect_rev as queued */
     int64_t deadline;               /* CLOCK_MONOTONIC ms */
     store_writer_done_fn done;
     void *arg;
@@ -55,14 +56,54 @@ static void write_free(struct write *wr)
     free(wr);
 }
 
+/* A conditional write's revision to compare with, from the store's view
+ * now (into wr->expect_rev): STORE_OK, STORE_CONFLICT (check refused),
+ * STORE_NOT_FOUND (a delete of an absent key) or STORE_ERROR. */
+static int checked_rev(struct store_writer *w, struct write *wr)
+{
+    void *cur = NULL;
+    size_t cur_len = 0;
+    int64_t cur_rev = 0;
+    int rc = store_get(w->s, wr->key, &cur, &cur_len, &cur_rev);
+    if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+        return STORE_ERROR;
+    if (rc == STORE_NOT_FOUND && wr->del)
+        return STORE_NOT_FOUND;
+    int64_t rev = wr->check(rc == STORE_OK ? cur : NULL, rc == STORE_OK ? cur_len : 0,
+                            rc == STORE_OK ? cur_rev : 0, wr->arg);
+    free(cur);
+    if (rev == STORE_WRITER_REFUSE)
+        return STORE_CONFLICT;
+    wr->expect_rev = rev;
+    return STORE_OK;
+}
+
+/* checked_rev against a write of the same run queued before wr (prev), not
+ * made yet: check sees its value, and a compare with its revision becomes
+ * STORE_BATCH_PREV_REV. */
+static int checked_pending(struct write *wr, const struct write *prev)
+{
+    if (prev->del && wr->del)
+        return STORE_NOT_FOUND;
+    int64_t rev = wr->check(prev->del ? NULL : prev->val, prev->del ? 0 : prev->len,
+                            prev->del ? 0 : STORE_WRITER_PENDING_REV, wr->arg);
+    if (rev == STORE_WRITER_REFUSE)
+        return STORE_CONFLICT;
+    wr->expect_rev = rev == STORE_WRITER_PENDING_REV ? STORE_BATCH_PREV_REV : rev;
+    return STORE_OK;
+}
+
 /* Makes a run of writes taken off the queue together: one call to the store
  * (a back-end that batches makes them durable with one flush: a group
  * commit), each write still within its own bound (one past it fails
- * untried). The done callbacks run in queue order after the store call. */
+ * untried). A conditional write is checked against the store's view, or,
+ * when a write of the run before it has the same key, against that write
+ * (checked_pending). The done callbacks run in queue order after the call. */
 static void make(struct store_writer *w, struct write **run, size_t n, int64_t stop_deadline)
 {
     struct store_op ops[STORE_BATCH_MAX];
     size_t idx[STORE_BATCH_MAX];
+    int rcs[STORE_BATCH_MAX];
     int64_t now = clock_mono_ms(), least = INT64_MAX;
     size_t nops = 0;
 
@@ -70,10 +111,22 @@ static void make(struct store_writer *w, struct write **run, size_t n, int64_t s
         struct write *wr = run[i];
         int64_t deadline = wr->deadline < stop_deadline ? wr->deadline : stop_deadline;
         idx[i] = SIZE_MAX;
+        rcs[i] = STORE_ERROR;
         if (deadline - now <= 0) {
             log_debug("store: %s %s not tried: its bound passed while it was queued",
                       wr->del ? "delete" : "put", wr->key);
             continue;
+        }
+        if (wr->check != NULL) {
+            size_t k = i;
+            while (k-- > 0)
+                if (idx[k] != SIZE_MAX && strcmp(run[k]->key, wr->key) == 0)
+                    break;
+            int crc = k < i ? checked_pending(wr, run[k]) : checked_rev(w, wr);
+            if (crc != STORE_OK) {
+                rcs[i] = crc;   /* refused, or nothing to delete */
+                continue;
+            }
         }
         if (deadline - now < least)
             least = deadline - now;
@@ -84,10 +137,10 @@ static void make(struct store_writer *w, struct write **run, size_t n, int64_t s
     if (nops > 0)
         store_batch_within(w->s, ops, nops, (long)least);
     for (size_t i = 0; i < n; i++) {
-        struct write *wr = run[i];
-        int rc = idx[i] != SIZE_MAX ? ops[idx[i]].result : STORE_ERROR;
-        if (wr->done != NULL)
-            wr->done(rc, rc == STORE_OK ? ops[idx[i]].new_rev : 0, wr->arg);
+        int rc = idx[i] != SIZE_MAX ? ops[idx[i]].result : rcs[i];
+        if (run[i]->done != NULL)
+            run[i]->done(rc, rc == STORE_OK && idx[i] != SIZE_MAX ? ops[idx[i]].new_rev : 0,
+                         run[i]->arg);
     }
 }
 
@@ -150,8 +203,8 @@ struct store_writer *store_writer_new(struct store *s, const char **err)
 }
 
 static int enqueue(struct store_writer *w, bool del, const char *key, const void *val,
-                   size_t len, int64_t expect_rev, long timeout_ms, store_writer_done_fn done,
-                   void *arg)
+                   size_t len, int64_t expect_rev, store_writer_check_fn check, long timeout_ms,
+                   store_writer_done_fn done, void *arg)
 {
     struct write *wr;
 
@@ -160,6 +213,7 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
         return -1;
     wr->del = del;
     wr->expect_rev = expect_rev;
+    wr->check = check;
     wr->len = len;
     wr->deadline = clock_mono_ms() + timeout_ms;
     wr->done = done;
@@ -191,13 +245,30 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
 int store_writer_put(struct store_writer *w, const char *key, const void *val, size_t len,
                      int64_t expect_rev, long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, false, key, val, len, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, false, key, val, len, expect_rev, NULL, timeout_ms, done, arg);
 }
 
 int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_rev,
                         long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, true, key, NULL, 0, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, true, key, NULL, 0, expect_rev, NULL, timeout_ms, done, arg);
+}
+
+int store_writer_put_if(struct store_writer *w, const char *key, const void *val, size_t len,
+                        store_writer_check_fn check, long timeout_ms, store_writer_done_fn done,
+                        void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, false, key, val, len, STORE_ANY_REV, check, timeout_ms, done, arg);
+}
+
+int store_writer_delete_if(struct store_writer *w, const char *key, store_writer_check_fn check,
+                           long timeout_ms, store_writer_done_fn done, void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, true, key, NULL, 0, STORE_ANY_REV, check, timeout_ms, done, arg);
 }
 
 size_t store_writer_pending(struct store_writer *w)

@@ -173,6 +173,39 @@ def test(env):
         (["--trusted-proxies", "haproxy.example"], "trusted-proxies: an item is not an IPv4"),
         (["--config", ini("pp.ini", "[broker]\nproxy-protocol = native,ssl\n")],
          "proxy-protocol takes native, tls and web"),
+        (["--broker-id", "a/b"], "broker-id must be a name without '/'"),
+        (["--broker-id", "a b"], "broker-id must be a name without '/'"),
+        (["--broker-lease-ttl", "2"], "broker-lease-ttl must be an integer in [3, 3600]"),
+        (["--peer-listen", "peer.example:7000"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--peer-listen", "127.0.0.1"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--listen", "127.0.0.1:%d" % p1, "--peer-listen", "127.0.0.1:%d" % p1],
+         "peer-listen needs a port of its own"),
+        (["--peer-listen", "0.0.0.0:%d" % p2], "give peer-advertise HOST:PORT"),
+        (["--peer-advertise", "broker-a.example:7000"], "peer-advertise needs peer-listen"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--peer-advertise", "broker-a"],
+         "peer-advertise must be HOST:PORT"),
+    ]
+    # the zone secret: a key file as --store-key's
+    zkey = env.path("zone.key")
+    fd = os.open(zkey, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    zopen = env.path("zone-open.key")
+    with open(zopen, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(zopen, 0o644)
+    zshort = env.path("zone-short.key")
+    fd = os.open(zshort, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("abcd\n")
+    bad += [
+        (["--peer-listen", "127.0.0.1:%d" % p2], "peer-listen needs zone-secret FILE"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", env.path("no-such.key")],
+         "zone-secret: key file"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zopen],
+         "is readable or writable by others"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zshort],
+         "must hold 64 hex digits"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -189,10 +222,29 @@ def test(env):
                                                  "link-key-grace = 0\n"
                                                  "link-key-max-tickets = 16\n")],
                  ["--config", ini("trusted.ini", "[broker]\ntrusted-proxies = 10.0.0.0/8, "
-                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")]):
+                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")],
+                 ["--peer-listen", "0.0.0.0:%d" % p2, "--peer-advertise",
+                  "broker-a.example:%d" % p2, "--broker-lease-ttl", "30", "--broker-id", "a-1",
+                  "--zone-secret", zkey]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
-    log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
+    log("loopback admin addresses, a metrics port, an admin group, a dotted zone, a peer "
+        "port accepted")
+    # the zone's options in a config file too
+    zconf = env.path("zone.conf")
+    with open(zconf, "w") as f:
+        f.write("[broker]\npeer-listen = 0.0.0.0:%d\nbroker-lease-ttl = 20\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "give peer-advertise HOST:PORT" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("peer-advertise = [2001:db8::1]:%d\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "peer-listen needs zone-secret" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("zone-secret = %s\n" % zkey)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 0 and "configuration OK" in out, "config file: rc %d %r" % (rc, out))
+    log("peer-listen, peer-advertise, broker-lease-ttl and zone-secret in a config file checked")
 
     # found only at start-up: exit 1 and a log line, quickly
     busy = socket.socket()
