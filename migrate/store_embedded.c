@@ -934,12 +934,15 @@ static int emb_lease_revoke(void *impl, int64_t lease, long timeout_ms)
 }
 
 /* A put under a lease: memory only. A key the log holds gets a delete
- * record first, so the next start does not bring its old value back. */
+ * record first, so the next start does not bring its old value back; if
+ * that append fails, nothing changes (the key stays in the log and in
+ * memory as it was). */
 static int emb_put_lease(void *impl, const char *key, const void *val, size_t len,
                          int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev)
 {
     struct emb *e = impl;
     struct store_entry *cur;
+    uint8_t *vcopy = NULL;
     size_t idx;
     int rc = STORE_ERROR;
 
@@ -958,35 +961,52 @@ static int emb_put_lease(void *impl, const char *key, const void *val, size_t le
         goto out;
     }
     int64_t rev = e->rev + 1;
-    if (cur != NULL && cur->lease == 0) {
+    if (cur == NULL || cur->lease != 0) {
+        /* nothing of it in the log: memory only */
+        if (store_map_set(&e->map, key, val, len, rev, false) < 0)
+            goto out;
+    } else {
         uint8_t hdr[KV_HDR_LEN];
         size_t klen = strlen(key);
         struct iovec iov[2] = { { hdr, KV_HDR_LEN }, { (void *)key, klen } };
+        /* Allocate first: once the delete is in the log, memory must follow. */
+        if ((vcopy = malloc(len ? len : 1)) == NULL)
+            goto out;
+        if (len > 0)
+            memcpy(vcopy, val, len);
         log_header(hdr, LOG_DELETE, rev, key, klen, NULL, 0);
         e->rev = rev;   /* spent whatever happens */
-        e->live_bytes -= record_size(klen, cur->len);
-        cur->lease = lease;   /* memory only from now on, even if the append fails */
         pthread_mutex_unlock(&e->mu);
         int wrc = log_append(e, iov, 2, record_size(klen, 0));
         pthread_mutex_lock(&e->mu);
         if (wrc < 0)
             goto out;
+        /* (readers' sweeps end only leased keys: this one is still there) */
+        cur = store_map_find(&e->map, key, &idx);
+        e->live_bytes -= record_size(klen, cur->len);
         lease_sweep(e);
         if (lease_find(e, lease) == NULL) {
-            rc = STORE_NOT_FOUND;   /* it ended during the append, and took the key */
+            /* the lease ended during the append: the key goes with it */
+            store_map_remove_at(&e->map, store_map_lower_bound(&e->map, key));
+            rc = STORE_NOT_FOUND;
             goto out;
         }
+        cur = store_map_find(&e->map, key, &idx);
+        free(cur->val);
+        cur->val = vcopy;
+        cur->len = len;
+        cur->rev = rev;
+        vcopy = NULL;
     }
-    if (store_map_set(&e->map, key, val, len, rev, false) == 0) {
-        e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
-        e->rev = rev;
-        if (new_rev != NULL)
-            *new_rev = rev;
-        rc = STORE_OK;
-    }
+    e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
+    e->rev = rev;
+    if (new_rev != NULL)
+        *new_rev = rev;
+    rc = STORE_OK;
 out:
     pthread_mutex_unlock(&e->mu);
     pthread_mutex_unlock(&e->wmu);
+    free(vcopy);
     return rc;
 }
 
