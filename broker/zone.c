@@ -34,6 +34,7 @@
 struct zone_ids {
     char (*id)[SNAP_MAX_HOST];
     size_t n, cap;
+    bool short_of_memory;       /* an add failed: the set is not whole */
 };
 
 struct zone {
@@ -405,8 +406,10 @@ static int ids_add(struct zone_ids *ids, const char *id)
     if (ids->n == ids->cap) {
         size_t nc = ids->cap ? ids->cap * 2 : 8;
         void *n = realloc(ids->id, nc * sizeof(*ids->id));
-        if (n == NULL)
+        if (n == NULL) {
+            ids->short_of_memory = true;
             return -1;
+        }
         ids->id = n;
         ids->cap = nc;
     }
@@ -550,8 +553,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     const long grace = z->c.lease_ttl_s * 1000L + ZONE_STALE_MARGIN_MS;
     /* A stale view may miss a broker that lives: decide nothing from it. */
     if (!store_fresh(z->s, NULL) || snap_prefix(prefix, sizeof(prefix), z->zone, "brokers") < 0 ||
-        store_walk(z->s, prefix, visit_broker, &now) < 0)
-        goto out;
+        store_walk(z->s, prefix, visit_broker, &now) < 0 || now.short_of_memory)
+        goto out;   /* a partial set would call live brokers dead */
     int64_t mono = clock_mono_ms();
     if (!z->looked) {
         /* Live records of brokers not registered now: dead before we came,

@@ -697,14 +697,18 @@ static int emb_put_lease(void *impl, const char *key, const void *val, size_t le
     } else if ((expect_rev == STORE_ABSENT_REV && cur != NULL) ||
                (expect_rev > 0 && (cur == NULL || cur->rev != expect_rev))) {
         rc = STORE_CONFLICT;
-    } else if ((had_file = cur != NULL && cur->lease == 0),
-               store_map_set(&e->map, key, val, len, e->rev + 1, false) == 0) {
+    } else {
+        bool file = cur != NULL && cur->lease == 0; /* cur moves in the set */
+        if (store_map_set(&e->map, key, val, len, e->rev + 1, false) < 0)
+            goto out;
+        had_file = file;
         e->map.ents[store_map_lower_bound(&e->map, key)].lease = lease;
         e->rev++;
         if (new_rev != NULL)
             *new_rev = e->rev;
         rc = STORE_OK;
     }
+out:
     pthread_mutex_unlock(&e->mu);
     if (had_file && unlinkat(e->dirfd, name, 0) < 0 && errno != ENOENT)
         log_warn("store: %s: cannot remove %s (now under a lease)", e->dir, name);

@@ -461,32 +461,36 @@ static void on_fwd_timer(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------------ the pipe */
 
 /* Moves what it can in direction d from src to dst: 0, 1 when src ended
- * and everything it sent was delivered, -1 with *why on an error. */
+ * and everything it sent was delivered, -1 with *why on an error. Reads
+ * while the buffer has room, also while the sink is blocked, so that a
+ * source pipe_arm left armed (room, see there) is always drained: a
+ * readable source that is not read would wake the loop forever. */
 static int pump_dir(struct fwd *f, struct fwd_dir *d, struct transport *src,
                     struct transport *dst, const char **why)
 {
     struct pool *pool = &f->c->w->pool;
+    bool sink_blocked = false;
     for (int rounds = 0; rounds < 16; rounds++) {
-        if (d->buf != NULL && d->head < d->tail) {
+        if (!sink_blocked && d->buf != NULL && d->head < d->tail) {
             ssize_t n = transport_write(dst, d->buf->data + d->head, d->tail - d->head);
             if (n < 0) {
                 if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                     *why = transport_error(dst);
                     return -1;
                 }
-                break;
+                sink_blocked = true;
+            } else {
+                d->head += (uint32_t)n;
+                sink_blocked = d->head < d->tail;
             }
-            d->head += (uint32_t)n;
-            if (d->head < d->tail)
-                break;
         }
         if (d->buf != NULL && d->head == d->tail) {
             pool_put(pool, d->buf);
             d->buf = NULL;
             d->head = d->tail = 0;
         }
-        if (d->eof)
-            break;
+        if (d->eof || (d->buf != NULL && d->tail == pool->size))
+            break;      /* ended, or full until the sink takes it all */
         if (d->buf == NULL && (d->buf = pool_get(pool)) == NULL) {
             *why = "out of memory";
             return -1;
