@@ -423,17 +423,21 @@ static void metrics_zone(struct response *r, const struct session_stats *s)
              "spice_broker_peer_connections_total{outcome=\"accepted\"} %llu\n"
              "spice_broker_peer_connections_total{outcome=\"authenticated\"} %llu\n"
              "# HELP spice_broker_peer_auth_failures_total Peer connections refused: the zone "
-             "secret not proved (wrong secret, not a peer, silent), on the peer port or by a "
+             "secret not proved (wrong secret, not a peer, silent) or, with peer TLS, the "
+             "TLS handshake failed (no certificate, another CA's, not TLS; the owner's "
+             "certificate refused by this broker as dialer), on the peer port or by a "
              "broker this one dialed.\n"
              "# TYPE spice_broker_peer_auth_failures_total counter\n"
              "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"refused\"} %llu\n"
              "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"timeout\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"tls\"} %llu\n"
              "spice_broker_peer_auth_failures_total{side=\"dialer\",reason=\"refused\"} %llu\n",
              (unsigned long long)s->channels_forwarded_out,
              (unsigned long long)s->channels_forwarded_in,
              (unsigned long long)s->channels_forward_failed, (unsigned long long)ps.accepted,
              (unsigned long long)ps.authenticated, (unsigned long long)ps.auth_failed,
-             (unsigned long long)ps.timed_out, (unsigned long long)s->peer_auth_failed);
+             (unsigned long long)ps.timed_out, (unsigned long long)ps.tls_failed,
+             (unsigned long long)s->peer_auth_failed);
     char *both = NULL;
     if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
         free(r->body);

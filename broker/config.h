@@ -74,6 +74,9 @@ struct config {
     char broker_id[128];
     char peer_listen[128];           /* the broker-to-broker port, "" = none */
     char peer_advertise[256];        /* the address other brokers dial ("" = peer_listen) */
+    char peer_ca[512];               /* the zone CA: mutual TLS on the peer link, "" = none */
+    char peer_cert[512];             /* this broker's peer certificate (both roles) */
+    char peer_key[512];
     char token_sources[64];          /* store,file,nova in the order asked */
     char trusted_proxies[1024];      /* CIDR,...: whose PROXY header / X-Forwarded-For counts */
     char proxy_protocol[32];         /* the ports where those send a PROXY header */

@@ -112,9 +112,10 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     free(val);
 }
 
-static SSL_CTX *env_backend_tls(void *backend_tls)
+/* The current SSL_CTX of a reloadable context (backend links, peer link). */
+static SSL_CTX *env_tls_acquire(void *tls)
 {
-    return tls_ctx_acquire(backend_tls);
+    return tls_ctx_acquire(tls);
 }
 
 static int env_claim(void *arg, uint32_t id, int worker_index)
@@ -1020,7 +1021,8 @@ static void reload_certificates(struct broker *b)
         struct tls_ctx *ctx;
         const char *port;
     } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" },
-                  { b->backend_tls, "backend links (CA, client certificate)" } };
+                  { b->backend_tls, "backend links (CA, client certificate)" },
+                  { b->peer_tls, "peer link (zone CA, certificate)" } };
     int n = 0;
     for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
         if (certs[i].ctx == NULL)
@@ -1254,7 +1256,7 @@ int main(int argc, char **argv)
             goto out;
         }
         env.backend_tls = b.backend_tls;
-        env.backend_tls_acquire = env_backend_tls;
+        env.backend_tls_acquire = env_tls_acquire;
     }
     char web_host[128];
     struct worker_web web = { .host = web_host };
@@ -1313,6 +1315,16 @@ int main(int argc, char **argv)
         env.locate = env_locate;
         env.peer_secret = b.peer_secret;
         env.handoff_peer = env_handoff_peer;
+        if (b.cfg.peer_cert[0] != '\0') {
+            b.peer_tls = tls_peer_ctx_new(b.cfg.peer_ca, b.cfg.peer_cert, b.cfg.peer_key, &err);
+            if (b.peer_tls == NULL) {
+                log_error("peer port %s: %s", b.cfg.peer_listen, err ? err : "?");
+                goto out;
+            }
+            peer.tls = b.peer_tls;
+            env.peer_tls = b.peer_tls;
+            env.peer_tls_acquire = env_tls_acquire;
+        }
     }
     int inherited = upgrade_workers(b.upgrade_from);
     if (inherited > 0 && inherited != b.cfg.workers) {
@@ -1390,10 +1402,16 @@ int main(int argc, char **argv)
                  "the client", b.cfg.trusted_proxies,
                  proxy.ports ? b.cfg.proxy_protocol : "(no)",
                  b.site ? ", their X-Forwarded-For on the browser port" : "");
-    if (env.locate != NULL)
+    if (env.locate != NULL && b.peer_tls == NULL)
         log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
                  "(zone secret %s); channels of theirs go to them", b.cfg.peer_listen,
                  b.cfg.zone_secret);
+    if (b.peer_tls != NULL)
+        log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
+                 "over mutual TLS 1.3 (zone CA %s, certificate %s, sha256 %s), the zone secret "
+                 "%s proved inside; channels of theirs go to them the same way",
+                 b.cfg.peer_listen, b.cfg.peer_ca, b.cfg.peer_cert,
+                 tls_ctx_fingerprint(b.peer_tls, fp, sizeof(fp)), b.cfg.zone_secret);
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
@@ -1435,6 +1453,7 @@ out:
     tls_ctx_free(b.tls);
     tls_ctx_free(b.web_tls);
     tls_ctx_free(b.backend_tls);
+    tls_ctx_free(b.peer_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);
     b.token_file_check = NULL;

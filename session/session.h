@@ -84,6 +84,11 @@ struct session_env {
     int (*locate)(void *arg, uint32_t id, char *addr, size_t cap);
     /* The zone secret (PEER_SECRET_LEN bytes, read-only while workers run). */
     const uint8_t *peer_secret;
+    /* Mutual TLS toward the owner's peer port (--peer-cert; NULL: the bare
+     * socket), opaque here like backend_tls: peer_tls_acquire(peer_tls) gives
+     * its current SSL_CTX with a reference the caller drops (SIGHUP). */
+    void *peer_tls;
+    SSL_CTX *(*peer_tls_acquire)(void *peer_tls);
     /* Hand a channel carried in by a peer to the worker that owns its
      * session (like handoff; takes t; copies ch). -1: t freed. */
     int (*handoff_peer)(void *arg, int worker_index, struct transport *t,
