@@ -17,6 +17,8 @@
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
+ *   POST /v1/store/reseal       (token records sealed with store-key-old, or
+ *                               holding a password in clear, sealed again)
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
  *   POST /v1/upgrade            {"binary"}: a live hand-over to a new process
@@ -209,6 +211,10 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.peer_auth_failed += st.peer_auth_failed;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
+    c->stats.link_keys_generated += st.link_keys_generated;
+    c->stats.link_key_rotations += st.link_key_rotations;
+    c->stats.tickets_replayed += st.tickets_replayed;
+    c->stats.tickets_key_gone += st.tickets_key_gone;
     c->f.pending--;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->f.mu);
@@ -368,6 +374,34 @@ static void metrics_limits(struct broker *b, struct response *r, const struct se
     }
 }
 
+/* The workers' link keys (session/keyring.h), appended. */
+static void metrics_keys(struct response *r, const struct session_stats *s)
+{
+    char more[1024];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_link_keys_generated_total RSA link keys generated and put in "
+             "use (all workers).\n"
+             "# TYPE spice_broker_link_keys_generated_total counter\n"
+             "spice_broker_link_keys_generated_total %llu\n"
+             "# HELP spice_broker_link_key_rotations_total Link keys replaced (by age or by "
+             "tickets accepted).\n"
+             "# TYPE spice_broker_link_key_rotations_total counter\n"
+             "spice_broker_link_key_rotations_total %llu\n"
+             "# HELP spice_broker_tickets_refused_total Tickets refused by the link keys: "
+             "already accepted once (replay), or made for a key that is gone (expired_key).\n"
+             "# TYPE spice_broker_tickets_refused_total counter\n"
+             "spice_broker_tickets_refused_total{reason=\"replay\"} %llu\n"
+             "spice_broker_tickets_refused_total{reason=\"expired_key\"} %llu\n",
+             (unsigned long long)s->link_keys_generated,
+             (unsigned long long)s->link_key_rotations, (unsigned long long)s->tickets_replayed,
+             (unsigned long long)s->tickets_key_gone);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 /* The zone's broker-to-broker links (session/fwd.c, broker/peer.c), appended. */
 static void metrics_zone(struct response *r, const struct session_stats *s)
 {
@@ -389,17 +423,21 @@ static void metrics_zone(struct response *r, const struct session_stats *s)
              "spice_broker_peer_connections_total{outcome=\"accepted\"} %llu\n"
              "spice_broker_peer_connections_total{outcome=\"authenticated\"} %llu\n"
              "# HELP spice_broker_peer_auth_failures_total Peer connections refused: the zone "
-             "secret not proved (wrong secret, not a peer, silent), on the peer port or by a "
+             "secret not proved (wrong secret, not a peer, silent) or, with peer TLS, the "
+             "TLS handshake failed (no certificate, another CA's, not TLS; the owner's "
+             "certificate refused by this broker as dialer), on the peer port or by a "
              "broker this one dialed.\n"
              "# TYPE spice_broker_peer_auth_failures_total counter\n"
              "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"refused\"} %llu\n"
              "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"timeout\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"tls\"} %llu\n"
              "spice_broker_peer_auth_failures_total{side=\"dialer\",reason=\"refused\"} %llu\n",
              (unsigned long long)s->channels_forwarded_out,
              (unsigned long long)s->channels_forwarded_in,
              (unsigned long long)s->channels_forward_failed, (unsigned long long)ps.accepted,
              (unsigned long long)ps.authenticated, (unsigned long long)ps.auth_failed,
-             (unsigned long long)ps.timed_out, (unsigned long long)s->peer_auth_failed);
+             (unsigned long long)ps.timed_out, (unsigned long long)ps.tls_failed,
+             (unsigned long long)s->peer_auth_failed);
     char *both = NULL;
     if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
         free(r->body);
@@ -451,6 +489,7 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     metrics_limits(b, r, s);
+    metrics_keys(r, s);
     metrics_zone(r, s);
     collect_unref(c);
 }
@@ -592,6 +631,8 @@ struct token_write {
     char bare[SNAP_KEY_MAX];    /* revoke, token-key-compat: the bare name, deleted next */
     bool chained;               /* first holds the keyed name's result */
     int first;
+    /* store reseal: its writes in flight, and how they ended */
+    size_t pending, resealed, changed, failed, unreadable, found;
 };
 
 static void send_response(struct bufferevent *bev, struct response *r);
@@ -794,6 +835,139 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
         return false;
     }
     token_write_defer(tw);
+    return true;
+}
+
+/* ---- store reseal: token records re-sealed with the current store key ---- */
+
+/* One record to rewrite: its key, the revision it was read at, the new value. */
+struct reseal_item {
+    struct reseal_item *next;
+    char key[SNAP_KEY_MAX];
+    int64_t rev;
+    uint8_t *val;
+    size_t len;
+};
+
+struct reseal_walk {
+    const struct seal_keys *keys;
+    struct reseal_item *items;
+    size_t found, unreadable;
+    bool oom;
+};
+
+/* Under the store's lock (no store call here): a record sealed with another
+ * key this broker opens (the retired one), or holding a password in clear,
+ * is decoded and sealed again, bound to its own name as before. */
+static int reseal_visit(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct reseal_walk *w = arg;
+    struct snap_token t;
+    uint32_t id = 0;
+    int sealed = snap_token_sealed_with(val, len, &id);
+    if (sealed == 1 && id == seal_keys_id(w->keys))
+        return 0;
+    if (sealed < 0 || snap_token_decode(val, len, w->keys, key, &t) != 0) {
+        w->unreadable++;   /* another key, or not ours: left alone */
+        return 0;
+    }
+    if (sealed == 0 && t.password[0] == '\0') {
+        OPENSSL_cleanse(&t, sizeof(t));
+        return 0;
+    }
+    struct reseal_item *it = calloc(1, sizeof(*it));
+    if (it == NULL || strlen(key) >= sizeof(it->key) ||
+        snap_token_encode(&t, w->keys, key, &it->val, &it->len) != 0) {
+        free(it);
+        OPENSSL_cleanse(&t, sizeof(t));
+        w->oom = true;
+        return 1;
+    }
+    OPENSSL_cleanse(&t, sizeof(t));
+    snprintf(it->key, sizeof(it->key), "%s", key);
+    it->rev = rev;
+    it->next = w->items;
+    w->items = it;
+    w->found++;
+    return 0;
+}
+
+static void reseal_reply(struct token_write *tw)
+{
+    struct response r = { 0 };
+    log_info("store reseal: %zu token records re-sealed with key %08x, %zu changed meanwhile "
+             "(rewritten by then), %zu failed, %zu not readable with this broker's keys",
+             tw->resealed, seal_keys_id(tw->admin->b->keys), tw->changed, tw->failed,
+             tw->unreadable);
+    reply_json(&r, tw->failed > 0 ? 503 : 200,
+               json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "found", (json_int_t)tw->found,
+                         "resealed", (json_int_t)tw->resealed, "changed",
+                         (json_int_t)tw->changed, "failed", (json_int_t)tw->failed,
+                         "unreadable", (json_int_t)tw->unreadable, "key_id",
+                         (json_int_t)seal_keys_id(tw->admin->b->keys)));
+    token_write_unlink(tw);
+    send_response(tw->bev, &r);
+    token_write_free(tw);
+}
+
+/* On the control loop, from the store writer. */
+static void on_reseal_written(struct broker *b, int result, void *arg)
+{
+    struct token_write *tw = arg;
+    if (result == STORE_OK)
+        tw->resealed++;
+    else if (result == STORE_CONFLICT)
+        tw->changed++;   /* revoked or added again since the walk: nothing to do */
+    else
+        tw->failed++;
+    if (--tw->pending == 0)
+        reseal_reply(tw);
+}
+
+/* Returns true when the answer is deferred (to the last write's end). */
+static bool h_store_reseal(struct admin *a, const struct request *q, struct response *r,
+                           struct bufferevent *bev)
+{
+    struct broker *b = a->b;
+    char prefix[SNAP_KEY_MAX];
+    struct reseal_walk w = { .keys = b->keys };
+    (void)q;
+    if (!seal_keys_sealing(b->keys)) {
+        reply_error(r, 400, "no store-key: nothing to seal with");
+        return false;
+    }
+    snprintf(prefix, sizeof(prefix), "/spice-broker/%s/tokens/", b->cfg.zone);
+    int n = store_walk(b->store, prefix, reseal_visit, &w);
+    struct token_write *tw = n >= 0 && !w.oom ? token_write_new(a, bev, false) : NULL;
+    if (tw != NULL) {
+        tw->found = w.found;
+        tw->unreadable = w.unreadable;
+        tw->pending = 1;   /* held until every write is queued */
+    }
+    while (w.items != NULL) {
+        struct reseal_item *it = w.items;
+        w.items = it->next;
+        if (tw != NULL) {
+            tw->pending++;
+            if (broker_store_put_if(b, it->key, it->val, it->len, it->rev, on_reseal_written,
+                                    tw) < 0) {
+                tw->pending--;
+                tw->failed++;
+            }
+        }
+        OPENSSL_cleanse(it->val, it->len);
+        free(it->val);
+        free(it);
+    }
+    if (tw == NULL) {
+        reply_error(r, 503, n < 0 ? "the store cannot be read" : "out of memory");
+        return false;
+    }
+    log_info("store reseal: %zu token records to re-seal with key %08x (%d read)", w.found,
+             seal_keys_id(b->keys), n);
+    token_write_defer(tw);
+    if (--tw->pending == 0)
+        reseal_reply(tw);
     return true;
 }
 
@@ -1003,6 +1177,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return h_token_add(a, q, r, bev);
     else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
         return h_token_revoke(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/store/reseal") == 0)
+        return h_store_reseal(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (post && strcmp(path, "/v1/upgrade") == 0)

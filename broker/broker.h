@@ -51,6 +51,7 @@ struct broker {
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */
     struct tls_ctx *backend_tls; /* the client role toward secure QEMU ports, NULL: never */
+    struct tls_ctx *peer_tls;    /* mutual TLS on the peer link, NULL: none */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct event *token_file_check; /* re-reads the token file when it changes */
@@ -110,5 +111,10 @@ typedef void (*broker_write_done_fn)(struct broker *b, int result, void *arg);
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg);
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg);
+/* broker_store_put only if the key is still at revision expect_rev
+ * (STORE_CONFLICT otherwise): a rewrite of what was read must not bring
+ * back a record deleted meanwhile. */
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg);
 
 #endif

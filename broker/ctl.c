@@ -82,6 +82,9 @@ static void usage(FILE *out)
         "                                so a load balancer sends new clients elsewhere); live\n"
         "                                sessions go on\n"
         "  serve                         take new sessions again (after drain)\n"
+        "  store reseal                  re-seal token records sealed with the retired key\n"
+        "                                (--store-key-old) or holding a password in clear,\n"
+        "                                with the current --store-key; prints the counts\n"
         "  status [--json]               state (serving, draining), pid, sessions, version,\n"
         "                                workers, uptime, the zone's brokers (JSON)\n"
         "  metrics                       Prometheus metrics\n\n"
@@ -764,6 +767,11 @@ int main(int argc, char **argv)
         return cmd_token_revoke(rest - 1, rv + 1);
     if (strcmp(cmd, "session") == 0)
         return cmd_session(rest, rv);
+    if (strcmp(cmd, "store") == 0 && rest == 2 && strcmp(rv[1], "reseal") == 0) {
+        char *out = NULL;
+        int st = post_json("/v1/store/reseal", json_object(), &out);
+        return report(st, out, true);
+    }
     if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
         return cmd_migration_prepare(rest - 1, rv + 1);
     if (strcmp(cmd, "upgrade") == 0)

@@ -112,9 +112,10 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     free(val);
 }
 
-static SSL_CTX *env_backend_tls(void *backend_tls)
+/* The current SSL_CTX of a reloadable context (backend links, peer link). */
+static SSL_CTX *env_tls_acquire(void *tls)
 {
-    return tls_ctx_acquire(backend_tls);
+    return tls_ctx_acquire(tls);
 }
 
 static int env_claim(void *arg, uint32_t id, int worker_index)
@@ -348,8 +349,8 @@ static void write_result(int result, int64_t new_rev, void *arg)
 
 /* check: NULL, or a conditional write's (store_writer_put_if), with done. */
 static int store_write(struct broker *b, bool del, const char *key, const void *val,
-                       size_t len, store_writer_check_fn check, broker_write_done_fn done,
-                       void *arg)
+                       size_t len, int64_t expect_rev, store_writer_check_fn check,
+                       broker_write_done_fn done, void *arg)
 {
     struct write_hop *h = NULL;
     if (done != NULL) {
@@ -364,9 +365,9 @@ static int store_write(struct broker *b, bool del, const char *key, const void *
                  : store_writer_put_if(b->writer, key, val, len, hop_check, BROKER_WRITE_MS,
                                        write_result, h);
     else
-        rc = del ? store_writer_delete(b->writer, key, STORE_ANY_REV, BROKER_WRITE_MS,
+        rc = del ? store_writer_delete(b->writer, key, expect_rev, BROKER_WRITE_MS,
                                        h ? write_result : NULL, h)
-                 : store_writer_put(b->writer, key, val, len, STORE_ANY_REV, BROKER_WRITE_MS,
+                 : store_writer_put(b->writer, key, val, len, expect_rev, BROKER_WRITE_MS,
                                     h ? write_result : NULL, h);
     if (rc < 0)
         free(h);
@@ -376,12 +377,18 @@ static int store_write(struct broker *b, bool del, const char *key, const void *
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg)
 {
-    return store_write(b, false, key, val, len, NULL, done, arg);
+    return store_write(b, false, key, val, len, STORE_ANY_REV, NULL, done, arg);
+}
+
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg)
+{
+    return store_write(b, false, key, val, len, expect_rev, NULL, done, arg);
 }
 
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg)
 {
-    return store_write(b, true, key, NULL, 0, NULL, done, arg);
+    return store_write(b, true, key, NULL, 0, STORE_ANY_REV, NULL, done, arg);
 }
 
 /* ------------------------------------------------------------------ session records */
@@ -650,12 +657,13 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
         return;
     }
     if (r->rec.ended != 0 && b->cfg.session_history == 0) {
-        rc = store_write(b, true, key, NULL, 0, record_check, on_record_written, w);
+        rc = store_write(b, true, key, NULL, 0, STORE_ANY_REV, record_check, on_record_written, w);
     } else {
         if (r->rec.ended == 0)
             note_instance(b, &r->rec);
         if (snap_session_encode(&r->rec, &val, &len) == 0)
-            rc = store_write(b, false, key, val, len, record_check, on_record_written, w);
+            rc = store_write(b, false, key, val, len, STORE_ANY_REV, record_check,
+                                 on_record_written, w);
         free(val);
     }
     if (rc < 0)
@@ -1013,7 +1021,8 @@ static void reload_certificates(struct broker *b)
         struct tls_ctx *ctx;
         const char *port;
     } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" },
-                  { b->backend_tls, "backend links (CA, client certificate)" } };
+                  { b->backend_tls, "backend links (CA, client certificate)" },
+                  { b->peer_tls, "peer link (zone CA, certificate)" } };
     int n = 0;
     for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
         if (certs[i].ctx == NULL)
@@ -1090,6 +1099,10 @@ int main(int argc, char **argv)
                   "(no --store-key)");
     else
         log_info("store: backend passwords sealed (key id %08x)", seal_keys_id(b.keys));
+    if (seal_keys_old_id(b.keys) != 0)
+        log_info("store: passwords sealed with the retired key %08x still open; "
+                 "spice-brokerctl store reseal re-seals them with %08x",
+                 seal_keys_old_id(b.keys), seal_keys_id(b.keys));
     if (seal_keys_keyed_names(b.keys))
         log_info("store: token records named by HMAC-SHA256 (%s)%s",
                  b.cfg.token_key_file[0] ? "token-key-file" : "derived from store-key",
@@ -1223,6 +1236,9 @@ int main(int argc, char **argv)
         .backend_tls_subject = b.cfg.backend_tls_subject,
         .enforce_session_timeout = b.cfg.enforce_session_timeout,
         .write_stall_ms = b.cfg.write_stall * 1000,
+        .key_rotate_ms = b.cfg.link_key_rotate * 1000,
+        .key_grace_ms = b.cfg.link_key_grace * 1000,
+        .key_max_tickets = (uint32_t)b.cfg.link_key_max_tickets,
         .draining = &b.draining,
     };
     b.limits = limits_new((unsigned)b.cfg.max_unauth, (unsigned)b.cfg.max_unauth_source,
@@ -1241,7 +1257,7 @@ int main(int argc, char **argv)
             goto out;
         }
         env.backend_tls = b.backend_tls;
-        env.backend_tls_acquire = env_backend_tls;
+        env.backend_tls_acquire = env_tls_acquire;
     }
     char web_host[128];
     struct worker_web web = { .host = web_host };
@@ -1300,6 +1316,16 @@ int main(int argc, char **argv)
         env.locate = env_locate;
         env.peer_secret = b.peer_secret;
         env.handoff_peer = env_handoff_peer;
+        if (b.cfg.peer_cert[0] != '\0') {
+            b.peer_tls = tls_peer_ctx_new(b.cfg.peer_ca, b.cfg.peer_cert, b.cfg.peer_key, &err);
+            if (b.peer_tls == NULL) {
+                log_error("peer port %s: %s", b.cfg.peer_listen, err ? err : "?");
+                goto out;
+            }
+            peer.tls = b.peer_tls;
+            env.peer_tls = b.peer_tls;
+            env.peer_tls_acquire = env_tls_acquire;
+        }
     }
     int inherited = upgrade_workers(b.upgrade_from);
     if (inherited > 0 && inherited != b.cfg.workers) {
@@ -1377,10 +1403,16 @@ int main(int argc, char **argv)
                  "the client", b.cfg.trusted_proxies,
                  proxy.ports ? b.cfg.proxy_protocol : "(no)",
                  b.site ? ", their X-Forwarded-For on the browser port" : "");
-    if (env.locate != NULL)
+    if (env.locate != NULL && b.peer_tls == NULL)
         log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
                  "(zone secret %s); channels of theirs go to them", b.cfg.peer_listen,
                  b.cfg.zone_secret);
+    if (b.peer_tls != NULL)
+        log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
+                 "over mutual TLS 1.3 (zone CA %s, certificate %s, sha256 %s), the zone secret "
+                 "%s proved inside; channels of theirs go to them the same way",
+                 b.cfg.peer_listen, b.cfg.peer_ca, b.cfg.peer_cert,
+                 tls_ctx_fingerprint(b.peer_tls, fp, sizeof(fp)), b.cfg.zone_secret);
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
@@ -1433,6 +1465,7 @@ out:
     tls_ctx_free(b.tls);
     tls_ctx_free(b.web_tls);
     tls_ctx_free(b.backend_tls);
+    tls_ctx_free(b.peer_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);
     b.token_file_check = NULL;

@@ -1,25 +1,31 @@
-/* broker/peer.c: the peer port's connections until they are channels: the
- * owner's side of the broker-to-broker handshake (proto/peer.h) and the
- * channel record, each bounded by a timeout, then session_accept_peer().
- * Runs on the worker loop that accepted the connection. */
+/* broker/peer.c: the peer port's connections until they are channels: with
+ * --peer-cert, the TLS 1.3 handshake (the forwarder's certificate required
+ * and verified against the zone CA); then, inside it or on the bare socket,
+ * the owner's side of the broker-to-broker handshake (proto/peer.h) and the
+ * channel record; all of it bounded by one timeout, then
+ * session_accept_peer() with the transport (TLS state and all). Runs on the
+ * worker loop that accepted the connection. */
 #include "broker/peer.h"
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "common/limits.h"
+#include "broker/tls.h"
 #include "common/log.h"
 #include "session/transport.h"
 
-static atomic_uint_fast64_t n_accepted, n_authenticated, n_auth_failed, n_timed_out;
+static atomic_uint_fast64_t n_accepted, n_authenticated, n_auth_failed, n_timed_out, n_tls_failed;
 
-enum peer_conn_state { PC_RESPONSE, PC_CHANNEL };
+enum peer_conn_state { PC_TLS, PC_RESPONSE, PC_CHANNEL };
 
 struct peer_conn;
 
@@ -27,6 +33,7 @@ struct peer_worker {
     struct event_base *base;
     struct session_worker *sw;
     const uint8_t *secret;
+    struct tls_ctx *tls;             /* mutual TLS first; NULL: the bare socket */
     int timeout_ms;
     TAILQ_HEAD(, peer_conn) conns;
 };
@@ -108,9 +115,54 @@ static void channel_done(struct peer_conn *pc)
     free(ch);
 }
 
+/* The owner speaks first: its challenge, once the link is what it must be. */
+static int challenge_send(struct peer_conn *pc)
+{
+    if (peer_challenge_build(&pc->n, pc->out) < 0)
+        return -1;
+    pc->state = PC_RESPONSE;
+    pc->in_need = PEER_RESPONSE_LEN;
+    pc->out_have = PEER_CHALLENGE_LEN;
+    pc->out_sent = 0;
+    return send_out(pc);
+}
+
+/* The TLS handshake: the forwarder's certificate must chain to the zone CA
+ * (OpenSSL refuses it, or its absence, inside the handshake); nothing of
+ * ours but the handshake goes out before. */
+static void tls_step(struct peer_conn *pc)
+{
+    int rc = transport_tls_handshake(pc->t);
+    if (rc < 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", transport_error(pc->t));
+        atomic_fetch_add(&n_tls_failed, 1);
+        log_warnx("peer: %s refused: %s", pc->addr, why);
+        conn_free(pc);
+        return;
+    }
+    if (rc == 0) {
+        if (transport_pending_out(pc->t))
+            event_add(pc->wr, NULL);
+        else
+            event_del(pc->wr);
+        return;
+    }
+    char what[96];
+    log_debug("peer: %s %s, certificate of the zone CA", pc->addr,
+              transport_tls_describe(pc->t, what, sizeof(what)));
+    event_del(pc->wr);
+    if (challenge_send(pc) < 0)
+        conn_free(pc);
+}
+
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     struct peer_conn *pc = arg;
+    if (pc->state == PC_TLS) {
+        tls_step(pc);
+        return;
+    }
     if ((what & EV_WRITE) && send_out(pc) < 0) {
         log_info("peer: %s closed during the handshake: %s", pc->addr, transport_error(pc->t));
         conn_free(pc);
@@ -170,7 +222,9 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct peer_conn *pc = arg;
     atomic_fetch_add(&n_timed_out, 1);
     log_warnx("peer: %s refused: no %s within %d ms", pc->addr,
-              pc->state == PC_RESPONSE ? "proof of the zone secret" : "channel record",
+              pc->state == PC_TLS        ? "TLS handshake"
+              : pc->state == PC_RESPONSE ? "proof of the zone secret"
+                                         : "channel record",
               pc->pw->timeout_ms);
     conn_free(pc);
 }
@@ -182,7 +236,7 @@ static void conn_evict(void *arg)
 }
 
 struct peer_worker *peer_worker_new(struct event_base *base, struct session_worker *sw,
-                                    const uint8_t *secret, int timeout_ms)
+                                    const uint8_t *secret, struct tls_ctx *tls, int timeout_ms)
 {
     struct peer_worker *pw = calloc(1, sizeof(*pw));
     if (pw == NULL)
@@ -190,6 +244,7 @@ struct peer_worker *peer_worker_new(struct event_base *base, struct session_work
     pw->base = base;
     pw->sw = sw;
     pw->secret = secret;
+    pw->tls = tls;
     pw->timeout_ms = timeout_ms;
     TAILQ_INIT(&pw->conns);
     return pw;
@@ -216,23 +271,29 @@ void peer_accept(struct peer_worker *pw, int fd, const struct sockaddr_storage *
     pc->pw = pw;
     TAILQ_INSERT_TAIL(&pw->conns, pc, link);
     log_format_addr(peer, pc->addr, sizeof(pc->addr));
-    pc->t = transport_tcp_new(fd);
+    if (pw->tls != NULL) {
+        SSL_CTX *ssl = tls_ctx_acquire(pw->tls); /* the certificate of the moment (SIGHUP) */
+        pc->t = transport_tls_new(ssl, fd, true, NULL);
+        SSL_CTX_free(ssl);
+    } else {
+        pc->t = transport_tcp_new(fd);
+    }
     pc->rd = event_new(pw->base, fd, EV_READ | EV_PERSIST, on_io, pc);
     pc->wr = event_new(pw->base, fd, EV_WRITE | EV_PERSIST, on_io, pc);
     pc->timer = evtimer_new(pw->base, on_timeout, pc);
     pc->lim = session_admit(pw->sw, peer, conn_evict, pc);
-    if (pc->t == NULL || pc->rd == NULL || pc->wr == NULL || pc->timer == NULL ||
-        peer_challenge_build(&pc->n, pc->out) < 0) {
+    if (pc->t == NULL || pc->rd == NULL || pc->wr == NULL || pc->timer == NULL) {
         conn_free(pc);
         return;
     }
-    pc->state = PC_RESPONSE;
-    pc->in_need = PEER_RESPONSE_LEN;
-    pc->out_have = PEER_CHALLENGE_LEN;
     struct timeval tv = { pw->timeout_ms / 1000, (pw->timeout_ms % 1000) * 1000 };
     evtimer_add(pc->timer, &tv);
     event_add(pc->rd, NULL);
-    if (send_out(pc) < 0)
+    if (pw->tls != NULL) {
+        pc->state = PC_TLS; /* the forwarder's ClientHello comes first */
+        return;
+    }
+    if (challenge_send(pc) < 0)
         conn_free(pc);
 }
 
@@ -242,4 +303,5 @@ void peer_get_stats(struct peer_stats *out)
     out->authenticated = atomic_load(&n_authenticated);
     out->auth_failed = atomic_load(&n_auth_failed);
     out->timed_out = atomic_load(&n_timed_out);
+    out->tls_failed = atomic_load(&n_tls_failed);
 }

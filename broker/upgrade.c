@@ -469,6 +469,10 @@ static void finish_failed(struct upgrade *u, const char *why, bool kill_it)
     u->state = UP_FAILED;
     log_warnx("upgrade: %s (%s, pid %d); this process (pid %d) keeps serving", why, u->binary,
               (int)u->child, (int)getpid());
+    /* The new process may have written the embedded store's log: read it
+     * again, and compact it alone again. */
+    if (store_lock_fd(u->b->store) >= 0)
+        (void)store_reload(u->b->store);
     if (kill_it && u->child > 0)
         kill(u->child, SIGTERM);
     if (u->rd != NULL)
@@ -534,8 +538,12 @@ static int send_listeners(struct upgrade *u)
     if (metrics_fd >= 0)
         all[n].kind = SNAP_LISTEN_METRICS, all[n].worker = 0, all[n++].fd = metrics_fd;
     int lock = store_lock_fd(b->store);
-    if (lock >= 0)
+    if (lock >= 0) {
+        /* Both processes append to the embedded store's log from now on:
+         * no compaction here (the new process loads the log again at MAIN). */
+        store_set_shared(b->store);
         all[n].kind = SNAP_LISTEN_STORE_LOCK, all[n].worker = 0, all[n++].fd = lock;
+    }
     for (size_t i = 0; i < n;) {
         h->n_listeners = 0;
         for (; i < n && h->n_listeners < SNAP_HANDOVER_MAX_LISTENERS; i++) {

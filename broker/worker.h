@@ -46,6 +46,7 @@ struct worker_peer {
     const char *host;
     uint16_t port;
     const uint8_t *secret;           /* the zone secret, PEER_SECRET_LEN bytes (borrowed) */
+    struct tls_ctx *tls;             /* mutual TLS on the peer link, NULL: none (borrowed) */
 };
 
 /* The proxies whose word on the client's address is taken (proto/proxy.h;

@@ -126,12 +126,19 @@ int store_watch(struct store *s, const char *prefix, store_change_cb cb, void *a
  * process (store_opts.lock_fd); -1 for a back-end without one (etcd).
  * Borrowed: it stays the store's. */
 int store_lock_fd(const struct store *s);
+/* Another process writes the embedded back-end's directory too (an
+ * upgrade: the old process calls it when it hands the lock over; a store
+ * opened with store_opts.lock_fd is so from the start): no compaction of
+ * its log, and appends follow the log's name. Until store_reload. etcd:
+ * nothing to do. Any thread. */
+void store_set_shared(struct store *s);
 /* Reads again what another process wrote meanwhile: the embedded back-end
- * takes its directory as it is now (keys under a lease, in memory only,
- * kept; the revision counter past every one seen), for an upgrade's new
- * process once the old one, which shared the directory, has made its last
- * write. Writers of this process wait meanwhile. 0, or -1 (the view is
- * unchanged). etcd: nothing to do (its watch tells). Any thread. */
+ * replays its log as it is now (keys under a lease, in memory only, kept;
+ * the revision counter past every one seen) and is this process's alone
+ * again (compactions), for an upgrade's new process once the old one has
+ * made its last write, or the old one when the new one failed. Writers of
+ * this process wait meanwhile. 0, or -1 (the view is unchanged). etcd:
+ * nothing to do (its watch tells). Any thread. */
 int store_reload(struct store *s);
 
 /* A short description for logs ("embedded:/var/lib/spice-broker"). */

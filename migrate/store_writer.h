@@ -1,7 +1,9 @@
 /* migrate/store_writer.h: store writes for a loop that must not wait for
  * them (the broker's control loop). One thread per writer makes the queued
- * puts and deletes one at a time, in the order they were queued (so in order
- * per key), each within its own bound counted from when it was queued: a
+ * puts and deletes in the order they were queued (so in order per key),
+ * every write queued meanwhile in one store call (a back-end that batches,
+ * the embedded one, makes them durable with one flush; etcd gets them one at
+ * a time), each within its own bound counted from when it was queued: a
  * write still queued when its bound has passed fails without being tried, so
  * a silent etcd costs every write at most its bound, however many wait
  * before it. The result goes to a callback on the writer's thread; the
@@ -50,6 +52,11 @@ int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_
  * a check. check and done share arg; check may write into it (done runs
  * after it, on the same thread). */
 #define STORE_WRITER_REFUSE (-2)
+/* cur_rev when what check sees is a write queued before this one and taken
+ * in the same store call, not made yet (a group commit: its revision is not
+ * known). Returned as is, the write compares with the revision that write
+ * gets (and fails STORE_CONFLICT if it fails). */
+#define STORE_WRITER_PENDING_REV INT64_MAX
 typedef int64_t (*store_writer_check_fn)(const void *cur, size_t cur_len, int64_t cur_rev,
                                          void *arg);
 int store_writer_put_if(struct store_writer *w, const char *key, const void *val, size_t len,

@@ -3,8 +3,10 @@
  * the client's ticket has opened here, the owner is found through
  * env.locate (its session record may reach this broker's view of the store a
  * few ms after the client opens the channel: asked again on a timer, up to
- * FWD_RECORD_WAIT_MS), its peer port connected and authenticated with the
- * zone secret, the channel record sent, and the owner's link result passed
+ * FWD_RECORD_WAIT_MS), its peer port connected (with --peer-cert: a TLS 1.3
+ * handshake, each side's certificate verified against the zone CA, the
+ * owner's also against the address its registration names), authenticated
+ * with the zone secret, the channel record sent, and the owner's link result passed
  * to the client; from then on the channel is a plain byte pipe between the
  * client's transport (TCP, TLS or WebSocket, terminated here) and the peer
  * connection: the owner relays it, and its migration engine switches it like
@@ -13,6 +15,7 @@
  * With a zone, every refusal of a non-main link after its ticket waits for
  * the same deadline (the ticket plus FWD_RECORD_WAIT_MS): a session id held
  * here, held elsewhere or held nowhere are refused alike, as without a zone. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,6 +28,7 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -40,6 +44,7 @@ enum fwd_state {
     FWD_LOCATE,     /* asking the store who holds the session */
     FWD_REFUSING,   /* refused: the refusal goes out at the deadline */
     FWD_CONNECT,    /* connecting to the owner's peer port */
+    FWD_TLS,        /* the TLS handshake with it (--peer-cert) */
     FWD_CHALLENGE,  /* reading the owner's challenge */
     FWD_PROOF,      /* our response sent; reading the owner's proof */
     FWD_RESULT,     /* the channel record sent; reading the link result */
@@ -72,6 +77,7 @@ struct fwd {
     uint8_t out[PEER_CHANNEL_MAX];  /* our response, then the channel record */
     uint32_t out_have, out_sent;
     char where[SNAP_MAX_HOST];      /* the owner's peer address */
+    char host[SNAP_MAX_HOST];       /* its host part: what the owner's certificate must name */
     int64_t waited_ms;              /* how long the owner's record took to show here */
     char reason[128];               /* FWD_REFUSING: why */
     struct sockaddr_storage addr;   /* the owner's peer port, resolved */
@@ -147,7 +153,22 @@ static void connect_addr(struct fwd *f)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    f->t = transport_tcp_new(fd);
+    struct session_env *env = &f->c->w->env;
+    if (env->peer_tls != NULL) {
+        /* The owner's certificate must chain to the zone CA and name the
+         * host (or address) its registration gives. */
+        unsigned char a[16];
+        bool ip = inet_pton(AF_INET, f->host, a) == 1 || inet_pton(AF_INET6, f->host, a) == 1;
+        SSL_CTX *ssl = env->peer_tls_acquire(env->peer_tls);
+        f->t = ssl != NULL ? transport_tls_new(ssl, fd, false, ip ? NULL : f->host) : NULL;
+        SSL_CTX_free(ssl);
+        if (f->t != NULL && transport_tls_expect_peer(f->t, f->host, NULL) < 0) {
+            fail(f, "cannot check the peer's certificate against its address");
+            return;
+        }
+    } else {
+        f->t = transport_tcp_new(fd);
+    }
     if (f->t == NULL) {
         fail(f, "out of memory");
         return;
@@ -201,9 +222,9 @@ static void on_resolved(int result, struct evutil_addrinfo *ai, void *arg)
  * worker's evdns (never blocking the loop). */
 static void start_connect(struct fwd *f)
 {
-    char host[SNAP_MAX_HOST];
+    char *host = f->host;
     const char *port = NULL;
-    if (split_where(f->where, host, sizeof(host), &port) < 0) {
+    if (split_where(f->where, host, sizeof(f->host), &port) < 0) {
         fail(f, "bad peer address");
         return;
     }
@@ -343,8 +364,36 @@ static void step_done(struct fwd *f)
         link_refuse_result(f->c, result, why);
         return;
     }
-    if (send_out(f) < 0)
+    if (send_out(f) < 0) {
         fail(f, transport_error(f->t));
+        return;
+    }
+    if (transport_pending_in(f->t)) /* TLS: the next step's bytes may be read already */
+        event_active(f->rd, EV_READ, 0);
+}
+
+/* The TLS handshake toward the owner; then its challenge, which may have
+ * come with the handshake's last bytes. */
+static void tls_step(struct fwd *f)
+{
+    int rc = transport_tls_handshake(f->t);
+    if (rc < 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", transport_error(f->t));
+        f->c->w->stats.peer_auth_failed++;
+        fail(f, why);
+        return;
+    }
+    if (rc == 0) {
+        if (transport_pending_out(f->t))
+            event_add(f->wr, NULL);
+        else
+            event_del(f->wr);
+        return;
+    }
+    event_del(f->wr);
+    f->state = FWD_CHALLENGE;
+    event_active(f->rd, EV_READ, 0);
 }
 
 static void on_fwd_io(evutil_socket_t fd, short what, void *arg)
@@ -360,10 +409,19 @@ static void on_fwd_io(evutil_socket_t fd, short what, void *arg)
             return;
         }
         event_del(f->wr);
-        f->state = FWD_CHALLENGE;
         f->in_have = 0;
         f->in_need = PEER_CHALLENGE_LEN;
         event_add(f->rd, NULL);
+        if (transport_kind(f->t) == TRANSPORT_TLS) {
+            f->state = FWD_TLS;
+            tls_step(f);
+            return;
+        }
+        f->state = FWD_CHALLENGE;
+        return;
+    }
+    if (f->state == FWD_TLS) {
+        tls_step(f);
         return;
     }
     if ((what & EV_WRITE) && send_out(f) < 0) {
@@ -477,10 +535,13 @@ static void pipe_arm(struct fwd *f)
     } else {
         event_del(c->client_side.rd);
     }
-    if (down_room)
+    if (down_room) {
         event_add(f->rd, NULL);
-    else
+        if (transport_pending_in(f->t))
+            event_active(f->rd, EV_READ, 0);
+    } else {
         event_del(f->rd);
+    }
     if ((f->down.buf != NULL && f->down.head < f->down.tail) || transport_pending_out(ct))
         event_add(c->client_side.wr, NULL);
     else
@@ -497,6 +558,8 @@ static void pump(struct fwd *f)
     const char *why = NULL;
     if (transport_pending_out(c->client_side.t))
         (void)transport_writev(c->client_side.t, NULL, 0);
+    if (transport_pending_out(f->t))
+        (void)transport_writev(f->t, NULL, 0);
     int up = pump_dir(f, &f->up, c->client_side.t, f->t, &why);
     int down = up < 0 ? 0 : pump_dir(f, &f->down, f->t, c->client_side.t, &why);
     if (up < 0 || down < 0 || up > 0 || down > 0) {
@@ -557,10 +620,14 @@ static void pipe_start(struct fwd *f)
     chan_uncount(c);
     client_set_state(c, CLIENT_LIVE);
     w->stats.channels_forwarded_out++;
-    char ew[LOG_ESCAPED_MAX];
-    log_info("sid=%08x client=%s %s:%u forwarded to the session's broker at %s (linked %lld ms "
+    char ew[LOG_ESCAPED_MAX], over[80] = "";
+    if (transport_kind(f->t) == TRANSPORT_TLS) {
+        char what[64];
+        snprintf(over, sizeof(over), " over %s", transport_tls_describe(f->t, what, sizeof(what)));
+    }
+    log_info("sid=%08x client=%s %s:%u forwarded to the session's broker at %s%s (linked %lld ms "
              "after the ticket, %lld ms of it waiting for the session's record)", f->sid, c->addr,
-             wire_channel_name(c->type), c->id, log_escape(f->where, ew, sizeof(ew)),
+             wire_channel_name(c->type), c->id, log_escape(f->where, ew, sizeof(ew)), over,
              (long long)(clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS)),
              (long long)f->waited_ms);
     pump(f);

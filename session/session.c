@@ -49,7 +49,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
      * previous key lives one link timeout, so links offered it finish. */
     struct keyring_opts ko = {
         .rotate_ms = env->key_rotate_ms > 0 ? env->key_rotate_ms : SESSION_KEY_ROTATE_MS,
-        .grace_ms = env->link_timeout_ms,
+        .grace_ms = env->key_grace_ms > 0 ? env->key_grace_ms : env->link_timeout_ms,
         .max_seen = env->key_max_tickets > 0 ? env->key_max_tickets : SESSION_KEY_MAX_TICKETS,
         .background = true,
     };
@@ -457,7 +457,13 @@ void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg)
 
 void session_worker_stats(const struct session_worker *w, struct session_stats *out)
 {
+    struct keyring_stats ks;
     *out = w->stats;
+    keyring_stats(w->keys, &ks);
+    out->link_keys_generated = ks.generated;
+    out->link_key_rotations = ks.rotations;
+    out->tickets_replayed = ks.replays;
+    out->tickets_key_gone = ks.gone;
     const struct session *s;
     TAILQ_FOREACH(s, &w->sessions, link) {
         const struct chan *c;

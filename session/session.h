@@ -50,6 +50,7 @@ struct session_env {
      * once (session/keyring.h). */
     const struct ticket_key *key;
     int key_rotate_ms;
+    int key_grace_ms;       /* a replaced key's life (0: link_timeout_ms) */
     uint32_t key_max_tickets;
     /* The migration engine's hooks (migrate/handover.h: &handover_hooks). */
     const struct session_hooks *migration;
@@ -83,6 +84,11 @@ struct session_env {
     int (*locate)(void *arg, uint32_t id, char *addr, size_t cap);
     /* The zone secret (PEER_SECRET_LEN bytes, read-only while workers run). */
     const uint8_t *peer_secret;
+    /* Mutual TLS toward the owner's peer port (--peer-cert; NULL: the bare
+     * socket), opaque here like backend_tls: peer_tls_acquire(peer_tls) gives
+     * its current SSL_CTX with a reference the caller drops (SIGHUP). */
+    void *peer_tls;
+    SSL_CTX *(*peer_tls_acquire)(void *peer_tls);
     /* Hand a channel carried in by a peer to the worker that owns its
      * session (like handoff; takes t; copies ch). -1: t freed. */
     int (*handoff_peer)(void *arg, int worker_index, struct transport *t,
@@ -210,6 +216,9 @@ struct session_stats {
      * reasons. links_throttled: refusals delayed or made without a check. */
     uint64_t links_refused_link, links_refused_token, links_refused_blocked, links_throttled;
     uint64_t write_stalls;   /* live channels closed: their client read nothing for too long */
+    /* the worker's link keys (session/keyring.h): keys generated and put in
+     * use, rotations, tickets refused as replays, for a key gone */
+    uint64_t link_keys_generated, link_key_rotations, tickets_replayed, tickets_key_gone;
     /* The zone: channels carried to their session's broker (out) and taken
      * from another broker (in); links that failed on the way to the owner;
      * owners that did not prove the zone secret. */

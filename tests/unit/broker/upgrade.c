@@ -37,6 +37,12 @@ int broker_store_put(struct broker *b, const char *key, const void *val, size_t 
     (void)b, (void)key, (void)val, (void)len, (void)done, (void)arg;
     return -1;
 }
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg)
+{
+    (void)b, (void)key, (void)val, (void)len, (void)expect_rev, (void)done, (void)arg;
+    return -1;
+}
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg)
 {
     (void)b, (void)key, (void)done, (void)arg;
