@@ -70,16 +70,16 @@ def test(env):
     loop = TokenLoop(b, peer_port)
     try:
         loop.start()
-        time.sleep(0.5)
+        time.sleep(1.0)
         rc, out, err = b.ctl("upgrade", timeout=45)
         new_pid = status(b)["pid"]
-        time.sleep(0.5)
+        time.sleep(1.0)
         loop.stop.set()
         loop.join(20)
         log("%s; %d tokens added around it (%d refused: %s)" % (
             out.strip(), len(loop.added), len(loop.failed),
             sorted(set(e for _, e in loop.failed))[:3]))
-        check(len(loop.added) > 10, "the token loop hardly ran")
+        check(len(loop.added) >= 5, "the token loop hardly ran")
         unknown = []
         for tok, _ in loop.added:
             r = links(exe, b.port, tok)
