@@ -826,14 +826,16 @@ int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len
         x->client_transport = cc->client_transport;
         x->client_addr = (char *)cc->client_addr;
         x->ws_out_left = cc->ws_out_left;
+        if (cc->client_transport == SNAP_CARRY_WS) {
+            x->ws_mask.data = (uint8_t *)cc->ws_in.mask;
+            x->ws_mask.len = sizeof(cc->ws_in.mask);
+        }
         x->ws_hdr.data = (uint8_t *)cc->ws_in.hdr;
         x->ws_hdr.len = cc->ws_in.hdr_have;
         x->ws_in_payload = cc->ws_in.in_payload;
         x->ws_opcode = cc->ws_in.opcode;
         x->ws_fin = cc->ws_in.fin;
         x->ws_masked = cc->ws_in.masked;
-        x->ws_mask.data = (uint8_t *)cc->ws_in.mask;
-        x->ws_mask.len = sizeof(cc->ws_in.mask);
         x->ws_mask_off = cc->ws_in.mask_off;
         x->ws_left = cc->ws_in.left;
         x->ws_in_message = cc->ws_in.in_message;
@@ -855,7 +857,9 @@ int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len
         x->ack_c_unacked = cc->ack_c_unacked;
         x->display_init.data = (uint8_t *)cc->display_init;
         x->display_init.len = cc->display_init_len;
-        x->n_surfaces = 32;
+        /* the words up to the last live surface (usually one, or none) */
+        for (x->n_surfaces = 32; x->n_surfaces > 0 && cc->surfaces[x->n_surfaces - 1] == 0;)
+            x->n_surfaces--;
         x->surfaces = (uint32_t *)cc->surfaces;
         ch_ptrs[i] = x;
     }
