@@ -35,12 +35,15 @@ extern char **environ;
 /* A message: a hello, up to SNAP_HANDOVER_MAX_LISTENERS listeners, a record,
  * a carried session (at most SNAP_CARRY_MAX_BYTES in flight, and its state). */
 #define MSG_MAX (SNAP_CARRY_MAX_BYTES + 128 * 1024)
-/* Carrying the sessions (phase B): a round every CARRY_TICK_MS, at most
- * CARRY_BATCH sessions per worker each; a session that cannot go yet (a
- * migration under way) is tried until CARRY_BOUND_MS after the hand-over,
- * then stays in this process. */
+/* Carrying the sessions (phase B): rounds in which every worker freezes and
+ * sends what it may, at most CARRY_WINDOW sessions frozen and unanswered at
+ * any time (a session's pause is the queue before it: a bounded queue keeps
+ * it short, whatever the number of sessions); the next round as soon as
+ * answers make room, else within CARRY_TICK_MS. A session that cannot go yet
+ * (a migration under way) is tried until CARRY_BOUND_MS after the
+ * hand-over, then stays in this process. */
 #define CARRY_TICK_MS 5
-#define CARRY_BATCH 32
+#define CARRY_WINDOW 16
 #define CARRY_BOUND_MS 30000
 /* How long a blocking send or receive of the hand-over may take. */
 #define IO_TIMEOUT_S 10
@@ -78,6 +81,8 @@ struct upgrade {
     _Atomic int carry_answered;  /* workers done with this round */
     _Atomic uint64_t carry_left; /* sessions they could not send yet */
     _Atomic uint64_t carry_sent;
+    _Atomic int carry_inflight;  /* frozen, sent, not answered yet */
+    _Atomic unsigned carry_max;  /* this round's sessions per worker */
     int carry_asked;
     bool carry_done;
     /* new side */
@@ -552,7 +557,7 @@ int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err)
         *err = "out of memory";
         return -1;
     }
-    log_info("upgrade: this process (pid %d) serves; pid %d drains its sessions",
+    log_info("upgrade: this process (pid %d) serves; pid %d carries its sessions over",
              (int)getpid(), (int)u->old_pid);
     return 0;
 }
@@ -711,7 +716,10 @@ static int carry_send(void *arg, const struct snap_carried *snap, const int *fds
     h->minor = SNAP_HANDOVER_MINOR;
     h->pid = (uint32_t)getpid();
     h->session_id = snap->id;
+    atomic_fetch_add(&u->carry_inflight, 1);
     rc = send_msg(u->carry_fd, h, fds, n_fds);
+    if (rc < 0)
+        atomic_fetch_sub(&u->carry_inflight, 1);
     if (rc < 0)
         log_warnx("sid=%08x upgrade: cannot send the session to pid %d: %s", snap->id,
                   (int)u->child, strerror(errno));
@@ -728,7 +736,8 @@ static void job_carry(struct session_worker *sw, void *arg)
 {
     struct upgrade *u = arg;
     bool last = clock_mono_ms() - u->t_handed >= CARRY_BOUND_MS;
-    unsigned left = u->fd >= 0 ? session_freeze(sw, CARRY_BATCH, last, carry_send, u) : 0;
+    unsigned left = u->fd >= 0 ? session_freeze(sw, atomic_load(&u->carry_max), last, carry_send, u)
+                               : 0;
     atomic_fetch_add(&u->carry_left, left);
     atomic_fetch_add(&u->carry_answered, 1);
 }
@@ -740,6 +749,8 @@ static void on_carry_tick(evutil_socket_t fd, short what, void *arg)
     struct broker *b = u->b;
     if (atomic_load(&u->carry_answered) < u->carry_asked)
         return; /* a round is still running */
+    if (u->carry_done)
+        return;
     if (u->carry_asked > 0 && (atomic_load(&u->carry_left) == 0 || u->fd < 0)) {
         u->carry_done = true;
         event_del(u->carry);
@@ -748,6 +759,10 @@ static void on_carry_tick(evutil_socket_t fd, short what, void *arg)
                  (int)u->child, (long long)(clock_mono_ms() - u->t_handed));
         return;
     }
+    int room = CARRY_WINDOW - atomic_load(&u->carry_inflight);
+    if (room <= 0 && u->fd >= 0)
+        return; /* answers make room */
+    atomic_store(&u->carry_max, (unsigned)(room + b->n_workers - 1) / (unsigned)b->n_workers);
     atomic_store(&u->carry_left, 0);
     atomic_store(&u->carry_answered, 0);
     u->carry_asked = 0;
@@ -798,6 +813,7 @@ static void carry_answered(struct upgrade *u, const struct snap_handover *h)
     struct broker *b = u->b;
     int wi = registry_owner(b->registry, h->session_id);
     struct carry_answer *a = calloc(1, sizeof(*a));
+    int inflight = atomic_fetch_sub(&u->carry_inflight, 1) - 1;
     if (a == NULL || wi < 0 || wi >= b->n_workers) {
         log_warnx("sid=%08x upgrade: an answer for an unknown session", h->session_id);
         free(a);
@@ -808,6 +824,9 @@ static void carry_answered(struct upgrade *u, const struct snap_handover *h)
     snprintf(a->why, sizeof(a->why), "%s", h->reason);
     if (worker_post(b->workers[wi], job_answer, a) < 0)
         free(a);
+    /* Room in the window: the next round now rather than at the tick. */
+    if (inflight <= CARRY_WINDOW / 2 && u->carry != NULL)
+        on_carry_tick(-1, 0, u);
 }
 
 static void hand_over(struct upgrade *u, pid_t new_pid)
@@ -819,7 +838,7 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     admin_release_listeners(b->admin);
     if (b->history_sweep != NULL)
         event_del(b->history_sweep); /* the new process sweeps */
-    notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d drains its sessions",
+    notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d carries its sessions over",
                     (int)new_pid, (int)getpid());
     if (send_type(u->fd, SNAP_HO_MAIN, NULL) < 0)
         log_warnx("upgrade: cannot tell pid %d it is the main process: %s", (int)new_pid,
@@ -827,8 +846,9 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     u->state = UP_SERVING;
     u->child = new_pid;
     u->t_handed = clock_mono_ms();
-    log_info("upgrade: handed over to pid %d in %lld ms; this process (pid %d) accepts no more "
-             "and serves its live sessions until they end (at most %d s)", (int)new_pid,
+    log_info("upgrade: handed over to pid %d in %lld ms; this process (pid %d) accepts no more, "
+             "carries its live sessions to it and serves those it cannot until they end (at "
+             "most %d s)", (int)new_pid,
              (long long)(u->t_handed - u->t_start), (int)getpid(), b->cfg.upgrade_drain_timeout);
     u->drain = event_new(b->base, -1, EV_PERSIST, on_drain_tick, u);
     struct timeval tv = { 1, 0 };
