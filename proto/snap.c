@@ -738,6 +738,13 @@ void snap_handover_clear(struct snap_handover *h)
 
 /* ---- carried sessions ---- */
 
+/* memcpy that takes an empty source (protobuf-c leaves its pointer NULL). */
+static void copy_in(void *dst, const void *src, size_t n)
+{
+    if (n > 0)
+        memcpy(dst, src, n);
+}
+
 static void dir_to_msg(const struct snap_carried_dir *d, RelayDirSnapshot *m)
 {
     spicebroker__relay_dir_snapshot__init(m);
@@ -905,7 +912,7 @@ static int dir_from_msg(const RelayDirSnapshot *m, struct snap_carried_dir *d)
     d->boundary = m->boundary;
     d->body_left = m->body_left;
     d->type = (uint16_t)m->type;
-    memcpy(d->inj, m->injected.data, m->injected.len);
+    copy_in(d->inj, m->injected.data, m->injected.len);
     d->inj_len = (uint8_t)m->injected.len;
     d->parse_blocked = m->parse_blocked;
     d->bytes = m->bytes;
@@ -971,24 +978,24 @@ int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c)
         cc->type = (uint8_t)x->type;
         cc->id = (uint8_t)x->id;
         cc->n_caps_common = (uint32_t)x->n_caps_common;
-        memcpy(cc->caps_common, x->caps_common, x->n_caps_common * sizeof(uint32_t));
+        copy_in(cc->caps_common, x->caps_common, x->n_caps_common * sizeof(uint32_t));
         cc->n_caps_channel = (uint32_t)x->n_caps_channel;
-        memcpy(cc->caps_channel, x->caps_channel, x->n_caps_channel * sizeof(uint32_t));
+        copy_in(cc->caps_channel, x->caps_channel, x->n_caps_channel * sizeof(uint32_t));
         cc->client_transport = (enum snap_carry_transport)x->client_transport;
         cc->ws_out_left = x->ws_out_left;
         ws_decoder_init(&cc->ws_in, true, 0);
-        memcpy(cc->ws_in.hdr, x->ws_hdr.data, x->ws_hdr.len);
+        copy_in(cc->ws_in.hdr, x->ws_hdr.data, x->ws_hdr.len);
         cc->ws_in.hdr_have = (uint8_t)x->ws_hdr.len;
         cc->ws_in.in_payload = x->ws_in_payload;
         cc->ws_in.opcode = (uint8_t)x->ws_opcode;
         cc->ws_in.fin = x->ws_fin;
         cc->ws_in.masked = x->ws_masked;
-        memcpy(cc->ws_in.mask, x->ws_mask.data, x->ws_mask.len);
+        copy_in(cc->ws_in.mask, x->ws_mask.data, x->ws_mask.len);
         cc->ws_in.mask_off = (uint8_t)x->ws_mask_off;
         cc->ws_in.left = x->ws_left;
         cc->ws_in.in_message = x->ws_in_message;
         cc->ws_in.msg_len = x->ws_msg_len;
-        memcpy(cc->ws_in.ctl, x->ws_ctl.data, x->ws_ctl.len);
+        copy_in(cc->ws_in.ctl, x->ws_ctl.data, x->ws_ctl.len);
         cc->ws_in.ctl_have = (uint8_t)x->ws_ctl.len;
         cc->backend_state = x->backend_state;
         cc->linked_backend_id = x->linked_backend_id;
@@ -998,9 +1005,9 @@ int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c)
         cc->ack_c_client_generation = x->ack_c_client_generation;
         cc->ack_c_window = x->ack_c_window;
         cc->ack_c_unacked = x->ack_c_unacked;
-        memcpy(cc->display_init, x->display_init.data, x->display_init.len);
+        copy_in(cc->display_init, x->display_init.data, x->display_init.len);
         cc->display_init_len = (uint8_t)x->display_init.len;
-        memcpy(cc->surfaces, x->surfaces, x->n_surfaces * sizeof(uint32_t));
+        copy_in(cc->surfaces, x->surfaces, x->n_surfaces * sizeof(uint32_t));
         if (!channel_ok(cc))
             goto fail;
     }

@@ -22,6 +22,7 @@ would see them: the new process refuses the session and says why; the old
 process resumes it and serves it on (keys echoed once, no close), the new
 process does not list it, and the old one exits only after the session ends.
 """
+import os
 import re
 import sys
 import time
@@ -35,6 +36,18 @@ KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
         0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F]
 KEY_INTERVAL = 0.2       # 72 key events over ~14.4 s: the upgrade and the migration inside
 MAX_GAP = 1.0            # display: the largest gap between updates
+PAUSE_LIMIT_MS = 100     # the issue's target for one client's pause (x3 under ASan/UBSan)
+
+
+def sanitized(env):
+    """Is the broker built with -Db_sanitize (meson's introspection)?"""
+    import json
+    try:
+        with open(os.path.join(env.build_dir, "meson-info", "intro-buildoptions.json")) as f:
+            opts = json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+    return any(o["name"] == "b_sanitize" and o["value"] not in ("none", "") for o in opts)
 
 
 def display_gap(r, what):
@@ -88,7 +101,9 @@ def test_carried(env):
                       text)
         check(m is not None, "no pause in the carried-in line")
         log("the client's pause: %s ms" % m.group(1))
-        check(float(m.group(1)) < 100.0, "the client's pause is %s ms (target < 100)" % m.group(1))
+        limit = PAUSE_LIMIT_MS * (3 if sanitized(env) else 1)
+        check(float(m.group(1)) < limit, "the client's pause is %s ms (bound %d ms)" % (
+            m.group(1), limit))
         check("sid=%08x carried to the new process; gone from this one (pid %d)" % (
             sid, old_pid) in text, "the old process did not log the session carried away")
         ss = [x["id"] for x in b.sessions()]
@@ -133,7 +148,6 @@ def test_carried(env):
 
 
 def test_schema_refused(env):
-    import os
     q = Qemu(env, name="q3", all_devices=False).start()
     from harness import Broker
     os.environ["SPICE_BROKER_TEST_SNAPSHOT_SCHEMA"] = "99"
