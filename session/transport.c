@@ -941,6 +941,11 @@ struct transport *transport_import(const struct transport_export *ex)
     t->in = ex->ws_in;
     t->in.expect_masked = true;
     t->in.max_message = max;
-    t->out_left = ex->ws_out_left; /* hdr_sent == hdr_len == 0: the frame goes on */
+    t->out_left = ex->ws_out_left;
+    if (t->out_left > 0) {
+        /* The frame goes on: its header is out (hdr_sent == hdr_len), and not
+         * 0, which ws_writev reads as a frame that has not started. */
+        t->hdr_len = t->hdr_sent = WS_MAX_HEADER;
+    }
     return t;
 }

@@ -13,6 +13,9 @@ trip. Two runs of --seconds each on fresh brokers:
   baseline  no upgrade
   upgrade   `spice-brokerctl upgrade` a third of the way in
 
+With --ws the clients come through the browser port, every channel a
+WebSocket (carried with its frame state).
+
 Printed per run: the round trip p50/p99/max over every probe, each session's
 largest round trip (p50/p99/max over the sessions: a session whose probe
 was in flight while it was frozen sees the pause in it), sessions closed;
@@ -46,15 +49,24 @@ def pct(v, p):
 
 
 def run_once(env, peer, srv_port, a, upgrade, name):
-    b = Broker(env, name=name, link_timeout=5, backend_timeout=5,
-               extra=["--max-unauthenticated", "100000",
-                      "--max-unauthenticated-per-source", "100000"]).start()
+    extra = ["--max-unauthenticated", "100000", "--max-unauthenticated-per-source", "100000"]
+    if a.ws:
+        root = env.path("webroot")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "index.html"), "w") as f:
+            f.write("<html></html>\n")
+        web_port = harness.free_port()
+        extra += ["--web-listen", "127.0.0.1:%d" % web_port, "--web-root", root]
+    b = Broker(env, name=name, link_timeout=5, backend_timeout=5, extra=extra).start()
     tok = token(name)
     b.token_add(tok, "127.0.0.1", srv_port)
     new_pid = None
-    out = {"run": name}
+    out = {"run": name, "transport": "ws" if a.ws else "tcp"}
+    where = ["--connect", "127.0.0.1:%d" % (web_port if a.ws else b.port)]
+    if a.ws:
+        where += ["--ws", "/?token=" + tok]
     try:
-        cl = subprocess.Popen([peer, "client", "--connect", "127.0.0.1:%d" % b.port,
+        cl = subprocess.Popen([peer, "client"] + where + [
                                "--password", tok, "carry", "--sessions", str(a.sessions),
                                "--seconds", str(a.seconds), "--interval", str(a.interval)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -106,6 +118,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--interval", type=int, default=100, help="ms between a session's probes")
+    ap.add_argument("--ws", action="store_true",
+                    help="the clients on the browser port, each channel a WebSocket")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     a = ap.parse_args()
     a.direct = False
@@ -128,8 +142,8 @@ def main():
         env.cleanup(keep=a.keep)
         return 1
     env.cleanup(keep=a.keep)
-    print("\n%d sessions x 4 channels, a probe per session every %d ms, %.0f s per run" % (
-        a.sessions, a.interval, a.seconds))
+    print("\n%d sessions x 4 channels (%s), a probe per session every %d ms, %.0f s per run" % (
+        a.sessions, "WebSocket" if a.ws else "TCP", a.interval, a.seconds))
     print("%-9s %7s %8s %8s %8s | %-27s | %s" % ("run", "closed", "rtt p50", "p99", "max",
                                                 "per-session max p50/p99/max",
                                                 "broker pause p50/p99/max (ms)"))
