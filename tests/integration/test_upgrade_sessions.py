@@ -27,8 +27,9 @@ import re
 import sys
 import time
 
-from harness import (MigSession, Migration, Qemu, Target, check, client_end_t, log, no_direct,
-                     run, seamless_failures, token, wait_until)
+from harness import (MigSession, Migration, Qemu, Target, check, client_end_t, log,
+                     log_wall_time, no_direct, run, seamless_failures, token, wait_until)
+from test_migrate_keys import align
 from test_upgrade import kill_pid, status
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
@@ -58,7 +59,12 @@ def display_gap(r, what):
     check(gap < MAX_GAP, "display stalled %.3f s at t=%.2f" % (gap, at))
 
 
-def keys_echoed(r, got, what, n_keys=len(KEYS)):
+def keys_echoed(r, got, what, n_keys=len(KEYS), paused=None):
+    """Every key event echoed once, in order. paused: (t0, t1) client times
+    of a migration's window in which QEMU itself drops input (its source VM
+    stopped, before the broker switched the inputs channel; see
+    test_migrate_keys.py): a key lost in it is QEMU's, reported, not failed.
+    Nowhere else may one be lost, and none may be repeated."""
     sent = r["keys"]["sent"]
     check(r["keys"]["dropped"] == 0 and len(sent) == 2 * n_keys,
           "the client could not send every key (sent %d, dropped %d)" % (
@@ -69,6 +75,16 @@ def keys_echoed(r, got, what, n_keys=len(KEYS)):
     except Exception:
         pass
     g = got()
+    if g != want and paused is not None:
+        missing, extra = align(want, g)
+        lost = [(i, round(sent[i][0], 3)) for i in missing]
+        outside = [(i, t) for i, t in lost if not paused[0] - 0.05 <= t <= paused[1] + 0.01]
+        check(not extra and not outside,
+              "key echo differs (%s): lost %s, extra %s; QEMU's paused window t=%.3f..%.3f" % (
+                  what, lost, extra, paused[0], paused[1]))
+        log("note: %d key event(s) typed while the migration's source VM was paused were "
+            "dropped by QEMU (a direct client loses them too): %s" % (len(lost), lost))
+        return sent
     check(g == want, "key echo differs (%s): sent %d events, echoed %d\n  sent %s\n  got  %s" % (
         what, len(want), len(g), want, g))
     log("every one of %d key events echoed once, in order, %s" % (len(want), what))
@@ -126,8 +142,16 @@ def test_carried(env):
                      what="typing finished")
         time.sleep(1.0)
         r = c.stop()
+        stop = [e for e in src.qmp_events("STOP") if e.get("timestamp")]
+        sw = [ln for ln in b.log_text().splitlines()
+              if "inputs:0 switched to the destination" in ln]
+        paused = None
+        if stop and sw:
+            paused = (c.wall_to_client_t(stop[0]["timestamp"]["seconds"] +
+                                         stop[0]["timestamp"]["microseconds"] / 1e6),
+                      c.wall_to_client_t(log_wall_time(sw[0])))
         sent = keys_echoed(r, lambda: src.serial_bytes()[base:] + dst.serial_bytes(),
-                           "across the upgrade and a migration")
+                           "across the upgrade and a migration", paused=paused)
         up_t = c.to_client_t(t_up)
         t_done = c.to_client_t(mig.steps["completed"])
         check(sent[0][0] < up_t < t_done < sent[-1][0],
