@@ -8,14 +8,17 @@
  * its write (or failed it, within BROKER_WRITE_MS), the control loop going
  * on meanwhile; the data path never waits for the admin.
  *
- *   GET  /healthz               "ok"
+ *   GET  /healthz               "ok", or 503 "draining"
  *   GET  /metrics               Prometheus text format
- *   GET  /v1/status             JSON: version, workers, sessions, uptime
+ *   GET  /v1/status             JSON: version, state, pid, workers, sessions, uptime, zone
  *   GET  /v1/sessions           JSON array of live sessions
  *   GET  /v1/sessions/history   JSON array of ended sessions (with end_reason)
+ *   POST /v1/drain              {"draining": true|false}
  *   POST /v1/sessions/kill      {"id": N}
  *   POST /v1/tokens             {"token", "host", "port", "tls_port", "password", "instance", "ttl"}
  *   POST /v1/tokens/revoke      {"token"}
+ *   POST /v1/store/reseal       (token records sealed with store-key-old, or
+ *                               holding a password in clear, sealed again)
  *   POST /v1/migrations/prepare {"instance", "dest_host", "dest_port", "dest_tls_port",
  *                                "dest_password", "wait", "timeout"}
  *   POST /v1/upgrade            {"binary"}: a live hand-over to a new process
@@ -31,6 +34,7 @@
  * 405 for any other method, 404 for any other path; it never shows a token
  * or a session. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +54,8 @@
 #include "broker/broker.h"
 #include "broker/prepare.h"
 #include "broker/upgrade.h"
+#include "broker/peer.h"
+#include "broker/zone.h"
 #include "common/limits.h"
 #include "common/log.h"
 #include "proto/snap.h"
@@ -199,8 +205,16 @@ static void job_collect(struct session_worker *sw, void *arg)
     c->stats.links_refused_token += st.links_refused_token;
     c->stats.links_refused_blocked += st.links_refused_blocked;
     c->stats.links_throttled += st.links_throttled;
+    c->stats.channels_forwarded_out += st.channels_forwarded_out;
+    c->stats.channels_forwarded_in += st.channels_forwarded_in;
+    c->stats.channels_forward_failed += st.channels_forward_failed;
+    c->stats.peer_auth_failed += st.peer_auth_failed;
     c->stats.bytes_to_client += st.bytes_to_client;
     c->stats.bytes_to_backend += st.bytes_to_backend;
+    c->stats.link_keys_generated += st.link_keys_generated;
+    c->stats.link_key_rotations += st.link_key_rotations;
+    c->stats.tickets_replayed += st.tickets_replayed;
+    c->stats.tickets_key_gone += st.tickets_key_gone;
     c->f.pending--;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->f.mu);
@@ -360,6 +374,77 @@ static void metrics_limits(struct broker *b, struct response *r, const struct se
     }
 }
 
+/* The workers' link keys (session/keyring.h), appended. */
+static void metrics_keys(struct response *r, const struct session_stats *s)
+{
+    char more[1024];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_link_keys_generated_total RSA link keys generated and put in "
+             "use (all workers).\n"
+             "# TYPE spice_broker_link_keys_generated_total counter\n"
+             "spice_broker_link_keys_generated_total %llu\n"
+             "# HELP spice_broker_link_key_rotations_total Link keys replaced (by age or by "
+             "tickets accepted).\n"
+             "# TYPE spice_broker_link_key_rotations_total counter\n"
+             "spice_broker_link_key_rotations_total %llu\n"
+             "# HELP spice_broker_tickets_refused_total Tickets refused by the link keys: "
+             "already accepted once (replay), or made for a key that is gone (expired_key).\n"
+             "# TYPE spice_broker_tickets_refused_total counter\n"
+             "spice_broker_tickets_refused_total{reason=\"replay\"} %llu\n"
+             "spice_broker_tickets_refused_total{reason=\"expired_key\"} %llu\n",
+             (unsigned long long)s->link_keys_generated,
+             (unsigned long long)s->link_key_rotations, (unsigned long long)s->tickets_replayed,
+             (unsigned long long)s->tickets_key_gone);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
+/* The zone's broker-to-broker links (session/fwd.c, broker/peer.c), appended. */
+static void metrics_zone(struct response *r, const struct session_stats *s)
+{
+    struct peer_stats ps;
+    peer_get_stats(&ps);
+    char more[1536];
+    snprintf(more, sizeof(more),
+             "# HELP spice_broker_channels_forwarded_total Channels carried over a peer link: "
+             "out to the broker holding their session, in from the broker their client reached.\n"
+             "# TYPE spice_broker_channels_forwarded_total counter\n"
+             "spice_broker_channels_forwarded_total{direction=\"out\"} %llu\n"
+             "spice_broker_channels_forwarded_total{direction=\"in\"} %llu\n"
+             "# HELP spice_broker_channel_forward_failures_total Channels whose session's broker "
+             "could not be reached or refused the peer link.\n"
+             "# TYPE spice_broker_channel_forward_failures_total counter\n"
+             "spice_broker_channel_forward_failures_total %llu\n"
+             "# HELP spice_broker_peer_connections_total Connections on the peer port, by outcome.\n"
+             "# TYPE spice_broker_peer_connections_total counter\n"
+             "spice_broker_peer_connections_total{outcome=\"accepted\"} %llu\n"
+             "spice_broker_peer_connections_total{outcome=\"authenticated\"} %llu\n"
+             "# HELP spice_broker_peer_auth_failures_total Peer connections refused: the zone "
+             "secret not proved (wrong secret, not a peer, silent) or, with peer TLS, the "
+             "TLS handshake failed (no certificate, another CA's, not TLS; the owner's "
+             "certificate refused by this broker as dialer), on the peer port or by a "
+             "broker this one dialed.\n"
+             "# TYPE spice_broker_peer_auth_failures_total counter\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"refused\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"timeout\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"listener\",reason=\"tls\"} %llu\n"
+             "spice_broker_peer_auth_failures_total{side=\"dialer\",reason=\"refused\"} %llu\n",
+             (unsigned long long)s->channels_forwarded_out,
+             (unsigned long long)s->channels_forwarded_in,
+             (unsigned long long)s->channels_forward_failed, (unsigned long long)ps.accepted,
+             (unsigned long long)ps.authenticated, (unsigned long long)ps.auth_failed,
+             (unsigned long long)ps.timed_out, (unsigned long long)ps.tls_failed,
+             (unsigned long long)s->peer_auth_failed);
+    char *both = NULL;
+    if (r->body != NULL && asprintf(&both, "%s%s", r->body, more) >= 0) {
+        free(r->body);
+        r->body = both;
+    }
+}
+
 static void h_metrics(struct broker *b, struct response *r)
 {
     struct collect *c = collect_all(b);
@@ -404,7 +489,41 @@ static void h_metrics(struct broker *b, struct response *r)
           (unsigned long long)s->links_throttled, (unsigned long long)s->links_failed_backend, (unsigned long long)s->bytes_to_client,
           (unsigned long long)s->bytes_to_backend, b->n_workers);
     metrics_limits(b, r, s);
+    metrics_keys(r, s);
+    metrics_zone(r, s);
     collect_unref(c);
+}
+
+static int add_broker(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct snap_broker rec;
+    char lease[24];
+    if (snap_broker_decode(val, len, &rec) != 0)
+        return 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)rec.lease);
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}",
+        "id", rec.id, "peer_address", rec.peer_address,
+        "state", rec.state == SNAP_BROKER_DRAINING ? "draining" : "serving",
+        "pid", (json_int_t)rec.pid, "started", (json_int_t)rec.started,
+        "sessions", (json_int_t)rec.sessions, "version", rec.version, "lease", lease));
+    return 0;
+}
+
+/* The zone part of /v1/status: this process (state, pid, its lease) and the
+ * zone's registered brokers as the store shows them. */
+static void status_zone(struct broker *b, json_t *o)
+{
+    char lease[24], prefix[SNAP_KEY_MAX];
+    int64_t l = b->zone != NULL ? zone_lease(b->zone) : 0;
+    snprintf(lease, sizeof(lease), "%" PRIx64, (uint64_t)l);
+    json_object_set_new(o, "state", json_string(atomic_load(&b->draining) ? "draining"
+                                                                          : "serving"));
+    json_object_set_new(o, "pid", json_integer((json_int_t)getpid()));
+    json_object_set_new(o, "lease", json_string(l > 0 ? lease : ""));
+    json_t *brokers = json_array();
+    if (snap_prefix(prefix, sizeof(prefix), b->cfg.zone, "brokers") >= 0)
+        store_walk(b->store, prefix, add_broker, brokers);
+    json_object_set_new(o, "zone_brokers", brokers);
 }
 
 static void h_status(struct broker *b, struct response *r)
@@ -416,15 +535,16 @@ static void h_status(struct broker *b, struct response *r)
     }
     int64_t silent = 0;
     int fresh = store_fresh(b->store, &silent);
-    reply_json(r, 200, json_pack("{s:s, s:i, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
-        "version", SPICE_BROKER_VERSION, "pid", (int)getpid(), "broker_id", b->cfg.broker_id,
-        "zone", b->cfg.zone,
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:b, s:I, s:I}",
+        "version", SPICE_BROKER_VERSION, "broker_id", b->cfg.broker_id, "zone", b->cfg.zone,
         "workers", b->n_workers, "sessions", (json_int_t)c->stats.sessions_active,
         "uptime", (json_int_t)(time(NULL) - b->started), "store", store_describe(b->store),
         "listen", b->cfg.listen, "store_fresh", fresh,
         /* how long since the store's view was last shown current (etcd) */
         "store_silent_ms", (json_int_t)(fresh && silent < 0 ? 0 : silent),
-        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing)));
+        "records_waiting", (json_int_t)(b->n_retry + b->retry_writing));
+    status_zone(b, o);
+    reply_json(r, 200, o);
     collect_unref(c);
 }
 
@@ -438,6 +558,36 @@ static json_t *parse_body(const struct request *q, struct response *r)
         return NULL;
     }
     return j;
+}
+
+/* A load balancer's health check (HAProxy's option httpchk): 503 while
+ * draining, so new clients go to the zone's other brokers. */
+static void h_healthz(struct broker *b, struct response *r)
+{
+    if (atomic_load(&b->draining))
+        reply(r, 503, "text/plain", "draining\n");
+    else
+        reply(r, 200, "text/plain", "ok\n");
+}
+
+/* {"draining": true} drains, false serves again; answers the state and the
+ * live sessions. */
+static void h_drain(struct broker *b, const struct request *q, struct response *r)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return;
+    json_t *d = json_object_get(j, "draining");
+    if (!json_is_boolean(d)) {
+        json_decref(j);
+        reply_error(r, 400, "draining must be true or false");
+        return;
+    }
+    broker_set_draining(b, json_is_true(d));
+    json_decref(j);
+    reply_json(r, 200, json_pack("{s:s, s:I}", "state",
+                                 atomic_load(&b->draining) ? "draining" : "serving",
+                                 "sessions", (json_int_t)registry_count(b->registry)));
 }
 
 static void h_kill(struct broker *b, const struct request *q, struct response *r)
@@ -481,6 +631,8 @@ struct token_write {
     char bare[SNAP_KEY_MAX];    /* revoke, token-key-compat: the bare name, deleted next */
     bool chained;               /* first holds the keyed name's result */
     int first;
+    /* store reseal: its writes in flight, and how they ended */
+    size_t pending, resealed, changed, failed, unreadable, found;
 };
 
 static void send_response(struct bufferevent *bev, struct response *r);
@@ -686,6 +838,139 @@ static bool h_token_revoke(struct admin *a, const struct request *q, struct resp
     return true;
 }
 
+/* ---- store reseal: token records re-sealed with the current store key ---- */
+
+/* One record to rewrite: its key, the revision it was read at, the new value. */
+struct reseal_item {
+    struct reseal_item *next;
+    char key[SNAP_KEY_MAX];
+    int64_t rev;
+    uint8_t *val;
+    size_t len;
+};
+
+struct reseal_walk {
+    const struct seal_keys *keys;
+    struct reseal_item *items;
+    size_t found, unreadable;
+    bool oom;
+};
+
+/* Under the store's lock (no store call here): a record sealed with another
+ * key this broker opens (the retired one), or holding a password in clear,
+ * is decoded and sealed again, bound to its own name as before. */
+static int reseal_visit(const char *key, const void *val, size_t len, int64_t rev, void *arg)
+{
+    struct reseal_walk *w = arg;
+    struct snap_token t;
+    uint32_t id = 0;
+    int sealed = snap_token_sealed_with(val, len, &id);
+    if (sealed == 1 && id == seal_keys_id(w->keys))
+        return 0;
+    if (sealed < 0 || snap_token_decode(val, len, w->keys, key, &t) != 0) {
+        w->unreadable++;   /* another key, or not ours: left alone */
+        return 0;
+    }
+    if (sealed == 0 && t.password[0] == '\0') {
+        OPENSSL_cleanse(&t, sizeof(t));
+        return 0;
+    }
+    struct reseal_item *it = calloc(1, sizeof(*it));
+    if (it == NULL || strlen(key) >= sizeof(it->key) ||
+        snap_token_encode(&t, w->keys, key, &it->val, &it->len) != 0) {
+        free(it);
+        OPENSSL_cleanse(&t, sizeof(t));
+        w->oom = true;
+        return 1;
+    }
+    OPENSSL_cleanse(&t, sizeof(t));
+    snprintf(it->key, sizeof(it->key), "%s", key);
+    it->rev = rev;
+    it->next = w->items;
+    w->items = it;
+    w->found++;
+    return 0;
+}
+
+static void reseal_reply(struct token_write *tw)
+{
+    struct response r = { 0 };
+    log_info("store reseal: %zu token records re-sealed with key %08x, %zu changed meanwhile "
+             "(rewritten by then), %zu failed, %zu not readable with this broker's keys",
+             tw->resealed, seal_keys_id(tw->admin->b->keys), tw->changed, tw->failed,
+             tw->unreadable);
+    reply_json(&r, tw->failed > 0 ? 503 : 200,
+               json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "found", (json_int_t)tw->found,
+                         "resealed", (json_int_t)tw->resealed, "changed",
+                         (json_int_t)tw->changed, "failed", (json_int_t)tw->failed,
+                         "unreadable", (json_int_t)tw->unreadable, "key_id",
+                         (json_int_t)seal_keys_id(tw->admin->b->keys)));
+    token_write_unlink(tw);
+    send_response(tw->bev, &r);
+    token_write_free(tw);
+}
+
+/* On the control loop, from the store writer. */
+static void on_reseal_written(struct broker *b, int result, void *arg)
+{
+    struct token_write *tw = arg;
+    if (result == STORE_OK)
+        tw->resealed++;
+    else if (result == STORE_CONFLICT)
+        tw->changed++;   /* revoked or added again since the walk: nothing to do */
+    else
+        tw->failed++;
+    if (--tw->pending == 0)
+        reseal_reply(tw);
+}
+
+/* Returns true when the answer is deferred (to the last write's end). */
+static bool h_store_reseal(struct admin *a, const struct request *q, struct response *r,
+                           struct bufferevent *bev)
+{
+    struct broker *b = a->b;
+    char prefix[SNAP_KEY_MAX];
+    struct reseal_walk w = { .keys = b->keys };
+    (void)q;
+    if (!seal_keys_sealing(b->keys)) {
+        reply_error(r, 400, "no store-key: nothing to seal with");
+        return false;
+    }
+    snprintf(prefix, sizeof(prefix), "/spice-broker/%s/tokens/", b->cfg.zone);
+    int n = store_walk(b->store, prefix, reseal_visit, &w);
+    struct token_write *tw = n >= 0 && !w.oom ? token_write_new(a, bev, false) : NULL;
+    if (tw != NULL) {
+        tw->found = w.found;
+        tw->unreadable = w.unreadable;
+        tw->pending = 1;   /* held until every write is queued */
+    }
+    while (w.items != NULL) {
+        struct reseal_item *it = w.items;
+        w.items = it->next;
+        if (tw != NULL) {
+            tw->pending++;
+            if (broker_store_put_if(b, it->key, it->val, it->len, it->rev, on_reseal_written,
+                                    tw) < 0) {
+                tw->pending--;
+                tw->failed++;
+            }
+        }
+        OPENSSL_cleanse(it->val, it->len);
+        free(it->val);
+        free(it);
+    }
+    if (tw == NULL) {
+        reply_error(r, 503, n < 0 ? "the store cannot be read" : "out of memory");
+        return false;
+    }
+    log_info("store reseal: %zu token records to re-seal with key %08x (%d read)", w.found,
+             seal_keys_id(b->keys), n);
+    token_write_defer(tw);
+    if (--tw->pending == 0)
+        reseal_reply(tw);
+    return true;
+}
+
 /* A prepare request waiting for its answer (broker/prepare.h): the
  * connection belongs to it until done answers it, or the broker stops. */
 struct prepare_wait {
@@ -852,7 +1137,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         if (!get)
             reply_error(r, 405, "method not allowed (this port is read-only)");
         else if (strcmp(path, "/healthz") == 0)
-            reply(r, 200, "text/plain", "ok\n");
+            h_healthz(b, r);
         else if (strcmp(path, "/metrics") == 0)
             h_metrics(b, r);
         else
@@ -860,7 +1145,7 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return false;
     }
     if (get && strcmp(path, "/healthz") == 0)
-        reply(r, 200, "text/plain", "ok\n");
+        h_healthz(b, r);
     else if (get && strcmp(path, "/metrics") == 0)
         h_metrics(b, r);
     else if (get && strcmp(path, "/v1/status") == 0)
@@ -869,12 +1154,16 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         h_sessions(b, r);
     else if (get && strcmp(path, "/v1/sessions/history") == 0)
         h_history(b, r);
+    else if (post && strcmp(path, "/v1/drain") == 0)
+        h_drain(b, q, r);
     else if (post && strcmp(path, "/v1/sessions/kill") == 0)
         h_kill(b, q, r);
     else if (post && strcmp(path, "/v1/tokens") == 0)
         return h_token_add(a, q, r, bev);
     else if (post && strcmp(path, "/v1/tokens/revoke") == 0)
         return h_token_revoke(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/store/reseal") == 0)
+        return h_store_reseal(a, q, r, bev);
     else if (post && strcmp(path, "/v1/migrations/prepare") == 0)
         return h_prepare(a, q, r, bev);
     else if (post && strcmp(path, "/v1/upgrade") == 0)

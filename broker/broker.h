@@ -7,6 +7,8 @@
 #ifndef SB_BROKER_H
 #define SB_BROKER_H
 
+#include <stdatomic.h>
+
 #include <event2/event.h>
 
 #include "broker/config.h"
@@ -21,6 +23,7 @@ struct admin;
 struct intents;
 struct notify_watchdog;
 struct upgrade;
+struct zone;
 
 /* A session record waiting to be written again, or being written (main.c).
  * seq orders a session's records: a higher one is newer. */
@@ -35,6 +38,7 @@ struct broker {
     struct event_base *base;     /* the control loop (main thread) */
     struct store *store;
     struct seal_keys *keys;      /* the store's keys (keyfile.h), NULL: none; read-only */
+    uint8_t peer_secret[32];     /* the zone secret (--zone-secret), read-only once workers run */
     struct resolver *resolver;
     struct nova *nova;           /* the Nova token source, NULL when off */
     struct registry *registry;
@@ -47,6 +51,7 @@ struct broker {
     struct tls_ctx *tls;         /* the TLS port's certificate, NULL when it is off */
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */
     struct tls_ctx *backend_tls; /* the client role toward secure QEMU ports, NULL: never */
+    struct tls_ctx *peer_tls;    /* mutual TLS on the peer link, NULL: none */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct event *token_file_check; /* re-reads the token file when it changes */
@@ -70,6 +75,8 @@ struct broker {
     int argc;
     char **argv;                 /* main()'s, for the next process */
     char self_exe[4096];         /* this executable's path at start */
+    struct zone *zone;           /* the zone registration (zone.h), NULL before it */
+    atomic_bool draining;        /* new sessions refused (workers read it per main link) */
 };
 
 /* admin.c: the admin HTTP endpoint on the control loop. */
@@ -86,6 +93,11 @@ void admin_release_listeners(struct admin *a);
  * waits for the store). */
 void broker_publish_session(struct broker *b, const void *rec);
 
+/* main.c: drain (true: new sessions are refused, /healthz says draining,
+ * the registration and STATUS= say so; live sessions go on) or serve
+ * again. Control loop. */
+void broker_set_draining(struct broker *b, bool draining);
+
 /* main.c: how long a store write of the control loop may take, queued
  * behind others or not (etcd's own bound), before it fails. */
 #define BROKER_WRITE_MS 2000
@@ -99,5 +111,10 @@ typedef void (*broker_write_done_fn)(struct broker *b, int result, void *arg);
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg);
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg);
+/* broker_store_put only if the key is still at revision expect_rev
+ * (STORE_CONFLICT otherwise): a rewrite of what was read must not bring
+ * back a record deleted meanwhile. */
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg);
 
 #endif

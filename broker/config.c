@@ -127,6 +127,10 @@ static const struct opt opts[] = {
       "64 hex digits, not readable by others; every broker of a zone uses the same one. "
       "Also names token records by HMAC (see token-key-file). Without it passwords are "
       "stored in clear" },
+    { "store-key-old", STR(store_key_old), "", "FILE",
+      "rotating the store key: the key being retired (store-key is the new one); passwords "
+      "sealed with it still open, every write seals with store-key, and spice-brokerctl "
+      "store reseal re-seals the rest; needs token-key-file (token names must not change)" },
     { "token-key-file", STR(token_key_file), "", "FILE",
       "the zone secret (64 hex digits, not readable by others) naming token records by "
       "HMAC-SHA256 instead of a bare sha256; every broker of a zone uses the same one "
@@ -136,6 +140,11 @@ static const struct opt opts[] = {
       "sha256 name; token add writes only the keyed name" },
     { "make-store-key", STR(make_store_key), "", "FILE",
       "write a new random key file (mode 0600) for store-key or token-key-file, and exit" },
+    { "zone-secret", STR(zone_secret), "", "FILE",
+      "the zone's broker-to-broker secret (64 hex digits, not readable by others; make one "
+      "with make-store-key): the brokers of a zone prove it to each other (HMAC-SHA256 "
+      "challenges both ways) before a channel is carried to the broker holding its session; "
+      "needed with peer-listen" },
     { "config", STR(config_file), "", "FILE", "INI file whose keys are these option names" },
     { "nova-config", STR(nova_config), "", "FILE",
       "take the browser port from nova.conf as nova-spicehtml5proxy does: [spice] "
@@ -159,7 +168,28 @@ static const struct opt opts[] = {
       "the ports (native, tls, web, comma-separated, or none) on which a trusted proxy "
       "must start each connection with a PROXY protocol header (v2 or v1: HAProxy's "
       "send-proxy-v2 / send-proxy)" },
-    { "broker-id", STR(broker_id), "", "ID", "this broker's name in session records (default: hostname)" },
+    { "broker-id", STR(broker_id), "", "ID",
+      "this broker's name in the zone (its registration, session records); each broker of a "
+      "zone needs its own (default: hostname)" },
+    { "broker-lease-ttl", INT(broker_lease_ttl, 3, 3600), "10", "SECONDS",
+      "the lease this broker's zone registration lives under, kept alive every third of it: "
+      "a broker that dies is seen gone (and its sessions ended) within it" },
+    { "peer-listen", STR(peer_listen), "", "ADDR:PORT",
+      "the broker-to-broker port (channels of sessions this broker holds, from the zone's "
+      "other brokers); off when empty" },
+    { "peer-advertise", STR(peer_advertise), "", "HOST:PORT",
+      "the address the zone's other brokers dial for peer-listen, written into this "
+      "broker's registration (default: peer-listen; needed when it listens on 0.0.0.0 or ::)" },
+    { "peer-ca", STR(peer_ca), "", "FILE",
+      "the zone CA (PEM): with peer-cert and peer-key, the peer link runs over TLS 1.3, "
+      "each broker's certificate verified by the other against it (and the owner's against "
+      "the address its registration names); the zone secret is still proved inside; re-read "
+      "on SIGHUP" },
+    { "peer-cert", STR(peer_cert), "", "FILE",
+      "this broker's certificate chain (PEM) on the peer link, signed by peer-ca, for TLS "
+      "server and client use (extendedKeyUsage serverAuth,clientAuth), naming the host or "
+      "address of peer-advertise; re-read on SIGHUP" },
+    { "peer-key", STR(peer_key), "", "FILE", "the key of peer-cert (PEM); re-read on SIGHUP" },
     { "workers", INT(workers, 0, 256), "0", "N", "event-loop threads (0 = one per core)" },
     { "log-level", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0, "info",
       "debug|info|warn|error", "log threshold" },
@@ -179,6 +209,15 @@ static const struct opt opts[] = {
     { "write-stall-timeout", INT(write_stall, 0, 86400), "60", "SECONDS",
       "close a live channel whose client takes none of the bytes waiting for it for this "
       "long (found within twice that; 0 = never)" },
+    { "link-key-rotate", INT(link_key_rotate, 1, 86400), "60", "SECONDS",
+      "each worker replaces its RSA link key this often (a ticket opens only under the key "
+      "its link was offered, once)" },
+    { "link-key-grace", INT(link_key_grace, 0, 3600), "0", "SECONDS",
+      "a replaced link key still opens the tickets of links offered it for this long "
+      "(0 = link-timeout; shorter refuses slow links: 'link key expired')" },
+    { "link-key-max-tickets", INT(link_key_max_tickets, 16, 16777216), "65536", "N",
+      "a link key is replaced early once it accepted this many tickets (it remembers each "
+      "one's digest, 32 bytes: at most twice this per key, two keys per worker)" },
     { "upgrade-drain-timeout", INT(upgrade_drain_timeout, 0, 604800), "3600", "SECONDS",
       "after a live hand-over to a new process (spice-brokerctl upgrade), the old process "
       "serves its live sessions at most this long, then closes them and exits" },
@@ -835,6 +874,90 @@ int config_proxy_ports(const char *list)
     return bits;
 }
 
+/* peer-listen, peer-advertise, and the broker id the zone registers. */
+static int validate_peer(const struct config *cfg)
+{
+    char host[256];
+    uint16_t port = 0, ports[4] = { 0 };
+    const char *others[4] = { cfg->listen, cfg->tls_listen, cfg->web_listen,
+                              cfg->metrics_listen };
+    struct in6_addr a;
+    bool id_ok = cfg->broker_id[0] != '\0' && strchr(cfg->broker_id, '/') == NULL &&
+                 strcmp(cfg->broker_id, ".") != 0 && strcmp(cfg->broker_id, "..") != 0;
+    for (const char *p = cfg->broker_id; id_ok && *p != '\0'; p++)
+        id_ok = *p > 0x20 && *p < 0x7f;
+    if (!id_ok) {
+        fprintf(stderr, "spice-broker: broker-id must be a name without '/' or spaces "
+                "(printable ASCII, not '.' or '..'): it is a store key component, got '%s'\n",
+                cfg->broker_id);
+        return -1;
+    }
+    if (cfg->peer_listen[0] != '\0') {
+        if (config_split_hostport(cfg->peer_listen, host, sizeof(host), &port) < 0 ||
+            (inet_pton(AF_INET, host, &a) != 1 && inet_pton(AF_INET6, host, &a) != 1)) {
+            fprintf(stderr, "spice-broker: peer-listen must be a numeric ADDR:PORT, got '%s'\n",
+                    cfg->peer_listen);
+            return -1;
+        }
+        for (int i = 0; i < 4; i++) {
+            char h[256];
+            if (others[i][0] != '\0' &&
+                config_split_hostport(others[i], h, sizeof(h), &ports[i]) == 0 &&
+                ports[i] == port) {
+                fprintf(stderr, "spice-broker: peer-listen needs a port of its own (not "
+                        "listen's, tls-listen's, web-listen's or metrics-listen's)\n");
+                return -1;
+            }
+        }
+        if ((strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) &&
+            cfg->peer_advertise[0] == '\0') {
+            fprintf(stderr, "spice-broker: peer-listen %s listens on every address: give "
+                    "peer-advertise HOST:PORT, the address the zone's other brokers dial\n",
+                    cfg->peer_listen);
+            return -1;
+        }
+    }
+    bool any = cfg->peer_ca[0] != '\0' || cfg->peer_cert[0] != '\0' || cfg->peer_key[0] != '\0';
+    if (any && (cfg->peer_ca[0] == '\0' || cfg->peer_cert[0] == '\0' || cfg->peer_key[0] == '\0')) {
+        fprintf(stderr, "spice-broker: peer-ca, peer-cert and peer-key go together (mutual "
+                "TLS on the peer link)\n");
+        return -1;
+    }
+    if (any && cfg->peer_listen[0] == '\0') {
+        fprintf(stderr, "spice-broker: peer-ca, peer-cert and peer-key need peer-listen (the "
+                "peer link they secure)\n");
+        return -1;
+    }
+    if (any) {
+        /* Loaded as the broker will: a file that does not load, a key that
+         * does not match, a certificate the zone CA did not sign for both
+         * roles is refused here (and by --check-config). */
+        const char *terr = NULL;
+        struct tls_ctx *t = tls_peer_ctx_new(cfg->peer_ca, cfg->peer_cert, cfg->peer_key, &terr);
+        if (t == NULL) {
+            fprintf(stderr, "spice-broker: peer TLS: %s\n", terr ? terr : "?");
+            return -1;
+        }
+        tls_ctx_free(t);
+    }
+    if (cfg->peer_advertise[0] != '\0') {
+        bool ok = config_split_hostport(cfg->peer_advertise, host, sizeof(host), &port) == 0;
+        for (const char *p = cfg->peer_advertise; ok && *p != '\0'; p++)
+            ok = *p > 0x20 && *p < 0x7f;
+        if (!ok) {
+            fprintf(stderr, "spice-broker: peer-advertise must be HOST:PORT (a name or an "
+                    "address, [v6]:PORT), got '%s'\n", cfg->peer_advertise);
+            return -1;
+        }
+        if (cfg->peer_listen[0] == '\0') {
+            fprintf(stderr, "spice-broker: peer-advertise needs peer-listen (the port it "
+                    "advertises)\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int config_validate(const struct config *cfg)
 {
     if (validate_tokens(cfg) < 0)
@@ -965,6 +1088,13 @@ int config_validate(const struct config *cfg)
             return -1;
         }
     }
+    if (validate_peer(cfg) < 0)
+        return -1;
+    if (cfg->peer_listen[0] != '\0' && cfg->zone_secret[0] == '\0') {
+        fprintf(stderr, "spice-broker: peer-listen needs zone-secret FILE: the zone's brokers "
+                "prove it to each other before a channel is carried between them\n");
+        return -1;
+    }
     bool zone_ok = snap_prefix(NULL, 0, cfg->zone, "tokens") >= 0 &&
                    strcmp(cfg->zone, ".") != 0 && strcmp(cfg->zone, "..") != 0;
     for (const char *z = cfg->zone; zone_ok && *z != '\0'; z++)
@@ -979,6 +1109,13 @@ int config_validate(const struct config *cfg)
           strncmp(cfg->store, "etcd:https://", 13) == 0)) {
         fprintf(stderr, "spice-broker: store must be embedded:/ABSOLUTE/DIR or "
                 "etcd:http://HOST:PORT[,...], got '%s'\n", cfg->store);
+        return -1;
+    }
+    if (cfg->store_key_old[0] != '\0' &&
+        (cfg->store_key[0] == '\0' || cfg->token_key_file[0] == '\0')) {
+        fprintf(stderr, "spice-broker: store-key-old needs store-key (the new key) and "
+                "token-key-file (without it token names derive from store-key and would all "
+                "change with it)\n");
         return -1;
     }
     if (cfg->token_key_compat && cfg->store_key[0] == '\0' && cfg->token_key_file[0] == '\0') {

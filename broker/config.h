@@ -63,13 +63,20 @@ struct config {
     char journal[512];           /* session records the store did not take by the stop */
     char token_file[512];
     char store_key[512];           /* seals backend passwords in token records, "" = in clear */
+    char store_key_old[512];       /* the store key being retired: still opens, never seals */
     char token_key_file[512];      /* the zone secret naming token records, "" = from store_key */
     char make_store_key[512];      /* write a new key file here and exit */
+    char zone_secret[512];         /* authenticates the broker-to-broker links, "" = none */
     char config_file[512];
     char nova_config[512];      /* the last --nova-config (all are read) */
     char nova_config_dir[512];  /* the last --nova-config-dir (all are read) */
     char zone[64];
     char broker_id[128];
+    char peer_listen[128];           /* the broker-to-broker port, "" = none */
+    char peer_advertise[256];        /* the address other brokers dial ("" = peer_listen) */
+    char peer_ca[512];               /* the zone CA: mutual TLS on the peer link, "" = none */
+    char peer_cert[512];             /* this broker's peer certificate (both roles) */
+    char peer_key[512];
     char token_sources[64];          /* store,file,nova in the order asked */
     char trusted_proxies[1024];      /* CIDR,...: whose PROXY header / X-Forwarded-For counts */
     char proxy_protocol[32];         /* the ports where those send a PROXY header */
@@ -83,7 +90,11 @@ struct config {
     int max_unauth;       /* unauthenticated connections, all ports and workers (0: no cap) */
     int max_unauth_source; /* of those, from one source address (0: no cap) */
     int write_stall;      /* seconds a live client may take nothing we have for it (0: forever) */
+    int link_key_rotate;  /* seconds a worker's link key lives (session/keyring.h) */
+    int link_key_grace;   /* seconds a replaced link key still opens tickets (0: link_timeout) */
+    int link_key_max_tickets; /* tickets a link key accepts before it is replaced */
     int upgrade_drain_timeout; /* seconds a process that handed over serves its sessions on */
+    int broker_lease_ttl; /* seconds: the zone registration's lease */
     bool check_only;
     bool enforce_session_timeout;
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */

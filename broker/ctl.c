@@ -75,7 +75,15 @@ static void usage(FILE *out)
         "  upgrade [--binary PATH]       hand the broker over to a new process (PATH, default\n"
         "                                the broker's own executable) without closing a port;\n"
         "                                the old process serves its sessions until they end\n"
-        "  status                        broker version, pid, workers, sessions, uptime\n"
+        "  drain                         take no new sessions (/healthz answers 503 draining,\n"
+        "                                so a load balancer sends new clients elsewhere); live\n"
+        "                                sessions go on\n"
+        "  serve                         take new sessions again (after drain)\n"
+        "  store reseal                  re-seal token records sealed with the retired key\n"
+        "                                (--store-key-old) or holding a password in clear,\n"
+        "                                with the current --store-key; prints the counts\n"
+        "  status [--json]               state (serving, draining), pid, sessions, version,\n"
+        "                                workers, uptime, the zone's brokers (JSON)\n"
         "  metrics                       Prometheus metrics\n\n"
         "Options:\n"
         "  --admin SPEC   the broker's admin endpoint (default %s)\n"
@@ -756,10 +764,35 @@ int main(int argc, char **argv)
         return cmd_token_revoke(rest - 1, rv + 1);
     if (strcmp(cmd, "session") == 0)
         return cmd_session(rest, rv);
+    if (strcmp(cmd, "store") == 0 && rest == 2 && strcmp(rv[1], "reseal") == 0) {
+        char *out = NULL;
+        int st = post_json("/v1/store/reseal", json_object(), &out);
+        return report(st, out, true);
+    }
     if (strcmp(cmd, "migration") == 0 && rest >= 2 && strcmp(rv[1], "prepare") == 0)
         return cmd_migration_prepare(rest - 1, rv + 1);
     if (strcmp(cmd, "upgrade") == 0)
         return cmd_upgrade(rest, rv);
+    if ((strcmp(cmd, "drain") == 0 || strcmp(cmd, "serve") == 0) && rest == 1) {
+        bool drain = strcmp(cmd, "drain") == 0;
+        char *out = NULL;
+        int st = request("POST", "/v1/drain", drain ? "{\"draining\":true}"
+                                                    : "{\"draining\":false}", &out);
+        if (st >= 200 && st < 300) {
+            json_t *a = json_loads(out, 0, NULL);
+            long long n = a ? json_integer_value(json_object_get(a, "sessions")) : 0;
+            printf(drain ? "draining: new sessions are refused; %lld live session(s) go on\n"
+                         : "serving: new sessions are taken (%lld live)\n", n);
+            json_decref(a);
+            free(out);
+            return 0;
+        }
+        return report(st, out, false);
+    }
+    if (strcmp(cmd, "status") == 0 && (rest > 2 || (rest == 2 && strcmp(rv[1], "--json") != 0))) {
+        fprintf(stderr, "spice-brokerctl: usage: status [--json]\n");
+        return 2;
+    }
     if (strcmp(cmd, "status") == 0 || strcmp(cmd, "metrics") == 0) {
         char *out = NULL;
         int st = request("GET", strcmp(cmd, "status") == 0 ? "/v1/status" : "/metrics", NULL, &out);

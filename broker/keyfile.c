@@ -86,7 +86,7 @@ out:
 
 int keyfile_load(const struct config *cfg, struct seal_keys **keys, char *err, size_t cap)
 {
-    uint8_t store_key[SEAL_KEY_LEN], name_key[SEAL_KEY_LEN];
+    uint8_t store_key[SEAL_KEY_LEN], name_key[SEAL_KEY_LEN], old_key[SEAL_KEY_LEN];
     bool has_store = cfg->store_key[0] != '\0', has_name = cfg->token_key_file[0] != '\0';
     int rc = -1;
 
@@ -100,8 +100,22 @@ int keyfile_load(const struct config *cfg, struct seal_keys **keys, char *err, s
         snprintf(err, cap, "cannot derive the store's keys (OpenSSL)");
         goto out;
     }
+    if (has_store && cfg->store_key_old[0] != '\0') {
+        if (keyfile_read(cfg->store_key_old, old_key, err, cap) < 0)
+            goto out;
+        if (seal_keys_add_old(*keys, old_key) < 0) {
+            snprintf(err, cap, "store-key-old %s is the same key as store-key %s",
+                     cfg->store_key_old, cfg->store_key);
+            goto out;
+        }
+    }
     rc = 0;
 out:
+    if (rc < 0) {
+        seal_keys_free(*keys);
+        *keys = NULL;
+    }
+    OPENSSL_cleanse(old_key, sizeof(old_key));
     OPENSSL_cleanse(store_key, sizeof(store_key));
     OPENSSL_cleanse(name_key, sizeof(name_key));
     return rc;

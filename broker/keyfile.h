@@ -17,8 +17,8 @@ int keyfile_read(const char *path, uint8_t key[SEAL_KEY_LEN], char *err, size_t 
 /* Writes a new random key to path (a new file, mode 0600). 0, or -1 with a
  * message in err. */
 int keyfile_make(const char *path, char *err, size_t cap);
-/* The keys cfg asks for (store-key, token-key-file) in *keys, NULL when it
- * asks for none. 0, or -1 with a message in err. */
+/* The keys cfg asks for (store-key, store-key-old, token-key-file) in
+ * *keys, NULL when it asks for none. 0, or -1 with a message in err. */
 int keyfile_load(const struct config *cfg, struct seal_keys **keys, char *err, size_t cap);
 
 #endif

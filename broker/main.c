@@ -22,10 +22,12 @@
 #include "broker/journal.h"
 #include "broker/notify.h"
 #include "broker/nova.h"
+#include "broker/peer.h"
 #include "broker/tls.h"
 #include "broker/upgrade.h"
 #include "broker/vv.h"
 #include "broker/web.h"
+#include "broker/zone.h"
 #include "common/limits.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -110,9 +112,10 @@ static void on_nova_answer(void *arg, int worker, uint64_t ask, const char *toke
     free(val);
 }
 
-static SSL_CTX *env_backend_tls(void *backend_tls)
+/* The current SSL_CTX of a reloadable context (backend links, peer link). */
+static SSL_CTX *env_tls_acquire(void *tls)
 {
-    return tls_ctx_acquire(backend_tls);
+    return tls_ctx_acquire(tls);
 }
 
 static int env_claim(void *arg, uint32_t id, int worker_index)
@@ -143,6 +146,61 @@ static int env_handoff(void *arg, int worker_index, struct transport *t,
         return -1;
     }
     return worker_handoff(b->workers[worker_index], t, peer, pre, pre_len, web_token);
+}
+
+static int env_handoff_peer(void *arg, int worker_index, struct transport *t,
+                            const struct peer_channel *ch)
+{
+    struct broker *b = arg;
+    if (worker_index < 0 || worker_index >= b->n_workers) {
+        transport_free(t);
+        return -1;
+    }
+    return worker_handoff_peer(b->workers[worker_index], t, ch);
+}
+
+/* Who holds session id, from this broker's view of the store (on a worker:
+ * store_get answers from memory, never from the network). The session's
+ * record names its broker, the broker's registration its peer address; a
+ * draining broker still holds its live sessions. */
+static int env_locate(void *arg, uint32_t id, char *addr, size_t cap)
+{
+    struct broker *b = arg;
+    char key[SNAP_KEY_MAX];
+    void *val = NULL;
+    size_t len = 0;
+    struct snap_session *rec = malloc(sizeof(*rec));
+    struct snap_broker *br = malloc(sizeof(*br));
+    int rc = -1;
+    if (rec == NULL || br == NULL || snap_session_key(key, sizeof(key), b->cfg.zone, id) < 0)
+        goto out;
+    int got = store_get(b->store, key, &val, &len, NULL);
+    if (got == STORE_NOT_FOUND) {
+        rc = 1; /* not seen yet: the owner's record may be on its way */
+        goto out;
+    }
+    if (got != STORE_OK || snap_session_decode(val, len, rec) != 0 || rec->ended != 0 ||
+        strcmp(rec->broker, b->cfg.broker_id) == 0)
+        goto out;
+    free(val);
+    val = NULL;
+    if (snap_broker_key(key, sizeof(key), b->cfg.zone, rec->broker) < 0)
+        goto out;
+    got = store_get(b->store, key, &val, &len, NULL);
+    if (got == STORE_NOT_FOUND) {
+        rc = 1; /* its registration not seen yet (or gone with its lease) */
+        goto out;
+    }
+    if (got != STORE_OK || snap_broker_decode(val, len, br) != 0 ||
+        br->peer_address[0] == '\0' || strlen(br->peer_address) >= cap)
+        goto out;
+    memcpy(addr, br->peer_address, strlen(br->peer_address) + 1);
+    rc = 0;
+out:
+    free(val);
+    free(rec);
+    free(br);
+    return rc;
 }
 
 /* An eviction the limits ask of a worker (common/limits.h), as a worker job. */
@@ -213,15 +271,62 @@ static void env_publish(void *arg, const struct snap_session *rec, bool ended)
         free(j);
 }
 
+/* The zone's thread asks how many sessions to write into the registration. */
+static uint32_t zone_count_sessions(void *arg)
+{
+    struct broker *b = arg;
+    return registry_count(b->registry);
+}
+
+/* After a lost lease was replaced: the zone may have marked this broker's
+ * live sessions ended meanwhile, so each worker publishes its sessions'
+ * records again (they name this broker: record_check lets them replace
+ * the ended ones). */
+static void republish_one(const struct snap_session *rec, void *arg)
+{
+    env_publish(arg, rec, false);
+}
+
+static void job_republish(struct session_worker *sw, void *arg)
+{
+    session_foreach(sw, republish_one, arg);
+}
+
+static void on_registered_again(evutil_socket_t fd, short what, void *arg)
+{
+    struct broker *b = arg;
+    for (int i = 0; i < b->n_workers; i++)
+        if (worker_post(b->workers[i], job_republish, b) < 0)
+            log_warnx("zone: worker %d's session records are not written again (its queue "
+                      "refused the job)", i);
+}
+
+/* On the zone's thread. */
+static void zone_registered_again(void *arg)
+{
+    struct broker *b = arg;
+    /* event_base_once is thread-safe once libevent's pthread locking is on. */
+    if (event_base_once(b->base, -1, EV_TIMEOUT, on_registered_again, b, NULL) < 0)
+        log_warnx("zone: cannot ask the control loop to write the session records again");
+}
+
 /* ------------------------------------------------------------------ store writes */
 
 /* A write's result on its way from the writer thread to the control loop. */
 struct write_hop {
     struct broker *b;
     broker_write_done_fn done;
+    store_writer_check_fn check; /* a conditional write's, called with arg */
     void *arg;
     int result;
 };
+
+/* On the writer thread. */
+static int64_t hop_check(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    struct write_hop *h = arg;
+    return h->check(cur, len, rev, h->arg);
+}
 
 static void on_write_result(evutil_socket_t fd, short what, void *arg)
 {
@@ -242,18 +347,27 @@ static void write_result(int result, int64_t new_rev, void *arg)
     }
 }
 
+/* check: NULL, or a conditional write's (store_writer_put_if), with done. */
 static int store_write(struct broker *b, bool del, const char *key, const void *val,
-                       size_t len, broker_write_done_fn done, void *arg)
+                       size_t len, int64_t expect_rev, store_writer_check_fn check,
+                       broker_write_done_fn done, void *arg)
 {
     struct write_hop *h = NULL;
     if (done != NULL) {
         if ((h = malloc(sizeof(*h))) == NULL)
             return -1;
-        *h = (struct write_hop){ .b = b, .done = done, .arg = arg };
+        *h = (struct write_hop){ .b = b, .done = done, .check = check, .arg = arg };
     }
-    int rc = del ? store_writer_delete(b->writer, key, STORE_ANY_REV, BROKER_WRITE_MS,
+    int rc;
+    if (h != NULL && check != NULL)
+        rc = del ? store_writer_delete_if(b->writer, key, hop_check, BROKER_WRITE_MS,
+                                          write_result, h)
+                 : store_writer_put_if(b->writer, key, val, len, hop_check, BROKER_WRITE_MS,
+                                       write_result, h);
+    else
+        rc = del ? store_writer_delete(b->writer, key, expect_rev, BROKER_WRITE_MS,
                                        h ? write_result : NULL, h)
-                 : store_writer_put(b->writer, key, val, len, STORE_ANY_REV, BROKER_WRITE_MS,
+                 : store_writer_put(b->writer, key, val, len, expect_rev, BROKER_WRITE_MS,
                                     h ? write_result : NULL, h);
     if (rc < 0)
         free(h);
@@ -263,12 +377,18 @@ static int store_write(struct broker *b, bool del, const char *key, const void *
 int broker_store_put(struct broker *b, const char *key, const void *val, size_t len,
                      broker_write_done_fn done, void *arg)
 {
-    return store_write(b, false, key, val, len, done, arg);
+    return store_write(b, false, key, val, len, STORE_ANY_REV, NULL, done, arg);
+}
+
+int broker_store_put_if(struct broker *b, const char *key, const void *val, size_t len,
+                        int64_t expect_rev, broker_write_done_fn done, void *arg)
+{
+    return store_write(b, false, key, val, len, expect_rev, NULL, done, arg);
 }
 
 int broker_store_delete(struct broker *b, const char *key, broker_write_done_fn done, void *arg)
 {
-    return store_write(b, true, key, NULL, 0, done, arg);
+    return store_write(b, true, key, NULL, 0, STORE_ANY_REV, NULL, done, arg);
 }
 
 /* ------------------------------------------------------------------ session records */
@@ -295,6 +415,8 @@ struct record_write {
     struct record_write *hnext;  /* in b->writing_by_id[bucket(id)] */
     struct broker_record r;
     bool from_retry, probe;
+    bool raced;                  /* a second try after another writer's change */
+    char owner[SNAP_MAX_HOST];   /* set by record_check: the broker holding it now */
 };
 
 /* STATUS= for systemctl status while serving: the ports, and whether
@@ -309,10 +431,24 @@ static void status_serving(struct broker *b)
         snprintf(store, sizeof(store), "; %zu session records wait for the store", waiting);
     else
         store[0] = '\0';
-    notify_status("serving on %s%s%s%s%s (%d workers), store %s%s", b->cfg.listen,
+    notify_status("%s on %s%s%s%s%s (%d workers), store %s%s",
+                  atomic_load(&b->draining) ? "draining (new sessions refused)" : "serving",
+                  b->cfg.listen,
                   b->tls ? ", TLS " : "", b->tls ? b->cfg.tls_listen : "",
                   b->site ? ", browser " : "", b->site ? b->cfg.web_listen : "", b->n_workers,
                   store_describe(b->store), store);
+}
+
+void broker_set_draining(struct broker *b, bool draining)
+{
+    if (atomic_exchange(&b->draining, draining) == draining)
+        return;
+    if (b->zone != NULL)
+        zone_set_state(b->zone, draining ? SNAP_BROKER_DRAINING : SNAP_BROKER_SERVING);
+    log_info("%s: %s", draining ? "draining" : "serving",
+             draining ? "new sessions are refused (/healthz answers 503 draining); live "
+                        "sessions go on" : "new sessions are taken again");
+    status_serving(b);
 }
 
 static void retry_arm(struct broker *b)
@@ -470,11 +606,33 @@ static bool writing_newer(struct broker *b, uint32_t id, uint64_t seq)
 static void note_instance(struct broker *b, const struct snap_session *rec);
 static void on_record_written(struct broker *b, int result, void *arg);
 
+/* On the writer thread, just before a session record's write: the record
+ * the store has is ours to replace (compare-and-swap on its revision) if
+ * there is none, if it names this broker (even ended: the zone marks a
+ * broker's records ended when its lease lapses, and a broker still alive
+ * writes them live again), if it has ended (a new session with the id) or
+ * cannot be read. A live record naming another broker (one that took the
+ * session over) is left alone: the owner changes only by compare-and-swap,
+ * never by a write that did not look. */
+static int64_t record_check(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    struct record_write *w = arg;
+    struct snap_session old;
+    if (cur == NULL)
+        return STORE_ABSENT_REV;
+    if (snap_session_decode(cur, len, &old) != 0 || old.ended != 0 ||
+        strcmp(old.broker, w->r.rec.broker) == 0)
+        return rev;
+    snprintf(w->owner, sizeof(w->owner), "%s", old.broker);
+    return STORE_WRITER_REFUSE;
+}
+
 /* One record to the store: a live one (and, after a migration, its
  * instance's location), an ended one kept for session-history or deleted.
- * Queued to the writer; a record it refuses waits in retry. */
+ * Queued to the writer, conditional (record_check); a record it does not
+ * take waits in retry. */
 static void record_send(struct broker *b, const struct broker_record *r, bool from_retry,
-                        bool probe)
+                        bool probe, bool raced)
 {
     /* Handed over (upgrade.h): the new process writes this one's records. */
     if (upgrade_forward_record(b, &r->rec) == 0)
@@ -491,6 +649,7 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
     w->r = *r;
     w->from_retry = from_retry;
     w->probe = probe;
+    w->raced = raced;
     if (snap_session_key(key, sizeof(key), b->cfg.zone, r->rec.id) < 0) {
         /* Cannot happen with a zone config_validate took; not retried. */
         log_warnx("sid=%08x record dropped: zone %s makes no store key", r->rec.id, b->cfg.zone);
@@ -498,12 +657,13 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
         return;
     }
     if (r->rec.ended != 0 && b->cfg.session_history == 0) {
-        rc = broker_store_delete(b, key, on_record_written, w);
+        rc = store_write(b, true, key, NULL, 0, STORE_ANY_REV, record_check, on_record_written, w);
     } else {
         if (r->rec.ended == 0)
             note_instance(b, &r->rec);
         if (snap_session_encode(&r->rec, &val, &len) == 0)
-            rc = broker_store_put(b, key, val, len, on_record_written, w);
+            rc = store_write(b, false, key, val, len, STORE_ANY_REV, record_check,
+                                 on_record_written, w);
         free(val);
     }
     if (rc < 0)
@@ -544,7 +704,9 @@ static void on_record_written(struct broker *b, int result, void *arg)
         }
     }
     bool deleting = w->r.rec.ended != 0 && b->cfg.session_history == 0;
-    bool ok = result == STORE_OK || (deleting && result == STORE_NOT_FOUND);
+    /* A failed compare is the store answering: not retried (record_check). */
+    bool ok = result == STORE_OK || result == STORE_CONFLICT ||
+              (deleting && result == STORE_NOT_FOUND);
     if (w->from_retry)
         b->retry_writing--;
     if (w->probe)
@@ -554,6 +716,16 @@ static void on_record_written(struct broker *b, int result, void *arg)
                                  : b->retry_backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
                                  : b->retry_backoff_ms * 2 < RETRY_MIN_MS ? RETRY_MIN_MS
                                  : b->retry_backoff_ms * 2;
+    if (result == STORE_CONFLICT) {
+        if (w->owner[0] != '\0')
+            log_info("sid=%08x session record left alone: broker %s holds the session now",
+                     w->r.rec.id, w->owner);
+        else if (!w->raced && !writing_newer(b, w->r.rec.id, w->r.seq) && b->writer != NULL)
+            record_send(b, &w->r, false, false, true); /* changed between look and write */
+        else
+            log_info("sid=%08x session record not written: another writer changed it "
+                     "meanwhile", w->r.rec.id);
+    }
     if (ok) {
         if (w->from_retry)
             b->retry_took++;
@@ -583,7 +755,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     /* One record probes the store; the others wait for its answer. */
     struct broker_record r = b->retry[b->n_retry - 1];
     retry_remove_at(b, b->n_retry - 1);
-    record_send(b, &r, true, true);
+    record_send(b, &r, true, true, false);
 }
 
 /* After a migration, the instance's record names its new host, so a token
@@ -661,7 +833,7 @@ void broker_publish_session(struct broker *b, const void *rec)
         retry_keep(b, &r);
         return;
     }
-    record_send(b, &r, false, false);
+    record_send(b, &r, false, false, false);
 }
 
 /* Every waiting record gets one more try: once a probe shows the store
@@ -675,7 +847,7 @@ static void records_flush(struct broker *b)
     b->n_retry = b->cap_retry = 0;
     retry_index_reset(b);
     for (size_t i = 0; i < n; i++)
-        record_send(b, &list[i], true, false);
+        record_send(b, &list[i], true, false, false);
     free(list);
 }
 
@@ -849,7 +1021,8 @@ static void reload_certificates(struct broker *b)
         struct tls_ctx *ctx;
         const char *port;
     } certs[] = { { b->tls, "TLS port" }, { b->web_tls, "browser port" },
-                  { b->backend_tls, "backend links (CA, client certificate)" } };
+                  { b->backend_tls, "backend links (CA, client certificate)" },
+                  { b->peer_tls, "peer link (zone CA, certificate)" } };
     int n = 0;
     for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
         if (certs[i].ctx == NULL)
@@ -908,8 +1081,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "spice-broker: %s\n", kerr);
         return 2;
     }
+    if (b.cfg.zone_secret[0] != '\0' &&
+        keyfile_read(b.cfg.zone_secret, b.peer_secret, kerr, sizeof(kerr)) < 0) {
+        fprintf(stderr, "spice-broker: zone-secret: %s\n", kerr);
+        seal_keys_free(b.keys);
+        return 2;
+    }
     if (b.cfg.check_only) {
         seal_keys_free(b.keys);
+        OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
         printf("spice-broker: configuration OK\n");
         return 0;
     }
@@ -919,6 +1099,10 @@ int main(int argc, char **argv)
                   "(no --store-key)");
     else
         log_info("store: backend passwords sealed (key id %08x)", seal_keys_id(b.keys));
+    if (seal_keys_old_id(b.keys) != 0)
+        log_info("store: passwords sealed with the retired key %08x still open; "
+                 "spice-brokerctl store reseal re-seals them with %08x",
+                 seal_keys_old_id(b.keys), seal_keys_id(b.keys));
     if (seal_keys_keyed_names(b.keys))
         log_info("store: token records named by HMAC-SHA256 (%s)%s",
                  b.cfg.token_key_file[0] ? "token-key-file" : "derived from store-key",
@@ -987,6 +1171,24 @@ int main(int argc, char **argv)
         log_error("startup failed: out of memory");
         goto out;
     }
+    /* In the zone before anything is written: the start-up sweep below
+     * ends records of this id, which must not be a live broker's. */
+    struct zone_config zc = {
+        .zone = b.cfg.zone, .id = b.cfg.broker_id, .lease_ttl_s = b.cfg.broker_lease_ttl,
+        .peer_address = b.cfg.peer_advertise[0] ? b.cfg.peer_advertise : b.cfg.peer_listen,
+        .version = SPICE_BROKER_VERSION, .count_sessions = zone_count_sessions,
+        .registered_again = zone_registered_again, .arg = &b,
+    };
+    char zerr[700];
+    notify_status("registering in zone %s as %s", b.cfg.zone, b.cfg.broker_id);
+    if ((b.zone = zone_new(b.store, &zc, zerr, sizeof(zerr))) == NULL) {
+        log_error("%s", zerr);
+        goto out;
+    }
+    if (zone_watch(b.zone, b.base, b.writer, BROKER_WRITE_MS) < 0) {
+        log_error("zone %s: cannot start the watch: out of memory", b.cfg.zone);
+        goto out;
+    }
     b.retry_timer = evtimer_new(b.base, on_retry, &b);
     if (b.cfg.token_file[0] != '\0') {
         /* The token file is read here, never on a worker: at start, then
@@ -1033,6 +1235,10 @@ int main(int argc, char **argv)
         .backend_tls_subject = b.cfg.backend_tls_subject,
         .enforce_session_timeout = b.cfg.enforce_session_timeout,
         .write_stall_ms = b.cfg.write_stall * 1000,
+        .key_rotate_ms = b.cfg.link_key_rotate * 1000,
+        .key_grace_ms = b.cfg.link_key_grace * 1000,
+        .key_max_tickets = (uint32_t)b.cfg.link_key_max_tickets,
+        .draining = &b.draining,
     };
     b.limits = limits_new((unsigned)b.cfg.max_unauth, (unsigned)b.cfg.max_unauth_source,
                           limits_post, &b);
@@ -1050,7 +1256,7 @@ int main(int argc, char **argv)
             goto out;
         }
         env.backend_tls = b.backend_tls;
-        env.backend_tls_acquire = env_backend_tls;
+        env.backend_tls_acquire = env_tls_acquire;
     }
     char web_host[128];
     struct worker_web web = { .host = web_host };
@@ -1101,6 +1307,25 @@ int main(int argc, char **argv)
         }
         tls.ctx = b.tls;
     }
+    char peer_host[128];
+    struct worker_peer peer = { .host = peer_host, .secret = b.peer_secret };
+    if (b.cfg.peer_listen[0] != '\0') {
+        config_split_hostport(b.cfg.peer_listen, peer_host, sizeof(peer_host), &peer.port);
+        /* This broker's channels of other brokers' sessions go to them. */
+        env.locate = env_locate;
+        env.peer_secret = b.peer_secret;
+        env.handoff_peer = env_handoff_peer;
+        if (b.cfg.peer_cert[0] != '\0') {
+            b.peer_tls = tls_peer_ctx_new(b.cfg.peer_ca, b.cfg.peer_cert, b.cfg.peer_key, &err);
+            if (b.peer_tls == NULL) {
+                log_error("peer port %s: %s", b.cfg.peer_listen, err ? err : "?");
+                goto out;
+            }
+            peer.tls = b.peer_tls;
+            env.peer_tls = b.peer_tls;
+            env.peer_tls_acquire = env_tls_acquire;
+        }
+    }
     int inherited = upgrade_workers(b.upgrade_from);
     if (inherited > 0 && inherited != b.cfg.workers) {
         /* Each handed-over socket is one of its port's SO_REUSEPORT group:
@@ -1130,7 +1355,8 @@ int main(int argc, char **argv)
                                            b.cfg.web_listen) : -1,
         };
         b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
-                                  b.site ? &web : NULL, &proxy, &inherit, &err);
+                                  b.site ? &web : NULL, &proxy,
+                                  env.locate ? &peer : NULL, &inherit, &err);
         if (b.workers[i] == NULL) {
             log_error("cannot listen on %s%s%s%s%s: %s", b.cfg.listen, b.tls ? ", " : "",
                       b.tls ? b.cfg.tls_listen : "", b.site ? ", " : "",
@@ -1176,6 +1402,16 @@ int main(int argc, char **argv)
                  "the client", b.cfg.trusted_proxies,
                  proxy.ports ? b.cfg.proxy_protocol : "(no)",
                  b.site ? ", their X-Forwarded-For on the browser port" : "");
+    if (env.locate != NULL && b.peer_tls == NULL)
+        log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
+                 "(zone secret %s); channels of theirs go to them", b.cfg.peer_listen,
+                 b.cfg.zone_secret);
+    if (b.peer_tls != NULL)
+        log_info("peer port %s: channels of this broker's sessions from the zone's other brokers "
+                 "over mutual TLS 1.3 (zone CA %s, certificate %s, sha256 %s), the zone secret "
+                 "%s proved inside; channels of theirs go to them the same way",
+                 b.cfg.peer_listen, b.cfg.peer_ca, b.cfg.peer_cert,
+                 tls_ctx_fingerprint(b.peer_tls, fp, sizeof(fp)), b.cfg.zone_secret);
     if (b.web_tls != NULL)
         log_info("browser port %s: HTTPS and wss:// only (certificate %s, sha256 %s)",
                  b.cfg.web_listen, b.cfg.web_tls_cert, tls_ctx_fingerprint(b.web_tls, fp, sizeof(fp)));
@@ -1198,6 +1434,7 @@ int main(int argc, char **argv)
     exit_code = 0;
 out:
     stop_from = clock_mono_ms();
+    zone_stop(b.zone); /* no new call to the store from its thread */
     if (!b.ready)
         notify_status("start-up failed; the log says why");
     b.ready = false;
@@ -1216,6 +1453,7 @@ out:
     tls_ctx_free(b.tls);
     tls_ctx_free(b.web_tls);
     tls_ctx_free(b.backend_tls);
+    tls_ctx_free(b.peer_tls);
     if (b.token_file_check != NULL)
         event_free(b.token_file_check);
     b.token_file_check = NULL;
@@ -1236,6 +1474,11 @@ out:
         store_writer_free(b.writer, left > 0 ? (long)left : 0);
         b.writer = NULL;
     }
+    /* The registration goes after the records: the zone reads its end
+     * with records still live as a death. */
+    int64_t revoke_left = STOP_FLUSH_MS - (clock_mono_ms() - stop_from);
+    zone_free(b.zone, revoke_left > 0 ? (long)revoke_left : 0);
+    b.zone = NULL;
     /* The writes' results (admin answers, records that failed). */
     if (b.base != NULL)
         event_base_loop(b.base, EVLOOP_NONBLOCK);
@@ -1263,6 +1506,7 @@ out:
     resolver_free(b.resolver);
     store_free(b.store);
     seal_keys_free(b.keys);
+    OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
     if (b.base != NULL)
         event_base_free(b.base);
     libevent_global_shutdown();

@@ -14,6 +14,7 @@ struct entry {
 
 struct registry {
     pthread_mutex_t mu;
+    uint32_t n;
     struct entry *buckets[NBUCKETS];
 };
 
@@ -66,6 +67,7 @@ int registry_claim(struct registry *r, uint32_t id, int worker_index)
     e->worker = worker_index;
     e->next = *head;
     *head = e;
+    r->n++;
 out:
     pthread_mutex_unlock(&r->mu);
     return rc;
@@ -79,6 +81,7 @@ void registry_release(struct registry *r, uint32_t id)
             struct entry *e = *p;
             *p = e->next;
             free(e);
+            r->n--;
             break;
         }
     }
@@ -97,4 +100,12 @@ int registry_owner(struct registry *r, uint32_t id)
     }
     pthread_mutex_unlock(&r->mu);
     return owner;
+}
+
+uint32_t registry_count(struct registry *r)
+{
+    pthread_mutex_lock(&r->mu);
+    uint32_t n = r->n;
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }

@@ -15,5 +15,7 @@ int registry_claim(struct registry *r, uint32_t id, int worker_index);
 void registry_release(struct registry *r, uint32_t id);
 /* The owning worker's index, or -1. */
 int registry_owner(struct registry *r, uint32_t id);
+/* How many ids are claimed: the live sessions. */
+uint32_t registry_count(struct registry *r);
 
 #endif

@@ -6,7 +6,10 @@
  * ports. After the handshake the connection, its TLS transport and all,
  * goes to session_accept() like a plain one: the relay reads and writes
  * through OpenSSL on the socket (session/transport.c), and a channel of a
- * session that lives on another worker is handed there with its TLS state. */
+ * session that lives on another worker is handed there with its TLS state.
+ * The peer link's context (--peer-ca, --peer-cert, --peer-key): one SSL_CTX
+ * for both roles, TLS 1.3, certificates required and verified both ways
+ * (broker/peer.c and session/fwd.c drive its handshakes). */
 #include "broker/tls.h"
 
 #include <errno.h>
@@ -23,15 +26,20 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "common/limits.h"
 #include "common/log.h"
 #include "session/transport.h"
 
+/* What a context is for: a port's server certificate, the client role
+ * toward QEMU, or the peer link (both roles, mutual, TLS 1.3). */
+enum tls_role { TLS_ROLE_SERVER, TLS_ROLE_BACKEND, TLS_ROLE_PEER };
+
 struct tls_ctx {
     pthread_mutex_t mu;
     SSL_CTX *ssl;                /* the current one, under mu */
-    bool client;                 /* the client role toward QEMU (ca, cert, key optional) */
+    enum tls_role role;
     char ca[512];
     char cert[512], key[512];
     char min_version[16], ciphers[512];
@@ -163,11 +171,15 @@ SSL_CTX *tls_ctx_acquire(struct tls_ctx *ctx)
 static SSL_CTX *backend_ctx_build(const char *ca_file, const char *cert_file,
                                   const char *key_file, const struct tls_policy *policy,
                                   const char **err);
+static SSL_CTX *peer_ctx_build(const char *ca_file, const char *cert_file, const char *key_file,
+                               char *why, size_t cap);
 
 int tls_ctx_reload(struct tls_ctx *ctx, char *why, size_t cap)
 {
     SSL_CTX *fresh;
-    if (ctx->client) {
+    if (ctx->role == TLS_ROLE_PEER) {
+        fresh = peer_ctx_build(ctx->ca, ctx->cert, ctx->key, why, cap);
+    } else if (ctx->role == TLS_ROLE_BACKEND) {
         const char *err = NULL;
         fresh = backend_ctx_build(ctx->ca, ctx->cert, ctx->key, &ctx->policy, &err);
         if (fresh == NULL)
@@ -211,7 +223,7 @@ struct tls_ctx *tls_backend_ctx_new(const char *ca_file, const char *cert_file,
         return NULL;
     }
     pthread_mutex_init(&ctx->mu, NULL);
-    ctx->client = true;
+    ctx->role = TLS_ROLE_BACKEND;
     snprintf(ctx->ca, sizeof(ctx->ca), "%s", ca_file ? ca_file : "");
     snprintf(ctx->cert, sizeof(ctx->cert), "%s", cert_file ? cert_file : "");
     snprintf(ctx->key, sizeof(ctx->key), "%s", key_file ? key_file : "");
@@ -267,6 +279,123 @@ fail:
     ERR_clear_error();
     SSL_CTX_free(ssl);
     return NULL;
+}
+
+/* The peer certificate must chain to the zone CA and serve both roles (the
+ * owner's server side, the forwarder's client side): checked at load, so a
+ * certificate the zone's other brokers would refuse is refused here first
+ * (at start, by --check-config, and at SIGHUP, keeping the old one). */
+static const char *peer_cert_check(SSL_CTX *ssl)
+{
+    X509 *crt = SSL_CTX_get0_certificate(ssl);
+    STACK_OF(X509) *chain = NULL;
+    SSL_CTX_get0_chain_certs(ssl, &chain);
+    X509_STORE_CTX *sc = X509_STORE_CTX_new();
+    const char *why = NULL;
+    static const int purposes[] = { X509_PURPOSE_SSL_SERVER, X509_PURPOSE_SSL_CLIENT };
+    for (size_t i = 0; why == NULL && i < sizeof(purposes) / sizeof(purposes[0]); i++) {
+        if (sc == NULL || crt == NULL ||
+            X509_STORE_CTX_init(sc, SSL_CTX_get_cert_store(ssl), crt, chain) != 1) {
+            why = "out of memory";
+            break;
+        }
+        X509_STORE_CTX_set_purpose(sc, purposes[i]);
+        if (X509_verify_cert(sc) != 1)
+            why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc));
+        X509_STORE_CTX_cleanup(sc);
+    }
+    X509_STORE_CTX_free(sc);
+    ERR_clear_error();
+    return why;
+}
+
+static SSL_CTX *peer_ctx_build(const char *ca_file, const char *cert_file, const char *key_file,
+                               char *why, size_t cap)
+{
+    const char *err = NULL, *file = NULL, *detail = NULL;
+    STACK_OF(X509_NAME) *names = NULL;
+    SSL_CTX *ssl = SSL_CTX_new(TLS_method());
+    if (ssl == NULL) {
+        err = "out of memory";
+        goto fail;
+    }
+    /* Broker to broker: both ends are ours, so TLS 1.3 only, whatever
+     * --tls-min-version says for clients and QEMU. */
+    SSL_CTX_set_min_proto_version(ssl, TLS1_3_VERSION);
+    SSL_CTX_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* No resumption: every peer connection shows and checks certificates
+     * (a forwarder keeps no sessions anyway; no tickets to send). */
+    SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ssl, 0);
+    /* Mutual: the owner refuses a forwarder without a certificate of the
+     * zone CA; the forwarder refuses an owner whose certificate does not. */
+    SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    ERR_clear_error();
+    if (SSL_CTX_load_verify_locations(ssl, ca_file, NULL) != 1 ||
+        (names = SSL_load_client_CA_file(ca_file)) == NULL) {
+        err = "cannot load the peer CA (PEM)";
+        file = ca_file;
+        goto fail;
+    }
+    SSL_CTX_set_client_CA_list(ssl, names); /* takes names */
+    if (SSL_CTX_use_certificate_chain_file(ssl, cert_file) != 1) {
+        err = "cannot load the peer certificate (PEM chain)";
+        file = cert_file;
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ssl, key_file, SSL_FILETYPE_PEM) != 1) {
+        err = "cannot load the peer key (PEM)";
+        file = key_file;
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ssl) != 1) {
+        err = "the peer key does not match the peer certificate";
+        file = key_file;
+        goto fail;
+    }
+    if ((detail = peer_cert_check(ssl)) != NULL) {
+        snprintf(why, cap, "the peer certificate %s does not verify against the peer CA %s "
+                 "as a TLS server and client certificate: %s", cert_file, ca_file, detail);
+        SSL_CTX_free(ssl);
+        return NULL;
+    }
+    return ssl;
+fail:;
+    unsigned long e = ERR_peek_error();
+    char reason[128] = "";
+    if (file != NULL && access(file, R_OK) != 0)
+        snprintf(reason, sizeof(reason), ": %s", strerror(errno));
+    else if (e != 0)
+        snprintf(reason, sizeof(reason), ": %s",
+                 ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "?");
+    ERR_clear_error();
+    snprintf(why, cap, "%s%s%s%s", err, file ? " " : "", file ? file : "", file ? reason : "");
+    SSL_CTX_free(ssl);
+    return NULL;
+}
+
+struct tls_ctx *tls_peer_ctx_new(const char *ca_file, const char *cert_file,
+                                 const char *key_file, const char **err)
+{
+    static char why[1024]; /* start-up, main thread: the caller reports it at once */
+    struct tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    pthread_mutex_init(&ctx->mu, NULL);
+    ctx->role = TLS_ROLE_PEER;
+    snprintf(ctx->ca, sizeof(ctx->ca), "%s", ca_file);
+    snprintf(ctx->cert, sizeof(ctx->cert), "%s", cert_file);
+    snprintf(ctx->key, sizeof(ctx->key), "%s", key_file);
+    ctx->ssl = peer_ctx_build(ctx->ca, ctx->cert, ctx->key, why, sizeof(why));
+    if (ctx->ssl == NULL) {
+        *err = why;
+        tls_ctx_free(ctx);
+        return NULL;
+    }
+    return ctx;
 }
 
 struct tls_conn;

@@ -51,6 +51,17 @@ struct tls_ctx *tls_backend_ctx_new(const char *ca_file, const char *cert_file,
                                     const char *key_file, const struct tls_policy *policy,
                                     const char **err);
 
+/* The peer link (--peer-ca, --peer-cert, --peer-key): one context for both
+ * roles, the owner's server side (broker/peer.c) and the forwarder's client
+ * side (session/fwd.c): TLS 1.3 only, no resumption, a certificate required
+ * from the other end and verified against ca_file (the zone CA). cert_file
+ * must itself chain to ca_file for both roles (extendedKeyUsage serverAuth
+ * and clientAuth, or none), else it is refused with why. Reloadable like the
+ * others (SIGHUP: the CA, the certificate and the key read again; new peer
+ * connections use them). */
+struct tls_ctx *tls_peer_ctx_new(const char *ca_file, const char *cert_file,
+                                 const char *key_file, const char **err);
+
 /* A worker's TLS connections. */
 struct tls_worker;
 struct tls_worker *tls_worker_new(struct event_base *base, struct session_worker *sw,

@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "broker/proxied.h"
+#include "broker/peer.h"
 #include "broker/tls.h"
 #include "broker/web.h"
 #include "common/limits.h"
@@ -52,6 +53,9 @@ struct worker {
     struct tls_worker *tw;
     struct worker_proxy proxy;    /* trust NULL: no proxy is trusted */
     struct proxied *px;           /* trusted proxies' connections before their header */
+    int peer_fd;                  /* the peer port, -1 if none */
+    struct event *peer_ev;
+    struct peer_worker *pw;
 };
 
 static int listen_socket(const char *host, uint16_t port, const char **err)
@@ -79,7 +83,7 @@ static int listen_socket(const char *host, uint16_t port, const char **err)
     return fd;
 }
 
-enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB };
+enum port_kind { PORT_NATIVE, PORT_TLS, PORT_WEB, PORT_PEER };
 static const char *const port_names[] = { "native", "TLS", "browser" };
 static const unsigned port_proxy_bits[] = { WORKER_PROXY_NATIVE, WORKER_PROXY_TLS,
                                             WORKER_PROXY_WEB };
@@ -89,7 +93,7 @@ static const unsigned port_proxy_bits[] = { WORKER_PROXY_NATIVE, WORKER_PROXY_TL
 static void pause_accepting(struct worker *w)
 {
     log_warn("worker %d: accept paused for 1s", w->index);
-    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev, w->peer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_del(evs[i]);
@@ -136,7 +140,9 @@ static void accept_batch(int lfd, struct worker *w, enum port_kind kind)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (w->px != NULL && (w->proxy.ports & port_proxy_bits[kind]) &&
+        if (kind == PORT_PEER)
+            peer_accept(w->pw, fd, &peer);
+        else if (w->px != NULL && (w->proxy.ports & port_proxy_bits[kind]) &&
             proxy_trusted(w->proxy.trust, &peer))
             proxied_accept(w->px, fd, &peer, kind, port_names[kind]);
         else
@@ -159,10 +165,15 @@ static void on_tls_accept(evutil_socket_t lfd, short what, void *arg)
     accept_batch(lfd, arg, PORT_TLS);
 }
 
+static void on_peer_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    accept_batch(lfd, arg, PORT_PEER);
+}
+
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev };
+    struct event *evs[] = { w->accept_ev, w->tls_ev, w->web_ev, w->peer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_add(evs[i], NULL);
@@ -190,7 +201,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
                           const struct worker_web *web, const struct worker_proxy *proxy,
-                          const struct worker_fds *inherit,
+                          const struct worker_peer *peer, const struct worker_fds *inherit,
                           const char **err)
 {
     struct worker_fds none = { -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
@@ -204,6 +215,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
     w->listen_fd = -1;
     w->web_fd = -1;
     w->tls_fd = -1;
+    w->peer_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     STAILQ_INIT(&w->jobs);
     w->listen_fd = in.native >= 0 ? in.native : listen_socket(host, port, err);
@@ -270,6 +282,18 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         }
         event_add(w->web_ev, NULL);
     }
+    if (peer != NULL) {
+        w->peer_fd = listen_socket(peer->host, peer->port, err);
+        if (w->peer_fd < 0)
+            goto fail;
+        w->pw = peer_worker_new(w->base, w->sw, peer->secret, peer->tls, PEER_HANDSHAKE_MS);
+        w->peer_ev = event_new(w->base, w->peer_fd, EV_READ | EV_PERSIST, on_peer_accept, w);
+        if (w->pw == NULL || w->peer_ev == NULL) {
+            *err = "out of memory";
+            goto fail;
+        }
+        event_add(w->peer_ev, NULL);
+    }
     event_add(w->accept_ev, NULL);
     event_add(w->wake_ev, NULL);
     return w;
@@ -290,10 +314,11 @@ void worker_listen_fds(const struct worker *w, struct worker_fds *out)
 static void job_stop_accepting(struct session_worker *sw, void *arg)
 {
     struct worker *w = arg;
-    struct event **evs[] = { &w->accept_ev, &w->tls_ev, &w->web_ev };
-    int *fds[] = { &w->listen_fd, &w->tls_fd, &w->web_fd };
+    /* the peer port is not handed over: the new process bound its own */
+    struct event **evs[] = { &w->accept_ev, &w->tls_ev, &w->web_ev, &w->peer_ev };
+    int *fds[] = { &w->listen_fd, &w->tls_fd, &w->web_fd, &w->peer_fd };
     evtimer_del(w->accept_retry);
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 4; i++) {
         if (*evs[i] != NULL)
             event_free(*evs[i]);
         *evs[i] = NULL;
@@ -317,6 +342,8 @@ static void *worker_main(void *arg)
     /* Stopped: close what is left on this thread, where it lives. */
     proxied_free(w->px);
     w->px = NULL;
+    peer_worker_free(w->pw);
+    w->pw = NULL;
     web_worker_free(w->ww);
     w->ww = NULL;
     tls_worker_free(w->tw);
@@ -343,6 +370,8 @@ static void job_exit(struct session_worker *sw, void *arg)
         event_del(w->web_ev);
     if (w->tls_ev != NULL)
         event_del(w->tls_ev);
+    if (w->peer_ev != NULL)
+        event_del(w->peer_ev);
     event_base_loopbreak(w->base);
 }
 
@@ -413,6 +442,47 @@ int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_
     return 0;
 }
 
+struct peer_handoff {
+    struct transport *t;
+    struct peer_channel ch;
+};
+
+static void peer_handoff_free(struct peer_handoff *h)
+{
+    OPENSSL_cleanse(h, sizeof(*h));
+    free(h);
+}
+
+static void job_handoff_peer(struct session_worker *sw, void *arg)
+{
+    struct peer_handoff *h = arg;
+    session_accept_peer(sw, h->t, &h->ch);
+    peer_handoff_free(h);
+}
+
+static void drop_handoff_peer(void *arg)
+{
+    struct peer_handoff *h = arg;
+    transport_free(h->t);
+    peer_handoff_free(h);
+}
+
+int worker_handoff_peer(struct worker *w, struct transport *t, const struct peer_channel *ch)
+{
+    struct peer_handoff *h = malloc(sizeof(*h));
+    if (h == NULL) {
+        transport_free(t);
+        return -1;
+    }
+    h->t = t;
+    h->ch = *ch;
+    if (worker_post_droppable(w, job_handoff_peer, h, drop_handoff_peer) < 0) {
+        drop_handoff_peer(h);
+        return -1;
+    }
+    return 0;
+}
+
 void worker_stop(struct worker *w)
 {
     if (w == NULL || !w->started || w->joined)
@@ -430,6 +500,7 @@ void worker_stop_and_free(struct worker *w)
         worker_stop(w);
     } else {
         proxied_free(w->px);
+        peer_worker_free(w->pw);
         web_worker_free(w->ww);
         tls_worker_free(w->tw);
         if (w->sw != NULL)
@@ -460,6 +531,10 @@ void worker_stop_and_free(struct worker *w)
         event_free(w->tls_ev);
     if (w->tls_fd >= 0)
         close(w->tls_fd);
+    if (w->peer_ev)
+        event_free(w->peer_ev);
+    if (w->peer_fd >= 0)
+        close(w->peer_fd);
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->base)

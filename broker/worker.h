@@ -41,6 +41,14 @@ struct worker_fds {
     int native, tls, web;
 };
 
+/* The peer port, when there is one (broker/peer.h). */
+struct worker_peer {
+    const char *host;
+    uint16_t port;
+    const uint8_t *secret;           /* the zone secret, PEER_SECRET_LEN bytes (borrowed) */
+    struct tls_ctx *tls;             /* mutual TLS on the peer link, NULL: none (borrowed) */
+};
+
 /* The proxies whose word on the client's address is taken (proto/proxy.h;
  * --trusted-proxies), and the ports on which such a peer starts with a PROXY
  * protocol header (WORKER_PROXY_* bits; --proxy-protocol). */
@@ -54,7 +62,9 @@ struct worker_proxy {
 };
 
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
- * and, if tls / web are not NULL, on the TLS and browser ports too; proxy
+ * and, if tls / web / peer are not NULL, on the TLS, browser and peer ports
+ * too (the peer port is not handed over by an upgrade: the new process
+ * binds its own, SO_REUSEPORT beside the old one's until that one closes); proxy
  * (NULL: no proxy is trusted) says whose PROXY header or X-Forwarded-For is
  * believed. inherit (may be NULL): sockets already listening there, handed
  * over by the process this one replaces (broker/upgrade.c), taken instead of
@@ -63,7 +73,8 @@ struct worker_proxy {
 struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct session_env *env, const struct worker_tls *tls,
                           const struct worker_web *web, const struct worker_proxy *proxy,
-                          const struct worker_fds *inherit, const char **err);
+                          const struct worker_peer *peer, const struct worker_fds *inherit,
+                          const char **err);
 /* Its listening sockets (borrowed; valid until worker_stop_accepting). */
 void worker_listen_fds(const struct worker *w, struct worker_fds *out);
 /* Stops accepting on every port and closes the worker's listening sockets
@@ -87,5 +98,10 @@ int worker_post_droppable(struct worker *w, worker_job_fn fn, void *arg, void (*
  * copies pre and web_token). */
 int worker_handoff(struct worker *w, struct transport *t, const struct sockaddr_storage *peer,
                    const uint8_t *pre, size_t pre_len, const char *web_token);
+
+/* Hands a channel carried in by a peer to worker w (takes the transport;
+ * copies ch); -1: the transport is freed. */
+struct peer_channel;
+int worker_handoff_peer(struct worker *w, struct transport *t, const struct peer_channel *ch);
 
 #endif

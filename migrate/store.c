@@ -163,6 +163,60 @@ int store_delete(struct store *s, const char *key, int64_t expect_rev)
     return store_delete_within(s, key, expect_rev, 0);
 }
 
+/* One back-end batch call; results back into the caller's ops, and
+ * store_watch told of each write made. */
+static void batch_run(struct store *s, struct store_op *run, struct store_op **valid, size_t n,
+                      long timeout_ms)
+{
+    s->be->batch(s->impl, run, n, timeout_ms);
+    for (size_t k = 0; k < n; k++) {
+        *valid[k] = run[k];
+        if (run[k].result == STORE_OK)
+            store_notify_fire(&s->notify, run[k].key);
+    }
+}
+
+void store_batch_within(struct store *s, struct store_op *ops, size_t n, long timeout_ms)
+{
+    struct store_op *valid[STORE_BATCH_MAX];
+    struct store_op run[STORE_BATCH_MAX];
+    size_t nv = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct store_op *op = &ops[i];
+        op->result = STORE_ERROR;
+        op->new_rev = 0;
+        if (s == NULL || !key_ok(op->key) || timeout_ms < 0 ||
+            (op->expect_rev < STORE_ANY_REV &&
+             (op->expect_rev != STORE_BATCH_PREV_REV || s->be->batch == NULL)) ||
+            (!op->del && ((op->val == NULL && op->len > 0) || op->len > STORE_MAX_VALUE)))
+            continue;
+        if (s->be->batch == NULL) {
+            op->result = op->del ? s->be->del(s->impl, op->key, op->expect_rev, timeout_ms)
+                                 : s->be->put(s->impl, op->key, op->val, op->len,
+                                              op->expect_rev, timeout_ms, &op->new_rev);
+            if (op->result != STORE_OK)
+                op->new_rev = 0;
+            else
+                store_notify_fire(&s->notify, op->key);
+            continue;
+        }
+        valid[nv] = op;
+        run[nv++] = *op;
+        if (nv == STORE_BATCH_MAX) {
+            batch_run(s, run, valid, nv, timeout_ms);
+            nv = 0;
+        }
+    }
+    if (nv > 0)
+        batch_run(s, run, valid, nv, timeout_ms);
+}
+
+bool store_batches(const struct store *s)
+{
+    return s != NULL && s->be->batch != NULL;
+}
+
 int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg)
 {
     if (s == NULL || cb == NULL)

@@ -5,6 +5,7 @@
 #define SB_STORE_BACKEND_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,27 @@ struct store_notify {
     void *arg;
 };
 void store_notify_fire(struct store_notify *n, const char *key);
+
+/* One write of a batch (store_batch_within): in key, val, len, expect_rev,
+ * del as for store_put/store_delete; out result (an enum store_result) and
+ * new_rev (after a put that returned STORE_OK, else 0). */
+struct store_op {
+    bool del;
+    const char *key;
+    const void *val;
+    size_t len;
+    int64_t expect_rev;
+    int result;
+    int64_t new_rev;
+};
+
+/* The most writes one batch call takes (store_batch_within splits). */
+#define STORE_BATCH_MAX 256
+/* A batch op's expect_rev: the revision the batch's previous write of the
+ * same key gets (that write must be in the same call and succeed, else
+ * STORE_CONFLICT). The store writer uses it for a conditional write whose
+ * check looked at a write queued just before it, not made yet. */
+#define STORE_BATCH_PREV_REV (-3)
 
 /* Each call mirrors its store.h twin; impl is what open returned. Results are
  * enum store_result values. put and del take timeout_ms, how long the write
@@ -52,6 +74,10 @@ struct store_backend {
                      int64_t expect_rev, int64_t lease, long timeout_ms, int64_t *new_rev);
     /* store_lock_fd; NULL: none */
     int (*lock_fd)(void *impl);
+    /* n (1..STORE_BATCH_MAX) writes made in order as if one after the other,
+     * each with its own result, made durable together (one flush for all);
+     * NULL: store_batch_within makes them one at a time. */
+    void (*batch)(void *impl, struct store_op *ops, size_t n, long timeout_ms);
 };
 
 extern const struct store_backend store_embedded_backend;
@@ -62,6 +88,12 @@ extern const struct store_backend store_etcd_backend;
 int store_put_within(struct store *s, const char *key, const void *val, size_t len,
                      int64_t expect_rev, long timeout_ms, int64_t *new_rev);
 int store_delete_within(struct store *s, const char *key, int64_t expect_rev, long timeout_ms);
+/* The writes of ops in order, each result in its op: through the back-end's
+ * batch (one flush for all: the store writer's group commit) or one at a time. */
+void store_batch_within(struct store *s, struct store_op *ops, size_t n, long timeout_ms);
+/* Does s's back-end make a batch durable with one flush (else a batch is
+ * only a loop, and each write had better get its own bound)? */
+bool store_batches(const struct store *s);
 
 /* Formats an error into a thread-local buffer and returns it, for *err. */
 const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

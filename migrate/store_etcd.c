@@ -1360,6 +1360,7 @@ static json_t *write_request_why(struct etcd *e, const char *what, const char *k
                                  const char *path, char *body, long timeout_ms, char *why)
 {
     long total = timeout_ms > 0 && timeout_ms < WRITE_TOTAL_MS ? timeout_ms : WRITE_TOTAL_MS;
+    int64_t asked = clock_mono_ms();
     json_t *resp = NULL;
 
     if (!key_in_prefix(key)) {
@@ -1371,8 +1372,16 @@ static json_t *write_request_why(struct etcd *e, const char *what, const char *k
         log_warnx("store: etcd: %s %s: out of memory", what, key);
         return NULL;
     }
+    /* The wait for the write connection counts against the bound: a
+     * writer behind another (the zone's lease keep-alive, a store writer's
+     * write) still answers within its own. */
     pthread_mutex_lock(&e->wmu);
-    int rc = call(e, e->req, &e->wep, path, body, total, &resp, why);
+    total -= (long)(clock_mono_ms() - asked);
+    int rc = -1;
+    if (total > 0)
+        rc = call(e, e->req, &e->wep, path, body, total, &resp, why);
+    else
+        snprintf(why, WHY_LEN, "its bound passed while another write held the connection");
     pthread_mutex_unlock(&e->wmu);
     free(body);
     if (rc < 0) {

@@ -1,9 +1,12 @@
 /* migrate/store_writer.c: a thread that makes queued store writes in order,
- * each within its bound (see store_writer.h); callers on any thread. */
+ * each within its bound (see store_writer.h), every write queued meanwhile
+ * in one store call (a group commit on the embedded store); callers on any
+ * thread. */
 #include "migrate/store_writer.h"
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -25,6 +28,7 @@ struct write {
     uint8_t *val;
     size_t len;
     int64_t expect_rev;
+    store_writer_check_fn check;    /* NULL: expect_rev as queued */
     int64_t deadline;               /* CLOCK_MONOTONIC ms */
     store_writer_done_fn done;
     void *arg;
@@ -52,47 +56,122 @@ static void write_free(struct write *wr)
     free(wr);
 }
 
-/* Makes one write (or fails it untried when no time is left). */
-static void make(struct store_writer *w, struct write *wr, int64_t deadline)
+/* A conditional write's revision to compare with, from the store's view
+ * now (into wr->expect_rev): STORE_OK, STORE_CONFLICT (check refused),
+ * STORE_NOT_FOUND (a delete of an absent key) or STORE_ERROR. */
+static int checked_rev(struct store_writer *w, struct write *wr)
 {
-    int64_t left = deadline - clock_mono_ms(), rev = 0;
-    int rc;
+    void *cur = NULL;
+    size_t cur_len = 0;
+    int64_t cur_rev = 0;
+    int rc = store_get(w->s, wr->key, &cur, &cur_len, &cur_rev);
+    if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+        return STORE_ERROR;
+    if (rc == STORE_NOT_FOUND && wr->del)
+        return STORE_NOT_FOUND;
+    int64_t rev = wr->check(rc == STORE_OK ? cur : NULL, rc == STORE_OK ? cur_len : 0,
+                            rc == STORE_OK ? cur_rev : 0, wr->arg);
+    free(cur);
+    if (rev == STORE_WRITER_REFUSE)
+        return STORE_CONFLICT;
+    wr->expect_rev = rev;
+    return STORE_OK;
+}
 
-    if (left <= 0) {
-        log_debug("store: %s %s not tried: its bound passed while it was queued",
-                  wr->del ? "delete" : "put", wr->key);
-        rc = STORE_ERROR;
-    } else if (wr->del) {
-        rc = store_delete_within(w->s, wr->key, wr->expect_rev, (long)left);
-    } else {
-        rc = store_put_within(w->s, wr->key, wr->val, wr->len, wr->expect_rev, (long)left, &rev);
+/* checked_rev against a write of the same run queued before wr (prev), not
+ * made yet: check sees its value, and a compare with its revision becomes
+ * STORE_BATCH_PREV_REV. */
+static int checked_pending(struct write *wr, const struct write *prev)
+{
+    if (prev->del && wr->del)
+        return STORE_NOT_FOUND;
+    int64_t rev = wr->check(prev->del ? NULL : prev->val, prev->del ? 0 : prev->len,
+                            prev->del ? 0 : STORE_WRITER_PENDING_REV, wr->arg);
+    if (rev == STORE_WRITER_REFUSE)
+        return STORE_CONFLICT;
+    wr->expect_rev = rev == STORE_WRITER_PENDING_REV ? STORE_BATCH_PREV_REV : rev;
+    return STORE_OK;
+}
+
+/* Makes a run of writes taken off the queue together: one call to the store
+ * (a back-end that batches makes them durable with one flush: a group
+ * commit), each write still within its own bound (one past it fails
+ * untried). A conditional write is checked against the store's view, or,
+ * when a write of the run before it has the same key, against that write
+ * (checked_pending). The done callbacks run in queue order after the call. */
+static void make(struct store_writer *w, struct write **run, size_t n, int64_t stop_deadline)
+{
+    struct store_op ops[STORE_BATCH_MAX];
+    size_t idx[STORE_BATCH_MAX];
+    int rcs[STORE_BATCH_MAX];
+    int64_t now = clock_mono_ms(), least = INT64_MAX;
+    size_t nops = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct write *wr = run[i];
+        int64_t deadline = wr->deadline < stop_deadline ? wr->deadline : stop_deadline;
+        idx[i] = SIZE_MAX;
+        rcs[i] = STORE_ERROR;
+        if (deadline - now <= 0) {
+            log_debug("store: %s %s not tried: its bound passed while it was queued",
+                      wr->del ? "delete" : "put", wr->key);
+            continue;
+        }
+        if (wr->check != NULL) {
+            size_t k = i;
+            while (k-- > 0)
+                if (idx[k] != SIZE_MAX && strcmp(run[k]->key, wr->key) == 0)
+                    break;
+            int crc = k < i ? checked_pending(wr, run[k]) : checked_rev(w, wr);
+            if (crc != STORE_OK) {
+                rcs[i] = crc;   /* refused, or nothing to delete */
+                continue;
+            }
+        }
+        if (deadline - now < least)
+            least = deadline - now;
+        idx[i] = nops;
+        ops[nops++] = (struct store_op){ .del = wr->del, .key = wr->key, .val = wr->val,
+                                         .len = wr->len, .expect_rev = wr->expect_rev };
     }
-    if (wr->done != NULL)
-        wr->done(rc, rc == STORE_OK ? rev : 0, wr->arg);
+    if (nops > 0)
+        store_batch_within(w->s, ops, nops, (long)least);
+    for (size_t i = 0; i < n; i++) {
+        int rc = idx[i] != SIZE_MAX ? ops[idx[i]].result : rcs[i];
+        if (run[i]->done != NULL)
+            run[i]->done(rc, rc == STORE_OK && idx[i] != SIZE_MAX ? ops[idx[i]].new_rev : 0,
+                         run[i]->arg);
+    }
 }
 
 static void *writer_main(void *arg)
 {
     struct store_writer *w = arg;
+    struct write *run[STORE_BATCH_MAX];
+    /* A back-end that does not batch gets one write at a time, so each has
+     * its whole bound for itself (etcd). */
+    size_t most = store_batches(w->s) ? STORE_BATCH_MAX : 1;
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (w->head == NULL && !w->stopping)
             pthread_cond_wait(&w->cv, &w->mu);
-        struct write *wr = w->head;
-        if (wr == NULL)
+        if (w->head == NULL)
             break;                  /* stopping, nothing left */
-        w->head = wr->next;
+        size_t n = 0;
+        while (w->head != NULL && n < most) {
+            run[n++] = w->head;
+            w->head = w->head->next;
+        }
         if (w->head == NULL)
             w->tail = NULL;
-        int64_t deadline = wr->deadline;
-        if (w->stopping && w->stop_deadline < deadline)
-            deadline = w->stop_deadline;
+        int64_t stop_deadline = w->stopping ? w->stop_deadline : INT64_MAX;
         pthread_mutex_unlock(&w->mu);
-        make(w, wr, deadline);
-        write_free(wr);
+        make(w, run, n, stop_deadline);
+        for (size_t i = 0; i < n; i++)
+            write_free(run[i]);
         pthread_mutex_lock(&w->mu);
-        w->pending--;
+        w->pending -= n;
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -124,8 +203,8 @@ struct store_writer *store_writer_new(struct store *s, const char **err)
 }
 
 static int enqueue(struct store_writer *w, bool del, const char *key, const void *val,
-                   size_t len, int64_t expect_rev, long timeout_ms, store_writer_done_fn done,
-                   void *arg)
+                   size_t len, int64_t expect_rev, store_writer_check_fn check, long timeout_ms,
+                   store_writer_done_fn done, void *arg)
 {
     struct write *wr;
 
@@ -134,6 +213,7 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
         return -1;
     wr->del = del;
     wr->expect_rev = expect_rev;
+    wr->check = check;
     wr->len = len;
     wr->deadline = clock_mono_ms() + timeout_ms;
     wr->done = done;
@@ -165,13 +245,30 @@ static int enqueue(struct store_writer *w, bool del, const char *key, const void
 int store_writer_put(struct store_writer *w, const char *key, const void *val, size_t len,
                      int64_t expect_rev, long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, false, key, val, len, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, false, key, val, len, expect_rev, NULL, timeout_ms, done, arg);
 }
 
 int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_rev,
                         long timeout_ms, store_writer_done_fn done, void *arg)
 {
-    return enqueue(w, true, key, NULL, 0, expect_rev, timeout_ms, done, arg);
+    return enqueue(w, true, key, NULL, 0, expect_rev, NULL, timeout_ms, done, arg);
+}
+
+int store_writer_put_if(struct store_writer *w, const char *key, const void *val, size_t len,
+                        store_writer_check_fn check, long timeout_ms, store_writer_done_fn done,
+                        void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, false, key, val, len, STORE_ANY_REV, check, timeout_ms, done, arg);
+}
+
+int store_writer_delete_if(struct store_writer *w, const char *key, store_writer_check_fn check,
+                           long timeout_ms, store_writer_done_fn done, void *arg)
+{
+    if (check == NULL)
+        return -1;
+    return enqueue(w, true, key, NULL, 0, STORE_ANY_REV, check, timeout_ms, done, arg);
 }
 
 size_t store_writer_pending(struct store_writer *w)

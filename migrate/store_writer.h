@@ -1,7 +1,9 @@
 /* migrate/store_writer.h: store writes for a loop that must not wait for
  * them (the broker's control loop). One thread per writer makes the queued
- * puts and deletes one at a time, in the order they were queued (so in order
- * per key), each within its own bound counted from when it was queued: a
+ * puts and deletes in the order they were queued (so in order per key),
+ * every write queued meanwhile in one store call (a back-end that batches,
+ * the embedded one, makes them durable with one flush; etcd gets them one at
+ * a time), each within its own bound counted from when it was queued: a
  * write still queued when its bound has passed fails without being tried, so
  * a silent etcd costs every write at most its bound, however many wait
  * before it. The result goes to a callback on the writer's thread; the
@@ -38,6 +40,30 @@ int store_writer_put(struct store_writer *w, const char *key, const void *val, s
                      int64_t expect_rev, long timeout_ms, store_writer_done_fn done, void *arg);
 int store_writer_delete(struct store_writer *w, const char *key, int64_t expect_rev,
                         long timeout_ms, store_writer_done_fn done, void *arg);
+
+/* A put or delete made only if check agrees, decided on the writer's thread
+ * just before the write: check(cur, cur_len, cur_rev, arg) sees the key as
+ * the store has it then (cur NULL: absent) and returns the revision to
+ * compare-and-swap with (cur_rev, or STORE_ABSENT_REV for an absent key), or
+ * STORE_WRITER_REFUSE: nothing is written and done gets STORE_CONFLICT. A
+ * change between the look and the write fails the compare: STORE_CONFLICT
+ * too. The look is the store's in-memory view (store_get), so a write costs
+ * no extra round trip. A delete of an absent key is STORE_NOT_FOUND without
+ * a check. check and done share arg; check may write into it (done runs
+ * after it, on the same thread). */
+#define STORE_WRITER_REFUSE (-2)
+/* cur_rev when what check sees is a write queued before this one and taken
+ * in the same store call, not made yet (a group commit: its revision is not
+ * known). Returned as is, the write compares with the revision that write
+ * gets (and fails STORE_CONFLICT if it fails). */
+#define STORE_WRITER_PENDING_REV INT64_MAX
+typedef int64_t (*store_writer_check_fn)(const void *cur, size_t cur_len, int64_t cur_rev,
+                                         void *arg);
+int store_writer_put_if(struct store_writer *w, const char *key, const void *val, size_t len,
+                        store_writer_check_fn check, long timeout_ms, store_writer_done_fn done,
+                        void *arg);
+int store_writer_delete_if(struct store_writer *w, const char *key, store_writer_check_fn check,
+                           long timeout_ms, store_writer_done_fn done, void *arg);
 
 /* Writes queued and not finished yet (including the one being made). */
 size_t store_writer_pending(struct store_writer *w);

@@ -22,9 +22,10 @@
 #include <openssl/rand.h>
 
 struct seal_keys {
-    bool sealing, keyed_names;
-    uint32_t id;
+    bool sealing, keyed_names, has_old;
+    uint32_t id, old_id;
     uint8_t aead[SEAL_KEY_LEN];
+    uint8_t old_aead[SEAL_KEY_LEN];   /* the retired store key's (has_old) */
     uint8_t names[SEAL_KEY_LEN];
 };
 
@@ -49,18 +50,27 @@ fail:
     return rc;
 }
 
+/* The AEAD key and the key id of a store key. */
+static int derive_seal(const uint8_t *store_key, uint8_t aead[SEAL_KEY_LEN], uint32_t *id)
+{
+    uint8_t b[4];
+
+    if (hkdf(store_key, "spice-broker seal v1", aead, SEAL_KEY_LEN) < 0 ||
+        hkdf(store_key, "spice-broker key id v1", b, sizeof(b)) < 0)
+        return -1;
+    *id = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+    return 0;
+}
+
 struct seal_keys *seal_keys_new(const uint8_t *store_key, const uint8_t *name_key)
 {
     struct seal_keys *k = calloc(1, sizeof(*k));
-    uint8_t id[4];
 
     if (k == NULL)
         return NULL;
     if (store_key != NULL) {
-        if (hkdf(store_key, "spice-broker seal v1", k->aead, sizeof(k->aead)) < 0 ||
-            hkdf(store_key, "spice-broker key id v1", id, sizeof(id)) < 0)
+        if (derive_seal(store_key, k->aead, &k->id) < 0)
             goto fail;
-        k->id = (uint32_t)id[0] << 24 | (uint32_t)id[1] << 16 | (uint32_t)id[2] << 8 | id[3];
         k->sealing = true;
     }
     if (name_key != NULL) {
@@ -98,6 +108,34 @@ bool seal_keys_keyed_names(const struct seal_keys *k)
 uint32_t seal_keys_id(const struct seal_keys *k)
 {
     return k != NULL ? k->id : 0;
+}
+
+int seal_keys_add_old(struct seal_keys *k, const uint8_t *old_key)
+{
+    uint8_t aead[SEAL_KEY_LEN];
+    uint32_t id = 0;
+    int rc = -1;
+
+    if (!seal_keys_sealing(k) || old_key == NULL || derive_seal(old_key, aead, &id) < 0 ||
+        id == k->id)
+        goto out;
+    memcpy(k->old_aead, aead, sizeof(aead));
+    k->old_id = id;
+    k->has_old = true;
+    rc = 0;
+out:
+    OPENSSL_cleanse(aead, sizeof(aead));
+    return rc;
+}
+
+uint32_t seal_keys_old_id(const struct seal_keys *k)
+{
+    return k != NULL && k->has_old ? k->old_id : 0;
+}
+
+bool seal_keys_opens(const struct seal_keys *k, uint32_t id)
+{
+    return seal_keys_sealing(k) && (id == k->id || (k->has_old && id == k->old_id));
 }
 
 static int hexval(int c)
@@ -182,19 +220,19 @@ fail:
     return rc;
 }
 
-int seal_unbox(const struct seal_keys *k, const char *ad, const uint8_t *in, size_t n,
-               uint8_t *out)
+static int unbox(const uint8_t aead[SEAL_KEY_LEN], const char *ad, const uint8_t *in, size_t n,
+                 uint8_t *out)
 {
     EVP_CIPHER_CTX *ctx = NULL;
     size_t clen;
     int l = 0, rc = -1;
 
-    if (!seal_keys_sealing(k) || ad == NULL || n < SEAL_OVERHEAD || n > INT32_MAX)
+    if (ad == NULL || n < SEAL_OVERHEAD || n > INT32_MAX)
         return -1;
     clen = n - SEAL_OVERHEAD;
     if ((ctx = EVP_CIPHER_CTX_new()) == NULL)
         goto fail;
-    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, k->aead, in) != 1 ||
+    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, aead, in) != 1 ||
         EVP_DecryptUpdate(ctx, NULL, &l, (const uint8_t *)ad, (int)strlen(ad)) != 1 ||
         (clen > 0 && EVP_DecryptUpdate(ctx, out, &l, in + SEAL_NONCE_LEN, (int)clen) != 1) ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, SEAL_TAG_LEN,
@@ -207,4 +245,18 @@ fail:
         OPENSSL_cleanse(out, clen);
     EVP_CIPHER_CTX_free(ctx);
     return rc;
+}
+
+int seal_unbox(const struct seal_keys *k, const char *ad, const uint8_t *in, size_t n,
+               uint8_t *out)
+{
+    return seal_keys_sealing(k) ? unbox(k->aead, ad, in, n, out) : -1;
+}
+
+int seal_unbox_id(const struct seal_keys *k, uint32_t id, const char *ad, const uint8_t *in,
+                  size_t n, uint8_t *out)
+{
+    if (!seal_keys_opens(k, id))
+        return -1;
+    return unbox(id == k->id ? k->aead : k->old_aead, ad, in, n, out);
 }

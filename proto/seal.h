@@ -36,6 +36,15 @@ bool seal_keys_keyed_names(const struct seal_keys *k);
  * another key knows it at once (and, once keys rotate, which key to use). */
 uint32_t seal_keys_id(const struct seal_keys *k);
 
+/* Adds the store key being retired (SEAL_KEY_LEN bytes, copied): records
+ * sealed with it still open (seal_unbox_id), new ones are sealed with the
+ * current key. 0, or -1 (k does not seal, the same key, OpenSSL failure). */
+int seal_keys_add_old(struct seal_keys *k, const uint8_t *old_key);
+/* The retired key's id, and whether k opens records sealed under key id
+ * (the current key's or the retired one's). */
+uint32_t seal_keys_old_id(const struct seal_keys *k);
+bool seal_keys_opens(const struct seal_keys *k, uint32_t id);
+
 /* Parses a key file's text: 64 hex digits, whitespace around them allowed.
  * 0, or -1 (key untouched). */
 int seal_parse_key(const char *text, size_t len, uint8_t key[SEAL_KEY_LEN]);
@@ -52,5 +61,9 @@ int seal_box(const struct seal_keys *k, const char *ad, const uint8_t *in, size_
  * bytes). 0, or -1: another key, another ad, or altered bytes (out wiped). */
 int seal_unbox(const struct seal_keys *k, const char *ad, const uint8_t *in, size_t n,
                uint8_t *out);
+/* seal_unbox with the key whose id is id: the current key or the retired
+ * one (seal_keys_add_old). -1 also when k has no key of that id. */
+int seal_unbox_id(const struct seal_keys *k, uint32_t id, const char *ad, const uint8_t *in,
+                  size_t n, uint8_t *out);
 
 #endif

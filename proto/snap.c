@@ -196,9 +196,9 @@ static int unseal(const ProtobufCBinaryData *sealed, uint32_t key_id, const char
         return SNAP_BAD;
     if (!seal_keys_sealing(keys))
         return SNAP_NO_KEY;
-    if (key_id != seal_keys_id(keys))
+    if (!seal_keys_opens(keys, key_id))
         return SNAP_OTHER_KEY;
-    if (key == NULL || seal_unbox(keys, key, sealed->data, n, (uint8_t *)out) < 0)
+    if (key == NULL || seal_unbox_id(keys, key_id, key, sealed->data, n, (uint8_t *)out) < 0)
         return SNAP_FORGED;
     n -= SEAL_OVERHEAD;
     out[n] = '\0';
@@ -241,6 +241,31 @@ fail:
     /* wipe the copies of the backend password we made on the way */
     OPENSSL_cleanse(&tmp, sizeof(tmp));
     if (m != NULL) {
+        if (m->password != NULL)
+            OPENSSL_cleanse(m->password, strlen(m->password));
+        spicebroker__token_record__free_unpacked(m, NULL);
+    }
+    if (tofree != NULL)
+        OPENSSL_cleanse(tofree, plen);
+    free(tofree);
+    return rc;
+}
+
+int snap_token_sealed_with(const uint8_t *buf, size_t len, uint32_t *id)
+{
+    TokenRecord *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen = 0;
+    int rc = -1;
+
+    *id = 0;
+    if (unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        return -1;
+    if ((m = spicebroker__token_record__unpack(NULL, plen, payload)) != NULL) {
+        rc = m->sealed_password.len > 0;
+        if (rc == 1)
+            *id = m->key_id;
         if (m->password != NULL)
             OPENSSL_cleanse(m->password, strlen(m->password));
         spicebroker__token_record__free_unpacked(m, NULL);

@@ -111,6 +111,10 @@ enum {
 /* 0, or one of the above; *t untouched then. key and keys as for encoding. */
 int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *keys,
                       const char *key, struct snap_token *t);
+/* Whether a token record's password is sealed: 1 (*id its key id), 0 (in
+ * clear or none; *id 0), -1 not a token record. For re-sealing after a
+ * store-key rotation. */
+int snap_token_sealed_with(const uint8_t *buf, size_t len, uint32_t *id);
 /* The log wording of a snap_token_decode result ("token record sealed with
  * another key", ...). */
 const char *snap_token_strerror(int rc);

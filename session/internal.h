@@ -232,6 +232,8 @@ struct chan {
     uint64_t client_taken;      /* relaying: bytes the client's transport has taken */
     uint64_t stall_mark;        /* client_taken when the stall timer was armed */
     struct chan_link *lk;       /* client link phase only */
+    struct fwd *fwd;            /* forwarded to the session's broker (fwd.c), else NULL */
+    bool from_peer;             /* carried here by another broker of the zone (peer link) */
     struct wire_link_mess client; /* the client's link: type, id, caps */
     struct relay_dir to_b;      /* client -> backend */
     struct relay_dir to_c;      /* backend -> client */
@@ -370,6 +372,25 @@ void chan_uncount(struct chan *c);
 
 /* link.c */
 void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len);
+/* A channel another broker of the zone carried here (session_accept_peer):
+ * its client's ticket opened there, ch says for which token; checked here
+ * against the session like a ticket, then linked as the client's own. */
+void link_start_peer(struct chan *c, const struct peer_channel *ch);
+/* Refuses a non-main link after our reply: a wrong token (throttled per
+ * source, PERMISSION_DENIED), or any other result at once. Both close c. */
+void link_refuse_ticket(struct chan *c, const char *why);
+void link_refuse_result(struct chan *c, uint32_t err, const char *why);
+
+/* fwd.c: a channel whose session another broker holds. */
+struct fwd;
+/* The client's ticket opened (hash: its token's SHA-256) but no session sid
+ * lives here: finds the session's broker, carries the channel there and
+ * pipes it, or refuses it at the zone's refusal deadline. */
+void fwd_start(struct chan *c, uint32_t sid, const uint8_t hash[32]);
+/* Refuses the link (link_refuse_ticket) at the zone's refusal deadline. */
+void fwd_refuse(struct chan *c, uint32_t sid, const char *reason);
+/* Stops and frees c->fwd (NULL: no-op); c's own transport stays. */
+void fwd_free(struct fwd *f);
 /* The link message the broker sends a backend for channel c. */
 void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m);
 

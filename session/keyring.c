@@ -35,7 +35,7 @@ struct keyring {
     struct rkey cur, prev;
     uint32_t next_gen;
     EVP_MD *sha256;
-    uint64_t rotations, replays;
+    uint64_t rotations, replays, generated, gone;
     /* the generator thread: next is made ahead, handed over under mu */
     pthread_t thread;
     bool has_thread;
@@ -161,6 +161,7 @@ static int rotate(struct keyring *r, int64_t now_ms)
     struct ticket_key *k = take_next(r);
     if (k == NULL)
         return -1;
+    r->generated++;
     /* A key replaced again within its predecessor's grace (max_seen reached
      * twice that fast) drops the predecessor early: its links are refused. */
     rkey_clear(&r->prev);
@@ -192,6 +193,7 @@ struct keyring *keyring_new(const struct ticket_key *first, const struct keyring
     r->cur.gen = 1;
     r->cur.born = now_ms;
     r->next_gen = 2;
+    r->generated = first == NULL;
     if (r->sha256 == NULL || r->cur.k == NULL)
         goto fail;
     if (o->background) {
@@ -264,6 +266,8 @@ enum keyring_verdict keyring_open(struct keyring *r, uint32_t gen,
         v = KEYRING_GONE;
     if (v == KEYRING_REPLAY)
         r->replays++;
+    if (v == KEYRING_GONE)
+        r->gone++;
     if (v != KEYRING_OK && cap > 0)
         OPENSSL_cleanse(out, cap);
     return v;
@@ -290,4 +294,6 @@ void keyring_stats(const struct keyring *r, struct keyring_stats *out)
     out->seen = r->cur.seen.n + r->prev.seen.n;
     out->rotations = r->rotations;
     out->replays = r->replays;
+    out->generated = r->generated;
+    out->gone = r->gone;
 }

@@ -61,10 +61,12 @@ enum keyring_verdict keyring_open(struct keyring *r, uint32_t gen,
                                   char *out, size_t cap);
 const char *keyring_verdict_name(enum keyring_verdict v);
 
-/* For tests and /metrics: live keys (1 or 2), digests held, rotations. */
+/* For tests and /metrics: live keys (1 or 2), digests held, rotations,
+ * keys generated and put in use (the first, unless copied, and each
+ * rotation's), tickets refused as replays and for a key gone. */
 struct keyring_stats {
     uint32_t keys, seen;
-    uint64_t rotations, replays;
+    uint64_t rotations, replays, generated, gone;
 };
 void keyring_stats(const struct keyring *r, struct keyring_stats *out);
 

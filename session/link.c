@@ -33,6 +33,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "proto/proxy.h"
+#include "proto/peer.h"
 #include "proto/ticket.h"
 #include "proto/wire.h"
 #include "session/internal.h"
@@ -170,6 +171,16 @@ bool session_token_wrong(const char *why)
            strncmp(why, "expired token", 13) == 0 || strncmp(why, "empty token", 11) == 0;
 }
 
+void link_refuse_ticket(struct chan *c, const char *why)
+{
+    refuse_token(c, why);
+}
+
+void link_refuse_result(struct chan *c, uint32_t err, const char *why)
+{
+    refuse_auth(c, err, why);
+}
+
 /* The backend leg failed: tell the client in the form its current step expects. */
 static void backend_failed(struct chan *c, const char *why)
 {
@@ -284,6 +295,17 @@ static void client_link_done(struct chan *c)
             refuse_link(c, SPICE_LINK_ERR_BAD_CONNECTION_ID, "main link with a connection id");
             return;
         }
+        if (w->env.draining != NULL &&
+            atomic_load_explicit(w->env.draining, memory_order_relaxed)) {
+            /* Before the ticket: nothing to check. Counted as "other". */
+            log_info("%s client=%s main:%u link refused: the broker is draining (new sessions "
+                     "go to the zone's other brokers) (%s)", chan_sid(c), c->addr, c->id,
+                     wire_link_err_name(SPICE_LINK_ERR_ERROR));
+            send_link_error(c, SPICE_LINK_ERR_ERROR);
+            w->stats.links_refused++;
+            chan_close(c, "the broker is draining");
+            return;
+        }
         /* Our main caps: what the broker forwards. Migration caps are never
          * offered to the client: the broker hides migration. */
         struct wire_caps mc;
@@ -339,13 +361,24 @@ static void nonmain_auth_done(struct chan *c, enum keyring_verdict v, const uint
     if (s != NULL && s->closing)
         s = NULL;
     bool same = CRYPTO_memcmp(hash, s != NULL ? s->token_hash : none, 32) == 0;
+    bool zone = w->env.locate != NULL && !c->from_peer;
+    if (zone && v == KEYRING_OK && s == NULL) {
+        /* Not held here: perhaps by another broker of the zone (fwd.c). */
+        fwd_start(c, c->lk->sid, hash);
+        return;
+    }
     if (v != KEYRING_OK || s == NULL || !same) {
         char reason[96];
         snprintf(reason, sizeof(reason), "permission denied (%s)",
                  v != KEYRING_OK ? keyring_verdict_name(v)
                  : s == NULL     ? "bad ticket or unknown session"
                                  : "token differs from the session's");
-        refuse_token(c, reason); /* throttled per source like a main link's */
+        if (c->from_peer)
+            refuse_auth(c, SPICE_LINK_ERR_PERMISSION_DENIED, reason); /* the forwarder throttles */
+        else if (zone)
+            fwd_refuse(c, c->lk->sid, reason); /* at the zone's refusal deadline, like the rest */
+        else
+            refuse_token(c, reason); /* throttled per source like a main link's */
         return;
     }
     struct chan *o;
@@ -630,7 +663,13 @@ static void on_backend_linked(struct chan *c, struct leg *l, const struct wire_c
     if (c->is_main) {
         log_info("%s main:0 linked to backend %s", chan_sid(c), l->where);
     } else {
-        log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        if (c->from_peer) {
+            c->w->stats.channels_forwarded_in++;
+            log_info("%s %s:%u linked (client=%s, carried by another broker of the zone)",
+                     chan_sid(c), wire_channel_name(c->type), c->id, c->addr);
+        } else {
+            log_info("%s %s:%u linked", chan_sid(c), wire_channel_name(c->type), c->id);
+        }
         if (caps != NULL && c->type < SPICE_END_CHANNEL) {
             c->w->chan_caps[c->type] = *caps;
             c->w->chan_caps_known[c->type] = true;
@@ -811,4 +850,47 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
     chan_arm_read(c->client_side.rd, c->client_side.t);
     if (transport_pending_out(c->client_side.t))
         event_add(c->client_side.wr, NULL); /* a PONG or TLS ticket that came with the hand-over */
+}
+
+void link_start_peer(struct chan *c, const struct peer_channel *ch)
+{
+    struct event_base *base = c->w->env.base;
+    c->lk = calloc(1, sizeof(*c->lk));
+    int fd = transport_fd(c->client_side.t);
+    c->client_side.rd = event_new(base, fd, EV_READ | EV_PERSIST, on_link_io, c);
+    c->client_side.wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_link_io, c);
+    c->timer = evtimer_new(base, on_link_timeout, c);
+    if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL ||
+        c->timer == NULL) {
+        chan_close(c, "out of memory");
+        return;
+    }
+    /* The forwarder answered the client's link and read its ticket: what
+     * goes back now is the 4-byte link result. */
+    c->state = CH_C_AUTH;
+    client_set_state(c, CLIENT_AUTH);
+    c->lk->reply_sent = true;
+    arm_timer(c, c->w->env.link_timeout_ms);
+    uint32_t size = 0, lerr = 0;
+    const char *err = NULL;
+    if (wire_link_header_parse(ch->link, ch->link_len, &size, &lerr, &err) != WIRE_OK ||
+        WIRE_LINK_HEADER_SIZE + size != ch->link_len ||
+        wire_link_mess_parse(ch->link + WIRE_LINK_HEADER_SIZE, size, &c->client, &err) !=
+            WIRE_OK) {
+        refuse_auth(c, SPICE_LINK_ERR_INVALID_DATA, err ? err : "malformed link from the zone");
+        return;
+    }
+    c->type = c->client.channel_type;
+    c->id = c->client.channel_id;
+    if (c->type == SPICE_CHANNEL_MAIN || c->client.connection_id != ch->session_id ||
+        ch->session_id == 0 ||
+        !wire_caps_has_common(&c->client.caps, SPICE_COMMON_CAP_MINI_HEADER)) {
+        refuse_auth(c, SPICE_LINK_ERR_INVALID_DATA, "a channel from the zone that cannot be");
+        return;
+    }
+    c->lk->sid = ch->session_id;
+    log_debug("sid=%08x client=%s %s:%u carried in from the zone (%s port there)",
+              ch->session_id, c->addr, wire_channel_name(c->type), c->id,
+              peer_port_name(ch->port));
+    nonmain_auth_done(c, KEYRING_OK, ch->token_hash);
 }

@@ -14,6 +14,7 @@
 #include "common/limits.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "proto/peer.h"
 #include "session/internal.h"
 #include "session/throttle.h"
 
@@ -48,7 +49,7 @@ struct session_worker *session_worker_new(const struct session_env *env)
      * previous key lives one link timeout, so links offered it finish. */
     struct keyring_opts ko = {
         .rotate_ms = env->key_rotate_ms > 0 ? env->key_rotate_ms : SESSION_KEY_ROTATE_MS,
-        .grace_ms = env->link_timeout_ms,
+        .grace_ms = env->key_grace_ms > 0 ? env->key_grace_ms : env->link_timeout_ms,
         .max_seen = env->key_max_tickets > 0 ? env->key_max_tickets : SESSION_KEY_MAX_TICKETS,
         .background = true,
     };
@@ -158,6 +159,33 @@ void session_accept(struct session_worker *w, struct transport *t,
     accept_client(w, t, peer, pre, pre_len, web_token, NULL);
 }
 
+void session_accept_peer(struct session_worker *w, struct transport *t,
+                         const struct peer_channel *ch)
+{
+    int owner = w->env.owner_of(w->env.arg, ch->session_id);
+    if (owner >= 0 && owner != w->env.worker_index && w->env.handoff_peer != NULL) {
+        log_debug("sid=%08x a channel from the zone goes to worker %d", ch->session_id, owner);
+        if (w->env.handoff_peer(w->env.arg, owner, t, ch) < 0)
+            log_warnx("sid=%08x a channel from the zone: handoff to worker %d failed",
+                      ch->session_id, owner);
+        return;
+    }
+    struct chan *c = t != NULL ? calloc(1, sizeof(*c)) : NULL;
+    if (c == NULL) {
+        log_warnx("out of memory taking a channel from the zone");
+        transport_free(t);
+        return;
+    }
+    c->w = w;
+    c->client_side.t = t;
+    c->peer.ss_family = AF_UNSPEC; /* the client is the forwarder's: never throttled here */
+    c->from_peer = true;
+    char esc[LOG_ESCAPED_MAX];
+    snprintf(c->addr, sizeof(c->addr), "%s", log_escape(ch->client, esc, sizeof(esc)));
+    TAILQ_INSERT_TAIL(&w->pending, c, link);
+    link_start_peer(c, ch);
+}
+
 void session_accept_counted(struct session_worker *w, struct transport *t,
                             const struct sockaddr_storage *peer, const char *web_token,
                             struct limits_conn *lc)
@@ -178,6 +206,7 @@ static void chan_disarm(struct chan *c)
         blink_free(c->cur->bl); /* a link in progress calls back no more */
         c->cur->bl = NULL;
     }
+    fwd_free(c->fwd); /* a forwarded channel's peer link goes at once */
     c->w->hooks->chan_free(c);
 }
 
@@ -433,7 +462,13 @@ void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg)
 
 void session_worker_stats(const struct session_worker *w, struct session_stats *out)
 {
+    struct keyring_stats ks;
     *out = w->stats;
+    keyring_stats(w->keys, &ks);
+    out->link_keys_generated = ks.generated;
+    out->link_key_rotations = ks.rotations;
+    out->tickets_replayed = ks.replays;
+    out->tickets_key_gone = ks.gone;
     const struct session *s;
     TAILQ_FOREACH(s, &w->sessions, link) {
         const struct chan *c;

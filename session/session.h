@@ -15,6 +15,7 @@
 #ifndef SB_SESSION_H
 #define SB_SESSION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@ struct transport;
 struct session_hooks;
 struct limits;
 struct limits_conn;
+struct peer_channel;
 typedef struct ssl_ctx_st SSL_CTX;
 
 /* TLS toward QEMU (--backend-tls): auto takes a record's secure port when it
@@ -48,6 +50,7 @@ struct session_env {
      * once (session/keyring.h). */
     const struct ticket_key *key;
     int key_rotate_ms;
+    int key_grace_ms;       /* a replaced key's life (0: link_timeout_ms) */
     uint32_t key_max_tickets;
     /* The migration engine's hooks (migrate/handover.h: &handover_hooks). */
     const struct session_hooks *migration;
@@ -72,6 +75,24 @@ struct session_env {
     int (*handoff)(void *arg, int worker_index, struct transport *t,
                    const struct sockaddr_storage *peer, const uint8_t *pre, size_t pre_len,
                    const char *web_token);
+    /* The zone's broker-to-broker links (proto/peer.h); locate NULL: none.
+     * Where the broker that holds session id takes channels: 0 with its
+     * peer address ("host:port", a name or an address) in addr; 1 when nobody is known
+     * to hold it yet (its record may still be on its way: ask again); -1
+     * when no other serving broker does (unknown, ended, or this one's). May
+     * be called often (every FWD_POLL_MS while a link waits); must not block. */
+    int (*locate)(void *arg, uint32_t id, char *addr, size_t cap);
+    /* The zone secret (PEER_SECRET_LEN bytes, read-only while workers run). */
+    const uint8_t *peer_secret;
+    /* Mutual TLS toward the owner's peer port (--peer-cert; NULL: the bare
+     * socket), opaque here like backend_tls: peer_tls_acquire(peer_tls) gives
+     * its current SSL_CTX with a reference the caller drops (SIGHUP). */
+    void *peer_tls;
+    SSL_CTX *(*peer_tls_acquire)(void *peer_tls);
+    /* Hand a channel carried in by a peer to the worker that owns its
+     * session (like handoff; takes t; copies ch). -1: t freed. */
+    int (*handoff_peer)(void *arg, int worker_index, struct transport *t,
+                        const struct peer_channel *ch);
     /* A session record changed (started, ended): persist it off the worker
      * loop. ended=true deletes the record. */
     void (*publish)(void *arg, const struct snap_session *rec, bool ended);
@@ -99,6 +120,11 @@ struct session_env {
     /* A live channel's client that takes none of the bytes waiting for it
      * for this long is closed (0: never). */
     int write_stall_ms;
+
+    /* Set while the broker drains: a new session's main link is refused
+     * (non-main links of live sessions go on). Read once per main link;
+     * NULL: never. */
+    const atomic_bool *draining;
 
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */
@@ -130,6 +156,14 @@ void session_accept(struct session_worker *w, struct transport *t,
 void session_accept_counted(struct session_worker *w, struct transport *t,
                             const struct sockaddr_storage *peer, const char *web_token,
                             struct limits_conn *lc);
+/* A channel another broker of the zone carried to this one over an
+ * authenticated peer connection (t, taken; broker/peer.c): ch names the
+ * session, the client's link and the SHA-256 of the token its ticket opened
+ * at that broker. Checked against the session here, it gets its 4-byte link
+ * result on t and then relays like a client's own channel (migrations
+ * switch it); a session on another worker gets it through handoff_peer. */
+void session_accept_peer(struct session_worker *w, struct transport *t,
+                         const struct peer_channel *ch);
 /* Counts a connection of an earlier phase on this worker against the
  * limits; evict(arg) closes it, on this worker's loop, when a cap picks it.
  * NULL when there are no limits (or out of memory): not counted. peer NULL:
@@ -216,6 +250,14 @@ struct session_stats {
      * reasons. links_throttled: refusals delayed or made without a check. */
     uint64_t links_refused_link, links_refused_token, links_refused_blocked, links_throttled;
     uint64_t write_stalls;   /* live channels closed: their client read nothing for too long */
+    /* the worker's link keys (session/keyring.h): keys generated and put in
+     * use, rotations, tickets refused as replays, for a key gone */
+    uint64_t link_keys_generated, link_key_rotations, tickets_replayed, tickets_key_gone;
+    /* The zone: channels carried to their session's broker (out) and taken
+     * from another broker (in); links that failed on the way to the owner;
+     * owners that did not prove the zone secret. */
+    uint64_t channels_forwarded_out, channels_forwarded_in, channels_forward_failed;
+    uint64_t peer_auth_failed;
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);
 

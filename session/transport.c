@@ -262,9 +262,11 @@ static void bio_method_init(void)
 static void tls_fail(struct transport *t, int ssl_err)
 {
     unsigned long e = ERR_get_error();
-    long vr = SSL_is_server(t->ssl) ? X509_V_OK : SSL_get_verify_result(t->ssl);
+    /* A server verifies a client's certificate only when it asks for one
+     * (the peer link); else this stays X509_V_OK. */
+    long vr = SSL_get_verify_result(t->ssl);
     if (vr != X509_V_OK) {
-        /* The server's certificate did not verify: say how, not only that. */
+        /* The peer's certificate did not verify: say how, not only that. */
         snprintf(t->errbuf, sizeof(t->errbuf), "certificate verify failed: %s",
                  X509_verify_cert_error_string(vr));
         t->err = t->errbuf;

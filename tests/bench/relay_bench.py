@@ -343,6 +343,10 @@ def start_broker(args, procs, tmp, server_port, name="broker", workers=2, extra=
                     + shlex.split(args.broker_args or ""), tmp)
     if not wait_port(port, 10, p):
         raise Skip(f"did not start (rc={p.poll()}): {tail(os.path.join(tmp, name + '.err'))}")
+    # The workers listen before the admin socket is opened.
+    end = time.monotonic() + 10
+    while not os.path.exists(admin[len("unix:"):]) and time.monotonic() < end and p.poll() is None:
+        time.sleep(0.05)
     try:
         r = subprocess.run([ctl, "--admin", admin, "token", "add", TOKEN, "--host", "127.0.0.1",
                             "--port", str(server_port)], capture_output=True, text=True, timeout=10)

@@ -535,6 +535,49 @@ def snap_intent_seeds():
     }
 
 
+def peer_seeds():
+    """fuzz-peer: byte 0 the mode (0 response, 1 proof, 2 record, 3 record
+    without MAC); secret bytes 0..31, owner nonce 0x11 * 32, forwarder 0x22 * 32
+    (as fuzz_peer.c fixes them)."""
+    import hashlib
+    import hmac
+    secret = bytes(range(32))
+    no, nf = b"\x11" * 32, b"\x22" * 32
+    magic = b"SBPEER\x00\x01"
+
+    def mac(label, a, b, c=b""):
+        return hmac.new(secret, label + b"\x00" + a + b + c, hashlib.sha256).digest()
+
+    link = link_header(18 + 8) + link_mess(0x1234, 2, 0, [0xb], [0x2])
+
+    def body(port=0, sid=0x1234, client=b"127.0.0.1:4000", link=link, version=1):
+        return (b"SBCH" + bytes([version, port]) + u32(sid) + b"\xab" * 32 +
+                bytes([len(client)]) + u16(len(link)) + client + link)
+
+    def rec(**kw):
+        b = body(**kw)
+        return b + mac(b"spice-broker peer channel", no, nf, b)
+    good_resp = magic + nf + mac(b"spice-broker peer client", no, nf)
+    return {
+        "response-good": b"\x00" + good_resp,
+        "response-wrong-mac": b"\x00" + good_resp[:-1] + b"\x00",
+        "response-bad-magic": b"\x00" + b"XBPEER\x00\x01" + good_resp[8:],
+        "response-short": b"\x00" + good_resp[:40],
+        "proof-good": b"\x01" + mac(b"spice-broker peer server", nf, no),
+        "proof-wrong": b"\x01" + b"\x00" * 32,
+        "record-good": b"\x02" + rec(),
+        "record-web": b"\x02" + rec(port=2, client=b"[::1]:5000"),
+        "record-bad-mac": b"\x02" + rec()[:-1] + b"\x01",
+        "record-truncated": b"\x02" + rec()[:60],
+        "record-bad-version": b"\x02" + rec(version=2),
+        "record-bad-port": b"\x02" + rec(port=7),
+        "body-good": b"\x03" + body(),
+        "body-empty-link": b"\x03" + body(link=b""),
+        "body-long-client": b"\x03" + body(client=b"a" * 63),
+        "body-nul-client": b"\x03" + body(client=b"1.2.3.4\x00:1"),
+    }
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -554,6 +597,7 @@ def main():
     write("fuzz-proxy", proxy_seeds())
     write("fuzz-snap", snap_intent_seeds())
     write("fuzz-snap", snap_carried_seeds())
+    write("fuzz-peer", peer_seeds())
 
 
 if __name__ == "__main__":

@@ -1279,7 +1279,7 @@ class MigSession:
     else a new one). The client runs until stop() (at most client_seconds)."""
 
     def __init__(self, env, src, client_seconds=100, tag="mig", smartcard=None,
-                 broker=None, instance=None, **client_kw):
+                 broker=None, instance=None, client_port=None, **client_kw):
         self.env, self.src = env, src
         if broker is None:
             name = "broker"
@@ -1294,7 +1294,8 @@ class MigSession:
                               password=src.password, instance=self.instance)
         if smartcard is None:
             smartcard = src.all_devices
-        self.client = SpiceClient(env, "127.0.0.1", self.broker.port, self.token,
+        # client_port: where the client connects instead (a load balancer)
+        self.client = SpiceClient(env, "127.0.0.1", client_port or self.broker.port, self.token,
                                   seconds=client_seconds, smartcard=smartcard,
                                   inval_timestamps=True, **client_kw).start()
         self.channels = self.client.wait_ready()

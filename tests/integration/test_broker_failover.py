@@ -18,12 +18,15 @@ import time
 from harness import (Broker, Etcd, MigSession, Qemu, check, good_session, log,
                      no_direct, run, wait_until)
 
+TTL = 3     # --broker-lease-ttl
+
 
 def test(env):
     no_direct(env)
     etcd = Etcd(env).start()
-    a = Broker(env, name="broker-a", store=etcd.store_spec(), broker_id="a").start()
-    b = Broker(env, name="broker-b", store=etcd.store_spec(), broker_id="b").start()
+    zone = ["--broker-lease-ttl", str(TTL)]
+    a = Broker(env, name="broker-a", store=etcd.store_spec(), broker_id="a", extra=zone).start()
+    b = Broker(env, name="broker-b", store=etcd.store_spec(), broker_id="b", extra=zone).start()
     src = Qemu(env, name="src", all_devices=False).start()
     dst = Qemu.dest_like(src, "dst").start()
     ms = MigSession(env, src, tag="failover", broker=a)
@@ -48,7 +51,9 @@ def test(env):
           % (started[-1] if started else "(no session started line)"))
     log("the same token through B: %s" % started[-1].split(" ", 3)[-1])
 
-    a2 = Broker(env, name="broker-a", store=etcd.store_spec(), broker_id="a").start()
+    # (A's id is free once the dead process's lease has expired: TTL)
+    a2 = Broker(env, name="broker-a", store=etcd.store_spec(), broker_id="a",
+                extra=zone).start(timeout=TTL + 10)
     rec = wait_until(lambda: b.ended_session(sid), 5,
                      what="A's lost session in B's session history")
     log("after A restarted: %08x ended: %r" % (sid, rec["end_reason"]))

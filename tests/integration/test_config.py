@@ -44,7 +44,8 @@ def test(env):
     rc, out = broker("--help")
     check(rc == 0 and "--listen" in out and "--tls-listen" in out and "--web-listen" in out
           and "--web-tls-cert" in out and "--web-tls-key" in out and "SIGHUP" in out
-          and "--session-history" in out and "--metrics-listen" in out and "--admin-group" in out,
+          and "--session-history" in out and "--metrics-listen" in out and "--admin-group" in out
+          and "--link-key-rotate" in out and "--link-key-max-tickets" in out,
           "--help: rc %d\n%s" % (rc, out[:400]))
     rc, out = broker("--version")
     check(rc == 0 and out.startswith("spice-broker "), "--version: rc %d %r" % (rc, out))
@@ -162,11 +163,49 @@ def test(env):
         (["--zone", ""], "zone must be a non-empty name without '/'"),
         (["--zone", ".."], "zone must be a non-empty name without '/'"),
         (["--zone", "a b"], "zone must be a non-empty name without '/'"),
+        # the workers' link keys
+        (["--link-key-rotate", "0"], "link-key-rotate must be an integer"),
+        (["--link-key-max-tickets", "15"], "link-key-max-tickets must be an integer"),
+        (["--config", ini("keys.ini", "[broker]\nlink-key-grace = -1\n")],
+         "link-key-grace must be an integer"),
         # issue 10: the real client address behind a proxy
         (["--trusted-proxies", "10.0.0.1/8"], "trusted-proxies: an address has bits set past"),
         (["--trusted-proxies", "haproxy.example"], "trusted-proxies: an item is not an IPv4"),
         (["--config", ini("pp.ini", "[broker]\nproxy-protocol = native,ssl\n")],
          "proxy-protocol takes native, tls and web"),
+        (["--broker-id", "a/b"], "broker-id must be a name without '/'"),
+        (["--broker-id", "a b"], "broker-id must be a name without '/'"),
+        (["--broker-lease-ttl", "2"], "broker-lease-ttl must be an integer in [3, 3600]"),
+        (["--peer-listen", "peer.example:7000"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--peer-listen", "127.0.0.1"], "peer-listen must be a numeric ADDR:PORT"),
+        (["--listen", "127.0.0.1:%d" % p1, "--peer-listen", "127.0.0.1:%d" % p1],
+         "peer-listen needs a port of its own"),
+        (["--peer-listen", "0.0.0.0:%d" % p2], "give peer-advertise HOST:PORT"),
+        (["--peer-advertise", "broker-a.example:7000"], "peer-advertise needs peer-listen"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--peer-advertise", "broker-a"],
+         "peer-advertise must be HOST:PORT"),
+    ]
+    # the zone secret: a key file as --store-key's
+    zkey = env.path("zone.key")
+    fd = os.open(zkey, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    zopen = env.path("zone-open.key")
+    with open(zopen, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(zopen, 0o644)
+    zshort = env.path("zone-short.key")
+    fd = os.open(zshort, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("abcd\n")
+    bad += [
+        (["--peer-listen", "127.0.0.1:%d" % p2], "peer-listen needs zone-secret FILE"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", env.path("no-such.key")],
+         "zone-secret: key file"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zopen],
+         "is readable or writable by others"),
+        (["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zshort],
+         "must hold 64 hex digits"),
     ]
     for args, want in bad:
         rc, out = broker(*(base + args + ["--check-config"]))
@@ -177,11 +216,81 @@ def test(env):
                  ["--admin", "127.0.0.2:%d" % p1],
                  ["--metrics-listen", "0.0.0.0:%d" % p2, "--admin-group", str(os.getgid())],
                  ["--zone", "zone-1.a_b"],
+                 ["--link-key-rotate", "300", "--link-key-grace", "30",
+                  "--link-key-max-tickets", "1000"],
+                 ["--config", ini("keys-ok.ini", "[broker]\nlink-key-rotate = 5\n"
+                                                 "link-key-grace = 0\n"
+                                                 "link-key-max-tickets = 16\n")],
                  ["--config", ini("trusted.ini", "[broker]\ntrusted-proxies = 10.0.0.0/8, "
-                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")]):
+                                  "2001:db8::1\nproxy-protocol = native,tls,web\n")],
+                 ["--peer-listen", "0.0.0.0:%d" % p2, "--peer-advertise",
+                  "broker-a.example:%d" % p2, "--broker-lease-ttl", "30", "--broker-id", "a-1",
+                  "--zone-secret", zkey]):
         rc, out = broker(*(base + args + ["--check-config"]))
         check(rc == 0 and "configuration OK" in out, "%s: rc %d %r" % (" ".join(args), rc, out))
-    log("loopback admin addresses, a metrics port, an admin group, a dotted zone accepted")
+    log("loopback admin addresses, a metrics port, an admin group, a dotted zone, a peer "
+        "port accepted")
+    # the zone's options in a config file too
+    zconf = env.path("zone.conf")
+    with open(zconf, "w") as f:
+        f.write("[broker]\npeer-listen = 0.0.0.0:%d\nbroker-lease-ttl = 20\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "give peer-advertise HOST:PORT" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("peer-advertise = [2001:db8::1]:%d\n" % p2)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "peer-listen needs zone-secret" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("zone-secret = %s\n" % zkey)
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 0 and "configuration OK" in out, "config file: rc %d %r" % (rc, out))
+    log("peer-listen, peer-advertise, broker-lease-ttl and zone-secret in a config file checked")
+
+    # mutual TLS on the peer link: the three files together, with peer-listen,
+    # loaded (a certificate of another CA, one for servers only, a key that
+    # does not match are refused), on the command line and in a config file
+    zca = make_cert(env.path("peer-pki"), client_auth=True)
+    srv_only = make_cert(env.path("peer-pki-srv"), ca_from=zca)          # serverAuth only
+    alien = make_cert(env.path("peer-pki-alien"), client_auth=True)
+    peer = base + ["--peer-listen", "127.0.0.1:%d" % p2, "--zone-secret", zkey]
+
+    def ptls(ca, cert, key):
+        return ["--peer-ca", ca, "--peer-cert", cert, "--peer-key", key]
+    pbad = [
+        (peer + ["--peer-ca", zca["ca_cert"], "--peer-cert", zca["server_cert"]],
+         "peer-ca, peer-cert and peer-key go together"),
+        (base + ptls(zca["ca_cert"], zca["server_cert"], zca["server_key"]),
+         "need peer-listen"),
+        (peer + ptls(zca["ca_cert"], alien["server_cert"], alien["server_key"]),
+         "as a TLS server and client certificate: unable to get local issuer certificate"),
+        (peer + ptls(zca["ca_cert"], srv_only["server_cert"], srv_only["server_key"]),
+         "unsuitable certificate purpose"),
+        (peer + ptls(zca["ca_cert"], zca["server_cert"], alien["server_key"]),
+         "cannot load the peer key (PEM)"),
+        (peer + ptls(junk, zca["server_cert"], zca["server_key"]), "cannot load the peer CA"),
+        (peer + ptls(zca["ca_cert"], env.path("no-such.pem"), zca["server_key"]),
+         "No such file or directory"),
+    ]
+    for args, want in pbad:
+        rc, out = broker(*(args + ["--check-config"]))
+        check(rc == 2 and want in out, "%s: rc %d, want 2 and %r in %r" % (
+            " ".join(args), rc, want, out.strip()))
+    rc, out = broker(*(peer + ptls(zca["ca_cert"], zca["server_cert"], zca["server_key"])
+                       + ["--check-config"]))
+    check(rc == 0 and "configuration OK" in out, "peer TLS: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("peer-ca = %s\npeer-cert = %s\n" % (zca["ca_cert"], zca["server_cert"]))
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 2 and "go together" in out, "config file: rc %d %r" % (rc, out))
+    with open(zconf, "a") as f:
+        f.write("peer-key = %s\n" % zca["server_key"])
+    rc, out = broker(*(base + ["--config", zconf, "--check-config"]))
+    check(rc == 0 and "configuration OK" in out, "config file: rc %d %r" % (rc, out))
+    rc, out = broker("--help")
+    check("--peer-ca" in out and "--peer-cert" in out and "--peer-key" in out,
+          "--help lacks the peer TLS options")
+    log("peer-ca, peer-cert, peer-key: %d broken sets refused (exit 2, the reason), a good "
+        "one accepted on the command line and in a config file, in --help" % len(pbad))
 
     # found only at start-up: exit 1 and a log line, quickly
     busy = socket.socket()

@@ -183,7 +183,9 @@ def test(env):
         frozen = False
         # (the write A gave up on may still land: it sat in the frozen etcd's
         # socket buffer; the journal's copy is the same record)
-        a.start()
+        # (A's id is free once the lease of the run stopped with etcd frozen
+        # has expired: up to --broker-lease-ttl, 10 s)
+        a.start(timeout=20)
         rec = wait_until(lambda: b.ended_session(last_sid), 10, interval=0.2,
                          what="the session A ended at its stop, in B's session history")
         log("A restarted: %08x from the journal is in etcd (%r)" % (last_sid,

@@ -19,7 +19,10 @@ trusted proxy; clients reach HAProxy from other loopback addresses:
     meanwhile;
   - browser port, mode http + option forwardfor: a request from 127.0.0.8
     carrying its own forged X-Forwarded-For is logged as 127.0.0.8's (the
-    right-most untrusted address), never as the forged one;
+    right-most untrusted address), never as the forged one; spice-html5 in
+    headless Chromium through the same frontend: its WebSockets' log lines,
+    `session list --json` and the ended session's record name the browser's
+    address (127.0.0.1), never HAProxy's, and the page draws;
   - not trusted: a forged PROXY header (v2 and v1) sent straight to the
     native port from 127.0.0.2 is refused (INVALID_MAGIC) and logged as
     127.0.0.2's with the reason, the forged address appearing nowhere; to the
@@ -46,6 +49,7 @@ import time
 from harness import (ERR_OK, ERR_PERMISSION_DENIED, Broker, LinkConn, Qemu, SpiceClient, check,
                      free_port, link_packet, log, no_direct, port_accepts, run, tail,
                      TestFailure, TestSkip, token, wait_until)
+from html5 import Html5Client, auto_url, ensure_node_modules
 from limitsutil import connect_from, metrics
 from tlsutil import make_cert
 
@@ -151,6 +155,56 @@ def spice_via(env, b, host_port, tok, name, tls=None):
                                                                     c.describe()))
 
 
+def html5_via(env, b, web_port, tok):
+    """spice-html5 (Chromium) through HAProxy mode http + option forwardfor:
+    the broker names the browser's address, taken from X-Forwarded-For."""
+    try:
+        ensure_node_modules()
+    except TestSkip as e:
+        log("note: spice-html5 through HAProxy not run: %s" % e)
+        return
+    wait_until(lambda: not b.sessions(), 10, what="no live session before the page")
+    n0 = len(b.log_text().splitlines())
+    url = auto_url("http://127.0.0.1:%d" % web_port, path="websockify", token=tok)
+    # Chromium's start is slow on a loaded machine: generous, bounded waits
+    h = Html5Client(env, url, seconds=8, out_name="html5-proxied", load_timeout=40)
+    h.start()
+    try:
+        live = wait_until(lambda: b.sessions(), 45, what="the browser's session")
+        time.sleep(1.0)                      # its other WebSockets link meanwhile
+        live = b.sessions()
+    finally:
+        r = h.finish()
+    sm = r["summary"]
+    check(sm.get("canvas") and (sm.get("distinct_colors") or 0) > 1 and
+          len(sm.get("channels_authed") or []) >= 3 and not sm.get("auth_failures"),
+          "the page through HAProxy: canvas %s, colours %s, authed %s, failures %s\n%s" % (
+              sm.get("canvas_size"), sm.get("distinct_colors"), sm.get("channels_authed"),
+              sm.get("auth_failures"), h.describe()))
+    check(len(live) == 1 and live[0].get("client", "").startswith("127.0.0.1:"),
+          "session list --json during the page: %s" % live)
+    sid = live[0]["id"]
+    lines = b.log_text().splitlines()[n0:]
+    ws = [ln for ln in lines if "for a SPICE channel (token from the" in ln]
+    check(len(ws) >= 3 and all("web: client=127.0.0.1:" in ln for ln in ws),
+          "the WebSockets' lines: %s" % ws)
+    check(not [ln for ln in lines if "client=%s:" % PROXY_SRC in ln],
+          "a line names HAProxy (%s) as the client: %s" % (
+              PROXY_SRC, [ln for ln in lines if "client=%s:" % PROXY_SRC in ln][:3]))
+    xff = [ln for ln in lines if "via %s:" % PROXY_SRC in ln and "(X-Forwarded-For)" in ln]
+    check(xff, "no line saying the address came from HAProxy's X-Forwarded-For")
+    started = [ln for ln in lines if "sid=%08x" % sid in ln and "session started" in ln]
+    check(started and "client=127.0.0.1:" in started[0], "session started: %s" % started)
+    wait_until(lambda: not b.sessions(), 10, what="the page's session ended")
+    ended = b.ended_session(sid)
+    check(ended is not None and ended.get("client", "").startswith("127.0.0.1:"),
+          "the page's ended session: %s" % ended)
+    log("spice-html5 via HAProxy mode http + option forwardfor: %d WebSockets logged as "
+        "127.0.0.1's (%s), session list --json client %s, history the same; page canvas %s, "
+        "%s colours" % (len(ws), xff[0].split("web: ", 1)[1], live[0]["client"],
+                        sm.get("canvas_size"), sm.get("distinct_colors")))
+
+
 def test(env):
     no_direct(env)
     cert = make_cert(env.path("pki"))
@@ -231,6 +285,7 @@ def test(env):
                what="the browser port's line naming 127.0.0.2")
     log("browser port: X-Forwarded-For via HAProxy names 127.0.0.8 (the forged %s before it is "
         "not taken); sent straight from 127.0.0.2 it is ignored" % FORGED)
+    html5_via(env, b, ports["web"], tok)
 
     # ---- forged PROXY headers from an untrusted peer
     forged = {

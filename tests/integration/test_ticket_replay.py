@@ -34,6 +34,7 @@ import time
 from harness import (ALL_CHANNELS, CH_DISPLAY, CH_MAIN, ERR_OK, ERR_PERMISSION_DENIED, Broker,
                      LinkConn, Qemu, SpiceClient, TestFailure, check, check_not_logged,
                      link_packet, log, no_direct, raw_login, run, token, wait_until)
+from limitsutil import metrics
 
 CAP_AUTH_SELECTION = 0   # SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION
 
@@ -192,6 +193,18 @@ def test(env):
         failures.append(str(e))
     check(len(failures) == nfail, "replays:\n  - " + "\n  - ".join(failures[nfail:]))
     log("ok   %d captured tickets replayed: each refused with 7" % n)
+    # /metrics counts them: a replay on the worker whose key it was is a
+    # replay (one on the other worker is a bad ticket, not counted there)
+    m = metrics(b)
+    replays = m.get('spice_broker_tickets_refused_total{reason="replay"}', -1)
+    lines = b.log_text().count("permission denied (replayed ticket)")
+    if not (lines <= replays <= n and
+            m.get('spice_broker_tickets_refused_total{reason="expired_key"}') == 0 and
+            m.get("spice_broker_link_keys_generated_total", 0) >= 2):
+        failures.append("/metrics link keys: replays %s (%d lines, %d replayed), %s" % (
+            replays, lines, n, {k: v for k, v in m.items() if "key" in k or "ticket" in k}))
+    log("ok   /metrics: %d replays counted, %d link keys generated" % (
+        replays, m.get("spice_broker_link_keys_generated_total", 0)))
 
     # ordering: no backend link before a valid ticket; unknown id looks alike
     links1 = backend.n_links()

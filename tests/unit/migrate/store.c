@@ -1,5 +1,6 @@
 /* tests/unit/migrate/store.c: cmocka tests for migrate/store.c and the
- * embedded back-end; single-threaded except test_concurrent_puts. */
+ * embedded back-end (its log, the layout before it, batches);
+ * single-threaded except test_concurrent_puts. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,8 +19,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/sha.h>
+
 #include "common/log.h"
 #include "migrate/store.h"
+#include "migrate/store_backend.h"
 #include "store_check.h"
 
 struct fixture {
@@ -150,6 +154,16 @@ static void test_leases(void **state)
     f->s = open_ok(f);
     assert_int_equal(store_get(f->s, "/lease/d", &val, &len, NULL), STORE_NOT_FOUND);
     expect_val(f->s, "/lease/b", "z", 0);
+    /* a key the log holds, put under a lease: its old value does not come
+     * back at the next start (the log got a delete for it) */
+    put_str(f->s, "/lease/e", "kept", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(store_lease_grant(f->s, 60, 0, &l), STORE_OK);
+    assert_int_equal(store_put_lease(f->s, "/lease/e", "leased", 6, STORE_ANY_REV, l, 0, NULL),
+                     STORE_OK);
+    expect_val(f->s, "/lease/e", "leased", 0);
+    store_free(f->s);
+    f->s = open_ok(f);
+    assert_int_equal(store_get(f->s, "/lease/e", &val, &len, NULL), STORE_NOT_FOUND);
 }
 
 static void on_change(void *arg)
@@ -341,30 +355,40 @@ static void write_raw(struct fixture *f, const char *name, const void *buf, size
     close(fd);
 }
 
+/* Where needle is in DIR/db/log (-1: not there). */
+static long log_offset(struct fixture *f, const char *needle)
+{
+    char path[400];
+    static char buf[1 << 16];
+    size_t len;
+    FILE *fp;
+
+    snprintf(path, sizeof(path), "%s/db/log", f->dir);
+    assert_non_null(fp = fopen(path, "rb"));
+    len = fread(buf, 1, sizeof(buf), fp);
+    fclose(fp);
+    for (size_t i = 0; i + strlen(needle) <= len; i++)
+        if (memcmp(buf + i, needle, strlen(needle)) == 0)
+            return (long)i;
+    return -1;
+}
+
 static void test_corrupted_file_skipped(void **state)
 {
     struct fixture *f = *state;
-    char path[400], victim[80] = "";
-    DIR *d;
-    struct dirent *de;
+    char path[400];
     int64_t rgood = 0, rnew = 0;
     void *val = NULL;
     size_t len = 0;
+    long at;
 
     f->s = open_ok(f);
     put_str(f->s, "/c/good", "fine", STORE_ANY_REV, &rgood, STORE_OK);
     store_free(f->s);
     f->s = NULL;
 
-    /* find good's file, then add a bad twin next to it */
-    snprintf(path, sizeof(path), "%s/db", f->dir);
-    assert_non_null(d = opendir(path));
-    while ((de = readdir(d)) != NULL)
-        if (strlen(de->d_name) == 64)
-            snprintf(victim, sizeof(victim), "%s", de->d_name);
-    closedir(d);
-    assert_int_equal(strlen(victim), 64);
-
+    /* files of the layout before the log (the log has everything), a bad
+     * revision file, a leftover temporary and a stranger next to the log */
     write_raw(f, "0000000000000000000000000000000000000000000000000000000000000000",
               "garbage, not a header", 21);
     write_raw(f, "1111111111111111111111111111111111111111111111111111111111111111", "", 0);
@@ -383,19 +407,173 @@ static void test_corrupted_file_skipped(void **state)
     snprintf(path, sizeof(path), "%s/db/.tmp-leftover", f->dir);
     assert_int_equal(access(path, F_OK), -1);
 
-    /* now corrupt the good file: it is skipped, the rest still loads */
+    /* now corrupt good's record: it is skipped, the rest still loads */
+    assert_true((at = log_offset(f, "/c/goodfine")) > 0);
     {
         char vpath[500];
         FILE *fp;
-        snprintf(vpath, sizeof(vpath), "%s/db/%s", f->dir, victim);
+        snprintf(vpath, sizeof(vpath), "%s/db/log", f->dir);
         assert_non_null(fp = fopen(vpath, "r+b"));
-        fseek(fp, -1, SEEK_END);
+        fseek(fp, at + (long)strlen("/c/goodfin"), SEEK_SET);
         fputc('!', fp);    /* flip the last value byte: checksum mismatch */
         fclose(fp);
     }
     f->s = open_ok(f);
     assert_int_equal(store_get(f->s, "/c/good", &val, &len, NULL), STORE_NOT_FOUND);
     expect_val(f->s, "/c/new", "x", rnew);
+}
+
+/* An old per-key file ("SBKV", format 1): header, key, value. */
+static void write_old_key_file(struct fixture *f, const char *key, const char *val, int64_t rev)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[32];
+    char name[65];
+    uint8_t buf[512];
+    size_t klen = strlen(key), vlen = strlen(val);
+    uint32_t h = 2166136261u;
+
+    SHA256((const unsigned char *)key, klen, md);
+    for (int i = 0; i < 32; i++) {
+        name[2 * i] = hex[md[i] >> 4];
+        name[2 * i + 1] = hex[md[i] & 15];
+    }
+    name[64] = '\0';
+    for (size_t i = 0; i < klen; i++)
+        h = (h ^ (uint8_t)key[i]) * 16777619u;
+    for (size_t i = 0; i < vlen; i++)
+        h = (h ^ (uint8_t)val[i]) * 16777619u;
+    memset(buf, 0, 28);
+    memcpy(buf, "SBKV", 4);
+    buf[4] = 1;
+    for (int i = 0; i < 8; i++)
+        buf[8 + i] = (uint8_t)((uint64_t)rev >> (8 * i));
+    for (int i = 0; i < 4; i++) {
+        buf[16 + i] = (uint8_t)(klen >> (8 * i));
+        buf[20 + i] = (uint8_t)(vlen >> (8 * i));
+        buf[24 + i] = (uint8_t)(h >> (8 * i));
+    }
+    memcpy(buf + 28, key, klen);
+    memcpy(buf + 28 + klen, val, vlen);
+    write_raw(f, name, buf, 28 + klen + vlen);
+}
+
+/* A store written by the file-per-key layout opens with its keys and
+ * revisions, moved into the log (the old files removed). */
+static void test_old_layout_moved(void **state)
+{
+    struct fixture *f = *state;
+    uint8_t rev[16] = { 'S', 'B', 'R', 'V', 1, 0, 0, 0, 40, 0, 0, 0, 0, 0, 0, 0 };
+    char path[400];
+    int64_t r = 0;
+
+    snprintf(path, sizeof(path), "%s/db", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    write_old_key_file(f, "/o/a", "alpha", 7);
+    write_old_key_file(f, "/o/b", "beta", 12);
+    write_raw(f, "revision", rev, sizeof(rev));   /* a deleted key had 40 */
+    f->s = open_ok(f);
+    expect_val(f->s, "/o/a", "alpha", 7);
+    expect_val(f->s, "/o/b", "beta", 12);
+    put_str(f->s, "/o/c", "x", STORE_ANY_REV, &r, STORE_OK);
+    assert_true(r > 40);
+    put_str(f->s, "/o/a", "alpha2", 7, NULL, STORE_OK);   /* CAS on the old revision */
+    store_free(f->s);
+    f->s = NULL;
+    snprintf(path, sizeof(path), "%s/db/revision", f->dir);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_true(log_offset(f, "/o/bbeta") > 0);
+    f->s = open_ok(f);
+    expect_val(f->s, "/o/b", "beta", 12);
+    expect_val(f->s, "/o/c", "x", r);
+}
+
+/* A crash in an append leaves half a record: it is cut off at open, the
+ * records before it stay, and the log takes appends again. */
+static void test_torn_tail_cut(void **state)
+{
+    struct fixture *f = *state;
+    char path[400];
+    int64_t ra = 0, rb = 0;
+    void *val = NULL;
+    size_t len = 0;
+    struct stat st;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/t/a", "kept", STORE_ANY_REV, &ra, STORE_OK);
+    put_str(f->s, "/t/b", "torn", STORE_ANY_REV, NULL, STORE_OK);
+    store_free(f->s);
+    f->s = NULL;
+    snprintf(path, sizeof(path), "%s/db/log", f->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(truncate(path, st.st_size - 2), 0);
+    f->s = open_ok(f);
+    expect_val(f->s, "/t/a", "kept", ra);
+    assert_int_equal(store_get(f->s, "/t/b", &val, &len, NULL), STORE_NOT_FOUND);
+    put_str(f->s, "/t/b", "again", STORE_ANY_REV, &rb, STORE_OK);
+    assert_true(rb > ra);
+    store_free(f->s);
+    f->s = NULL;
+    f->s = open_ok(f);
+    expect_val(f->s, "/t/b", "again", rb);
+}
+
+/* A token record replaced or deleted leaves no old copy in the log (it may
+ * hold a backend password, or one sealed with a retired key); other keys'
+ * old values stay until a compaction for size. */
+static void test_token_scrubbed(void **state)
+{
+    struct fixture *f = *state;
+
+    f->s = open_ok(f);
+    put_str(f->s, "/z/sessions/1", "session-one", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/z/sessions/1", "session-two", STORE_ANY_REV, NULL, STORE_OK);
+    put_str(f->s, "/z/tokens/t", "password-one", STORE_ANY_REV, NULL, STORE_OK);
+    assert_true(log_offset(f, "session-one") > 0);  /* not a token: left for later */
+    put_str(f->s, "/z/tokens/t", "password-two", STORE_ANY_REV, NULL, STORE_OK);
+    assert_int_equal(log_offset(f, "password-one"), -1);
+    assert_true(log_offset(f, "password-two") > 0);
+    assert_int_equal(store_delete(f->s, "/z/tokens/t", STORE_ANY_REV), STORE_OK);
+    assert_int_equal(log_offset(f, "password-two"), -1);
+    expect_val(f->s, "/z/sessions/1", "session-two", 2);
+}
+
+/* A batch (the store writer's group commit): each write sees the ones
+ * before it, each has its own result, all are durable. */
+static void test_batch(void **state)
+{
+    struct fixture *f = *state;
+    int64_t r0 = 0;
+    void *val = NULL;
+    size_t len = 0;
+
+    f->s = open_ok(f);
+    assert_true(store_batches(f->s));
+    put_str(f->s, "/b/old", "o", STORE_ANY_REV, &r0, STORE_OK);
+    struct store_op ops[] = {
+        { .key = "/b/new", .val = "1", .len = 1, .expect_rev = STORE_ABSENT_REV },
+        { .key = "/b/new", .val = "2", .len = 1, .expect_rev = STORE_ABSENT_REV }, /* exists now */
+        { .del = true, .key = "/b/old", .expect_rev = r0 },
+        { .key = "/b/old", .val = "3", .len = 1, .expect_rev = r0 },   /* deleted just before */
+        { .del = true, .key = "/b/none", .expect_rev = STORE_ANY_REV },
+        { .key = "", .val = "x", .len = 1, .expect_rev = STORE_ANY_REV }, /* bad key */
+        { .key = "/b/gone", .val = "4", .len = 1, .expect_rev = STORE_ANY_REV },
+        { .del = true, .key = "/b/gone", .expect_rev = STORE_ANY_REV },
+    };
+    store_batch_within(f->s, ops, sizeof(ops) / sizeof(ops[0]), 1000);
+    int want[] = { STORE_OK, STORE_CONFLICT, STORE_OK, STORE_CONFLICT, STORE_NOT_FOUND,
+                   STORE_ERROR, STORE_OK, STORE_OK };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        assert_int_equal(ops[i].result, want[i]);
+    assert_true(ops[0].new_rev > r0);
+    assert_int_equal(ops[2].new_rev, 0);     /* a delete has none */
+    assert_true(ops[6].new_rev > ops[0].new_rev);
+    store_free(f->s);
+    f->s = NULL;
+    f->s = open_ok(f);
+    expect_val(f->s, "/b/new", "1", ops[0].new_rev);
+    assert_int_equal(store_get(f->s, "/b/old", &val, &len, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_get(f->s, "/b/gone", &val, &len, NULL), STORE_NOT_FOUND);
 }
 
 static void test_unwritable_dir(void **state)
@@ -526,6 +704,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_files_private, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupted_file_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_old_layout_moved, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_tail_cut, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_scrubbed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_handed_over, setup, teardown),

@@ -227,11 +227,125 @@ static void test_free_no_time(void **state)
     assert_int_equal(store_walk(f->s, "/late/", count_cb, NULL), ok);
 }
 
+/* A conditional write: check sees the key as the store has it and picks the
+ * revision (or refuses: STORE_CONFLICT, nothing written); a delete of an
+ * absent key is STORE_NOT_FOUND unchecked. */
+static int checks;
+
+static int64_t check_owner(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    checks++;
+    if (cur == NULL)
+        return STORE_ABSENT_REV;
+    if (len >= 4 && memcmp(cur, "mine", 4) == 0)
+        return rev;
+    return (intptr_t)arg == 9 ? rev - 1 : STORE_WRITER_REFUSE; /* 9: a stale revision */
+}
+
+static void test_conditional(void **state)
+{
+    struct fixture *f = *state;
+    int64_t rev = 0;
+
+    checks = 0;
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine1", 5, check_owner, 2000, done,
+                                         (void *)1), 0);   /* absent: taken */
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine2", 5, check_owner, 2000, done,
+                                         (void *)2), 0);   /* ours: replaced */
+    wait_seen(2);
+    assert_int_equal(seen.results[0], STORE_OK);
+    assert_int_equal(seen.results[1], STORE_OK);
+    assert_int_equal(store_put(f->s, "/k/c", "theirs", 6, STORE_ANY_REV, &rev), STORE_OK);
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine3", 5, check_owner, 2000, done,
+                                         (void *)3), 0);   /* refused */
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "mine4", 5, check_owner, 2000, done,
+                                         (void *)9), 0);   /* compare fails */
+    assert_int_equal(store_writer_delete_if(f->w, "/k/c", check_owner, 2000, done, (void *)3),
+                     0);                                    /* refused */
+    assert_int_equal(store_writer_delete_if(f->w, "/k/none", check_owner, 2000, done,
+                                            (void *)4), 0); /* absent */
+    wait_seen(6);
+    assert_int_equal(seen.results[2], STORE_CONFLICT);
+    assert_int_equal(seen.results[3], STORE_CONFLICT);
+    assert_int_equal(seen.results[4], STORE_CONFLICT);
+    assert_int_equal(seen.results[5], STORE_NOT_FOUND);
+    assert_int_equal(checks, 5);
+    expect_val(f->s, "/k/c", "theirs", rev);
+    assert_int_equal(store_writer_put_if(f->w, "/k/c", "x", 1, NULL, 2000, done, NULL), -1);
+}
+
+/* A conditional write taken in the same store call as an earlier write of
+ * its key (a group commit) is checked against that write's value, with
+ * STORE_WRITER_PENDING_REV for its revision, and compares with the
+ * revision that write gets. */
+static volatile int slow_started;
+static const void *pending_seen_val;
+static int64_t pending_seen_rev;
+static char pending_seen[16];
+
+static int64_t check_slow(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    slow_started = 1;
+    usleep(300000);    /* the writer is busy: the next writes queue up as one run */
+    return cur == NULL ? STORE_ABSENT_REV : rev;
+}
+
+static int64_t check_record(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    pending_seen_val = cur;
+    pending_seen_rev = rev;
+    snprintf(pending_seen, sizeof(pending_seen), "%.*s", (int)len, cur ? (const char *)cur : "");
+    return (intptr_t)arg == 7 ? STORE_WRITER_REFUSE : rev;
+}
+
+static void test_conditional_same_run(void **state)
+{
+    struct fixture *f = *state;
+
+    slow_started = 0;
+    assert_int_equal(store_writer_put_if(f->w, "/k/slow", "s", 1, check_slow, 5000, done,
+                                         (void *)1), 0);
+    for (int i = 0; i < 200 && !slow_started; i++)
+        usleep(5000);
+    assert_true(slow_started);
+    assert_int_equal(store_writer_put(f->w, "/k/p", "mine-a", 6, STORE_ANY_REV, 5000, done,
+                                      (void *)2), 0);
+    assert_int_equal(store_writer_put_if(f->w, "/k/p", "mine-b", 6, check_record, 5000, done,
+                                         (void *)3), 0);
+    wait_seen(3);
+    assert_int_equal(seen.results[0], STORE_OK);
+    assert_int_equal(seen.results[1], STORE_OK);
+    assert_int_equal(seen.results[2], STORE_OK);
+    assert_non_null(pending_seen_val);
+    assert_string_equal(pending_seen, "mine-a");
+    assert_true(pending_seen_rev == STORE_WRITER_PENDING_REV);
+    assert_true(seen.revs[2] > seen.revs[1]);
+    expect_val(f->s, "/k/p", "mine-b", seen.revs[2]);
+
+    /* refused against the pending value: nothing written by it */
+    slow_started = 0;
+    assert_int_equal(store_writer_put_if(f->w, "/k/slow", "t", 1, check_slow, 5000, done,
+                                         (void *)4), 0);
+    for (int i = 0; i < 200 && !slow_started; i++)
+        usleep(5000);
+    assert_int_equal(store_writer_put(f->w, "/k/p", "mine-c", 6, STORE_ANY_REV, 5000, done,
+                                      (void *)5), 0);
+    assert_int_equal(store_writer_put_if(f->w, "/k/p", "other", 5, check_record, 5000, done,
+                                         (void *)7), 0);
+    wait_seen(6);
+    assert_int_equal(seen.results[4], STORE_OK);
+    assert_int_equal(seen.results[5], STORE_CONFLICT);
+    assert_string_equal(pending_seen, "mine-c");
+    expect_val(f->s, "/k/p", "mine-c", seen.revs[4]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_and_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conditional, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conditional_same_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_flushes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_no_time, setup, teardown),
     };

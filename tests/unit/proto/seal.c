@@ -140,9 +140,51 @@ static void test_box(void **state)
     seal_keys_free(other);
 }
 
+/* A store-key rotation: the new key with the old one as retired opens what
+ * either sealed, seals with the new one only; the new key alone does not
+ * open the old records. */
+static void test_old_key(void **state)
+{
+    static const char pw[] = "pw";
+    const char *ad = "/spice-broker/z/tokens/aa";
+    uint8_t a[SEAL_KEY_LEN], b[SEAL_KEY_LEN], boxa[64], boxb[64], out[64];
+
+    (void)state;
+    key_bytes(a, 7);
+    key_bytes(b, 9);
+    struct seal_keys *ka = seal_keys_new(a, NULL);
+    struct seal_keys *kb = seal_keys_new(b, NULL);
+    struct seal_keys *both = seal_keys_new(b, NULL);
+    assert_non_null(ka);
+    assert_non_null(kb);
+    assert_non_null(both);
+    assert_int_equal(seal_keys_add_old(both, b), -1);           /* the same key */
+    assert_int_equal(seal_keys_add_old(NULL, a), -1);
+    assert_int_equal(seal_keys_add_old(both, a), 0);
+    assert_int_equal(seal_keys_id(both), seal_keys_id(kb));     /* seals with the new one */
+    assert_int_equal(seal_keys_old_id(both), seal_keys_id(ka));
+    assert_true(seal_keys_opens(both, seal_keys_id(ka)));
+    assert_true(seal_keys_opens(both, seal_keys_id(kb)));
+    assert_false(seal_keys_opens(kb, seal_keys_id(ka)));
+
+    assert_int_equal(seal_box(ka, ad, (const uint8_t *)pw, 2, boxa), 0);
+    assert_int_equal(seal_box(both, ad, (const uint8_t *)pw, 2, boxb), 0);
+    assert_int_equal(seal_unbox_id(both, seal_keys_id(ka), ad, boxa, 2 + SEAL_OVERHEAD, out), 0);
+    assert_memory_equal(out, pw, 2);
+    assert_int_equal(seal_unbox_id(both, seal_keys_id(kb), ad, boxb, 2 + SEAL_OVERHEAD, out), 0);
+    assert_int_equal(seal_unbox(kb, ad, boxb, 2 + SEAL_OVERHEAD, out), 0);  /* new key's */
+    /* the wrong id for the bytes, and the new key alone, refuse */
+    assert_int_equal(seal_unbox_id(both, seal_keys_id(kb), ad, boxa, 2 + SEAL_OVERHEAD, out), -1);
+    assert_int_equal(seal_unbox_id(kb, seal_keys_id(ka), ad, boxa, 2 + SEAL_OVERHEAD, out), -1);
+    seal_keys_free(ka);
+    seal_keys_free(kb);
+    seal_keys_free(both);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_old_key),
         cmocka_unit_test(test_parse_key),
         cmocka_unit_test(test_token_names),
         cmocka_unit_test(test_box),

@@ -59,6 +59,8 @@ test_ticket_opens_once(void **state)
     keyring_stats(r, &st);
     assert_int_equal(st.seen, 2);
     assert_int_equal(st.replays, 1);
+    assert_int_equal(st.gone, 1);        /* /metrics: refused for an expired key */
+    assert_int_equal(st.generated, 1);   /* the first key, made by the ring */
     keyring_free(r);
 }
 
@@ -97,6 +99,7 @@ test_rotation_and_grace(void **state)
     keyring_stats(r, &st);
     assert_int_equal(st.keys, 2);
     assert_int_equal(st.rotations, 1);
+    assert_int_equal(st.generated, 1);   /* the first was given, not generated */
 
     /* Within key 1's grace: its in-flight link opens; its used ticket still
      * does not. Key 1's ticket is no ticket for key 2. */
