@@ -35,8 +35,19 @@ extern char **environ;
 
 /* The new process's descriptor number for the hand-over socket. */
 #define CHILD_FD 3
-/* A message: a hello, up to SNAP_HANDOVER_MAX_LISTENERS listeners, a record. */
-#define MSG_MAX 65536
+/* A message: a hello, up to SNAP_HANDOVER_MAX_LISTENERS listeners, a record,
+ * a carried session (at most SNAP_CARRY_MAX_BYTES in flight, and its state). */
+#define MSG_MAX (SNAP_CARRY_MAX_BYTES + 128 * 1024)
+/* Carrying the sessions (phase B): rounds in which every worker freezes and
+ * sends what it may, at most CARRY_WINDOW sessions frozen and unanswered at
+ * any time (a session's pause is the queue before it: a bounded queue keeps
+ * it short, whatever the number of sessions); the next round as soon as
+ * answers make room, else within CARRY_TICK_MS. A session that cannot go yet
+ * (a migration under way) is tried until CARRY_BOUND_MS after the
+ * hand-over, then stays in this process. */
+#define CARRY_TICK_MS 5
+#define CARRY_WINDOW 16
+#define CARRY_BOUND_MS 30000
 /* How long a blocking send or receive of the hand-over may take. */
 #define IO_TIMEOUT_S 10
 /* Session records the new process has not taken yet (its socket is full:
@@ -75,6 +86,16 @@ struct upgrade {
     _Atomic uint64_t live;       /* sessions the workers counted this tick */
     _Atomic int answered;        /* workers that answered this tick */
     int asked;
+    /* carrying the sessions (old side: sends them; new side: answers) */
+    int carry_fd;                /* a dup of fd, for the workers; closed in upgrade_free */
+    struct event *carry;
+    _Atomic int carry_answered;  /* workers done with this round */
+    _Atomic uint64_t carry_left; /* sessions they could not send yet */
+    _Atomic uint64_t carry_sent;
+    _Atomic int carry_inflight;  /* frozen, sent, not answered yet */
+    _Atomic unsigned carry_max;  /* this round's sessions per worker */
+    int carry_asked;
+    bool carry_done;
     /* new side */
     pid_t old_pid;
     uint32_t old_workers;
@@ -163,6 +184,7 @@ static int recv_msg(int fd, int flags, struct snap_handover *h, int *fds, size_t
         char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
         struct cmsghdr align;
     } cm;
+    snap_handover_clear(h);
     uint8_t *buf = malloc(MSG_MAX);
     if (buf == NULL)
         return -1;
@@ -265,6 +287,7 @@ struct upgrade *upgrade_adopt(const char **err)
         goto fail;
     }
     u->fd = (int)fd;
+    u->carry_fd = -1;
     u->state = UP_STARTING;
     int rc = recv_msg(u->fd, 0, h, NULL, NULL);
     if (rc == SNAP_HANDOVER_OTHER_MAJOR) {
@@ -325,11 +348,13 @@ struct upgrade *upgrade_adopt(const char **err)
     }
     log_info("upgrade: %zu sockets from pid %d (%u workers)", u->n_held, (int)u->old_pid,
              u->old_workers);
+    snap_handover_clear(h);
     free(h);
     return u;
 fail:
     for (size_t i = 0; i < n_fds; i++)
         close(fds[i]);
+    snap_handover_clear(h);
     free(h);
     upgrade_free(u);
     return NULL;
@@ -395,14 +420,124 @@ int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint3
     return fd;
 }
 
+/* An answer about a carried session to the old process (any thread). */
+static int send_answer(int fd, enum snap_handover_type type, uint32_t id, const char *why)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -1;
+    h->type = type;
+    h->minor = SNAP_HANDOVER_MINOR;
+    h->pid = (uint32_t)getpid();
+    h->session_id = id;
+    snprintf(h->reason, sizeof(h->reason), "%s", why != NULL ? why : "");
+    int rc = send_msg(fd, h, NULL, 0);
+    free(h);
+    return rc;
+}
+
+/* A carried session on its way to a worker of this process. */
+struct adopt_job {
+    struct upgrade *u;
+    struct snap_carried snap;
+    int fds[2 * SNAP_MAX_CHANNELS];
+    size_t n_fds;
+};
+
+static void adopt_job_free(void *arg)
+{
+    struct adopt_job *j = arg;
+    for (size_t i = 0; i < j->n_fds; i++)
+        if (j->fds[i] >= 0)
+            close(j->fds[i]);
+    snap_carried_clear(&j->snap);
+    free(j);
+}
+
+/* On the worker: the session is rebuilt, the old process told (it lets
+ * go), then it resumes here; or the old process is told it stays there. */
+static void job_adopt(struct session_worker *sw, void *arg)
+{
+    struct adopt_job *j = arg;
+    const char *why = NULL;
+    struct session *s = session_adopt(sw, &j->snap, j->fds, j->n_fds, &why);
+    j->n_fds = 0; /* taken */
+    if (s == NULL) {
+        log_warnx("sid=%08x upgrade: not taking the session of pid %d: %s", j->snap.id,
+                  (int)j->u->old_pid, why);
+        send_answer(j->u->carry_fd, SNAP_HO_LEFT, j->snap.id, why);
+    } else if (send_answer(j->u->carry_fd, SNAP_HO_TAKEN, j->snap.id, NULL) < 0) {
+        log_warnx("sid=%08x upgrade: cannot tell pid %d the session is taken (%s); it stays "
+                  "there", j->snap.id, (int)j->u->old_pid, strerror(errno));
+        session_adopt_abort(s);
+    } else {
+        session_adopt_resume(s, (int)j->u->old_pid, j->snap.frozen_mono_us);
+    }
+    adopt_job_free(j);
+}
+
+/* A carried session from the old process (fds beside it): to a worker, or
+ * refused at once (a snapshot this binary cannot read). */
+static void take_session(struct upgrade *u, const struct snap_handover *h, int *fds,
+                         size_t n_fds)
+{
+    struct broker *b = u->b;
+    struct adopt_job *j = calloc(1, sizeof(*j));
+    char why[SNAP_MAX_REASON];
+    if (j == NULL) {
+        snprintf(why, sizeof(why), "out of memory");
+        goto refuse;
+    }
+    j->u = u;
+    int rc = snap_carried_decode(h->session, h->session_len, &j->snap);
+    if (rc == SNAP_HANDOVER_OTHER_MAJOR) {
+        snprintf(why, sizeof(why), "its snapshot is of schema %u; this binary (spice-broker %s) "
+                 "reads schema %u only", j->snap.schema, SPICE_BROKER_VERSION, SNAP_CARRY_MAJOR);
+        goto refuse;
+    }
+    if (rc != 0 || j->snap.id != h->session_id) {
+        snprintf(why, sizeof(why), "its snapshot is unreadable");
+        goto refuse;
+    }
+    if (n_fds != 2 * (size_t)j->snap.n_channels) {
+        snprintf(why, sizeof(why), "%zu sockets came for %u channels", n_fds, j->snap.n_channels);
+        goto refuse;
+    }
+    memcpy(j->fds, fds, n_fds * sizeof(int));
+    j->n_fds = n_fds;
+    n_fds = 0;
+    int wi = b->n_workers > 0 ? (int)(j->snap.worker % (uint32_t)b->n_workers) : -1;
+    if (wi < 0 || worker_post_droppable(b->workers[wi], job_adopt, j, adopt_job_free) < 0) {
+        snprintf(why, sizeof(why), "no worker takes it");
+        goto refuse;
+    }
+    return;
+refuse:
+    log_warnx("sid=%08x upgrade: not taking the session of pid %d: %s", h->session_id,
+              (int)u->old_pid, why);
+    for (size_t i = 0; i < n_fds; i++)
+        close(fds[i]);
+    if (j != NULL)
+        adopt_job_free(j);
+    send_answer(u->fd, SNAP_HO_LEFT, h->session_id, why);
+}
+
 static void on_records(evutil_socket_t fd, short what, void *arg)
 {
     struct upgrade *u = arg;
-    struct snap_handover *h = malloc(sizeof(*h));
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    int fds[SNAP_HANDOVER_MAX_LISTENERS];
     for (int i = 0; h != NULL && i < 64; i++) {
-        int rc = recv_msg(u->fd, MSG_DONTWAIT, h, NULL, NULL);
+        size_t n_fds = 0;
+        int rc = recv_msg(u->fd, MSG_DONTWAIT, h, fds, &n_fds);
         if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
+        if (rc == 0 && h->type == SNAP_HO_SESSION) {
+            take_session(u, h, fds, n_fds);
+            continue;
+        }
+        for (size_t k = 0; k < n_fds; k++)
+            close(fds[k]);
         if (rc == 0 && h->type == SNAP_HO_RECORD && h->has_record) {
             broker_publish_session(u->b, &h->record);
             continue;
@@ -419,6 +554,7 @@ static void on_records(evutil_socket_t fd, short what, void *arg)
         u->fd = -1;
         break;
     }
+    snap_handover_clear(h);
     free(h);
 }
 
@@ -448,12 +584,13 @@ int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err)
         u->fd = -1;
         return -1;
     }
+    u->carry_fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 0);
     u->rd = event_new(b->base, u->fd, EV_READ | EV_PERSIST, on_records, u);
     if (u->rd == NULL || event_add(u->rd, NULL) < 0) {
         *err = "out of memory";
         return -1;
     }
-    log_info("upgrade: this process (pid %d) serves; pid %d drains its sessions",
+    log_info("upgrade: this process (pid %d) serves; pid %d carries its sessions over",
              (int)getpid(), (int)u->old_pid);
     return 0;
 }
@@ -606,6 +743,133 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
             u->asked++;
 }
 
+/* ---- carrying the sessions (phase B) ---- */
+
+/* On a worker: one frozen session to the new process. */
+static int carry_send(void *arg, const struct snap_carried *snap, const int *fds, size_t n_fds)
+{
+    struct upgrade *u = arg;
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    int rc = -1;
+    if (h == NULL || snap_carried_encode(snap, &h->session, &h->session_len) < 0)
+        goto out;
+    h->type = SNAP_HO_SESSION;
+    h->minor = SNAP_HANDOVER_MINOR;
+    h->pid = (uint32_t)getpid();
+    h->session_id = snap->id;
+    atomic_fetch_add(&u->carry_inflight, 1);
+    rc = send_msg(u->carry_fd, h, fds, n_fds);
+    if (rc < 0)
+        atomic_fetch_sub(&u->carry_inflight, 1);
+    if (rc < 0)
+        log_warnx("sid=%08x upgrade: cannot send the session to pid %d: %s", snap->id,
+                  (int)u->child, strerror(errno));
+    else
+        atomic_fetch_add(&u->carry_sent, 1);
+out:
+    if (h != NULL)
+        snap_handover_clear(h);
+    free(h);
+    return rc;
+}
+
+static void job_carry(struct session_worker *sw, void *arg)
+{
+    struct upgrade *u = arg;
+    bool last = clock_mono_ms() - u->t_handed >= CARRY_BOUND_MS;
+    unsigned left = u->fd >= 0 ? session_freeze(sw, atomic_load(&u->carry_max), last, carry_send, u)
+                               : 0;
+    atomic_fetch_add(&u->carry_left, left);
+    atomic_fetch_add(&u->carry_answered, 1);
+}
+
+/* A round: every worker sends what it can; when none has any left, done. */
+static void on_carry_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct upgrade *u = arg;
+    struct broker *b = u->b;
+    if (atomic_load(&u->carry_answered) < u->carry_asked)
+        return; /* a round is still running */
+    if (u->carry_done)
+        return;
+    if (u->carry_asked > 0 && (atomic_load(&u->carry_left) == 0 || u->fd < 0)) {
+        u->carry_done = true;
+        event_del(u->carry);
+        log_info("upgrade: %llu sessions sent to pid %d in %lld ms; the others (if any) stay "
+                 "here until they end", (unsigned long long)atomic_load(&u->carry_sent),
+                 (int)u->child, (long long)(clock_mono_ms() - u->t_handed));
+        return;
+    }
+    int room = CARRY_WINDOW - atomic_load(&u->carry_inflight);
+    if (room <= 0 && u->fd >= 0)
+        return; /* answers make room */
+    atomic_store(&u->carry_max, (unsigned)(room + b->n_workers - 1) / (unsigned)b->n_workers);
+    atomic_store(&u->carry_left, 0);
+    atomic_store(&u->carry_answered, 0);
+    u->carry_asked = 0;
+    for (int i = 0; i < b->n_workers; i++)
+        if (worker_post(b->workers[i], job_carry, u) == 0)
+            u->carry_asked++;
+}
+
+static void carry_start(struct upgrade *u)
+{
+    /* A carried session is one datagram: let the socket take the largest. */
+    int sz = MSG_MAX + 4096;
+    if (setsockopt(u->fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+        setsockopt(u->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    u->carry_fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 0);
+    u->carry = event_new(u->b->base, -1, EV_PERSIST, on_carry_tick, u);
+    struct timeval tv = { 0, CARRY_TICK_MS * 1000 };
+    if (u->carry_fd < 0 || u->carry == NULL || event_add(u->carry, &tv) < 0) {
+        log_warnx("upgrade: cannot carry the sessions (out of descriptors or memory); they stay "
+                  "here until they end");
+        return;
+    }
+    event_active(u->carry, EV_TIMEOUT, 0);
+}
+
+struct carry_answer {
+    uint32_t id;
+    bool taken;
+    char why[SNAP_MAX_REASON];
+};
+
+static void job_answer(struct session_worker *sw, void *arg)
+{
+    struct carry_answer *a = arg;
+    if (session_carried(sw, a->id, a->taken, a->why) < 0)
+        log_warnx("sid=%08x upgrade: an answer for a session not frozen here", a->id);
+    free(a);
+}
+
+static void job_thaw_all(struct session_worker *sw, void *arg)
+{
+    session_thaw_all(sw, "the new process is gone");
+}
+
+/* The new process's answer about a session: to the worker holding it. */
+static void carry_answered(struct upgrade *u, const struct snap_handover *h)
+{
+    struct broker *b = u->b;
+    int wi = registry_owner(b->registry, h->session_id);
+    struct carry_answer *a = calloc(1, sizeof(*a));
+    int inflight = atomic_fetch_sub(&u->carry_inflight, 1) - 1;
+    if (a == NULL || wi < 0 || wi >= b->n_workers) {
+        log_warnx("sid=%08x upgrade: an answer for an unknown session", h->session_id);
+        free(a);
+        return;
+    }
+    a->id = h->session_id;
+    a->taken = h->type == SNAP_HO_TAKEN;
+    snprintf(a->why, sizeof(a->why), "%s", h->reason);
+    if (worker_post(b->workers[wi], job_answer, a) < 0)
+        free(a);
+    /* Room in the window: the next round now rather than at the tick. */
+    if (inflight <= CARRY_WINDOW / 2 && u->carry != NULL)
+        on_carry_tick(-1, 0, u);
+}
+
 static void hand_over(struct upgrade *u, pid_t new_pid)
 {
     struct broker *b = u->b;
@@ -629,7 +893,7 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
                       "hand-over: pid %d may not see them until its restart",
                       store_writer_pending(b->writer), (int)new_pid);
     }
-    notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d drains its sessions",
+    notify_main_pid((int)new_pid, "upgraded: pid %d serves, pid %d carries its sessions over",
                     (int)new_pid, (int)getpid());
     if (send_type(u->fd, SNAP_HO_MAIN, NULL) < 0)
         log_warnx("upgrade: cannot tell pid %d it is the main process: %s", (int)new_pid,
@@ -637,32 +901,39 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     u->state = UP_SERVING;
     u->child = new_pid;
     u->t_handed = clock_mono_ms();
-    log_info("upgrade: handed over to pid %d in %lld ms; this process (pid %d) accepts no more "
-             "and serves its live sessions until they end (at most %d s)", (int)new_pid,
+    log_info("upgrade: handed over to pid %d in %lld ms; this process (pid %d) accepts no more, "
+             "carries its live sessions to it and serves those it cannot until they end (at "
+             "most %d s)", (int)new_pid,
              (long long)(u->t_handed - u->t_start), (int)getpid(), b->cfg.upgrade_drain_timeout);
     u->drain = event_new(b->base, -1, EV_PERSIST, on_drain_tick, u);
     struct timeval tv = { 1, 0 };
     if (u->drain == NULL || event_add(u->drain, &tv) < 0)
         log_warnx("upgrade: cannot arm the drain timer (out of memory): exit with SIGTERM");
+    carry_start(u);
     u->done(u->arg, (int)new_pid, NULL);
 }
 
 static void on_old_read(evutil_socket_t fd, short what, void *arg)
 {
     struct upgrade *u = arg;
-    struct snap_handover *h = malloc(sizeof(*h));
-    for (int i = 0; h != NULL && i < 16 && u->fd >= 0; i++) {
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    for (int i = 0; h != NULL && i < 256 && u->fd >= 0; i++) {
         int rc = recv_msg(u->fd, MSG_DONTWAIT, h, NULL, NULL);
         if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (u->state == UP_SERVING) {
+            if (rc == 0 && (h->type == SNAP_HO_TAKEN || h->type == SNAP_HO_LEFT))
+                carry_answered(u, h);
             if (rc == 0)
-                continue; /* nothing is expected from it now */
+                continue; /* nothing else is expected from it now */
             log_warnx("upgrade: pid %d closed the hand-over socket; this process writes its "
-                      "session records itself again", (int)u->child);
+                      "session records itself again, and serves on the sessions it was "
+                      "carrying", (int)u->child);
             event_del(u->rd);
             close(u->fd);
             u->fd = -1;
+            for (int w = 0; w < u->b->n_workers; w++)
+                worker_post(u->b->workers[w], job_thaw_all, NULL);
             break;
         }
         if (rc == SNAP_HANDOVER_OTHER_MAJOR) {
@@ -690,6 +961,7 @@ static void on_old_read(evutil_socket_t fd, short what, void *arg)
         if (u->state != UP_STARTING && u->state != UP_SERVING)
             break;
     }
+    snap_handover_clear(h);
     free(h);
 }
 
@@ -763,6 +1035,7 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
         goto oom;
     u->b = b;
     u->fd = -1;
+    u->carry_fd = -1;
     u->state = UP_STARTING;
     u->done = done;
     u->arg = arg;
@@ -1019,7 +1292,7 @@ void upgrade_free(struct upgrade *u)
         return;
     if (u->state == UP_STARTING && u->child > 0)
         kill(u->child, SIGTERM);
-    struct event *evs[] = { u->rd, u->timer, u->sigchld, u->drain };
+    struct event *evs[] = { u->rd, u->timer, u->sigchld, u->drain, u->carry };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i] != NULL)
             event_free(evs[i]);
@@ -1027,6 +1300,8 @@ void upgrade_free(struct upgrade *u)
         event_free(u->waiting_timer);
     if (u->fd >= 0)
         close(u->fd);
+    if (u->carry_fd >= 0)
+        close(u->carry_fd);
     for (size_t i = 0; i < u->n_held; i++)
         if (u->held[i].fd >= 0)
             close(u->held[i].fd);

@@ -23,12 +23,21 @@
  *                                     record under that lease, its pid
  *                                     now, by compare-and-swap), READY=1
  *                                     to the service manager
- *   RECORD ... (its sessions' records, written by the new process)
+ *   SESSION (snapshot + 2 fds per channel) ... (its live sessions, at most
+ *   16 unanswered; sent by its workers)
+ *                                  <- TAKEN (the new process has it; it
+ *                                     resumes it) or LEFT (why: the old one
+ *                                     resumes it)
+ *   RECORD ... (the records of the sessions left in it, written by the new
+ *   process)
  *
  * No socket is closed or bound again: both processes accept on the same
- * sockets for a moment, so no connection is refused at any point. The old
- * process's sessions go on in it until they end (or --upgrade-drain-timeout),
- * then it exits. Control loop (main thread) only, on both sides. */
+ * sockets for a moment, so no connection is refused at any point. Sessions
+ * that cannot be carried (a TLS leg, a migration still under way) go on in
+ * the old process until they end (or --upgrade-drain-timeout), then it
+ * exits. Control loop (main thread) on both sides, except the sending of
+ * sessions (old: its workers, through session_freeze) and their rebuild and
+ * answer (new: its workers, session_adopt) on a dup of the socket. */
 #ifndef SB_UPGRADE_H
 #define SB_UPGRADE_H
 

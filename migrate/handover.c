@@ -1364,7 +1364,8 @@ int handover_prepare(struct session_worker *w, const char *instance, const char 
     struct session *s, *next;
     for (s = TAILQ_FIRST(&w->sessions); s != NULL; s = next) {
         next = TAILQ_NEXT(s, link);
-        if (s->id == 0 || s->closing || strcmp(s->rec.instance, instance) != 0)
+        if (s->id == 0 || s->closing || s->carry == CARRY_FROZEN ||
+            strcmp(s->rec.instance, instance) != 0)
             continue;
         if (strcmp(s->rec.host, host) == 0 && ((port != 0 && s->rec.port == port) ||
                                                (tls_port != 0 && s->rec.tls_port == tls_port))) {

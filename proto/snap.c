@@ -38,6 +38,9 @@ typedef Spicebroker__BrokerRecord BrokerRecord;
 typedef Spicebroker__MigrationIntent MigrationIntent;
 typedef Spicebroker__HandoverMessage HandoverMessage;
 typedef Spicebroker__HandoverListener HandoverListener;
+typedef Spicebroker__SessionSnapshot SessionSnapshot;
+typedef Spicebroker__ChannelSnapshot ChannelSnapshot;
+typedef Spicebroker__RelayDirSnapshot RelayDirSnapshot;
 
 /* ---- framing ---- */
 
@@ -621,6 +624,11 @@ int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *l
     m.listeners = h->n_listeners ? l_ptrs : NULL;
     m.record.data = rec;
     m.record.len = rec_len;
+    m.session_id = h->session_id;
+    if (h->type == SNAP_HO_SESSION) {
+        m.session.data = h->session;
+        m.session.len = h->session_len;
+    }
     plen = spicebroker__handover_message__get_packed_size(&m);
     if ((packed = malloc(plen ? plen : 1)) == NULL)
         goto fail;
@@ -726,14 +734,340 @@ int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h
             goto fail;
         tmp->has_record = true;
     }
+    tmp->session_id = m->session_id;
+    if (tmp->type == SNAP_HO_SESSION) {
+        if (m->session.len == 0 || (tmp->session = malloc(m->session.len)) == NULL)
+            goto fail;
+        memcpy(tmp->session, m->session.data, m->session.len);
+        tmp->session_len = m->session.len;
+    }
     *h = *tmp;
     rc = 0;
 fail:
+    if (rc != 0 && tmp != NULL)
+        free(tmp->session);
     free(tmp);
     if (m != NULL)
         spicebroker__handover_message__free_unpacked(m, NULL);
     free(tofree);
     return rc;
+}
+
+void snap_handover_clear(struct snap_handover *h)
+{
+    if (h == NULL || h->session == NULL)
+        return;
+    OPENSSL_cleanse(h->session, h->session_len); /* the token's password */
+    free(h->session);
+    h->session = NULL;
+    h->session_len = 0;
+}
+
+/* ---- carried sessions ---- */
+
+/* memcpy that takes an empty source (protobuf-c leaves its pointer NULL). */
+static void copy_in(void *dst, const void *src, size_t n)
+{
+    if (n > 0)
+        memcpy(dst, src, n);
+}
+
+static void dir_to_msg(const struct snap_carried_dir *d, RelayDirSnapshot *m)
+{
+    spicebroker__relay_dir_snapshot__init(m);
+    m->data.data = d->data;
+    m->data.len = d->len;
+    m->parsed = d->parsed;
+    m->boundary = d->boundary;
+    m->body_left = d->body_left;
+    m->type = d->type;
+    m->injected.data = (uint8_t *)d->inj;
+    m->injected.len = d->inj_len;
+    m->parse_blocked = d->parse_blocked;
+    m->bytes = d->bytes;
+    m->msgs = d->msgs;
+}
+
+static bool dir_ok(const struct snap_carried_dir *d)
+{
+    return d->len <= SNAP_CARRY_MAX_BYTES && (d->len == 0 || d->data != NULL) &&
+           d->parsed <= d->len && (d->boundary == UINT32_MAX || d->boundary <= d->parsed) &&
+           d->inj_len <= sizeof(d->inj);
+}
+
+static bool channel_ok(const struct snap_carried_channel *c)
+{
+    return (c->client_transport == SNAP_CARRY_TCP || c->client_transport == SNAP_CARRY_WS) &&
+           c->n_caps_common <= 8 && c->n_caps_channel <= 8 &&
+           str_fits(c->client_addr, sizeof(c->client_addr)) &&
+           str_fits(c->backend_where, sizeof(c->backend_where)) &&
+           c->ws_in.hdr_have <= sizeof(c->ws_in.hdr) && c->ws_in.ctl_have <= sizeof(c->ws_in.ctl) &&
+           c->ws_in.mask_off < 4 && c->display_init_len <= sizeof(c->display_init) &&
+           dir_ok(&c->to_backend) && dir_ok(&c->to_client);
+}
+
+int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len)
+{
+    SessionSnapshot m = SPICEBROKER__SESSION_SNAPSHOT__INIT;
+    ChannelSnapshot *chs = NULL, **ch_ptrs = NULL;
+    RelayDirSnapshot *dirs = NULL;
+    uint8_t *packed = NULL, *token = NULL;
+    size_t plen = 0, token_len = 0;
+    int rc = -1;
+
+    if (c == NULL || out == NULL || len == NULL || c->n_channels > SNAP_MAX_CHANNELS ||
+        !str_fits(c->backend_subject, sizeof(c->backend_subject)) ||
+        !str_fits(c->client, sizeof(c->client)))
+        goto fail;
+    if (snap_token_encode(&c->token, NULL, NULL, &token, &token_len) < 0)
+        goto fail;
+    if (c->n_channels > 0 && ((chs = calloc(c->n_channels, sizeof(*chs))) == NULL ||
+                              (ch_ptrs = calloc(c->n_channels, sizeof(*ch_ptrs))) == NULL ||
+                              (dirs = calloc(2 * c->n_channels, sizeof(*dirs))) == NULL))
+        goto fail;
+    m.schema_version = c->schema ? c->schema : SNAP_CARRY_MAJOR;
+    m.id = c->id;
+    m.backend_id = c->backend_id;
+    m.token_hash.data = (uint8_t *)c->token_hash;
+    m.token_hash.len = sizeof(c->token_hash);
+    m.token.data = token;
+    m.token.len = token_len;
+    m.backend_subject = (char *)c->backend_subject;
+    m.client = (char *)c->client;
+    m.started = c->started;
+    m.migrations = c->migrations;
+    m.probe_type = c->probe_type;
+    m.mouse_supported = c->mouse_supported;
+    m.mouse_current = c->mouse_current;
+    m.agent_connected = c->agent_connected;
+    m.agent_started = c->agent_started;
+    m.agent_tokens = c->agent_tokens;
+    m.migration_state = c->migration_state;
+    m.worker = c->worker;
+    m.frozen_mono_us = c->frozen_mono_us;
+    for (uint32_t i = 0; i < c->n_channels; i++) {
+        const struct snap_carried_channel *cc = &c->channels[i];
+        ChannelSnapshot *x = &chs[i];
+        if (!channel_ok(cc))
+            goto fail;
+        spicebroker__channel_snapshot__init(x);
+        x->type = cc->type;
+        x->id = cc->id;
+        x->n_caps_common = cc->n_caps_common;
+        x->caps_common = (uint32_t *)cc->caps_common;
+        x->n_caps_channel = cc->n_caps_channel;
+        x->caps_channel = (uint32_t *)cc->caps_channel;
+        x->client_transport = cc->client_transport;
+        x->client_addr = (char *)cc->client_addr;
+        x->ws_out_left = cc->ws_out_left;
+        if (cc->client_transport == SNAP_CARRY_WS) {
+            x->ws_mask.data = (uint8_t *)cc->ws_in.mask;
+            x->ws_mask.len = sizeof(cc->ws_in.mask);
+        }
+        x->ws_hdr.data = (uint8_t *)cc->ws_in.hdr;
+        x->ws_hdr.len = cc->ws_in.hdr_have;
+        x->ws_in_payload = cc->ws_in.in_payload;
+        x->ws_opcode = cc->ws_in.opcode;
+        x->ws_fin = cc->ws_in.fin;
+        x->ws_masked = cc->ws_in.masked;
+        x->ws_mask_off = cc->ws_in.mask_off;
+        x->ws_left = cc->ws_in.left;
+        x->ws_in_message = cc->ws_in.in_message;
+        x->ws_msg_len = cc->ws_in.msg_len;
+        x->ws_ctl.data = (uint8_t *)cc->ws_in.ctl;
+        x->ws_ctl.len = cc->ws_in.ctl_have;
+        x->backend_where = (char *)cc->backend_where;
+        x->backend_state = cc->backend_state;
+        x->linked_backend_id = cc->linked_backend_id;
+        dir_to_msg(&cc->to_backend, &dirs[2 * i]);
+        dir_to_msg(&cc->to_client, &dirs[2 * i + 1]);
+        x->to_backend = &dirs[2 * i];
+        x->to_client = &dirs[2 * i + 1];
+        x->ack_b_window = cc->ack_b_window;
+        x->ack_b_count = cc->ack_b_count;
+        x->ack_c_generation = cc->ack_c_generation;
+        x->ack_c_client_generation = cc->ack_c_client_generation;
+        x->ack_c_window = cc->ack_c_window;
+        x->ack_c_unacked = cc->ack_c_unacked;
+        x->display_init.data = (uint8_t *)cc->display_init;
+        x->display_init.len = cc->display_init_len;
+        /* the words up to the last live surface (usually one, or none) */
+        for (x->n_surfaces = 32; x->n_surfaces > 0 && cc->surfaces[x->n_surfaces - 1] == 0;)
+            x->n_surfaces--;
+        x->surfaces = (uint32_t *)cc->surfaces;
+        ch_ptrs[i] = x;
+    }
+    m.n_channels = c->n_channels;
+    m.channels = ch_ptrs;
+    plen = spicebroker__session_snapshot__get_packed_size(&m);
+    if ((packed = malloc(plen ? plen : 1)) == NULL)
+        goto fail;
+    if (spicebroker__session_snapshot__pack(&m, packed) != plen)
+        goto fail;
+    rc = wrap(packed, plen, out, len);
+fail:
+    if (packed != NULL) {
+        OPENSSL_cleanse(packed, plen); /* the token's password */
+        free(packed);
+    }
+    if (token != NULL) {
+        OPENSSL_cleanse(token, token_len);
+        free(token);
+    }
+    free(dirs);
+    free(ch_ptrs);
+    free(chs);
+    return rc;
+}
+
+static int dir_from_msg(const RelayDirSnapshot *m, struct snap_carried_dir *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->boundary = 0;
+    if (m == NULL)
+        return 0;
+    if (m->data.len > SNAP_CARRY_MAX_BYTES || m->injected.len > sizeof(d->inj) ||
+        m->type > UINT16_MAX)
+        return -1;
+    if (m->data.len > 0) {
+        if ((d->data = malloc(m->data.len)) == NULL)
+            return -1;
+        memcpy(d->data, m->data.data, m->data.len);
+    }
+    d->len = (uint32_t)m->data.len;
+    d->parsed = m->parsed;
+    d->boundary = m->boundary;
+    d->body_left = m->body_left;
+    d->type = (uint16_t)m->type;
+    copy_in(d->inj, m->injected.data, m->injected.len);
+    d->inj_len = (uint8_t)m->injected.len;
+    d->parse_blocked = m->parse_blocked;
+    d->bytes = m->bytes;
+    d->msgs = m->msgs;
+    return dir_ok(d) ? 0 : -1;
+}
+
+int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c)
+{
+    SessionSnapshot *m = NULL;
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen = 0;
+    int rc = SNAP_BAD;
+
+    if (c == NULL)
+        return SNAP_BAD;
+    memset(c, 0, sizeof(*c));
+    if (unwrap(buf, len, &payload, &plen, &tofree) < 0)
+        goto fail;
+    if ((m = spicebroker__session_snapshot__unpack(NULL, plen, payload)) == NULL)
+        goto fail;
+    c->schema = m->schema_version;
+    if (m->schema_version != SNAP_CARRY_MAJOR) {
+        rc = m->schema_version != 0 ? SNAP_HANDOVER_OTHER_MAJOR : SNAP_BAD;
+        goto fail;
+    }
+    if (m->id == 0 || m->token_hash.len != sizeof(c->token_hash) ||
+        m->n_channels > SNAP_MAX_CHANNELS || m->probe_type > UINT8_MAX ||
+        m->mouse_supported > UINT16_MAX || m->mouse_current > UINT16_MAX ||
+        snap_token_decode(m->token.data, m->token.len, NULL, NULL, &c->token) != 0 ||
+        copy_str(c->backend_subject, sizeof(c->backend_subject), m->backend_subject) < 0 ||
+        copy_str(c->client, sizeof(c->client), m->client) < 0)
+        goto fail;
+    c->id = m->id;
+    c->backend_id = m->backend_id;
+    memcpy(c->token_hash, m->token_hash.data, sizeof(c->token_hash));
+    c->started = m->started;
+    c->migrations = m->migrations;
+    c->probe_type = (uint8_t)m->probe_type;
+    c->mouse_supported = (uint16_t)m->mouse_supported;
+    c->mouse_current = (uint16_t)m->mouse_current;
+    c->agent_connected = m->agent_connected;
+    c->agent_started = m->agent_started;
+    c->agent_tokens = m->agent_tokens;
+    c->migration_state = m->migration_state;
+    c->worker = m->worker;
+    c->frozen_mono_us = m->frozen_mono_us;
+    for (size_t i = 0; i < m->n_channels; i++) {
+        const ChannelSnapshot *x = m->channels[i];
+        struct snap_carried_channel *cc = &c->channels[i];
+        c->n_channels = (uint32_t)i + 1; /* what snap_carried_clear frees */
+        if (x == NULL || x->type > UINT8_MAX || x->id > UINT8_MAX || x->n_caps_common > 8 ||
+            x->n_caps_channel > 8 || x->ws_hdr.len > sizeof(cc->ws_in.hdr) ||
+            (x->ws_mask.len != 0 && x->ws_mask.len != 4) || x->ws_mask_off > 3 ||
+            x->ws_opcode > 0xf || x->ws_ctl.len > sizeof(cc->ws_in.ctl) ||
+            x->display_init.len > sizeof(cc->display_init) || x->n_surfaces > 32 ||
+            copy_str(cc->client_addr, sizeof(cc->client_addr), x->client_addr) < 0 ||
+            copy_str(cc->backend_where, sizeof(cc->backend_where), x->backend_where) < 0 ||
+            dir_from_msg(x->to_backend, &cc->to_backend) < 0 ||
+            dir_from_msg(x->to_client, &cc->to_client) < 0)
+            goto fail;
+        cc->type = (uint8_t)x->type;
+        cc->id = (uint8_t)x->id;
+        cc->n_caps_common = (uint32_t)x->n_caps_common;
+        copy_in(cc->caps_common, x->caps_common, x->n_caps_common * sizeof(uint32_t));
+        cc->n_caps_channel = (uint32_t)x->n_caps_channel;
+        copy_in(cc->caps_channel, x->caps_channel, x->n_caps_channel * sizeof(uint32_t));
+        cc->client_transport = (enum snap_carry_transport)x->client_transport;
+        cc->ws_out_left = x->ws_out_left;
+        ws_decoder_init(&cc->ws_in, true, 0);
+        copy_in(cc->ws_in.hdr, x->ws_hdr.data, x->ws_hdr.len);
+        cc->ws_in.hdr_have = (uint8_t)x->ws_hdr.len;
+        cc->ws_in.in_payload = x->ws_in_payload;
+        cc->ws_in.opcode = (uint8_t)x->ws_opcode;
+        cc->ws_in.fin = x->ws_fin;
+        cc->ws_in.masked = x->ws_masked;
+        copy_in(cc->ws_in.mask, x->ws_mask.data, x->ws_mask.len);
+        cc->ws_in.mask_off = (uint8_t)x->ws_mask_off;
+        cc->ws_in.left = x->ws_left;
+        cc->ws_in.in_message = x->ws_in_message;
+        cc->ws_in.msg_len = x->ws_msg_len;
+        copy_in(cc->ws_in.ctl, x->ws_ctl.data, x->ws_ctl.len);
+        cc->ws_in.ctl_have = (uint8_t)x->ws_ctl.len;
+        cc->backend_state = x->backend_state;
+        cc->linked_backend_id = x->linked_backend_id;
+        cc->ack_b_window = x->ack_b_window;
+        cc->ack_b_count = x->ack_b_count;
+        cc->ack_c_generation = x->ack_c_generation;
+        cc->ack_c_client_generation = x->ack_c_client_generation;
+        cc->ack_c_window = x->ack_c_window;
+        cc->ack_c_unacked = x->ack_c_unacked;
+        copy_in(cc->display_init, x->display_init.data, x->display_init.len);
+        cc->display_init_len = (uint8_t)x->display_init.len;
+        copy_in(cc->surfaces, x->surfaces, x->n_surfaces * sizeof(uint32_t));
+        if (!channel_ok(cc))
+            goto fail;
+    }
+    rc = 0;
+fail:
+    if (rc != 0) {
+        uint32_t schema = c->schema;
+        snap_carried_clear(c);
+        memset(c, 0, sizeof(*c));
+        c->schema = schema;
+    }
+    if (m != NULL) {
+        if (m->token.data != NULL)
+            OPENSSL_cleanse(m->token.data, m->token.len);
+        spicebroker__session_snapshot__free_unpacked(m, NULL);
+    }
+    if (tofree != NULL)
+        OPENSSL_cleanse(tofree, plen);
+    free(tofree);
+    return rc;
+}
+
+void snap_carried_clear(struct snap_carried *c)
+{
+    if (c == NULL)
+        return;
+    for (uint32_t i = 0; i < c->n_channels && i < SNAP_MAX_CHANNELS; i++) {
+        free(c->channels[i].to_backend.data);
+        free(c->channels[i].to_client.data);
+        c->channels[i].to_backend.data = c->channels[i].to_client.data = NULL;
+        c->channels[i].to_backend.len = c->channels[i].to_client.len = 0;
+    }
+    OPENSSL_cleanse(&c->token, sizeof(c->token));
 }
 
 /* ---- keys ---- */

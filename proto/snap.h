@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "proto/seal.h"
+#include "proto/ws.h"
 
 #define SNAP_MAX_HOST 256
 #define SNAP_MAX_PASSWORD 64   /* SPICE passwords are at most 60 bytes */
@@ -151,6 +152,9 @@ enum snap_handover_type {
     SNAP_HO_READY = 6,      /* new -> old: it accepts on them */
     SNAP_HO_MAIN = 7,       /* old -> new: it is the service's main process now */
     SNAP_HO_RECORD = 8,     /* old -> new: record, to publish */
+    SNAP_HO_SESSION = 9,    /* old -> new: session (a snapshot) + 2 fds per channel */
+    SNAP_HO_TAKEN = 10,     /* new -> old: session_id lives in the new process now */
+    SNAP_HO_LEFT = 11,      /* new -> old: session_id not taken (reason): resume it */
     SNAP_HO_TYPE_MAX
 };
 enum snap_listener_kind {
@@ -174,6 +178,11 @@ struct snap_handover {
     struct snap_listener listeners[SNAP_HANDOVER_MAX_LISTENERS];
     bool has_record;
     struct snap_session record;     /* SNAP_HO_RECORD */
+    uint32_t session_id;            /* SESSION, TAKEN, LEFT */
+    /* SESSION: a snap_carried_encode() value. Encoding borrows it; decoding
+     * mallocs a copy (snap_handover_clear frees it). */
+    uint8_t *session;
+    size_t session_len;
 };
 int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *len);
 /* 0; SNAP_BAD for bytes that are no hand-over message of ours (an unknown
@@ -182,6 +191,71 @@ int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *l
  * so the refusal can name them. */
 #define SNAP_HANDOVER_OTHER_MAJOR (-5)
 int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h);
+/* Frees what decoding allocated (h->session); h stays usable. */
+void snap_handover_clear(struct snap_handover *h);
+
+/* A live session carried to a new process (SNAP_HO_SESSION; session/
+ * snapshot.c writes and reads it): every channel written down at a quiet
+ * moment, so the new process resumes each byte stream exactly where the old
+ * one stopped. Its own major version; another one is refused. */
+#define SNAP_CARRY_MAJOR 1
+#define SNAP_CARRY_MAX_BYTES (128u * 1024u) /* relay bytes in flight, all directions */
+enum snap_carry_transport { SNAP_CARRY_TCP = 1, SNAP_CARRY_WS = 2 };
+struct snap_carried_dir {
+    uint8_t *data;                  /* read, not yet written (decoding mallocs it) */
+    uint32_t len;
+    uint32_t parsed;                /* [0, parsed) framed */
+    uint32_t boundary;              /* in [0, parsed], or UINT32_MAX */
+    uint32_t body_left;
+    uint16_t type;
+    uint8_t inj[64];                /* broker-made messages waiting for a boundary */
+    uint8_t inj_len;
+    bool parse_blocked;
+    uint64_t bytes, msgs;
+};
+struct snap_carried_channel {
+    uint8_t type, id;
+    uint32_t n_caps_common, n_caps_channel;
+    uint32_t caps_common[8], caps_channel[8];
+    enum snap_carry_transport client_transport;
+    char client_addr[64];
+    uint64_t ws_out_left;           /* WebSocket: see transport_export */
+    struct ws_decoder ws_in;        /* only the frame state is carried */
+    char backend_where[SNAP_MAX_HOST + 16];
+    uint32_t backend_state;         /* 2 = LIVE (enum leg_state) */
+    uint32_t linked_backend_id;
+    struct snap_carried_dir to_backend, to_client;
+    uint32_t ack_b_window, ack_b_count;
+    uint32_t ack_c_generation, ack_c_client_generation, ack_c_window, ack_c_unacked;
+    uint8_t display_init[32];
+    uint8_t display_init_len;
+    uint32_t surfaces[32];
+};
+struct snap_carried {
+    uint32_t schema;                /* major: 0 encodes SNAP_CARRY_MAJOR */
+    uint32_t id, backend_id;
+    uint8_t token_hash[32];
+    struct snap_token token;        /* password in clear: process to process only */
+    char backend_subject[SNAP_MAX_HOST];
+    char client[64];
+    int64_t started;
+    uint32_t migrations;
+    uint8_t probe_type;
+    uint16_t mouse_supported, mouse_current;
+    bool agent_connected, agent_started;
+    uint32_t agent_tokens;
+    uint32_t migration_state;       /* 0: none (only that is carried) */
+    uint32_t worker;
+    int64_t frozen_mono_us;         /* CLOCK_MONOTONIC when it was stopped (same host) */
+    uint32_t n_channels;
+    struct snap_carried_channel channels[SNAP_MAX_CHANNELS];
+};
+int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len);
+/* 0; SNAP_BAD; SNAP_HANDOVER_OTHER_MAJOR for a snapshot of another major
+ * version (c->schema set). The dirs' data are malloc'd: snap_carried_clear. */
+int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c);
+/* Frees the dirs' data and wipes the token (c stays usable; NULL: no-op). */
+void snap_carried_clear(struct snap_carried *c);
 
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256

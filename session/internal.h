@@ -294,6 +294,9 @@ struct session {
     uint64_t t_reattach;
     const char *reattach_cause; /* static string: why the source was given up */
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
+    /* Carried to a new process (snapshot.c): FROZEN while its snapshot is
+     * out (no event of it runs), STAYS once it is known to end here. */
+    enum { CARRY_NONE, CARRY_FROZEN, CARRY_STAYS } carry;
 };
 
 /* Where the session's backend legs go now (its record, and the certificate
@@ -461,6 +464,10 @@ int relay_detach_backend(struct chan *c, const char **why);
 /* Makes the linked leg l (taken, freed on failure) c's LIVE backend. */
 int relay_attach_backend(struct chan *c, struct leg *l);
 int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len);
+/* Creates c's relay events if it has none (a channel carried in from
+ * another process, its dirs filled) and starts it reading and writing
+ * again after a freeze (snapshot.c). */
+void relay_resume(struct chan *c);
 /* Switches c from its current leg (it drains: c->old) to its held next leg
  * (LIVE: c->cur); see migrate/handover.c. */
 int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t first_len,

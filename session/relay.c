@@ -768,6 +768,31 @@ void relay_kick(struct chan *c)
         event_active(c->client_side.wr, EV_WRITE, 0);
 }
 
+void relay_resume(struct chan *c)
+{
+    struct event_base *base = c->w->env.base;
+    int cfd = transport_fd(c->client_side.t), bfd = transport_fd(c->cur->t);
+    if (c->client_side.rd == NULL) {
+        c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
+        c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
+        c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
+        c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
+        if (c->stall == NULL && c->w->env.write_stall_ms > 0)
+            c->stall = evtimer_new(base, on_stall, c);
+        if (!c->client_side.rd || !c->b_rd || !c->client_side.wr || !c->b_wr ||
+            (c->w->env.write_stall_ms > 0 && c->stall == NULL)) {
+            chan_close(c, "out of memory");
+            return;
+        }
+    }
+    c->to_b.read_blocked = c->to_c.read_blocked = false;
+    if (!c->to_b.eof)
+        chan_arm_read(c->client_side.rd, c->client_side.t);
+    if (!c->to_c.eof)
+        chan_arm_read(c->b_rd, c->cur->t);
+    event_active(c->client_side.wr, EV_WRITE, 0); /* what waits goes out (chan_service) */
+}
+
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len)
 {
     return inject(to_backend ? &c->to_b : &c->to_c, type, body, len);

@@ -231,9 +231,12 @@ static void chan_free(struct chan *c)
             *evs[i] = NULL;
         }
     }
-    /* The client's side ends politely (TLS close_notify, WebSocket CLOSE). */
+    /* The client's side ends politely (TLS close_notify, WebSocket CLOSE),
+     * unless its stream may be another process's now (a carry under way:
+     * snapshot.c; this process stopping meanwhile). */
     client_set_state(c, CLIENT_CLOSED);
-    transport_shutdown(c->client_side.t, WS_CLOSE_NORMAL);
+    if (c->s == NULL || c->s->carry != CARRY_FROZEN)
+        transport_shutdown(c->client_side.t, WS_CLOSE_NORMAL);
     transport_free(c->client_side.t);
     relay_release(c);
     c->w->hooks->chan_free(c);
@@ -303,7 +306,9 @@ void session_close(struct session *s, const char *reason)
     log_info("%s closed: %s%s (channels %u, bytes to client %llu, to backend %llu, %llds)", s->sid,
              reason ? reason : "-", during, n, (unsigned long long)to_c, (unsigned long long)to_b,
              (long long)(time(NULL) - s->started));
-    if (s->id_claimed) {
+    if (s->id_claimed && s->carry == CARRY_FROZEN) {
+        w->env.release_id(w->env.arg, s->id); /* the new process may have it: no record */
+    } else if (s->id_claimed) {
         struct snap_session rec;
         session_snapshot(s, &rec);
         rec.ended = (int64_t)time(NULL);

@@ -207,6 +207,40 @@ int session_kill(struct session_worker *w, uint32_t id, const char *reason);
 typedef void (*session_visit_cb)(const struct snap_session *rec, void *arg);
 void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);
 
+/* ---- Carrying live sessions to a new process (snapshot.c; broker/upgrade.c) ----
+ * The old process freezes a session (no read, no write, no timer of it runs
+ * any more), writes it down (struct snap_carried) and passes it with its
+ * sockets; the new process rebuilds it and resumes it, or says it will not,
+ * and the old one resumes it. Worker loop only, on both sides. */
+
+/* Sends one frozen session (its sockets borrowed: 2 per channel, the client's
+ * then the backend's): 0, or -1 (it is resumed here). */
+typedef int (*session_carry_fn)(void *arg, const struct snap_carried *snap, const int *fds,
+                                size_t n_fds);
+/* Freezes and sends every session of this worker that can go now (up to
+ * max). One that never can (a TLS leg) is logged once and stays here; one
+ * that cannot yet (a migration under way, a channel linking, more than
+ * SNAP_CARRY_MAX_BYTES in flight) is tried again on the next call, or, with
+ * last_try, stays here too. Returns the sessions still to be tried. */
+unsigned session_freeze(struct session_worker *w, unsigned max, bool last_try,
+                        session_carry_fn send, void *arg);
+/* The answer for a frozen session: taken, it goes from this process without
+ * a byte to its peers (its sockets live on in the new one); not taken (why),
+ * it resumes here. -1 if this worker has no such frozen session. */
+int session_carried(struct session_worker *w, uint32_t id, bool taken, const char *why);
+/* Resumes every frozen session (the new process is gone). */
+void session_thaw_all(struct session_worker *w, const char *why);
+/* The new process: a carried session rebuilt on this worker from snap and
+ * fds (taken: closed on failure), its id claimed, frozen until
+ * session_adopt_resume. NULL with *why (static text) when it cannot be. */
+struct session *session_adopt(struct session_worker *w, const struct snap_carried *snap,
+                              const int *fds, size_t n_fds, const char **why);
+/* Starts it relaying (from_pid, and the snapshot's frozen_mono_us, for the
+ * log line: the client's pause). */
+void session_adopt_resume(struct session *s, int from_pid, int64_t frozen_mono_us);
+/* The old process keeps it after all: freed without a byte to its peers. */
+void session_adopt_abort(struct session *s);
+
 /* Counters for /metrics. */
 struct session_stats {
     uint64_t sessions_active, sessions_total, channels_active;

@@ -927,3 +927,27 @@ int transport_export(const struct transport *t, struct transport_export *out)
     }
     return 0;
 }
+
+struct transport *transport_import(const struct transport_export *ex)
+{
+    if (ex->kind == TRANSPORT_TCP)
+        return transport_tcp_new(ex->fd);
+    if (ex->kind != TRANSPORT_WS) {
+        close(ex->fd);
+        return NULL;
+    }
+    struct transport *t = transport_ws_new(ex->fd);
+    if (t == NULL)
+        return NULL;
+    uint64_t max = t->in.max_message;
+    t->in = ex->ws_in;
+    t->in.expect_masked = true;
+    t->in.max_message = max;
+    t->out_left = ex->ws_out_left;
+    if (t->out_left > 0) {
+        /* The frame goes on: its header is out (hdr_sent == hdr_len), and not
+         * 0, which ws_writev reads as a frame that has not started. */
+        t->hdr_len = t->hdr_sent = WS_MAX_HEADER;
+    }
+    return t;
+}

@@ -111,5 +111,10 @@ struct transport_export {
     struct ws_decoder ws_in;
 };
 int transport_export(const struct transport *t, struct transport_export *out);
+/* The other end of it, in the process the socket went to: a TCP or
+ * WebSocket transport over ex->fd (taken) in the state ex describes (a
+ * frame toward the peer continues where it stopped). NULL for TLS or when
+ * out of memory (fd closed then too). */
+struct transport *transport_import(const struct transport_export *ex);
 
 #endif

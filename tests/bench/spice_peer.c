@@ -8,6 +8,11 @@
  *       throughput --seconds S
  *       latency    --count N [--size 64]
  *       idle       --sessions N [--hold S]
+ *       carry      --sessions N --seconds S [--interval MS]
+ *                  (N sessions of 4 channels: main, inputs, cursor, playback;
+ *                  every session sends an inputs message every MS ms (100)
+ *                  and times its echo: each session's largest round trip,
+ *                  for tests/bench/upgrade_bench.py)
  *       linkrate   --seconds S [--parallel P]
  *       linktime   --tokens FILE   (one main link per line's token, one at a
  *                                   time: each link's time, connect to OK)
@@ -1628,6 +1633,136 @@ static int run_idle(const struct copts *o, long sessions, double hold)
     return linked == sessions ? 0 : 1;
 }
 
+/* One session of the carry mode: its four channels, its probe. */
+struct carry_sess {
+    int mfd, cfd, pfd;
+    struct cchan ch;           /* inputs */
+    uint64_t next, sent_at;    /* the next probe; the one in flight (0: none) */
+    uint64_t max_rtt;
+};
+
+static int run_carry(const struct copts *o, long sessions, double seconds, long interval_ms)
+{
+    uint64_t t0 = now_ns(), deadline = t0 + 300ull * 1000000000ull, end, step;
+    const char *why = NULL;
+    long linked = 0, lost = 0;
+    size_t n_rtt = 0, cap_rtt;
+    uint64_t *rtt, *maxes;
+    uint8_t body[16] = { 0 };
+    struct carry_sess *v;
+    struct pollfd *pf;
+
+    if (sessions < 1 || sessions > 20000 || seconds <= 0 || interval_ms < 1)
+        die("carry: --sessions 1..20000 --seconds S --interval MS");
+    v = calloc((size_t)sessions, sizeof *v);
+    pf = calloc((size_t)sessions, sizeof *pf);
+    maxes = calloc((size_t)sessions, sizeof *maxes);
+    cap_rtt = (size_t)((double)sessions * (seconds * 1000.0 / (double)interval_ms + 2.0));
+    rtt = calloc(cap_rtt, sizeof *rtt);
+    if (!v || !pf || !maxes || !rtt)
+        die("out of memory");
+    for (; linked < sessions && !stop_flag; linked++) {
+        struct carry_sess *c = &v[linked];
+        uint64_t d = now_ns() + LINK_TIMEOUT_NS;
+        uint32_t sid;
+        int ifd;
+
+        c->mfd = c->cfd = c->pfd = -1;
+        if ((c->mfd = link_main(o, &sid, d < deadline ? d : deadline, &why)) < 0)
+            break;
+        if ((ifd = client_link(o, sid, SPICE_CHANNEL_INPUTS, d, &why)) < 0 ||
+            cchan_init(&c->ch, ifd, 4096) < 0 ||
+            (c->cfd = client_link(o, sid, SPICE_CHANNEL_CURSOR, d, &why)) < 0 ||
+            (c->pfd = client_link(o, sid, SPICE_CHANNEL_PLAYBACK, d, &why)) < 0)
+            break;
+    }
+    fprintf(stderr, "spice_peer carry: %ld sessions linked in %.1f s\n", linked,
+            (double)(now_ns() - t0) / 1e9);
+    printf("{\"mode\":\"carry-linked\",\"linked\":%ld}\n", linked);
+    fflush(stdout);
+    step = (uint64_t)interval_ms * 1000000ull;
+    t0 = now_ns();
+    for (long i = 0; i < linked; i++)
+        v[i].next = t0 + step * (uint64_t)i / (uint64_t)linked; /* spread over one interval */
+    end = t0 + (uint64_t)(seconds * 1e9);
+    while (!stop_flag && now_ns() < end) {
+        uint64_t now = now_ns(), wake = end;
+
+        for (long i = 0; i < linked; i++) {
+            struct carry_sess *c = &v[i];
+
+            if (c->ch.fd < 0)
+                continue;
+            if (c->sent_at == 0 && c->next <= now) {
+                if (cchan_send(&c->ch, SPICE_MSGC_INPUTS_MOUSE_MOTION, body, sizeof body,
+                               now + 5000000000ull) < 0) {
+                    cchan_close(&c->ch);
+                    lost++;
+                    continue;
+                }
+                c->sent_at = now;
+                c->next += step;
+            }
+            if (c->sent_at == 0 && c->next < wake)
+                wake = c->next;
+            pf[i] = (struct pollfd){ .fd = c->ch.fd, .events = POLLIN };
+        }
+        int ms = wake > now ? (int)((wake - now) / 1000000u) : 0;
+        if (poll(pf, (nfds_t)linked, ms > 20 ? 20 : ms) < 0 && errno != EINTR)
+            break;
+        for (long i = 0; i < linked; i++) {
+            struct carry_sess *c = &v[i];
+
+            if (c->ch.fd < 0 || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            do {
+                if (cchan_next(&c->ch, now_ns() + 5000000000ull) < 0) {
+                    cchan_close(&c->ch);
+                    lost++;
+                    break;
+                }
+                if (c->ch.fr.type == SPICE_MSG_INPUTS_MOUSE_MOTION_ACK && c->sent_at) {
+                    uint64_t r = now_ns() - c->sent_at;
+
+                    if (n_rtt < cap_rtt)
+                        rtt[n_rtt++] = r;
+                    if (r > c->max_rtt)
+                        c->max_rtt = r;
+                    c->sent_at = 0;
+                }
+            } while (c->ch.off < c->ch.have);
+        }
+    }
+    for (long i = 0; i < linked; i++)
+        maxes[i] = v[i].max_rtt;
+    qsort(rtt, n_rtt, sizeof *rtt, cmp_u64);
+    qsort(maxes, (size_t)linked, sizeof *maxes, cmp_u64);
+    printf("{\"mode\":\"carry\",\"sessions\":%ld,\"closed\":%ld,\"probes\":%zu,"
+           "\"rtt_p50_ms\":%.3f,\"rtt_p99_ms\":%.3f,\"rtt_max_ms\":%.3f,"
+           "\"session_max_p50_ms\":%.3f,\"session_max_p99_ms\":%.3f,\"session_max_max_ms\":%.3f%s%s%s}\n",
+           linked, lost, n_rtt, n_rtt ? (double)rtt[n_rtt / 2] / 1e6 : -1.0,
+           n_rtt ? (double)rtt[(n_rtt * 99) / 100] / 1e6 : -1.0,
+           n_rtt ? (double)rtt[n_rtt - 1] / 1e6 : -1.0,
+           linked ? (double)maxes[linked / 2] / 1e6 : -1.0,
+           linked ? (double)maxes[(linked * 99) / 100] / 1e6 : -1.0,
+           linked ? (double)maxes[linked - 1] / 1e6 : -1.0,
+           why && linked < sessions ? ",\"error\":\"" : "", why && linked < sessions ? why : "",
+           why && linked < sessions ? "\"" : "");
+    for (long i = 0; i < linked; i++) {
+        cchan_close(&v[i].ch);
+        xclose(v[i].mfd);
+        if (v[i].cfd >= 0)
+            xclose(v[i].cfd);
+        if (v[i].pfd >= 0)
+            xclose(v[i].pfd);
+    }
+    free(v);
+    free(pf);
+    free(maxes);
+    free(rtt);
+    return lost == 0 && linked == sessions ? 0 : 1;
+}
+
 static void linkrate_child(const struct copts *o, double seconds, int wfd)
 {
     uint64_t t0 = now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
@@ -1788,6 +1923,7 @@ static void usage(void)
             "         throughput --seconds S\n"
             "         latency --count N [--size 64]\n"
             "         idle --sessions N [--hold S]\n"
+            "         carry --sessions N --seconds S [--interval MS]\n"
             "         linkrate --seconds S [--parallel P]\n"
             "         linktime --tokens FILE\n"
             "         wrongrate --seconds S [--parallel P]\n"
@@ -1871,6 +2007,10 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "latency") == 0)
         rc = run_latency(&o, (long)opt_num(argc, argv, "--count", 5000),
                          (long)opt_num(argc, argv, "--size", 64));
+    else if (strcmp(mode, "carry") == 0)
+        rc = run_carry(&o, (long)opt_num(argc, argv, "--sessions", 1000),
+                       opt_num(argc, argv, "--seconds", 10),
+                       (long)opt_num(argc, argv, "--interval", 100));
     else if (strcmp(mode, "idle") == 0)
         rc = run_idle(&o, (long)opt_num(argc, argv, "--sessions", 1000),
                       opt_num(argc, argv, "--hold", 5));

@@ -103,6 +103,35 @@ static void check_intent(const struct snap_intent *i, const struct seal_keys *ke
     free(buf);
 }
 
+/* A carried session comes from another process too (session/snapshot.c). */
+static void check_carried(const struct snap_carried *c)
+{
+    struct snap_carried *u = malloc(sizeof(*u));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (u == NULL)
+        return;
+    if (snap_carried_encode(c, &buf, &len) != 0 || snap_carried_decode(buf, len, u) != 0 ||
+        u->id != c->id || u->n_channels != c->n_channels ||
+        strcmp(u->token.host, c->token.host) != 0 || strcmp(u->client, c->client) != 0)
+        abort();
+    for (uint32_t i = 0; i < c->n_channels; i++) {
+        const struct snap_carried_channel *a = &c->channels[i], *b = &u->channels[i];
+        if (a->type != b->type || a->client_transport != b->client_transport ||
+            a->to_client.len != b->to_client.len || a->to_backend.len != b->to_backend.len ||
+            a->to_client.parsed != b->to_client.parsed ||
+            a->to_client.boundary != b->to_client.boundary ||
+            a->ws_in.hdr_have != b->ws_in.hdr_have || a->ws_out_left != b->ws_out_left ||
+            (a->to_client.len &&
+             memcmp(a->to_client.data, b->to_client.data, a->to_client.len) != 0))
+            abort();
+    }
+    snap_carried_clear(u);
+    free(buf);
+    free(u);
+}
+
 /* A hand-over message comes from another process (broker/upgrade.c). */
 static void check_handover(const struct snap_handover *h)
 {
@@ -116,12 +145,15 @@ static void check_handover(const struct snap_handover *h)
         u->type != h->type || u->pid != h->pid || u->workers != h->workers ||
         u->n_listeners != h->n_listeners || u->has_record != h->has_record ||
         strcmp(u->version, h->version) != 0 || strcmp(u->reason, h->reason) != 0 ||
-        (h->has_record && u->record.id != h->record.id))
+        (h->has_record && u->record.id != h->record.id) || u->session_id != h->session_id ||
+        u->session_len != h->session_len ||
+        (h->session_len && memcmp(u->session, h->session, h->session_len) != 0))
         abort();
     for (uint32_t i = 0; i < h->n_listeners; i++)
         if (u->listeners[i].kind != h->listeners[i].kind ||
             u->listeners[i].worker != h->listeners[i].worker)
             abort();
+    snap_handover_clear(u);
     free(buf);
     free(u);
 }
@@ -129,7 +161,8 @@ static void check_handover(const struct snap_handover *h)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct snap_intent mi;
-    struct snap_handover *h = malloc(sizeof(struct snap_handover));
+    struct snap_handover *h = calloc(1, sizeof(struct snap_handover));
+    struct snap_carried *cs = malloc(sizeof(*cs));
     struct snap_instance in;
     struct snap_broker br;
     struct snap_token t;
@@ -157,8 +190,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_intent(&mi, NULL);
     if (snap_intent_decode(data, size, fuzz_keys, FUZZ_AD, &mi) == 0)
         check_intent(&mi, fuzz_keys);
-    if (h != NULL && snap_handover_decode(data, size, h) == 0)
+    if (h != NULL && snap_handover_decode(data, size, h) == 0) {
         check_handover(h);
+        if (cs != NULL && h->session != NULL &&
+            snap_carried_decode(h->session, h->session_len, cs) == 0) {
+            check_carried(cs);
+            snap_carried_clear(cs);
+        }
+        snap_handover_clear(h);
+    }
+    if (cs != NULL && snap_carried_decode(data, size, cs) == 0) {
+        check_carried(cs);
+        snap_carried_clear(cs);
+    }
+    free(cs);
     free(h);
     return 0;
 }

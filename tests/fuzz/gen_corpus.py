@@ -434,6 +434,43 @@ def snap_handover_seeds():
     }
 
 
+def snap_carried_seeds():
+    """Live sessions carried to a new process (SessionSnapshot, session/
+    snapshot.c), alone and inside a hand-over message of type 9."""
+    def msg(*fields):
+        return b"\x00" + b"".join(fields)
+
+    token = b"\x00" + pb_field(1, 1) + pb_field(2, b"compute-7") + pb_field(3, 5901) + pb_field(5, b"pw")
+    relay = pb_field(1, b"\x01\x00\x04\x00\x00\x00abcdxy") + pb_field(2, 10) + pb_field(3, 6) + \
+        pb_field(6, b"\x03\x00\x00\x00\x00\x00")
+
+    def channel(ctype, transport=1, extra=b""):
+        return pb_field(18, pb_field(1, ctype) + pb_field(3, 0xb) + pb_field(4, 0x1f) +
+                        pb_field(5, transport) + pb_field(6, b"192.0.2.7:5000") +
+                        pb_field(19, b"compute-7:5901") + pb_field(20, 2) +
+                        pb_field(22, relay) + pb_field(23, relay) + pb_field(24, 20) +
+                        pb_field(28, 20) + extra)
+
+    ws = (pb_field(7, 777) + pb_field(8, b"\x82\xfe") + pb_field(9, 1) + pb_field(10, 2) +
+          pb_field(13, b"\x01\x02\x03\x04") + pb_field(14, 3) + pb_field(15, 99))
+    session = msg(pb_field(1, 1), pb_field(2, 0x1234abcd), pb_field(4, bytes(32)), pb_field(5, token),
+                  pb_field(7, b"192.0.2.7:5000"), pb_field(19, 123456), channel(1), channel(2, 2, ws),
+                  channel(3), channel(4))
+    return {
+        "carried-session": session,
+        "carried-major-2": msg(pb_field(1, 2), pb_field(2, 7)),
+        "carried-bad-boundary": msg(pb_field(1, 1), pb_field(2, 1), pb_field(4, bytes(32)),
+                                    pb_field(5, token),
+                                    pb_field(18, pb_field(1, 1) + pb_field(5, 1) + pb_field(20, 2) +
+                                             pb_field(22, pb_field(1, b"ab") + pb_field(2, 3)))),
+        "handover-session": msg(pb_field(1, 1), pb_field(2, 9), pb_field(10, session),
+                                pb_field(11, 0x1234abcd)),
+        "handover-taken": msg(pb_field(1, 1), pb_field(2, 10), pb_field(11, 0x1234abcd)),
+        "handover-left": msg(pb_field(1, 1), pb_field(2, 11), pb_field(6, b"schema 99"),
+                             pb_field(11, 0x1234abcd)),
+    }
+
+
 def proxy_v2(ver_cmd, fam, addr):
     sig = b"\r\n\r\n\x00\r\nQUIT\n"
     return sig + bytes([ver_cmd, fam]) + struct.pack(">H", len(addr)) + addr
@@ -559,6 +596,7 @@ def main():
     write("fuzz-snap", snap_handover_seeds())
     write("fuzz-proxy", proxy_seeds())
     write("fuzz-snap", snap_intent_seeds())
+    write("fuzz-snap", snap_carried_seeds())
     write("fuzz-peer", peer_seeds())
 
 

@@ -700,6 +700,119 @@ test_injected_message_waits_for_boundary(void **state)
     expect_quiet(f, f->backend);
 }
 
+/* ------------------------------------------------------------------ carried to a new process */
+
+/* What session_freeze sends: the snapshot encoded, copies of its sockets
+ * (the old worker closes its own when it lets go). */
+struct carried {
+    uint8_t *buf;
+    size_t len;
+    int fds[2 * SNAP_MAX_CHANNELS];
+    size_t n_fds;
+};
+
+static int
+capture_carry(void *arg, const struct snap_carried *snap, const int *fds, size_t n_fds)
+{
+    struct carried *k = arg;
+
+    assert_int_equal(snap_carried_encode(snap, &k->buf, &k->len), 0);
+    for (size_t i = 0; i < n_fds; i++)
+        assert_true((k->fds[i] = dup(fds[i])) >= 0);
+    k->n_fds = n_fds;
+    return 0;
+}
+
+/* A session frozen with bytes in flight both ways (a backend message half
+ * written to a client that stopped reading, a client header half read), its
+ * snapshot adopted by a second worker: every byte arrives once, in order, on
+ * both legs, and the old worker sent nothing after the freeze. */
+static void
+test_carry_bytes_in_flight(void **state)
+{
+    struct fx *f = *state;
+    struct carried k = { 0 };
+    enum { BODY = 40000 };
+    uint8_t *big = malloc(WIRE_MINI_HEADER_SIZE + BODY), *got = malloc(WIRE_MINI_HEADER_SIZE + BODY);
+    uint8_t c_msg[WIRE_MINI_HEADER_SIZE + 50], tail[WIRE_MINI_HEADER_SIZE + 4];
+    int small = 4096;
+
+    assert_non_null(big);
+    assert_non_null(got);
+    open_chan(f, SPICE_CHANNEL_MAIN, BUF_16K);
+    struct chan *c = the_chan(f);
+    f->s->id = 0x42;
+    f->s->id_claimed = true;
+    assert_int_equal(stub_claim(NULL, 0x42, 0), 0);
+    snprintf(f->s->sid, sizeof(f->s->sid), "sid=%08x", 0x42u);
+    assert_int_equal(setsockopt(transport_fd(c->client_side.t), SOL_SOCKET, SO_SNDBUF, &small,
+                                sizeof(small)), 0);
+    for (size_t i = 0; i < BODY; i++)
+        big[WIRE_MINI_HEADER_SIZE + i] = (uint8_t)(i * 13 + 1);
+    msg_put(big, MSG_X, big + WIRE_MINI_HEADER_SIZE, BODY);
+    /* the backend's message, the client reading none of it: the relay's
+     * buffer holds part of it, framed, mid-message */
+    size_t sent = 0;
+    for (int i = 0; i < 200; i++) {
+        ssize_t w = send(f->backend, big + sent, WIRE_MINI_HEADER_SIZE + BODY - sent, MSG_NOSIGNAL);
+        if (w > 0)
+            sent += (size_t)w;
+        turn(f);
+        nap();
+    }
+    /* the client's message: a whole one, then 3 bytes of the next header */
+    memset(c_msg, 'c', sizeof(c_msg));
+    msg_put(c_msg, MSGC_X, c_msg + WIRE_MINI_HEADER_SIZE, 50);
+    msg_put(tail, MSGC_X, "tail", 4);
+    send_all(f, f->client, c_msg, sizeof(c_msg));
+    expect_bytes(f, f->backend, c_msg, sizeof(c_msg));
+    send_all(f, f->client, tail, 3);
+    run_for(f, 50);
+    assert_true(c->to_c.buf != NULL && c->to_c.tail > c->to_c.head); /* bytes in flight */
+    assert_true(c->to_c.body_left > 0);
+    assert_int_equal(c->to_b.tail - c->to_b.head, 3);
+
+    /* frozen, written down, let go by the old worker */
+    assert_int_equal(session_freeze(f->w, 8, false, capture_carry, &k), 0);
+    assert_int_equal(k.n_fds, 2);
+    assert_int_equal(session_carried(f->w, 0x42, true, NULL), 0);
+    assert_null(session_find(f->w, 0x42));
+    assert_int_equal(f->w->stats.sessions_active, 0);
+    run_for(f, 20);
+
+    /* the rest of the backend's bytes wait in the kernel meanwhile */
+    struct snap_carried *snap = malloc(sizeof(*snap));
+    assert_non_null(snap);
+    assert_int_equal(snap_carried_decode(k.buf, k.len, snap), 0);
+    struct session_env env = f->w->env;
+    struct session_worker *w2 = session_worker_new(&env);
+    assert_non_null(w2);
+    const char *why = NULL;
+    struct session *s2 = session_adopt(w2, snap, k.fds, k.n_fds, &why);
+    assert_non_null(s2);
+    session_adopt_resume(s2, 1, snap->frozen_mono_us);
+    assert_int_equal(w2->stats.sessions_active, 1);
+    struct session_worker *w1 = f->w;
+    f->w = w2; /* the loop turns now serve the new worker (one base for both) */
+
+    /* the client reads the backend's message whole, once; the backend gets
+     * the client's header whole once its last bytes come */
+    size_t n = pump(f, f->backend, big + sent, WIRE_MINI_HEADER_SIZE + BODY - sent, f->client,
+                    got, WIRE_MINI_HEADER_SIZE + BODY, WAIT_MS);
+    assert_int_equal(n, WIRE_MINI_HEADER_SIZE + BODY);
+    assert_memory_equal(got, big, n);
+    send_all(f, f->client, tail + 3, sizeof(tail) - 3);
+    expect_bytes(f, f->backend, tail, sizeof(tail));
+    expect_quiet(f, f->client);
+    expect_quiet(f, f->backend);
+    snap_carried_clear(snap);
+    free(snap);
+    free(k.buf);
+    session_worker_free(w1);
+    free(big);
+    free(got);
+}
+
 /* ------------------------------------------------------------------ flow control */
 
 /* Counts the ACKs reaching the backend until QUIET_MS of silence; anything
@@ -1236,6 +1349,7 @@ main(void)
         T(test_main_init_registers_session),
         T(test_main_init_with_id_in_use_closes),
         T(test_migrate_begin_seamless_is_refused),
+        T(test_carry_bytes_in_flight),
 #undef T
         cmocka_unit_test(test_leg_route),
     };

@@ -843,6 +843,85 @@ static void test_wss_frames_both_ways(void **state)
     free(out);
 }
 
+/* A WebSocket carried to another process in the middle of a frame each way
+ * (upgrade phase B): exported, imported over a copy of its socket, it goes on
+ * reading the browser's frame and writing its own where the first stopped. */
+static void test_ws_export_import_mid_frame(void **state)
+{
+    int sp[2];
+    pair(sp, 4096);
+    struct transport *w = transport_ws_new(sp[0]);
+    uint8_t *p = pattern(1000, 11), *q = pattern(200000, 12);
+    uint8_t *wire = malloc(1100), *in = malloc(1000), *raw = malloc(220000), *out = malloc(200000);
+    assert_non_null(wire);
+    assert_non_null(in);
+    assert_non_null(raw);
+    assert_non_null(out);
+    /* the browser's frame, its first 600 bytes only */
+    size_t n = cframe(wire, WS_OP_BINARY, true, p, 1000);
+    send_all(sp[1], wire, 600);
+    size_t got = 0;
+    for (int i = 0; i < 100 && got < 600 - 4 - 4; i++) {
+        got += drain(w, in + got, 1000 - got, NULL);
+        if (got < 600 - 4 - 4)
+            wait_fd(sp[0], POLLIN);
+    }
+    assert_int_equal(got, 600 - 4 - 4); /* header 2 + 2 (126 length) + mask 4 */
+    /* its own frame toward the browser, cut short by the full socket */
+    ssize_t took = transport_write(w, q, 200000);
+    assert_true(took > 0 && took < 200000);
+    struct transport_export ex;
+    assert_int_equal(transport_export(w, &ex), 0);
+    assert_int_equal(ex.kind, TRANSPORT_WS);
+    assert_int_equal(ex.ws_out_left, 200000 - (uint64_t)took);
+    assert_true(ex.ws_in.in_payload);
+    ex.fd = dup(ex.fd); /* the other process's copy */
+    assert_true(ex.fd >= 0);
+    struct transport *w2 = transport_import(&ex);
+    assert_non_null(w2);
+    transport_free(w); /* closes this process's copy: nothing is sent */
+    /* the rest of the browser's frame reads on */
+    send_all(sp[1], wire + 600, n - 600);
+    for (int i = 0; i < 100 && got < 1000; i++) {
+        got += drain(w2, in + got, 1000 - got, NULL);
+        if (got < 1000)
+            wait_fd(sp[0], POLLIN);
+    }
+    assert_int_equal(got, 1000);
+    assert_memory_equal(in, p, 1000);
+    /* the rest of its frame goes on, then nothing more: one frame in all */
+    size_t sent = (size_t)took, rcvd = 0;
+    for (int i = 0; i < 20000 && rcvd < 200000 + 4 + 6; i++) {
+        if (sent < 200000) {
+            ssize_t r = transport_write(w2, q + sent, 200000 - sent);
+            if (r > 0)
+                sent += (size_t)r;
+        }
+        ssize_t r = recv(sp[1], raw + rcvd, 220000 - rcvd, 0);
+        if (r > 0)
+            rcvd += (size_t)r;
+        else
+            wait_fd(sp[1], POLLIN);
+    }
+    assert_int_equal(sent, 200000);
+    struct ws_decoder d;
+    ws_decoder_init(&d, false, 0);
+    size_t dn = 0;
+    const char *err = NULL;
+    assert_int_equal(ws_decode(&d, raw, rcvd, &dn, &err), 0);
+    assert_int_equal(dn, 200000);
+    assert_memory_equal(raw, q, 200000);
+    assert_int_equal(rcvd, 200000 + 10); /* one header of a 64-bit length */
+    transport_free(w2);
+    close(sp[1]);
+    free(p);
+    free(q);
+    free(wire);
+    free(in);
+    free(raw);
+    free(out);
+}
+
 /* wss://: frames read ahead inside TLS announce themselves (pending_in) to
  * no socket event; records the socket did not take are pending_out until a
  * flush once the browser reads; a shutdown sends CLOSE, then close_notify. */
@@ -953,6 +1032,7 @@ int main(void)
         cmocka_unit_test(test_parse_subject),
         cmocka_unit_test(test_wss_frames_both_ways),
         cmocka_unit_test(test_wss_pending_in_out_shutdown),
+        cmocka_unit_test(test_ws_export_import_mid_frame),
     };
     return cmocka_run_group_tests(tests, tls_setup, tls_teardown);
 }
