@@ -877,8 +877,8 @@ static void arm_gate_timer(struct session_mig *m, int ms)
     evtimer_add(m->gate_timer, &tv);
 }
 
-/* One step of the drip: the next held message goes, or, when none waits,
- * the hold is lifted. */
+/* One step of the drip: the held messages the pace owes go (at least one),
+ * or, when none waits, the hold is lifted. */
 static void gate_drip(struct session *s)
 {
     struct session_mig *m = s->mig;
