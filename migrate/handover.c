@@ -97,11 +97,14 @@ struct session_mig {
     uint64_t fallback_at;
     /* The input gate: the client's input waits after the inputs channel's
      * switch until the destination VM runs (its first draw), because QEMU
-     * drops input while a VM is not running. */
+     * drops input while a VM is not running; then what it held goes to the
+     * destination at a pace its guest can take (dripping). */
     bool input_gated;
+    bool input_dripping;
     bool gate_display_dst;      /* display:0 is on the destination */
-    uint64_t gate_since;
-    struct event *gate_timer;   /* gives up waiting for a draw */
+    uint64_t gate_since, drip_since, drip_last;
+    uint64_t drip_msgs;         /* held client messages let through so far */
+    struct event *gate_timer;   /* gives up waiting for a draw; then paces the drip */
 };
 
 static void link_dest_channel(struct chan *c);
@@ -834,14 +837,30 @@ static bool display_draws(uint16_t type)
  * it has loaded the last of the guest's state, a few to a few hundred ms
  * after the source stopped and told us to switch (PROTOCOL.md 9; measured
  * here: the switch 2-5 ms after the source's STOP, the destination's RESUME
- * 6-55 ms after it). Input the client sends in between would be lost on the
- * destination. So after the inputs channel switches, its client messages
- * wait (the relay's hold: MIGRATE_DATA goes, nothing after it) until the
- * destination's display draws, which its display worker does only once the
- * VM runs (spice-server starts the worker on vm_start), or until
- * GATE_MAX_MS, the default QEMU downtime limit, for a guest that draws
- * nothing. Sessions without a display channel are not gated. */
-#define GATE_MAX_MS 300
+ * 6-55 ms after it on an idle host, up to 450 ms after the switch on a
+ * loaded one; libvirt starts the destination paused and resumes it only
+ * after its Finish round trip). Input the client sends in between would be
+ * lost on the destination. So after the inputs channel switches, its client
+ * messages wait (the relay's hold: MIGRATE_DATA goes, nothing after it)
+ * until the destination's display draws, which its display worker does only
+ * once the VM runs (spice-server starts the worker on vm_start), or until
+ * GATE_MAX_MS for a guest that draws nothing. Sessions without a display
+ * channel are not gated.
+ *
+ * What the gate held then goes one message every GATE_DRIP_MS, not at once:
+ * QEMU's PS/2 keyboard keeps 16 bytes for the guest (PS2_QUEUE_SIZE,
+ * hw/input/ps2.c) and drops the rest, a key event being 1-4 of them, so a
+ * burst of what 300 ms of fast typing held lost its tail (seen under load in
+ * test_zone_haproxy: 16 scancodes delivered, the next 4 dropped). 200
+ * messages a second is 4x that typing and ~10x a fast typist: the backlog
+ * drains quickly, and the guest may leave the queue unread ~50 ms without a
+ * loss. A step that runs late (a loaded host fires 5 ms timers every 8-20
+ * ms) lets through what the pace owes, up to GATE_DRIP_BURST messages, so
+ * the drain keeps up with fast typing. Once nothing waits behind the hold it
+ * is lifted: later input flows as the client sends it. */
+#define GATE_MAX_MS 1000
+#define GATE_DRIP_MS 5
+#define GATE_DRIP_BURST 4
 
 static struct chan *inputs_chan(struct session *s)
 {
@@ -852,6 +871,44 @@ static struct chan *inputs_chan(struct session *s)
     return NULL;
 }
 
+static void arm_gate_timer(struct session_mig *m, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(m->gate_timer, &tv);
+}
+
+/* One step of the drip: the held messages the pace owes go (at least one),
+ * or, when none waits, the hold is lifted. */
+static void gate_drip(struct session *s)
+{
+    struct session_mig *m = s->mig;
+    struct chan *c = inputs_chan(s);
+    /* A next migration's switch may already hold this channel (the client's
+     * messages after its FLUSH_MARK), or a reattach: they release it then. */
+    if (c == NULL || c->mig_wait_data || c->mig_switch_ready || reattaching(s)) {
+        m->input_dripping = false;
+        return;
+    }
+    if (!relay_client_held(c)) {
+        m->input_dripping = false;
+        c->to_b.hold = false;
+        relay_kick(c);
+        log_debug("%s held input delivered: %llu messages in %.1f ms", s->sid,
+                  (unsigned long long)m->drip_msgs, ms_between(m->drip_since, handover_now()));
+        return;
+    }
+    /* What the pace owes since the last message it counted (drip_last). */
+    const uint64_t period = GATE_DRIP_MS * 1000000ull;
+    uint64_t now = handover_now(), before = c->to_b.msgs;
+    uint64_t due = now > m->drip_last ? (now - m->drip_last) / period : 0;
+    uint32_t n = due < 1 ? 1 : due > GATE_DRIP_BURST ? GATE_DRIP_BURST : (uint32_t)due;
+    m->drip_last = due > GATE_DRIP_BURST ? now : m->drip_last + n * period;
+    if (relay_release_held(c, n) < 0)
+        return; /* c closed: the next step finds no inputs channel */
+    m->drip_msgs += c->to_b.msgs - before;
+    arm_gate_timer(m, GATE_DRIP_MS);
+}
+
 static void gate_open(struct session *s, const char *why)
 {
     struct session_mig *m = s->mig;
@@ -859,22 +916,23 @@ static void gate_open(struct session *s, const char *why)
         return;
     m->input_gated = false;
     m->gate_display_dst = false;
-    if (m->gate_timer != NULL)
-        evtimer_del(m->gate_timer);
-    struct chan *c = inputs_chan(s);
     log_debug("%s input released after %.1f ms (%s)", s->sid,
               ms_between(m->gate_since, handover_now()), why);
-    /* A next migration's switch may already hold this channel (the client's
-     * messages after its FLUSH_MARK): that switch releases it then. */
-    if (c != NULL && !c->mig_wait_data && !c->mig_switch_ready) {
-        c->to_b.hold = false;
-        relay_kick(c);
-    }
+    /* The first step on a loop turn of its own: this may run inside another
+     * channel's relay step (the display's draw). */
+    m->input_dripping = true;
+    m->drip_since = m->drip_last = handover_now();
+    m->drip_msgs = 0;
+    arm_gate_timer(m, 0);
 }
 
-static void on_gate_timeout(evutil_socket_t fd, short what, void *arg)
+static void on_gate_timer(evutil_socket_t fd, short what, void *arg)
 {
-    gate_open(arg, "no draw from the destination");
+    struct session *s = arg;
+    if (s->mig->input_gated)
+        gate_open(s, "no draw from the destination");
+    else if (s->mig->input_dripping)
+        gate_drip(s);
 }
 
 /* The inputs channel c has just switched: hold its client messages. */
@@ -884,13 +942,13 @@ static void gate_close(struct session *s, struct chan *c)
     if (s->probe_type != SPICE_CHANNEL_DISPLAY)
         return;
     if (m->gate_timer == NULL &&
-        (m->gate_timer = evtimer_new(s->w->env.base, on_gate_timeout, s)) == NULL)
+        (m->gate_timer = evtimer_new(s->w->env.base, on_gate_timer, s)) == NULL)
         return;
     m->input_gated = true;
+    m->input_dripping = false;
     m->gate_since = handover_now();
     c->to_b.hold = true;
-    struct timeval tv = { GATE_MAX_MS / 1000, (GATE_MAX_MS % 1000) * 1000 };
-    evtimer_add(m->gate_timer, &tv);
+    arm_gate_timer(m, GATE_MAX_MS);
 }
 
 static void handover_note_forwarded(struct chan *c, uint16_t type)

@@ -54,6 +54,7 @@ struct relay_dir {
     bool read_blocked;       /* no room: not reading the source */
     bool parse_blocked;      /* flow control: not framing further */
     bool hold;               /* migration: frame nothing past the next boundary */
+    uint32_t release;        /* while held: messages still let past it (relay_release_held) */
     uint16_t type;           /* the message being framed (set at its header) */
     uint64_t bytes, msgs;    /* forwarded (committed) */
 };
@@ -456,6 +457,13 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
 void relay_release(struct chan *c);
 /* Runs c's relay step on the next loop turn (safe from any callback). */
 void relay_kick(struct chan *c);
+/* While the client's messages are held (to_b.hold), lets the next n whole
+ * ones through to the backend now, the hold staying (a paced release; the
+ * client's ACKs, which the broker answers, do not count). Runs c's relay
+ * step: -1 if c was closed. */
+int relay_release_held(struct chan *c, uint32_t n);
+/* Whether client bytes wait behind the hold (read, not yet let through). */
+bool relay_client_held(const struct chan *c);
 /* Queues a broker-made message toward the backend (to_b) or the client. */
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len);
 /* Reattach: drop the backend leg (keeping the client's), attach a new one,

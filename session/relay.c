@@ -331,7 +331,7 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
                 msg_forwarded(c, d);
             continue;
         }
-        if (d->parse_blocked || d->hold)
+        if (d->parse_blocked || (d->hold && d->release == 0))
             break;
         uint32_t avail = d->tail - d->parsed;
         if (avail < HDR)
@@ -341,6 +341,8 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
         d->type = h.type;
         enum relay_verdict v = classify(c, d, h.type);
         if (v == RV_PASS) {
+            if (d->hold)
+                d->release--;
             d->parsed += HDR;
             d->bytes += HDR;
             progress += HDR;
@@ -372,6 +374,8 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
         if (v == RV_DROP) {
             dir_cut(d, HDR + h.size);
         } else {
+            if (d->hold)
+                d->release--;
             d->parsed += HDR + h.size;
             d->bytes += HDR + h.size;
             msg_forwarded(c, d);
@@ -791,6 +795,19 @@ void relay_resume(struct chan *c)
     if (!c->to_c.eof)
         chan_arm_read(c->b_rd, c->cur->t);
     event_active(c->client_side.wr, EV_WRITE, 0); /* what waits goes out (chan_service) */
+}
+
+int relay_release_held(struct chan *c, uint32_t n)
+{
+    c->to_b.release = n;
+    int rc = chan_service(c);
+    c->to_b.release = 0; /* never outlives the call: a later hold holds */
+    return rc;
+}
+
+bool relay_client_held(const struct chan *c)
+{
+    return c->to_b.buf != NULL && c->to_b.parsed < c->to_b.tail;
 }
 
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len)

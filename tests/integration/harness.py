@@ -639,6 +639,40 @@ class Migration:
         return out
 
 
+def echo_across(src, dst, base=0):
+    """The scancode bytes the guest echoed on src after its READY line, from
+    the base-th on, then on dst (src's migration destination), read as one
+    text: the guest may be migrated between the two hex digits of one echo
+    (src's file then ends in "1", dst's starts with "2 ")."""
+    txt = src.serial_text()
+    i = txt.find("GUEST READY\r\n")
+    txt = (txt[i + len("GUEST READY\r\n"):] if i >= 0 else "") + dst.serial_text()
+    return [int(x, 16) for x in txt.split()][base:]
+
+
+def source_paused_at(src, mig):
+    """The epoch time the source QEMU stopped taking input for mig's final
+    pause, or None: the earlier of its STOP event and its completed MIGRATION
+    event minus the downtime QEMU reports. STOP is sent only once the vCPUs
+    have stopped and spice's display worker has flushed (do_vm_stop); on a
+    loaded host that is up to ~90 ms after the run state left "running",
+    from when QEMU drops input. The downtime counts from before the run state
+    changes (migration_completion). Call while src runs (after completion)."""
+    def ts(e):
+        return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+    stop = [ts(e) for e in src.qmp_events("STOP") if e.get("timestamp")]
+    done = [ts(e) for e in src.qmp_events("MIGRATION")
+            if e.get("timestamp") and (e.get("data") or {}).get("status") == "completed"]
+    down = None
+    try:
+        if mig.poll() == "completed":
+            down = mig.info.get("downtime")
+    except (OSError, QMPError):
+        pass
+    times = stop[:1] + ([done[0] - down / 1000.0] if done and down else [])
+    return min(times) if times else None
+
+
 def log_wall_time(line):
     """The epoch time of a broker log line ("2026-01-02T03:04:05.678Z ...")."""
     m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z", line)

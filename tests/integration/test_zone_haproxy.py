@@ -36,9 +36,9 @@ import sys
 import time
 
 from harness import (CH_DISPLAY, ERR_PERMISSION_DENIED, Broker, Etcd, LinkConn, MigSession,
-                     Migration, Qemu, check, client_end_t, free_port, link_packet, log,
-                     log_wall_time, no_direct, run, seamless_failures, tail, token,
-                     wait_until)
+                     Migration, Qemu, check, client_end_t, echo_across, free_port, link_packet,
+                     log, log_wall_time, no_direct, run, seamless_failures, source_paused_at,
+                     tail, token, wait_until)
 from html5 import Html5Client, auto_url, ensure_node_modules, key_bytes
 from limitsutil import metrics
 from test_migrate_keys import align
@@ -198,7 +198,7 @@ def native_session(env, brokers, hp, src, dst):
     wait_until(lambda: dst.status() == "running", 5, what="destination running")
     c.wait_event(lambda e: e["ev"] == "keys-done", 2 * N_KEYS * INTERVAL + 10,
                  what="typing finished")
-    stop = [e for e in src.qmp_events("STOP") if e.get("timestamp")]  # before src goes
+    paused_at = source_paused_at(src, m)  # before src goes
     time.sleep(0.5)
     t_stop = time.monotonic()
     src.stop()
@@ -210,15 +210,13 @@ def native_session(env, brokers, hp, src, dst):
     check(r["keys"]["dropped"] == 0 and len(sent) == 2 * N_KEYS,
           "client could not send every key (sent %d, dropped %d)" % (
               len(sent), r["keys"]["dropped"]))
-    echo = list(src.serial_bytes()[base:] + dst.serial_bytes())
+    echo = echo_across(src, dst, base)
     if echo != want:
         # The few ms while the source VM is paused, until the broker switches
         # inputs: QEMU drops input for any client (test_migrate_keys). A loss
         # typed in that window is a note; anything else fails.
         missing, extra = align(want, echo)
-        t_pause = (c.wall_to_client_t(stop[0]["timestamp"]["seconds"] +
-                                      stop[0]["timestamp"]["microseconds"] / 1e6)
-                   if stop else None)
+        t_pause = c.wall_to_client_t(paused_at) if paused_at else None
         sw = [ln for ln in owner.log_text().splitlines()
               if "inputs:0 switched to the destination" in ln]
         t_switch = c.wall_to_client_t(log_wall_time(sw[0])) if sw else None
@@ -285,7 +283,7 @@ def browser_session(env, brokers, hp, src, dst):
     check(len({x[1] for x in samples[-20:]}) > 5, "the display did not change after the "
           "migration")
     sent = key_bytes(r)
-    echo = src.serial_bytes()[base_serial:] + dst.serial_bytes()
+    echo = echo_across(src, dst, base_serial)
     check(sent and list(echo) == list(sent), "guest echo %s != sent %s" % (
         " ".join("%02X" % x for x in echo), " ".join("%02X" % x for x in sent)))
     after = {b.name: counts(b) for b in brokers}

@@ -967,7 +967,7 @@ test_unprepared_happy_path(void **state)
 /* The engine's migration timer is 10 s (linking) or 120 s (prepared and
  * linked): too long for a unit test. It is found through libevent's public
  * API (a pending timeout whose argument is the session, due in more than 6 s:
- * the input gate's is 300 ms) and run now, as if it had expired. */
+ * the input gate's is 1 s at most) and run now, as if it had expired. */
 struct hunt {
     const struct session *s;
     struct event *found[4];
@@ -1897,6 +1897,78 @@ test_two_migrations_in_a_row(void **state)
     expect_relaying_dst(f);
 }
 
+/* ------------------------------------------------------------------ the input gate */
+
+#define GATE_KEYS 12
+
+/* Every channel switches (display:0 the blackout probe, as link.c makes it);
+ * then the client types GATE_KEYS key presses on inputs: none reaches the
+ * destination yet (its VM may not run). */
+static void
+gated_keys(struct fx *f)
+{
+    open_session(f, three, 3);
+    f->s->probe_type = SPICE_CHANNEL_DISPLAY;
+    connected(f, 0);
+    for (int i = 0; i < f->n_ch; i++)
+        switch_chan(f, &f->ch[i], (uint8_t)i);
+    expect_finished(f, 0, 1);
+    struct end *in = end_of(f, SPICE_CHANNEL_INPUTS);
+    for (uint32_t k = 0; k < GATE_KEYS; k++)
+        send_u32(f, in->client, SPICE_MSGC_INPUTS_KEY_DOWN, 0x10 + k);
+    expect_quiet(f, in->dst);
+}
+
+/* The held keys reach the destination in order, one at a time (the gate's
+ * pace is 5 ms: QEMU's PS/2 queue keeps 16 bytes and drops the rest of a
+ * burst), not before min_ms; then the hold is lifted and input flows at once. */
+static void
+expect_gate_drains(struct fx *f, int64_t min_ms)
+{
+    struct end *in = end_of(f, SPICE_CHANNEL_INPUTS);
+    int64_t t0 = now_ms();
+
+    for (uint32_t k = 0; k < GATE_KEYS; k++)
+        expect_u32(f, in->dst, SPICE_MSGC_INPUTS_KEY_DOWN, 0x10 + k);
+    int64_t took = now_ms() - t0;
+    if (took < min_ms)
+        fail_msg("%d held keys delivered in %lld ms (want >= %lld: paced, not a burst)",
+                 GATE_KEYS, (long long)took, (long long)min_ms);
+    WAIT_FOR(f, !chan_of(f, SPICE_CHANNEL_INPUTS)->to_b.hold);
+    send_u32(f, in->client, SPICE_MSGC_INPUTS_KEY_UP, 0x90);
+    expect_u32(f, in->dst, SPICE_MSGC_INPUTS_KEY_UP, 0x90);
+    expect_clients_quiet(f);
+}
+
+/* The destination's first draw opens the gate; what it held goes paced. */
+static void
+test_input_gate_drips_after_draw(void **state)
+{
+    struct fx *f = *state;
+    uint8_t fill[32] = { 0 };
+
+    gated_keys(f);
+    struct end *dp = end_of(f, SPICE_CHANNEL_DISPLAY);
+    send_msg(f, dp->dst, SPICE_MSG_DISPLAY_DRAW_FILL, fill, sizeof(fill));
+    expect_msg(f, dp->client, SPICE_MSG_DISPLAY_DRAW_FILL, fill, sizeof(fill));
+    expect_gate_drains(f, (GATE_KEYS - 1) * 4);
+}
+
+/* A destination that never draws: the gate gives up after 1 s, and still
+ * paces what it held. */
+static void
+test_input_gate_gives_up_without_draw(void **state)
+{
+    struct fx *f = *state;
+    int64_t t0 = now_ms();
+
+    gated_keys(f);
+    expect_gate_drains(f, (GATE_KEYS - 1) * 4);
+    if (now_ms() - t0 < 900)
+        fail_msg("the gate opened %lld ms after the switch, before its 1 s",
+                 (long long)(now_ms() - t0));
+}
+
 int
 main(void)
 {
@@ -1933,6 +2005,8 @@ main(void)
         T(test_dest_fails_while_source_closes),
         T(test_source_closes_then_dest_refuses),
         T(test_two_migrations_in_a_row),
+        T(test_input_gate_drips_after_draw),
+        T(test_input_gate_gives_up_without_draw),
 #undef T
     };
 
