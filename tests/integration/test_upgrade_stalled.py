@@ -25,8 +25,8 @@ import time
 from harness import (Broker, TestSkip, check, log, pid_alive, run, token, wait_until)
 from test_upgrade import kill_pid
 
-N = 600
-HOLD = 6.0
+N = 1500
+HOLD = 8.0
 
 
 def status(b):
@@ -47,7 +47,15 @@ def test(env):
     peer_port = int(line.split(":")[-1])
     # A long settle (link + backend timeouts) keeps the old process up after
     # its sessions end, until the test is done with it.
-    b = Broker(env, link_timeout=10, backend_timeout=10).start()
+    # Its sessions must stay in the old process (this test is about the
+    # records of sessions the old process serves to their end): snapshots of
+    # another schema, which the new process refuses (as a new binary that
+    # cannot read them would), so none is carried.
+    os.environ["SPICE_BROKER_TEST_SNAPSHOT_SCHEMA"] = "99"
+    try:
+        b = Broker(env, link_timeout=10, backend_timeout=10).start()
+    finally:
+        del os.environ["SPICE_BROKER_TEST_SNAPSHOT_SCHEMA"]
     new_pid = None
     cl = None
     try:
@@ -64,6 +72,9 @@ def test(env):
         log("%d idle sessions linked in %.2f s" % (N, r["seconds_to_link"]))
         rc, out, err = b.ctl("upgrade", timeout=45)
         new_pid = status(b)["pid"]
+        # every session offered and refused: all of them stay in the old process
+        wait_until(lambda: b.log_text().count("stays in this process") >= N, 20,
+                   interval=0.1, what="the new process refusing every session's snapshot")
         os.kill(new_pid, signal.SIGSTOP)
         log("%s; new process %d stopped (SIGSTOP)" % (out.strip(), new_pid))
         check(time.monotonic() - t_linked < HOLD - 1, "the upgrade took too long: the sessions "
