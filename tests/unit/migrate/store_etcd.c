@@ -1001,8 +1001,9 @@ static void test_batch_cas(void **state)
 }
 
 /* A key written twice (and more) in one batch: the writes are made in
- * order, each in its own txn (etcd refuses a txn writing a key twice), and
- * STORE_BATCH_PREV_REV compares with the revision the previous write got. */
+ * order, each in a later txn than the one before (etcd refuses a txn
+ * writing a key twice: the back-end sends layers), and STORE_BATCH_PREV_REV
+ * compares with the revision the previous write got. */
 static void test_batch_same_key(void **state)
 {
     struct fixture *f = *state;
@@ -1039,6 +1040,26 @@ static void test_batch_same_key(void **state)
     expect_val(f->a, "/spice-broker/bdup/o", "o1", ops[0].new_rev);
     assert_true(wait_val(f->b, "/spice-broker/bdup/k", "v4", PROPAGATE_MS));
     expect_val(f->b, "/spice-broker/bdup/o", "o1", ops[0].new_rev);
+
+    /* sessions that start and end within one run (s1 start, s1 end, s2
+     * start, ...): two txns, the starts, then the ends (each a write
+     * compared with the start's revision) */
+    static struct store_op ses[200];
+    static char keys[100][48];
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "/spice-broker/bdup/sessions/%08x", i);
+        ses[2 * i] = (struct store_op){ .key = keys[i], .val = "started", .len = 7,
+                                        .expect_rev = STORE_ABSENT_REV };
+        ses[2 * i + 1] = (struct store_op){ .key = keys[i], .val = "ended", .len = 5,
+                                            .expect_rev = STORE_BATCH_PREV_REV };
+    }
+    store_batch_within(f->a, ses, 200, 2000);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(ses[i].result, STORE_OK);
+    assert_int_equal(distinct_revs(ses, 200), 2);
+    assert_true(ses[1].new_rev > ses[0].new_rev);
+    for (int i = 0; i < 100; i++)
+        expect_val(f->a, keys[i], "ended", ses[2 * i + 1].new_rev);
 }
 
 /* The writer under load, as the broker writes session records: 3,000
