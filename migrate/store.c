@@ -217,6 +217,11 @@ bool store_batches(const struct store *s)
     return s != NULL && s->be->batch != NULL;
 }
 
+bool store_networked(const struct store *s)
+{
+    return s != NULL && s->be->networked;
+}
+
 int store_walk(struct store *s, const char *prefix, store_walk_cb cb, void *arg)
 {
     if (s == NULL || cb == NULL)

@@ -75,13 +75,16 @@ struct store_backend {
     /* store_lock_fd; NULL: none */
     int (*lock_fd)(void *impl);
     /* n (1..STORE_BATCH_MAX) writes made in order as if one after the other,
-     * each with its own result, made durable together (one flush for all);
-     * NULL: store_batch_within makes them one at a time. */
+     * each with its own result, made durable together (one flush for all;
+     * etcd: one txn per up to 127 writes), all within timeout_ms; NULL:
+     * store_batch_within makes them one at a time. */
     void (*batch)(void *impl, struct store_op *ops, size_t n, long timeout_ms);
     /* store_reload; NULL: nothing to read again (0) */
     int (*reload)(void *impl);
     /* store_set_shared; NULL: nothing to do */
-    void (*set_shared)(void *impl);
+    void (*set_shared)(void *impl);    /* Do writes wait for a network (timeout_ms bounds them)? false: the
+     * bound is ignored (embedded). */
+    bool networked;
 };
 
 extern const struct store_backend store_embedded_backend;
@@ -95,9 +98,12 @@ int store_delete_within(struct store *s, const char *key, int64_t expect_rev, lo
 /* The writes of ops in order, each result in its op: through the back-end's
  * batch (one flush for all: the store writer's group commit) or one at a time. */
 void store_batch_within(struct store *s, struct store_op *ops, size_t n, long timeout_ms);
-/* Does s's back-end make a batch durable with one flush (else a batch is
+/* Does s's back-end make a batch durable with one flush or request (else a batch is
  * only a loop, and each write had better get its own bound)? */
 bool store_batches(const struct store *s);
+/* Does s's back-end wait for a network on a write (etcd), so that a batch's
+ * timeout_ms bounds every write of it? */
+bool store_networked(const struct store *s);
 
 /* Formats an error into a thread-local buffer and returns it, for *err. */
 const char *store_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

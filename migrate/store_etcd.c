@@ -20,6 +20,11 @@
  *    writes at once; a failed compare also refreshes the key from the txn's
  *    failure branch (a range), so CAS retry loops converge. Unreachable etcd:
  *    STORE_ERROR and a log line (keys only, never values).
+ *  - A batch (the store writer's run of queued writes) goes in one
+ *    /v3/kv/txn of up to 127 writes, conditional ones as nested txns with
+ *    their own compares (see "batches" below), so the writer keeps up with
+ *    thousands of session records a second where a request per write fell
+ *    behind.
  *  - A watch thread streams /v3/watch from (load revision + 1) on its own
  *    curl handle (a multi handle, so store_free wakes it at once) and applies
  *    other brokers' PUT/DELETE events. On a dropped stream it reconnects with
@@ -603,8 +608,9 @@ static char *txn_body(const char *key, int64_t expect_rev, json_t *success_op)
 }
 
 /* After a failed compare: refreshes the mirror from the failure branch's range
- * and tells whether the key exists. */
-static bool note_failure_range(struct etcd *e, const char *key, const json_t *resp)
+ * and tells whether the key exists (absent: as of rev, the txn's revision;
+ * a nested txn's own header is empty). */
+static bool note_failure_range(struct etcd *e, const char *key, const json_t *resp, int64_t rev)
 {
     const json_t *rr = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
                                        "response_range");
@@ -612,14 +618,14 @@ static bool note_failure_range(struct etcd *e, const char *key, const json_t *re
     char *k = NULL;
     uint8_t *v = NULL;
     size_t len = 0;
-    int64_t rev = 0;
+    int64_t mod = 0;
 
     if (kv == NULL) {
-        mirror_note(e, key, NULL, 0, header_rev(resp), true);
+        mirror_note(e, key, NULL, 0, rev, true);
         return false;
     }
-    if (kv_decode(kv, &k, &v, &len, &rev) == 0 && strcmp(k, key) == 0)
-        mirror_note(e, key, v, len, rev, false);
+    if (kv_decode(kv, &k, &v, &len, &mod) == 0 && strcmp(k, key) == 0)
+        mirror_note(e, key, v, len, mod, false);
     free(k);
     free(v);
     return true;
@@ -1427,7 +1433,7 @@ static int put_with(struct etcd *e, const char *key, const void *val, size_t len
         return lease > 0 && lease_gone(why) ? STORE_NOT_FOUND : STORE_ERROR;
     int64_t rev = header_rev(resp);
     if (expect_rev != STORE_ANY_REV && !json_is_true(json_object_get(resp, "succeeded"))) {
-        note_failure_range(e, key, resp);
+        note_failure_range(e, key, resp, header_rev(resp));
         json_decref(resp);
         return STORE_CONFLICT;
     }
@@ -1542,10 +1548,224 @@ static int etcd_del(void *impl, const char *key, int64_t expect_rev, long timeou
         rc = expect_rev == STORE_ABSENT_REV ? STORE_NOT_FOUND : STORE_OK;
         mirror_note(e, key, NULL, 0, header_rev(resp), true);
     } else {
-        rc = note_failure_range(e, key, resp) ? STORE_CONFLICT : STORE_NOT_FOUND;
+        rc = note_failure_range(e, key, resp, header_rev(resp)) ? STORE_CONFLICT : STORE_NOT_FOUND;
     }
     json_decref(resp);
     return rc;
+}
+
+/* ---- batches (store_backend.h's batch: the store writer's runs) ----
+ *
+ * A run of writes goes to etcd in as few /v3/kv/txn requests as it can, each
+ * a txn with no compare of its own whose success branch holds the writes in
+ * order: an unconditional put or delete as a request_put or
+ * request_delete_range, a conditional one (expect_rev) as a nested
+ * request_txn (etcd 3.3 and later) with its own compare, its write on
+ * success and a range of its key on failure. A nested txn's compare decides
+ * only its own write, so a conflict fails no other write of the run (a
+ * compare list on the outer txn is all or nothing: one stale revision would
+ * fail them all, and a retry one by one would cost the requests batching
+ * saves). The whole txn is one raft entry at one revision: every write made
+ * gets it, and the mirror takes every key at it. A txn ends at TXN_MAX_OPS
+ * writes (etcd's default --max-txn-ops is 128, and etcd counts a nested
+ * txn's ops on top of the outer txn's: 127 + 1), at about TXN_MAX_BODY bytes (under
+ * etcd's default --max-request-bytes, 1.5 MiB; one larger write goes alone,
+ * as a single put would). etcd refuses a txn that writes a key twice
+ * ("duplicate key given in txn request"), and a write of
+ * STORE_BATCH_PREV_REV compares with the revision the earlier write of its
+ * key got, so a call's writes go in layers: every key's first write (in
+ * call order), then every key's second write, and so on, each layer in as
+ * few txns as it takes. Each key's writes are made in order, each result is
+ * what making the writes one after the other would give (writes of
+ * different keys do not affect each other's results), but a key's later
+ * write may become visible (one revision) after another key's write queued
+ * behind it: cutting a txn at every repeated key instead kept that order
+ * and cost a request per two writes when sessions start and end within
+ * one run (zone_bench's link rate: calls ran out of their bound, 136
+ * record writes failed). The txns of one call are sent one after the
+ * other, all within the call's bound (timeout_ms; the store writer hands
+ * over only writes whose own bounds end close together, see
+ * store_writer.c); a txn whose turn comes after the bound fails untried. */
+#define TXN_MAX_OPS 127
+#define TXN_MAX_BODY ((size_t)1 << 20)
+
+/* The revision ops[i] must find, into *expect: its expect_rev, or for
+ * STORE_BATCH_PREV_REV what the call's previous write of the key left (its
+ * revision; absent after a delete). false: that write was not made (a
+ * conflict, as the embedded back-end answers). */
+static bool batch_expect(const struct store_op *ops, size_t i, int64_t *expect)
+{
+    const struct store_op *op = &ops[i];
+    size_t j = i;
+
+    if (op->expect_rev != STORE_BATCH_PREV_REV) {
+        *expect = op->expect_rev;
+        return true;
+    }
+    while (j-- > 0)
+        if (strcmp(ops[j].key, op->key) == 0)
+            break;
+    if (j >= i || ops[j].result != STORE_OK)
+        return false;
+    *expect = ops[j].del ? STORE_ABSENT_REV : ops[j].new_rev;
+    return true;
+}
+
+/* One write of a txn: the op itself, or a nested txn when expect is a
+ * compare; NULL when out of memory. */
+static json_t *batch_op(const struct store_op *op, int64_t expect)
+{
+    json_t *w, *success;
+
+    if (op->del && expect == STORE_ABSENT_REV)
+        w = NULL;   /* "delete if absent": the compare only (NOT_FOUND or CONFLICT) */
+    else if (op->del)
+        w = json_pack("{s:{s:o}}", "request_delete_range", "key", jb64(op->key, strlen(op->key)));
+    else
+        w = json_pack("{s:{s:o, s:o}}", "request_put", "key", jb64(op->key, strlen(op->key)),
+                      "value", jb64(op->val, op->len));
+    if (expect == STORE_ANY_REV)
+        return w;
+    if ((success = json_array()) == NULL || (w != NULL && json_array_append_new(success, w) < 0)) {
+        json_decref(success);
+        return NULL;
+    }
+    return json_pack("{s:{s:[o], s:o, s:[{s:{s:o}}]}}", "request_txn",
+                     "compare", compare(op->key, expect),
+                     "success", success,
+                     "failure", "request_range", "key", jb64(op->key, strlen(op->key)));
+}
+
+/* Sends one txn (success: its writes, consumed), the writes ops[member[k]]
+ * with their resolved compares expect[k], by deadline; each op's result
+ * from etcd's answer, the mirror updated at the txn's revision. */
+static void batch_txn(struct etcd *e, struct store_op *ops, const size_t *member,
+                      const int64_t *expect, size_t nm, json_t *success, int64_t deadline)
+{
+    const char *first = ops[member[0]].key;
+    char what[64], why[WHY_LEN] = "";
+    long left = (long)(deadline - clock_mono_ms());
+    bool bad = false;
+
+    snprintf(what, sizeof(what), "txn of %zu writes, the first", nm);
+    if (left <= 0) {
+        json_decref(success);
+        log_warnx("store: etcd: %s %s not sent: the batch's bound passed", what, first);
+        return;
+    }
+    json_t *resp = write_request_why(e, what, first, "/v3/kv/txn",
+                                     dump(json_pack("{s:o}", "success", success)), left, why);
+    if (resp == NULL)
+        return;     /* logged; every write of it STORE_ERROR */
+    int64_t rev = header_rev(resp);
+    const json_t *rs = json_object_get(resp, "responses");
+    if (rev <= 0 || !json_is_array(rs) || json_array_size(rs) != nm) {
+        log_warnx("store: etcd: %s %s: no revision or not %zu responses in the answer", what,
+                  first, nm);
+        json_decref(resp);
+        return;
+    }
+    for (size_t k = 0; k < nm; k++) {
+        struct store_op *op = &ops[member[k]];
+        const json_t *r = json_array_get(rs, k), *t;
+
+        if (expect[k] == STORE_ANY_REV && op->del) {
+            if (!json_is_object(t = json_object_get(r, "response_delete_range"))) {
+                bad = true;
+                continue;
+            }
+            op->result = jint(t, "deleted") > 0 ? STORE_OK : STORE_NOT_FOUND;
+            mirror_note(e, op->key, NULL, 0, rev, true);
+        } else if (expect[k] == STORE_ANY_REV) {
+            if (!json_is_object(json_object_get(r, "response_put"))) {
+                bad = true;
+                continue;
+            }
+            op->result = STORE_OK;
+            op->new_rev = rev;
+            mirror_note(e, op->key, op->val, op->len, rev, false);
+        } else if (!json_is_object(t = json_object_get(r, "response_txn"))) {
+            bad = true;
+        } else if (json_is_true(json_object_get(t, "succeeded"))) {
+            op->result = op->del && expect[k] == STORE_ABSENT_REV ? STORE_NOT_FOUND : STORE_OK;
+            op->new_rev = op->del ? 0 : rev;
+            mirror_note(e, op->key, op->del ? NULL : op->val, op->del ? 0 : op->len, rev,
+                        op->del);
+        } else {
+            bool exists = note_failure_range(e, op->key, t, rev);
+            op->result = op->del && !exists ? STORE_NOT_FOUND : STORE_CONFLICT;
+        }
+    }
+    if (bad)
+        log_warnx("store: etcd: %s %s: a response of an unexpected shape (those writes failed)",
+                  what, first);
+    json_decref(resp);
+}
+
+static void etcd_batch(void *impl, struct store_op *ops, size_t n, long timeout_ms)
+{
+    struct etcd *e = impl;
+    long bound = timeout_ms > 0 && timeout_ms < WRITE_TOTAL_MS ? timeout_ms : WRITE_TOTAL_MS;
+    int64_t deadline = clock_mono_ms() + bound;
+    unsigned layer[STORE_BATCH_MAX], layers = 0;
+
+    for (size_t k = 0; k < n; k++) {
+        ops[k].result = STORE_ERROR;
+        ops[k].new_rev = 0;
+    }
+    if (n > STORE_BATCH_MAX)
+        return;
+    /* A write's layer: how many writes of its key come before it in ops. */
+    for (size_t i = 0; i < n; i++) {
+        size_t j = i;
+        layer[i] = 0;
+        while (j-- > 0)
+            if (strcmp(ops[j].key, ops[i].key) == 0) {
+                layer[i] = layer[j] + 1;
+                break;
+            }
+        if (layer[i] + 1 > layers)
+            layers = layer[i] + 1;
+    }
+    for (unsigned l = 0; l < layers; l++) {
+        size_t i = 0;
+        while (i < n) {
+            size_t member[TXN_MAX_OPS], nm = 0, bytes = 0;
+            int64_t expect[TXN_MAX_OPS];
+            json_t *success = json_array();
+
+            for (; i < n && nm < TXN_MAX_OPS; i++) {
+                struct store_op *op = &ops[i];
+                size_t cost = (strlen(op->key) + (op->del ? 0 : op->len)) / 3 * 4 + 256;
+                if (layer[i] != l)
+                    continue;
+                if (nm > 0 && bytes + cost > TXN_MAX_BODY)
+                    break;      /* this one starts the next txn */
+                if (!key_in_prefix(op->key)) {
+                    log_warnx("store: etcd: refusing key %s outside " ETCD_PREFIX, op->key);
+                    continue;
+                }
+                if (!batch_expect(ops, i, &expect[nm])) {
+                    op->result = STORE_CONFLICT;
+                    continue;
+                }
+                json_t *w = batch_op(op, expect[nm]);
+                if (w == NULL || success == NULL || json_array_append_new(success, w) < 0) {
+                    if (success == NULL)
+                        json_decref(w);
+                    log_warnx("store: etcd: %s %s: out of memory", op->del ? "delete" : "put",
+                              op->key);
+                    continue;
+                }
+                member[nm++] = i;
+                bytes += cost;
+            }
+            if (nm > 0)
+                batch_txn(e, ops, member, expect, nm, success, deadline);
+            else
+                json_decref(success);
+        }
+    }
 }
 
 static int etcd_fresh(void *impl, int64_t *silent_ms)
@@ -1581,4 +1801,6 @@ const struct store_backend store_etcd_backend = {
     .lease_keepalive = etcd_lease_keepalive,
     .lease_revoke = etcd_lease_revoke,
     .put_lease = etcd_put_lease,
+    .batch = etcd_batch,
+    .networked = true,
 };

@@ -1,7 +1,7 @@
 /* migrate/store_writer.c: a thread that makes queued store writes in order,
  * each within its bound (see store_writer.h), every write queued meanwhile
- * in one store call (a group commit on the embedded store); callers on any
- * thread. */
+ * in one store call (a group commit on the embedded store, one txn per up
+ * to 127 writes on etcd); callers on any thread. */
 #include "migrate/store_writer.h"
 
 #include <pthread.h>
@@ -20,6 +20,19 @@
 /* Far more than the broker ever queues (its session records are capped at
  * 4096); a bound so a runaway caller gets -1 instead of eating memory. */
 #define MAX_QUEUED 65536
+
+/* A write's bound (timeout_ms) is how long its caller may wait for its
+ * result, counted from when it was queued: with a silent etcd its done
+ * callback comes at most that long after (plus the writer's scheduling),
+ * however many writes wait before it; a write whose bound has passed is
+ * never sent. A store call that waits for a network (store_networked) is
+ * bounded by the earliest bound of the writes it carries, so one call takes
+ * only writes whose bounds end within RUN_SPREAD_MS of each other: a write
+ * queued behind a slow request is not failed by an older neighbour's
+ * nearly spent bound (it goes in the next call, with its own), and loses at
+ * most RUN_SPREAD_MS of its own to one. Writes queued together (the normal
+ * case: a run is what queued during one request) share a call. */
+#define RUN_SPREAD_MS 250
 
 struct write {
     struct write *next;
@@ -149,8 +162,9 @@ static void *writer_main(void *arg)
     struct store_writer *w = arg;
     struct write *run[STORE_BATCH_MAX];
     /* A back-end that does not batch gets one write at a time, so each has
-     * its whole bound for itself (etcd). */
+     * its whole bound for itself. */
     size_t most = store_batches(w->s) ? STORE_BATCH_MAX : 1;
+    bool networked = store_networked(w->s);
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
@@ -159,7 +173,11 @@ static void *writer_main(void *arg)
         if (w->head == NULL)
             break;                  /* stopping, nothing left */
         size_t n = 0;
-        while (w->head != NULL && n < most) {
+        int64_t earliest = INT64_MAX;
+        while (w->head != NULL && n < most &&
+               !(networked && n > 0 && w->head->deadline - earliest > RUN_SPREAD_MS)) {
+            if (w->head->deadline < earliest)
+                earliest = w->head->deadline;
             run[n++] = w->head;
             w->head = w->head->next;
         }

@@ -1,12 +1,15 @@
 /* migrate/store_writer.h: store writes for a loop that must not wait for
  * them (the broker's control loop). One thread per writer makes the queued
- * puts and deletes in the order they were queued (so in order per key),
- * every write queued meanwhile in one store call (a back-end that batches,
- * the embedded one, makes them durable with one flush; etcd gets them one at
- * a time), each within its own bound counted from when it was queued: a
- * write still queued when its bound has passed fails without being tried, so
- * a silent etcd costs every write at most its bound, however many wait
- * before it. The result goes to a callback on the writer's thread; the
+ * puts and deletes in the order they were queued per key (etcd may make a
+ * key's later write visible after another key's write queued behind it in
+ * the same call: see store_etcd.c, batches), every write queued meanwhile
+ * in one store call (the embedded store makes them durable with one flush,
+ * etcd gets them in one txn per up to 127 writes), each within its own
+ * bound counted from when it was queued: a write still queued when its
+ * bound has passed fails without being tried, so a silent etcd costs every
+ * write at most its bound, however many wait before it (one call carries
+ * only writes whose bounds end close together, see store_writer.c). The
+ * result goes to a callback on the writer's thread; the
  * caller moves it to its own loop (the broker with event_base_once).
  *
  * Values are wiped (OPENSSL_cleanse) once written: token records hold

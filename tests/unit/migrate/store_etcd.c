@@ -36,11 +36,11 @@
 
 #include "common/log.h"
 #include "migrate/store.h"
+#include "migrate/store_backend.h"
 #include "migrate/store_writer.h"
 #include "store_check.h"
 
 #define ETCD_BIN "/usr/bin/etcd"
-#define STORE_MAX_VALUE (1024 * 1024)   /* as migrate/store_backend.h */
 #define PROPAGATE_MS 5000               /* how long a watch may take to deliver */
 
 /* ---- the etcd under test ---- */
@@ -880,6 +880,249 @@ static void test_concurrent_puts(void **state)
                      N_THREADS * N_PUTS + 1);
 }
 
+/* ---- batches (store_batch_within, the store writer's runs) ---- */
+
+#define BATCH_N 500
+
+/* How many distinct revisions ops[0..n) that succeeded got. */
+static int distinct_revs(const struct store_op *ops, size_t n)
+{
+    int d = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        if (ops[i].result != STORE_OK || ops[i].new_rev == 0)
+            continue;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = ops[j].result == STORE_OK && ops[j].new_rev == ops[i].new_rev;
+        d += !seen;
+    }
+    return d;
+}
+
+/* 500 puts in one call: all made, in 5 txns (store_batch_within splits at
+ * 256, etcd's back-end at 127 writes: 127 + 127 + 2, 127 + 117), each key in the mirror at once at
+ * its txn's revision, and another instance sees them all through its watch. */
+static void test_batch_500(void **state)
+{
+    struct fixture *f = *state;
+    static struct store_op ops[BATCH_N];
+    static char keys[BATCH_N][48], vals[BATCH_N][32];
+    int64_t t0;
+
+    f->a = open_ok();
+    f->b = open_ok();
+    for (int i = 0; i < BATCH_N; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "/spice-broker/b500/sessions/%08x", i);
+        snprintf(vals[i], sizeof(vals[i]), "value %d", i);
+        ops[i] = (struct store_op){ .key = keys[i], .val = vals[i], .len = strlen(vals[i]),
+                                    .expect_rev = i % 2 ? STORE_ANY_REV : STORE_ABSENT_REV };
+    }
+    t0 = now_ms();
+    store_batch_within(f->a, ops, BATCH_N, 2000);
+    print_message("500 puts (half create-only) in one batch: %lld ms\n",
+                  (long long)(now_ms() - t0));
+    for (int i = 0; i < BATCH_N; i++) {
+        assert_int_equal(ops[i].result, STORE_OK);
+        assert_true(ops[i].new_rev > 0);
+        if (i > 0)
+            assert_true(ops[i].new_rev >= ops[i - 1].new_rev);
+        expect_val(f->a, keys[i], vals[i], ops[i].new_rev);
+    }
+    assert_int_equal(distinct_revs(ops, BATCH_N), 5);
+    assert_int_equal(store_walk(f->a, "/spice-broker/b500/", count_cb, NULL), BATCH_N);
+    assert_true(wait_val(f->b, keys[BATCH_N - 1], vals[BATCH_N - 1], PROPAGATE_MS));
+    assert_int_equal(store_walk(f->b, "/spice-broker/b500/", count_cb, NULL), BATCH_N);
+    /* again, all create-only: every one a conflict, nothing written */
+    for (int i = 0; i < BATCH_N; i++)
+        ops[i].expect_rev = STORE_ABSENT_REV;
+    store_batch_within(f->a, ops, BATCH_N, 2000);
+    for (int i = 0; i < BATCH_N; i++) {
+        assert_int_equal(ops[i].result, STORE_CONFLICT);
+        assert_int_equal(ops[i].new_rev, 0);
+    }
+}
+
+/* Compare-and-swap writes in one batch: each compare decides its own write
+ * only (one txn, nested txns), the conflicts' keys refreshed in the mirror. */
+static void test_batch_cas(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ra = 0, rb = 0, rc = 0, rd = 0;
+
+    f->a = open_ok();
+    f->b = open_ok();
+    put_str(f->a, "/spice-broker/bcas/a", "a1", STORE_ANY_REV, &ra, STORE_OK);
+    put_str(f->a, "/spice-broker/bcas/b", "b1", STORE_ANY_REV, &rb, STORE_OK);
+    put_str(f->a, "/spice-broker/bcas/c", "c1", STORE_ANY_REV, &rc, STORE_OK);
+    put_str(f->a, "/spice-broker/bcas/d", "d1", STORE_ANY_REV, &rd, STORE_OK);
+    /* another broker changes c behind a's back: a's revision of c is stale */
+    put_str(f->b, "/spice-broker/bcas/c", "c2", rc, NULL, STORE_OK);
+    struct store_op ops[] = {
+        { .key = "/spice-broker/bcas/a", .val = "a2", .len = 2, .expect_rev = ra },      /* OK */
+        { .key = "/spice-broker/bcas/b", .val = "b2", .len = 2,
+          .expect_rev = STORE_ABSENT_REV },                                             /* exists */
+        { .key = "/spice-broker/bcas/c", .val = "c3", .len = 2, .expect_rev = rc },      /* stale */
+        { .key = "/spice-broker/bcas/new", .val = "n", .len = 1,
+          .expect_rev = STORE_ABSENT_REV },                                             /* OK */
+        { .key = "/spice-broker/bcas/any", .val = "x", .len = 1,
+          .expect_rev = STORE_ANY_REV },                                                /* OK */
+        { .del = true, .key = "/spice-broker/bcas/d", .expect_rev = rd },                /* OK */
+        { .del = true, .key = "/spice-broker/bcas/b", .expect_rev = rb + 1000 },         /* stale */
+        { .del = true, .key = "/spice-broker/bcas/none", .expect_rev = 5 },              /* absent */
+        { .del = true, .key = "/spice-broker/bcas/none2", .expect_rev = STORE_ANY_REV }, /* absent */
+        { .del = true, .key = "/spice-broker/bcas/none3",
+          .expect_rev = STORE_ABSENT_REV },                                             /* absent */
+        { .key = "/outside/prefix", .val = "x", .len = 1, .expect_rev = STORE_ANY_REV }, /* refused */
+    };
+    const int want[] = { STORE_OK, STORE_CONFLICT, STORE_CONFLICT, STORE_OK, STORE_OK, STORE_OK,
+                         STORE_CONFLICT, STORE_NOT_FOUND, STORE_NOT_FOUND, STORE_NOT_FOUND,
+                         STORE_ERROR };
+    size_t n = sizeof(ops) / sizeof(ops[0]);
+
+    store_batch_within(f->a, ops, n, 2000);
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].result != want[i])
+            fail_msg("batch op %zu (%s): result %d, want %d", i, ops[i].key, ops[i].result,
+                     want[i]);
+    /* the writes made: one txn, one revision */
+    assert_true(ops[0].new_rev > rd);
+    assert_int_equal(ops[3].new_rev, ops[0].new_rev);
+    assert_int_equal(ops[4].new_rev, ops[0].new_rev);
+    expect_val(f->a, "/spice-broker/bcas/a", "a2", ops[0].new_rev);
+    expect_val(f->a, "/spice-broker/bcas/b", "b1", rb);
+    expect_val(f->a, "/spice-broker/bcas/new", "n", ops[0].new_rev);
+    assert_true(wait_val(f->a, "/spice-broker/bcas/d", NULL, 0));
+    /* the conflict refreshed c from etcd's answer, before any watch event */
+    expect_val(f->a, "/spice-broker/bcas/c", "c2", 0);
+    assert_true(wait_val(f->b, "/spice-broker/bcas/a", "a2", PROPAGATE_MS));
+    assert_true(wait_val(f->b, "/spice-broker/bcas/d", NULL, PROPAGATE_MS));
+    expect_val(f->b, "/spice-broker/bcas/c", "c2", 0);
+}
+
+/* A key written twice (and more) in one batch: the writes are made in
+ * order, each in a later txn than the one before (etcd refuses a txn
+ * writing a key twice: the back-end sends layers), and STORE_BATCH_PREV_REV
+ * compares with the revision the previous write got. */
+static void test_batch_same_key(void **state)
+{
+    struct fixture *f = *state;
+    struct store_op ops[] = {
+        { .key = "/spice-broker/bdup/k", .val = "v1", .len = 2, .expect_rev = STORE_ANY_REV },
+        { .key = "/spice-broker/bdup/o", .val = "o1", .len = 2, .expect_rev = STORE_ANY_REV },
+        { .key = "/spice-broker/bdup/k", .val = "v2", .len = 2, .expect_rev = STORE_ANY_REV },
+        { .key = "/spice-broker/bdup/k", .val = "v3", .len = 2,
+          .expect_rev = STORE_BATCH_PREV_REV },                                          /* OK */
+        { .del = true, .key = "/spice-broker/bdup/k", .expect_rev = STORE_BATCH_PREV_REV }, /* OK */
+        { .key = "/spice-broker/bdup/k", .val = "v4", .len = 2,
+          .expect_rev = STORE_BATCH_PREV_REV },                          /* OK: absent now */
+        { .key = "/spice-broker/bdup/o", .val = "o2", .len = 2,
+          .expect_rev = STORE_ABSENT_REV },                                  /* conflict */
+        { .key = "/spice-broker/bdup/o", .val = "o3", .len = 2,
+          .expect_rev = STORE_BATCH_PREV_REV },                  /* its previous failed */
+    };
+    const int want[] = { STORE_OK, STORE_OK, STORE_OK, STORE_OK, STORE_OK, STORE_OK,
+                         STORE_CONFLICT, STORE_CONFLICT };
+    size_t n = sizeof(ops) / sizeof(ops[0]);
+
+    f->a = open_ok();
+    f->b = open_ok();
+    store_batch_within(f->a, ops, n, 2000);
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].result != want[i])
+            fail_msg("batch op %zu (%s): result %d, want %d", i, ops[i].key, ops[i].result,
+                     want[i]);
+    assert_int_equal(ops[1].new_rev, ops[0].new_rev);      /* one txn */
+    assert_true(ops[2].new_rev > ops[0].new_rev);
+    assert_true(ops[3].new_rev > ops[2].new_rev);
+    assert_true(ops[5].new_rev > ops[3].new_rev);
+    expect_val(f->a, "/spice-broker/bdup/k", "v4", ops[5].new_rev);
+    expect_val(f->a, "/spice-broker/bdup/o", "o1", ops[0].new_rev);
+    assert_true(wait_val(f->b, "/spice-broker/bdup/k", "v4", PROPAGATE_MS));
+    expect_val(f->b, "/spice-broker/bdup/o", "o1", ops[0].new_rev);
+
+    /* sessions that start and end within one run (s1 start, s1 end, s2
+     * start, ...): two txns, the starts, then the ends (each a write
+     * compared with the start's revision) */
+    static struct store_op ses[200];
+    static char keys[100][48];
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "/spice-broker/bdup/sessions/%08x", i);
+        ses[2 * i] = (struct store_op){ .key = keys[i], .val = "started", .len = 7,
+                                        .expect_rev = STORE_ABSENT_REV };
+        ses[2 * i + 1] = (struct store_op){ .key = keys[i], .val = "ended", .len = 5,
+                                            .expect_rev = STORE_BATCH_PREV_REV };
+    }
+    store_batch_within(f->a, ses, 200, 2000);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(ses[i].result, STORE_OK);
+    assert_int_equal(distinct_revs(ses, 200), 2);
+    assert_true(ses[1].new_rev > ses[0].new_rev);
+    for (int i = 0; i < 100; i++)
+        expect_val(f->a, keys[i], "ended", ses[2 * i + 1].new_rev);
+}
+
+/* The writer under load, as the broker writes session records: 3,000
+ * conditional puts (store_writer_put_if) queued as fast as they come, each
+ * with a 2 s bound: every one made, in far fewer requests than writes. */
+#define LOAD_N 3000
+
+struct load_log {
+    atomic_int done, ok;
+    _Atomic int64_t last_rev;
+};
+
+static int64_t load_check(const void *cur, size_t len, int64_t rev, void *arg)
+{
+    (void)cur; (void)len; (void)arg;
+    return rev == STORE_WRITER_PENDING_REV ? rev : rev > 0 ? rev : STORE_ABSENT_REV;
+}
+
+static void load_done(int result, int64_t new_rev, void *arg)
+{
+    struct load_log *ll = arg;
+
+    if (result == STORE_OK)
+        atomic_fetch_add(&ll->ok, 1);
+    if (new_rev > atomic_load(&ll->last_rev))
+        atomic_store(&ll->last_rev, new_rev);
+    atomic_fetch_add(&ll->done, 1);
+}
+
+static void test_writer_load(void **state)
+{
+    struct fixture *f = *state;
+    struct load_log ll = { 0 };
+    const char *err = NULL;
+    struct store_writer *w;
+    int64_t first = 0, t0;
+    char key[64], val[256];
+
+    f->a = open_ok();
+    assert_non_null(w = store_writer_new(f->a, &err));
+    put_str(f->a, "/spice-broker/wload/mark", "x", STORE_ANY_REV, &first, STORE_OK);
+    memset(val, 's', sizeof(val));
+    t0 = now_ms();
+    for (int i = 0; i < LOAD_N; i++) {
+        /* each session written twice: started, then ended */
+        snprintf(key, sizeof(key), "/spice-broker/wload/sessions/%08x", i % (LOAD_N / 2));
+        assert_int_equal(store_writer_put_if(w, key, val, sizeof(val), load_check, 2000,
+                                             load_done, &ll), 0);
+    }
+    while (atomic_load(&ll.done) < LOAD_N && now_ms() - t0 < 20000)
+        sleep_ms(10);
+    int64_t took = now_ms() - t0;
+    store_writer_free(w, 1000);
+    int64_t revs = atomic_load(&ll.last_rev) - first;
+    print_message("%d conditional writes through the writer: %lld ms, %lld revisions (requests "
+                  "that wrote)\n", LOAD_N, (long long)took, (long long)revs);
+    assert_int_equal(atomic_load(&ll.done), LOAD_N);
+    assert_int_equal(atomic_load(&ll.ok), LOAD_N);
+    assert_true(revs > 0 && revs < LOAD_N / 4);
+    assert_int_equal(store_walk(f->a, "/spice-broker/wload/sessions/", count_cb, NULL),
+                     LOAD_N / 2);
+}
+
 /* ---- endpoints and failures ---- */
 
 static void test_failover(void **state)
@@ -1138,6 +1381,42 @@ static void test_writer_frozen(void **state)
     expect_val(f->a, "/spice-broker/wfz/k", "after", 0);
 }
 
+/* A batch on a frozen etcd: the call ends by its bound, every write
+ * STORE_ERROR (the first txn times out, the others are not sent); resumed,
+ * the same batch is made. */
+static void test_batch_frozen(void **state)
+{
+    struct fixture *f = *state;
+    static struct store_op ops[300];
+    static char keys[300][48];
+    int64_t t0, took;
+
+    f->a = open_ok();
+    for (int i = 0; i < 300; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "/spice-broker/bfz/%04d", i);
+        ops[i] = (struct store_op){ .key = keys[i], .val = "v", .len = 1,
+                                    .expect_rev = i % 3 ? STORE_ANY_REV : STORE_ABSENT_REV };
+    }
+    assert_int_equal(kill(g.pid, SIGSTOP), 0);
+    t0 = now_ms();
+    store_batch_within(f->a, ops, 300, 800);
+    took = now_ms() - t0;
+    assert_int_equal(kill(g.pid, SIGCONT), 0);
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(ops[i].result, STORE_ERROR);
+    /* a call's bound covers all of its txns: 800 ms for each of the two
+     * back-end calls (store_batch_within splits at 256) */
+    if (took < 750 || took > 2 * 800 + 300)
+        fail_msg("a batch on a frozen etcd took %lld ms, bound 800 ms per call", (long long)took);
+    sleep_ms(500);      /* let etcd, resumed, apply what it may have taken */
+    for (int i = 0; i < 300; i++)
+        ops[i].expect_rev = STORE_ANY_REV;
+    store_batch_within(f->a, ops, 300, 2000);
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(ops[i].result, STORE_OK);
+    assert_int_equal(store_walk(f->a, "/spice-broker/bfz/", count_cb, NULL), 300);
+}
+
 /* etcd stopped, then restarted on the same data dir. */
 static void test_etcd_restart(void **state)
 {
@@ -1191,11 +1470,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_two_instances_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_only_and_watch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_500, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_same_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_after_compaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_frozen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fresh, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_frozen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_frozen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_etcd_restart, setup, teardown),
     };
 
