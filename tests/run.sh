@@ -48,7 +48,7 @@ if [ -z "${SKIP_APT:-}" ]; then
 fi
 
 SUITES=${SUITES:-unit fuzz integration}
-FUZZ_SECONDS=${FUZZ_SECONDS:-12}
+FUZZ_SECONDS=${FUZZ_SECONDS:-8}
 suite_args=()
 for s in $SUITES; do suite_args+=(--suite "$s"); done
 
