@@ -135,6 +135,43 @@ static int copy_str(char *dst, size_t cap, const char *src)
     return 0;
 }
 
+/* Packs m and frames it (wrap); *out is malloc'd. The packed copy is wiped
+ * before it is freed: records may hold a backend password. */
+static int pack_wrapped(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+{
+    size_t plen = protobuf_c_message_get_packed_size(m);
+    uint8_t *packed = malloc(plen ? plen : 1);
+    int rc = -1;
+
+    if (packed != NULL && protobuf_c_message_pack(m, packed) == plen)
+        rc = wrap(packed, plen, out, len);
+    if (packed != NULL) {
+        OPENSSL_cleanse(packed, plen);
+        free(packed);
+    }
+    return rc;
+}
+
+/* Unframes a stored value (unwrap) and unpacks it as a message of desc (the
+ * caller frees it with protobuf_c_message_free_unpacked or its typed twin);
+ * NULL if either step fails. A decompressed copy is wiped and freed. */
+static ProtobufCMessage *unwrap_unpacked(const uint8_t *buf, size_t len,
+                                         const ProtobufCMessageDescriptor *desc)
+{
+    const uint8_t *payload;
+    uint8_t *tofree = NULL;
+    size_t plen = 0;
+    ProtobufCMessage *m = NULL;
+
+    if (unwrap(buf, len, &payload, &plen, &tofree) == 0)
+        m = protobuf_c_message_unpack(desc, NULL, plen, payload);
+    if (tofree != NULL) {
+        OPENSSL_cleanse(tofree, plen);
+        free(tofree);
+    }
+    return m;
+}
+
 /* ---- tokens ---- */
 
 int snap_token_encode(const struct snap_token *t, const struct seal_keys *keys, const char *key,
@@ -142,8 +179,7 @@ int snap_token_encode(const struct snap_token *t, const struct seal_keys *keys, 
 {
     TokenRecord m = SPICEBROKER__TOKEN_RECORD__INIT;
     uint8_t sealed[SNAP_MAX_PASSWORD + SEAL_OVERHEAD];
-    uint8_t *packed = NULL;
-    size_t plen = 0, pwlen;
+    size_t pwlen;
     int rc = -1;
 
     if (t == NULL || out == NULL || len == NULL ||
@@ -167,18 +203,8 @@ int snap_token_encode(const struct snap_token *t, const struct seal_keys *keys, 
     m.instance = (char *)t->instance;
     m.created = t->created;
     m.expires = t->expires;
-    plen = spicebroker__token_record__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__token_record__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    if (packed != NULL) {
-        /* the packed form may hold the backend password */
-        memset(packed, 0, plen);
-        free(packed);
-    }
     return rc;
 }
 
@@ -211,15 +237,12 @@ int snap_token_decode(const uint8_t *buf, size_t len, const struct seal_keys *ke
 {
     struct snap_token tmp;
     TokenRecord *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen = 0;
     int rc = SNAP_BAD;
 
     memset(&tmp, 0, sizeof(tmp));
-    if (t == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (t == NULL)
         goto fail;
-    if ((m = spicebroker__token_record__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__token_record__descriptor)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->port > UINT16_MAX || m->tls_port > UINT16_MAX)
         goto fail;
@@ -245,24 +268,16 @@ fail:
             OPENSSL_cleanse(m->password, strlen(m->password));
         spicebroker__token_record__free_unpacked(m, NULL);
     }
-    if (tofree != NULL)
-        OPENSSL_cleanse(tofree, plen);
-    free(tofree);
     return rc;
 }
 
 int snap_token_sealed_with(const uint8_t *buf, size_t len, uint32_t *id)
 {
     TokenRecord *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen = 0;
     int rc = -1;
 
     *id = 0;
-    if (unwrap(buf, len, &payload, &plen, &tofree) < 0)
-        return -1;
-    if ((m = spicebroker__token_record__unpack(NULL, plen, payload)) != NULL) {
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__token_record__descriptor)) != NULL) {
         rc = m->sealed_password.len > 0;
         if (rc == 1)
             *id = m->key_id;
@@ -270,9 +285,6 @@ int snap_token_sealed_with(const uint8_t *buf, size_t len, uint32_t *id)
             OPENSSL_cleanse(m->password, strlen(m->password));
         spicebroker__token_record__free_unpacked(m, NULL);
     }
-    if (tofree != NULL)
-        OPENSSL_cleanse(tofree, plen);
-    free(tofree);
     return rc;
 }
 
@@ -299,8 +311,6 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
     SessionRecord m = SPICEBROKER__SESSION_RECORD__INIT;
     ChannelRecord chans[SNAP_MAX_CHANNELS];
     ChannelRecord *chan_ptrs[SNAP_MAX_CHANNELS];
-    uint8_t *packed = NULL;
-    size_t plen;
     int rc = -1;
 
     if (s == NULL || out == NULL || len == NULL || s->n_channels > SNAP_MAX_CHANNELS ||
@@ -335,14 +345,8 @@ int snap_session_encode(const struct snap_session *s, uint8_t **out, size_t *len
     }
     m.n_channels = s->n_channels;
     m.channels = s->n_channels ? chan_ptrs : NULL;
-    plen = spicebroker__session_record__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__session_record__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    free(packed);
     return rc;
 }
 
@@ -350,14 +354,11 @@ int snap_session_decode(const uint8_t *buf, size_t len, struct snap_session *s)
 {
     struct snap_session *tmp = NULL;
     SessionRecord *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen;
     int rc = -1;
 
-    if (s == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (s == NULL)
         goto fail;
-    if ((m = spicebroker__session_record__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__session_record__descriptor)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->backend_port > UINT16_MAX ||
         m->backend_tls_port > UINT16_MAX ||
@@ -396,7 +397,6 @@ fail:
     free(tmp);
     if (m != NULL)
         spicebroker__session_record__free_unpacked(m, NULL);
-    free(tofree);
     return rc;
 }
 
@@ -405,8 +405,6 @@ fail:
 int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *len)
 {
     InstanceRecord m = SPICEBROKER__INSTANCE_RECORD__INIT;
-    uint8_t *packed = NULL;
-    size_t plen;
     int rc = -1;
 
     if (i == NULL || out == NULL || len == NULL || !str_fits(i->host, sizeof(i->host)))
@@ -418,29 +416,20 @@ int snap_instance_encode(const struct snap_instance *i, uint8_t **out, size_t *l
     m.updated = i->updated;
     m.session_id = i->session_id;
     m.migrations = i->migrations;
-    plen = spicebroker__instance_record__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__instance_record__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    free(packed);
     return rc;
 }
 
 int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i)
 {
     InstanceRecord *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen;
     struct snap_instance tmp;
     int rc = -1;
 
-    if (i == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (i == NULL)
         goto fail;
-    if ((m = spicebroker__instance_record__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__instance_record__descriptor)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->port == 0 || m->port > UINT16_MAX ||
         m->tls_port > UINT16_MAX)
@@ -458,15 +447,12 @@ int snap_instance_decode(const uint8_t *buf, size_t len, struct snap_instance *i
 fail:
     if (m != NULL)
         spicebroker__instance_record__free_unpacked(m, NULL);
-    free(tofree);
     return rc;
 }
 
 int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len)
 {
     BrokerRecord m = SPICEBROKER__BROKER_RECORD__INIT;
-    uint8_t *packed = NULL;
-    size_t plen;
     int rc = -1;
 
     if (b == NULL || out == NULL || len == NULL || !str_fits(b->id, sizeof(b->id)) ||
@@ -482,29 +468,20 @@ int snap_broker_encode(const struct snap_broker *b, uint8_t **out, size_t *len)
     m.sessions = b->sessions;
     m.version = (char *)b->version;
     m.lease = b->lease;
-    plen = spicebroker__broker_record__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__broker_record__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    free(packed);
     return rc;
 }
 
 int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b)
 {
     BrokerRecord *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen;
     struct snap_broker tmp;
     int rc = -1;
 
-    if (b == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (b == NULL)
         goto fail;
-    if ((m = spicebroker__broker_record__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__broker_record__descriptor)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR ||
         (m->state != SNAP_BROKER_SERVING && m->state != SNAP_BROKER_DRAINING))
@@ -524,7 +501,6 @@ int snap_broker_decode(const uint8_t *buf, size_t len, struct snap_broker *b)
 fail:
     if (m != NULL)
         spicebroker__broker_record__free_unpacked(m, NULL);
-    free(tofree);
     return rc;
 }
 
@@ -552,8 +528,7 @@ int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys
 {
     MigrationIntent m = SPICEBROKER__MIGRATION_INTENT__INIT;
     uint8_t sealed[SNAP_MAX_PASSWORD + SEAL_OVERHEAD];
-    uint8_t *packed = NULL;
-    size_t plen = 0, pwlen;
+    size_t pwlen;
     int rc = -1;
 
     if (i == NULL || out == NULL || len == NULL || !str_fits(i->instance, sizeof(i->instance)) ||
@@ -578,14 +553,8 @@ int snap_intent_encode(const struct snap_intent *i, const struct seal_keys *keys
         m.sealed_password.len = pwlen + SEAL_OVERHEAD;
         m.key_id = seal_keys_id(keys);
     }
-    plen = spicebroker__migration_intent__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__migration_intent__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    free(packed);
     return rc;
 }
 
@@ -596,8 +565,8 @@ int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *l
     HandoverMessage m = SPICEBROKER__HANDOVER_MESSAGE__INIT;
     HandoverListener ls[SNAP_HANDOVER_MAX_LISTENERS];
     HandoverListener *l_ptrs[SNAP_HANDOVER_MAX_LISTENERS];
-    uint8_t *packed = NULL, *rec = NULL;
-    size_t plen, rec_len = 0;
+    uint8_t *rec = NULL;
+    size_t rec_len = 0;
     int rc = -1;
 
     if (h == NULL || out == NULL || len == NULL || h->type < SNAP_HO_HELLO ||
@@ -629,15 +598,9 @@ int snap_handover_encode(const struct snap_handover *h, uint8_t **out, size_t *l
         m.session.data = h->session;
         m.session.len = h->session_len;
     }
-    plen = spicebroker__handover_message__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__handover_message__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
     free(rec);
-    free(packed);
     return rc;
 }
 
@@ -646,15 +609,12 @@ int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *k
 {
     struct snap_intent tmp;
     MigrationIntent *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen = 0;
     int rc = SNAP_BAD;
 
     memset(&tmp, 0, sizeof(tmp));
-    if (i == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (i == NULL)
         goto fail;
-    if ((m = spicebroker__migration_intent__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__migration_intent__descriptor)) == NULL)
         goto fail;
     if (m->schema_version != SCHEMA_MAJOR || m->dest_port > UINT16_MAX ||
         m->dest_tls_port > UINT16_MAX)
@@ -679,7 +639,6 @@ fail:
     OPENSSL_cleanse(&tmp, sizeof(tmp));
     if (m != NULL)
         spicebroker__migration_intent__free_unpacked(m, NULL);
-    free(tofree);
     return rc;
 }
 
@@ -687,14 +646,11 @@ int snap_handover_decode(const uint8_t *buf, size_t len, struct snap_handover *h
 {
     HandoverMessage *m = NULL;
     struct snap_handover *tmp = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen;
     int rc = SNAP_BAD;
 
-    if (h == NULL || unwrap(buf, len, &payload, &plen, &tofree) < 0)
+    if (h == NULL)
         goto fail;
-    if ((m = spicebroker__handover_message__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__handover_message__descriptor)) == NULL)
         goto fail;
     if ((tmp = calloc(1, sizeof(*tmp))) == NULL)
         goto fail;
@@ -749,7 +705,6 @@ fail:
     free(tmp);
     if (m != NULL)
         spicebroker__handover_message__free_unpacked(m, NULL);
-    free(tofree);
     return rc;
 }
 
@@ -811,8 +766,8 @@ int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len
     SessionSnapshot m = SPICEBROKER__SESSION_SNAPSHOT__INIT;
     ChannelSnapshot *chs = NULL, **ch_ptrs = NULL;
     RelayDirSnapshot *dirs = NULL;
-    uint8_t *packed = NULL, *token = NULL;
-    size_t plen = 0, token_len = 0;
+    uint8_t *token = NULL;
+    size_t token_len = 0;
     int rc = -1;
 
     if (c == NULL || out == NULL || len == NULL || c->n_channels > SNAP_MAX_CHANNELS ||
@@ -899,17 +854,8 @@ int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len
     }
     m.n_channels = c->n_channels;
     m.channels = ch_ptrs;
-    plen = spicebroker__session_snapshot__get_packed_size(&m);
-    if ((packed = malloc(plen ? plen : 1)) == NULL)
-        goto fail;
-    if (spicebroker__session_snapshot__pack(&m, packed) != plen)
-        goto fail;
-    rc = wrap(packed, plen, out, len);
+    rc = pack_wrapped(&m.base, out, len);
 fail:
-    if (packed != NULL) {
-        OPENSSL_cleanse(packed, plen); /* the token's password */
-        free(packed);
-    }
     if (token != NULL) {
         OPENSSL_cleanse(token, token_len);
         free(token);
@@ -950,17 +896,12 @@ static int dir_from_msg(const RelayDirSnapshot *m, struct snap_carried_dir *d)
 int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c)
 {
     SessionSnapshot *m = NULL;
-    const uint8_t *payload;
-    uint8_t *tofree = NULL;
-    size_t plen = 0;
     int rc = SNAP_BAD;
 
     if (c == NULL)
         return SNAP_BAD;
     memset(c, 0, sizeof(*c));
-    if (unwrap(buf, len, &payload, &plen, &tofree) < 0)
-        goto fail;
-    if ((m = spicebroker__session_snapshot__unpack(NULL, plen, payload)) == NULL)
+    if ((m = (void *)unwrap_unpacked(buf, len, &spicebroker__session_snapshot__descriptor)) == NULL)
         goto fail;
     c->schema = m->schema_version;
     if (m->schema_version != SNAP_CARRY_MAJOR) {
@@ -1051,9 +992,6 @@ fail:
             OPENSSL_cleanse(m->token.data, m->token.len);
         spicebroker__session_snapshot__free_unpacked(m, NULL);
     }
-    if (tofree != NULL)
-        OPENSSL_cleanse(tofree, plen);
-    free(tofree);
     return rc;
 }
 
