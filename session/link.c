@@ -810,7 +810,9 @@ static void on_link_timeout(evutil_socket_t fd, short what, void *arg)
     chan_close(c, "link timeout");
 }
 
-void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
+/* The link's state and its client-side events; false (the channel closed)
+ * when out of memory. */
+static bool link_setup(struct chan *c)
 {
     struct event_base *base = c->w->env.base;
     c->lk = calloc(1, sizeof(*c->lk));
@@ -821,8 +823,15 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
     if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL ||
         c->timer == NULL) {
         chan_close(c, "out of memory");
-        return;
+        return false;
     }
+    return true;
+}
+
+void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
+{
+    if (!link_setup(c))
+        return;
     c->state = CH_C_LINK;
     c->lk->in_need = WIRE_LINK_HEADER_SIZE;
     arm_timer(c, c->w->env.link_timeout_ms);
@@ -854,17 +863,8 @@ void link_start_client(struct chan *c, const uint8_t *pre, size_t pre_len)
 
 void link_start_peer(struct chan *c, const struct peer_channel *ch)
 {
-    struct event_base *base = c->w->env.base;
-    c->lk = calloc(1, sizeof(*c->lk));
-    int fd = transport_fd(c->client_side.t);
-    c->client_side.rd = event_new(base, fd, EV_READ | EV_PERSIST, on_link_io, c);
-    c->client_side.wr = event_new(base, fd, EV_WRITE | EV_PERSIST, on_link_io, c);
-    c->timer = evtimer_new(base, on_link_timeout, c);
-    if (c->lk == NULL || c->client_side.rd == NULL || c->client_side.wr == NULL ||
-        c->timer == NULL) {
-        chan_close(c, "out of memory");
+    if (!link_setup(c))
         return;
-    }
     /* The forwarder answered the client's link and read its ticket: what
      * goes back now is the 4-byte link result. */
     c->state = CH_C_AUTH;
