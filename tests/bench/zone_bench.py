@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import relay_bench  # noqa: E402
 from relay_bench import (TOKEN, Procs, Skip, cpu_seconds, fmt, free_port, log,  # noqa: E402
                          proc_tree, tail, wait_port)
+from harness import unix_exchange  # noqa: E402
 from tlsutil import TLSError, make_cert  # noqa: E402
 
 ETCD = "/usr/bin/etcd"
@@ -104,19 +105,7 @@ def zone_secret(tmp):
 
 def admin_get(admin, path):
     """GET path on a broker's admin socket: the body."""
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    try:
-        s.connect(admin)
-        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        data = b""
-        while True:
-            got = s.recv(65536)
-            if not got:
-                break
-            data += got
-    finally:
-        s.close()
+    data = unix_exchange(admin, f"GET {path} HTTP/1.0\r\n\r\n".encode())
     return data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
 
 

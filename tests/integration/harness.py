@@ -123,6 +123,24 @@ def port_accepts(port, host="127.0.0.1", timeout=0.5):
         return False
 
 
+def unix_exchange(path, request, timeout=5.0):
+    """Sends request (bytes) on a new connection to the unix socket path and
+    returns everything read until the other side closes."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(request)
+        data = b""
+        while True:
+            got = s.recv(65536)
+            if not got:
+                return data
+            data += got
+    finally:
+        s.close()
+
+
 def pid_alive(pid):
     """True if pid exists and is not a zombie."""
     try:

@@ -6,6 +6,8 @@ import os
 import resource
 import socket
 
+from harness import unix_exchange
+
 
 def raise_fd_limit(want=8192):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -16,17 +18,7 @@ def raise_fd_limit(want=8192):
 
 def metrics(b):
     """/metrics of broker b as {name{labels}: float}."""
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    s.connect(b.admin)
-    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-    data = b""
-    while True:
-        got = s.recv(65536)
-        if not got:
-            break
-        data += got
-    s.close()
+    data = unix_exchange(b.admin, b"GET /metrics HTTP/1.0\r\n\r\n")
     out = {}
     for ln in data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").splitlines():
         if ln and not ln.startswith("#"):

@@ -19,12 +19,11 @@ tcp, in front of two brokers of one zone (etcd, peer links).
 import csv
 import io
 import os
-import socket
 import sys
 import time
 
 from harness import (Broker, Etcd, Qemu, SpiceClient, check, free_port, log, new_instance,
-                     no_direct, run, tail, token, wait_until)
+                     no_direct, run, tail, token, unix_exchange, wait_until)
 from limitsutil import metrics
 from test_zone_haproxy import HAPROXY, zone_secret
 
@@ -69,17 +68,7 @@ class CheckedHAProxy:
 
     def stat(self):
         """{server name: {"status": "UP"/"DOWN"/..., "stot": connections sent}}."""
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(2)
-        s.connect(self.sock)
-        s.sendall(b"show stat\n")
-        data = b""
-        while True:
-            got = s.recv(65536)
-            if not got:
-                break
-            data += got
-        s.close()
+        data = unix_exchange(self.sock, b"show stat\n", timeout=2)
         text = data.decode(errors="replace").lstrip("# ")
         out = {}
         for row in csv.DictReader(io.StringIO(text)):
