@@ -50,6 +50,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -139,6 +140,63 @@ def unix_exchange(path, request, timeout=5.0):
             data += got
     finally:
         s.close()
+
+
+def relay_pump(src, dst, tap=None):
+    """Copies src to dst until either ends (tap, if given, sees every chunk),
+    then shuts both down."""
+    try:
+        while True:
+            b = src.recv(65536)
+            if not b:
+                break
+            if tap is not None:
+                tap(b)
+            dst.sendall(b)
+    except OSError:
+        pass
+    for s in (dst, src):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class TcpRelay(threading.Thread):
+    """A TCP relay on 127.0.0.1:<free port> (self.port): the n-th connection
+    (n = 0, 1, ...) goes to 127.0.0.1:target(n); taps(n), if given, returns
+    (up, down): callables that see every chunk toward the target and back
+    (either may be None). self.n counts the connections relayed."""
+
+    def __init__(self, target, taps=None):
+        super().__init__(daemon=True)
+        self.target, self.taps = target, taps
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.n = 0
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(("127.0.0.1", self.target(self.n)), timeout=5)
+                u.settimeout(None)
+            except OSError:
+                c.close()
+                continue
+            up, down = self.taps(self.n) if self.taps is not None else (None, None)
+            self.n += 1
+            threading.Thread(target=relay_pump, args=(c, u, up), daemon=True).start()
+            threading.Thread(target=relay_pump, args=(u, c, down), daemon=True).start()
+
+    def close(self):
+        self.lsock.close()
 
 
 def pid_alive(pid):

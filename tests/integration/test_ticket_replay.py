@@ -25,103 +25,68 @@ Then, other broker: a second broker (its own store, the same token) gets the
              captured main ticket -> 7; a fresh raw ticket for the same token
              -> 0 (so the 7 is the key, not the token).
 """
-import socket
 import struct
 import sys
 import threading
 import time
 
 from harness import (ALL_CHANNELS, CH_DISPLAY, CH_MAIN, ERR_OK, ERR_PERMISSION_DENIED, Broker,
-                     LinkConn, Qemu, SpiceClient, TestFailure, check, check_not_logged,
+                     LinkConn, Qemu, SpiceClient, TcpRelay, TestFailure, check, check_not_logged,
                      link_packet, log, no_direct, raw_login, run, token, wait_until)
 from limitsutil import metrics
 
 CAP_AUTH_SELECTION = 0   # SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION
 
 
-def pump(src, dst, tap=None):
-    try:
-        while True:
-            b = src.recv(65536)
-            if not b:
-                break
-            if tap is not None:
-                tap(b)
-            dst.sendall(b)
-    except OSError:
-        pass
-    for s in (dst, src):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class Relay(threading.Thread):
+class Relay(TcpRelay):
     """127.0.0.1:<free port> -> target. With capture, records each
     connection's first client bytes: (link bytes, channel type, connection
     id, auth bytes). Counts connections and the channel types they link."""
 
     def __init__(self, target_port, capture=False):
-        super().__init__(daemon=True)
-        self.target = target_port
+        super().__init__(lambda n: target_port, self._taps)
         self.capture = capture
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
         self.lock = threading.Lock()
         self.links = []        # channel type of each connection's link message
         self.captured = []     # (link bytes, type, connection id, auth bytes)
 
-    def run(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            u = socket.create_connection(("127.0.0.1", self.target))
-            buf = bytearray()
-            done = [False]
+    def _taps(self, n):
+        buf = bytearray()
+        done = [False]
 
-            def tap(b, buf=buf, done=done):
-                if done[0]:
-                    return
-                buf.extend(b)
-                if len(buf) < 16:
-                    return
-                size = struct.unpack("<I", buf[12:16])[0]
-                if len(buf) < 16 + size:
-                    return
-                link = bytes(buf[:16 + size])
-                conn_id, ctype = struct.unpack("<IB", link[16:21])
-                ncommon = struct.unpack("<I", link[22:26])[0]
-                off = struct.unpack("<I", link[30:34])[0]
-                common = struct.unpack("<I", link[16 + off:20 + off])[0] if ncommon else 0
-                auth_len = (4 if common & (1 << CAP_AUTH_SELECTION) else 0) + 128
-                if not self.capture:
-                    done[0] = True
-                    with self.lock:
-                        self.links.append(ctype)
-                    return
-                if len(buf) < len(link) + auth_len:
-                    return
+        def tap(b):
+            if done[0]:
+                return
+            buf.extend(b)
+            if len(buf) < 16:
+                return
+            size = struct.unpack("<I", buf[12:16])[0]
+            if len(buf) < 16 + size:
+                return
+            link = bytes(buf[:16 + size])
+            conn_id, ctype = struct.unpack("<IB", link[16:21])
+            ncommon = struct.unpack("<I", link[22:26])[0]
+            off = struct.unpack("<I", link[30:34])[0]
+            common = struct.unpack("<I", link[16 + off:20 + off])[0] if ncommon else 0
+            auth_len = (4 if common & (1 << CAP_AUTH_SELECTION) else 0) + 128
+            if not self.capture:
                 done[0] = True
                 with self.lock:
                     self.links.append(ctype)
-                    self.captured.append((link, ctype, conn_id,
-                                          bytes(buf[len(link):len(link) + auth_len])))
+                return
+            if len(buf) < len(link) + auth_len:
+                return
+            done[0] = True
+            with self.lock:
+                self.links.append(ctype)
+                self.captured.append((link, ctype, conn_id,
+                                      bytes(buf[len(link):len(link) + auth_len])))
 
-            threading.Thread(target=pump, args=(c, u, tap), daemon=True).start()
-            threading.Thread(target=pump, args=(u, c), daemon=True).start()
+        return tap, None
 
     def n_links(self):
         with self.lock:
             return len(self.links)
-
-    def close(self):
-        self.lsock.close()
 
 
 ATTACKER = "127.0.0.3"

@@ -38,8 +38,8 @@ import sys
 import threading
 import time
 
-from harness import (Broker, Etcd, Qemu, SpiceClient, check, free_port, log, no_direct, run,
-                     token, new_instance, wait_until)
+from harness import (Broker, Etcd, Qemu, SpiceClient, TcpRelay, check, free_port, log,
+                     no_direct, run, token, new_instance, wait_until)
 from html5 import ensure_node_modules
 from limitsutil import metrics
 from test_zone_haproxy import HAPROXY, MAGIC, HAProxy, native_session, zone_secret
@@ -48,67 +48,30 @@ import tlsutil
 AUTH = 'spice_broker_peer_auth_failures_total{side="%s",reason="%s"}'
 
 
-def pump(src, dst, rec, lock):
-    try:
-        while True:
-            b = src.recv(65536)
-            if not b:
-                break
-            if rec is not None:
-                with lock:
-                    rec.append(b)
-            dst.sendall(b)
-    except OSError:
-        pass
-    for s in (src, dst):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class Relay(threading.Thread):
+class Relay(TcpRelay):
     """127.0.0.1:<free port> -> a target chosen per connection by pick(n)
     (n = 0, 1, ...). record: every byte both ways, per connection."""
 
     def __init__(self, pick, record=False):
-        super().__init__(daemon=True)
-        self.pick, self.record = pick, record
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
+        super().__init__(pick, self._record if record else None)
         self.lock = threading.Lock()
         self.conns = []            # [(bytes to target, bytes from target)]
-        self.n = 0
 
-    def run(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            try:
-                u = socket.create_connection(("127.0.0.1", self.pick(self.n)), timeout=5)
-                u.settimeout(None)
-            except OSError:
-                c.close()
-                continue
-            self.n += 1
-            up, down = ([], []) if self.record else (None, None)
-            if self.record:
+    def _record(self, n):
+        up, down = [], []
+        with self.lock:
+            self.conns.append((up, down))
+
+        def tap(into):
+            def add(b):
                 with self.lock:
-                    self.conns.append((up, down))
-            threading.Thread(target=pump, args=(c, u, up, self.lock), daemon=True).start()
-            threading.Thread(target=pump, args=(u, c, down, self.lock), daemon=True).start()
+                    into.append(b)
+            return add
+        return tap(up), tap(down)
 
     def seen(self):
         with self.lock:
             return [(b"".join(u), b"".join(d)) for u, d in self.conns]
-
-    def close(self):
-        self.lsock.close()
 
 
 def certs(env):
