@@ -30,20 +30,7 @@ import time
 
 from harness import (Broker, Etcd, MigSession, Qemu, check, free_port, log, new_instance,
                      no_direct, run, seamless_scenario, wait_until)
-
-HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
-                    "libvirt-qemu-hook")
-
-XML = """<domain type='kvm'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <devices>
-    <graphics type='spice' port='{port}' autoport='no' listen='127.0.0.1'>
-      <listen type='address' address='127.0.0.1'/>
-    </graphics>
-  </devices>
-</domain>
-"""
+from test_hook import HOOK, XML
 
 
 def ctl_store(env, store, *args, timeout=15):
