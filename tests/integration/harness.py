@@ -199,6 +199,22 @@ class TcpRelay(threading.Thread):
         self.lsock.close()
 
 
+def spice_peer_server(env, max_seconds=120, exe=None):
+    """Starts spice_peer (exe, default the build's tests/bench/spice_peer) as a
+    synthetic SPICE server on a free 127.0.0.1 port (killed with the test):
+    (executable, port), or (None, None) when it is not built."""
+    exe = exe or os.path.join(env.build_dir or "", "tests/bench/spice_peer")
+    if not os.access(exe, os.X_OK):
+        return None, None
+    p = subprocess.Popen([exe, "server", "--listen", "127.0.0.1:0", "--max-seconds",
+                          str(max_seconds)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    env.procs.append(("spice_peer server", p))
+    line = p.stdout.readline()
+    check(line.startswith("listening "), "spice_peer server: %r" % line)
+    return exe, int(line.split(":")[-1])
+
+
 def pid_alive(pid):
     """True if pid exists and is not a zombie."""
     try:
@@ -1081,6 +1097,10 @@ class Broker:
         return kill_proc(self.proc, term_wait=5.0)
 
     # ---- spice-brokerctl
+    def status(self):
+        """`spice-brokerctl status --json`, decoded."""
+        return json.loads(self.ctl("status", "--json")[1])
+
     def ctl(self, *args, check_rc=True, timeout=10):
         argv = [self.ctl_exe, "--admin", "unix:" + self.admin] + [str(a) for a in args]
         try:

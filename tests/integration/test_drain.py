@@ -14,8 +14,6 @@ A real QEMU and spice-gtk through one broker with --metrics-listen:
   - `serve`: /healthz 200 "ok", state serving, a new session works, the
     live one still does.
 """
-import json
-import os
 import subprocess
 import sys
 import time
@@ -41,10 +39,6 @@ def healthz_admin(b):
     return int(code or 0), body
 
 
-def status(b):
-    return json.loads(b.ctl("status", "--json")[1])
-
-
 def test(env):
     no_direct(env)
     q = Qemu(env).start()
@@ -68,11 +62,11 @@ def test(env):
     if subprocess.run(["which", "curl"], capture_output=True).returncode == 0:
         check(healthz_admin(b) == (503, "draining\n"),
               "admin healthz while draining: %r" % (healthz_admin(b),))
-    st = status(b)
+    st = b.status()
     check(st["state"] == "draining" and st["pid"] == b.proc.pid and st["sessions"] == 1,
           "status while draining: state %r pid %r (broker %d) sessions %r" % (
               st["state"], st["pid"], b.proc.pid, st["sessions"]))
-    me = wait_until(lambda: [x for x in status(b)["zone_brokers"] if x["id"] == "drainer" and
+    me = wait_until(lambda: [x for x in b.status()["zone_brokers"] if x["id"] == "drainer" and
                              x["state"] == "draining"], 5, what="the registration saying draining")
     log("/healthz 503 draining; status: state %s, pid %d, %d session; registration: %s" % (
         st["state"], st["pid"], st["sessions"], me[0]["state"]))
@@ -88,7 +82,7 @@ def test(env):
     rc, out, err = b.ctl("serve")
     check("serving" in out, "serve said: %r %r" % (out, err))
     check(healthz_tcp(mport) == (200, "ok\n"), "healthz after serve: %r" % (healthz_tcp(mport),))
-    check(status(b)["state"] == "serving", "state after serve")
+    check(b.status()["state"] == "serving", "state after serve")
     good_session(env, "127.0.0.1", b.port, t2, what="after serve")
     live.wait_display(time.monotonic(), timeout=5, what="the live session after serve")
     r = live.stop()

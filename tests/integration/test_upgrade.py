@@ -32,7 +32,7 @@ import threading
 import time
 
 from test_sd_notify import NotifySocket
-from harness import (Broker, Qemu, SpiceClient, Target, check, free_port, good_session, log,
+from harness import (Broker, Qemu, Target, check, free_port, good_session, log,
                      pid_alive, run, token, wait_until)
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
@@ -87,12 +87,6 @@ def kill_pid(pid):
             os.kill(pid, signal.SIGKILL)
 
 
-def status(b):
-    import json
-    rc, out, err = b.ctl("status")
-    return json.loads(out)
-
-
 def test_upgrade(env, q, q2):
     web_port = free_port()
     ns = NotifySocket(env.path("notify.sock"))
@@ -123,7 +117,7 @@ def test_upgrade(env, q, q2):
         rc, out, err = b.ctl("upgrade", timeout=45)
         t_done = time.monotonic()
         log("upgrade: %s (%.0f ms)" % (out.strip(), (t_done - t_up) * 1000))
-        st = status(b)
+        st = b.status()
         new_pid = st["pid"]
         check(new_pid != old_pid, "status pid is still the old process's (%d)" % old_pid)
         check("pid %d serves" % new_pid in out, "upgrade's answer names another pid: %r" % out)
@@ -197,7 +191,7 @@ def test_upgrade(env, q, q2):
         rec = wait_until(lambda: b.ended_session(sid_old), 5,
                          what="the old session's ended record")
         log("old session %08x ended: %s" % (sid_old, rec.get("end_reason")))
-        check(status(b)["pid"] == new_pid, "the new process stopped serving")
+        check(b.status()["pid"] == new_pid, "the new process stopped serving")
     finally:
         if loop is not None:
             loop.stop.set()
@@ -218,7 +212,7 @@ def test_refused(env, q):
         check("schema 99" in err, "upgrade's refusal does not say why: %r" % err)
         log("refused: %s" % err.strip())
         check(b.alive(), "the old process died")
-        check(status(b)["pid"] == b.proc.pid, "status is not answered by the old process")
+        check(b.status()["pid"] == b.proc.pid, "status is not answered by the old process")
         text = b.log_text()
         check("exiting (the old process keeps serving)" in text,
               "the new process did not log its refusal")

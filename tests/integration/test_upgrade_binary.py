@@ -17,7 +17,6 @@ A broker whose admin endpoint is a loopback TCP port:
     (403), nothing started;
   - `upgrade` without --binary (the broker's own executable): works.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -29,17 +28,12 @@ from harness import (Broker, TestFailure, check, free_port, log, pid_alive, port
 from test_upgrade import kill_pid
 
 
-def status(b):
-    rc, out, err = b.ctl("status", "--json")
-    return json.loads(out)
-
-
 def refused(b, binary, why):
     n_before = b.log_text().count("upgrade: refused")
     rc, out, err = b.ctl("upgrade", "--binary", binary, check_rc=False, timeout=20)
     check(rc != 0, "upgrade --binary %s was not refused: %s" % (binary, out))
     check(why in err, "the refusal of %s does not say %r: %r" % (binary, why, err))
-    check(b.alive() and status(b)["pid"] == b.proc.pid, "the broker stopped serving")
+    check(b.alive() and b.status()["pid"] == b.proc.pid, "the broker stopped serving")
     wait_until(lambda: b.log_text().count("upgrade: refused") > n_before, 3,
                what="the refusal's log line")
     check("started" not in b.log_text().split("upgrade: refused")[-1],
@@ -111,7 +105,7 @@ def test(env):
         refused(b, loose_copy, "the directory %s is writable by group or others" % loose_dir)
         old_pid = b.proc.pid
         rc, out, err = b.ctl("upgrade", "--binary", copy, timeout=45)
-        new_pid = status(b)["pid"]
+        new_pid = b.status()["pid"]
         check(new_pid != old_pid, "no new process")
         exe = os.readlink("/proc/%d/exe" % new_pid)
         check(exe == copy, "the new process runs %s, not %s" % (exe, copy))
@@ -128,10 +122,10 @@ def test(env):
               "upgrade --binary on a TCP admin endpoint: rc %d %r" % (rc, err))
         check("upgrade: refused: a binary named on the TCP admin endpoint" in t.log_text(),
               "no log line for the refusal")
-        check(status(t)["pid"] == t.proc.pid, "the broker stopped serving")
+        check(t.status()["pid"] == t.proc.pid, "the broker stopped serving")
         log("TCP admin, --binary: %s" % err.strip())
         rc, out, err = t.ctl("upgrade", timeout=45)
-        new_pid = status(t)["pid"]
+        new_pid = t.status()["pid"]
         check(new_pid != t.proc.pid and pid_alive(new_pid), "no new process: %s" % out)
         log("TCP admin, the broker's own executable: %s" % out.strip())
     finally:

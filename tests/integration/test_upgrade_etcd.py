@@ -20,7 +20,6 @@ reads A's registration key straight from etcd every 50 ms,
   - at no moment from before the upgrade to the end did the poller find
     A's registration absent.
 """
-import json
 import sys
 import threading
 import time
@@ -55,13 +54,8 @@ class RegistrationPoller(threading.Thread):
             time.sleep(0.05)
 
 
-def status(b):
-    rc, out, err = b.ctl("status", "--json")
-    return json.loads(out)
-
-
 def registration(b, bid="a"):
-    found = [x for x in status(b)["zone_brokers"] if x["id"] == bid]
+    found = [x for x in b.status()["zone_brokers"] if x["id"] == bid]
     return found[0] if found else None
 
 
@@ -96,7 +90,7 @@ def test(env):
         log("upgrade: rc %d, %s%s (%.0f ms)" % (rc, out.strip(), err.strip(),
                                                  (time.monotonic() - t0) * 1000))
         check(rc == 0, "upgrade failed with an etcd store: %s" % err.strip())
-        st = status(a)
+        st = a.status()
         new_pid = st["pid"]
         check(new_pid != old_pid, "status pid is still the old process's (%d)" % old_pid)
         check(a.alive(), "the old process exited at once, with its live session")

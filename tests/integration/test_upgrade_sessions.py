@@ -30,7 +30,7 @@ import time
 from harness import (MigSession, Migration, Qemu, Target, check, client_end_t, log,
                      log_wall_time, no_direct, run, seamless_failures, token, wait_until)
 from test_migrate_keys import align
-from test_upgrade import kill_pid, status
+from test_upgrade import kill_pid
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
         0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x2C, 0x2D, 0x2E, 0x2F, 0x30,
@@ -109,7 +109,7 @@ def test_carried(env):
         t_up = time.monotonic()
         rc, out, err = b.ctl("upgrade", timeout=45)
         log("upgrade: %s (%.0f ms)" % (out.strip(), (time.monotonic() - t_up) * 1000))
-        new_pid = status(b)["pid"]
+        new_pid = b.status()["pid"]
         check(new_pid != old_pid, "status pid is still the old process's (%d)" % old_pid)
         text = wait_until(lambda: (lambda t: t if "sid=%08x carried in from pid %d" % (
             sid, old_pid) in t else None)(b.log_text()), 5, what="the session carried in")
@@ -161,7 +161,7 @@ def test_carried(env):
         fails = seamless_failures(r, c, b.port, t_done, client_end_t(c, r), mouse_mode=mode,
                                   t_start=c.to_client_t(mig.steps["migrate"]))
         check(not fails, "not seamless:\n  " + "\n  ".join(fails))
-        check(status(b)["pid"] == new_pid, "the new process stopped serving")
+        check(b.status()["pid"] == new_pid, "the new process stopped serving")
         bugs = [ln for ln in b.log_text().splitlines() if "is not a legal move (a bug)" in ln]
         check(not bugs, "illegal leg moves:\n%s" % "\n".join(bugs[:5]))
     finally:
@@ -192,7 +192,7 @@ def test_schema_refused(env):
         sid = b.sessions()[0]["id"]
         time.sleep(1.5)
         rc, out, err = b.ctl("upgrade", timeout=45)
-        new_pid = status(b)["pid"]
+        new_pid = b.status()["pid"]
         check(new_pid != old_pid, "the listeners did not go to the new process")
         text = wait_until(lambda: (lambda t: t if "sid=%08x stays in this process" % sid in t
                                    else None)(b.log_text()), 5, what="the refusal")

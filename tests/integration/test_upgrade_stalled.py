@@ -22,29 +22,19 @@ import subprocess
 import sys
 import time
 
-from harness import (Broker, TestSkip, check, log, pid_alive, run, token, wait_until)
+from harness import (Broker, TestSkip, check, log, pid_alive, run, spice_peer_server, token,
+                     wait_until)
 from test_upgrade import kill_pid
 
 N = 1500
 HOLD = 8.0
 
 
-def status(b):
-    rc, out, err = b.ctl("status", "--json")
-    return json.loads(out)
-
-
 def test(env):
     env.require_broker()
-    exe = os.path.join(env.build_dir or "", "tests/bench/spice_peer")
-    if not os.access(exe, os.X_OK):
+    exe, peer_port = spice_peer_server(env)
+    if exe is None:
         raise TestSkip("tests/bench/spice_peer not built")
-    srv = subprocess.Popen([exe, "server", "--listen", "127.0.0.1:0", "--max-seconds", "120"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    env.procs.append(("spice_peer server", srv))
-    line = srv.stdout.readline()
-    check(line.startswith("listening "), "spice_peer server: %r" % line)
-    peer_port = int(line.split(":")[-1])
     # A long settle (link + backend timeouts) keeps the old process up after
     # its sessions end, until the test is done with it.
     # Its sessions must stay in the old process (this test is about the
@@ -71,7 +61,7 @@ def test(env):
         t_linked = time.monotonic()
         log("%d idle sessions linked in %.2f s" % (N, r["seconds_to_link"]))
         rc, out, err = b.ctl("upgrade", timeout=45)
-        new_pid = status(b)["pid"]
+        new_pid = b.status()["pid"]
         # every session offered and refused: all of them stay in the old process
         wait_until(lambda: b.log_text().count("stays in this process") >= N, 20,
                    interval=0.1, what="the new process refusing every session's snapshot")
@@ -104,7 +94,7 @@ def test(env):
         log("new process resumed: %d ended records in its history %.2f s later" % (
             len(ended), time.monotonic() - t_cont))
         check("written here" not in b.log_text(), "records were written by the old process")
-        check(pid_alive(new_pid) and status(b)["pid"] == new_pid, "the new process stopped")
+        check(pid_alive(new_pid) and b.status()["pid"] == new_pid, "the new process stopped")
     finally:
         if new_pid and pid_alive(new_pid):
             os.kill(new_pid, signal.SIGCONT)

@@ -13,19 +13,13 @@ the old process wrote after the new one loaded were unknown to it until
 its next restart. Skipped when spice_peer is not built.
 """
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 
-from harness import (Broker, TestSkip, check, log, run, token, wait_until)
+from harness import Broker, TestSkip, check, log, run, spice_peer_server, token
 from test_upgrade import kill_pid
-
-
-def status(b):
-    rc, out, err = b.ctl("status", "--json")
-    return json.loads(out)
 
 
 class TokenLoop(threading.Thread):
@@ -57,14 +51,9 @@ def links(exe, port, tok):
 
 def test(env):
     env.require_broker()
-    exe = os.path.join(env.build_dir or "", "tests/bench/spice_peer")
-    if not os.access(exe, os.X_OK):
+    exe, peer_port = spice_peer_server(env)
+    if exe is None:
         raise TestSkip("tests/bench/spice_peer not built")
-    srv = subprocess.Popen([exe, "server", "--listen", "127.0.0.1:0", "--max-seconds", "120"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    env.procs.append(("spice_peer server", srv))
-    line = srv.stdout.readline()
-    peer_port = int(line.split(":")[-1])
     b = Broker(env).start()
     new_pid = None
     loop = TokenLoop(b, peer_port)
@@ -72,7 +61,7 @@ def test(env):
         loop.start()
         time.sleep(1.0)
         rc, out, err = b.ctl("upgrade", timeout=45)
-        new_pid = status(b)["pid"]
+        new_pid = b.status()["pid"]
         time.sleep(1.0)
         loop.stop.set()
         loop.join(20)

@@ -27,14 +27,8 @@ TTL = 3
 KEY = "/spice-broker/default/brokers/a"
 
 
-def status(b):
-    import json
-    rc, out, err = b.ctl("status", "--json")
-    return json.loads(out)
-
-
 def zone_entry(b, bid):
-    found = [x for x in status(b)["zone_brokers"] if x["id"] == bid]
+    found = [x for x in b.status()["zone_brokers"] if x["id"] == bid]
     return found[0] if found else None
 
 
@@ -52,7 +46,7 @@ def test(env):
 
     # registered: in etcd, and in status
     check(etcd.keys(KEY) == [KEY], "etcd keys: %r" % etcd.keys("/spice-broker/"))
-    st = status(a)
+    st = a.status()
     me = zone_entry(a, "a")
     check(me is not None, "status: no broker a in zone_brokers: %r" % st)
     check(st["state"] == "serving" and st["pid"] == a.proc.pid and st["lease"],

@@ -27,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from harness import (Etcd, TestSkip, check, log, no_direct, run, token, wait_until)
+from harness import (Etcd, TestSkip, check, log, no_direct, run, spice_peer_server, token,
+                     wait_until)
 from limitsutil import metrics
 from test_zone_haproxy import counts, zone_broker, zone_secret
 
@@ -57,12 +58,7 @@ def test(env):
     secret = zone_secret(env)
     a = zone_broker(env, "a", etcd, secret)
     b = zone_broker(env, "b", etcd, secret)
-    srv = subprocess.Popen([exe, "server", "--listen", "127.0.0.1:0", "--max-seconds", "120"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    env.procs.append(("spice_peer server", srv))
-    line = srv.stdout.readline()
-    check(line.startswith("listening "), "spice_peer server: %r" % line)
-    peer_port = int(line.split(":")[-1])
+    _, peer_port = spice_peer_server(env, exe=exe)
     cl = None
     try:
         tok = token("fwd")
