@@ -120,6 +120,18 @@ static void describe_holder(struct zone *z, char *buf, size_t cap)
     free(val);
 }
 
+/* The record is in the store at rev under lease: this broker is registered. */
+static int registered(struct zone *z, int64_t lease, int64_t rev)
+{
+    z->rev = rev;
+    z->registered = true;
+    z->failures = 0;
+    pthread_mutex_lock(&z->mu);
+    z->lease = lease;
+    pthread_mutex_unlock(&z->mu);
+    return STORE_OK;
+}
+
 /* A new lease, and the record under it if the key is free. STORE_OK,
  * STORE_CONFLICT (the key is held), or STORE_ERROR. */
 static int register_once(struct zone *z, enum snap_broker_state state, long call_ms)
@@ -140,13 +152,7 @@ static int register_once(struct zone *z, enum snap_broker_state state, long call
         (void)store_lease_revoke(z->s, lease, call_ms);
         return rc == STORE_CONFLICT ? STORE_CONFLICT : STORE_ERROR;
     }
-    z->rev = rev;
-    z->registered = true;
-    z->failures = 0;
-    pthread_mutex_lock(&z->mu);
-    z->lease = lease;
-    pthread_mutex_unlock(&z->mu);
-    return STORE_OK;
+    return registered(z, lease, rev);
 }
 
 /* The upgrade's new process takes the old one's registration: the record
@@ -177,13 +183,7 @@ static int take_record(struct zone *z, enum snap_broker_state state, int64_t lea
     free(val);
     if (rc != STORE_OK)
         return rc;
-    z->rev = rev;
-    z->registered = true;
-    z->failures = 0;
-    pthread_mutex_lock(&z->mu);
-    z->lease = lease;
-    pthread_mutex_unlock(&z->mu);
-    return STORE_OK;
+    return registered(z, lease, rev);
 }
 
 static void *zone_main(void *arg);
