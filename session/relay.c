@@ -691,6 +691,26 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------------ start / stop */
 
+/* The relay's events on both legs' sockets (and the stall timer, when
+ * write_stall_ms is set); false, the channel closed, when out of memory. */
+static bool relay_events_new(struct chan *c)
+{
+    struct event_base *base = c->w->env.base;
+    int cfd = transport_fd(c->client_side.t), bfd = transport_fd(c->cur->t);
+    c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
+    c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
+    c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
+    if (c->stall == NULL && c->w->env.write_stall_ms > 0)
+        c->stall = evtimer_new(base, on_stall, c);
+    if (!c->client_side.rd || !c->b_rd || !c->client_side.wr || !c->b_wr ||
+        (c->w->env.write_stall_ms > 0 && c->stall == NULL)) {
+        chan_close(c, "out of memory");
+        return false;
+    }
+    return true;
+}
+
 /* Appends bytes read before the relay started (not yet framed). */
 static int dir_preload(struct chan *c, struct relay_dir *d, const uint8_t *p, size_t len)
 {
@@ -706,7 +726,6 @@ static int dir_preload(struct chan *c, struct relay_dir *d, const uint8_t *p, si
 int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
                 const uint8_t *b_leftover, size_t b_len)
 {
-    struct event_base *base = c->w->env.base;
     if (c->timer != NULL)
         evtimer_del(c->timer);
     c->w->stats.channels_active++;
@@ -722,20 +741,8 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         }
     }
     leg_set_state(c->cur, LEG_LIVE);
-    int cfd = transport_fd(c->client_side.t), bfd = transport_fd(c->cur->t);
-    c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
-    c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
-    c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
-    c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
-    if (!c->client_side.rd || !c->b_rd || !c->client_side.wr || !c->b_wr) {
-        chan_close(c, "out of memory");
+    if (!relay_events_new(c))
         return -1;
-    }
-    if (c->stall == NULL && c->w->env.write_stall_ms > 0 &&
-        (c->stall = evtimer_new(base, on_stall, c)) == NULL) {
-        chan_close(c, "out of memory");
-        return -1;
-    }
     c->state = CH_RELAY;
     if (c->lk != NULL) {
         /* What the link phase still owes the client (its link result, when
@@ -774,21 +781,8 @@ void relay_kick(struct chan *c)
 
 void relay_resume(struct chan *c)
 {
-    struct event_base *base = c->w->env.base;
-    int cfd = transport_fd(c->client_side.t), bfd = transport_fd(c->cur->t);
-    if (c->client_side.rd == NULL) {
-        c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_c_read, c);
-        c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_writable, c);
-        c->b_rd = event_new(base, bfd, EV_READ | EV_PERSIST, on_b_read, c);
-        c->b_wr = event_new(base, bfd, EV_WRITE | EV_PERSIST, on_writable, c);
-        if (c->stall == NULL && c->w->env.write_stall_ms > 0)
-            c->stall = evtimer_new(base, on_stall, c);
-        if (!c->client_side.rd || !c->b_rd || !c->client_side.wr || !c->b_wr ||
-            (c->w->env.write_stall_ms > 0 && c->stall == NULL)) {
-            chan_close(c, "out of memory");
-            return;
-        }
-    }
+    if (c->client_side.rd == NULL && !relay_events_new(c))
+        return;
     c->to_b.read_blocked = c->to_c.read_blocked = false;
     if (!c->to_b.eof)
         chan_arm_read(c->client_side.rd, c->client_side.t);
