@@ -27,7 +27,6 @@ See tests/bench/README.md.
 import argparse
 import json
 import os
-import selectors
 import shutil
 import subprocess
 import sys
@@ -208,16 +207,7 @@ def main():
     results, paths = [], []
     forking = []   # websockify: one process per connection, stopped by PID too
     try:
-        srv = procs.start("server", [a.peer, "server", "--listen", "127.0.0.1:0",
-                                     "--max-seconds", str(int(a.budget + 30))],
-                          tmp, stdout=subprocess.PIPE, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(srv.stdout, selectors.EVENT_READ)
-        line = srv.stdout.readline() if sel.select(timeout=15) else ""
-        sel.close()
-        if not line.startswith("listening "):
-            sys.exit(f"ports_bench: spice_peer server did not start: {tail(os.path.join(tmp, 'server.err'))}")
-        sport = int(line.split(":")[-1])
+        sport = relay_bench.start_peer_server(procs, a.peer, tmp, a.budget + 30, "ports_bench")
         cert = None
         if {"broker-tls", "stunnel", "haproxy-tls"} & set(names):
             try:

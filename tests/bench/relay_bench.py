@@ -502,6 +502,22 @@ def find_peer(a, prog):
         sys.exit(f"{prog}: {a.peer} not found; build bench_peer_exe first")
 
 
+def start_peer_server(procs, peer, tmp, max_seconds, who):
+    """spice_peer as the synthetic SPICE server on a free 127.0.0.1 port: the
+    port; the bench (who) ends with its error if it does not say where it
+    listens within 15 s."""
+    srv = procs.start("server", [peer, "server", "--listen", "127.0.0.1:0",
+                                 "--max-seconds", str(int(max_seconds))],
+                      tmp, stdout=subprocess.PIPE, text=True)
+    sel = selectors.DefaultSelector()
+    sel.register(srv.stdout, selectors.EVENT_READ)
+    line = srv.stdout.readline() if sel.select(timeout=15) else ""  # "listening 127.0.0.1:PORT"
+    sel.close()
+    if not line.startswith("listening "):
+        sys.exit(f"{who}: spice_peer server did not start: {tail(os.path.join(tmp, 'server.err'))}")
+    return int(line.split(":")[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
@@ -533,16 +549,7 @@ def main():
     procs = Procs()
     results = []
     try:
-        srv = procs.start("server", [a.peer, "server", "--listen", "127.0.0.1:0",
-                                     "--max-seconds", str(int(a.budget + 30))],
-                          tmp, stdout=subprocess.PIPE, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(srv.stdout, selectors.EVENT_READ)
-        line = srv.stdout.readline() if sel.select(timeout=15) else ""  # "listening 127.0.0.1:PORT"
-        sel.close()
-        if not line.startswith("listening "):
-            sys.exit(f"relay_bench: spice_peer server did not start: {tail(os.path.join(tmp, 'server.err'))}")
-        sport = int(line.split(":")[-1])
+        sport = start_peer_server(procs, a.peer, tmp, a.budget + 30, "relay_bench")
         bench = Bench(a, procs, tmp)
         starters = {"broker": start_broker, "haproxy": start_haproxy, "nginx": start_nginx}
         paths = []

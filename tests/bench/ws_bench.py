@@ -29,7 +29,6 @@ import base64
 import hashlib
 import json
 import os
-import selectors
 import shutil
 import socket
 import statistics
@@ -671,16 +670,7 @@ def main():
     results, paths = [], []
     wsk = None
     try:
-        srv = procs.start("server", [a.peer, "server", "--listen", "127.0.0.1:0",
-                                     "--max-seconds", str(int(a.budget + 30))],
-                          tmp, stdout=subprocess.PIPE, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(srv.stdout, selectors.EVENT_READ)
-        line = srv.stdout.readline() if sel.select(timeout=15) else ""
-        sel.close()
-        if not line.startswith("listening "):
-            sys.exit(f"ws_bench: spice_peer server did not start: {tail(os.path.join(tmp, 'server.err'))}")
-        sport = int(line.split(":")[-1])
+        sport = relay_bench.start_peer_server(procs, a.peer, tmp, a.budget + 30, "ws_bench")
         names = [p.strip() for p in a.paths.split(",") if p.strip()]
         known = {"ws-broker", "websockify", "native", "direct", "native-c", "direct-c",
                  "ws-broker-w1", "native-w1", "native-c-w1"}

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import re
-import selectors
 import shlex
 import socket
 import statistics
@@ -440,16 +439,7 @@ def main():
     tput = [{"path": p} for p in TPUT_PATHS]
     links = [{"path": p} for p in LINK_PATHS] if a.linkrate_runs else []
     try:
-        srv = procs.start("server", [a.peer, "server", "--listen", "127.0.0.1:0",
-                                     "--max-seconds", str(int(a.budget + 60))],
-                          tmp, stdout=subprocess.PIPE, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(srv.stdout, selectors.EVENT_READ)
-        line = srv.stdout.readline() if sel.select(timeout=15) else ""
-        sel.close()
-        if not line.startswith("listening "):
-            sys.exit(f"zone_bench: spice_peer server did not start: {tail(os.path.join(tmp, 'server.err'))}")
-        sport = int(line.split(":")[-1])
+        sport = relay_bench.start_peer_server(procs, a.peer, tmp, a.budget + 60, "zone_bench")
         log("zone_bench: etcd, certificates, four brokers, haproxy")
         try:
             etcd = start_etcd(procs, tmp)
