@@ -1465,11 +1465,8 @@ static int etcd_put_lease(void *impl, const char *key, const void *val, size_t l
 
 static int etcd_lease_grant(void *impl, int64_t ttl_s, long timeout_ms, int64_t *lease)
 {
-    struct etcd *e = impl;
-    char why[WHY_LEN] = "";
-    json_t *resp = write_request_why(e, "lease grant", ETCD_PREFIX, "/v3/lease/grant",
-                                     dump(json_pack("{s:o}", "TTL", json_int64(ttl_s))),
-                                     timeout_ms, why);
+    json_t *resp = write_request(impl, "lease grant", ETCD_PREFIX, "/v3/lease/grant",
+                                 dump(json_pack("{s:o}", "TTL", json_int64(ttl_s))), timeout_ms);
 
     if (resp == NULL)
         return STORE_ERROR;
@@ -1485,11 +1482,8 @@ static int etcd_lease_grant(void *impl, int64_t ttl_s, long timeout_ms, int64_t 
 
 static int etcd_lease_keepalive(void *impl, int64_t lease, long timeout_ms, int64_t *ttl_left)
 {
-    struct etcd *e = impl;
-    char why[WHY_LEN] = "";
-    json_t *resp = write_request_why(e, "lease keep-alive", ETCD_PREFIX, "/v3/lease/keepalive",
-                                     dump(json_pack("{s:o}", "ID", json_int64(lease))),
-                                     timeout_ms, why);
+    json_t *resp = write_request(impl, "lease keep-alive", ETCD_PREFIX, "/v3/lease/keepalive",
+                                 dump(json_pack("{s:o}", "ID", json_int64(lease))), timeout_ms);
 
     if (resp == NULL)
         return STORE_ERROR;
