@@ -879,9 +879,9 @@ static void hand_over(struct upgrade *u, pid_t new_pid)
     admin_release_listeners(b->admin);
     if (b->history_sweep != NULL)
         event_del(b->history_sweep); /* the new process sweeps */
-    if (store_lock_fd(b->store) < 0)
+    if (store_lock_fd(b->store) < 0) {
         zone_release(b->zone); /* before MAIN: the new process then takes the registration */
-    if (store_lock_fd(b->store) >= 0) {
+    } else {
         /* The embedded store's directory: the new process loads it again
          * at MAIN, so this process's last write (a token add under way)
          * is made before; none after (admin.c, records forwarded). */
