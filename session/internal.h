@@ -24,15 +24,20 @@
  * it). A direction holds a buffer only while it has bytes in flight. */
 struct pool_buf {
     SLIST_ENTRY(pool_buf) next;
-    uint8_t data[];
+    uint8_t *data;
+    int32_t index;        /* in the keep region's buffers (keep.c), -1: from the heap */
 };
 struct pool {
     SLIST_HEAD(, pool_buf) free;
     uint32_t size;        /* data bytes per buffer */
     uint32_t n_free, max_free;
     uint64_t n_live;
+    struct pool_buf *region; /* the keep region's buffers' headers, NULL: heap buffers */
 };
 void pool_init(struct pool *p, uint32_t size, uint32_t max_free);
+/* Buffers from the keep region instead (n of size bytes at base): a
+ * fixed set, never freed; pool_get() returns NULL when all are in use. */
+int pool_init_region(struct pool *p, uint32_t size, uint8_t *base, uint32_t n);
 void pool_drain(struct pool *p);
 struct pool_buf *pool_get(struct pool *p);
 void pool_put(struct pool *p, struct pool_buf *b);
@@ -57,6 +62,7 @@ struct relay_dir {
     uint32_t release;        /* while held: messages still let past it (relay_release_held) */
     uint16_t type;           /* the message being framed (set at its header) */
     uint64_t bytes, msgs;    /* forwarded (committed) */
+    struct pool_buf *kp_old; /* kept: the buffer a compaction left, until the next commit */
 };
 
 /* Ack flow control, terminated on each leg (PROTOCOL.md 2.3, 5.4). */
@@ -261,6 +267,15 @@ struct chan {
     bool leaving;               /* being closed: no longer counted by migration */
     bool attached;              /* in s->chans (authenticated); else in worker->pending */
     bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */
+
+    /* The keep region (keep.c; --supervise): its slot (KP_NONE: not kept),
+     * the backend socket the keeper holds, the kernel's positions of both
+     * sockets before this process's transports counted (client in, out,
+     * backend in, out), and why it cannot be resumed for now. */
+    uint32_t kp_slot;
+    int kp_bfd;
+    uint64_t kp_base[4];
+    const char *kp_unstable;
 };
 
 /* The session's migration state, owned by the engine (migrate/handover.c). */
@@ -293,6 +308,11 @@ struct session {
     struct reattach_args *pending_reattach; /* scheduled for the next loop turn */
     bool swallow_channels_list; /* the fresh backend's first CHANNELS_LIST */
     uint64_t t_reattach;
+    /* The keep region (keep.c): the session's slot, what it last wrote. */
+    uint32_t kp_slot;
+    bool kp_dirty;
+    uint32_t kp_migrations, kp_backend_id;
+    const char *kp_unstable;    /* static: why its channels cannot be resumed */
     const char *reattach_cause; /* static string: why the source was given up */
     char sid[16];               /* "sid=xxxxxxxx" or "sid=-" for logs */
     /* Carried to a new process (snapshot.c): FROZEN while its snapshot is
@@ -338,6 +358,7 @@ struct session_worker {
     struct wire_caps chan_caps[SPICE_END_CHANNEL];
     bool chan_caps_known[SPICE_END_CHANNEL];
     TAILQ_HEAD(, session_lookup) lookups; /* session_lookup()s waiting for an answer */
+    struct kp_part *kp;             /* this worker's part of the keep region, NULL: none */
 };
 
 struct session_lookup {
@@ -349,6 +370,32 @@ struct session_lookup {
     session_lookup_fn cb;
     void *arg;
 };
+
+/* ------------------------------------------------------------------ keep region (keep.c) */
+
+#define KP_NONE 0u
+/* The call a commit names (what runs right after it). */
+enum keep_op { KEEP_NONE, KEEP_READ_TO_B, KEEP_READ_TO_C, KEEP_WRITE_TO_B,
+                  KEEP_WRITE_TO_C };
+struct kp_part;
+void keep_worker_attach(struct session_worker *w);
+/* A channel starts relaying (or is resumed here): a slot, its sockets to
+ * the keeper, its first commit. Sessions it cannot keep are marked. */
+void keep_chan_enter(struct chan *c);
+/* The channel ends: its slot freed, the keeper lets its sockets go. */
+void keep_chan_leave(struct chan *c);
+/* Its backend leg changed: the new socket to the keeper. */
+void keep_chan_rehold(struct chan *c);
+/* Before a call that changes one of c's streams (c kept). */
+void keep_commit(struct chan *c, int op);
+/* The session ends: its slot freed. */
+void keep_session_leave(struct session *s);
+/* The session cannot be resumed after a crash (why: static), from now on. */
+void keep_session_unstable(struct session *s, const char *why);
+static inline bool chan_kept(const struct chan *c)
+{
+    return c->kp_slot != KP_NONE;
+}
 
 /* session.c */
 /* The worker's resolver, made on first use; NULL if it cannot be made. */

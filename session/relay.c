@@ -98,13 +98,40 @@ static void dir_release_if_empty(struct chan *c, struct relay_dir *d)
     }
 }
 
-/* Moves the unsent bytes to the front of the buffer. */
-static void dir_compact(struct relay_dir *d)
+/* Buffers are about to change in place under the last commit (a
+ * migration's messages moved in): the keep region says the channel cannot be
+ * resumed until its next commit. */
+static void keep_unsafe(struct chan *c)
+{
+    if (!chan_kept(c))
+        return;
+    c->kp_unstable = "a migration was under way";
+    keep_commit(c, KEEP_NONE);
+    c->kp_unstable = NULL;
+}
+
+/* Moves the unsent bytes to the front of the buffer. Kept (--supervise), bytes a
+ * commit still names are never overwritten: when they overlap their new
+ * place, they go to a fresh buffer instead (the old one is given back after
+ * the next commit); without one, nothing moves. */
+static void dir_compact(struct chan *c, struct relay_dir *d)
 {
     uint32_t off = d->head;
     if (off == 0)
         return;
-    memmove(d->buf->data, d->buf->data + off, d->tail - off);
+    if (chan_kept(c) && d->tail - off > off) {
+        struct pool_buf *nb = pool_get(&c->w->pool);
+        if (nb == NULL)
+            return;
+        memcpy(nb->data, d->buf->data + off, d->tail - off);
+        if (d->kp_old == NULL)
+            d->kp_old = d->buf;
+        else
+            pool_put(&c->w->pool, d->buf); /* no commit named it */
+        d->buf = nb;
+    } else {
+        memmove(d->buf->data, d->buf->data + off, d->tail - off);
+    }
     d->head = 0;
     d->parsed -= off;
     d->tail -= off;
@@ -115,9 +142,29 @@ static void dir_compact(struct relay_dir *d)
 /* Cuts `len` bytes at `parsed` out of the stream (a message the broker
  * consumed). The unsent bytes before it move up, which is cheap: they are at
  * most one buffer and usually none. */
-static void dir_cut(struct relay_dir *d, uint32_t len)
+static void dir_cut(struct chan *c, struct relay_dir *d, uint32_t len)
 {
     uint32_t pending = d->parsed - d->head;
+    if (pending > 0 && chan_kept(c)) {
+        /* The move overwrites bytes the last commit names: if it cannot go
+         * to a fresh buffer, the session is not resumable across it. */
+        struct pool_buf *nb = pool_get(&c->w->pool);
+        if (nb != NULL) {
+            memcpy(nb->data + d->head + len, d->buf->data + d->head, pending);
+            memcpy(nb->data + d->parsed + len, d->buf->data + d->parsed + len,
+                   d->tail - d->parsed - len);
+            if (d->kp_old == NULL)
+                d->kp_old = d->buf;
+            else
+                pool_put(&c->w->pool, d->buf);
+            d->buf = nb;
+            pending = 0;
+        } else {
+            c->kp_unstable = "a message was cut out of a full relay";
+            keep_commit(c, KEEP_NONE);
+            c->kp_unstable = NULL;
+        }
+    }
     if (pending > 0)
         memmove(d->buf->data + d->head + len, d->buf->data + d->head, pending);
     d->head += len;
@@ -194,6 +241,7 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
         }
         if (type == SPICE_MSGC_MAIN_AGENT_START) {
             c->s->agent_started = true;
+            c->s->kp_dirty = true;
             (void)wire_u32_body_parse(body, len, &c->s->agent_tokens);
             return RV_KEEP;
         }
@@ -257,6 +305,7 @@ static enum relay_verdict handle(struct chan *c, struct relay_dir *d, uint16_t t
     }
     /* Main channel: what the client believes, for a reattach. */
     struct session *s = c->s;
+    s->kp_dirty = true; /* the keep region gets the session down again (rare messages) */
     switch (type) {
     case SPICE_MSG_MAIN_MOUSE_MODE: {
         struct wire_mouse_mode mm;
@@ -365,14 +414,14 @@ static int64_t dir_frame(struct chan *c, struct relay_dir *d, const char **why)
         if (avail < HDR + h.size) {
             /* Wait for the rest, with room for it at the end of the buffer. */
             if (c->w->pool.size - d->parsed < HDR + h.size && d->head > 0)
-                dir_compact(d);
+                dir_compact(c, d);
             break;
         }
         v = handle(c, d, h.type, d->buf->data + d->parsed + HDR, h.size, why);
         if (v == RV_FAIL)
             return -1;
         if (v == RV_DROP) {
-            dir_cut(d, HDR + h.size);
+            dir_cut(c, d, HDR + h.size);
         } else {
             if (d->hold)
                 d->release--;
@@ -488,6 +537,8 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
         return 0;
     }
 
+    if (chan_kept(c))
+        keep_commit(c, d == &c->to_b ? KEEP_WRITE_TO_B : KEEP_WRITE_TO_C);
     ssize_t w = transport_writev(t, iov, n);
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -544,7 +595,7 @@ static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
     }
     uint32_t size = c->w->pool.size;
     if (d->head > 0 && (d->head == d->tail || size - d->tail < COMPACT_BELOW))
-        dir_compact(d);
+        dir_compact(c, d);
     uint32_t room = size - d->tail;
     if (room == 0) {
         if (!d->read_blocked) {
@@ -554,6 +605,8 @@ static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
         return 0;
     }
     struct transport *t = src_t(c, d);
+    if (chan_kept(c))
+        keep_commit(c, d == &c->to_b ? KEEP_READ_TO_B : KEEP_READ_TO_C);
     ssize_t r = transport_read(t, d->buf->data + d->tail, room);
     if (transport_pending_out(t)) /* a WebSocket PONG, a TLS key update */
         event_add(t == c->client_side.t ? c->client_side.wr : c->b_wr, NULL);
@@ -765,6 +818,7 @@ int relay_start(struct chan *c, const uint8_t *c_leftover, size_t c_len,
         chan_close(c, "out of memory");
         return -1;
     }
+    keep_chan_enter(c);
     chan_arm_read(c->client_side.rd, c->client_side.t);
     chan_arm_read(c->b_rd, c->cur->t);
     if (chan_service(c) < 0)
@@ -783,6 +837,7 @@ void relay_resume(struct chan *c)
 {
     if (c->client_side.rd == NULL && !relay_events_new(c))
         return;
+    keep_chan_enter(c);
     c->to_b.read_blocked = c->to_c.read_blocked = false;
     if (!c->to_b.eof)
         chan_arm_read(c->client_side.rd, c->client_side.t);
@@ -815,7 +870,7 @@ static int dir_room(struct chan *c, struct relay_dir *d, uint32_t need)
     if (dir_ensure_buf(c, d) < 0)
         return -1;
     if (c->w->pool.size - d->tail < need)
-        dir_compact(d);
+        dir_compact(c, d);
     return c->w->pool.size - d->tail < need ? -1 : 0;
 }
 
@@ -824,6 +879,7 @@ int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t firs
 {
     struct event_base *base = c->w->env.base;
     struct relay_dir *tc = &c->to_c, *tb = &c->to_b;
+    keep_unsafe(c);
     /* Toward the client: nothing unframed from the source survives (it said
      * its last word with MIGRATE_DATA); the destination's held messages go
      * after what the client is still owed. */
@@ -946,6 +1002,7 @@ int relay_attach_backend(struct chan *c, struct leg *l)
 int relay_push(struct chan *c, bool to_backend, const uint8_t *msgs, uint32_t len)
 {
     struct relay_dir *d = to_backend ? &c->to_b : &c->to_c;
+    keep_unsafe(c);
     if (d->body_left != 0 || dir_room(c, d, len) < 0)
         return -1;
     memmove(d->buf->data + d->parsed + len, d->buf->data + d->parsed, d->tail - d->parsed);

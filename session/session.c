@@ -36,7 +36,18 @@ struct session_worker *session_worker_new(const struct session_env *env)
     }
     w->env = *env;
     w->hooks = env->migration;
-    pool_init(&w->pool, env->buffer_size, 8);
+    if (env->keep != NULL) {
+        uint32_t n;
+        uint8_t *bufs = keep_buffers(env->keep, (uint32_t)env->worker_index, &n);
+        if (keep_buf_size(env->keep) != env->buffer_size ||
+            pool_init_region(&w->pool, env->buffer_size, bufs, n) < 0) {
+            free(w);
+            return NULL;
+        }
+        keep_worker_attach(w);
+    } else {
+        pool_init(&w->pool, env->buffer_size, 8);
+    }
     TAILQ_INIT(&w->sessions);
     TAILQ_INIT(&w->pending);
     TAILQ_INIT(&w->dead);
@@ -215,6 +226,7 @@ static void chan_disarm(struct chan *c)
 static void chan_bury(struct chan *c)
 {
     c->closing = true;
+    keep_chan_leave(c);
     chan_disarm(c);
     TAILQ_INSERT_TAIL(&c->w->dead, c, link);
     event_active(c->w->reap, 0, 0);
@@ -330,6 +342,7 @@ void session_close(struct session *s, const char *reason)
             chan_bury(c);
         }
     }
+    keep_session_leave(s);
     w->hooks->session_free(s); /* its timers, a prepare waiting on it */
     if (s->expiry != NULL) {
         event_free(s->expiry);

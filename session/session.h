@@ -126,11 +126,72 @@ struct session_env {
      * NULL: never. */
     const atomic_bool *draining;
 
+    /* Crash-safe channel state (--supervise; keep_open below): the
+     * relay buffers come from it and every live channel is written down in
+     * it; NULL: none. */
+    struct keep *keep;
+
     int link_timeout_ms;     /* a client link must complete within this */
     int backend_timeout_ms;  /* connect + link to the backend within this */
     uint32_t buffer_size;    /* relay buffer per direction while data flows */
     const char *broker_id;
 };
+
+/* ------------------------------------------------------------------ the keep region (keep.c) */
+
+/* The shared-memory region a keeper process holds (spice-broker
+ * --supervise): per worker, a slot per channel and per session, and the
+ * relay buffers. A process that crashes leaves in it, for every live plain
+ * TCP channel, its state as of just before its last system call; the keeper
+ * reconciles that with the kernel's counters of the sockets it holds
+ * (keep_recover) and hands the sessions to the next process as an
+ * upgrade does. */
+struct keep;
+struct keep_layout {
+    uint32_t n_workers;
+    uint32_t slots;          /* channel slots per worker */
+    uint32_t sessions;       /* session slots per worker */
+    uint32_t bufs;           /* relay buffers per worker */
+    uint32_t buf_size;       /* bytes per buffer (--buffer-size) */
+};
+/* Lays the region out anew over fd (a memfd: sized here; everything free)
+ * and tells the keeper over keeper_fd (a SOCK_SEQPACKET socket) which
+ * sockets each channel uses. NULL with *why. */
+struct keep *keep_open(int fd, const struct keep_layout *lay, int keeper_fd,
+                             const char **why);
+void keep_close(struct keep *j);
+uint32_t keep_buf_size(const struct keep *j);
+/* A worker's relay buffers (*n of keep_buf_size() bytes). */
+uint8_t *keep_buffers(struct keep *j, uint32_t worker, uint32_t *n);
+
+/* What a process tells its keeper: a channel's two sockets (client, backend;
+ * SCM_RIGHTS beside it) to hold for slot (worker, slot), or that it ended. */
+enum keeper_op { KEEPER_HOLD = 1, KEEPER_RELEASE, KEEPER_LISTENER, KEEPER_REGION, KEEPER_READY };
+struct keeper_msg {
+    uint32_t op;             /* enum keeper_op */
+    uint32_t worker, slot;
+    uint32_t kind;           /* LISTENER: enum snap_listener_kind */
+    int64_t lease;           /* READY: the zone registration's lease */
+};
+
+/* In the keeper, after its process died: for every session whose channels
+ * it holds the sockets of (held[0..n_held): (worker, slot) and the keeper's
+ * own descriptors), out(arg, snap, sid, NULL, fds, n_fds) with the session
+ * brought up to its sockets' kernel counters and its sockets in snapshot
+ * order (two per channel), or out(arg, NULL, sid, why, NULL, 0) when it
+ * cannot be resumed. Only those slots are read. Returns the sessions seen,
+ * -1 on error. The snapshot's buffers point into the region: valid during
+ * the call only. */
+struct keep_held {
+    uint32_t worker, slot;
+    int cfd, bfd;
+};
+typedef void (*keep_session_fn)(void *arg, const struct snap_carried *snap, uint32_t sid,
+                                const char *why, const int *fds, size_t n_fds);
+int keep_recover(int region_fd, const struct keep_held *held, size_t n_held,
+                 keep_session_fn out, void *arg);
+/* The region's workers and channel slots per worker; -1 if not laid out. */
+int keep_region_shape(int region_fd, uint32_t *n_workers, uint32_t *slots);
 
 #define SESSION_KEY_ROTATE_MS 60000
 #define SESSION_KEY_MAX_TICKETS 65536u

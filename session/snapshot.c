@@ -263,8 +263,10 @@ static void let_go(struct session *s)
 {
     struct session_worker *w = s->w;
     struct chan *c;
+    keep_session_leave(s);
     while ((c = TAILQ_FIRST(&s->chans)) != NULL) {
         TAILQ_REMOVE(&s->chans, c, link);
+        keep_chan_leave(c);
         w->stats.bytes_to_client += c->to_c.bytes;
         w->stats.bytes_to_backend += c->to_b.bytes;
         if (c->state == CH_RELAY)

@@ -90,6 +90,7 @@ struct transport {
     uint64_t out_left;          /* payload bytes that frame still owes */
     bool close_queued;
     struct transport *inner;    /* wss: the TLS transport under the frames (owned) */
+    uint64_t raw_in, raw_out;   /* TCP: bytes read from and written to the socket */
 };
 
 /* Sends what waits in t->out. 1 all out (the queue gives its memory back:
@@ -129,6 +130,8 @@ static ssize_t tcp_read(struct transport *t, void *buf, size_t len)
     do {
         r = recv(t->fd, buf, len, 0);
     } while (r < 0 && errno == EINTR);
+    if (r > 0)
+        t->raw_in += (uint64_t)r;
     if (r < 0) {
         t->wants = TRANSPORT_WANT_READ;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -152,6 +155,8 @@ static ssize_t tcp_writev(struct transport *t, const struct iovec *iov, int n)
     if (n == 0)
         return 0;
     ssize_t w = sock_writev(t->fd, iov, n);
+    if (w > 0)
+        t->raw_out += (uint64_t)w;
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             t->wants = TRANSPORT_WANT_WRITE;
@@ -911,6 +916,12 @@ void transport_free(struct transport *t)
         close(t->fd);
     byteq_free(&t->out);
     free(t);
+}
+
+void transport_raw_counts(const struct transport *t, uint64_t *in, uint64_t *out)
+{
+    *in = t->raw_in;
+    *out = t->raw_out;
 }
 
 int transport_export(const struct transport *t, struct transport_export *out)

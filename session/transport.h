@@ -95,6 +95,9 @@ const char *transport_error(const struct transport *t);
 /* Ends the stream politely without waiting (TLS close_notify, WebSocket
  * CLOSE with code), best effort; then transport_free(). */
 void transport_shutdown(struct transport *t, uint16_t ws_code);
+/* TCP: the bytes this transport has read from and written to its socket
+ * (the keep region's reconciliation with the kernel's counters); others: 0. */
+void transport_raw_counts(const struct transport *t, uint64_t *in, uint64_t *out);
 /* Closes the socket and frees everything; NULL is a no-op. */
 void transport_free(struct transport *t);
 
