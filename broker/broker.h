@@ -72,6 +72,10 @@ struct broker {
     /* Live hand-over (upgrade.h): from the process this one replaced (its
      * records come here while it drains), to the one replacing this one. */
     struct upgrade *upgrade_from, *upgrade_to;
+    /* --supervise: the keeper's socket (-1: not supervised) and the keep
+     * region every channel's state lives in (broker/keeper.h). */
+    int keeper_fd;
+    struct keep *keep;
     int argc;
     char **argv;                 /* main()'s, for the next process */
     char self_exe[4096];         /* this executable's path at start */

@@ -227,6 +227,12 @@ static const struct opt opts[] = {
       0, 0, NULL, NULL,
       "close a session when its token expires (Nova's [consoleauth] enforce_session_timeout; "
       "a Nova token expires [nova] token_grace after the broker first resolved it)" },
+    { "supervise", OPT_FLAG, offsetof(struct config, supervise), 0, 0, 0, NULL, NULL,
+      "run under a small keeper process that holds every listening socket, both sockets of "
+      "every live channel and each channel's state (a shared-memory region written before "
+      "each system call): when the broker dies (kill -9, a crash) the keeper starts it again "
+      "and its plain TCP sessions go on without a disconnect (TLS and WebSocket ones end); "
+      "spice-brokerctl upgrade is refused under it" },
     { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
       "validate the configuration and exit (0 if valid)" },
 };

@@ -97,6 +97,7 @@ struct config {
     int broker_lease_ttl; /* seconds: the zone registration's lease */
     bool check_only;
     bool enforce_session_timeout;
+    bool supervise;              /* run under a keeper process (broker/keeper.h) */
     bool token_key_compat;         /* lookups also try a token's bare sha256 name */
 };
 

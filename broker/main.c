@@ -24,6 +24,7 @@
 #include "broker/nova.h"
 #include "broker/peer.h"
 #include "broker/tls.h"
+#include "broker/keeper.h"
 #include "broker/upgrade.h"
 #include "broker/vv.h"
 #include "broker/web.h"
@@ -1057,6 +1058,7 @@ int main(int argc, char **argv)
 {
     struct broker b;
     memset(&b, 0, sizeof(b));
+    b.keeper_fd = -1;
     the_broker = &b;
     b.argc = argc;
     b.argv = argv;
@@ -1094,6 +1096,16 @@ int main(int argc, char **argv)
         return 0;
     }
     log_set_level((enum log_level)b.cfg.log_level);
+    /* --supervise: this process becomes the keeper and runs the broker as
+     * its child (which finds the keeper's descriptors in its environment). */
+    int keep_fd;
+    keeper_child_fds(&b.keeper_fd, &keep_fd);
+    if (b.cfg.supervise && b.keeper_fd < 0) {
+        seal_keys_free(b.keys);
+        OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
+        return keeper_run(argc, argv);
+    }
+
     if (!seal_keys_sealing(b.keys))
         log_warnx("store: backend passwords are stored in clear in token records "
                   "(no --store-key)");
@@ -1335,6 +1347,23 @@ int main(int argc, char **argv)
                  "not %d", inherited, b.cfg.workers);
         b.cfg.workers = inherited;
     }
+    if (b.keeper_fd >= 0) {
+        /* Supervised: the relay buffers and every channel's state in the
+         * keeper's region (session/session.h, struct keep). */
+        const char *kerr2 = NULL;
+        struct keep_layout lay = { .n_workers = (uint32_t)b.cfg.workers,
+                                   .slots = KEEPER_SLOTS,
+                                   .sessions = KEEPER_SESSIONS,
+                                   .bufs = KEEPER_BUFS,
+                                   .buf_size = (uint32_t)b.cfg.buffer_size };
+        if (keep_fd < 0 || (b.keep = keep_open(keep_fd, &lay, b.keeper_fd, &kerr2)) == NULL) {
+            log_error("keeper: its region: %s", kerr2 != NULL ? kerr2 : "not passed");
+            goto out;
+        }
+        env.keep = b.keep;
+        log_info("keeper: live channels' state kept in its region across a crash (%u workers, "
+                 "%u relay buffers of %u bytes each)", lay.n_workers, lay.bufs, lay.buf_size);
+    }
     /* Whose PROXY header or X-Forwarded-For names the client (checked by
      * config_validate). */
     struct proxy_trust trust;
@@ -1432,6 +1461,9 @@ int main(int argc, char **argv)
          * main (it keeps it alive no more); else a registration of our own. */
         zone_take_over(b.zone, main_now);
     }
+    if (b.keeper_fd >= 0 && keeper_child_ready(&b, b.keeper_fd, zone_lease(b.zone)) < 0)
+        log_warnx("keeper: cannot reach it (%s): a crash of this process ends its sessions",
+                  strerror(errno));
     /* Every port listens, the admin endpoint too, the store is open and
      * loaded, the workers run: READY=1 (systemd starts what is ordered
      * after the broker, and a client connecting now is served). */
@@ -1518,6 +1550,7 @@ out:
     free(vv_ca);
     resolver_free(b.resolver);
     store_free(b.store);
+    keep_close(b.keep);
     seal_keys_free(b.keys);
     OPENSSL_cleanse(b.peer_secret, sizeof(b.peer_secret));
     if (b.base != NULL)

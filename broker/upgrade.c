@@ -159,6 +159,11 @@ static int send_msg(int fd, const struct snap_handover *h, const int *fds, size_
     return send_msg_flags(fd, 0, h, fds, n_fds);
 }
 
+int upgrade_send(int fd, const struct snap_handover *h, const int *fds, size_t n_fds)
+{
+    return send_msg(fd, h, fds, n_fds);
+}
+
 static int send_type(int fd, enum snap_handover_type type, const char *reason)
 {
     struct snap_handover *h = calloc(1, sizeof(*h));
@@ -228,6 +233,11 @@ static int recv_msg(int fd, int flags, struct snap_handover *h, int *fds, size_t
         *n_fds = got;
     free(buf);
     return rc;
+}
+
+int upgrade_recv(int fd, int flags, struct snap_handover *h, int *fds, size_t *n_fds)
+{
+    return recv_msg(fd, flags, h, fds, n_fds);
 }
 
 /* ------------------------------------------------------------------ the new process */
@@ -642,6 +652,32 @@ static void on_start_timeout(evutil_socket_t fd, short what, void *arg)
     finish_failed(arg, "the new process did not serve within the start bound", true);
 }
 
+size_t upgrade_listeners(struct broker *b, struct snap_listener *ls, int *fds, size_t cap)
+{
+    size_t n = 0;
+#define ADD(k, w, f) \
+    do { \
+        if ((f) >= 0 && n < cap) { \
+            ls[n] = (struct snap_listener){ (k), (w) }; \
+            fds[n++] = (f); \
+        } \
+    } while (0)
+    for (int i = 0; i < b->n_workers; i++) {
+        struct worker_fds wf;
+        worker_listen_fds(b->workers[i], &wf);
+        ADD(SNAP_LISTEN_NATIVE, (uint32_t)i, wf.native);
+        ADD(SNAP_LISTEN_TLS, (uint32_t)i, wf.tls);
+        ADD(SNAP_LISTEN_WEB, (uint32_t)i, wf.web);
+    }
+    int admin_fd, metrics_fd;
+    admin_listen_fds(b->admin, &admin_fd, &metrics_fd);
+    ADD(SNAP_LISTEN_ADMIN, 0, admin_fd);
+    ADD(SNAP_LISTEN_METRICS, 0, metrics_fd);
+    ADD(SNAP_LISTEN_STORE_LOCK, 0, store_lock_fd(b->store));
+#undef ADD
+    return n;
+}
+
 /* Every listening socket of this process, by kind, to the new one. */
 static int send_listeners(struct upgrade *u)
 {
@@ -649,43 +685,21 @@ static int send_listeners(struct upgrade *u)
     struct snap_handover *h = calloc(1, sizeof(*h));
     int fds[SNAP_HANDOVER_MAX_LISTENERS];
     int rc = -1, total = 0;
+    struct snap_listener ls[3 * 1024 + 3];
+    int all[3 * 1024 + 3];
     if (h == NULL)
         return -1;
     h->type = SNAP_HO_LISTENERS;
-    struct {
-        enum snap_listener_kind kind;
-        uint32_t worker;
-        int fd;
-    } all[3 * 1024 + 3];
-    size_t n = 0;
-    for (int i = 0; i < b->n_workers && i < 1024; i++) {
-        struct worker_fds wf;
-        worker_listen_fds(b->workers[i], &wf);
-        int per[3] = { wf.native, wf.tls, wf.web };
-        enum snap_listener_kind kinds[3] = { SNAP_LISTEN_NATIVE, SNAP_LISTEN_TLS,
-                                             SNAP_LISTEN_WEB };
-        for (int k = 0; k < 3; k++)
-            if (per[k] >= 0)
-                all[n].kind = kinds[k], all[n].worker = (uint32_t)i, all[n++].fd = per[k];
-    }
-    int admin_fd, metrics_fd;
-    admin_listen_fds(b->admin, &admin_fd, &metrics_fd);
-    if (admin_fd >= 0)
-        all[n].kind = SNAP_LISTEN_ADMIN, all[n].worker = 0, all[n++].fd = admin_fd;
-    if (metrics_fd >= 0)
-        all[n].kind = SNAP_LISTEN_METRICS, all[n].worker = 0, all[n++].fd = metrics_fd;
-    int lock = store_lock_fd(b->store);
-    if (lock >= 0) {
-        /* Both processes append to the embedded store's log from now on:
-         * no compaction here (the new process loads the log again at MAIN). */
+    size_t n = upgrade_listeners(b, ls, all, sizeof(all) / sizeof(all[0]));
+    /* Both processes append to the embedded store's log from now on: no
+     * compaction here (the new process loads the log again at MAIN). */
+    if (store_lock_fd(b->store) >= 0)
         store_set_shared(b->store);
-        all[n].kind = SNAP_LISTEN_STORE_LOCK, all[n].worker = 0, all[n++].fd = lock;
-    }
     for (size_t i = 0; i < n;) {
         h->n_listeners = 0;
         for (; i < n && h->n_listeners < SNAP_HANDOVER_MAX_LISTENERS; i++) {
-            h->listeners[h->n_listeners] = (struct snap_listener){ all[i].kind, all[i].worker };
-            fds[h->n_listeners++] = all[i].fd;
+            h->listeners[h->n_listeners] = ls[i];
+            fds[h->n_listeners++] = all[i];
         }
         if (send_msg(u->fd, h, fds, h->n_listeners) < 0)
             goto fail;
@@ -1000,6 +1014,11 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
                   const char **err)
 {
     struct upgrade *u = b->upgrade_to;
+    if (b->keeper_fd >= 0) {
+        *err = "this broker runs under --supervise: its keeper restarts it (kill it, or "
+               "restart the keeper's service to run another binary)";
+        return -1;
+    }
     if (u != NULL && u->state != UP_FAILED) {
         *err = u->state == UP_SERVING ? "this process has handed over already"
                                       : "an upgrade is under way";

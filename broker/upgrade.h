@@ -80,6 +80,18 @@ int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint3
  * until it exits. -1 with *err if the old process is gone. */
 int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err);
 
+/* ---- both sides, and the keeper (keeper.h) ---- */
+/* One hand-over message with fds beside it (blocking within the socket's
+ * timeouts); 0 or -1 (errno). */
+int upgrade_send(int fd, const struct snap_handover *h, const int *fds, size_t n_fds);
+/* Receives one (flags: MSG_DONTWAIT or 0): 0, 1 at the end of the stream,
+ * -1 (errno), or SNAP_BAD / SNAP_HANDOVER_OTHER_MAJOR. fds beside it in
+ * fds (at most SNAP_HANDOVER_MAX_LISTENERS; NULL: closed). */
+int upgrade_recv(int fd, int flags, struct snap_handover *h, int *fds, size_t *n_fds);
+/* Every listening socket of b (and the embedded store's lock), by kind:
+ * at most cap, their number returned. The descriptors stay b's. */
+size_t upgrade_listeners(struct broker *b, struct snap_listener *ls, int *fds, size_t cap);
+
 /* ---- the old process's side ---- */
 
 /* done(arg, new_pid, NULL) once the new process serves on the handed-over

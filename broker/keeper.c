@@ -1,0 +1,703 @@
+/* broker/keeper.c: spice-broker --supervise (keeper.h). Owns the keeper
+ * process: its copies of the broker's sockets, the keep region, the
+ * broker's restarts and the hand-over of the crashed broker's sessions to
+ * the next one (the old side of upgrade.h's protocol, spoken for a process
+ * that is gone). One thread, poll(2); the broker's side is the two small
+ * calls at the end. */
+#include "broker/keeper.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker/broker.h"
+#include "broker/upgrade.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include <openssl/crypto.h>
+#include "session/session.h"
+
+extern char **environ;
+
+/* The broker's descriptors for the hand-over socket (upgrade.c's CHILD_FD),
+ * the keeper's socket and the keep region. */
+#define CHILD_HO_FD 3
+#define CHILD_KEEPER_FD 4
+#define CHILD_KEEP_FD 5
+/* Restarts: at most RESTART_MAX within RESTART_WINDOW_MS, then the keeper
+ * gives up (something is wrong that a restart does not fix). */
+#define RESTART_MAX 10
+#define RESTART_WINDOW_MS 60000
+/* The hand-over's bounds: each answer, and the whole carry. */
+#define STEP_MS 10000
+#define CARRY_MS 30000
+#define CARRY_WINDOW 16
+
+struct held {
+    int cfd, bfd;
+};
+
+struct listener {
+    struct snap_listener l;
+    int fd;
+};
+
+struct carried {
+    uint32_t sid;
+    uint8_t *bytes;
+    size_t len;
+    int fds[2 * SNAP_MAX_CHANNELS];
+    size_t n_fds;
+    bool sent, answered;
+};
+
+struct keeper {
+    char exe[PATH_MAX];
+    char **argv;
+    int region, sock, child_end, sigfd;
+    pid_t child;
+    bool ready, stopping;
+    int64_t lease;
+    /* the channels' sockets, by (worker, slot) of the running broker */
+    uint32_t n_workers, slots;
+    struct held *held;
+    /* the crashed broker's, until its sessions are handed over */
+    struct held *old;
+    size_t n_old;
+    struct listener *ls, *pend;
+    size_t n_ls, n_pend;
+    struct carried *car;
+    size_t n_car, cap_car;
+    int64_t restarts[RESTART_MAX];
+    size_t n_restarts;
+};
+
+static void close_held(struct held *h, size_t n)
+{
+    for (size_t i = 0; h != NULL && i < n; i++) {
+        if (h[i].cfd >= 0)
+            close(h[i].cfd);
+        if (h[i].bfd >= 0)
+            close(h[i].bfd);
+        h[i].cfd = h[i].bfd = -1;
+    }
+}
+
+static void close_listeners(struct listener *l, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        close(l[i].fd);
+}
+
+/* ------------------------------------------------------------------ the broker's messages */
+
+static struct held *slot_of(struct keeper *k, uint32_t worker, uint32_t slot)
+{
+    if (k->held == NULL) {
+        if (keep_region_shape(k->region, &k->n_workers, &k->slots) < 0 || k->n_workers == 0 ||
+            k->slots == 0)
+            return NULL;
+        size_t n = (size_t)k->n_workers * k->slots;
+        if ((k->held = malloc(n * sizeof(*k->held))) == NULL)
+            return NULL;
+        for (size_t i = 0; i < n; i++)
+            k->held[i].cfd = k->held[i].bfd = -1;
+    }
+    if (worker >= k->n_workers || slot >= k->slots)
+        return NULL;
+    return &k->held[(size_t)worker * k->slots + slot];
+}
+
+static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds, size_t n_fds)
+{
+    size_t used = 0;
+    struct held *h;
+    switch (m->op) {
+    case KEEPER_HOLD:
+        if (n_fds == 2 && (h = slot_of(k, m->worker, m->slot)) != NULL) {
+            close_held(h, 1);
+            h->cfd = fds[0];
+            h->bfd = fds[1];
+            used = 2;
+        } else {
+            log_warnx("keeper: a channel's sockets for slot %u/%u that fit no slot: not kept",
+                      m->worker, m->slot);
+        }
+        break;
+    case KEEPER_RELEASE:
+        if ((h = slot_of(k, m->worker, m->slot)) != NULL)
+            close_held(h, 1);
+        break;
+    case KEEPER_LISTENER:
+        if (n_fds == 1) {
+            struct listener *p = realloc(k->pend, (k->n_pend + 1) * sizeof(*p));
+            if (p != NULL) {
+                k->pend = p;
+                p[k->n_pend++] = (struct listener){ { (enum snap_listener_kind)m->kind,
+                                                      m->worker }, fds[0] };
+                used = 1;
+            }
+        }
+        break;
+    case KEEPER_READY:
+        close_listeners(k->ls, k->n_ls);
+        free(k->ls);
+        k->ls = k->pend;
+        k->n_ls = k->n_pend;
+        k->pend = NULL;
+        k->n_pend = 0;
+        k->lease = m->lease;
+        if (!k->ready)
+            log_info("keeper: broker pid %d serves (%zu listening sockets held)", (int)k->child,
+                     k->n_ls);
+        k->ready = true;
+        break;
+    default:
+        break;
+    }
+    for (size_t i = used; i < n_fds; i++)
+        close(fds[i]);
+}
+
+/* Everything the broker said so far. */
+static void service(struct keeper *k)
+{
+    for (;;) {
+        struct keeper_msg m;
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 4)];
+            struct cmsghdr align;
+        } cm;
+        struct iovec iov = { &m, sizeof(m) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                             .msg_controllen = sizeof(cm.buf) };
+        ssize_t r = recvmsg(k->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;
+        int fds[4];
+        size_t n = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < cnt; i++) {
+                int f;
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                if (n < 4)
+                    fds[n++] = f;
+                else
+                    close(f);
+            }
+        }
+        if (r != (ssize_t)sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+            for (size_t i = 0; i < n; i++)
+                close(fds[i]);
+            continue;
+        }
+        on_msg(k, &m, fds, n);
+    }
+}
+
+/* ------------------------------------------------------------------ the broker process */
+
+static pid_t spawn(struct keeper *k, int ho)
+{
+    size_t n_env = 0;
+    while (environ[n_env] != NULL)
+        n_env++;
+    char **envp = calloc(n_env + 4, sizeof(*envp));
+    if (envp == NULL)
+        return -1;
+    size_t e = 0;
+    for (size_t i = 0; i < n_env; i++)
+        if (strncmp(environ[i], UPGRADE_FD_ENV "=", sizeof(UPGRADE_FD_ENV)) != 0 &&
+            strncmp(environ[i], KEEPER_FD_ENV "=", sizeof(KEEPER_FD_ENV)) != 0 &&
+            strncmp(environ[i], KEEP_FD_ENV "=", sizeof(KEEP_FD_ENV)) != 0)
+            envp[e++] = environ[i];
+    char ho_env[64], kp_env[64], rg_env[64];
+    snprintf(kp_env, sizeof(kp_env), "%s=%d", KEEPER_FD_ENV, CHILD_KEEPER_FD);
+    snprintf(rg_env, sizeof(rg_env), "%s=%d", KEEP_FD_ENV, CHILD_KEEP_FD);
+    envp[e++] = kp_env;
+    envp[e++] = rg_env;
+    if (ho >= 0) {
+        snprintf(ho_env, sizeof(ho_env), "%s=%d", UPGRADE_FD_ENV, CHILD_HO_FD);
+        envp[e++] = ho_env;
+    }
+    k->ready = false;
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* async-signal-safe calls only until execve; every source is >= 10 */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if ((ho >= 0 && dup2(ho, CHILD_HO_FD) < 0) || dup2(k->child_end, CHILD_KEEPER_FD) < 0 ||
+            dup2(k->region, CHILD_KEEP_FD) < 0)
+            _exit(127);
+        execve(k->exe, k->argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    if (pid > 0)
+        log_info("keeper: started broker pid %d%s", (int)pid,
+                 ho >= 0 ? ", handing it the sessions of the one that died" : "");
+    return pid;
+}
+
+/* ------------------------------------------------------------------ a crash */
+
+static void on_recovered(void *arg, const struct snap_carried *snap, uint32_t sid,
+                         const char *why, const int *fds, size_t n_fds)
+{
+    struct keeper *k = arg;
+    if (snap == NULL) {
+        log_warnx("sid=%08x keeper: not resumed after the crash: %s", sid, why);
+        return;
+    }
+    if (k->n_car == k->cap_car) {
+        size_t cap = k->cap_car ? 2 * k->cap_car : 64;
+        struct carried *p = realloc(k->car, cap * sizeof(*p));
+        if (p == NULL) {
+            log_warnx("sid=%08x keeper: not resumed after the crash: out of memory", sid);
+            return;
+        }
+        k->car = p;
+        k->cap_car = cap;
+    }
+    struct carried *c = &k->car[k->n_car];
+    memset(c, 0, sizeof(*c));
+    c->sid = sid;
+    if (snap_carried_encode(snap, &c->bytes, &c->len) < 0) {
+        log_warnx("sid=%08x keeper: not resumed after the crash: its snapshot does not encode",
+                  sid);
+        return;
+    }
+    memcpy(c->fds, fds, n_fds * sizeof(int));
+    c->n_fds = n_fds;
+    k->n_car++;
+}
+
+static void carried_free(struct keeper *k)
+{
+    for (size_t i = 0; i < k->n_car; i++) {
+        OPENSSL_cleanse(k->car[i].bytes, k->car[i].len);
+        free(k->car[i].bytes);
+    }
+    k->n_car = 0;
+}
+
+/* Waits for a hand-over message, serving the broker's keeper messages
+ * meanwhile: 0 (h filled), -1 (the socket ended or failed, or the time is
+ * up), -2 (a signal waits: the main loop reads it). */
+static int ho_wait(struct keeper *k, int ho, struct snap_handover *h, int64_t until)
+{
+    for (;;) {
+        int64_t left = until - clock_mono_ms();
+        if (left <= 0)
+            return -1;
+        struct pollfd p[3] = { { ho, POLLIN, 0 }, { k->sock, POLLIN, 0 }, { k->sigfd, POLLIN, 0 } };
+        int r = poll(p, 3, (int)(left < 1000 ? left : 1000));
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (r <= 0)
+            continue;
+        if (p[1].revents)
+            service(k);
+        if (p[2].revents)
+            return -2;
+        if (p[0].revents) {
+            int rc = upgrade_recv(ho, MSG_DONTWAIT, h, NULL, NULL);
+            if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                continue;
+            return rc == 0 ? 0 : -1;
+        }
+    }
+}
+
+static int send_type(int ho, enum snap_handover_type type)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -1;
+    h->type = type;
+    h->minor = SNAP_HANDOVER_MINOR;
+    snprintf(h->version, sizeof(h->version), "%s", SPICE_BROKER_VERSION);
+    h->pid = (uint32_t)getpid();
+    int rc = upgrade_send(ho, h, NULL, 0);
+    free(h);
+    return rc;
+}
+
+/* The old side of the hand-over, for the broker that died. */
+static void hand_over(struct keeper *k, int ho, int64_t t_crash)
+{
+    struct snap_handover *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return;
+    const char *fail = NULL;
+    uint32_t natives = 0;
+    for (size_t i = 0; i < k->n_ls; i++)
+        natives += k->ls[i].l.kind == SNAP_LISTEN_NATIVE;
+    h->type = SNAP_HO_HELLO;
+    h->minor = SNAP_HANDOVER_MINOR;
+    snprintf(h->version, sizeof(h->version), "%s", SPICE_BROKER_VERSION);
+    h->pid = (uint32_t)getpid();
+    h->workers = natives;
+    h->zone_lease = k->lease;
+    int rc;
+    if (upgrade_send(ho, h, NULL, 0) < 0) {
+        fail = "cannot send the hello";
+        goto out;
+    }
+    rc = ho_wait(k, ho, h, clock_mono_ms() + STEP_MS);
+    if (rc != 0 || h->type != SNAP_HO_ACCEPT) {
+        fail = rc == 0 && h->type == SNAP_HO_REFUSE ? h->reason : "no answer to the hello";
+        goto out;
+    }
+    for (size_t i = 0; i < k->n_ls;) {
+        int fds[SNAP_HANDOVER_MAX_LISTENERS];
+        memset(h, 0, sizeof(*h));
+        h->type = SNAP_HO_LISTENERS;
+        for (; i < k->n_ls && h->n_listeners < SNAP_HANDOVER_MAX_LISTENERS; i++) {
+            h->listeners[h->n_listeners] = k->ls[i].l;
+            fds[h->n_listeners++] = k->ls[i].fd;
+        }
+        if (upgrade_send(ho, h, fds, h->n_listeners) < 0) {
+            fail = "cannot send the listening sockets";
+            goto out;
+        }
+    }
+    memset(h, 0, sizeof(*h));
+    h->type = SNAP_HO_DONE;
+    if (upgrade_send(ho, h, NULL, 0) < 0) {
+        fail = "cannot send the listening sockets";
+        goto out;
+    }
+    rc = ho_wait(k, ho, h, clock_mono_ms() + UPGRADE_START_MS);
+    if (rc != 0 || h->type != SNAP_HO_READY) {
+        fail = "it did not get ready";
+        goto out;
+    }
+    if (send_type(ho, SNAP_HO_MAIN) < 0) {
+        fail = "cannot make it the main process";
+        goto out;
+    }
+    /* The sessions, at most CARRY_WINDOW unanswered. */
+    size_t next = 0, inflight = 0, taken = 0, left = 0;
+    int64_t until = clock_mono_ms() + CARRY_MS;
+    while (next < k->n_car || inflight > 0) {
+        while (next < k->n_car && inflight < CARRY_WINDOW) {
+            struct carried *c = &k->car[next++];
+            memset(h, 0, sizeof(*h));
+            h->type = SNAP_HO_SESSION;
+            h->session_id = c->sid;
+            h->session = c->bytes;
+            h->session_len = c->len;
+            int src = upgrade_send(ho, h, c->fds, c->n_fds);
+            h->session = NULL;
+            if (src < 0) {
+                log_warnx("sid=%08x keeper: cannot hand the session over: %s", c->sid,
+                          strerror(errno));
+                continue;
+            }
+            c->sent = true;
+            inflight++;
+        }
+        if (inflight == 0)
+            break;
+        rc = ho_wait(k, ho, h, until);
+        if (rc != 0) {
+            fail = "it stopped answering for the sessions";
+            goto out;
+        }
+        if (h->type == SNAP_HO_TAKEN || h->type == SNAP_HO_LEFT) {
+            inflight--;
+            if (h->type == SNAP_HO_TAKEN)
+                taken++;
+            else {
+                left++;
+                log_warnx("sid=%08x keeper: the new broker did not take the session: %s",
+                          h->session_id, h->reason);
+            }
+        }
+        snap_handover_clear(h);
+    }
+    log_info("keeper: %zu sessions resumed in broker pid %d, %zu not, %lld ms after the crash",
+             taken, (int)k->child, k->n_car - taken, (long long)(clock_mono_ms() - t_crash));
+out:
+    if (fail != NULL)
+        log_warnx("keeper: handing the sessions to broker pid %d failed: %s", (int)k->child,
+                  fail);
+    snap_handover_clear(h);
+    free(h);
+    close(ho);
+    /* The new broker holds what it took (and told us, HOLD); the rest ends. */
+    carried_free(k);
+    close_held(k->old, k->n_old);
+    free(k->old);
+    k->old = NULL;
+    k->n_old = 0;
+}
+
+/* The broker died: its sessions brought up to date, a new one started and
+ * handed them. 0, or -1 if no new broker could be started. */
+static int restart(struct keeper *k)
+{
+    int64_t t0 = clock_mono_ms();
+    service(k); /* what it said before it died */
+    /* Its table becomes the old one; the next broker's starts empty. */
+    close_held(k->old, k->n_old);
+    free(k->old);
+    k->old = k->held;
+    k->n_old = (size_t)k->n_workers * k->slots;
+    k->held = NULL;
+    size_t n_held = 0;
+    for (size_t i = 0; i < k->n_old; i++)
+        n_held += k->old[i].cfd >= 0 && k->old[i].bfd >= 0;
+    struct keep_held *held = calloc(n_held ? n_held : 1, sizeof(*held));
+    if (held == NULL)
+        return -1;
+    n_held = 0;
+    for (size_t i = 0; i < k->n_old; i++)
+        if (k->old[i].cfd >= 0 && k->old[i].bfd >= 0)
+            held[n_held++] = (struct keep_held){ (uint32_t)(i / k->slots),
+                                                 (uint32_t)(i % k->slots), k->old[i].cfd,
+                                                 k->old[i].bfd };
+    int n = keep_recover(k->region, held, n_held, on_recovered, k);
+    free(held);
+    log_info("keeper: %d sessions in the keep region, %zu resumable (%lld ms)", n < 0 ? 0 : n,
+             k->n_car, (long long)(clock_mono_ms() - t0));
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -1;
+    int ho = fcntl(sv[0], F_DUPFD_CLOEXEC, 10), ho_child = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+    close(sv[0]);
+    close(sv[1]);
+    struct timeval tv = { STEP_MS / 1000, 0 };
+    setsockopt(ho, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    k->child = spawn(k, ho_child);
+    close(ho_child);
+    if (k->child < 0) {
+        close(ho);
+        return -1;
+    }
+    hand_over(k, ho, t0);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the keeper */
+
+static bool restart_allowed(struct keeper *k)
+{
+    int64_t now = clock_mono_ms();
+    size_t kept = 0;
+    for (size_t i = 0; i < k->n_restarts; i++)
+        if (now - k->restarts[i] < RESTART_WINDOW_MS)
+            k->restarts[kept++] = k->restarts[i];
+    k->n_restarts = kept;
+    if (kept == RESTART_MAX)
+        return false;
+    k->restarts[k->n_restarts++] = now;
+    return true;
+}
+
+static char **child_argv(int argc, char **argv)
+{
+    char **out = calloc((size_t)argc + 1, sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    int n = 0;
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--supervise") != 0)
+            out[n++] = argv[i];
+    return out;
+}
+
+int keeper_run(int argc, char **argv)
+{
+    struct keeper k = { .region = -1, .sock = -1, .child_end = -1, .sigfd = -1 };
+    int rc = 1;
+    ssize_t l = readlink("/proc/self/exe", k.exe, sizeof(k.exe) - 1);
+    if (l <= 0) {
+        log_error("keeper: cannot find this binary: %s", strerror(errno));
+        return 1;
+    }
+    k.exe[l] = '\0';
+    k.argv = child_argv(argc, argv);
+    int mfd = memfd_create("spice-broker-keep", MFD_CLOEXEC);
+    int sv[2] = { -1, -1 };
+    if (k.argv == NULL || mfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        log_error("keeper: cannot make the keep region or its socket: %s", strerror(errno));
+        goto out;
+    }
+    k.region = fcntl(mfd, F_DUPFD_CLOEXEC, 10);
+    k.sock = fcntl(sv[0], F_DUPFD_CLOEXEC, 10);
+    k.child_end = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+    close(mfd);
+    close(sv[0]);
+    close(sv[1]);
+    /* Room for a storm of channel starts while the keeper is busy. */
+    int big = 4 << 20;
+    setsockopt(k.sock, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if ((k.sigfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0 || k.region < 0 || k.sock < 0 ||
+        k.child_end < 0) {
+        log_error("keeper: cannot set up: %s", strerror(errno));
+        goto out;
+    }
+    log_info("keeper: pid %d supervises the broker (listening sockets, live channels' sockets "
+             "and their state kept across a crash)", (int)getpid());
+    if ((k.child = spawn(&k, -1)) < 0) {
+        log_error("keeper: cannot start the broker: %s", strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        struct pollfd p[2] = { { k.sock, POLLIN, 0 }, { k.sigfd, POLLIN, 0 } };
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[0].revents)
+            service(&k);
+        if (!p[1].revents)
+            continue;
+        struct signalfd_siginfo si;
+        if (read(k.sigfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+            continue;
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            k.stopping = true;
+            kill(k.child, (int)si.ssi_signo);
+            continue;
+        }
+        if (si.ssi_signo == SIGHUP) {
+            kill(k.child, SIGHUP);
+            continue;
+        }
+        int st;
+        pid_t w;
+        while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+            if (w != k.child)
+                continue;
+            bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+            if (k.stopping || clean) {
+                rc = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+                log_info("keeper: broker pid %d stopped (%s %d); the keeper stops too",
+                         (int)w, WIFEXITED(st) ? "exit" : "signal",
+                         WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+                goto out;
+            }
+            if (!k.ready && WIFEXITED(st)) {
+                rc = WEXITSTATUS(st);
+                log_error("keeper: broker pid %d exited %d before it served: not restarted",
+                          (int)w, rc);
+                goto out;
+            }
+            log_warnx("keeper: broker pid %d died (%s %d); restarting it with its sessions",
+                      (int)w, WIFEXITED(st) ? "exit" : "signal",
+                      WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            if (!restart_allowed(&k)) {
+                log_error("keeper: %d restarts within %d s: giving up", RESTART_MAX,
+                          RESTART_WINDOW_MS / 1000);
+                goto out;
+            }
+            if (restart(&k) < 0) {
+                log_error("keeper: cannot start the broker again: %s", strerror(errno));
+                goto out;
+            }
+        }
+    }
+out:
+    carried_free(&k);
+    free(k.car);
+    close_held(k.held, (size_t)k.n_workers * k.slots);
+    free(k.held);
+    close_held(k.old, k.n_old);
+    free(k.old);
+    close_listeners(k.ls, k.n_ls);
+    close_listeners(k.pend, k.n_pend);
+    free(k.ls);
+    free(k.pend);
+    free(k.argv);
+    if (k.sigfd >= 0)
+        close(k.sigfd);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the broker's side */
+
+static int env_fd(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL)
+        return -1;
+    char *end;
+    long fd = strtol(v, &end, 10);
+    unsetenv(name);
+    if (*end != '\0' || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GETFD) < 0)
+        return -1;
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    return (int)fd;
+}
+
+void keeper_child_fds(int *keeper_fd, int *keep_fd)
+{
+    *keeper_fd = env_fd(KEEPER_FD_ENV);
+    *keep_fd = env_fd(KEEP_FD_ENV);
+}
+
+static int send_one(int fd, const struct keeper_msg *m, int pass)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } cm;
+    struct iovec iov = { (void *)m, sizeof(*m) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (pass >= 0) {
+        memset(&cm, 0, sizeof(cm));
+        mh.msg_control = cm.buf;
+        mh.msg_controllen = sizeof(cm.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass, sizeof(int));
+    }
+    ssize_t r;
+    do
+        r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    return r == (ssize_t)sizeof(*m) ? 0 : -1;
+}
+
+int keeper_child_ready(struct broker *b, int keeper_fd, int64_t lease)
+{
+    struct snap_listener ls[3 * 1024 + 3];
+    int fds[3 * 1024 + 3];
+    size_t n = upgrade_listeners(b, ls, fds, sizeof(fds) / sizeof(fds[0]));
+    for (size_t i = 0; i < n; i++) {
+        struct keeper_msg m = { .op = KEEPER_LISTENER, .worker = ls[i].worker,
+                                .kind = (uint32_t)ls[i].kind };
+        if (send_one(keeper_fd, &m, fds[i]) < 0)
+            return -1;
+    }
+    struct keeper_msg m = { .op = KEEPER_READY, .lease = lease };
+    return send_one(keeper_fd, &m, -1);
+}

@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""spice-broker --supervise: kill -9 of the broker process without a
+disconnect (issue 10 items 7 and 9).
+
+A broker under its keeper (native and browser ports, embedded store) serves a
+spice-gtk session on the echo guest, typing a key every 0.2 s and watching
+the display, while a loop connects to the native port and fetches a page
+from the browser port without a pause. The broker process (status's pid, the
+keeper's child) is killed with SIGKILL twice, 4 s apart:
+  - the keeper starts a new broker each time (a new pid in status) and hands
+    it the session (its log: 1 resumed, 0 not);
+  - no channel of the session closes; the display updates again within 1 s
+    of each kill; every key typed is echoed exactly once, in order;
+  - no connection is refused and every page is served meanwhile (the keeper
+    holds the listening sockets; what arrives during the restart waits in
+    their queues);
+  - a session opened after the kills is served, and SIGTERM to the keeper
+    stops the broker and the keeper (exit 0).
+Then a broker under a keeper that cannot start (its port taken) exits with
+the broker's status instead of restarting it in a loop.
+"""
+import os
+import signal
+import socket
+import sys
+import time
+
+from harness import (Broker, Qemu, Target, check, free_port, good_session, log, run, token,
+                     wait_until)
+from test_upgrade import ConnectLoop
+
+KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
+        0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x2C, 0x2D, 0x2E, 0x2F, 0x30]
+KEY_INTERVAL = 0.2       # 48 key events over ~9.6 s: both kills fall inside
+CLIENT_SECONDS = 14.0
+BACK_WITHIN = 1.0        # the display updates again within this of a kill
+
+
+def kill_broker(b):
+    """SIGKILL the keeper's broker process; returns (its pid, the time)."""
+    pid = b.status()["pid"]
+    check(pid != b.proc.pid, "status names the keeper (%d), not its broker" % pid)
+    t = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    return pid, t
+
+
+def new_broker(b, old):
+    def serving():
+        try:
+            p = b.status()["pid"]
+        except Exception:
+            return None
+        return p if p != old else None
+    return wait_until(serving, 10, what="a new broker process after pid %d" % old)
+
+
+def test_kill(env, q, q2):
+    web_port = free_port()
+    b = Broker(env, link_timeout=2, backend_timeout=2,
+               extra=["--supervise", "--web-listen", "127.0.0.1:%d" % web_port]).start()
+    loop = None
+    try:
+        tok = token("sup")
+        b.token_add(tok, "127.0.0.1", q.spice_port)
+        base = len(q.serial_bytes())
+        c = Target(env, b, q, tok).client(seconds=CLIENT_SECONDS, smartcard=False,
+                                          inval_timestamps=True, keys=KEYS, keys_start=0.5,
+                                          key_interval=KEY_INTERVAL).start()
+        c.wait_ready(15)
+        sid = b.sessions()[0]["id"]
+        loop = ConnectLoop(b.port, web_port)
+        loop.start()
+        kills = []
+        time.sleep(2.0)
+        for n in range(2):
+            pid, t = kill_broker(b)
+            new = new_broker(b, pid)
+            log("kill -9 of broker pid %d: pid %d serves %.0f ms later" % (
+                pid, new, (time.monotonic() - t) * 1000))
+            kills.append((pid, t))
+            check(sid in [x["id"] for x in b.sessions()],
+                  "the new broker (pid %d) does not list session %08x" % (new, sid))
+            if n == 0:
+                time.sleep(4.0)
+        time.sleep(1.0)
+        loop.stop.set()
+        loop.join(10)
+        log("connect loop: %d native connects, %d pages, %d failures" % (
+            loop.n_native, loop.n_pages, len(loop.failures)))
+        check(not loop.failures, "connections failed around the kills: %s" % loop.failures[:5])
+        check(loop.n_native > 50 and loop.n_pages > 50, "the connect loop hardly ran")
+
+        r = c.finish()
+        check(r["main_opened"], "main channel never opened: %s" % r["errors"])
+        check(not r["errors"], "channels closed or failed across the kills: %s" % r["errors"])
+        closed = [k for k, v in r["channels"].items()
+                  if v.get("closed_t") is not None and v["closed_t"] < r["duration"] - 0.5]
+        check(not closed, "channels closed before the client's end: %s" % closed)
+        ts = r["invalidate"]["timestamps"] or []
+        mono0 = r["mono0"]
+        for pid, t in kills:
+            kt = t - mono0
+            after = [x for x in ts if x > kt]
+            check(after, "no display update after the kill of pid %d" % pid)
+            log("display: first update %.0f ms after the kill of pid %d" % (
+                (after[0] - kt) * 1000, pid))
+            check(after[0] - kt < BACK_WITHIN, "the display came back %.3f s after the kill "
+                  "of pid %d" % (after[0] - kt, pid))
+        sent = r["keys"]["sent"]
+        check(r["keys"]["dropped"] == 0 and len(sent) == 2 * len(KEYS),
+              "the client could not send every key (sent %d, dropped %d)" % (
+                  len(sent), r["keys"]["dropped"]))
+        check(sent[0][0] < kills[0][1] - mono0 and kills[-1][1] - mono0 < sent[-1][0],
+              "the kills are not inside the typing")
+        want = [sc if what == "press" else sc | 0x80 for _, sc, what in sent]
+        try:
+            wait_until(lambda: len(q.serial_bytes()) - base >= len(want), 3, what="key echo")
+        except Exception:
+            pass
+        got = q.serial_bytes()[base:]
+        check(got == want, "key echo differs: sent %d events, echoed %d\n  sent %s\n  got  %s" % (
+            len(want), len(got), want, got))
+        log("every one of %d key events echoed once, in order, across 2 kills" % len(want))
+        text = b.log_text()
+        resumed = text.count("1 sessions resumed in broker pid")
+        check(resumed == 2, "the keeper's log shows %d resumptions, not 2" % resumed)
+
+        tok2 = token("sup2")
+        b.token_add(tok2, "127.0.0.1", q2.spice_port)
+        good_session(env, "127.0.0.1", b.port, tok2, what="after the kills")
+    finally:
+        if loop is not None:
+            loop.stop.set()
+    keeper = b.proc
+    keeper.send_signal(signal.SIGTERM)
+    try:
+        rc = keeper.wait(10)
+    except Exception:
+        rc = None
+    check(rc == 0, "the keeper did not stop cleanly on SIGTERM (exit %r)" % rc)
+    log("SIGTERM: broker and keeper stopped, exit 0")
+    b.stop()
+
+
+def test_no_start(env):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    b = Broker(env, name="taken", extra=["--supervise"])
+    b.port = port
+    argv = b.argv()
+    import subprocess
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        s.close()
+    check(p.returncode not in (0, None), "a broker that cannot listen exited %r" % p.returncode)
+    check("before it served: not restarted" in err, "the keeper did not say why: %s" % err[-500:])
+    log("a keeper whose broker cannot listen: exit %d, not restarted" % p.returncode)
+
+
+def test(env):
+    q = Qemu(env, all_devices=False).start()
+    q2 = Qemu(env, name="qemu2", all_devices=False).start()
+    test_kill(env, q, q2)
+    q2.stop()
+    test_no_start(env)
+
+
+if __name__ == "__main__":
+    sys.exit(run(test, __doc__))
