@@ -551,7 +551,11 @@ def main():
     try:
         sport = start_peer_server(procs, a.peer, tmp, a.budget + 30, "relay_bench")
         bench = Bench(a, procs, tmp)
-        starters = {"broker": start_broker, "haproxy": start_haproxy, "nginx": start_nginx}
+        starters = {"broker": start_broker, "haproxy": start_haproxy, "nginx": start_nginx,
+                    # the same broker under its keeper (--supervise): every live channel's
+                    # state committed before each system call (issue 10 item 7's cost)
+                    "broker-supervised": lambda *x: start_broker(*x, name="broker-supervised",
+                                                                 extra=["--supervise"])}
         paths = []
         # every relay runs side by side (idle when not measured) so the phases can interleave
         for name in [p.strip() for p in a.paths.split(",") if p.strip()]:
