@@ -274,6 +274,7 @@ struct chan {
      * backend in, out), and why it cannot be resumed for now. */
     uint32_t kp_slot;
     int kp_bfd;
+    size_t kp_consume;          /* CONSUME: the WebSocket bytes peeked and decoded */
     uint64_t kp_base[4];
     const char *kp_unstable;
 };
@@ -376,7 +377,7 @@ struct session_lookup {
 #define KP_NONE 0u
 /* The call a commit names (what runs right after it). */
 enum keep_op { KEEP_NONE, KEEP_READ_TO_B, KEEP_READ_TO_C, KEEP_WRITE_TO_B,
-                  KEEP_WRITE_TO_C };
+                  KEEP_WRITE_TO_C, KEEP_CONSUME_TO_B };
 struct kp_part;
 void keep_worker_attach(struct session_worker *w);
 /* A channel starts relaying (or is resumed here): a slot, its sockets to

@@ -24,9 +24,11 @@
  *  - whatever else changed a stream since the commit (a migration's own
  *    messages) shows as a count nobody explains: that session is not
  *    resumed (its sockets close), never resumed wrong.
- * TLS legs cannot be carried (OpenSSL holds the keys) nor WebSocket ones yet
- * (a frame's header may be half written by several calls in one
- * transport_writev): their sessions are marked so and end with the crash. */
+ * A WebSocket client leg reads by peeking: the frame decoded in place, the
+ * commit, then the socket's bytes taken (a crash in between: the keeper
+ * takes them); its writes are one sendmsg each, booked frame header and
+ * all. TLS legs cannot be carried (OpenSSL holds the keys): their sessions
+ * are marked so and end with the crash. */
 #include <errno.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
@@ -51,7 +53,6 @@
 #define KP_VERSION 1u
 #define NO_BOUNDARY UINT32_MAX
 
-enum kp_op { KP_OP_NONE, KP_OP_READ_TO_B, KP_OP_READ_TO_C, KP_OP_WRITE_TO_B, KP_OP_WRITE_TO_C };
 
 struct kp_header {
     uint64_t magic;
@@ -71,7 +72,7 @@ struct kp_dir {
 
 /* One committed image of a channel. */
 struct kp_chan {
-    uint32_t op;                 /* enum kp_op: the call about to run */
+    uint32_t op;                 /* enum keep_op: the call about to run */
     uint32_t sess;               /* its session's slot */
     uint32_t sid;
     char unstable[48];           /* why it cannot be resumed, "" if it can */
@@ -90,6 +91,11 @@ struct kp_chan {
     /* Stream positions in the kernel's units: bytes taken from (in) and
      * given to (out) each socket since it opened. */
     uint64_t c_in, c_out, b_in, b_out;
+    /* A WebSocket client leg: its frame state; CONSUME: the bytes decoded
+     * from a peek, still in the socket unless the call ran. */
+    bool client_ws;
+    struct transport_ws_out ws;
+    uint64_t consume;
 };
 
 struct kp_session {
@@ -431,6 +437,10 @@ static void chan_image(const struct chan *c, uint32_t op, struct kp_chan *o)
     o->display_init_len = c->display_init_len;
     memcpy(o->surfaces, c->surfaces, sizeof(o->surfaces));
     uint64_t in, out;
+    if (o->client_ws) {
+        transport_ws_out_state(c->client_side.t, &o->ws);
+        o->consume = c->kp_consume;
+    }
     transport_raw_counts(c->client_side.t, &in, &out);
     o->c_in = c->kp_base[0] + in;
     o->c_out = c->kp_base[1] + out;
@@ -486,7 +496,8 @@ static void chan_cold(struct chan *c)
         snprintf(o->client_addr, sizeof(o->client_addr), "%s", c->addr);
         snprintf(o->backend_where, sizeof(o->backend_where), "%s", c->cur->where);
         o->linked_backend_id = c->linked_backend_id;
-        chan_image(c, KP_OP_NONE, o);
+        o->client_ws = transport_kind(c->client_side.t) == TRANSPORT_WS;
+        chan_image(c, KEEP_NONE, o);
         if (pass == 0)
             atomic_store_explicit(&sl->valid, k + 1, memory_order_release);
     }
@@ -527,10 +538,8 @@ void keep_chan_enter(struct chan *c)
         c->cur->t == NULL)
         return;
     const char *why = NULL;
-    if (transport_kind(c->client_side.t) != TRANSPORT_TCP)
-        why = transport_kind(c->client_side.t) == TRANSPORT_TLS
-                  ? "a TLS client leg (OpenSSL keeps the keys)"
-                  : "a WebSocket client leg (not carried through a crash yet)";
+    if (!transport_keepable(c->client_side.t))
+        why = "a TLS client leg (OpenSSL keeps the keys)";
     else if (transport_kind(c->cur->t) != TRANSPORT_TCP)
         why = "a TLS backend leg (OpenSSL keeps the keys)";
     if (why != NULL) {
@@ -545,6 +554,7 @@ void keep_chan_enter(struct chan *c)
         return;
     }
     c->kp_slot = w->kp->free_c[--w->kp->n_free_c];
+    transport_set_kept(c->client_side.t);
     keep_chan_rehold(c);
 }
 
@@ -575,7 +585,64 @@ void keep_worker_attach(struct session_worker *w)
 
 /* ------------------------------------------------------------------ the keeper's side */
 
-/* Books a write of w bytes of d, laid out as relay_dir_layout says. */
+/* What dir_flush offers the sink from d (relay.c: [first][inj][rest], or
+ * the framed bytes). */
+static uint64_t kp_dir_offered(const struct kp_dir *d)
+{
+    if (d->inj_len != 0) {
+        if (d->buf < 0)
+            return d->body_left == 0 ? d->inj_len : 0;
+        if (d->boundary != NO_BOUNDARY && d->boundary >= d->head)
+            return (uint64_t)d->parsed - d->head + d->inj_len;
+    }
+    return d->buf >= 0 ? d->parsed - d->head : 0;
+}
+
+/* A write of d bytes to a WebSocket as its socket saw them (one sendmsg of
+ * ws_writev: the control frames queued at a frame boundary, the frame's
+ * header, its payload): the payload bytes, or -1 with *why. */
+static int64_t ws_sent(struct transport_ws_out *ws, uint64_t offered, uint64_t d,
+                       const char **why)
+{
+    bool mid = ws->out_left > 0 || ws->hdr_sent < ws->hdr_len;
+    uint64_t ctl = 0;
+    if (!mid) {
+        ctl = ws->ctl_len;
+        if (offered > 0) {
+            ws->hdr_len = (uint8_t)ws_header_build(ws->hdr, WS_OP_BINARY, offered, NULL);
+            ws->hdr_sent = 0;
+            ws->out_left = offered;
+        }
+    }
+    uint64_t c = d < ctl ? d : ctl;
+    if (c > 0 && c < ctl) {
+        *why = "a WebSocket control frame half written";
+        return -1;
+    }
+    d -= c;
+    ws->ctl_len = 0; /* sent, or (a PONG the crash took) never will be */
+    uint64_t hh = (uint64_t)(ws->hdr_len - ws->hdr_sent);
+    uint64_t hs = d < hh ? d : hh;
+    ws->hdr_sent = (uint8_t)(ws->hdr_sent + hs);
+    d -= hs;
+    if (ws->hdr_sent < ws->hdr_len) {
+        if (ws->hdr_sent == 0 && !mid) {
+            ws->hdr_len = 0; /* the frame never started */
+            ws->out_left = 0;
+            return 0;
+        }
+        *why = "a WebSocket frame header half written";
+        return -1;
+    }
+    if (d > ws->out_left) {
+        *why = "a WebSocket write longer than its frame";
+        return -1;
+    }
+    ws->out_left -= d;
+    return (int64_t)d;
+}
+
+/* Books a write of w bytes of d, laid out as dir_flush lays it out. */
 static int kp_dir_sent(struct kp_dir *d, uint64_t w)
 {
     bool with_inj = false;
@@ -652,18 +719,38 @@ static const char *reconcile(struct kp_chan *o, int cfd, int bfd, const struct k
     uint64_t d[4] = { ci - o->c_in, co - o->c_out, bi - o->b_in, bo - o->b_out };
     int moved = -1;
     switch (o->op) {
-    case KP_OP_READ_TO_B: moved = 0; break;
-    case KP_OP_WRITE_TO_C: moved = 1; break;
-    case KP_OP_READ_TO_C: moved = 2; break;
-    case KP_OP_WRITE_TO_B: moved = 3; break;
+    case KEEP_READ_TO_B:
+    case KEEP_CONSUME_TO_B: moved = 0; break;
+    case KEEP_WRITE_TO_C: moved = 1; break;
+    case KEEP_READ_TO_C: moved = 2; break;
+    case KEEP_WRITE_TO_B: moved = 3; break;
     default: break;
     }
     for (int i = 0; i < 4; i++)
         if (i != moved && d[i] != 0)
             return "a stream moved that its commit does not explain";
+    if (o->op == KEEP_CONSUME_TO_B) {
+        /* The peeked bytes are decoded in the image: taken from the socket
+         * now if the call did not run. */
+        if (d[0] == o->consume)
+            return NULL;
+        if (d[0] != 0)
+            return "a WebSocket read the commit does not explain";
+        ssize_t r = recv(cfd, NULL, o->consume, MSG_TRUNC | MSG_DONTWAIT);
+        return r == (ssize_t)o->consume ? NULL : "a WebSocket read that cannot be finished";
+    }
     if (moved < 0 || d[moved] == 0)
         return NULL;
     struct kp_dir *dir = moved == 0 || moved == 3 ? &o->to_b : &o->to_c;
+    if (moved == 1 && o->client_ws) {
+        const char *why = NULL;
+        int64_t p = ws_sent(&o->ws, kp_dir_offered(dir), d[moved], &why);
+        if (p < 0)
+            return why;
+        return kp_dir_sent(dir, (uint64_t)p) < 0 ? "a write longer than what it had" : NULL;
+    }
+    if (moved == 0 && o->client_ws)
+        return "a WebSocket read the commit does not explain";
     if (moved == 0 || moved == 2) {
         if (dir->buf < 0 || d[moved] > h->buf_size - dir->tail)
             return "a read past its buffer";
@@ -719,6 +806,8 @@ static void recover_one(const struct kp_header *h, uint8_t *base, const struct k
             why = "its commit is inconsistent";
         else
             why = reconcile(&chans[i], k->cfd, k->bfd, h);
+        if (why == NULL && chans[i].client_ws && chans[i].ws.hdr_sent != chans[i].ws.hdr_len)
+            why = "a WebSocket frame header half written";
         fds[2 * i] = k->cfd;
         fds[2 * i + 1] = k->bfd;
         if (chans[i].type == SPICE_CHANNEL_MAIN)
@@ -761,7 +850,9 @@ static void recover_one(const struct kp_header *h, uint8_t *base, const struct k
         memcpy(cc->caps_common, o->caps_common, sizeof(cc->caps_common));
         cc->n_caps_channel = o->n_caps_channel;
         memcpy(cc->caps_channel, o->caps_channel, sizeof(cc->caps_channel));
-        cc->client_transport = SNAP_CARRY_TCP;
+        cc->client_transport = o->client_ws ? SNAP_CARRY_WS : SNAP_CARRY_TCP;
+        cc->ws_in = o->ws.in;
+        cc->ws_out_left = o->ws.out_left;
         snprintf(cc->client_addr, sizeof(cc->client_addr), "%s", o->client_addr);
         snprintf(cc->backend_where, sizeof(cc->backend_where), "%s", o->backend_where);
         cc->backend_state = LEG_LIVE;

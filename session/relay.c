@@ -525,6 +525,8 @@ static int64_t dir_flush(struct chan *c, struct relay_dir *d, const char **why)
          * record the socket did not take, a WebSocket PONG). */
         if (!transport_pending_out(t))
             return 0;
+        if (chan_kept(c))
+            keep_commit(c, d == &c->to_b ? KEEP_WRITE_TO_B : KEEP_WRITE_TO_C);
         if (transport_writev(t, NULL, 0) < 0 && errno != EAGAIN) {
             d->sink_gone = true;
             event_del(dst_ev(c, d));
@@ -605,9 +607,30 @@ static int64_t dir_read(struct chan *c, struct relay_dir *d, const char **why)
         return 0;
     }
     struct transport *t = src_t(c, d);
-    if (chan_kept(c))
-        keep_commit(c, d == &c->to_b ? KEEP_READ_TO_B : KEEP_READ_TO_C);
-    ssize_t r = transport_read(t, d->buf->data + d->tail, room);
+    ssize_t r;
+    if (chan_kept(c) && transport_kind(t) == TRANSPORT_WS) {
+        /* Decoded in place from a peek; the socket's bytes are taken only
+         * once the commit says so (keep.c). */
+        size_t raw = 0;
+        r = transport_read_kept(t, d->buf->data + d->tail, room, &raw);
+        if (r >= 0 && raw > 0) {
+            d->tail += (uint32_t)r;
+            c->kp_consume = raw;
+            keep_commit(c, KEEP_CONSUME_TO_B);
+            c->kp_consume = 0;
+            if (transport_consume(t, raw) < 0) {
+                *why = "client connection reset";
+                return -1;
+            }
+            if (transport_pending_out(t))
+                event_add(c->client_side.wr, NULL);
+            return r;
+        }
+    } else {
+        if (chan_kept(c))
+            keep_commit(c, d == &c->to_b ? KEEP_READ_TO_B : KEEP_READ_TO_C);
+        r = transport_read(t, d->buf->data + d->tail, room);
+    }
     if (transport_pending_out(t)) /* a WebSocket PONG, a TLS key update */
         event_add(t == c->client_side.t ? c->client_side.wr : c->b_wr, NULL);
     if (r < 0) {

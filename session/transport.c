@@ -91,6 +91,7 @@ struct transport {
     bool close_queued;
     struct transport *inner;    /* wss: the TLS transport under the frames (owned) */
     uint64_t raw_in, raw_out;   /* TCP: bytes read from and written to the socket */
+    bool kept;                  /* WebSocket in the keep region: one sendmsg per writev */
 };
 
 /* Sends what waits in t->out. 1 all out (the queue gives its memory back:
@@ -704,6 +705,8 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
         if (k == 0)
             break;
         ssize_t w = t->inner == NULL ? sock_writev(t->fd, v, k) : transport_writev(t->inner, v, k);
+        if (w > 0 && t->inner == NULL)
+            t->raw_out += (uint64_t)w;
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 t->wants = t->inner == NULL ? TRANSPORT_WANT_WRITE : transport_wants(t->inner);
@@ -754,6 +757,8 @@ static ssize_t ws_writev(struct transport *t, const struct iovec *iov, int n)
             t->wants = t->inner == NULL ? TRANSPORT_WANT_WRITE : transport_wants(t->inner);
             break;
         }
+        if (t->kept)
+            break; /* one system call per commit (keep.c); the caller comes again */
         /* Everything built went out. Go on while the frame owes bytes the
          * caller still has (k hit IOV_LOCAL), a new frame can start, or
          * control frames now stand at a boundary. */
@@ -916,6 +921,82 @@ void transport_free(struct transport *t)
         close(t->fd);
     byteq_free(&t->out);
     free(t);
+}
+
+bool transport_keepable(const struct transport *t)
+{
+    return t->inner == NULL && (t->kind == TRANSPORT_TCP || t->kind == TRANSPORT_WS);
+}
+
+void transport_set_kept(struct transport *t)
+{
+    t->kept = true;
+}
+
+ssize_t transport_read_kept(struct transport *t, void *buf, size_t len, size_t *raw)
+{
+    *raw = 0;
+    if (t->kind != TRANSPORT_WS || t->inner != NULL) {
+        errno = EINVAL; /* plain TCP is read with transport_read() */
+        return -1;
+    }
+    if (t->eof_next)
+        return 0;
+    ssize_t r;
+    do {
+        r = recv(t->fd, buf, len, MSG_PEEK);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        t->wants = TRANSPORT_WANT_READ;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            t->err = "connection reset";
+        return -1;
+    }
+    if (r == 0)
+        return 0;
+    size_t n = 0;
+    const char *why = NULL;
+    if (ws_decode(&t->in, buf, (size_t)r, &n, &why) < 0) {
+        t->err = why;
+        ws_queue_close(t, t->in.error_code);
+        errno = EPROTO;
+        return -1;
+    }
+    *raw = (size_t)r;
+    if (t->in.ping) {
+        t->in.ping = false;
+        ws_queue_control(t, WS_OP_PONG, t->in.ping_data, t->in.ping_len);
+    }
+    if (t->in.closed) {
+        ws_queue_close(t, WS_CLOSE_NORMAL);
+        t->eof_next = true;
+    }
+    return (ssize_t)n;
+}
+
+int transport_consume(struct transport *t, size_t raw)
+{
+    ssize_t r;
+    do {
+        r = recv(t->fd, NULL, raw, MSG_TRUNC | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r > 0)
+        t->raw_in += (uint64_t)r;
+    return r == (ssize_t)raw ? 0 : -1;
+}
+
+void transport_ws_out_state(const struct transport *t, struct transport_ws_out *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (t->kind != TRANSPORT_WS)
+        return;
+    out->in = t->in;
+    out->out_left = t->out_left;
+    memcpy(out->hdr, t->hdr, sizeof(out->hdr));
+    out->hdr_len = t->hdr_len;
+    out->hdr_sent = t->hdr_sent;
+    size_t q = byteq_size(&t->out);
+    out->ctl_len = q > UINT32_MAX ? UINT32_MAX : (uint32_t)q;
 }
 
 void transport_raw_counts(const struct transport *t, uint64_t *in, uint64_t *out)

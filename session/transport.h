@@ -95,6 +95,26 @@ const char *transport_error(const struct transport *t);
 /* Ends the stream politely without waiting (TLS close_notify, WebSocket
  * CLOSE with code), best effort; then transport_free(). */
 void transport_shutdown(struct transport *t, uint16_t ws_code);
+/* The keep region (keep.c, --supervise) keeps plain TCP and WebSocket-on-
+ * TCP transports. A kept WebSocket reads with transport_read_kept(): the
+ * socket's bytes are peeked, decoded into buf (its payload, >= 0 bytes
+ * returned; 0 with *raw == 0 is the end), and stay in the socket until
+ * transport_consume(t, *raw) after the caller wrote its state down; and
+ * its writev makes one system call at most. */
+bool transport_keepable(const struct transport *t);
+void transport_set_kept(struct transport *t);
+ssize_t transport_read_kept(struct transport *t, void *buf, size_t len, size_t *raw);
+int transport_consume(struct transport *t, size_t raw);
+/* A WebSocket's frame state (nothing for others): the decoder, the frame
+ * being written and the control frames queued before the next one. */
+struct transport_ws_out {
+    struct ws_decoder in;
+    uint64_t out_left;
+    uint8_t hdr[WS_MAX_HEADER];
+    uint8_t hdr_len, hdr_sent;
+    uint32_t ctl_len;
+};
+void transport_ws_out_state(const struct transport *t, struct transport_ws_out *out);
 /* TCP: the bytes this transport has read from and written to its socket
  * (the keep region's reconciliation with the kernel's counters); others: 0. */
 void transport_raw_counts(const struct transport *t, uint64_t *in, uint64_t *out);

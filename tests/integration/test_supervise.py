@@ -16,7 +16,9 @@ keeper's child) is killed with SIGKILL twice, 4 s apart:
     their queues);
   - a session opened after the kills is served, and SIGTERM to the keeper
     stops the broker and the keeper (exit 0).
-Then a broker under a keeper that cannot start (its port taken) exits with
+Then spice-html5 in Chromium on the browser port, typing, through two kills:
+no WebSocket closes, every scancode reaches the guest once, in order, the
+canvas keeps changing. Then a broker under a keeper that cannot start (its port taken) exits with
 the broker's status instead of restarting it in a loop.
 """
 import os
@@ -27,6 +29,7 @@ import time
 
 from harness import (Broker, Qemu, Target, check, free_port, good_session, log, run, token,
                      wait_until)
+from html5 import Html5Client, auto_url, ensure_node_modules, key_bytes
 from test_upgrade import ConnectLoop
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
@@ -34,6 +37,7 @@ KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
 KEY_INTERVAL = 0.2       # 48 key events over ~9.6 s: both kills fall inside
 CLIENT_SECONDS = 14.0
 BACK_WITHIN = 1.0        # the display updates again within this of a kill
+TYPED = "keptthroughkill"  # typed in the page, 250 ms apart: both kills fall inside
 
 
 def kill_broker(b):
@@ -143,6 +147,55 @@ def test_kill(env, q, q2):
     b.stop()
 
 
+def test_browser(env, q):
+    """spice-html5 in Chromium on the browser port through two kills."""
+    ensure_node_modules()
+    wport = free_port()
+    b = Broker(env, name="supweb", link_timeout=2, backend_timeout=2,
+               extra=["--supervise", "--web-listen", "127.0.0.1:%d" % wport]).start()
+    try:
+        tok = token("supweb")
+        b.token_add(tok, "127.0.0.1", q.spice_port)
+        base_serial = len(q.serial_bytes())
+        url = auto_url("http://127.0.0.1:%d" % wport, path="websockify", token=tok)
+        h = Html5Client(env, url, seconds=16, keys=TYPED, out_name="html5-supervise",
+                        key_delay_ms=250, load_timeout=40)
+        h.start()
+        wait_until(lambda: b.sessions() or None, 45, what="the browser's session")
+        time.sleep(2.0)
+        for n in range(2):
+            pid, t = kill_broker(b)
+            new = new_broker(b, pid)
+            log("browser: kill -9 of broker pid %d, pid %d serves %.0f ms later" % (
+                pid, new, (time.monotonic() - t) * 1000))
+            time.sleep(1.5)
+        r = h.finish()
+        sm = r["summary"]
+        log("page: canvas %s, %s colours, websockets %s, authed %s, close codes %s" % (
+            sm.get("canvas_size"), sm.get("distinct_colors"), sm.get("websockets"),
+            sm.get("channels_authed"), sm.get("close_codes")))
+        check(sm.get("canvas") and (sm.get("distinct_colors") or 0) > 1,
+              "no canvas, or one colour\n%s" % h.describe())
+        check(not sm.get("close_codes"), "websockets closed across the kills: %s" %
+              sm.get("close_codes"))
+        samples = r.get("samples") or []
+        tail_hashes = {x[1] for x in samples[-20:]}
+        check(len(tail_hashes) > 5, "the display did not change after the kills: %d distinct "
+              "top rows in the last 2 s" % len(tail_hashes))
+        sent = key_bytes(r)
+        check(len(sent) == 2 * len(TYPED), "spice-html5 sent %d scancode bytes for %d keys" % (
+            len(sent), len(TYPED)))
+        echo = q.serial_bytes()[base_serial:]
+        check(list(echo) == list(sent), "guest echo %s != sent %s" % (
+            " ".join("%02X" % x for x in echo), " ".join("%02X" % x for x in sent)))
+        resumed = b.log_text().count("1 sessions resumed in broker pid")
+        check(resumed == 2, "the keeper's log shows %d resumptions, not 2" % resumed)
+        log("browser: %d scancodes typed across 2 kills reached the guest exactly, no "
+            "WebSocket closed, the display went on" % len(sent))
+    finally:
+        b.stop()
+
+
 def test_no_start(env):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -169,6 +222,7 @@ def test(env):
     q2 = Qemu(env, name="qemu2", all_devices=False).start()
     test_kill(env, q, q2)
     q2.stop()
+    test_browser(env, q)
     test_no_start(env)
 
 
