@@ -26,6 +26,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include <openssl/crypto.h>
+#include <systemd/sd-daemon.h>
 #include "session/session.h"
 
 extern char **environ;
@@ -81,7 +82,57 @@ struct keeper {
     size_t n_car, cap_car;
     int64_t restarts[RESTART_MAX];
     size_t n_restarts;
+    /* systemd's file-descriptor store (the keeper is the service's main
+     * process): every descriptor held goes there too, named, so a keeper
+     * killed with its broker is started again with them (LISTEN_FDS). Each
+     * broker started is a generation: its channels' names carry it. */
+    bool fdstore;
+    uint32_t gen, old_gen;
 };
+
+/* ------------------------------------------------------------------ systemd's fd store */
+
+static void fd_store(const struct keeper *k, const char *name, int fd)
+{
+    char st[160];
+    if (!k->fdstore)
+        return;
+    snprintf(st, sizeof(st), "FDSTORE=1\nFDNAME=%s", name);
+    if (sd_pid_notify_with_fds(0, 0, st, &fd, 1) <= 0)
+        log_warnx("keeper: systemd's fd store did not take %s", name);
+}
+
+static void fd_unstore(const struct keeper *k, const char *name)
+{
+    char st[160];
+    if (!k->fdstore)
+        return;
+    snprintf(st, sizeof(st), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+    (void)sd_notify(0, st);
+}
+
+static void chan_names(char c[64], char b[64], uint32_t gen, uint32_t worker, uint32_t slot)
+{
+    snprintf(c, 64, "chan-%u-%u-%u-c", gen, worker, slot);
+    snprintf(b, 64, "chan-%u-%u-%u-b", gen, worker, slot);
+}
+
+static void listener_name(char out[64], const struct snap_listener *l)
+{
+    snprintf(out, 64, "listen-%u-%u", (unsigned)l->kind, l->worker);
+}
+
+/* A slot's sockets leave the store (and are closed). */
+static void unhold(const struct keeper *k, struct held *h, uint32_t gen, uint32_t worker,
+                   uint32_t slot)
+{
+    if (h->cfd >= 0 || h->bfd >= 0) {
+        char cn[64], bn[64];
+        chan_names(cn, bn, gen, worker, slot);
+        fd_unstore(k, cn);
+        fd_unstore(k, bn);
+    }
+}
 
 static void close_held(struct held *h, size_t n)
 {
@@ -126,18 +177,27 @@ static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds,
     switch (m->op) {
     case KEEPER_HOLD:
         if (n_fds == 2 && (h = slot_of(k, m->worker, m->slot)) != NULL) {
+            unhold(k, h, k->gen, m->worker, m->slot);
             close_held(h, 1);
             h->cfd = fds[0];
             h->bfd = fds[1];
             used = 2;
+            if (k->fdstore) {
+                char cn[64], bn[64];
+                chan_names(cn, bn, k->gen, m->worker, m->slot);
+                fd_store(k, cn, h->cfd);
+                fd_store(k, bn, h->bfd);
+            }
         } else {
             log_warnx("keeper: a channel's sockets for slot %u/%u that fit no slot: not kept",
                       m->worker, m->slot);
         }
         break;
     case KEEPER_RELEASE:
-        if ((h = slot_of(k, m->worker, m->slot)) != NULL)
+        if ((h = slot_of(k, m->worker, m->slot)) != NULL) {
+            unhold(k, h, k->gen, m->worker, m->slot);
             close_held(h, 1);
+        }
         break;
     case KEEPER_LISTENER:
         if (n_fds == 1) {
@@ -150,19 +210,31 @@ static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds,
             }
         }
         break;
-    case KEEPER_READY:
+    case KEEPER_READY: {
+        char name[64];
+        for (size_t i = 0; i < k->n_ls; i++) {
+            listener_name(name, &k->ls[i].l);
+            fd_unstore(k, name);
+        }
         close_listeners(k->ls, k->n_ls);
         free(k->ls);
         k->ls = k->pend;
         k->n_ls = k->n_pend;
         k->pend = NULL;
         k->n_pend = 0;
+        for (size_t i = 0; i < k->n_ls; i++) {
+            listener_name(name, &k->ls[i].l);
+            fd_store(k, name, k->ls[i].fd);
+        }
         k->lease = m->lease;
-        if (!k->ready)
-            log_info("keeper: broker pid %d serves (%zu listening sockets held)", (int)k->child,
-                     k->n_ls);
+        if (!k->ready) {
+            log_info("keeper: broker pid %d serves (%zu listening sockets held%s)",
+                     (int)k->child, k->n_ls, k->fdstore ? ", in systemd's fd store too" : "");
+            (void)sd_notifyf(0, "READY=1\nSTATUS=broker pid %d serves", (int)k->child);
+        }
         k->ready = true;
         break;
+    }
     default:
         break;
     }
@@ -237,6 +309,7 @@ static pid_t spawn(struct keeper *k, int ho)
         envp[e++] = ho_env;
     }
     k->ready = false;
+    k->gen++;
     pid_t pid = fork();
     if (pid == 0) {
         /* async-signal-safe calls only until execve; every source is >= 10 */
@@ -296,6 +369,17 @@ static void carried_free(struct keeper *k)
         free(k->car[i].bytes);
     }
     k->n_car = 0;
+}
+
+/* The crashed broker's sockets: out of the store, closed. */
+static void drop_old(struct keeper *k)
+{
+    for (size_t i = 0; k->old != NULL && i < k->n_old; i++)
+        unhold(k, &k->old[i], k->old_gen, (uint32_t)(i / k->slots), (uint32_t)(i % k->slots));
+    close_held(k->old, k->n_old);
+    free(k->old);
+    k->old = NULL;
+    k->n_old = 0;
 }
 
 /* Waits for a hand-over message, serving the broker's keeper messages
@@ -445,24 +529,29 @@ out:
     close(ho);
     /* The new broker holds what it took (and told us, HOLD); the rest ends. */
     carried_free(k);
-    close_held(k->old, k->n_old);
-    free(k->old);
-    k->old = NULL;
-    k->n_old = 0;
+    drop_old(k);
 }
 
 /* The broker died: its sessions brought up to date, a new one started and
  * handed them. 0, or -1 if no new broker could be started. */
+static int resume(struct keeper *k, int64_t t0);
+
 static int restart(struct keeper *k)
 {
     int64_t t0 = clock_mono_ms();
     service(k); /* what it said before it died */
     /* Its table becomes the old one; the next broker's starts empty. */
-    close_held(k->old, k->n_old);
-    free(k->old);
+    drop_old(k);
     k->old = k->held;
+    k->old_gen = k->gen;
     k->n_old = (size_t)k->n_workers * k->slots;
     k->held = NULL;
+    return resume(k, t0);
+}
+
+/* The old table's sessions brought up to date and handed to a new broker. */
+static int resume(struct keeper *k, int64_t t0)
+{
     size_t n_held = 0;
     for (size_t i = 0; i < k->n_old; i++)
         n_held += k->old[i].cfd >= 0 && k->old[i].bfd >= 0;
@@ -498,6 +587,81 @@ static int restart(struct keeper *k)
 }
 
 /* ------------------------------------------------------------------ the keeper */
+
+/* Started by systemd with what the store held (LISTEN_FDS): the keep region,
+ * the listening sockets and the channels' sockets of the broker that died
+ * with the last keeper. Returns 1 when there is something to hand over
+ * (then k->old and k->ls are filled), else 0. */
+static int from_fdstore(struct keeper *k)
+{
+    char **names = NULL;
+    int n = sd_listen_fds_with_names(1, &names);
+    if (n <= 0)
+        return 0;
+    struct stash {
+        unsigned gen, worker, slot;
+        char side;
+        int fd;
+    } *st = calloc((size_t)n, sizeof(*st));
+    size_t ns = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = fcntl(SD_LISTEN_FDS_START + i, F_DUPFD_CLOEXEC, 10);
+        close(SD_LISTEN_FDS_START + i);
+        const char *nm = names != NULL && names[i] != NULL ? names[i] : "";
+        unsigned a, b, c;
+        char side;
+        struct listener *l;
+        if (fd < 0)
+            continue;
+        if (strcmp(nm, "keep-region") == 0 && k->region < 0) {
+            k->region = fd;
+        } else if (sscanf(nm, "listen-%u-%u", &a, &b) == 2 && a > 0 && a < SNAP_LISTEN_KIND_MAX &&
+                   (l = realloc(k->ls, (k->n_ls + 1) * sizeof(*l))) != NULL) {
+            k->ls = l;
+            l[k->n_ls++] = (struct listener){ { (enum snap_listener_kind)a, b }, fd };
+        } else if (st != NULL && sscanf(nm, "chan-%u-%u-%u-%c", &a, &b, &c, &side) == 4 &&
+                   (side == 'c' || side == 'b')) {
+            st[ns++] = (struct stash){ a, b, c, side, fd };
+        } else {
+            close(fd);
+        }
+    }
+    for (int i = 0; names != NULL && i < n; i++)
+        free(names[i]);
+    free(names);
+    unsigned gen = 0;
+    for (size_t i = 0; i < ns; i++)
+        gen = st[i].gen > gen ? st[i].gen : gen;
+    k->gen = k->old_gen = gen;
+    if (ns > 0 && k->region >= 0 && keep_region_shape(k->region, &k->n_workers, &k->slots) == 0 &&
+        (k->old = malloc((size_t)k->n_workers * k->slots * sizeof(*k->old))) != NULL) {
+        k->n_old = (size_t)k->n_workers * k->slots;
+        for (size_t i = 0; i < k->n_old; i++)
+            k->old[i].cfd = k->old[i].bfd = -1;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < ns; i++) {
+        struct stash *x = &st[i];
+        if (k->old != NULL && x->gen == gen && x->worker < k->n_workers && x->slot < k->slots) {
+            struct held *h = &k->old[(size_t)x->worker * k->slots + x->slot];
+            int *at = x->side == 'c' ? &h->cfd : &h->bfd;
+            if (*at < 0) {
+                *at = x->fd;
+                kept++;
+                continue;
+            }
+        }
+        char name[64];
+        snprintf(name, sizeof(name), "chan-%u-%u-%u-%c", x->gen, x->worker, x->slot, x->side);
+        fd_unstore(k, name);
+        close(x->fd);
+    }
+    free(st);
+    log_info("keeper: started by systemd with its fd store: %s, %zu listening sockets, %zu "
+             "channel sockets", k->region >= 0 ? "the keep region" : "no keep region", k->n_ls,
+             kept);
+    return k->n_ls > 0 || kept > 0;
+}
 
 static bool restart_allowed(struct keeper *k)
 {
@@ -536,16 +700,22 @@ int keeper_run(int argc, char **argv)
     }
     k.exe[l] = '\0';
     k.argv = child_argv(argc, argv);
-    int mfd = memfd_create("spice-broker-keep", MFD_CLOEXEC);
+    k.fdstore = getenv("NOTIFY_SOCKET") != NULL;
+    int handed = from_fdstore(&k);
+    int mfd = k.region >= 0 ? -1 : memfd_create("spice-broker-keep", MFD_CLOEXEC);
     int sv[2] = { -1, -1 };
-    if (k.argv == NULL || mfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    if (k.argv == NULL || (k.region < 0 && mfd < 0) ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         log_error("keeper: cannot make the keep region or its socket: %s", strerror(errno));
         goto out;
     }
-    k.region = fcntl(mfd, F_DUPFD_CLOEXEC, 10);
+    if (k.region < 0) {
+        k.region = fcntl(mfd, F_DUPFD_CLOEXEC, 10);
+        close(mfd);
+        fd_store(&k, "keep-region", k.region);
+    }
     k.sock = fcntl(sv[0], F_DUPFD_CLOEXEC, 10);
     k.child_end = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
-    close(mfd);
     close(sv[0]);
     close(sv[1]);
     /* Room for a storm of channel starts while the keeper is busy. */
@@ -566,7 +736,7 @@ int keeper_run(int argc, char **argv)
     }
     log_info("keeper: pid %d supervises the broker (listening sockets, live channels' sockets "
              "and their state kept across a crash)", (int)getpid());
-    if ((k.child = spawn(&k, -1)) < 0) {
+    if (handed ? resume(&k, clock_mono_ms()) < 0 : (k.child = spawn(&k, -1)) < 0) {
         log_error("keeper: cannot start the broker: %s", strerror(errno));
         goto out;
     }
@@ -660,6 +830,13 @@ void keeper_child_fds(int *keeper_fd, int *keep_fd)
 {
     *keeper_fd = env_fd(KEEPER_FD_ENV);
     *keep_fd = env_fd(KEEP_FD_ENV);
+    /* systemd's watchdog names the keeper; the broker pings (NotifyAccess=all). */
+    const char *wpid = getenv("WATCHDOG_PID");
+    if (*keeper_fd >= 0 && wpid != NULL && strtol(wpid, NULL, 10) == (long)getppid()) {
+        char me[24];
+        snprintf(me, sizeof(me), "%d", (int)getpid());
+        setenv("WATCHDOG_PID", me, 1);
+    }
 }
 
 static int send_one(int fd, const struct keeper_msg *m, int pass)
