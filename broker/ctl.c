@@ -724,9 +724,13 @@ static int cmd_upgrade(int argc, char **argv)
     if (st < 200 || st >= 300)
         return report(st, out, false);
     json_t *a = json_loads(out, 0, NULL);
-    printf("upgraded: pid %lld serves; pid %lld drains its sessions\n",
-           (long long)json_integer_value(json_object_get(a, "new_pid")),
-           (long long)json_integer_value(json_object_get(a, "old_pid")));
+    long long new_pid = (long long)json_integer_value(json_object_get(a, "new_pid"));
+    long long old_pid = (long long)json_integer_value(json_object_get(a, "old_pid"));
+    if (new_pid == 0)
+        printf("upgrading: the keeper (--supervise) replaces pid %lld with the new binary and "
+               "carries its sessions over; status shows the new pid\n", old_pid);
+    else
+        printf("upgraded: pid %lld serves; pid %lld drains its sessions\n", new_pid, old_pid);
     json_decref(a);
     free(out);
     return 0;

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "broker/broker.h"
 #include "broker/upgrade.h"
 #include "common/clock.h"
@@ -88,6 +90,7 @@ struct keeper {
      * broker started is a generation: its channels' names carry it. */
     bool fdstore;
     uint32_t gen, old_gen;
+    bool upgrading;              /* the broker was killed for an upgrade (KEEPER_UPGRADE) */
 };
 
 /* ------------------------------------------------------------------ systemd's fd store */
@@ -170,7 +173,8 @@ static struct held *slot_of(struct keeper *k, uint32_t worker, uint32_t slot)
     return &k->held[(size_t)worker * k->slots + slot];
 }
 
-static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds, size_t n_fds)
+static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds, size_t n_fds,
+                   const char *path)
 {
     size_t used = 0;
     struct held *h;
@@ -235,6 +239,17 @@ static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds,
         k->ready = true;
         break;
     }
+    case KEEPER_UPGRADE:
+        if (path != NULL && path[0] == '/' && access(path, X_OK) == 0) {
+            log_info("keeper: upgrade: broker pid %d is replaced by %s, its sessions carried "
+                     "over", (int)k->child, path);
+            snprintf(k->exe, sizeof(k->exe), "%s", path);
+            k->upgrading = true;
+            kill(k->child, SIGKILL);
+        } else {
+            log_warnx("keeper: upgrade: the binary is not executable here: not replaced");
+        }
+        break;
     default:
         break;
     }
@@ -247,12 +262,13 @@ static void service(struct keeper *k)
 {
     for (;;) {
         struct keeper_msg m;
+        char path[PATH_MAX];
         union {
             char buf[CMSG_SPACE(sizeof(int) * 4)];
             struct cmsghdr align;
         } cm;
-        struct iovec iov = { &m, sizeof(m) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+        struct iovec iov[2] = { { &m, sizeof(m) }, { path, sizeof(path) - 1 } };
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2, .msg_control = cm.buf,
                              .msg_controllen = sizeof(cm.buf) };
         ssize_t r = recvmsg(k->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (r < 0 && errno == EINTR)
@@ -274,12 +290,13 @@ static void service(struct keeper *k)
                     close(f);
             }
         }
-        if (r != (ssize_t)sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        if (r < (ssize_t)sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
             for (size_t i = 0; i < n; i++)
                 close(fds[i]);
             continue;
         }
-        on_msg(k, &m, fds, n);
+        path[r - (ssize_t)sizeof(m)] = '\0';
+        on_msg(k, &m, fds, n, r > (ssize_t)sizeof(m) ? path : NULL);
     }
 }
 
@@ -779,9 +796,14 @@ int keeper_run(int argc, char **argv)
                           (int)w, rc);
                 goto out;
             }
-            log_warnx("keeper: broker pid %d died (%s %d); restarting it with its sessions",
-                      (int)w, WIFEXITED(st) ? "exit" : "signal",
-                      WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            if (k.upgrading) {
+                k.upgrading = false;
+                log_info("keeper: starting %s for broker pid %d's sessions", k.exe, (int)w);
+            } else {
+                log_warnx("keeper: broker pid %d died (%s %d); restarting it with its sessions",
+                          (int)w, WIFEXITED(st) ? "exit" : "signal",
+                          WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            }
             if (!restart_allowed(&k)) {
                 log_error("keeper: %d restarts within %d s: giving up", RESTART_MAX,
                           RESTART_WINDOW_MS / 1000);
@@ -877,4 +899,60 @@ int keeper_child_ready(struct broker *b, int keeper_fd, int64_t lease)
     }
     struct keeper_msg m = { .op = KEEPER_READY, .lease = lease };
     return send_one(keeper_fd, &m, -1);
+}
+
+struct child_upgrade {
+    struct broker *b;
+    char path[PATH_MAX];
+    keeper_done_fn done;
+    void *arg;
+    struct event *ev;
+    bool answered;
+};
+
+/* First the answer to spice-brokerctl, then (once it had time to leave) the
+ * keeper's cue. */
+static void on_child_upgrade(evutil_socket_t fd, short what, void *arg)
+{
+    struct child_upgrade *u = arg;
+    if (!u->answered) {
+        u->answered = true;
+        u->done(u->arg, 0, NULL);
+        struct timeval tv = { 0, 300 * 1000 };
+        evtimer_add(u->ev, &tv);
+        return;
+    }
+    struct keeper_msg m = { .op = KEEPER_UPGRADE };
+    struct iovec iov[2] = { { &m, sizeof(m) }, { u->path, strlen(u->path) } };
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+    ssize_t r;
+    do
+        r = sendmsg(u->b->keeper_fd, &mh, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        log_warnx("upgrade: cannot reach the keeper (%s): not replaced", strerror(errno));
+    else
+        log_info("upgrade: the keeper replaces this process (pid %d) with %s", (int)getpid(),
+                 u->path);
+    event_free(u->ev);
+    free(u);
+}
+
+int keeper_child_upgrade(struct broker *b, const char *path, keeper_done_fn done, void *arg,
+                         const char **err)
+{
+    struct child_upgrade *u = calloc(1, sizeof(*u));
+    if (u == NULL || strlen(path) >= sizeof(u->path) ||
+        (u->ev = evtimer_new(b->base, on_child_upgrade, u)) == NULL) {
+        free(u);
+        *err = "out of memory";
+        return -1;
+    }
+    u->b = b;
+    snprintf(u->path, sizeof(u->path), "%s", path);
+    u->done = done;
+    u->arg = arg;
+    struct timeval now = { 0, 0 };
+    evtimer_add(u->ev, &now);
+    return 0;
 }

@@ -48,4 +48,12 @@ void keeper_child_fds(int *keeper_fd, int *keep_fd);
  * then READY with the zone registration's lease. -1 if the keeper is gone. */
 int keeper_child_ready(struct broker *b, int keeper_fd, int64_t lease);
 
+/* In the broker: spice-brokerctl upgrade under the keeper. done(arg, 0,
+ * NULL) answers at once (the new pid is not known yet); then the keeper is
+ * told to replace this process with path (SIGKILL, then its sessions go to
+ * the new binary as after a crash). */
+typedef void (*keeper_done_fn)(void *arg, int new_pid, const char *err);
+int keeper_child_upgrade(struct broker *b, const char *path, keeper_done_fn done, void *arg,
+                         const char **err);
+
 #endif

@@ -26,6 +26,7 @@
 #include <event2/event.h>
 
 #include "broker/broker.h"
+#include "broker/keeper.h"
 #include "broker/notify.h"
 #include "broker/zone.h"
 #include "common/clock.h"
@@ -1014,11 +1015,6 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
                   const char **err)
 {
     struct upgrade *u = b->upgrade_to;
-    if (b->keeper_fd >= 0) {
-        *err = "this broker runs under --supervise: its keeper restarts it (kill it, or "
-               "restart the keeper's service to run another binary)";
-        return -1;
-    }
     if (u != NULL && u->state != UP_FAILED) {
         *err = u->state == UP_SERVING ? "this process has handed over already"
                                       : "an upgrade is under way";
@@ -1043,6 +1039,10 @@ int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, vo
         }
         path = real;
     }
+    /* Under --supervise the keeper replaces this process (its sessions
+     * carried as after a crash: session/keep.c). */
+    if (b->keeper_fd >= 0)
+        return keeper_child_upgrade(b, path, done, arg, err);
     upgrade_free(u);
     b->upgrade_to = NULL;
     while (waitpid(-1, NULL, WNOHANG) > 0)

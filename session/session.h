@@ -166,7 +166,8 @@ uint8_t *keep_buffers(struct keep *j, uint32_t worker, uint32_t *n);
 
 /* What a process tells its keeper: a channel's two sockets (client, backend;
  * SCM_RIGHTS beside it) to hold for slot (worker, slot), or that it ended. */
-enum keeper_op { KEEPER_HOLD = 1, KEEPER_RELEASE, KEEPER_LISTENER, KEEPER_REGION, KEEPER_READY };
+enum keeper_op { KEEPER_HOLD = 1, KEEPER_RELEASE, KEEPER_LISTENER, KEEPER_READY,
+                 KEEPER_UPGRADE /* + the binary's path after the struct */ };
 struct keeper_msg {
     uint32_t op;             /* enum keeper_op */
     uint32_t worker, slot;

@@ -10,7 +10,7 @@ keeper's child) is killed with SIGKILL twice, 4 s apart:
   - the keeper starts a new broker each time (a new pid in status) and hands
     it the session (its log: 1 resumed, 0 not);
   - no channel of the session closes; the display updates again within 1 s
-    of each kill; every key typed is echoed exactly once, in order;
+    of each kill; every key typed is echoed exactly once, in order (across all three);
   - no connection is refused and every page is served meanwhile (the keeper
     holds the listening sockets; what arrives during the restart waits in
     their queues);
@@ -34,7 +34,7 @@ from test_upgrade import ConnectLoop
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
         0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x2C, 0x2D, 0x2E, 0x2F, 0x30]
-KEY_INTERVAL = 0.2       # 48 key events over ~9.6 s: both kills fall inside
+KEY_INTERVAL = 0.2       # 48 key events over ~9.6 s: the kills and the upgrade fall inside
 CLIENT_SECONDS = 14.0
 BACK_WITHIN = 1.0        # the display updates again within this of a kill
 TYPED = "keptthroughkill"  # typed in the page, 250 ms apart: both kills fall inside
@@ -85,8 +85,17 @@ def test_kill(env, q, q2):
             kills.append((pid, t))
             check(sid in [x["id"] for x in b.sessions()],
                   "the new broker (pid %d) does not list session %08x" % (new, sid))
-            if n == 0:
-                time.sleep(4.0)
+            time.sleep(2.5)
+        # spice-brokerctl upgrade under the keeper: answered at once, then the
+        # keeper replaces the broker the same way
+        pid = b.status()["pid"]
+        t = time.monotonic()
+        rc, out, err = b.ctl("upgrade", timeout=20)
+        check(out.startswith("upgrading: the keeper"), "upgrade answered %r" % out)
+        new = new_broker(b, pid)
+        log("upgrade under the keeper: pid %d replaced by pid %d %.0f ms after the request" % (
+            pid, new, (time.monotonic() - t) * 1000))
+        kills.append((pid, t))
         time.sleep(1.0)
         loop.stop.set()
         loop.join(10)
@@ -107,10 +116,14 @@ def test_kill(env, q, q2):
             kt = t - mono0
             after = [x for x in ts if x > kt]
             check(after, "no display update after the kill of pid %d" % pid)
-            log("display: first update %.0f ms after the kill of pid %d" % (
+            log("display: first update %.0f ms after the kill (or upgrade request) of pid %d" % (
                 (after[0] - kt) * 1000, pid))
             check(after[0] - kt < BACK_WITHIN, "the display came back %.3f s after the kill "
                   "of pid %d" % (after[0] - kt, pid))
+        gaps = [(ts[i + 1] - ts[i], ts[i]) for i in range(len(ts) - 1)]
+        gap, at = max(gaps)
+        log("display: %d updates, largest gap %.3f s at t=%.2f" % (len(ts), gap, at))
+        check(gap < BACK_WITHIN, "the display stalled %.3f s at t=%.2f" % (gap, at))
         sent = r["keys"]["sent"]
         check(r["keys"]["dropped"] == 0 and len(sent) == 2 * len(KEYS),
               "the client could not send every key (sent %d, dropped %d)" % (
@@ -125,10 +138,10 @@ def test_kill(env, q, q2):
         got = q.serial_bytes()[base:]
         check(got == want, "key echo differs: sent %d events, echoed %d\n  sent %s\n  got  %s" % (
             len(want), len(got), want, got))
-        log("every one of %d key events echoed once, in order, across 2 kills" % len(want))
+        log("every one of %d key events echoed once, in order, across 2 kills and an upgrade" % len(want))
         text = b.log_text()
         resumed = text.count("1 sessions resumed in broker pid")
-        check(resumed == 2, "the keeper's log shows %d resumptions, not 2" % resumed)
+        check(resumed == 3, "the keeper's log shows %d resumptions, not 3" % resumed)
 
         tok2 = token("sup2")
         b.token_add(tok2, "127.0.0.1", q2.spice_port)
