@@ -471,6 +471,22 @@ static void job_adopt(struct session_worker *sw, void *arg)
 {
     struct adopt_job *j = arg;
     const char *why = NULL;
+    if (j->snap.forwarded) {
+        /* A forwarder's pipe (the keeper carries those, broker/keeper.c). */
+        struct chan *c = session_adopt_forwarded(sw, &j->snap, j->fds, j->n_fds, &why);
+        j->n_fds = 0;
+        if (c == NULL) {
+            log_warnx("sid=%08x upgrade: not taking a forwarded channel of pid %d: %s",
+                      j->snap.id, (int)j->u->old_pid, why);
+            send_answer(j->u->carry_fd, SNAP_HO_LEFT, j->snap.id, why);
+        } else if (send_answer(j->u->carry_fd, SNAP_HO_TAKEN, j->snap.id, NULL) < 0) {
+            session_adopt_forwarded_abort(c);
+        } else {
+            session_adopt_forwarded_resume(c, (int)j->u->old_pid, j->snap.frozen_mono_us);
+        }
+        adopt_job_free(j);
+        return;
+    }
     struct session *s = session_adopt(sw, &j->snap, j->fds, j->n_fds, &why);
     j->n_fds = 0; /* taken */
     if (s == NULL) {

@@ -800,6 +800,7 @@ int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len
     m.migration_state = c->migration_state;
     m.worker = c->worker;
     m.frozen_mono_us = c->frozen_mono_us;
+    m.forwarded = c->forwarded;
     for (uint32_t i = 0; i < c->n_channels; i++) {
         const struct snap_carried_channel *cc = &c->channels[i];
         ChannelSnapshot *x = &chs[i];
@@ -929,6 +930,7 @@ int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c)
     c->migration_state = m->migration_state;
     c->worker = m->worker;
     c->frozen_mono_us = m->frozen_mono_us;
+    c->forwarded = m->forwarded;
     for (size_t i = 0; i < m->n_channels; i++) {
         const ChannelSnapshot *x = m->channels[i];
         struct snap_carried_channel *cc = &c->channels[i];

@@ -247,6 +247,7 @@ struct snap_carried {
     uint32_t migration_state;       /* 0: none (only that is carried) */
     uint32_t worker;
     int64_t frozen_mono_us;         /* CLOCK_MONOTONIC when it was stopped (same host) */
+    bool forwarded;                 /* a forwarder's pipe, not a session (session/fwd.c) */
     uint32_t n_channels;
     struct snap_carried_channel channels[SNAP_MAX_CHANNELS];
 };

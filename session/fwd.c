@@ -460,6 +460,24 @@ static void on_fwd_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------------ the pipe */
 
+/* The keep region (keep.c, --supervise): the pipe's state before each call
+ * that changes one of its streams. */
+static void commit(struct fwd *f, int op)
+{
+    if (!chan_kept(f->c))
+        return;
+    struct keep_pipe p = { f->up.buf, f->down.buf, f->up.head, f->up.tail, f->down.head,
+                           f->down.tail, f->t, f->where, f->sid };
+    keep_pipe_commit(f->c, &p, op);
+}
+
+static void keep_enter(struct fwd *f)
+{
+    struct keep_pipe p = { f->up.buf, f->down.buf, f->up.head, f->up.tail, f->down.head,
+                           f->down.tail, f->t, f->where, f->sid };
+    keep_pipe_enter(f->c, &p);
+}
+
 /* Moves what it can in direction d from src to dst: 0, 1 when src ended
  * and everything it sent was delivered, -1 with *why on an error. Reads
  * while the buffer has room, also while the sink is blocked, so that a
@@ -470,8 +488,10 @@ static int pump_dir(struct fwd *f, struct fwd_dir *d, struct transport *src,
 {
     struct pool *pool = &f->c->w->pool;
     bool sink_blocked = false;
+    bool up = d == &f->up;
     for (int rounds = 0; rounds < 16; rounds++) {
         if (!sink_blocked && d->buf != NULL && d->head < d->tail) {
+            commit(f, up ? KEEP_WRITE_TO_B : KEEP_WRITE_TO_C);
             ssize_t n = transport_write(dst, d->buf->data + d->head, d->tail - d->head);
             if (n < 0) {
                 if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -495,7 +515,26 @@ static int pump_dir(struct fwd *f, struct fwd_dir *d, struct transport *src,
             *why = "out of memory";
             return -1;
         }
-        ssize_t n = transport_read(src, d->buf->data + d->tail, pool->size - d->tail);
+        ssize_t n;
+        if (up && chan_kept(f->c) && transport_kind(src) == TRANSPORT_WS) {
+            /* Decoded from a peek; taken once the commit says so (keep.c). */
+            size_t raw = 0;
+            n = transport_read_kept(src, d->buf->data + d->tail, pool->size - d->tail, &raw);
+            if (n >= 0 && raw > 0) {
+                d->tail += (uint32_t)n;
+                f->c->kp_consume = raw;
+                commit(f, KEEP_CONSUME_TO_B);
+                f->c->kp_consume = 0;
+                if (transport_consume(src, raw) < 0) {
+                    *why = "the client's stream broke";
+                    return -1;
+                }
+                continue;
+            }
+        } else {
+            commit(f, up ? KEEP_READ_TO_B : KEEP_READ_TO_C);
+            n = transport_read(src, d->buf->data + d->tail, pool->size - d->tail);
+        }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -556,10 +595,12 @@ static void pump(struct fwd *f)
 {
     struct chan *c = f->c;
     const char *why = NULL;
-    if (transport_pending_out(c->client_side.t))
+    if (transport_pending_out(c->client_side.t)) {
+        commit(f, KEEP_WRITE_TO_C);
         (void)transport_writev(c->client_side.t, NULL, 0);
+    }
     if (transport_pending_out(f->t))
-        (void)transport_writev(f->t, NULL, 0);
+        (void)transport_writev(f->t, NULL, 0); /* TLS only: not kept */
     int up = pump_dir(f, &f->up, c->client_side.t, f->t, &why);
     int down = up < 0 ? 0 : pump_dir(f, &f->down, f->t, c->client_side.t, &why);
     if (up < 0 || down < 0 || up > 0 || down > 0) {
@@ -630,6 +671,7 @@ static void pipe_start(struct fwd *f)
              wire_channel_name(c->type), c->id, log_escape(f->where, ew, sizeof(ew)), over,
              (long long)(clock_mono_ms() - (f->deadline - FWD_RECORD_WAIT_MS)),
              (long long)f->waited_ms);
+    keep_enter(f);
     pump(f);
 }
 
@@ -697,4 +739,90 @@ void fwd_free(struct fwd *f)
         pool_put(&f->c->w->pool, f->down.buf);
     OPENSSL_cleanse(f, sizeof(*f));
     free(f);
+}
+
+/* ------------------------------------------------------------------ carried in by the keeper */
+
+static int dir_take(struct fwd *f, struct fwd_dir *d, const struct snap_carried_dir *in)
+{
+    struct pool *pool = &f->c->w->pool;
+    if (in->len == 0)
+        return 0;
+    if (in->len > pool->size || (d->buf = pool_get(pool)) == NULL)
+        return -1;
+    memcpy(d->buf->data, in->data, in->len);
+    d->head = 0;
+    d->tail = in->len;
+    return 0;
+}
+
+struct chan *fwd_adopt(struct session_worker *w, const struct snap_carried *snap, int cfd,
+                       int pfd, const char **why)
+{
+    const struct snap_carried_channel *cc = &snap->channels[0];
+    struct transport_export ex = { .kind = cc->client_transport == SNAP_CARRY_WS ? TRANSPORT_WS
+                                                                               : TRANSPORT_TCP,
+                                   .fd = cfd, .ws_out_left = cc->ws_out_left,
+                                   .ws_in = cc->ws_in };
+    struct chan *c = calloc(1, sizeof(*c));
+    struct transport *ct = transport_import(&ex);
+    struct transport *pt = transport_tcp_new(pfd);
+    struct fwd *f = NULL;
+    if (c == NULL || ct == NULL || pt == NULL) {
+        *why = "out of memory";
+        goto fail;
+    }
+    c->w = w;
+    c->type = cc->type;
+    c->id = cc->id;
+    c->client.channel_type = cc->type;
+    c->client.channel_id = cc->id;
+    c->client_side.t = ct;
+    c->client_side.state = CLIENT_LIVE;
+    socklen_t plen = sizeof(c->peer);
+    (void)getpeername(cfd, (struct sockaddr *)&c->peer, &plen);
+    snprintf(c->addr, sizeof(c->addr), "%.55s", cc->client_addr);
+    if ((f = fwd_new(c, snap->id)) == NULL) {
+        *why = "out of memory";
+        goto fail;
+    }
+    f->t = pt;
+    pt = NULL;
+    f->state = FWD_PIPE;
+    snprintf(f->where, sizeof(f->where), "%.255s", cc->backend_where);
+    if (dir_take(f, &f->up, &cc->to_backend) < 0 || dir_take(f, &f->down, &cc->to_client) < 0) {
+        *why = "its bytes in flight do not fit this process's relay buffers";
+        fwd_free(f);
+        goto fail;
+    }
+    TAILQ_INSERT_TAIL(&w->pending, c, link);
+    w->stats.channels_forwarded_out++;
+    return c;
+fail:
+    transport_free(ct);
+    transport_free(pt);
+    free(c);
+    return NULL;
+}
+
+void fwd_resume(struct chan *c, int from_pid, double paused_ms)
+{
+    struct fwd *f = c->fwd;
+    char ew[LOG_ESCAPED_MAX];
+    log_info("sid=%08x client=%s %s:%u forwarded channel (to %s) carried in from pid %d, "
+             "paused %.1f ms", f->sid, c->addr, wire_channel_name(c->type), c->id,
+             log_escape(f->where, ew, sizeof(ew)), from_pid, paused_ms);
+    struct event_base *base = c->w->env.base;
+    int cfd = transport_fd(c->client_side.t), pfd = transport_fd(f->t);
+    c->client_side.rd = event_new(base, cfd, EV_READ | EV_PERSIST, on_pipe_io, f);
+    c->client_side.wr = event_new(base, cfd, EV_WRITE | EV_PERSIST, on_pipe_io, f);
+    f->rd = event_new(base, pfd, EV_READ | EV_PERSIST, on_pipe_io, f);
+    f->wr = event_new(base, pfd, EV_WRITE | EV_PERSIST, on_pipe_io, f);
+    if (c->client_side.rd == NULL || c->client_side.wr == NULL || f->rd == NULL ||
+        f->wr == NULL) {
+        chan_close(c, "out of memory");
+        return;
+    }
+    keep_enter(f);
+    pump(f);
 }

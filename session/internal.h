@@ -393,6 +393,18 @@ void keep_commit(struct chan *c, int op);
 void keep_session_leave(struct session *s);
 /* The session cannot be resumed after a crash (why: static), from now on. */
 void keep_session_unstable(struct session *s, const char *why);
+/* A forwarder's pipe (fwd.c) as the keep region sees it, filled at each
+ * commit: its two directions (client -> peer, peer -> client), the peer
+ * link, the owner's address and the session. */
+struct keep_pipe {
+    struct pool_buf *up, *down;
+    uint32_t up_head, up_tail, down_head, down_tail;
+    struct transport *peer;
+    const char *where;
+    uint32_t sid;
+};
+void keep_pipe_enter(struct chan *c, const struct keep_pipe *p);
+void keep_pipe_commit(struct chan *c, const struct keep_pipe *p, int op);
 static inline bool chan_kept(const struct chan *c)
 {
     return c->kp_slot != KP_NONE;
@@ -440,6 +452,12 @@ void fwd_start(struct chan *c, uint32_t sid, const uint8_t hash[32]);
 void fwd_refuse(struct chan *c, uint32_t sid, const char *reason);
 /* Stops and frees c->fwd (NULL: no-op); c's own transport stays. */
 void fwd_free(struct fwd *f);
+/* A pipe carried in by the keeper (snapshot.c's session_adopt_forwarded):
+ * the channel, its fwd in FWD_PIPE with the bytes in flight, stopped; then
+ * fwd_resume() arms it. */
+struct chan *fwd_adopt(struct session_worker *w, const struct snap_carried *snap, int cfd,
+                       int pfd, const char **why);
+void fwd_resume(struct chan *c, int from_pid, double paused_ms);
 /* The link message the broker sends a backend for channel c. */
 void link_backend_mess(const struct chan *c, uint32_t connection_id, struct wire_link_mess *m);
 

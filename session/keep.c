@@ -75,7 +75,7 @@ struct kp_chan {
     uint32_t op;                 /* enum keep_op: the call about to run */
     uint32_t sess;               /* its session's slot */
     uint32_t sid;
-    char unstable[48];           /* why it cannot be resumed, "" if it can */
+    char unstable[96];           /* why it cannot be resumed, "" if it can */
     uint8_t type, id;
     uint32_t n_caps_common, n_caps_channel;
     uint32_t caps_common[8], caps_channel[8];
@@ -96,11 +96,14 @@ struct kp_chan {
     bool client_ws;
     struct transport_ws_out ws;
     uint64_t consume;
+    /* A forwarder's pipe (fwd.c; no session slot): to_b is client -> peer,
+     * to_c peer -> client, b_* the peer link's socket, sid its session. */
+    bool pipe;
 };
 
 struct kp_session {
     uint32_t id, backend_id;
-    char unstable[48];
+    char unstable[96];
     uint8_t token_hash[32];
     struct snap_token token;
     char backend_subject[SNAP_MAX_HOST];
@@ -504,16 +507,16 @@ static void chan_cold(struct chan *c)
 }
 
 /* Reads the kernel's positions of both sockets as this channel's base. */
-static int chan_base(struct chan *c)
+static int chan_base(struct chan *c, const struct transport *bt)
 {
     uint64_t ci, co, bi, bo, in, out;
     if (stream_pos(transport_fd(c->client_side.t), &ci, &co) < 0 ||
-        stream_pos(transport_fd(c->cur->t), &bi, &bo) < 0)
+        stream_pos(transport_fd(bt), &bi, &bo) < 0)
         return -1;
     transport_raw_counts(c->client_side.t, &in, &out);
     c->kp_base[0] = ci - in;
     c->kp_base[1] = co - out;
-    transport_raw_counts(c->cur->t, &in, &out);
+    transport_raw_counts(bt, &in, &out);
     c->kp_base[2] = bi - in;
     c->kp_base[3] = bo - out;
     return 0;
@@ -522,7 +525,7 @@ static int chan_base(struct chan *c)
 void keep_chan_rehold(struct chan *c)
 {
     int fds[2] = { transport_fd(c->client_side.t), transport_fd(c->cur->t) };
-    if (chan_base(c) < 0) {
+    if (chan_base(c, c->cur->t) < 0) {
         c->kp_unstable = "a socket the kernel keeps no TCP counters for";
     }
     c->kp_bfd = fds[1];
@@ -572,6 +575,90 @@ void keep_chan_leave(struct chan *c)
         struct relay_dir *d = i == 0 ? &c->to_b : &c->to_c;
         pool_put(&w->pool, d->kp_old);
         d->kp_old = NULL;
+    }
+}
+
+/* ------------------------------------------------------------------ a forwarder's pipe */
+
+static void pipe_dir_image(const struct pool_buf *b, uint32_t head, uint32_t tail,
+                           struct kp_dir *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->buf = b == NULL ? -1 : b->index;
+    o->head = head;
+    o->parsed = o->tail = tail;
+    o->boundary = NO_BOUNDARY;
+}
+
+static void pipe_image(const struct chan *c, const struct keep_pipe *p, uint32_t op,
+                       struct kp_chan *o)
+{
+    o->op = op;
+    const char *u = c->closing ? "a channel was closing"
+                    : (p->up != NULL && p->up->index < 0) ||
+                              (p->down != NULL && p->down->index < 0)
+                        ? "a relay buffer outside the keep region (all in use)"
+                        : c->kp_unstable;
+    snprintf(o->unstable, sizeof(o->unstable), "%s", u != NULL ? u : "");
+    pipe_dir_image(p->up, p->up_head, p->up_tail, &o->to_b);
+    pipe_dir_image(p->down, p->down_head, p->down_tail, &o->to_c);
+    if (o->client_ws) {
+        transport_ws_out_state(c->client_side.t, &o->ws);
+        o->consume = c->kp_consume;
+    }
+    uint64_t in, out;
+    transport_raw_counts(c->client_side.t, &in, &out);
+    o->c_in = c->kp_base[0] + in;
+    o->c_out = c->kp_base[1] + out;
+    transport_raw_counts(p->peer, &in, &out);
+    o->b_in = c->kp_base[2] + in;
+    o->b_out = c->kp_base[3] + out;
+}
+
+void keep_pipe_commit(struct chan *c, const struct keep_pipe *p, int op)
+{
+    struct kp_cslot *sl = &c->w->kp->cslots[c->kp_slot];
+    uint32_t v = atomic_load_explicit(&sl->valid, memory_order_relaxed);
+    uint32_t k = v == 1 ? 1 : 0;
+    pipe_image(c, p, (uint32_t)op, &sl->img[k]);
+    atomic_store_explicit(&sl->valid, k + 1, memory_order_release);
+}
+
+void keep_pipe_enter(struct chan *c, const struct keep_pipe *p)
+{
+    struct session_worker *w = c->w;
+    if (w->kp == NULL || c->kp_slot != KP_NONE)
+        return;
+    if (!transport_keepable(c->client_side.t) || transport_kind(p->peer) != TRANSPORT_TCP) {
+        log_info("sid=%08x client=%s %s:%u forwarded channel not kept through a crash of this "
+                 "process: a TLS leg (OpenSSL keeps the keys)", p->sid, c->addr,
+                 wire_channel_name(c->type), c->id);
+        return;
+    }
+    if (w->kp->n_free_c == 0 || chan_base(c, p->peer) < 0)
+        return;
+    c->kp_slot = w->kp->free_c[--w->kp->n_free_c];
+    transport_set_kept(c->client_side.t);
+    int fds[2] = { transport_fd(c->client_side.t), transport_fd(p->peer) };
+    c->kp_bfd = fds[1];
+    tell_keeper(w->env.keep, KEEPER_HOLD, (uint32_t)w->env.worker_index, c->kp_slot, fds, 2);
+    struct kp_cslot *sl = &w->kp->cslots[c->kp_slot];
+    uint32_t v = atomic_load_explicit(&sl->valid, memory_order_relaxed);
+    for (int pass = 0; pass < 2; pass++) {
+        uint32_t k = pass == 0 ? (v == 1 ? 1 : 0) : (v == 1 ? 0 : 1);
+        struct kp_chan *o = &sl->img[k];
+        memset(o, 0, sizeof(*o));
+        o->pipe = true;
+        o->sess = KP_NONE;
+        o->sid = p->sid;
+        o->type = c->type;
+        o->id = c->id;
+        snprintf(o->client_addr, sizeof(o->client_addr), "%s", c->addr);
+        snprintf(o->backend_where, sizeof(o->backend_where), "%s", p->where);
+        o->client_ws = transport_kind(c->client_side.t) == TRANSPORT_WS;
+        pipe_image(c, p, KEEP_NONE, o);
+        if (pass == 0)
+            atomic_store_explicit(&sl->valid, k + 1, memory_order_release);
     }
 }
 
@@ -874,6 +961,48 @@ static void recover_one(const struct kp_header *h, uint8_t *base, const struct k
     out(arg, snap, sid, NULL, ordered, 2 * nc);
 }
 
+/* A forwarder's pipe: one channel, carried as a `forwarded` snapshot. */
+static void recover_pipe(const struct kp_header *h, uint8_t *base, const struct keep_held *k,
+                         struct snap_carried *snap, keep_session_fn out, void *arg)
+{
+    struct kp_cslot *cs = &cslots_of(base, h, k->worker)[k->slot];
+    uint32_t cv = atomic_load(&cs->valid);
+    struct kp_chan o = cs->img[cv - 1];
+    const char *why = o.unstable[0] != '\0' ? o.unstable
+                      : !dir_sane(&o.to_b, h->bufs, h->buf_size) ||
+                              !dir_sane(&o.to_c, h->bufs, h->buf_size)
+                          ? "its commit is inconsistent"
+                          : reconcile(&o, k->cfd, k->bfd, h);
+    if (why == NULL && o.client_ws && o.ws.hdr_sent != o.ws.hdr_len)
+        why = "a WebSocket frame header half written";
+    if (why != NULL) {
+        out(arg, NULL, o.sid, why, NULL, 0);
+        return;
+    }
+    uint8_t *bufs = bufs_of(base, h, k->worker);
+    memset(snap, 0, sizeof(*snap));
+    snap->forwarded = true;
+    snap->id = o.sid;
+    snap->worker = k->worker;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snap->frozen_mono_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    snap->n_channels = 1;
+    struct snap_carried_channel *cc = &snap->channels[0];
+    cc->type = o.type;
+    cc->id = o.id;
+    cc->client_transport = o.client_ws ? SNAP_CARRY_WS : SNAP_CARRY_TCP;
+    cc->ws_in = o.ws.in;
+    cc->ws_out_left = o.ws.out_left;
+    snprintf(cc->client_addr, sizeof(cc->client_addr), "%s", o.client_addr);
+    snprintf(cc->backend_where, sizeof(cc->backend_where), "%s", o.backend_where);
+    cc->backend_state = LEG_LIVE;
+    kp_dir_out(&o.to_b, bufs, h->buf_size, &cc->to_backend);
+    kp_dir_out(&o.to_c, bufs, h->buf_size, &cc->to_client);
+    int fds[2] = { k->cfd, k->bfd };
+    out(arg, snap, o.sid, NULL, fds, 2);
+}
+
 int keep_recover(int region_fd, const struct keep_held *held, size_t n_held,
                  keep_session_fn out, void *arg)
 {
@@ -898,6 +1027,7 @@ int keep_recover(int region_fd, const struct keep_held *held, size_t n_held,
     int n = -1;
     if (refs == NULL || snap == NULL || chans == NULL)
         goto out;
+    n = 0;
     size_t nr = 0;
     for (size_t i = 0; i < n_held; i++) {
         const struct keep_held *k = &held[i];
@@ -907,13 +1037,17 @@ int keep_recover(int region_fd, const struct keep_held *held, size_t n_held,
         uint32_t cv = atomic_load(&cs->valid);
         if (cv != 1 && cv != 2)
             continue; /* released: the channel was ending */
+        if (cs->img[cv - 1].pipe) {
+            recover_pipe(h, base, k, snap, out, arg);
+            n++;
+            continue;
+        }
         uint32_t sess = cs->img[cv - 1].sess;
         if (sess == KP_NONE || sess >= h->sessions)
             continue;
         refs[nr++] = (struct kp_ref){ k->worker, sess, k->slot, i };
     }
     qsort(refs, nr, sizeof(*refs), ref_cmp);
-    n = 0;
     for (size_t i = 0; i < nr;) {
         size_t j = i + 1;
         while (j < nr && refs[j].worker == refs[i].worker && refs[j].sess == refs[i].sess)

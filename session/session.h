@@ -302,6 +302,14 @@ struct session *session_adopt(struct session_worker *w, const struct snap_carrie
 void session_adopt_resume(struct session *s, int from_pid, int64_t frozen_mono_us);
 /* The old process keeps it after all: freed without a byte to its peers. */
 void session_adopt_abort(struct session *s);
+/* The same for a snapshot with `forwarded` (a forwarder's pipe carried by the
+ * keeper, broker/keeper.h): fds are its client's socket and the peer link.
+ * The channel is returned stopped; resume or abort it likewise. */
+struct chan;
+struct chan *session_adopt_forwarded(struct session_worker *w, const struct snap_carried *snap,
+                                     const int *fds, size_t n_fds, const char **why);
+void session_adopt_forwarded_resume(struct chan *c, int from_pid, int64_t frozen_mono_us);
+void session_adopt_forwarded_abort(struct chan *c);
 
 /* Counters for /metrics. */
 struct session_stats {

@@ -541,3 +541,27 @@ void session_adopt_abort(struct session *s)
     s->w->stats.sessions_total--;
     let_go(s);
 }
+
+/* ------------------------------------------------------------------ a forwarder's pipe */
+
+struct chan *session_adopt_forwarded(struct session_worker *w, const struct snap_carried *snap,
+                                     const int *fds, size_t n_fds, const char **why)
+{
+    if (!snap->forwarded || snap->n_channels != 1 || n_fds != 2) {
+        *why = "the snapshot and its sockets do not match";
+        for (size_t i = 0; i < n_fds; i++)
+            close(fds[i]);
+        return NULL;
+    }
+    return fwd_adopt(w, snap, fds[0], fds[1], why);
+}
+
+void session_adopt_forwarded_resume(struct chan *c, int from_pid, int64_t frozen_mono_us)
+{
+    fwd_resume(c, from_pid, (double)(mono_us() - frozen_mono_us) / 1000.0);
+}
+
+void session_adopt_forwarded_abort(struct chan *c)
+{
+    chan_close(c, "not carried in after all");
+}
