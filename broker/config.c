@@ -231,8 +231,9 @@ static const struct opt opts[] = {
       "run under a small keeper process that holds every listening socket, both sockets of "
       "every live channel and each channel's state (a shared-memory region written before "
       "each system call): when the broker dies (kill -9, a crash) the keeper starts it again "
-      "and its plain TCP sessions go on without a disconnect (TLS and WebSocket ones end); "
-      "spice-brokerctl upgrade is refused under it" },
+      "and its sessions go on without a disconnect (not those with a TLS leg, or in the "
+      "middle of a migration); under systemd its sockets also go to the service's fd store; "
+      "spice-brokerctl upgrade has the keeper replace the broker the same way" },
     { "check-config", OPT_FLAG, offsetof(struct config, check_only), 0, 0, 0, NULL, NULL,
       "validate the configuration and exit (0 if valid)" },
 };
