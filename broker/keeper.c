@@ -46,6 +46,7 @@ extern char **environ;
 #define STEP_MS 10000
 #define CARRY_MS 30000
 #define CARRY_WINDOW 16
+#define TAKEN_KEEP_MS 2000
 
 struct held {
     int cfd, bfd;
@@ -56,13 +57,24 @@ struct listener {
     int fd;
 };
 
+/* A session (or a forwarded pipe) waiting to be handed to the next broker:
+ * its snapshot and its sockets (the keeper's own copies, closed once it is
+ * taken or refused). One the broker did not answer for (it died meanwhile)
+ * is offered to the next one. */
 struct carried {
     uint32_t sid;
+    bool forwarded;
+    uint8_t type, id;            /* a pipe's channel (several pipes share a sid) */
     uint8_t *bytes;
     size_t len;
     int fds[2 * SNAP_MAX_CHANNELS];
     size_t n_fds;
-    bool sent, answered;
+    bool sent, done;
+    /* Taken: the new broker resumes it, and holds its sockets once each
+     * channel has its slot. Until TAKEN_KEEP_MS later the keeper keeps its
+     * copies: a broker that dies before that may not have them yet. */
+    bool taken;
+    int64_t taken_at;
 };
 
 struct keeper {
@@ -91,6 +103,9 @@ struct keeper {
     bool fdstore;
     uint32_t gen, old_gen;
     bool upgrading;              /* the broker was killed for an upgrade (KEEPER_UPGRADE) */
+    bool ever_ready;             /* some broker served: a later early exit is a crash */
+    bool child_exited;           /* reaped, not handled yet; its wait status: */
+    int child_status;
 };
 
 /* ------------------------------------------------------------------ systemd's fd store */
@@ -237,6 +252,7 @@ static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds,
             (void)sd_notifyf(0, "READY=1\nSTATUS=broker pid %d serves", (int)k->child);
         }
         k->ready = true;
+        k->ever_ready = true;
         break;
     }
     case KEEPER_UPGRADE:
@@ -348,6 +364,20 @@ static pid_t spawn(struct keeper *k, int ho)
 
 /* ------------------------------------------------------------------ a crash */
 
+static void carried_done(struct carried *c)
+{
+    if (c->done)
+        return;
+    for (size_t i = 0; i < c->n_fds; i++)
+        if (c->fds[i] >= 0)
+            close(c->fds[i]);
+    OPENSSL_cleanse(c->bytes, c->len);
+    free(c->bytes);
+    c->bytes = NULL;
+    c->n_fds = 0;
+    c->done = true;
+}
+
 static void on_recovered(void *arg, const struct snap_carried *snap, uint32_t sid,
                          const char *why, const int *fds, size_t n_fds)
 {
@@ -366,25 +396,61 @@ static void on_recovered(void *arg, const struct snap_carried *snap, uint32_t si
         k->car = p;
         k->cap_car = cap;
     }
+    /* A copy still waiting from an earlier crash: the broker that died took
+     * it. If the region has all its channels, the region's state is newer
+     * (it may have relayed since): the copy goes. If the region has fewer,
+     * that broker died while resuming it, before any of its channels moved a
+     * byte (a channel is written down before its first call): the copy is
+     * the whole session, and is kept instead. */
+    for (size_t i = 0; i < k->n_car; i++) {
+        struct carried *o = &k->car[i];
+        if (o->done || o->sid != sid || o->forwarded != snap->forwarded ||
+            (o->forwarded && (o->type != snap->channels[0].type ||
+                              o->id != snap->channels[0].id)))
+            continue;
+        if (o->n_fds > 2 * (size_t)snap->n_channels) {
+            log_info("sid=%08x keeper: the broker that died had resumed %u of its %zu "
+                     "channels: resuming it whole from the earlier snapshot", sid,
+                     snap->n_channels, o->n_fds / 2);
+            return;
+        }
+        carried_done(o);
+    }
     struct carried *c = &k->car[k->n_car];
     memset(c, 0, sizeof(*c));
     c->sid = sid;
+    c->forwarded = snap->forwarded;
+    c->type = snap->channels[0].type;
+    c->id = snap->channels[0].id;
     if (snap_carried_encode(snap, &c->bytes, &c->len) < 0) {
         log_warnx("sid=%08x keeper: not resumed after the crash: its snapshot does not encode",
                   sid);
         return;
     }
-    memcpy(c->fds, fds, n_fds * sizeof(int));
+    for (size_t i = 0; i < n_fds; i++)
+        c->fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
     c->n_fds = n_fds;
     k->n_car++;
 }
 
+/* What is done (taken, refused, or replaced) leaves the list. */
+static void carried_compact(struct keeper *k)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < k->n_car; i++) {
+        if (k->car[i].done)
+            continue;
+        if (!k->car[i].taken)
+            k->car[i].sent = false;
+        k->car[j++] = k->car[i];
+    }
+    k->n_car = j;
+}
+
 static void carried_free(struct keeper *k)
 {
-    for (size_t i = 0; i < k->n_car; i++) {
-        OPENSSL_cleanse(k->car[i].bytes, k->car[i].len);
-        free(k->car[i].bytes);
-    }
+    for (size_t i = 0; i < k->n_car; i++)
+        carried_done(&k->car[i]);
     k->n_car = 0;
 }
 
@@ -397,6 +463,63 @@ static void drop_old(struct keeper *k)
     free(k->old);
     k->old = NULL;
     k->n_old = 0;
+}
+
+/* The new broker answered (TAKEN or LEFT) for the oldest unanswered entry
+ * of that session id. */
+static void answered(struct keeper *k, uint32_t sid, bool taken)
+{
+    for (size_t i = 0; i < k->n_car; i++) {
+        struct carried *c = &k->car[i];
+        if (c->sent && !c->done && !c->taken && c->sid == sid) {
+            if (taken) {
+                c->taken = true;
+                c->taken_at = clock_mono_ms();
+            } else {
+                carried_done(c);
+            }
+            return;
+        }
+    }
+}
+
+/* Copies of sessions taken long enough ago go. */
+static void taken_expire(struct keeper *k)
+{
+    int64_t now = clock_mono_ms();
+    bool any = false;
+    for (size_t i = 0; i < k->n_car; i++) {
+        struct carried *c = &k->car[i];
+        if (c->taken && !c->done && now - c->taken_at >= TAKEN_KEEP_MS) {
+            carried_done(c);
+            any = true;
+        }
+    }
+    if (any)
+        carried_compact(k);
+}
+
+/* Signals: SIGTERM/SIGINT/SIGHUP go to the broker; SIGCHLD reaps it (its
+ * status kept in child_status, child_exited set for the main loop). */
+static void on_signals(struct keeper *k)
+{
+    struct signalfd_siginfo si;
+    while (read(k->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            k->stopping = true;
+            kill(k->child, (int)si.ssi_signo);
+        } else if (si.ssi_signo == SIGHUP) {
+            kill(k->child, SIGHUP);
+        }
+    }
+    int st;
+    pid_t w;
+    while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (w == k->child) {
+            k->child_exited = true;
+            k->child_status = st;
+        }
+    }
 }
 
 /* Waits for a hand-over message, serving the broker's keeper messages
@@ -416,8 +539,11 @@ static int ho_wait(struct keeper *k, int ho, struct snap_handover *h, int64_t un
             continue;
         if (p[1].revents)
             service(k);
-        if (p[2].revents)
-            return -2;
+        if (p[2].revents) {
+            on_signals(k);
+            if (k->child_exited)
+                return -2; /* the main loop restarts it */
+        }
         if (p[0].revents) {
             int rc = upgrade_recv(ho, MSG_DONTWAIT, h, NULL, NULL);
             if (rc == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -496,11 +622,14 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
         goto out;
     }
     /* The sessions, at most CARRY_WINDOW unanswered. */
-    size_t next = 0, inflight = 0, taken = 0, left = 0;
+    size_t next = 0, inflight = 0, taken = 0, left = 0, offered = 0;
     int64_t until = clock_mono_ms() + CARRY_MS;
     while (next < k->n_car || inflight > 0) {
         while (next < k->n_car && inflight < CARRY_WINDOW) {
             struct carried *c = &k->car[next++];
+            if (c->done || c->taken)
+                continue;
+            offered++;
             memset(h, 0, sizeof(*h));
             h->type = SNAP_HO_SESSION;
             h->session_id = c->sid;
@@ -525,6 +654,7 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
         }
         if (h->type == SNAP_HO_TAKEN || h->type == SNAP_HO_LEFT) {
             inflight--;
+            answered(k, h->session_id, h->type == SNAP_HO_TAKEN);
             if (h->type == SNAP_HO_TAKEN)
                 taken++;
             else {
@@ -536,16 +666,28 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
         snap_handover_clear(h);
     }
     log_info("keeper: %zu sessions resumed in broker pid %d, %zu not, %lld ms after the crash",
-             taken, (int)k->child, k->n_car - taken, (long long)(clock_mono_ms() - t_crash));
+             taken, (int)k->child, offered - taken, (long long)(clock_mono_ms() - t_crash));
 out:
-    if (fail != NULL)
-        log_warnx("keeper: handing the sessions to broker pid %d failed: %s", (int)k->child,
-                  fail);
+    if (fail != NULL) {
+        /* Answers it sent before it went still count. */
+        while (upgrade_recv(ho, MSG_DONTWAIT, h, NULL, NULL) == 0) {
+            if (h->type == SNAP_HO_TAKEN || h->type == SNAP_HO_LEFT)
+                answered(k, h->session_id, h->type == SNAP_HO_TAKEN);
+            snap_handover_clear(h);
+        }
+        size_t waiting = 0;
+        for (size_t i = 0; i < k->n_car; i++)
+            waiting += !k->car[i].done && !k->car[i].taken;
+        log_warnx("keeper: handing the sessions to broker pid %d failed: %s (%zu wait for the "
+                  "next one)", (int)k->child, fail, waiting);
+    }
     snap_handover_clear(h);
     free(h);
     close(ho);
-    /* The new broker holds what it took (and told us, HOLD); the rest ends. */
-    carried_free(k);
+    /* The new broker holds what it took (and told us, HOLD); what it did not
+     * answer for waits for the next one (it touched none of its sockets:
+     * a session is resumed only after its answer). */
+    carried_compact(k);
     drop_old(k);
 }
 
@@ -583,6 +725,14 @@ static int resume(struct keeper *k, int64_t t0)
                                                  k->old[i].bfd };
     int n = keep_recover(k->region, held, n_held, on_recovered, k);
     free(held);
+    /* Copies the broker that died had taken and the region does not have
+     * whole: offered again (it moved none of their bytes). */
+    for (size_t i = 0; i < k->n_car; i++) {
+        if (k->car[i].taken && !k->car[i].done) {
+            k->car[i].taken = false;
+            k->car[i].sent = false;
+        }
+    }
     log_info("keeper: %d sessions in the keep region, %zu resumable (%lld ms)", n < 0 ? 0 : n,
              k->n_car, (long long)(clock_mono_ms() - t0));
     int sv[2];
@@ -746,7 +896,7 @@ int keeper_run(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    if ((k.sigfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0 || k.region < 0 || k.sock < 0 ||
+    if ((k.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 || k.region < 0 || k.sock < 0 ||
         k.child_end < 0) {
         log_error("keeper: cannot set up: %s", strerror(errno));
         goto out;
@@ -759,29 +909,19 @@ int keeper_run(int argc, char **argv)
     }
     for (;;) {
         struct pollfd p[2] = { { k.sock, POLLIN, 0 }, { k.sigfd, POLLIN, 0 } };
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
+        if (poll(p, 2, k.n_car > 0 ? 500 : -1) < 0 && errno != EINTR)
             break;
+        taken_expire(&k);
         if (p[0].revents)
             service(&k);
-        if (!p[1].revents)
-            continue;
-        struct signalfd_siginfo si;
-        if (read(k.sigfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
-            continue;
-        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            k.stopping = true;
-            kill(k.child, (int)si.ssi_signo);
-            continue;
-        }
-        if (si.ssi_signo == SIGHUP) {
-            kill(k.child, SIGHUP);
-            continue;
-        }
-        int st;
-        pid_t w;
-        while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
-            if (w != k.child)
-                continue;
+        if (p[1].revents)
+            on_signals(&k);
+        /* A broker that died, also one that died while it was being handed
+         * the sessions (restart() then returns with child_exited set). */
+        while (k.child_exited) {
+            k.child_exited = false;
+            int st = k.child_status;
+            pid_t w = k.child;
             bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
             if (k.stopping || clean) {
                 rc = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
@@ -790,7 +930,7 @@ int keeper_run(int argc, char **argv)
                          WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
                 goto out;
             }
-            if (!k.ready && WIFEXITED(st)) {
+            if (!k.ever_ready && WIFEXITED(st)) {
                 rc = WEXITSTATUS(st);
                 log_error("keeper: broker pid %d exited %d before it served: not restarted",
                           (int)w, rc);
