@@ -20,7 +20,11 @@
  * protobuf size, its zstd size at levels 1-19, the store record of the same
  * session (snap_session_encode) and where the packed bytes go: per field of
  * SessionSnapshot / ChannelSnapshot / RelayDirSnapshot / the token's
- * TokenRecord, summed over the channels (tag and length bytes included). */
+ * TokenRecord, summed over the channels (tag and length bytes included);
+ * and `what_if`: the packed and zstd (level 3) sizes after leaving out, one
+ * after the other, what the new process could know without the snapshot
+ * (each step keeps the ones before it). None of these is what snap.c
+ * writes: they say what a smaller schema would save. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -236,6 +240,116 @@ static void record_of(const struct snap_carried *c, struct snap_session *r)
     }
 }
 
+static size_t zstd_size(const uint8_t *p, size_t n, int level)
+{
+    size_t bound = ZSTD_compressBound(n);
+    uint8_t *z = malloc(bound);
+    size_t zl = z != NULL ? ZSTD_compress(z, bound, p, n, level) : 0;
+    free(z);
+    return ZSTD_isError(zl) ? 0 : zl;
+}
+
+/* One what-if step: its label and what it leaves out of m. */
+struct what_if {
+    const char *label;
+    void (*strip)(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c);
+};
+
+static void strip_backend_where(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    c->backend_where = (char *)"";  /* log only: the token's host:port */
+}
+
+static void strip_client_addr(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    c->client_addr = (char *)"";    /* log only: getpeername() of the client socket */
+}
+
+static void strip_linked_id(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    if (c->linked_backend_id == m->backend_id)
+        c->linked_backend_id = 0;
+}
+
+static void strip_constants(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    c->client_transport = 0;        /* TCP, the usual */
+    c->backend_state = 0;           /* LIVE, the only one carried */
+}
+
+static void strip_twins(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    if (c->ack_c_client_generation == c->ack_c_generation)
+        c->ack_c_client_generation = 0;
+    if (c->ack_c_window == c->ack_b_window)
+        c->ack_c_window = 0;
+}
+
+static void strip_types(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    /* the last message's type matters only inside a message */
+    if (c->to_client != NULL && c->to_client->body_left == 0)
+        c->to_client->type = 0;
+    if (c->to_backend != NULL && c->to_backend->body_left == 0)
+        c->to_backend->type = 0;
+}
+
+static void strip_token(Spicebroker__SessionSnapshot *m, Spicebroker__ChannelSnapshot *c)
+{
+    m->token.len = 0;               /* the store has it, under token_hash's name */
+}
+
+static const struct what_if what_ifs[] = {
+    { "backend_where (the token's host:port)", strip_backend_where },
+    { "client_addr (the client socket's peer)", strip_client_addr },
+    { "linked_backend_id equal to backend_id", strip_linked_id },
+    { "client_transport TCP and backend_state LIVE as 0", strip_constants },
+    { "ack fields equal to their twin", strip_twins },
+    { "a direction's last message type at a boundary", strip_types },
+    { "the token record (read from the store instead)", strip_token },
+};
+
+/* Prints the what_if array for packed (plen bytes). */
+static void print_what_ifs(const uint8_t *packed, size_t plen)
+{
+    Spicebroker__SessionSnapshot *m =
+        spicebroker__session_snapshot__unpack(NULL, plen, packed);
+    /* the steps point strings at literals and empty the token: what
+     * free_unpacked frees is put back first */
+    char *where[SNAP_MAX_CHANNELS], *addr[SNAP_MAX_CHANNELS];
+    size_t token_len = m != NULL ? m->token.len : 0;
+    for (size_t k = 0; m != NULL && k < m->n_channels && k < SNAP_MAX_CHANNELS; k++) {
+        where[k] = m->channels[k]->backend_where;
+        addr[k] = m->channels[k]->client_addr;
+    }
+    if (m != NULL && m->n_channels > SNAP_MAX_CHANNELS) {
+        spicebroker__session_snapshot__free_unpacked(m, NULL);
+        m = NULL;
+    }
+    printf("\"what_if\": [");
+    for (size_t i = 0; m != NULL && i < sizeof(what_ifs) / sizeof(what_ifs[0]); i++) {
+        for (size_t k = 0; k < m->n_channels; k++)
+            what_ifs[i].strip(m, m->channels[k]);
+        size_t n = spicebroker__session_snapshot__get_packed_size(m);
+        uint8_t *buf = malloc(n ? n : 1);
+        if (buf == NULL)
+            break;
+        spicebroker__session_snapshot__pack(m, buf);
+        printf("%s[\"%s\", %zu, %zu]", i ? ", " : "", what_ifs[i].label, n,
+               zstd_size(buf, n, 3));
+        free(buf);
+    }
+    printf("], ");
+    if (m == NULL)
+        return;
+    for (size_t k = 0; k < m->n_channels; k++) {
+        m->channels[k]->backend_where = where[k];
+        m->channels[k]->client_addr = addr[k];
+    }
+    m->token.len = token_len;
+    spicebroker__session_snapshot__free_unpacked(m, NULL);
+}
+
 static int cmp_bytes(const void *a, const void *b)
 {
     const struct field_sum *x = a, *y = b;
@@ -280,15 +394,12 @@ static int report(const char *name, const uint8_t *stored, size_t len, size_t da
            "\"packed_bytes\": %zu, \"zstd_bytes\": {",
            name, c->id, c->n_channels, datagram, len, stored[0] == 1 ? "zstd" : "raw", plen);
     static const int levels[] = { 1, 3, 9, 19 };
-    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
-        size_t bound = ZSTD_compressBound(plen);
-        uint8_t *z = malloc(bound);
-        size_t zl = z != NULL ? ZSTD_compress(z, bound, packed, plen, levels[i]) : 0;
-        printf("%s\"%d\": %zu", i ? ", " : "", levels[i], ZSTD_isError(zl) ? 0 : zl);
-        free(z);
-    }
-    printf("}, \"record_bytes\": %zu, \"record_encoding\": \"%s\", \"fields\": [", rlen,
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+        printf("%s\"%d\": %zu", i ? ", " : "", levels[i], zstd_size(packed, plen, levels[i]));
+    printf("}, \"record_bytes\": %zu, \"record_encoding\": \"%s\", ", rlen,
            rbuf[0] == 1 ? "zstd" : "raw");
+    print_what_ifs(packed, plen);
+    printf("\"fields\": [");
     qsort(b->f, b->n, sizeof(b->f[0]), cmp_bytes);
     for (size_t i = 0; i < b->n; i++)
         printf("%s[\"%s\", %zu, %u]", i ? ", " : "", b->f[i].path, b->f[i].bytes, b->f[i].count);

@@ -19,8 +19,10 @@ links the project's proto library and reads the generated descriptors):
 Printed for each: the snapshot as sent (stored: the encoding byte + the
 packed message or its zstd frame), packed, zstd at levels 1/3/9/19, the
 hand-over datagram around it, the session's store record (SessionRecord, as
-the broker publishes it), and the packed bytes per field, largest first
-(summed over the channels; tag and length bytes included). Figures are
+the broker publishes it), what leaving out what the new process could know
+otherwise would save (cumulative steps; not what snap.c writes), and the
+packed bytes per field, largest first (summed over the channels; tag and
+length bytes included). Figures are
 printed, never asserted; not a meson test.
 
     /usr/bin/python3 tests/bench/snapshot_bench.py --build-dir build [--idle 5] [--no-real]
@@ -129,6 +131,9 @@ def show(r, top):
         "%s: %d" % kv for kv in r["zstd_bytes"].items()))
     print("  store record       %4d bytes (%s, SessionRecord)" % (
         r["record_bytes"], r["record_encoding"]))
+    print("  what a smaller schema would save (each step keeps the ones above; packed, zstd -3):")
+    for label, n, zn in r["what_if"]:
+        print("    - %-52s %4d %4d" % (label, n, zn))
     print("  packed bytes per field (over the channels):")
     for path, n, count in r["fields"][:top]:
         print("    %-36s %4d  (%d)" % (path, n, count))
