@@ -12,9 +12,9 @@ links the project's proto library and reads the generated descriptors):
              (tests/integration/spice_client.py: main, display, inputs,
              cursor) through the broker, idle for --idle seconds, then
              `spice-brokerctl upgrade` with strace on the broker catching
-             every hand-over datagram the old process sends; the session's
-             datagram is decoded (snap_handover_decode) and its snapshot
-             measured. strace slows the carry; sizes do not depend on it.
+             every datagram the old process sends (sendmsg); each is decoded
+             as a hand-over message (snap_handover_decode) and the snapshot
+             of the one that carries the session measured. strace slows the carry; sizes do not depend on it.
 
 Printed for each: the snapshot as sent (stored: the encoding byte + the
 packed message or its zstd frame), packed, zstd at levels 1/3/9/19, the
