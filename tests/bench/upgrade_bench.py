@@ -26,6 +26,11 @@ how many sessions were carried and how long the carry took. Figures are
 printed, never asserted; this is not a meson test.
 
     /usr/bin/python3 tests/bench/upgrade_bench.py --build-dir build [--sessions 1000]
+    /usr/bin/python3 tests/bench/upgrade_bench.py --build-dir build --sizes 1,100,1000 \
+        [--interval 100,100,1000]
+
+With --sizes, a baseline and an upgrade run per size (fresh brokers each, one
+spice_peer server for all) and one table at the end.
 """
 import argparse
 import json
@@ -68,7 +73,7 @@ def run_once(env, peer, srv_port, a, upgrade, name):
     try:
         cl = subprocess.Popen([peer, "client"] + where + [
                                "--password", tok, "carry", "--sessions", str(a.sessions),
-                               "--seconds", str(a.seconds), "--interval", str(a.interval)],
+                               "--seconds", str(a.seconds), "--interval", str(a.interval_ms)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         env.procs.append((name + "-client", cl))
         first = cl.stdout.readline()
@@ -110,29 +115,64 @@ def run_once(env, peer, srv_port, a, upgrade, name):
     return out
 
 
+def print_table(results, a):
+    """One table: a baseline and an upgrade row per size."""
+    print("\n%s, sessions x 4 channels, %.0f s per run; load %s" % (
+        "WebSocket" if a.ws else "TCP", a.seconds, " ".join(open("/proc/loadavg").read().split()[:3])))
+    print("%6s %6s %-9s %7s %8s %8s %8s | %-27s | %s" % (
+        "N", "probe", "run", "closed", "rtt p50", "p99", "max", "per-session max p50/p99/max",
+        "broker pause p50/p99/max (ms)"))
+    for n, interval, res in results:
+        for r in res:
+            pause = ("%.1f / %.1f / %.1f  (%d carried, %d stayed, carry %s ms)" % (
+                r["pause_p50_ms"], r["pause_p99_ms"], r["pause_max_ms"], r["carried"],
+                r["stayed"], r["carry_ms"]) if r.get("pause_p50_ms") is not None else "-")
+            print("%6d %4dms %-9s %7s %8.2f %8.2f %8.2f | %7.2f / %7.2f / %7.2f | %s" % (
+                n, interval, r["run"], r.get("closed"), r["rtt_p50_ms"], r["rtt_p99_ms"],
+                r["rtt_max_ms"], r["session_max_p50_ms"], r["session_max_p99_ms"],
+                r["session_max_max_ms"], pause))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build-dir", default=os.environ.get("MESON_BUILD_ROOT"))
     ap.add_argument("--peer", help="spice_peer (default: BUILD/tests/bench/spice_peer)")
     ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--sizes", help="session counts, comma-separated (e.g. 1,100,1000): a "
+                    "baseline and an upgrade run per size, one table (instead of --sessions)")
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--interval", type=int, default=100, help="ms between a session's probes")
+    ap.add_argument("--interval", default="100",
+                    help="ms between a session's probes: one value, or one per --sizes entry")
     ap.add_argument("--ws", action="store_true",
                     help="the clients on the browser port, each channel a WebSocket")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     a = ap.parse_args()
     a.direct = False
+    sizes = [int(x) for x in a.sizes.split(",") if x] if a.sizes else [a.sessions]
+    intervals = [int(x) for x in a.interval.split(",") if x]
+    if len(intervals) == 1:
+        intervals *= len(sizes)
+    if len(intervals) != len(sizes) or not sizes:
+        ap.error("--interval: one value, or one per --sizes entry")
     env = Env(a)
     peer = a.peer or os.path.join(os.path.abspath(a.build_dir), "tests/bench/spice_peer")
+    results = []
     try:
         env.require_broker()
-        srv = subprocess.Popen([peer, "server", "--listen", "127.0.0.1:0", "--max-seconds", "900"],
+        max_s = int(len(sizes) * 2 * (a.seconds + 180))
+        srv = subprocess.Popen([peer, "server", "--listen", "127.0.0.1:0", "--max-seconds",
+                                str(max_s)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         env.procs.append(("spice_peer-server", srv))
         srv_port = int(srv.stdout.readline().split(":")[-1])
-        res = [run_once(env, peer, srv_port, a, False, "baseline"),
-               run_once(env, peer, srv_port, a, True, "upgrade")]
+        for n, interval in zip(sizes, intervals):
+            a.sessions, a.interval_ms = n, interval
+            results.append((n, interval, [
+                run_once(env, peer, srv_port, a, False, "baseline-%d" % n),
+                run_once(env, peer, srv_port, a, True, "upgrade-%d" % n)]))
+            for r in results[-1][2]:
+                r["run"] = r["run"].rsplit("-", 1)[0]
     except harness.TestSkip as e:
         print("SKIP: %s" % e, flush=True)
         env.cleanup(keep=a.keep)
@@ -140,23 +180,15 @@ def main():
     except (TestFailure, subprocess.TimeoutExpired, ValueError) as e:
         print("ERROR: %s" % e, flush=True)
         env.cleanup(keep=a.keep)
+        if results:
+            print_table(results, a)
         return 1
     env.cleanup(keep=a.keep)
-    print("\n%d sessions x 4 channels (%s), a probe per session every %d ms, %.0f s per run" % (
-        a.sessions, "WebSocket" if a.ws else "TCP", a.interval, a.seconds))
-    print("%-9s %7s %8s %8s %8s | %-27s | %s" % ("run", "closed", "rtt p50", "p99", "max",
-                                                "per-session max p50/p99/max",
-                                                "broker pause p50/p99/max (ms)"))
-    for r in res:
-        pause = ("%.1f / %.1f / %.1f  (%d carried, %d stayed, carry %s ms)" % (
-            r["pause_p50_ms"], r["pause_p99_ms"], r["pause_max_ms"], r["carried"], r["stayed"],
-            r["carry_ms"]) if r.get("pause_p50_ms") is not None else "-")
-        print("%-9s %7s %8.2f %8.2f %8.2f | %7.2f / %7.2f / %7.2f | %s" % (
-            r["run"], r.get("closed"), r["rtt_p50_ms"], r["rtt_p99_ms"], r["rtt_max_ms"],
-            r["session_max_p50_ms"], r["session_max_p99_ms"], r["session_max_max_ms"], pause))
-    print(json.dumps({"bench": "upgrade", "sessions": a.sessions, "interval_ms": a.interval,
-                      "seconds": a.seconds, "load": open("/proc/loadavg").read().split()[:3],
-                      "runs": res}), flush=True)
+    print_table(results, a)
+    print(json.dumps({"bench": "upgrade", "seconds": a.seconds,
+                      "load": open("/proc/loadavg").read().split()[:3],
+                      "sizes": [{"sessions": n, "interval_ms": i, "runs": res}
+                                for n, i, res in results]}), flush=True)
     return 0
 
 
