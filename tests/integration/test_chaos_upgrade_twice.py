@@ -2,7 +2,7 @@
 """Chaos: a second `spice-brokerctl upgrade` while the first one's old process
 still holds a session it cannot carry yet (a live migration under way).
 
-NOT in meson.build yet: it FAILS on main (6e29949), see below.
+NOT in meson.build yet: it FAILS on main (6e29949 and 6aa6f5a), see below.
 
 A spice-gtk session A on the echo guest (QEMU "src"), typing, is prepared for
 a migration to "dst" and the source is told `migrate` (100 kB/s). While the
