@@ -12,7 +12,11 @@
  *                  (N sessions of 4 channels: main, inputs, cursor, playback;
  *                  every session sends an inputs message every MS ms (100)
  *                  and times its echo: each session's largest round trip,
- *                  for tests/bench/upgrade_bench.py)
+ *                  for tests/bench/upgrade_bench.py; each probe carries its
+ *                  session and sequence number, and an echo that is not the
+ *                  probe in flight, a probe unanswered for 2 s at the end,
+ *                  and a main, cursor or playback socket closed by the
+ *                  broker are counted, for tests/integration/test_chaos_upgrade.py)
  *       linkrate   --seconds S [--parallel P]
  *       linktime   --tokens FILE   (one main link per line's token, one at a
  *                                   time: each link's time, connect to OK)
@@ -1638,14 +1642,27 @@ struct carry_sess {
     int mfd, cfd, pfd;
     struct cchan ch;           /* inputs */
     uint64_t next, sent_at;    /* the next probe; the one in flight (0: none) */
+    uint64_t seq;              /* probes sent: the one in flight carries seq */
     uint64_t max_rtt;
 };
+
+/* Has the broker closed fd (end of stream or an error on the socket)? Peeks
+ * only: whatever a channel holds stays unread. */
+static bool carry_closed(int fd)
+{
+    uint8_t b;
+
+    if (fd < 0)
+        return true;
+    ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 static int run_carry(const struct copts *o, long sessions, double seconds, long interval_ms)
 {
     uint64_t t0 = now_ns(), deadline = t0 + 300ull * 1000000000ull, end, step;
     const char *why = NULL;
-    long linked = 0, lost = 0;
+    long linked = 0, lost = 0, extra = 0, wrong = 0, stuck = 0, others_closed = 0;
     size_t n_rtt = 0, cap_rtt;
     uint64_t *rtt, *maxes;
     uint8_t body[16] = { 0 };
@@ -1694,6 +1711,8 @@ static int run_carry(const struct copts *o, long sessions, double seconds, long 
             if (c->ch.fd < 0)
                 continue;
             if (c->sent_at == 0 && c->next <= now) {
+                wire_put_u64(body, ++c->seq);
+                wire_put_u32(body + 8, (uint32_t)i);
                 if (cchan_send(&c->ch, SPICE_MSGC_INPUTS_MOUSE_MOTION, body, sizeof body,
                                now + 5000000000ull) < 0) {
                     cchan_close(&c->ch);
@@ -1721,9 +1740,14 @@ static int run_carry(const struct copts *o, long sessions, double seconds, long 
                     lost++;
                     break;
                 }
-                if (c->ch.fr.type == SPICE_MSG_INPUTS_MOUSE_MOTION_ACK && c->sent_at) {
+                if (c->ch.fr.type == SPICE_MSG_INPUTS_MOUSE_MOTION_ACK && c->sent_at == 0) {
+                    extra++; /* an echo with no probe in flight: a repeated one */
+                } else if (c->ch.fr.type == SPICE_MSG_INPUTS_MOUSE_MOTION_ACK) {
                     uint64_t r = now_ns() - c->sent_at;
 
+                    if (c->ch.fr.size != sizeof body || wire_get_u64(c->ch.fr.small) != c->seq ||
+                        wire_get_u32(c->ch.fr.small + 8) != (uint32_t)i)
+                        wrong++; /* another probe's echo: lost, repeated or misrouted */
                     if (n_rtt < cap_rtt)
                         rtt[n_rtt++] = r;
                     if (r > c->max_rtt)
@@ -1733,21 +1757,29 @@ static int run_carry(const struct copts *o, long sessions, double seconds, long 
             } while (c->ch.off < c->ch.have);
         }
     }
-    for (long i = 0; i < linked; i++)
+    uint64_t t_end = now_ns(), probes = 0;
+    for (long i = 0; i < linked; i++) {
         maxes[i] = v[i].max_rtt;
+        probes += v[i].seq;
+        if (v[i].ch.fd >= 0 && v[i].sent_at != 0 && t_end - v[i].sent_at > 2000000000ull)
+            stuck++;
+        others_closed += carry_closed(v[i].mfd) + carry_closed(v[i].cfd) + carry_closed(v[i].pfd);
+    }
     qsort(rtt, n_rtt, sizeof *rtt, cmp_u64);
     qsort(maxes, (size_t)linked, sizeof *maxes, cmp_u64);
     printf("{\"mode\":\"carry\",\"sessions\":%ld,\"closed\":%ld,\"probes\":%zu,"
            "\"rtt_p50_ms\":%.3f,\"rtt_p99_ms\":%.3f,\"rtt_max_ms\":%.3f,"
-           "\"session_max_p50_ms\":%.3f,\"session_max_p99_ms\":%.3f,\"session_max_max_ms\":%.3f%s%s%s}\n",
+           "\"session_max_p50_ms\":%.3f,\"session_max_p99_ms\":%.3f,\"session_max_max_ms\":%.3f,"
+           "\"probes_sent\":%llu,\"echo_extra\":%ld,\"echo_wrong\":%ld,\"probes_stuck\":%ld,"
+           "\"other_channels_closed\":%ld%s%s%s}\n",
            linked, lost, n_rtt, n_rtt ? (double)rtt[n_rtt / 2] / 1e6 : -1.0,
            n_rtt ? (double)rtt[(n_rtt * 99) / 100] / 1e6 : -1.0,
            n_rtt ? (double)rtt[n_rtt - 1] / 1e6 : -1.0,
            linked ? (double)maxes[linked / 2] / 1e6 : -1.0,
            linked ? (double)maxes[(linked * 99) / 100] / 1e6 : -1.0,
-           linked ? (double)maxes[linked - 1] / 1e6 : -1.0,
-           why && linked < sessions ? ",\"error\":\"" : "", why && linked < sessions ? why : "",
-           why && linked < sessions ? "\"" : "");
+           linked ? (double)maxes[linked - 1] / 1e6 : -1.0, (unsigned long long)probes, extra,
+           wrong, stuck, others_closed, why && linked < sessions ? ",\"error\":\"" : "",
+           why && linked < sessions ? why : "", why && linked < sessions ? "\"" : "");
     for (long i = 0; i < linked; i++) {
         cchan_close(&v[i].ch);
         xclose(v[i].mfd);
@@ -1760,7 +1792,9 @@ static int run_carry(const struct copts *o, long sessions, double seconds, long 
     free(pf);
     free(maxes);
     free(rtt);
-    return lost == 0 && linked == sessions ? 0 : 1;
+    if (lost != 0 || extra != 0 || wrong != 0 || stuck != 0 || others_closed != 0)
+        return 1;
+    return linked == sessions ? 0 : 1;
 }
 
 static void linkrate_child(const struct copts *o, double seconds, int wfd)
