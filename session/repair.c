@@ -229,11 +229,14 @@ static int rebuild(struct tcp_state *st, char *why, size_t why_len)
     st->new_fd = fd;
     if (set_int(fd, IPPROTO_TCP, TCP_REPAIR, 1) < 0)
         return failf(why, why_len, "setsockopt(TCP_REPAIR, 1) on the new socket");
-    /* The address may not be on this host yet (it moves after this). */
-    if (st->family == AF_INET6)
-        (void)set_int(fd, IPPROTO_IPV6, IPV6_FREEBIND, 1);
-    else
-        (void)set_int(fd, IPPROTO_IP, IP_FREEBIND, 1);
+    /* The address is not on this host yet (it moves after this): bind()
+     * and connect()'s route lookup need IP_TRANSPARENT for it (IP_FREEBIND
+     * binds, but the route lookup still wants a local source: ENETUNREACH);
+     * cleared once connected. */
+    int level = st->family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    int transparent = st->family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+    if (set_int(fd, level, transparent, 1) < 0)
+        return failf(why, why_len, "setsockopt(IP_TRANSPARENT)");
     /* Repair mode binds even where a listener has the port (SK_FORCE_REUSE). */
     if (bind(fd, (const struct sockaddr *)&st->local, st->local_len) < 0)
         return failf(why, why_len, "bind() to the connection's own address");
@@ -244,6 +247,7 @@ static int rebuild(struct tcp_state *st, char *why, size_t why_len)
         return failf(why, why_len, "setsockopt(TCP_QUEUE_SEQ)");
     if (connect(fd, (const struct sockaddr *)&st->peer, st->peer_len) < 0)
         return failf(why, why_len, "connect() in repair mode");
+    (void)set_int(fd, level, transparent, 0);
     struct tcp_repair_opt opts[4];
     unsigned n = 0;
     if (st->options & TCPI_OPT_SACK)
