@@ -59,20 +59,34 @@ static uint64_t netns_cookie(int fd, bool *ok)
     return cookie;
 }
 
-bool repair_foreign(int fd)
+/* This thread's network namespace's cookie (a socket made to ask). */
+static bool own_cookie(uint64_t *cookie)
+{
+    int here = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (here < 0)
+        return false;
+    bool ok;
+    *cookie = netns_cookie(here, &ok);
+    close(here);
+    return ok;
+}
+
+static bool foreign_to(int fd, uint64_t ours)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
         (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
         return false;
-    int here = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (here < 0)
-        return false;
-    bool ok_theirs, ok_ours;
-    uint64_t theirs = netns_cookie(fd, &ok_theirs), ours = netns_cookie(here, &ok_ours);
-    close(here);
-    return ok_theirs && ok_ours && theirs != ours;
+    bool ok;
+    uint64_t theirs = netns_cookie(fd, &ok);
+    return ok && theirs != ours;
+}
+
+bool repair_foreign(int fd)
+{
+    uint64_t ours;
+    return own_cookie(&ours) && foreign_to(fd, ours);
 }
 
 static int failf(char *why, size_t why_len, const char *fmt, ...)
@@ -318,14 +332,22 @@ static void state_free(struct tcp_state *st)
 int repair_move(int *fds, size_t n, unsigned *moved, char *why, size_t why_len)
 {
     *moved = 0;
-    struct tcp_state *st = calloc(n > 0 ? n : 1, sizeof(*st));
+    uint64_t ours;
+    if (n == 0 || !own_cookie(&ours))
+        return 0; /* nothing to move, or a kernel that cannot tell (as repair_foreign) */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m += foreign_to(fds[i], ours);
+    if (m == 0)
+        return 0;
+    struct tcp_state *st = calloc(m, sizeof(*st));
     if (st == NULL) {
         snprintf(why, why_len, "out of memory");
         return -1;
     }
-    size_t m = 0;
+    m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!repair_foreign(fds[i]))
+        if (!foreign_to(fds[i], ours))
             continue;
         st[m].old_fd = fds[i];
         st[m].new_fd = -1;
