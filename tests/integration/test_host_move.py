@@ -3,15 +3,22 @@
 10 item 8): the client's TCP connections and the broker's connections to QEMU
 moved with TCP_REPAIR (as CRIU does), the service address moved after them.
 
-The test makes five network namespaces of its own, joined by a bridge (in the
+The test makes six network namespaces of its own, joined by a bridge (in the
 "switch" one) over veth pairs, on 10.77.0.0/24:
   hostA  10.77.0.1 + the service address 10.77.0.10/32 (the broker's
          connections to QEMU leave from it too: a route with src 10.77.0.10)
   hostB  10.77.0.2
+  hostC  no address (no route to the peers)
   client 10.77.0.3   spice-gtk (spice_client.py), typing a key every 0.4 s
   qemu   10.77.0.20  QEMU with the echo guest
-A broker runs in hostA (listening on 0.0.0.0); the client's session goes
-through 10.77.0.10. Then, as the README's design note says:
+First the failure path: a broker in hostA, a session through 10.77.0.10, the
+address off hostA, `upgrade --binary` to hostC: the new process cannot
+rebuild the connections there (connect() in repair mode: ENETUNREACH), takes
+every socket out of repair mode and lets the session go back with the
+reason; the old process resumes it, the address comes back to hostA, and the
+checks below hold for that session (12 keys).
+Then the move: a broker in hostA (listening on 0.0.0.0), a session through
+10.77.0.10, then, as the README's design note says:
   1. the service address leaves hostA (`ip addr del`): nothing reaches the
      old sockets any more (a socket in repair mode still takes in and
      acknowledges what reaches it: this is CRIU's "network lock");
@@ -71,7 +78,7 @@ class Namespaces:
     def __init__(self):
         tag = "%d" % (os.getpid() % 100000)
         self.names = {role: "sb%s%s" % (role[:5], tag) for role in
-                      ["switch"] + list(HOSTS)}
+                      ["switch", "hostC"] + list(HOSTS)}
         self.made = []
 
     def __getitem__(self, role):
@@ -94,14 +101,15 @@ class Namespaces:
             self.ip(role, "link", "set", "lo", "up")
         self.ip("switch", "link", "add", "br0", "type", "bridge")
         self.ip("switch", "link", "set", "br0", "up")
-        for i, (role, addr) in enumerate(HOSTS.items()):
+        for i, role in enumerate(list(HOSTS) + ["hostC"]):
             port = "p%d" % i
             self.ip("switch", "link", "add", port, "type", "veth", "peer", "name", "eth0",
                     "netns", self.names[role])
             self.ip("switch", "link", "set", port, "master", "br0")
             self.ip("switch", "link", "set", port, "up")
             self.ip(role, "link", "set", "eth0", "up")
-            self.ip(role, "addr", "add", addr + "/24", "dev", "eth0")
+            if role in HOSTS:
+                self.ip(role, "addr", "add", HOSTS[role] + "/24", "dev", "eth0")
         self.add_service("hostA")
 
     def add_service(self, role):
@@ -174,32 +182,97 @@ def netns_of(pid):
     return os.stat("/proc/%d/ns/net" % pid).st_ino
 
 
-def test_move(env, ns):
-    with in_netns(ns, "qemu"):
-        q = NsQemu(env, name="q", all_devices=False).start()
+def wrapper_for(env, ns, role):
+    """A root-owned script running the broker in role's namespace (for
+    upgrade --binary, which refuses files others could write)."""
+    d = env.path("bin-" + role)
+    os.makedirs(d, mode=0o755)
+    path = os.path.join(d, "spice-broker-on-" + role)
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\n# the broker on %s: the test\'s namespace\nexec %s netns exec %s '
+                '%s "$@"\n' % (role, IP, ns[role], os.path.abspath(env.broker_exe)))
+    os.chmod(path, 0o755)
+    return path
+
+
+def start_session(env, ns, b, q, tag, keys):
+    """A spice-gtk client in the client namespace through the service
+    address, typing keys; returns (client, session id, serial offset)."""
+    tok = token(tag)
+    b.token_add(tok, HOSTS["qemu"], q.spice_port)
+    base = len(q.serial_bytes())
+    with in_netns(ns, "client"):
+        c = SpiceClient(env, SERVICE, b.port, tok, seconds=40, smartcard=False,
+                        inval_timestamps=True, keys=keys, keys_start=0.5,
+                        key_interval=KEY_INTERVAL).start()
+    chans = c.wait_ready(20)
+    log("client ready in %s through %s:%d: %s" % (ns["client"], SERVICE, b.port,
+                                                  ", ".join(chans)))
+    return c, b.sessions()[0]["id"], base
+
+
+def carried_on(c, q, base, b, keys, t_lock, t_addr, what):
+    """After the typing: every key echoed once, in order (some typed while the
+    address was on no host), no channel closed, every peer the service
+    address, the display alive after the address came back. Returns the
+    client's pause (s)."""
+    c.wait_event(lambda e: e["ev"] == "keys-done", 2 * len(keys) * KEY_INTERVAL + 15,
+                 what="typing finished")
+    t_keys_done = time.monotonic()
+    time.sleep(1.0)
+    r = c.stop()
+    keys_echoed(r, lambda: q.serial_bytes()[base:], what, n_keys=len(keys))
+    sent = r["keys"]["sent"]
+    lock_t, addr_t = c.to_client_t(t_lock), c.to_client_t(t_addr)
+    check(sent[0][0] < lock_t and addr_t < sent[-1][0],
+          "the move (t=%.2f..%.2f) is not inside the typing (%.2f..%.2f)" % (
+              lock_t, addr_t, sent[0][0], sent[-1][0]))
+    during = [k for k in sent if lock_t <= k[0] <= addr_t]
+    check(during, "no key typed while the address was on no host (t=%.2f..%.2f)" % (
+        lock_t, addr_t))
+    log("%d key events typed while the address was on no host, echoed once" % len(during))
+    check(not r["errors"], "channels closed or failed: %s" % r["errors"])
+    check(not r["counts"].get("disconnected"), "the session was disconnected")
+    closed = {k: v["events"] for k, v in r["channels"].items()
+              if v["closed_t"] is not None or v.get("destroyed")}
+    check(not closed, "channels closed: %s" % closed)
+    want = "%s:%d" % (SERVICE, b.port)
+    bad = {k: p for k, p in r["final_peers"].items() if p != want}
+    check(not bad, "channel peers are not %s: %s" % (want, bad))
+    ts = r["invalidate"]["timestamps"] or []
+    after = [t for t in ts if t > addr_t]
+    check(len(after) > 5, "the display did not update after the move (%d updates after "
+          "t=%.2f)" % (len(after), addr_t))
+    end_t = c.to_client_t(t_keys_done)
+    check([t for t in ts if t > end_t - 1.0], "the display is not alive at the end")
+    before = [t for t in ts if t <= lock_t]
+    gap = after[0] - (before[-1] if before else lock_t)
+    log("display: %d updates, %d after the address came back; the client's pause: %.0f ms "
+        "from the last update before the lock to the first after (address on no host for "
+        "%.0f ms)" % (len(ts), len(after), gap * 1000, (t_addr - t_lock) * 1000))
+    return gap
+
+
+def unlock(ns, role, t_lock):
+    """The service address on role's host, not before OUTAGE_MIN after the
+    lock (so that keys are typed while nothing reaches either host: they wait
+    in the client's TCP queue), and the peers' neighbour caches flushed (so
+    that they ask again: role's host answers)."""
+    time.sleep(max(0.0, t_lock + OUTAGE_MIN - time.monotonic()))
+    ns.add_service(role)
+    for peer in ("client", "qemu"):
+        ns.ip(peer, "neigh", "flush", "dev", "eth0")
+    return time.monotonic()
+
+
+def test_move(env, ns, q):
     with in_netns(ns, "hostA"):
         b = NsBroker(env, link_timeout=2, backend_timeout=2).start()
     old_pid, new_pid = b.proc.pid, None
-    wrapper_dir = env.path("hostB-bin")
-    os.makedirs(wrapper_dir, mode=0o755)
-    wrapper = os.path.join(wrapper_dir, "spice-broker-on-hostB")
-    with open(wrapper, "w") as f:
-        f.write('#!/bin/sh\n# the broker on hostB: the test\'s namespace\nexec %s netns exec %s '
-                '%s "$@"\n' % (IP, ns["hostB"], os.path.abspath(env.broker_exe)))
-    os.chmod(wrapper, 0o755)
+    wrapper = wrapper_for(env, ns, "hostB")
     try:
         check(netns_of(old_pid) == ns.inode("hostA"), "the broker does not run in hostA")
-        tok = token("hostmove")
-        b.token_add(tok, HOSTS["qemu"], q.spice_port)
-        base = len(q.serial_bytes())
-        with in_netns(ns, "client"):
-            c = SpiceClient(env, SERVICE, b.port, tok, seconds=40, smartcard=False,
-                            inval_timestamps=True, keys=KEYS, keys_start=0.5,
-                            key_interval=KEY_INTERVAL).start()
-        chans = c.wait_ready(20)
-        log("client ready in %s through %s:%d: %s" % (ns["client"], SERVICE, b.port,
-                                                      ", ".join(chans)))
-        sid = b.sessions()[0]["id"]
+        c, sid, base = start_session(env, ns, b, q, "hostmove", KEYS)
         time.sleep(3.0)
 
         # 1. the network lock: the service address leaves hostA
@@ -215,14 +288,8 @@ def test_move(env, ns):
             what="the session carried in (log:\n%s)" % b.log_text()[-3000:])
         t_in = time.monotonic()
         # 3. the address reaches hostB only now (before, hostB's kernel would
-        # answer the peers' segments with a RST); not before OUTAGE_MIN, so
-        # that keys are typed while nothing reaches either host (they wait
-        # in the client's TCP queue, retransmitted to hostB)
-        time.sleep(max(0.0, t_lock + OUTAGE_MIN - time.monotonic()))
-        ns.add_service("hostB")
-        for role in ("client", "qemu"):
-            ns.ip(role, "neigh", "flush", "dev", "eth0")
-        t_addr = time.monotonic()
+        # answer the peers' segments with a RST)
+        t_addr = unlock(ns, "hostB", t_lock)
         log("moved: address off hostA, upgrade answered after %.0f ms (%s), session carried "
             "in after %.0f ms, address on hostB after %.0f ms" % (
                 (t_up - t_lock) * 1000, out.strip(), (t_in - t_lock) * 1000,
@@ -240,48 +307,53 @@ def test_move(env, ns):
         check(sid in ss, "the new process does not list the session: %s" % ss)
         wait_until(lambda: not b.alive(), 15, what="the old process's exit")
         log("the old process (pid %d) exited" % old_pid)
-
-        c.wait_event(lambda e: e["ev"] == "keys-done", 2 * len(KEYS) * KEY_INTERVAL + 15,
-                     what="typing finished")
-        t_keys_done = time.monotonic()
-        time.sleep(1.0)
-        r = c.stop()
-        keys_echoed(r, lambda: q.serial_bytes()[base:], "across the move to hostB",
-                    n_keys=len(KEYS))
-        sent = r["keys"]["sent"]
-        lock_t, addr_t = c.to_client_t(t_lock), c.to_client_t(t_addr)
-        check(sent[0][0] < lock_t and addr_t < sent[-1][0],
-              "the move (t=%.2f..%.2f) is not inside the typing (%.2f..%.2f)" % (
-                  lock_t, addr_t, sent[0][0], sent[-1][0]))
-        during = [k for k in sent if lock_t <= k[0] <= addr_t]
-        check(during, "no key typed while the address was on neither host (t=%.2f..%.2f)" % (
-            lock_t, addr_t))
-        log("%d key events typed while the address was on neither host, echoed once" %
-            len(during))
-        check(not r["errors"], "channels closed or failed: %s" % r["errors"])
-        check(not r["counts"].get("disconnected"), "the session was disconnected")
-        closed = {k: v["events"] for k, v in r["channels"].items()
-                  if v["closed_t"] is not None or v.get("destroyed")}
-        check(not closed, "channels closed: %s" % closed)
-        want = "%s:%d" % (SERVICE, b.port)
-        bad = {k: p for k, p in r["final_peers"].items() if p != want}
-        check(not bad, "channel peers are not %s: %s" % (want, bad))
-        ts = r["invalidate"]["timestamps"] or []
-        after = [t for t in ts if t > addr_t]
-        check(len(after) > 5, "the display did not update after the move (%d updates after "
-              "t=%.2f)" % (len(after), addr_t))
-        end_t = c.to_client_t(t_keys_done)
-        check([t for t in ts if t > end_t - 1.0], "the display is not alive at the end")
-        before = [t for t in ts if t <= lock_t]
-        gap = after[0] - (before[-1] if before else lock_t)
-        log("display: %d updates, %d after the move; the client's pause: %.0f ms from the "
-            "last update before the lock to the first after (address off hostA for %.0f ms)"
-            % (len(ts), len(after), gap * 1000, (t_addr - t_lock) * 1000))
+        carried_on(c, q, base, b, KEYS, t_lock, t_addr, "across the move to hostB")
         check(b.status()["pid"] == new_pid, "the new process stopped serving")
     finally:
         kill_pid(new_pid)
         b.stop()
-        q.stop()
+
+
+def test_refused(env, ns, q):
+    """A host whose connections cannot be rebuilt (hostC: no address, no
+    route to the peers: connect() in repair mode fails): the new process
+    there lets the session go back, every socket out of repair mode; the old
+    process resumes it, and once the address is back on hostA the session
+    goes on as if nothing happened."""
+    with in_netns(ns, "hostA"):
+        b = NsBroker(env, name="broker-refused", link_timeout=2, backend_timeout=2).start()
+    old_pid, new_pid = b.proc.pid, None
+    wrapper = wrapper_for(env, ns, "hostC")
+    keys = KEYS[:12]
+    try:
+        c, sid, base = start_session(env, ns, b, q, "refused", keys)
+        time.sleep(2.0)
+        t_lock = time.monotonic()
+        ns.ip("hostA", "addr", "del", SERVICE + "/32", "dev", "eth0")
+        b.ctl("upgrade", "--binary", wrapper, timeout=45)
+        new_pid = b.status()["pid"]
+        stays = "sid=%08x stays in this process (pid %d) until it ends: the new process did " \
+                "not take it (" % (sid, old_pid)
+        text = wait_until(lambda: (lambda t: t if stays in t else None)(b.log_text()), 10,
+                          what="the session back in the old process")
+        line = [ln for ln in text.splitlines() if stays in ln][0]
+        log("old process: %s" % line.split("]", 1)[-1].strip())
+        check("connect() in repair mode: Network is unreachable" in line,
+              "the refusal does not say why: %r" % line)
+        check("sid=%08x upgrade: its connections cannot move to this host" % sid in text,
+              "the new process did not log why it let the session go")
+        t_addr = unlock(ns, "hostA", t_lock)
+        check(b.alive() and sid not in [x["id"] for x in b.sessions()],
+              "the old process exited, or the new one lists the session it let go")
+        carried_on(c, q, base, b, keys, t_lock, t_addr,
+                   "in the old process after the move was refused")
+    finally:
+        kill_pid(new_pid)
+        b.stop()
+        # the address back where test_move wants it
+        ns.ip("hostA", "addr", "add", SERVICE + "/32", "dev", "eth0", check_rc=False)
+        ns.ip("hostA", "route", "replace", HOSTS["qemu"] + "/32", "dev", "eth0", "src",
+              SERVICE, check_rc=False)
 
 
 def test(env):
@@ -297,7 +369,13 @@ def test(env):
         why = tcp_repair_refused(ns)
         if why is not None:
             raise TestSkip("the kernel refuses TCP_REPAIR: %s" % why)
-        test_move(env, ns)
+        with in_netns(ns, "qemu"):
+            q = NsQemu(env, name="q", all_devices=False).start()
+        try:
+            test_refused(env, ns, q)
+            test_move(env, ns, q)
+        finally:
+            q.stop()
     finally:
         ns.remove()
 
