@@ -31,6 +31,7 @@
 #include "broker/zone.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "session/repair.h"
 
 extern char **environ;
 
@@ -403,6 +404,13 @@ int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint3
     int fd = upgrade_take_fd(u, kind, worker);
     if (fd < 0)
         return -1;
+    if (repair_foreign(fd)) {
+        log_info("upgrade: the %s socket handed over listens in another network namespace "
+                 "(this process runs on another host): closed, a new one opens here",
+                 kind_name(kind));
+        close(fd);
+        return -1;
+    }
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     bool same = false;
@@ -465,6 +473,27 @@ static void adopt_job_free(void *arg)
     free(j);
 }
 
+/* A session of a process on another host: its sockets are of another
+ * network namespace (the new binary was started there, e.g. through `ip
+ * netns exec`). Its TCP connections move into this one with TCP_REPAIR
+ * (session/repair.h; the service address must already be off the old host,
+ * and reach this one after). 0 (nothing to move, or all moved), or -1 with
+ * why: every socket as it was, the old process resumes the session. */
+static int move_across_hosts(struct adopt_job *j, size_t n_fds, char *why, size_t why_len)
+{
+    unsigned moved = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (repair_move(j->fds, n_fds, &moved, why, why_len) < 0)
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (moved > 0)
+        log_info("sid=%08x upgrade: %u TCP connections moved into this host's network "
+                 "namespace with TCP_REPAIR in %.1f ms", j->snap.id, moved,
+                 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    return 0;
+}
+
 /* On the worker: the session is rebuilt, the old process told (it lets
  * go), then it resumes here; or the old process is told it stays there. */
 static void job_adopt(struct session_worker *sw, void *arg)
@@ -487,8 +516,17 @@ static void job_adopt(struct session_worker *sw, void *arg)
         adopt_job_free(j);
         return;
     }
+    char moving[SNAP_MAX_REASON];
+    size_t n_fds = j->n_fds;
     struct session *s = session_adopt(sw, &j->snap, j->fds, j->n_fds, &why);
     j->n_fds = 0; /* taken */
+    if (s != NULL && move_across_hosts(j, n_fds, moving, sizeof(moving)) < 0) {
+        log_warnx("sid=%08x upgrade: its connections cannot move to this host: %s", j->snap.id,
+                  moving);
+        session_adopt_abort(s);
+        s = NULL;
+        why = moving;
+    }
     if (s == NULL) {
         log_warnx("sid=%08x upgrade: not taking the session of pid %d: %s", j->snap.id,
                   (int)j->u->old_pid, why);

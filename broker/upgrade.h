@@ -71,7 +71,9 @@ int64_t upgrade_zone_lease(const struct upgrade *u);
 int upgrade_take_fd(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker);
 /* The same for a listening socket, only if it listens where spec says
  * ("unix:PATH", or "HOST:PORT": its port); one that does not (the
- * configuration changed) is closed with a log line, and -1 returned. */
+ * configuration changed), or a TCP one of another network namespace (this
+ * process was started on another host: its TCP connections then move here,
+ * session/repair.h), is closed with a log line, and -1 returned. */
 int upgrade_take_listener(struct upgrade *u, enum snap_listener_kind kind, uint32_t worker,
                           const char *spec);
 /* Everything listens: closes the sockets nobody took, tells the old

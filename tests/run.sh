@@ -17,7 +17,7 @@ PACKAGES=(gcc clang libclang-rt-14-dev meson ninja-build pkg-config
   libevent-dev libssl-dev libspice-protocol-dev libcmocka-dev libjansson-dev
   libprotobuf-c-dev protobuf-c-compiler libzstd-dev libcurl4-openssl-dev libsystemd-dev
   qemu-system-x86 python3-gi gir1.2-spiceclientglib-2.0 nasm etcd-server
-  spice-html5 chromium python3-keystone python3-nova haproxy)
+  spice-html5 chromium python3-keystone python3-nova haproxy iproute2)
 
 if [ -z "${SKIP_APT:-}" ]; then
   if [ "$(id -u)" = 0 ]; then
