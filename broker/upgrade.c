@@ -99,6 +99,7 @@ struct upgrade {
     int carry_asked;
     bool carry_done;
     /* new side */
+    int64_t t_adopted;           /* made the main process (clock_mono_ms) */
     pid_t old_pid;
     uint32_t old_workers;
     int64_t zone_lease;          /* the old process's registration lease (zone.h) */
@@ -649,6 +650,7 @@ int upgrade_adopted(struct upgrade *u, struct broker *b, const char **err)
         u->fd = -1;
         return -1;
     }
+    u->t_adopted = clock_mono_ms();
     u->carry_fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 0);
     u->rd = event_new(b->base, u->fd, EV_READ | EV_PERSIST, on_records, u);
     if (u->rd == NULL || event_add(u->rd, NULL) < 0) {
@@ -1068,6 +1070,18 @@ static const char *binary_untrusted(const char *path, char real[PATH_MAX])
 int upgrade_start(struct broker *b, const char *binary, upgrade_done_fn done, void *arg,
                   const char **err)
 {
+    /* The previous process may still carry a session here (one whose
+     * migration was under way) until CARRY_BOUND_MS after its hand-over (and
+     * a round after it), while it lives; handed over already, this process
+     * would carry it nowhere, and it would be served where no admin request
+     * reaches it (tests/integration/test_chaos_upgrade_twice.py). */
+    const struct upgrade *from = b->upgrade_from;
+    if (from != NULL && from->fd >= 0 &&
+        clock_mono_ms() - from->t_adopted < CARRY_BOUND_MS + 1000) {
+        *err = "the previous process may still be carrying sessions to this one (until it "
+               "exits, at most 31 s after its hand-over): try again then";
+        return -1;
+    }
     struct upgrade *u = b->upgrade_to;
     if (u != NULL && u->state != UP_FAILED) {
         *err = u->state == UP_SERVING ? "this process has handed over already"

@@ -2,7 +2,7 @@
 """Chaos: a second `spice-brokerctl upgrade` while the first one's old process
 still holds a session it cannot carry yet (a live migration under way).
 
-NOT in meson.build yet: it FAILS on main (6e29949 and 6aa6f5a), see below.
+It failed on 6e29949 and 6aa6f5a (see below); the fix is in broker/upgrade.c.
 
 A spice-gtk session A on the echo guest (QEMU "src"), typing, is prepared for
 a migration to "dst" and the source is told `migrate` (100 kB/s). While the
@@ -17,7 +17,7 @@ Either way the serving process (`status --json` pid) must end up listing A,
 on the destination, and counting it, within 15 s of the migration's end; the
 client sees no close; every key is echoed once, in order.
 
-What happens on main: the second upgrade is accepted; N carries its (zero)
+What happened before the fix: the second upgrade was accepted; N carries its (zero)
 sessions to N2 at once and its carry rounds end; O then carries A to N
 (`carried in from pid O`, after N logged `handed over to pid N2`), and
 nobody carries it on: N serves A to its end, invisible to the admin socket
