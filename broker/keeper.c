@@ -79,6 +79,7 @@ struct carried {
 
 struct keeper {
     char exe[PATH_MAX];
+    char prev_exe[PATH_MAX];     /* before an upgrade, until the new binary serves */
     char **argv;
     int region, sock, child_end, sigfd;
     pid_t child;
@@ -253,12 +254,14 @@ static void on_msg(struct keeper *k, const struct keeper_msg *m, const int *fds,
         }
         k->ready = true;
         k->ever_ready = true;
+        k->prev_exe[0] = '\0'; /* the new binary serves: no way back needed */
         break;
     }
     case KEEPER_UPGRADE:
         if (path != NULL && path[0] == '/' && access(path, X_OK) == 0) {
             log_info("keeper: upgrade: broker pid %d is replaced by %s, its sessions carried "
                      "over", (int)k->child, path);
+            snprintf(k->prev_exe, sizeof(k->prev_exe), "%s", k->exe);
             snprintf(k->exe, sizeof(k->exe), "%s", path);
             k->upgrading = true;
             kill(k->child, SIGKILL);
@@ -343,6 +346,11 @@ static pid_t spawn(struct keeper *k, int ho)
     }
     k->ready = false;
     k->gen++;
+    /* listeners a broker that died before READY sent: not the next one's */
+    close_listeners(k->pend, k->n_pend);
+    free(k->pend);
+    k->pend = NULL;
+    k->n_pend = 0;
     pid_t pid = fork();
     if (pid == 0) {
         /* async-signal-safe calls only until execve; every source is >= 10 */
@@ -522,6 +530,28 @@ static void on_signals(struct keeper *k)
     }
 }
 
+/* systemd's store keeps one copy of a socket (it suppresses a descriptor
+ * for a file it already holds): the new broker's HOLDs of the sessions it
+ * was handed did not go in while the old names held them. With those gone,
+ * every socket held now goes in under its new name. */
+static void restore_held(struct keeper *k)
+{
+    if (!k->fdstore || k->held == NULL)
+        return;
+    size_t n = (size_t)k->n_workers * k->slots;
+    for (size_t i = 0; i < n; i++) {
+        struct held *h = &k->held[i];
+        if (h->cfd < 0 || h->bfd < 0)
+            continue;
+        char cn[64], bn[64];
+        chan_names(cn, bn, k->gen, (uint32_t)(i / k->slots), (uint32_t)(i % k->slots));
+        fd_unstore(k, cn);
+        fd_unstore(k, bn);
+        fd_store(k, cn, h->cfd);
+        fd_store(k, bn, h->bfd);
+    }
+}
+
 /* Waits for a hand-over message, serving the broker's keeper messages
  * meanwhile: 0 (h filled), -1 (the socket ended or failed, or the time is
  * up), -2 (a signal waits: the main loop reads it). */
@@ -689,6 +719,7 @@ out:
      * a session is resumed only after its answer). */
     carried_compact(k);
     drop_old(k);
+    restore_held(k);
 }
 
 /* The broker died: its sessions brought up to date, a new one started and
@@ -703,7 +734,7 @@ static int restart(struct keeper *k)
     drop_old(k);
     k->old = k->held;
     k->old_gen = k->gen;
-    k->n_old = (size_t)k->n_workers * k->slots;
+    k->n_old = k->held != NULL ? (size_t)k->n_workers * k->slots : 0;
     k->held = NULL;
     return resume(k, t0);
 }
@@ -885,9 +916,12 @@ int keeper_run(int argc, char **argv)
     k.child_end = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
     close(sv[0]);
     close(sv[1]);
-    /* Room for a storm of channel starts while the keeper is busy. */
+    /* Room for a storm of channel starts while the keeper is busy (for a
+     * unix socket the sender's buffer bounds the queue): a broker's worker
+     * does not wait on a busy keeper. */
     int big = 4 << 20;
     setsockopt(k.sock, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    setsockopt(k.child_end, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
@@ -930,7 +964,15 @@ int keeper_run(int argc, char **argv)
                          WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
                 goto out;
             }
-            if (!k.ever_ready && WIFEXITED(st)) {
+            if (!k.ready && k.prev_exe[0] != '\0') {
+                /* An upgrade's binary that did not get to serve: the one
+                 * before it takes the sessions. */
+                log_warnx("keeper: %s did not serve (broker pid %d, %s %d): back to %s",
+                          k.exe, (int)w, WIFEXITED(st) ? "exit" : "signal",
+                          WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), k.prev_exe);
+                snprintf(k.exe, sizeof(k.exe), "%s", k.prev_exe);
+                k.prev_exe[0] = '\0';
+            } else if (!k.ever_ready && WIFEXITED(st)) {
                 rc = WEXITSTATUS(st);
                 log_error("keeper: broker pid %d exited %d before it served: not restarted",
                           (int)w, rc);

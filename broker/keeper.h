@@ -34,7 +34,7 @@ struct broker;
  * not kept across a crash until it is given back). */
 #define KEEPER_SLOTS 65536
 #define KEEPER_SESSIONS 16384
-#define KEEPER_BUFS 1024
+#define KEEPER_BUFS 4096
 #define KEEP_FD_ENV "SPICE_BROKER_KEEP_FD"
 
 /* The keeper: runs the broker (this binary, argv without --supervise) until

@@ -63,6 +63,7 @@ struct relay_dir {
     uint16_t type;           /* the message being framed (set at its header) */
     uint64_t bytes, msgs;    /* forwarded (committed) */
     struct pool_buf *kp_old; /* kept: the buffer a compaction left, until the next commit */
+    uint32_t kp_head;        /* kept: head at the last commit (compaction must spare [it, tail)) */
 };
 
 /* Ack flow control, terminated on each leg (PROTOCOL.md 2.3, 5.4). */

@@ -300,19 +300,44 @@ static void tell_keeper(const struct keep *j, uint32_t op, uint32_t worker, uint
 /* ------------------------------------------------------------------ the kernel's counters */
 
 /* Bytes taken from (in) and given to (out) a TCP socket since it opened. */
+/* The kernel's TCP states (include/net/tcp_states.h; not in the uapi
+ * headers) in which a FIN from the peer was received. */
+enum { KP_TCP_TIME_WAIT = 6, KP_TCP_CLOSE = 7, KP_TCP_CLOSE_WAIT = 8, KP_TCP_LAST_ACK = 9,
+       KP_TCP_CLOSING = 11 };
+
+static int tcp_info_of(int fd, struct tcp_info *ti)
+{
+    socklen_t l = sizeof(*ti);
+    memset(ti, 0, sizeof(*ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l) < 0 ||
+        l < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti->tcpi_bytes_received))
+        return -1;
+    return 0;
+}
+
+/* Bytes taken from (in) and given to (out) a TCP socket since it opened.
+ * The counters and the queues are read apart: read again until a segment
+ * or an ACK arriving in between did not move them. A FIN received counts
+ * one in tcpi_bytes_received that no reader ever takes. */
 static int stream_pos(int fd, uint64_t *in, uint64_t *out)
 {
-    struct tcp_info ti;
-    socklen_t l = sizeof(ti);
-    int inq = 0, outq = 0;
-    memset(&ti, 0, sizeof(ti));
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0 ||
-        l < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received) ||
-        ioctl(fd, SIOCINQ, &inq) < 0 || ioctl(fd, SIOCOUTQ, &outq) < 0)
-        return -1;
-    *in = ti.tcpi_bytes_received - (uint64_t)inq;
-    *out = ti.tcpi_bytes_acked + (uint64_t)outq;
-    return 0;
+    for (int round = 0; round < 100; round++) {
+        struct tcp_info a, b;
+        int inq = 0, outq = 0;
+        if (tcp_info_of(fd, &a) < 0 || ioctl(fd, SIOCINQ, &inq) < 0 ||
+            ioctl(fd, SIOCOUTQ, &outq) < 0 || tcp_info_of(fd, &b) < 0)
+            return -1;
+        if (a.tcpi_bytes_received != b.tcpi_bytes_received ||
+            a.tcpi_bytes_acked != b.tcpi_bytes_acked || a.tcpi_state != b.tcpi_state)
+            continue;
+        bool fin_in = b.tcpi_state == KP_TCP_CLOSE_WAIT || b.tcpi_state == KP_TCP_LAST_ACK ||
+                      b.tcpi_state == KP_TCP_CLOSING || b.tcpi_state == KP_TCP_TIME_WAIT ||
+                      b.tcpi_state == KP_TCP_CLOSE;
+        *in = b.tcpi_bytes_received - (uint64_t)inq - (fin_in ? 1 : 0);
+        *out = b.tcpi_bytes_acked + (uint64_t)outq;
+        return 0;
+    }
+    return -1;
 }
 
 /* ------------------------------------------------------------------ the worker's side */
@@ -470,6 +495,7 @@ void keep_commit(struct chan *c, int op)
     atomic_store_explicit(&sl->valid, k + 1, memory_order_release);
     for (int i = 0; i < 2; i++) {
         struct relay_dir *d = i == 0 ? &c->to_b : &c->to_c;
+        d->kp_head = d->head;
         if (d->kp_old != NULL) {
             /* No commit names the buffer compaction left any more. */
             pool_put(&c->w->pool, d->kp_old);
@@ -488,6 +514,7 @@ static void chan_cold(struct chan *c)
     for (int pass = 0; pass < 2; pass++) {
         uint32_t k = pass == 0 ? (v == 1 ? 1 : 0) : (v == 1 ? 0 : 1);
         struct kp_chan *o = &sl->img[k];
+        o->pipe = false;
         o->sess = c->s->kp_slot;
         o->sid = c->s->id;
         o->type = c->type;
@@ -532,6 +559,8 @@ void keep_chan_rehold(struct chan *c)
     tell_keeper(c->w->env.keep, KEEPER_HOLD, (uint32_t)c->w->env.worker_index, c->kp_slot,
                 fds, 2);
     chan_cold(c);
+    c->to_b.kp_head = c->to_b.head;
+    c->to_c.kp_head = c->to_c.head;
 }
 
 void keep_chan_enter(struct chan *c)
@@ -788,10 +817,36 @@ static void kp_dir_out(const struct kp_dir *d, uint8_t *bufs, uint32_t buf_size,
 
 static bool dir_sane(const struct kp_dir *d, uint32_t bufs, uint32_t buf_size)
 {
+    if (d->inj_len > sizeof(d->inj))
+        return false;
     if (d->buf < 0)
         return true;
     return (uint32_t)d->buf < bufs && d->head <= d->parsed && d->parsed <= d->tail &&
-           d->tail <= buf_size && d->inj_len <= sizeof(d->inj);
+           d->tail <= buf_size;
+}
+
+static bool session_sane(const struct kp_session *js)
+{
+    return memchr(js->unstable, 0, sizeof(js->unstable)) &&
+           memchr(js->client, 0, sizeof(js->client)) &&
+           memchr(js->backend_subject, 0, sizeof(js->backend_subject)) &&
+           memchr(js->token.host, 0, sizeof(js->token.host)) &&
+           memchr(js->token.password, 0, sizeof(js->token.password)) &&
+           memchr(js->token.instance, 0, sizeof(js->token.instance));
+}
+
+/* A slot a broker with corrupt memory could have left: every length that
+ * sizes a copy within its field. */
+static bool chan_sane(const struct kp_chan *o, const struct kp_header *h)
+{
+    return dir_sane(&o->to_b, h->bufs, h->buf_size) && dir_sane(&o->to_c, h->bufs, h->buf_size) &&
+           o->n_caps_common <= 8 && o->n_caps_channel <= 8 &&
+           o->display_init_len <= sizeof(o->display_init) &&
+           o->ws.in.hdr_have <= sizeof(o->ws.in.hdr) && o->ws.in.ctl_have <= sizeof(o->ws.in.ctl) &&
+           o->ws.in.ping_len <= sizeof(o->ws.in.ping_data) && o->ws.hdr_len <= sizeof(o->ws.hdr) &&
+           o->ws.hdr_sent <= o->ws.hdr_len && memchr(o->client_addr, 0, sizeof(o->client_addr)) &&
+           memchr(o->backend_where, 0, sizeof(o->backend_where)) &&
+           memchr(o->unstable, 0, sizeof(o->unstable));
 }
 
 /* Brings the image up to the kernel's positions of its sockets. NULL, or
@@ -875,7 +930,8 @@ static void recover_one(const struct kp_header *h, uint8_t *base, const struct k
     uint8_t *bufs = bufs_of(base, h, w);
     uint32_t sv = atomic_load(&ss->valid);
     const struct kp_session *js = sv == 1 || sv == 2 ? &ss->img[sv - 1] : NULL;
-    const char *why = js == NULL ? "its session's record is gone"
+    const char *why = js == NULL              ? "its session's record is gone"
+                      : !session_sane(js)     ? "its session's record is inconsistent"
                       : js->unstable[0] != '\0' ? js->unstable
                       : nc > SNAP_MAX_CHANNELS ? "more channels than a snapshot holds"
                                                : NULL;
@@ -886,11 +942,10 @@ static void recover_one(const struct kp_header *h, uint8_t *base, const struct k
         uint32_t cv = atomic_load(&cs[refs[i].slot].valid);
         chans[i] = cs[refs[i].slot].img[cv - 1];
         const struct keep_held *k = &held[refs[i].held];
-        if (chans[i].unstable[0] != '\0')
-            why = chans[i].unstable;
-        else if (!dir_sane(&chans[i].to_b, h->bufs, h->buf_size) ||
-                 !dir_sane(&chans[i].to_c, h->bufs, h->buf_size))
+        if (!chan_sane(&chans[i], h))
             why = "its commit is inconsistent";
+        else if (chans[i].unstable[0] != '\0')
+            why = chans[i].unstable;
         else
             why = reconcile(&chans[i], k->cfd, k->bfd, h);
         if (why == NULL && chans[i].client_ws && chans[i].ws.hdr_sent != chans[i].ws.hdr_len)
@@ -968,11 +1023,9 @@ static void recover_pipe(const struct kp_header *h, uint8_t *base, const struct 
     struct kp_cslot *cs = &cslots_of(base, h, k->worker)[k->slot];
     uint32_t cv = atomic_load(&cs->valid);
     struct kp_chan o = cs->img[cv - 1];
-    const char *why = o.unstable[0] != '\0' ? o.unstable
-                      : !dir_sane(&o.to_b, h->bufs, h->buf_size) ||
-                              !dir_sane(&o.to_c, h->bufs, h->buf_size)
-                          ? "its commit is inconsistent"
-                          : reconcile(&o, k->cfd, k->bfd, h);
+    const char *why = !chan_sane(&o, h)        ? "its commit is inconsistent"
+                      : o.unstable[0] != '\0' ? o.unstable
+                                               : reconcile(&o, k->cfd, k->bfd, h);
     if (why == NULL && o.client_ws && o.ws.hdr_sent != o.ws.hdr_len)
         why = "a WebSocket frame header half written";
     if (why != NULL) {

@@ -93,8 +93,14 @@ static int dir_ensure_buf(struct chan *c, struct relay_dir *d)
 static void dir_release_if_empty(struct chan *c, struct relay_dir *d)
 {
     if (d->buf != NULL && d->head == d->tail) {
-        pool_put(&c->w->pool, d->buf);
+        struct pool_buf *b = d->buf;
         d->buf = NULL;
+        /* Kept: the last commit may still name its bytes (a message cut out
+         * since, nothing written): one that does not, before another
+         * channel takes the buffer. */
+        if (chan_kept(c))
+            keep_commit(c, KEEP_NONE);
+        pool_put(&c->w->pool, b);
     }
 }
 
@@ -119,7 +125,7 @@ static void dir_compact(struct chan *c, struct relay_dir *d)
     uint32_t off = d->head;
     if (off == 0)
         return;
-    if (chan_kept(c) && d->tail - off > off) {
+    if (chan_kept(c) && d->tail - off > (d->kp_head < off ? d->kp_head : off)) {
         struct pool_buf *nb = pool_get(&c->w->pool);
         if (nb == NULL)
             return;
@@ -884,7 +890,11 @@ bool relay_client_held(const struct chan *c)
 
 int relay_inject(struct chan *c, bool to_backend, uint16_t type, const uint8_t *body, uint32_t len)
 {
-    return inject(to_backend ? &c->to_b : &c->to_c, type, body, len);
+    int rc = inject(to_backend ? &c->to_b : &c->to_c, type, body, len);
+    /* The engine's own message, not read from a stream: written down now. */
+    if (rc == 0 && chan_kept(c))
+        keep_commit(c, KEEP_NONE);
+    return rc;
 }
 
 /* Makes room for `need` bytes at the end of d's buffer. */
@@ -1018,6 +1028,8 @@ int relay_attach_backend(struct chan *c, struct leg *l)
     c->cur = l;
     c->b_rd = rd;
     c->b_wr = wr;
+    if (chan_kept(c))
+        keep_chan_rehold(c); /* the keeper holds the new backend, lets the old go */
     chan_arm_read(c->b_rd, c->cur->t);
     return 0;
 }
