@@ -40,7 +40,7 @@ extern char **environ;
 #define CHILD_KEEP_FD 5
 /* Restarts: at most RESTART_MAX within RESTART_WINDOW_MS, then the keeper
  * gives up (something is wrong that a restart does not fix). */
-#define RESTART_MAX 10
+#define RESTART_MAX 20
 #define RESTART_WINDOW_MS 60000
 /* The hand-over's bounds: each answer, and the whole carry. */
 #define STEP_MS 10000
