@@ -604,6 +604,7 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
     if (h == NULL)
         return;
     const char *fail = NULL;
+    char refused[SNAP_MAX_REASON + 16];
     uint32_t natives = 0;
     for (size_t i = 0; i < k->n_ls; i++)
         natives += k->ls[i].l.kind == SNAP_LISTEN_NATIVE;
@@ -620,7 +621,12 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
     }
     rc = ho_wait(k, ho, h, clock_mono_ms() + STEP_MS);
     if (rc != 0 || h->type != SNAP_HO_ACCEPT) {
-        fail = rc == 0 && h->type == SNAP_HO_REFUSE ? h->reason : "no answer to the hello";
+        if (rc == 0 && h->type == SNAP_HO_REFUSE) {
+            snprintf(refused, sizeof(refused), "it refused: %s", h->reason);
+            fail = refused;
+        } else {
+            fail = "no answer to the hello";
+        }
         goto out;
     }
     for (size_t i = 0; i < k->n_ls;) {
@@ -694,6 +700,15 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
             }
         }
         snap_handover_clear(h);
+    }
+    /* One that could not even be sent to a broker that serves on ends here. */
+    for (size_t i = 0; i < k->n_car; i++) {
+        struct carried *c = &k->car[i];
+        if (!c->done && !c->taken && !c->sent) {
+            log_warnx("sid=%08x keeper: not resumed after the crash: it could not be sent to "
+                      "broker pid %d", c->sid, (int)k->child);
+            carried_done(c);
+        }
     }
     log_info("keeper: %zu sessions resumed in broker pid %d, %zu not, %lld ms after the crash",
              taken, (int)k->child, offered - taken, (long long)(clock_mono_ms() - t_crash));

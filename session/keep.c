@@ -405,7 +405,6 @@ void keep_session_unstable(struct session *s, const char *why)
         session_commit(s);
 }
 
-
 static void dir_image(const struct relay_dir *d, struct kp_dir *o)
 {
     o->buf = d->buf == NULL ? -1 : d->buf->index;
