@@ -1383,6 +1383,8 @@ int main(int argc, char **argv)
                                           b.cfg.tls_listen) : -1,
             b.site ? upgrade_take_listener(b.upgrade_from, SNAP_LISTEN_WEB, (uint32_t)i,
                                            b.cfg.web_listen) : -1,
+            env.locate ? upgrade_take_listener(b.upgrade_from, SNAP_LISTEN_PEER, (uint32_t)i,
+                                               b.cfg.peer_listen) : -1,
         };
         b.workers[i] = worker_new(i, host, port, &env, b.tls ? &tls : NULL,
                                   b.site ? &web : NULL, &proxy,

@@ -116,6 +116,7 @@ static const char *kind_name(enum snap_listener_kind k)
     case SNAP_LISTEN_ADMIN: return "admin";
     case SNAP_LISTEN_METRICS: return "metrics";
     case SNAP_LISTEN_STORE_LOCK: return "store lock";
+    case SNAP_LISTEN_PEER: return "peer";
     default: return "?";
     }
 }
@@ -725,6 +726,10 @@ size_t upgrade_listeners(struct broker *b, struct snap_listener *ls, int *fds, s
         ADD(SNAP_LISTEN_NATIVE, (uint32_t)i, wf.native);
         ADD(SNAP_LISTEN_TLS, (uint32_t)i, wf.tls);
         ADD(SNAP_LISTEN_WEB, (uint32_t)i, wf.web);
+        /* To the keeper only: a new process of an upgrade binds its own
+         * beside (a reader of hand-over schema 1.1 refuses the kind). */
+        if (b->keeper_fd >= 0)
+            ADD(SNAP_LISTEN_PEER, (uint32_t)i, wf.peer);
     }
     int admin_fd, metrics_fd;
     admin_listen_fds(b->admin, &admin_fd, &metrics_fd);

@@ -204,7 +204,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
                           const struct worker_peer *peer, const struct worker_fds *inherit,
                           const char **err)
 {
-    struct worker_fds none = { -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
+    struct worker_fds none = { -1, -1, -1, -1 }, in = inherit != NULL ? *inherit : none;
     struct worker *w = calloc(1, sizeof(*w));
     if (w == NULL) {
         *err = "out of memory";
@@ -283,7 +283,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         event_add(w->web_ev, NULL);
     }
     if (peer != NULL) {
-        w->peer_fd = listen_socket(peer->host, peer->port, err);
+        w->peer_fd = in.peer >= 0 ? in.peer : listen_socket(peer->host, peer->port, err);
+        in.peer = -1;
         if (w->peer_fd < 0)
             goto fail;
         w->pw = peer_worker_new(w->base, w->sw, peer->secret, peer->tls, PEER_HANDSHAKE_MS);
@@ -300,7 +301,7 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
 fail:
     worker_stop_and_free(w);
 fail_early:
-    for (int i = 0, fds[3] = { in.native, in.tls, in.web }; i < 3; i++)
+    for (int i = 0, fds[4] = { in.native, in.tls, in.web, in.peer }; i < 4; i++)
         if (fds[i] >= 0)
             close(fds[i]);
     return NULL;
@@ -308,7 +309,7 @@ fail_early:
 
 void worker_listen_fds(const struct worker *w, struct worker_fds *out)
 {
-    *out = (struct worker_fds){ w->listen_fd, w->tls_fd, w->web_fd };
+    *out = (struct worker_fds){ w->listen_fd, w->tls_fd, w->web_fd, w->peer_fd };
 }
 
 static void job_stop_accepting(struct session_worker *sw, void *arg)

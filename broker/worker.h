@@ -39,6 +39,7 @@ struct worker_tls {
  * each port. */
 struct worker_fds {
     int native, tls, web;
+    int peer;                        /* the keeper hands it over; upgrade does not */
 };
 
 /* The peer port, when there is one (broker/peer.h). */
@@ -64,7 +65,8 @@ struct worker_proxy {
 /* Creates worker `index` listening on host:port (its own SO_REUSEPORT socket)
  * and, if tls / web / peer are not NULL, on the TLS, browser and peer ports
  * too (the peer port is not handed over by an upgrade: the new process
- * binds its own, SO_REUSEPORT beside the old one's until that one closes); proxy
+ * binds its own, SO_REUSEPORT beside the old one's until that one closes;
+ * the keeper of --supervise hands it over, inherit->peer); proxy
  * (NULL: no proxy is trusted) says whose PROXY header or X-Forwarded-For is
  * believed. inherit (may be NULL): sockets already listening there, handed
  * over by the process this one replaces (broker/upgrade.c), taken instead of

@@ -159,7 +159,9 @@ enum snap_handover_type {
 };
 enum snap_listener_kind {
     SNAP_LISTEN_NATIVE = 1, SNAP_LISTEN_TLS = 2, SNAP_LISTEN_WEB = 3, SNAP_LISTEN_ADMIN = 4,
-    SNAP_LISTEN_METRICS = 5, SNAP_LISTEN_STORE_LOCK = 6, SNAP_LISTEN_KIND_MAX
+    SNAP_LISTEN_METRICS = 5, SNAP_LISTEN_STORE_LOCK = 6,
+    SNAP_LISTEN_PEER = 7,   /* the keeper's only (broker/keeper.h): upgrade binds its own */
+    SNAP_LISTEN_KIND_MAX
 };
 struct snap_listener {
     enum snap_listener_kind kind;

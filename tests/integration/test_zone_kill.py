@@ -17,16 +17,19 @@ B's:
   - no channel of either session closes, each session's display updates
     again within 1 s of each kill, every key typed is echoed exactly once,
     in order, by its guest;
-  - the zone registrations name the new processes' pids under the same
-    leases (nothing marked ended).
+  - a session opened through HAProxy right after A's kill opens every
+    channel (its connections, on the native and the peer ports, wait in the
+    listening sockets A's keeper holds);
+  - no broker sees the other's lease expire.
 """
 import os
 import signal
 import sys
+import threading
 import time
 
-from harness import Broker, Etcd, Qemu, SpiceClient, check, free_port, log, no_direct, run, \
-    token, wait_until
+from harness import Broker, Etcd, Qemu, SpiceClient, check, free_port, good_session, log, \
+    no_direct, run, token, wait_until
 from limitsutil import metrics
 from test_zone_haproxy import HAPROXY, HAProxy, zone_secret
 
@@ -65,6 +68,9 @@ def test(env):
                    what="broker %s registered" % x.name)
     hp = HAProxy(env, [a.port, b.port], [a.port, b.port]).start()
     qs = [Qemu(env, name="q%d" % i, all_devices=False).start() for i in range(2)]
+    q_new = Qemu(env, name="qnew", all_devices=False).start()
+    tok_new = token("zknew")
+    a.token_add(tok_new, "127.0.0.1", q_new.spice_port)
     clients, bases = [], []
     for i, q in enumerate(qs):
         tok = token("zk%d" % i)
@@ -82,11 +88,18 @@ def test(env):
     owners = {x.name: len(x.sessions()) for x in brokers}
     log("sessions per broker: %s" % owners)
     time.sleep(1.5)
-    kills = []
+    kills, results = [], []
     for x in brokers:
         pid = x.status()["pid"]
         t = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        if x is a:
+            # a new session through HAProxy at once, while A restarts: its
+            # connections (native and peer ports alike) wait in the sockets
+            # the keeper holds, and are served by the next broker
+            newcomer = threading.Thread(target=lambda: results.append(
+                good_session(env, "127.0.0.1", hp.port, tok_new, what="during the restart")))
+            newcomer.start()
 
         def serving(x=x, pid=pid):
             try:
@@ -98,6 +111,12 @@ def test(env):
         log("broker %s: pid %d killed, pid %d serves %.0f ms later" % (
             x.name, pid, new, (time.monotonic() - t) * 1000))
         kills.append((x, pid, t))
+        if x is a:
+            newcomer.join(30)
+            check(results and not newcomer.is_alive(), "the session opened during A's restart "
+                  "did not finish")
+            log("a session opened through HAProxy right after the kill of A: every channel "
+                "opened (%s)" % sorted(results[0]["opened"]))
         time.sleep(3.0)
     for i, (c, q) in enumerate(zip(clients, qs)):
         r = c.finish()
