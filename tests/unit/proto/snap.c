@@ -501,8 +501,12 @@ static void test_handover_round_trip(void **state)
      * snapshot: refused */
     assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x0c", 5, u), SNAP_BAD);
     assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x09", 5, u), SNAP_BAD);
-    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x04\x3a\x02\x08\x07", 9, u),
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x04\x3a\x02\x08\x08", 9, u),
                      SNAP_BAD);
+    /* (kind 7, the peer port, is the keeper's: known) */
+    assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x04\x3a\x02\x08\x07", 9, u),
+                     0);
+    assert_int_equal(u->listeners[0].kind, SNAP_LISTEN_PEER);
     assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x10\x01", 3, u), SNAP_BAD);
     /* an unknown field from a newer minor version is ignored */
     assert_int_equal(snap_handover_decode((const uint8_t *)"\0\x08\x01\x10\x01\x98\x06\x2a", 8, u), 0);
