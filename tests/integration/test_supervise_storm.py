@@ -43,7 +43,7 @@ def storm(env, b, peer, n_kills):
 
 def run_clients(env, b, peer, srv_port, argv_where, sessions, n_kills, tag):
     cl = subprocess.Popen([peer, "client"] + argv_where + [
-        "carry", "--sessions", str(sessions), "--seconds", "9", "--interval", "10"],
+        "carry", "--sessions", str(sessions), "--seconds", "6", "--interval", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     env.procs.append((tag + "-client", cl))
     first = cl.stdout.readline()
