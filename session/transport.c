@@ -615,6 +615,31 @@ static ssize_t inner_read(struct transport *t, void *buf, size_t len)
     return r;
 }
 
+/* Decodes r bytes read into buf, in place: the payload's length, or -1
+ * (EPROTO). A PING is answered, a CLOSE answered and the stream ended
+ * after this payload (eof_next). */
+static ssize_t ws_decoded(struct transport *t, void *buf, size_t r)
+{
+    size_t n = 0;
+    const char *why = NULL;
+    if (ws_decode(&t->in, buf, r, &n, &why) < 0) {
+        t->err = why;
+        ws_queue_close(t, t->in.error_code);
+        errno = EPROTO;
+        return -1;
+    }
+    if (t->in.ping) {
+        t->in.ping = false;
+        ws_queue_control(t, WS_OP_PONG, t->in.ping_data, t->in.ping_len);
+    }
+    if (t->in.closed) {
+        /* Answer the CLOSE (RFC 6455 5.5.1); the stream ends here. */
+        ws_queue_close(t, WS_CLOSE_NORMAL);
+        t->eof_next = true;
+    }
+    return (ssize_t)n;
+}
+
 static ssize_t ws_read(struct transport *t, void *buf, size_t len)
 {
     if (t->eof_next)
@@ -625,26 +650,9 @@ static ssize_t ws_read(struct transport *t, void *buf, size_t len)
         ssize_t r = t->inner == NULL ? tcp_read(t, buf, len) : inner_read(t, buf, len);
         if (r <= 0)
             return r; /* EAGAIN, error, or the stream ended */
-        size_t n = 0;
-        const char *why = NULL;
-        if (ws_decode(&t->in, buf, (size_t)r, &n, &why) < 0) {
-            t->err = why;
-            ws_queue_close(t, t->in.error_code);
-            errno = EPROTO;
-            return -1;
-        }
-        if (t->in.ping) {
-            t->in.ping = false;
-            ws_queue_control(t, WS_OP_PONG, t->in.ping_data, t->in.ping_len);
-        }
-        if (t->in.closed) {
-            /* Answer the CLOSE (RFC 6455 5.5.1); the stream ends here. */
-            ws_queue_close(t, WS_CLOSE_NORMAL);
-            t->eof_next = true;
-            return (ssize_t)n;
-        }
-        if (n > 0)
-            return (ssize_t)n;
+        ssize_t n = ws_decoded(t, buf, (size_t)r);
+        if (n != 0 || t->eof_next)
+            return n;
         /* Only headers or control frames: read on. */
     }
     t->wants = TRANSPORT_WANT_READ; /* the socket is still readable: its event comes again */
@@ -954,24 +962,10 @@ ssize_t transport_read_kept(struct transport *t, void *buf, size_t len, size_t *
     }
     if (r == 0)
         return 0;
-    size_t n = 0;
-    const char *why = NULL;
-    if (ws_decode(&t->in, buf, (size_t)r, &n, &why) < 0) {
-        t->err = why;
-        ws_queue_close(t, t->in.error_code);
-        errno = EPROTO;
-        return -1;
-    }
-    *raw = (size_t)r;
-    if (t->in.ping) {
-        t->in.ping = false;
-        ws_queue_control(t, WS_OP_PONG, t->in.ping_data, t->in.ping_len);
-    }
-    if (t->in.closed) {
-        ws_queue_close(t, WS_CLOSE_NORMAL);
-        t->eof_next = true;
-    }
-    return (ssize_t)n;
+    ssize_t n = ws_decoded(t, buf, (size_t)r);
+    if (n >= 0)
+        *raw = (size_t)r;
+    return n;
 }
 
 int transport_consume(struct transport *t, size_t raw)
