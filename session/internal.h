@@ -269,12 +269,12 @@ struct chan {
     bool attached;              /* in s->chans (authenticated); else in worker->pending */
     bool closing;               /* closed: on worker->dead, freed at the end of the loop turn */
 
-    /* The keep region (keep.c; --supervise): its slot (KP_NONE: not kept),
-     * the backend socket the keeper holds, the kernel's positions of both
+    /* The keep region (keep.c; --supervise): its slot (KP_NONE: not kept;
+     * its backend leg is held again wherever the leg changes: relay.c's
+     * attach and switch), the kernel's positions of both
      * sockets before this process's transports counted (client in, out,
      * backend in, out), and why it cannot be resumed for now. */
     uint32_t kp_slot;
-    int kp_bfd;
     size_t kp_consume;          /* CONSUME: the WebSocket bytes peeked and decoded */
     uint64_t kp_base[4];
     const char *kp_unstable;

@@ -481,8 +481,6 @@ void keep_commit(struct chan *c, int op)
     struct session *s = c->s;
     if (s->kp_dirty || s->kp_migrations != s->migrations || s->kp_backend_id != s->backend_id)
         session_commit(s);
-    if (c->cur != NULL && c->cur->t != NULL && transport_fd(c->cur->t) != c->kp_bfd)
-        keep_chan_rehold(c);
     struct kp_cslot *sl = &c->w->kp->cslots[c->kp_slot];
     uint32_t v = atomic_load_explicit(&sl->valid, memory_order_relaxed);
     uint32_t k = v == 1 ? 1 : 0;
@@ -554,7 +552,6 @@ void keep_chan_rehold(struct chan *c)
     if (chan_base(c, c->cur->t) < 0) {
         c->kp_unstable = "a socket the kernel keeps no TCP counters for";
     }
-    c->kp_bfd = fds[1];
     tell_keeper(c->w->env.keep, KEEPER_HOLD, (uint32_t)c->w->env.worker_index, c->kp_slot,
                 fds, 2);
     chan_cold(c);
@@ -668,7 +665,6 @@ void keep_pipe_enter(struct chan *c, const struct keep_pipe *p)
     c->kp_slot = w->kp->free_c[--w->kp->n_free_c];
     transport_set_kept(c->client_side.t);
     int fds[2] = { transport_fd(c->client_side.t), transport_fd(p->peer) };
-    c->kp_bfd = fds[1];
     tell_keeper(w->env.keep, KEEPER_HOLD, (uint32_t)w->env.worker_index, c->kp_slot, fds, 2);
     struct kp_cslot *sl = &w->kp->cslots[c->kp_slot];
     uint32_t v = atomic_load_explicit(&sl->valid, memory_order_relaxed);

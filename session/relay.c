@@ -970,6 +970,8 @@ int relay_switch_backend(struct chan *c, const uint8_t *first_msg, uint32_t firs
         *why = "out of memory";
         return -1;
     }
+    if (chan_kept(c))
+        keep_chan_rehold(c); /* the keeper holds the destination, lets the source go */
     chan_arm_read(c->b_rd, c->cur->t);
     return 0;
 }

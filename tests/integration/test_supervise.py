@@ -18,7 +18,9 @@ keeper's child) is killed with SIGKILL twice, 4 s apart:
     stops the broker and the keeper (exit 0).
 Then spice-html5 in Chromium on the browser port, typing, through two kills:
 no WebSocket closes, every scancode reaches the guest once, in order, the
-canvas keeps changing. Then a broker under a keeper that cannot start (its port taken) exits with
+canvas keeps changing. Then a live migration under the keeper, and the
+broker killed after it: the destination legs are the ones held (display back
+within 1 s, keys echoed once by the destination). Then a broker under a keeper that cannot start (its port taken) exits with
 the broker's status instead of restarting it in a loop.
 """
 import os
@@ -27,8 +29,8 @@ import socket
 import sys
 import time
 
-from harness import (Broker, Qemu, Target, check, free_port, good_session, log, run, token,
-                     wait_until)
+from harness import (Broker, MigSession, Qemu, Target, check, free_port, good_session, log,
+                     run, token, wait_until)
 from html5 import Html5Client, auto_url, ensure_node_modules, key_bytes
 from test_upgrade import ConnectLoop
 
@@ -37,6 +39,7 @@ KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
 KEY_INTERVAL = 0.2       # 48 key events over ~9.6 s: the kills and the upgrade fall inside
 CLIENT_SECONDS = 14.0
 BACK_WITHIN = 1.0        # the display updates again within this of a kill
+MKEYS = KEYS[:6]          # typed after the migration, across the kill
 TYPED = "keptthroughkill"  # typed in the page, 250 ms apart: both kills fall inside
 
 
@@ -209,6 +212,52 @@ def test_browser(env, q):
         b.stop()
 
 
+def test_migrate_then_kill(env):
+    """A live migration under the keeper, then kill -9: the channels' new
+    backend legs are the ones the keeper holds (held again at the switch)."""
+    src = Qemu(env, name="msrc", all_devices=False).start()
+    dst = Qemu.dest_like(src, "mdst").start()
+    b = Broker(env, name="supmig", link_timeout=2, backend_timeout=2,
+               extra=["--supervise"]).start()
+    try:
+        t0 = time.monotonic()
+        ms = MigSession(env, src, tag="supmig", broker=b, client_seconds=14, keys=MKEYS,
+                        keys_start=7.0, key_interval=0.2)
+        ms.migrate_prepared(src, dst)
+        log("migrated under the keeper (%.1f s after the client's start)" % (
+            time.monotonic() - t0))
+        base = len(dst.serial_bytes())
+        time.sleep(max(0.0, 7.8 - (time.monotonic() - t0)))
+        pid, t = kill_broker(b)
+        new = new_broker(b, pid)
+        log("after the migration: kill -9 of broker pid %d, pid %d serves %.0f ms later" % (
+            pid, new, (time.monotonic() - t) * 1000))
+        r = ms.client.finish()
+        check(not r["errors"], "channels closed or failed: %s" % r["errors"])
+        ts = r["invalidate"]["timestamps"] or []
+        kt = t - r["mono0"]
+        after = [x for x in ts if x > kt]
+        check(after and after[0] - kt < BACK_WITHIN, "the display came back %s after the kill" % (
+            "%.3f s" % (after[0] - kt) if after else "never"))
+        sent = r["keys"]["sent"]
+        check(sent and sent[0][0] < kt < sent[-1][0], "the kill is not inside the typing")
+        want = [sc if what == "press" else sc | 0x80 for _, sc, what in sent]
+        try:
+            wait_until(lambda: len(dst.serial_bytes()) - base >= len(want), 3, what="key echo")
+        except Exception:
+            pass
+        got = dst.serial_bytes()[base:]
+        check(got == want, "key echo on the destination differs: sent %s, got %s" % (want, got))
+        text = b.log_text()
+        check("1 sessions resumed in broker pid" in text and "not resumed" not in text,
+              "the keeper did not resume the migrated session")
+        log("a session migrated under the keeper, then its broker killed: display back %.0f ms "
+            "after, %d key events echoed once by the destination" % (
+                (after[0] - kt) * 1000, len(want)))
+    finally:
+        b.stop()
+
+
 def test_no_start(env):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -236,6 +285,7 @@ def test(env):
     test_kill(env, q, q2)
     q2.stop()
     test_browser(env, q)
+    test_migrate_then_kill(env)
     test_no_start(env)
 
 
