@@ -373,6 +373,10 @@ struct session_lookup {
     void *arg;
 };
 
+/* snapshot.c: a direction written down as a snapshot carries it (its bytes
+ * borrowed from d's buffer). */
+void relay_dir_write_down(const struct relay_dir *d, struct snap_carried_dir *out);
+
 /* ------------------------------------------------------------------ keep region (keep.c) */
 
 #define KP_NONE 0u

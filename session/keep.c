@@ -790,24 +790,16 @@ static int kp_dir_sent(struct kp_dir *d, uint64_t w)
 static void kp_dir_out(const struct kp_dir *d, uint8_t *bufs, uint32_t buf_size,
                        struct snap_carried_dir *out)
 {
-    memset(out, 0, sizeof(*out));
-    if (d->buf >= 0) {
-        out->data = bufs + (size_t)d->buf * buf_size + d->head;
-        out->len = d->tail - d->head;
-        out->parsed = d->parsed - d->head;
-        out->boundary = d->boundary != NO_BOUNDARY && d->boundary >= d->head
-                            ? d->boundary - d->head
-                            : NO_BOUNDARY;
-    } else {
-        out->boundary = d->body_left == 0 ? 0 : NO_BOUNDARY;
-    }
-    out->body_left = d->body_left;
-    out->type = d->type;
-    memcpy(out->inj, d->inj, d->inj_len);
-    out->inj_len = d->inj_len;
-    out->parse_blocked = d->parse_blocked;
-    out->bytes = d->bytes;
-    out->msgs = d->msgs;
+    /* As the relay's own direction, over the region's buffer: snapshot.c
+     * writes it down. */
+    struct pool_buf b = { .data = d->buf >= 0 ? bufs + (size_t)d->buf * buf_size : NULL,
+                          .index = d->buf };
+    struct relay_dir r = { .buf = d->buf >= 0 ? &b : NULL, .head = d->head, .parsed = d->parsed,
+                           .tail = d->tail, .boundary = d->boundary, .body_left = d->body_left,
+                           .inj_len = d->inj_len, .parse_blocked = d->parse_blocked,
+                           .type = d->type, .bytes = d->bytes, .msgs = d->msgs };
+    memcpy(r.inj, d->inj, d->inj_len);
+    relay_dir_write_down(&r, out);
 }
 
 static bool dir_sane(const struct kp_dir *d, uint32_t bufs, uint32_t buf_size)

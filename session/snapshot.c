@@ -90,7 +90,7 @@ static const char *carry_refusal(const struct session *s, bool *lasting)
     return NULL;
 }
 
-static void dir_write_down(const struct relay_dir *d, struct snap_carried_dir *out)
+void relay_dir_write_down(const struct relay_dir *d, struct snap_carried_dir *out)
 {
     memset(out, 0, sizeof(*out));
     if (d->buf != NULL) {
@@ -158,8 +158,8 @@ static void write_down(const struct session *s, struct snap_carried *snap, int *
         snprintf(cc->backend_where, sizeof(cc->backend_where), "%s", c->cur->where);
         cc->backend_state = (uint32_t)c->cur->state;
         cc->linked_backend_id = c->linked_backend_id;
-        dir_write_down(&c->to_b, &cc->to_backend);
-        dir_write_down(&c->to_c, &cc->to_client);
+        relay_dir_write_down(&c->to_b, &cc->to_backend);
+        relay_dir_write_down(&c->to_c, &cc->to_client);
         cc->ack_b_window = c->acks.b_window;
         cc->ack_b_count = c->acks.b_count;
         cc->ack_c_generation = c->acks.c_generation;
