@@ -26,6 +26,7 @@
 #include "broker/broker.h"
 #include "broker/upgrade.h"
 #include "common/clock.h"
+#include "common/fdpass.h"
 #include "common/log.h"
 #include <openssl/crypto.h>
 #include <systemd/sd-daemon.h>
@@ -282,34 +283,14 @@ static void service(struct keeper *k)
     for (;;) {
         struct keeper_msg m;
         char path[PATH_MAX];
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * 4)];
-            struct cmsghdr align;
-        } cm;
         struct iovec iov[2] = { { &m, sizeof(m) }, { path, sizeof(path) - 1 } };
-        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2, .msg_control = cm.buf,
-                             .msg_controllen = sizeof(cm.buf) };
-        ssize_t r = recvmsg(k->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return;
         int fds[4];
         size_t n = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < cnt; i++) {
-                int f;
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (n < 4)
-                    fds[n++] = f;
-                else
-                    close(f);
-            }
-        }
-        if (r < (ssize_t)sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        int mflags = 0;
+        ssize_t r = fdpass_recv(k->sock, iov, 2, fds, 4, &n, MSG_DONTWAIT, &mflags);
+        if (r <= 0)
+            return;
+        if (r < (ssize_t)sizeof(m) || (mflags & (MSG_TRUNC | MSG_CTRUNC))) {
             for (size_t i = 0; i < n; i++)
                 close(fds[i]);
             continue;
@@ -1060,27 +1041,8 @@ void keeper_child_fds(int *keeper_fd, int *keep_fd)
 
 static int send_one(int fd, const struct keeper_msg *m, int pass)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } cm;
     struct iovec iov = { (void *)m, sizeof(*m) };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (pass >= 0) {
-        memset(&cm, 0, sizeof(cm));
-        mh.msg_control = cm.buf;
-        mh.msg_controllen = sizeof(cm.buf);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &pass, sizeof(int));
-    }
-    ssize_t r;
-    do
-        r = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    while (r < 0 && errno == EINTR);
-    return r == (ssize_t)sizeof(*m) ? 0 : -1;
+    return fdpass_send(fd, &iov, 1, &pass, pass >= 0 ? 1 : 0, 0) == (ssize_t)sizeof(*m) ? 0 : -1;
 }
 
 int keeper_child_ready(struct broker *b, int keeper_fd, int64_t lease)
@@ -1121,12 +1083,7 @@ static void on_child_upgrade(evutil_socket_t fd, short what, void *arg)
     }
     struct keeper_msg m = { .op = KEEPER_UPGRADE };
     struct iovec iov[2] = { { &m, sizeof(m) }, { u->path, strlen(u->path) } };
-    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
-    ssize_t r;
-    do
-        r = sendmsg(u->b->keeper_fd, &mh, MSG_NOSIGNAL);
-    while (r < 0 && errno == EINTR);
-    if (r < 0)
+    if (fdpass_send(u->b->keeper_fd, iov, 2, NULL, 0, 0) < 0)
         log_warnx("upgrade: cannot reach the keeper (%s): not replaced", strerror(errno));
     else
         log_info("upgrade: the keeper replaces this process (pid %d) with %s", (int)getpid(),

@@ -30,6 +30,7 @@
 #include "broker/notify.h"
 #include "broker/zone.h"
 #include "common/clock.h"
+#include "common/fdpass.h"
 #include "common/log.h"
 #include "session/repair.h"
 
@@ -128,30 +129,12 @@ static const char *kind_name(enum snap_listener_kind k)
 static int send_msg_flags(int fd, int flags, const struct snap_handover *h, const int *fds,
                           size_t n_fds)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
-        struct cmsghdr align;
-    } cm;
     uint8_t *buf = NULL;
     size_t len = 0;
     if (fd < 0 || n_fds > SNAP_HANDOVER_MAX_LISTENERS || snap_handover_encode(h, &buf, &len) < 0)
         return -1;
     struct iovec iov = { buf, len };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (n_fds > 0) {
-        memset(&cm, 0, sizeof(cm));
-        mh.msg_control = cm.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
-    }
-    ssize_t r;
-    do
-        r = sendmsg(fd, &mh, MSG_NOSIGNAL | flags);
-    while (r < 0 && errno == EINTR);
+    ssize_t r = fdpass_send(fd, &iov, 1, fds, n_fds, flags);
     int saved = errno;
     free(buf);
     errno = saved;
@@ -189,42 +172,21 @@ static int send_type(int fd, enum snap_handover_type type, const char *reason)
  * not read (snap_handover_decode). */
 static int recv_msg(int fd, int flags, struct snap_handover *h, int *fds, size_t *n_fds)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * SNAP_HANDOVER_MAX_LISTENERS)];
-        struct cmsghdr align;
-    } cm;
     snap_handover_clear(h);
     uint8_t *buf = malloc(MSG_MAX);
     if (buf == NULL)
         return -1;
     struct iovec iov = { buf, MSG_MAX };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                         .msg_controllen = sizeof(cm.buf) };
-    ssize_t r;
-    do
-        r = recvmsg(fd, &mh, flags | MSG_CMSG_CLOEXEC);
-    while (r < 0 && errno == EINTR);
     size_t got = 0;
-    for (struct cmsghdr *c = r >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c != NULL;
-         c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < n; i++) {
-            int f;
-            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            if (fds != NULL && got < SNAP_HANDOVER_MAX_LISTENERS)
-                fds[got++] = f;
-            else
-                close(f);
-        }
-    }
+    int mflags = 0;
+    ssize_t r = fdpass_recv(fd, &iov, 1, fds, fds != NULL ? SNAP_HANDOVER_MAX_LISTENERS : 0,
+                            &got, flags, &mflags);
     int rc;
     if (r < 0)
         rc = -1;
     else if (r == 0)
         rc = 1;
-    else if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+    else if (mflags & (MSG_TRUNC | MSG_CTRUNC))
         rc = SNAP_BAD;
     else
         rc = snap_handover_decode(buf, (size_t)r, h);
@@ -235,7 +197,9 @@ static int recv_msg(int fd, int flags, struct snap_handover *h, int *fds, size_t
     }
     if (n_fds != NULL)
         *n_fds = got;
+    int saved = errno;
     free(buf);
+    errno = saved;
     return rc;
 }
 

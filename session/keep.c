@@ -46,6 +46,7 @@
 
 #include <openssl/crypto.h>
 
+#include "common/fdpass.h"
 #include "common/log.h"
 #include "session/internal.h"
 
@@ -273,27 +274,8 @@ static void tell_keeper(const struct keep *j, uint32_t op, uint32_t worker, uint
                         const int *fds, size_t n_fds)
 {
     struct keeper_msg m = { .op = op, .worker = worker, .slot = slot };
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * 2)];
-        struct cmsghdr align;
-    } cm;
     struct iovec iov = { &m, sizeof(m) };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (n_fds > 0) {
-        memset(&cm, 0, sizeof(cm));
-        mh.msg_control = cm.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
-    }
-    ssize_t r;
-    do
-        r = sendmsg(j->keeper_fd, &mh, MSG_NOSIGNAL);
-    while (r < 0 && errno == EINTR);
-    if (r != (ssize_t)sizeof(m))
+    if (fdpass_send(j->keeper_fd, &iov, 1, fds, n_fds, 0) != (ssize_t)sizeof(m))
         log_warnx("keep: cannot reach the keeper (%s)", strerror(errno));
 }
 
