@@ -1852,6 +1852,21 @@ class Target:
         return SpiceClient(self.env, self.host, self.port, self.password, **kw)
 
 
+def check_echo(qemu, base, sent, what=""):
+    """The key events a SpiceClient sent (its result's keys.sent) echoed by
+    qemu's guest since serial offset base, each once, in order (the last
+    waited for at most 3 s). Returns the events."""
+    want = [sc if kind == "press" else sc | 0x80 for _, sc, kind in sent]
+    try:
+        wait_until(lambda: len(qemu.serial_bytes()) - base >= len(want), 3, what="key echo")
+    except Exception:
+        pass
+    got = qemu.serial_bytes()[base:]
+    check(got == want, "%skey echo differs: sent %d events, echoed %d\n  sent %s\n  got  %s" % (
+        what + ": " if what else "", len(want), len(got), want, got))
+    return want
+
+
 def good_session(env, host, port, password, expect=None, timeout=15.0, what=""):
     """A well-behaved spice-gtk session: every announced channel opens (and,
     if given, exactly the channel set `expect`); then it disconnects."""

@@ -32,7 +32,7 @@ import threading
 import time
 
 from test_sd_notify import NotifySocket
-from harness import (Broker, Qemu, Target, check, free_port, good_session, log,
+from harness import (Broker, Qemu, Target, check, check_echo, free_port, good_session, log,
                      pid_alive, run, token, wait_until)
 
 KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
@@ -175,14 +175,7 @@ def test_upgrade(env, q, q2):
         check(sent[0][0] < up_t < sent[-1][0],
               "the upgrade (t=%.2f) is not inside the typing (%.2f..%.2f)" % (
                   up_t, sent[0][0], sent[-1][0]))
-        want = [sc if what == "press" else sc | 0x80 for _, sc, what in sent]
-        try:
-            wait_until(lambda: len(q.serial_bytes()) - base >= len(want), 3, what="key echo")
-        except Exception:
-            pass
-        got = q.serial_bytes()[base:]
-        check(got == want, "key echo differs: sent %d events, echoed %d\n  sent %s\n  got  %s" % (
-            len(want), len(got), want, got))
+        want = check_echo(q, base, sent)
         log("every one of %d key events echoed once, in order, across the upgrade" % len(want))
 
         text = b.log_text()

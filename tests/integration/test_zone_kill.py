@@ -28,8 +28,8 @@ import sys
 import threading
 import time
 
-from harness import Broker, Etcd, Qemu, SpiceClient, check, free_port, good_session, log, \
-    no_direct, run, token, wait_until
+from harness import Broker, Etcd, Qemu, SpiceClient, check, check_echo, free_port, good_session, \
+    log, no_direct, run, token, wait_until
 from limitsutil import metrics
 from test_zone_haproxy import HAPROXY, HAProxy, zone_secret
 
@@ -138,15 +138,7 @@ def test(env):
         sent = r["keys"]["sent"]
         check(r["keys"]["dropped"] == 0 and len(sent) == 2 * len(KEYS),
               "session %d: sent %d keys, dropped %d" % (i, len(sent), r["keys"]["dropped"]))
-        want = [sc if what == "press" else sc | 0x80 for _, sc, what in sent]
-        try:
-            wait_until(lambda: len(q.serial_bytes()) - bases[i] >= len(want), 3,
-                       what="key echo")
-        except Exception:
-            pass
-        got = q.serial_bytes()[bases[i]:]
-        check(got == want, "session %d: key echo differs: sent %d, echoed %d\n  sent %s\n"
-              "  got  %s" % (i, len(want), len(got), want, got))
+        want = check_echo(q, bases[i], sent, what="session %d" % i)
         log("session %d: every one of %d key events echoed once, in order, across both "
             "kills" % (i, len(want)))
     for x in brokers:
