@@ -223,3 +223,81 @@ const char *peer_port_name(enum peer_port p)
         return "?";
     }
 }
+
+/* ------------------------------------------------------------ the host carry */
+
+static const uint8_t carry_magic[4] = { 'S', 'B', 'M', 'V' };
+#define CARRY_VERSION 1
+#define CARRY_BODY (PEER_CARRY_LEN - PEER_MAC_LEN)
+
+bool peer_record_is_carry(const uint8_t *buf, size_t len)
+{
+    return len >= sizeof(carry_magic) && memcmp(buf, carry_magic, sizeof(carry_magic)) == 0;
+}
+
+int peer_carry_build(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                     const char *broker_id, uint8_t *out)
+{
+    size_t id_len = strlen(broker_id);
+    if (id_len == 0 || id_len > PEER_CARRY_ID_MAX)
+        return -1;
+    memset(out, 0, PEER_CARRY_LEN);
+    memcpy(out, carry_magic, sizeof(carry_magic));
+    out[4] = CARRY_VERSION;
+    memcpy(out + 5, broker_id, id_len);
+    return mac3(secret, "spice-broker peer carry", n->owner, n->forwarder, out, CARRY_BODY,
+                out + CARRY_BODY);
+}
+
+int peer_carry_parse(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                     const uint8_t *buf, size_t len, char id[PEER_CARRY_ID_MAX + 1],
+                     const char **err)
+{
+    if (len != PEER_CARRY_LEN || !peer_record_is_carry(buf, len)) {
+        *err = "not a carry record";
+        return -1;
+    }
+    uint8_t mac[PEER_MAC_LEN];
+    if (mac3(secret, "spice-broker peer carry", n->owner, n->forwarder, buf, CARRY_BODY,
+             mac) < 0) {
+        *err = "HMAC failed";
+        return -1;
+    }
+    if (CRYPTO_memcmp(mac, buf + CARRY_BODY, PEER_MAC_LEN) != 0) {
+        *err = "carry record MAC does not match";
+        return -1;
+    }
+    if (buf[4] != CARRY_VERSION) {
+        *err = "carry record of another version";
+        return -1;
+    }
+    const uint8_t *p = buf + 5;
+    size_t id_len = 0;
+    while (id_len < PEER_CARRY_ID_MAX + 1 && p[id_len] != 0)
+        id_len++;
+    if (id_len == 0 || id_len > PEER_CARRY_ID_MAX) {
+        *err = "carry record without a broker id";
+        return -1;
+    }
+    for (size_t i = id_len; i < PEER_CARRY_ID_MAX + 1; i++) {
+        if (p[i] != 0) {
+            *err = "carry record's broker id is not padded with NULs";
+            return -1;
+        }
+    }
+    memcpy(id, p, id_len);
+    id[id_len] = '\0';
+    return 0;
+}
+
+int peer_carry_keys(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                    uint8_t to_owner[PEER_CARRY_KEY_LEN],
+                    uint8_t to_forwarder[PEER_CARRY_KEY_LEN])
+{
+    if (mac3(secret, "spice-broker carry key to owner", n->owner, n->forwarder, NULL, 0,
+             to_owner) < 0 ||
+        mac3(secret, "spice-broker carry key to forwarder", n->owner, n->forwarder, NULL, 0,
+             to_forwarder) < 0)
+        return -1;
+    return 0;
+}

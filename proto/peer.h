@@ -99,4 +99,32 @@ int peer_channel_parse(const uint8_t secret[PEER_SECRET_LEN], const struct peer_
 
 const char *peer_port_name(enum peer_port p);
 
+/* The host carry (spice-brokerctl move, broker/hostmove.h): in place of a
+ * channel record the forwarder, here the broker being emptied, sends a
+ * CARRY record naming itself (magic "SBMV", version, its broker id padded
+ * to PEER_CARRY_ID_MAX + 1 bytes, HMAC(K, "carry" nonce_o nonce_f record));
+ * then both ways go frames sealed under keys of this handshake
+ * (proto/carry.h): the sessions, the owner's answers. Its fixed length is
+ * above PEER_CHANNEL_FIXED, so the owner tells the two records apart once
+ * it has PEER_CHANNEL_FIXED bytes. */
+#define PEER_CARRY_ID_MAX 63u
+#define PEER_CARRY_LEN (4u + 1u + PEER_CARRY_ID_MAX + 1u + PEER_MAC_LEN)   /* 101 */
+#define PEER_CARRY_KEY_LEN 32
+/* Whether the record starting in buf (len >= 4 bytes of it) is a CARRY record. */
+bool peer_record_is_carry(const uint8_t *buf, size_t len);
+/* Forwarder: the CARRY record (PEER_CARRY_LEN bytes) naming broker_id
+ * (1..PEER_CARRY_ID_MAX bytes). 0, or -1 (too long an id, HMAC failure). */
+int peer_carry_build(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                     const char *broker_id, uint8_t *out);
+/* Owner: checks a CARRY record (len = PEER_CARRY_LEN) and gives the
+ * forwarder's broker id. 0, or -1 with *err. Constant time in the MAC. */
+int peer_carry_parse(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                     const uint8_t *buf, size_t len, char id[PEER_CARRY_ID_MAX + 1],
+                     const char **err);
+/* The carry's two frame keys, HMAC(K, label nonce_o nonce_f) under a label
+ * per direction: toward the owner, toward the forwarder. 0 or -1. */
+int peer_carry_keys(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonces *n,
+                    uint8_t to_owner[PEER_CARRY_KEY_LEN],
+                    uint8_t to_forwarder[PEER_CARRY_KEY_LEN]);
+
 #endif

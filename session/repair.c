@@ -31,22 +31,11 @@
  * buffers: tcp_wmem's and tcp_rmem's maxima, 4 and 6 MiB by default). */
 #define QUEUE_MAX (64u * 1024 * 1024)
 
-/* One socket written down. */
+/* One socket being moved: its state written down (proto/carry.h, so that
+ * it can also travel between hosts) and the descriptors. */
 struct tcp_state {
     int old_fd, new_fd;
-    int family;
-    struct sockaddr_storage local, peer;
-    socklen_t local_len, peer_len;
-    uint32_t send_seq, recv_seq;     /* after the last byte of each queue */
-    uint32_t send_len, unsent_len, recv_len;
-    uint8_t *send_q, *recv_q;
-    uint32_t mss, timestamp;
-    uint8_t options, snd_wscale, rcv_wscale;
-    struct tcp_repair_window window;
-    bool have_window;
-    int flags;                       /* fcntl F_GETFL */
-    int nodelay, keepalive, keepidle, keepintvl, keepcnt, user_timeout;
-    int sndbuf;
+    struct carry_tcp w;
     bool in_repair;                  /* the old socket is in repair mode */
 };
 
@@ -155,13 +144,12 @@ static int write_queue(int fd, const uint8_t *buf, uint32_t len)
     return 0;
 }
 
-/* The old socket written down; it is left in repair mode (st->in_repair). */
-static int write_down(struct tcp_state *st, char *why, size_t why_len)
+/* fd written down into *st; it is left in repair mode (*in_repair). */
+static int write_down(int fd, struct carry_tcp *st, bool *in_repair, char *why, size_t why_len)
 {
-    int fd = st->old_fd;
     if (set_int(fd, IPPROTO_TCP, TCP_REPAIR, 1) < 0)
         return failf(why, why_len, "setsockopt(TCP_REPAIR, 1)");
-    st->in_repair = true;
+    *in_repair = true;
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
     memset(&ti, 0, sizeof(ti));
@@ -177,7 +165,6 @@ static int write_down(struct tcp_state *st, char *why, size_t why_len)
     if (getsockname(fd, (struct sockaddr *)&st->local, &st->local_len) < 0 ||
         getpeername(fd, (struct sockaddr *)&st->peer, &st->peer_len) < 0)
         return failf(why, why_len, "getsockname/getpeername");
-    st->family = st->local.ss_family;
     int outq, unsent, inq;
     if (ioctl(fd, SIOCOUTQ, &outq) < 0 || ioctl(fd, SIOCOUTQNSD, &unsent) < 0 ||
         ioctl(fd, SIOCINQ, &inq) < 0)
@@ -216,9 +203,17 @@ static int write_down(struct tcp_state *st, char *why, size_t why_len)
     if ((st->options & TCPI_OPT_TIMESTAMPS) &&
         get_int(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int *)&st->timestamp) < 0)
         return failf(why, why_len, "getsockopt(TCP_TIMESTAMP)");
-    len = sizeof(st->window);
-    st->have_window = getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &st->window, &len) == 0 &&
-                      len == sizeof(st->window);
+    struct tcp_repair_window win;
+    len = sizeof(win);
+    st->have_window = getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, &len) == 0 &&
+                      len == sizeof(win);
+    if (st->have_window) {
+        st->snd_wl1 = win.snd_wl1;
+        st->snd_wnd = win.snd_wnd;
+        st->max_window = win.max_window;
+        st->rcv_wnd = win.rcv_wnd;
+        st->rcv_wup = win.rcv_wup;
+    }
     if ((st->flags = fcntl(fd, F_GETFL)) < 0)
         return failf(why, why_len, "fcntl(F_GETFL)");
     st->nodelay = st->keepalive = 0;
@@ -233,22 +228,23 @@ static int write_down(struct tcp_state *st, char *why, size_t why_len)
     return 0;
 }
 
-/* A new socket of this namespace in st's state (st->new_fd), still in
+/* A new socket of this namespace in st's state (*new_fd), still in
  * repair mode: nothing of it has reached the network yet. */
-static int rebuild(struct tcp_state *st, char *why, size_t why_len)
+static int rebuild(const struct carry_tcp *st, int *new_fd, char *why, size_t why_len)
 {
-    int fd = socket(st->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
+    int family = st->local.ss_family;
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
     if (fd < 0)
         return failf(why, why_len, "socket()");
-    st->new_fd = fd;
+    *new_fd = fd;
     if (set_int(fd, IPPROTO_TCP, TCP_REPAIR, 1) < 0)
         return failf(why, why_len, "setsockopt(TCP_REPAIR, 1) on the new socket");
     /* The address is not on this host yet (it moves after this): bind()
      * and connect()'s route lookup need IP_TRANSPARENT for it (IP_FREEBIND
      * binds, but the route lookup still wants a local source: ENETUNREACH);
      * cleared once connected. */
-    int level = st->family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
-    int transparent = st->family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+    int level = family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    int transparent = family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
     if (set_int(fd, level, transparent, 1) < 0)
         return failf(why, why_len, "setsockopt(IP_TRANSPARENT)");
     /* Repair mode binds even where a listener has the port (SK_FORCE_REUSE). */
@@ -293,8 +289,10 @@ static int rebuild(struct tcp_state *st, char *why, size_t why_len)
         write_queue(fd, st->send_q, sent) < 0)
         return failf(why, why_len, "restoring the send queue (%u bytes)", sent);
     (void)set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
-    if (st->have_window &&
-        setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &st->window, sizeof(st->window)) < 0)
+    struct tcp_repair_window win = { .snd_wl1 = st->snd_wl1, .snd_wnd = st->snd_wnd,
+                                     .max_window = st->max_window, .rcv_wnd = st->rcv_wnd,
+                                     .rcv_wup = st->rcv_wup };
+    if (st->have_window && setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &win, sizeof(win)) < 0)
         return failf(why, why_len, "setsockopt(TCP_REPAIR_WINDOW)");
     (void)set_int(fd, IPPROTO_TCP, TCP_NODELAY, st->nodelay);
     (void)set_int(fd, SOL_SOCKET, SO_KEEPALIVE, st->keepalive);
@@ -311,9 +309,8 @@ static int rebuild(struct tcp_state *st, char *why, size_t why_len)
 
 /* The new socket out of repair mode (it sends a window probe), then the
  * bytes never sent, then the old socket's file flags. */
-static int go_live(struct tcp_state *st, char *why, size_t why_len)
+static int go_live(const struct carry_tcp *st, int fd, char *why, size_t why_len)
 {
-    int fd = st->new_fd;
     if (set_int(fd, IPPROTO_TCP, TCP_REPAIR, 0) < 0)
         return failf(why, why_len, "setsockopt(TCP_REPAIR, 0) on the new socket");
     if (write_queue(fd, st->send_q + (st->send_len - st->unsent_len), st->unsent_len) < 0)
@@ -323,11 +320,6 @@ static int go_live(struct tcp_state *st, char *why, size_t why_len)
     return 0;
 }
 
-static void state_free(struct tcp_state *st)
-{
-    free(st->send_q);
-    free(st->recv_q);
-}
 
 int repair_move(int *fds, size_t n, unsigned *moved, char *why, size_t why_len)
 {
@@ -357,11 +349,11 @@ int repair_move(int *fds, size_t n, unsigned *moved, char *why, size_t why_len)
     /* Every socket written down before any is rebuilt: one that cannot be
      * (not established, a kernel that refuses) leaves them all as they were. */
     for (size_t i = 0; i < m && rc == 0; i++)
-        rc = write_down(&st[i], why, why_len);
+        rc = write_down(st[i].old_fd, &st[i].w, &st[i].in_repair, why, why_len);
     for (size_t i = 0; i < m && rc == 0; i++)
-        rc = rebuild(&st[i], why, why_len);
+        rc = rebuild(&st[i].w, &st[i].new_fd, why, why_len);
     for (size_t i = 0; i < m && rc == 0; i++)
-        rc = go_live(&st[i], why, why_len);
+        rc = go_live(&st[i].w, st[i].new_fd, why, why_len);
     for (size_t i = 0; i < m; i++) {
         if (rc < 0) {
             if (st[i].new_fd >= 0) {
@@ -385,8 +377,72 @@ int repair_move(int *fds, size_t n, unsigned *moved, char *why, size_t why_len)
             }
             (*moved)++;
         }
-        state_free(&st[i]);
+        carry_tcp_clear(&st[i].w);
     }
     free(st);
     return rc;
+}
+
+/* ------------------------------------------------- between two machines */
+
+void repair_release(const int *fds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            (void)set_int(fds[i], IPPROTO_TCP, TCP_REPAIR, 0);
+}
+
+int repair_write_down(const int *fds, size_t n, struct carry_tcp *out, char *why,
+                      size_t why_len)
+{
+    memset(out, 0, n * sizeof(*out));
+    size_t i = 0;
+    for (; i < n; i++) {
+        bool in_repair = false;
+        if (write_down(fds[i], &out[i], &in_repair, why, why_len) < 0) {
+            if (in_repair)
+                (void)set_int(fds[i], IPPROTO_TCP, TCP_REPAIR, 0);
+            carry_tcp_clear(&out[i]);
+            break;
+        }
+    }
+    if (i == n)
+        return 0;
+    repair_release(fds, i);
+    for (size_t k = 0; k < i; k++)
+        carry_tcp_clear(&out[k]);
+    return -1;
+}
+
+void repair_discard(int *fds, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            continue;
+        (void)set_int(fds[i], IPPROTO_TCP, TCP_REPAIR, 1); /* its close sends nothing */
+        close(fds[i]);
+        fds[i] = -1;
+    }
+}
+
+int repair_rebuild(const struct carry_tcp *st, size_t n, int *fds, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < n; i++)
+        fds[i] = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (rebuild(&st[i], &fds[i], why, why_len) < 0) {
+            repair_discard(fds, i + 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int repair_go_live(const struct carry_tcp *st, const int *fds, size_t n, char *why,
+                   size_t why_len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (go_live(&st[i], fds[i], why, why_len) < 0)
+            return -1;
+    return 0;
 }

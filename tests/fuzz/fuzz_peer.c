@@ -7,7 +7,10 @@
  *
  * Input: byte 0 picks what the rest is: 0 a RESPONSE, 1 a PROOF, 2 a channel
  * record as sent, 3 a channel record without its MAC (the target appends the
- * right one, so the fields behind the MAC are reached). */
+ * right one, so the fields behind the MAC are reached), 4 a host carry's
+ * CARRY record, 5 a host carry frame as opened (proto/carry.h: a frame that
+ * decodes is encoded again and must decode to the same), 6 a sealed frame
+ * (header and all) to open. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -15,6 +18,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "proto/carry.h"
 #include "proto/peer.h"
 #include "fuzz_util.h"
 
@@ -60,6 +64,31 @@ static void record(const uint8_t secret[PEER_SECRET_LEN], const struct peer_nonc
     free(ch);
 }
 
+static void carry_frame(const uint8_t *buf, size_t len)
+{
+    struct carry_msg *m = malloc(sizeof(*m)), *again = malloc(sizeof(*again));
+    CHECK(m != NULL && again != NULL);
+    if (carry_decode(buf, len, m) == 0) {
+        CHECK(m->type >= CARRY_SESSION && m->type <= CARRY_DONE);
+        CHECK(m->n_tcp <= CARRY_MAX_SOCKETS);
+        uint8_t *out = NULL;
+        size_t n = 0;
+        CHECK(carry_encode(m, &out, &n) == 0);
+        CHECK(carry_decode(out, n, again) == 0);
+        CHECK(again->type == m->type && again->session_id == m->session_id &&
+              again->n_tcp == m->n_tcp && again->snapshot_len == m->snapshot_len);
+        for (uint32_t i = 0; i < m->n_tcp; i++)
+            CHECK(again->tcp[i].send_len == m->tcp[i].send_len &&
+                  again->tcp[i].recv_len == m->tcp[i].recv_len &&
+                  again->tcp[i].unsent_len <= again->tcp[i].send_len);
+        carry_msg_clear(again);
+        free(out);
+        carry_msg_clear(m);
+    }
+    free(m);
+    free(again);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t secret[PEER_SECRET_LEN];
@@ -70,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fixed(secret, &n);
     uint8_t *in = dup_exact(data + 1, size - 1);
     size_t len = size - 1;
-    switch (data[0] & 3) {
+    switch (data[0] & 7) {
     case 0: {
         uint8_t proof[PEER_PROOF_LEN];
         struct peer_nonces o = n;
@@ -87,7 +116,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 2:
         record(secret, &n, in, len);
         break;
-    default: {
+    case 4: {
+        char id[PEER_CARRY_ID_MAX + 1];
+        if (peer_carry_parse(secret, &n, in, len, id, &err) == 0)
+            CHECK(len == PEER_CARRY_LEN && strlen(id) > 0);
+        else
+            CHECK(err != NULL);
+        break;
+    }
+    case 5:
+        carry_frame(in, len);
+        break;
+    case 6: {
+        struct carry_sealer s = { .seq = 0 };
+        memset(s.key, 7, sizeof(s.key));
+        if (len < CARRY_HEADER_LEN)
+            break;
+        uint32_t sealed = carry_frame_len(in);
+        if (sealed == 0 || sealed != len - CARRY_HEADER_LEN)
+            break;
+        uint8_t *out = malloc(sealed);
+        CHECK(out != NULL);
+        if (carry_open(&s, in, in + CARRY_HEADER_LEN, sealed, out) == 0)
+            carry_frame(out, sealed - CARRY_TAG_LEN);
+        free(out);
+        break;
+    }
+    case 3: {
         if (len > PEER_CHANNEL_MAX - PEER_MAC_LEN)
             break;
         uint8_t *whole = malloc(len + PEER_MAC_LEN);
@@ -108,6 +163,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(whole);
         break;
     }
+    default:
+        break;
     }
     free(in);
     return 0;

@@ -537,8 +537,9 @@ def snap_intent_seeds():
 
 def peer_seeds():
     """fuzz-peer: byte 0 the mode (0 response, 1 proof, 2 record, 3 record
-    without MAC); secret bytes 0..31, owner nonce 0x11 * 32, forwarder 0x22 * 32
-    (as fuzz_peer.c fixes them)."""
+    without MAC, 4 a host carry's CARRY record, 5 a carry frame as opened);
+    secret bytes 0..31, owner nonce 0x11 * 32, forwarder 0x22 * 32 (as
+    fuzz_peer.c fixes them)."""
     import hashlib
     import hmac
     secret = bytes(range(32))
@@ -558,7 +559,33 @@ def peer_seeds():
         b = body(**kw)
         return b + mac(b"spice-broker peer channel", no, nf, b)
     good_resp = magic + nf + mac(b"spice-broker peer client", no, nf)
+
+    def carry_rec(bid=b"bhostA", version=1):
+        b = b"SBMV" + bytes([version]) + bid + b"\x00" * (64 - len(bid))
+        return b + mac(b"spice-broker peer carry", no, nf, b)
+
+    def tcp(family=2, addr=b"\x0a\x4d\x00\x0a", unsent=2):
+        return (pb_field(1, family) + pb_field(2, addr) + pb_field(3, 5900) +
+                pb_field(4, b"\x0a\x4d\x00\x03") + pb_field(5, 40000) +
+                pb_field(6, 123456) + pb_field(7, 654321) + pb_field(8, b"abcdef") +
+                pb_field(9, unsent) + pb_field(10, b"xyz") + pb_field(11, 1448) +
+                pb_field(13, 7) + pb_field(14, 7) + pb_field(15, 7) + pb_field(16, 1) +
+                pb_field(18, 65535) + pb_field(22, 2050) + pb_field(23, 1))
+
+    def frame(kind=1, sid=0x1234, socks=(), snapshot=b"\x00snapshot"):
+        return (pb_field(1, 1) + pb_field(2, kind) + pb_field(3, sid) +
+                (pb_field(4, snapshot) if snapshot else b"") +
+                b"".join(pb_field(5, t) for t in socks))
     return {
+        "carry-record-good": b"\x04" + carry_rec(),
+        "carry-record-bad-version": b"\x04" + carry_rec(version=2),
+        "carry-record-bad-mac": b"\x04" + carry_rec()[:-1] + b"\x00",
+        "carry-frame-session": b"\x05" + frame(socks=[tcp(), tcp()]),
+        "carry-frame-v6": b"\x05" + frame(socks=[tcp(family=10, addr=b"\x00" * 15 + b"\x01")]),
+        "carry-frame-bad-unsent": b"\x05" + frame(socks=[tcp(unsent=99)]),
+        "carry-frame-taken": b"\x05" + frame(kind=2, snapshot=b""),
+        "carry-frame-left": b"\x05" + frame(kind=3, snapshot=b"") + pb_field(6, b"why"),
+        "carry-frame-bad-type": b"\x05" + frame(kind=9),
         "response-good": b"\x00" + good_resp,
         "response-wrong-mac": b"\x00" + good_resp[:-1] + b"\x00",
         "response-bad-magic": b"\x00" + b"XBPEER\x00\x01" + good_resp[8:],
