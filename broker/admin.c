@@ -23,6 +23,9 @@
  *                                "dest_password", "wait", "timeout"}
  *   POST /v1/upgrade            {"binary"}: a live hand-over to a new process
  *                               (upgrade.h), answered once it serves or refused
+ *   POST /v1/move               {"to": "HOST:PORT"}: every session carried to the
+ *                               broker of that peer port on another host
+ *                               (hostmove.h), answered {"moved", "stayed"} at the end
  *
  * Tokens and passwords travel only in request bodies, which are never logged.
  * Strings a request names (a backend host, an instance) are logged escaped
@@ -53,6 +56,7 @@
 
 #include "broker/broker.h"
 #include "broker/prepare.h"
+#include "broker/hostmove.h"
 #include "broker/upgrade.h"
 #include "broker/peer.h"
 #include "broker/zone.h"
@@ -85,6 +89,7 @@ struct admin {
     struct prepare_wait *waiting; /* deferred prepare requests, answered or dropped at exit */
     struct token_write *writing; /* token adds and revokes waiting for their write */
     struct bufferevent *upgrading; /* the upgrade request, answered when it is done */
+    struct bufferevent *moving;    /* the move request, likewise */
 };
 
 struct request {
@@ -1135,6 +1140,53 @@ static bool h_upgrade(struct admin *a, const struct request *q, struct response 
     return false;
 }
 
+/* The move's end (hostmove.h), on the control loop. */
+static void on_move_done(void *arg, unsigned moved, unsigned stayed, const char *err)
+{
+    struct admin *a = arg;
+    struct bufferevent *bev = a->moving;
+    a->moving = NULL;
+    if (bev == NULL)
+        return;
+    struct response r = { 0 };
+    if (err == NULL)
+        reply_json(&r, 200, json_pack("{s:i, s:i}", "moved", (int)moved, "stayed", (int)stayed));
+    else
+        reply_json(&r, 502, json_pack("{s:s, s:i, s:i}", "error", err, "moved", (int)moved,
+                                      "stayed", (int)stayed));
+    send_response(bev, &r);
+}
+
+/* {"to": "HOST:PORT"}: every session carried to that broker's host. */
+static bool h_move(struct admin *a, const struct request *q, struct response *r,
+                   struct bufferevent *bev)
+{
+    json_t *j = parse_body(q, r);
+    if (j == NULL)
+        return false;
+    json_t *to = json_object_get(j, "to");
+    const char *err = NULL;
+    if (!json_is_string(to)) {
+        reply_error(r, 400, "to must be a string: the other broker's peer port, HOST:PORT");
+    } else if (a->moving != NULL) {
+        reply_error(r, 409, "a move is under way");
+    } else if (upgrade_handed_over(a->b)) {
+        reply_error(r, 409, "this process has handed its sessions to a new one (upgrade)");
+    } else if (hostmove_start(a->b->hostmove, json_string_value(to), on_move_done, a,
+                              &err) < 0) {
+        reply_error(r, 409, err);
+    } else {
+        a->moving = bev;
+        bufferevent_disable(bev, EV_READ);
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        json_decref(j);
+        return true;
+    }
+    json_decref(j);
+    return false;
+}
+
 /* Fills r, or returns true when the handler answers later on bev itself. */
 static bool dispatch(struct admin *a, bool metrics_only, const struct request *q,
                      struct response *r, struct bufferevent *bev)
@@ -1183,6 +1235,8 @@ static bool dispatch(struct admin *a, bool metrics_only, const struct request *q
         return h_prepare(a, q, r, bev);
     else if (post && strcmp(path, "/v1/upgrade") == 0)
         return h_upgrade(a, q, r, bev);
+    else if (post && strcmp(path, "/v1/move") == 0)
+        return h_move(a, q, r, bev);
     else if (!get && !post)
         reply_error(r, 405, "method not allowed");
     else
@@ -1469,6 +1523,8 @@ void admin_free(struct admin *a)
         return;
     if (a->upgrading != NULL)
         bufferevent_free(a->upgrading);
+    if (a->moving != NULL)
+        bufferevent_free(a->moving);
     if (a->main.listener != NULL)
         evconnlistener_free(a->main.listener);
     if (a->metrics.listener != NULL)

@@ -52,6 +52,7 @@ struct broker {
     struct tls_ctx *web_tls;     /* the browser port's, NULL when it speaks plain HTTP */
     struct tls_ctx *backend_tls; /* the client role toward secure QEMU ports, NULL: never */
     struct tls_ctx *peer_tls;    /* mutual TLS on the peer link, NULL: none */
+    struct hostmove *hostmove;   /* spice-brokerctl move, both sides (hostmove.h) */
     int64_t started;
     struct event *history_sweep; /* drops ended session records past session-history */
     struct event *token_file_check; /* re-reads the token file when it changes */

@@ -33,6 +33,8 @@
 static int timeout_ms = TIMEOUT_MS;
 /* upgrade: the new process has UPGRADE_START_MS (broker/upgrade.h) to serve. */
 #define UPGRADE_WAIT_MS 40000
+/* move: how long it may take by default (--timeout). */
+#define MOVE_WAIT_S 300
 
 static const char *admin_spec = "unix:/run/spice-broker/admin.sock";
 static bool admin_given;    /* --admin was on the command line */
@@ -78,6 +80,15 @@ static void usage(FILE *out)
         "                                PATH must be owned by root or the broker's user and\n"
         "                                writable by no one else (its directories too); not\n"
         "                                taken on a TCP admin endpoint\n"
+        "  move --to HOST:PORT [--timeout S]\n"
+        "                                carry every live session to the zone's broker whose\n"
+        "                                peer port (--peer-listen) is HOST:PORT, on another\n"
+        "                                host: TCP connections rebuilt there with TCP_REPAIR.\n"
+        "                                Drains this broker first. The service address must be\n"
+        "                                off this host before, and reach the other after (README,\n"
+        "                                \"Carrying a session to another broker host\"); root on\n"
+        "                                both. Prints the sessions carried and those that stay;\n"
+        "                                waits up to S seconds (default 300)\n"
         "  drain                         take no new sessions (/healthz answers 503 draining,\n"
         "                                so a load balancer sends new clients elsewhere); live\n"
         "                                sessions go on\n"
@@ -736,6 +747,48 @@ static int cmd_upgrade(int argc, char **argv)
     return 0;
 }
 
+/* move --to HOST:PORT: answered once every session was offered. */
+static int cmd_move(int argc, char **argv)
+{
+    const char *to = NULL;
+    long wait_s = MOVE_WAIT_S;
+    for (int i = 1; i < argc; i++) {
+        char *end = NULL;
+        if (strcmp(argv[i], "--to") == 0 && i + 1 < argc) {
+            to = argv[++i];
+        } else if (strncmp(argv[i], "--to=", 5) == 0) {
+            to = argv[i] + 5;
+        } else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
+            wait_s = strtol(argv[++i], &end, 10);
+            if (*end != '\0' || wait_s < 1 || wait_s > 86400) {
+                fprintf(stderr, "spice-brokerctl: move --timeout takes 1..86400 seconds\n");
+                return 2;
+            }
+        } else {
+            to = NULL;
+            break;
+        }
+    }
+    if (to == NULL || strchr(to, ':') == NULL) {
+        fprintf(stderr, "spice-brokerctl: usage: move --to HOST:PORT [--timeout S]\n");
+        return 2;
+    }
+    char *out = NULL;
+    timeout_ms = (int)(wait_s * 1000);
+    int st = post_json("/v1/move", json_pack("{s:s}", "to", to), &out);
+    json_t *a = out != NULL ? json_loads(out, 0, NULL) : NULL;
+    if (st >= 200 && st < 300 && a != NULL) {
+        printf("moved: %lld sessions carried to %s, %lld stay here\n",
+               (long long)json_integer_value(json_object_get(a, "moved")), to,
+               (long long)json_integer_value(json_object_get(a, "stayed")));
+        json_decref(a);
+        free(out);
+        return 0;
+    }
+    json_decref(a);
+    return report(st, out, false);
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -780,6 +833,8 @@ int main(int argc, char **argv)
         return cmd_migration_prepare(rest - 1, rv + 1);
     if (strcmp(cmd, "upgrade") == 0)
         return cmd_upgrade(rest, rv);
+    if (strcmp(cmd, "move") == 0)
+        return cmd_move(rest, rv);
     if ((strcmp(cmd, "drain") == 0 || strcmp(cmd, "serve") == 0) && rest == 1) {
         bool drain = strcmp(cmd, "drain") == 0;
         char *out = NULL;

@@ -24,6 +24,7 @@
 #include "broker/nova.h"
 #include "broker/peer.h"
 #include "broker/tls.h"
+#include "broker/hostmove.h"
 #include "broker/keeper.h"
 #include "broker/upgrade.h"
 #include "broker/vv.h"
@@ -418,6 +419,7 @@ struct record_write {
     bool from_retry, probe;
     bool raced;                  /* a second try after another writer's change */
     char owner[SNAP_MAX_HOST];   /* set by record_check: the broker holding it now */
+    struct hostmove *hm;         /* the carries in, whose records replace their sender's */
 };
 
 /* STATUS= for systemctl status while serving: the ports, and whether
@@ -624,6 +626,13 @@ static int64_t record_check(const void *cur, size_t len, int64_t rev, void *arg)
     if (snap_session_decode(cur, len, &old) != 0 || old.ended != 0 ||
         strcmp(old.broker, w->r.rec.broker) == 0)
         return rev;
+    /* A session carried in from another host (broker/hostmove.h): its
+     * record names the broker it came from until this write. */
+    if (w->hm != NULL && hostmove_took_from(w->hm, w->r.rec.id, old.broker)) {
+        log_info("sid=%08x session record: broker %s hands it over (host move)", w->r.rec.id,
+                 old.broker);
+        return rev;
+    }
     snprintf(w->owner, sizeof(w->owner), "%s", old.broker);
     return STORE_WRITER_REFUSE;
 }
@@ -648,6 +657,7 @@ static void record_send(struct broker *b, const struct broker_record *r, bool fr
     if (w == NULL || b->writing_by_id == NULL)
         goto fail;
     w->r = *r;
+    w->hm = b->hostmove;
     w->from_retry = from_retry;
     w->probe = probe;
     w->raced = raced;
@@ -727,6 +737,8 @@ static void on_record_written(struct broker *b, int result, void *arg)
             log_info("sid=%08x session record not written: another writer changed it "
                      "meanwhile", w->r.rec.id);
     }
+    if (result == STORE_OK)
+        hostmove_record_written(b->hostmove, w->r.rec.id);
     if (ok) {
         if (w->from_retry)
             b->retry_took++;
@@ -1339,6 +1351,11 @@ int main(int argc, char **argv)
             env.peer_tls_acquire = env_tls_acquire;
         }
     }
+    if ((b.hostmove = hostmove_new(&b)) == NULL) {
+        log_error("out of memory");
+        goto out;
+    }
+    peer.carry = b.hostmove;
     int inherited = upgrade_workers(b.upgrade_from);
     if (inherited > 0 && inherited != b.cfg.workers) {
         /* Each handed-over socket is one of its port's SO_REUSEPORT group:
@@ -1487,6 +1504,8 @@ out:
     atomic_store(&limits_closed, true);
     intents_free(b.intents);
     b.intents = NULL;
+    hostmove_free(b.hostmove); /* its threads post to the workers */
+    b.hostmove = NULL;
     for (int i = 0; i < b.n_workers; i++)
         worker_stop(b.workers[i]); /* all stopped before any is freed: they post to each other */
     for (int i = 0; i < b.n_workers; i++)

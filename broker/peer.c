@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "common/limits.h"
+#include "broker/hostmove.h"
 #include "broker/tls.h"
 #include "common/log.h"
 #include "session/transport.h"
@@ -34,6 +35,7 @@ struct peer_worker {
     struct session_worker *sw;
     const uint8_t *secret;
     struct tls_ctx *tls;             /* mutual TLS first; NULL: the bare socket */
+    struct hostmove *carry;          /* where CARRY records go (NULL: refused) */
     int timeout_ms;
     TAILQ_HEAD(, peer_conn) conns;
 };
@@ -113,6 +115,32 @@ static void channel_done(struct peer_conn *pc)
     session_accept_peer(sw, t, ch);
     OPENSSL_cleanse(ch, sizeof(*ch));
     free(ch);
+}
+
+/* A CARRY record (spice-brokerctl move on another broker): the connection
+ * goes to the host carry's thread (broker/hostmove.h). */
+static void carry_done(struct peer_conn *pc)
+{
+    const char *err = NULL;
+    char from[PEER_CARRY_ID_MAX + 1];
+    if (pc->pw->carry == NULL) {
+        conn_refuse(pc, "a carry record, and this broker takes no carries");
+        return;
+    }
+    if (peer_carry_parse(pc->pw->secret, &pc->n, pc->in, pc->in_have, from, &err) < 0) {
+        conn_refuse(pc, err);
+        return;
+    }
+    atomic_fetch_add(&n_authenticated, 1);
+    struct transport *t = pc->t;
+    struct hostmove *carry = pc->pw->carry;
+    struct peer_nonces n = pc->n;
+    char addr[sizeof(pc->addr)];
+    snprintf(addr, sizeof(addr), "%s", pc->addr);
+    pc->t = NULL;
+    conn_free(pc);
+    hostmove_accept(carry, t, &n, from, addr);
+    OPENSSL_cleanse(&n, sizeof(n));
 }
 
 /* The owner speaks first: its challenge, once the link is what it must be. */
@@ -202,6 +230,15 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
             pc->in_need = PEER_CHANNEL_FIXED;
             continue;
         }
+        if (peer_record_is_carry(pc->in, pc->in_have)) {
+            if (pc->in_have < PEER_CARRY_LEN) {
+                pc->in_need = PEER_CARRY_LEN;
+                continue;
+            }
+            event_del(pc->rd);
+            carry_done(pc);
+            return;
+        }
         long size = peer_channel_size(pc->in, pc->in_have, &err);
         if (size < 0) {
             conn_refuse(pc, err);
@@ -236,7 +273,8 @@ static void conn_evict(void *arg)
 }
 
 struct peer_worker *peer_worker_new(struct event_base *base, struct session_worker *sw,
-                                    const uint8_t *secret, struct tls_ctx *tls, int timeout_ms)
+                                    const uint8_t *secret, struct tls_ctx *tls,
+                                    struct hostmove *carry, int timeout_ms)
 {
     struct peer_worker *pw = calloc(1, sizeof(*pw));
     if (pw == NULL)
@@ -245,6 +283,7 @@ struct peer_worker *peer_worker_new(struct event_base *base, struct session_work
     pw->sw = sw;
     pw->secret = secret;
     pw->tls = tls;
+    pw->carry = carry;
     pw->timeout_ms = timeout_ms;
     TAILQ_INIT(&pw->conns);
     return pw;

@@ -24,10 +24,13 @@
 
 struct peer_worker;
 struct tls_ctx;
-/* secret (PEER_SECRET_LEN bytes) and tls (the peer link's context, NULL:
- * no TLS) are borrowed: they outlive the worker. */
+struct hostmove;
+/* secret (PEER_SECRET_LEN bytes), tls (the peer link's context, NULL: no
+ * TLS) and carry (where a CARRY record's connection goes, broker/
+ * hostmove.h; NULL: refused) are borrowed: they outlive the worker. */
 struct peer_worker *peer_worker_new(struct event_base *base, struct session_worker *sw,
-                                    const uint8_t *secret, struct tls_ctx *tls, int timeout_ms);
+                                    const uint8_t *secret, struct tls_ctx *tls,
+                                    struct hostmove *carry, int timeout_ms);
 /* Closes every connection still in its handshake (the worker is stopping). */
 void peer_worker_free(struct peer_worker *pw);
 /* A connection accepted on the peer port (takes fd). */

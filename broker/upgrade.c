@@ -502,7 +502,9 @@ static void job_adopt(struct session_worker *sw, void *arg)
                   "there", j->snap.id, (int)j->u->old_pid, strerror(errno));
         session_adopt_abort(s);
     } else {
-        session_adopt_resume(s, (int)j->u->old_pid, j->snap.frozen_mono_us);
+        char from[32];
+        snprintf(from, sizeof(from), "pid %d", (int)j->u->old_pid);
+        session_adopt_resume(s, from, j->snap.frozen_mono_us);
     }
     adopt_job_free(j);
 }

@@ -287,7 +287,8 @@ struct worker *worker_new(int index, const char *host, uint16_t port,
         in.peer = -1;
         if (w->peer_fd < 0)
             goto fail;
-        w->pw = peer_worker_new(w->base, w->sw, peer->secret, peer->tls, PEER_HANDSHAKE_MS);
+        w->pw = peer_worker_new(w->base, w->sw, peer->secret, peer->tls, peer->carry,
+                                PEER_HANDSHAKE_MS);
         w->peer_ev = event_new(w->base, w->peer_fd, EV_READ | EV_PERSIST, on_peer_accept, w);
         if (w->pw == NULL || w->peer_ev == NULL) {
             *err = "out of memory";

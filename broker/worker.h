@@ -48,6 +48,7 @@ struct worker_peer {
     uint16_t port;
     const uint8_t *secret;           /* the zone secret, PEER_SECRET_LEN bytes (borrowed) */
     struct tls_ctx *tls;             /* mutual TLS on the peer link, NULL: none (borrowed) */
+    struct hostmove *carry;          /* host carries (broker/hostmove.h), NULL: none (borrowed) */
 };
 
 /* The proxies whose word on the client's address is taken (proto/proxy.h;

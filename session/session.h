@@ -286,6 +286,12 @@ typedef int (*session_carry_fn)(void *arg, const struct snap_carried *snap, cons
  * last_try, stays here too. Returns the sessions still to be tried. */
 unsigned session_freeze(struct session_worker *w, unsigned max, bool last_try,
                         session_carry_fn send, void *arg);
+/* A frozen session resumes here, without the upgrade's log line (the
+ * caller says why). -1 if this worker has no such frozen session. */
+int session_carry_back(struct session_worker *w, uint32_t id);
+/* The sessions that stayed at an earlier carry may be offered again (a new
+ * spice-brokerctl move: the other broker's refusal may have passed). */
+void session_carry_again(struct session_worker *w);
 /* The answer for a frozen session: taken, it goes from this process without
  * a byte to its peers (its sockets live on in the new one); not taken (why),
  * it resumes here. -1 if this worker has no such frozen session. */
@@ -297,9 +303,9 @@ void session_thaw_all(struct session_worker *w, const char *why);
  * session_adopt_resume. NULL with *why (static text) when it cannot be. */
 struct session *session_adopt(struct session_worker *w, const struct snap_carried *snap,
                               const int *fds, size_t n_fds, const char **why);
-/* Starts it relaying (from_pid, and the snapshot's frozen_mono_us, for the
- * log line: the client's pause). */
-void session_adopt_resume(struct session *s, int from_pid, int64_t frozen_mono_us);
+/* Starts it relaying (from: "pid N" or "broker ID", and the snapshot's
+ * frozen_mono_us, for the log line: the client's pause). */
+void session_adopt_resume(struct session *s, const char *from, int64_t frozen_mono_us);
 /* The old process keeps it after all: freed without a byte to its peers. */
 void session_adopt_abort(struct session *s);
 /* The same for a snapshot with `forwarded` (a forwarder's pipe carried by the

@@ -299,6 +299,23 @@ static void let_go(struct session *s)
     free(s);
 }
 
+int session_carry_back(struct session_worker *w, uint32_t id)
+{
+    struct session *s = session_find(w, id);
+    if (s == NULL || s->carry != CARRY_FROZEN)
+        return -1;
+    thaw(s);
+    return 0;
+}
+
+void session_carry_again(struct session_worker *w)
+{
+    struct session *s;
+    TAILQ_FOREACH(s, &w->sessions, link)
+        if (s->carry == CARRY_STAYS)
+            s->carry = CARRY_NONE;
+}
+
 int session_carried(struct session_worker *w, uint32_t id, bool taken, const char *why)
 {
     struct session *s = session_find(w, id);
@@ -509,7 +526,7 @@ static void on_adopted_expired(evutil_socket_t fd, short what, void *arg)
     session_close(arg, "the console token's time is up (enforce_session_timeout)");
 }
 
-void session_adopt_resume(struct session *s, int from_pid, int64_t frozen_mono_us)
+void session_adopt_resume(struct session *s, const char *from, int64_t frozen_mono_us)
 {
     s->carry = CARRY_NONE;
     if (s->w->env.enforce_session_timeout && s->rec.expires != 0 &&
@@ -529,8 +546,8 @@ void session_adopt_resume(struct session *s, int from_pid, int64_t frozen_mono_u
     session_publish(s);
     /* The pause: from the old process's freeze to now (one host, one
      * monotonic clock). */
-    log_info("%s carried in from pid %d: client=%s, %u channels, %llu bytes in flight, paused "
-             "%.1f ms", s->sid, from_pid, s->client, n, (unsigned long long)in_flight,
+    log_info("%s carried in from %s: client=%s, %u channels, %llu bytes in flight, paused "
+             "%.1f ms", s->sid, from, s->client, n, (unsigned long long)in_flight,
              (double)(mono_us() - frozen_mono_us) / 1000.0);
     resume_all(s);
 }

@@ -50,8 +50,9 @@ import subprocess
 import sys
 import time
 
-from harness import (Broker, Qemu, SpiceClient, TestSkip, check, log, no_direct, run, token,
-                     wait_until)
+from harness import (Broker, Etcd, Qemu, SpiceClient, TestSkip, check, log, no_direct, run,
+                     token, wait_until)
+from test_zone_haproxy import zone_secret
 from test_upgrade import kill_pid
 from test_upgrade_sessions import keys_echoed
 
@@ -66,6 +67,7 @@ KEYS = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1E, 0x1F,
 # client's TCP queue arrive together, so at most 8 (16 bytes) may wait: an
 # outage under 4.8 s (1-1.7 s here, 2.5 s under ASan on a loaded machine).
 KEY_INTERVAL = 0.6
+PEER_PORT = 7444         # each broker host's peer port, on its own address
 OUTAGE_MIN = 1.0         # the service address is on neither host for at least this
 TCP_REPAIR = 19
 CLONE_NEWNET = 0x40000000
@@ -357,6 +359,111 @@ def test_refused(env, ns, q):
               SERVICE, check_rc=False)
 
 
+class NsEtcd(Etcd):
+    """etcd on QEMU's host address (10.77.0.20), reachable from both broker
+    hosts over the bridge."""
+
+    def __init__(self, env):
+        super().__init__(env, name="etcd-hostmove")
+        self.url = "http://%s:%d" % (HOSTS["qemu"], self.client_port)
+
+
+def zone_broker(env, ns, role, name, port, etcd, secret):
+    """A broker of zone "hm" in role's namespace on the service port, its
+    peer port on the host's own address."""
+    with in_netns(ns, role):
+        b = NsBroker(env, name=name, store=etcd.store_spec(), broker_id=name, link_timeout=2,
+                     backend_timeout=2, extra=["--zone", "hm", "--peer-listen", "%s:%d" % (
+                         HOSTS[role], PEER_PORT), "--zone-secret", secret])
+        if port is not None:
+            b.port = port
+        return b.start()
+
+
+def test_carry(env, ns, q):
+    """The carry between two machines: two broker processes, one per host,
+    of one zone (etcd on QEMU's host), and `spice-brokerctl move --to
+    hostB's peer port` on hostA. Nothing crosses between them but the peer
+    link: the session's snapshot and each connection written down in repair
+    mode (sequence numbers, queues, options, window), sealed under the zone
+    handshake's keys; hostB rebuilds the connections with TCP_REPAIR, takes
+    the session (its record in etcd changes owner by compare-and-swap) and
+    only then is the address moved. Before that, the refusal: hostB drains,
+    answers `left`, and hostA resumes the session on its own sockets (out of
+    repair mode) until the second move."""
+    # the service address back on hostA (test_move left it on hostB)
+    ns.ip("hostB", "addr", "del", SERVICE + "/32", "dev", "eth0", check_rc=False)
+    ns.add_service("hostA")
+    for peer in ("client", "qemu"):
+        ns.ip(peer, "neigh", "flush", "dev", "eth0")
+    secret = zone_secret(env)
+    with in_netns(ns, "qemu"):
+        etcd = NsEtcd(env).start()
+    a = b = None
+    try:
+        a = zone_broker(env, ns, "hostA", "bhostA", None, etcd, secret)
+        b = zone_broker(env, ns, "hostB", "bhostB", a.port, etcd, secret)
+        keys = KEYS[:12]
+        c, sid, base = start_session(env, ns, a, q, "carry", keys)
+        time.sleep(2.0)
+        key = "/spice-broker/hm/sessions/%08x" % sid
+        with in_netns(ns, "qemu"):
+            rec = etcd.get(key) or b""
+        check(b"bhostA" in rec, "the session record does not name hostA's broker: %r" % rec)
+        t_lock = time.monotonic()
+        ns.ip("hostA", "addr", "del", SERVICE + "/32", "dev", "eth0")
+        to = "%s:%d" % (HOSTS["hostB"], PEER_PORT)
+        # refused first: B drains, so it does not take the session; A takes
+        # the connections out of repair mode and resumes it (a second move
+        # may offer it again)
+        b.ctl("drain")
+        rc, out, err = a.ctl("move", "--to", to, "--timeout", "60", timeout=70)
+        check(rc == 0 and "moved: 0 sessions carried" in out and "1 stay here" in out,
+              "move to a draining broker: rc=%d out=%r err=%r" % (rc, out, err))
+        back = "sid=%08x move: resumed here: %s did not take it: this broker is draining" % (
+            sid, to)
+        check(back in a.log_text(), "hostA's broker did not say why it kept the session:\n%s" %
+              a.log_text()[-2000:])
+        check(sid in [x["id"] for x in a.sessions()], "hostA's broker lost the session")
+        log("refused while hostB drains: %s" % out.strip())
+        b.ctl("serve")
+        rc, out, err = a.ctl("move", "--to", to, "--timeout", "60", timeout=70)
+        t_moved = time.monotonic()
+        check(rc == 0 and "moved: 1 sessions carried" in out,
+              "move: rc=%d out=%r err=%r\nA's log:\n%s" % (rc, out, err, a.log_text()[-3000:]))
+        t_addr = unlock(ns, "hostB", t_lock)
+        log("carried: address off hostA, move answered after %.0f ms (%s), address on hostB "
+            "after %.0f ms" % ((t_moved - t_lock) * 1000, out.strip(), (t_addr - t_lock) * 1000))
+        text = b.log_text()
+        rebuilt = [ln for ln in text.splitlines() if "sid=%08x move:" % sid in ln and
+                   "rebuilt in this host's network namespace with TCP_REPAIR" in ln]
+        check(rebuilt, "hostB's broker did not rebuild the connections:\n%s" % text[-3000:])
+        log("hostB: %s" % rebuilt[0].split("]", 1)[-1].strip())
+        check("sid=%08x carried in from" % sid in text, "hostB did not resume the session")
+        check(sid in [x["id"] for x in b.sessions()], "hostB's broker does not list the session")
+        check(sid not in [x["id"] for x in a.sessions()], "hostA's broker still lists it")
+        check(netns_of(b.proc.pid) == ns.inode("hostB") and
+              netns_of(a.proc.pid) == ns.inode("hostA"), "the brokers are not on their hosts")
+        with in_netns(ns, "qemu"):
+            rec = wait_until(lambda: (lambda r: r if r and b"bhostB" in r else None)(
+                etcd.get(key)), 10, what="the session record naming hostB's broker")
+        check("broker bhostA hands it over (host move)" in text,
+              "hostB's record write did not take the session over from hostA's")
+        log("etcd: the session record names bhostB now")
+        carried_on(c, q, base, b, keys, t_lock, t_addr, "across the carry to hostB's broker")
+        for what, x in (("hostA", a), ("hostB", b)):
+            for ln in x.log_text().splitlines():
+                if "move:" in ln or "carried in from" in ln or "hands it over" in ln:
+                    log("%s: %s" % (what, ln.split(" ", 1)[-1]))
+        check(a.alive() and b.alive(), "a broker exited")
+    finally:
+        for x in (a, b):
+            if x is not None:
+                x.stop()
+        with in_netns(ns, "qemu"):
+            etcd.stop()
+
+
 def test(env):
     no_direct(env)
     env.require_broker()
@@ -375,6 +482,7 @@ def test(env):
         try:
             test_refused(env, ns, q)
             test_move(env, ns, q)
+            test_carry(env, ns, q)
         finally:
             q.stop()
     finally:

@@ -790,7 +790,7 @@ test_carry_bytes_in_flight(void **state)
     const char *why = NULL;
     struct session *s2 = session_adopt(w2, snap, k.fds, k.n_fds, &why);
     assert_non_null(s2);
-    session_adopt_resume(s2, 1, snap->frozen_mono_us);
+    session_adopt_resume(s2, "pid 1", snap->frozen_mono_us);
     assert_int_equal(w2->stats.sessions_active, 1);
     struct session_worker *w1 = f->w;
     f->w = w2; /* the loop turns now serve the new worker (one base for both) */
