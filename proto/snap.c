@@ -12,7 +12,7 @@
  * 2 always compresses.
  *
  * A built-in dictionary is raw content: the packed snapshots of typical
- * sessions (dict_templates below, readable C, packed at first use), so zstd
+ * sessions (dict1_sessions below, readable C, packed at first use), so zstd
  * writes a session as its differences from them. Its bytes never change
  * under its number (tests/unit/proto/snap.c pins their SHA-256): a new
  * template is a new dictionary with the next encoding byte, and the old
@@ -911,12 +911,19 @@ static void where_before(const struct snap_carried *c, uint32_t i, char *buf, si
         snprintf(buf, cap, "%s:%u", c->token.host, (unsigned)c->token.port);
 }
 
-/* Whether compact form 1 says c exactly (see above). */
+/* Whether compact form 1 says c exactly (see above); false for a c that
+ * does not encode at all (carried_pack then says so). */
 static bool compact_says(const struct snap_carried *c)
 {
     char prev[SNAP_MAX_HOST + 16];
+    if (c->n_channels > SNAP_MAX_CHANNELS || !str_fits(c->client, sizeof(c->client)) ||
+        !str_fits(c->token.host, sizeof(c->token.host)))
+        return false;
     for (uint32_t i = 0; i < c->n_channels; i++) {
         const struct snap_carried_channel *cc = &c->channels[i];
+        if (!str_fits(cc->client_addr, sizeof(cc->client_addr)) ||
+            !str_fits(cc->backend_where, sizeof(cc->backend_where)))
+            return false;
         where_before(c, i, prev, sizeof(prev));
         if ((cc->client_addr[0] == '\0' && c->client[0] != '\0') || cc->client_addr[0] == ':' ||
             (cc->backend_where[0] == '\0' && prev[0] != '\0'))

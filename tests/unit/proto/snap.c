@@ -826,6 +826,22 @@ static void test_carried_dict(void **state)
     c->n_channels = 1;
     c->channels[0] = c->channels[1];
     dict_round_trip(c, SNAP_HANDOVER_MINOR_DICT, 2);
+    /* what does not encode at all: refused, nothing read past a field */
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    carried_fill(c, true);
+    memset(c->channels[1].client_addr, 'x', sizeof(c->channels[1].client_addr));
+    assert_int_equal(snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &buf, &len), -1);
+    carried_fill(c, true);
+    memset(c->channels[3].backend_where, 'x', sizeof(c->channels[3].backend_where));
+    assert_int_equal(snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &buf, &len), -1);
+    carried_fill(c, true);
+    memset(c->token.host, 'h', sizeof(c->token.host));
+    assert_int_equal(snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &buf, &len), -1);
+    carried_fill(c, true);
+    c->n_channels = SNAP_MAX_CHANNELS + 1;
+    assert_int_equal(snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &buf, &len), -1);
+    assert_int_equal(snap_carried_encode_for(NULL, SNAP_HANDOVER_MINOR_DICT, &buf, &len), -1);
     free(c);
 }
 
