@@ -578,6 +578,24 @@ static int send_type(int ho, enum snap_handover_type type)
     return rc;
 }
 
+/* A session's snapshot for a broker whose accept said reader_minor: the
+ * keeper keeps each in the encoding every broker reads (snap_carried_encode);
+ * one that reads the smaller one gets that (*out malloc'd), else *out is NULL
+ * and c->bytes go as they are. */
+static void snapshot_for(const struct carried *c, uint32_t reader_minor, uint8_t **out,
+                         size_t *len)
+{
+    struct snap_carried *snap = NULL;
+    *out = NULL;
+    if (reader_minor < SNAP_HANDOVER_MINOR_DICT || (snap = malloc(sizeof(*snap))) == NULL)
+        return;
+    if (snap_carried_decode(c->bytes, c->len, snap) == 0 &&
+        snap_carried_encode_for(snap, reader_minor, out, len) < 0)
+        *out = NULL;
+    snap_carried_clear(snap);
+    free(snap);
+}
+
 /* The old side of the hand-over, for the broker that died. */
 static void hand_over(struct keeper *k, int ho, int64_t t_crash)
 {
@@ -610,6 +628,7 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
         }
         goto out;
     }
+    uint32_t reader_minor = h->minor;
     for (size_t i = 0; i < k->n_ls;) {
         int fds[SNAP_HANDOVER_MAX_LISTENERS];
         memset(h, 0, sizeof(*h));
@@ -650,10 +669,16 @@ static void hand_over(struct keeper *k, int ho, int64_t t_crash)
             memset(h, 0, sizeof(*h));
             h->type = SNAP_HO_SESSION;
             h->session_id = c->sid;
-            h->session = c->bytes;
-            h->session_len = c->len;
+            uint8_t *smaller = NULL;
+            snapshot_for(c, reader_minor, &smaller, &h->session_len);
+            h->session = smaller != NULL ? smaller : c->bytes;
+            h->session_len = smaller != NULL ? h->session_len : c->len;
             int src = upgrade_send(ho, h, c->fds, c->n_fds);
             h->session = NULL;
+            if (smaller != NULL) {
+                OPENSSL_cleanse(smaller, h->session_len); /* the token's password */
+                free(smaller);
+            }
             if (src < 0) {
                 log_warnx("sid=%08x keeper: cannot hand the session over: %s", c->sid,
                           strerror(errno));

@@ -99,6 +99,8 @@ struct upgrade {
     _Atomic unsigned carry_max;  /* this round's sessions per worker */
     int carry_asked;
     bool carry_done;
+    uint32_t reader_minor;       /* the new process's hand-over minor (its accept):
+                                  * what snapshot encoding it reads */
     /* new side */
     int64_t t_adopted;           /* made the main process (clock_mono_ms) */
     pid_t old_pid;
@@ -793,7 +795,8 @@ static int carry_send(void *arg, const struct snap_carried *snap, const int *fds
     struct upgrade *u = arg;
     struct snap_handover *h = calloc(1, sizeof(*h));
     int rc = -1;
-    if (h == NULL || snap_carried_encode(snap, &h->session, &h->session_len) < 0)
+    if (h == NULL || snap_carried_encode_for(snap, u->reader_minor, &h->session,
+                                             &h->session_len) < 0)
         goto out;
     h->type = SNAP_HO_SESSION;
     h->minor = SNAP_HANDOVER_MINOR;
@@ -993,6 +996,11 @@ static void on_old_read(evutil_socket_t fd, short what, void *arg)
             snprintf(why, sizeof(why), "the new process refused: %s", h->reason);
             finish_failed(u, why, false); /* it exits by itself */
         } else if (h->type == SNAP_HO_ACCEPT) {
+            u->reader_minor = h->minor;
+            log_info("upgrade: pid %d (spice-broker %s, hand-over schema %u.%u) accepts; its "
+                     "sessions' snapshots go %s", (int)u->child, h->version, h->schema, h->minor,
+                     h->minor >= SNAP_HANDOVER_MINOR_DICT ? "with the built-in dictionary"
+                                                          : "as minor 1 reads them");
             if (send_listeners(u) < 0)
                 finish_failed(u, "cannot send the listening sockets to the new process", true);
         } else if (h->type == SNAP_HO_READY) {

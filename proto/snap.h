@@ -141,7 +141,14 @@ int snap_intent_decode(const uint8_t *buf, size_t len, const struct seal_keys *k
  * upgrade.c), a datagram on their unix socket; listener fds ride beside it
  * (SCM_RIGHTS), one per listeners[] entry, in order. */
 #define SNAP_HANDOVER_MAJOR 1
-#define SNAP_HANDOVER_MINOR 1   /* 1: the hello's zone_lease */
+/* The sender's minor (every message carries it; the new process's ACCEPT,
+ * and the broker's to the keeper, say what the reader reads):
+ *   1: the hello's zone_lease
+ *   2: reads a carried snapshot in encoding 2 (zstd with built-in dictionary
+ *      1) and compact form 1 (proto/snap.c); a writer sends those only to a
+ *      reader of minor 2 or more (snap_carried_encode_for) */
+#define SNAP_HANDOVER_MINOR 2
+#define SNAP_HANDOVER_MINOR_DICT 2
 #define SNAP_HANDOVER_MAX_LISTENERS 200   /* per message: under the kernel's 253 fds */
 enum snap_handover_type {
     SNAP_HO_HELLO = 1,      /* old -> new: version, pid, workers, zone_lease */
@@ -253,12 +260,22 @@ struct snap_carried {
     uint32_t n_channels;
     struct snap_carried_channel channels[SNAP_MAX_CHANNELS];
 };
+/* What every reader since hand-over minor 1 reads (raw, or zstd over 512 bytes). */
 int snap_carried_encode(const struct snap_carried *c, uint8_t **out, size_t *len);
+/* What a reader of hand-over minor reader_minor reads, as small as it reads:
+ * from SNAP_HANDOVER_MINOR_DICT on, zstd with the built-in dictionary and
+ * compact form 1 (an idle 4-channel session: about 230 bytes, not 365);
+ * below it, snap_carried_encode's. */
+int snap_carried_encode_for(const struct snap_carried *c, uint32_t reader_minor, uint8_t **out,
+                            size_t *len);
 /* 0; SNAP_BAD; SNAP_HANDOVER_OTHER_MAJOR for a snapshot of another major
  * version (c->schema set). The dirs' data are malloc'd: snap_carried_clear. */
 int snap_carried_decode(const uint8_t *buf, size_t len, struct snap_carried *c);
 /* Frees the dirs' data and wipes the token (c stays usable; NULL: no-op). */
 void snap_carried_clear(struct snap_carried *c);
+/* Built-in dictionary n's bytes (*len), for tests and benches; NULL for an
+ * unknown n. Built at first use, never freed; never changes under its n. */
+const uint8_t *snap_carry_dict(unsigned n, size_t *len);
 
 /* Store keys. Return the length written (snprintf semantics). */
 #define SNAP_KEY_MAX 256

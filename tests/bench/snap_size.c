@@ -16,7 +16,13 @@
  *                          reported, with the datagram's size, the others skipped
  *
  * For each: one JSON line with the stored size (what goes over the socket:
- * the encoding byte, then the packed message or its zstd frame), the packed
+ * the encoding byte, then the packed message or its zstd frame; a snapshot
+ * read from a datagram as it was sent, the synthetic one as this binary
+ * sends it to a reader of its own hand-over minor), the same session as
+ * each encoding sends it (minor 1's, snap_carried_encode: raw or zstd;
+ * minor 2's, snap_carried_encode_for: zstd with the built-in dictionary of
+ * compact form 1, and that form's packed size; and its size with the
+ * session's addresses moved off this host: dict_bytes_remote), the whole packed
  * protobuf size, its zstd size at levels 1-19, the store record of the same
  * session (snap_session_encode) and where the packed bytes go: per field of
  * SessionSnapshot / ChannelSnapshot / RelayDirSnapshot / the token's
@@ -356,6 +362,66 @@ static int cmp_bytes(const void *a, const void *b)
     return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : strcmp(x->path, y->path);
 }
 
+/* The dictionary encoding's size for c moved elsewhere: a client that is
+ * not on this host and a compute host by address (the real session has both
+ * on 127.0.0.1, as the dictionary's spice-gtk session has), what a
+ * production session carries. Changes c's addresses. */
+static size_t dict_size_remote(struct snap_carried *c)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    snprintf(c->client, sizeof(c->client), "198.51.100.23:52144");
+    snprintf(c->token.host, sizeof(c->token.host), "10.40.12.31");
+    c->token.port = 5900;
+    for (uint32_t i = 0; i < c->n_channels && i < SNAP_MAX_CHANNELS; i++) {
+        snprintf(c->channels[i].client_addr, sizeof(c->channels[i].client_addr),
+                 "198.51.100.23:%u", 52144 + 14 * i);
+        snprintf(c->channels[i].backend_where, sizeof(c->channels[i].backend_where),
+                 "10.40.12.31:5900");
+    }
+    if (snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &buf, &len) < 0)
+        len = 0;
+    free(buf);
+    return len;
+}
+
+static const char *encoding_name(uint8_t e)
+{
+    return e == 0 ? "raw" : e == 1 ? "zstd" : e == 2 ? "zstd+dictionary 1" : "?";
+}
+
+/* The packed message in a stored value (malloc'd, *plen), or NULL. */
+static uint8_t *unframe(const uint8_t *stored, size_t len, size_t *plen)
+{
+    uint8_t *p = NULL;
+    if (len < 1)
+        return NULL;
+    if (stored[0] == 0) {
+        *plen = len - 1;
+        if ((p = malloc(*plen ? *plen : 1)) != NULL)
+            memcpy(p, stored + 1, *plen);
+        return p;
+    }
+    unsigned long long size = ZSTD_getFrameContentSize(stored + 1, len - 1);
+    size_t dlen = 0;
+    const uint8_t *dict = stored[0] == 2 ? snap_carry_dict(1, &dlen) : NULL;
+    if (size > (1u << 20) || (stored[0] == 2 && dict == NULL) ||
+        (p = malloc(size ? size : 1)) == NULL)
+        goto fail;
+    /* a dictionary that is no zstd dictionary is raw content, as snap.c's */
+    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    *plen = dctx != NULL ? ZSTD_decompress_usingDict(dctx, p, size, stored + 1, len - 1, dict,
+                                                     dlen)
+                         : (size_t)-1;
+    ZSTD_freeDCtx(dctx);
+    if (ZSTD_isError(*plen))
+        goto fail;
+    return p;
+fail:
+    free(p);
+    return NULL;
+}
+
 /* One JSON line for a stored snapshot value (stored, len); datagram: the
  * size of the hand-over message it came in, 0 = none. */
 static int report(const char *name, const uint8_t *stored, size_t len, size_t datagram)
@@ -367,23 +433,21 @@ static int report(const char *name, const uint8_t *stored, size_t len, size_t da
     size_t plen = 0, rlen = 0;
     int rc = -1;
 
+    uint8_t *whole = NULL, *small = NULL;
+    size_t whole_len = 0, small_len = 0, compact_len = 0;
     if (c == NULL || rec == NULL || b == NULL || len < 1)
         goto out;
     if (snap_carried_decode(stored, len, c) != 0) {
         fprintf(stderr, "%s: not a snapshot snap.c reads\n", name);
         goto out;
     }
-    if (stored[0] == 1) {
-        unsigned long long size = ZSTD_getFrameContentSize(stored + 1, len - 1);
-        if (size > (1u << 20) || (packed = malloc(size ? size : 1)) == NULL ||
-            ZSTD_isError(plen = ZSTD_decompress(packed, size, stored + 1, len - 1)))
-            goto out;
-    } else {
-        plen = len - 1;
-        if ((packed = malloc(plen ? plen : 1)) == NULL)
-            goto out;
-        memcpy(packed, stored + 1, plen);
-    }
+    /* the fields are counted in the whole form (minor 1's) */
+    if (snap_carried_encode(c, &whole, &whole_len) < 0 ||
+        snap_carried_encode_for(c, SNAP_HANDOVER_MINOR_DICT, &small, &small_len) < 0 ||
+        (packed = unframe(whole, whole_len, &plen)) == NULL)
+        goto out;
+    uint8_t *compact = unframe(small, small_len, &compact_len);
+    free(compact);
     if (walk(&spicebroker__session_snapshot__descriptor, packed, plen, "", b) < 0)
         goto out;
     record_of(c, rec);
@@ -391,14 +455,17 @@ static int report(const char *name, const uint8_t *stored, size_t len, size_t da
         goto out;
     printf("{\"snapshot\": \"%s\", \"session_id\": \"%08x\", \"channels\": %u, "
            "\"datagram_bytes\": %zu, \"stored_bytes\": %zu, \"encoding\": \"%s\", "
-           "\"packed_bytes\": %zu, \"zstd_bytes\": {",
-           name, c->id, c->n_channels, datagram, len, stored[0] == 1 ? "zstd" : "raw", plen);
+           "\"minor1_bytes\": %zu, \"minor1_encoding\": \"%s\", \"dict_bytes\": %zu, "
+           "\"compact_packed_bytes\": %zu, \"packed_bytes\": %zu, \"zstd_bytes\": {",
+           name, c->id, c->n_channels, datagram, len, encoding_name(stored[0]), whole_len,
+           encoding_name(whole[0]), small_len, compact_len, plen);
     static const int levels[] = { 1, 3, 9, 19 };
     for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
         printf("%s\"%d\": %zu", i ? ", " : "", levels[i], zstd_size(packed, plen, levels[i]));
     printf("}, \"record_bytes\": %zu, \"record_encoding\": \"%s\", ", rlen,
            rbuf[0] == 1 ? "zstd" : "raw");
     print_what_ifs(packed, plen);
+    printf("\"dict_bytes_remote\": %zu, ", dict_size_remote(c));
     printf("\"fields\": [");
     qsort(b->f, b->n, sizeof(b->f[0]), cmp_bytes);
     for (size_t i = 0; i < b->n; i++)
@@ -408,6 +475,8 @@ static int report(const char *name, const uint8_t *stored, size_t len, size_t da
 out:
     if (c != NULL)
         snap_carried_clear(c);
+    free(whole);
+    free(small);
     free(c);
     free(rec);
     free(b);
@@ -426,7 +495,8 @@ int main(int argc, char **argv)
         if (c == NULL)
             return 1;
         idle_session(c);
-        if (snap_carried_encode(c, &buf, &len) < 0 || report("synthetic-idle", buf, len, 0) < 0)
+        if (snap_carried_encode_for(c, SNAP_HANDOVER_MINOR, &buf, &len) < 0 ||
+            report("synthetic-idle", buf, len, 0) < 0)
             rc = 1;
         free(buf);
         free(c);
