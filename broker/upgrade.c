@@ -751,7 +751,9 @@ static void job_count(struct session_worker *sw, void *arg)
     struct upgrade *u = arg;
     struct session_stats st;
     session_worker_stats(sw, &st);
-    atomic_fetch_add(&u->live, st.sessions_active);
+    /* A forwarded pipe (its session held by another broker) is not carried
+     * by the hand-over: it goes on here until it ends, like a session. */
+    atomic_fetch_add(&u->live, st.sessions_active + st.forwarded_active);
     atomic_fetch_add(&u->answered, 1);
 }
 

@@ -490,4 +490,8 @@ void session_worker_stats(const struct session_worker *w, struct session_stats *
             out->bytes_to_backend += c->to_b.bytes;
         }
     }
+    const struct chan *c;
+    out->forwarded_active = 0;
+    TAILQ_FOREACH(c, &w->pending, link)
+        out->forwarded_active += c->fwd != NULL;
 }

@@ -333,6 +333,7 @@ struct session_stats {
      * from another broker (in); links that failed on the way to the owner;
      * owners that did not prove the zone secret. */
     uint64_t channels_forwarded_out, channels_forwarded_in, channels_forward_failed;
+    uint64_t forwarded_active; /* this broker's pipes to the owners of their sessions, now */
     uint64_t peer_auth_failed;
 };
 void session_worker_stats(const struct session_worker *w, struct session_stats *out);

@@ -14,6 +14,14 @@ peer link. While the display streams, the client turns into a slow reader
 the stream backs up through B. Over those 3 s, B's CPU time (utime + stime
 from /proc/PID/stat) stays under 0.5 s. Skipped when spice_peer is not built.
 
+Then `spice-brokerctl upgrade` of B under the streaming forwarded channel:
+a forwarded pipe is not carried by the hand-over, so B's old process must
+serve it on past the drain's settle time (link + backend timeouts, 4 s
+here) instead of exiting as if it had nothing left (it counted sessions
+only, and closed the pipe with it): the old process is alive 5 s after the
+new one serves, the display still streams to the client through it, and
+once the client is gone the old process exits.
+
 Not a proven guard of 5ad30b3: run against the build before it
 (9863913), it passes too (0.01-0.02 s CPU). The spin needed B's source
 readable while its sink is blocked with a part-full buffer; here the
@@ -30,6 +38,7 @@ import time
 from harness import (Etcd, TestSkip, check, log, no_direct, run, spice_peer_server, token,
                      wait_until)
 from limitsutil import metrics
+from test_upgrade import kill_pid
 from test_zone_haproxy import counts, zone_broker, zone_secret
 
 CPU_WINDOW = 3.0
@@ -57,9 +66,10 @@ def test(env):
     etcd = Etcd(env).start()
     secret = zone_secret(env)
     a = zone_broker(env, "a", etcd, secret)
-    b = zone_broker(env, "b", etcd, secret)
+    b = zone_broker(env, "b", etcd, secret, link_timeout=2, backend_timeout=2)
     _, peer_port = spice_peer_server(env, exe=exe)
     cl = None
+    new_pid = None
     try:
         tok = token("fwd")
         a.token_add(tok, "127.0.0.1", peer_port)
@@ -100,12 +110,32 @@ def test(env):
               "CPU in %.1f s" % (used, took))
         check(b.alive() and a.alive(), "a broker died")
         os.kill(cl.pid, signal.SIGCONT)
+
+        # B handed over to a new process: the forwarded pipe stays in the old one
+        rc, out, err = b.ctl("upgrade", timeout=45)
+        check(rc == 0, "upgrade of B: rc=%d %s %s" % (rc, out, err))
+        new_pid = b.status()["pid"]
+        check(new_pid != bpid, "B's status pid did not change")
+        m1 = to_client(a)
+        time.sleep(5.0)
+        moved = to_client(a) - m1
+        check(b.alive(), "B's old process (pid %d) exited while its forwarded channel lived:\n%s"
+              % (bpid, b.log_text()[-2000:]))
+        check(cl.poll() is None and moved > 1e6,
+              "the display stopped streaming through B's old process (%d bytes in 5 s)" % moved)
+        log("upgrade of B: pid %d serves, pid %d still relays the forwarded display (%.0f MB "
+            "in 5 s)" % (new_pid, bpid, moved / 1e6))
+        cl.kill()
+        cl.wait(timeout=5)
+        wait_until(lambda: not b.alive(), 10, what="B's old process exiting after its pipe ended")
+        log("B's old process exited once the client was gone")
     finally:
         if cl is not None and cl.poll() is None:
             os.kill(cl.pid, signal.SIGCONT)
             cl.kill()
         a.stop()
         b.stop()
+        kill_pid(new_pid)
         etcd.stop()
 
 

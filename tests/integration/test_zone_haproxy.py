@@ -104,7 +104,7 @@ class HAProxy:
         return self
 
 
-def zone_broker(env, name, etcd, secret, advertise_name=False):
+def zone_broker(env, name, etcd, secret, advertise_name=False, **kw):
     """advertise_name: the registration names the peer port as localhost:PORT
     (the forwarder resolves it)."""
     peer, web = free_port(), free_port()
@@ -112,7 +112,7 @@ def zone_broker(env, name, etcd, secret, advertise_name=False):
              "--web-listen", "127.0.0.1:%d" % web]
     if advertise_name:
         extra += ["--peer-advertise", "localhost:%d" % peer]
-    b = Broker(env, name=name, store=etcd.store_spec(), broker_id=name, extra=extra)
+    b = Broker(env, name=name, store=etcd.store_spec(), broker_id=name, extra=extra, **kw)
     b.peer_port, b.web_port = peer, web
     return b.start()
 
