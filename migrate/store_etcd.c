@@ -260,7 +260,11 @@ static int kv_decode(const json_t *kv, char **key, uint8_t **val, size_t *len, i
 }
 
 /* What this process learned from one of its own requests: key is val at rev
- * (or absent, dead, as of rev). Skipped when the mirror already knows as much. */
+ * (or absent, dead, as of rev). Skipped when the mirror already knows as much:
+ * the key at rev or later, or any event after rev (a later delete removes
+ * the entry: this must not bring it back). An event at rev itself is of the
+ * same transaction (a key appears once in a txn): the watch may have applied
+ * some of a txn's keys, and with them rev, but not yet this one. */
 static void mirror_note(struct etcd *e, const char *key, const uint8_t *val, size_t len,
                         int64_t rev, bool dead)
 {
@@ -270,7 +274,8 @@ static void mirror_note(struct etcd *e, const char *key, const uint8_t *val, siz
     if (rev <= 0)
         return;
     pthread_mutex_lock(&e->mu);
-    if (rev > e->applied && ((ent = store_map_find(&e->map, key, &idx)) == NULL || ent->rev < rev))
+    if (rev >= e->applied &&
+        ((ent = store_map_find(&e->map, key, &idx)) == NULL || ent->rev < rev))
         if (store_map_set(&e->map, key, val, len, rev, dead) < 0)
             log_warnx("store: etcd: out of memory updating the mirror for %s", key);
     pthread_mutex_unlock(&e->mu);
