@@ -1124,6 +1124,8 @@ static bool h_upgrade(struct admin *a, const struct request *q, struct response 
                     "socket");
     } else if (a->upgrading != NULL) {
         reply_error(r, 409, "an upgrade is under way");
+    } else if (a->moving != NULL) {
+        reply_error(r, 409, "a move is under way (spice-brokerctl move)");
     } else if (upgrade_start(a->b, bin ? json_string_value(bin) : NULL, on_upgrade_done, a,
                              &err) < 0) {
         reply_error(r, strcmp(err, "out of memory") == 0 ? 500
@@ -1170,8 +1172,9 @@ static bool h_move(struct admin *a, const struct request *q, struct response *r,
         reply_error(r, 400, "to must be a string: the other broker's peer port, HOST:PORT");
     } else if (a->moving != NULL) {
         reply_error(r, 409, "a move is under way");
-    } else if (upgrade_handed_over(a->b)) {
-        reply_error(r, 409, "this process has handed its sessions to a new one (upgrade)");
+    } else if (a->upgrading != NULL || upgrade_under_way(a->b)) {
+        reply_error(r, 409, "an upgrade is under way (or done: this process has handed over, "
+                    "or the process it replaced still carries sessions to it)");
     } else if (hostmove_start(a->b->hostmove, json_string_value(to), on_move_done, a,
                               &err) < 0) {
         reply_error(r, 409, err);

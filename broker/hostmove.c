@@ -48,6 +48,7 @@ struct hostmove {
     size_t n_took;
     unsigned threads;                /* carries running (both sides) */
     int conn_fd[64];                 /* their connections (-1: free), shut down at the stop */
+    bool stopping;                   /* hostmove_stop: no new carry */
     pthread_cond_t idle;             /* threads fell to 0 */
     /* A: the move under way (control loop, and its thread). */
     bool moving;
@@ -125,23 +126,30 @@ static const char *io_error(struct transport *t)
     return transport_error(t);
 }
 
-static int frame_send(struct link *l, const struct carry_msg *m)
+/* A packed frame sealed and sent. */
+static int frame_send_packed(struct link *l, const uint8_t *packed, size_t n)
 {
-    uint8_t *packed = NULL, *sealed = NULL;
-    size_t n = 0;
+    uint8_t *sealed = malloc(CARRY_HEADER_LEN + n + CARRY_TAG_LEN);
     int rc = -1;
-    if (carry_encode(m, &packed, &n) < 0 ||
-        (sealed = malloc(CARRY_HEADER_LEN + n + CARRY_TAG_LEN)) == NULL ||
-        carry_seal(&l->out, packed, n, sealed) < 0) {
+    if (sealed == NULL || carry_seal(&l->out, packed, n, sealed) < 0)
         errno = ENOMEM;
-        goto out;
-    }
-    rc = io_write(l->t, sealed, CARRY_HEADER_LEN + n + CARRY_TAG_LEN);
-out:
-    if (packed != NULL)
-        OPENSSL_clear_free(packed, n);
+    else
+        rc = io_write(l->t, sealed, CARRY_HEADER_LEN + n + CARRY_TAG_LEN);
     if (sealed != NULL)
         OPENSSL_clear_free(sealed, CARRY_HEADER_LEN + n + CARRY_TAG_LEN);
+    return rc;
+}
+
+static int frame_send(struct link *l, const struct carry_msg *m)
+{
+    uint8_t *packed = NULL;
+    size_t n = 0;
+    if (carry_encode(m, &packed, &n) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int rc = frame_send_packed(l, packed, n);
+    OPENSSL_clear_free(packed, n);
     return rc;
 }
 
@@ -183,9 +191,12 @@ struct call {
     pthread_cond_t cv;
     int refs;
     bool done;
+    bool started;                    /* the job began: it is waited for to its end */
+    bool cancelled;                  /* the waiter gave up first: the job does nothing */
     struct hostmove *hm;
-    /* A: freeze (in: last_try, again; out: left, frozen, id, fds, msg) */
-    bool last_try, frozen, again;
+    /* A: freeze (in: last_try, again; out: left, frozen, id, fds, msg);
+     * answer (in: why; out: released, the session let go) */
+    bool last_try, frozen, again, released;
     unsigned left;
     /* B: adopt (in: snap, fds, from; out: s, why) */
     struct snap_carried *snap;
@@ -228,6 +239,17 @@ static void call_unref(struct call *c)
     free(c);
 }
 
+/* The worker's side, first thing in a job: false when the waiter gave up
+ * (the job must then only call_finish). */
+static bool call_begin(struct call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool go = !c->cancelled;
+    c->started = go;
+    pthread_mutex_unlock(&c->mu);
+    return go;
+}
+
 /* The worker's side: the job ran (or was dropped: the worker stops). */
 static void call_finish(struct call *c)
 {
@@ -243,12 +265,14 @@ static void call_dropped(void *arg)
     call_finish(arg);
 }
 
-/* Runs fn(c) on worker w and waits for it: true if it ran in time. */
-static bool call_on(struct worker *w, worker_job_fn fn, struct call *c)
+/* Runs fn(c) on worker w and waits for it: true if it ran. A job that has
+ * not begun within ms (< 0: no bound) never will (cancelled); one that has
+ * begun is waited for to its end (jobs do not block). */
+static bool call_on(struct worker *w, worker_job_fn fn, struct call *c, int ms)
 {
     pthread_mutex_lock(&c->mu);
     c->refs++;
-    c->done = false;
+    c->done = c->started = c->cancelled = false;
     pthread_mutex_unlock(&c->mu);
     if (worker_post_droppable(w, fn, c, call_dropped) < 0) {
         call_unref(c);
@@ -256,14 +280,25 @@ static bool call_on(struct worker *w, worker_job_fn fn, struct call *c)
     }
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += MOVE_IO_MS / 1000;
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
     pthread_mutex_lock(&c->mu);
-    while (!c->done)
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT)
+    while (!c->done) {
+        if (c->started || ms < 0)
+            pthread_cond_wait(&c->cv, &c->mu);
+        else if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT && !c->started &&
+                 !c->done)
+            c->cancelled = true;
+        if (c->cancelled)
             break;
-    bool done = c->done;
+    }
+    bool ran = c->done && !c->cancelled;
     pthread_mutex_unlock(&c->mu);
-    return done;
+    return ran;
 }
 
 /* A carry's connection, known to hostmove_free (which shuts it down so
@@ -277,7 +312,27 @@ static void conn_track(struct hostmove *hm, int fd, int old)
             break;
         }
     }
+    if (fd >= 0 && hm->stopping)
+        shutdown(fd, SHUT_RDWR); /* hostmove_stop has been: this carry ends now */
     pthread_mutex_unlock(&hm->mu);
+}
+
+/* A new carry's thread may start (counted in hm->threads, its connection
+ * tracked): not once stopping, nor past conn_fd's room. */
+static bool carry_begin(struct hostmove *hm, int fd)
+{
+    bool ok = false;
+    pthread_mutex_lock(&hm->mu);
+    for (size_t i = 0; !hm->stopping && i < sizeof(hm->conn_fd) / sizeof(hm->conn_fd[0]); i++) {
+        if (hm->conn_fd[i] == -1) {
+            hm->conn_fd[i] = fd;
+            hm->threads++;
+            ok = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&hm->mu);
+    return ok;
 }
 
 static void threads_add(struct hostmove *hm, int d)
@@ -327,6 +382,10 @@ static int out_take(void *arg, const struct snap_carried *snap, const int *fds, 
 static void job_freeze(struct session_worker *sw, void *arg)
 {
     struct call *c = arg;
+    if (!call_begin(c)) {
+        call_finish(c);
+        return;
+    }
     if (c->again)
         session_carry_again(sw);
     c->left = session_freeze(sw, 1, c->last_try, out_take, c);
@@ -337,12 +396,17 @@ static void job_freeze(struct session_worker *sw, void *arg)
 static void job_answer(struct session_worker *sw, void *arg)
 {
     struct call *c = arg;
-    if (!c->frozen) {
+    c->released = false;
+    if (!call_begin(c) || !c->frozen) {
         call_finish(c);
         return;
     }
-    if (c->why == NULL) {
-        session_carried(sw, c->id, true, NULL);
+    if (session_frozen(sw, c->id) == NULL) {
+        /* closed meanwhile (a kill, an expiry): its sockets are gone, and B
+         * must not resume it either */
+        log_warnx("sid=%08x move: the session ended while it was being carried", c->id);
+    } else if (c->why == NULL) {
+        c->released = session_carried(sw, c->id, true, NULL) == 0;
     } else {
         repair_release(c->fds, c->n_fds);
         log_warnx("sid=%08x move: resumed here: %s", c->id, c->why);
@@ -431,14 +495,75 @@ static struct transport *out_connect(struct hostmove *hm, struct link *l, char *
     return NULL;
 }
 
-/* Tells the worker the answer (why NULL: taken) and waits for it. */
-static void out_answer(struct hostmove *hm, struct worker *w, struct call *c, const char *why)
+/* Tells the worker the answer (why NULL: taken) and waits for it to the
+ * end: a frozen session must not be left frozen. */
+static void out_answer(struct worker *w, struct call *c, const char *why)
 {
     c->why = why;
-    if (!call_on(w, job_answer, c))
-        log_warnx("sid=%08x move: its worker did not take the answer in %d ms", c->id,
-                  MOVE_IO_MS);
-    (void)hm;
+    if (!call_on(w, job_answer, c, -1))
+        log_warnx("sid=%08x move: its worker is gone", c->id);
+}
+
+/* One frozen session offered to B: 0 (answered: counted), -1 (the link
+ * broke: the session resumed here, hm->err says why). */
+static int out_offer(struct hostmove *hm, struct link *l, struct worker *w, struct call *c)
+{
+    char why[SNAP_MAX_REASON], esc[256];
+    uint8_t *packed = NULL;
+    size_t len = 0;
+    if (carry_encode(&c->msg, &packed, &len) < 0) {
+        snprintf(why, sizeof(why), "its frame cannot be made (more than %u MiB queued?)",
+                 CARRY_FRAME_MAX >> 20);
+        out_answer(w, c, why);
+        hm->left++;
+        return 0;
+    }
+    struct carry_msg *ans = calloc(1, sizeof(*ans));
+    int rc = ans == NULL ? -1 : frame_send_packed(l, packed, len);
+    OPENSSL_clear_free(packed, len);
+    if (rc == 0)
+        rc = frame_recv(l, ans);
+    if (rc == 0 && (ans->session_id != c->id ||
+                    (ans->type != CARRY_TAKEN && ans->type != CARRY_LEFT)))
+        rc = -2;
+    if (rc < 0) {
+        snprintf(hm->err, sizeof(hm->err), "the carry to %s broke off: %s", hm->to,
+                 rc == -2 ? "an answer that is not one" : io_error(l->t));
+        out_answer(w, c, hm->err);
+    } else if (ans->type == CARRY_LEFT) {
+        snprintf(why, sizeof(why), "%.100s did not take it: %.250s", hm->to,
+                 log_escape(ans->reason, esc, sizeof(esc)));
+        out_answer(w, c, why);
+        hm->left++;
+    } else {
+        /* Taken: this process lets go first (its sockets close in repair
+         * mode), then tells B it may resume: never both alive. */
+        out_answer(w, c, NULL);
+        struct carry_msg *fin = calloc(1, sizeof(*fin));
+        if (fin != NULL) {
+            fin->type = c->released ? CARRY_RELEASED : CARRY_LEFT;
+            fin->session_id = c->id;
+            snprintf(fin->reason, sizeof(fin->reason), "%s",
+                     c->released ? "" : "the session ended while it was being carried");
+        }
+        rc = fin != NULL ? frame_send(l, fin) : -1;
+        free(fin);
+        if (rc < 0 && c->released) {
+            log_error("sid=%08x move: %s did not hear that it may resume the session (%s): "
+                      "it is lost", c->id, hm->to, io_error(l->t));
+            snprintf(hm->err, sizeof(hm->err), "the carry to %s broke off: %s", hm->to,
+                     io_error(l->t));
+        } else if (c->released) {
+            log_info("sid=%08x move: carried to %s (%u TCP connections)", c->id, hm->to,
+                     c->msg.n_tcp);
+            hm->moved++;
+        }
+    }
+    if (ans != NULL) {
+        carry_msg_clear(ans);
+        free(ans);
+    }
+    return rc < 0 ? -1 : 0;
 }
 
 static void *out_main(void *arg)
@@ -467,7 +592,7 @@ static void *out_main(void *arg)
             c->last_try = now_us(CLOCK_MONOTONIC) >= until;
             c->again = first;
             first = false;
-            if (!call_on(b->workers[wi], job_freeze, c)) {
+            if (!call_on(b->workers[wi], job_freeze, c, MOVE_IO_MS)) {
                 snprintf(hm->err, sizeof(hm->err), "worker %d did not answer in %d ms", wi,
                          MOVE_IO_MS);
                 call_unref(c);
@@ -483,33 +608,7 @@ static void *out_main(void *arg)
                 nanosleep(&pause, NULL);
                 continue;
             }
-            struct carry_msg *ans = calloc(1, sizeof(*ans));
-            int rc = ans == NULL ? -1 : frame_send(&l, &c->msg);
-            if (rc == 0)
-                rc = frame_recv(&l, ans);
-            if (rc == 0 && (ans->session_id != c->id ||
-                            (ans->type != CARRY_TAKEN && ans->type != CARRY_LEFT)))
-                rc = -2;
-            if (rc < 0) {
-                snprintf(hm->err, sizeof(hm->err), "the carry to %s broke off: %s", hm->to,
-                         rc == -2 ? "an answer that is not one" : io_error(l.t));
-                out_answer(hm, b->workers[wi], c, hm->err);
-                broken = true;
-            } else if (ans->type == CARRY_TAKEN) {
-                out_answer(hm, b->workers[wi], c, NULL);
-                log_info("sid=%08x move: carried to %s (%u TCP connections)", c->id, hm->to,
-                         c->msg.n_tcp);
-                hm->moved++;
-            } else {
-                snprintf(why, sizeof(why), "%.100s did not take it: %.250s", hm->to,
-                         ans->reason);
-                out_answer(hm, b->workers[wi], c, why);
-                hm->left++;
-            }
-            if (ans != NULL) {
-                carry_msg_clear(ans);
-                free(ans);
-            }
+            broken = out_offer(hm, &l, b->workers[wi], c) < 0;
             call_unref(c);
             if (broken)
                 break;
@@ -539,6 +638,8 @@ static void on_out_done(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct hostmove *hm = arg;
+    if (!hm->moving)
+        return; /* joined by hostmove_stop */
     pthread_join(hm->out_thread, NULL);
     threads_add(hm, -1);
     hm->moving = false;
@@ -563,6 +664,10 @@ int hostmove_start(struct hostmove *hm, const char *to, hostmove_done_fn done, v
     }
     if (hm->moving) {
         *err = "a move is under way";
+        return -1;
+    }
+    if (hm->stopping) {
+        *err = "the broker is stopping";
         return -1;
     }
     if (strlen(to) >= sizeof(hm->to) || strchr(to, ':') == NULL) {
@@ -592,15 +697,17 @@ int hostmove_start(struct hostmove *hm, const char *to, hostmove_done_fn done, v
 
 /* ---------------------------------------------- B: the broker taking them */
 
-static void took_add(struct hostmove *hm, uint32_t id, const char *from)
+static bool took_add(struct hostmove *hm, uint32_t id, const char *from)
 {
     pthread_mutex_lock(&hm->mu);
-    if (hm->n_took < TOOK_MAX) {
+    bool room = hm->n_took < TOOK_MAX;
+    if (room) {
         hm->took[hm->n_took].id = id;
         snprintf(hm->took[hm->n_took].from, sizeof(hm->took[0].from), "%s", from);
         hm->n_took++;
     }
     pthread_mutex_unlock(&hm->mu);
+    return room;
 }
 
 void hostmove_record_written(struct hostmove *hm, uint32_t id)
@@ -632,40 +739,59 @@ bool hostmove_took_from(struct hostmove *hm, uint32_t id, const char *owner)
 static void job_adopt(struct session_worker *sw, void *arg)
 {
     struct call *c = arg;
-    c->s = session_adopt(sw, c->snap, c->fds, c->n_fds, &c->why);
-    c->n_fds = 0; /* taken, closed on failure (in repair mode: silently) */
-    call_finish(c);
-}
-
-/* On the worker, after A was told: the sockets go live, the session runs. */
-static void job_resume(struct session_worker *sw, void *arg)
-{
-    (void)sw;
-    struct call *c = arg;
-    char why[SNAP_MAX_REASON];
-    int fds[CARRY_MAX_SOCKETS];
-    size_t n = c->msg.n_tcp;
-    memcpy(fds, c->fds, n * sizeof(int));
-    if (repair_go_live(c->msg.tcp, fds, n, why, sizeof(why)) < 0) {
-        log_warnx("sid=%08x move: its connections cannot go live here: %s; the session ends",
-                  c->id, why);
-        session_adopt_abort(c->s);
-        hostmove_record_written(c->hm, c->id);
-    } else {
-        /* The pause: A's freeze to now, on both hosts' wall clocks. */
-        int64_t paused = now_us(CLOCK_REALTIME) - c->msg.frozen_unix_us;
-        char from[PEER_CARRY_ID_MAX + 16];
-        snprintf(from, sizeof(from), "broker %s", c->from);
-        session_adopt_resume(c->s, from, now_us(CLOCK_MONOTONIC) - (paused > 0 ? paused : 0));
+    if (call_begin(c)) {
+        c->s = session_adopt(sw, c->snap, c->fds, c->n_fds, &c->why);
+        c->n_fds = 0; /* taken, closed on failure (in repair mode: silently) */
     }
     call_finish(c);
 }
 
+/* The adopted session, if it is still frozen here (a kill or an expiry may
+ * have closed it, and its descriptor numbers may be another's by now). */
+static struct session *adopted(struct session_worker *sw, struct call *c)
+{
+    struct session *s = session_frozen(sw, c->id);
+    if (s != c->s) {
+        log_warnx("sid=%08x move: the session ended here before it resumed", c->id);
+        return NULL;
+    }
+    return s;
+}
+
+/* On the worker, once A has let go (RELEASED): the sockets go live, the
+ * session runs. */
+static void job_resume(struct session_worker *sw, void *arg)
+{
+    struct call *c = arg;
+    struct session *s = call_begin(c) ? adopted(sw, c) : NULL;
+    if (s != NULL) {
+        char why[SNAP_MAX_REASON], from[PEER_CARRY_ID_MAX + 16];
+        int fds[CARRY_MAX_SOCKETS];
+        size_t n = c->msg.n_tcp;
+        memcpy(fds, c->fds, n * sizeof(int));
+        int rc = repair_go_live(c->msg.tcp, fds, n, why, sizeof(why));
+        /* The pause: A's freeze to now, on both hosts' wall clocks. */
+        int64_t paused = now_us(CLOCK_REALTIME) - c->msg.frozen_unix_us;
+        snprintf(from, sizeof(from), "broker %s", c->from);
+        session_adopt_resume(s, from, now_us(CLOCK_MONOTONIC) - (paused > 0 ? paused : 0));
+        if (rc < 0) {
+            /* A has let go: the session cannot go back. It ends here, with
+             * its record saying why. */
+            log_warnx("sid=%08x move: its connections cannot go live here: %s", c->id, why);
+            session_kill(sw, c->id, "its connections could not go live after a host move");
+        }
+    }
+    call_finish(c);
+}
+
+/* On the worker: A did not let go (or the link broke first): the adopted
+ * session is dropped without a byte to its peers (sockets in repair mode). */
 static void job_abort(struct session_worker *sw, void *arg)
 {
-    (void)sw;
     struct call *c = arg;
-    session_adopt_abort(c->s);
+    struct session *s = call_begin(c) ? adopted(sw, c) : NULL;
+    if (s != NULL)
+        session_adopt_abort(s);
     call_finish(c);
 }
 
@@ -707,10 +833,13 @@ static const char *in_session(struct in_conn *ic, struct call *c, char *why, siz
     clock_gettime(CLOCK_MONOTONIC, &t1);
     c->n_fds = c->msg.n_tcp;
     snprintf(c->from, sizeof(c->from), "%s", ic->from);
-    took_add(ic->hm, c->id, ic->from);
+    if (!took_add(ic->hm, c->id, ic->from))
+        return "too many sessions being carried in at once";
     int wi = (int)(c->snap->worker % (uint32_t)b->n_workers);
-    if (!call_on(b->workers[wi], job_adopt, c)) {
-        log_warnx("sid=%08x move: worker %d did not answer in %d ms", c->id, wi, MOVE_IO_MS);
+    if (!call_on(b->workers[wi], job_adopt, c, MOVE_WORKER_MS)) {
+        log_warnx("sid=%08x move: worker %d did not answer in %d ms", c->id, wi,
+                  MOVE_WORKER_MS);
+        hostmove_record_written(ic->hm, c->id);
         return "no worker takes it";
     }
     if (c->s == NULL) {
@@ -732,7 +861,6 @@ static void *in_main(void *arg)
     unsigned taken = 0, left = 0;
     const char *end = "the sender closed without DONE";
     char why[SNAP_MAX_REASON];
-    conn_track(hm, transport_fd(ic->l.t), -1);
     if (set_blocking(transport_fd(ic->l.t)) < 0) {
         end = "cannot make the connection blocking";
         goto out;
@@ -754,8 +882,10 @@ static void *in_main(void *arg)
             break;
         }
         const char *no = in_session(ic, c, why, sizeof(why));
-        struct carry_msg ans = { .type = no == NULL ? CARRY_TAKEN : CARRY_LEFT,
-                                 .session_id = c->msg.session_id };
+        static const struct carry_msg zero;
+        struct carry_msg ans = zero;
+        ans.type = no == NULL ? CARRY_TAKEN : CARRY_LEFT;
+        ans.session_id = c->msg.session_id;
         snprintf(ans.reason, sizeof(ans.reason), "%s", no != NULL ? no : "");
         if (no != NULL) {
             log_warnx("sid=%08x move: not taking the session of broker %s: %s",
@@ -765,24 +895,39 @@ static void *in_main(void *arg)
             c->n_fds = 0;
             left++;
         }
-        if (frame_send(&ic->l, &ans) < 0) {
-            end = io_error(ic->l.t);
-            if (no == NULL && !call_on(b->workers[c->snap->worker % (uint32_t)b->n_workers],
-                                       job_abort, c))
-                log_warnx("sid=%08x move: its worker did not answer", c->id);
-            if (no == NULL)
-                hostmove_record_written(hm, c->id);
-            call_unref(c);
-            break;
-        }
-        if (no == NULL) {
-            /* A has let it go: the sockets here go live, the session runs. */
-            if (!call_on(b->workers[c->snap->worker % (uint32_t)b->n_workers], job_resume, c))
-                log_warnx("sid=%08x move: its worker did not resume it in %d ms", c->id,
-                          MOVE_IO_MS);
+        struct worker *w = no == NULL ? b->workers[c->snap->worker % (uint32_t)b->n_workers]
+                                      : NULL;
+        rc = frame_send(&ic->l, &ans);
+        /* Taken: it resumes here only once A says it has let go. */
+        struct carry_msg *fin = rc == 0 && no == NULL ? calloc(1, sizeof(*fin)) : NULL;
+        if (fin != NULL)
+            rc = frame_recv(&ic->l, fin);
+        bool released = fin != NULL && rc == 0 && fin->type == CARRY_RELEASED &&
+                        fin->session_id == c->id;
+        if (no == NULL && released) {
+            call_on(w, job_resume, c, -1);
             taken++;
+        } else if (no == NULL) {
+            char esc[256];
+            log_warnx("sid=%08x move: broker %s did not let the session go (%s); dropped here",
+                      c->id, ic->from,
+                      fin != NULL && rc == 0 ? log_escape(fin->reason, esc, sizeof(esc))
+                      : rc == -2             ? "a frame that is not the next one"
+                                             : io_error(ic->l.t));
+            call_on(w, job_abort, c, -1);
+            hostmove_record_written(hm, c->id);
+            left++;
+        }
+        if (fin != NULL) {
+            carry_msg_clear(fin);
+            free(fin);
         }
         call_unref(c);
+        if (rc < 0) {
+            end = rc == -2 ? "a frame that is not the next one sealed under this handshake"
+                           : io_error(ic->l.t);
+            break;
+        }
     }
 out:
     if (end != NULL)
@@ -820,13 +965,18 @@ void hostmove_accept(struct hostmove *hm, struct transport *t, const struct peer
         log_warnx("move: from broker %s (%s): refused: no frame keys", from, addr);
         goto fail;
     }
-    threads_add(hm, 1);
+    if (!carry_begin(hm, transport_fd(t))) {
+        log_warnx("move: from broker %s (%s): refused: this broker is stopping, or carries "
+                  "too many at once", from, addr);
+        goto fail;
+    }
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     int rc = pthread_create(&th, &attr, in_main, ic);
     pthread_attr_destroy(&attr);
     if (rc == 0)
         return;
+    conn_track(hm, -1, transport_fd(t));
     threads_add(hm, -1);
     log_warnx("move: from broker %s (%s): refused: cannot start a thread", from, addr);
 fail:
@@ -848,11 +998,12 @@ struct hostmove *hostmove_new(struct broker *b)
     return hm;
 }
 
-void hostmove_free(struct hostmove *hm)
+void hostmove_stop(struct hostmove *hm)
 {
     if (hm == NULL)
         return;
     pthread_mutex_lock(&hm->mu);
+    hm->stopping = true;
     for (size_t i = 0; i < sizeof(hm->conn_fd) / sizeof(hm->conn_fd[0]); i++)
         if (hm->conn_fd[i] >= 0)
             shutdown(hm->conn_fd[i], SHUT_RDWR);
@@ -860,17 +1011,22 @@ void hostmove_free(struct hostmove *hm)
     if (hm->moving) {
         pthread_join(hm->out_thread, NULL);
         threads_add(hm, -1);
+        hm->moving = false;
     }
-    /* Carries in (detached threads) end within MOVE_IO_MS of their
-     * connection's silence; they post to workers, so wait for them. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += MOVE_IO_MS / 1000 + 1;
+    /* The carries in (detached threads): their connection is shut down, so
+     * their reads end at once; what they wait for on a worker runs (the
+     * workers still run) and is short. */
     pthread_mutex_lock(&hm->mu);
     while (hm->threads > 0)
-        if (pthread_cond_timedwait(&hm->idle, &hm->mu, &until) == ETIMEDOUT)
-            break;
+        pthread_cond_wait(&hm->idle, &hm->mu);
     pthread_mutex_unlock(&hm->mu);
+}
+
+void hostmove_free(struct hostmove *hm)
+{
+    if (hm == NULL)
+        return;
+    hostmove_stop(hm);
     if (hm->out_done != NULL)
         event_free(hm->out_done);
     pthread_mutex_destroy(&hm->mu);

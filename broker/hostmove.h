@@ -15,12 +15,19 @@
  *   this broker (A)                      the other (B, its peer port)
  *   handshake, CARRY(A's id)         ->
  *   SESSION(snapshot, sockets)       ->  rebuilds the sockets (repair mode),
- *                                        adopts the session on a worker
- *                                    <-  TAKEN (then B's sockets go live and
- *                                        the session resumes; its record names
- *                                        B, by compare-and-swap from A) or
- *                                        LEFT (why: A resumes it)
+ *                                        adopts the session on a worker, frozen
+ *                                    <-  TAKEN, or LEFT (why: A takes its
+ *                                        sockets out of repair mode, resumes it)
+ *   lets go (its sockets close in
+ *   repair mode), then RELEASED      ->  B's sockets go live, the session
+ *                                        resumes; its record names B, by
+ *                                        compare-and-swap from A
+ *   (or LEFT: it ended meanwhile)    ->  B drops it, silently
  *   ... one session at a time, then DONE
+ *
+ * Never both alive: B resumes only on RELEASED, which A sends only after
+ * letting go; a link that breaks after TAKEN loses that one session (A has
+ * let go, B drops it) rather than leave two processes on one connection.
  *
  * A session is frozen from its write-down to B's answer (a few ms); one
  * that cannot go (a TLS leg, a migration under way after MOVE_WAIT_MS, a
@@ -43,12 +50,18 @@ struct transport;
 /* Every read or write of the carry's connection, and every answer of a
  * worker, within this. */
 #define MOVE_IO_MS 30000
+/* B: how long a worker may take to adopt a session (well under A's wait
+ * for the answer). */
+#define MOVE_WORKER_MS 10000
 
 /* Made before the workers (they take a pointer for their peer port); the
- * broker's control loop and zone id must be set. Freed before they stop:
- * the carries' connections are shut down and their threads (which post to
- * the workers) waited for. */
+ * broker's control loop and zone id must be set. */
 struct hostmove *hostmove_new(struct broker *b);
+/* Before the workers stop: no carry starts any more, the running ones'
+ * connections are shut down and their threads (which post to the workers)
+ * waited for. Control loop. */
+void hostmove_stop(struct hostmove *hm);
+/* After the store writer (its record checks ask hostmove_took_from). */
 void hostmove_free(struct hostmove *hm);
 
 /* ---- A: the broker being emptied (control loop) ---- */

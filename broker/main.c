@@ -737,7 +737,7 @@ static void on_record_written(struct broker *b, int result, void *arg)
             log_info("sid=%08x session record not written: another writer changed it "
                      "meanwhile", w->r.rec.id);
     }
-    if (result == STORE_OK)
+    if (ok)
         hostmove_record_written(b->hostmove, w->r.rec.id);
     if (ok) {
         if (w->from_retry)
@@ -1504,8 +1504,7 @@ out:
     atomic_store(&limits_closed, true);
     intents_free(b.intents);
     b.intents = NULL;
-    hostmove_free(b.hostmove); /* its threads post to the workers */
-    b.hostmove = NULL;
+    hostmove_stop(b.hostmove); /* its threads post to the workers */
     for (int i = 0; i < b.n_workers; i++)
         worker_stop(b.workers[i]); /* all stopped before any is freed: they post to each other */
     for (int i = 0; i < b.n_workers; i++)
@@ -1556,6 +1555,8 @@ out:
         b.writing = w->next;
         free(w);
     }
+    hostmove_free(b.hostmove); /* after the writer: its record checks ask it */
+    b.hostmove = NULL;
     upgrade_free(b.upgrade_to);
     upgrade_free(b.upgrade_from);
     admin_free(b.admin);

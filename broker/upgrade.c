@@ -1349,6 +1349,14 @@ void upgrade_flush_records(struct broker *b, long bound_ms)
     }
 }
 
+bool upgrade_under_way(const struct broker *b)
+{
+    const struct upgrade *from = b->upgrade_from, *to = b->upgrade_to;
+    return (to != NULL && to->state != UP_FAILED) ||
+           (from != NULL && from->fd >= 0 &&
+            clock_mono_ms() - from->t_adopted < CARRY_BOUND_MS + 1000);
+}
+
 bool upgrade_handed_over(const struct broker *b)
 {
     return b->upgrade_to != NULL && b->upgrade_to->state == UP_SERVING;

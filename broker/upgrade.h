@@ -116,6 +116,10 @@ int upgrade_forward_record(struct broker *b, const struct snap_session *rec);
 /* At the stop: the records still waiting go to the new process within
  * bound_ms (blocking), the rest are written here and forwarding ends. */
 void upgrade_flush_records(struct broker *b, long bound_ms);
+/* Is an upgrade under way or done (this process hands over or has), or is
+ * the process this one replaced still carrying sessions to it? Another
+ * carry of the sessions (spice-brokerctl move) must not start then. */
+bool upgrade_under_way(const struct broker *b);
 /* Has this process handed its listeners over? */
 bool upgrade_handed_over(const struct broker *b);
 /* Either side's state (NULL: no-op); kills a new process not yet serving. */

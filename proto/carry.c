@@ -172,7 +172,7 @@ int carry_encode(const struct carry_msg *m, uint8_t **out, size_t *len)
     Spicebroker__TcpConnection conns[CARRY_MAX_SOCKETS];
     Spicebroker__TcpConnection *ptrs[CARRY_MAX_SOCKETS];
     *out = NULL;
-    if (m->type < CARRY_SESSION || m->type > CARRY_DONE || m->n_tcp > CARRY_MAX_SOCKETS)
+    if (m->type < CARRY_SESSION || m->type > CARRY_RELEASED || m->n_tcp > CARRY_MAX_SOCKETS)
         return -1;
     spicebroker__host_carry__init(&hc);
     hc.schema_version = CARRY_SCHEMA;
@@ -205,7 +205,7 @@ int carry_decode(const uint8_t *buf, size_t len, struct carry_msg *m)
         return -1;
     int rc = -1;
     if (hc->schema_version != CARRY_SCHEMA || hc->type < CARRY_SESSION ||
-        hc->type > CARRY_DONE || hc->n_sockets > CARRY_MAX_SOCKETS ||
+        hc->type > CARRY_RELEASED || hc->n_sockets > CARRY_MAX_SOCKETS ||
         strlen(hc->reason) >= sizeof(m->reason))
         goto out;
     m->type = (enum carry_type)hc->type;

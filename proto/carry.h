@@ -43,7 +43,12 @@ void carry_tcp_clear(struct carry_tcp *t);
 #define CARRY_HEADER_LEN 4           /* the sealed length, big-endian */
 #define CARRY_TAG_LEN 16
 
-enum carry_type { CARRY_SESSION = 1, CARRY_TAKEN = 2, CARRY_LEFT = 3, CARRY_DONE = 4 };
+/* SESSION (A -> B), TAKEN or LEFT (B -> A: adopted, not yet resumed; or
+ * why not), then RELEASED (A -> B: A has let go, B may resume) or LEFT
+ * (A -> B: withdrawn, B drops it); DONE (A -> B) at the end. */
+enum carry_type {
+    CARRY_SESSION = 1, CARRY_TAKEN = 2, CARRY_LEFT = 3, CARRY_DONE = 4, CARRY_RELEASED = 5
+};
 struct carry_msg {
     enum carry_type type;
     uint32_t session_id;

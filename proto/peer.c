@@ -279,6 +279,12 @@ int peer_carry_parse(const uint8_t secret[PEER_SECRET_LEN], const struct peer_no
         *err = "carry record without a broker id";
         return -1;
     }
+    for (size_t i = 0; i < id_len; i++) {
+        if (p[i] <= ' ' || p[i] > '~' || p[i] == '/') {
+            *err = "carry record's broker id has a byte no broker id has";
+            return -1;
+        }
+    }
     for (size_t i = id_len; i < PEER_CARRY_ID_MAX + 1; i++) {
         if (p[i] != 0) {
             *err = "carry record's broker id is not padded with NULs";

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,6 +31,8 @@
 /* Queues larger than this are not carried (a socket holds at most its
  * buffers: tcp_wmem's and tcp_rmem's maxima, 4 and 6 MiB by default). */
 #define QUEUE_MAX (64u * 1024 * 1024)
+/* How long writing a queue back waits for room in the new socket's buffer. */
+#define WRITE_WAIT_MS 2000
 
 /* One socket being moved: its state written down (proto/carry.h, so that
  * it can also travel between hosts) and the descriptors. */
@@ -134,6 +137,15 @@ static int write_queue(int fd, const uint8_t *buf, uint32_t len)
         ssize_t w = send(fd, buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* the buffer is full (the peer has not acknowledged yet): wait
+             * a bounded time for room rather than lose the bytes */
+            struct pollfd p = { .fd = fd, .events = POLLOUT };
+            if (poll(&p, 1, WRITE_WAIT_MS) > 0)
+                continue;
+            errno = EAGAIN;
+            return -1;
+        }
         if (w <= 0) {
             if (w == 0)
                 errno = EIO;
@@ -277,7 +289,8 @@ static int rebuild(const struct carry_tcp *st, int *new_fd, char *why, size_t wh
      * grew with autotuning): the old size (the kernel doubles what is set). */
     int sndbuf = 0;
     if (get_int(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf) == 0 && sndbuf < st->sndbuf &&
-        st->send_len > (uint32_t)sndbuf / 2)
+        st->send_len > (uint32_t)sndbuf / 2 &&
+        set_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, st->sndbuf / 2) < 0) /* over wmem_max */
         (void)set_int(fd, SOL_SOCKET, SO_SNDBUF, st->sndbuf / 2);
     uint32_t sent = st->send_len - st->unsent_len;
     if (set_int(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE) < 0 ||

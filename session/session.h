@@ -286,6 +286,10 @@ typedef int (*session_carry_fn)(void *arg, const struct snap_carried *snap, cons
  * last_try, stays here too. Returns the sessions still to be tried. */
 unsigned session_freeze(struct session_worker *w, unsigned max, bool last_try,
                         session_carry_fn send, void *arg);
+/* The session with that id if it is still frozen (not closed meanwhile by
+ * a kill or an expiry), else NULL: whoever froze or adopted it checks
+ * before acting on its sockets. */
+struct session *session_frozen(struct session_worker *w, uint32_t id);
 /* A frozen session resumes here, without the upgrade's log line (the
  * caller says why). -1 if this worker has no such frozen session. */
 int session_carry_back(struct session_worker *w, uint32_t id);

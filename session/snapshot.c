@@ -299,6 +299,12 @@ static void let_go(struct session *s)
     free(s);
 }
 
+struct session *session_frozen(struct session_worker *w, uint32_t id)
+{
+    struct session *s = session_find(w, id);
+    return s != NULL && s->carry == CARRY_FROZEN && !s->closing ? s : NULL;
+}
+
 int session_carry_back(struct session_worker *w, uint32_t id)
 {
     struct session *s = session_find(w, id);

@@ -69,7 +69,7 @@ static void carry_frame(const uint8_t *buf, size_t len)
     struct carry_msg *m = malloc(sizeof(*m)), *again = malloc(sizeof(*again));
     CHECK(m != NULL && again != NULL);
     if (carry_decode(buf, len, m) == 0) {
-        CHECK(m->type >= CARRY_SESSION && m->type <= CARRY_DONE);
+        CHECK(m->type >= CARRY_SESSION && m->type <= CARRY_RELEASED);
         CHECK(m->n_tcp <= CARRY_MAX_SOCKETS);
         uint8_t *out = NULL;
         size_t n = 0;

@@ -152,6 +152,11 @@ static void test_malformed(void **state)
     assert_int_equal(carry_decode(buf, len, d), 0);
     assert_string_equal(d->reason, "this broker is draining");
     free(buf);
+    m->type = CARRY_RELEASED;
+    assert_int_equal(carry_encode(m, &buf, &len), 0);
+    assert_int_equal(carry_decode(buf, len, d), 0);
+    assert_int_equal(d->type, CARRY_RELEASED);
+    free(buf);
     m->type = (enum carry_type)9;
     assert_int_equal(carry_encode(m, &buf, &len), -1);
     /* a session without a snapshot, a connection with more unsent bytes
