@@ -45,6 +45,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -368,13 +369,14 @@ class NsEtcd(Etcd):
         self.url = "http://%s:%d" % (HOSTS["qemu"], self.client_port)
 
 
-def zone_broker(env, ns, role, name, port, etcd, secret):
+def zone_broker(env, ns, role, name, port, etcd, secret, supervise=False):
     """A broker of zone "hm" in role's namespace on the service port, its
     peer port on the host's own address."""
     with in_netns(ns, role):
         b = NsBroker(env, name=name, store=etcd.store_spec(), broker_id=name, link_timeout=2,
                      backend_timeout=2, extra=["--zone", "hm", "--peer-listen", "%s:%d" % (
-                         HOSTS[role], PEER_PORT), "--zone-secret", secret])
+                         HOSTS[role], PEER_PORT), "--zone-secret", secret] + (
+                             ["--supervise"] if supervise else []))
         if port is not None:
             b.port = port
         return b.start()
@@ -388,7 +390,9 @@ def test_carry(env, ns, q):
     mode (sequence numbers, queues, options, window), sealed under the zone
     handshake's keys; hostB rebuilds the connections with TCP_REPAIR, takes
     the session (its record in etcd changes owner by compare-and-swap) and
-    only then is the address moved. Before that, the refusal: hostB drains,
+    only then is the address moved. hostB runs under --supervise: its broker
+    process is killed -9 after the carry, and its keeper carries the session
+    (which it took from the carry) into the next one. Before that, the refusal: hostB drains,
     answers `left`, and hostA resumes the session on its own sockets (out of
     repair mode) until the second move."""
     # the service address back on hostA (test_move left it on hostB)
@@ -402,7 +406,7 @@ def test_carry(env, ns, q):
     a = b = None
     try:
         a = zone_broker(env, ns, "hostA", "bhostA", None, etcd, secret)
-        b = zone_broker(env, ns, "hostB", "bhostB", a.port, etcd, secret)
+        b = zone_broker(env, ns, "hostB", "bhostB", a.port, etcd, secret, supervise=True)
         keys = KEYS[:12]
         c, sid, base = start_session(env, ns, a, q, "carry", keys)
         time.sleep(2.0)
@@ -432,6 +436,15 @@ def test_carry(env, ns, q):
         check(rc == 0 and "moved: 1 sessions carried" in out,
               "move: rc=%d out=%r err=%r\nA's log:\n%s" % (rc, out, err, a.log_text()[-3000:]))
         t_addr = unlock(ns, "hostB", t_lock)
+        # hostB runs under --supervise: its keeper holds the carried session
+        # too (kill -9 of its broker, as in test_supervise)
+        time.sleep(0.5)
+        child = b.status()["pid"]
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: (lambda p: p if p and p != child else None)(b.status()["pid"]), 10,
+                   what="a new broker process under hostB's keeper")
+        log("hostB's broker process %d killed -9 after the carry: pid %d serves" % (
+            child, b.status()["pid"]))
         log("carried: address off hostA, move answered after %.0f ms (%s), address on hostB "
             "after %.0f ms" % ((t_moved - t_lock) * 1000, out.strip(), (t_addr - t_lock) * 1000))
         text = b.log_text()
@@ -439,7 +452,11 @@ def test_carry(env, ns, q):
                    "rebuilt in this host's network namespace with TCP_REPAIR" in ln]
         check(rebuilt, "hostB's broker did not rebuild the connections:\n%s" % text[-3000:])
         log("hostB: %s" % rebuilt[0].split("]", 1)[-1].strip())
-        check("sid=%08x carried in from" % sid in text, "hostB did not resume the session")
+        check("sid=%08x carried in from broker bhostA" % sid in text,
+              "hostB did not resume the session")
+        text = wait_until(lambda: (lambda t: t if "sid=%08x carried in from pid %d" % (
+            sid, b.proc.pid) in t else None)(b.log_text()), 10,
+            what="the carried session taken back from hostB's keeper after the kill")
         check(sid in [x["id"] for x in b.sessions()], "hostB's broker does not list the session")
         check(sid not in [x["id"] for x in a.sessions()], "hostA's broker still lists it")
         check(netns_of(b.proc.pid) == ns.inode("hostB") and
