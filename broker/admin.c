@@ -1087,6 +1087,16 @@ static bool h_prepare(struct admin *a, const struct request *q, struct response 
     return true;
 }
 
+/* A request answered when what it started ends (upgrade, move): bev is
+ * parked in *slot, its reads and timeouts off, until the answer goes. */
+static void answer_later(struct bufferevent **slot, struct bufferevent *bev)
+{
+    *slot = bev;
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+}
+
 /* The upgrade's end (upgrade.h), on the control loop. */
 static void on_upgrade_done(void *arg, int new_pid, const char *err)
 {
@@ -1131,10 +1141,7 @@ static bool h_upgrade(struct admin *a, const struct request *q, struct response 
         reply_error(r, strcmp(err, "out of memory") == 0 ? 500
                        : strstr(err, "is refused") != NULL ? 403 : 409, err);
     } else {
-        a->upgrading = bev;
-        bufferevent_disable(bev, EV_READ);
-        bufferevent_set_timeouts(bev, NULL, NULL);
-        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        answer_later(&a->upgrading, bev);
         json_decref(j);
         return true;
     }
@@ -1179,10 +1186,7 @@ static bool h_move(struct admin *a, const struct request *q, struct response *r,
                               &err) < 0) {
         reply_error(r, 409, err);
     } else {
-        a->moving = bev;
-        bufferevent_disable(bev, EV_READ);
-        bufferevent_set_timeouts(bev, NULL, NULL);
-        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        answer_later(&a->moving, bev);
         json_decref(j);
         return true;
     }

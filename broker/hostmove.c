@@ -58,6 +58,8 @@ struct hostmove {
     hostmove_done_fn done;
     void *done_arg;
     unsigned moved, left;
+    bool offered;                    /* a session was frozen for the other broker */
+    bool was_draining;               /* before the move drained this broker */
     char err[SNAP_MAX_REASON];
 };
 
@@ -608,6 +610,7 @@ static void *out_main(void *arg)
                 nanosleep(&pause, NULL);
                 continue;
             }
+            hm->offered = true;
             broken = out_offer(hm, &l, b->workers[wi], c) < 0;
             call_unref(c);
             if (broken)
@@ -644,6 +647,8 @@ static void on_out_done(evutil_socket_t fd, short what, void *arg)
     threads_add(hm, -1);
     hm->moving = false;
     unsigned stayed = registry_count(hm->b->registry);
+    if (!hm->offered && !hm->was_draining && hm->err[0] != '\0')
+        broker_set_draining(hm->b, false); /* nothing was carried: as before the move */
     if (hm->err[0] != '\0')
         log_warnx("move: to %s: %s (%u sessions carried, %u stay here)", hm->to, hm->err,
                   hm->moved, stayed);
@@ -683,7 +688,9 @@ int hostmove_start(struct hostmove *hm, const char *to, hostmove_done_fn done, v
     hm->done = done;
     hm->done_arg = arg;
     hm->moved = hm->left = 0;
+    hm->offered = false;
     hm->err[0] = '\0';
+    hm->was_draining = atomic_load(&b->draining);
     broker_set_draining(b, true);
     threads_add(hm, 1);
     if (pthread_create(&hm->out_thread, NULL, out_main, hm) != 0) {
