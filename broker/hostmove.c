@@ -909,6 +909,12 @@ static void *in_main(void *arg)
         struct carry_msg *fin = rc == 0 && no == NULL ? calloc(1, sizeof(*fin)) : NULL;
         if (fin != NULL)
             rc = frame_recv(&ic->l, fin);
+        /* what the link said, before other calls change errno */
+        const char *ioerr = rc == -2   ? "a frame that is not the next one sealed under this "
+                                         "handshake"
+                            : rc < 0 ? io_error(ic->l.t)
+                            : no == NULL && fin == NULL ? "out of memory"
+                                                        : NULL;
         bool released = fin != NULL && rc == 0 && fin->type == CARRY_RELEASED &&
                         fin->session_id == c->id;
         if (no == NULL && released) {
@@ -918,9 +924,7 @@ static void *in_main(void *arg)
             char esc[256];
             log_warnx("sid=%08x move: broker %s did not let the session go (%s); dropped here",
                       c->id, ic->from,
-                      fin != NULL && rc == 0 ? log_escape(fin->reason, esc, sizeof(esc))
-                      : rc == -2             ? "a frame that is not the next one"
-                                             : io_error(ic->l.t));
+                      ioerr != NULL ? ioerr : log_escape(fin->reason, esc, sizeof(esc)));
             call_on(w, job_abort, c, -1);
             hostmove_record_written(hm, c->id);
             left++;
@@ -930,9 +934,8 @@ static void *in_main(void *arg)
             free(fin);
         }
         call_unref(c);
-        if (rc < 0) {
-            end = rc == -2 ? "a frame that is not the next one sealed under this handshake"
-                           : io_error(ic->l.t);
+        if (ioerr != NULL) {
+            end = ioerr;
             break;
         }
     }
