@@ -319,6 +319,14 @@ static void conn_track(struct hostmove *hm, int fd, int old)
     pthread_mutex_unlock(&hm->mu);
 }
 
+static bool is_stopping(struct hostmove *hm)
+{
+    pthread_mutex_lock(&hm->mu);
+    bool stopping = hm->stopping;
+    pthread_mutex_unlock(&hm->mu);
+    return stopping;
+}
+
 /* A new carry's thread may start (counted in hm->threads, its connection
  * tracked): not once stopping, nor past conn_fd's room. */
 static bool carry_begin(struct hostmove *hm, int fd)
@@ -437,10 +445,14 @@ static struct transport *out_connect(struct hostmove *hm, struct link *l, char *
         return NULL;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0)
+        conn_track(hm, fd, -1); /* from now on the stop shuts it down */
     if (fd < 0 || set_blocking(fd) < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
         snprintf(why, cap, "connect to %s: %s", hm->to, strerror(errno));
-        if (fd >= 0)
+        if (fd >= 0) {
+            conn_track(hm, -1, fd);
             close(fd);
+        }
         freeaddrinfo(ai);
         return NULL;
     }
@@ -455,6 +467,7 @@ static struct transport *out_connect(struct hostmove *hm, struct link *l, char *
         if (t != NULL && (transport_tls_expect_peer(t, host, NULL) < 0 ||
                           transport_tls_handshake(t) != 1)) {
             snprintf(why, cap, "TLS with %s: %s", hm->to, transport_error(t));
+            conn_track(hm, -1, fd);
             transport_free(t);
             return NULL;
         }
@@ -463,6 +476,8 @@ static struct transport *out_connect(struct hostmove *hm, struct link *l, char *
     }
     if (t == NULL) {
         snprintf(why, cap, "out of memory");
+        conn_track(hm, -1, fd);
+        close(fd);
         return NULL;
     }
     l->t = t;
@@ -492,6 +507,7 @@ static struct transport *out_connect(struct hostmove *hm, struct link *l, char *
         return t;
     }
     OPENSSL_cleanse(&n, sizeof(n));
+    conn_track(hm, -1, fd);
     transport_free(t);
     l->t = NULL;
     return NULL;
@@ -541,20 +557,19 @@ static int out_offer(struct hostmove *hm, struct link *l, struct worker *w, stru
         /* Taken: this process lets go first (its sockets close in repair
          * mode), then tells B it may resume: never both alive. */
         out_answer(w, c, NULL);
-        struct carry_msg *fin = calloc(1, sizeof(*fin));
-        if (fin != NULL) {
-            fin->type = c->released ? CARRY_RELEASED : CARRY_LEFT;
-            fin->session_id = c->id;
-            snprintf(fin->reason, sizeof(fin->reason), "%s",
-                     c->released ? "" : "the session ended while it was being carried");
-        }
-        rc = fin != NULL ? frame_send(l, fin) : -1;
-        free(fin);
-        if (rc < 0 && c->released) {
-            log_error("sid=%08x move: %s did not hear that it may resume the session (%s): "
-                      "it is lost", c->id, hm->to, io_error(l->t));
-            snprintf(hm->err, sizeof(hm->err), "the carry to %s broke off: %s", hm->to,
-                     io_error(l->t));
+        static const struct carry_msg zero;
+        struct carry_msg fin = zero;
+        fin.type = c->released ? CARRY_RELEASED : CARRY_LEFT;
+        fin.session_id = c->id;
+        snprintf(fin.reason, sizeof(fin.reason), "%s",
+                 c->released ? "" : "the session ended while it was being carried");
+        rc = frame_send(l, &fin);
+        if (rc < 0) {
+            const char *e = io_error(l->t);
+            if (c->released)
+                log_error("sid=%08x move: %s did not hear that it may resume the session "
+                          "(%s): it is lost", c->id, hm->to, e);
+            snprintf(hm->err, sizeof(hm->err), "the carry to %s broke off: %s", hm->to, e);
         } else if (c->released) {
             log_info("sid=%08x move: carried to %s (%u TCP connections)", c->id, hm->to,
                      c->msg.n_tcp);
@@ -578,7 +593,6 @@ static void *out_main(void *arg)
         snprintf(hm->err, sizeof(hm->err), "%s", why);
         goto done;
     }
-    conn_track(hm, transport_fd(l.t), -1);
     log_info("move: carrying this broker's sessions to %s", hm->to);
     bool broken = false;
     for (int wi = 0; wi < b->n_workers && !broken; wi++) {
@@ -588,6 +602,12 @@ static void *out_main(void *arg)
             struct call *c = call_new(hm);
             if (c == NULL) {
                 snprintf(hm->err, sizeof(hm->err), "out of memory");
+                broken = true;
+                break;
+            }
+            if (is_stopping(hm)) {
+                snprintf(hm->err, sizeof(hm->err), "the broker is stopping");
+                call_unref(c);
                 broken = true;
                 break;
             }
@@ -695,6 +715,8 @@ int hostmove_start(struct hostmove *hm, const char *to, hostmove_done_fn done, v
     threads_add(hm, 1);
     if (pthread_create(&hm->out_thread, NULL, out_main, hm) != 0) {
         threads_add(hm, -1);
+        if (!hm->was_draining)
+            broker_set_draining(b, false);
         *err = "cannot start a thread";
         return -1;
     }
@@ -771,6 +793,7 @@ static void job_resume(struct session_worker *sw, void *arg)
 {
     struct call *c = arg;
     struct session *s = call_begin(c) ? adopted(sw, c) : NULL;
+    c->s = s; /* NULL: gone before it resumed (in_main drops the permission) */
     if (s != NULL) {
         char why[SNAP_MAX_REASON], from[PEER_CARRY_ID_MAX + 16];
         int fds[CARRY_MAX_SOCKETS];
@@ -919,7 +942,12 @@ static void *in_main(void *arg)
                         fin->session_id == c->id;
         if (no == NULL && released) {
             call_on(w, job_resume, c, -1);
-            taken++;
+            if (c->s != NULL) {
+                taken++;
+            } else {
+                hostmove_record_written(hm, c->id);
+                left++;
+            }
         } else if (no == NULL) {
             char esc[256];
             log_warnx("sid=%08x move: broker %s did not let the session go (%s); dropped here",

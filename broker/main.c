@@ -727,17 +727,20 @@ static void on_record_written(struct broker *b, int result, void *arg)
                                  : b->retry_backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
                                  : b->retry_backoff_ms * 2 < RETRY_MIN_MS ? RETRY_MIN_MS
                                  : b->retry_backoff_ms * 2;
+    bool resent = false;
     if (result == STORE_CONFLICT) {
-        if (w->owner[0] != '\0')
+        if (w->owner[0] != '\0') {
             log_info("sid=%08x session record left alone: broker %s holds the session now",
                      w->r.rec.id, w->owner);
-        else if (!w->raced && !writing_newer(b, w->r.rec.id, w->r.seq) && b->writer != NULL)
+        } else if (!w->raced && !writing_newer(b, w->r.rec.id, w->r.seq) && b->writer != NULL) {
             record_send(b, &w->r, false, false, true); /* changed between look and write */
-        else
+            resent = true;
+        } else {
             log_info("sid=%08x session record not written: another writer changed it "
                      "meanwhile", w->r.rec.id);
+        }
     }
-    if (ok)
+    if (ok && !resent) /* a host move's permission lasts until the re-sent write */
         hostmove_record_written(b->hostmove, w->r.rec.id);
     if (ok) {
         if (w->from_retry)

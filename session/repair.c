@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SO_NETNS_COOKIE
@@ -129,10 +130,12 @@ static int peek_queue(int fd, uint8_t *buf, uint32_t len)
 }
 
 /* Writes buf into the queue repair mode names (or, out of repair mode, as
- * ordinary bytes); the kernel may take it in parts. */
+ * ordinary bytes); the kernel may take it in parts. A full buffer is
+ * waited for until WRITE_WAIT_MS after the first wait, in all. */
 static int write_queue(int fd, const uint8_t *buf, uint32_t len)
 {
     uint32_t done = 0;
+    struct timespec t0 = { 0, 0 };
     while (done < len) {
         ssize_t w = send(fd, buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno == EINTR)
@@ -140,8 +143,13 @@ static int write_queue(int fd, const uint8_t *buf, uint32_t len)
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             /* the buffer is full (the peer has not acknowledged yet): wait
              * a bounded time for room rather than lose the bytes */
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (t0.tv_sec == 0 && t0.tv_nsec == 0)
+                t0 = now;
+            long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
             struct pollfd p = { .fd = fd, .events = POLLOUT };
-            if (poll(&p, 1, WRITE_WAIT_MS) > 0)
+            if (spent < WRITE_WAIT_MS && poll(&p, 1, (int)(WRITE_WAIT_MS - spent)) > 0)
                 continue;
             errno = EAGAIN;
             return -1;

@@ -465,7 +465,7 @@ void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg)
 {
     struct session *s;
     TAILQ_FOREACH(s, &w->sessions, link) {
-        if (s->id == 0)
+        if (s->id == 0 || s->carry == CARRY_FROZEN)
             continue;
         struct snap_session rec;
         session_snapshot(s, &rec);

@@ -265,7 +265,9 @@ void session_lookup_cancel(struct session_lookup *l);
 int session_kill(struct session_worker *w, uint32_t id, const char *reason);
 
 
-/* Calls cb for each live session of this worker (for the admin API). */
+/* Calls cb for each live session of this worker (for the admin API and the
+ * zone's republish). A frozen one (being carried to or from another
+ * process or host, a few ms) is not: its record is the carry's to write. */
 typedef void (*session_visit_cb)(const struct snap_session *rec, void *arg);
 void session_foreach(struct session_worker *w, session_visit_cb cb, void *arg);
 
