@@ -292,15 +292,14 @@ unsigned session_freeze(struct session_worker *w, unsigned max, bool last_try,
  * a kill or an expiry), else NULL: whoever froze or adopted it checks
  * before acting on its sockets. */
 struct session *session_frozen(struct session_worker *w, uint32_t id);
-/* A frozen session resumes here, without the upgrade's log line (the
- * caller says why). -1 if this worker has no such frozen session. */
-int session_carry_back(struct session_worker *w, uint32_t id);
 /* The sessions that stayed at an earlier carry may be offered again (a new
  * spice-brokerctl move: the other broker's refusal may have passed). */
 void session_carry_again(struct session_worker *w);
 /* The answer for a frozen session: taken, it goes from this process without
- * a byte to its peers (its sockets live on in the new one); not taken (why),
- * it resumes here. -1 if this worker has no such frozen session. */
+ * a byte to its peers (its sockets live on in the new one); not taken, it
+ * resumes here, with the upgrade's "stays in this process" line naming why
+ * (why NULL: no line, the caller logs its own). -1 if this worker has no
+ * such frozen session. */
 int session_carried(struct session_worker *w, uint32_t id, bool taken, const char *why);
 /* Resumes every frozen session (the new process is gone). */
 void session_thaw_all(struct session_worker *w, const char *why);

@@ -305,15 +305,6 @@ struct session *session_frozen(struct session_worker *w, uint32_t id)
     return s != NULL && s->carry == CARRY_FROZEN && !s->closing ? s : NULL;
 }
 
-int session_carry_back(struct session_worker *w, uint32_t id)
-{
-    struct session *s = session_find(w, id);
-    if (s == NULL || s->carry != CARRY_FROZEN)
-        return -1;
-    thaw(s);
-    return 0;
-}
-
 void session_carry_again(struct session_worker *w)
 {
     struct session *s;
@@ -332,8 +323,9 @@ int session_carried(struct session_worker *w, uint32_t id, bool taken, const cha
                  (int)getpid());
         let_go(s);
     } else {
-        log_warnx("%s stays in this process (pid %d) until it ends: the new process did not "
-                  "take it (%s)", s->sid, (int)getpid(), why != NULL ? why : "?");
+        if (why != NULL)
+            log_warnx("%s stays in this process (pid %d) until it ends: the new process did "
+                      "not take it (%s)", s->sid, (int)getpid(), why);
         thaw(s);
     }
     return 0;

@@ -56,32 +56,6 @@ struct old_side {
     int ok;
 };
 
-static int send_with(int fd, const struct snap_handover *h, const int *fds, size_t n)
-{
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * 4)];
-        struct cmsghdr align;
-    } cm;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (snap_handover_encode(h, &buf, &len) < 0)
-        return -1;
-    struct iovec iov = { buf, len };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (n > 0) {
-        memset(&cm, 0, sizeof(cm));
-        mh.msg_control = cm.buf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
-    }
-    ssize_t r = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    free(buf);
-    return r == (ssize_t)len ? 0 : -1;
-}
 
 static void *old_main(void *arg)
 {
@@ -94,18 +68,18 @@ static void *old_main(void *arg)
     h->pid = 4242;
     h->workers = 1;
     snprintf(h->version, sizeof(h->version), "test");
-    if (send_with(o->fd, h, NULL, 0) < 0 || recv(o->fd, buf, sizeof(buf), 0) <= 0)
+    if (upgrade_send(o->fd, h, NULL, 0) < 0 || recv(o->fd, buf, sizeof(buf), 0) <= 0)
         goto out;
     memset(h, 0, sizeof(*h));
     h->type = SNAP_HO_LISTENERS;
     h->n_listeners = 2;
     h->listeners[0] = (struct snap_listener){ SNAP_LISTEN_NATIVE, 0 };
     h->listeners[1] = (struct snap_listener){ SNAP_LISTEN_ADMIN, 0 };
-    if (send_with(o->fd, h, o->listener_fds, 2) < 0)
+    if (upgrade_send(o->fd, h, o->listener_fds, 2) < 0)
         goto out;
     memset(h, 0, sizeof(*h));
     h->type = SNAP_HO_DONE;
-    if (send_with(o->fd, h, &o->done_fd, 1) < 0)
+    if (upgrade_send(o->fd, h, &o->done_fd, 1) < 0)
         goto out;
     o->ok = 1;
 out:
