@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -78,21 +80,29 @@ struct link {
     struct carry_sealer out, in;
 };
 
+/* The carry's socket: blocking, each call within MOVE_IO_MS, and no Nagle
+ * delay (a small answer or release frame after a large one would otherwise
+ * wait for the peer's delayed acknowledgement, ~40 ms, with a session
+ * frozen meanwhile). */
 static int set_blocking(int fd)
 {
-    int fl = fcntl(fd, F_GETFL);
+    int fl = fcntl(fd, F_GETFL), one = 1;
     struct timeval tv = { MOVE_IO_MS / 1000, (MOVE_IO_MS % 1000) * 1000 };
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
         return -1;
     return 0;
 }
 
-static int io_read(struct transport *t, uint8_t *buf, size_t n)
+/* All n bytes read into buf, or written from it: 0, or -1 (errno; a
+ * closed connection is ECONNRESET). */
+static int io_all(struct transport *t, bool write, uint8_t *buf, size_t n)
 {
-    for (size_t got = 0; got < n;) {
-        ssize_t r = transport_read(t, buf + got, n - got);
+    for (size_t done = 0; done < n;) {
+        ssize_t r = write ? transport_write(t, buf + done, n - done)
+                          : transport_read(t, buf + done, n - done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
@@ -100,25 +110,19 @@ static int io_read(struct transport *t, uint8_t *buf, size_t n)
                 errno = ECONNRESET;
             return -1;
         }
-        got += (size_t)r;
+        done += (size_t)r;
     }
     return 0;
 }
 
+static int io_read(struct transport *t, uint8_t *buf, size_t n)
+{
+    return io_all(t, false, buf, n);
+}
+
 static int io_write(struct transport *t, const uint8_t *buf, size_t n)
 {
-    for (size_t done = 0; done < n;) {
-        ssize_t w = transport_write(t, buf + done, n - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            if (w == 0)
-                errno = EIO;
-            return -1;
-        }
-        done += (size_t)w;
-    }
-    return 0;
+    return io_all(t, true, (uint8_t *)buf, n);
 }
 
 static const char *io_error(struct transport *t)
@@ -165,22 +169,18 @@ static int frame_recv(struct link *l, struct carry_msg *m)
     uint32_t n = carry_frame_len(hdr);
     if (n == 0)
         return -2;
-    uint8_t *sealed = malloc(n), *plain = malloc(n);
+    uint8_t *buf = malloc(n);
     int rc = -1;
-    if (sealed == NULL || plain == NULL) {
+    if (buf == NULL) {
         errno = ENOMEM;
-        goto out;
+        return -1;
     }
-    if (io_read(l->t, sealed, n) < 0)
-        goto out;
-    rc = carry_open(&l->in, hdr, sealed, n, plain) < 0 ||
-                 carry_decode(plain, n - CARRY_TAG_LEN, m) < 0
-             ? -2
-             : 0;
-out:
-    free(sealed);
-    if (plain != NULL)
-        OPENSSL_clear_free(plain, n);
+    if (io_read(l->t, buf, n) == 0) /* opened in place */
+        rc = carry_open(&l->in, hdr, buf, n, buf) < 0 ||
+                     carry_decode(buf, n - CARRY_TAG_LEN, m) < 0
+                 ? -2
+                 : 0;
+    OPENSSL_clear_free(buf, n);
     return rc;
 }
 
@@ -420,7 +420,7 @@ static void job_answer(struct session_worker *sw, void *arg)
     } else {
         repair_release(c->fds, c->n_fds);
         log_warnx("sid=%08x move: resumed here: %s", c->id, c->why);
-        session_carry_back(sw, c->id);
+        session_carried(sw, c->id, false, NULL);
     }
     call_finish(c);
 }

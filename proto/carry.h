@@ -79,8 +79,8 @@ int carry_seal(struct carry_sealer *s, const uint8_t *in, size_t n, uint8_t *out
  * or 0 for a header no frame of ours has. */
 uint32_t carry_frame_len(const uint8_t hdr[CARRY_HEADER_LEN]);
 /* Opens the sealed bytes (sealed_len = carry_frame_len(hdr)) into out
- * (sealed_len - CARRY_TAG_LEN bytes): 0, or -1 when they are not the next
- * frame sealed under s's key. */
+ * (sealed_len - CARRY_TAG_LEN bytes; out may be sealed itself: opened in
+ * place): 0, or -1 when they are not the next frame sealed under s's key. */
 int carry_open(struct carry_sealer *s, const uint8_t hdr[CARRY_HEADER_LEN],
                const uint8_t *sealed, uint32_t sealed_len, uint8_t *out);
 

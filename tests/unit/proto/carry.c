@@ -220,8 +220,14 @@ static void test_seal(void **state)
     assert_memory_equal(out, "first", 5);
     /* replayed: refused; the next one opens */
     assert_int_equal(carry_open(&b_in, f1, f1 + CARRY_HEADER_LEN, n1, out), -1);
+    uint8_t f3[sizeof(f1)];
+    assert_int_equal(carry_seal(&a_out, (const uint8_t *)"third", 5, f3), 0);
     assert_int_equal(carry_open(&b_in, f2, f2 + CARRY_HEADER_LEN, n1, out), 0);
     assert_memory_equal(out, "secnd", 5);
+    /* in place, as the carry's reader opens them */
+    assert_int_equal(carry_open(&b_in, f3, f3 + CARRY_HEADER_LEN, n1, f3 + CARRY_HEADER_LEN),
+                     0);
+    assert_memory_equal(f3 + CARRY_HEADER_LEN, "third", 5);
     /* another handshake's keys open nothing */
     struct peer_nonces n2;
     nonces(&n2, 0x11, 0x23);
